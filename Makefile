@@ -1,0 +1,55 @@
+# conv_ext — what the README tells users to run.
+#   make install     install what is missing, build the extension (editable)
+#   make test        install, then every test: pytest, the C++ ctest, the CUDA compile check
+#   make bench       install, then the default benchmark (table, JSON and plot in benchmarks/results/)
+#
+# torch: installed (pinned, CPU build) only when none is importable; an installed torch (a GPU
+# machine's CUDA build, say) is kept. With torch present, only missing tools are installed.
+PYTHON ?= python3
+PIP    := $(PYTHON) -m pip
+TORCH_PIN ?= torch==2.13.0
+TOOLS  := pybind11 ninja pytest pytest-benchmark hypothesis matplotlib
+# module names of TOOLS, in the same order
+TOOL_MODULES := pybind11 ninja pytest pytest_benchmark hypothesis matplotlib
+BUILD  := build
+NPROC  := $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: deps install test pytest ctest cuda-check bench clean
+
+deps:
+	@if ! $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+	  echo "== installing $(TORCH_PIN) and the tools"; \
+	  $(PIP) install -q "$(TORCH_PIN)" $(TOOLS) || exit 1; \
+	else \
+	  missing=$$($(PYTHON) -c "import importlib.util as u; t='$(TOOLS)'.split(); m='$(TOOL_MODULES)'.split(); print(' '.join(a for a, b in zip(t, m) if u.find_spec(b) is None))"); \
+	  if [ -n "$$missing" ]; then echo "== installing $$missing"; $(PIP) install -q $$missing || exit 1; fi; \
+	fi
+
+install: deps
+	MAX_JOBS=$(NPROC) $(PIP) install -q --no-build-isolation --no-deps -e .
+	@cd / && $(PYTHON) -c "import conv_ext; print('conv_ext', conv_ext.__version__, 'installed:', conv_ext.info())"
+
+pytest: install
+	$(PYTHON) -m pytest tests
+
+ctest: install
+	cmake -S . -B $(BUILD)/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
+	cmake --build $(BUILD)/cmake -j $(NPROC)
+	ctest --test-dir $(BUILD)/cmake --output-on-failure
+
+# compiles every .cu with plain nvcc for sm_80 and sm_90 (no GPU and no CUDA torch needed)
+cuda-check:
+	cmake -S . -B $(BUILD)/cuda-check -G Ninja -DCONV_EXT_CUDA_CHECK=ON >/dev/null
+	cmake --build $(BUILD)/cuda-check -j $(NPROC)
+
+test: pytest ctest
+	@if command -v nvcc >/dev/null 2>&1; then $(MAKE) --no-print-directory cuda-check; \
+	else echo "== nvcc not found: CUDA compile check skipped"; fi
+
+bench: install
+	$(PYTHON) -m conv_ext.bench --suite default --device auto \
+	  --json benchmarks/results/default.json --plot benchmarks/results/default.png
+
+clean:
+	rm -rf $(BUILD) *.egg-info conv_ext/*.so

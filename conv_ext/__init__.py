@@ -1,0 +1,29 @@
+"""conv_ext: conv2d as hand-written CPU and CUDA kernels, bound into PyTorch autograd.
+
+    conv_ext.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
+    conv_ext.Conv2d(...)          # an nn.Conv2d computed by conv_ext
+    conv_ext.convert(model)       # swap every nn.Conv2d in a model
+    conv_ext.info()               # version, backends, SIMD level, threads
+"""
+import torch
+
+from . import _ops  # noqa: F401  (loads the kernels, registers fake kernels and autograd)
+from ._C import cpu_capability, cuda_compiled
+from .functional import conv2d
+from .modules import Conv2d, convert
+
+__version__ = "0.1.0"
+__all__ = ["conv2d", "Conv2d", "convert", "info", "__version__"]
+
+
+def info() -> dict:
+    """What this build of conv_ext has and will use."""
+    backends = ["cpu"] + (["cuda"] if cuda_compiled() else [])
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "backends": backends,
+        "cuda_available": cuda_compiled() and torch.cuda.is_available(),
+        "cpu_capability": cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,89 @@
+"""conv_ext.conv2d: the signature and semantics of torch.nn.functional.conv2d.
+
+This layer only normalises the *form* of the arguments (ints or pairs, 'same'/'valid', unbatched
+input); the values are checked once, in C++ (csrc/checks.cpp), before any kernel runs.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from ._ops import ops
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def _pair(name: str, value: IntOrPair) -> Tuple[int, int]:
+    if isinstance(value, bool):
+        raise ValueError(f"conv_ext.conv2d: expected {name} to be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int) or (isinstance(value, torch.SymInt)):
+        return (value, value)
+    try:
+        values = tuple(value)
+    except TypeError:
+        raise ValueError(f"conv_ext.conv2d: expected {name} to be an int or a pair of ints, got {value!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"conv_ext.conv2d: expected {name} to be an int or a pair of ints, got {value!r}")
+    return values
+
+
+def _same_padding(input, weight, stride, dilation):
+    """'same' as torch does it: total padding dilation*(k-1) per axis; when that is odd, the
+    extra row/column goes at the bottom/right (by padding the input) and the rest is symmetric."""
+    if any(s != 1 for s in stride):
+        raise ValueError(f"conv_ext.conv2d: padding='same' is not supported for strided convolutions, got stride={stride}")
+    if weight.dim() != 4:
+        return input, (0, 0)  # the weight's shape is wrong: let the C++ checks say so
+    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    left = tuple(t // 2 for t in total)
+    extra = [t - 2 * lo for t, lo in zip(total, left)]  # 0 or 1 per axis
+    if any(extra):
+        input = F.pad(input, (0, extra[1], 0, extra[0]))  # (left, right, top, bottom)
+    return input, left
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntOrPair = 1,
+    padding: Union[IntOrPair, str] = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """2-D convolution of ``input`` (N, C, H, W) or (C, H, W) with ``weight`` (K, C/groups, R, S).
+
+    Same arguments and results as :func:`torch.nn.functional.conv2d`; the output is (N, K, P, Q)
+    with P = (H + 2*padding - dilation*(R-1) - 1) // stride + 1 (Q likewise), and is
+    channels_last when the input (or weight) is. Computed by conv_ext's own kernels.
+    """
+    stride = _pair("stride", stride)
+    dilation = _pair("dilation", dilation)
+    if not isinstance(groups, (int, torch.SymInt)) or isinstance(groups, bool):
+        raise ValueError(f"conv_ext.conv2d: expected groups to be an int, got {groups!r}")
+
+    # under autocast, run in the autocast dtype as torch's conv2d does
+    device_type = input.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        input, weight = input.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0, 0)
+        elif padding == "same":
+            input, pad = _same_padding(input, weight, stride, dilation)
+        else:
+            raise ValueError(f"conv_ext.conv2d: invalid padding string {padding!r}, expected 'valid' or 'same'")
+    else:
+        pad = _pair("padding", padding)
+
+    out = ops.conv2d_forward(input, weight, bias, stride, pad, dilation, groups)
+    return out.squeeze(0) if unbatched else out

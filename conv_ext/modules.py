@@ -1,0 +1,45 @@
+"""conv_ext.Conv2d (a torch.nn.Conv2d computed by conv_ext) and conv_ext.convert."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .functional import conv2d
+
+
+class Conv2d(nn.Conv2d):
+    """Drop-in :class:`torch.nn.Conv2d`: the same constructor, parameters and state_dict; the
+    forward and backward passes run conv_ext's kernels."""
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then convolve unpadded
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "Conv2d":
+        """A conv_ext.Conv2d with the configuration of ``conv`` that shares its parameters."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv_ext.Conv2d.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+            bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta",
+        )
+        new.weight = conv.weight  # the same Parameter objects: optimizers keep working
+        new.bias = conv.bias
+        new.train(conv.training)
+        return new
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.Conv2d`` in ``model`` (nested too) with a conv_ext.Conv2d sharing its
+    parameters; returns the model (a converted module if ``model`` is itself an nn.Conv2d).
+    Subclasses of nn.Conv2d with their own forward are left alone."""
+    if type(model) is nn.Conv2d:
+        return Conv2d.from_conv(model)
+    for name, child in model.named_children():
+        converted = convert(child)
+        if converted is not child:
+            setattr(model, name, converted)
+    return model

@@ -1,0 +1,31 @@
+"""Helpers for tests and benchmarks: run a pass with a chosen CPU algorithm."""
+import contextlib
+
+from . import _C
+
+PASSES = ("forward", "backward_input", "backward_weight")
+
+
+def cpu_algorithms(pass_name: str):
+    """Names of the CPU algorithms of a pass, highest priority first ('reference' is last)."""
+    return list(_C.cpu_algorithms(pass_name))
+
+
+def last_cpu_algorithm(pass_name: str) -> str:
+    """The CPU algorithm this thread ran last for the pass."""
+    return _C.last_cpu_algorithm(pass_name)
+
+
+@contextlib.contextmanager
+def force_cpu_algorithm(name: str, passes=PASSES):
+    """Within the block, every CPU call of ``passes`` runs algorithm ``name`` (an error if it
+    does not support the problem). ``name`` may be a dict {pass: name}."""
+    names = name if isinstance(name, dict) else {p: name for p in passes}
+    before = {p: _C.forced_cpu_algorithm(p) for p in names}
+    try:
+        for p, n in names.items():
+            _C.force_cpu_algorithm(p, n)
+        yield
+    finally:
+        for p, n in before.items():
+            _C.force_cpu_algorithm(p, n)

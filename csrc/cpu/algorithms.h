@@ -1,0 +1,66 @@
+// algorithms.h — the registry of CPU algorithms, one entry per (algorithm, pass).
+//
+// Every algorithm file registers itself with a static initialiser:
+//     static const bool registered = register_algorithm({"name", Pass::Forward, priority,
+//                                                        supports_fn, run_fn});
+// conv2d_cpu.cpp puts the operands in the layout the pass runs in, then calls choose(),
+// which returns the forced algorithm (tests, benchmarks) or the supporting algorithm of
+// highest priority. The reference kernel supports everything at priority 0: the fallback and
+// the oracle of every other algorithm.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "../conv_params.h"
+
+namespace conv_ext {
+namespace cpu {
+
+enum class Pass : int { Forward = 0, BackwardInput = 1, BackwardWeight = 2 };
+constexpr int kNumPasses = 3;
+const char* pass_name(Pass pass);  // "forward", "backward_input", "backward_weight"
+Pass pass_from_name(const std::string& name);
+
+// Operands of one call, in the layout the pass runs in: x and dy (and y, dx) are all
+// contiguous NCHW or all contiguous NHWC (see is_nchw / is_nhwc on the params), w and dw are
+// contiguous K x Cg x R x S.
+//   Forward:        a = x,  b = w, bias (undefined if none) -> out = y   (N,K,P,Q)
+//   BackwardInput:  a = dy, b = w                           -> out = dx  (N,C,H,W)
+//   BackwardWeight: a = dy, b = x                           -> out = dw  (K,Cg,R,S)
+// `out` is allocated but not initialised: an algorithm writes every element of it.
+struct Operands {
+  const at::Tensor& a;
+  const at::Tensor& b;
+  const at::Tensor& bias;
+  at::Tensor& out;
+};
+
+struct Algorithm {
+  std::string name;
+  Pass pass;
+  int priority;  // higher is tried first when choosing automatically
+  // True when the algorithm computes this problem correctly and is worth choosing for it.
+  std::function<bool(const Conv2dParams&, at::ScalarType)> supports;
+  std::function<void(const Conv2dParams&, Operands&)> run;
+};
+
+bool register_algorithm(Algorithm algorithm);
+
+// The algorithm to run: the forced one if any (error if it does not support the problem),
+// else the supporting one of highest priority.
+const Algorithm& choose(Pass pass, const Conv2dParams& p, at::ScalarType dtype);
+
+std::vector<std::string> algorithm_names(Pass pass);
+void force_algorithm(Pass pass, const std::string& name);  // "auto" restores automatic choice
+std::string forced_algorithm(Pass pass);
+std::string last_algorithm(Pass pass);  // the last one run by this thread, "" if none
+
+// SIMD level this CPU offers our kernels: "avx512", "avx2" or "portable". The environment
+// variable CONV_EXT_CPU_CAPABILITY can lower it (to test the fallbacks on an AVX-512 machine).
+const std::string& cpu_capability();
+
+}  // namespace cpu
+}  // namespace conv_ext

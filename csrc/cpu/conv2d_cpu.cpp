@@ -1,0 +1,117 @@
+// conv2d_cpu.cpp — the CPU implementations of the conv_ext ops.
+//
+// Each op: check the arguments (checks.cpp), allocate the result in the layout torch would
+// return, bring the operands into that layout (NCHW or NHWC, contiguous), handle the empty
+// cases, then run the algorithm that algorithms.cpp chooses for the problem.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "algorithms.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias_opt, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  Conv2dParams p = make_forward_params(input, weight, bias_opt, stride, padding, dilation, groups);
+  const auto fmt = conv_memory_format(input, weight);
+  at::Tensor y = at::empty({p.N, p.K, p.P, p.Q}, input.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  const at::Tensor bias = bias_opt.has_value() && bias_opt->defined() ? bias_opt->contiguous() : at::Tensor();
+  if (p.Cg() == 0) {  // no input channels: the output is the bias alone
+    if (bias.defined()) y.copy_(bias.view({1, p.K, 1, 1}).expand_as(y));
+    else y.zero_();
+    return y;
+  }
+  const at::Tensor x = input.contiguous(fmt), w = weight.contiguous();
+  set_strides(p, x, w, y, fmt);
+  Operands o{x, w, bias, y};
+  choose(Pass::Forward, p, y.scalar_type()).run(p, o);
+  return y;
+}
+
+at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                          at::IntArrayRef input_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  Conv2dParams p = make_backward_input_params(grad_output, weight, input_size, stride, padding, dilation, groups);
+  const auto fmt = conv_memory_format(grad_output, weight);
+  at::Tensor dx = at::empty(input_size, grad_output.options().memory_format(fmt));
+  if (dx.numel() == 0) return dx;
+  if (p.Kg() == 0) return dx.zero_();  // no output channels read this input
+  const at::Tensor dy = grad_output.contiguous(fmt), w = weight.contiguous();
+  set_strides(p, dx, w, dy, fmt);
+  Operands o{dy, w, at::Tensor(), dx};
+  choose(Pass::BackwardInput, p, dx.scalar_type()).run(p, o);
+  return dx;
+}
+
+at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                           at::IntArrayRef weight_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  Conv2dParams p = make_backward_weight_params(grad_output, input, weight_size, stride, padding, dilation, groups);
+  const auto fmt = conv_memory_format(grad_output, input);
+  at::Tensor dw = at::empty(weight_size, grad_output.options());
+  if (dw.numel() == 0) return dw;
+  if (p.N == 0) return dw.zero_();  // an empty batch contributes nothing
+  const at::Tensor dy = grad_output.contiguous(fmt), x = input.contiguous(fmt);
+  set_strides(p, x, dw, dy, fmt);
+  Operands o{dy, x, at::Tensor(), dw};
+  choose(Pass::BackwardWeight, p, dw.scalar_type()).run(p, o);
+  return dw;
+}
+
+// db[k] = sum_{n,p,q} dy[n,k,p,q], one task per block of channels, in a fixed order.
+at::Tensor backward_bias(const at::Tensor& grad_output) {
+  check_backward_bias(grad_output);
+  const int64_t N = grad_output.size(0), K = grad_output.size(1),
+                PQ = grad_output.size(2) * grad_output.size(3);
+  at::Tensor db = at::empty({K}, grad_output.options());
+  if (K == 0) return db;
+  const bool nhwc = grad_output.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const at::Tensor dy = grad_output.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "backward_bias", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* src = dy.const_data_ptr<scalar_t>();
+    scalar_t* out = db.mutable_data_ptr<scalar_t>();
+    constexpr int64_t kBlock = 64;  // channels per task
+    at::parallel_for(0, (K + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t k0 = b * kBlock, k1 = std::min(K, k0 + kBlock);
+        acc_t acc[kBlock] = {};
+        for (int64_t n = 0; n < N; ++n) {
+          if (nhwc) {  // rows of K channels: the inner loop runs along the channels
+            const scalar_t* row = src + n * PQ * K;
+            for (int64_t i = 0; i < PQ; ++i)
+              for (int64_t k = k0; k < k1; ++k) acc[k - k0] += static_cast<acc_t>(row[i * K + k]);
+          } else {  // planes of P*Q: the inner loop runs along the plane
+            for (int64_t k = k0; k < k1; ++k) {
+              const scalar_t* plane = src + (n * K + k) * PQ;
+              acc_t s = 0;
+              for (int64_t i = 0; i < PQ; ++i) s += static_cast<acc_t>(plane[i]);
+              acc[k - k0] += s;
+            }
+          }
+        }
+        for (int64_t k = k0; k < k1; ++k) out[k] = static_cast<scalar_t>(acc[k - k0]);
+      }
+    });
+  });
+  return db;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
+  m.impl("conv2d_forward", &forward);
+  m.impl("conv2d_backward_input", &backward_input);
+  m.impl("conv2d_backward_weight", &backward_weight);
+  m.impl("conv2d_backward_bias", &backward_bias);
+}
+
+}  // namespace cpu
+}  // namespace conv_ext

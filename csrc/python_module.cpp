@@ -1,0 +1,28 @@
+// python_module.cpp — the conv_ext._C Python module: loading it registers the ops
+// (TORCH_LIBRARY in ops.cpp and the backends); these functions expose build facts and the
+// CPU algorithm registry to conv_ext.info() and to the tests and benchmarks.
+#include <torch/extension.h>
+
+#include "cpu/algorithms.h"
+
+namespace cc = conv_ext::cpu;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "conv_ext compiled kernels (ops are registered under torch.ops.conv_ext)";
+  m.def("cpu_capability", &cc::cpu_capability, "SIMD level the CPU kernels use: avx512, avx2 or portable");
+  m.def("cuda_compiled", [] {
+#ifdef CONV_EXT_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  }, "True when the CUDA kernels were compiled in");
+  m.def("cpu_algorithms", [](const std::string& pass) { return cc::algorithm_names(cc::pass_from_name(pass)); },
+        "names of the CPU algorithms of a pass, highest priority first");
+  m.def("force_cpu_algorithm", [](const std::string& pass, const std::string& name) {
+    cc::force_algorithm(cc::pass_from_name(pass), name);
+  }, "run every CPU call of this pass with the named algorithm ('auto' to choose again)");
+  m.def("forced_cpu_algorithm", [](const std::string& pass) { return cc::forced_algorithm(cc::pass_from_name(pass)); });
+  m.def("last_cpu_algorithm", [](const std::string& pass) { return cc::last_algorithm(cc::pass_from_name(pass)); },
+        "the CPU algorithm this thread ran last for this pass");
+}
