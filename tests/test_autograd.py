@@ -1,0 +1,127 @@
+"""Autograd: gradcheck, gradgradcheck (double backward), opcheck of every op, and only the
+gradients autograd asks for are computed."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import conv_ext
+from conftest import rel_error
+
+ops = torch.ops.conv_ext
+
+CONFIGS = [
+    # (x shape, w shape, stride, padding, dilation, groups, bias)
+    ((2, 3, 5, 6), (4, 3, 3, 3), 1, 1, 1, 1, True),
+    ((1, 4, 7, 6), (4, 2, 3, 2), (2, 1), (0, 1), (1, 2), 2, True),
+    ((2, 2, 5, 5), (4, 1, 3, 3), 2, 1, 1, 2, False),  # depthwise, multiplier 2
+    ((1, 3, 4, 4), (2, 3, 1, 1), 1, 0, 1, 1, True),
+]
+
+
+def leaves(cfg, device, layout=torch.contiguous_format):
+    xs, ws, stride, padding, dilation, groups, bias = cfg
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(xs, generator=g, dtype=torch.float64).to(device).contiguous(memory_format=layout)
+    w = torch.randn(ws, generator=g, dtype=torch.float64).to(device)
+    b = torch.randn(ws[0], generator=g, dtype=torch.float64).to(device) if bias else None
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return [t.requires_grad_() for t in (x, w, b) if t is not None], kw
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_gradcheck(cfg, device):
+    ts, kw = leaves(cfg, device)
+    fn = lambda *t: conv_ext.conv2d(t[0], t[1], t[2] if len(t) > 2 else None, **kw)
+    assert torch.autograd.gradcheck(fn, ts)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_gradgradcheck(cfg, device):
+    ts, kw = leaves(cfg, device)
+    fn = lambda *t: conv_ext.conv2d(t[0], t[1], t[2] if len(t) > 2 else None, **kw)
+    assert torch.autograd.gradgradcheck(fn, ts)
+
+
+def test_gradgradcheck_channels_last(device):
+    ts, kw = leaves(CONFIGS[0], device, torch.channels_last)
+    assert torch.autograd.gradgradcheck(lambda x, w, b: conv_ext.conv2d(x, w, b, **kw), ts)
+
+
+def test_gradient_penalty_matches_torch(device):
+    """WGAN-GP-style: the gradient of a gradient norm, against nn.functional.conv2d."""
+    results = []
+    for conv in (conv_ext.conv2d, F.conv2d):
+        (x, w, b), kw = leaves(CONFIGS[1], device)
+        y = conv(x, w, b, **kw).tanh().sum()
+        (gx,) = torch.autograd.grad(y, x, create_graph=True)
+        penalty = (gx.flatten(1).norm(dim=1) - 1).pow(2).mean()
+        results.append(torch.autograd.grad(penalty, [x, w, b]))
+    for a, e in zip(*results):
+        assert rel_error(a, e) <= 1e-10
+
+
+class OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wanted", [("x",), ("w",), ("b",), ("x", "w", "b")])
+def test_only_needed_gradients(wanted, device):
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, device=device, requires_grad="x" in wanted)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device, requires_grad="w" in wanted)
+    b = torch.randn(3, dtype=torch.float64, device=device, requires_grad="b" in wanted)
+    y = conv_ext.conv2d(x, w, b)
+    with OpLog() as log:
+        y.backward(torch.ones_like(y))
+    ran = {op.split(".")[-1] for op in log.ops if "conv_ext" in op}
+    expected = {{"x": "conv2d_backward_input", "w": "conv2d_backward_weight", "b": "conv2d_backward_bias"}[n] for n in wanted}
+    assert ran == expected
+
+
+def opcheck_cases(device):
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
+    cases = []
+    for xs, ws, st, pad, dil, groups, layout in [
+        ((2, 4, 6, 7), (6, 2, 3, 3), [1, 1], [1, 1], [1, 1], 2, False),
+        ((1, 3, 9, 8), (4, 3, 3, 2), [2, 1], [0, 1], [1, 2], 1, True),
+        ((2, 4, 5, 5), (4, 1, 3, 3), [1, 1], [1, 1], [1, 1], 4, True),
+        ((0, 2, 4, 4), (3, 2, 1, 1), [1, 1], [0, 0], [1, 1], 1, False),
+    ]:
+        x, w = r(*xs).requires_grad_(), r(*ws).requires_grad_()
+        if layout:
+            x = cl(x.detach()).requires_grad_()
+        b = r(ws[0]).requires_grad_()
+        y = torch.ops.conv_ext.conv2d_forward(x.detach(), w.detach(), None, st, pad, dil, groups)
+        dy = r(*y.shape).requires_grad_()
+        if layout:
+            dy = cl(dy.detach()).requires_grad_()
+        geo = (st, pad, dil, groups)
+        cases += [
+            (ops.conv2d_forward, (x, w, b) + geo),
+            (ops.conv2d_forward, (x, w, None) + geo),
+            (ops.conv2d_backward_input, (dy, w, list(xs)) + geo),
+            (ops.conv2d_backward_weight, (dy, x, list(ws)) + geo),
+            (ops.conv2d_backward_bias, (dy,)),
+        ]
+    return cases
+
+
+def test_opcheck(device):
+    for op, args in opcheck_cases(device):
+        torch.library.opcheck(op, args)
+
+
+def test_meta_tensors_give_shapes_and_layout():
+    x = torch.empty(2, 3, 17, 19, device="meta").contiguous(memory_format=torch.channels_last)
+    w = torch.empty(8, 3, 3, 3, device="meta")
+    y = conv_ext.conv2d(x, w, stride=2, padding=1)
+    assert y.device.type == "meta" and y.shape == (2, 8, 9, 10)
+    assert y.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,42 @@
+"""torch.compile(fullgraph=True) of models using conv_ext: no graph break, same results,
+forward and backward."""
+import pytest
+import torch
+from torch import nn
+
+import conv_ext
+from conftest import rel_error
+
+
+def net(conv):
+    torch.manual_seed(0)
+    return nn.Sequential(conv(3, 8, 3, padding=1), nn.ReLU(), conv(8, 8, 3, stride=2, padding=1, groups=4),
+                         nn.ReLU(), conv(8, 4, 1))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_forward_backward(dynamic, device):
+    torch._dynamo.reset()
+    eager, model = net(conv_ext.Conv2d).to(device), net(conv_ext.Conv2d).to(device)
+    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic)
+    for shape in [(2, 3, 12, 12), (3, 3, 10, 14)] if dynamic else [(2, 3, 12, 12)]:
+        x = torch.randn(shape, device=device)
+        y_eager, y = eager(x), compiled(x)
+        assert rel_error(y, y_eager) <= 1e-6
+        y_eager.square().sum().backward()
+        y.square().sum().backward()
+        for p_eager, p in zip(eager.parameters(), model.parameters()):
+            assert rel_error(p.grad, p_eager.grad) <= 1e-5
+            p.grad, p_eager.grad = None, None
+
+
+def test_compile_functional_no_graph_break(device):
+    torch._dynamo.reset()
+
+    def f(x, w, b):
+        return conv_ext.conv2d(x, w, b, padding="same", dilation=2).relu()
+
+    x, w, b = torch.randn(1, 4, 9, 9, device=device), torch.randn(6, 4, 2, 3, device=device), torch.randn(6, device=device)
+    explanation = torch._dynamo.explain(f)(x, w, b)
+    assert explanation.graph_break_count == 0
+    assert rel_error(torch.compile(f, fullgraph=True)(x, w, b), f(x, w, b)) <= 1e-6

@@ -1,0 +1,183 @@
+"""conv_ext.conv2d against torch.nn.functional.conv2d: output and all three gradients.
+
+float64: relative error <= 1e-10. float32: within torch's own float32 error scale (both are
+measured against a float64 result). float16/bfloat16: within the half types' error scale.
+Random data (never zeros), over stride / padding / dilation / groups / bias / odd sizes /
+layouts / contiguity / unbatched / batch 0.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import conv_ext
+from conftest import rel_error
+
+# (N, C, H, W, K, (R, S), stride, padding, dilation, groups, bias)
+CASES = [
+    (2, 3, 8, 8, 4, (3, 3), 1, 1, 1, 1, True),  # the textbook 3x3 "same"
+    (1, 4, 7, 9, 6, (3, 3), 2, 0, 1, 1, False),  # stride 2, odd sizes
+    (2, 6, 9, 7, 4, (3, 2), (2, 1), (1, 2), (2, 1), 2, True),  # everything per-axis, groups
+    (2, 4, 6, 6, 4, (3, 3), 1, 1, 1, 4, True),  # depthwise
+    (1, 3, 5, 5, 6, (3, 3), 1, 2, 2, 3, False),  # depthwise, channel multiplier 2, dilation 2
+    (3, 5, 4, 4, 7, (1, 1), 1, 0, 1, 1, True),  # 1x1
+    (1, 3, 11, 13, 5, (7, 7), 2, 3, 1, 1, True),  # stem-like 7x7 stride 2
+    (2, 2, 1, 1, 3, (1, 1), 1, 0, 1, 1, True),  # 1x1 image
+    (1, 2, 3, 4, 3, (3, 4), 1, 0, 1, 1, True),  # kernel == input: a 1x1 output
+    (1, 2, 1, 1, 3, (3, 3), 1, 1, 1, 1, False),  # kernel == padded input
+    (2, 3, 6, 5, 2, (2, 3), 3, (0, 1), 1, 1, True),  # stride larger than the kernel
+    (1, 8, 5, 5, 8, (3, 3), 1, 1, 1, 2, True),  # grouped
+]
+IDS = [f"case{i}" for i in range(len(CASES))]
+
+
+def make(case, dtype, device, layout="nchw", batch0=False):
+    n, c, h, w, k, (r, s), stride, padding, dilation, groups, bias = case
+    g = torch.Generator().manual_seed(1234)
+    n = 0 if batch0 else n
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    wt = torch.randn(k, c // groups, r, s, generator=g, dtype=torch.float64)
+    b = torch.randn(k, generator=g, dtype=torch.float64) if bias else None
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "noncontiguous":  # every other column of a wider tensor, and a permuted weight
+        x = torch.randn(n, c, h, 2 * w, generator=g, dtype=torch.float64)[..., ::2]
+        wt = wt.transpose(2, 3).contiguous().transpose(2, 3)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    to = lambda t: None if t is None else t.to(device=device, dtype=dtype)
+    return to(x), to(wt), to(b), kw
+
+
+def forward_and_grads(fn, x, w, b, kw, grad_seed=99):
+    leaves = [t.detach().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+    y = fn(*leaves[:2], leaves[2] if b is not None else None, **kw)
+    g = torch.Generator().manual_seed(grad_seed)
+    go = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+    grads = torch.autograd.grad(y, leaves, go)
+    return [y.detach()] + [t for t in grads]
+
+
+def check(case, dtype, device, layout="nchw", batch0=False):
+    x, w, b, kw = make(case, dtype, device, layout, batch0)
+    ours = forward_and_grads(conv_ext.conv2d, x, w, b, kw)
+    names = ["output", "grad_input", "grad_weight", "grad_bias"]
+    if dtype == torch.float64:
+        theirs = forward_and_grads(F.conv2d, x, w, b, kw)
+        for name, a, e in zip(names, ours, theirs):
+            assert a.shape == e.shape and a.dtype == e.dtype, name
+            assert rel_error(a, e) <= 1e-10, f"{name}: relative error {rel_error(a, e):.3g}"
+        return ours
+    # lower precisions: both ours and torch's are compared with the float64 result
+    truth = forward_and_grads(F.conv2d, *(t.double() if t is not None else None for t in (x, w, b)), kw)
+    theirs = forward_and_grads(F.conv2d, x, w, b, kw) if device == "cpu" or dtype == torch.float32 else None
+    floor = {torch.float32: 1e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    for i, (name, a, t) in enumerate(zip(names, ours, truth)):
+        assert a.dtype == dtype and a.shape == t.shape, name
+        torch_err = rel_error(theirs[i], t) if theirs is not None else 0.0
+        err = rel_error(a, t)
+        assert err <= max(4 * torch_err, floor), f"{name}: error {err:.3g}, torch's {torch_err:.3g}"
+    return ours
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontiguous"])
+def test_float64(case, layout, device):
+    check(case, torch.float64, device, layout)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_float32(case, layout, device):
+    check(case, torch.float32, device, layout)
+
+
+@pytest.mark.parametrize("case", CASES[:7], ids=IDS[:7])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types(case, dtype, device):
+    check(case, dtype, device)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=["case0", "case2", "case4"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batch0(case, dtype, device):
+    y, dx, dw, *db = check(case, dtype, device, batch0=True)
+    assert y.shape[0] == 0 and dx.shape[0] == 0
+    assert torch.count_nonzero(dw) == 0  # an empty batch contributes no gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unbatched(dtype, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, 6, generator=g, dtype=dtype).to(device)
+    w = torch.randn(6, 2, 3, 3, generator=g, dtype=dtype).to(device)
+    b = torch.randn(6, generator=g, dtype=dtype).to(device)
+    ours = forward_and_grads(conv_ext.conv2d, x, w, b, dict(padding=1, groups=2))
+    theirs = forward_and_grads(F.conv2d, x, w, b, dict(padding=1, groups=2))
+    assert ours[0].shape == (6, 7, 6)
+    for a, e in zip(ours, theirs):
+        assert a.shape == e.shape and rel_error(a, e) <= (1e-10 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((4, 2), 1), ((2, 5), (1, 2)), ((4, 4), (2, 3))])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_padding_strings(kernel, dilation, padding, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, 10, generator=g, dtype=torch.float64).to(device)
+    w = torch.randn(4, 3, *kernel, generator=g, dtype=torch.float64).to(device)
+    b = torch.randn(4, generator=g, dtype=torch.float64).to(device)
+    kw = dict(padding=padding, dilation=dilation)
+    ours = forward_and_grads(conv_ext.conv2d, x, w, b, kw)
+    theirs = forward_and_grads(F.conv2d, x, w, b, kw)
+    if padding == "same":
+        assert ours[0].shape[2:] == x.shape[2:]
+    for a, e in zip(ours, theirs):
+        assert a.shape == e.shape and rel_error(a, e) <= 1e-10
+
+
+@pytest.mark.parametrize("arg", [dict(stride=[2]), dict(padding=(1,)), dict(dilation=[1, 2]), dict(stride=(1, 2))])
+def test_argument_forms(arg, device):
+    """ints, 1-element and 2-element sequences, as F.conv2d accepts them."""
+    x = torch.randn(1, 2, 8, 9, dtype=torch.float64, device=device)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device)
+    assert rel_error(conv_ext.conv2d(x, w, **arg), F.conv2d(x, w, **arg)) <= 1e-10
+
+
+def test_layout_follows_torch(device):
+    x = torch.randn(2, 3, 8, 8, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 3, device=device)
+    y = conv_ext.conv2d(x, w, padding=1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w.requires_grad_()
+    conv_ext.conv2d(x, w, padding=1).sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    y = conv_ext.conv2d(torch.randn(2, 3, 8, 8, device=device), torch.randn(4, 3, 3, 3, device=device))
+    assert y.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nan_inf_propagate(dtype, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 6, 6, generator=g, dtype=dtype)
+    x[0, 0, 2, 3] = float("nan")
+    x[0, 1, 4, 1] = float("inf")
+    x[0, 1, 0, 5] = float("-inf")
+    x = x.to(device)
+    w = torch.rand(3, 2, 3, 3, generator=g, dtype=dtype).add_(0.1).to(device)  # positive: no inf - inf
+    ours, theirs = conv_ext.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1)
+    assert torch.equal(torch.isnan(ours), torch.isnan(theirs))
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    assert torch.equal(torch.sign(ours[torch.isinf(ours)]), torch.sign(theirs[torch.isinf(theirs)]))
+    finite = torch.isfinite(theirs)
+    assert rel_error(ours[finite], theirs[finite]) <= 1e-5
+
+
+def test_deterministic(device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, 12, 12, generator=g).to(device).requires_grad_()
+    w = torch.randn(16, 8, 3, 3, generator=g).to(device).requires_grad_()
+    runs = []
+    for _ in range(2):
+        y = conv_ext.conv2d(x, w, padding=1)
+        runs.append([y] + list(torch.autograd.grad(y, [x, w], torch.ones_like(y))))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -1,0 +1,130 @@
+"""conv_ext.Conv2d as a drop-in nn.Conv2d: constructor, padding modes, state_dict, from_conv,
+convert, and training parity."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import conv_ext
+from conftest import rel_error
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [1, (2, 1), "same", "valid"])
+def test_padding_modes_match_nn(padding_mode, padding, device):
+    torch.manual_seed(0)
+    ref = nn.Conv2d(4, 6, (3, 4) if padding != "same" else 3, padding=padding, padding_mode=padding_mode,
+                    groups=2, dtype=torch.float64, device=device)
+    ours = conv_ext.Conv2d(4, 6, (3, 4) if padding != "same" else 3, padding=padding, padding_mode=padding_mode,
+                           groups=2, dtype=torch.float64, device=device)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4, 7, 8, dtype=torch.float64, device=device, requires_grad=True)
+    y_ref, y = ref(x), ours(x)
+    assert y.shape == y_ref.shape and rel_error(y, y_ref) <= 1e-10
+    go = torch.randn_like(y)
+    g_ref = torch.autograd.grad(y_ref, [x, ref.weight, ref.bias], go)
+    g = torch.autograd.grad(y, [x, ours.weight, ours.bias], go)
+    for a, e in zip(g, g_ref):
+        assert rel_error(a, e) <= 1e-10
+
+
+def test_is_an_nn_conv2d_with_its_constructor():
+    m = conv_ext.Conv2d(3, 16, 3, 1, 1)  # positional like nn.Conv2d(in, out, kernel, stride, padding)
+    assert isinstance(m, nn.Conv2d)
+    assert m.weight.shape == (16, 3, 3, 3) and m.bias.shape == (16,)
+    assert m(torch.randn(1, 3, 8, 8)).shape == (1, 16, 8, 8)
+    m = conv_ext.Conv2d(4, 8, kernel_size=(1, 3), stride=(2, 1), padding=(0, 1), dilation=(1, 2), groups=4,
+                        bias=False, padding_mode="reflect", device="cpu", dtype=torch.float64)
+    assert m.bias is None and m.weight.dtype == torch.float64 and m.weight.shape == (8, 1, 1, 3)
+    assert "conv_ext" not in repr(m) or "Conv2d" in repr(m)
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(0)
+    ref = nn.Conv2d(3, 5, 3, padding=1)
+    ours = conv_ext.Conv2d(3, 5, 3, padding=1)
+    ours.load_state_dict(ref.state_dict())
+    back = nn.Conv2d(3, 5, 3, padding=1)
+    back.load_state_dict(ours.state_dict())
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    for k in ref.state_dict():
+        assert torch.equal(back.state_dict()[k], ref.state_dict()[k])
+    x = torch.randn(2, 3, 6, 6)
+    assert rel_error(ours(x), ref(x)) <= 1e-6
+
+
+def test_from_conv_shares_parameters():
+    ref = nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1, groups=1, padding_mode="circular")
+    ours = conv_ext.Conv2d.from_conv(ref)
+    assert type(ours) is conv_ext.Conv2d
+    assert ours.weight is ref.weight and ours.bias is ref.bias
+    assert (ours.stride, ours.padding, ours.padding_mode) == (ref.stride, ref.padding, ref.padding_mode)
+    x = torch.randn(1, 3, 9, 9)
+    assert rel_error(ours(x), ref(x)) <= 1e-6
+    with torch.no_grad():
+        ref.weight.add_(1.0)  # the same tensor: the change shows in both
+    assert rel_error(ours(x), ref(x)) <= 1e-6
+    with pytest.raises(TypeError):
+        conv_ext.Conv2d.from_conv(nn.Linear(2, 2))
+
+
+class Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU()),
+            nn.ModuleList([nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)]),
+        )
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.blocks[0](x)
+        for m in self.blocks[1]:
+            x = m(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_convert_nested_model():
+    torch.manual_seed(0)
+    model = Nested().eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    converted = conv_ext.convert(copy.deepcopy(model))
+    convs = [m for m in converted.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 and all(type(m) is conv_ext.Conv2d for m in convs)
+    assert rel_error(converted(x), expected) <= 1e-5
+    single = conv_ext.convert(nn.Conv2d(2, 2, 1))
+    assert type(single) is conv_ext.Conv2d
+
+
+def small_cnn(conv):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        conv(1, 8, 3, padding=1), nn.ReLU(), conv(8, 8, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+        conv(8, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
+    )
+
+
+def test_sgd_training_matches_nn():
+    """Ten SGD steps of a small CNN give the same losses with conv_ext as with nn.Conv2d."""
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(16, 1, 10, 10, generator=g)
+    target = torch.randint(0, 3, (16,), generator=g)
+    losses = {}
+    for name, conv in [("nn", nn.Conv2d), ("conv_ext", conv_ext.Conv2d)]:
+        model = small_cnn(conv)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        losses[name] = []
+        for _ in range(10):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(data), target)
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    assert losses["nn"][-1] < losses["nn"][0]  # it learns
+    for a, b in zip(losses["conv_ext"], losses["nn"]):
+        assert abs(a - b) <= 1e-6 * abs(b), (losses["conv_ext"], losses["nn"])
