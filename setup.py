@@ -32,7 +32,7 @@ def sources(*patterns):
 
 def extension():
     with_cuda = build_cuda()
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     common = dict(
         name="conv_ext._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
@@ -42,7 +42,7 @@ def extension():
     if not with_cuda:
         return CppExtension(sources=cpu_sources, extra_compile_args={"cxx": cxx}, **common)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr", "-DCONV_EXT_WITH_CUDA"]
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DCONV_EXT_WITH_CUDA"]
     return CUDAExtension(
         sources=cpu_sources + sources("cuda/*.cpp", "cuda/*.cu"),
         extra_compile_args={"cxx": cxx + ["-DCONV_EXT_WITH_CUDA"], "nvcc": nvcc},
