@@ -29,6 +29,13 @@ def _pair(name: str, value: IntOrPair) -> Tuple[int, int]:
     return values
 
 
+def _autocast(t, dtype):
+    """What autocast does to a tensor argument: floating types other than float64 are cast."""
+    if t is not None and t.is_floating_point() and t.dtype != torch.float64:
+        return t.to(dtype)
+    return t
+
+
 def _same_padding(input, weight, stride, dilation):
     """'same' as torch does it: total padding dilation*(k-1) per axis; when that is odd, the
     extra row/column goes at the bottom/right (by padding the input) and the rest is symmetric."""
@@ -68,8 +75,7 @@ def conv2d(
     device_type = input.device.type
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
-        input, weight = input.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+        input, weight, bias = (_autocast(t, dtype) for t in (input, weight, bias))
 
     unbatched = input.dim() == 3
     if unbatched:
