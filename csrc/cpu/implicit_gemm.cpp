@@ -96,45 +96,68 @@ constexpr int64_t kBandFloats = 320 * 1024 / 4;   // input band of one task
 // ------------------------------------------------------------------------------------------
 // forward
 // ------------------------------------------------------------------------------------------
-void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias,
-                           float* y, bool nhwc) {
-  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
-  const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
-  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
-  const int nv = choose_nv(Kg);
-  const int64_t NVL = nv * VL, MR = Isa::mr(nv), nkb = ceil_div(Kg, NVL);
-  const int64_t RS = R * S;
-  int64_t cc = std::max<int64_t>(1, kPanelFloats / (RS * NVL));  // input channels per panel
-  if (cc >= Cg) cc = Cg;
-  const int64_t ncb = ceil_div(Cg, cc);
-  const bool merge_s = dw == 1 && ncb == 1;  // a filter row's (s, c) are contiguous in the band
+struct FwdPlan {
+  int nv;
+  int64_t NVL, MR, nkb, cc, ncb;
+  bool merge_s;
+};
 
-  // packed weights [g][kb][cb][r][s][c][NVL] and bias [g][kb][NVL]
-  float* wp = scratch(0, G * nkb * RS * Cg * NVL);
-  float* bp = bias ? scratch(5, G * nkb * NVL) : nullptr;
+FwdPlan fwd_plan(const Conv2dParams& p) {
+  FwdPlan f;
+  f.nv = choose_nv(p.Kg());
+  f.NVL = f.nv * VL, f.MR = Isa::mr(f.nv), f.nkb = ceil_div(p.Kg(), f.NVL);
+  f.cc = std::max<int64_t>(1, kPanelFloats / (p.R * p.S * f.NVL));  // input channels per panel
+  if (f.cc >= p.Cg()) f.cc = p.Cg();
+  f.ncb = ceil_div(p.Cg(), f.cc);
+  f.merge_s = p.dil_w == 1 && f.ncb == 1;  // a filter row's (s, c) are contiguous in the band
+  return f;
+}
+
+// Pack weights [g][kb][cb][r][s][c][NVL] (zeros past Kg) for the forward problem p, reading
+// element (g, k, c, r, s) through wat(g, k, c, r, s).
+template <typename WAt>
+float* fwd_pack(const Conv2dParams& p, const FwdPlan& f, const WAt& wat) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, RS = R * S, NVL = f.NVL;
+  float* wp = scratch(0, G * f.nkb * RS * Cg * NVL);
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      float* panel0 = wp + (g * nkb + kb) * RS * Cg * NVL;
-      for (int64_t cb = 0; cb < ncb; ++cb) {
-        const int64_t c0 = cb * cc, ccb = std::min(cc, Cg - c0);
+    for (int64_t kb = 0; kb < f.nkb; ++kb) {
+      float* panel0 = wp + (g * f.nkb + kb) * RS * Cg * NVL;
+      for (int64_t cb = 0; cb < f.ncb; ++cb) {
+        const int64_t c0 = cb * f.cc, ccb = std::min(f.cc, Cg - c0);
         float* panel = panel0 + c0 * RS * NVL;
-        for (int64_t rs = 0; rs < RS; ++rs)
-          for (int64_t c = 0; c < ccb; ++c) {
-            float* d = panel + (rs * ccb + c) * NVL;
-            for (int64_t j = 0; j < NVL; ++j) {
-              const int64_t k = kb * NVL + j;
-              d[j] = k < Kg ? w[((g * Kg + k) * Cg + c0 + c) * RS + rs] : 0.f;
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t c = 0; c < ccb; ++c) {
+              float* d = panel + ((r * S + s) * ccb + c) * NVL;
+              for (int64_t j = 0; j < NVL; ++j) {
+                const int64_t k = kb * NVL + j;
+                d[j] = k < Kg ? wat(g, k, c0 + c, r, s) : 0.f;
+              }
             }
-          }
       }
-      if (bp)
-        for (int64_t j = 0; j < NVL; ++j) {
-          const int64_t k = kb * NVL + j;
-          bp[(g * nkb + kb) * NVL + j] = k < Kg ? bias[g * Kg + k] : 0.f;
-        }
     }
+  return wp;
+}
 
-  // output rows per task: the band of input rows they read fits kBandFloats
+// y = conv(x, packed weights) + bias for the forward problem p (pad >= 0).
+void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const float* wp, const float* bias,
+                 float* y, bool nhwc) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int nv = f.nv;
+  const int64_t NVL = f.NVL, MR = f.MR, nkb = f.nkb, cc = f.cc, ncb = f.ncb;
+  const bool merge_s = f.merge_s;
+
+  float* bp = nullptr;  // bias [g][kb][NVL]
+  if (bias) {
+    bp = scratch(5, G * nkb * NVL);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < nkb * NVL; ++j) bp[g * nkb * NVL + j] = j < Kg ? bias[g * Kg + j] : 0.f;
+  }
+
+  // Output rows per task. The band holds every input row the block touches, padding rows as
+  // zeros, so a micro-tile may run over the end of an output row into the next.
   const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1;  // band columns q*sw + s*dw
   int64_t rb = std::max<int64_t>(1, ((kBandFloats / std::max<int64_t>(1, Wp * Cg)) - (R - 1) * dh - 1) / sh + 1);
   rb = std::min(rb, P);
@@ -144,11 +167,19 @@ void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
   for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
     const int64_t n = task / (G * nblk), g = (task / nblk) % G, blk = task % nblk;
     const int64_t p0 = blk * rb, p1 = std::min(P, p0 + rb);
-    const int64_t ih_lo = std::max<int64_t>(0, p0 * sh - ph);
-    const int64_t ih_hi = std::min(H, (p1 - 1) * sh - ph + (R - 1) * dh + 1);
-    float* band = scratch(1, std::max<int64_t>(1, ih_hi - ih_lo) * Wp * Cg);
-    if (ih_hi > ih_lo) pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, ih_lo, ih_hi, pw, Wp, Cg, band);
-    float* obuf = nhwc ? nullptr : scratch(2, (p1 - p0) * Q * NVL);
+    const int64_t h0 = p0 * sh - ph, nrows = (p1 - p0 - 1) * sh + (R - 1) * dh + 1;  // band rows h0..
+    const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + nrows);
+    const int64_t rowf = Wp * Cg;
+    float* band = scratch(1, nrows * rowf);
+    if (h_hi > h_lo) {
+      pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, band + (h_lo - h0) * rowf);
+      if (h_lo > h0) std::memset(band, 0, sizeof(float) * (h_lo - h0) * rowf);
+      if (h0 + nrows > h_hi) std::memset(band + (h_hi - h0) * rowf, 0, sizeof(float) * (h0 + nrows - h_hi) * rowf);
+    } else {
+      std::memset(band, 0, sizeof(float) * nrows * rowf);
+    }
+    const int64_t npix = (p1 - p0) * Q;
+    float* obuf = nhwc ? nullptr : scratch(2, npix * NVL);
     int64_t* a_off = scratch_i64(0, RS);
     int64_t* b_off = scratch_i64(1, RS);
     for (int64_t kb = 0; kb < nkb; ++kb) {
@@ -158,46 +189,75 @@ void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
       for (int64_t cb = 0; cb < ncb; ++cb) {
         const int64_t c0 = cb * cc, ccb = std::min(cc, Cg - c0);
         const float* panel = wp + ((g * nkb + kb) * RS * Cg + c0 * RS) * NVL;
-        for (int64_t pp = p0; pp < p1; ++pp) {
-          int nseg = 0;
-          for (int64_t r = 0; r < R; ++r) {
-            const int64_t ih = pp * sh - ph + r * dh;
-            if (ih < 0 || ih >= H) continue;  // a padding row: contributes nothing
-            const int64_t row = (ih - ih_lo) * Wp * Cg + c0;
-            if (merge_s) {
-              a_off[nseg] = row, b_off[nseg] = r * S * Cg * NVL, ++nseg;
-            } else {
-              for (int64_t s = 0; s < S; ++s)
-                a_off[nseg] = row + s * dw * Cg, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
-            }
+        int nseg = 0;
+        for (int64_t r = 0; r < R; ++r) {
+          if (merge_s) {
+            a_off[nseg] = r * dh * rowf + c0, b_off[nseg] = r * S * Cg * NVL, ++nseg;
+          } else {
+            for (int64_t s = 0; s < S; ++s)
+              a_off[nseg] = r * dh * rowf + s * dw * Cg + c0, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
           }
-          for (int64_t q0 = 0; q0 < Q; q0 += MR) {
-            Tile t;
-            t.a = band + q0 * sw * Cg, t.a_is = sw * Cg, t.a_ls = 1;
-            t.b = panel, t.b_ls = NVL;
-            t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
-            t.len = merge_s ? S * Cg : ccb;
-            t.mr = static_cast<int>(std::min(MR, Q - q0));
-            t.accumulate = cb > 0;
-            t.bias_v = (cb == 0 && bp) ? bp + (g * nkb + kb) * NVL : nullptr;
-            if (nhwc) {
-              t.c = y + ((n * P + pp) * Q + q0) * K + g * Kg + kb * NVL, t.ldc = K;
-              t.cmask = kvalid < NVL ? cm : nullptr;
-            } else {
-              t.c = obuf + ((pp - p0) * Q + q0) * NVL, t.ldc = NVL;
-            }
-            run_tile<false>(nv, t);
+        }
+        const float* arow[16];
+        for (int64_t f0 = 0; f0 < npix; f0 += MR) {
+          Tile t;
+          t.mr = static_cast<int>(std::min(MR, npix - f0));
+          for (int i = 0; i < t.mr; ++i) {
+            const int64_t pr = (f0 + i) / Q, q = (f0 + i) % Q;
+            arow[i] = band + pr * sh * rowf + q * sw * Cg;
           }
+          t.arow = arow, t.a_ls = 1;
+          t.b = panel, t.b_ls = NVL;
+          t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
+          t.len = merge_s ? S * Cg : ccb;
+          t.accumulate = cb > 0;
+          t.bias_v = (cb == 0 && bp) ? bp + (g * nkb + kb) * NVL : nullptr;
+          if (nhwc) {
+            t.c = y + ((n * P + p0) * Q + f0) * K + g * Kg + kb * NVL, t.ldc = K;
+            t.cmask = kvalid < NVL ? cm : nullptr;
+          } else {
+            t.c = obuf + f0 * NVL, t.ldc = NVL;
+          }
+          run_tile<false>(nv, t);
         }
       }
       if (!nhwc)  // transpose the block's [pixel][k] buffer into the NCHW planes
         for (int64_t k = 0; k < kvalid; ++k) {
           float* dst = y + ((n * K + g * Kg + kb * NVL + k) * P + p0) * Q;
           const float* src = obuf + k;
-          for (int64_t i = 0, np = (p1 - p0) * Q; i < np; ++i) dst[i] = src[i * NVL];
+          for (int64_t i = 0; i < npix; ++i) dst[i] = src[i * NVL];
         }
     }
   });
+}
+
+void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias,
+                           float* y, bool nhwc) {
+  const FwdPlan f = fwd_plan(p);
+  const int64_t Kg = p.Kg(), Cg = p.Cg(), R = p.R, S = p.S;
+  const float* wp = fwd_pack(p, f, [&](int64_t g, int64_t k, int64_t c, int64_t r, int64_t s) {
+    return w[(((g * Kg + k) * Cg + c) * R + r) * S + s];
+  });
+  fwd_compute(p, f, x, wp, bias, y, nhwc);
+}
+
+// Stride-1 backward-input is the forward convolution of dy with the filter transposed
+// (k <-> c) and flipped (r -> R-1-r, s -> S-1-s), padding dil*(R-1) - pad.
+bool bwd_input_as_forward(const Conv2dParams& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
+}
+
+void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  Conv2dParams f = p;
+  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
+  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  const FwdPlan plan = fwd_plan(f);
+  const int64_t Kg = p.Kg(), Cg = p.Cg(), R = p.R, S = p.S;
+  // forward element (g, k' = c, c' = k, r, s) = w[g*Kg + k, c, R-1-r, S-1-s]
+  const float* wp = fwd_pack(f, plan, [&](int64_t g, int64_t c, int64_t k, int64_t r, int64_t s) {
+    return w[(((g * Kg + k) * Cg + c) * R + (R - 1 - r)) * S + (S - 1 - s)];
+  });
+  fwd_compute(f, plan, dy, wp, nullptr, dx, nhwc);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -205,6 +265,7 @@ void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
 //   over the taps with ih + ph - r*dh = oh*sh and iw + pw - s*dw = ow*sw (0 <= oh < P, ow < Q)
 // ------------------------------------------------------------------------------------------
 void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  if (bwd_input_as_forward(p)) return bwd_input_stride1(p, dy, w, dx, nhwc);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -319,16 +380,18 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   const bool merge_s = dw == 1;  // rows i of a tile run over (s, c) together
   const int64_t part = G * nkb * RS * Cg * NVL;  // one chunk's partial sums [g][kb][r][s][c][NVL]
 
-  // chunks of the N*P output rows: a function of the shape only (determinism)
+  // Chunks of the N*P output rows: a function of the shape only (determinism), enough of them
+  // to keep the threads busy next to G*nkb, few enough that the partials stay small.
   const int64_t rows = N * P;
-  int64_t nchunk = std::min<int64_t>({16, rows, std::max<int64_t>(1, (int64_t(64) << 20) / 4 / part),
+  int64_t nchunk = std::min<int64_t>({ceil_div(16, G * nkb), rows, std::max<int64_t>(1, (int64_t(16) << 20) / part),
                                       std::max<int64_t>(1, p.macs() / (int64_t(4) << 20))});
   nchunk = std::max<int64_t>(1, nchunk);
   float* partial = scratch(0, nchunk * part);
 
-  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1;
-  const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(kBandFloats / 2 / (Q * NVL),
-                                                             kBandFloats / 2 / (Wp * Cg * sh)));
+  // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
+  // images), with its dy rows ([row][q][NVL]) and x rows (band with zero rows) in L2
+  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1, rowf = Wp * Cg;
+  const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(kBandFloats / 4 / (Q * NVL), kBandFloats / (sh * rowf)));
 
   for_each_task(nchunk * G * nkb, p.macs(), [&](int64_t task) {
     const int64_t chunk = task / (G * nkb), g = (task / nkb) % G, kb = task % nkb;
@@ -338,21 +401,45 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
     float* dyb = scratch(2, rsub * Q * NVL);
     int64_t* a_off = scratch_i64(0, rsub);
     int64_t* b_off = scratch_i64(1, rsub);
+    struct Piece { int64_t n, pa, pb, h0, xoff; };
+    Piece pieces[64];
     bool first = true;
     for (int64_t row = row_a; row < row_b;) {
-      const int64_t n = row / P, pa = row % P, pb = std::min({P, pa + rsub, pa + (row_b - row)});
-      row += pb - pa;
-      pack_band(dy, nhwc, K, P, Q, n, g * Kg + kb * NVL, kvalid, pa, pb, 0, Q, NVL, dyb);
-      const int64_t ih_lo = std::max<int64_t>(0, pa * sh - ph);
-      const int64_t ih_hi = std::min(H, (pb - 1) * sh - ph + (R - 1) * dh + 1);
-      float* xb = scratch(1, std::max<int64_t>(1, ih_hi - ih_lo) * Wp * Cg);
-      if (ih_hi > ih_lo) pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, ih_lo, ih_hi, pw, Wp, Cg, xb);
+      // a batch: whole pieces of images, at most rsub rows and 64 pieces
+      const int64_t batch0 = row;
+      int npc = 0;
+      int64_t xsize = 0;
+      while (row < row_b && row - batch0 < rsub && npc < 64) {
+        const int64_t n = row / P, pa = row % P;
+        const int64_t pb = std::min({P, pa + (rsub - (row - batch0)), pa + (row_b - row)});
+        const int64_t h0 = pa * sh - ph, nr = (pb - pa - 1) * sh + (R - 1) * dh + 1;
+        pieces[npc++] = {n, pa, pb, h0, xsize};
+        xsize += nr * rowf;
+        row += pb - pa;
+      }
+      float* xb = scratch(1, xsize);
+      for (int ip = 0; ip < npc; ++ip) {
+        const Piece& pc = pieces[ip];
+        pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL,
+                  dyb + (pc.n * P + pc.pa - batch0) * Q * NVL);
+        const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
+        const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
+        float* band = xb + pc.xoff;
+        if (h_hi > h_lo) {  // rows outside the image are never read (their segments are skipped)
+          pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, band + (h_lo - pc.h0) * rowf);
+        }
+      }
       for (int64_t r = 0; r < R; ++r) {
         int nseg = 0;
-        for (int64_t pp = pa; pp < pb; ++pp) {
-          const int64_t ih = pp * sh - ph + r * dh;
-          if (ih < 0 || ih >= H) continue;
-          a_off[nseg] = (ih - ih_lo) * Wp * Cg, b_off[nseg] = (pp - pa) * Q * NVL, ++nseg;
+        for (int ip = 0; ip < npc; ++ip) {
+          const Piece& pc = pieces[ip];
+          for (int64_t pp = pc.pa; pp < pc.pb; ++pp) {
+            const int64_t ih = pp * sh - ph + r * dh;
+            if (ih < 0 || ih >= H) continue;
+            a_off[nseg] = pc.xoff + (ih - pc.h0) * rowf;
+            b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
+            ++nseg;
+          }
         }
         for (int64_t s0 = 0; s0 < (merge_s ? 1 : S); ++s0) {
           const int64_t I = merge_s ? S * Cg : Cg;  // tile rows: (s, c) or c

@@ -77,6 +77,7 @@ constexpr int VL = Isa::VL;
 struct Tile {
   const float* a = nullptr;      // A(i, l) = a[a_off[seg] + i*a_is + l*a_ls]
   int64_t a_is = 0, a_ls = 1;
+  const float* const* arow = nullptr;  // if set, row i starts at arow[i] instead of a + i*a_is
   const float* b = nullptr;      // B(l)    = b[b_off[seg] + l*b_ls + v*VL + lane]
   int64_t b_ls = 0;
   const int64_t* a_off = nullptr;
@@ -109,7 +110,10 @@ void micro_kernel(const Tile& t) {
   for (int seg = 0; seg < t.nseg; ++seg) {
     const float* ap[MR];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) ap[i] = t.a + t.a_off[seg] + (i < t.mr ? i : t.mr - 1) * t.a_is;
+    for (int i = 0; i < MR; ++i) {
+      const int ii = i < t.mr ? i : t.mr - 1;
+      ap[i] = (t.arow ? t.arow[ii] : t.a + ii * t.a_is) + t.a_off[seg];
+    }
     const float* bp = t.b + t.b_off[seg];
     int64_t ao = 0;
     for (int64_t l = 0; l < t.len; ++l) {
