@@ -167,16 +167,24 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
     const int64_t n = task / (G * nblk), g = (task / nblk) % G, blk = task % nblk;
     const int64_t p0 = blk * rb, p1 = std::min(P, p0 + rb);
-    const int64_t h0 = p0 * sh - ph, nrows = (p1 - p0 - 1) * sh + (R - 1) * dh + 1;  // band rows h0..
-    const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + nrows);
-    const int64_t rowf = Wp * Cg;
-    float* band = scratch(1, nrows * rowf);
-    if (h_hi > h_lo) {
-      pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, band + (h_lo - h0) * rowf);
-      if (h_lo > h0) std::memset(band, 0, sizeof(float) * (h_lo - h0) * rowf);
-      if (h0 + nrows > h_hi) std::memset(band + (h_hi - h0) * rowf, 0, sizeof(float) * (h0 + nrows - h_hi) * rowf);
+    // NHWC 1x1 stride-1 unpadded: read the input in place (a GEMM on the tensor as it lies)
+    const bool direct = nhwc && R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+    const int64_t pixf = direct ? C : Cg, rowf = direct ? W * C : Wp * Cg;  // floats per band pixel / row
+    const float* band;
+    if (direct) {
+      band = x + (n * H + p0) * W * C + g * Cg;
     } else {
-      std::memset(band, 0, sizeof(float) * nrows * rowf);
+      const int64_t h0 = p0 * sh - ph, nrows = (p1 - p0 - 1) * sh + (R - 1) * dh + 1;  // band rows h0..
+      const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + nrows);
+      float* b = scratch(1, nrows * rowf);
+      if (h_hi > h_lo) {
+        pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, b + (h_lo - h0) * rowf);
+        if (h_lo > h0) std::memset(b, 0, sizeof(float) * (h_lo - h0) * rowf);
+        if (h0 + nrows > h_hi) std::memset(b + (h_hi - h0) * rowf, 0, sizeof(float) * (h0 + nrows - h_hi) * rowf);
+      } else {
+        std::memset(b, 0, sizeof(float) * nrows * rowf);
+      }
+      band = b;
     }
     const int64_t npix = (p1 - p0) * Q;
     float* obuf = nhwc ? nullptr : scratch(2, npix * NVL);
@@ -195,7 +203,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             a_off[nseg] = r * dh * rowf + c0, b_off[nseg] = r * S * Cg * NVL, ++nseg;
           } else {
             for (int64_t s = 0; s < S; ++s)
-              a_off[nseg] = r * dh * rowf + s * dw * Cg + c0, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
+              a_off[nseg] = r * dh * rowf + s * dw * pixf + c0, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
           }
         }
         const float* arow[16];
@@ -204,7 +212,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           t.mr = static_cast<int>(std::min(MR, npix - f0));
           for (int i = 0; i < t.mr; ++i) {
             const int64_t pr = (f0 + i) / Q, q = (f0 + i) % Q;
-            arow[i] = band + pr * sh * rowf + q * sw * Cg;
+            arow[i] = band + pr * sh * rowf + q * sw * pixf;
           }
           t.arow = arow, t.a_ls = 1;
           t.b = panel, t.b_ls = NVL;
