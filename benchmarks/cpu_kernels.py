@@ -90,17 +90,17 @@ def make_calls(case, layout, pass_name):
     return torch_fb, ours_fb
 
 
-def bench_pair(f_torch, f_ours, min_time=0.4, max_rounds=200):
+def bench_pair(f_torch, f_ours, min_time=0.4, max_rounds=200, clock=time.perf_counter):
     for f in (f_torch, f_ours, f_torch, f_ours):  # warm up (allocator, weight caches, threads)
         f()
     tt, to = [], []
     start = time.perf_counter()
     while len(tt) < 5 or (time.perf_counter() - start < min_time and len(tt) < max_rounds):
-        t0 = time.perf_counter()
+        t0 = clock()
         f_torch()
-        t1 = time.perf_counter()
+        t1 = clock()
         f_ours()
-        t2 = time.perf_counter()
+        t2 = clock()
         tt.append(t1 - t0)
         to.append(t2 - t1)
     return statistics.median(tt), statistics.median(to)
@@ -113,7 +113,13 @@ def main():
     ap.add_argument("--passes", default=",".join(PASSES))
     ap.add_argument("--algo", default="auto", help="force a conv_ext CPU algorithm")
     ap.add_argument("--min-time", type=float, default=0.4, help="seconds per case and pass")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: leave)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with time.thread_time (CPU time of this thread; use with --threads 1 on a loaded machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     threads = torch.get_num_threads()
     peak = PEAK_GFLOPS_PER_CORE * threads
     print(f"torch {torch.__version__}, {threads} threads, FMA peak {peak:.0f} GFLOP/s, "
@@ -130,7 +136,7 @@ def main():
             for pass_name in args.passes.split(","):
                 f_torch, f_ours = make_calls(case, layout, pass_name)
                 with testing.force_cpu_algorithm(args.algo):
-                    t_torch, t_ours = bench_pair(f_torch, f_ours, args.min_time)
+                    t_torch, t_ours = bench_pair(f_torch, f_ours, args.min_time, clock=clock)
                     algos = "/".join(testing.last_cpu_algorithm(p) or "-" for p in testing.PASSES)
                 n_flop = flops * (3 if pass_name == "fwd+bwd" else 1)
                 g_t, g_o = n_flop / t_torch / 1e9, n_flop / t_ours / 1e9
