@@ -50,7 +50,7 @@ namespace {
 
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) &&
-         p.groups == p.C && p.K == p.C && p.R * p.S <= 49;
+         p.groups == p.C && p.K == p.C && p.R <= 7 && p.S <= 7;
 }
 
 #define CONV_EXT_PICK(fn) (use_avx512() ? avx512::fn : avx2::fn)
@@ -297,28 +297,57 @@ void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x
   });
 }
 
-// NHWC backward-weight: a task owns VL channels and sums over all pixels, row by row.
+// NHWC backward-weight: a task owns VL channels and sums over all pixels, row by row (a row's
+// sum in registers, then added to the total: two-level sums). RT x ST > 0 fixes the filter size
+// at compile time so the RT*ST accumulators live in registers and interior pixels skip the
+// bounds tests; RT = ST = 0 is the generic version.
+template <int RT, int ST>
 void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
-  const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q, RS = R * S;
+  const int64_t C = p.C, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const int64_t R = RT ? RT : p.R, S = ST ? ST : p.S, RS = R * S;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  constexpr int kT = RT ? RT * ST : kMaxTaps;
+  // output columns whose taps are all inside the image
+  const int64_t q_lo = std::min(Q, std::max<int64_t>(0, ceil_div(pw, sw)));
+  const int64_t q_hi = std::max(q_lo, std::min(Q, floor_div(W - 1 + pw - (S - 1) * dw, sw) + 1));
   for_each_task(ceil_div(C, VL), p.macs(), [&](int64_t cb) {
     const int64_t c0 = cb * VL;
     const M m = Isa::mask(C - c0);
-    V total[kMaxTaps], acc[kMaxTaps];
+    V total[kT], acc[kT];
     for (int64_t t = 0; t < RS; ++t) total[t] = Isa::zero();
     for (int64_t n = 0; n < N; ++n)
       for (int64_t pp = 0; pp < P; ++pp) {
-        for (int64_t t = 0; t < RS; ++t) acc[t] = Isa::zero();
+#pragma GCC unroll 49
+        for (int t = 0; t < kT; ++t) acc[t] = Isa::zero();
+        const float* xrow[kT > 7 ? 7 : kT];
+        bool rvalid[kT > 7 ? 7 : kT];
+        for (int64_t r = 0; r < R && r < 7; ++r) {
+          const int64_t ih = pp * sh - ph + r * dh;
+          rvalid[r] = ih >= 0 && ih < H;
+          xrow[r] = x + ((n * H + (rvalid[r] ? ih : 0)) * W) * C + c0;
+        }
+        const float* grow = dy + ((n * P + pp) * Q) * C + c0;
+        const M none = Isa::mask(0);
         for (int64_t q = 0; q < Q; ++q) {
-          const V g = Isa::loadm(dy + ((n * P + pp) * Q + q) * C + c0, m);
-          for (int64_t r = 0; r < R; ++r) {
-            const int64_t ih = pp * sh - ph + r * dh;
-            if (ih < 0 || ih >= H) continue;
-            const float* xr = x + ((n * H + ih) * W) * C + c0;
-            for (int64_t s = 0; s < S; ++s) {
-              const int64_t iw = q * sw - pw + s * dw;
-              if (iw < 0 || iw >= W) continue;
-              acc[r * S + s] = Isa::fma(g, Isa::loadm(xr + iw * C, m), acc[r * S + s]);
+          const V g = Isa::loadm(grow + q * C, m);
+          const int64_t iw0 = q * sw - pw;
+          if (RT && q >= q_lo && q < q_hi && rvalid[0] && rvalid[R - 1]) {  // interior: no tests
+#pragma GCC unroll 7
+            for (int r = 0; r < (RT ? RT : 1); ++r)
+#pragma GCC unroll 7
+              for (int s = 0; s < (ST ? ST : 1); ++s)
+                acc[r * ST + s] = Isa::fma(g, Isa::loadm(xrow[r] + (iw0 + s * dw) * C, m), acc[r * ST + s]);
+          } else {  // edge: taps outside the image load zeros (masked loads do not fault)
+#pragma GCC unroll 7
+            for (int r = 0; r < (RT ? RT : 7); ++r) {
+              if (!RT && r >= R) break;
+#pragma GCC unroll 7
+              for (int s = 0; s < (ST ? ST : 7); ++s) {
+                if (!ST && s >= S) break;
+                const int64_t iw = iw0 + s * dw;
+                const bool ok = rvalid[r] && iw >= 0 && iw < W;
+                acc[r * S + s] = Isa::fma(g, Isa::loadm(xrow[r] + (ok ? iw : 0) * C, ok ? m : none), acc[r * S + s]);
+              }
             }
           }
         }
@@ -362,7 +391,9 @@ void depthwise_backward_input(const Conv2dParams& p, const float* dy, const floa
 
 void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc) {
   if (!nhwc) return nchw_backward_weight(p, dy, x, dwt);
-  nhwc_backward_weight(p, dy, x, dwt);
+  if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3>(p, dy, x, dwt);
+  if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5>(p, dy, x, dwt);
+  nhwc_backward_weight<0, 0>(p, dy, x, dwt);
 }
 
 }  // namespace CONV_EXT_ISA_NS
