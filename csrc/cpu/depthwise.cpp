@@ -179,11 +179,25 @@ void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t ph, int6
   }
 }
 
-void nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
+inline float hsum(V v) {
+  alignas(64) float t[VL];
+  Isa::store(t, v);
+  float s = 0.f;
+  for (int i = 0; i < VL; ++i) s += t[i];
+  return s;
+}
+
+// Vectors per output row for a row of `q` outputs: 1, 2 or 4; a step covers 4/NQ rows, so every
+// step runs 4 independent FMA chains and a 7-wide plane wastes 9 lanes, not 57.
+inline int nq_for(int64_t q) { return q <= VL ? 1 : q <= 2 * VL ? 2 : 4; }
+
+template <int NQ>
+void nchw_forward_t(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
+  constexpr int RB = 4 / NQ;
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t nrows = (P - 1) * sh + (R - 1) * dh + 1;
-  const int64_t wq = round_up(Q + (S - 1) * dw / sw + 1, 4 * VL) + 4 * VL;
+  const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
   for_each_task(N * C, p.macs(), [&](int64_t task) {
     const int64_t c = task % C;
     float* buf = scratch(1, nrows * sw * wq);
@@ -191,22 +205,36 @@ void nchw_forward(const Conv2dParams& p, const float* x, const float* w, const f
     const float* wc = w + c * R * S;
     float* yp = y + task * P * Q;
     const V b = Isa::set1(bias ? bias[c] : 0.f);
-    for (int64_t pp = 0; pp < P; ++pp)
-      for (int64_t q0 = 0; q0 < Q; q0 += 4 * VL) {
-        V acc[4] = {b, b, b, b};
-        for (int64_t r = 0; r < R; ++r) {
-          const float* row = buf + (pp * sh + r * dh) * sw * wq;
+    for (int64_t p0 = 0; p0 < P; p0 += RB) {
+      const float* rowp[RB];
+      for (int rb = 0; rb < RB; ++rb) rowp[rb] = buf + std::min(p0 + rb, P - 1) * sh * sw * wq;
+      for (int64_t q0 = 0; q0 < Q; q0 += NQ * VL) {
+        V acc[RB][NQ];
+        for (int rb = 0; rb < RB; ++rb)
+          for (int v = 0; v < NQ; ++v) acc[rb][v] = b;
+        for (int64_t r = 0; r < R; ++r)
           for (int64_t s = 0; s < S; ++s) {
-            const float* src = row + ((s * dw) % sw) * wq + (s * dw) / sw + q0;
+            const int64_t off = (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw + q0;
             const V wv = Isa::set1(wc[r * S + s]);
 #pragma GCC unroll 4
-            for (int v = 0; v < 4; ++v) acc[v] = Isa::fma(wv, Isa::load(src + v * VL), acc[v]);
+            for (int rb = 0; rb < RB; ++rb)
+#pragma GCC unroll 4
+              for (int v = 0; v < NQ; ++v) acc[rb][v] = Isa::fma(wv, Isa::load(rowp[rb] + off + v * VL), acc[rb][v]);
           }
-        }
-        float* o = yp + pp * Q + q0;
-        for (int v = 0; v < 4; ++v) Isa::storem(o + v * VL, acc[v], Isa::mask(Q - q0 - v * VL));
+        for (int rb = 0; rb < RB && p0 + rb < P; ++rb)
+          for (int v = 0; v < NQ; ++v)
+            Isa::storem(yp + (p0 + rb) * Q + q0 + v * VL, acc[rb][v], Isa::mask(Q - q0 - v * VL));
       }
+    }
   });
+}
+
+void nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
+  switch (nq_for(p.Q)) {
+    case 1: return nchw_forward_t<1>(p, x, w, bias, y);
+    case 2: return nchw_forward_t<2>(p, x, w, bias, y);
+    default: return nchw_forward_t<4>(p, x, w, bias, y);
+  }
 }
 
 void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
@@ -243,15 +271,17 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
           }
         }
         const int64_t ncol = ceil_div(W - phase, sw);
+        const int nq = nq_for(ncol);
         float* o = sw == 1 ? out + ih * W : tmp;
-        for (int64_t j0 = 0; j0 < ncol; j0 += 4 * VL) {
+        for (int64_t j0 = 0; j0 < ncol; j0 += nq * VL) {
           V acc[4] = {Isa::zero(), Isa::zero(), Isa::zero(), Isa::zero()};
           for (int t = 0; t < nt; ++t) {
             const V wv = Isa::set1(tw[t]);
 #pragma GCC unroll 4
-            for (int v = 0; v < 4; ++v) acc[v] = Isa::fma(wv, Isa::load(tp[t] + j0 + v * VL), acc[v]);
+            for (int v = 0; v < 4; ++v)
+              if (v < nq) acc[v] = Isa::fma(wv, Isa::load(tp[t] + j0 + v * VL), acc[v]);
           }
-          for (int v = 0; v < 4; ++v) Isa::storem(o + j0 + v * VL, acc[v], Isa::mask(ncol - j0 - v * VL));
+          for (int v = 0; v < nq; ++v) Isa::storem(o + j0 + v * VL, acc[v], Isa::mask(ncol - j0 - v * VL));
         }
         if (sw != 1)
           for (int64_t j = 0; j < ncol; ++j) out[ih * W + phase + j * sw] = tmp[j];
@@ -259,19 +289,16 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
   });
 }
 
-inline float hsum(V v) {
-  alignas(64) float t[VL];
-  Isa::store(t, v);
-  float s = 0.f;
-  for (int i = 0; i < VL; ++i) s += t[i];
-  return s;
-}
 
-void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+template <int NQ>
+void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+  constexpr int RB = 4 / NQ;
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t nrows = (P - 1) * sh + (R - 1) * dh + 1;
-  const int64_t wq = round_up(Q + (S - 1) * dw / sw + 1, 4 * VL) + 4 * VL;
+  const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
+  M qm[NQ];
+  for (int v = 0; v < NQ; ++v) qm[v] = Isa::mask(Q - v * VL);  // valid lanes of the last step
   for_each_task(C, p.macs(), [&](int64_t c) {
     float* buf = scratch(1, nrows * sw * wq);
     float total[kMaxTaps] = {};
@@ -280,21 +307,42 @@ void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x
       const float* g = dy + (n * C + c) * P * Q;
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s) {
-          V acc[4] = {Isa::zero(), Isa::zero(), Isa::zero(), Isa::zero()};
-          for (int64_t pp = 0; pp < P; ++pp) {
-            const float* xr = buf + (pp * sh + r * dh) * sw * wq + ((s * dw) % sw) * wq + (s * dw) / sw;
-            const float* gr = g + pp * Q;
-            for (int64_t q0 = 0; q0 < Q; q0 += 4 * VL)
+          const int64_t off = (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw;
+          V acc[RB][NQ];
+          for (int rb = 0; rb < RB; ++rb)
+            for (int v = 0; v < NQ; ++v) acc[rb][v] = Isa::zero();
+          for (int64_t p0 = 0; p0 < P; p0 += RB)
+            for (int64_t q0 = 0; q0 < Q; q0 += NQ * VL) {
 #pragma GCC unroll 4
-              for (int v = 0; v < 4; ++v)
-                acc[v] = Isa::fma(Isa::loadm(gr + q0 + v * VL, Isa::mask(Q - q0 - v * VL)),
-                                  Isa::load(xr + q0 + v * VL), acc[v]);
-          }
-          total[r * S + s] += hsum(Isa::add(Isa::add(acc[0], acc[1]), Isa::add(acc[2], acc[3])));
+              for (int rb = 0; rb < RB; ++rb) {
+                const bool row_ok = p0 + rb < P;
+                const int64_t pr = row_ok ? p0 + rb : P - 1;
+                const float* xr = buf + pr * sh * sw * wq + off + q0;
+                const float* gr = g + pr * Q + q0;
+#pragma GCC unroll 4
+                for (int v = 0; v < NQ; ++v) {
+                  const M mv = row_ok ? Isa::mask(Q - q0 - v * VL) : Isa::mask(0);
+                  acc[rb][v] = Isa::fma(Isa::loadm(gr + v * VL, mv), Isa::load(xr + v * VL), acc[rb][v]);
+                }
+              }
+            }
+          V sum = Isa::zero();
+          for (int rb = 0; rb < RB; ++rb)
+            for (int v = 0; v < NQ; ++v) sum = Isa::add(sum, acc[rb][v]);
+          total[r * S + s] += hsum(sum);
         }
     }
     for (int64_t t = 0; t < R * S; ++t) dwt[c * R * S + t] = total[t];
   });
+  (void)qm;
+}
+
+void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+  switch (nq_for(p.Q)) {
+    case 1: return nchw_backward_weight_t<1>(p, dy, x, dwt);
+    case 2: return nchw_backward_weight_t<2>(p, dy, x, dwt);
+    default: return nchw_backward_weight_t<4>(p, dy, x, dwt);
+  }
 }
 
 // NHWC backward-weight: a task owns VL channels and sums over all pixels, row by row (a row's
