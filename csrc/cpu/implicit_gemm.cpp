@@ -385,7 +385,11 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   const int nv = choose_nv(Kg);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), nkb = ceil_div(Kg, NVL);
   const int64_t RS = R * S;
-  const bool merge_s = dw == 1;  // rows i of a tile run over (s, c) together
+  // NCHW with enough channels: the x band stays channel-major ([c][row][col], rows memcpy'd)
+  // and tile rows i are channels (a_is = the band's channel stride); else the band is
+  // [row][col][c] (NHWC memcpy, NCHW transposed) and, with dil_w == 1, rows i run over (s, c).
+  const bool chan_major = !nhwc && Cg >= 8;
+  const bool merge_s = dw == 1 && !chan_major;
   const int64_t part = G * nkb * RS * Cg * NVL;  // one chunk's partial sums [g][kb][r][s][c][NVL]
 
   // Chunks of the N*P output rows: a function of the shape only (determinism), enough of them
@@ -432,10 +436,22 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
                   dyb + (pc.n * P + pc.pa - batch0) * Q * NVL);
         const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
         const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
-        float* band = xb + pc.xoff;
-        if (h_hi > h_lo) {  // rows outside the image are never read (their segments are skipped)
-          pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, band + (h_lo - pc.h0) * rowf);
+        if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)
+        if (chan_major) {  // xb[c][batch row][Wp], batch row = pc.xoff / rowf + (h - h0)
+          const int64_t cstride = xsize / Cg, row0 = pc.xoff / rowf;
+          const int64_t w_end = std::min(W, Wp - pw);  // columns pw .. pw+w_end-1 hold data
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t h = h_lo; h < h_hi; ++h) {
+              float* d = xb + c * cstride + (row0 + h - pc.h0) * Wp;
+              const float* src = x + ((pc.n * C + g * Cg + c) * H + h) * W;
+              std::memset(d, 0, sizeof(float) * std::min(pw, Wp));
+              if (w_end > 0) std::memcpy(d + pw, src, sizeof(float) * w_end);
+              if (Wp > pw + std::max<int64_t>(w_end, 0))
+                std::memset(d + pw + std::max<int64_t>(w_end, 0), 0, sizeof(float) * (Wp - pw - std::max<int64_t>(w_end, 0)));
+            }
+          continue;
         }
+        pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, xb + pc.xoff + (h_lo - pc.h0) * rowf);
       }
       for (int64_t r = 0; r < R; ++r) {
         int nseg = 0;
@@ -444,7 +460,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
           for (int64_t pp = pc.pa; pp < pc.pb; ++pp) {
             const int64_t ih = pp * sh - ph + r * dh;
             if (ih < 0 || ih >= H) continue;
-            a_off[nseg] = pc.xoff + (ih - pc.h0) * rowf;
+            a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wp : pc.xoff + (ih - pc.h0) * rowf;
             b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
             ++nseg;
           }
@@ -454,7 +470,12 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
           float* o = out + (r * S + s0) * Cg * NVL;
           for (int64_t i0 = 0; i0 < I; i0 += MR) {
             Tile t;
-            t.a = xb + s0 * dw * Cg + i0, t.a_is = 1, t.a_ls = sw * Cg;
+            if (chan_major) {
+              const int64_t cstride = xsize / Cg;
+              t.a = xb + s0 * dw + i0 * cstride, t.a_is = cstride, t.a_ls = sw;
+            } else {
+              t.a = xb + s0 * dw * Cg + i0, t.a_is = 1, t.a_ls = sw * Cg;
+            }
             t.b = dyb, t.b_ls = NVL;
             t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Q;
             t.mr = static_cast<int>(std::min(MR, I - i0));
