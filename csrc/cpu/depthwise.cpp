@@ -1,0 +1,451 @@
+// depthwise.cpp — depthwise convolution (groups == C == K, one filter per channel), fp32, all
+// three passes, vectorised over channels in NHWC and over the width in NCHW.
+//
+//   forward          y[n,c,p,q]  = bias[c] + sum_{r,s} x[n,c,p*sh-ph+r*dh,q*sw-pw+s*dw] * w[c,r,s]
+//   backward-input   dx[n,c,h,w] = sum_{r,s: h+ph-r*dh = p*sh, w+pw-s*dw = q*sw} dy[n,c,p,q] * w[c,r,s]
+//   backward-weight  dw[c,r,s]   = sum_{n,p,q} dy[n,c,p,q] * x[n,c,p*sh-ph+r*dh,q*sw-pw+s*dw]
+//
+// NHWC: each output pixel gathers its valid taps (a short list of offsets), then runs them over
+//   the channels 4 vectors at a time (4 independent FMA chains); weights are packed [tap][C].
+//   Backward-input is the same gather from dy (taps with the divisibility test of a stride).
+//   Backward-weight: a task owns a vector of channels and sums over every pixel (per-row
+//   register sums added into the total row by row): no partial buffers, same bits always.
+// NCHW: a task is one (image, channel) plane. Forward copies the plane into a zero-padded buffer
+//   with the columns split by phase (column j*sw + phase), so every tap reads a contiguous run:
+//   y[p, q..q+4*VL) += w[r,s] * buf[row][phase][q + off]. Backward-input splits the dx columns
+//   into stride phases (as implicit_gemm does) and reads a padded dy plane with step 1.
+//   Backward-weight: a task owns a channel; for every tap a vector dot product of dy rows with
+//   shifted x rows, summed over the images in order.
+//
+// Speed: see benchmarks/cpu_kernels.py --cases mbv2 (2 cores Zen 4, batch 8).
+#ifndef CONV_EXT_ISA_NS
+#include <ATen/ATen.h>
+
+#include "algorithms.h"
+#include "kernel_util.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#define CONV_EXT_ISA_NS avx512
+#define CONV_EXT_ISA_BITS 512
+#include "simd.h"
+#include "depthwise.cpp"
+#undef CONV_EXT_ISA_NS
+#undef CONV_EXT_ISA_BITS
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define CONV_EXT_ISA_NS avx2
+#define CONV_EXT_ISA_BITS 256
+#include "simd.h"
+#include "depthwise.cpp"
+#undef CONV_EXT_ISA_NS
+#undef CONV_EXT_ISA_BITS
+#pragma GCC pop_options
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+bool supports(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) &&
+         p.groups == p.C && p.K == p.C && p.R <= 7 && p.S <= 7;
+}
+
+#define CONV_EXT_PICK(fn) (use_avx512() ? avx512::fn : avx2::fn)
+
+void run_forward(const Conv2dParams& p, Operands& o) {
+  const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
+  CONV_EXT_PICK(depthwise_forward)(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias,
+                                   o.out.mutable_data_ptr<float>(), is_nhwc(p));
+}
+
+void run_backward_input(const Conv2dParams& p, Operands& o) {
+  CONV_EXT_PICK(depthwise_backward_input)(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(),
+                                          o.out.mutable_data_ptr<float>(), is_nhwc(p));
+}
+
+void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  CONV_EXT_PICK(depthwise_backward_weight)(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(),
+                                           o.out.mutable_data_ptr<float>(), is_nhwc(p));
+}
+
+const bool registered = register_algorithm({"depthwise", Pass::Forward, 30, supports, run_forward}) &&
+                        register_algorithm({"depthwise", Pass::BackwardInput, 30, supports, run_backward_input}) &&
+                        register_algorithm({"depthwise", Pass::BackwardWeight, 30, supports, run_backward_weight});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace conv_ext
+
+#else  // ---------------- compiled once per ISA ----------------
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA_NS {
+namespace {
+
+constexpr int kMaxTaps = 49;
+
+// NHWC gather: out[n, a, b, c] = bias[c] + sum_{valid taps t} src[n, pixel(t), c] * wt[t][c]
+// forward: out = y (P x Q), src = x; backward-input (bwd): out = dx (H x W), src = dy.
+void nhwc_gather(const Conv2dParams& p, const float* src, const float* wt, const float* bias, float* out,
+                 bool bwd) {
+  const int64_t C = p.C, R = p.R, S = p.S, N = p.N;
+  const int64_t Ho = bwd ? p.H : p.P, Wo = bwd ? p.W : p.Q, Hs = bwd ? p.P : p.H, Ws = bwd ? p.Q : p.W;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int64_t Cp = round_up(C, VL);
+  for_each_task(N * Ho, p.macs(), [&](int64_t task) {
+    const int64_t n = task / Ho, a = task % Ho;
+    int64_t rows[kMaxTaps], rtap[kMaxTaps];
+    int nr = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      int64_t h;
+      if (!bwd) {
+        h = a * sh - ph + r * dh;
+        if (h < 0 || h >= Hs) continue;
+      } else {
+        const int64_t t = a + ph - r * dh;
+        if (t < 0 || t % sh != 0 || t / sh >= Hs) continue;
+        h = t / sh;
+      }
+      rows[nr] = h, rtap[nr] = r, ++nr;
+    }
+    int64_t off[kMaxTaps], widx[kMaxTaps];
+    for (int64_t b = 0; b < Wo; ++b) {
+      int nt = 0;
+      for (int64_t s = 0; s < S; ++s) {
+        int64_t wcol;
+        if (!bwd) {
+          wcol = b * sw - pw + s * dw;
+          if (wcol < 0 || wcol >= Ws) continue;
+        } else {
+          const int64_t t = b + pw - s * dw;
+          if (t < 0 || t % sw != 0 || t / sw >= Ws) continue;
+          wcol = t / sw;
+        }
+        for (int i = 0; i < nr; ++i)
+          off[nt] = ((n * Hs + rows[i]) * Ws + wcol) * C, widx[nt] = (rtap[i] * S + s) * Cp, ++nt;
+      }
+      float* o = out + ((n * Ho + a) * Wo + b) * C;
+      for (int64_t c0 = 0; c0 < C; c0 += 4 * VL) {
+        M m[4];
+        make_masks(4, C - c0, m);
+        V acc[4];
+        for (int v = 0; v < 4; ++v) acc[v] = bias ? Isa::loadm(bias + c0 + v * VL, m[v]) : Isa::zero();
+        if (C - c0 >= 4 * VL) {
+          for (int t = 0; t < nt; ++t) {
+            const float* sp = src + off[t] + c0;
+            const float* wp = wt + widx[t] + c0;
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; ++v) acc[v] = Isa::fma(Isa::load(sp + v * VL), Isa::load(wp + v * VL), acc[v]);
+          }
+          for (int v = 0; v < 4; ++v) Isa::store(o + c0 + v * VL, acc[v]);
+        } else {
+          for (int t = 0; t < nt; ++t) {
+            const float* sp = src + off[t] + c0;
+            const float* wp = wt + widx[t] + c0;
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; ++v)
+              acc[v] = Isa::fma(Isa::loadm(sp + v * VL, m[v]), Isa::loadm(wp + v * VL, m[v]), acc[v]);
+          }
+          for (int v = 0; v < 4; ++v) Isa::storem(o + c0 + v * VL, acc[v], m[v]);
+        }
+      }
+    }
+  });
+}
+
+// Copy plane (n, c) of an NCHW tensor into buf[row][phase][j] = src[row - ph][j*sw + phase - pw]
+// (zero outside), rows [0, nrows), j in [0, wq); wq includes a zero tail for vector over-reads.
+void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
+                      int64_t nrows, int64_t wq, float* buf) {
+  for (int64_t row = 0; row < nrows; ++row) {
+    const int64_t ih = row - ph;
+    float* d = buf + row * sw * wq;
+    if (ih < 0 || ih >= H) {
+      std::memset(d, 0, sizeof(float) * sw * wq);
+      continue;
+    }
+    const float* s = plane + ih * W;
+    for (int64_t phase = 0; phase < sw; ++phase) {
+      float* dp = d + phase * wq;
+      for (int64_t j = 0; j < wq; ++j) {
+        const int64_t iw = j * sw + phase - pw;
+        dp[j] = (iw >= 0 && iw < W) ? s[iw] : 0.f;
+      }
+    }
+  }
+}
+
+inline float hsum(V v) {
+  alignas(64) float t[VL];
+  Isa::store(t, v);
+  float s = 0.f;
+  for (int i = 0; i < VL; ++i) s += t[i];
+  return s;
+}
+
+// Vectors per output row for a row of `q` outputs: 1, 2 or 4; a step covers 4/NQ rows, so every
+// step runs 4 independent FMA chains and a 7-wide plane wastes 9 lanes, not 57.
+inline int nq_for(int64_t q) { return q <= VL ? 1 : q <= 2 * VL ? 2 : 4; }
+
+template <int NQ>
+void nchw_forward_t(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
+  constexpr int RB = 4 / NQ;
+  const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int64_t nrows = (P - 1) * sh + (R - 1) * dh + 1;
+  const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
+  for_each_task(N * C, p.macs(), [&](int64_t task) {
+    const int64_t c = task % C;
+    float* buf = scratch(1, nrows * sw * wq);
+    pack_phase_plane(x + task * H * W, H, W, ph, pw, sw, nrows, wq, buf);
+    const float* wc = w + c * R * S;
+    float* yp = y + task * P * Q;
+    const V b = Isa::set1(bias ? bias[c] : 0.f);
+    for (int64_t p0 = 0; p0 < P; p0 += RB) {
+      const float* rowp[RB];
+      for (int rb = 0; rb < RB; ++rb) rowp[rb] = buf + std::min(p0 + rb, P - 1) * sh * sw * wq;
+      for (int64_t q0 = 0; q0 < Q; q0 += NQ * VL) {
+        V acc[RB][NQ];
+        for (int rb = 0; rb < RB; ++rb)
+          for (int v = 0; v < NQ; ++v) acc[rb][v] = b;
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t off = (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw + q0;
+            const V wv = Isa::set1(wc[r * S + s]);
+#pragma GCC unroll 4
+            for (int rb = 0; rb < RB; ++rb)
+#pragma GCC unroll 4
+              for (int v = 0; v < NQ; ++v) acc[rb][v] = Isa::fma(wv, Isa::load(rowp[rb] + off + v * VL), acc[rb][v]);
+          }
+        for (int rb = 0; rb < RB && p0 + rb < P; ++rb)
+          for (int v = 0; v < NQ; ++v)
+            Isa::storem(yp + (p0 + rb) * Q + q0 + v * VL, acc[rb][v], Isa::mask(Q - q0 - v * VL));
+      }
+    }
+  });
+}
+
+void nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
+  switch (nq_for(p.Q)) {
+    case 1: return nchw_forward_t<1>(p, x, w, bias, y);
+    case 2: return nchw_forward_t<2>(p, x, w, bias, y);
+    default: return nchw_forward_t<4>(p, x, w, bias, y);
+  }
+}
+
+void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
+  const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  // dy plane padded: columns ow + padL for every ow a dx column can reach, plus a zero tail
+  const int64_t padL = std::max<int64_t>(0, -floor_div(pw - (S - 1) * dw, sw));
+  const int64_t ow_max = floor_div(W - 1 + pw, sw);
+  const int64_t Wpp = std::max(Q, ow_max + 1) + padL + 4 * VL;
+  for_each_task(N * C, p.macs(), [&](int64_t task) {
+    const int64_t c = task % C;
+    float* buf = scratch(1, P * Wpp + round_up(W, 4 * VL));
+    float* tmp = buf + P * Wpp;
+    const float* src = dy + task * P * Q;
+    for (int64_t oh = 0; oh < P; ++oh) {
+      float* d = buf + oh * Wpp;
+      std::memset(d, 0, sizeof(float) * Wpp);
+      std::memcpy(d + padL, src + oh * Q, sizeof(float) * Q);
+    }
+    const float* wc = w + c * R * S;
+    float* out = dx + task * H * W;
+    const float* tp[kMaxTaps];
+    float tw[kMaxTaps];
+    for (int64_t ih = 0; ih < H; ++ih)
+      for (int64_t phase = 0; phase < std::min(sw, W); ++phase) {
+        int nt = 0;
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t th = ih + ph - r * dh;
+          if (th < 0 || th % sh != 0 || th / sh >= P) continue;
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t t = phase + pw - s * dw;
+            if (floor_mod(t, sw) != 0) continue;
+            tp[nt] = buf + (th / sh) * Wpp + floor_div(t, sw) + padL, tw[nt] = wc[r * S + s], ++nt;
+          }
+        }
+        const int64_t ncol = ceil_div(W - phase, sw);
+        const int nq = nq_for(ncol);
+        float* o = sw == 1 ? out + ih * W : tmp;
+        for (int64_t j0 = 0; j0 < ncol; j0 += nq * VL) {
+          V acc[4] = {Isa::zero(), Isa::zero(), Isa::zero(), Isa::zero()};
+          for (int t = 0; t < nt; ++t) {
+            const V wv = Isa::set1(tw[t]);
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; ++v)
+              if (v < nq) acc[v] = Isa::fma(wv, Isa::load(tp[t] + j0 + v * VL), acc[v]);
+          }
+          for (int v = 0; v < nq; ++v) Isa::storem(o + j0 + v * VL, acc[v], Isa::mask(ncol - j0 - v * VL));
+        }
+        if (sw != 1)
+          for (int64_t j = 0; j < ncol; ++j) out[ih * W + phase + j * sw] = tmp[j];
+      }
+  });
+}
+
+
+template <int NQ>
+void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+  constexpr int RB = 4 / NQ;
+  const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int64_t nrows = (P - 1) * sh + (R - 1) * dh + 1;
+  const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
+  M qm[NQ];
+  for (int v = 0; v < NQ; ++v) qm[v] = Isa::mask(Q - v * VL);  // valid lanes of the last step
+  for_each_task(C, p.macs(), [&](int64_t c) {
+    float* buf = scratch(1, nrows * sw * wq);
+    float total[kMaxTaps] = {};
+    for (int64_t n = 0; n < N; ++n) {
+      pack_phase_plane(x + (n * C + c) * H * W, H, W, ph, pw, sw, nrows, wq, buf);
+      const float* g = dy + (n * C + c) * P * Q;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t off = (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw;
+          V acc[RB][NQ];
+          for (int rb = 0; rb < RB; ++rb)
+            for (int v = 0; v < NQ; ++v) acc[rb][v] = Isa::zero();
+          for (int64_t p0 = 0; p0 < P; p0 += RB)
+            for (int64_t q0 = 0; q0 < Q; q0 += NQ * VL) {
+#pragma GCC unroll 4
+              for (int rb = 0; rb < RB; ++rb) {
+                const bool row_ok = p0 + rb < P;
+                const int64_t pr = row_ok ? p0 + rb : P - 1;
+                const float* xr = buf + pr * sh * sw * wq + off + q0;
+                const float* gr = g + pr * Q + q0;
+#pragma GCC unroll 4
+                for (int v = 0; v < NQ; ++v) {
+                  const M mv = row_ok ? Isa::mask(Q - q0 - v * VL) : Isa::mask(0);
+                  acc[rb][v] = Isa::fma(Isa::loadm(gr + v * VL, mv), Isa::load(xr + v * VL), acc[rb][v]);
+                }
+              }
+            }
+          V sum = Isa::zero();
+          for (int rb = 0; rb < RB; ++rb)
+            for (int v = 0; v < NQ; ++v) sum = Isa::add(sum, acc[rb][v]);
+          total[r * S + s] += hsum(sum);
+        }
+    }
+    for (int64_t t = 0; t < R * S; ++t) dwt[c * R * S + t] = total[t];
+  });
+  (void)qm;
+}
+
+void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+  switch (nq_for(p.Q)) {
+    case 1: return nchw_backward_weight_t<1>(p, dy, x, dwt);
+    case 2: return nchw_backward_weight_t<2>(p, dy, x, dwt);
+    default: return nchw_backward_weight_t<4>(p, dy, x, dwt);
+  }
+}
+
+// NHWC backward-weight: a task owns VL channels and sums over all pixels, row by row (a row's
+// sum in registers, then added to the total: two-level sums). RT x ST > 0 fixes the filter size
+// at compile time so the RT*ST accumulators live in registers and interior pixels skip the
+// bounds tests; RT = ST = 0 is the generic version.
+template <int RT, int ST>
+void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+  const int64_t C = p.C, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
+  const int64_t R = RT ? RT : p.R, S = ST ? ST : p.S, RS = R * S;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  constexpr int kT = RT ? RT * ST : kMaxTaps;
+  // output columns whose taps are all inside the image
+  const int64_t q_lo = std::min(Q, std::max<int64_t>(0, ceil_div(pw, sw)));
+  const int64_t q_hi = std::max(q_lo, std::min(Q, floor_div(W - 1 + pw - (S - 1) * dw, sw) + 1));
+  for_each_task(ceil_div(C, VL), p.macs(), [&](int64_t cb) {
+    const int64_t c0 = cb * VL;
+    const M m = Isa::mask(C - c0);
+    V total[kT], acc[kT];
+    for (int64_t t = 0; t < RS; ++t) total[t] = Isa::zero();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t pp = 0; pp < P; ++pp) {
+#pragma GCC unroll 49
+        for (int t = 0; t < kT; ++t) acc[t] = Isa::zero();
+        const float* xrow[kT > 7 ? 7 : kT];
+        bool rvalid[kT > 7 ? 7 : kT];
+        for (int64_t r = 0; r < R && r < 7; ++r) {
+          const int64_t ih = pp * sh - ph + r * dh;
+          rvalid[r] = ih >= 0 && ih < H;
+          xrow[r] = x + ((n * H + (rvalid[r] ? ih : 0)) * W) * C + c0;
+        }
+        const float* grow = dy + ((n * P + pp) * Q) * C + c0;
+        const M none = Isa::mask(0);
+        for (int64_t q = 0; q < Q; ++q) {
+          const V g = Isa::loadm(grow + q * C, m);
+          const int64_t iw0 = q * sw - pw;
+          if (RT && q >= q_lo && q < q_hi && rvalid[0] && rvalid[R - 1]) {  // interior: no tests
+#pragma GCC unroll 7
+            for (int r = 0; r < (RT ? RT : 1); ++r)
+#pragma GCC unroll 7
+              for (int s = 0; s < (ST ? ST : 1); ++s)
+                acc[r * ST + s] = Isa::fma(g, Isa::loadm(xrow[r] + (iw0 + s * dw) * C, m), acc[r * ST + s]);
+          } else {  // edge: taps outside the image load zeros (masked loads do not fault)
+#pragma GCC unroll 7
+            for (int r = 0; r < (RT ? RT : 7); ++r) {
+              if (!RT && r >= R) break;
+#pragma GCC unroll 7
+              for (int s = 0; s < (ST ? ST : 7); ++s) {
+                if (!ST && s >= S) break;
+                const int64_t iw = iw0 + s * dw;
+                const bool ok = rvalid[r] && iw >= 0 && iw < W;
+                acc[r * S + s] = Isa::fma(g, Isa::loadm(xrow[r] + (ok ? iw : 0) * C, ok ? m : none), acc[r * S + s]);
+              }
+            }
+          }
+        }
+        for (int64_t t = 0; t < RS; ++t) total[t] = Isa::add(total[t], acc[t]);
+      }
+    alignas(64) float tmp[VL];
+    for (int64_t t = 0; t < RS; ++t) {
+      Isa::store(tmp, total[t]);
+      for (int64_t i = 0; i < std::min<int64_t>(VL, C - c0); ++i) dwt[(c0 + i) * RS + t] = tmp[i];
+    }
+  });
+}
+
+// weights [R*S][Cp] (optionally flipped: tap (r,s) <- (R-1-r, S-1-s))
+float* pack_taps(const Conv2dParams& p, const float* w) {
+  const int64_t C = p.C, RS = p.R * p.S, Cp = round_up(C, VL);
+  float* wt = scratch(0, RS * Cp);
+  for (int64_t t = 0; t < RS; ++t)
+    for (int64_t c = 0; c < Cp; ++c) wt[t * Cp + c] = c < C ? w[c * RS + t] : 0.f;
+  return wt;
+}
+
+}  // namespace
+
+void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
+                       bool nhwc) {
+  if (!nhwc) return nchw_forward(p, x, w, bias, y);
+  float* bp = nullptr;
+  if (bias) {
+    bp = scratch(5, round_up(p.C, VL));
+    std::fill(bp, bp + round_up(p.C, VL), 0.f);
+    std::copy(bias, bias + p.C, bp);
+  }
+  nhwc_gather(p, x, pack_taps(p, w), bp, y, false);
+}
+
+void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  if (!nhwc) return nchw_backward_input(p, dy, w, dx);
+  nhwc_gather(p, dy, pack_taps(p, w), nullptr, dx, true);
+}
+
+void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc) {
+  if (!nhwc) return nchw_backward_weight(p, dy, x, dwt);
+  if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3>(p, dy, x, dwt);
+  if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5>(p, dy, x, dwt);
+  nhwc_backward_weight<0, 0>(p, dy, x, dwt);
+}
+
+}  // namespace CONV_EXT_ISA_NS
+}  // namespace cpu
+}  // namespace conv_ext
+
+#endif

@@ -1,0 +1,512 @@
+// implicit_gemm.cpp — general fp32 convolution, all three passes, NCHW and NHWC, as an implicit
+// GEMM on the register-blocked micro-kernel of simd.h (AVX-512, AVX2; portable -> reference).
+//
+//   forward          y[n,p,q,k]   = sum_{r,s,c} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c] * w[k,c,r,s]
+//                    M = output pixels of a row (MR per tile), N = output channels (NV vectors),
+//                    reduction = (r, s, c): one micro-kernel segment per filter row when the
+//                    taps of a row are contiguous in the band (dil_w == 1), else per tap.
+//   backward-input   dx = the same engine gathering from dy with the filter transposed
+//                    (w[k,c,r,s] packed as [r][s][k][c]); stride > 1 is split into stride_w
+//                    phases of dx columns, each of which reads dy with step 1 and only the taps
+//                    that hit it, so the zeros a stride inserts are never multiplied.
+//   backward-weight  dw[k,(s,c),r] = sum_{n,p,q} x-band[(q*sw+s*dw), c] * dy[n,p,q,k]; the rows
+//                    (n,p) are cut into a fixed number of chunks (a function of the shape only),
+//                    each chunk's partial sums go to its own buffer, and the buffers are added in
+//                    chunk order: the same bits for any thread count.
+//
+// Blocking. A task is (image, group, block of output rows) [forward, backward-input] or
+// (chunk, group, block of output channels) [backward-weight]. A task copies the input rows it
+// needs into a "band" (rows x padded columns x channels, zero padding built in; NHWC rows are
+// memcpy'd, NCHW rows transposed), so the micro-kernel never tests bounds and never sees an
+// im2col buffer. Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
+// panels of <= 192 KiB (they stay in L2 while a task sweeps its rows); the reduction over
+// input channels is split into such panels and accumulated in the output.
+// NCHW outputs are written through a per-task [pixels][NV*VL] buffer and transposed on store.
+//
+// Speed (2 cores Zen 4, fp32, batch 8, python benchmarks/cpu_kernels.py): see the table in
+// that script's docstring; e.g. ResNet-50 3x3 64->64 @56 forward NHWC ~ 190 GFLOP/s.
+#ifndef CONV_EXT_ISA_NS
+#include <ATen/ATen.h>
+
+#include "algorithms.h"
+#include "kernel_util.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#define CONV_EXT_ISA_NS avx512
+#define CONV_EXT_ISA_BITS 512
+#include "simd.h"
+#include "implicit_gemm.cpp"
+#undef CONV_EXT_ISA_NS
+#undef CONV_EXT_ISA_BITS
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define CONV_EXT_ISA_NS avx2
+#define CONV_EXT_ISA_BITS 256
+#include "simd.h"
+#include "implicit_gemm.cpp"
+#undef CONV_EXT_ISA_NS
+#undef CONV_EXT_ISA_BITS
+#pragma GCC pop_options
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+bool supports(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p);
+}
+
+void run_forward(const Conv2dParams& p, Operands& o) {
+  const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
+  auto f = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>(), is_nhwc(p));
+}
+
+void run_backward_input(const Conv2dParams& p, Operands& o) {
+  auto f = use_avx512() ? avx512::implicit_gemm_backward_input : avx2::implicit_gemm_backward_input;
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
+}
+
+void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  auto f = use_avx512() ? avx512::implicit_gemm_backward_weight : avx2::implicit_gemm_backward_weight;
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
+}
+
+const bool registered =
+    register_algorithm({"implicit_gemm", Pass::Forward, 10, supports, run_forward}) &&
+    register_algorithm({"implicit_gemm", Pass::BackwardInput, 10, supports, run_backward_input}) &&
+    register_algorithm({"implicit_gemm", Pass::BackwardWeight, 10, supports, run_backward_weight});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace conv_ext
+
+#else  // ---------------- the kernels, compiled once per ISA (namespace CONV_EXT_ISA_NS) ----------------
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA_NS {
+
+constexpr int64_t kPanelFloats = 192 * 1024 / 4;  // packed-weight panel that stays in L2
+constexpr int64_t kBandFloats = 320 * 1024 / 4;   // input band of one task
+
+// ------------------------------------------------------------------------------------------
+// forward
+// ------------------------------------------------------------------------------------------
+struct FwdPlan {
+  int nv;
+  int64_t NVL, MR, nkb, cc, ncb;
+  bool merge_s;
+};
+
+FwdPlan fwd_plan(const Conv2dParams& p) {
+  FwdPlan f;
+  f.nv = choose_nv(p.Kg());
+  f.NVL = f.nv * VL, f.MR = Isa::mr(f.nv), f.nkb = ceil_div(p.Kg(), f.NVL);
+  f.cc = std::max<int64_t>(1, kPanelFloats / (p.R * p.S * f.NVL));  // input channels per panel
+  if (f.cc >= p.Cg()) f.cc = p.Cg();
+  f.ncb = ceil_div(p.Cg(), f.cc);
+  f.merge_s = p.dil_w == 1 && f.ncb == 1;  // a filter row's (s, c) are contiguous in the band
+  return f;
+}
+
+// Pack weights [g][kb][cb][r][s][c][NVL] (zeros past Kg) for the forward problem p, reading
+// element (g, k, c, r, s) through wat(g, k, c, r, s).
+template <typename WAt>
+float* fwd_pack(const Conv2dParams& p, const FwdPlan& f, const WAt& wat) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, RS = R * S, NVL = f.NVL;
+  float* wp = scratch(0, G * f.nkb * RS * Cg * NVL);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t kb = 0; kb < f.nkb; ++kb) {
+      float* panel0 = wp + (g * f.nkb + kb) * RS * Cg * NVL;
+      for (int64_t cb = 0; cb < f.ncb; ++cb) {
+        const int64_t c0 = cb * f.cc, ccb = std::min(f.cc, Cg - c0);
+        float* panel = panel0 + c0 * RS * NVL;
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t c = 0; c < ccb; ++c) {
+              float* d = panel + ((r * S + s) * ccb + c) * NVL;
+              for (int64_t j = 0; j < NVL; ++j) {
+                const int64_t k = kb * NVL + j;
+                d[j] = k < Kg ? wat(g, k, c0 + c, r, s) : 0.f;
+              }
+            }
+      }
+    }
+  return wp;
+}
+
+// y = conv(x, packed weights) + bias for the forward problem p (pad >= 0).
+void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const float* wp, const float* bias,
+                 float* y, bool nhwc) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int nv = f.nv;
+  const int64_t NVL = f.NVL, MR = f.MR, nkb = f.nkb, cc = f.cc, ncb = f.ncb;
+  const bool merge_s = f.merge_s;
+
+  float* bp = nullptr;  // bias [g][kb][NVL]
+  if (bias) {
+    bp = scratch(5, G * nkb * NVL);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < nkb * NVL; ++j) bp[g * nkb * NVL + j] = j < Kg ? bias[g * Kg + j] : 0.f;
+  }
+
+  // Output rows per task. The band holds every input row the block touches, padding rows as
+  // zeros, so a micro-tile may run over the end of an output row into the next.
+  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1;  // band columns q*sw + s*dw
+  int64_t rb = std::max<int64_t>(1, ((kBandFloats / std::max<int64_t>(1, Wp * Cg)) - (R - 1) * dh - 1) / sh + 1);
+  rb = std::min(rb, P);
+  while (rb > 1 && N * G * ceil_div(P, rb) < 8) rb = ceil_div(rb, 2);
+  const int64_t nblk = ceil_div(P, rb);
+
+  for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
+    const int64_t n = task / (G * nblk), g = (task / nblk) % G, blk = task % nblk;
+    const int64_t p0 = blk * rb, p1 = std::min(P, p0 + rb);
+    // NHWC 1x1 stride-1 unpadded: read the input in place (a GEMM on the tensor as it lies)
+    const bool direct = nhwc && R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+    const int64_t pixf = direct ? C : Cg, rowf = direct ? W * C : Wp * Cg;  // floats per band pixel / row
+    const float* band;
+    if (direct) {
+      band = x + (n * H + p0) * W * C + g * Cg;
+    } else {
+      const int64_t h0 = p0 * sh - ph, nrows = (p1 - p0 - 1) * sh + (R - 1) * dh + 1;  // band rows h0..
+      const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + nrows);
+      float* b = scratch(1, nrows * rowf);
+      if (h_hi > h_lo) {
+        pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, b + (h_lo - h0) * rowf);
+        if (h_lo > h0) std::memset(b, 0, sizeof(float) * (h_lo - h0) * rowf);
+        if (h0 + nrows > h_hi) std::memset(b + (h_hi - h0) * rowf, 0, sizeof(float) * (h0 + nrows - h_hi) * rowf);
+      } else {
+        std::memset(b, 0, sizeof(float) * nrows * rowf);
+      }
+      band = b;
+    }
+    const int64_t npix = (p1 - p0) * Q;
+    float* obuf = nhwc ? nullptr : scratch(2, npix * NVL);
+    int64_t* a_off = scratch_i64(0, RS);
+    int64_t* b_off = scratch_i64(1, RS);
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
+      M cm[4];
+      make_masks(nv, kvalid, cm);
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const int64_t c0 = cb * cc, ccb = std::min(cc, Cg - c0);
+        const float* panel = wp + ((g * nkb + kb) * RS * Cg + c0 * RS) * NVL;
+        int nseg = 0;
+        for (int64_t r = 0; r < R; ++r) {
+          if (merge_s) {
+            a_off[nseg] = r * dh * rowf + c0, b_off[nseg] = r * S * Cg * NVL, ++nseg;
+          } else {
+            for (int64_t s = 0; s < S; ++s)
+              a_off[nseg] = r * dh * rowf + s * dw * pixf + c0, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
+          }
+        }
+        const float* arow[16];
+        for (int64_t f0 = 0; f0 < npix; f0 += MR) {
+          Tile t;
+          t.mr = static_cast<int>(std::min(MR, npix - f0));
+          for (int i = 0; i < t.mr; ++i) {
+            const int64_t pr = (f0 + i) / Q, q = (f0 + i) % Q;
+            arow[i] = band + pr * sh * rowf + q * sw * pixf;
+          }
+          t.arow = arow, t.a_ls = 1;
+          t.b = panel, t.b_ls = NVL;
+          t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
+          t.len = merge_s ? S * Cg : ccb;
+          t.accumulate = cb > 0;
+          t.bias_v = (cb == 0 && bp) ? bp + (g * nkb + kb) * NVL : nullptr;
+          if (nhwc) {
+            t.c = y + ((n * P + p0) * Q + f0) * K + g * Kg + kb * NVL, t.ldc = K;
+            t.cmask = kvalid < NVL ? cm : nullptr;
+          } else {
+            t.c = obuf + f0 * NVL, t.ldc = NVL;
+          }
+          run_tile<false>(nv, t);
+        }
+      }
+      if (!nhwc)  // transpose the block's [pixel][k] buffer into the NCHW planes
+        for (int64_t k = 0; k < kvalid; ++k) {
+          float* dst = y + ((n * K + g * Kg + kb * NVL + k) * P + p0) * Q;
+          const float* src = obuf + k;
+          for (int64_t i = 0; i < npix; ++i) dst[i] = src[i * NVL];
+        }
+    }
+  });
+}
+
+void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias,
+                           float* y, bool nhwc) {
+  const FwdPlan f = fwd_plan(p);
+  const int64_t Kg = p.Kg(), Cg = p.Cg(), R = p.R, S = p.S;
+  const float* wp = fwd_pack(p, f, [&](int64_t g, int64_t k, int64_t c, int64_t r, int64_t s) {
+    return w[(((g * Kg + k) * Cg + c) * R + r) * S + s];
+  });
+  fwd_compute(p, f, x, wp, bias, y, nhwc);
+}
+
+// Stride-1 backward-input is the forward convolution of dy with the filter transposed
+// (k <-> c) and flipped (r -> R-1-r, s -> S-1-s), padding dil*(R-1) - pad.
+bool bwd_input_as_forward(const Conv2dParams& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
+}
+
+void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  Conv2dParams f = p;
+  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
+  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  const FwdPlan plan = fwd_plan(f);
+  const int64_t Kg = p.Kg(), Cg = p.Cg(), R = p.R, S = p.S;
+  // forward element (g, k' = c, c' = k, r, s) = w[g*Kg + k, c, R-1-r, S-1-s]
+  const float* wp = fwd_pack(f, plan, [&](int64_t g, int64_t c, int64_t k, int64_t r, int64_t s) {
+    return w[(((g * Kg + k) * Cg + c) * R + (R - 1 - r)) * S + (S - 1 - s)];
+  });
+  fwd_compute(f, plan, dy, wp, nullptr, dx, nhwc);
+}
+
+// ------------------------------------------------------------------------------------------
+// backward-input: dx[n,ih,iw,c] = sum_{r,s,k} dy[n,oh,ow,k] * w[k,c,r,s]
+//   over the taps with ih + ph - r*dh = oh*sh and iw + pw - s*dw = ow*sw (0 <= oh < P, ow < Q)
+// ------------------------------------------------------------------------------------------
+void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  if (bwd_input_as_forward(p)) return bwd_input_stride1(p, dy, w, dx, nhwc);
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int nv = choose_nv(Cg);
+  const int64_t NVL = nv * VL, MR = Isa::mr(nv), nob = ceil_div(Cg, NVL);
+  const int64_t RS = R * S;
+  int64_t kc = std::max<int64_t>(1, kPanelFloats / (RS * NVL));  // output channels per panel
+  if (kc >= Kg) kc = Kg;
+  const int64_t nkc = ceil_div(Kg, kc);
+
+  // packed transposed weights [g][ob][kcb][r][s][k][NVL]
+  float* wp = scratch(0, G * nob * RS * Kg * NVL);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t ob = 0; ob < nob; ++ob) {
+      float* panel0 = wp + (g * nob + ob) * RS * Kg * NVL;
+      for (int64_t kcb = 0; kcb < nkc; ++kcb) {
+        const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
+        float* panel = panel0 + k0 * RS * NVL;
+        for (int64_t rs = 0; rs < RS; ++rs)
+          for (int64_t k = 0; k < kcl; ++k) {
+            float* d = panel + (rs * kcl + k) * NVL;
+            const float* src = w + (g * Kg + k0 + k) * Cg * RS + rs;
+            for (int64_t j = 0; j < NVL; ++j) {
+              const int64_t c = ob * NVL + j;
+              d[j] = c < Cg ? src[c * RS] : 0.f;
+            }
+          }
+      }
+    }
+
+  // dy band: columns ow + padL for every ow a dx column can reach
+  const int64_t padL = std::max<int64_t>(0, -floor_div(pw - (S - 1) * dw, sw));
+  const int64_t ow_max = floor_div(W - 1 + pw, sw);
+  const int64_t Wp = std::max(Q, ow_max + 1) + padL;
+  int64_t rb = std::max<int64_t>(1, (kBandFloats / std::max<int64_t>(1, Wp * Kg)) * sh - (R - 1) * dh);
+  rb = std::min(rb, H);
+  while (rb > 1 && N * G * ceil_div(H, rb) < 8) rb = ceil_div(rb, 2);
+  const int64_t nblk = ceil_div(H, rb);
+
+  for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
+    const int64_t n = task / (G * nblk), g = (task / nblk) % G, blk = task % nblk;
+    const int64_t i0 = blk * rb, i1 = std::min(H, i0 + rb);
+    const int64_t oh_lo = std::max<int64_t>(0, ceil_div(i0 + ph - (R - 1) * dh, sh));
+    const int64_t oh_hi = std::min(P, floor_div(i1 - 1 + ph, sh) + 1);
+    float* band = scratch(1, std::max<int64_t>(1, oh_hi - oh_lo) * Wp * Kg);
+    if (oh_hi > oh_lo) pack_band(dy, nhwc, K, P, Q, n, g * Kg, Kg, oh_lo, oh_hi, padL, Wp, Kg, band);
+    float* obuf = nhwc ? nullptr : scratch(2, (i1 - i0) * W * NVL);
+    int64_t* a_off = scratch_i64(0, RS);
+    int64_t* b_off = scratch_i64(1, RS);
+    for (int64_t ob = 0; ob < nob; ++ob) {
+      const int64_t cvalid = std::min(NVL, Cg - ob * NVL);
+      M cm[4];
+      make_masks(nv, cvalid, cm);
+      for (int64_t kcb = 0; kcb < nkc; ++kcb) {
+        const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
+        const float* panel = wp + ((g * nob + ob) * RS * Kg + k0 * RS) * NVL;
+        for (int64_t ih = i0; ih < i1; ++ih)
+          for (int64_t phase = 0; phase < std::min(sw, W); ++phase) {
+            // the taps that reach dx columns phase, phase + sw, ... (the same for all of them)
+            int nseg = 0;
+            for (int64_t r = 0; r < R; ++r) {
+              const int64_t th = ih + ph - r * dh;
+              if (th < 0 || th % sh != 0 || th / sh >= P) continue;
+              const int64_t oh = th / sh;
+              for (int64_t s = 0; s < S; ++s) {
+                const int64_t tw = phase + pw - s * dw;
+                if (floor_mod(tw, sw) != 0) continue;
+                a_off[nseg] = ((oh - oh_lo) * Wp + floor_div(tw, sw) + padL) * Kg + k0;
+                b_off[nseg] = (r * S + s) * kcl * NVL;
+                ++nseg;
+              }
+            }
+            const int64_t ncol = ceil_div(W - phase, sw);
+            for (int64_t j0 = 0; j0 < ncol; j0 += MR) {
+              const int64_t iw0 = phase + j0 * sw;
+              Tile t;
+              t.a = band + j0 * Kg, t.a_is = Kg, t.a_ls = 1;
+              t.b = panel, t.b_ls = NVL;
+              t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = kcl;
+              t.mr = static_cast<int>(std::min(MR, ncol - j0));
+              t.accumulate = kcb > 0;
+              if (nhwc) {
+                t.c = dx + ((n * H + ih) * W + iw0) * C + g * Cg + ob * NVL, t.ldc = sw * C;
+                t.cmask = cvalid < NVL ? cm : nullptr;
+              } else {
+                t.c = obuf + ((ih - i0) * W + iw0) * NVL, t.ldc = sw * NVL;
+              }
+              run_tile<false>(nv, t);
+            }
+          }
+      }
+      if (!nhwc)
+        for (int64_t c = 0; c < cvalid; ++c) {
+          float* dst = dx + ((n * C + g * Cg + ob * NVL + c) * H + i0) * W;
+          const float* src = obuf + c;
+          for (int64_t i = 0, np = (i1 - i0) * W; i < np; ++i) dst[i] = src[i * NVL];
+        }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------
+// backward-weight: dw[k,c,r,s] = sum_{n,p,q} dy[n,p,q,k] * x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c]
+// ------------------------------------------------------------------------------------------
+void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int nv = choose_nv(Kg);
+  const int64_t NVL = nv * VL, MR = Isa::mr(nv), nkb = ceil_div(Kg, NVL);
+  const int64_t RS = R * S;
+  // NCHW with enough channels: the x band stays channel-major ([c][row][col], rows memcpy'd)
+  // and tile rows i are channels (a_is = the band's channel stride); else the band is
+  // [row][col][c] (NHWC memcpy, NCHW transposed) and, with dil_w == 1, rows i run over (s, c).
+  const bool chan_major = !nhwc && Cg >= 8;
+  const bool merge_s = dw == 1 && !chan_major;
+  const int64_t part = G * nkb * RS * Cg * NVL;  // one chunk's partial sums [g][kb][r][s][c][NVL]
+
+  // Chunks of the N*P output rows: a function of the shape only (determinism), enough of them
+  // to keep the threads busy next to G*nkb, few enough that the partials stay small.
+  const int64_t rows = N * P;
+  int64_t nchunk = std::min<int64_t>({ceil_div(16, G * nkb), rows, std::max<int64_t>(1, (int64_t(16) << 20) / part),
+                                      std::max<int64_t>(1, p.macs() / (int64_t(4) << 20))});
+  nchunk = std::max<int64_t>(1, nchunk);
+  float* partial = scratch(0, nchunk * part);
+
+  // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
+  // images), with its dy rows ([row][q][NVL]) and x rows (band with zero rows) in L2
+  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1, rowf = Wp * Cg;
+  const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(kBandFloats / 4 / (Q * NVL), kBandFloats / (sh * rowf)));
+
+  for_each_task(nchunk * G * nkb, p.macs(), [&](int64_t task) {
+    const int64_t chunk = task / (G * nkb), g = (task / nkb) % G, kb = task % nkb;
+    const int64_t row_a = rows * chunk / nchunk, row_b = rows * (chunk + 1) / nchunk;
+    const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
+    float* out = partial + chunk * part + (g * nkb + kb) * RS * Cg * NVL;  // [r][s][c][NVL]
+    float* dyb = scratch(2, rsub * Q * NVL);
+    int64_t* a_off = scratch_i64(0, rsub);
+    int64_t* b_off = scratch_i64(1, rsub);
+    struct Piece { int64_t n, pa, pb, h0, xoff; };
+    Piece pieces[64];
+    bool first = true;
+    for (int64_t row = row_a; row < row_b;) {
+      // a batch: whole pieces of images, at most rsub rows and 64 pieces
+      const int64_t batch0 = row;
+      int npc = 0;
+      int64_t xsize = 0;
+      while (row < row_b && row - batch0 < rsub && npc < 64) {
+        const int64_t n = row / P, pa = row % P;
+        const int64_t pb = std::min({P, pa + (rsub - (row - batch0)), pa + (row_b - row)});
+        const int64_t h0 = pa * sh - ph, nr = (pb - pa - 1) * sh + (R - 1) * dh + 1;
+        pieces[npc++] = {n, pa, pb, h0, xsize};
+        xsize += nr * rowf;
+        row += pb - pa;
+      }
+      float* xb = scratch(1, xsize);
+      for (int ip = 0; ip < npc; ++ip) {
+        const Piece& pc = pieces[ip];
+        pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL,
+                  dyb + (pc.n * P + pc.pa - batch0) * Q * NVL);
+        const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
+        const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
+        if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)
+        if (chan_major) {  // xb[c][batch row][Wp], batch row = pc.xoff / rowf + (h - h0)
+          const int64_t cstride = xsize / Cg, row0 = pc.xoff / rowf;
+          const int64_t w_end = std::min(W, Wp - pw);  // columns pw .. pw+w_end-1 hold data
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t h = h_lo; h < h_hi; ++h) {
+              float* d = xb + c * cstride + (row0 + h - pc.h0) * Wp;
+              const float* src = x + ((pc.n * C + g * Cg + c) * H + h) * W;
+              std::memset(d, 0, sizeof(float) * std::min(pw, Wp));
+              if (w_end > 0) std::memcpy(d + pw, src, sizeof(float) * w_end);
+              if (Wp > pw + std::max<int64_t>(w_end, 0))
+                std::memset(d + pw + std::max<int64_t>(w_end, 0), 0, sizeof(float) * (Wp - pw - std::max<int64_t>(w_end, 0)));
+            }
+          continue;
+        }
+        pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, xb + pc.xoff + (h_lo - pc.h0) * rowf);
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        int nseg = 0;
+        for (int ip = 0; ip < npc; ++ip) {
+          const Piece& pc = pieces[ip];
+          for (int64_t pp = pc.pa; pp < pc.pb; ++pp) {
+            const int64_t ih = pp * sh - ph + r * dh;
+            if (ih < 0 || ih >= H) continue;
+            a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wp : pc.xoff + (ih - pc.h0) * rowf;
+            b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
+            ++nseg;
+          }
+        }
+        for (int64_t s0 = 0; s0 < (merge_s ? 1 : S); ++s0) {
+          const int64_t I = merge_s ? S * Cg : Cg;  // tile rows: (s, c) or c
+          float* o = out + (r * S + s0) * Cg * NVL;
+          for (int64_t i0 = 0; i0 < I; i0 += MR) {
+            Tile t;
+            if (chan_major) {
+              const int64_t cstride = xsize / Cg;
+              t.a = xb + s0 * dw + i0 * cstride, t.a_is = cstride, t.a_ls = sw;
+            } else {
+              t.a = xb + s0 * dw * Cg + i0, t.a_is = 1, t.a_ls = sw * Cg;
+            }
+            t.b = dyb, t.b_ls = NVL;
+            t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Q;
+            t.mr = static_cast<int>(std::min(MR, I - i0));
+            t.c = o + i0 * NVL, t.ldc = NVL;
+            t.accumulate = !first;
+            run_tile<false>(nv, t);
+          }
+        }
+      }
+      first = false;
+    }
+  });
+
+  // dw[k,c,r,s] = sum over chunks, in chunk order
+  const int64_t CRS = Cg * RS;
+  for_each_task(G * Kg, nchunk * part, [&](int64_t gk) {
+    const int64_t g = gk / Kg, k = gk % Kg, kb = k / NVL, j = k % NVL;
+    const float* src = partial + (g * nkb + kb) * RS * Cg * NVL + j;
+    float* dst = dwt + gk * CRS;
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t rs = 0; rs < RS; ++rs) {
+        const int64_t off = (rs * Cg + c) * NVL;
+        float sum = src[off];
+        for (int64_t ch = 1; ch < nchunk; ++ch) sum += src[ch * part + off];
+        dst[c * RS + rs] = sum;
+      }
+  });
+}
+
+}  // namespace CONV_EXT_ISA_NS
+}  // namespace cpu
+}  // namespace conv_ext
+
+#endif

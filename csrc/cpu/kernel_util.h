@@ -1,0 +1,94 @@
+// kernel_util.h — small helpers shared by the fast CPU kernels (no SIMD here).
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "algorithms.h"
+
+namespace conv_ext {
+namespace cpu {
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Per-thread scratch that only grows: after the first calls a kernel allocates nothing.
+// `slot` separates buffers that are live at the same time.
+inline float* scratch(int slot, int64_t n) {
+  thread_local std::vector<float> buffers[6];
+  auto& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n) + 64);
+  return b.data();
+}
+
+// Problems below this many multiply-adds run on the calling thread: starting the pool costs
+// more than it saves (the (1,3,8,8)->16 layer is 28k MACs).
+constexpr int64_t kSerialMacs = 1 << 18;
+
+// Run f(task) for task in [0, n), in parallel unless the whole problem is small. Every output
+// element is written by exactly one task, so the result does not depend on the thread count.
+template <typename F>
+void for_each_task(int64_t n, int64_t macs, const F& f) {
+  if (n == 1 || macs < kSerialMacs || at::get_num_threads() == 1 || at::in_parallel_region()) {
+    for (int64_t t = 0; t < n; ++t) f(t);
+    return;
+  }
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) f(t);
+  });
+}
+
+inline bool simd_available() { return cpu_capability() != "portable"; }
+inline bool use_avx512() { return cpu_capability() == "avx512"; }
+
+}  // namespace cpu
+}  // namespace conv_ext
+
+namespace conv_ext {
+namespace cpu {
+
+// Per-thread 64-bit index scratch (segment offsets of the micro-kernel).
+inline int64_t* scratch_i64(int slot, int64_t n) {
+  thread_local std::vector<int64_t> buffers[4];
+  auto& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n) + 16);
+  return b.data();
+}
+
+// Copy rows [h_lo, h_hi) of image n, channels [c0, c0+cn) of a (N, Ct, Hs, Ws) tensor (NCHW or
+// NHWC, contiguous) into a "band": dst[row][col][cs] with col = w + padL for w in [0, Ws) and
+// zeros in the other columns of [0, Wp) and in the lanes [cn, cs). NHWC rows are memcpy'd;
+// NCHW rows are transposed on the way (a band is small: a few rows of one image).
+inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64_t Ws, int64_t n,
+                      int64_t c0, int64_t cn, int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp,
+                      int64_t cs, float* dst) {
+  const int64_t w_lo = std::min(Wp, padL), w_hi = std::min(Wp, Ws + padL);  // columns with data
+  for (int64_t h = h_lo; h < h_hi; ++h) {
+    float* d = dst + (h - h_lo) * Wp * cs;
+    if (w_lo > 0) std::memset(d, 0, sizeof(float) * w_lo * cs);
+    if (Wp > w_hi) std::memset(d + w_hi * cs, 0, sizeof(float) * (Wp - w_hi) * cs);
+    if (nhwc) {
+      const float* s = src + ((n * Hs + h) * Ws + (w_lo - padL)) * Ct + c0;
+      for (int64_t col = w_lo; col < w_hi; ++col, s += Ct) {
+        std::memcpy(d + col * cs, s, sizeof(float) * cn);
+        if (cs > cn) std::memset(d + col * cs + cn, 0, sizeof(float) * (cs - cn));
+      }
+    } else {
+      if (cs > cn)
+        for (int64_t col = w_lo; col < w_hi; ++col) std::memset(d + col * cs + cn, 0, sizeof(float) * (cs - cn));
+      for (int64_t c = 0; c < cn; ++c) {
+        const float* s = src + ((n * Ct + c0 + c) * Hs + h) * Ws + (w_lo - padL);
+        float* dc = d + w_lo * cs + c;
+        for (int64_t col = w_lo; col < w_hi; ++col) dc[(col - w_lo) * cs] = s[col - w_lo];
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace conv_ext

@@ -1,0 +1,185 @@
+// simd.h — vector traits and the register-blocked micro-kernel, compiled once per instruction set.
+//
+// No include guard on purpose: an algorithm file includes it once per ISA, each time inside a
+// `#pragma GCC target(...)` region and with CONV_EXT_ISA_NS (the namespace: avx512 | avx2) and
+// CONV_EXT_ISA_BITS (512 | 256) defined, so the same source becomes an AVX-512 and an AVX2
+// kernel in one build (the build itself has no -mavx512f; cpu_capability() picks at run time).
+//
+// The micro-kernel (BLIS style) does one thing:
+//     C(MR x NV*VL) (+)= sum_{seg} sum_{l < len} A(i, l) * B(l)[v]
+//       A(i, l) = a[a_off[seg] + i*a_is + l*a_ls]      broadcast, one scalar per row i
+//       B(l)    = b[b_off[seg] + l*b_ls + 0 .. NV*VL)   NV vector loads
+// with MR*NV accumulators held in registers the whole time (AVX-512: 6x4, 8x3, 12x2, 16x1 = 16..24
+// zmm; AVX2: 4x3, 6x2, 12x1 = 12 ymm). "Segments" are what makes it a convolution without an
+// im2col buffer: one segment per filter tap (or per filter row when the taps of a row are
+// contiguous in memory, or per image row in backward-weight), each pointing into the tensor or
+// a small packed band of it. Rows i >= mr re-read row mr-1 and are not stored (tile remainders).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA_NS {
+namespace {
+
+#if CONV_EXT_ISA_BITS == 512
+struct Isa {
+  static constexpr int VL = 16;    // floats per vector
+  static constexpr int kMaxNV = 4;  // vectors of output channels per micro-tile
+  using V = __m512;
+  using M = __mmask16;
+  static inline V zero() { return _mm512_setzero_ps(); }
+  static inline V load(const float* p) { return _mm512_loadu_ps(p); }
+  static inline V loadm(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static inline void storem(float* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
+  static inline V set1(float x) { return _mm512_set1_ps(x); }
+  static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static inline V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static inline M mask(int64_t n) {
+    return n <= 0 ? M(0) : n >= VL ? M(0xFFFF) : M((1u << n) - 1u);
+  }
+  // rows per micro-tile for NV vectors: MR*NV accumulators + NV B vectors + 1 broadcast <= 32
+  static constexpr int mr(int nv) { return nv == 4 ? 6 : nv == 3 ? 8 : nv == 2 ? 12 : 16; }
+};
+#else
+struct Isa {
+  static constexpr int VL = 8;
+  static constexpr int kMaxNV = 3;
+  using V = __m256;
+  using M = __m256i;
+  static inline V zero() { return _mm256_setzero_ps(); }
+  static inline V load(const float* p) { return _mm256_loadu_ps(p); }
+  static inline V loadm(const float* p, M m) { return _mm256_maskload_ps(p, m); }
+  static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static inline void storem(float* p, V v, M m) { _mm256_maskstore_ps(p, m, v); }
+  static inline V set1(float x) { return _mm256_set1_ps(x); }
+  static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static inline M mask(int64_t n) {
+    const int m = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(n, VL)));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  // 16 ymm registers: MR*NV + NV + 1 <= 16
+  static constexpr int mr(int nv) { return nv == 3 ? 4 : nv == 2 ? 6 : 12; }
+};
+#endif
+
+using V = Isa::V;
+using M = Isa::M;
+constexpr int VL = Isa::VL;
+
+// One call of the micro-kernel.
+struct Tile {
+  const float* a = nullptr;      // A(i, l) = a[a_off[seg] + i*a_is + l*a_ls]
+  int64_t a_is = 0, a_ls = 1;
+  const float* const* arow = nullptr;  // if set, row i starts at arow[i] instead of a + i*a_is
+  const float* b = nullptr;      // B(l)    = b[b_off[seg] + l*b_ls + v*VL + lane]
+  int64_t b_ls = 0;
+  const int64_t* a_off = nullptr;
+  const int64_t* b_off = nullptr;
+  int nseg = 0;
+  int64_t len = 0;               // l runs over [0, len) in every segment
+  int mr = 0;                    // valid rows, 1..MR
+  float* c = nullptr;            // C(i, v) at c + i*ldc + v*VL
+  int64_t ldc = 0;
+  bool accumulate = false;       // C += A·B (else C = A·B)
+  const float* bias_v = nullptr; // NV*VL values added to every row, or null
+  const float* bias_i = nullptr; // one value per row, or null
+  const M* bmask = nullptr;      // NV masks for the B loads (used when MASKB)
+  const M* cmask = nullptr;      // NV masks for the C stores, or null = full vectors
+};
+
+template <int NV, bool MASKB>
+void micro_kernel(const Tile& t) {
+  constexpr int MR = Isa::mr(NV);
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = Isa::zero();
+
+  M bm[NV];
+  if (MASKB)
+    for (int v = 0; v < NV; ++v) bm[v] = t.bmask[v];
+
+  for (int seg = 0; seg < t.nseg; ++seg) {
+    const float* ap[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const int ii = i < t.mr ? i : t.mr - 1;
+      ap[i] = (t.arow ? t.arow[ii] : t.a + ii * t.a_is) + t.a_off[seg];
+    }
+    const float* bp = t.b + t.b_off[seg];
+    int64_t ao = 0;
+    for (int64_t l = 0; l < t.len; ++l) {
+      V bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = MASKB ? Isa::loadm(bp + v * VL, bm[v]) : Isa::load(bp + v * VL);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const V av = Isa::set1(ap[i][ao]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = Isa::fma(av, bv[v], acc[i][v]);
+      }
+      ao += t.a_ls;
+      bp += t.b_ls;
+    }
+  }
+
+  // epilogue: bias, accumulate, (masked) store of the valid rows
+  V bias[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) bias[v] = t.bias_v ? Isa::load(t.bias_v + v * VL) : Isa::zero();
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= t.mr) break;
+    float* cp = t.c + i * t.ldc;
+    const V bi = t.bias_i ? Isa::set1(t.bias_i[i]) : Isa::zero();
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      V r = acc[i][v];
+      if (t.bias_v) r = Isa::add(r, bias[v]);
+      if (t.bias_i) r = Isa::add(r, bi);
+      if (t.cmask) {
+        if (t.accumulate) r = Isa::add(r, Isa::loadm(cp + v * VL, t.cmask[v]));
+        Isa::storem(cp + v * VL, r, t.cmask[v]);
+      } else {
+        if (t.accumulate) r = Isa::add(r, Isa::load(cp + v * VL));
+        Isa::store(cp + v * VL, r);
+      }
+    }
+  }
+}
+
+// Runtime NV -> template.
+template <bool MASKB>
+inline void run_tile(int nv, const Tile& t) {
+  switch (nv) {
+    case 1: micro_kernel<1, MASKB>(t); break;
+    case 2: micro_kernel<2, MASKB>(t); break;
+    case 3: micro_kernel<3, MASKB>(t); break;
+    default:
+      if constexpr (Isa::kMaxNV >= 4) micro_kernel<4, MASKB>(t);
+      break;
+  }
+}
+
+// How many vectors of output channels a tile carries for `width` channels.
+inline int choose_nv(int64_t width) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(Isa::kMaxNV, (width + VL - 1) / VL)));
+}
+
+// Masks of the NV vectors that cover `valid` lanes (<= NV*VL).
+inline void make_masks(int nv, int64_t valid, M* m) {
+  for (int v = 0; v < nv; ++v) m[v] = Isa::mask(valid - v * VL);
+}
+
+}  // namespace
+}  // namespace CONV_EXT_ISA_NS
+}  // namespace cpu
+}  // namespace conv_ext

@@ -1,0 +1,222 @@
+"""Every fast CPU algorithm, forced, against the reference kernel (the oracle) and torch.
+
+* each (algorithm, pass) on shapes that hit its edges: channel counts around the vector width
+  (remainders), padding, odd sizes, stride, dilation, groups, batch 1, NCHW and NHWC;
+* the same through the AVX2 path (a subprocess with CONV_EXT_CPU_CAPABILITY=avx2) and the
+  portable level (everything falls back to the reference);
+* float32 accuracy of the default choice: error against a float64 reference at most 4x torch's
+  own float32 error on the same inputs;
+* determinism: the same bits on every run and for 1 and 2 threads.
+
+The fast kernels are float32; float64/half inputs take the reference path (tested in the
+foundation tests), so here the float32 result is compared with the float64 reference.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import conv_ext
+from conv_ext import testing
+
+ops = torch.ops.conv_ext
+PASSES = testing.PASSES
+
+# (N, C, H, W), K, (R, S), stride, padding, dilation, groups
+GENERAL = [
+    ((2, 3, 9, 11), 16, (3, 3), 1, 1, 1, 1),           # C=3 (stem-like), odd sizes
+    ((1, 16, 8, 8), 24, (3, 3), 1, 1, 1, 1),           # K remainder vs 16 lanes
+    ((2, 5, 13, 7), 33, (3, 3), 2, 1, 1, 1),           # stride 2, K = 2*16+1
+    ((1, 20, 7, 9), 100, (5, 3), 2, (2, 1), (1, 2), 1),  # rectangular, dilation (dil_w > 1: per-tap segments)
+    ((2, 6, 12, 12), 12, (3, 3), 1, 2, 2, 3),          # groups, dilation
+    ((1, 4, 9, 9), 6, (3, 2), 3, 0, 1, 2),             # stride > kernel: dx phases without taps
+    ((3, 17, 6, 6), 17, (1, 1), 2, 0, 1, 1),           # strided 1x1
+    ((1, 300, 5, 5), 20, (3, 3), 1, 1, 1, 1),          # reduction split in panels
+    ((1, 8, 5, 5), 300, (3, 3), 1, 1, 1, 1),           # many output blocks
+    ((1, 3, 32, 32), 70, (7, 7), 2, 3, 1, 1),          # the stem, small
+    ((2, 8, 6, 6), 8, (3, 3), 1, 3, 1, 1),             # padding > dil*(R-1): bwd-input not a forward
+    ((1, 7, 5, 6), 9, (2, 2), 1, 0, 1, 1),             # even kernel, no padding
+]
+ONE_BY_ONE = [
+    ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),
+    ((1, 70, 7, 7), 33, (1, 1), 1, 0, 1, 1),           # plane of 49: masked pixel tail
+    ((2, 300, 5, 9), 20, (1, 1), 1, 0, 1, 1),          # reduction panels
+    ((2, 12, 9, 9), 18, (1, 1), 1, 0, 1, 3),           # groups
+]
+DEPTHWISE = [
+    ((2, 8, 10, 10), 8, (3, 3), 1, 1, 1, 8),
+    ((1, 40, 9, 13), 40, (3, 3), 2, 1, 1, 40),         # stride 2, channel tail
+    ((2, 17, 8, 7), 17, (5, 5), 1, 2, 1, 17),
+    ((1, 33, 11, 11), 33, (3, 3), 2, 0, 2, 33),        # dilation + stride
+    ((1, 5, 6, 9), 5, (3, 1), 3, (1, 0), 1, 5),
+    ((1, 70, 12, 12), 70, (7, 7), 1, 3, 1, 70),
+]
+SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE
+
+
+def make(shape, layout, dtype=torch.float64, seed=0):
+    (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g, dtype=dtype)
+    wt = torch.randn(k, c // groups, r, s, generator=g, dtype=dtype)
+    b = torch.randn(k, generator=g, dtype=dtype)
+    geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    y = F.conv2d(x, wt, b, *geo)
+    dy = torch.randn(y.shape, generator=g, dtype=dtype)
+    if layout == "nhwc":
+        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    return x, wt, b, dy, geo
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, tuple) else (v, v)
+
+
+def run_pass(pass_name, x, wt, b, dy, geo):
+    if pass_name == "forward":
+        return ops.conv2d_forward(x, wt, b, *geo)
+    if pass_name == "backward_input":
+        return ops.conv2d_backward_input(dy, wt, x.shape, *geo)
+    return ops.conv2d_backward_weight(dy, x, wt.shape, *geo)
+
+
+def rel_error(a, ref):
+    a, ref = a.double(), ref.double()
+    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
+
+
+def cases():
+    for pass_name in PASSES:
+        for algo in testing.cpu_algorithms(pass_name):
+            if algo == "reference":
+                continue
+            for shape in SHAPES:
+                for layout in ("nchw", "nhwc"):
+                    yield pytest.param(algo, pass_name, shape, layout, id=f"{algo}-{pass_name}-{shape}-{layout}")
+
+
+def forced(algo, pass_name, x, wt, b, dy, geo):
+    """The pass run by `algo`, or None when the algorithm does not support the problem."""
+    with testing.force_cpu_algorithm({pass_name: algo}):
+        try:
+            out = run_pass(pass_name, x, wt, b, dy, geo)
+        except RuntimeError as e:
+            if "does not support" in str(e):
+                return None
+            raise
+    assert testing.last_cpu_algorithm(pass_name) == algo
+    return out
+
+
+@pytest.mark.parametrize("algo,pass_name,shape,layout", list(cases()))
+def test_against_reference(algo, pass_name, shape, layout):
+    x64, w64, b64, dy64, geo = make(shape, layout)
+    x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
+    out = forced(algo, pass_name, x, wt, b, dy, geo)
+    if out is None:
+        pytest.skip(f"{algo} does not support this problem")
+    with testing.force_cpu_algorithm({pass_name: "reference"}):
+        ref64 = run_pass(pass_name, x64, w64, b64, dy64, geo)      # float64 oracle
+        ref32 = run_pass(pass_name, x, wt, b, dy, geo)
+    assert out.dtype == torch.float32 and out.shape == ref64.shape
+    if pass_name != "backward_weight":
+        assert out.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    err = rel_error(out, ref64)
+    err_ref32 = rel_error(ref32, ref64)
+    assert err <= max(4 * err_ref32, 1e-6), (err, err_ref32)
+    # and torch agrees
+    if pass_name == "forward":
+        expected = F.conv2d(x64, w64, b64, *geo)
+    else:
+        mask = (pass_name == "backward_input", pass_name == "backward_weight", False)
+        grads = torch.ops.aten.convolution_backward(dy64, x64, w64, None, *geo[:3], False, (0, 0), geo[3], mask)
+        expected = grads[0] if pass_name == "backward_input" else grads[1]
+    assert rel_error(out, expected) <= max(4 * err_ref32, 1e-6)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [GENERAL[2], GENERAL[9], ONE_BY_ONE[1], DEPTHWISE[1]], ids=str)
+def test_deterministic(shape, layout):
+    """Same bits on two runs and for 1 and 2 threads (backward-weight reduces in a fixed order)."""
+    x, wt, b, dy, geo = (t if isinstance(t, tuple) else t for t in make(shape, layout, torch.float32))
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n_threads in (threads, threads, 1):
+            torch.set_num_threads(n_threads)
+            outs.append([run_pass(p, x, wt, b, dy, geo) for p in PASSES])
+    finally:
+        torch.set_num_threads(threads)
+    for other in outs[1:]:
+        for a, o in zip(outs[0], other):
+            assert torch.equal(a, o)
+
+
+# float32 accuracy of the default choice at sizes like the benchmark's (but smaller batch)
+ACCURACY = [
+    ((1, 64, 28, 28), 64, (3, 3), 1, 1, 1, 1),
+    ((1, 256, 14, 14), 64, (1, 1), 1, 0, 1, 1),
+    ((1, 3, 64, 64), 64, (7, 7), 2, 3, 1, 1),
+    ((1, 96, 28, 28), 96, (3, 3), 2, 1, 1, 96),
+    ((2, 128, 14, 14), 128, (3, 3), 2, 1, 1, 1),
+    ((1, 3, 8, 8), 16, (3, 3), 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", ACCURACY, ids=str)
+def test_default_accuracy(shape, layout):
+    x64, w64, b64, dy64, geo = make(shape, layout)
+    x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
+    for pass_name in PASSES:
+        with testing.force_cpu_algorithm({pass_name: "reference"}):
+            ref = run_pass(pass_name, x64, w64, b64, dy64, geo)
+        ours = run_pass(pass_name, x, wt, b, dy, geo)
+        assert testing.last_cpu_algorithm(pass_name) != "reference" or conv_ext._C.cpu_capability() == "portable"
+        if pass_name == "forward":
+            theirs = F.conv2d(x, wt, b, *geo)
+        else:
+            mask = (pass_name == "backward_input", pass_name == "backward_weight", False)
+            grads = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, (0, 0), geo[3], mask)
+            theirs = grads[0] if pass_name == "backward_input" else grads[1]
+        err, err_torch = rel_error(ours, ref), rel_error(theirs, ref)
+        assert err <= 4 * err_torch + 1e-7, (pass_name, err, err_torch)
+
+
+def test_module_training_step_matches_torch():
+    """Autograd through the default choices, channels_last, matches nn.Conv2d."""
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(16, 32, 3, padding=1, stride=2)
+    ours = conv_ext.Conv2d(16, 32, 3, padding=1, stride=2)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, 15, 15).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    ref(x).square().sum().backward()
+    ours(x2).square().sum().backward()
+    for a, b in [(x2.grad, x.grad), (ours.weight.grad, ref.weight.grad), (ours.bias.grad, ref.bias.grad)]:
+        assert rel_error(a, b) < 1e-5
+
+
+@pytest.mark.skipif(os.environ.get("CONV_EXT_CPU_CAPABILITY") is not None, reason="already in a subprocess")
+@pytest.mark.parametrize("level", ["avx2", "portable"])
+def test_lower_capability_subprocess(level):
+    """The same tests through the AVX2 kernels, and with no SIMD at all (reference only)."""
+    if level == "avx2" and conv_ext._C.cpu_capability() == "portable":
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, CONV_EXT_CPU_CAPABILITY=level)
+    k = "test_against_reference and (implicit_gemm or gemm_1x1 or depthwise) and nhwc" if level == "avx2" else "test_default"
+    if level == "avx2":  # a quarter of the cases keeps this quick; NCHW runs the same micro-kernel
+        k += " or test_deterministic or test_default_accuracy"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", k]
+    if level == "portable":
+        code = ("import conv_ext, torch; from conv_ext import testing;"
+                "assert conv_ext._C.cpu_capability() == 'portable';"
+                "y = conv_ext.conv2d(torch.randn(1, 3, 8, 8), torch.randn(16, 3, 3, 3), padding=1);"
+                "assert testing.last_cpu_algorithm('forward') == 'reference'")
+        cmd = [sys.executable, "-c", code]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
