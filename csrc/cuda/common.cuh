@@ -37,14 +37,35 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------------------------------------
 // PTX wrappers (sm_80+). The .cu files that use them are compiled for sm_80 and sm_90 only.
+// With CONV_EXT_EMULATE (host compiler only) each wrapper calls an emulation of its instruction
+// instead: tests/cpp/igemm_emulate.cpp runs the real tensor-core kernels, a CTA at a time with
+// one host thread per CUDA thread, to check their indexing where no GPU is available.
 // ---------------------------------------------------------------------------------------------
+#if defined(CONV_EXT_EMULATE)
+namespace emu {
+uint32_t smem_u32(const void* p);
+void cp_async_16(uint32_t dst, const void* src, bool valid);
+void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, bool trans);
+void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], int kind);  // 0 fp16, 1 bf16, 2 tf32
+uint32_t lds32(uint32_t addr);
+uint32_t to_tf32(float x);
+}  // namespace emu
+#define CONV_EXT_EMU(call) call;
+#else
+#define CONV_EXT_EMU(call)
+#endif
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
+#if defined(CONV_EXT_EMULATE)
+  return emu::smem_u32(p);
+#else
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#endif
 }
 
 // 16-byte global->shared copy that bypasses registers; when !valid it writes 16 zero bytes
 // (src-size 0: nothing is read, so `src` may be any mapped address).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  CONV_EXT_EMU(emu::cp_async_16(dst, src, valid))
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const int src_size = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_size));
@@ -65,6 +86,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 // Four 8x8 matrices of 16-bit elements (rows of 16 bytes); lane l gives the address of row l%8
 // of matrix l/8; register i receives matrix i, thread t holding row t/4, elements 2*(t%4)..+1.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  CONV_EXT_EMU(emu::ldmatrix_x4(r, addr, false))
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
@@ -72,6 +94,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
 }
 // The same, transposed: thread t holds column t/4, elements (rows) 2*(t%4)..+1.
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  CONV_EXT_EMU(emu::ldmatrix_x4(r, addr, true))
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
@@ -81,6 +104,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
 // D = A(16x16) * B(16x8) + D, fp16 or bf16 operands, fp32 accumulators.
 template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  CONV_EXT_EMU(emu::mma(d, a, b, 0))
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -88,6 +112,7 @@ template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], con
 #endif
 }
 template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  CONV_EXT_EMU(emu::mma(d, a, b, 1))
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -96,6 +121,7 @@ template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[
 }
 // D = A(16x8) * B(8x8) + D, tf32 operands (32-bit registers holding tf32 values), fp32 accumulators.
 __device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  CONV_EXT_EMU(emu::mma(d, a, b, 2))
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -105,6 +131,7 @@ __device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)
 // float -> tf32 (round to nearest, ties away), returned in a 32-bit register
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r = 0;
+  CONV_EXT_EMU(r = emu::to_tf32(x))
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
 #endif

@@ -113,6 +113,12 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
 }
 void* ptr_or_null(at::Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
 
+// The tensor-core kernels read activations with 16-byte cp.async: a view whose data does not
+// start on a 16-byte boundary (a storage offset) is copied to a fresh, aligned tensor first.
+at::Tensor aligned16(const at::Tensor& t, at::MemoryFormat fmt) {
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 ? t : t.clone(fmt);
+}
+
 at::Tensor op_forward(const at::Tensor& input, const at::Tensor& weight,
                    const std::optional<at::Tensor>& bias_opt, at::IntArrayRef stride,
                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
@@ -129,7 +135,9 @@ at::Tensor op_forward(const at::Tensor& input, const at::Tensor& weight,
   }
   const Algo algo = choose_algo(Pass::Forward, p, y.scalar_type());
   const auto run_fmt = nhwc_only(algo) ? at::MemoryFormat::ChannelsLast : fmt;
-  const at::Tensor x = input.contiguous(run_fmt), w = weight.contiguous();
+  at::Tensor x = input.contiguous(run_fmt);
+  if (algo == Algo::Igemm) x = aligned16(x, run_fmt);
+  const at::Tensor w = weight.contiguous();
   at::Tensor out = run_fmt == fmt ? y : at::empty(y.sizes(), y.options().memory_format(run_fmt));
   set_strides(p, x, w, out, run_fmt);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -168,7 +176,9 @@ at::Tensor op_backward_input(const at::Tensor& grad_output, const at::Tensor& we
   if (p.Kg() == 0 || p.N * p.K * p.P * p.Q == 0) return dx.zero_();  // nothing read this input
   const Algo algo = choose_algo(Pass::BackwardInput, p, dx.scalar_type());
   const auto run_fmt = nhwc_only(algo) ? at::MemoryFormat::ChannelsLast : fmt;
-  const at::Tensor dy = grad_output.contiguous(run_fmt), w = weight.contiguous();
+  at::Tensor dy = grad_output.contiguous(run_fmt);
+  if (algo == Algo::Igemm) dy = aligned16(dy, run_fmt);
+  const at::Tensor w = weight.contiguous();
   at::Tensor out = run_fmt == fmt ? dx : at::empty(dx.sizes(), dx.options().memory_format(run_fmt));
   set_strides(p, out, w, dy, run_fmt);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -203,7 +213,8 @@ at::Tensor op_backward_weight(const at::Tensor& grad_output, const at::Tensor& i
   if (p.N == 0) return dw.zero_();  // an empty batch contributes nothing
   const Algo algo = choose_algo(Pass::BackwardWeight, p, dw.scalar_type());
   const auto run_fmt = nhwc_only(algo) ? at::MemoryFormat::ChannelsLast : fmt;
-  const at::Tensor dy = grad_output.contiguous(run_fmt), x = input.contiguous(run_fmt);
+  at::Tensor dy = grad_output.contiguous(run_fmt), x = input.contiguous(run_fmt);
+  if (algo == Algo::Igemm) dy = aligned16(dy, run_fmt), x = aligned16(x, run_fmt);
   set_strides(p, x, dw, dy, run_fmt);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor ws;

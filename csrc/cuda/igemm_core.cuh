@@ -67,9 +67,13 @@ __device__ __forceinline__ Chunk chunk_of(int tid, int j) {
 }
 
 __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+#if defined(CONV_EXT_EMULATE)
+  return emu::lds32(addr);
+#else
   uint32_t v;
   asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
   return v;
+#endif
 }
 
 // Fragments of one mma k-step `kk` (0 or 1) of a stage.
@@ -222,6 +226,7 @@ __global__ void __launch_bounds__(kThreads, 1) igemm_kernel(const typename L::Ar
   ld.store(args, acc, warp_m, warp_n, lane);
 }
 
+#if !defined(CONV_EXT_EMULATE)
 // Launches igemm_kernel<T, kTf32x3, L> (T = float picks TF32 or 3xTF32 at run time).
 template <typename T, template <typename> class L>
 cudaError_t launch(const typename L<T>::Args& args, dim3 grid, bool tf32x3, cudaStream_t stream) {
@@ -237,6 +242,7 @@ cudaError_t launch(const typename L<T>::Args& args, dim3 grid, bool tf32x3, cuda
   }
   return run(igemm_kernel<T, false, L<T>>);
 }
+#endif  // !CONV_EXT_EMULATE
 
 }  // namespace igemm
 }  // namespace cuda

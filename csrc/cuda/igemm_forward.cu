@@ -147,6 +147,7 @@ size_t igemm_forward_workspace(const Conv2dParams& p, int elem_size) {
   return static_cast<size_t>(p.K * p.R * p.S * p.Cg()) * elem_size;
 }
 
+#if !defined(CONV_EXT_EMULATE)  // the emulator (tests/cpp/igemm_emulate.cpp) launches by itself
 template <typename T>
 cudaError_t igemm_forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y,
                           void* workspace, bool tf32x3, cudaStream_t stream) {
@@ -166,6 +167,7 @@ template cudaError_t igemm_forward<float>(const Conv2dParams&, const float*, con
 template cudaError_t igemm_forward<__half>(const Conv2dParams&, const __half*, const __half*, const __half*, __half*, void*, bool, cudaStream_t);
 template cudaError_t igemm_forward<__nv_bfloat16>(const Conv2dParams&, const __nv_bfloat16*, const __nv_bfloat16*,
                                                   const __nv_bfloat16*, __nv_bfloat16*, void*, bool, cudaStream_t);
+#endif  // !CONV_EXT_EMULATE
 
 }  // namespace cuda
 }  // namespace conv_ext
