@@ -99,3 +99,28 @@ gpu-check:
 	done; \
 	$(PYTHON) -c "import json, glob, sys; b = sys.argv[1]; json.dump({f: json.load(open(f)) for f in sorted(glob.glob(b + '-*.json'))}, open(b + '.json', 'w'), indent=1)" $$base; \
 	echo "== results: $$base.md $$base.json"
+
+# cuda-emulate: runs the real implicit-GEMM kernels on the host (tests/cpp/igemm_emulate.cpp):
+# indexing, layouts and fragment maps checked against a float64 convolution, no GPU needed.
+# Slow (256 host threads per CTA): a minute or more per case on a small machine. CASE=name runs one.
+CUDA_HOME ?= /usr/local/cuda
+.PHONY: cuda-emulate
+cuda-emulate:
+	@mkdir -p $(BUILD)
+	g++ -std=c++20 -O1 -pthread -DCONV_EXT_EMULATE -I csrc -I $(CUDA_HOME)/include tests/cpp/igemm_emulate.cpp \
+	  -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64 -o $(BUILD)/igemm_emulate
+	$(BUILD)/igemm_emulate $(CASE)
+
+# cuda-syntax: the torch side of the CUDA backend (conv2d_cuda.cpp, python_module.cpp with CUDA
+# on) checked for syntax against the installed torch's headers, which works with a CPU-only
+# wheel too (it lacks the generated c10/cuda/impl/cuda_cmake_macros.h: a stub stands in).
+.PHONY: cuda-syntax
+cuda-syntax:
+	@mkdir -p $(BUILD)/stub/c10/cuda/impl
+	@echo '#define C10_CUDA_BUILD_SHARED_LIBS' > $(BUILD)/stub/c10/cuda/impl/cuda_cmake_macros.h
+	for f in csrc/cuda/conv2d_cuda.cpp csrc/python_module.cpp; do \
+	  g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -Wno-c++20-extensions -DCONV_EXT_WITH_CUDA -I csrc \
+	    $$($(PYTHON) -c 'import sysconfig, pybind11, torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths() + [sysconfig.get_paths()["include"], pybind11.get_include()]))') \
+	    -I $(BUILD)/stub -I $(CUDA_HOME)/include $$f || exit 1; \
+	done
+	@echo "== conv2d_cuda.cpp and python_module.cpp (CUDA on): syntax OK"

@@ -19,6 +19,8 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <string>
 
 #include "../checks.h"
 #include "algorithms_cuda.h"
@@ -70,7 +72,7 @@ bool supports(Algo a, Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
     case Algo::Reference: return true;
     case Algo::Depthwise: return pass == Pass::Forward && depthwise_supports(p);
     case Algo::Igemm:
-      if (!tensor_core_dtype(dtype)) return false;
+      if (!tensor_core_dtype(dtype) || !tensor_core_device()) return false;
       switch (pass) {
         case Pass::Forward: return igemm_forward_supports(p, elem_size(dtype));
         case Pass::BackwardInput: return igemm_backward_input_supports(p, elem_size(dtype));
@@ -95,8 +97,13 @@ Algo choose_algo(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
                 " H=", p.H, " W=", p.W, " K=", p.K, " R=", p.R, " S=", p.S, " stride=(", p.stride_h, ", ",
                 p.stride_w, ") groups=", p.groups, " dtype=", dtype, ")");
   } else {
+    // CONV_EXT_CUDA_REFERENCE_ONLY=1: automatic choice takes the reference (a safety switch)
+    static const bool reference_only = [] {
+      const char* e = std::getenv("CONV_EXT_CUDA_REFERENCE_ONLY");
+      return e != nullptr && std::string(e) == "1";
+    }();
     for (Algo a : algos_of(pass))
-      if (supports(a, pass, p, dtype)) {
+      if (!reference_only && supports(a, pass, p, dtype)) {
         chosen = a;
         break;
       }

@@ -187,6 +187,9 @@ __device__ __forceinline__ void mma_stage(float (&acc)[4][4][4], uint32_t a_base
 template <typename T, bool kTf32x3, class L>
 __global__ void __launch_bounds__(kThreads, 1) igemm_kernel(const typename L::Args args) {
   extern __shared__ __align__(128) unsigned char smem[];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // built without an sm_80+ target: the PTX wrappers are empty; fail loudly, never silently
+#endif
   constexpr int kABytes = operand_bytes<T, L::kAKMajor>(), kBBytes = operand_bytes<T, L::kBKMajor>();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp & 1, warp_n = warp >> 1;

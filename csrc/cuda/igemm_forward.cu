@@ -134,6 +134,15 @@ __global__ void weight_to_krsc(Conv2dParams p, const T* __restrict__ w, T* __res
 
 }  // namespace
 
+bool tensor_core_device() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major >= 8;
+}
+
 bool igemm_forward_supports(const Conv2dParams& p, int elem_size) {
   if (elem_size != 2 && elem_size != 4) return false;
   const int64_t epc = 16 / elem_size;

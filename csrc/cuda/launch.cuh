@@ -53,6 +53,9 @@ cudaError_t depthwise_forward(const Conv2dParams& p, const T* x, const T* w, con
 // accurate to float32 rounding: used when torch disallows TF32 for convolutions.
 // Each `*_workspace` is the size in bytes of the scratch buffer the launcher needs (0: none);
 // pass a device buffer of at least that many bytes, 16-byte aligned.
+// True when the current device has the sm_80+ instructions the igemm kernels use (cp.async,
+// ldmatrix, bf16/tf32 mma.sync); conv2d_cuda.cpp falls back to the reference otherwise.
+bool tensor_core_device();
 bool igemm_forward_supports(const Conv2dParams& p, int elem_size);
 size_t igemm_forward_workspace(const Conv2dParams& p, int elem_size);
 template <typename T>
