@@ -22,12 +22,12 @@ namespace conv_ext {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kDwThreads = 256;
 
 template <typename T> __device__ __forceinline__ T ldg(const T* p) { return __ldg(p); }
 
 template <typename T, int kR, int kS, bool kNhwc>  // kR = kS = 0: sizes read from p at run time
-__global__ void __launch_bounds__(kThreads) depthwise_kernel(Conv2dParams p, const T* __restrict__ x,
+__global__ void __launch_bounds__(kDwThreads) depthwise_kernel(Conv2dParams p, const T* __restrict__ x,
                                                              const T* __restrict__ w,
                                                              const T* __restrict__ bias, T* __restrict__ y) {
   using A = acc_t<T>;
@@ -68,25 +68,29 @@ __global__ void __launch_bounds__(kThreads) depthwise_kernel(Conv2dParams p, con
   }
 }
 
+#if !defined(CONV_EXT_EMULATE)
 template <typename T, bool kNhwc>
 cudaError_t launch(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y, cudaStream_t stream) {
   const int64_t total = p.N * p.K * p.P * p.Q;
-  const unsigned grid = grid_for(total, kThreads);
+  const unsigned grid = grid_for(total, kDwThreads);
   if (p.R == 3 && p.S == 3)
-    depthwise_kernel<T, 3, 3, kNhwc><<<grid, kThreads, 0, stream>>>(p, x, w, bias, y);
+    depthwise_kernel<T, 3, 3, kNhwc><<<grid, kDwThreads, 0, stream>>>(p, x, w, bias, y);
   else if (p.R == 5 && p.S == 5)
-    depthwise_kernel<T, 5, 5, kNhwc><<<grid, kThreads, 0, stream>>>(p, x, w, bias, y);
+    depthwise_kernel<T, 5, 5, kNhwc><<<grid, kDwThreads, 0, stream>>>(p, x, w, bias, y);
   else if (p.R == 7 && p.S == 7)
-    depthwise_kernel<T, 7, 7, kNhwc><<<grid, kThreads, 0, stream>>>(p, x, w, bias, y);
+    depthwise_kernel<T, 7, 7, kNhwc><<<grid, kDwThreads, 0, stream>>>(p, x, w, bias, y);
   else
-    depthwise_kernel<T, 0, 0, kNhwc><<<grid, kThreads, 0, stream>>>(p, x, w, bias, y);
+    depthwise_kernel<T, 0, 0, kNhwc><<<grid, kDwThreads, 0, stream>>>(p, x, w, bias, y);
   return cudaGetLastError();
 }
+
+#endif  // !CONV_EXT_EMULATE
 
 }  // namespace
 
 bool depthwise_supports(const Conv2dParams& p) { return p.Cg() == 1 && p.groups == p.C; }
 
+#if !defined(CONV_EXT_EMULATE)  // the emulator (tests/cpp/igemm_emulate.cpp) launches by itself
 template <typename T>
 cudaError_t depthwise_forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y,
                               cudaStream_t stream) {
@@ -101,6 +105,7 @@ template cudaError_t depthwise_forward<double>(const Conv2dParams&, const double
 template cudaError_t depthwise_forward<__half>(const Conv2dParams&, const __half*, const __half*, const __half*, __half*, cudaStream_t);
 template cudaError_t depthwise_forward<__nv_bfloat16>(const Conv2dParams&, const __nv_bfloat16*, const __nv_bfloat16*,
                                                       const __nv_bfloat16*, __nv_bfloat16*, cudaStream_t);
+#endif  // !CONV_EXT_EMULATE
 
 }  // namespace cuda
 }  // namespace conv_ext

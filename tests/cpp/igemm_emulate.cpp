@@ -39,6 +39,12 @@ static inline int min(int a, int b) { return a < b ? a : b; }
 #include "../../csrc/cuda/igemm_forward.cu"
 #include "../../csrc/cuda/igemm_backward_input.cu"
 #include "../../csrc/cuda/igemm_backward_weight.cu"
+// the direct kernels: their __shared__ arrays become function statics (one CTA runs at a time)
+#undef __shared__
+#define __shared__ static
+template <typename T> static T __ldg(const T* p) { return *p; }
+#include "../../csrc/cuda/reference.cu"
+#include "../../csrc/cuda/depthwise.cu"
 
 namespace conv_ext { namespace cuda { namespace igemm {
 alignas(128) unsigned char smem[256 * 1024];  // the dynamic shared memory of the running CTA
@@ -195,6 +201,15 @@ void run_serial(void (*kernel)(A...), A... args) {
   kernel(args...);
 }
 
+// one CTA of `threads` host threads running f (a kernel call), grid of one block
+static void run_block(int threads, const std::function<void()>& f) {
+  blockIdx = make_uint3(0, 0, 0), blockDim = dim3(threads), gridDim = dim3(1);
+  cta_barrier = std::make_unique<std::barrier<>>(threads);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) ts.emplace_back([&, t] { threadIdx = make_uint3(t, 0, 0); f(); });
+  for (auto& th : ts) th.join();
+}
+
 // ---- problems --------------------------------------------------------------------------------
 template <typename T> T from_f(float v) { return static_cast<T>(v); }
 template <> __half from_f<__half>(float v) { return __float2half_rn(v); }
@@ -319,7 +334,77 @@ bool run_case(const Case& cs, const char* tname, double tol) {
   return ok;
 }
 
+Conv2dParams nchw_params(const Case& c) {
+  Conv2dParams p = nhwc_params(c);
+  p.xs_n = p.C * p.H * p.W, p.xs_c = p.H * p.W, p.xs_h = p.W, p.xs_w = 1;
+  p.ys_n = p.K * p.P * p.Q, p.ys_k = p.P * p.Q, p.ys_p = p.Q, p.ys_q = 1;
+  return p;
+}
+// (N, A, B, C) <-> (N, B, C, A) for the channel dimension A
+template <typename T>
+std::vector<T> to_nchw(const std::vector<T>& v, int64_t N, int64_t C, int64_t H, int64_t W) {
+  std::vector<T> o(v.size());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c) o[((n * C + c) * H + h) * W + w] = v[((n * H + h) * W + w) * C + c];
+  return o;
+}
+template <typename T>
+std::vector<T> to_nhwc(const std::vector<T>& v, int64_t N, int64_t C, int64_t H, int64_t W) {
+  std::vector<T> o(v.size());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c) o[((n * H + h) * W + w) * C + c] = v[((n * C + c) * H + h) * W + w];
+  return o;
+}
+
+// the direct kernels (reference.cu, depthwise.cu) in NHWC and NCHW
+template <typename T>
+bool run_direct_case(const Case& cs, const char* tname, double tol) {
+  std::mt19937 rng(99);
+  const Conv2dParams q = nhwc_params(cs);
+  auto x = random_tensor<T>(q.N * q.H * q.W * q.C, rng), w = random_tensor<T>(q.K * q.Cg() * q.R * q.S, rng);
+  auto dy = random_tensor<T>(q.N * q.P * q.Q * q.K, rng), bias = random_tensor<T>(q.K, rng);
+  std::vector<double> ry, rdx, rdw, rdb(q.K, 0.0);
+  reference(q, x, w, dy, bias, ry, rdx, rdw);
+  for (size_t i = 0; i < dy.size(); ++i) rdb[i % q.K] += to_d(dy[i]);
+  const T nan = from_f<T>(NAN);
+  bool ok = true;
+  for (int nhwc = 0; nhwc < 2; ++nhwc) {
+    const Conv2dParams p = nhwc ? q : nchw_params(cs);
+    const std::string tag = std::string(tname) + (nhwc ? " nhwc" : " nchw");
+    auto in = [&](const std::vector<T>& v, int64_t C, int64_t H, int64_t W) { return nhwc ? v : to_nchw(v, p.N, C, H, W); };
+    auto out = [&](const std::vector<T>& v, int64_t C, int64_t H, int64_t W) { return nhwc ? v : to_nhwc(v, p.N, C, H, W); };
+    const auto xl = in(x, p.C, p.H, p.W), dyl = in(dy, p.K, p.P, p.Q);
+    std::vector<T> y(ry.size(), nan), dx(rdx.size(), nan), dw(rdw.size(), nan), db(p.K, nan);
+    run_serial(forward_kernel<T>, p, xl.data(), static_cast<const T*>(w.data()), static_cast<const T*>(bias.data()), y.data());
+    ok &= compare(("ref fwd " + tag).c_str(), cs, out(y, p.K, p.P, p.Q), ry, tol);
+    run_serial(backward_input_kernel<T>, p, dyl.data(), static_cast<const T*>(w.data()), dx.data());
+    ok &= compare(("ref bwd_in " + tag).c_str(), cs, out(dx, p.C, p.H, p.W), rdx, tol);
+    run_block(256, [&] { backward_weight_kernel<T>(p, dyl.data(), xl.data(), dw.data()); });
+    ok &= compare(("ref bwd_w " + tag).c_str(), cs, dw, rdw, tol);
+    const int64_t PQ = p.P * p.Q;
+    run_block(256, [&] {
+      backward_bias_kernel<T>(dyl.data(), p.N, p.K, PQ, p.K * PQ, nhwc ? 1 : PQ, nhwc ? p.K : 1, db.data());
+    });
+    ok &= compare(("ref bias " + tag).c_str(), cs, db, rdb, tol);
+    if (depthwise_supports(p)) {
+      std::vector<T> yd(ry.size(), nan);
+      const T *xp = xl.data(), *wp = w.data(), *bp = bias.data();
+      T* yp = yd.data();
+      if (p.R == 3 && p.S == 3) nhwc ? run_serial(depthwise_kernel<T, 3, 3, true>, p, xp, wp, bp, yp) : run_serial(depthwise_kernel<T, 3, 3, false>, p, xp, wp, bp, yp);
+      else if (p.R == 5 && p.S == 5) nhwc ? run_serial(depthwise_kernel<T, 5, 5, true>, p, xp, wp, bp, yp) : run_serial(depthwise_kernel<T, 5, 5, false>, p, xp, wp, bp, yp);
+      else nhwc ? run_serial(depthwise_kernel<T, 0, 0, true>, p, xp, wp, bp, yp) : run_serial(depthwise_kernel<T, 0, 0, false>, p, xp, wp, bp, yp);
+      ok &= compare(("depthwise " + tag).c_str(), cs, out(yd, p.K, p.P, p.Q), ry, tol);
+    }
+  }
+  return ok;
+}
+
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   const std::vector<Case> cases = {
       //  name           N   C   H   W    K  R  S sh sw ph pw dh dw G
       {"3x3",            2, 16,  9, 11,  24, 3, 3, 1, 1, 1, 1, 1, 1, 1},
@@ -338,10 +423,24 @@ int main(int argc, char** argv) {
       {"c4_fp32only",    1, 12,  6,  6,  12, 3, 3, 1, 1, 1, 1, 1, 1, 1},
       {"long_reduce",    8,  8, 16, 16,   8, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // split-K with several splits
   };
+  const std::vector<Case> direct = {  // the direct kernels: odd sizes, groups, depthwise
+      {"d_3x3_odd",      2,  6,  7,  5,   4, 3, 2, 2, 1, 1, 0, 1, 2, 2},
+      {"d_dw3x3",        2,  8,  9,  7,   8, 3, 3, 2, 2, 1, 1, 1, 1, 8},
+      {"d_dw5x5_mult2",  1,  4,  8,  8,   8, 5, 5, 1, 1, 2, 2, 1, 1, 4},
+      {"d_dw4x2",        1,  3,  6,  9,   3, 4, 2, 1, 2, 1, 0, 2, 1, 3},
+      {"d_stride3",      1,  2, 10, 11,   3, 2, 2, 3, 3, 0, 1, 1, 1, 1},
+  };
   const std::string only = argc > 1 ? argv[1] : "";
   bool ok = true;
+  for (const Case& c : direct) {
+    if (!only.empty() && only != c.name && only != "direct") continue;
+    ok &= run_direct_case<double>(c, "fp64", 1e-12);
+    ok &= run_direct_case<float>(c, "fp32", 1e-5);
+    ok &= run_direct_case<__half>(c, "fp16", 4e-3);
+    ok &= run_direct_case<__nv_bfloat16>(c, "bf16", 2e-2);
+  }
   for (const Case& c : cases) {
-    if (!only.empty() && only != c.name) continue;
+    if (only == "direct" || (!only.empty() && only != c.name)) continue;
     ok &= run_case<__half, false>(c, "fp16", 4e-3);
     ok &= run_case<__nv_bfloat16, false>(c, "bf16", 2e-2);
     ok &= run_case<float, false>(c, "tf32", 4e-3);
