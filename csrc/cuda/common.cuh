@@ -49,10 +49,29 @@ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, bool trans);
 void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], int kind);  // 0 fp16, 1 bf16, 2 tf32
 uint32_t lds32(uint32_t addr);
 uint32_t to_tf32(float x);
+// the emulator runs a launch as host threads, CTA by CTA (defined in igemm_emulate.cpp)
+template <typename... P, typename... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, const A&... args);
+cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
+cudaError_t last_error();
 }  // namespace emu
 #define CONV_EXT_EMU(call) call;
 #else
 #define CONV_EXT_EMU(call)
+#endif
+
+// Every kernel launch goes through these two macros (`kernel` must be a name without commas:
+// alias template instances first), so the emulator can run the launchers unchanged.
+#if defined(CONV_EXT_EMULATE)
+#define CONV_EXT_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::conv_ext::cuda::emu::launch(kernel, dim3(grid), dim3(block), __VA_ARGS__)
+#define CONV_EXT_LAST_ERROR() ::conv_ext::cuda::emu::last_error()
+#define CONV_EXT_SET_MAX_DYNAMIC_SMEM(kernel, bytes) ::conv_ext::cuda::emu::set_max_dynamic_smem((const void*)(kernel), bytes)
+#else
+#define CONV_EXT_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#define CONV_EXT_LAST_ERROR() cudaGetLastError()
+#define CONV_EXT_SET_MAX_DYNAMIC_SMEM(kernel, bytes) \
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)
 #endif
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 #if defined(CONV_EXT_EMULATE)

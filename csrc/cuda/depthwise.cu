@@ -68,29 +68,27 @@ __global__ void __launch_bounds__(kDwThreads) depthwise_kernel(Conv2dParams p, c
   }
 }
 
-#if !defined(CONV_EXT_EMULATE)
 template <typename T, bool kNhwc>
 cudaError_t launch(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y, cudaStream_t stream) {
   const int64_t total = p.N * p.K * p.P * p.Q;
   const unsigned grid = grid_for(total, kDwThreads);
+  auto run = [&](auto* kernel) { CONV_EXT_LAUNCH(kernel, grid, kDwThreads, 0, stream, p, x, w, bias, y); };
   if (p.R == 3 && p.S == 3)
-    depthwise_kernel<T, 3, 3, kNhwc><<<grid, kDwThreads, 0, stream>>>(p, x, w, bias, y);
+    run(depthwise_kernel<T, 3, 3, kNhwc>);
   else if (p.R == 5 && p.S == 5)
-    depthwise_kernel<T, 5, 5, kNhwc><<<grid, kDwThreads, 0, stream>>>(p, x, w, bias, y);
+    run(depthwise_kernel<T, 5, 5, kNhwc>);
   else if (p.R == 7 && p.S == 7)
-    depthwise_kernel<T, 7, 7, kNhwc><<<grid, kDwThreads, 0, stream>>>(p, x, w, bias, y);
+    run(depthwise_kernel<T, 7, 7, kNhwc>);
   else
-    depthwise_kernel<T, 0, 0, kNhwc><<<grid, kDwThreads, 0, stream>>>(p, x, w, bias, y);
-  return cudaGetLastError();
+    run(depthwise_kernel<T, 0, 0, kNhwc>);
+  return CONV_EXT_LAST_ERROR();
 }
 
-#endif  // !CONV_EXT_EMULATE
 
 }  // namespace
 
 bool depthwise_supports(const Conv2dParams& p) { return p.Cg() == 1 && p.groups == p.C; }
 
-#if !defined(CONV_EXT_EMULATE)  // the emulator (tests/cpp/igemm_emulate.cpp) launches by itself
 template <typename T>
 cudaError_t depthwise_forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y,
                               cudaStream_t stream) {
@@ -105,7 +103,6 @@ template cudaError_t depthwise_forward<double>(const Conv2dParams&, const double
 template cudaError_t depthwise_forward<__half>(const Conv2dParams&, const __half*, const __half*, const __half*, __half*, cudaStream_t);
 template cudaError_t depthwise_forward<__nv_bfloat16>(const Conv2dParams&, const __nv_bfloat16*, const __nv_bfloat16*,
                                                       const __nv_bfloat16*, __nv_bfloat16*, cudaStream_t);
-#endif  // !CONV_EXT_EMULATE
 
 }  // namespace cuda
 }  // namespace conv_ext

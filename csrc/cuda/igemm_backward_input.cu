@@ -183,15 +183,15 @@ size_t igemm_backward_input_workspace(const Conv2dParams& p, int elem_size) {
   return static_cast<size_t>(p.K * p.R * p.S * p.Cg()) * elem_size;
 }
 
-#if !defined(CONV_EXT_EMULATE)  // the emulator (tests/cpp/igemm_emulate.cpp) launches by itself
 template <typename T>
 cudaError_t igemm_backward_input(const Conv2dParams& p, const T* dy, const T* w, T* dx, void* workspace,
                                  bool tf32x3, cudaStream_t stream) {
   if (p.N * p.H * p.W * p.C == 0) return cudaSuccess;
   BinArgs<T> a{p, dy, static_cast<const T*>(workspace), dx, static_cast<int>(ceil_div(p.Kg(), 64 / int(sizeof(T))))};
   const int64_t wn = p.K * p.R * p.S * p.Cg();
-  weight_to_grsck<T><<<grid_for(wn, 256), 256, 0, stream>>>(p, w, static_cast<T*>(workspace));
-  cudaError_t err = cudaGetLastError();
+  auto* transform = weight_to_grsck<T>;
+  CONV_EXT_LAUNCH(transform, grid_for(wn, 256), 256, 0, stream, p, w, static_cast<T*>(workspace));
+  cudaError_t err = CONV_EXT_LAST_ERROR();
   if (err != cudaSuccess) return err;
   // grid.x covers the largest phase (phase 0); smaller phases leave their last CTAs idle
   const int64_t m_max = p.N * ceil_div(p.H, p.stride_h) * ceil_div(p.W, p.stride_w);
@@ -204,7 +204,6 @@ template cudaError_t igemm_backward_input<float>(const Conv2dParams&, const floa
 template cudaError_t igemm_backward_input<__half>(const Conv2dParams&, const __half*, const __half*, __half*, void*, bool, cudaStream_t);
 template cudaError_t igemm_backward_input<__nv_bfloat16>(const Conv2dParams&, const __nv_bfloat16*, const __nv_bfloat16*,
                                                          __nv_bfloat16*, void*, bool, cudaStream_t);
-#endif  // !CONV_EXT_EMULATE
 
 }  // namespace cuda
 }  // namespace conv_ext

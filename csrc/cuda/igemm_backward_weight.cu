@@ -161,7 +161,6 @@ size_t igemm_backward_weight_workspace(const Conv2dParams& p, int elem_size) {
   return static_cast<size_t>(plan(p, elem_size).splits) * static_cast<size_t>(p.K * p.R * p.S * p.Cg()) * sizeof(float);
 }
 
-#if !defined(CONV_EXT_EMULATE)  // the emulator (tests/cpp/igemm_emulate.cpp) launches by itself
 template <typename T>
 cudaError_t igemm_backward_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw, void* workspace,
                                   bool tf32x3, cudaStream_t stream) {
@@ -173,15 +172,15 @@ cudaError_t igemm_backward_weight(const Conv2dParams& p, const T* dy, const T* x
   cudaError_t err = igemm::launch<T, BwLoader>(a, grid, tf32x3, stream);
   if (err != cudaSuccess) return err;
   const int64_t total = p.K * a.rsc;
-  reduce_splits<T><<<grid_for(total, 256), 256, 0, stream>>>(p, a.part, sp.splits, dw);
-  return cudaGetLastError();
+  auto* reduce = reduce_splits<T>;
+  CONV_EXT_LAUNCH(reduce, grid_for(total, 256), 256, 0, stream, p, static_cast<const float*>(a.part), sp.splits, dw);
+  return CONV_EXT_LAST_ERROR();
 }
 
 template cudaError_t igemm_backward_weight<float>(const Conv2dParams&, const float*, const float*, float*, void*, bool, cudaStream_t);
 template cudaError_t igemm_backward_weight<__half>(const Conv2dParams&, const __half*, const __half*, __half*, void*, bool, cudaStream_t);
 template cudaError_t igemm_backward_weight<__nv_bfloat16>(const Conv2dParams&, const __nv_bfloat16*, const __nv_bfloat16*,
                                                           __nv_bfloat16*, void*, bool, cudaStream_t);
-#endif  // !CONV_EXT_EMULATE
 
 }  // namespace cuda
 }  // namespace conv_ext

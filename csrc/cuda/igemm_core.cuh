@@ -229,23 +229,21 @@ __global__ void __launch_bounds__(kThreads, 1) igemm_kernel(const typename L::Ar
   ld.store(args, acc, warp_m, warp_n, lane);
 }
 
-#if !defined(CONV_EXT_EMULATE)
 // Launches igemm_kernel<T, kTf32x3, L> (T = float picks TF32 or 3xTF32 at run time).
 template <typename T, template <typename> class L>
 cudaError_t launch(const typename L<T>::Args& args, dim3 grid, bool tf32x3, cudaStream_t stream) {
   constexpr int smem = smem_bytes<T, L<T>::kAKMajor, L<T>::kBKMajor>();
   auto run = [&](auto kernel) {
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaError_t err = CONV_EXT_SET_MAX_DYNAMIC_SMEM(kernel, smem);
     if (err != cudaSuccess) return err;
-    kernel<<<grid, kThreads, smem, stream>>>(args);
-    return cudaGetLastError();
+    CONV_EXT_LAUNCH(kernel, grid, kThreads, smem, stream, args);
+    return CONV_EXT_LAST_ERROR();
   };
   if constexpr (sizeof(T) == 4) {
     if (tf32x3) return run(igemm_kernel<T, true, L<T>>);
   }
   return run(igemm_kernel<T, false, L<T>>);
 }
-#endif  // !CONV_EXT_EMULATE
 
 }  // namespace igemm
 }  // namespace cuda

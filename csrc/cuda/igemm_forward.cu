@@ -156,7 +156,6 @@ size_t igemm_forward_workspace(const Conv2dParams& p, int elem_size) {
   return static_cast<size_t>(p.K * p.R * p.S * p.Cg()) * elem_size;
 }
 
-#if !defined(CONV_EXT_EMULATE)  // the emulator (tests/cpp/igemm_emulate.cpp) launches by itself
 template <typename T>
 cudaError_t igemm_forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y,
                           void* workspace, bool tf32x3, cudaStream_t stream) {
@@ -164,8 +163,9 @@ cudaError_t igemm_forward(const Conv2dParams& p, const T* x, const T* w, const T
                static_cast<int>(ceil_div(p.Cg(), 64 / int(sizeof(T))))};
   if (a.M == 0 || p.K == 0) return cudaSuccess;
   const int64_t wn = p.K * p.R * p.S * p.Cg();
-  weight_to_krsc<T><<<grid_for(wn, 256), 256, 0, stream>>>(p, w, static_cast<T*>(workspace));
-  cudaError_t err = cudaGetLastError();
+  auto* transform = weight_to_krsc<T>;
+  CONV_EXT_LAUNCH(transform, grid_for(wn, 256), 256, 0, stream, p, w, static_cast<T*>(workspace));
+  cudaError_t err = CONV_EXT_LAST_ERROR();
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(ceil_div(a.M, igemm::kBM)), static_cast<unsigned>(ceil_div(p.Kg(), igemm::kBN)),
                   static_cast<unsigned>(p.groups));
@@ -176,7 +176,6 @@ template cudaError_t igemm_forward<float>(const Conv2dParams&, const float*, con
 template cudaError_t igemm_forward<__half>(const Conv2dParams&, const __half*, const __half*, const __half*, __half*, void*, bool, cudaStream_t);
 template cudaError_t igemm_forward<__nv_bfloat16>(const Conv2dParams&, const __nv_bfloat16*, const __nv_bfloat16*,
                                                   const __nv_bfloat16*, __nv_bfloat16*, void*, bool, cudaStream_t);
-#endif  // !CONV_EXT_EMULATE
 
 }  // namespace cuda
 }  // namespace conv_ext

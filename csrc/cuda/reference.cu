@@ -136,14 +136,14 @@ __global__ void __launch_bounds__(kThreads) backward_bias_kernel(const T* __rest
 
 }  // namespace
 
-#if !defined(CONV_EXT_EMULATE)  // the emulator (tests/cpp/igemm_emulate.cpp) launches by itself
 template <typename T>
 cudaError_t reference_forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y,
                               cudaStream_t stream) {
   const int64_t total = p.N * p.K * p.P * p.Q;
   if (total == 0) return cudaSuccess;
-  forward_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(p, x, w, bias, y);
-  return cudaGetLastError();
+  auto* kernel = forward_kernel<T>;
+  CONV_EXT_LAUNCH(kernel, grid_for(total, kThreads), kThreads, 0, stream, p, x, w, bias, y);
+  return CONV_EXT_LAST_ERROR();
 }
 
 template <typename T>
@@ -151,8 +151,9 @@ cudaError_t reference_backward_input(const Conv2dParams& p, const T* dy, const T
                                      cudaStream_t stream) {
   const int64_t total = p.N * p.C * p.H * p.W;
   if (total == 0) return cudaSuccess;
-  backward_input_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(p, dy, w, dx);
-  return cudaGetLastError();
+  auto* kernel = backward_input_kernel<T>;
+  CONV_EXT_LAUNCH(kernel, grid_for(total, kThreads), kThreads, 0, stream, p, dy, w, dx);
+  return CONV_EXT_LAST_ERROR();
 }
 
 template <typename T>
@@ -161,8 +162,9 @@ cudaError_t reference_backward_weight(const Conv2dParams& p, const T* dy, const 
   const int64_t total = p.K * p.Cg() * p.R * p.S;
   if (total == 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>(total < (int64_t(1) << 20) ? total : (int64_t(1) << 20));
-  backward_weight_kernel<T><<<blocks, kThreads, 0, stream>>>(p, dy, x, dw);
-  return cudaGetLastError();
+  auto* kernel = backward_weight_kernel<T>;
+  CONV_EXT_LAUNCH(kernel, blocks, kThreads, 0, stream, p, dy, x, dw);
+  return CONV_EXT_LAST_ERROR();
 }
 
 template <typename T>
@@ -170,8 +172,9 @@ cudaError_t backward_bias(const T* dy, int64_t N, int64_t K, int64_t PQ, int64_t
                           int64_t s_i, T* db, cudaStream_t stream) {
   if (K == 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>(K < (int64_t(1) << 20) ? K : (int64_t(1) << 20));
-  backward_bias_kernel<T><<<blocks, kThreads, 0, stream>>>(dy, N, K, PQ, s_n, s_k, s_i, db);
-  return cudaGetLastError();
+  auto* kernel = backward_bias_kernel<T>;
+  CONV_EXT_LAUNCH(kernel, blocks, kThreads, 0, stream, dy, N, K, PQ, s_n, s_k, s_i, db);
+  return CONV_EXT_LAST_ERROR();
 }
 
 #define CONV_EXT_INSTANTIATE(T)                                                                         \
@@ -188,7 +191,6 @@ CONV_EXT_INSTANTIATE(double)
 CONV_EXT_INSTANTIATE(__half)
 CONV_EXT_INSTANTIATE(__nv_bfloat16)
 #undef CONV_EXT_INSTANTIATE
-#endif  // !CONV_EXT_EMULATE
 
 }  // namespace cuda
 }  // namespace conv_ext

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
 #include <random>
 #include <string>
 #include <thread>
@@ -174,41 +175,29 @@ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], int kind
     d[i] = static_cast<float>(s);
   }
 }
-}}}  // namespace conv_ext::cuda::emu
-
-// Runs kernel(args) over the grid, one CTA at a time, 256 host threads per CTA.
-template <typename Args>
-void run_grid(void (*kernel)(Args), const Args& args, dim3 grid) {
-  gridDim = grid;
-  blockDim = dim3(igemm::kThreads);
+cudaError_t last_error() { return cudaSuccess; }  // launches here cannot fail
+cudaError_t set_max_dynamic_smem(const void*, int bytes) {
+  return bytes <= int(sizeof(igemm::smem)) ? cudaSuccess : cudaErrorInvalidValue;
+}
+// A launch: CTA after CTA, each as blockDim.x host threads (one per CUDA thread).
+template <typename... P, typename... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, const A&... args) {
+  gridDim = grid, blockDim = block;
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  if (threads % 32) EMU_FAIL("launch: %d threads is not whole warps\n", threads);
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = make_uint3(x, y, z);
         std::memset(igemm::smem, 0xff, sizeof(igemm::smem));  // NaN garbage where nothing was copied
-        cta_barrier = std::make_unique<std::barrier<>>(igemm::kThreads);
-        std::vector<std::thread> threads;
-        for (int t = 0; t < igemm::kThreads; ++t)
-          threads.emplace_back([&, t] { threadIdx = make_uint3(t, 0, 0); kernel(args); });
-        for (auto& th : threads) th.join();
+        cta_barrier = std::make_unique<std::barrier<>>(threads);
+        std::vector<std::thread> ts;
+        for (int t = 0; t < threads; ++t)
+          ts.emplace_back([&, t] { threadIdx = make_uint3(t, 0, 0); kernel(args...); });
+        for (auto& th : ts) th.join();
       }
 }
-// a grid-stride kernel run by a single host thread
-template <typename... A>
-void run_serial(void (*kernel)(A...), A... args) {
-  blockIdx = make_uint3(0, 0, 0), threadIdx = make_uint3(0, 0, 0);
-  blockDim = dim3(1), gridDim = dim3(1);
-  kernel(args...);
-}
-
-// one CTA of `threads` host threads running f (a kernel call), grid of one block
-static void run_block(int threads, const std::function<void()>& f) {
-  blockIdx = make_uint3(0, 0, 0), blockDim = dim3(threads), gridDim = dim3(1);
-  cta_barrier = std::make_unique<std::barrier<>>(threads);
-  std::vector<std::thread> ts;
-  for (int t = 0; t < threads; ++t) ts.emplace_back([&, t] { threadIdx = make_uint3(t, 0, 0); f(); });
-  for (auto& th : ts) th.join();
-}
+}}}  // namespace conv_ext::cuda::emu
 
 // ---- problems --------------------------------------------------------------------------------
 template <typename T> T from_f(float v) { return static_cast<T>(v); }
@@ -284,6 +273,16 @@ bool compare(const char* what, const Case& c, const std::vector<T>& got, const s
   return ok;
 }
 
+// a device-workspace stand-in: 256-byte aligned, filled with NaN bytes
+struct Workspace {
+  size_t bytes;
+  void* p;
+  explicit Workspace(size_t b) : bytes(b), p(b ? ::operator new(b, std::align_val_t(256)) : nullptr) {
+    if (p) std::memset(p, 0xff, b);
+  }
+  ~Workspace() { if (p) ::operator delete(p, std::align_val_t(256)); }
+};
+
 template <typename T, bool kX3>
 bool run_case(const Case& cs, const char* tname, double tol) {
   const Conv2dParams p = nhwc_params(cs);
@@ -298,38 +297,30 @@ bool run_case(const Case& cs, const char* tname, double tol) {
   const std::string tag = std::string(tname) + (kX3 ? "/3xtf32" : "");
   auto reg = [](const void* ptr, size_t bytes) { buffers.push_back({static_cast<const char*>(ptr), bytes}); };
 
-  if (igemm_forward_supports(p, es)) {  // ---- forward
+  auto check = [](cudaError_t e) { if (e != cudaSuccess) EMU_FAIL("launcher returned %d\n", int(e)); };
+  if (igemm_forward_supports(p, es)) {  // ---- forward, through the real launcher
     buffers.clear();
-    std::vector<T> wt(igemm_forward_workspace(p, es) / es), y(p.N * p.P * p.Q * p.K, nan);
-    reg(x.data(), x.size() * es), reg(wt.data(), wt.size() * es);
-    run_serial(weight_to_krsc<T>, p, static_cast<const T*>(w.data()), wt.data());
-    FwdArgs<T> a{p, x.data(), wt.data(), bias.data(), y.data(), p.N * p.P * p.Q, static_cast<int>(ceil_div(p.Cg(), 64 / es))};
-    const dim3 grid(ceil_div(a.M, igemm::kBM), ceil_div(p.Kg(), igemm::kBN), p.groups);
-    run_grid(igemm::igemm_kernel<T, kX3, FwdLoader<T>>, a, grid);
+    Workspace ws(igemm_forward_workspace(p, es));
+    std::vector<T> y(p.N * p.P * p.Q * p.K, nan);
+    reg(x.data(), x.size() * es), reg(ws.p, ws.bytes);
+    check(igemm_forward<T>(p, x.data(), w.data(), bias.data(), y.data(), ws.p, kX3, nullptr));
     ok &= compare(("fwd " + tag).c_str(), cs, y, ry, tol);
   }
   if (igemm_backward_input_supports(p, es)) {  // ---- backward-input
     buffers.clear();
-    std::vector<T> w2(igemm_backward_input_workspace(p, es) / es), dx(p.N * p.H * p.W * p.C, nan);
-    reg(dy.data(), dy.size() * es), reg(w2.data(), w2.size() * es);
-    run_serial(weight_to_grsck<T>, p, static_cast<const T*>(w.data()), w2.data());
-    BinArgs<T> a{p, dy.data(), w2.data(), dx.data(), static_cast<int>(ceil_div(p.Kg(), 64 / es))};
-    const int64_t m_max = p.N * ceil_div(p.H, p.stride_h) * ceil_div(p.W, p.stride_w);
-    const dim3 grid(ceil_div(m_max, igemm::kBM), ceil_div(p.Cg(), igemm::kBN), p.groups * p.stride_h * p.stride_w);
-    run_grid(igemm::igemm_kernel<T, kX3, BinLoader<T>>, a, grid);
+    Workspace ws(igemm_backward_input_workspace(p, es));
+    std::vector<T> dx(p.N * p.H * p.W * p.C, nan);
+    reg(dy.data(), dy.size() * es), reg(ws.p, ws.bytes);
+    check(igemm_backward_input<T>(p, dy.data(), w.data(), dx.data(), ws.p, kX3, nullptr));
     ok &= compare(("bwd_input " + tag).c_str(), cs, dx, rdx, tol);
   }
   if (igemm_backward_weight_supports(p, es)) {  // ---- backward-weight
     buffers.clear();
-    const Split sp = plan(p, es);
-    std::vector<float> part(igemm_backward_weight_workspace(p, es) / sizeof(float), NAN);
+    Workspace ws(igemm_backward_weight_workspace(p, es));
     std::vector<T> dw(p.K * p.Cg() * p.R * p.S, nan);
     reg(dy.data(), dy.size() * es), reg(x.data(), x.size() * es);
-    BwArgs<T> a{p, dy.data(), x.data(), part.data(), p.N * p.P * p.Q, p.R * p.S * p.Cg(), sp.kiters, sp.per_split, sp.splits};
-    const dim3 grid(ceil_div(p.Kg(), igemm::kBM), ceil_div(a.rsc, igemm::kBN), p.groups * sp.splits);
-    run_grid(igemm::igemm_kernel<T, kX3, BwLoader<T>>, a, grid);
-    run_serial(reduce_splits<T>, p, static_cast<const float*>(part.data()), sp.splits, dw.data());
-    ok &= compare(("bwd_weight " + tag + " s" + std::to_string(sp.splits)).c_str(), cs, dw, rdw, tol);
+    check(igemm_backward_weight<T>(p, dy.data(), x.data(), dw.data(), ws.p, kX3, nullptr));
+    ok &= compare(("bwd_weight " + tag + " s" + std::to_string(plan(p, es).splits)).c_str(), cs, dw, rdw, tol);
   }
   return ok;
 }
@@ -379,24 +370,18 @@ bool run_direct_case(const Case& cs, const char* tname, double tol) {
     auto out = [&](const std::vector<T>& v, int64_t C, int64_t H, int64_t W) { return nhwc ? v : to_nhwc(v, p.N, C, H, W); };
     const auto xl = in(x, p.C, p.H, p.W), dyl = in(dy, p.K, p.P, p.Q);
     std::vector<T> y(ry.size(), nan), dx(rdx.size(), nan), dw(rdw.size(), nan), db(p.K, nan);
-    run_serial(forward_kernel<T>, p, xl.data(), static_cast<const T*>(w.data()), static_cast<const T*>(bias.data()), y.data());
+    reference_forward<T>(p, xl.data(), w.data(), bias.data(), y.data(), nullptr);
     ok &= compare(("ref fwd " + tag).c_str(), cs, out(y, p.K, p.P, p.Q), ry, tol);
-    run_serial(backward_input_kernel<T>, p, dyl.data(), static_cast<const T*>(w.data()), dx.data());
+    reference_backward_input<T>(p, dyl.data(), w.data(), dx.data(), nullptr);
     ok &= compare(("ref bwd_in " + tag).c_str(), cs, out(dx, p.C, p.H, p.W), rdx, tol);
-    run_block(256, [&] { backward_weight_kernel<T>(p, dyl.data(), xl.data(), dw.data()); });
+    reference_backward_weight<T>(p, dyl.data(), xl.data(), dw.data(), nullptr);
     ok &= compare(("ref bwd_w " + tag).c_str(), cs, dw, rdw, tol);
     const int64_t PQ = p.P * p.Q;
-    run_block(256, [&] {
-      backward_bias_kernel<T>(dyl.data(), p.N, p.K, PQ, p.K * PQ, nhwc ? 1 : PQ, nhwc ? p.K : 1, db.data());
-    });
+    backward_bias<T>(dyl.data(), p.N, p.K, PQ, p.K * PQ, nhwc ? 1 : PQ, nhwc ? p.K : 1, db.data(), nullptr);
     ok &= compare(("ref bias " + tag).c_str(), cs, db, rdb, tol);
     if (depthwise_supports(p)) {
       std::vector<T> yd(ry.size(), nan);
-      const T *xp = xl.data(), *wp = w.data(), *bp = bias.data();
-      T* yp = yd.data();
-      if (p.R == 3 && p.S == 3) nhwc ? run_serial(depthwise_kernel<T, 3, 3, true>, p, xp, wp, bp, yp) : run_serial(depthwise_kernel<T, 3, 3, false>, p, xp, wp, bp, yp);
-      else if (p.R == 5 && p.S == 5) nhwc ? run_serial(depthwise_kernel<T, 5, 5, true>, p, xp, wp, bp, yp) : run_serial(depthwise_kernel<T, 5, 5, false>, p, xp, wp, bp, yp);
-      else nhwc ? run_serial(depthwise_kernel<T, 0, 0, true>, p, xp, wp, bp, yp) : run_serial(depthwise_kernel<T, 0, 0, false>, p, xp, wp, bp, yp);
+      depthwise_forward<T>(p, xl.data(), w.data(), bias.data(), yd.data(), nullptr);
       ok &= compare(("depthwise " + tag).c_str(), cs, out(yd, p.K, p.P, p.Q), ry, tol);
     }
   }
