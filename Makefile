@@ -53,3 +53,74 @@ bench: install
 
 clean:
 	rm -rf $(BUILD) *.egg-info conv_ext/*.so
+
+# ---------------------------------------------------------------------------------------------
+# gpu-check: everything that needs a GPU, in one command that fits one 10-minute device call:
+#   build (editable, no downloads, only the local GPU's architecture), the CUDA tests, a
+#   compute-sanitizer memcheck over a small subset (torch's caching allocator off, so an
+#   out-of-bounds access hits unallocated memory), then the GPU benchmark. Results go to
+#   benchmarks/results/<device>-<date>.{md,json,csv}: device, driver, torch, date and the table.
+# GPU_BENCH: the suites to time, as suite:dtype:layout:batch:passes (passes as the bench takes them).
+# ---------------------------------------------------------------------------------------------
+GPU_RESULTS ?= benchmarks/results
+GPU_BENCH ?= resnet50:bfloat16:nhwc:32:forward,backward_input,backward_weight \
+             resnet50:float32:nhwc:32:forward \
+             mobilenet_v2:float16:nhwc:32:forward \
+             stem:bfloat16:nhwc:32:forward
+GPU_BENCH_EXTRA ?=
+SANITIZER ?= compute-sanitizer
+
+.PHONY: gpu-check
+gpu-check:
+	@$(PYTHON) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device')"
+	TORCH_CUDA_ARCH_LIST="$$($(PYTHON) -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')" \
+	  MAX_JOBS=$(NPROC) $(PIP) install -q --no-build-isolation --no-deps -e .
+	@cd / && $(PYTHON) -c "import conv_ext; i = conv_ext.info(); print(i); assert i['cuda_available'], 'conv_ext was built without CUDA'"
+	$(PYTHON) -m pytest -q -m "not slow" tests/test_cuda.py tests/test_cuda_sources.py
+	$(PYTHON) -m pytest -q -m "cuda and not slow" tests --ignore=tests/test_cuda.py || [ $$? -eq 5 ]  # 5: none selected
+	PYTORCH_NO_CUDA_MEMORY_CACHING=1 $(SANITIZER) --tool memcheck --error-exitcode 1 --print-limit 20 \
+	  $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
+	  -k "test_fast_kernel_matches_reference and (3x3 or stride3_k2 or many_k) and not 3x3_s2 and nhwc and (fp16 or fp32-tf32) or test_depthwise_matches_reference and 3x3 and not s2 and fp16 or test_backward_weight_is_deterministic and fp16 and igemm"
+	@mkdir -p $(GPU_RESULTS)
+	@set -e; \
+	dev=$$($(PYTHON) -c "import torch, re; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name()).strip('-').lower())"); \
+	stamp=$$(date -u +%Y%m%d-%H%M); base=$(GPU_RESULTS)/$$dev-$$stamp; \
+	{ echo "# conv_ext GPU benchmark: $$dev, $$(date -u '+%Y-%m-%d %H:%M UTC')"; echo; \
+	  echo "- device/driver: $$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"; \
+	  echo "- torch $$($(PYTHON) -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())')"; \
+	  echo "- conv_ext: $$(cd / && $(PYTHON) -c 'import conv_ext; print(conv_ext.info())')"; echo; } > $$base.md; \
+	i=0; for spec in $(GPU_BENCH); do \
+	  i=$$((i+1)); set -- $$(echo "$$spec" | tr ':' ' '); suite=$$1; dtype=$$2; layout=$$3; batch=$$4; passes=$$5; \
+	  echo "## $$suite $$dtype $$layout batch $$batch ($$passes)" >> $$base.md; echo '```' >> $$base.md; \
+	  $(PYTHON) -m conv_ext.bench --suite $$suite --device cuda --dtype $$dtype --layout $$layout --batch $$batch \
+	    --passes $$passes --json $$base-$$i-$$suite-$$dtype.json --csv $$base-$$i-$$suite-$$dtype.csv \
+	    $(GPU_BENCH_EXTRA) | tee -a $$base.md; \
+	  echo '```' >> $$base.md; \
+	done; \
+	$(PYTHON) -c "import json, glob, sys; b = sys.argv[1]; json.dump({f: json.load(open(f)) for f in sorted(glob.glob(b + '-*.json'))}, open(b + '.json', 'w'), indent=1)" $$base; \
+	echo "== results: $$base.md $$base.json"
+
+# cuda-emulate: runs the real implicit-GEMM kernels on the host (tests/cpp/igemm_emulate.cpp):
+# indexing, layouts and fragment maps checked against a float64 convolution, no GPU needed.
+# Slow (256 host threads per CTA): a minute or more per case on a small machine. CASE=name runs one.
+CUDA_HOME ?= /usr/local/cuda
+.PHONY: cuda-emulate
+cuda-emulate:
+	@mkdir -p $(BUILD)
+	g++ -std=c++20 -O1 -pthread -DCONV_EXT_EMULATE -I csrc -I $(CUDA_HOME)/include tests/cpp/igemm_emulate.cpp \
+	  -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64 -o $(BUILD)/igemm_emulate
+	$(BUILD)/igemm_emulate $(CASE)
+
+# cuda-syntax: the torch side of the CUDA backend (conv2d_cuda.cpp, python_module.cpp with CUDA
+# on) checked for syntax against the installed torch's headers, which works with a CPU-only
+# wheel too (it lacks the generated c10/cuda/impl/cuda_cmake_macros.h: a stub stands in).
+.PHONY: cuda-syntax
+cuda-syntax:
+	@mkdir -p $(BUILD)/stub/c10/cuda/impl
+	@echo '#define C10_CUDA_BUILD_SHARED_LIBS' > $(BUILD)/stub/c10/cuda/impl/cuda_cmake_macros.h
+	for f in csrc/cuda/conv2d_cuda.cpp csrc/python_module.cpp; do \
+	  g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -Wno-c++20-extensions -DCONV_EXT_WITH_CUDA -I csrc \
+	    $$($(PYTHON) -c 'import sysconfig, pybind11, torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths() + [sysconfig.get_paths()["include"], pybind11.get_include()]))') \
+	    -I $(BUILD)/stub -I $(CUDA_HOME)/include $$f || exit 1; \
+	done
+	@echo "== conv2d_cuda.cpp and python_module.cpp (CUDA on): syntax OK"

@@ -4,6 +4,9 @@
 #include <torch/extension.h>
 
 #include "cpu/algorithms.h"
+#ifdef CONV_EXT_WITH_CUDA
+#include "cuda/algorithms_cuda.h"
+#endif
 
 namespace cc = conv_ext::cpu;
 
@@ -25,4 +28,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("forced_cpu_algorithm", [](const std::string& pass) { return cc::forced_algorithm(cc::pass_from_name(pass)); });
   m.def("last_cpu_algorithm", [](const std::string& pass) { return cc::last_algorithm(cc::pass_from_name(pass)); },
         "the CPU algorithm this thread ran last for this pass");
+#ifdef CONV_EXT_WITH_CUDA
+  namespace cu = conv_ext::cuda;
+  m.def("cuda_algorithms", [](const std::string& pass) { return cu::algorithm_names(cc::pass_from_name(pass)); },
+        "names of the CUDA algorithms of a pass, in the order automatic choice tries them");
+  m.def("force_cuda_algorithm", [](const std::string& pass, const std::string& name) {
+    cu::force_algorithm(cc::pass_from_name(pass), name);
+  }, "run every CUDA call of this pass with the named algorithm ('auto' to choose again)");
+  m.def("forced_cuda_algorithm", [](const std::string& pass) { return cu::forced_algorithm(cc::pass_from_name(pass)); });
+  m.def("last_cuda_algorithm", [](const std::string& pass) { return cu::last_algorithm(cc::pass_from_name(pass)); },
+        "the CUDA algorithm this thread ran last for this pass");
+#endif
 }
