@@ -421,16 +421,16 @@ def geomean(values):
 
 
 def geomeans(results):
-    """Geometric mean of the speedups: over all cases, and per pass."""
-    out = {"all": geomean([r.get("speedup") for r in results])}
+    """Geometric mean of the speedups: over all rows ("overall"), and per pass."""
+    out = {"overall": geomean([r.get("speedup") for r in results])}
     for p in dict.fromkeys(r["pass"] for r in results):
         out[p] = geomean([r.get("speedup") for r in results if r["pass"] == p])
     return out
 
 
 def summary_line(gm):
-    parts = [f"{p} {v:.2f}x" for p, v in gm.items() if p != "all" and v]
-    overall = f"{gm['all']:.2f}x" if gm.get("all") else "-"
+    parts = [f"{p} {v:.2f}x" for p, v in gm.items() if p != "overall" and v]
+    overall = f"{gm['overall']:.2f}x" if gm.get("overall") else "-"
     return f"geometric-mean speedup (torch time / conv_ext time): {overall}" + (f"  ({', '.join(parts)})" if len(parts) > 1 else "")
 
 
@@ -503,7 +503,7 @@ def write_plot(path, results, meta):
     ax.set_ylabel("speedup vs torch\n(>1: conv_ext faster)")
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([])
-    gm = geomeans(ok)["all"]
+    gm = geomeans(ok)["overall"]
     ax.set_title(
         f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, {meta['threads']} threads, "
         f"{meta['date'][:16]}\ngeometric-mean speedup {gm:.2f}x" if gm else "", fontsize=10)
@@ -585,6 +585,15 @@ def pick_device(ap, requested):
 
 
 def main(argv=None):
+    """Run the benchmark; returns the exit status (0 ok, 1 some case failed or mismatched, 2 usage)."""
+    threads_before = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        torch.set_num_threads(threads_before)  # in-process callers (tests) keep their setting
+
+
+def _main(argv):
     ap, args = parse_args(argv)
     import conv_ext
 
