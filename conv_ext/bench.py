@@ -741,7 +741,7 @@ def measure_one(item, pass_name, args, device, dtype, timer, shapes, model_mode)
         else:
             err = compare()
             timer.sync()
-            row["max_rel_error"] = err
+            row["max_rel_error"] = err if math.isfinite(err) else None  # inf: wrong shape; nan: nan output
             # whole models: the error grows through the layers; a generous bound, reported as is
             tol = TOLERANCE[dtype] * (10 if model_mode else 1)
             row["check"] = "ok" if err <= tol else "MISMATCH"
