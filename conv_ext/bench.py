@@ -37,7 +37,6 @@ import datetime
 import importlib.util
 import json
 import math
-import os
 import platform
 import statistics
 import sys

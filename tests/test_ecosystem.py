@@ -2,7 +2,6 @@
 
 Each test holds conv_ext to what nn.Conv2d does in the same situation.
 """
-import os
 import sys
 import time
 from pathlib import Path
