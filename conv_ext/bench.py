@@ -642,7 +642,7 @@ def _main(argv):
     if device == "cpu":
         nominal = nominal_cpu_peak(threads, dtype)
         cpu_model = [ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")]
-        device_name = f"{cpu_model[0] if cpu_model else device_name} ({threads} threads)"
+        device_name = cpu_model[0] if cpu_model else device_name
     else:
         nominal = (None, "")
     peak_start, peak_basis = matmul_peak(device, dtype, timer)
