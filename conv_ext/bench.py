@@ -161,7 +161,7 @@ def measure(fns, timer, budget=1.0, warmup=2, min_reps=5, max_reps=200, device="
     return result
 
 
-def matmul_peak(device, dtype, timer, seconds=0.3):
+def matmul_peak(device, dtype, timer, seconds=1.0):
     """Best GFLOP/s of a large square torch.mm in ``dtype`` on ``device``: the yardstick for %-of-peak."""
     size = 2048 if device == "cpu" else 8192
     if device == "cpu" and dtype in (torch.float16,):
