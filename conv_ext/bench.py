@@ -516,8 +516,8 @@ def write_plot(path, results, meta):
     ax.set_title(
         f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, {meta['threads']} threads, "
         f"{meta['date'][:16]}\ngeometric-mean speedup {gm:.2f}x" if gm else "", fontsize=10)
-    ax.legend(fontsize=8, ncol=len(passes))
-    ax.grid(axis="y", alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
 
     peak = meta.get("peak_gflops")
     for ax, p in zip(axes[1:], passes):
@@ -526,13 +526,13 @@ def write_plot(path, results, meta):
         ax.bar([x - 0.2 for x in xs], [r["torch_gflops"] or 0 for r in rows], 0.4, color="#999999", label="torch")
         ax.bar([x + 0.2 for x in xs], [r["conv_ext_gflops"] or 0 for r in rows], 0.4, color=colors.get(p), label="conv_ext")
         if peak and all(r["torch_gflops"] is not None for r in rows):
-            ax.axhline(peak, color="red", linestyle="--", linewidth=1, label=f"peak {peak:.0f} GFLOP/s (matmul)")
+            ax.axhline(peak, color="red", linestyle="--", linewidth=1, label=f"peak\n{peak:.0f} GFLOP/s\n(matmul)")
         ax.set_yscale("log")
         ax.set_ylabel(f"{p}\nGFLOP/s")
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels([])
-        ax.legend(fontsize=8, ncol=3, loc="lower right")
-        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(axis="y", alpha=0.3)
     shape_of = {r["case"]: r["shape"] for r in ok}
     axes[-1].set_xticklabels([f"{c}\n{shape_of[c]}" for c in cases], rotation=60, ha="right", fontsize=7)
     fig.tight_layout()
@@ -573,6 +573,8 @@ def parse_args(argv):
     ap.add_argument("--plot", default=None, metavar="FILE.png", help="write the plot ({device} is replaced)")
     ap.add_argument("--progress", choices=["auto", "on", "off"], default="auto", help="progress bar on stderr")
     ap.add_argument("--list", action="store_true", help="list the suites and their cases, then exit")
+    ap.add_argument("--from-json", default=None, metavar="FILE",
+                    help="measure nothing: re-write --csv/--md/--plot from an earlier run's JSON")
     return ap, ap.parse_args(argv)
 
 
@@ -605,6 +607,19 @@ def main(argv=None):
 def _main(argv):
     ap, args = parse_args(argv)
     import conv_ext
+
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        results, meta = data["results"], data["meta"]
+        gm = geomeans(results)
+        if args.csv:
+            write_csv(args.csv, results)
+        if args.md:
+            write_markdown(args.md, results, meta, gm)
+        if args.plot:
+            write_plot(args.plot, results, meta)
+        print(summary_line(gm))
+        return 0
 
     shapes = load_shapes(args.shapes)
     if args.list:
