@@ -142,6 +142,10 @@ def test_cli_writes_json_csv_markdown_and_plot(tmp_path):
     assert "| case |" in (out / "r.md").read_text()
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # redrawing from the JSON measures nothing and writes the same table
+    assert bench.main(["--from-json", str(out / "r-cpu.json"), "--md", str(out / "again.md")]) == 0
+    assert (out / "again.md").read_text() == (out / "r.md").read_text()
+
 
 def test_cli_lists_suites(capsys):
     assert bench.main(["--list"]) == 0
