@@ -26,11 +26,14 @@ def pytest_addoption(parser):
 
 
 def bench_device(config):
+    import conv_ext
+
     device = config.getoption("--device")
+    gpu = torch.cuda.is_available() and conv_ext.info()["cuda_available"]
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise pytest.UsageError("--device cuda: no CUDA device is available")
+        return "cuda" if gpu else "cpu"
+    if device == "cuda" and not gpu:
+        raise pytest.UsageError("--device cuda: no CUDA device, or conv_ext was built without its CUDA kernels")
     return device
 
 
