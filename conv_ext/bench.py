@@ -506,9 +506,12 @@ def write_plot(path, results, meta):
     for j, p in enumerate(passes):
         rows = [r for r in ok if r["pass"] == p]
         xs = [index[r["case"]] - 0.4 + bar * (j + 0.5) for r in rows]
-        ax.bar(xs, [r["speedup"] for r in rows], bar, color=colors.get(p, None), label=p)
+        # bars grow from the 1.0 line: up when conv_ext is faster, down when slower
+        ax.bar(xs, [r["speedup"] - 1.0 for r in rows], bar, bottom=1.0, color=colors.get(p, None), label=p)
     ax.axhline(1.0, color="black", linewidth=1)
     ax.set_yscale("log")
+    speedups = [r["speedup"] for r in ok] + [1.0]
+    ax.set_ylim(min(speedups) / 1.5, max(speedups) * 1.5)
     ax.set_ylabel("speedup vs torch\n(>1: conv_ext faster)")
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([])
@@ -523,12 +526,16 @@ def write_plot(path, results, meta):
     for ax, p in zip(axes[1:], passes):
         rows = [r for r in ok if r["pass"] == p]
         xs = [index[r["case"]] for r in rows]
-        ax.bar([x - 0.2 for x in xs], [r["torch_gflops"] or 0 for r in rows], 0.4, color="#999999", label="torch")
-        ax.bar([x + 0.2 for x in xs], [r["conv_ext_gflops"] or 0 for r in rows], 0.4, color=colors.get(p), label="conv_ext")
-        if peak and all(r["torch_gflops"] is not None for r in rows):
+        rates = all(r.get("torch_gflops") for r in rows)  # whole models have no FLOP count: times
+        value = (lambda r, side: r[f"{side}_gflops"]) if rates else (lambda r, side: r[side]["median_s"] * 1e3)
+        ax.bar([x - 0.2 for x in xs], [value(r, "torch") for r in rows], 0.4, color="#999999", label="torch")
+        ax.bar([x + 0.2 for x in xs], [value(r, "conv_ext") for r in rows], 0.4, color=colors.get(p), label="conv_ext")
+        if peak and rates:
             ax.axhline(peak, color="red", linestyle="--", linewidth=1, label=f"peak\n{peak:.0f} GFLOP/s\n(matmul)")
         ax.set_yscale("log")
-        ax.set_ylabel(f"{p}\nGFLOP/s")
+        values = [value(r, side) for r in rows for side in ("torch", "conv_ext")]
+        ax.set_ylim(min(values) / 3, max(values + ([peak] if (peak and rates) else [])) * 2)
+        ax.set_ylabel(f"{p}\n" + ("GFLOP/s" if rates else "ms per call (lower is better)"))
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels([])
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
