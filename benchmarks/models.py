@@ -199,6 +199,12 @@ class MobileNetV2(nn.Module):
         features.append(conv_bn_relu6(c_in, last, 1))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+        for m in self.modules():  # the reference implementation's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         return self.classifier(self.features(x).mean((2, 3)))
