@@ -557,23 +557,22 @@ def write_plot(path, results, meta):
 def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="conv-ext-bench", description="conv_ext's conv2d vs torch's, per layer (or per model with --models).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("--suite", default="default", help="suite from benchmarks/shapes.py (see --list)")
+    ap.add_argument("--suite", default="default", help="suite from benchmarks/shapes.py (see --list); default: %(default)s")
     ap.add_argument("--models", default=None, help="comma-separated networks from benchmarks/models.py "
                     "(resnet18,resnet50,mobilenet_v2,...): time whole models instead of a suite")
     ap.add_argument("--image", type=int, default=None, help="image size for --models (default: the model's own)")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    ap.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"])
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="default: %(default)s")
+    ap.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"], help="nhwc: channels_last operands")
     ap.add_argument("--batch", type=int, default=None, help="batch size for every case (default: the suite's)")
     ap.add_argument("--passes", default="forward,backward_input,backward_weight",
-                    help=f"comma-separated from {','.join(PASSES)} (models: {','.join(MODEL_PASSES)})")
+                    help=f"comma-separated from {','.join(PASSES)} (models: {','.join(MODEL_PASSES)}); default: %(default)s")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both sides (default: torch's)")
-    ap.add_argument("--budget", type=float, default=1.0, help="seconds of timed samples per case and pass")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per side before sampling")
-    ap.add_argument("--min-reps", type=int, default=5, help="fewest samples per side")
-    ap.add_argument("--max-reps", type=int, default=200, help="most samples per side")
+    ap.add_argument("--budget", type=float, default=1.0, help="seconds of timed samples per case and pass; default: %(default)s")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls per side before sampling; default: %(default)s")
+    ap.add_argument("--min-reps", type=int, default=5, help="fewest samples per side; default: %(default)s")
+    ap.add_argument("--max-reps", type=int, default=200, help="most samples per side; default: %(default)s")
     ap.add_argument("--cases", default=None, help="only cases whose name contains one of these comma-separated words")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness comparison before timing")
     ap.add_argument("--seed", type=int, default=0)
