@@ -1,20 +1,23 @@
 # conv_ext — what the README tells users to run.
 #   make install     install what is missing, build the extension (editable)
 #   make test        install, then every test: pytest, the C++ ctest, the CUDA compile check
-#   make bench       install, then the default benchmark (table, JSON and plot in benchmarks/results/)
+#   make bench       install, then the default benchmark (table, JSON, CSV and plot in benchmarks/results/)
+#   make bench-models  install, then whole networks (ResNet-18/50, MobileNetV2): nn.Conv2d vs converted
+#   make example     install, then examples/cnn_basics.py (PNGs in examples/output/)
 #
 # torch: installed (pinned, CPU build) only when none is importable; an installed torch (a GPU
 # machine's CUDA build, say) is kept. With torch present, only missing tools are installed.
 PYTHON ?= python3
 PIP    := $(PYTHON) -m pip
 TORCH_PIN ?= torch==2.13.0
-TOOLS  := pybind11 ninja pytest pytest-benchmark hypothesis matplotlib
+TOOLS  := pybind11 ninja pytest pytest-benchmark hypothesis matplotlib scikit-learn
 # module names of TOOLS, in the same order
-TOOL_MODULES := pybind11 ninja pytest pytest_benchmark hypothesis matplotlib
+TOOL_MODULES := pybind11 ninja pytest pytest_benchmark hypothesis matplotlib sklearn
+RESULTS := benchmarks/results
 BUILD  := build
 NPROC  := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: deps install test pytest ctest cuda-check bench clean
+.PHONY: deps install test pytest ctest cuda-check bench bench-models example clean
 
 deps:
 	@if ! $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
@@ -47,9 +50,21 @@ test: pytest ctest
 	@if command -v nvcc >/dev/null 2>&1; then $(MAKE) --no-print-directory cuda-check; \
 	else echo "== nvcc not found: CUDA compile check skipped"; fi
 
+# the default suite on the best device there is (cuda if available, else cpu); {device} in a file
+# name becomes cpu or cuda, so a GPU run does not overwrite the CPU results
 bench: install
+	@mkdir -p $(RESULTS)
 	$(PYTHON) -m conv_ext.bench --suite default --device auto \
-	  --json benchmarks/results/default.json --plot benchmarks/results/default.png
+	  --json '$(RESULTS)/default-{device}.json' --csv '$(RESULTS)/default-{device}.csv' \
+	  --md '$(RESULTS)/default-{device}.md' --plot '$(RESULTS)/default-{device}.png'
+
+bench-models: install
+	@mkdir -p $(RESULTS)
+	$(PYTHON) -m conv_ext.bench --models resnet18,resnet50,mobilenet_v2 --batch 8 --image 112 --device auto \
+	  --json '$(RESULTS)/models-{device}.json' --md '$(RESULTS)/models-{device}.md' --plot '$(RESULTS)/models-{device}.png'
+
+example: install
+	$(PYTHON) examples/cnn_basics.py
 
 clean:
 	rm -rf $(BUILD) *.egg-info conv_ext/*.so
