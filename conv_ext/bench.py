@@ -669,6 +669,8 @@ def _main(argv):
         if args.cases:
             words = [w for w in args.cases.split(",") if w]
             cases = [c for c in cases if any(w in c.name for w in words)]
+            if not cases:
+                ap.error(f"--cases: no case of suite {args.suite!r} has {args.cases!r} in its name (see --list)")
         work = [(c, p) for c in cases for p in passes]
         suite_label = args.suite
 
