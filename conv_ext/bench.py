@@ -488,10 +488,14 @@ def write_markdown(path, results, meta, gm):
 def write_plot(path, results, meta):
     """Speedup per case (bars, 1.0 line) on top; GFLOP/s of torch and conv_ext per pass below,
     against the peak measured in the run. Log scales, so 10x slower and 10x faster read alike."""
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: no plot written to {path}", file=sys.stderr)
+        return
 
     ok = [r for r in results if not r.get("error")]
     passes = list(dict.fromkeys(r["pass"] for r in ok))
