@@ -216,7 +216,7 @@ def nominal_cpu_peak(threads, dtype):
     if not mhz:
         return None, "cpu MHz unknown"
     gflops = threads * mhz * 1e-3 * per_cycle
-    basis = f"{threads} threads x {mhz:.0f} MHz (cpuinfo, current) x {per_cycle} flop/cycle ({fields.get('model name', '?')})"
+    basis = f"{threads} thread(s) x {mhz:.0f} MHz (cpuinfo, current) x {per_cycle} flop/cycle ({fields.get('model name', '?')})"
     return gflops, basis
 
 
@@ -471,7 +471,7 @@ def write_csv(path, results):
 def write_markdown(path, results, meta, gm):
     lines = [
         f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, "
-        f"{meta['threads']} threads, {meta['date']}",
+        f"threads={meta['threads']}, {meta['date']}",
         "",
         f"Command: `{meta['command']}`  ",
         f"Peak (measured in this run): {meta['peak_gflops']:.0f} GFLOP/s ({meta['peak_basis']})",
@@ -525,7 +525,7 @@ def write_plot(path, results, meta):
     ax.set_xticklabels([])
     gm = geomeans(ok)["overall"]
     ax.set_title(
-        f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, {meta['threads']} threads, "
+        f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, threads={meta['threads']}, "
         f"{meta['date'][:16]}\ngeometric-mean speedup {gm:.2f}x" if gm else "", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
@@ -700,7 +700,7 @@ def _main(argv):
     }
 
     print(f"conv_ext {conv_ext.__version__} vs torch {torch.__version__} | {suite_label} | {device_name} | "
-          f"{meta['dtype']} {args.layout} | {threads} threads | timer: {timer.name}")
+          f"{meta['dtype']} {args.layout} | threads={threads} | timer: {timer.name}")
     print(f"peak: {peak_start:.1f} GFLOP/s ({peak_basis})" +
           (f"; nominal FMA peak {nominal[0]:.0f} GFLOP/s" if nominal[0] else ""))
     print(text_row([name for name, _, _ in COLUMNS]))
