@@ -396,7 +396,7 @@ class Progress:
 
 
 COLUMNS = [
-    ("case", "<", 32), ("shape", "<", 30), ("pass", "<", 15), ("torch ms", ">", 9), ("ext ms", ">", 9),
+    ("case", "<", 34), ("shape", "<", 34), ("pass", "<", 15), ("torch ms", ">", 9), ("ext ms", ">", 9),
     ("speedup", ">", 7), ("torch GF/s", ">", 10), ("ext GF/s", ">", 9), ("torch %pk", ">", 9),
     ("ext %pk", ">", 8), ("spread", ">", 6), ("check", "<", 8),
 ]
