@@ -216,7 +216,7 @@ def nominal_cpu_peak(threads, dtype):
     if not mhz:
         return None, "cpu MHz unknown"
     gflops = threads * mhz * 1e-3 * per_cycle
-    basis = f"{threads} threads x {mhz:.0f} MHz (cpuinfo, current) x {per_cycle} flop/cycle ({fields.get('model name', '?')})"
+    basis = f"{threads} thread(s) x {mhz:.0f} MHz (cpuinfo, current) x {per_cycle} flop/cycle ({fields.get('model name', '?')})"
     return gflops, basis
 
 
@@ -396,7 +396,7 @@ class Progress:
 
 
 COLUMNS = [
-    ("case", "<", 32), ("shape", "<", 30), ("pass", "<", 15), ("torch ms", ">", 9), ("ext ms", ">", 9),
+    ("case", "<", 34), ("shape", "<", 34), ("pass", "<", 15), ("torch ms", ">", 9), ("ext ms", ">", 9),
     ("speedup", ">", 7), ("torch GF/s", ">", 10), ("ext GF/s", ">", 9), ("torch %pk", ">", 9),
     ("ext %pk", ">", 8), ("spread", ">", 6), ("check", "<", 8),
 ]
@@ -471,7 +471,7 @@ def write_csv(path, results):
 def write_markdown(path, results, meta, gm):
     lines = [
         f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, "
-        f"{meta['threads']} threads, {meta['date']}",
+        f"threads={meta['threads']}, {meta['date']}",
         "",
         f"Command: `{meta['command']}`  ",
         f"Peak (measured in this run): {meta['peak_gflops']:.0f} GFLOP/s ({meta['peak_basis']})",
@@ -488,10 +488,14 @@ def write_markdown(path, results, meta, gm):
 def write_plot(path, results, meta):
     """Speedup per case (bars, 1.0 line) on top; GFLOP/s of torch and conv_ext per pass below,
     against the peak measured in the run. Log scales, so 10x slower and 10x faster read alike."""
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: no plot written to {path}", file=sys.stderr)
+        return
 
     ok = [r for r in results if not r.get("error")]
     passes = list(dict.fromkeys(r["pass"] for r in ok))
@@ -521,7 +525,7 @@ def write_plot(path, results, meta):
     ax.set_xticklabels([])
     gm = geomeans(ok)["overall"]
     ax.set_title(
-        f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, {meta['threads']} threads, "
+        f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, threads={meta['threads']}, "
         f"{meta['date'][:16]}\ngeometric-mean speedup {gm:.2f}x" if gm else "", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
@@ -669,6 +673,8 @@ def _main(argv):
         if args.cases:
             words = [w for w in args.cases.split(",") if w]
             cases = [c for c in cases if any(w in c.name for w in words)]
+            if not cases:
+                ap.error(f"--cases: no case of suite {args.suite!r} has {args.cases!r} in its name (see --list)")
         work = [(c, p) for c in cases for p in passes]
         suite_label = args.suite
 
@@ -694,7 +700,7 @@ def _main(argv):
     }
 
     print(f"conv_ext {conv_ext.__version__} vs torch {torch.__version__} | {suite_label} | {device_name} | "
-          f"{meta['dtype']} {args.layout} | {threads} threads | timer: {timer.name}")
+          f"{meta['dtype']} {args.layout} | threads={threads} | timer: {timer.name}")
     print(f"peak: {peak_start:.1f} GFLOP/s ({peak_basis})" +
           (f"; nominal FMA peak {nominal[0]:.0f} GFLOP/s" if nominal[0] else ""))
     print(text_row([name for name, _, _ in COLUMNS]))
