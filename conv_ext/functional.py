@@ -29,9 +29,10 @@ def _pair(name: str, value: IntOrPair) -> Tuple[int, int]:
     return values
 
 
-def _autocast(t, dtype):
-    """What autocast does to a tensor argument: floating types other than float64 are cast."""
-    if t is not None and t.is_floating_point() and t.dtype != torch.float64:
+def _autocast(t, dtype, device_type):
+    """What autocast does to a tensor argument: floating tensors on the autocast device are cast,
+    float64 excepted."""
+    if t is not None and t.is_floating_point() and t.dtype != torch.float64 and t.device.type == device_type:
         return t.to(dtype)
     return t
 
@@ -75,7 +76,7 @@ def conv2d(
     device_type = input.device.type
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
-        input, weight, bias = (_autocast(t, dtype) for t in (input, weight, bias))
+        input, weight, bias = (_autocast(t, dtype, device_type) for t in (input, weight, bias))
 
     unbatched = input.dim() == 3
     if unbatched:

@@ -63,12 +63,6 @@ def test_autocast_disabled_region_runs_in_float32():
     torch.testing.assert_close(y_ext, y_ref)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="conv_ext.functional.conv2d casts every tensor to the autocast dtype; torch's autocast leaves "
-    "float64 alone (only float32/float16/bfloat16 tensors are eligible). Proposed fix in functional.py: "
-    "cast only t.is_floating_point() and t.dtype != torch.float64 on the autocast device.",
-)
 def test_autocast_leaves_float64_alone():
     torch.manual_seed(0)
     ref = nn.Conv2d(3, 4, 3).double()
