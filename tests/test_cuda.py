@@ -78,6 +78,8 @@ CASES = {
     "stride3_k2": (1, 8, 10, 11, 8, 2, 2, 3, 0, 1, 1),  # dx phases with no tap: zeros
     "rect": (2, 16, 10, 7, 16, 3, 1, (2, 1), (1, 0), 1, 1),
     "odd_pad": (1, 16, 5, 5, 8, 5, 5, 1, (3, 0), (1, 1), 1),
+    "stem_c3": (2, 3, 23, 23, 16, 7, 7, 2, 3, 1, 1),  # forward/backward-weight pad C 3 -> 8 (fp32: 4)
+    "c5_pad": (1, 5, 9, 8, 8, 3, 3, 1, 1, 1, 1),
 }
 
 
@@ -187,10 +189,11 @@ def test_auto_choice_and_forcing_errors():
     assert ct.last_cuda_algorithm("forward") == "depthwise"
     ops.conv2d_forward(x.double(), w.double(), None, [1, 1], [1, 1], [1, 1], 1)
     assert ct.last_cuda_algorithm("forward") == "reference"  # no tensor-core kernel for float64
-    x3, w3 = rand((1, 3, 8, 8), torch.float16), rand((8, 3, 3, 3), torch.float16)
+    x3, w3 = rand((1, 6, 8, 8), torch.float16), rand((8, 3, 3, 3), torch.float16)
     with ct.force_cuda_algorithm("igemm", passes=["forward"]):
         with pytest.raises(RuntimeError, match="does not support"):
-            ops.conv2d_forward(x3, w3, None, [1, 1], [1, 1], [1, 1], 1)  # C=3: no 16-byte chunks
+            # Cg=3 in 2 groups: no 16-byte chunks, and channel padding is for one group only
+            ops.conv2d_forward(x3, w3, None, [1, 1], [1, 1], [1, 1], 2)
     with pytest.raises(RuntimeError, match="unknown CUDA"):
         with ct.force_cuda_algorithm("nope"):
             pass
@@ -206,7 +209,7 @@ API_CASES = [
     ((3, 8, 9, 9), (8, 1, 3, 3), dict(stride=2, padding=1, groups=8)),
     ((0, 8, 5, 5), (8, 8, 3, 3), dict(padding=1)),  # batch 0
     ((8, 5, 5), (4, 8, 3, 3), dict(padding="same")),  # unbatched
-    ((1, 3, 17, 17), (16, 3, 7, 7), dict(stride=2, padding=3)),  # stem, C=3: reference
+    ((1, 3, 17, 17), (16, 3, 7, 7), dict(stride=2, padding=3)),  # stem, C=3: padded channels
     ((2, 16, 6, 6), (32, 16, 1, 1), dict()),
 ]
 

@@ -318,7 +318,7 @@ bool run_case(const Case& cs, const char* tname, double tol) {
     buffers.clear();
     Workspace ws(igemm_backward_weight_workspace(p, es));
     std::vector<T> dw(p.K * p.Cg() * p.R * p.S, nan);
-    reg(dy.data(), dy.size() * es), reg(x.data(), x.size() * es);
+    reg(dy.data(), dy.size() * es), reg(x.data(), x.size() * es), reg(ws.p, ws.bytes);  // ws: padded x
     check(igemm_backward_weight<T>(p, dy.data(), x.data(), dw.data(), ws.p, kX3, nullptr));
     ok &= compare(("bwd_weight " + tag + " s" + std::to_string(plan(p, es).splits)).c_str(), cs, dw, rdw, tol);
   }
@@ -407,6 +407,8 @@ int main(int argc, char** argv) {
       {"odd_pad",        1, 16,  5,  5,   8, 5, 5, 1, 1, 3, 0, 1, 1, 1},
       {"c4_fp32only",    1, 12,  6,  6,  12, 3, 3, 1, 1, 1, 1, 1, 1, 1},
       {"long_reduce",    8,  8, 16, 16,   8, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // split-K with several splits
+      {"stem_c3",        2,  3, 23, 23,  16, 7, 7, 2, 2, 3, 3, 1, 1, 1},  // channels padded 3 -> 8 (4)
+      {"c5_pad",         1,  5,  9,  8,   8, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // padded 5 -> 8 for every dtype
   };
   const std::vector<Case> direct = {  // the direct kernels: odd sizes, groups, depthwise
       {"d_3x3_odd",      2,  6,  7,  5,   4, 3, 2, 2, 1, 1, 0, 1, 2, 2},
