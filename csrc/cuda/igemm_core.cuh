@@ -237,7 +237,10 @@ constexpr int64_t kMaxPaddedChannels = 64;
 
 inline bool channels_fit(const Conv2dParams& p, int elem_size) { return p.Cg() % (16 / elem_size) == 0; }
 inline bool channels_paddable(const Conv2dParams& p, int elem_size) {
-  return channels_fit(p, elem_size) || (p.groups == 1 && p.C < kMaxPaddedChannels);
+  if (channels_fit(p, elem_size)) return true;
+  const int64_t epc = 16 / elem_size, cpad = (p.C + epc - 1) / epc * epc;
+  // one group, few channels, and a padded copy of x of at most 1 GiB
+  return p.groups == 1 && p.C < kMaxPaddedChannels && p.N * p.H * p.W * cpad * elem_size <= (int64_t(1) << 30);
 }
 // the problem the kernel sees: p itself, or C rounded up to the chunk with x NHWC-contiguous
 inline Conv2dParams padded_params(const Conv2dParams& p, int elem_size) {

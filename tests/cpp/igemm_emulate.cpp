@@ -420,14 +420,14 @@ int main(int argc, char** argv) {
   const std::string only = argc > 1 ? argv[1] : "";
   bool ok = true;
   for (const Case& c : direct) {
-    if (!only.empty() && only != c.name && only != "direct") continue;
+    if (!only.empty() && only != c.name && only != "direct") continue;  // "direct": only these
     ok &= run_direct_case<double>(c, "fp64", 1e-12);
     ok &= run_direct_case<float>(c, "fp32", 1e-5);
     ok &= run_direct_case<__half>(c, "fp16", 4e-3);
     ok &= run_direct_case<__nv_bfloat16>(c, "bf16", 2e-2);
   }
   for (const Case& c : cases) {
-    if (only == "direct" || (!only.empty() && only != c.name)) continue;
+    if (only == "direct" || (!only.empty() && only != c.name && only != "igemm")) continue;  // "igemm": only these
     ok &= run_case<__half, false>(c, "fp16", 4e-3);
     ok &= run_case<__nv_bfloat16, false>(c, "bf16", 2e-2);
     ok &= run_case<float, false>(c, "tf32", 4e-3);
