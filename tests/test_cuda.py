@@ -178,6 +178,17 @@ def test_depthwise_matches_reference(channels_last, dtype, case):
     assert rel_error(ref, want) < TOL[dtype] * 4
     assert rel_error(got, want) < TOL[dtype] * 4
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # backward-weight (3x3, 5x5, 7x7 only): deterministic, against the reference and torch
+    if ws[2] == ws[3] and ws[2] in (3, 5, 7):
+        dy = rand(tuple(want.shape), dtype, channels_last=channels_last)
+        with ct.force_cuda_algorithm("reference", passes=["backward_weight"]):
+            ref_dw = run_pass("backward_weight", x, w, dy, None, geo)
+        with ct.force_cuda_algorithm("depthwise", passes=["backward_weight"]):
+            got_dw = run_pass("backward_weight", x, w, dy, None, geo)
+            assert torch.equal(got_dw, run_pass("backward_weight", x, w, dy, None, geo))
+        want_dw = torch_pass("backward_weight", x, w, dy, None, geo)
+        assert rel_error(ref_dw, want_dw) < TOL[dtype] * 4
+        assert rel_error(got_dw, want_dw) < TOL[dtype] * 4
 
 
 def test_auto_choice_and_forcing_errors():
@@ -251,6 +262,16 @@ def test_gradients_agree_with_cpu(layout, dtype, i):
 # ---------------------------------------------------------------------------------------------
 # determinism, graphs, compile, streams, TF32, devices, 64-bit indexing
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_depthwise_backward_weight_is_deterministic(dtype):
+    x = rand((32, 64, 28, 28), dtype, channels_last=True)  # 25k pixels: 13 slices
+    dy = rand((32, 64, 28, 28), dtype, channels_last=True)
+    with ct.force_cuda_algorithm("depthwise", passes=["backward_weight"]):
+        first = ops.conv2d_backward_weight(dy, x, [64, 1, 3, 3], [1, 1], [1, 1], [1, 1], 64)
+        for _ in range(3):
+            assert torch.equal(first, ops.conv2d_backward_weight(dy, x, [64, 1, 3, 3], [1, 1], [1, 1], [1, 1], 64))
+
+
 @pytest.mark.parametrize("algo", ["igemm", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 def test_backward_weight_is_deterministic(dtype, algo):

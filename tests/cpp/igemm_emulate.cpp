@@ -384,6 +384,12 @@ bool run_direct_case(const Case& cs, const char* tname, double tol) {
       depthwise_forward<T>(p, xl.data(), w.data(), bias.data(), yd.data(), nullptr);
       ok &= compare(("depthwise " + tag).c_str(), cs, out(yd, p.K, p.P, p.Q), ry, tol);
     }
+    if (depthwise_backward_weight_supports(p)) {
+      Workspace ws(depthwise_backward_weight_workspace(p, sizeof(T)));
+      std::vector<T> dwd(rdw.size(), nan);
+      depthwise_backward_weight<T>(p, dyl.data(), xl.data(), dwd.data(), ws.p, nullptr);
+      ok &= compare(("depthwise bwd_w " + tag).c_str(), cs, dwd, rdw, tol);
+    }
   }
   return ok;
 }
@@ -416,6 +422,7 @@ int main(int argc, char** argv) {
       {"d_dw5x5_mult2",  1,  4,  8,  8,   8, 5, 5, 1, 1, 2, 2, 1, 1, 4},
       {"d_dw4x2",        1,  3,  6,  9,   3, 4, 2, 1, 2, 1, 0, 2, 1, 3},
       {"d_stride3",      1,  2, 10, 11,   3, 2, 2, 3, 3, 0, 1, 1, 1, 1},
+      {"d_dw7x7_many",   3, 40, 12, 13,  40, 7, 7, 2, 1, 3, 3, 1, 2, 40},  // two 32-channel blocks
   };
   const std::string only = argc > 1 ? argv[1] : "";
   bool ok = true;
