@@ -125,7 +125,8 @@ gpu-check:
 
 # cuda-emulate: runs the real implicit-GEMM kernels on the host (tests/cpp/igemm_emulate.cpp):
 # indexing, layouts and fragment maps checked against a float64 convolution, no GPU needed.
-# Slow (256 host threads per CTA): a minute or more per case on a small machine. CASE=name runs one.
+# Slow (one host thread per CUDA thread): minutes on a small machine. CASE=name runs one case,
+# CASE=direct the reference/depthwise kernels only, CASE=igemm the tensor-core kernels only.
 CUDA_HOME ?= /usr/local/cuda
 .PHONY: cuda-emulate
 cuda-emulate:

@@ -5,7 +5,7 @@ choice tries them (the reference supports every problem)::
 
     forward          igemm (tensor cores, NHWC), depthwise, reference
     backward_input   igemm (tensor cores, NHWC, stride phases), reference
-    backward_weight  igemm (tensor cores, NHWC, deterministic split-K), reference
+    backward_weight  igemm (tensor cores, NHWC, deterministic split-K), depthwise, reference
 
 Without CUDA compiled in, ``cuda_algorithms`` returns [] and forcing raises RuntimeError.
 """

@@ -78,6 +78,8 @@ CASES = {
     "stride3_k2": (1, 8, 10, 11, 8, 2, 2, 3, 0, 1, 1),  # dx phases with no tap: zeros
     "rect": (2, 16, 10, 7, 16, 3, 1, (2, 1), (1, 0), 1, 1),
     "odd_pad": (1, 16, 5, 5, 8, 5, 5, 1, (3, 0), (1, 1), 1),
+    "stem_c3": (2, 3, 23, 23, 16, 7, 7, 2, 3, 1, 1),  # forward/backward-weight pad C 3 -> 8 (fp32: 4)
+    "c5_pad": (1, 5, 9, 8, 8, 3, 3, 1, 1, 1, 1),
 }
 
 
@@ -176,6 +178,17 @@ def test_depthwise_matches_reference(channels_last, dtype, case):
     assert rel_error(ref, want) < TOL[dtype] * 4
     assert rel_error(got, want) < TOL[dtype] * 4
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # backward-weight (3x3, 5x5, 7x7 only): deterministic, against the reference and torch
+    if ws[2] == ws[3] and ws[2] in (3, 5, 7):
+        dy = rand(tuple(want.shape), dtype, channels_last=channels_last)
+        with ct.force_cuda_algorithm("reference", passes=["backward_weight"]):
+            ref_dw = run_pass("backward_weight", x, w, dy, None, geo)
+        with ct.force_cuda_algorithm("depthwise", passes=["backward_weight"]):
+            got_dw = run_pass("backward_weight", x, w, dy, None, geo)
+            assert torch.equal(got_dw, run_pass("backward_weight", x, w, dy, None, geo))
+        want_dw = torch_pass("backward_weight", x, w, dy, None, geo)
+        assert rel_error(ref_dw, want_dw) < TOL[dtype] * 4
+        assert rel_error(got_dw, want_dw) < TOL[dtype] * 4
 
 
 def test_auto_choice_and_forcing_errors():
@@ -187,10 +200,11 @@ def test_auto_choice_and_forcing_errors():
     assert ct.last_cuda_algorithm("forward") == "depthwise"
     ops.conv2d_forward(x.double(), w.double(), None, [1, 1], [1, 1], [1, 1], 1)
     assert ct.last_cuda_algorithm("forward") == "reference"  # no tensor-core kernel for float64
-    x3, w3 = rand((1, 3, 8, 8), torch.float16), rand((8, 3, 3, 3), torch.float16)
+    x3, w3 = rand((1, 6, 8, 8), torch.float16), rand((8, 3, 3, 3), torch.float16)
     with ct.force_cuda_algorithm("igemm", passes=["forward"]):
         with pytest.raises(RuntimeError, match="does not support"):
-            ops.conv2d_forward(x3, w3, None, [1, 1], [1, 1], [1, 1], 1)  # C=3: no 16-byte chunks
+            # Cg=3 in 2 groups: no 16-byte chunks, and channel padding is for one group only
+            ops.conv2d_forward(x3, w3, None, [1, 1], [1, 1], [1, 1], 2)
     with pytest.raises(RuntimeError, match="unknown CUDA"):
         with ct.force_cuda_algorithm("nope"):
             pass
@@ -206,7 +220,7 @@ API_CASES = [
     ((3, 8, 9, 9), (8, 1, 3, 3), dict(stride=2, padding=1, groups=8)),
     ((0, 8, 5, 5), (8, 8, 3, 3), dict(padding=1)),  # batch 0
     ((8, 5, 5), (4, 8, 3, 3), dict(padding="same")),  # unbatched
-    ((1, 3, 17, 17), (16, 3, 7, 7), dict(stride=2, padding=3)),  # stem, C=3: reference
+    ((1, 3, 17, 17), (16, 3, 7, 7), dict(stride=2, padding=3)),  # stem, C=3: padded channels
     ((2, 16, 6, 6), (32, 16, 1, 1), dict()),
 ]
 
@@ -248,6 +262,16 @@ def test_gradients_agree_with_cpu(layout, dtype, i):
 # ---------------------------------------------------------------------------------------------
 # determinism, graphs, compile, streams, TF32, devices, 64-bit indexing
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_depthwise_backward_weight_is_deterministic(dtype):
+    x = rand((32, 64, 28, 28), dtype, channels_last=True)  # 25k pixels: 13 slices
+    dy = rand((32, 64, 28, 28), dtype, channels_last=True)
+    with ct.force_cuda_algorithm("depthwise", passes=["backward_weight"]):
+        first = ops.conv2d_backward_weight(dy, x, [64, 1, 3, 3], [1, 1], [1, 1], [1, 1], 64)
+        for _ in range(3):
+            assert torch.equal(first, ops.conv2d_backward_weight(dy, x, [64, 1, 3, 3], [1, 1], [1, 1], [1, 1], 64))
+
+
 @pytest.mark.parametrize("algo", ["igemm", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 def test_backward_weight_is_deterministic(dtype, algo):
@@ -344,13 +368,15 @@ def test_second_device():
 
 
 @pytest.mark.slow
-def test_64bit_indexing():
-    # y has 2^31 + a few elements: linear indices past int32
+@pytest.mark.parametrize("algo", ["depthwise", "reference"])
+def test_64bit_indexing(algo):
+    # y has 2^31 + a few elements: linear indices past int32 (1x1, one channel: depthwise applies)
     free, _ = torch.cuda.mem_get_info()
-    if free < 12 * 2**30:
-        pytest.skip("needs 12 GiB of free GPU memory")
+    if free < 20 * 2**30:
+        pytest.skip("needs 20 GiB of free GPU memory")
     n = 46341  # 46341^2 > 2^31
     x = torch.randn(1, 1, n, n, device="cuda", dtype=torch.float16)
     w = torch.full((1, 1, 1, 1), 0.5, device="cuda", dtype=torch.float16)
-    y = ops.conv2d_forward(x, w, None, [1, 1], [0, 0], [1, 1], 1)
+    with ct.force_cuda_algorithm(algo, passes=["forward"]):
+        y = ops.conv2d_forward(x, w, None, [1, 1], [0, 0], [1, 1], 1)
     assert torch.equal(y, x * 0.5)

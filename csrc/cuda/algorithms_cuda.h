@@ -3,7 +3,7 @@
 //
 //   forward          igemm (tensor cores, NHWC), depthwise, reference
 //   backward_input   igemm (tensor cores, NHWC, stride phases), reference
-//   backward_weight  igemm (tensor cores, NHWC, deterministic split-K), reference
+//   backward_weight  igemm (tensor cores, NHWC, deterministic split-K), depthwise, reference
 // Automatic choice takes the first algorithm of that list that supports the problem; the
 // reference supports everything. A forced algorithm that does not support a problem is an error.
 #pragma once

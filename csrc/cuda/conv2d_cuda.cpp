@@ -56,8 +56,9 @@ const char* algo_name(Algo a) {
 // the algorithms of each pass, in the order automatic choice tries them
 const std::vector<Algo>& algos_of(Pass pass) {
   static const std::vector<Algo> fwd = {Algo::Igemm, Algo::Depthwise, Algo::Reference};
-  static const std::vector<Algo> bwd = {Algo::Igemm, Algo::Reference};
-  return pass == Pass::Forward ? fwd : bwd;
+  static const std::vector<Algo> bwd_input = {Algo::Igemm, Algo::Reference};
+  static const std::vector<Algo> bwd_weight = {Algo::Igemm, Algo::Depthwise, Algo::Reference};
+  return pass == Pass::Forward ? fwd : pass == Pass::BackwardInput ? bwd_input : bwd_weight;
 }
 
 int elem_size(at::ScalarType t) { return static_cast<int>(c10::elementSize(t)); }
@@ -70,7 +71,9 @@ bool tensor_core_dtype(at::ScalarType t) {
 bool supports(Algo a, Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
   switch (a) {
     case Algo::Reference: return true;
-    case Algo::Depthwise: return pass == Pass::Forward && depthwise_supports(p);
+    case Algo::Depthwise:
+      return (pass == Pass::Forward && depthwise_supports(p)) ||
+             (pass == Pass::BackwardWeight && depthwise_backward_weight_supports(p));
     case Algo::Igemm:
       if (!tensor_core_dtype(dtype) || !tensor_core_device()) return false;
       switch (pass) {
@@ -226,6 +229,7 @@ at::Tensor op_backward_weight(const at::Tensor& grad_output, const at::Tensor& i
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor ws;
   if (algo == Algo::Igemm) ws = workspace(igemm_backward_weight_workspace(p, elem_size(dw.scalar_type())), dw);
+  if (algo == Algo::Depthwise) ws = workspace(depthwise_backward_weight_workspace(p, elem_size(dw.scalar_type())), dw);
   const bool x3 = fp32_tf32x3();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dw.scalar_type(), "conv_ext_cuda_backward_weight", [&] {
     cudaError_t err = cudaSuccess;
@@ -233,6 +237,9 @@ at::Tensor op_backward_weight(const at::Tensor& grad_output, const at::Tensor& i
       case Algo::Igemm:
         if constexpr (!std::is_same_v<scalar_t, double>)
           err = igemm_backward_weight(p, cptr<scalar_t>(dy), cptr<scalar_t>(x), mptr<scalar_t>(dw), ptr_or_null(ws), x3, stream);
+        break;
+      case Algo::Depthwise:
+        err = depthwise_backward_weight(p, cptr<scalar_t>(dy), cptr<scalar_t>(x), mptr<scalar_t>(dw), ptr_or_null(ws), stream);
         break;
       default:
         err = reference_backward_weight(p, cptr<scalar_t>(dy), cptr<scalar_t>(x), mptr<scalar_t>(dw), stream);

@@ -1,5 +1,6 @@
-// depthwise.cu — forward depthwise convolution (one input channel per group: Cg == 1, any
-// channel multiplier Kg), for contiguous NCHW or NHWC, every dtype, any stride/padding/dilation.
+// depthwise.cu — depthwise convolution (one input channel per group: Cg == 1, any channel
+// multiplier Kg), every dtype, any stride/padding/dilation: the forward pass (NCHW or NHWC) and
+// the backward-weight pass (3x3, 5x5, 7x7; deterministic; see depthwise_bw_kernel below).
 //
 //   nvcc -std=c++17 -arch=sm_90 -I csrc -c csrc/cuda/depthwise.cu      (or: make cuda-check)
 //
@@ -85,9 +86,109 @@ cudaError_t launch(const Conv2dParams& p, const T* x, const T* w, const T* bias,
 }
 
 
+// ---- backward-weight: dw[k, 0, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * x[n, k/Kg, ih, iw] ----
+// A block is 32 output channels (one per lane, consecutive: coalesced for channels_last) x 8
+// warps, each warp a strided share of the pixels of this block's slice (blockIdx.y of `splits`)
+// of the N*P*Q pixels. Each thread keeps all R*S tap sums in registers, so dy is read once and
+// x R*S times (from L1/L2). The 8 warps' sums are added in warp order in shared memory, each
+// slice writes its partials, and a second kernel adds the slices in order: deterministic.
+constexpr int kDwBwWarps = 8;
+
+template <typename T, int kR, int kS>
+__global__ void __launch_bounds__(32 * kDwBwWarps) depthwise_bw_kernel(Conv2dParams p, const T* __restrict__ dy,
+                                                                       const T* __restrict__ x, int splits,
+                                                                       acc_t<T>* __restrict__ part) {
+  using A = acc_t<T>;
+  __shared__ A red[kDwBwWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t k = int64_t(blockIdx.x) * 32 + lane;
+  const bool k_ok = k < p.K;
+  const int64_t c = k_ok ? k / p.Kg() : 0;
+  const int64_t npq = p.N * p.P * p.Q;
+  A acc[kR * kS];
+#pragma unroll
+  for (int t = 0; t < kR * kS; ++t) acc[t] = A(0);
+  if (k_ok)
+    for (int64_t i = int64_t(blockIdx.y) * kDwBwWarps + warp; i < npq; i += int64_t(splits) * kDwBwWarps) {
+      const int64_t ow = i % p.Q, oh = (i / p.Q) % p.P, n = i / (p.Q * p.P);
+      const A g = to_acc<A>(ldg(dy + n * p.ys_n + k * p.ys_k + oh * p.ys_p + ow * p.ys_q));
+      const T* xc = x + n * p.xs_n + c * p.xs_c;
+#pragma unroll
+      for (int r = 0; r < kR; ++r) {
+        const int64_t ih = oh * p.stride_h - p.pad_h + r * p.dil_h;
+        if (ih < 0 || ih >= p.H) continue;
+#pragma unroll
+        for (int s = 0; s < kS; ++s) {
+          const int64_t iw = ow * p.stride_w - p.pad_w + s * p.dil_w;
+          if (iw < 0 || iw >= p.W) continue;
+          acc[r * kS + s] += g * to_acc<A>(ldg(xc + ih * p.xs_h + iw * p.xs_w));
+        }
+      }
+    }
+  // add the warps' sums in warp order; slice blockIdx.y's partials -> part[y][k][tap]
+#pragma unroll
+  for (int t = 0; t < kR * kS; ++t) {
+    red[warp][lane] = acc[t];
+    __syncthreads();
+    if (warp == 0 && k_ok) {
+      A sum = red[0][lane];
+      for (int w = 1; w < kDwBwWarps; ++w) sum += red[w][lane];
+      part[(int64_t(blockIdx.y) * p.K + k) * (kR * kS) + t] = sum;
+    }
+    __syncthreads();
+  }
+}
+
+// dw[k, 0, r, s] = sum over slices z, in order, of part[z][k][r*S + s]
+template <typename T>
+__global__ void depthwise_bw_reduce(Conv2dParams p, const acc_t<T>* __restrict__ part, int splits, T* __restrict__ dw) {
+  using A = acc_t<T>;
+  const int64_t taps = p.R * p.S, total = p.K * taps;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i % taps, k = i / taps;
+    A sum = 0;
+    for (int z = 0; z < splits; ++z) sum += part[int64_t(z) * total + i];
+    dw[k * p.ws_k + (t / p.S) * p.ws_r + (t % p.S) * p.ws_s] = from_acc<T>(sum);
+  }
+}
+
+// pixel slices: ~2048 pixels each, at most 64; a function of the problem only (deterministic)
+int depthwise_bw_splits(const Conv2dParams& p) {
+  const int64_t s = ceil_div(p.N * p.P * p.Q, 2048);
+  return static_cast<int>(s < 1 ? 1 : (s > 64 ? 64 : s));
+}
+
 }  // namespace
 
 bool depthwise_supports(const Conv2dParams& p) { return p.Cg() == 1 && p.groups == p.C; }
+
+bool depthwise_backward_weight_supports(const Conv2dParams& p) {
+  return depthwise_supports(p) && p.R == p.S && (p.R == 3 || p.R == 5 || p.R == 7) &&
+         ceil_div(p.K, 32) < (int64_t(1) << 31);
+}
+
+size_t depthwise_backward_weight_workspace(const Conv2dParams& p, int elem_size) {
+  const size_t acc_size = elem_size == 8 ? 8 : 4;
+  return static_cast<size_t>(depthwise_bw_splits(p)) * static_cast<size_t>(p.K * p.R * p.S) * acc_size;
+}
+
+template <typename T>
+cudaError_t depthwise_backward_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw, void* workspace,
+                                      cudaStream_t stream) {
+  if (p.N * p.P * p.Q == 0 || p.K == 0) return cudaSuccess;  // the op zeroes dw for N == 0
+  const int splits = depthwise_bw_splits(p);
+  acc_t<T>* part = static_cast<acc_t<T>*>(workspace);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.K, 32)), static_cast<unsigned>(splits));
+  auto run = [&](auto* kernel) { CONV_EXT_LAUNCH(kernel, grid, 32 * kDwBwWarps, 0, stream, p, dy, x, splits, part); };
+  if (p.R == 3) run(depthwise_bw_kernel<T, 3, 3>);
+  else if (p.R == 5) run(depthwise_bw_kernel<T, 5, 5>);
+  else run(depthwise_bw_kernel<T, 7, 7>);
+  cudaError_t err = CONV_EXT_LAST_ERROR();
+  if (err != cudaSuccess) return err;
+  auto* reduce = depthwise_bw_reduce<T>;
+  CONV_EXT_LAUNCH(reduce, grid_for(p.K * p.R * p.S, 256), 256, 0, stream, p, static_cast<const acc_t<T>*>(part), splits, dw);
+  return CONV_EXT_LAST_ERROR();
+}
 
 template <typename T>
 cudaError_t depthwise_forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y,
@@ -98,6 +199,13 @@ cudaError_t depthwise_forward(const Conv2dParams& p, const T* x, const T* w, con
   return launch<T, false>(p, x, w, bias, y, stream);
 }
 
+#define CONV_EXT_INSTANTIATE_BW(T) \
+  template cudaError_t depthwise_backward_weight<T>(const Conv2dParams&, const T*, const T*, T*, void*, cudaStream_t);
+CONV_EXT_INSTANTIATE_BW(float)
+CONV_EXT_INSTANTIATE_BW(double)
+CONV_EXT_INSTANTIATE_BW(__half)
+CONV_EXT_INSTANTIATE_BW(__nv_bfloat16)
+#undef CONV_EXT_INSTANTIATE_BW
 template cudaError_t depthwise_forward<float>(const Conv2dParams&, const float*, const float*, const float*, float*, cudaStream_t);
 template cudaError_t depthwise_forward<double>(const Conv2dParams&, const double*, const double*, const double*, double*, cudaStream_t);
 template cudaError_t depthwise_forward<__half>(const Conv2dParams&, const __half*, const __half*, const __half*, __half*, cudaStream_t);

@@ -14,7 +14,8 @@
 // Both operands are contiguous along M/N in NHWC and along nothing in Kd, so they are staged
 // MN-major (rows = pixels) and their fragments read with ldmatrix.trans (fp16/bf16) or
 // scalar shared loads (fp32); main loop: igemm_core.cuh.
-// Supports: fp16, bf16, fp32; Kg and Cg multiples of 8 (fp16/bf16) or 4 (fp32).
+// Supports: fp16, bf16, fp32; Kg and Cg multiples of 8 (fp16/bf16) or 4 (fp32), or, for Cg, one
+// group of fewer than 64 channels (the stem's C = 3), run with x padded with zero channels.
 #include <algorithm>
 
 #include "igemm_core.cuh"
@@ -114,15 +115,16 @@ struct BwLoader {
   }
 };
 
-// dw[k, c, r, s] = sum over splits, in split order, of part[split, k, (r*S + s)*Cg + c]
+// dw[k, c, r, s] = sum over splits, in split order, of part[split, k, (r*S + s)*cpad + c]
+// (cpad: the channels the GEMM ran with, >= Cg when they were padded)
 template <typename T>
-__global__ void reduce_splits(Conv2dParams p, const float* __restrict__ part, int splits, T* __restrict__ dw) {
-  const int64_t Cg = p.Cg(), rsc = p.R * p.S * Cg, total = p.K * rsc;
+__global__ void reduce_splits(Conv2dParams p, const float* __restrict__ part, int splits, int64_t cpad, T* __restrict__ dw) {
+  const int64_t Cg = p.Cg(), total = p.K * Cg * p.R * p.S, split_stride = p.K * p.R * p.S * cpad;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t s = i % p.S, r = (i / p.S) % p.R, c = (i / (p.S * p.R)) % Cg, k = i / (p.S * p.R * Cg);
-    const float* src = part + k * rsc + (r * p.S + s) * Cg + c;
+    const float* src = part + (k * p.R * p.S + r * p.S + s) * cpad + c;
     float sum = 0.f;
-    for (int z = 0; z < splits; ++z) sum += src[int64_t(z) * total];
+    for (int z = 0; z < splits; ++z) sum += src[int64_t(z) * split_stride];
     dw[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] = from_acc<T>(sum);
   }
 }
@@ -151,29 +153,47 @@ Split plan(const Conv2dParams& p, int elem_size) {
 bool igemm_backward_weight_supports(const Conv2dParams& p, int elem_size) {
   if (elem_size != 2 && elem_size != 4) return false;
   const int64_t epc = 16 / elem_size;
-  return p.Kg() > 0 && p.Cg() > 0 && p.Kg() % epc == 0 && p.Cg() % epc == 0 && p.groups <= 65535 &&
+  return p.Kg() > 0 && p.Cg() > 0 && p.Kg() % epc == 0 && igemm::channels_paddable(p, elem_size) && p.groups <= 65535 &&
          ceil_div(p.Kg(), igemm::kBM) < (int64_t(1) << 31) && ceil_div(p.R * p.S * p.Cg(), igemm::kBN) <= 65535 &&
          ceil_div(p.N * p.P * p.Q, 64 / elem_size) < (int64_t(1) << 30);
 }
 
+// [fp32 partials: splits x K x R*S*Cg'][x padded to Cg' channels, when Cg' != Cg]
 size_t igemm_backward_weight_workspace(const Conv2dParams& p, int elem_size) {
   if (p.N * p.P * p.Q == 0) return 0;
-  return static_cast<size_t>(plan(p, elem_size).splits) * static_cast<size_t>(p.K * p.R * p.S * p.Cg()) * sizeof(float);
+  const Conv2dParams q = igemm::padded_params(p, elem_size);
+  return igemm::round_up_256(static_cast<size_t>(plan(q, elem_size).splits) * static_cast<size_t>(q.K * q.R * q.S * q.Cg()) *
+                             sizeof(float)) +
+         igemm::padded_input_bytes(p, elem_size);
 }
 
 template <typename T>
 cudaError_t igemm_backward_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw, void* workspace,
                                   bool tf32x3, cudaStream_t stream) {
   if (p.N * p.P * p.Q == 0 || p.K * p.Cg() * p.R * p.S == 0) return cudaSuccess;  // the op zeroes dw for N == 0
-  const Split sp = plan(p, int(sizeof(T)));
-  BwArgs<T> a{p, dy, x, static_cast<float*>(workspace), p.N * p.P * p.Q, p.R * p.S * p.Cg(), sp.kiters, sp.per_split, sp.splits};
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.Kg(), igemm::kBM)), static_cast<unsigned>(ceil_div(a.rsc, igemm::kBN)),
-                  static_cast<unsigned>(p.groups * sp.splits));
-  cudaError_t err = igemm::launch<T, BwLoader>(a, grid, tf32x3, stream);
+  constexpr int es = sizeof(T);
+  const Conv2dParams q = igemm::padded_params(p, es);  // == p unless channels are padded
+  const Split sp = plan(q, es);
+  float* part = static_cast<float*>(workspace);
+  const T* xk = x;
+  cudaError_t err = cudaSuccess;
+  if (q.C != p.C) {  // stage x with zero channels appended
+    const size_t part_bytes = igemm::round_up_256(static_cast<size_t>(sp.splits) * q.K * q.R * q.S * q.Cg() * sizeof(float));
+    T* xp = reinterpret_cast<T*>(static_cast<char*>(workspace) + part_bytes);
+    auto* pad = igemm::pad_channels<T>;
+    CONV_EXT_LAUNCH(pad, grid_for(q.N * q.H * q.W * q.C, 256), 256, 0, stream, p, q.C, x, xp);
+    err = CONV_EXT_LAST_ERROR();
+    if (err != cudaSuccess) return err;
+    xk = xp;
+  }
+  BwArgs<T> a{q, dy, xk, part, q.N * q.P * q.Q, q.R * q.S * q.Cg(), sp.kiters, sp.per_split, sp.splits};
+  const dim3 grid(static_cast<unsigned>(ceil_div(q.Kg(), igemm::kBM)), static_cast<unsigned>(ceil_div(a.rsc, igemm::kBN)),
+                  static_cast<unsigned>(q.groups * sp.splits));
+  err = igemm::launch<T, BwLoader>(a, grid, tf32x3, stream);
   if (err != cudaSuccess) return err;
-  const int64_t total = p.K * a.rsc;
+  const int64_t total = p.K * p.Cg() * p.R * p.S;
   auto* reduce = reduce_splits<T>;
-  CONV_EXT_LAUNCH(reduce, grid_for(total, 256), 256, 0, stream, p, static_cast<const float*>(a.part), sp.splits, dw);
+  CONV_EXT_LAUNCH(reduce, grid_for(total, 256), 256, 0, stream, p, static_cast<const float*>(part), sp.splits, q.Cg(), dw);
   return CONV_EXT_LAST_ERROR();
 }
 

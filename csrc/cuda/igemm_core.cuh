@@ -36,6 +36,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "../conv_params.h"
 #include "common.cuh"
 
 namespace conv_ext {
@@ -227,6 +228,43 @@ __global__ void __launch_bounds__(kThreads, 1) igemm_kernel(const typename L::Ar
   }
   cp_async_wait<0>();  // only empty groups can remain; drain them before the CTA exits
   ld.store(args, acc, warp_m, warp_n, lane);
+}
+
+// ---- channel padding: the stem's C = 3 (or any single-group C that is not a multiple of the
+// 16-byte chunk, up to kMaxPaddedChannels) runs as a convolution of C rounded up, the extra
+// channels zero: one copy of x into the workspace instead of a 16x slower direct kernel.
+constexpr int64_t kMaxPaddedChannels = 64;
+
+inline bool channels_fit(const Conv2dParams& p, int elem_size) { return p.Cg() % (16 / elem_size) == 0; }
+inline bool channels_paddable(const Conv2dParams& p, int elem_size) {
+  if (channels_fit(p, elem_size)) return true;
+  const int64_t epc = 16 / elem_size, cpad = (p.C + epc - 1) / epc * epc;
+  // one group, few channels, and a padded copy of x of at most 1 GiB
+  return p.groups == 1 && p.C < kMaxPaddedChannels && p.N * p.H * p.W * cpad * elem_size <= (int64_t(1) << 30);
+}
+// the problem the kernel sees: p itself, or C rounded up to the chunk with x NHWC-contiguous
+inline Conv2dParams padded_params(const Conv2dParams& p, int elem_size) {
+  if (channels_fit(p, elem_size)) return p;
+  const int64_t epc = 16 / elem_size;
+  Conv2dParams q = p;
+  q.C = (p.C + epc - 1) / epc * epc;
+  q.xs_n = p.H * p.W * q.C, q.xs_c = 1, q.xs_h = p.W * q.C, q.xs_w = q.C;
+  return q;
+}
+inline size_t padded_input_bytes(const Conv2dParams& p, int elem_size) {
+  return channels_fit(p, elem_size) ? 0 : static_cast<size_t>(p.N * p.H * p.W * padded_params(p, elem_size).C) * elem_size;
+}
+inline size_t round_up_256(size_t b) { return (b + 255) / 256 * 256; }
+
+// xp[n, h, w, c] = x[n, c, h, w] for c < C, 0 for C <= c < q.C (x in any strides)
+template <typename T>
+__global__ void pad_channels(Conv2dParams p, int64_t cpad, const T* __restrict__ x, T* __restrict__ xp) {
+  const int64_t total = p.N * p.H * p.W * cpad;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % cpad, pix = i / cpad;
+    const int64_t w = pix % p.W, h = (pix / p.W) % p.H, n = pix / (p.W * p.H);
+    xp[i] = c < p.C ? x[n * p.xs_n + c * p.xs_c + h * p.xs_h + w * p.xs_w] : from_acc<T>(0.f);
+  }
 }
 
 // Launches igemm_kernel<T, kTf32x3, L> (T = float picks TF32 or 3xTF32 at run time).

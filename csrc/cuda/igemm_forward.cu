@@ -14,8 +14,9 @@
 // Why faster than the reference: each loaded input element feeds 128 output channels and each
 // weight 128 pixels from shared memory, and the multiply-adds run on tensor cores.
 // Supports: fp16, bf16, fp32 (TF32 or 3xTF32); Cg a multiple of 8 (fp16/bf16) or 4 (fp32), so
-// that every 16-byte chunk lies inside one pixel's channels of one group; 16-byte aligned x
-// (conv2d_cuda.cpp makes sure); groups <= 65535.
+// that every 16-byte chunk lies inside one pixel's channels of one group, or one group of fewer
+// than 64 channels (the 7x7 stem's C = 3), which runs with x and w padded with zero channels
+// (igemm_core.cuh, padded_params); 16-byte aligned x (conv2d_cuda.cpp makes sure); groups <= 65535.
 #include "igemm_core.cuh"
 #include "launch.cuh"
 
@@ -122,13 +123,13 @@ struct FwdLoader {
   }
 };
 
-// wt[k, r, s, c] = w[k, c, r, s]
+// wt[k, r, s, c] = w[k, c, r, s] for c < Cg, 0 for Cg <= c < cpad (padded channels)
 template <typename T>
-__global__ void weight_to_krsc(Conv2dParams p, const T* __restrict__ w, T* __restrict__ wt) {
-  const int64_t Cg = p.Cg(), total = p.K * p.R * p.S * Cg;
+__global__ void weight_to_krsc(Conv2dParams p, int64_t cpad, const T* __restrict__ w, T* __restrict__ wt) {
+  const int64_t Cg = p.Cg(), total = p.K * p.R * p.S * cpad;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = i % Cg, s = (i / Cg) % p.S, r = (i / (Cg * p.S)) % p.R, k = i / (Cg * p.S * p.R);
-    wt[i] = w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s];
+    const int64_t c = i % cpad, s = (i / cpad) % p.S, r = (i / (cpad * p.S)) % p.R, k = i / (cpad * p.S * p.R);
+    wt[i] = c < Cg ? w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] : from_acc<T>(0.f);
   }
 }
 
@@ -145,30 +146,43 @@ bool tensor_core_device() {
 
 bool igemm_forward_supports(const Conv2dParams& p, int elem_size) {
   if (elem_size != 2 && elem_size != 4) return false;
-  const int64_t epc = 16 / elem_size;
-  return p.Cg() > 0 && p.Cg() % epc == 0 && p.Kg() > 0 && p.groups <= 65535 &&
+  return p.Cg() > 0 && igemm::channels_paddable(p, elem_size) && p.Kg() > 0 && p.groups <= 65535 &&
          ceil_div(p.Kg(), igemm::kBN) <= 65535 && ceil_div(p.N * p.P * p.Q, igemm::kBM) < (int64_t(1) << 31) &&
          p.R * p.S * ceil_div(p.Cg(), 64 / elem_size) < (int64_t(1) << 31) && p.H < (int64_t(1) << 30) &&
          p.W < (int64_t(1) << 30);
 }
 
+// [wt: K x R x S x Cg' weights][x padded to Cg' channels, when Cg' != Cg]
 size_t igemm_forward_workspace(const Conv2dParams& p, int elem_size) {
-  return static_cast<size_t>(p.K * p.R * p.S * p.Cg()) * elem_size;
+  const Conv2dParams q = igemm::padded_params(p, elem_size);
+  return igemm::round_up_256(static_cast<size_t>(q.K * q.R * q.S * q.Cg()) * elem_size) +
+         igemm::padded_input_bytes(p, elem_size);
 }
 
 template <typename T>
 cudaError_t igemm_forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y,
                           void* workspace, bool tf32x3, cudaStream_t stream) {
-  FwdArgs<T> a{p, x, static_cast<const T*>(workspace), bias, y, p.N * p.P * p.Q,
-               static_cast<int>(ceil_div(p.Cg(), 64 / int(sizeof(T))))};
-  if (a.M == 0 || p.K == 0) return cudaSuccess;
-  const int64_t wn = p.K * p.R * p.S * p.Cg();
+  constexpr int es = sizeof(T);
+  const Conv2dParams q = igemm::padded_params(p, es);  // == p unless channels are padded
+  if (q.N * q.P * q.Q == 0 || q.K == 0) return cudaSuccess;
+  T* wt = static_cast<T*>(workspace);
+  const int64_t wn = q.K * q.R * q.S * q.Cg();
   auto* transform = weight_to_krsc<T>;
-  CONV_EXT_LAUNCH(transform, grid_for(wn, 256), 256, 0, stream, p, w, static_cast<T*>(workspace));
+  CONV_EXT_LAUNCH(transform, grid_for(wn, 256), 256, 0, stream, p, q.Cg(), w, wt);
   cudaError_t err = CONV_EXT_LAST_ERROR();
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(ceil_div(a.M, igemm::kBM)), static_cast<unsigned>(ceil_div(p.Kg(), igemm::kBN)),
-                  static_cast<unsigned>(p.groups));
+  const T* xk = x;
+  if (q.C != p.C) {  // stage x with zero channels appended
+    T* xp = reinterpret_cast<T*>(static_cast<char*>(workspace) + igemm::round_up_256(static_cast<size_t>(wn) * es));
+    auto* pad = igemm::pad_channels<T>;
+    CONV_EXT_LAUNCH(pad, grid_for(q.N * q.H * q.W * q.C, 256), 256, 0, stream, p, q.C, x, xp);
+    err = CONV_EXT_LAST_ERROR();
+    if (err != cudaSuccess) return err;
+    xk = xp;
+  }
+  FwdArgs<T> a{q, xk, wt, bias, y, q.N * q.P * q.Q, static_cast<int>(ceil_div(q.Cg(), 64 / es))};
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.M, igemm::kBM)), static_cast<unsigned>(ceil_div(q.Kg(), igemm::kBN)),
+                  static_cast<unsigned>(q.groups));
   return igemm::launch<T, FwdLoader>(a, grid, tf32x3, stream);
 }
 

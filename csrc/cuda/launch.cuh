@@ -41,11 +41,18 @@ template <typename T>
 cudaError_t backward_bias(const T* dy, int64_t N, int64_t K, int64_t PQ, int64_t s_n, int64_t s_k,
                           int64_t s_i, T* db, cudaStream_t stream);
 
-// ---- depthwise.cu: groups == C == K, contiguous NCHW or NHWC, any dtype ---------------------
+// ---- depthwise.cu: Cg == 1 (groups == C), any dtype ---------------------------------------
 bool depthwise_supports(const Conv2dParams& p);
 template <typename T>
 cudaError_t depthwise_forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y,
                               cudaStream_t stream);
+// backward-weight, 3x3 / 5x5 / 7x7 taps, any strides (coalesced for channels_last); pixel slices
+// summed in a fixed order through the workspace: deterministic
+bool depthwise_backward_weight_supports(const Conv2dParams& p);
+size_t depthwise_backward_weight_workspace(const Conv2dParams& p, int elem_size);
+template <typename T>
+cudaError_t depthwise_backward_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw, void* workspace,
+                                      cudaStream_t stream);
 
 // ---- implicit GEMM on tensor cores (igemm_*.cu): contiguous NHWC activations, KCRS weights ---
 // elem_size: 2 (fp16/bf16: mma m16n8k16) or 4 (float32: mma m16n8k8 tf32). For float32,

@@ -8,6 +8,8 @@
 // fixed order, so every run gives the same bits. Indices are 64-bit throughout.
 //   forward          one thread per y element (grid-stride), gathers over c, r, s
 //   backward-input   one thread per dx element, gathers the outputs that read it (no atomics)
+//                    (both number their elements in memory order, NCHW or channels_last, so a
+//                    warp's stores are coalesced either way)
 //   backward-weight  one block per dw element: each thread sums a strided slice of (n, p, q),
 //                    then a shared-memory tree reduction in a fixed order
 //   backward-bias    one block per channel, the same reduction
@@ -29,8 +31,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Conv2dParams p, const
   const int64_t Cg = p.Cg(), Kg = p.Kg();
   const int64_t total = p.N * p.K * p.P * p.Q;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    // i -> (n, k, oh, ow), ow fastest
-    const int64_t ow = i % p.Q, oh = (i / p.Q) % p.P, k = (i / (p.Q * p.P)) % p.K, n = i / (p.Q * p.P * p.K);
+    // i -> (n, k, oh, ow): ow fastest, or k fastest when y is channels_last (coalesced stores)
+    int64_t n, k, oh, ow;
+    if (p.ys_k == 1) k = i % p.K, ow = (i / p.K) % p.Q, oh = (i / (p.K * p.Q)) % p.P, n = i / (p.K * p.Q * p.P);
+    else ow = i % p.Q, oh = (i / p.Q) % p.P, k = (i / (p.Q * p.P)) % p.K, n = i / (p.Q * p.P * p.K);
     const int64_t g = k / Kg;
     A sum = bias ? to_acc<A>(bias[k]) : A(0);
     for (int64_t c = 0; c < Cg; ++c)
@@ -55,7 +59,10 @@ __global__ void __launch_bounds__(kThreads) backward_input_kernel(Conv2dParams p
   const int64_t Cg = p.Cg(), Kg = p.Kg();
   const int64_t total = p.N * p.C * p.H * p.W;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t iw = i % p.W, ih = (i / p.W) % p.H, c = (i / (p.W * p.H)) % p.C, n = i / (p.W * p.H * p.C);
+    // i -> (n, c, ih, iw): iw fastest, or c fastest when dx is channels_last
+    int64_t n, c, ih, iw;
+    if (p.xs_c == 1) c = i % p.C, iw = (i / p.C) % p.W, ih = (i / (p.C * p.W)) % p.H, n = i / (p.C * p.W * p.H);
+    else iw = i % p.W, ih = (i / p.W) % p.H, c = (i / (p.W * p.H)) % p.C, n = i / (p.W * p.H * p.C);
     const int64_t g = c / Cg, cg = c % Cg;
     A sum = 0;
     for (int64_t k = g * Kg; k < (g + 1) * Kg; ++k)

@@ -318,7 +318,7 @@ bool run_case(const Case& cs, const char* tname, double tol) {
     buffers.clear();
     Workspace ws(igemm_backward_weight_workspace(p, es));
     std::vector<T> dw(p.K * p.Cg() * p.R * p.S, nan);
-    reg(dy.data(), dy.size() * es), reg(x.data(), x.size() * es);
+    reg(dy.data(), dy.size() * es), reg(x.data(), x.size() * es), reg(ws.p, ws.bytes);  // ws: padded x
     check(igemm_backward_weight<T>(p, dy.data(), x.data(), dw.data(), ws.p, kX3, nullptr));
     ok &= compare(("bwd_weight " + tag + " s" + std::to_string(plan(p, es).splits)).c_str(), cs, dw, rdw, tol);
   }
@@ -384,6 +384,12 @@ bool run_direct_case(const Case& cs, const char* tname, double tol) {
       depthwise_forward<T>(p, xl.data(), w.data(), bias.data(), yd.data(), nullptr);
       ok &= compare(("depthwise " + tag).c_str(), cs, out(yd, p.K, p.P, p.Q), ry, tol);
     }
+    if (depthwise_backward_weight_supports(p)) {
+      Workspace ws(depthwise_backward_weight_workspace(p, sizeof(T)));
+      std::vector<T> dwd(rdw.size(), nan);
+      depthwise_backward_weight<T>(p, dyl.data(), xl.data(), dwd.data(), ws.p, nullptr);
+      ok &= compare(("depthwise bwd_w " + tag).c_str(), cs, dwd, rdw, tol);
+    }
   }
   return ok;
 }
@@ -407,6 +413,8 @@ int main(int argc, char** argv) {
       {"odd_pad",        1, 16,  5,  5,   8, 5, 5, 1, 1, 3, 0, 1, 1, 1},
       {"c4_fp32only",    1, 12,  6,  6,  12, 3, 3, 1, 1, 1, 1, 1, 1, 1},
       {"long_reduce",    8,  8, 16, 16,   8, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // split-K with several splits
+      {"stem_c3",        2,  3, 23, 23,  16, 7, 7, 2, 2, 3, 3, 1, 1, 1},  // channels padded 3 -> 8 (4)
+      {"c5_pad",         1,  5,  9,  8,   8, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // padded 5 -> 8 for every dtype
   };
   const std::vector<Case> direct = {  // the direct kernels: odd sizes, groups, depthwise
       {"d_3x3_odd",      2,  6,  7,  5,   4, 3, 2, 2, 1, 1, 0, 1, 2, 2},
@@ -414,18 +422,19 @@ int main(int argc, char** argv) {
       {"d_dw5x5_mult2",  1,  4,  8,  8,   8, 5, 5, 1, 1, 2, 2, 1, 1, 4},
       {"d_dw4x2",        1,  3,  6,  9,   3, 4, 2, 1, 2, 1, 0, 2, 1, 3},
       {"d_stride3",      1,  2, 10, 11,   3, 2, 2, 3, 3, 0, 1, 1, 1, 1},
+      {"d_dw7x7_many",   3, 40, 12, 13,  40, 7, 7, 2, 1, 3, 3, 1, 2, 40},  // two 32-channel blocks
   };
   const std::string only = argc > 1 ? argv[1] : "";
   bool ok = true;
   for (const Case& c : direct) {
-    if (!only.empty() && only != c.name && only != "direct") continue;
+    if (!only.empty() && only != c.name && only != "direct") continue;  // "direct": only these
     ok &= run_direct_case<double>(c, "fp64", 1e-12);
     ok &= run_direct_case<float>(c, "fp32", 1e-5);
     ok &= run_direct_case<__half>(c, "fp16", 4e-3);
     ok &= run_direct_case<__nv_bfloat16>(c, "bf16", 2e-2);
   }
   for (const Case& c : cases) {
-    if (only == "direct" || (!only.empty() && only != c.name)) continue;
+    if (only == "direct" || (!only.empty() && only != c.name && only != "igemm")) continue;  // "igemm": only these
     ok &= run_case<__half, false>(c, "fp16", 4e-3);
     ok &= run_case<__nv_bfloat16, false>(c, "bf16", 2e-2);
     ok &= run_case<float, false>(c, "tf32", 4e-3);
