@@ -272,7 +272,74 @@ void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, f
 // backward-input: dx[n,ih,iw,c] = sum_{r,s,k} dy[n,oh,ow,k] * w[k,c,r,s]
 //   over the taps with ih + ph - r*dh = oh*sh and iw + pw - s*dw = ow*sw (0 <= oh < P, ow < Q)
 // ------------------------------------------------------------------------------------------
+// Few input channels (the stem: Cg = 3): gathering would fill 3 of 16 lanes, so scatter instead
+// (col2im): per image, T[pix, (r,s,c)] = sum_k dy[pix, k] * w[k, c, r, s] on the micro-kernel
+// (dy read as it lies, vectors over the R*S*Cg columns), then each T row is added into the dx
+// pixels it came from, in a fixed order (one task per image and group: deterministic).
+bool bwd_input_use_col2im(const Conv2dParams& p) { return p.Cg() * 2 <= VL && p.R * p.S * p.Cg() >= VL; }
+
+void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S, J = RS * Cg, PQ = P * Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int nv = choose_nv(J);
+  const int64_t NVL = nv * VL, MR = Isa::mr(nv), njb = ceil_div(J, NVL), Jp = njb * NVL;
+  float* wp = scratch(0, G * njb * Kg * NVL);  // [g][jb][k][NVL], column j = (r*S + s)*Cg + c
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t jb = 0; jb < njb; ++jb)
+      for (int64_t k = 0; k < Kg; ++k) {
+        float* d = wp + ((g * njb + jb) * Kg + k) * NVL;
+        for (int64_t jj = 0; jj < NVL; ++jj) {
+          const int64_t j = jb * NVL + jj, rs = j / Cg, c = j % Cg;
+          d[jj] = j < J ? w[((g * Kg + k) * Cg + c) * RS + rs] : 0.f;
+        }
+      }
+  for_each_task(N * G, p.macs(), [&](int64_t task) {
+    const int64_t n = task / G, g = task % G;
+    if (nhwc) {
+      for (int64_t i = 0; i < H * W; ++i) std::memset(dx + (n * H * W + i) * C + g * Cg, 0, sizeof(float) * Cg);
+    } else {
+      std::memset(dx + (n * C + g * Cg) * H * W, 0, sizeof(float) * Cg * H * W);
+    }
+    float* tbuf = scratch(2, MR * Jp);
+    const int64_t zero = 0;
+    for (int64_t f0 = 0; f0 < PQ; f0 += MR) {
+      const int mr = static_cast<int>(std::min(MR, PQ - f0));
+      for (int64_t jb = 0; jb < njb; ++jb) {
+        Tile t;
+        if (nhwc) t.a = dy + (n * PQ + f0) * K + g * Kg, t.a_is = K, t.a_ls = 1;
+        else t.a = dy + (n * K + g * Kg) * PQ + f0, t.a_is = 1, t.a_ls = PQ;
+        t.b = wp + (g * njb + jb) * Kg * NVL, t.b_ls = NVL;
+        t.a_off = &zero, t.b_off = &zero, t.nseg = 1, t.len = Kg, t.mr = mr;
+        t.c = tbuf + jb * NVL, t.ldc = Jp;
+        run_tile<false>(nv, t);
+      }
+      for (int i = 0; i < mr; ++i) {
+        const int64_t pp = (f0 + i) / Q, q = (f0 + i) % Q;
+        const float* trow = tbuf + i * Jp;
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t ih = pp * sh - ph + r * dh;
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t iw = q * sw - pw + s * dw;
+            if (iw < 0 || iw >= W) continue;
+            const float* tv = trow + (r * S + s) * Cg;
+            if (nhwc) {
+              float* d = dx + ((n * H + ih) * W + iw) * C + g * Cg;
+              for (int64_t c = 0; c < Cg; ++c) d[c] += tv[c];
+            } else {
+              float* d = dx + ((n * C + g * Cg) * H + ih) * W + iw;
+              for (int64_t c = 0; c < Cg; ++c) d[c * H * W] += tv[c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  if (bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc);
   if (bwd_input_as_forward(p)) return bwd_input_stride1(p, dy, w, dx, nhwc);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
