@@ -125,15 +125,16 @@ float* fwd_pack(const Conv2dParams& p, const FwdPlan& f, const WAt& wat) {
       for (int64_t cb = 0; cb < f.ncb; ++cb) {
         const int64_t c0 = cb * f.cc, ccb = std::min(f.cc, Cg - c0);
         float* panel = panel0 + c0 * RS * NVL;
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t s = 0; s < S; ++s)
-            for (int64_t c = 0; c < ccb; ++c) {
-              float* d = panel + ((r * S + s) * ccb + c) * NVL;
-              for (int64_t j = 0; j < NVL; ++j) {
-                const int64_t k = kb * NVL + j;
-                d[j] = k < Kg ? wat(g, k, c0 + c, r, s) : 0.f;
-              }
-            }
+        // blocks of 16 channels x NVL filters (<= 36 KiB for 3x3): the reads run along w's rows
+        // and the scattered writes stay in L1 until their lines are complete
+        for (int64_t cbl = 0; cbl < ccb; cbl += 16)
+          for (int64_t j = 0; j < NVL; ++j) {
+            const int64_t k = kb * NVL + j;
+            for (int64_t c = cbl; c < std::min(ccb, cbl + 16); ++c)
+              for (int64_t r = 0; r < R; ++r)
+                for (int64_t s = 0; s < S; ++s)
+                  panel[((r * S + s) * ccb + c) * NVL + j] = k < Kg ? wat(g, k, c0 + c, r, s) : 0.f;
+          }
       }
     }
   return wp;
