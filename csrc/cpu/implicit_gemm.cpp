@@ -23,8 +23,17 @@
 // input channels is split into such panels and accumulated in the output.
 // NCHW outputs are written through a per-task [pixels][NV*VL] buffer and transposed on store.
 //
-// Speed (2 cores Zen 4, fp32, batch 8, python benchmarks/cpu_kernels.py): see the table in
-// that script's docstring; e.g. ResNet-50 3x3 64->64 @56 forward NHWC ~ 190 GFLOP/s.
+// Backward-input with few input channels (Cg*2 <= VL, the stem) scatters instead (col2im).
+//
+// Speed (2 cores Zen 4 = 234 GFLOP/s FMA peak, fp32, batch 8; torch 2.13 oneDNN in brackets;
+// PYTHONPATH=. python benchmarks/cpu_kernels.py, full table in
+// benchmarks/cpu_kernels_results_2threads.txt):
+//   ResNet-50 3x3 NHWC fwd 189-211 GFLOP/s = 81-90% of peak @56..@14 [186-221], 154 @7 [188]
+//   ResNet-50 3x3 NCHW fwd 163-190 GFLOP/s [116-217]; bwd-input within 5% of forward
+//   backward-weight 142-178 GFLOP/s @56..@14 (61-76%) [179-201]
+//   stem 7x7/2 bwd-input 80-84 GFLOP/s, 2.05x torch [39-41]; stem NHWC fwd 189 [193]
+// Single thread (time.thread_time, --threads 1 --cpu-time): 3x3 NHWC fwd 103-107 GFLOP/s =
+// 88-91% of one core's 117.
 #ifndef CONV_EXT_ISA_NS
 #include <ATen/ATen.h>
 
