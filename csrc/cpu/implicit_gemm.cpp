@@ -23,8 +23,17 @@
 // input channels is split into such panels and accumulated in the output.
 // NCHW outputs are written through a per-task [pixels][NV*VL] buffer and transposed on store.
 //
-// Speed (2 cores Zen 4, fp32, batch 8, python benchmarks/cpu_kernels.py): see the table in
-// that script's docstring; e.g. ResNet-50 3x3 64->64 @56 forward NHWC ~ 190 GFLOP/s.
+// Backward-input with few input channels (Cg*2 <= VL, the stem) scatters instead (col2im).
+//
+// Speed (2 cores Zen 4 = 234 GFLOP/s FMA peak, fp32, batch 8; torch 2.13 oneDNN in brackets;
+// PYTHONPATH=. python benchmarks/cpu_kernels.py, full table in
+// benchmarks/cpu_kernels_results_2threads.txt):
+//   ResNet-50 3x3 NHWC fwd 189-211 GFLOP/s = 81-90% of peak @56..@14 [186-221], 154 @7 [188]
+//   ResNet-50 3x3 NCHW fwd 163-190 GFLOP/s [116-217]; bwd-input within 5% of forward
+//   backward-weight 142-178 GFLOP/s @56..@14 (61-76%) [179-201]
+//   stem 7x7/2 bwd-input 80-84 GFLOP/s, 2.05x torch [39-41]; stem NHWC fwd 189 [193]
+// Single thread (time.thread_time, --threads 1 --cpu-time): 3x3 NHWC fwd 103-107 GFLOP/s =
+// 88-91% of one core's 117.
 #ifndef CONV_EXT_ISA_NS
 #include <ATen/ATen.h>
 
@@ -119,23 +128,28 @@ template <typename WAt>
 float* fwd_pack(const Conv2dParams& p, const FwdPlan& f, const WAt& wat) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, RS = R * S, NVL = f.NVL;
   float* wp = scratch(0, G * f.nkb * RS * Cg * NVL);
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t kb = 0; kb < f.nkb; ++kb) {
+  // one task per (group, output block): packing a 512x512x3x3 filter serially costs as much as
+  // a third of the convolution at batch 8
+  for_each_task(G * f.nkb, p.macs(), [&](int64_t gk) {
+    const int64_t g = gk / f.nkb, kb = gk % f.nkb;
+    {
       float* panel0 = wp + (g * f.nkb + kb) * RS * Cg * NVL;
       for (int64_t cb = 0; cb < f.ncb; ++cb) {
         const int64_t c0 = cb * f.cc, ccb = std::min(f.cc, Cg - c0);
         float* panel = panel0 + c0 * RS * NVL;
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t s = 0; s < S; ++s)
-            for (int64_t c = 0; c < ccb; ++c) {
-              float* d = panel + ((r * S + s) * ccb + c) * NVL;
-              for (int64_t j = 0; j < NVL; ++j) {
-                const int64_t k = kb * NVL + j;
-                d[j] = k < Kg ? wat(g, k, c0 + c, r, s) : 0.f;
-              }
-            }
+        // blocks of 16 channels x NVL filters (<= 36 KiB for 3x3): the reads run along w's rows
+        // and the scattered writes stay in L1 until their lines are complete
+        for (int64_t cbl = 0; cbl < ccb; cbl += 16)
+          for (int64_t j = 0; j < NVL; ++j) {
+            const int64_t k = kb * NVL + j;
+            for (int64_t c = cbl; c < std::min(ccb, cbl + 16); ++c)
+              for (int64_t r = 0; r < R; ++r)
+                for (int64_t s = 0; s < S; ++s)
+                  panel[((r * S + s) * ccb + c) * NVL + j] = k < Kg ? wat(g, k, c0 + c, r, s) : 0.f;
+          }
       }
     }
+  });
   return wp;
 }
 
@@ -272,7 +286,74 @@ void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, f
 // backward-input: dx[n,ih,iw,c] = sum_{r,s,k} dy[n,oh,ow,k] * w[k,c,r,s]
 //   over the taps with ih + ph - r*dh = oh*sh and iw + pw - s*dw = ow*sw (0 <= oh < P, ow < Q)
 // ------------------------------------------------------------------------------------------
+// Few input channels (the stem: Cg = 3): gathering would fill 3 of 16 lanes, so scatter instead
+// (col2im): per image, T[pix, (r,s,c)] = sum_k dy[pix, k] * w[k, c, r, s] on the micro-kernel
+// (dy read as it lies, vectors over the R*S*Cg columns), then each T row is added into the dx
+// pixels it came from, in a fixed order (one task per image and group: deterministic).
+bool bwd_input_use_col2im(const Conv2dParams& p) { return p.Cg() * 2 <= VL && p.R * p.S * p.Cg() >= VL; }
+
+void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S, J = RS * Cg, PQ = P * Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int nv = choose_nv(J);
+  const int64_t NVL = nv * VL, MR = Isa::mr(nv), njb = ceil_div(J, NVL), Jp = njb * NVL;
+  float* wp = scratch(0, G * njb * Kg * NVL);  // [g][jb][k][NVL], column j = (r*S + s)*Cg + c
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t jb = 0; jb < njb; ++jb)
+      for (int64_t k = 0; k < Kg; ++k) {
+        float* d = wp + ((g * njb + jb) * Kg + k) * NVL;
+        for (int64_t jj = 0; jj < NVL; ++jj) {
+          const int64_t j = jb * NVL + jj, rs = j / Cg, c = j % Cg;
+          d[jj] = j < J ? w[((g * Kg + k) * Cg + c) * RS + rs] : 0.f;
+        }
+      }
+  for_each_task(N * G, p.macs(), [&](int64_t task) {
+    const int64_t n = task / G, g = task % G;
+    if (nhwc) {
+      for (int64_t i = 0; i < H * W; ++i) std::memset(dx + (n * H * W + i) * C + g * Cg, 0, sizeof(float) * Cg);
+    } else {
+      std::memset(dx + (n * C + g * Cg) * H * W, 0, sizeof(float) * Cg * H * W);
+    }
+    float* tbuf = scratch(2, MR * Jp);
+    const int64_t zero = 0;
+    for (int64_t f0 = 0; f0 < PQ; f0 += MR) {
+      const int mr = static_cast<int>(std::min(MR, PQ - f0));
+      for (int64_t jb = 0; jb < njb; ++jb) {
+        Tile t;
+        if (nhwc) t.a = dy + (n * PQ + f0) * K + g * Kg, t.a_is = K, t.a_ls = 1;
+        else t.a = dy + (n * K + g * Kg) * PQ + f0, t.a_is = 1, t.a_ls = PQ;
+        t.b = wp + (g * njb + jb) * Kg * NVL, t.b_ls = NVL;
+        t.a_off = &zero, t.b_off = &zero, t.nseg = 1, t.len = Kg, t.mr = mr;
+        t.c = tbuf + jb * NVL, t.ldc = Jp;
+        run_tile<false>(nv, t);
+      }
+      for (int i = 0; i < mr; ++i) {
+        const int64_t pp = (f0 + i) / Q, q = (f0 + i) % Q;
+        const float* trow = tbuf + i * Jp;
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t ih = pp * sh - ph + r * dh;
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t iw = q * sw - pw + s * dw;
+            if (iw < 0 || iw >= W) continue;
+            const float* tv = trow + (r * S + s) * Cg;
+            if (nhwc) {
+              float* d = dx + ((n * H + ih) * W + iw) * C + g * Cg;
+              for (int64_t c = 0; c < Cg; ++c) d[c] += tv[c];
+            } else {
+              float* d = dx + ((n * C + g * Cg) * H + ih) * W + iw;
+              for (int64_t c = 0; c < Cg; ++c) d[c * H * W] += tv[c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  if (bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc);
   if (bwd_input_as_forward(p)) return bwd_input_stride1(p, dy, w, dx, nhwc);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
@@ -286,8 +367,9 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
 
   // packed transposed weights [g][ob][kcb][r][s][k][NVL]
   float* wp = scratch(0, G * nob * RS * Kg * NVL);
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t ob = 0; ob < nob; ++ob) {
+  for_each_task(G * nob, p.macs(), [&](int64_t go) {
+    const int64_t g = go / nob, ob = go % nob;
+    {
       float* panel0 = wp + (g * nob + ob) * RS * Kg * NVL;
       for (int64_t kcb = 0; kcb < nkc; ++kcb) {
         const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
@@ -303,6 +385,7 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
           }
       }
     }
+  });
 
   // dy band: columns ow + padL for every ow a dx column can reach
   const int64_t padL = std::max<int64_t>(0, -floor_div(pw - (S - 1) * dw, sw));
