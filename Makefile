@@ -1,6 +1,6 @@
 # conv_ext — what the README tells users to run.
 #   make install     install what is missing, build the extension (editable)
-#   make test        install, then every test: pytest, the C++ ctest, the CUDA compile check
+#   make test        install, then every test: pytest, the C++ ctest, the CUDA compile checks
 #   make bench       install, then the default benchmark (table, JSON, CSV and plot in benchmarks/results/)
 #   make bench-models  install, then whole networks (ResNet-18/50, MobileNetV2): nn.Conv2d vs converted
 #   make example     install, then examples/cnn_basics.py (PNGs in examples/output/)
@@ -55,8 +55,8 @@ cuda-check:
 	cmake --build $(BUILD)/cuda-check -j $(NPROC)
 
 test: pytest ctest
-	@if command -v nvcc >/dev/null 2>&1; then $(MAKE) --no-print-directory cuda-check; \
-	else echo "== nvcc not found: CUDA compile check skipped"; fi
+	@if command -v nvcc >/dev/null 2>&1; then $(MAKE) --no-print-directory cuda-check cuda-syntax; \
+	else echo "== nvcc not found: CUDA compile checks skipped"; fi
 
 # the default suite on the best device there is (cuda if available, else cpu); {device} in a file
 # name becomes cpu or cuda, so a GPU run does not overwrite the CPU results
