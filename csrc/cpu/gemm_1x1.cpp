@@ -13,8 +13,8 @@
 // 64 KiB) stays in L1/L2 while all K rows sweep it.
 // NHWC 1x1 convolutions need no special file: implicit_gemm reads NHWC 1x1 inputs in place
 // (its "direct" mode), which is Y[NHW, K] = X[NHW, C] · W^T on the tensor as it lies.
-// backward-weight: dW[k, c] = sum_n dY_n[k, pix] . X_n[c, pix] over the pixel axis. The operand
-// with fewer channels per group ("V") is transposed, <= 256 pixels x NVL channels at a time
+// backward-weight: dW[k, c] = sum_n dY_n[k, pix] . X_n[c, pix] over the pixel axis. One operand
+// ("V": the one with fewer channels per group; with more on planes < 256 pixels) is transposed, <= 256 pixels x NVL channels at a time
 // (AVX-512: 16x16 vpermt2ps blocks), into vt[pix][NVL]; the other is read in place as the
 // micro-kernel's broadcast rows (a_is = HW, a_ls = 1). The N*HW pixels are cut into a fixed
 // number of chunks (a function of the shape only) with their own partial sums, added in chunk
@@ -26,8 +26,9 @@
 // 7x7 planes (1024->256, 512->2048) 0.65-0.93x torch (the pixel vector is short, W is re-read).
 // backward-weight, 1 thread (load on the machine; PYTHONPATH=. python benchmarks/cpu_kernels.py
 // --cases 1x1 --layouts nchw --passes bwd_w --threads 1 --cpu-time), ratio vs torch, before
-// (implicit_gemm) -> after: 64->256@56 0.74x -> 1.25x (94.5 GFLOP/s), 256->64@56 0.85 -> 1.20,
-// 512->128@28 0.68 -> 1.04, 1024->256@14 0.56 -> 0.92, 512->2048@7 0.42 -> 0.82.
+// (implicit_gemm) -> after: 64->256@56 0.74x -> 1.20x (98.7 GFLOP/s = 84% of one core),
+// 256->64@56 0.85 -> 1.16, 512->128@28 0.68 -> 1.01, 1024->256@14 0.56 -> 0.99 (small planes:
+// whole images per chunk, one segment per image), 512->2048@7 0.42 -> 0.83.
 #ifndef CONV_EXT_ISA_NS
 #include <ATen/ATen.h>
 
@@ -194,7 +195,10 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
 // partial [g][jb][i][NVL] and the partials are added in chunk order: same bits for any thread count.
 void gemm_1x1_nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W, N = p.N;
-  const bool v_is_x = Cg <= Kg;
+  // V: the operand with fewer channels on large planes (less to transpose); with more on small
+  // planes (HW < kPiece), where a chunk's A (several whole images) then stays in L2
+  constexpr int64_t kPiece = 256;
+  const bool v_is_x = HW < kPiece ? Cg >= Kg : Cg <= Kg;
   const float* V = v_is_x ? x : dy;
   const float* A = v_is_x ? dy : x;
   const int64_t Nj = v_is_x ? Cg : Kg, Mi = v_is_x ? Kg : Cg;
@@ -202,9 +206,12 @@ void gemm_1x1_nchw_backward_weight(const Conv2dParams& p, const float* dy, const
   const int nv = choose_nv(Nj);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), njb = ceil_div(Nj, NVL);
   const int64_t part = G * njb * Mi * NVL;
-  const int64_t total = N * HW;
-  constexpr int64_t kPiece = 256;
-  int64_t nchunk = std::min<int64_t>({ceil_div(16, G * njb), ceil_div(total, kPiece),
+  // Small planes (HW < kPiece): chunks are ranges of whole images, and one micro-kernel call
+  // covers up to ~2*kPiece pixels of several images (one segment per image).
+  const bool by_image = HW < kPiece;
+  const int64_t total = by_image ? N : N * HW;  // units the chunks split
+  const int64_t ipb = by_image ? std::max<int64_t>(1, 2 * kPiece / HW) : 1;  // images per call
+  int64_t nchunk = std::min<int64_t>({ceil_div(16, G * njb), by_image ? N : ceil_div(total, kPiece),
                                       std::max<int64_t>(1, (int64_t(16) << 20) / part),
                                       std::max<int64_t>(1, p.macs() / (int64_t(4) << 20))});
   nchunk = std::max<int64_t>(1, nchunk);
@@ -215,25 +222,36 @@ void gemm_1x1_nchw_backward_weight(const Conv2dParams& p, const float* dy, const
     const int64_t a = total * chunk / nchunk, b = total * (chunk + 1) / nchunk;
     const int64_t j0 = jb * NVL, jn = std::min(NVL, Nj - j0);
     float* out = partial + chunk * part + (g * njb + jb) * Mi * NVL;  // [i][NVL]
-    float* vt = scratch(1, kPiece * NVL);
-    const int64_t zero = 0;
+    float* vt = scratch(1, (by_image ? ipb * HW : kPiece) * NVL);
+    int64_t* a_off = scratch_i64(0, ipb);
+    int64_t* b_off = scratch_i64(1, ipb);
     bool first = true;
     for (int64_t pos = a; pos < b;) {
-      const int64_t n = pos / HW, pix0 = pos % HW;
-      const int64_t len = std::min({kPiece, HW - pix0, b - pos});
-      transpose_rows(V + (n * CtV + g * Nj + j0) * HW + pix0, HW, jn, len, NVL, vt);
+      int64_t n, pix0, len, nseg;
+      if (by_image) {
+        n = pos, pix0 = 0, len = HW, nseg = std::min(ipb, b - pos);
+        for (int64_t sg = 0; sg < nseg; ++sg) {
+          transpose_rows(V + ((n + sg) * CtV + g * Nj + j0) * HW, HW, jn, HW, NVL, vt + sg * HW * NVL);
+          a_off[sg] = sg * CtA * HW, b_off[sg] = sg * HW * NVL;
+        }
+        pos += nseg;
+      } else {
+        n = pos / HW, pix0 = pos % HW, len = std::min({kPiece, HW - pix0, b - pos}), nseg = 1;
+        transpose_rows(V + (n * CtV + g * Nj + j0) * HW + pix0, HW, jn, len, NVL, vt);
+        a_off[0] = 0, b_off[0] = 0;
+        pos += len;
+      }
       for (int64_t i0 = 0; i0 < Mi; i0 += MR) {
         Tile t;
         t.a = A + (n * CtA + g * Mi + i0) * HW + pix0, t.a_is = HW, t.a_ls = 1;
         t.b = vt, t.b_ls = NVL;
-        t.a_off = &zero, t.b_off = &zero, t.nseg = 1, t.len = len;
+        t.a_off = a_off, t.b_off = b_off, t.nseg = static_cast<int>(nseg), t.len = len;
         t.mr = static_cast<int>(std::min(MR, Mi - i0));
         t.c = out + i0 * NVL, t.ldc = NVL;
         t.accumulate = !first;
         run_tile<false>(nv, t);
       }
       first = false;
-      pos += len;
     }
   });
 
