@@ -219,7 +219,8 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
           r[i + b] = _mm512_permutex2var_ps(a, hi[s], c);
         }
       }
-      for (int i = 0; i < lv; ++i) _mm512_storeu_ps(dst + (l0 + i) * NVL + j0, r[i]);
+      const __mmask16 sm = Isa::mask(NVL - j0);  // NVL need not be a multiple of 16
+      for (int i = 0; i < lv; ++i) _mm512_mask_storeu_ps(dst + (l0 + i) * NVL + j0, sm, r[i]);
     }
   }
 #else
