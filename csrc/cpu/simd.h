@@ -182,7 +182,10 @@ inline void make_masks(int nv, int64_t valid, M* m) {
 
 // Transpose rows [0, jn) x columns [0, len) of src (row stride lds) into dst[l][NVL] (lanes
 // [jn, NVL) zero). AVX-512: 16x16 blocks by four block-swap stages of vpermt2ps.
-inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst) {
+// jw >= 0: write only lanes [0, jw) of each dst row (a block of a longer row), else [0, NVL).
+inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst,
+                           int64_t jw = -1) {
+  if (jw < 0) jw = NVL;
 #if CONV_EXT_ISA_BITS == 512
   alignas(64) static const int32_t idx_tab[8][16] = {
       // stage b: lo[c] = (c & b) ? 16 + c - b : c ; hi[c] = (c & b) ? 16 + c : c + b
@@ -199,7 +202,7 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
     lo[s] = _mm512_load_si512(idx_tab[2 * s]);
     hi[s] = _mm512_load_si512(idx_tab[2 * s + 1]);
   }
-  for (int64_t j0 = 0; j0 < NVL; j0 += 16) {
+  for (int64_t j0 = 0; j0 < jw; j0 += 16) {
     const int64_t jv = std::max<int64_t>(0, std::min<int64_t>(16, jn - j0));
     for (int64_t l0 = 0; l0 < len; l0 += 16) {
       const int64_t lv = std::min<int64_t>(16, len - l0);
@@ -219,7 +222,7 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
           r[i + b] = _mm512_permutex2var_ps(a, hi[s], c);
         }
       }
-      const __mmask16 sm = Isa::mask(NVL - j0);  // NVL need not be a multiple of 16
+      const __mmask16 sm = Isa::mask(jw - j0);  // jw need not be a multiple of 16
       for (int i = 0; i < lv; ++i) _mm512_mask_storeu_ps(dst + (l0 + i) * NVL + j0, sm, r[i]);
     }
   }
@@ -227,7 +230,7 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
   for (int64_t l = 0; l < len; ++l) {
     float* d = dst + l * NVL;
     for (int64_t j = 0; j < jn; ++j) d[j] = src[j * lds + l];
-    for (int64_t j = jn; j < NVL; ++j) d[j] = 0.f;
+    for (int64_t j = jn; j < jw; ++j) d[j] = 0.f;
   }
 #endif
 }
