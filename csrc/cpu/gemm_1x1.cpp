@@ -1,5 +1,6 @@
 // gemm_1x1.cpp — 1x1, stride-1, unpadded convolutions on NCHW tensors as a GEMM on the tensor
-// as it lies (no reorder, no packing of activations), forward and backward-input.
+// as it lies (no reorder, no packing of activations), forward and backward-input; and
+// backward-weight for NCHW and NHWC.
 //
 //   forward         per image and group: Y[k, pix] = bias[k] + sum_c W[k, c] * X[c, pix]
 //   backward-input  per image and group: dX[c, pix] = sum_k W[k, c] * dY[k, pix]
@@ -18,7 +19,8 @@
 // (AVX-512: 16x16 vpermt2ps blocks), into vt[pix][NVL]; the other is read in place as the
 // micro-kernel's broadcast rows (a_is = HW, a_ls = 1). The N*HW pixels are cut into a fixed
 // number of chunks (a function of the shape only) with their own partial sums, added in chunk
-// order: the same bits for any thread count. (NHWC 1x1 backward-weight stays in implicit_gemm.)
+// order: the same bits for any thread count. NHWC 1x1 backward-weight runs here too, with no
+// transpose at all: V's vectors are read from its pixel rows (b_ls = C), A broadcast (a_ls = K|C).
 //
 // Speed (2 cores Zen 4, batch 8, PYTHONPATH=. python benchmarks/cpu_kernels.py --cases 1x1;
 // torch in brackets): 64->256@56 fwd 82 GFLOP/s [55] (1.49x), bwd-input 161 [122];
@@ -29,6 +31,8 @@
 // (implicit_gemm) -> after: 64->256@56 0.74x -> 1.20x (98.7 GFLOP/s = 84% of one core),
 // 256->64@56 0.85 -> 1.16, 512->128@28 0.68 -> 1.01, 1024->256@14 0.56 -> 0.99 (small planes:
 // whole images per chunk, one segment per image), 512->2048@7 0.42 -> 0.83.
+// 2 threads (--threads 2): NCHW 0.64/0.95/0.80/0.72/0.58x -> 1.38/1.44/1.10/1.04/0.85x (same
+// order of cases); NHWC (was implicit_gemm) 1.04/0.94/0.85/0.92/0.88x -> 1.19/1.01/0.93/1.02/0.91x.
 #ifndef CONV_EXT_ISA_NS
 #include <ATen/ATen.h>
 
@@ -75,14 +79,20 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), nullptr, o.out.mutable_data_ptr<float>(), true);
 }
 
+// backward-weight also takes NHWC (the pixel GEMM then reads both operands in place)
+bool supports_bw(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.R == 1 &&
+         p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+}
+
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
-  auto f = use_avx512() ? avx512::gemm_1x1_nchw_backward_weight : avx2::gemm_1x1_nchw_backward_weight;
-  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>());
+  auto f = use_avx512() ? avx512::gemm_1x1_backward_weight : avx2::gemm_1x1_backward_weight;
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
 const bool registered = register_algorithm({"gemm_1x1", Pass::Forward, 20, supports, run_forward}) &&
                         register_algorithm({"gemm_1x1", Pass::BackwardInput, 20, supports, run_backward_input}) &&
-                        register_algorithm({"gemm_1x1", Pass::BackwardWeight, 20, supports, run_backward_weight});
+                        register_algorithm({"gemm_1x1", Pass::BackwardWeight, 20, supports_bw, run_backward_weight});
 
 }  // namespace
 }  // namespace cpu
@@ -142,12 +152,14 @@ void gemm_1x1_nchw(const Conv2dParams& p, const float* in, const float* w, const
 // operand A is read in place (tile rows = its channels, a_is = HW, a_ls = 1). The N*HW pixels
 // are cut into nchunk chunks (a function of the shape only); each chunk sums into its own
 // partial [g][jb][i][NVL] and the partials are added in chunk order: same bits for any thread count.
-void gemm_1x1_nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw) {
+void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw, bool nhwc) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W, N = p.N;
   // V: the operand with fewer channels on large planes (less to transpose); with more on small
   // planes (HW < kPiece), where a chunk's A (several whole images) then stays in L2
   constexpr int64_t kPiece = 256;
-  const bool v_is_x = HW < kPiece ? Cg >= Kg : Cg <= Kg;
+  // NHWC: nothing is transposed (V rows are the pixels' channel runs, A broadcast with a_ls = C);
+  // V = the operand with fewer channels up to 256 channels, else the one with more (measured)
+  const bool v_is_x = (nhwc ? std::max(Cg, Kg) > 256 : HW < kPiece) ? Cg >= Kg : Cg <= Kg;
   const float* V = v_is_x ? x : dy;
   const float* A = v_is_x ? dy : x;
   const int64_t Nj = v_is_x ? Cg : Kg, Mi = v_is_x ? Kg : Cg;
@@ -157,7 +169,7 @@ void gemm_1x1_nchw_backward_weight(const Conv2dParams& p, const float* dy, const
   const int64_t part = G * njb * Mi * NVL;
   // Small planes (HW < kPiece): chunks are ranges of whole images, and one micro-kernel call
   // covers up to ~2*kPiece pixels of several images (one segment per image).
-  const bool by_image = HW < kPiece;
+  const bool by_image = !nhwc && HW < kPiece;
   const int64_t total = by_image ? N : N * HW;  // units the chunks split
   const int64_t ipb = by_image ? std::max<int64_t>(1, 2 * kPiece / HW) : 1;  // images per call
   int64_t nchunk = std::min<int64_t>({ceil_div(16, G * njb), by_image ? N : ceil_div(total, kPiece),
@@ -174,7 +186,28 @@ void gemm_1x1_nchw_backward_weight(const Conv2dParams& p, const float* dy, const
     float* vt = scratch(1, (by_image ? ipb * HW : kPiece) * NVL);
     int64_t* a_off = scratch_i64(0, ipb);
     int64_t* b_off = scratch_i64(1, ipb);
+    b_off[0] = 0;
     bool first = true;
+    if (nhwc) {  // the chunk's pixels are one run of rows [pixel][channel] in both operands
+      M bm[4];
+      make_masks(nv, jn, bm);
+      for (int64_t pos = a; pos < b; pos += kPiece) {
+        const int64_t len = std::min(kPiece, b - pos);
+        for (int64_t i0 = 0; i0 < Mi; i0 += MR) {
+          Tile t;
+          t.a = A + pos * CtA + g * Mi + i0, t.a_is = 1, t.a_ls = CtA;
+          t.b = V + pos * CtV + g * Nj + j0, t.b_ls = CtV;
+          t.a_off = b_off, t.b_off = b_off, t.nseg = 1, t.len = len;  // b_off[0] = 0
+          t.mr = static_cast<int>(std::min(MR, Mi - i0));
+          t.c = out + i0 * NVL, t.ldc = NVL;
+          t.accumulate = pos > a;
+          t.bmask = bm;
+          if (jn < NVL) run_tile<true>(nv, t);
+          else run_tile<false>(nv, t);
+        }
+      }
+      return;
+    }
     for (int64_t pos = a; pos < b;) {
       int64_t n, pix0, len, nseg;
       if (by_image) {
