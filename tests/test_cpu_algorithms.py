@@ -45,6 +45,8 @@ ONE_BY_ONE = [
     ((1, 70, 7, 7), 33, (1, 1), 1, 0, 1, 1),           # plane of 49: masked pixel tail
     ((2, 300, 5, 9), 20, (1, 1), 1, 0, 1, 1),          # reduction panels
     ((2, 12, 9, 9), 18, (1, 1), 1, 0, 1, 3),           # groups
+    ((2, 24, 20, 17), 40, (1, 1), 1, 0, 1, 1),         # plane >= 256 pixels: bwd-weight pixel pieces
+    ((1, 40, 16, 17), 20, (1, 1), 1, 0, 1, 2),         # the same, C > K per group, groups
 ]
 DEPTHWISE = [
     ((2, 8, 10, 10), 8, (3, 3), 1, 1, 1, 8),
@@ -53,6 +55,8 @@ DEPTHWISE = [
     ((1, 33, 11, 11), 33, (3, 3), 2, 0, 2, 33),        # dilation + stride
     ((1, 5, 6, 9), 5, (3, 1), 3, (1, 0), 1, 5),
     ((1, 70, 12, 12), 70, (7, 7), 1, 3, 1, 70),
+    ((2, 32, 7, 7), 32, (3, 3), 1, 1, 1, 32),          # small NCHW planes, C % 16 == 0: via NHWC
+    ((1, 48, 10, 9), 48, (5, 5), 2, 2, 1, 48),         # the same, stride 2
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE
 

@@ -21,7 +21,10 @@
 // im2col buffer. Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
 // panels of <= 192 KiB (they stay in L2 while a task sweeps its rows); the reduction over
 // input channels is split into such panels and accumulated in the output.
-// NCHW outputs are written through a per-task [pixels][NV*VL] buffer and transposed on store.
+// NCHW outputs are written through a per-task [pixels][NV*VL] buffer and transposed on store
+// (transpose_rows, simd.h: 16x16 vector blocks; was a scalar strided copy: -1..3% time at 1 thread).
+// backward-weight NCHW: the dy band (rows pa..pb of each of NVL planes = one contiguous run per
+// plane) is transposed by transpose_rows (simd.h; AVX-512 16x16 vpermt2ps blocks), not scalar.
 //
 // Backward-input with few input channels (Cg*2 <= VL, the stem) scatters instead (col2im).
 //
@@ -32,6 +35,10 @@
 //   ResNet-50 3x3 NCHW fwd 163-190 GFLOP/s [116-217]; bwd-input within 5% of forward
 //   backward-weight 142-178 GFLOP/s @56..@14 (61-76%) [179-201]
 //   stem 7x7/2 bwd-input 80-84 GFLOP/s, 2.05x torch [39-41]; stem NHWC fwd 189 [193]
+// NCHW backward-weight with the vector dy transpose, 1 thread (--cases 3x3 --layouts nchw
+// --passes bwd_w --threads 1 --cpu-time), ratio vs torch before -> after: 64@56 1.14 -> 1.22,
+// 128@28 0.73 -> 0.76, 256@14 0.72 -> 0.73, 512@7 0.79 -> 0.88 (noisy), 3x3/2 128@56 0.74 -> 0.77,
+// 3x3/2 256@28 0.69 -> 0.69 (us: -4..-7% everywhere).
 // Single thread (time.thread_time, --threads 1 --cpu-time): 3x3 NHWC fwd 103-107 GFLOP/s =
 // 88-91% of one core's 117.
 #ifndef CONV_EXT_ISA_NS
@@ -244,11 +251,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         }
       }
       if (!nhwc)  // transpose the block's [pixel][k] buffer into the NCHW planes
-        for (int64_t k = 0; k < kvalid; ++k) {
-          float* dst = y + ((n * K + g * Kg + kb * NVL + k) * P + p0) * Q;
-          const float* src = obuf + k;
-          for (int64_t i = 0; i < npix; ++i) dst[i] = src[i * NVL];
-        }
+        transpose_rows(obuf, NVL, npix, kvalid, P * Q, y + ((n * K + g * Kg + kb * NVL) * P + p0) * Q, npix);
     }
   });
 }
@@ -449,11 +452,8 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
           }
       }
       if (!nhwc)
-        for (int64_t c = 0; c < cvalid; ++c) {
-          float* dst = dx + ((n * C + g * Cg + ob * NVL + c) * H + i0) * W;
-          const float* src = obuf + c;
-          for (int64_t i = 0, np = (i1 - i0) * W; i < np; ++i) dst[i] = src[i * NVL];
-        }
+        transpose_rows(obuf, NVL, (i1 - i0) * W, cvalid, H * W, dx + ((n * C + g * Cg + ob * NVL) * H + i0) * W,
+                       (i1 - i0) * W);
     }
   });
 }
@@ -515,8 +515,10 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
       float* xb = scratch(1, xsize);
       for (int ip = 0; ip < npc; ++ip) {
         const Piece& pc = pieces[ip];
-        pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL,
-                  dyb + (pc.n * P + pc.pa - batch0) * Q * NVL);
+        float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Q * NVL;
+        if (nhwc) pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL, dyd);
+        else  // NCHW: rows pa..pb of a plane are one contiguous run; vector transpose (simd.h)
+          transpose_rows(dy + ((pc.n * K + g * Kg + kb * NVL) * P + pc.pa) * Q, P * Q, kvalid, (pc.pb - pc.pa) * Q, NVL, dyd);
         const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
         const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
         if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)

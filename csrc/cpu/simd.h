@@ -1,4 +1,5 @@
-// simd.h — vector traits and the register-blocked micro-kernel, compiled once per instruction set.
+// simd.h — vector traits, the register-blocked micro-kernel and a vector transpose
+// (transpose_rows: NCHW channel rows -> [pixel][NVL] panels), compiled once per instruction set.
 //
 // No include guard on purpose: an algorithm file includes it once per ISA, each time inside a
 // `#pragma GCC target(...)` region and with CONV_EXT_ISA_NS (the namespace: avx512 | avx2) and
@@ -177,6 +178,61 @@ inline int choose_nv(int64_t width) {
 // Masks of the NV vectors that cover `valid` lanes (<= NV*VL).
 inline void make_masks(int nv, int64_t valid, M* m) {
   for (int v = 0; v < nv; ++v) m[v] = Isa::mask(valid - v * VL);
+}
+
+// Transpose rows [0, jn) x columns [0, len) of src (row stride lds) into dst[l][NVL] (lanes
+// [jn, NVL) zero). AVX-512: 16x16 blocks by four block-swap stages of vpermt2ps.
+// jw >= 0: write only lanes [0, jw) of each dst row (a block of a longer row), else [0, NVL).
+inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst,
+                           int64_t jw = -1) {
+  if (jw < 0) jw = NVL;
+#if CONV_EXT_ISA_BITS == 512
+  alignas(64) static const int32_t idx_tab[8][16] = {
+      // stage b: lo[c] = (c & b) ? 16 + c - b : c ; hi[c] = (c & b) ? 16 + c : c + b
+      {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+      {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+      {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+      {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+      {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+      {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+      {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+      {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+  __m512i lo[4], hi[4];
+  for (int s = 0; s < 4; ++s) {
+    lo[s] = _mm512_load_si512(idx_tab[2 * s]);
+    hi[s] = _mm512_load_si512(idx_tab[2 * s + 1]);
+  }
+  for (int64_t j0 = 0; j0 < jw; j0 += 16) {
+    const int64_t jv = std::max<int64_t>(0, std::min<int64_t>(16, jn - j0));
+    for (int64_t l0 = 0; l0 < len; l0 += 16) {
+      const int64_t lv = std::min<int64_t>(16, len - l0);
+      const __mmask16 m = Isa::mask(lv);
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < jv ? _mm512_maskz_loadu_ps(m, src + (j0 + i) * lds + l0) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+      for (int s = 0; s < 4; ++s) {
+        const int b = 8 >> s;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+          if (i & b) continue;
+          const __m512 a = r[i], c = r[i + b];
+          r[i] = _mm512_permutex2var_ps(a, lo[s], c);
+          r[i + b] = _mm512_permutex2var_ps(a, hi[s], c);
+        }
+      }
+      const __mmask16 sm = Isa::mask(jw - j0);  // jw need not be a multiple of 16
+      for (int i = 0; i < lv; ++i) _mm512_mask_storeu_ps(dst + (l0 + i) * NVL + j0, sm, r[i]);
+    }
+  }
+#else
+  for (int64_t l = 0; l < len; ++l) {
+    float* d = dst + l * NVL;
+    for (int64_t j = 0; j < jn; ++j) d[j] = src[j * lds + l];
+    for (int64_t j = jn; j < jw; ++j) d[j] = 0.f;
+  }
+#endif
 }
 
 }  // namespace
