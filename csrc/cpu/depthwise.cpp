@@ -30,30 +30,9 @@
 // planes <= 14x14 (per-plane overhead: 0.24-0.6x) and NHWC forward at 28x28 and below
 // (0.56-0.7x: one pixel at a time, the tap list is rebuilt per row).
 #ifndef CONV_EXT_ISA_NS
-#include <ATen/ATen.h>
+#define CONV_EXT_PER_ISA_FILE "depthwise.cpp"
+#include "per_isa.h"
 
-#include "algorithms.h"
-#include "kernel_util.h"
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-#define CONV_EXT_ISA_NS avx512
-#define CONV_EXT_ISA_BITS 512
-#include "simd.h"
-#include "depthwise.cpp"
-#undef CONV_EXT_ISA_NS
-#undef CONV_EXT_ISA_BITS
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define CONV_EXT_ISA_NS avx2
-#define CONV_EXT_ISA_BITS 256
-#include "simd.h"
-#include "depthwise.cpp"
-#undef CONV_EXT_ISA_NS
-#undef CONV_EXT_ISA_BITS
-#pragma GCC pop_options
 
 namespace conv_ext {
 namespace cpu {

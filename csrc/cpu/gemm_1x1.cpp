@@ -34,30 +34,9 @@
 // 2 threads (--threads 2): NCHW 0.64/0.95/0.80/0.72/0.58x -> 1.38/1.44/1.10/1.04/0.85x (same
 // order of cases); NHWC (was implicit_gemm) 1.04/0.94/0.85/0.92/0.88x -> 1.19/1.01/0.93/1.02/0.91x.
 #ifndef CONV_EXT_ISA_NS
-#include <ATen/ATen.h>
+#define CONV_EXT_PER_ISA_FILE "gemm_1x1.cpp"
+#include "per_isa.h"
 
-#include "algorithms.h"
-#include "kernel_util.h"
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-#define CONV_EXT_ISA_NS avx512
-#define CONV_EXT_ISA_BITS 512
-#include "simd.h"
-#include "gemm_1x1.cpp"
-#undef CONV_EXT_ISA_NS
-#undef CONV_EXT_ISA_BITS
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define CONV_EXT_ISA_NS avx2
-#define CONV_EXT_ISA_BITS 256
-#include "simd.h"
-#include "gemm_1x1.cpp"
-#undef CONV_EXT_ISA_NS
-#undef CONV_EXT_ISA_BITS
-#pragma GCC pop_options
 
 namespace conv_ext {
 namespace cpu {

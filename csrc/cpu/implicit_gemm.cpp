@@ -42,30 +42,9 @@
 // Single thread (time.thread_time, --threads 1 --cpu-time): 3x3 NHWC fwd 103-107 GFLOP/s =
 // 88-91% of one core's 117.
 #ifndef CONV_EXT_ISA_NS
-#include <ATen/ATen.h>
+#define CONV_EXT_PER_ISA_FILE "implicit_gemm.cpp"
+#include "per_isa.h"
 
-#include "algorithms.h"
-#include "kernel_util.h"
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-#define CONV_EXT_ISA_NS avx512
-#define CONV_EXT_ISA_BITS 512
-#include "simd.h"
-#include "implicit_gemm.cpp"
-#undef CONV_EXT_ISA_NS
-#undef CONV_EXT_ISA_BITS
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define CONV_EXT_ISA_NS avx2
-#define CONV_EXT_ISA_BITS 256
-#include "simd.h"
-#include "implicit_gemm.cpp"
-#undef CONV_EXT_ISA_NS
-#undef CONV_EXT_ISA_BITS
-#pragma GCC pop_options
 
 namespace conv_ext {
 namespace cpu {
