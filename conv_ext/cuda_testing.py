@@ -9,9 +9,9 @@ choice tries them (the reference supports every problem)::
 
 Without CUDA compiled in, ``cuda_algorithms`` returns [] and forcing raises RuntimeError.
 """
-import contextlib
 
 from . import _C
+from .testing import forcing
 
 PASSES = ("forward", "backward_input", "backward_weight")
 
@@ -30,18 +30,9 @@ def last_cuda_algorithm(pass_name: str) -> str:
     return _C.last_cuda_algorithm(pass_name) if cuda_compiled() else ""
 
 
-@contextlib.contextmanager
 def force_cuda_algorithm(name, passes=PASSES):
     """Within the block, every CUDA call of ``passes`` runs algorithm ``name`` (an error if it
     does not support the problem). ``name`` may be a dict {pass: name}."""
     if not cuda_compiled():
         raise RuntimeError("conv_ext was built without CUDA")
-    names = name if isinstance(name, dict) else {p: name for p in passes}
-    before = {p: _C.forced_cuda_algorithm(p) for p in names}
-    try:
-        for p, n in names.items():
-            _C.force_cuda_algorithm(p, n)
-        yield
-    finally:
-        for p, n in before.items():
-            _C.force_cuda_algorithm(p, n)
+    return forcing(_C.forced_cuda_algorithm, _C.force_cuda_algorithm, name, passes)

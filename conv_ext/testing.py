@@ -17,15 +17,21 @@ def last_cpu_algorithm(pass_name: str) -> str:
 
 
 @contextlib.contextmanager
-def force_cpu_algorithm(name: str, passes=PASSES):
-    """Within the block, every CPU call of ``passes`` runs algorithm ``name`` (an error if it
-    does not support the problem). ``name`` may be a dict {pass: name}."""
+def forcing(get_forced, set_forced, name, passes=PASSES):
+    """Within the block, set_forced(pass, name) for each pass; the previous choices after it.
+    ``name`` may be a dict {pass: name}. Shared by the CPU and CUDA switches."""
     names = name if isinstance(name, dict) else {p: name for p in passes}
-    before = {p: _C.forced_cpu_algorithm(p) for p in names}
+    before = {p: get_forced(p) for p in names}
     try:
         for p, n in names.items():
-            _C.force_cpu_algorithm(p, n)
+            set_forced(p, n)
         yield
     finally:
         for p, n in before.items():
-            _C.force_cpu_algorithm(p, n)
+            set_forced(p, n)
+
+
+def force_cpu_algorithm(name, passes=PASSES):
+    """Within the block, every CPU call of ``passes`` runs algorithm ``name`` (an error if it
+    does not support the problem). ``name`` may be a dict {pass: name}."""
+    return forcing(_C.forced_cpu_algorithm, _C.force_cpu_algorithm, name, passes)
