@@ -39,6 +39,7 @@ struct Isa {
   static inline V set1(float x) { return _mm512_set1_ps(x); }
   static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static inline V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static inline V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static inline M mask(int64_t n) {
     return n <= 0 ? M(0) : n >= VL ? M(0xFFFF) : M((1u << n) - 1u);
@@ -60,6 +61,7 @@ struct Isa {
   static inline V set1(float x) { return _mm256_set1_ps(x); }
   static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static inline V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static inline M mask(int64_t n) {
     const int m = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(n, VL)));
