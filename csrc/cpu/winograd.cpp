@@ -50,29 +50,20 @@ bool worth_it(const Conv2dParams& p) { return p.Cg() >= 16 && p.Kg() >= 16; }
 
 bool supports(const Conv2dParams& p, at::ScalarType dtype) { return wino_shape(p, dtype) && worth_it(p); }
 
-struct Dispatch {
-  decltype(&avx512::winograd_weights) weights;
-  decltype(&avx512::winograd_conv) conv;
-};
-Dispatch isa() {
-  if (use_avx512()) return {avx512::winograd_weights, avx512::winograd_conv};
-  return {avx2::winograd_weights, avx2::winograd_conv};
-}
+auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
-  const Dispatch f = isa();
   const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p)};
-  const float* U = f.weights(o.b.const_data_ptr<float>(), p.groups, p.Kg(), p.Cg(), false, p.macs());
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
-  f.conv(s, o.a.const_data_ptr<float>(), U, bias, o.out.mutable_data_ptr<float>(), p.macs());
+  isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), false, bias, o.out.mutable_data_ptr<float>(),
+        p.macs());
 }
 
 // dx = conv(dy, w'), w'[c][k][r][s] = w[k][c][2-r][2-s], padding 2 - pad: dy is the input.
 void run_backward_input(const Conv2dParams& p, Operands& o) {
-  const Dispatch f = isa();
   const WinoShape s{p.N, p.K, p.P, p.Q, p.C, p.H, p.W, 2 - p.pad_h, 2 - p.pad_w, p.groups, is_nhwc(p)};
-  const float* U = f.weights(o.b.const_data_ptr<float>(), p.groups, p.Kg(), p.Cg(), true, p.macs());
-  f.conv(s, o.a.const_data_ptr<float>(), U, nullptr, o.out.mutable_data_ptr<float>(), p.macs());
+  isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), true, nullptr, o.out.mutable_data_ptr<float>(),
+        p.macs());
 }
 
 const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports, run_forward}) &&
@@ -146,166 +137,235 @@ inline void output_tile(const V* m, V bias, V* y) {
   }
 }
 
-}  // namespace
-
-// U[g][xi][row][col] for a w of shape (G*Kg, Cg, 3, 3):
-//   forward (flip = false):       row = c < Cg, col = k < round_up(Kg, VL),  from w[g*Kg+k][c]
-//   backward-input (flip = true): row = k < Kg, col = c < round_up(Cg, VL),  from w[g*Kg+k][c]
-//                                 rotated by 180 degrees
-// Columns past Kg (Cg) are zero. Returns the calling thread's scratch (slot 4).
-const float* winograd_weights(const float* w, int64_t G, int64_t Kg, int64_t Cg, bool flip, int64_t macs) {
-  const int64_t rows = flip ? Kg : Cg, cols = flip ? Cg : Kg, colp = round_up(cols, VL);
-  float* U = scratch(4, G * 16 * rows * colp);
-  const int64_t ncb = colp / VL;
-  // forward: a task is VL filters (k) of a group; their C*9 taps are transposed to [c*9+rs][VL]
-  // backward: a task is one filter k; blocks of VL channels c (9 taps each) are transposed
-  const int64_t ntask = flip ? G * Kg : G * ncb;
-  for_each_task(ntask, macs, [&](int64_t task) {
-    V g[9], u[16];
-    if (!flip) {
-      const int64_t grp = task / ncb, k0 = (task % ncb) * VL;
-      float* tmp = scratch(3, Cg * 9 * VL);
-      transpose_rows(w + (grp * Kg + k0) * Cg * 9, Cg * 9, std::min<int64_t>(VL, Kg - k0), Cg * 9, VL, tmp);
-      for (int64_t c = 0; c < Cg; ++c) {
-        for (int rs = 0; rs < 9; ++rs) g[rs] = Isa::load(tmp + (c * 9 + rs) * VL);
-        weight_tile(g, u);
-        for (int xi = 0; xi < 16; ++xi) Isa::store(U + ((grp * 16 + xi) * Cg + c) * colp + k0, u[xi]);
-      }
-    } else {
-      const int64_t grp = task / Kg, k = task % Kg;
-      alignas(64) float tmp[9 * VL];
-      for (int64_t c0 = 0; c0 < colp; c0 += VL) {
-        transpose_rows(w + ((grp * Kg + k) * Cg + c0) * 9, 9, std::min<int64_t>(VL, Cg - c0), 9, VL, tmp);
-        for (int rs = 0; rs < 9; ++rs) g[rs] = Isa::load(tmp + (8 - rs) * VL);
-        weight_tile(g, u);
-        for (int xi = 0; xi < 16; ++xi) Isa::store(U + ((grp * 16 + xi) * Kg + k) * colp + c0, u[xi]);
+// Rows [r0, r0+nr) x columns [c0, c0+ncp) (ncp a multiple of VL) of group g's U, for a w of
+// shape (G*Kg, Cg, 3, 3), written to out[xi*xs + row*ld + col]:
+//   forward (flip = false):       row = c, col = k, from w[g*Kg+k][c]
+//   backward-input (flip = true): row = k, col = c, from w[g*Kg+k][c] rotated by 180 degrees
+// Columns past Kg (Cg) are zero. The taps of VL filters are brought side by side by transpose_rows.
+void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, int64_t r0, int64_t nr,
+                  int64_t c0, int64_t ncp, float* out, int64_t xs, int64_t ld) {
+  V taps[9], u[16];
+  if (!flip) {
+    float* tmp = scratch(3, nr * 9 * VL);
+    for (int64_t kb = 0; kb < ncp; kb += VL) {
+      const int64_t k0 = c0 + kb, kn = std::max<int64_t>(0, std::min<int64_t>(VL, Kg - k0));
+      transpose_rows(w + ((g * Kg + k0) * Cg + r0) * 9, Cg * 9, kn, nr * 9, VL, tmp);
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + (r * 9 + rs) * VL);
+        weight_tile(taps, u);
+        for (int xi = 0; xi < 16; ++xi) Isa::store(out + xi * xs + r * ld + kb, u[xi]);
       }
     }
-  });
-  return U;
+  } else {
+    alignas(64) float tmp[9 * VL];
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t cb = 0; cb < ncp; cb += VL) {
+        const int64_t cc = c0 + cb, cn = std::max<int64_t>(0, std::min<int64_t>(VL, Cg - cc));
+        transpose_rows(w + ((g * Kg + r0 + r) * Cg + cc) * 9, 9, cn, 9, VL, tmp);
+        for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + (8 - rs) * VL);
+        weight_tile(taps, u);
+        for (int xi = 0; xi < 16; ++xi) Isa::store(out + xi * xs + r * ld + cb, u[xi]);
+      }
+  }
 }
 
-// y = conv3x3(x, U) + bias for the forward-form problem s (U from winograd_weights, bias may be null).
-void winograd_conv(const WinoShape& s, const float* x, const float* U, const float* bias, float* y, int64_t macs) {
-  const int64_t N = s.N, C = s.C, H = s.H, W = s.W, K = s.K, P = s.P, Q = s.Q, G = s.G;
-  const int64_t Cg = C / G, Kg = K / G, Cs = round_up(C, VL), Kgp = round_up(Kg, VL), Ks = G * Kgp;
-  const int64_t th = ceil_div(P, 2), tw = ceil_div(Q, 2), rows = N * th, T = rows * tw;
-  const bool nhwc = s.nhwc;
+// Geometry shared by the steps below. Tiles are numbered t = (n*th + i)*tw + j ("tile row"
+// gr = n*th + i); a block is tile rows [gr0, gr1) x tile columns [tj0, tj1).
+struct Geo {
+  int64_t Cg, Kg, Cs, Kgp, Ks, th, tw, rows;
+  Geo(const WinoShape& s)
+      : Cg(s.C / s.G), Kg(s.K / s.G), Cs(round_up(s.C, VL)), Kgp(round_up(s.K / s.G, VL)), Ks(s.G * Kgp),
+        th(ceil_div(s.P, 2)), tw(ceil_div(s.Q, 2)), rows(s.N * th) {}
+};
 
+// V[xi*vt + t][c] = B^T d B for the tiles of the block, t = (gr - gr0)*(tj1 - tj0) + j + t0.
+void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t gr0, int64_t gr1, int64_t tj0,
+                     int64_t tj1, float* Vb, int64_t vt, int64_t t0) {
+  const int64_t C = s.C, H = s.H, W = s.W, Cs = e.Cs, nc = tj1 - tj0, Wb = 2 * nc + 2, w0 = 2 * tj0 - s.pw;
+  float* band = scratch(2, 4 * Wb * Cs);  // the 4 input rows of a tile row, [row][col][Cs]
+  for (int64_t gr = gr0; gr < gr1; ++gr) {
+    const int64_t n = gr / e.th, h0 = 2 * (gr % e.th) - s.ph;
+    for (int64_t a = 0; a < 4; ++a) {
+      float* row = band + a * Wb * Cs;
+      const int64_t h = h0 + a, wlo = std::max<int64_t>(0, w0), whi = std::min(W, w0 + Wb);
+      if (h < 0 || h >= H || whi <= wlo) {
+        std::memset(row, 0, sizeof(float) * Wb * Cs);
+        continue;
+      }
+      std::memset(row, 0, sizeof(float) * (wlo - w0) * Cs);
+      std::memset(row + (whi - w0) * Cs, 0, sizeof(float) * (w0 + Wb - whi) * Cs);
+      float* dst = row + (wlo - w0) * Cs;
+      if (!s.nhwc) {
+        transpose_rows(x + (n * C * H + h) * W + wlo, H * W, C, whi - wlo, Cs, dst, Cs);
+      } else if (C == Cs) {
+        std::memcpy(dst, x + ((n * H + h) * W + wlo) * C, sizeof(float) * (whi - wlo) * C);
+      } else {
+        for (int64_t w = wlo; w < whi; ++w, dst += Cs) {
+          std::memcpy(dst, x + ((n * H + h) * W + w) * C, sizeof(float) * C);
+          std::memset(dst + C, 0, sizeof(float) * (Cs - C));
+        }
+      }
+    }
+    for (int64_t j = 0; j < nc; ++j) {
+      const int64_t t = t0 + (gr - gr0) * nc + j;
+      for (int64_t c0 = 0; c0 < Cs; c0 += VL) {
+        V d[4][4], v[16];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) d[a][b] = Isa::load(band + (a * Wb + 2 * j + b) * Cs + c0);
+        input_tile(d, v);
+        for (int xi = 0; xi < 16; ++xi) Isa::store(Vb + (xi * vt + t) * Cs + c0, v[xi]);
+      }
+    }
+  }
+}
+
+// M_xi[t][k0 + ..] (+)= sum_{c < len} V_xi[t][c] * U_xi[c][..] for tiles [0, nt), columns
+// [k0, k0 + ncp) of M, on the micro-kernel (tiles = broadcast rows, output channels = vectors).
+void gemms(const float* Vb, int64_t vt, int64_t Cs, int64_t nt, int64_t len, const float* U, int64_t uxs,
+           int64_t uld, float* Mb, int64_t mt, int64_t Ks, int64_t k0, int64_t ncp, bool accumulate) {
+  static const int64_t zero = 0;
+  for (int xi = 0; xi < 16; ++xi)
+    for (int64_t kb = 0; kb < ncp; kb += Isa::kMaxNV * VL) {
+      const int nv = static_cast<int>(std::min<int64_t>(Isa::kMaxNV, (ncp - kb) / VL));
+      const int64_t MR = Isa::mr(nv);
+      for (int64_t t0 = 0; t0 < nt; t0 += MR) {
+        Tile tl;
+        tl.a = Vb + (xi * vt + t0) * Cs, tl.a_is = Cs, tl.a_ls = 1;
+        tl.b = U + xi * uxs + kb, tl.b_ls = uld;
+        tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = len;
+        tl.mr = static_cast<int>(std::min(MR, nt - t0));
+        tl.c = Mb + (xi * mt + t0) * Ks + k0 + kb, tl.ldc = Ks, tl.accumulate = accumulate;
+        run_tile<false>(nv, tl);
+      }
+    }
+}
+
+// y = A^T M A + bias for the tiles of the block (M[xi*mt + t][Ks], t as in input_transform).
+void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t mt, int64_t t0, int64_t gr0,
+                      int64_t gr1, int64_t tj0, int64_t tj1, const float* bp, float* y) {
+  const int64_t K = s.K, P = s.P, Q = s.Q, Kg = e.Kg, Kgp = e.Kgp, Ks = e.Ks, nc = tj1 - tj0;
+  float* obuf = s.nhwc ? nullptr : scratch(3, 2 * 2 * nc * Ks);  // [2 rows][2*nc pixels][Ks]
+  for (int64_t gr = gr0; gr < gr1; ++gr) {
+    const int64_t n = gr / e.th, ti = gr % e.th;
+    for (int64_t j = 0; j < nc; ++j) {
+      const int64_t t = t0 + (gr - gr0) * nc + j, q = 2 * (tj0 + j);
+      for (int64_t g = 0; g < s.G; ++g)
+        for (int64_t k0 = 0; k0 < Kgp; k0 += VL) {
+          V m[16], out[4];
+          const int64_t kc = g * Kgp + k0;
+          for (int xi = 0; xi < 16; ++xi) m[xi] = Isa::load(Mb + (xi * mt + t) * Ks + kc);
+          output_tile(m, Isa::load(bp + kc), out);
+          if (s.nhwc) {
+            const M km = Isa::mask(Kg - k0);
+            for (int a = 0; a < 2; ++a)
+              for (int b = 0; b < 2; ++b)
+                if (2 * ti + a < P && q + b < Q)
+                  Isa::storem(y + ((n * P + 2 * ti + a) * Q + q + b) * K + g * Kg + k0, out[a * 2 + b], km);
+          } else {
+            for (int a = 0; a < 2; ++a)
+              for (int b = 0; b < 2; ++b) Isa::store(obuf + (a * 2 * nc + 2 * j + b) * Ks + kc, out[a * 2 + b]);
+          }
+        }
+    }
+    if (!s.nhwc) {
+      const int64_t q0 = 2 * tj0, nq = std::min(Q, 2 * tj1) - q0;
+      for (int64_t a = 0; a < 2 && 2 * ti + a < P; ++a)
+        for (int64_t g = 0; g < s.G; ++g)
+          transpose_rows(obuf + a * 2 * nc * Ks + g * Kgp, Ks, nq, Kg, P * Q,
+                         y + ((n * K + g * Kg) * P + 2 * ti + a) * Q + q0, nq);
+    }
+  }
+}
+
+}  // namespace
+
+// y = conv3x3(w, x) + bias for the forward-form problem s; flip: w is the forward filter of
+// a backward-input problem (use its 180-degree rotation with k and c exchanged). bias may be null.
+//
+// Two schedules:
+//  * small U (16 x C x K floats <= 1 MiB: few channels, typically large planes): U is computed
+//    once; a task is a block of tiles that it transforms, multiplies and transforms back on its
+//    own, so V and M never leave the core's caches.
+//  * large U (many channels, typically 14x14 and 7x7 planes): re-reading a 4-16 MiB U per block
+//    of tiles would be bound by memory, so the steps are separate parallel loops over a chunk of
+//    tiles: transform all of them, then a task per block of output channels computes its piece
+//    of U (<= 128 channels of reduction at a time, so it stays in L2) and multiplies every tile
+//    by it, then transform back. U is never written to memory.
+void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, const float* bias, float* y,
+                   int64_t macs) {
+  const Geo e(s);
+  const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
+  // in forward form the filter of group g is Kg x Cg; w itself is (wK x wC) per group
+  const int64_t wK = flip ? Cg : Kg, wC = flip ? Kg : Cg;
   float* bp = scratch(5, Ks);  // bias padded per group to whole vectors
   for (int64_t g = 0; g < G; ++g)
     for (int64_t k = 0; k < Kgp; ++k) bp[g * Kgp + k] = bias && k < Kg ? bias[g * Kg + k] : 0.f;
-
-  // Tiles per task: V and M of a task (16 floats per tile and channel) within ~2 MiB, and at
-  // least one task per thread.
-  constexpr int64_t kBudgetFloats = 512 * 1024;
-  const int64_t tb_max = std::max<int64_t>(8, kBudgetFloats / (16 * (Cs + Ks)));
   const int64_t nthreads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t tb = std::max<int64_t>(1, std::min(tb_max, ceil_div(T, nthreads)));
-  int64_t rb, cb;  // tile rows x tile columns per task
-  if (tw <= tb) {
-    cb = tw, rb = std::max<int64_t>(1, tb / tw);
-    rb = ceil_div(rows, ceil_div(rows, rb));  // even row blocks
-  } else {
-    rb = 1, cb = ceil_div(tw, ceil_div(tw, tb));
+  constexpr int64_t kChunkFloats = 2 * 1024 * 1024;  // V + M of a chunk (large-U schedule): 8 MiB
+
+  const bool large_u = 16 * G * Cg * Kgp > 256 * 1024 && 16 * tw * (Cs + Ks) <= kChunkFloats;
+  if (!large_u) {
+    float* U = scratch(4, G * 16 * Cg * Kgp);
+    const int64_t ncb = Kgp / VL;
+    for_each_task(G * ncb, macs, [&](int64_t task) {
+      const int64_t g = task / ncb, k0 = (task % ncb) * VL;
+      weight_panel(w, g, wK, wC, flip, 0, Cg, k0, VL, U + g * 16 * Cg * Kgp + k0, Cg * Kgp, Kgp);
+    });
+    // Tiles per task: V and M of a task within ~2 MiB, and at least one task per thread.
+    const int64_t T = rows * tw;
+    const int64_t tb_max = std::max<int64_t>(8, 512 * 1024 / (16 * (Cs + Ks)));
+    const int64_t tb = std::max<int64_t>(1, std::min(tb_max, ceil_div(T, nthreads)));
+    int64_t rb, cb;  // tile rows x tile columns per task
+    if (tw <= tb) {
+      cb = tw, rb = std::max<int64_t>(1, tb / tw);
+      rb = ceil_div(rows, ceil_div(rows, rb));  // even row blocks
+    } else {
+      rb = 1, cb = ceil_div(tw, ceil_div(tw, tb));
+    }
+    const int64_t nrb = ceil_div(rows, rb), ncb_t = ceil_div(tw, cb);
+    for_each_task(nrb * ncb_t, macs, [&](int64_t task) {
+      const int64_t gr0 = (task / ncb_t) * rb, gr1 = std::min(rows, gr0 + rb);
+      const int64_t tj0 = (task % ncb_t) * cb, tj1 = std::min(tw, tj0 + cb);
+      const int64_t nt = (gr1 - gr0) * (tj1 - tj0);
+      float* Vb = scratch(0, 16 * nt * Cs);
+      float* Mb = scratch(1, 16 * nt * Ks);
+      input_transform(s, e, x, gr0, gr1, tj0, tj1, Vb, nt, 0);
+      for (int64_t g = 0; g < G; ++g)
+        gemms(Vb + g * Cg, nt, Cs, nt, Cg, U + g * 16 * Cg * Kgp, Cg * Kgp, Kgp, Mb, nt, Ks, g * Kgp, Kgp, false);
+      output_transform(s, e, Mb, nt, 0, gr0, gr1, tj0, tj1, bp, y);
+    });
+    return;
   }
-  const int64_t nrb = ceil_div(rows, rb), ncb = ceil_div(tw, cb);
 
-  for_each_task(nrb * ncb, macs, [&](int64_t task) {
-    const int64_t gr0 = (task / ncb) * rb, gr1 = std::min(rows, gr0 + rb);
-    const int64_t tj0 = (task % ncb) * cb, tj1 = std::min(tw, tj0 + cb), nc = tj1 - tj0;
-    const int64_t nt = (gr1 - gr0) * nc, Wb = 2 * nc + 2, w0 = 2 * tj0 - s.pw;
-    float* Vb = scratch(0, 16 * nt * Cs);
-    float* Mb = scratch(1, 16 * nt * Ks);
-    float* band = scratch(2, 4 * Wb * Cs);
-
-    // 1. input transform
-    for (int64_t gr = gr0; gr < gr1; ++gr) {
-      const int64_t n = gr / th, ti = gr % th, h0 = 2 * ti - s.ph;
-      for (int64_t a = 0; a < 4; ++a) {
-        float* row = band + a * Wb * Cs;
-        const int64_t h = h0 + a, wlo = std::max<int64_t>(0, w0), whi = std::min(W, w0 + Wb);
-        if (h < 0 || h >= H || whi <= wlo) {
-          std::memset(row, 0, sizeof(float) * Wb * Cs);
-          continue;
-        }
-        std::memset(row, 0, sizeof(float) * (wlo - w0) * Cs);
-        std::memset(row + (whi - w0) * Cs, 0, sizeof(float) * (w0 + Wb - whi) * Cs);
-        float* dst = row + (wlo - w0) * Cs;
-        if (!nhwc) {
-          transpose_rows(x + (n * C * H + h) * W + wlo, H * W, C, whi - wlo, Cs, dst, Cs);
-        } else if (C == Cs) {
-          std::memcpy(dst, x + ((n * H + h) * W + wlo) * C, sizeof(float) * (whi - wlo) * C);
-        } else {
-          for (int64_t w = wlo; w < whi; ++w, dst += Cs) {
-            std::memcpy(dst, x + ((n * H + h) * W + w) * C, sizeof(float) * C);
-            std::memset(dst + C, 0, sizeof(float) * (Cs - C));
-          }
-        }
+  const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));  // tile rows per chunk
+  const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks);
+  const int64_t T = rows_c * tw;
+  float* Vall = scratch(4, 16 * T * Cs);
+  float* Mall = scratch(7, 16 * T * Ks);
+  // output-channel blocks: as wide as the micro-kernel, narrower if that leaves a thread idle
+  int64_t kbw = Isa::kMaxNV * VL;
+  while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * nthreads) kbw -= VL;
+  const int64_t nkb = ceil_div(Kgp, kbw);
+  constexpr int64_t kPanelRows = 128;  // reduction channels per piece of U: 16 x 128 x 64 floats = 512 KiB
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
+    for_each_task(R1 - R0, macs, [&](int64_t i) {
+      input_transform(s, e, x, R0 + i, R0 + i + 1, 0, tw, Vall, T, i * tw);
+    });
+    for_each_task(G * nkb, macs, [&](int64_t task) {
+      const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
+      const int64_t pr = std::min(kPanelRows, Cg);
+      float* panel = scratch(6, 16 * pr * ncp);
+      for (int64_t c0 = 0; c0 < Cg; c0 += kPanelRows) {
+        const int64_t nr = std::min(kPanelRows, Cg - c0);
+        weight_panel(w, g, wK, wC, flip, c0, nr, k0, ncp, panel, nr * ncp, ncp);
+        gemms(Vall + g * Cg + c0, T, Cs, nt, nr, panel, nr * ncp, ncp, Mall, T, Ks, g * Kgp + k0, ncp, c0 > 0);
       }
-      for (int64_t j = 0; j < nc; ++j) {
-        const int64_t t = (gr - gr0) * nc + j;
-        for (int64_t c0 = 0; c0 < Cs; c0 += VL) {
-          V d[4][4], v[16];
-          for (int a = 0; a < 4; ++a)
-            for (int b = 0; b < 4; ++b) d[a][b] = Isa::load(band + (a * Wb + 2 * j + b) * Cs + c0);
-          input_tile(d, v);
-          for (int xi = 0; xi < 16; ++xi) Isa::store(Vb + (xi * nt + t) * Cs + c0, v[xi]);
-        }
-      }
-    }
-
-    // 2. the 16 GEMMs per group: M_xi[t][k] = sum_c V_xi[t][c] U_xi[c][k]
-    static const int64_t zero = 0;
-    for (int64_t g = 0; g < G; ++g)
-      for (int xi = 0; xi < 16; ++xi)
-        for (int64_t k0 = 0; k0 < Kgp; k0 += Isa::kMaxNV * VL) {
-          const int nv = static_cast<int>(std::min<int64_t>(Isa::kMaxNV, (Kgp - k0) / VL));
-          const int64_t MR = Isa::mr(nv);
-          for (int64_t t0 = 0; t0 < nt; t0 += MR) {
-            Tile tl;
-            tl.a = Vb + (xi * nt + t0) * Cs + g * Cg, tl.a_is = Cs, tl.a_ls = 1;
-            tl.b = U + (g * 16 + xi) * Cg * Kgp + k0, tl.b_ls = Kgp;
-            tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = Cg;
-            tl.mr = static_cast<int>(std::min(MR, nt - t0));
-            tl.c = Mb + (xi * nt + t0) * Ks + g * Kgp + k0, tl.ldc = Ks;
-            run_tile<false>(nv, tl);
-          }
-        }
-
-    // 3. output transform
-    float* obuf = nhwc ? nullptr : scratch(3, 2 * 2 * nc * Ks);  // [2 rows][2*nc pixels][Ks]
-    for (int64_t gr = gr0; gr < gr1; ++gr) {
-      const int64_t n = gr / th, ti = gr % th;
-      for (int64_t j = 0; j < nc; ++j) {
-        const int64_t t = (gr - gr0) * nc + j, q = 2 * (tj0 + j);
-        for (int64_t g = 0; g < G; ++g)
-          for (int64_t k0 = 0; k0 < Kgp; k0 += VL) {
-            V m[16], out[4];
-            const int64_t kc = g * Kgp + k0;
-            for (int xi = 0; xi < 16; ++xi) m[xi] = Isa::load(Mb + (xi * nt + t) * Ks + kc);
-            output_tile(m, Isa::load(bp + kc), out);
-            if (nhwc) {
-              const M km = Isa::mask(Kg - k0);
-              for (int a = 0; a < 2; ++a)
-                for (int b = 0; b < 2; ++b)
-                  if (2 * ti + a < P && q + b < Q)
-                    Isa::storem(y + ((n * P + 2 * ti + a) * Q + q + b) * K + g * Kg + k0, out[a * 2 + b], km);
-            } else {
-              for (int a = 0; a < 2; ++a)
-                for (int b = 0; b < 2; ++b) Isa::store(obuf + (a * 2 * nc + 2 * j + b) * Ks + kc, out[a * 2 + b]);
-            }
-          }
-      }
-      if (!nhwc) {
-        const int64_t q0 = 2 * tj0, nq = std::min(Q, 2 * tj1) - q0;
-        for (int64_t a = 0; a < 2 && 2 * ti + a < P; ++a)
-          for (int64_t g = 0; g < G; ++g)
-            transpose_rows(obuf + a * 2 * nc * Ks + g * Kgp, Ks, nq, Kg, P * Q,
-                           y + ((n * K + g * Kg) * P + 2 * ti + a) * Q + q0, nq);
-      }
-    }
-  });
+    });
+    for_each_task(R1 - R0, macs, [&](int64_t i) {
+      output_transform(s, e, Mall, T, i * tw, R0 + i, R0 + i + 1, 0, tw, bp, y);
+    });
+  }
 }
 
 }  // namespace CONV_EXT_ISA_NS
