@@ -20,7 +20,7 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // Per-thread scratch that only grows: after the first calls a kernel allocates nothing.
 // `slot` separates buffers that are live at the same time.
 inline float* scratch(int slot, int64_t n) {
-  thread_local std::vector<float> buffers[8];
+  thread_local std::vector<float> buffers[10];
   auto& b = buffers[slot];
   if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n) + 64);
   return b.data();

@@ -46,7 +46,7 @@ bool wino_shape(const Conv2dParams& p, at::ScalarType dtype) {
 
 // The transforms cost about 4 * (Cg + Kg) vector operations per tile against Cg * Kg FMAs of the
 // GEMMs: with few channels per group the direct kernel (implicit_gemm) is faster.
-bool worth_it(const Conv2dParams& p) { return p.Cg() >= 16 && p.Kg() >= 16; }
+bool worth_it(const Conv2dParams& p) { return std::min(p.Cg(), p.Kg()) >= 32 && p.Cg() * p.Kg() >= 2048; }
 
 bool supports(const Conv2dParams& p, at::ScalarType dtype) { return wino_shape(p, dtype) && worth_it(p); }
 
@@ -66,8 +66,15 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
         p.macs());
 }
 
+void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p)};
+  auto f = use_avx512() ? avx512::winograd_backward_weight : avx2::winograd_backward_weight;
+  f(s, o.b.const_data_ptr<float>(), o.a.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), p.macs());
+}
+
 const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports, run_forward}) &&
-                        register_algorithm({"winograd", Pass::BackwardInput, 40, supports, run_backward_input});
+                        register_algorithm({"winograd", Pass::BackwardInput, 40, supports, run_backward_input}) &&
+                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports, run_backward_weight});
 
 }  // namespace
 }  // namespace cpu
@@ -134,6 +141,38 @@ inline void output_tile(const V* m, V bias, V* y) {
   for (int a = 0; a < 2; ++a) {
     y[a * 2 + 0] = Isa::add(Isa::add(Isa::add(s[a][0], s[a][1]), s[a][2]), bias);
     y[a * 2 + 1] = Isa::add(Isa::sub(Isa::sub(s[a][1], s[a][2]), s[a][3]), bias);
+  }
+}
+
+// E = A e A^T: the 2x2 output gradient e[a][b] -> E[i*4+j] (A = (A^T)^T, 4x2).
+inline void dy_tile(const V (*e)[2], V* E) {
+  const V z = Isa::zero();
+  V f[4][2];
+  for (int b = 0; b < 2; ++b) {
+    f[0][b] = e[0][b], f[1][b] = Isa::add(e[0][b], e[1][b]);
+    f[2][b] = Isa::sub(e[0][b], e[1][b]), f[3][b] = Isa::sub(z, e[1][b]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    E[i * 4 + 0] = f[i][0];
+    E[i * 4 + 1] = Isa::add(f[i][0], f[i][1]);
+    E[i * 4 + 2] = Isa::sub(f[i][0], f[i][1]);
+    E[i * 4 + 3] = Isa::sub(z, f[i][1]);
+  }
+}
+
+// dw = G^T dU G: u[i*4+j] -> o[r*3+s] (the transpose of weight_tile).
+inline void weight_grad_tile(const V* u, V* o) {
+  const V h = Isa::set1(0.5f);
+  V z[3][4];
+  for (int j = 0; j < 4; ++j) {
+    const V p = Isa::mul(h, Isa::add(u[4 + j], u[8 + j]));
+    z[0][j] = Isa::add(u[j], p), z[1][j] = Isa::mul(h, Isa::sub(u[4 + j], u[8 + j])), z[2][j] = Isa::add(p, u[12 + j]);
+  }
+  for (int r = 0; r < 3; ++r) {
+    const V p = Isa::mul(h, Isa::add(z[r][1], z[r][2]));
+    o[r * 3 + 0] = Isa::add(z[r][0], p);
+    o[r * 3 + 1] = Isa::mul(h, Isa::sub(z[r][1], z[r][2]));
+    o[r * 3 + 2] = Isa::add(p, z[r][3]);
   }
 }
 
@@ -277,6 +316,46 @@ void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t
   }
 }
 
+// E[xi*et + t][Ks] = A e A^T for the tiles of tile rows [gr0, gr1) (all tile columns), e = the
+// 2x2 block of dy the tile produced (zeros past P, Q), t as in input_transform.
+void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0, int64_t gr1, float* E, int64_t et,
+                  int64_t t0) {
+  const int64_t K = s.K, P = s.P, Q = s.Q, Kg = e.Kg, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, Qb = 2 * tw;
+  float* band = s.nhwc ? nullptr : scratch(3, 2 * Qb * Ks);  // NCHW: the 2 dy rows, [row][q][Ks]
+  for (int64_t gr = gr0; gr < gr1; ++gr) {
+    const int64_t n = gr / e.th, ti = gr % e.th;
+    if (!s.nhwc)
+      for (int64_t a = 0; a < 2; ++a) {
+        float* row = band + a * Qb * Ks;
+        const int64_t p = 2 * ti + a;
+        if (p >= P) {
+          std::memset(row, 0, sizeof(float) * Qb * Ks);
+          continue;
+        }
+        if (Qb > Q) std::memset(row + Q * Ks, 0, sizeof(float) * (Qb - Q) * Ks);
+        for (int64_t g = 0; g < s.G; ++g)
+          transpose_rows(dy + ((n * K + g * Kg) * P + p) * Q, P * Q, Kg, Q, Ks, row + g * Kgp, Kgp);
+      }
+    for (int64_t j = 0; j < tw; ++j) {
+      const int64_t t = t0 + (gr - gr0) * tw + j;
+      for (int64_t g = 0; g < s.G; ++g)
+        for (int64_t k0 = 0; k0 < Kgp; k0 += VL) {
+          const int64_t kc = g * Kgp + k0;
+          V ev[2][2], E16[16];
+          for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b) {
+              const int64_t p = 2 * ti + a, q = 2 * j + b;
+              if (!s.nhwc) ev[a][b] = Isa::load(band + (a * Qb + q) * Ks + kc);
+              else if (p < P && q < Q) ev[a][b] = Isa::loadm(dy + ((n * P + p) * Q + q) * K + g * Kg + k0, Isa::mask(Kg - k0));
+              else ev[a][b] = Isa::zero();
+            }
+          dy_tile(ev, E16);
+          for (int xi = 0; xi < 16; ++xi) Isa::store(E + (xi * et + t) * Ks + kc, E16[xi]);
+        }
+    }
+  }
+}
+
 }  // namespace
 
 // y = conv3x3(w, x) + bias for the forward-form problem s; flip: w is the forward filter of
@@ -366,6 +445,64 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
       output_transform(s, e, Mall, T, i * tw, R0 + i, R0 + i + 1, 0, tw, bp, y);
     });
   }
+}
+
+// dw = the weight gradient of the forward-form problem s (x input, dy output gradient):
+//     dU_xi[c][k] = sum_tiles V_xi[tile][c] * E_xi[tile][k],   dw[k][c] = G^T dU[c][k] G
+// (the exact gradient of y = A^T [U (.) V] A, which equals the direct convolution). Tiles are
+// taken in chunks of whole tile rows whose V and E fit in ~8 MiB (a function of the shape only);
+// per chunk, every tile is transformed, then a task per (group, xi, block of output channels)
+// adds the chunk's tiles into its part of dU on the micro-kernel (input channels are the
+// broadcast rows, read down V's columns; the whole chunk is one reduction in registers). Each
+// dU element is summed in the same order whatever the thread count: deterministic.
+void winograd_backward_weight(const WinoShape& s, const float* x, const float* dy, float* dw, int64_t macs) {
+  const Geo e(s);
+  const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
+  constexpr int64_t kChunkFloats = 2 * 1024 * 1024, kSumTiles = 64;
+  const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));
+  const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
+  float* Vall = scratch(4, 16 * T * Cs);
+  float* Eall = scratch(7, 16 * T * Ks);
+  float* dU = scratch(8, G * 16 * Cg * Kgp);  // [g][xi][c][k]
+  const int64_t kbw = Isa::kMaxNV * VL, nkb = ceil_div(Kgp, kbw);
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
+    for_each_task(R1 - R0, macs, [&](int64_t i) {
+      input_transform(s, e, x, R0 + i, R0 + i + 1, 0, tw, Vall, T, i * tw);
+      dy_transform(s, e, dy, R0 + i, R0 + i + 1, Eall, T, i * tw);
+    });
+    for_each_task(G * 16 * nkb, macs, [&](int64_t task) {
+      static const int64_t zero = 0;
+      const int64_t g = task / (16 * nkb), xi = (task / nkb) % 16, k0 = (task % nkb) * kbw;
+      const int nv = static_cast<int>(std::min(kbw, Kgp - k0) / VL);
+      const int64_t MR = Isa::mr(nv);
+      // pieces of kSumTiles tiles, each summed in registers and then added to dU: shorter
+      // float32 sums than one run over the chunk (the error grows with the length of a sum)
+      for (int64_t c0 = 0; c0 < Cg; c0 += MR)
+        for (int64_t l0 = 0; l0 < nt; l0 += kSumTiles) {
+          Tile tl;
+          tl.a = Vall + (xi * T + l0) * Cs + g * Cg + c0, tl.a_is = 1, tl.a_ls = Cs;
+          tl.b = Eall + (xi * T + l0) * Ks + g * Kgp + k0, tl.b_ls = Ks;
+          tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = std::min(kSumTiles, nt - l0);
+          tl.mr = static_cast<int>(std::min(MR, Cg - c0));
+          tl.c = dU + ((g * 16 + xi) * Cg + c0) * Kgp + k0, tl.ldc = Kgp, tl.accumulate = ch > 0 || l0 > 0;
+          run_tile<false>(nv, tl);
+        }
+    });
+  }
+  // dw = G^T dU G, VL filters at a time, transposed back to (K, Cg, 3, 3)
+  const int64_t nkv = Kgp / VL;
+  for_each_task(G * nkv, macs, [&](int64_t task) {
+    const int64_t g = task / nkv, k0 = (task % nkv) * VL;
+    float* tmp = scratch(3, Cg * 9 * VL);
+    V u[16], o[9];
+    for (int64_t c = 0; c < Cg; ++c) {
+      for (int xi = 0; xi < 16; ++xi) u[xi] = Isa::load(dU + ((g * 16 + xi) * Cg + c) * Kgp + k0);
+      weight_grad_tile(u, o);
+      for (int rs = 0; rs < 9; ++rs) Isa::store(tmp + (c * 9 + rs) * VL, o[rs]);
+    }
+    transpose_rows(tmp, VL, Cg * 9, std::min<int64_t>(VL, Kg - k0), Cg * 9, dw + (g * Kg + k0) * Cg * 9, Cg * 9);
+  });
 }
 
 }  // namespace CONV_EXT_ISA_NS
