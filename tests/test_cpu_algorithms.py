@@ -58,7 +58,16 @@ DEPTHWISE = [
     ((2, 32, 7, 7), 32, (3, 3), 1, 1, 1, 32),          # small NCHW planes, C % 16 == 0: via NHWC
     ((1, 48, 10, 9), 48, (5, 5), 2, 2, 1, 48),         # the same, stride 2
 ]
-SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE
+WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
+    ((2, 32, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # odd sizes: half tiles at the edges
+    ((1, 40, 7, 6), 56, (3, 3), 1, (0, 2), 1, 1),      # padding 0 and 2, channel tails vs 16 lanes
+    ((1, 128, 6, 5), 136, (3, 3), 1, (1, 2), 1, 2),    # groups
+    ((2, 32, 3, 1), 64, (3, 3), 1, 1, 1, 1),           # one output column
+    ((2, 160, 9, 7), 160, (3, 3), 1, 1, 1, 1),         # large U: per-block weights, 2 reduction pieces
+    ((2, 144, 34, 34), 144, (3, 3), 1, 1, 1, 1),       # large U, 2 chunks of tiles
+    ((2, 96, 40, 40), 96, (3, 3), 1, 1, 1, 1),         # small U; backward-weight in 2 chunks
+]
+SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD
 
 
 def make(shape, layout, dtype=torch.float64, seed=0):
@@ -142,7 +151,7 @@ def test_against_reference(algo, pass_name, shape, layout):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("shape", [GENERAL[2], GENERAL[9], ONE_BY_ONE[1], DEPTHWISE[1]], ids=str)
+@pytest.mark.parametrize("shape", [GENERAL[2], GENERAL[9], ONE_BY_ONE[1], DEPTHWISE[1], WINOGRAD[6]], ids=str)
 def test_deterministic(shape, layout):
     """Same bits on two runs and for 1 and 2 threads (backward-weight reduces in a fixed order)."""
     x, wt, b, dy, geo = (t if isinstance(t, tuple) else t for t in make(shape, layout, torch.float32))
@@ -167,6 +176,8 @@ ACCURACY = [
     ((1, 96, 28, 28), 96, (3, 3), 2, 1, 1, 96),
     ((2, 128, 14, 14), 128, (3, 3), 2, 1, 1, 1),
     ((1, 3, 8, 8), 16, (3, 3), 1, 1, 1, 1),
+    ((2, 256, 14, 14), 256, (3, 3), 1, 1, 1, 1),    # Winograd, large U
+    ((2, 512, 7, 7), 512, (3, 3), 1, 1, 1, 1),
 ]
 
 
@@ -211,7 +222,7 @@ def test_lower_capability_subprocess(level):
     if level == "avx2" and conv_ext._C.cpu_capability() == "portable":
         pytest.skip("this CPU has no AVX2")
     env = dict(os.environ, CONV_EXT_CPU_CAPABILITY=level)
-    k = "test_against_reference and (implicit_gemm or gemm_1x1 or depthwise) and nhwc" if level == "avx2" else "test_default"
+    k = "test_against_reference and (implicit_gemm or gemm_1x1 or depthwise or winograd) and nhwc" if level == "avx2" else "test_default"
     if level == "avx2":  # a quarter of the cases keeps this quick; NCHW runs the same micro-kernel
         k += " or test_deterministic or test_default_accuracy"
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", k]
