@@ -108,37 +108,6 @@ FwdPlan fwd_plan(const Conv2dParams& p) {
   return f;
 }
 
-// Pack weights [g][kb][cb][r][s][c][NVL] (zeros past Kg) for the forward problem p, reading
-// element (g, k, c, r, s) through wat(g, k, c, r, s).
-template <typename WAt>
-float* fwd_pack(const Conv2dParams& p, const FwdPlan& f, const WAt& wat) {
-  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, RS = R * S, NVL = f.NVL;
-  float* wp = scratch(0, G * f.nkb * RS * Cg * NVL);
-  // one task per (group, output block): packing a 512x512x3x3 filter serially costs as much as
-  // a third of the convolution at batch 8
-  for_each_task(G * f.nkb, p.macs(), [&](int64_t gk) {
-    const int64_t g = gk / f.nkb, kb = gk % f.nkb;
-    {
-      float* panel0 = wp + (g * f.nkb + kb) * RS * Cg * NVL;
-      for (int64_t cb = 0; cb < f.ncb; ++cb) {
-        const int64_t c0 = cb * f.cc, ccb = std::min(f.cc, Cg - c0);
-        float* panel = panel0 + c0 * RS * NVL;
-        // blocks of 16 channels x NVL filters (<= 36 KiB for 3x3): the reads run along w's rows
-        // and the scattered writes stay in L1 until their lines are complete
-        for (int64_t cbl = 0; cbl < ccb; cbl += 16)
-          for (int64_t j = 0; j < NVL; ++j) {
-            const int64_t k = kb * NVL + j;
-            for (int64_t c = cbl; c < std::min(ccb, cbl + 16); ++c)
-              for (int64_t r = 0; r < R; ++r)
-                for (int64_t s = 0; s < S; ++s)
-                  panel[((r * S + s) * ccb + c) * NVL + j] = k < Kg ? wat(g, k, c0 + c, r, s) : 0.f;
-          }
-      }
-    }
-  });
-  return wp;
-}
-
 // y = conv(x, packed weights) + bias for the forward problem p (pad >= 0).
 void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const float* wp, const float* bias,
                  float* y, bool nhwc) {
@@ -237,7 +206,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
 
 // The forward filter itself (no flip): a panel's [c][r][s] x NVL block is the transpose of NVL
 // rows of w, done by 16x16 vector blocks (transpose_rows) and then put in [r][s][c] order a row
-// of NVL floats at a time. The scalar gather of fwd_pack took 2.8 ms per call for a 2048->512
+// of NVL floats at a time. A scalar gather (before) took 2.8 ms per call for a 2048->512
 // 1x1 filter (0.23 ms now; PYTHONPATH=. python benchmarks/cpu_kernels.py --cases 1x1 --layouts nhwc).
 float* fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const float* w) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S, NVL = f.NVL;
@@ -272,16 +241,32 @@ bool bwd_input_as_forward(const Conv2dParams& p) {
   return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
 }
 
+// Weights of that forward problem f (k' = c, c' = k): panel element (g, k', c', r, s) =
+// w[g*Kg + c', k', R-1-r, S-1-s]. For each c' the NVL filters k' of a block are one
+// transpose_rows of an NVL x R*S block of w; the taps are then written flipped, NVL floats at a time.
+float* fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float* w) {
+  const int64_t G = f.groups, Cgf = f.Cg(), Kgf = f.Kg(), RS = f.R * f.S, NVL = plan.NVL;
+  float* wp = scratch(0, G * plan.nkb * RS * Cgf * NVL);
+  for_each_task(G * plan.nkb, f.macs(), [&](int64_t gk) {
+    const int64_t g = gk / plan.nkb, j0 = (gk % plan.nkb) * NVL;
+    float* tmp = scratch(1, RS * NVL);
+    for (int64_t k = 0; k < Cgf; ++k) {  // c' of f = the original filter k
+      const int64_t c0 = k / plan.cc * plan.cc, ccb = std::min(plan.cc, Cgf - c0);
+      float* panel = wp + (gk * Cgf + c0) * RS * NVL;  // [r][s][c'][NVL]
+      transpose_rows(w + ((g * Cgf + k) * Kgf + j0) * RS, RS, std::min(NVL, Kgf - j0), RS, NVL, tmp);
+      for (int64_t rs = 0; rs < RS; ++rs)
+        std::memcpy(panel + (rs * ccb + k - c0) * NVL, tmp + (RS - 1 - rs) * NVL, sizeof(float) * NVL);
+    }
+  });
+  return wp;
+}
+
 void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
   Conv2dParams f = p;
   f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
   f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
   const FwdPlan plan = fwd_plan(f);
-  const int64_t Kg = p.Kg(), Cg = p.Cg(), R = p.R, S = p.S;
-  // forward element (g, k' = c, c' = k, r, s) = w[g*Kg + k, c, R-1-r, S-1-s]
-  const float* wp = fwd_pack(f, plan, [&](int64_t g, int64_t c, int64_t k, int64_t r, int64_t s) {
-    return w[(((g * Kg + k) * Cg + c) * R + (R - 1 - r)) * S + (S - 1 - s)];
-  });
+  const float* wp = fwd_pack_flipped(f, plan, w);
   fwd_compute(f, plan, dy, wp, nullptr, dx, nhwc);
 }
 
