@@ -357,20 +357,15 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   float* wp = scratch(0, G * nob * RS * Kg * NVL);
   for_each_task(G * nob, p.macs(), [&](int64_t go) {
     const int64_t g = go / nob, ob = go % nob;
-    {
-      float* panel0 = wp + (g * nob + ob) * RS * Kg * NVL;
-      for (int64_t kcb = 0; kcb < nkc; ++kcb) {
-        const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
-        float* panel = panel0 + k0 * RS * NVL;
+    float* panel0 = wp + (g * nob + ob) * RS * Kg * NVL;
+    float* tmp = scratch(1, RS * NVL);
+    for (int64_t kcb = 0; kcb < nkc; ++kcb) {
+      const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
+      float* panel = panel0 + k0 * RS * NVL;
+      for (int64_t k = 0; k < kcl; ++k) {  // tmp[rs][j] = w[k][ob*NVL + j][rs] (vector transposes)
+        transpose_rows(w + ((g * Kg + k0 + k) * Cg + ob * NVL) * RS, RS, std::min(NVL, Cg - ob * NVL), RS, NVL, tmp);
         for (int64_t rs = 0; rs < RS; ++rs)
-          for (int64_t k = 0; k < kcl; ++k) {
-            float* d = panel + (rs * kcl + k) * NVL;
-            const float* src = w + (g * Kg + k0 + k) * Cg * RS + rs;
-            for (int64_t j = 0; j < NVL; ++j) {
-              const int64_t c = ob * NVL + j;
-              d[j] = c < Cg ? src[c * RS] : 0.f;
-            }
-          }
+          std::memcpy(panel + (rs * kcl + k) * NVL, tmp + rs * NVL, sizeof(float) * NVL);
       }
     }
   });
