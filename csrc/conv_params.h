@@ -75,4 +75,9 @@ CONV_EXT_HD bool weight_is_kcrs(const Conv2dParams& p) {
   return p.ws_s == 1 && p.ws_r == p.S && p.ws_c == p.R * p.S && p.ws_k == p.Cg() * p.R * p.S;
 }
 
+// True when w is a contiguous channels_last filter: K x R x S x Cg in memory.
+CONV_EXT_HD bool weight_is_krsc(const Conv2dParams& p) {
+  return p.ws_c == 1 && p.ws_s == p.Cg() && p.ws_r == p.S * p.Cg() && p.ws_k == p.R * p.S * p.Cg();
+}
+
 }  // namespace conv_ext

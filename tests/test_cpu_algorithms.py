@@ -235,3 +235,25 @@ def test_lower_capability_subprocess(level):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+# channels_last filters (what model.to(memory_format=torch.channels_last) gives) are read in place
+# by the algorithms that can (no KCRS copy per call); the packed panels must be the same, so the
+# results are the same bits as with a contiguous filter.
+@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
+@pytest.mark.parametrize("algo", ["implicit_gemm", "winograd"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [s for s in GENERAL + WINOGRAD if s[2] != (1, 1)], ids=str)
+def test_channels_last_filter(shape, layout, algo, pass_name):
+    x64, w64, b64, dy64, geo = make(shape, layout)
+    x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
+    wt_cl = wt.contiguous(memory_format=torch.channels_last)
+    if wt_cl.is_contiguous():
+        pytest.skip("the channels_last filter is also contiguous")
+    out = forced(algo, pass_name, x, wt_cl, b, dy, geo)
+    if out is None:
+        pytest.skip(f"{algo} does not support this problem")
+    assert torch.equal(out, forced(algo, pass_name, x, wt, b, dy, geo))
+    with testing.force_cpu_algorithm({pass_name: "reference"}):
+        ref64 = run_pass(pass_name, x64, w64, b64, dy64, geo)
+    assert rel_error(out, ref64) <= 1e-5

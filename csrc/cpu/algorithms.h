@@ -25,8 +25,8 @@ const char* pass_name(Pass pass);  // "forward", "backward_input", "backward_wei
 Pass pass_from_name(const std::string& name);
 
 // Operands of one call, in the layout the pass runs in: x and dy (and y, dx) are all
-// contiguous NCHW or all contiguous NHWC (see is_nchw / is_nhwc on the params), w and dw are
-// contiguous K x Cg x R x S.
+// contiguous NCHW or all contiguous NHWC (see is_nchw / is_nhwc on the params), dw is contiguous
+// K x Cg x R x S and so is w, except for algorithms with reads_krsc_weights (see below).
 //   Forward:        a = x,  b = w, bias (undefined if none) -> out = y   (N,K,P,Q)
 //   BackwardInput:  a = dy, b = w                           -> out = dx  (N,C,H,W)
 //   BackwardWeight: a = dy, b = x                           -> out = dw  (K,Cg,R,S)
@@ -45,6 +45,9 @@ struct Algorithm {
   // True when the algorithm computes this problem correctly and is worth choosing for it.
   std::function<bool(const Conv2dParams&, at::ScalarType)> supports;
   std::function<void(const Conv2dParams&, Operands&)> run;
+  // True when run() also reads a channels_last filter (K x R x S x Cg in memory, weight_is_krsc)
+  // in place; supports() is always asked with KCRS strides. Others get a KCRS copy.
+  bool reads_krsc_weights = false;
 };
 
 bool register_algorithm(Algorithm algorithm);

@@ -30,6 +30,24 @@ at::Tensor every_stride(const at::Tensor& t, const Conv2dParams& p) {  // t[:, :
 }
 constexpr int64_t kOne[2] = {1, 1};
 
+// The algorithm for the pass, and the filter it reads (w). A channels_last filter (K x R x S x C
+// in memory: what model.to(memory_format=torch.channels_last) gives) goes as it lies to the
+// algorithms that read it (Algorithm::reads_krsc_weights); the others get a KCRS copy, which
+// costs 1 ms per call for a 512x512x3x3 filter. The choice itself is made on KCRS strides.
+const Algorithm& choose_for_weight(Pass pass, Conv2dParams& p, const at::Tensor& weight, at::Tensor& w) {
+  const bool krsc = !weight.is_contiguous() && weight.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t Cg = p.Cg(), R = p.R, S = p.S;
+  p.ws_k = Cg * R * S, p.ws_c = R * S, p.ws_r = S, p.ws_s = 1;
+  const Algorithm& a = choose(pass, p, weight.scalar_type());
+  if (krsc && a.reads_krsc_weights) {
+    p.ws_k = R * S * Cg, p.ws_c = 1, p.ws_r = S * Cg, p.ws_s = Cg;
+    w = weight;
+  } else {
+    w = weight.contiguous();
+  }
+  return a;
+}
+
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                    const std::optional<at::Tensor>& bias_opt, at::IntArrayRef stride,
                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
@@ -45,10 +63,12 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   }
   if (strided_1x1(p, fmt, Pass::Forward))
     return forward(every_stride(input, p).contiguous(fmt), weight, bias_opt, kOne, padding, dilation, groups);
-  const at::Tensor x = input.contiguous(fmt), w = weight.contiguous();
-  set_strides(p, x, w, y, fmt);
+  const at::Tensor x = input.contiguous(fmt);
+  set_strides(p, x, weight, y, fmt);
+  at::Tensor w;
+  const Algorithm& algo = choose_for_weight(Pass::Forward, p, weight, w);
   Operands o{x, w, bias, y};
-  choose(Pass::Forward, p, y.scalar_type()).run(p, o);
+  algo.run(p, o);
   return y;
 }
 
@@ -66,10 +86,12 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
     sub.copy_(backward_input(grad_output, weight, sub.sizes(), kOne, padding, dilation, groups));
     return dx;
   }
-  const at::Tensor dy = grad_output.contiguous(fmt), w = weight.contiguous();
-  set_strides(p, dx, w, dy, fmt);
+  const at::Tensor dy = grad_output.contiguous(fmt);
+  set_strides(p, dx, weight, dy, fmt);
+  at::Tensor w;
+  const Algorithm& algo = choose_for_weight(Pass::BackwardInput, p, weight, w);
   Operands o{dy, w, at::Tensor(), dx};
-  choose(Pass::BackwardInput, p, dx.scalar_type()).run(p, o);
+  algo.run(p, o);
   return dx;
 }
 

@@ -71,8 +71,8 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 }
 
 const bool registered =
-    register_algorithm({"implicit_gemm", Pass::Forward, 10, supports, run_forward}) &&
-    register_algorithm({"implicit_gemm", Pass::BackwardInput, 10, supports, run_backward_input}) &&
+    register_algorithm({"implicit_gemm", Pass::Forward, 10, supports, run_forward, true}) &&
+    register_algorithm({"implicit_gemm", Pass::BackwardInput, 10, supports, run_backward_input, true}) &&
     register_algorithm({"implicit_gemm", Pass::BackwardWeight, 10, supports, run_backward_weight});
 
 }  // namespace
@@ -217,6 +217,12 @@ float* fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const float* w)
     for (int64_t c0 = 0; c0 < Cg; c0 += f.cc) {
       const int64_t ccb = std::min(f.cc, Cg - c0);
       float* panel = wp + (gk * Cg + c0) * RS * NVL;  // [r][s][c][NVL]
+      if (weight_is_krsc(p)) {  // channels_last filter: one transpose per tap, straight into the panel
+        for (int64_t rs = 0; rs < RS; ++rs)
+          transpose_rows(w + (g * Kg + k0) * Cg * RS + rs * Cg + c0, Cg * RS, std::min(NVL, Kg - k0), ccb, NVL,
+                         panel + rs * ccb * NVL);
+        continue;
+      }
       transpose_rows(w + ((g * Kg + k0) * Cg + c0) * RS, Cg * RS, std::min(NVL, Kg - k0), ccb * RS, NVL,
                      RS > 1 ? tmp : panel);
       if (RS > 1)
@@ -244,7 +250,8 @@ bool bwd_input_as_forward(const Conv2dParams& p) {
 // Weights of that forward problem f (k' = c, c' = k): panel element (g, k', c', r, s) =
 // w[g*Kg + c', k', R-1-r, S-1-s]. For each c' the NVL filters k' of a block are one
 // transpose_rows of an NVL x R*S block of w; the taps are then written flipped, NVL floats at a time.
-float* fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float* w) {
+// krsc: w is a channels_last filter, whose NVL filters k' at a tap are already side by side.
+float* fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float* w, bool krsc) {
   const int64_t G = f.groups, Cgf = f.Cg(), Kgf = f.Kg(), RS = f.R * f.S, NVL = plan.NVL;
   float* wp = scratch(0, G * plan.nkb * RS * Cgf * NVL);
   for_each_task(G * plan.nkb, f.macs(), [&](int64_t gk) {
@@ -253,7 +260,16 @@ float* fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float*
     for (int64_t k = 0; k < Cgf; ++k) {  // c' of f = the original filter k
       const int64_t c0 = k / plan.cc * plan.cc, ccb = std::min(plan.cc, Cgf - c0);
       float* panel = wp + (gk * Cgf + c0) * RS * NVL;  // [r][s][c'][NVL]
-      transpose_rows(w + ((g * Cgf + k) * Kgf + j0) * RS, RS, std::min(NVL, Kgf - j0), RS, NVL, tmp);
+      const int64_t jn = std::min(NVL, Kgf - j0);
+      if (krsc) {
+        for (int64_t rs = 0; rs < RS; ++rs) {
+          float* d = panel + (rs * ccb + k - c0) * NVL;
+          std::memcpy(d, w + ((g * Cgf + k) * RS + RS - 1 - rs) * Kgf + j0, sizeof(float) * jn);
+          std::memset(d + jn, 0, sizeof(float) * (NVL - jn));
+        }
+        continue;
+      }
+      transpose_rows(w + ((g * Cgf + k) * Kgf + j0) * RS, RS, jn, RS, NVL, tmp);
       for (int64_t rs = 0; rs < RS; ++rs)
         std::memcpy(panel + (rs * ccb + k - c0) * NVL, tmp + (RS - 1 - rs) * NVL, sizeof(float) * NVL);
     }
@@ -266,7 +282,7 @@ void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, f
   f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
   f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
   const FwdPlan plan = fwd_plan(f);
-  const float* wp = fwd_pack_flipped(f, plan, w);
+  const float* wp = fwd_pack_flipped(f, plan, w, weight_is_krsc(p));
   fwd_compute(f, plan, dy, wp, nullptr, dx, nhwc);
 }
 
@@ -293,7 +309,7 @@ void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, fl
         float* d = wp + ((g * njb + jb) * Kg + k) * NVL;
         for (int64_t jj = 0; jj < NVL; ++jj) {
           const int64_t j = jb * NVL + jj, rs = j / Cg, c = j % Cg;
-          d[jj] = j < J ? w[((g * Kg + k) * Cg + c) * RS + rs] : 0.f;
+          d[jj] = j < J ? w[(g * Kg + k) * p.ws_k + c * p.ws_c + rs / S * p.ws_r + rs % S * p.ws_s] : 0.f;
         }
       }
   for_each_task(N * G, p.macs(), [&](int64_t task) {
@@ -354,6 +370,7 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   const int64_t nkc = ceil_div(Kg, kc);
 
   // packed transposed weights [g][ob][kcb][r][s][k][NVL]
+  const bool krsc = weight_is_krsc(p);
   float* wp = scratch(0, G * nob * RS * Kg * NVL);
   for_each_task(G * nob, p.macs(), [&](int64_t go) {
     const int64_t g = go / nob, ob = go % nob;
@@ -362,8 +379,18 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
     for (int64_t kcb = 0; kcb < nkc; ++kcb) {
       const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
       float* panel = panel0 + k0 * RS * NVL;
-      for (int64_t k = 0; k < kcl; ++k) {  // tmp[rs][j] = w[k][ob*NVL + j][rs] (vector transposes)
-        transpose_rows(w + ((g * Kg + k0 + k) * Cg + ob * NVL) * RS, RS, std::min(NVL, Cg - ob * NVL), RS, NVL, tmp);
+      const int64_t jn = std::min(NVL, Cg - ob * NVL);
+      for (int64_t k = 0; k < kcl; ++k) {
+        if (krsc) {  // w[k][rs][ob*NVL ..] is already a row of channels
+          for (int64_t rs = 0; rs < RS; ++rs) {
+            float* d = panel + (rs * kcl + k) * NVL;
+            std::memcpy(d, w + ((g * Kg + k0 + k) * RS + rs) * Cg + ob * NVL, sizeof(float) * jn);
+            std::memset(d + jn, 0, sizeof(float) * (NVL - jn));
+          }
+          continue;
+        }
+        // tmp[rs][j] = w[k][ob*NVL + j][rs] (vector transposes)
+        transpose_rows(w + ((g * Kg + k0 + k) * Cg + ob * NVL) * RS, RS, jn, RS, NVL, tmp);
         for (int64_t rs = 0; rs < RS; ++rs)
           std::memcpy(panel + (rs * kcl + k) * NVL, tmp + rs * NVL, sizeof(float) * NVL);
       }

@@ -57,15 +57,15 @@ auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; 
 void run_forward(const Conv2dParams& p, Operands& o) {
   const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p)};
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
-  isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), false, bias, o.out.mutable_data_ptr<float>(),
-        p.macs());
+  isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), false, weight_is_krsc(p), bias,
+        o.out.mutable_data_ptr<float>(), p.macs());
 }
 
 // dx = conv(dy, w'), w'[c][k][r][s] = w[k][c][2-r][2-s], padding 2 - pad: dy is the input.
 void run_backward_input(const Conv2dParams& p, Operands& o) {
   const WinoShape s{p.N, p.K, p.P, p.Q, p.C, p.H, p.W, 2 - p.pad_h, 2 - p.pad_w, p.groups, is_nhwc(p)};
-  isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), true, nullptr, o.out.mutable_data_ptr<float>(),
-        p.macs());
+  isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), true, weight_is_krsc(p), nullptr,
+        o.out.mutable_data_ptr<float>(), p.macs());
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -74,8 +74,8 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
   f(s, o.b.const_data_ptr<float>(), o.a.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), p.macs());
 }
 
-const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports, run_forward}) &&
-                        register_algorithm({"winograd", Pass::BackwardInput, 40, supports, run_backward_input}) &&
+const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports, run_forward, true}) &&
+                        register_algorithm({"winograd", Pass::BackwardInput, 40, supports, run_backward_input, true}) &&
                         register_algorithm({"winograd", Pass::BackwardWeight, 40, supports, run_backward_weight});
 
 }  // namespace
@@ -182,17 +182,24 @@ inline void weight_grad_tile(const V* u, V* o) {
 // shape (G*Kg, Cg, 3, 3), written to out[xi*xs + row*ld + col]:
 //   forward (flip = false):       row = c, col = k, from w[g*Kg+k][c]
 //   backward-input (flip = true): row = k, col = c, from w[g*Kg+k][c] rotated by 180 degrees
-// Columns past Kg (Cg) are zero. The taps of VL filters are brought side by side by transpose_rows.
-void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, int64_t r0, int64_t nr,
+// Columns past Kg (Cg) are zero. w is KCRS, or KRSC (krsc: a channels_last filter). The taps of
+// VL filters are brought side by side by transpose_rows (KRSC backward: they already are).
+void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, bool krsc, int64_t r0, int64_t nr,
                   int64_t c0, int64_t ncp, float* out, int64_t xs, int64_t ld) {
   V taps[9], u[16];
   if (!flip) {
-    float* tmp = scratch(3, nr * 9 * VL);
+    float* tmp = scratch(3, nr * 9 * VL);  // tap (c, rs) of the VL filters at tmp + at(c, rs)*VL
+    const auto at = [&](int64_t c, int rs) { return krsc ? rs * nr + c : c * 9 + rs; };
     for (int64_t kb = 0; kb < ncp; kb += VL) {
       const int64_t k0 = c0 + kb, kn = std::max<int64_t>(0, std::min<int64_t>(VL, Kg - k0));
-      transpose_rows(w + ((g * Kg + k0) * Cg + r0) * 9, Cg * 9, kn, nr * 9, VL, tmp);
+      const float* wk = w + (g * Kg + k0) * Cg * 9;
+      if (krsc) {
+        for (int rs = 0; rs < 9; ++rs) transpose_rows(wk + rs * Cg + r0, Cg * 9, kn, nr, VL, tmp + rs * nr * VL);
+      } else {
+        transpose_rows(wk + r0 * 9, Cg * 9, kn, nr * 9, VL, tmp);
+      }
       for (int64_t r = 0; r < nr; ++r) {
-        for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + (r * 9 + rs) * VL);
+        for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + at(r, rs) * VL);
         weight_tile(taps, u);
         for (int xi = 0; xi < 16; ++xi) Isa::store(out + xi * xs + r * ld + kb, u[xi]);
       }
@@ -202,8 +209,14 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t cb = 0; cb < ncp; cb += VL) {
         const int64_t cc = c0 + cb, cn = std::max<int64_t>(0, std::min<int64_t>(VL, Cg - cc));
-        transpose_rows(w + ((g * Kg + r0 + r) * Cg + cc) * 9, 9, cn, 9, VL, tmp);
-        for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + (8 - rs) * VL);
+        const float* wk = w + (g * Kg + r0 + r) * Cg * 9;
+        if (krsc) {
+          const M m = Isa::mask(cn);
+          for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::loadm(wk + (8 - rs) * Cg + cc, m);
+        } else {
+          transpose_rows(wk + cc * 9, 9, cn, 9, VL, tmp);
+          for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + (8 - rs) * VL);
+        }
         weight_tile(taps, u);
         for (int xi = 0; xi < 16; ++xi) Isa::store(out + xi * xs + r * ld + cb, u[xi]);
       }
@@ -361,7 +374,8 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
 }  // namespace
 
 // y = conv3x3(w, x) + bias for the forward-form problem s; flip: w is the forward filter of
-// a backward-input problem (use its 180-degree rotation with k and c exchanged). bias may be null.
+// a backward-input problem (use its 180-degree rotation with k and c exchanged); krsc: w is a
+// channels_last filter. bias may be null.
 //
 // Two schedules:
 //  * small U (16 x C x K floats <= 1 MiB: few channels, typically large planes): U is computed
@@ -372,8 +386,8 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
 //    tiles: transform all of them, then a task per block of output channels computes its piece
 //    of U (<= 128 channels of reduction at a time, so it stays in L2) and multiplies every tile
 //    by it, then transform back. U is never written to memory.
-void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, const float* bias, float* y,
-                   int64_t macs) {
+void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
+                   float* y, int64_t macs) {
   const Geo e(s);
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
   // in forward form the filter of group g is Kg x Cg; w itself is (wK x wC) per group
@@ -390,7 +404,7 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
     const int64_t ncb = Kgp / VL;
     for_each_task(G * ncb, macs, [&](int64_t task) {
       const int64_t g = task / ncb, k0 = (task % ncb) * VL;
-      weight_panel(w, g, wK, wC, flip, 0, Cg, k0, VL, U + g * 16 * Cg * Kgp + k0, Cg * Kgp, Kgp);
+      weight_panel(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * 16 * Cg * Kgp + k0, Cg * Kgp, Kgp);
     });
     // Tiles per task: V and M of a task within ~2 MiB, and at least one task per thread.
     const int64_t T = rows * tw;
@@ -439,7 +453,7 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
       float* panel = scratch(6, 16 * pr * ncp);
       for (int64_t c0 = 0; c0 < Cg; c0 += kPanelRows) {
         const int64_t nr = std::min(kPanelRows, Cg - c0);
-        weight_panel(w, g, wK, wC, flip, c0, nr, k0, ncp, panel, nr * ncp, ncp);
+        weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, nr * ncp, ncp);
         gemms(Vall + g * Cg + c0, T, Cs, nt, nr, panel, nr * ncp, ncp, Mall, T, Ks, g * Kgp + k0, ncp, c0 > 0);
       }
     });
