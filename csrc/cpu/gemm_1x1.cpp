@@ -198,7 +198,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   const int64_t ipb = by_image ? std::max<int64_t>(1, 2 * kPiece / HW) : 1;  // images per call
   int64_t nchunk = std::min<int64_t>({ceil_div(16, G * njb), by_image ? N : ceil_div(total, kPiece),
                                       std::max<int64_t>(1, (int64_t(16) << 20) / part),
-                                      std::max<int64_t>(1, p.macs() / (int64_t(1) << 20))});
+                                      std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))});
   nchunk = std::max<int64_t>(1, nchunk);
   float* partial = scratch(0, nchunk * part);
 

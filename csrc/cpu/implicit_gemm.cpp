@@ -483,12 +483,13 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   const int64_t part = G * nkb * RS * Cg * NVL;  // one chunk's partial sums [g][kb][r][s][c][NVL]
 
   // Chunks of the N*P output rows: a function of the shape only (determinism), enough of them
-  // to keep the threads busy next to G*nkb, few enough that the partials stay small, and at
-  // least 1M multiply-adds each (was 4M: a CIFAR stem, 3->16 @32 batch 8 = 3.5M, ran as one
-  // chunk on one thread: NHWC 0.49x torch -> 0.71x, NCHW 0.84x -> 0.93x).
+  // to keep the threads busy next to G*nkb, few enough that the partials stay small: about 4M
+  // multiply-adds each, but at least 2 (a CIFAR stem, 3->16 @32 batch 8 = 3.5M, ran as one chunk
+  // on one thread: NHWC 0.49x torch -> 0.71x, NCHW 0.84x -> 0.93x; 1M-MAC chunks instead cost
+  // the 5x5 24->40 @27 layer 0.88x -> 0.70x forward+backward).
   const int64_t rows = N * P;
   int64_t nchunk = std::min<int64_t>({ceil_div(16, G * nkb), rows, std::max<int64_t>(1, (int64_t(16) << 20) / part),
-                                      std::max<int64_t>(1, p.macs() / (int64_t(1) << 20))});
+                                      std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))});
   nchunk = std::max<int64_t>(1, nchunk);
   float* partial = scratch(0, nchunk * part);
 
