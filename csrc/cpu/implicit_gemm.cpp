@@ -28,6 +28,8 @@
 //
 // Backward-input with few input channels (Cg*2 <= VL, the stem) scatters instead (col2im).
 //
+// 3x3 stride-1 layers with >= 32 channels per group now run winograd.cpp; the numbers below are
+// this kernel's own (force it with --algo implicit_gemm).
 // Speed (2 cores Zen 4 = 234 GFLOP/s FMA peak, fp32, batch 8; torch 2.13 oneDNN in brackets;
 // PYTHONPATH=. python benchmarks/cpu_kernels.py, full table in
 // benchmarks/cpu_kernels_results_2threads.txt):
