@@ -57,6 +57,7 @@ DEPTHWISE = [
     ((1, 70, 12, 12), 70, (7, 7), 1, 3, 1, 70),
     ((2, 32, 7, 7), 32, (3, 3), 1, 1, 1, 32),          # small NCHW planes, C % 16 == 0: via NHWC
     ((1, 48, 10, 9), 48, (5, 5), 2, 2, 1, 48),         # the same, stride 2
+    ((1, 40, 5, 21), 40, (3, 3), 1, (1, 0), 1, 40),    # NHWC rows in runs of 8 pixels: 8 + 8 + 3, channel tail
 ]
 WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 32, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # odd sizes: half tiles at the edges

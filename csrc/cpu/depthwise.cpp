@@ -145,7 +145,43 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
       for (int i = 0; i < nr; ++i)
         for (int64_t s = 0; s < S; ++s)
           rel[nrel] = ((n * Hs + rows[i]) * Ws + s * dw) * C, relw[nrel] = (rtap[i] * S + s) * Cp, ++nrel;
+    // Forward, 3 taps per row at stride 1 (MobileNet's 3x3): the interior pixels of the row go in
+    // runs of T per channel vector, each input vector loaded once for up to 3 FMAs (the pixel
+    // gather below loads 2 vectors per FMA). Columns [b_lo, b_hi) read no padding.
+    int64_t b_lo = 0, b_hi = 0;
+    if (!bwd && sw == 1 && dw == 1 && S == 3) {
+      constexpr int T = VL == 16 ? 8 : 4;  // T + 2 inputs + T sums + 3 weights in registers
+      b_lo = std::min(Wo, pw), b_hi = std::max(b_lo, std::min(Wo, Ws - 2 + pw));
+      b_hi = b_lo + (b_hi - b_lo) / T * T;  // whole runs only; the rest goes pixel by pixel
+      for (int64_t b0 = b_lo; b0 < b_hi; b0 += T) {  // the run's inputs (3 x (T+2) pixels) stay in L1
+        for (int64_t c0 = 0; c0 < C; c0 += VL) {
+          const M m = Isa::mask(C - c0);
+          const bool full = C - c0 >= VL;
+          const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and wt are padded to Cp
+          V acc[T];
+#pragma GCC unroll 8
+          for (int t = 0; t < T; ++t) acc[t] = bv;
+          for (int i = 0; i < nr; ++i) {
+            const float* xr = src + ((n * Hs + rows[i]) * Ws + b0 - pw) * C + c0;
+            const float* wr = wt + rtap[i] * 3 * Cp + c0;
+            const V w0 = Isa::load(wr), w1 = Isa::load(wr + Cp), w2 = Isa::load(wr + 2 * Cp);
+            V xv[T + 2];
+#pragma GCC unroll 10
+            for (int t = 0; t < T + 2; ++t) xv[t] = full ? Isa::load(xr + t * C) : Isa::loadm(xr + t * C, m);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t + 2], w2, Isa::fma(xv[t + 1], w1, Isa::fma(xv[t], w0, acc[t])));
+          }
+          float* o = out + ((n * Ho + a) * Wo + b0) * C + c0;
+          if (full)  // (masked stores are slow on Zen 4: only at the channel tail)
+            for (int t = 0; t < T; ++t) Isa::store(o + t * C, acc[t]);
+          else
+            for (int t = 0; t < T; ++t) Isa::storem(o + t * C, acc[t], m);
+        }
+      }
+    }
     for (int64_t b = 0; b < Wo; ++b) {
+      if (b == b_lo && b_hi > b_lo) b = b_hi;  // done above
+      if (b >= Wo) break;
       float* o = out + ((n * Ho + a) * Wo + b) * C;
       if (!bwd && b * sw - pw >= 0 && b * sw - pw + (S - 1) * dw < Ws) {
         gather_pixel<NVC>(src + (b * sw - pw) * C, rel, relw, nrel, wt, bias, o, C);
