@@ -58,6 +58,10 @@ DEPTHWISE = [
     ((2, 32, 7, 7), 32, (3, 3), 1, 1, 1, 32),          # small NCHW planes, C % 16 == 0: via NHWC
     ((1, 48, 10, 9), 48, (5, 5), 2, 2, 1, 48),         # the same, stride 2
     ((1, 40, 5, 21), 40, (3, 3), 1, (1, 0), 1, 40),    # NHWC rows in runs of 8 pixels: 8 + 8 + 3, channel tail
+    ((1, 24, 9, 40), 24, (5, 5), 1, 2, 1, 24),         # NHWC forward runs, 5 taps a row
+    ((1, 20, 8, 45), 20, (7, 7), 2, 3, 1, 20),         # NHWC forward runs, 7 taps at stride 2; dx phases
+    ((2, 16, 12, 36), 16, (3, 3), 2, 1, 1, 16),        # runs at stride 2, whole vectors; via NHWC in NCHW
+    ((1, 8, 11, 11), 8, (3, 3), 5, 1, 1, 8),           # stride 5: more phases than the per-phase tap lists
 ]
 WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 32, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # odd sizes: half tiles at the edges

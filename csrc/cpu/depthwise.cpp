@@ -113,6 +113,73 @@ inline void gather_pixel(const float* base, const int64_t* offs, const int64_t* 
   }
 }
 
+// Forward runs of one output row (NHWC, no dilation): for b in [b_lo, b_hi) (a multiple of kRun
+// long, no padding read) o[b][c] = bias[c] + sum_{i < nr, s < S} xrow[i][(b*SW + s)*C + c] *
+// wrow[i][s*Cp + c]. Per channel vector and run: kRun sums, S weights and the run's
+// (kRun-1)*SW + S input vectors of a filter row in registers, each input loaded once.
+constexpr int kRun = VL == 16 ? 8 : 4;
+template <int S, int SW>
+void forward_runs(const float* const* xrow, const float* const* wrow, int nr, const float* bias, float* orow,
+                  int64_t b_lo, int64_t b_hi, int64_t C, int64_t Cp) {
+  constexpr int T = kRun, NX = (T - 1) * SW + S;
+  for (int64_t b0 = b_lo; b0 < b_hi; b0 += T) {  // the run's inputs (nr x NX pixels) stay in L1
+    for (int64_t c0 = 0; c0 < C; c0 += VL) {
+      const M m = Isa::mask(C - c0);
+      const bool full = C - c0 >= VL;
+      const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and weights are padded to Cp
+      V acc[T];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) acc[t] = bv;
+      for (int i = 0; i < nr; ++i) {
+        const float* xr = xrow[i] + b0 * SW * C + c0;
+        V wv[S], xv[NX];
+#pragma GCC unroll 7
+        for (int s = 0; s < S; ++s) wv[s] = Isa::load(wrow[i] + s * Cp + c0);
+#pragma GCC unroll 24
+        for (int j = 0; j < NX; ++j) xv[j] = full ? Isa::load(xr + j * C) : Isa::loadm(xr + j * C, m);
+#pragma GCC unroll 7
+        for (int s = 0; s < S; ++s)
+#pragma GCC unroll 8
+          for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t * SW + s], wv[s], acc[t]);
+      }
+      float* o = orow + b0 * C + c0;
+      if (full)  // (masked stores are slow on Zen 4: only at the channel tail)
+        for (int t = 0; t < T; ++t) Isa::store(o + t * C, acc[t]);
+      else
+        for (int t = 0; t < T; ++t) Isa::storem(o + t * C, acc[t], m);
+    }
+  }
+}
+
+// Strided backward-input runs of one dx row and phase (NHWC): for j in [j_lo, j_hi) (a multiple
+// of kRun long, every tap inside dy) o[(phase + j*sw)*C + c] = sum_{e < nt} src[rel[e] + j*C + c] *
+// wt[widx[e] + c]. Per channel vector and run: kRun sums in registers, one load per FMA and
+// one weight load per kRun FMAs (the pixel gather loads two vectors per FMA).
+void phase_runs(const float* src, const int64_t* rel, const int64_t* widx, int nt, const float* wt, float* o,
+                int64_t sw, int64_t j_lo, int64_t j_hi, int64_t C) {
+  constexpr int T = kRun;
+  for (int64_t j0 = j_lo; j0 < j_hi; j0 += T) {
+    for (int64_t c0 = 0; c0 < C; c0 += VL) {
+      const M m = Isa::mask(C - c0);
+      const bool full = C - c0 >= VL;
+      V acc[T];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) acc[t] = Isa::zero();
+      for (int e = 0; e < nt; ++e) {
+        const float* sp = src + rel[e] + j0 * C + c0;
+        const V wv = Isa::load(wt + widx[e] + c0);  // weights are padded to Cp
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[t] = Isa::fma(full ? Isa::load(sp + t * C) : Isa::loadm(sp + t * C, m), wv, acc[t]);
+      }
+      float* op = o + j0 * sw * C + c0;
+      if (full)
+        for (int t = 0; t < T; ++t) Isa::store(op + t * sw * C, acc[t]);
+      else
+        for (int t = 0; t < T; ++t) Isa::storem(op + t * sw * C, acc[t], m);
+    }
+  }
+}
+
 // NHWC gather: out[n, a, b, c] = bias[c] + sum_{valid taps t} src[n, pixel(t), c] * wt[t][c]
 // forward: out = y (P x Q), src = x; backward-input (bwd): out = dx (H x W), src = dy.
 // Forward interior pixels reuse one tap list per row (offsets relative to the pixel).
@@ -145,39 +212,49 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
       for (int i = 0; i < nr; ++i)
         for (int64_t s = 0; s < S; ++s)
           rel[nrel] = ((n * Hs + rows[i]) * Ws + s * dw) * C, relw[nrel] = (rtap[i] * S + s) * Cp, ++nrel;
-    // Forward, 3 taps per row at stride 1 (MobileNet's 3x3): the interior pixels of the row go in
-    // runs of T per channel vector, each input vector loaded once for up to 3 FMAs (the pixel
-    // gather below loads 2 vectors per FMA). Columns [b_lo, b_hi) read no padding.
+    // Forward, 3/5/7 taps per row at stride 1 or 2, no dilation (MobileNet's layers): the
+    // interior pixels of the row go in runs of kRun per channel vector, each input vector loaded
+    // once for up to S FMAs (the pixel gather below loads 2 vectors per FMA).
     int64_t b_lo = 0, b_hi = 0;
-    if (!bwd && sw == 1 && dw == 1 && S == 3) {
-      constexpr int T = VL == 16 ? 8 : 4;  // T + 2 inputs + T sums + 3 weights in registers
-      b_lo = std::min(Wo, pw), b_hi = std::max(b_lo, std::min(Wo, Ws - 2 + pw));
-      b_hi = b_lo + (b_hi - b_lo) / T * T;  // whole runs only; the rest goes pixel by pixel
-      for (int64_t b0 = b_lo; b0 < b_hi; b0 += T) {  // the run's inputs (3 x (T+2) pixels) stay in L1
-        for (int64_t c0 = 0; c0 < C; c0 += VL) {
-          const M m = Isa::mask(C - c0);
-          const bool full = C - c0 >= VL;
-          const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and wt are padded to Cp
-          V acc[T];
-#pragma GCC unroll 8
-          for (int t = 0; t < T; ++t) acc[t] = bv;
-          for (int i = 0; i < nr; ++i) {
-            const float* xr = src + ((n * Hs + rows[i]) * Ws + b0 - pw) * C + c0;
-            const float* wr = wt + rtap[i] * 3 * Cp + c0;
-            const V w0 = Isa::load(wr), w1 = Isa::load(wr + Cp), w2 = Isa::load(wr + 2 * Cp);
-            V xv[T + 2];
-#pragma GCC unroll 10
-            for (int t = 0; t < T + 2; ++t) xv[t] = full ? Isa::load(xr + t * C) : Isa::loadm(xr + t * C, m);
-#pragma GCC unroll 8
-            for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t + 2], w2, Isa::fma(xv[t + 1], w1, Isa::fma(xv[t], w0, acc[t])));
-          }
-          float* o = out + ((n * Ho + a) * Wo + b0) * C + c0;
-          if (full)  // (masked stores are slow on Zen 4: only at the channel tail)
-            for (int t = 0; t < T; ++t) Isa::store(o + t * C, acc[t]);
-          else
-            for (int t = 0; t < T; ++t) Isa::storem(o + t * C, acc[t], m);
-        }
+    if (!bwd && dw == 1 && (sw == 1 || sw == 2) && (S == 3 || S == 5 || S == 7) && nr > 0) {
+      b_lo = std::min(Wo, ceil_div(pw, sw));  // columns [b_lo, b_hi) read no padding
+      b_hi = std::max(b_lo, std::min(Wo, floor_div(Ws - S + pw, sw) + 1));
+      b_hi = b_lo + (b_hi - b_lo) / kRun * kRun;  // whole runs only; the rest goes pixel by pixel
+      const float* xrow[kMaxTaps];
+      const float* wrow[kMaxTaps];
+      for (int i = 0; i < nr; ++i)
+        xrow[i] = src + ((n * Hs + rows[i]) * Ws - pw) * C, wrow[i] = wt + rtap[i] * S * Cp;
+      float* orow = out + (n * Ho + a) * Wo * C;
+      const auto runs = S == 3 ? (sw == 1 ? forward_runs<3, 1> : forward_runs<3, 2>)
+                      : S == 5 ? (sw == 1 ? forward_runs<5, 1> : forward_runs<5, 2>)
+                               : (sw == 1 ? forward_runs<7, 1> : forward_runs<7, 2>);
+      runs(xrow, wrow, nr, bias, orow, b_lo, b_hi, C, Cp);
+    }
+    // Strided backward-input: the taps of dx column b depend only on its phase b % sw, and for
+    // b = phase + j*sw they read dy columns j + k (k fixed per tap): one tap list per phase,
+    // relative to column j, serves every column whose taps all lie inside dy.
+    constexpr int kPhases = 4;
+    int64_t prel[kPhases][kMaxTaps], prelw[kPhases][kMaxTaps], kmin[kPhases], kmax[kPhases], jlo[kPhases], jhi[kPhases];
+    int np[kPhases];
+    const bool phased = bwd && sw <= kPhases;
+    for (int64_t phase = 0; phased && phase < std::min(sw, Wo); ++phase) {
+      np[phase] = 0, kmin[phase] = Ws, kmax[phase] = -1;
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t t = phase + pw - s * dw;
+        if (floor_mod(t, sw) != 0) continue;
+        const int64_t k = floor_div(t, sw);
+        kmin[phase] = std::min(kmin[phase], k), kmax[phase] = std::max(kmax[phase], k);
+        for (int i = 0; i < nr; ++i)
+          prel[phase][np[phase]] = ((n * Hs + rows[i]) * Ws + k) * C, prelw[phase][np[phase]] = (rtap[i] * S + s) * Cp,
+          ++np[phase];
       }
+      // the columns j whose taps all lie inside dy, in whole runs
+      const int64_t ncol = ceil_div(Wo - phase, sw);
+      jlo[phase] = std::min(ncol, std::max<int64_t>(0, -kmin[phase]));
+      jhi[phase] = std::max(jlo[phase], std::min(ncol, Ws - kmax[phase]));
+      jhi[phase] = np[phase] == 0 ? jlo[phase] : jlo[phase] + (jhi[phase] - jlo[phase]) / kRun * kRun;
+      phase_runs(src, prel[phase], prelw[phase], np[phase], wt, out + ((n * Ho + a) * Wo + phase) * C, sw, jlo[phase],
+                 jhi[phase], C);
     }
     for (int64_t b = 0; b < Wo; ++b) {
       if (b == b_lo && b_hi > b_lo) b = b_hi;  // done above
@@ -186,6 +263,14 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
       if (!bwd && b * sw - pw >= 0 && b * sw - pw + (S - 1) * dw < Ws) {
         gather_pixel<NVC>(src + (b * sw - pw) * C, rel, relw, nrel, wt, bias, o, C);
         continue;
+      }
+      if (phased) {
+        const int64_t phase = b % sw, j = b / sw;
+        if (j >= jlo[phase] && j < jhi[phase]) continue;  // done in runs
+        if (np[phase] == 0 || (j + kmin[phase] >= 0 && j + kmax[phase] < Ws)) {
+          gather_pixel<NVC>(src + j * C, prel[phase], prelw[phase], np[phase], wt, bias, o, C);
+          continue;
+        }
       }
       int nt = 0;
       for (int64_t s = 0; s < S; ++s) {
@@ -402,8 +487,9 @@ void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x
   }
 }
 
-// NHWC backward-weight: a task owns VL channels and sums over all pixels, row by row (a row's
-// sum in registers, then added to the total: two-level sums). RT x ST > 0 fixes the filter size
+// NHWC backward-weight: per output row and channel vector, the row's sums in registers, then
+// added to its chunk's partial sums; the chunks are added in chunk order at the end (the same
+// bits for any thread count). RT x ST > 0 fixes the filter size
 // at compile time so the RT*ST accumulators live in registers and interior pixels skip the
 // bounds tests; RT = ST = 0 is the generic version.
 template <int RT, int ST>
@@ -415,33 +501,50 @@ void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x
   // output columns whose taps are all inside the image
   const int64_t q_lo = std::min(Q, std::max<int64_t>(0, ceil_div(pw, sw)));
   const int64_t q_hi = std::max(q_lo, std::min(Q, floor_div(W - 1 + pw - (S - 1) * dw, sw) + 1));
-  for_each_task(ceil_div(C, VL), p.macs(), [&](int64_t cb) {
-    const int64_t c0 = cb * VL;
-    const M m = Isa::mask(C - c0);
-    V total[kT], acc[kT];
-    for (int64_t t = 0; t < RS; ++t) total[t] = Isa::zero();
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t pp = 0; pp < P; ++pp) {
+  // The N*P output rows are cut into a fixed number of chunks (a function of the shape only,
+  // about 1M multiply-adds each, at least 2, at most 16); a task is a chunk and runs its rows in
+  // blocks of kQB output pixels, every channel vector of a block before the next block, so the
+  // input pixels a block reads are in L1 for all channels. (One task per channel vector over
+  // the whole batch read each cache line of x from memory in a separate strided pass per vector:
+  // 96@112/2 NHWC ran at 0.4-0.7x torch.)
+  constexpr int64_t kQB = 8;
+  const int64_t rows = N * P, ncb = ceil_div(C, VL);
+  const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>({rows, 16, std::max<int64_t>(2, p.macs() >> 20)}));
+  float* partial = scratch(6, nchunk * ncb * RS * VL);  // [chunk][cb][tap][VL]
+  for_each_task(nchunk, p.macs(), [&](int64_t chunk) {
+    float* part = partial + chunk * ncb * RS * VL;
+    std::fill(part, part + ncb * RS * VL, 0.f);
+    V acc[kT];
+    for (int64_t row = rows * chunk / nchunk; row < rows * (chunk + 1) / nchunk; ++row) {
+      const int64_t n = row / P, pp = row % P;
+      const float* xrow[kT > 7 ? 7 : kT] = {};
+      bool rvalid[kT > 7 ? 7 : kT] = {};
+      for (int64_t r = 0; r < R && r < 7; ++r) {
+        const int64_t ih = pp * sh - ph + r * dh;
+        rvalid[r] = ih >= 0 && ih < H;
+        xrow[r] = x + ((n * H + (rvalid[r] ? ih : 0)) * W) * C;
+      }
+      const float* grow = dy + ((n * P + pp) * Q) * C;
+      const M none = Isa::mask(0);
+      for (int64_t qb = 0; qb < Q; qb += kQB)
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const int64_t c0 = cb * VL;
+        const M m = Isa::mask(C - c0);
+        const bool full = C - c0 >= VL;  // (plain loads where the channel vector is whole)
 #pragma GCC unroll 49
         for (int t = 0; t < kT; ++t) acc[t] = Isa::zero();
-        const float* xrow[kT > 7 ? 7 : kT];
-        bool rvalid[kT > 7 ? 7 : kT];
-        for (int64_t r = 0; r < R && r < 7; ++r) {
-          const int64_t ih = pp * sh - ph + r * dh;
-          rvalid[r] = ih >= 0 && ih < H;
-          xrow[r] = x + ((n * H + (rvalid[r] ? ih : 0)) * W) * C + c0;
-        }
-        const float* grow = dy + ((n * P + pp) * Q) * C + c0;
-        const M none = Isa::mask(0);
-        for (int64_t q = 0; q < Q; ++q) {
-          const V g = Isa::loadm(grow + q * C, m);
+        for (int64_t q = qb; q < std::min(Q, qb + kQB); ++q) {
+          const V g = full ? Isa::load(grow + q * C + c0) : Isa::loadm(grow + q * C + c0, m);
           const int64_t iw0 = q * sw - pw;
           if (RT && q >= q_lo && q < q_hi && rvalid[0] && rvalid[R - 1]) {  // interior: no tests
 #pragma GCC unroll 7
             for (int r = 0; r < (RT ? RT : 1); ++r)
 #pragma GCC unroll 7
               for (int s = 0; s < (ST ? ST : 1); ++s)
-                acc[r * ST + s] = Isa::fma(g, Isa::loadm(xrow[r] + (iw0 + s * dw) * C, m), acc[r * ST + s]);
+              {
+                const float* xp = xrow[r] + (iw0 + s * dw) * C + c0;
+                acc[r * ST + s] = Isa::fma(g, full ? Isa::load(xp) : Isa::loadm(xp, m), acc[r * ST + s]);
+              }
           } else {  // edge: taps outside the image load zeros (masked loads do not fault)
 #pragma GCC unroll 7
             for (int r = 0; r < (RT ? RT : 7); ++r) {
@@ -451,19 +554,25 @@ void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x
                 if (!ST && s >= S) break;
                 const int64_t iw = iw0 + s * dw;
                 const bool ok = rvalid[r] && iw >= 0 && iw < W;
-                acc[r * S + s] = Isa::fma(g, Isa::loadm(xrow[r] + (ok ? iw : 0) * C, ok ? m : none), acc[r * S + s]);
+                acc[r * S + s] =
+                    Isa::fma(g, Isa::loadm(xrow[r] + (ok ? iw : 0) * C + c0, ok ? m : none), acc[r * S + s]);
               }
             }
           }
         }
-        for (int64_t t = 0; t < RS; ++t) total[t] = Isa::add(total[t], acc[t]);
+        float* pt = part + cb * RS * VL;  // the block's sums added to the chunk's
+        for (int64_t t = 0; t < RS; ++t) Isa::store(pt + t * VL, Isa::add(Isa::load(pt + t * VL), acc[t]));
       }
-    alignas(64) float tmp[VL];
-    for (int64_t t = 0; t < RS; ++t) {
-      Isa::store(tmp, total[t]);
-      for (int64_t i = 0; i < std::min<int64_t>(VL, C - c0); ++i) dwt[(c0 + i) * RS + t] = tmp[i];
     }
   });
+  // dw[c, tap] = sum over chunks, in chunk order
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < RS; ++t) {
+      const float* src = partial + ((c / VL) * RS + t) * VL + c % VL;
+      float sum = src[0];
+      for (int64_t ch = 1; ch < nchunk; ++ch) sum += src[ch * ncb * RS * VL];
+      dwt[c * RS + t] = sum;
+    }
 }
 
 // weights [R*S][Cp] (optionally flipped: tap (r,s) <- (R-1-r, S-1-s))
