@@ -125,3 +125,41 @@ def test_meta_tensors_give_shapes_and_layout():
     y = conv_ext.conv2d(x, w, stride=2, padding=1)
     assert y.device.type == "meta" and y.shape == (2, 8, 9, 10)
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+class _Sub(torch.Tensor):
+    """A trivial tensor subclass: conv_ext.conv2d takes torch.ops' path for it."""
+
+
+class _CountingMode(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_direct_binding_and_torch_ops_agree(device):
+    """conv2d on plain tensors calls the op through the C++ binding (_C.conv2d_forward); tensor
+    subclasses and torch-function modes go through torch.ops. Both give torch's values and
+    gradients, bit for bit the same as each other."""
+    ts, kw = leaves(CONFIGS[1], device)
+    y = conv_ext.conv2d(*ts, **kw)
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, ts, gy)
+    ref = F.conv2d(*ts, **kw)
+    assert rel_error(y, ref) <= 1e-10
+    for g, r in zip(grads, torch.autograd.grad(ref, ts, gy)):
+        assert rel_error(g, r) <= 1e-10
+
+    sub = [t.detach().as_subclass(_Sub).requires_grad_() for t in ts]
+    ys = conv_ext.conv2d(*sub, **kw)
+    assert torch.equal(ys.as_subclass(torch.Tensor), y)
+    for g, gs in zip(grads, torch.autograd.grad(ys, sub, gy)):
+        assert torch.equal(gs.as_subclass(torch.Tensor), g)
+
+    with _CountingMode() as mode:
+        ym = conv_ext.conv2d(*ts, **kw)
+    assert mode.calls > 0 and torch.equal(ym, y)
