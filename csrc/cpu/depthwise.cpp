@@ -580,13 +580,9 @@ void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x
     }
   });
   // dw[c, tap] = sum over chunks, in chunk order
+  sum_chunks(partial, nchunk, ncb * RS * VL);
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t t = 0; t < RS; ++t) {
-      const float* src = partial + ((c / VL) * RS + t) * VL + c % VL;
-      float sum = src[0];
-      for (int64_t ch = 1; ch < nchunk; ++ch) sum += src[ch * ncb * RS * VL];
-      dwt[c * RS + t] = sum;
-    }
+    for (int64_t t = 0; t < RS; ++t) dwt[c * RS + t] = partial[((c / VL) * RS + t) * VL + c % VL];
 }
 
 // weights [R*S][Cp] (optionally flipped: tap (r,s) <- (R-1-r, S-1-s))

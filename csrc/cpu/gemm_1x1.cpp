@@ -262,15 +262,13 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   });
 
   // dw[g*Kg + k, c] = sum over chunks, in chunk order
-  for_each_task(G * Kg, nchunk * part, [&](int64_t gk) {
+  sum_chunks(partial, nchunk, part);
+  for_each_task(G * Kg, part, [&](int64_t gk) {
     const int64_t g = gk / Kg, k = gk % Kg;
     float* dst = dw + gk * Cg;
     for (int64_t c = 0; c < Cg; ++c) {
       const int64_t i = v_is_x ? k : c, j = v_is_x ? c : k;
-      const float* src = partial + ((g * njb + j / NVL) * Mi + i) * NVL + j % NVL;
-      float sum = src[0];
-      for (int64_t ch = 1; ch < nchunk; ++ch) sum += src[ch * part];
-      dst[c] = sum;
+      dst[c] = partial[((g * njb + j / NVL) * Mi + i) * NVL + j % NVL];
     }
   });
 }

@@ -587,18 +587,14 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   });
 
   // dw[k,c,r,s] = sum over chunks, in chunk order
+  sum_chunks(partial, nchunk, part);
   const int64_t CRS = Cg * RS;
-  for_each_task(G * Kg, nchunk * part, [&](int64_t gk) {
+  for_each_task(G * Kg, part, [&](int64_t gk) {
     const int64_t g = gk / Kg, k = gk % Kg, kb = k / NVL, j = k % NVL;
     const float* src = partial + (g * nkb + kb) * RS * Cg * NVL + j;
     float* dst = dwt + gk * CRS;
     for (int64_t c = 0; c < Cg; ++c)
-      for (int64_t rs = 0; rs < RS; ++rs) {
-        const int64_t off = (rs * Cg + c) * NVL;
-        float sum = src[off];
-        for (int64_t ch = 1; ch < nchunk; ++ch) sum += src[ch * part + off];
-        dst[c * RS + rs] = sum;
-      }
+      for (int64_t rs = 0; rs < RS; ++rs) dst[c * RS + rs] = src[(rs * Cg + c) * NVL];
   });
 }
 

@@ -43,6 +43,24 @@ void for_each_task(int64_t n, int64_t macs, const F& f) {
   });
 }
 
+// Adds partial buffers 1..nchunk-1 (chunk ch at partial + ch*part, `part` floats each) into
+// buffer 0, every element in chunk order: the same bits as `sum = p0; sum += p1; ...` per
+// element, but in contiguous blocks (vectorised, in parallel) instead of one element at a time
+// across buffers megabytes apart. The backward-weight kernels then read their result from
+// buffer 0. (3x3/2 128@56 NCHW backward-weight: the element-wise loop was ~45% of its time.)
+inline void sum_chunks(float* partial, int64_t nchunk, int64_t part) {
+  if (nchunk <= 1) return;
+  constexpr int64_t kBlock = 4096;
+  for_each_task((part + kBlock - 1) / kBlock, nchunk * part, [&](int64_t b) {
+    const int64_t i0 = b * kBlock, n = std::min(part, i0 + kBlock) - i0;
+    float* dst = partial + i0;
+    for (int64_t ch = 1; ch < nchunk; ++ch) {
+      const float* src = partial + ch * part + i0;
+      for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+    }
+  });
+}
+
 inline bool simd_available() { return cpu_capability() != "portable"; }
 inline bool use_avx512() { return cpu_capability() == "avx512"; }
 
