@@ -64,10 +64,16 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) { return wino_shape(p
 // output transform is not paid back. Forced, 2 threads, winograd vs implicit_gemm ms (NCHW/NHWC):
 // 32->32 @16 batch 8 fwd 0.122/0.113 vs 0.101/0.089; 64->32 @16 fwd 0.214/0.198 vs 0.191/0.173,
 // its backward-input (output 64) 0.171/0.157 vs 0.191/0.176; 48->48 @16 fwd 0.181/0.169 vs
-// 0.202/0.186. Backward-weight keeps 32x32 (0.137 vs 0.153 ms at 32->32 @16).
+// 0.202/0.186. Backward-weight wants 64 or more on both sides since implicit_gemm's chunk sums
+// became vector adds (sum_chunks): 32->32 @16 winograd 0.18/0.17 vs 0.116/0.102 ms, 64->64 @32
+// batch 8 1.64/1.44 vs 1.46/1.41, 64->64 @56 batch 4 2.74/1.67 vs 2.30/2.08 (a split decision),
+// 128->128 @28 1.43/1.35 vs 2.21/2.17.
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype) && p.Kg() >= 48; }
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   return supports(p, dtype) && p.Cg() >= 48;
+}
+bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
+  return supports(p, dtype) && std::min(p.Cg(), p.Kg()) >= 64;
 }
 
 auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
@@ -94,7 +100,7 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 
 const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports_forward, run_forward, true}) &&
                         register_algorithm({"winograd", Pass::BackwardInput, 40, supports_backward_input, run_backward_input, true}) &&
-                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports, run_backward_weight});
+                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports_backward_weight, run_backward_weight});
 
 }  // namespace
 }  // namespace cpu
