@@ -39,6 +39,9 @@ GENERAL = [
     ((1, 3, 32, 32), 70, (7, 7), 2, 3, 1, 1),          # the stem, small
     ((2, 8, 6, 6), 8, (3, 3), 1, 3, 1, 1),             # padding > dil*(R-1): bwd-input not a forward
     ((1, 7, 5, 6), 9, (2, 2), 1, 0, 1, 1),             # even kernel, no padding
+    ((2, 16, 11, 13), 16, (5, 5), 2, 2, 1, 1),         # NHWC bwd-weight, few k: (s, c) vectors 64 + 16
+    ((1, 12, 9, 10), 10, (3, 3), 1, (0, 1), 1, 1),     # the same, 36 = 32 + 4 (masked), k tiles 6 + 4
+    ((2, 24, 8, 8), 16, (3, 3), 1, 1, (2, 1), 2),      # the same with groups and row dilation
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),
