@@ -26,7 +26,9 @@
 // backward-weight NCHW: the dy band (rows pa..pb of each of NVL planes = one contiguous run per
 // plane) is transposed by transpose_rows (simd.h; AVX-512 16x16 vpermt2ps blocks), not scalar.
 //
-// Backward-input with few input channels (Cg*2 <= VL, the stem) scatters instead (col2im).
+// Backward-input with few input channels: at stride 1 (Cg*4 <= VL: CIFAR's stem) vectors over
+// the pixels of a dx row from zero-padded dy planes; strided (Cg*2 <= VL: the 7x7/2 stem)
+// scatter instead (col2im).
 //
 // 3x3 stride-1 layers with >= 32 channels per group now run winograd.cpp; the numbers below are
 // this kernel's own (force it with --algo implicit_gemm).
@@ -358,7 +360,74 @@ void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, fl
   });
 }
 
+// Few input channels at stride 1 (CIFAR's 3->16 stem): vectors over a dx row's pixels instead.
+// dx[n, c, ih, iw..iw+16) = sum_{k,r,s} w[k,c,r,s] * dyb[k][ih+ph-r*dh][iw+pw-s*dw ..]: dy is
+// copied once per image and group into zero-padded planes (dyb), so every tap is one unaligned
+// vector load and one FMA, with no bounds tests and no scatter (col2im spent most of its time in
+// the scalar scatter). CIFAR stem 8x3x32x32 <- 16 3x3, 2 threads (python -m conv_ext.bench --suite
+// default --passes backward_input --cases cifar.stem --layout nchw|nhwc), col2im -> this, torch
+// in brackets: NCHW 0.163 -> 0.085 ms [0.156], NHWC 0.155 -> 0.089 ms [0.127].
+bool bwd_input_use_pixel_rows(const Conv2dParams& p) {
+  const int64_t band = p.Kg() * (p.H + 2 * p.R * p.dil_h) * (round_up(p.W, 2 * VL) + 2 * p.S * p.dil_w);
+  return p.Cg() * 4 <= VL && p.stride_h == 1 && p.stride_w == 1 && band <= (int64_t(4) << 20);
+}
+
+void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
+  const int64_t ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  constexpr int NQ = 2;  // vectors per step: 2 x 16 pixels (CIFAR's 32-wide rows)
+  const int64_t padT = std::max<int64_t>(0, (R - 1) * dh - ph), padL = std::max<int64_t>(0, (S - 1) * dw - pw);
+  const int64_t Wr = round_up(W, NQ * VL);                    // dx columns computed per row
+  const int64_t Hb = H + ph + padT, Wb = Wr + pw + padL;      // dyb rows ih+ph-r*dh+padT, cols iw+pw-s*dw+padL
+  for_each_task(N * G, p.macs(), [&](int64_t task) {
+    const int64_t n = task / G, g = task % G;
+    float* dyb = scratch(1, Kg * Hb * Wb);
+    std::fill(dyb, dyb + Kg * Hb * Wb, 0.f);
+    const int64_t qn = std::min(Q, Wb - padL), on = std::min(P, Hb - padT);  // the dy pixels read
+    if (nhwc)  // a row of qn pixels x Kg channels -> Kg plane rows (vector transposes, simd.h)
+      for (int64_t oh = 0; oh < on; ++oh)
+        transpose_rows(dy + (n * P + oh) * Q * K + g * Kg, K, qn, Kg, Hb * Wb, dyb + (oh + padT) * Wb + padL, qn);
+    else
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t oh = 0; oh < on; ++oh)
+          std::memcpy(dyb + (k * Hb + oh + padT) * Wb + padL, dy + ((n * K + g * Kg + k) * P + oh) * Q, sizeof(float) * qn);
+    float* wt = scratch(2, Cg * Kg * RS);  // wt[c][k][r][s]
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t rs = 0; rs < RS; ++rs)
+          wt[(c * Kg + k) * RS + rs] = w[(g * Kg + k) * p.ws_k + c * p.ws_c + rs / S * p.ws_r + rs % S * p.ws_s];
+    alignas(64) float row[NQ * 16];
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t ih = 0; ih < H; ++ih)
+        for (int64_t iw0 = 0; iw0 < W; iw0 += NQ * VL) {
+          V acc[NQ];
+          for (int v = 0; v < NQ; ++v) acc[v] = Isa::zero();
+          const float* wc = wt + c * Kg * RS;
+          for (int64_t k = 0; k < Kg; ++k)
+            for (int64_t r = 0; r < R; ++r) {
+              const float* src = dyb + (k * Hb + ih + ph - r * dh + padT) * Wb + iw0 + pw + padL;
+              for (int64_t s = 0; s < S; ++s) {
+                const V wv = Isa::set1(wc[(k * R + r) * S + s]);
+#pragma GCC unroll 2
+                for (int v = 0; v < NQ; ++v) acc[v] = Isa::fma(wv, Isa::load(src - s * dw + v * VL), acc[v]);
+              }
+            }
+          const int64_t valid = std::min<int64_t>(NQ * VL, W - iw0);
+          if (!nhwc) {
+            float* d = dx + ((n * C + g * Cg + c) * H + ih) * W + iw0;
+            for (int v = 0; v < NQ; ++v) Isa::storem(d + v * VL, acc[v], Isa::mask(valid - v * VL));
+          } else {
+            for (int v = 0; v < NQ; ++v) Isa::store(row + v * VL, acc[v]);
+            float* d = dx + ((n * H + ih) * W + iw0) * C + g * Cg + c;
+            for (int64_t i = 0; i < valid; ++i) d[i * C] = row[i];
+          }
+        }
+  });
+}
+
 void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  if (bwd_input_use_pixel_rows(p)) return bwd_input_pixel_rows(p, dy, w, dx, nhwc);
   if (bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc);
   if (bwd_input_as_forward(p)) return bwd_input_stride1(p, dy, w, dx, nhwc);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
