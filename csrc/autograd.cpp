@@ -17,46 +17,13 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "op_handles.h"
+
 namespace conv_ext {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// ---- typed handles on the ops (resolved once) -------------------------------------------------
-at::Tensor forward_op(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("conv_ext::conv2d_forward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
-  return op.call(x, w, b, stride, padding, dilation, groups);
-}
-
-at::Tensor backward_input_op(const at::Tensor& dy, const at::Tensor& w, c10::SymIntArrayRef input_size,
-                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("conv_ext::conv2d_backward_input", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
-  return op.call(dy, w, input_size, stride, padding, dilation, groups);
-}
-
-at::Tensor backward_weight_op(const at::Tensor& dy, const at::Tensor& x, c10::SymIntArrayRef weight_size,
-                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("conv_ext::conv2d_backward_weight", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
-  return op.call(dy, x, weight_size, stride, padding, dilation, groups);
-}
-
-at::Tensor backward_bias_op(const at::Tensor& dy) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("conv_ext::conv2d_backward_bias", "")
-                       .typed<at::Tensor(const at::Tensor&)>();
-  return op.call(dy);
-}
 
 // ---- the geometry every op carries, saved between forward and backward ------------------------
 struct Geometry {
@@ -173,24 +140,52 @@ struct BackwardBias : public torch::autograd::Function<BackwardBias> {
   }
 };
 
+// When no gradient can be asked for -- grad mode off (inference, and every backward pass without
+// create_graph) or no input that requires grad -- the op runs below autograd directly, without a
+// graph node and its saved inputs and geometry (Function::apply builds both either way): about
+// 0.3 us of the (1,3,8,8)->16 layer's 5 us forward.
+bool records(const at::Tensor& a, const at::Tensor& b = at::Tensor(),
+             const std::optional<at::Tensor>& c = std::nullopt) {
+  return at::GradMode::is_enabled() &&
+         (a.requires_grad() || (b.defined() && b.requires_grad()) || (c.has_value() && c->defined() && c->requires_grad()));
+}
+
 at::Tensor forward_autograd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  if (!records(x, w, b)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return forward_op(x, w, b, stride, padding, dilation, groups);
+  }
   return Forward::apply(x, w, b, stride, padding, dilation, groups);
 }
 
 at::Tensor backward_input_autograd(const at::Tensor& dy, const at::Tensor& w, c10::SymIntArrayRef input_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                    int64_t groups) {
+  if (!records(dy, w)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_input_op(dy, w, input_size, stride, padding, dilation, groups);
+  }
   return BackwardInput::apply(dy, w, input_size, stride, padding, dilation, groups);
 }
 
 at::Tensor backward_weight_autograd(const at::Tensor& dy, const at::Tensor& x, c10::SymIntArrayRef weight_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
+  if (!records(dy, x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_weight_op(dy, x, weight_size, stride, padding, dilation, groups);
+  }
   return BackwardWeight::apply(dy, x, weight_size, stride, padding, dilation, groups);
 }
 
-at::Tensor backward_bias_autograd(const at::Tensor& dy) { return BackwardBias::apply(dy); }
+at::Tensor backward_bias_autograd(const at::Tensor& dy) {
+  if (!records(dy)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_bias_op(dy);
+  }
+  return BackwardBias::apply(dy);
+}
 
 }  // namespace
 

@@ -2,8 +2,9 @@
 // (TORCH_LIBRARY in ops.cpp and the backends); these functions expose build facts and the
 // CPU algorithm registry to conv_ext.info() and to the tests and benchmarks, and a direct
 // binding of the forward op for conv_ext.conv2d's eager path.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
+
+#include "op_handles.h"
 
 #include "cpu/algorithms.h"
 #ifdef CONV_EXT_WITH_CUDA
@@ -20,13 +21,8 @@ namespace {
 // torch.compile; torch.compile and tensor subclasses go through torch.ops.
 at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("conv_ext::conv2d_forward", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
-                            at::IntArrayRef, at::IntArrayRef, int64_t)>();
   pybind11::gil_scoped_release no_gil;  // as torch's own bindings do
-  return op.call(input, weight, bias, stride, padding, dilation, groups);
+  return conv_ext::forward_op(input, weight, bias, stride, padding, dilation, groups);
 }
 
 }  // namespace

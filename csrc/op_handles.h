@@ -1,0 +1,46 @@
+// op_handles.h — the conv_ext ops as typed dispatcher handles (resolved once), for C++ callers
+// that must go through the dispatcher: autograd.cpp (backward calls the other ops, so double
+// backward records its own graph) and python_module.cpp (conv_ext.conv2d's direct binding).
+#pragma once
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/Tensor.h>
+
+namespace conv_ext {
+
+inline at::Tensor forward_op(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("conv_ext::conv2d_forward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  return op.call(x, w, b, stride, padding, dilation, groups);
+}
+
+inline at::Tensor backward_input_op(const at::Tensor& dy, const at::Tensor& w, c10::SymIntArrayRef input_size,
+                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    int64_t groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("conv_ext::conv2d_backward_input", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
+                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  return op.call(dy, w, input_size, stride, padding, dilation, groups);
+}
+
+inline at::Tensor backward_weight_op(const at::Tensor& dy, const at::Tensor& x, c10::SymIntArrayRef weight_size,
+                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     int64_t groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("conv_ext::conv2d_backward_weight", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
+                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  return op.call(dy, x, weight_size, stride, padding, dilation, groups);
+}
+
+inline at::Tensor backward_bias_op(const at::Tensor& dy) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("conv_ext::conv2d_backward_bias", "")
+                       .typed<at::Tensor(const at::Tensor&)>();
+  return op.call(dy);
+}
+
+}  // namespace conv_ext
