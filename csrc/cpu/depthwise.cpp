@@ -42,8 +42,9 @@
 //   Since 2026-12-01 the copies are per (image, block of 16-64 channels) tiles in per-thread
 //   scratch, transposed in cache, instead of whole NHWC tensors (fresh 5-20 MB buffers each call,
 //   two memory round trips). Zen 5, 2 threads, forward+backward ratio vs torch before -> after
-//   (python -m conv_ext.bench --suite mobilenet_v2 --layout nchw --passes forward,all): 144@56/2
-//   0.63 -> 0.98, 192@28 0.68 -> 0.95, 576@14 0.72 -> 0.95, 960@7 0.82 -> 0.93.
+//   (python -m conv_ext.bench --suite mobilenet_v2 --layout nchw --passes forward,all): 192@28
+//   0.68 -> 0.95, 576@14 0.72 -> 0.95, 960@7 0.82 -> 0.93 (and 144@56/2, a larger plane on the
+//   NCHW kernel, 0.63 -> 0.98 with the vector plane packing of pack_phase_plane).
 //
 // Speed (2 cores Zen 4, batch 8, PYTHONPATH=. python benchmarks/cpu_kernels.py --cases mbv2;
 // torch in brackets, GFLOP/s): NCHW 96@112/2 fwd 9.2 [2.4], bwd-input 7.6 [1.4], 144@56 fwd 9.4
