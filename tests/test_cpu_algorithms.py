@@ -42,6 +42,8 @@ GENERAL = [
     ((2, 16, 11, 13), 16, (5, 5), 2, 2, 1, 1),         # NHWC bwd-weight, few k: (s, c) vectors 64 + 16
     ((1, 12, 9, 10), 10, (3, 3), 1, (0, 1), 1, 1),     # the same, 36 = 32 + 4 (masked), k tiles 6 + 4
     ((2, 24, 8, 8), 16, (3, 3), 1, 1, (2, 1), 2),      # the same with groups and row dilation
+    ((4, 64, 9, 9), 32, (3, 3), 2, 1, 1, 1),           # strided, small dy planes: bwd-input by col2im
+    ((2, 128, 7, 8), 64, (3, 3), 2, 1, 1, 2),          # the same with groups (N*G = 4)
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),

@@ -296,9 +296,20 @@ void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, f
 // ------------------------------------------------------------------------------------------
 // Few input channels (the stem: Cg = 3): gathering would fill 3 of 16 lanes, so scatter instead
 // (col2im): per image, T[pix, (r,s,c)] = sum_k dy[pix, k] * w[k, c, r, s] on the micro-kernel
-// (dy read as it lies, vectors over the R*S*Cg columns), then each T row is added into the dx
-// pixels it came from, in a fixed order (one task per image and group: deterministic).
-bool bwd_input_use_col2im(const Conv2dParams& p) { return p.Cg() * 2 <= VL && p.R * p.S * p.Cg() >= VL; }
+// (dy read as it lies, vectors over the R*S*Cg columns; the filter packed by vector transposes),
+// then each T row is added into the dx pixels it came from, in a fixed order (one task per image
+// and group: deterministic); NCHW adds into an NHWC image of the group, transposed at the end.
+// Strided layers with small dy planes take it too: there each stride phase of the gather is a
+// small problem (a 7x7 plane, 1-4 taps), while T is one GEMM over all taps at the micro-kernel's
+// full speed. ResNet-50 batch 8, 2 threads, ms phase gather -> col2im [torch], NCHW / NHWC:
+// 512@14/2 10.1 -> 7.6 [6.8] / 10.2 -> 6.5 [7.3]; 256@28/2 6.4 -> 5.5 [6.3] / 6.2 -> 5.2 [5.1];
+// 128@56/2 (784 dy pixels) a tie, so it stays with the gather. A task is an image (and group),
+// so at least 4 of them (a rule of the shape only, not of the thread count: same bits).
+bool bwd_input_use_col2im(const Conv2dParams& p) {
+  const bool strided = p.stride_h > 1 || p.stride_w > 1;
+  return (p.Cg() * 2 <= VL && p.R * p.S * p.Cg() >= VL) ||
+         (strided && p.Cg() >= 64 && p.P * p.Q <= 196 && p.N * p.groups >= 4);
+}
 
 void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
@@ -307,22 +318,22 @@ void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, fl
   const int nv = choose_nv(J);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), njb = ceil_div(J, NVL), Jp = njb * NVL;
   float* wp = scratch(0, G * njb * Kg * NVL);  // [g][jb][k][NVL], column j = (r*S + s)*Cg + c
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t jb = 0; jb < njb; ++jb)
-      for (int64_t k = 0; k < Kg; ++k) {
-        float* d = wp + ((g * njb + jb) * Kg + k) * NVL;
-        for (int64_t jj = 0; jj < NVL; ++jj) {
-          const int64_t j = jb * NVL + jj, rs = j / Cg, c = j % Cg;
-          d[jj] = j < J ? w[(g * Kg + k) * p.ws_k + c * p.ws_c + rs / S * p.ws_r + rs % S * p.ws_s] : 0.f;
-        }
-      }
+  const bool krsc = weight_is_krsc(p);
+  for_each_task(G * Kg, G * Kg * J * 16, [&](int64_t gk) {
+    const int64_t g = gk / Kg, k = gk % Kg;
+    float* row = scratch(1, Jp);  // filter k as [r][s][c], zero-padded to Jp
+    if (krsc) std::memcpy(row, w + gk * J, sizeof(float) * J);
+    else transpose_rows(w + gk * J, RS, Cg, RS, Cg, row);  // [c][rs] -> [rs][c]
+    std::fill(row + J, row + Jp, 0.f);
+    for (int64_t jb = 0; jb < njb; ++jb) std::memcpy(wp + ((g * njb + jb) * Kg + k) * NVL, row + jb * NVL, sizeof(float) * NVL);
+  });
   for_each_task(N * G, p.macs(), [&](int64_t task) {
     const int64_t n = task / G, g = task % G;
-    if (nhwc) {
-      for (int64_t i = 0; i < H * W; ++i) std::memset(dx + (n * H * W + i) * C + g * Cg, 0, sizeof(float) * Cg);
-    } else {
-      std::memset(dx + (n * C + g * Cg) * H * W, 0, sizeof(float) * Cg * H * W);
-    }
+    // NHWC: add straight into dx; NCHW: into an NHWC image of this group's channels, transposed
+    // into dx at the end (the adds then run along contiguous channels either way)
+    float* img = nhwc ? dx + n * H * W * C + g * Cg : scratch(3, H * W * Cg);
+    const int64_t ldi = nhwc ? C : Cg;  // pixel stride of img
+    for (int64_t i = 0; i < H * W; ++i) std::memset(img + i * ldi, 0, sizeof(float) * Cg);
     float* tbuf = scratch(2, MR * Jp);
     const int64_t zero = 0;
     for (int64_t f0 = 0; f0 < PQ; f0 += MR) {
@@ -346,17 +357,13 @@ void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, fl
             const int64_t iw = q * sw - pw + s * dw;
             if (iw < 0 || iw >= W) continue;
             const float* tv = trow + (r * S + s) * Cg;
-            if (nhwc) {
-              float* d = dx + ((n * H + ih) * W + iw) * C + g * Cg;
-              for (int64_t c = 0; c < Cg; ++c) d[c] += tv[c];
-            } else {
-              float* d = dx + ((n * C + g * Cg) * H + ih) * W + iw;
-              for (int64_t c = 0; c < Cg; ++c) d[c * H * W] += tv[c];
-            }
+            float* d = img + (ih * W + iw) * ldi;
+            for (int64_t c = 0; c < Cg; ++c) d[c] += tv[c];
           }
         }
       }
     }
+    if (!nhwc) transpose_rows(img, Cg, H * W, Cg, H * W, dx + (n * C + g * Cg) * H * W);  // [pix][c] -> [c][pix]
   });
 }
 
