@@ -661,22 +661,33 @@ Conv2dParams channel_block(const Conv2dParams& p, int64_t B) {
 void block_to_nhwc(const float* planes, int64_t HW, int64_t B, float* tile) { transpose_rows(planes, HW, B, HW, B, tile); }
 void block_to_nchw(const float* tile, int64_t HW, int64_t B, float* planes) { transpose_rows(tile, B, HW, B, HW, planes); }
 
+// Forward and backward-input on NHWC tiles: per (image, block of B channels), the block of
+// `in` (N x C x in_hw) is transposed into a tile, kernel(q, tile_in, c0, tile_out) runs the
+// 16..64-channel NHWC sub-problem q, and its tile is transposed into `out` (N x C x out_hw).
+template <typename F>
+void on_nhwc_tiles(const Conv2dParams& p, const float* in, int64_t in_hw, float* out, int64_t out_hw,
+                   const F& kernel) {
+  const Conv2dParams q = channel_block(p, block_channels(p.C));
+  const int64_t B = q.C, nb = p.C / B;
+  for_each_task(p.N * nb, p.macs(), [&](int64_t task) {
+    const int64_t n = task / nb, c0 = (task % nb) * B;
+    float* ti = scratch(8, in_hw * B);
+    float* to = scratch(9, out_hw * B);
+    block_to_nhwc(in + (n * p.C + c0) * in_hw, in_hw, B, ti);
+    kernel(q, ti, c0, to);
+    block_to_nchw(to, out_hw, B, out + (n * p.C + c0) * out_hw);
+  });
+}
+
 }  // namespace
 
 void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
                        bool nhwc) {
   if (!nhwc && via_nhwc(p)) {
-    const Conv2dParams q = channel_block(p, block_channels(p.C));
-    const int64_t B = q.C, nb = p.C / B, HW = p.H * p.W, PQ = p.P * p.Q, RS = p.R * p.S;
-    for_each_task(p.N * nb, p.macs(), [&](int64_t task) {
-      const int64_t n = task / nb, c0 = (task % nb) * B;
-      float* xt = scratch(8, HW * B);
-      float* yt = scratch(9, PQ * B);
-      block_to_nhwc(x + (n * p.C + c0) * HW, HW, B, xt);
+    const int64_t RS = p.R * p.S;
+    return on_nhwc_tiles(p, x, p.H * p.W, y, p.P * p.Q, [&](const Conv2dParams& q, const float* xt, int64_t c0, float* yt) {
       depthwise_forward(q, xt, w + c0 * RS, bias ? bias + c0 : nullptr, yt, true);
-      block_to_nchw(yt, PQ, B, y + (n * p.K + c0) * PQ);
     });
-    return;
   }
   if (!nhwc) return nchw_forward(p, x, w, bias, y);
   float* bp = nullptr;
@@ -690,17 +701,10 @@ void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, co
 
 void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
   if (!nhwc && via_nhwc(p)) {
-    const Conv2dParams q = channel_block(p, block_channels(p.C));
-    const int64_t B = q.C, nb = p.C / B, HW = p.H * p.W, PQ = p.P * p.Q, RS = p.R * p.S;
-    for_each_task(p.N * nb, p.macs(), [&](int64_t task) {
-      const int64_t n = task / nb, c0 = (task % nb) * B;
-      float* dyt = scratch(8, PQ * B);
-      float* dxt = scratch(9, HW * B);
-      block_to_nhwc(dy + (n * p.K + c0) * PQ, PQ, B, dyt);
+    const int64_t RS = p.R * p.S;
+    return on_nhwc_tiles(p, dy, p.P * p.Q, dx, p.H * p.W, [&](const Conv2dParams& q, const float* dyt, int64_t c0, float* dxt) {
       depthwise_backward_input(q, dyt, w + c0 * RS, dxt, true);
-      block_to_nchw(dxt, HW, B, dx + (n * p.C + c0) * HW);
     });
-    return;
   }
   if (!nhwc) return nchw_backward_input(p, dy, w, dx);
   if (p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1)) {
