@@ -16,23 +16,24 @@ inline at::Tensor forward_op(const at::Tensor& x, const at::Tensor& w, const std
   return op.call(x, w, b, stride, padding, dilation, groups);
 }
 
+// backward-input and backward-weight share a signature: (grad_output, weight | input, the size of
+// the result, stride, padding, dilation, groups)
+using BackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, at::IntArrayRef,
+                               at::IntArrayRef, at::IntArrayRef, int64_t);
+
 inline at::Tensor backward_input_op(const at::Tensor& dy, const at::Tensor& w, c10::SymIntArrayRef input_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("conv_ext::conv2d_backward_input", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("conv_ext::conv2d_backward_input", "").typed<BackwardSig>();
   return op.call(dy, w, input_size, stride, padding, dilation, groups);
 }
 
 inline at::Tensor backward_weight_op(const at::Tensor& dy, const at::Tensor& x, c10::SymIntArrayRef weight_size,
                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                      int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("conv_ext::conv2d_backward_weight", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("conv_ext::conv2d_backward_weight", "").typed<BackwardSig>();
   return op.call(dy, x, weight_size, stride, padding, dilation, groups);
 }
 
