@@ -134,6 +134,16 @@ inline void gather_pixel(const float* base, const int64_t* offs, const int64_t* 
   }
 }
 
+// Stores the T sums of a run at o, o + step, ... (masked only at the channel tail: masked stores
+// are slow on Zen 4).
+template <int T>
+inline void store_run(float* o, int64_t step, const V* acc, bool full, M m) {
+  if (full)
+    for (int t = 0; t < T; ++t) Isa::store(o + t * step, acc[t]);
+  else
+    for (int t = 0; t < T; ++t) Isa::storem(o + t * step, acc[t], m);
+}
+
 // Forward runs of one output row (NHWC, no dilation): for b in [b_lo, b_hi) (a multiple of kRun
 // long, no padding read) o[b][c] = bias[c] + sum_{i < nr, s < S} xrow[i][(b*SW + s)*C + c] *
 // wrow[i][s*Cp + c]. Per channel vector and run: kRun sums, S weights and the run's
@@ -163,11 +173,7 @@ void forward_runs(const float* const* xrow, const float* const* wrow, int nr, co
 #pragma GCC unroll 8
           for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t * SW + s], wv[s], acc[t]);
       }
-      float* o = orow + b0 * C + c0;
-      if (full)  // (masked stores are slow on Zen 4: only at the channel tail)
-        for (int t = 0; t < T; ++t) Isa::store(o + t * C, acc[t]);
-      else
-        for (int t = 0; t < T; ++t) Isa::storem(o + t * C, acc[t], m);
+      store_run<T>(orow + b0 * C + c0, C, acc, full, m);
     }
   }
 }
@@ -192,11 +198,7 @@ void phase_runs(const float* src, const int64_t* rel, const int64_t* widx, int n
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) acc[t] = Isa::fma(full ? Isa::load(sp + t * C) : Isa::loadm(sp + t * C, m), wv, acc[t]);
       }
-      float* op = o + j0 * sw * C + c0;
-      if (full)
-        for (int t = 0; t < T; ++t) Isa::store(op + t * sw * C, acc[t]);
-      else
-        for (int t = 0; t < T; ++t) Isa::storem(op + t * sw * C, acc[t], m);
+      store_run<T>(o + j0 * sw * C + c0, sw * C, acc, full, m);
     }
   }
 }
@@ -532,8 +534,8 @@ void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x
   }
 }
 
-// NHWC backward-weight: per output row and channel vector, the row's sums in registers, then
-// added to its chunk's partial sums; the chunks are added in chunk order at the end (the same
+// NHWC backward-weight: per block of output pixels and channel vector, the block's sums in
+// registers, then added to its chunk's partial sums; the chunks are added in chunk order at the end (the same
 // bits for any thread count). RT x ST > 0 fixes the filter size
 // at compile time so the RT*ST accumulators live in registers and interior pixels skip the
 // bounds tests; RT = ST = 0 is the generic version.

@@ -554,6 +554,15 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
 // backward_weight --cases cifar.bias,cifar.16x32): 16->16 5x5 @32 0.67-0.79x -> 0.88x, 16->16 3x3
 // @32 0.96x -> 1.18x.
 // ------------------------------------------------------------------------------------------
+// How many chunks the N*P output rows of a backward-weight are cut into: a function of the shape
+// only (determinism): at most max_chunks and one per row, few enough that the partial sums
+// (`part` floats a chunk) stay within 64 MiB, about 4M multiply-adds a chunk but at least 2.
+int64_t weight_chunks(int64_t max_chunks, int64_t rows, int64_t part, int64_t macs) {
+  const int64_t n = std::min<int64_t>({max_chunks, rows, std::max<int64_t>(1, (int64_t(16) << 20) / part),
+                                       std::max<int64_t>(2, macs / (int64_t(4) << 20))});
+  return std::max<int64_t>(1, n);
+}
+
 bool small_k_backward_weight(const Conv2dParams& p, bool nhwc) {
   return nhwc && p.Kg() <= VL && p.dil_w == 1 && p.S * p.Cg() >= 2 * VL;
 }
@@ -565,9 +574,7 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
   const int64_t J = S * Cg, JP = round_up(J, VL), JB = Isa::kMaxNV * VL;
   const int64_t part = G * R * Kg * JP;  // one chunk's partial sums [g][r][k][(s,c)]
   const int64_t rows = N * P;
-  int64_t nchunk = std::min<int64_t>({16, rows, std::max<int64_t>(1, (int64_t(16) << 20) / part),
-                                      std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))});
-  nchunk = std::max<int64_t>(1, nchunk);
+  const int64_t nchunk = weight_chunks(16, rows, part, p.macs());
   float* partial = scratch(0, nchunk * part);
   const int64_t Wp = (Q - 1) * sw + S, rowf = Wp * Cg;  // band: columns q*sw + s, channels of g
   const int64_t rsub = std::max<int64_t>(1, kBandFloats / (sh * rowf));
@@ -657,9 +664,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   // on one thread: NHWC 0.49x torch -> 0.71x, NCHW 0.84x -> 0.93x; 1M-MAC chunks instead cost
   // the 5x5 24->40 @27 layer 0.88x -> 0.70x forward+backward).
   const int64_t rows = N * P;
-  int64_t nchunk = std::min<int64_t>({ceil_div(16, G * nkb), rows, std::max<int64_t>(1, (int64_t(16) << 20) / part),
-                                      std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))});
-  nchunk = std::max<int64_t>(1, nchunk);
+  const int64_t nchunk = weight_chunks(ceil_div(16, G * nkb), rows, part, p.macs());
   float* partial = scratch(0, nchunk * part);
 
   // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
