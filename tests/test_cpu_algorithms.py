@@ -44,6 +44,8 @@ GENERAL = [
     ((2, 24, 8, 8), 16, (3, 3), 1, 1, (2, 1), 2),      # the same with groups and row dilation
     ((4, 64, 9, 9), 32, (3, 3), 2, 1, 1, 1),           # strided, small dy planes: bwd-input by col2im
     ((2, 128, 7, 8), 64, (3, 3), 2, 1, 1, 2),          # the same with groups (N*G = 4)
+    ((1, 16, 7, 9), 160, (3, 3), 2, 1, 1, 1),          # many taps, K = 5 x 32: 12x2 micro-tiles
+    ((5, 200, 5, 7), 136, (3, 3), 2, 1, 1, 1),         # heavy weights, small planes: 2 images per task
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),
@@ -52,6 +54,8 @@ ONE_BY_ONE = [
     ((2, 12, 9, 9), 18, (1, 1), 1, 0, 1, 3),           # groups
     ((2, 24, 20, 17), 40, (1, 1), 1, 0, 1, 1),         # plane >= 256 pixels: bwd-weight pixel pieces
     ((1, 40, 16, 17), 20, (1, 1), 1, 0, 1, 2),         # the same, C > K per group, groups
+    ((3, 64, 5, 3), 200, (1, 1), 1, 0, 1, 1),          # NHWC: rows across images, tasks split over K
+    ((2, 24, 9, 7), 36, (1, 1), 2, 0, 1, 3),           # NHWC strided, read in place; groups
 ]
 DEPTHWISE = [
     ((2, 8, 10, 10), 8, (3, 3), 1, 1, 1, 8),

@@ -78,35 +78,5 @@ inline int64_t* scratch_i64(int slot, int64_t n) {
   return b.data();
 }
 
-// Copy rows [h_lo, h_hi) of image n, channels [c0, c0+cn) of a (N, Ct, Hs, Ws) tensor (NCHW or
-// NHWC, contiguous) into a "band": dst[row][col][cs] with col = w + padL for w in [0, Ws) and
-// zeros in the other columns of [0, Wp) and in the lanes [cn, cs). NHWC rows are memcpy'd;
-// NCHW rows are transposed on the way (a band is small: a few rows of one image).
-inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64_t Ws, int64_t n,
-                      int64_t c0, int64_t cn, int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp,
-                      int64_t cs, float* dst) {
-  const int64_t w_lo = std::min(Wp, padL), w_hi = std::min(Wp, Ws + padL);  // columns with data
-  for (int64_t h = h_lo; h < h_hi; ++h) {
-    float* d = dst + (h - h_lo) * Wp * cs;
-    if (w_lo > 0) std::memset(d, 0, sizeof(float) * w_lo * cs);
-    if (Wp > w_hi) std::memset(d + w_hi * cs, 0, sizeof(float) * (Wp - w_hi) * cs);
-    if (nhwc) {
-      const float* s = src + ((n * Hs + h) * Ws + (w_lo - padL)) * Ct + c0;
-      for (int64_t col = w_lo; col < w_hi; ++col, s += Ct) {
-        std::memcpy(d + col * cs, s, sizeof(float) * cn);
-        if (cs > cn) std::memset(d + col * cs + cn, 0, sizeof(float) * (cs - cn));
-      }
-    } else {
-      if (cs > cn)
-        for (int64_t col = w_lo; col < w_hi; ++col) std::memset(d + col * cs + cn, 0, sizeof(float) * (cs - cn));
-      for (int64_t c = 0; c < cn; ++c) {
-        const float* s = src + ((n * Ct + c0 + c) * Hs + h) * Ws + (w_lo - padL);
-        float* dc = d + w_lo * cs + c;
-        for (int64_t col = w_lo; col < w_hi; ++col) dc[(col - w_lo) * cs] = s[col - w_lo];
-      }
-    }
-  }
-}
-
 }  // namespace cpu
 }  // namespace conv_ext

@@ -1,5 +1,6 @@
 // simd.h — vector traits, the register-blocked micro-kernel and a vector transpose
-// (transpose_rows: NCHW channel rows -> [pixel][NVL] panels), compiled once per instruction set.
+// (transpose_rows: NCHW channel rows -> [pixel][NVL] panels) and the band copy of
+// implicit_gemm (pack_band), compiled once per instruction set.
 //
 // No include guard on purpose: an algorithm file includes it once per ISA, each time inside a
 // `#pragma GCC target(...)` region and with CONV_EXT_ISA_NS (the namespace: avx512 | avx2) and
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 namespace conv_ext {
 namespace cpu {
@@ -235,6 +237,35 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
     for (int64_t j = jn; j < jw; ++j) d[j] = 0.f;
   }
 #endif
+}
+
+// Copy rows [h_lo, h_hi) of image n, channels [c0, c0+cn) of a (N, Ct, Hs, Ws) tensor (NCHW or
+// NHWC, contiguous) into a "band": dst[row][col][cs] with col = w + padL for w in [0, Ws) and
+// zeros in the other columns of [0, Wp) and in the lanes [cn, cs). NHWC rows are memcpy'd;
+// NCHW rows are transposed on the way by transpose_rows (all the rows at once when there are no
+// padding columns: then each channel's rows are one contiguous run; was a scalar strided copy).
+inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64_t Ws, int64_t n,
+                      int64_t c0, int64_t cn, int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp,
+                      int64_t cs, float* dst) {
+  const int64_t w_lo = std::min(Wp, padL), w_hi = std::min(Wp, Ws + padL);  // columns with data
+  if (!nhwc && w_lo == 0 && w_hi == Wp && Wp == Ws) {
+    transpose_rows(src + ((n * Ct + c0) * Hs + h_lo) * Ws, Hs * Ws, cn, (h_hi - h_lo) * Ws, cs, dst);
+    return;
+  }
+  for (int64_t h = h_lo; h < h_hi; ++h) {
+    float* d = dst + (h - h_lo) * Wp * cs;
+    if (w_lo > 0) std::memset(d, 0, sizeof(float) * w_lo * cs);
+    if (Wp > w_hi) std::memset(d + w_hi * cs, 0, sizeof(float) * (Wp - w_hi) * cs);
+    if (nhwc) {
+      const float* s = src + ((n * Hs + h) * Ws + (w_lo - padL)) * Ct + c0;
+      for (int64_t col = w_lo; col < w_hi; ++col, s += Ct) {
+        std::memcpy(d + col * cs, s, sizeof(float) * cn);
+        if (cs > cn) std::memset(d + col * cs + cn, 0, sizeof(float) * (cs - cn));
+      }
+    } else if (w_hi > w_lo) {
+      transpose_rows(src + ((n * Ct + c0) * Hs + h) * Ws + (w_lo - padL), Hs * Ws, cn, w_hi - w_lo, cs, d + w_lo * cs);
+    }
+  }
 }
 
 }  // namespace
