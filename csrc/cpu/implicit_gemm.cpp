@@ -216,6 +216,12 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     }
     const int64_t ipix = (p1 - p0) * Q, npix = (n1 - n0) * ipix;  // pixels of one image, of the task
     float* obuf = nhwc ? nullptr : scratch(2, npix * NVL);
+    // where each pixel's band row starts, once per task (divisions per tile row cost more than
+    // the tile itself in small layers: CIFAR's stem)
+    const float** prow = scratch_rows(npix);
+    for (int64_t img = 0, f = 0; img < n1 - n0; ++img)
+      for (int64_t pr = 0; pr < p1 - p0; ++pr)
+        for (int64_t q = 0; q < Q; ++q) prow[f++] = band + img * imgf + pr * sh * rowf + q * sw * pixf;
     int64_t* a_off = scratch_i64(0, RS);
     int64_t* b_off = scratch_i64(1, RS);
     for (int64_t kb = kg * kbs; kb < std::min(nkb, (kg + 1) * kbs); ++kb) {
@@ -234,15 +240,10 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
               a_off[nseg] = r * dh * rowf + s * dw * pixf + c0, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
           }
         }
-        const float* arow[16];
         for (int64_t f0 = 0; f0 < npix; f0 += MR) {
           Tile t;
           t.mr = static_cast<int>(std::min(MR, npix - f0));
-          for (int i = 0; i < t.mr; ++i) {
-            const int64_t img = (f0 + i) / ipix, pr = (f0 + i) % ipix / Q, q = (f0 + i) % Q;
-            arow[i] = band + img * imgf + pr * sh * rowf + q * sw * pixf;
-          }
-          t.arow = arow, t.a_ls = 1;
+          t.arow = prow + f0, t.a_ls = 1;
           t.b = panel, t.b_ls = NVL;
           t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
           t.len = merge_s ? S * Cg : ccb;

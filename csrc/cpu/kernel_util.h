@@ -78,5 +78,12 @@ inline int64_t* scratch_i64(int slot, int64_t n) {
   return b.data();
 }
 
+// Per-thread row-pointer scratch (the micro-kernel's per-row A pointers, Tile::arow).
+inline const float** scratch_rows(int64_t n) {
+  thread_local std::vector<const float*> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n) + 16);
+  return buffer.data();
+}
+
 }  // namespace cpu
 }  // namespace conv_ext
