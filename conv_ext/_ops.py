@@ -44,7 +44,7 @@ def _backward_input_fake(grad_output, weight, input_size, stride, padding, dilat
 
 @torch.library.register_fake("conv_ext::conv2d_backward_weight")
 def _backward_weight_fake(grad_output, input, weight_size, stride, padding, dilation, groups):
-    return grad_output.new_empty(weight_size)
+    return grad_output.new_empty(weight_size).contiguous(memory_format=memory_format(grad_output, input))
 
 
 @torch.library.register_fake("conv_ext::conv2d_backward_bias")

@@ -36,6 +36,20 @@ void check_backward_bias(const at::Tensor& grad_output);
 // (the rule torch's CPU convolution follows); the Python fake kernels apply the same rule.
 at::MemoryFormat conv_memory_format(const at::Tensor& a, const at::Tensor& b);
 
+// The backward-weight result in the layout of the convolution (fmt), as torch returns it, so
+// AccumulateGrad does not reorder it into a channels_last parameter on every step; `kcrs` is
+// where the kernels write (KCRS, contiguous): `out` itself, or an alias of it with KCRS strides
+// when both layouts are the same bytes (1x1 filters, one input channel per group), or else a
+// separate tensor that finish() copies into `out`.
+struct WeightGrad {
+  at::Tensor out, kcrs;
+  WeightGrad(at::IntArrayRef weight_size, const at::TensorOptions& options, at::MemoryFormat fmt);
+  at::Tensor finish() {
+    if (!kcrs.is_alias_of(out)) out.copy_(kcrs);
+    return out;
+  }
+};
+
 // Element strides of x (N,C,H,W), w (K,Cg,R,S) and y (N,K,P,Q) into p. A tensor contiguous in
 // `fmt` (w: in NCHW) gets the canonical strides of that format, whatever torch stored for its
 // size-1 dimensions, so kernels can test the layout with is_nchw / is_nhwc / weight_is_kcrs.

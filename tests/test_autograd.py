@@ -163,3 +163,28 @@ def test_direct_binding_and_torch_ops_agree(device):
     with _CountingMode() as mode:
         ym = conv_ext.conv2d(*ts, **kw)
     assert mode.calls > 0 and torch.equal(ym, y)
+
+
+@pytest.mark.parametrize("x_cl,w_cl", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("ks,groups", [(1, 1), (3, 1), (3, 8), (3, 2)])
+def test_gradient_layouts_follow_torch(device, x_cl, w_cl, ks, groups):
+    # channels_last in, channels_last gradients out (torch's rule): a channels_last parameter
+    # then takes its .grad as it comes, with no reorder by AccumulateGrad
+    cl = torch.channels_last
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 6, 7, generator=g, dtype=torch.float64).to(device)
+    w = torch.randn(16, 8 // groups, ks, ks, generator=g, dtype=torch.float64).to(device)
+    if x_cl:
+        x = x.contiguous(memory_format=cl)
+    if w_cl:
+        w = w.contiguous(memory_format=cl)
+    grads = []
+    for conv in (F.conv2d, conv_ext.conv2d):
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = conv(xs, ws, None, 1, 1, 1, groups)
+        y.backward(torch.ones_like(y))
+        grads.append((y, xs.grad, ws.grad))
+    layout = lambda t: (t.is_contiguous(), t.is_contiguous(memory_format=cl))  # size-1 strides aside
+    for ref, ours in zip(*grads):
+        assert layout(ours) == layout(ref)
+        assert rel_error(ours, ref) <= 1e-10

@@ -28,6 +28,7 @@ PASSES = testing.PASSES
 # (N, C, H, W), K, (R, S), stride, padding, dilation, groups
 GENERAL = [
     ((2, 3, 9, 11), 16, (3, 3), 1, 1, 1, 1),           # C=3 (stem-like), odd sizes
+    ((2, 3, 7, 37), 8, (3, 3), 1, 1, 1, 1),            # the same, rows > 16: bwd-input 2 vectors a step
     ((1, 16, 8, 8), 24, (3, 3), 1, 1, 1, 1),           # K remainder vs 16 lanes
     ((2, 5, 13, 7), 33, (3, 3), 2, 1, 1, 1),           # stride 2, K = 2*16+1
     ((1, 20, 7, 9), 100, (5, 3), 2, (2, 1), (1, 2), 1),  # rectangular, dilation (dil_w > 1: per-tap segments)

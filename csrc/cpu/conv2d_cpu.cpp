@@ -100,17 +100,17 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_backward_weight_params(grad_output, input, weight_size, stride, padding, dilation, groups);
   const auto fmt = conv_memory_format(grad_output, input);
-  at::Tensor dw = at::empty(weight_size, grad_output.options());
-  if (dw.numel() == 0) return dw;
-  if (p.N == 0) return dw.zero_();  // an empty batch contributes nothing
+  WeightGrad g(weight_size, grad_output.options(), fmt);  // dw in the convolution's layout
+  if (g.out.numel() == 0) return g.out;
+  if (p.N == 0) return g.out.zero_();  // an empty batch contributes nothing
   if (strided_1x1(p, fmt, Pass::BackwardWeight))
     return backward_weight(grad_output, every_stride(input, p).contiguous(fmt), weight_size, kOne, padding, dilation,
                            groups);
   const at::Tensor dy = grad_output.contiguous(fmt), x = input.contiguous(fmt);
-  set_strides(p, x, dw, dy, fmt);
-  Operands o{dy, x, at::Tensor(), dw};
-  choose(Pass::BackwardWeight, p, dw.scalar_type()).run(p, o);
-  return dw;
+  set_strides(p, x, g.kcrs, dy, fmt);
+  Operands o{dy, x, at::Tensor(), g.kcrs};
+  choose(Pass::BackwardWeight, p, g.kcrs.scalar_type()).run(p, o);
+  return g.finish();
 }
 
 // db[k] = sum_{n,p,q} dy[n,k,p,q], one task per block of channels, in a fixed order.

@@ -437,11 +437,13 @@ bool bwd_input_use_pixel_rows(const Conv2dParams& p) {
   return p.Cg() * 4 <= VL && p.stride_h == 1 && p.stride_w == 1 && band <= (int64_t(4) << 20);
 }
 
-void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+// NQ vectors per step: 2 x 16 pixels for CIFAR's 32-wide rows, 1 for rows of <= VL pixels (the
+// (1,3,8,8) layer: 2 vectors computed 4x the pixels there are).
+template <int NQ>
+void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
   const int64_t ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
-  constexpr int NQ = 2;  // vectors per step: 2 x 16 pixels (CIFAR's 32-wide rows)
   const int64_t padT = std::max<int64_t>(0, (R - 1) * dh - ph), padL = std::max<int64_t>(0, (S - 1) * dw - pw);
   const int64_t Wr = round_up(W, NQ * VL);                    // dx columns computed per row
   const int64_t Hb = H + ph + padT, Wb = Wr + pw + padL;      // dyb rows ih+ph-r*dh+padT, cols iw+pw-s*dw+padL
@@ -460,8 +462,9 @@ void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w
     float* wt = scratch(2, Cg * Kg * RS);  // wt[c][k][r][s]
     for (int64_t c = 0; c < Cg; ++c)
       for (int64_t k = 0; k < Kg; ++k)
-        for (int64_t rs = 0; rs < RS; ++rs)
-          wt[(c * Kg + k) * RS + rs] = w[(g * Kg + k) * p.ws_k + c * p.ws_c + rs / S * p.ws_r + rs % S * p.ws_s];
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s)
+            wt[(c * Kg + k) * RS + r * S + s] = w[(g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s];
     alignas(64) float row[NQ * 16];
     for (int64_t c = 0; c < Cg; ++c)
       for (int64_t ih = 0; ih < H; ++ih)
@@ -489,6 +492,11 @@ void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w
           }
         }
   });
+}
+
+void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  if (p.W <= VL) bwd_input_pixel_rows_nq<1>(p, dy, w, dx, nhwc);
+  else bwd_input_pixel_rows_nq<2>(p, dy, w, dx, nhwc);
 }
 
 void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {

@@ -218,9 +218,10 @@ at::Tensor op_backward_weight(const at::Tensor& grad_output, const at::Tensor& i
   Conv2dParams p = make_backward_weight_params(grad_output, input, weight_size, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const auto fmt = conv_memory_format(grad_output, input);
-  at::Tensor dw = at::empty(weight_size, grad_output.options());
-  if (dw.numel() == 0) return dw;
-  if (p.N == 0) return dw.zero_();  // an empty batch contributes nothing
+  WeightGrad g(weight_size, grad_output.options(), fmt);  // dw in the convolution's layout
+  if (g.out.numel() == 0) return g.out;
+  if (p.N == 0) return g.out.zero_();  // an empty batch contributes nothing
+  at::Tensor dw = g.kcrs;  // what the kernels write
   const Algo algo = choose_algo(Pass::BackwardWeight, p, dw.scalar_type());
   const auto run_fmt = nhwc_only(algo) ? at::MemoryFormat::ChannelsLast : fmt;
   at::Tensor dy = grad_output.contiguous(run_fmt), x = input.contiguous(run_fmt);
@@ -247,7 +248,7 @@ at::Tensor op_backward_weight(const at::Tensor& grad_output, const at::Tensor& i
     }
     C10_CUDA_CHECK(err);
   });
-  return dw;
+  return g.finish();
 }
 
 // db[k] = sum_{n,p,q} dy[n,k,p,q]: one block per channel, fixed-order reduction (deterministic)
