@@ -118,12 +118,12 @@ FwdPlan fwd_plan(const Conv2dParams& p) {
 }
 
 // How fwd_compute cuts its work into tasks: nimg images x rb output rows (several images only as
-// whole images) x kbs blocks of NVL output channels. A task builds its input band (band(rows)
-// floats per image; nothing for direct NHWC 1x1, which reads the tensor in place), then sweeps
-// the weights of its kbs blocks once, each weight panel over all its pixels; a band larger than
-// the L2 share (kBandFloats) is read again for every block of channels. Among the shapes with
+// whole images) x kbs blocks of NVL output channels. A band of input rows (band(rows) floats per
+// image; none for direct NHWC 1x1, which reads the tensor in place) is built once for all the
+// tasks that share it; a task sweeps the weights of its kbs blocks once, each weight panel over
+// all its pixels; a band larger than the L2 share (kBandFloats) is read again for every block of channels. Among the shapes with
 // enough tasks (8, or as many as there can be) and a band under 4 x kBandFloats, take the one
-// that moves the fewest floats in all: tasks x (band built + band reads + weights). Layers heavy
+// that moves the fewest floats in all: bands built + tasks x (band reads + weights). Layers heavy
 // in weights (2048->512 1x1 @7, 512->512 3x3/2 @14) get more pixels per task and fewer output
 // channels; large planes keep the rows the band budget allows and all channels. ResNet-50
 // batch 4, 2 threads (Xeon, AVX-512), forward ms ours / torch, before -> after: 2048->512 1x1 @7
@@ -145,8 +145,9 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t Q, int64_t G, int64_t nkb, int6
     const int64_t tasks = ceil_div(N, nimg) * G * ceil_div(P, rb) * ceil_div(nkb, kbs);
     const int64_t a = nimg * band(rb);
     if (tasks < want || (a > 4 * kBandFloats && !(nimg == 1 && rb == 1))) return;
-    const double per = double(builds ? a : 0) + double(a) * (a > kBandFloats ? kbs : 1) + double(kbs * NVL * wslice);
-    const double cost = per * double(tasks);
+    const int64_t nkg = ceil_div(nkb, kbs);  // tasks that share one band (built once)
+    const double per = double(a) * (a > kBandFloats ? kbs : 1) + double(kbs * NVL * wslice);
+    const double cost = per * double(tasks) + (builds ? double(a) * double(tasks / nkg) : 0.0);
     if (best_cost < 0 || cost < best_cost * 0.999) best = {nimg, rb, kbs}, best_cost = cost;
   };
   for (int64_t kbs = nkb;; kbs = ceil_div(kbs, 2)) {
@@ -188,30 +189,46 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   const int64_t nimg = ft.nimg, rb = ft.rb, kbs = ft.kbs;
   const int64_t nib = ceil_div(Nt, nimg), nblk = ceil_div(Pt, rb), nkg = ceil_div(nkb, kbs);
 
+  // The band of images n0..n1, rows p0..p1 of each (image i at b + i*band_img(p0, p1)).
+  auto band_img = [&](int64_t p0, int64_t p1) { return ((p1 - p0 - 1) * sh + (R - 1) * dh + 1) * rowf; };
+  auto build_band = [&](int64_t n0, int64_t n1, int64_t g, int64_t p0, int64_t p1, float* b) {
+    const int64_t h0 = p0 * sh - ph, nrows = (p1 - p0 - 1) * sh + (R - 1) * dh + 1;  // band rows h0..
+    const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + nrows), imgf = nrows * rowf;
+    for (int64_t n = n0; n < n1; ++n) {
+      float* bi = b + (n - n0) * imgf;
+      if (h_hi > h_lo) {
+        pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, bi + (h_lo - h0) * rowf);
+        if (h_lo > h0) std::memset(bi, 0, sizeof(float) * (h_lo - h0) * rowf);
+        if (h0 + nrows > h_hi) std::memset(bi + (h_hi - h0) * rowf, 0, sizeof(float) * (h0 + nrows - h_hi) * rowf);
+      } else {
+        std::memset(bi, 0, sizeof(float) * imgf);
+      }
+    }
+  };
+  // Tasks that share a band (nkg > 1: the same pixels, other output channels) read it from one
+  // copy built up front, not each their own (2048->512 1x1 @7 NCHW: each image was transposed 4x).
+  const int64_t nband = nib * G * nblk, band_max = nimg * band_img(0, std::min(rb, Pt));
+  float* shared = (!direct && nkg > 1 && nband * band_max <= (int64_t(16) << 20)) ? scratch(6, nband * band_max) : nullptr;
+  if (shared)
+    for_each_task(nband, nband * band_max * 16, [&](int64_t bt) {
+      const int64_t blk = bt % nblk, g = bt / nblk % G, n0 = bt / (nblk * G) * nimg;
+      build_band(n0, std::min(Nt, n0 + nimg), g, blk * rb, std::min(Pt, blk * rb + rb), shared + bt * band_max);
+    });
+
   for_each_task(nib * G * nblk * nkg, p.macs(), [&](int64_t task) {
     const int64_t kg = task % nkg, blk = (task / nkg) % nblk, g = (task / (nkg * nblk)) % G;
     const int64_t n0 = task / (nkg * nblk * G) * nimg, n1 = std::min(Nt, n0 + nimg);
     const int64_t p0 = blk * rb, p1 = std::min(Pt, p0 + rb);
-    // band of images n0..n1 (rows p0..p1 of each): image i at band + i*imgf
     const float* band;
-    int64_t imgf;
+    int64_t imgf;  // image i of the band at band + i*imgf
     if (direct) {
       band = x + (n0 * Ht + p0 * sh) * W * C + g * Cg, imgf = Ht * W * C;
+    } else if (shared) {
+      band = shared + task / nkg * band_max, imgf = band_img(p0, p1);
     } else {
-      const int64_t h0 = p0 * sh - ph, nrows = (p1 - p0 - 1) * sh + (R - 1) * dh + 1;  // band rows h0..
-      const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + nrows);
-      imgf = nrows * rowf;
+      imgf = band_img(p0, p1);
       float* b = scratch(1, (n1 - n0) * imgf);
-      for (int64_t n = n0; n < n1; ++n) {
-        float* bi = b + (n - n0) * imgf;
-        if (h_hi > h_lo) {
-          pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, bi + (h_lo - h0) * rowf);
-          if (h_lo > h0) std::memset(bi, 0, sizeof(float) * (h_lo - h0) * rowf);
-          if (h0 + nrows > h_hi) std::memset(bi + (h_hi - h0) * rowf, 0, sizeof(float) * (h0 + nrows - h_hi) * rowf);
-        } else {
-          std::memset(bi, 0, sizeof(float) * imgf);
-        }
-      }
+      build_band(n0, n1, g, p0, p1, b);
       band = b;
     }
     const int64_t ipix = (p1 - p0) * Q, npix = (n1 - n0) * ipix;  // pixels of one image, of the task
