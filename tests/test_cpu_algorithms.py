@@ -47,6 +47,9 @@ GENERAL = [
     ((2, 128, 7, 8), 64, (3, 3), 2, 1, 1, 2),          # the same with groups (N*G = 4)
     ((1, 16, 7, 9), 160, (3, 3), 2, 1, 1, 1),          # many taps, K = 5 x 32: 12x2 micro-tiles
     ((5, 200, 5, 7), 136, (3, 3), 2, 1, 1, 1),         # heavy weights, small planes: 2 images per task
+    ((1, 70, 6, 29), 16, (7, 7), 1, 3, 1, 1),          # K <= 16: row runs 24 + 5 (micro-kernel), 2 panels
+    ((2, 5, 7, 40), 7, (2, 6), (2, 1), (0, 2), 1, 1),  # row runs 24 + 8 + 7, S = 6, row stride 2, K tail
+    ((1, 9, 6, 20), 12, (3, 4), 1, (1, 2), (2, 1), 3),  # row runs 8 + 8 + 5, S = 4, row dilation, groups
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),

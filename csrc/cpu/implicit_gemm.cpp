@@ -158,6 +158,65 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t Q, int64_t G, int64_t nkb, int6
   return best;
 }
 
+// Few output channels (one vector: nv == 1) and filter rows of 2..7 taps at horizontal stride and
+// dilation 1. The micro-kernel has one broadcast per FMA there (16 pixel rows x 1 vector); here a
+// run of T output pixels of one row sits in T accumulators, and each input value, broadcast once,
+// feeds every tap that reads it (S FMAs per broadcast) with the S weight vectors of (r, c) held in
+// registers. x points at the run's first band pixel; tap (r, s) of pixel q, channel ch reads
+// x[r*rowstep + (q+s)*pixf + ch]; the weights are panel[((r*S + s)*ccb + ch)*VL].
+template <int S, int T>
+void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb, const float* panel, float* c,
+             int64_t ldc, bool accumulate, const float* bias_v, const M* cmask) {
+  V acc[T];
+#pragma GCC unroll 32
+  for (int q = 0; q < T; ++q) acc[q] = Isa::zero();
+  for (int64_t r = 0; r < R; ++r) {
+    const float* xr = x + r * rowstep;
+    const float* wr = panel + r * S * ccb * VL;
+    for (int64_t ch = 0; ch < ccb; ++ch) {
+      V wv[S];
+#pragma GCC unroll 8
+      for (int s = 0; s < S; ++s) wv[s] = Isa::load(wr + (s * ccb + ch) * VL);
+#pragma GCC unroll 40
+      for (int j = 0; j < T + S - 1; ++j) {
+        const V xb = Isa::set1(xr[j * pixf + ch]);
+#pragma GCC unroll 8
+        for (int s = 0; s < S; ++s)
+          if (j - s >= 0 && j - s < T) acc[j - s] = Isa::fma(xb, wv[s], acc[j - s]);
+      }
+    }
+  }
+  const V bv = bias_v ? Isa::load(bias_v) : Isa::zero();
+#pragma GCC unroll 32
+  for (int q = 0; q < T; ++q) {
+    V v = bias_v ? Isa::add(acc[q], bv) : acc[q];
+    float* cp = c + q * ldc;
+    if (cmask) {
+      if (accumulate) v = Isa::add(v, Isa::loadm(cp, *cmask));
+      Isa::storem(cp, v, *cmask);
+    } else {
+      if (accumulate) v = Isa::add(v, Isa::load(cp));
+      Isa::store(cp, v);
+    }
+  }
+}
+
+// Runs of the widest T that fit: AVX-512 24 pixels (24 + S + 1 <= 32 registers) then 8; AVX2 8.
+constexpr int kRunWide = VL == 16 ? 24 : 8, kRunNarrow = 8;
+
+template <int T>
+void row_run_s(int S, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb, const float* panel,
+               float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask) {
+  switch (S) {
+    case 2: return row_run<2, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+    case 3: return row_run<3, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+    case 4: return row_run<4, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+    case 5: return row_run<5, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+    case 6: return row_run<6, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+    default: return row_run<7, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+  }
+}
+
 // y = conv(x, packed weights) + bias for the forward problem p (pad >= 0).
 void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const float* wp, const float* bias,
                  float* y, bool nhwc) {
@@ -241,6 +300,8 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         for (int64_t q = 0; q < Q; ++q) prow[f++] = band + img * imgf + pr * sh * rowf + q * sw * pixf;
     int64_t* a_off = scratch_i64(0, RS);
     int64_t* b_off = scratch_i64(1, RS);
+    // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
+    const bool row_runs = nv == 1 && sw == 1 && dw == 1 && S >= 2 && S <= 7;
     for (int64_t kb = kg * kbs; kb < std::min(nkb, (kg + 1) * kbs); ++kb) {
       const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
       M cm[4];
@@ -257,22 +318,39 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
               a_off[nseg] = r * dh * rowf + s * dw * pixf + c0, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
           }
         }
-        for (int64_t f0 = 0; f0 < npix; f0 += MR) {
-          Tile t;
-          t.mr = static_cast<int>(std::min(MR, npix - f0));
-          t.arow = prow + f0, t.a_ls = 1;
-          t.b = panel, t.b_ls = NVL;
-          t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
-          t.len = merge_s ? S * Cg : ccb;
-          t.accumulate = cb > 0;
-          t.bias_v = (cb == 0 && bp) ? bp + (g * nkb + kb) * NVL : nullptr;
-          if (nhwc) {
-            t.c = y + ((n0 * Pt + p0) * Q + f0) * K + g * Kg + kb * NVL, t.ldc = K;
-            t.cmask = kvalid < NVL ? cm : nullptr;
-          } else {
-            t.c = obuf + f0 * NVL, t.ldc = NVL;
+        const float* bias_kb = (cb == 0 && bp) ? bp + (g * nkb + kb) * NVL : nullptr;
+        auto out_at = [&](int64_t f) {  // output of the task's pixel f
+          return nhwc ? y + ((n0 * Pt + p0) * Q + f) * K + g * Kg + kb * NVL : obuf + f * NVL;
+        };
+        const int64_t ldc = nhwc ? K : NVL;
+        const M* cmask = nhwc && kvalid < NVL ? cm : nullptr;
+        auto tiles = [&](int64_t fa, int64_t fb) {  // micro-kernel tiles over pixels [fa, fb)
+          for (int64_t f0 = fa; f0 < fb; f0 += MR) {
+            Tile t;
+            t.mr = static_cast<int>(std::min(MR, fb - f0));
+            t.arow = prow + f0, t.a_ls = 1;
+            t.b = panel, t.b_ls = NVL;
+            t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
+            t.len = merge_s ? S * Cg : ccb;
+            t.accumulate = cb > 0;
+            t.bias_v = bias_kb;
+            t.c = out_at(f0), t.ldc = ldc, t.cmask = cmask;
+            run_tile<false>(nv, t);
           }
-          run_tile<false>(nv, t);
+        };
+        if (!row_runs) {
+          tiles(0, npix);
+          continue;
+        }
+        for (int64_t fr = 0; fr < npix; fr += Q) {  // one output row at a time
+          int64_t q0 = 0;
+          for (; q0 + kRunWide <= Q; q0 += kRunWide)
+            row_run_s<kRunWide>(S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc, cb > 0,
+                                bias_kb, cmask);
+          for (; q0 + kRunNarrow <= Q; q0 += kRunNarrow)
+            row_run_s<kRunNarrow>(S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc,
+                                  cb > 0, bias_kb, cmask);
+          if (q0 < Q) tiles(fr + q0, fr + Q);
         }
       }
       if (!nhwc)  // transpose the block's [pixel][k] buffer into the NCHW planes
