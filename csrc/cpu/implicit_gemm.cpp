@@ -201,8 +201,9 @@ void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t c
   }
 }
 
-// Runs of the widest T that fit: AVX-512 24 pixels (24 + S + 1 <= 32 registers) then 8; AVX2 8.
-constexpr int kRunWide = VL == 16 ? 24 : 8, kRunNarrow = 8;
+// Runs of the widest T that fit: AVX-512 24 pixels (24 + S + 1 <= 32 registers), then 8, then 4
+// (a 28-pixel row: 24 + 4; a 1..3-pixel rest goes to the micro-kernel); AVX2 8, then 4.
+constexpr int kRunWide = VL == 16 ? 24 : 8, kRunNarrow = 8, kRunShort = 4;
 
 template <int T>
 void row_run_s(int S, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb, const float* panel,
@@ -350,6 +351,9 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           for (; q0 + kRunNarrow <= Q; q0 += kRunNarrow)
             row_run_s<kRunNarrow>(S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc,
                                   cb > 0, bias_kb, cmask);
+          for (; q0 + kRunShort <= Q; q0 += kRunShort)
+            row_run_s<kRunShort>(S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc,
+                                 cb > 0, bias_kb, cmask);
           if (q0 < Q) tiles(fr + q0, fr + Q);
         }
       }
