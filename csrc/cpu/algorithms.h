@@ -45,9 +45,11 @@ struct Algorithm {
   // True when the algorithm computes this problem correctly and is worth choosing for it.
   std::function<bool(const Conv2dParams&, at::ScalarType)> supports;
   std::function<void(const Conv2dParams&, Operands&)> run;
-  // True when run() also reads a channels_last filter (K x R x S x Cg in memory, weight_is_krsc)
-  // in place; supports() is always asked with KCRS strides. Others get a KCRS copy.
-  bool reads_krsc_weights = false;
+  // True when run() also takes a channels_last filter (K x R x S x Cg in memory, weight_is_krsc)
+  // as it lies: reads it in place (forward, backward-input) or writes dw in that layout
+  // (backward-weight); supports() is always asked with KCRS strides. Others get (or write) a
+  // KCRS copy.
+  bool krsc_weights = false;
 };
 
 bool register_algorithm(Algorithm algorithm);

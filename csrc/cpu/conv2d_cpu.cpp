@@ -32,14 +32,14 @@ constexpr int64_t kOne[2] = {1, 1};
 
 // The algorithm for the pass, and the filter it reads (w). A channels_last filter (K x R x S x C
 // in memory: what model.to(memory_format=torch.channels_last) gives) goes as it lies to the
-// algorithms that read it (Algorithm::reads_krsc_weights); the others get a KCRS copy, which
+// algorithms that read it (Algorithm::krsc_weights); the others get a KCRS copy, which
 // costs 1 ms per call for a 512x512x3x3 filter. The choice itself is made on KCRS strides.
 const Algorithm& choose_for_weight(Pass pass, Conv2dParams& p, const at::Tensor& weight, at::Tensor& w) {
   const bool krsc = !weight.is_contiguous() && weight.is_contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t Cg = p.Cg(), R = p.R, S = p.S;
   p.ws_k = Cg * R * S, p.ws_c = R * S, p.ws_r = S, p.ws_s = 1;
   const Algorithm& a = choose(pass, p, weight.scalar_type());
-  if (krsc && a.reads_krsc_weights) {
+  if (krsc && a.krsc_weights) {
     p.ws_k = R * S * Cg, p.ws_c = 1, p.ws_r = S * Cg, p.ws_s = Cg;
     w = weight;
   } else {
@@ -108,8 +108,14 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                            groups);
   const at::Tensor dy = grad_output.contiguous(fmt), x = input.contiguous(fmt);
   set_strides(p, x, g.kcrs, dy, fmt);
+  const Algorithm& a = choose(Pass::BackwardWeight, p, g.kcrs.scalar_type());
+  if (!g.kcrs.is_alias_of(g.out) && a.krsc_weights) {  // writes the channels_last dw itself: no reorder
+    const int64_t Cg = p.Cg(), R = p.R, S = p.S;
+    p.ws_k = R * S * Cg, p.ws_c = 1, p.ws_r = S * Cg, p.ws_s = Cg;
+    g.kcrs = g.out;
+  }
   Operands o{dy, x, at::Tensor(), g.kcrs};
-  choose(Pass::BackwardWeight, p, g.kcrs.scalar_type()).run(p, o);
+  a.run(p, o);
   return g.finish();
 }
 

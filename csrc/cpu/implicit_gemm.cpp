@@ -77,7 +77,7 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 const bool registered =
     register_algorithm({"implicit_gemm", Pass::Forward, 10, supports, run_forward, true}) &&
     register_algorithm({"implicit_gemm", Pass::BackwardInput, 10, supports, run_backward_input, true}) &&
-    register_algorithm({"implicit_gemm", Pass::BackwardWeight, 10, supports, run_backward_weight});
+    register_algorithm({"implicit_gemm", Pass::BackwardWeight, 10, supports, run_backward_weight, true});
 
 }  // namespace
 }  // namespace cpu
@@ -733,6 +733,7 @@ bool small_k_backward_weight(const Conv2dParams& p, bool nhwc) {
 }
 
 void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+  const bool krsc = weight_is_krsc(p);  // dw written as [k][r][s][c] (a channels_last filter)
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h;
@@ -796,7 +797,8 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
     float* dst = dwt + gk * Cg * R * S;
     for (int64_t r = 0; r < R; ++r) {
       const float* src = partial + ((g * R + r) * Kg + k) * JP;
-      for (int64_t sc = 0; sc < J; ++sc) dst[((sc % Cg) * R + r) * S + sc / Cg] = src[sc];
+      if (krsc) std::memcpy(dst + r * J, src, sizeof(float) * J);  // [r][(s, c)] as it is
+      else for (int64_t sc = 0; sc < J; ++sc) dst[((sc % Cg) * R + r) * S + sc / Cg] = src[sc];
     }
   });
 }
@@ -806,6 +808,7 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
 // ------------------------------------------------------------------------------------------
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc) {
   if (small_k_backward_weight(p, nhwc)) return backward_weight_small_k(p, dy, x, dwt);
+  const bool krsc = weight_is_krsc(p);  // dw written as [k][r][s][c] (a channels_last filter)
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -930,8 +933,11 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
     const int64_t g = gk / Kg, k = gk % Kg, kb = k / NVL, j = k % NVL;
     const float* src = partial + (g * nkb + kb) * RS * Cg * NVL + j;
     float* dst = dwt + gk * CRS;
-    for (int64_t c = 0; c < Cg; ++c)
-      for (int64_t rs = 0; rs < RS; ++rs) dst[c * RS + rs] = src[(rs * Cg + c) * NVL];
+    if (krsc)  // dw[k][r][s][c]: the partial's own (r, s, c) order
+      for (int64_t m = 0; m < CRS; ++m) dst[m] = src[m * NVL];
+    else
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t rs = 0; rs < RS; ++rs) dst[c * RS + rs] = src[(rs * Cg + c) * NVL];
   });
 }
 

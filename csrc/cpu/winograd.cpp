@@ -95,12 +95,13 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p)};
   auto f = use_avx512() ? avx512::winograd_backward_weight : avx2::winograd_backward_weight;
-  f(s, o.b.const_data_ptr<float>(), o.a.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), p.macs());
+  f(s, o.b.const_data_ptr<float>(), o.a.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), weight_is_krsc(p),
+    p.macs());
 }
 
 const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports_forward, run_forward, true}) &&
                         register_algorithm({"winograd", Pass::BackwardInput, 40, supports_backward_input, run_backward_input, true}) &&
-                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports_backward_weight, run_backward_weight});
+                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports_backward_weight, run_backward_weight, true});
 
 }  // namespace
 }  // namespace cpu
@@ -495,7 +496,7 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
 // adds the chunk's tiles into its part of dU on the micro-kernel (input channels are the
 // broadcast rows, read down V's columns; the whole chunk is one reduction in registers). Each
 // dU element is summed in the same order whatever the thread count: deterministic.
-void winograd_backward_weight(const WinoShape& s, const float* x, const float* dy, float* dw, int64_t macs) {
+void winograd_backward_weight(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
   const Geo e(s);
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024, kSumTiles = 64;
@@ -530,7 +531,8 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
         }
     });
   }
-  // dw = G^T dU G, VL filters at a time, transposed back to (K, Cg, 3, 3)
+  // dw = G^T dU G, VL filters at a time, transposed back to (K, Cg, 3, 3), or to (K, 3, 3, Cg) for
+  // a channels_last filter (krsc)
   const int64_t nkv = Kgp / VL;
   for_each_task(G * nkv, macs, [&](int64_t task) {
     const int64_t g = task / nkv, k0 = (task % nkv) * VL;
@@ -539,7 +541,7 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
     for (int64_t c = 0; c < Cg; ++c) {
       for (int xi = 0; xi < 16; ++xi) u[xi] = Isa::load(dU + ((g * 16 + xi) * Cg + c) * Kgp + k0);
       weight_grad_tile(u, o);
-      for (int rs = 0; rs < 9; ++rs) Isa::store(tmp + (c * 9 + rs) * VL, o[rs]);
+      for (int rs = 0; rs < 9; ++rs) Isa::store(tmp + (krsc ? rs * Cg + c : c * 9 + rs) * VL, o[rs]);
     }
     transpose_rows(tmp, VL, Cg * 9, std::min<int64_t>(VL, Kg - k0), Cg * 9, dw + (g * Kg + k0) * Cg * 9, Cg * 9);
   });
