@@ -484,15 +484,82 @@ void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, fl
     std::fill(row + J, row + Jp, 0.f);
     for (int64_t jb = 0; jb < njb; ++jb) std::memcpy(wp + ((g * njb + jb) * Kg + k) * NVL, row + jb * NVL, sizeof(float) * NVL);
   });
+  // Adds T row trow (pixel (pp, q) of dy) into the dx pixels it came from.
+  auto scatter = [&](const float* trow, int64_t pp, int64_t q, float* img, int64_t ldi) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t ih = pp * sh - ph + r * dh;
+      if (ih < 0 || ih >= H) continue;
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t iw = q * sw - pw + s * dw;
+        if (iw < 0 || iw >= W) continue;
+        const float* tv = trow + (r * S + s) * Cg;
+        float* d = img + (ih * W + iw) * ldi;
+        for (int64_t c = 0; c < Cg; ++c) d[c] += tv[c];
+      }
+    }
+  };
+  // NHWC: add straight into dx; NCHW: into an NHWC image of this group's channels, transposed
+  // into dx at the end (the adds then run along contiguous channels either way)
+  auto image_begin = [&](int64_t n, int64_t g, float*& img, int64_t& ldi) {
+    img = nhwc ? dx + n * H * W * C + g * Cg : scratch(3, H * W * Cg);
+    ldi = nhwc ? C : Cg;  // pixel stride of img
+    for (int64_t i = 0; i < H * W; ++i) std::memset(img + i * ldi, 0, sizeof(float) * Cg);
+  };
+  auto image_end = [&](int64_t n, int64_t g, const float* img) {
+    if (!nhwc) transpose_rows(img, Cg, H * W, Cg, H * W, dx + (n * C + g * Cg) * H * W);  // [pix][c] -> [c][pix]
+  };
+  const int64_t zero = 0;
+
+  if (Cg >= 64) {
+    // Many channels (strided layers on small planes): T for a group of images at once, then
+    // the scatter. The GEMM's tasks are blocks of T's columns (and of its rows when there are few
+    // columns), so each block of the packed filter is read once for all the group's pixels; per
+    // image it was read again (9 MB for 512->512 3x3/2). Xeon, 2 threads, batch 4, ratio vs torch
+    // per image -> batched (python -m conv_ext.bench --suite resnet50 --passes backward_input
+    // --batch 4 --cases layer4.0.conv2,layer3.0.conv2 --layout nchw|nhwc): 512@14/2 NCHW
+    // 0.56 -> 1.20, NHWC 0.48 -> 1.24; 256@28/2 NCHW 0.77 -> 1.09, NHWC 0.61 -> 0.89. (Planes of
+    // 784 pixels, 128@56/2, stay with the phase gather: 1.28 -> 0.90 with this.)
+    const int64_t ng = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(4) << 20) / (G * PQ * Jp)));
+    float* T = scratch(4, G * ng * PQ * Jp);  // [g][pixel of the group][Jp]
+    for (int64_t n0 = 0; n0 < N; n0 += ng) {
+      const int64_t n1 = std::min(N, n0 + ng), Mg = (n1 - n0) * PQ;
+      const int64_t nmb = ceil_div(8, G * njb), mb = round_up(ceil_div(Mg, nmb), MR);
+      for_each_task(G * njb * ceil_div(Mg, mb), int64_t(Mg) * Kg * NVL * G * njb, [&](int64_t task) {
+        const int64_t nm = ceil_div(Mg, mb), g = task / (njb * nm), jb = task / nm % njb, m0 = task % nm * mb;
+        const float* arow[16];
+        for (int64_t f0 = m0; f0 < std::min(Mg, m0 + mb); f0 += MR) {
+          Tile t;
+          t.mr = static_cast<int>(std::min(MR, Mg - f0));
+          for (int i = 0; i < t.mr; ++i) {
+            const int64_t n = n0 + (f0 + i) / PQ, pix = (f0 + i) % PQ;
+            arow[i] = nhwc ? dy + (n * PQ + pix) * K + g * Kg : dy + (n * K + g * Kg) * PQ + pix;
+          }
+          t.arow = arow, t.a_ls = nhwc ? 1 : PQ;
+          t.b = wp + (g * njb + jb) * Kg * NVL, t.b_ls = NVL;
+          t.a_off = &zero, t.b_off = &zero, t.nseg = 1, t.len = Kg;
+          t.c = T + (g * Mg + f0) * Jp + jb * NVL, t.ldc = Jp;
+          run_tile<false>(nv, t);
+        }
+      });
+      for_each_task((n1 - n0) * G, int64_t(Mg) * J * G, [&](int64_t task) {
+        const int64_t n = n0 + task / G, g = task % G;
+        float* img;
+        int64_t ldi;
+        image_begin(n, g, img, ldi);
+        const float* Tn = T + (g * Mg + (n - n0) * PQ) * Jp;
+        for (int64_t pix = 0; pix < PQ; ++pix) scatter(Tn + pix * Jp, pix / Q, pix % Q, img, ldi);
+        image_end(n, g, img);
+      });
+    }
+    return;
+  }
+
   for_each_task(N * G, p.macs(), [&](int64_t task) {
     const int64_t n = task / G, g = task % G;
-    // NHWC: add straight into dx; NCHW: into an NHWC image of this group's channels, transposed
-    // into dx at the end (the adds then run along contiguous channels either way)
-    float* img = nhwc ? dx + n * H * W * C + g * Cg : scratch(3, H * W * Cg);
-    const int64_t ldi = nhwc ? C : Cg;  // pixel stride of img
-    for (int64_t i = 0; i < H * W; ++i) std::memset(img + i * ldi, 0, sizeof(float) * Cg);
+    float* img;
+    int64_t ldi;
+    image_begin(n, g, img, ldi);
     float* tbuf = scratch(2, MR * Jp);
-    const int64_t zero = 0;
     for (int64_t f0 = 0; f0 < PQ; f0 += MR) {
       const int mr = static_cast<int>(std::min(MR, PQ - f0));
       for (int64_t jb = 0; jb < njb; ++jb) {
@@ -504,23 +571,9 @@ void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, fl
         t.c = tbuf + jb * NVL, t.ldc = Jp;
         run_tile<false>(nv, t);
       }
-      for (int i = 0; i < mr; ++i) {
-        const int64_t pp = (f0 + i) / Q, q = (f0 + i) % Q;
-        const float* trow = tbuf + i * Jp;
-        for (int64_t r = 0; r < R; ++r) {
-          const int64_t ih = pp * sh - ph + r * dh;
-          if (ih < 0 || ih >= H) continue;
-          for (int64_t s = 0; s < S; ++s) {
-            const int64_t iw = q * sw - pw + s * dw;
-            if (iw < 0 || iw >= W) continue;
-            const float* tv = trow + (r * S + s) * Cg;
-            float* d = img + (ih * W + iw) * ldi;
-            for (int64_t c = 0; c < Cg; ++c) d[c] += tv[c];
-          }
-        }
-      }
+      for (int i = 0; i < mr; ++i) scatter(tbuf + i * Jp, (f0 + i) / Q, (f0 + i) % Q, img, ldi);
     }
-    if (!nhwc) transpose_rows(img, Cg, H * W, Cg, H * W, dx + (n * C + g * Cg) * H * W);  // [pix][c] -> [c][pix]
+    image_end(n, g, img);
   });
 }
 
