@@ -123,7 +123,9 @@ FwdPlan fwd_plan(const Conv2dParams& p) {
 // tasks that share it; a task sweeps the weights of its kbs blocks once, each weight panel over
 // all its pixels; a band larger than the L2 share (kBandFloats) is read again for every block of channels. Among the shapes with
 // enough tasks (8, or as many as there can be) and a band under 4 x kBandFloats, take the one
-// that moves the fewest floats in all: bands built + tasks x (band reads + weights). Layers heavy
+// that moves the fewest floats in all: bands built + tasks x (band reads + weights), times the
+// share of thread time a last, partial round of tasks leaves idle (11 tasks on 2 threads: 12/11;
+// 64->256 1x1 @56 NHWC, batch 4, 2 threads: 1.35 -> 1.20 ms, torch 1.06). Layers heavy
 // in weights (2048->512 1x1 @7, 512->512 3x3/2 @14) get more pixels per task and fewer output
 // channels; large planes keep the rows the band budget allows and all channels. ResNet-50
 // batch 4, 2 threads (Xeon, AVX-512), forward ms ours / torch, before -> after: 2048->512 1x1 @7
@@ -139,6 +141,7 @@ template <class BandFloats>
 FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t Q, int64_t G, int64_t nkb, int64_t NVL, int64_t wslice,
                    const BandFloats& band, bool builds) {
   const int64_t tmax = N * G * P * nkb, want = std::min<int64_t>(8, tmax);
+  const int64_t nthreads = at::in_parallel_region() ? 1 : at::get_num_threads();
   FwdTasks best{1, 1, 1};
   double best_cost = -1;
   auto consider = [&](int64_t nimg, int64_t rb, int64_t kbs) {
@@ -147,7 +150,8 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t Q, int64_t G, int64_t nkb, int6
     if (tasks < want || (a > 4 * kBandFloats && !(nimg == 1 && rb == 1))) return;
     const int64_t nkg = ceil_div(nkb, kbs);  // tasks that share one band (built once)
     const double per = double(a) * (a > kBandFloats ? kbs : 1) + double(kbs * NVL * wslice);
-    const double cost = per * double(tasks) + (builds ? double(a) * double(tasks / nkg) : 0.0);
+    const double cost = (per * double(tasks) + (builds ? double(a) * double(tasks / nkg) : 0.0)) *
+                        double(round_up(tasks, nthreads)) / double(tasks);  // idle threads in the last round
     if (best_cost < 0 || cost < best_cost * 0.999) best = {nimg, rb, kbs}, best_cost = cost;
   };
   for (int64_t kbs = nkb;; kbs = ceil_div(kbs, 2)) {
