@@ -60,6 +60,7 @@ ONE_BY_ONE = [
     ((1, 40, 16, 17), 20, (1, 1), 1, 0, 1, 2),         # the same, C > K per group, groups
     ((3, 64, 5, 3), 200, (1, 1), 1, 0, 1, 1),          # NHWC: rows across images, tasks split over K
     ((2, 24, 9, 7), 36, (1, 1), 2, 0, 1, 3),           # NHWC strided, read in place; groups
+    ((1, 1040, 2, 5), 1030, (1, 1), 1, 0, 1, 1),       # a filter of > 1M floats: NHWC bwd-input task shapes
 ]
 DEPTHWISE = [
     ((2, 8, 10, 10), 8, (3, 3), 1, 1, 1, 8),
