@@ -155,8 +155,9 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t Q, int64_t G, int64_t nkb, int6
     if (best_cost < 0 || cost < best_cost * 0.999) best = {nimg, rb, kbs}, best_cost = cost;
   };
   for (int64_t kbs = nkb;; kbs = ceil_div(kbs, 2)) {
-    for (int64_t rb = P; rb >= 1; --rb) consider(1, rb, kbs);
-    for (int64_t nimg = 2; nimg <= N; ++nimg) consider(nimg, P, kbs);
+    // rows: every count up to 64, then steps of ~1/64 (a tall 1x1 problem has thousands of rows)
+    for (int64_t rb = P; rb >= 1; rb -= std::max<int64_t>(1, rb / 64)) consider(1, rb, kbs);
+    for (int64_t nimg = 2; nimg <= N; nimg += std::max<int64_t>(1, nimg / 64)) consider(nimg, P, kbs);
     if (kbs == 1) break;
   }
   return best;
