@@ -14,8 +14,9 @@
 //                    each chunk's partial sums go to its own buffer, and the buffers are added in
 //                    chunk order: the same bits for any thread count.
 //
-// Blocking. A task is (image, group, block of output rows) [forward, backward-input] or
-// (chunk, group, block of output channels) [backward-weight]. A task copies the input rows it
+// Blocking. A task is (images, group, block of output rows, block of output channels) [forward,
+// stride-1 backward-input; shaped by a count of the floats moved: fwd_tasks] or (chunk, group,
+// block of output channels) [backward-weight]. A task copies the input rows it
 // needs into a "band" (rows x padded columns x channels, zero padding built in; NHWC rows are
 // memcpy'd, NCHW rows transposed), so the micro-kernel never tests bounds and never sees an
 // im2col buffer. Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
@@ -25,6 +26,10 @@
 // (transpose_rows, simd.h: 16x16 vector blocks; was a scalar strided copy: -1..3% time at 1 thread).
 // backward-weight NCHW: the dy band (rows pa..pb of each of NVL planes = one contiguous run per
 // plane) is transposed by transpose_rows (simd.h; AVX-512 16x16 vpermt2ps blocks), not scalar.
+//
+// Forward with one vector of output channels and 2..7 taps a row (CIFAR-sized layers): "row
+// runs" of 24/8/4 output pixels in registers, each input value broadcast once for all the taps
+// that read it (row_run), instead of one broadcast per FMA in the micro-kernel.
 //
 // Backward-input with few input channels: at stride 1 (Cg*4 <= VL: CIFAR's stem) vectors over
 // the pixels of a dx row from zero-padded dy planes; strided (Cg*2 <= VL: the 7x7/2 stem)
