@@ -172,9 +172,17 @@ def test_against_reference(algo, pass_name, shape, layout):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("shape", [GENERAL[2], GENERAL[9], ONE_BY_ONE[1], DEPTHWISE[1], WINOGRAD[6]], ids=str)
+@pytest.mark.parametrize("shape", [
+    ((2, 5, 13, 7), 33, (3, 3), 2, 1, 1, 1),
+    ((1, 3, 32, 32), 70, (7, 7), 2, 3, 1, 1),
+    ONE_BY_ONE[1], DEPTHWISE[1], WINOGRAD[6],
+    ((5, 200, 5, 7), 136, (3, 3), 2, 1, 1, 1),    # forward task shapes chosen per thread count
+    ((1, 1040, 2, 5), 1030, (1, 1), 1, 0, 1, 1),  # NHWC 1x1 backward-input task shapes, likewise
+    ((1, 70, 6, 29), 16, (7, 7), 1, 3, 1, 1),     # row runs and micro-kernel tiles in one row
+], ids=str)
 def test_deterministic(shape, layout):
-    """Same bits on two runs and for 1 and 2 threads (backward-weight reduces in a fixed order)."""
+    """Same bits on two runs and for 1 and 2 threads (backward-weight reduces in a fixed order; the
+    forward's task shapes may follow the thread count, its sums' order does not)."""
     x, wt, b, dy, geo = (t if isinstance(t, tuple) else t for t in make(shape, layout, torch.float32))
     threads = torch.get_num_threads()
     try:
