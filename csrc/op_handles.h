@@ -7,12 +7,17 @@
 
 namespace conv_ext {
 
+// The typed handle of op `name` (each caller keeps it in a function-local static: resolved once).
+template <class Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
 inline at::Tensor forward_op(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("conv_ext::conv2d_forward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>();
+  static auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                        at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t)>(
+      "conv_ext::conv2d_forward");
   return op.call(x, w, b, stride, padding, dilation, groups);
 }
 
@@ -24,23 +29,19 @@ using BackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt
 inline at::Tensor backward_input_op(const at::Tensor& dy, const at::Tensor& w, c10::SymIntArrayRef input_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
-  static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("conv_ext::conv2d_backward_input", "").typed<BackwardSig>();
+  static auto op = op_handle<BackwardSig>("conv_ext::conv2d_backward_input");
   return op.call(dy, w, input_size, stride, padding, dilation, groups);
 }
 
 inline at::Tensor backward_weight_op(const at::Tensor& dy, const at::Tensor& x, c10::SymIntArrayRef weight_size,
                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                      int64_t groups) {
-  static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("conv_ext::conv2d_backward_weight", "").typed<BackwardSig>();
+  static auto op = op_handle<BackwardSig>("conv_ext::conv2d_backward_weight");
   return op.call(dy, x, weight_size, stride, padding, dilation, groups);
 }
 
 inline at::Tensor backward_bias_op(const at::Tensor& dy) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("conv_ext::conv2d_backward_bias", "")
-                       .typed<at::Tensor(const at::Tensor&)>();
+  static auto op = op_handle<at::Tensor(const at::Tensor&)>("conv_ext::conv2d_backward_bias");
   return op.call(dy);
 }
 

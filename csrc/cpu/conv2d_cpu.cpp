@@ -34,13 +34,18 @@ constexpr int64_t kOne[2] = {1, 1};
 // in memory: what model.to(memory_format=torch.channels_last) gives) goes as it lies to the
 // algorithms that read it (Algorithm::krsc_weights); the others get a KCRS copy, which
 // costs 1 ms per call for a 512x512x3x3 filter. The choice itself is made on KCRS strides.
+// Filter strides of a channels_last filter (K x R x S x Cg in memory: weight_is_krsc).
+void set_krsc_weight_strides(Conv2dParams& p) {
+  p.ws_k = p.R * p.S * p.Cg(), p.ws_c = 1, p.ws_r = p.S * p.Cg(), p.ws_s = p.Cg();
+}
+
 const Algorithm& choose_for_weight(Pass pass, Conv2dParams& p, const at::Tensor& weight, at::Tensor& w) {
   const bool krsc = !weight.is_contiguous() && weight.is_contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t Cg = p.Cg(), R = p.R, S = p.S;
   p.ws_k = Cg * R * S, p.ws_c = R * S, p.ws_r = S, p.ws_s = 1;
   const Algorithm& a = choose(pass, p, weight.scalar_type());
   if (krsc && a.krsc_weights) {
-    p.ws_k = R * S * Cg, p.ws_c = 1, p.ws_r = S * Cg, p.ws_s = Cg;
+    set_krsc_weight_strides(p);
     w = weight;
   } else {
     w = weight.contiguous();
@@ -110,8 +115,7 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
   set_strides(p, x, g.kcrs, dy, fmt);
   const Algorithm& a = choose(Pass::BackwardWeight, p, g.kcrs.scalar_type());
   if (!g.kcrs.is_alias_of(g.out) && a.krsc_weights) {  // writes the channels_last dw itself: no reorder
-    const int64_t Cg = p.Cg(), R = p.R, S = p.S;
-    p.ws_k = R * S * Cg, p.ws_c = 1, p.ws_r = S * Cg, p.ws_s = Cg;
+    set_krsc_weight_strides(p);
     g.kcrs = g.out;
   }
   Operands o{dy, x, at::Tensor(), g.kcrs};

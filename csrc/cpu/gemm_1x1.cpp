@@ -171,7 +171,6 @@ void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const 
   // idle share of a last round of tasks), with >= 8 tasks and <= 512 pixels a task. 2048->512 @7
   // NHWC backward-input, batch 4, 2 threads (w 4 MB, read 3x by 96-pixel tasks before): 0.80x ->
   // 1.2x torch. Smaller filters measured worse with it (128->512 @28 0.98x -> 0.81x).
-  const int64_t nthreads = at::in_parallel_region() ? 1 : at::get_num_threads();
   int64_t rows = 16 * MR, cbs = 1;
   if (G * Kg * Cg >= (int64_t(1) << 20)) {
     double best = -1;
@@ -180,8 +179,8 @@ void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const 
       for (int64_t r = std::min<int64_t>(round_up(NP, MR), 512); r >= MR; r = r > 4 * MR ? round_up(r * 3 / 4, MR) : r - MR) {
         const int64_t tasks = ceil_div(NP, r) * G * ceil_div(ncb, c);
         if (tasks < want) continue;
-        const double cost = (double(ceil_div(NP, r)) * Kg * Cg + double(ceil_div(ncb, c)) * NP * Kg) *
-                            double(round_up(tasks, nthreads)) / double(tasks);
+        const double cost =
+            (double(ceil_div(NP, r)) * Kg * Cg + double(ceil_div(ncb, c)) * NP * Kg) * round_factor(tasks);
         if (best < 0 || cost < best * 0.999) best = cost, rows = r, cbs = c;
       }
       if (c == 1) break;

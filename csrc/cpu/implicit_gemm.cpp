@@ -143,10 +143,9 @@ struct FwdTasks {
 };
 
 template <class BandFloats>
-FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t Q, int64_t G, int64_t nkb, int64_t NVL, int64_t wslice,
+FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t G, int64_t nkb, int64_t NVL, int64_t wslice,
                    const BandFloats& band, bool builds) {
   const int64_t tmax = N * G * P * nkb, want = std::min<int64_t>(8, tmax);
-  const int64_t nthreads = at::in_parallel_region() ? 1 : at::get_num_threads();
   FwdTasks best{1, 1, 1};
   double best_cost = -1;
   auto consider = [&](int64_t nimg, int64_t rb, int64_t kbs) {
@@ -155,8 +154,7 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t Q, int64_t G, int64_t nkb, int6
     if (tasks < want || (a > 4 * kBandFloats && !(nimg == 1 && rb == 1))) return;
     const int64_t nkg = ceil_div(nkb, kbs);  // tasks that share one band (built once)
     const double per = double(a) * (a > kBandFloats ? kbs : 1) + double(kbs * NVL * wslice);
-    const double cost = (per * double(tasks) + (builds ? double(a) * double(tasks / nkg) : 0.0)) *
-                        double(round_up(tasks, nthreads)) / double(tasks);  // idle threads in the last round
+    const double cost = (per * double(tasks) + (builds ? double(a) * double(tasks / nkg) : 0.0)) * round_factor(tasks);
     if (best_cost < 0 || cost < best_cost * 0.999) best = {nimg, rb, kbs}, best_cost = cost;
   };
   for (int64_t kbs = nkb;; kbs = ceil_div(kbs, 2)) {
@@ -253,7 +251,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   const int64_t Nt = tall ? 1 : N, Ht = tall ? N * H : H, Pt = tall ? N * P : P;
   const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1;  // band columns q*sw + s*dw
   const int64_t pixf = direct ? C : Cg, rowf = direct ? W * C : Wp * Cg;  // floats per band pixel / row
-  const FwdTasks ft = fwd_tasks(Nt, Pt, Q, G, nkb, NVL, Cg * RS, [&](int64_t rows) {
+  const FwdTasks ft = fwd_tasks(Nt, Pt, G, nkb, NVL, Cg * RS, [&](int64_t rows) {
     return direct ? rows * Q * Cg : ((rows - 1) * sh + (R - 1) * dh + 1) * rowf;
   }, !direct);
   const int64_t nimg = ft.nimg, rb = ft.rb, kbs = ft.kbs;
@@ -355,15 +353,15 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         }
         for (int64_t fr = 0; fr < npix; fr += Q) {  // one output row at a time
           int64_t q0 = 0;
-          for (; q0 + kRunWide <= Q; q0 += kRunWide)
-            row_run_s<kRunWide>(S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc, cb > 0,
-                                bias_kb, cmask);
-          for (; q0 + kRunNarrow <= Q; q0 += kRunNarrow)
-            row_run_s<kRunNarrow>(S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc,
-                                  cb > 0, bias_kb, cmask);
-          for (; q0 + kRunShort <= Q; q0 += kRunShort)
-            row_run_s<kRunShort>(S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc,
-                                 cb > 0, bias_kb, cmask);
+          auto runs = [&](auto width) {  // runs of width.value pixels while they fit
+            constexpr int T = decltype(width)::value;
+            for (; q0 + T <= Q; q0 += T)
+              row_run_s<T>(S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc, cb > 0,
+                           bias_kb, cmask);
+          };
+          runs(std::integral_constant<int, kRunWide>{});
+          runs(std::integral_constant<int, kRunNarrow>{});
+          runs(std::integral_constant<int, kRunShort>{});
           if (q0 < Q) tiles(fr + q0, fr + Q);
         }
       }

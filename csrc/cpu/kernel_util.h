@@ -32,6 +32,15 @@ inline float* scratch(int slot, int64_t n) {
 // more than it saves (the (1,3,8,8)->16 layer is 28k MACs).
 constexpr int64_t kSerialMacs = 1 << 18;
 
+// Threads for_each_task spreads tasks over (1 inside a parallel region), and how much a count
+// of equal tasks costs relative to perfect balance: a last, partial round leaves threads idle
+// (11 tasks on 2 threads: 12/11). Task-shape choices weigh their costs with it.
+inline int64_t pool_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+inline double round_factor(int64_t tasks) {
+  const int64_t t = pool_threads();
+  return double((tasks + t - 1) / t * t) / double(tasks);
+}
+
 // Run f(task) for task in [0, n), in parallel unless the whole problem is small. Every output
 // element is written by exactly one task, so the result does not depend on the thread count.
 template <typename F>

@@ -420,7 +420,7 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   float* bp = scratch(5, Ks);  // bias padded per group to whole vectors
   for (int64_t g = 0; g < G; ++g)
     for (int64_t k = 0; k < Kgp; ++k) bp[g * Kgp + k] = bias && k < Kg ? bias[g * Kg + k] : 0.f;
-  const int64_t nthreads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t nthreads = pool_threads();
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024;  // V + M of a chunk (large-U schedule): 8 MiB
 
   const bool large_u = 16 * G * Cg * Kgp > 256 * 1024 && 16 * tw * (Cs + Ks) <= kChunkFloats;
