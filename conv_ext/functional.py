@@ -18,8 +18,10 @@ IntOrPair = Union[int, Sequence[int]]
 
 
 def _pair(name: str, value: IntOrPair) -> Tuple[int, int]:
-    if type(value) is int:  # the common case first (bool is not int here)
-        return (value, value)
+    if type(value) is int:  # the common cases first (bool is not int here): an int, or the
+        return (value, value)  # tuple of two ints nn.Conv2d passes (a list from F.conv2d callers)
+    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return (value[0], value[1])
     if isinstance(value, bool):
         raise ValueError(f"conv_ext.conv2d: expected {name} to be an int or a pair of ints, got {value!r}")
     if isinstance(value, int) or (isinstance(value, torch.SymInt)):

@@ -84,6 +84,49 @@ def test_only_needed_gradients(wanted, device):
     assert ran == expected
 
 
+def test_only_requested_gradients_with_autograd_grad(device):
+    """torch.autograd.grad(y, x) asks the node for dx only, though w also requires grad."""
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    y = conv_ext.conv2d(x, w, b, padding=1)
+    with OpLog() as log:
+        (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    ran = {op.split(".")[-1] for op in log.ops if "conv_ext" in op}
+    assert ran == {"conv2d_backward_input"}
+    (ref,) = torch.autograd.grad(F.conv2d(x, w, b, padding=1), x, torch.ones_like(y))
+    assert rel_error(dx, ref) < 1e-12
+
+
+def test_graph_nodes_behave_like_torchs(device):
+    """The recorded node frees its saved tensors after backward (a second backward raises as
+    torch's does, retain_graph keeps them), notices an in-place change of a saved input, has a
+    name, and forward-mode AD is refused by name instead of silently dropping the tangent."""
+    x = torch.randn(1, 2, 5, 5, device=device, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, device=device, requires_grad=True)
+    y = conv_ext.conv2d(x, w).sum()
+    assert y.grad_fn.next_functions[0][0].name() == "ConvExtForwardBackward"
+    y.backward(retain_graph=True)
+    g1 = w.grad.clone()
+    y.backward()
+    torch.testing.assert_close(w.grad, 2 * g1)
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
+
+    xi = x.detach().clone().requires_grad_()
+    xl = xi * 1.0  # a non-leaf, so it may be changed in place
+    y = conv_ext.conv2d(xl, w).sum()
+    xl.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        xd = fwAD.make_dual(x.detach(), torch.randn_like(x))
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            conv_ext.conv2d(xd, w.detach())
+
+
 def opcheck_cases(device):
     g = torch.Generator().manual_seed(3)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)

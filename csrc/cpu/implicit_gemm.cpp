@@ -419,7 +419,8 @@ bool bwd_input_as_forward(const Conv2dParams& p) {
 // Weights of that forward problem f (k' = c, c' = k): panel element (g, k', c', r, s) =
 // w[g*Kg + c', k', R-1-r, S-1-s]. For each c' the NVL filters k' of a block are one
 // transpose_rows of an NVL x R*S block of w; the taps are then written flipped, NVL floats at a time.
-// krsc: w is a channels_last filter, whose NVL filters k' at a tap are already side by side.
+// krsc: w is a channels_last filter (or a 1x1 one), whose NVL filters k' at a tap are already side
+// by side: a copy (the 1x1 2048->512 filter by 1-column transposes took ~2 ms of 5, 1 thread).
 float* fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float* w, bool krsc) {
   const int64_t G = f.groups, Cgf = f.Cg(), Kgf = f.Kg(), RS = f.R * f.S, NVL = plan.NVL;
   float* wp = scratch(0, G * plan.nkb * RS * Cgf * NVL);
@@ -451,7 +452,7 @@ void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, f
   f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
   f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
   const FwdPlan plan = fwd_plan(f);
-  const float* wp = fwd_pack_flipped(f, plan, w, weight_is_krsc(p));
+  const float* wp = fwd_pack_flipped(f, plan, w, weight_is_krsc(p) || p.R * p.S == 1);
   fwd_compute(f, plan, dy, wp, nullptr, dx, nhwc);
 }
 
@@ -597,21 +598,25 @@ bool bwd_input_use_pixel_rows(const Conv2dParams& p) {
   return p.Cg() * 4 <= VL && p.stride_h == 1 && p.stride_w == 1 && band <= (int64_t(4) << 20);
 }
 
-// NQ vectors per step: 2 x 16 pixels for CIFAR's 32-wide rows, 1 for rows of <= VL pixels (the
-// (1,3,8,8) layer: 2 vectors computed 4x the pixels there are).
+// NQ vectors per row: 2 x 16 pixels for CIFAR's 32-wide rows, 1 for rows of <= VL pixels (the
+// (1,3,8,8) layer: 2 vectors computed 4x the pixels there are). A step computes RB = 4/NQ dx
+// rows at once: 4 independent FMA chains sharing each weight broadcast (one chain of 144 FMAs
+// per row before: the (1,3,8,8) layer's bwd-input was bound by FMA latency, ~5 us of its 17).
+// dyb has RB extra zero rows, so the rows of a last, partial step read inside it.
 template <int NQ>
 void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  constexpr int RB = 4 / NQ;
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
   const int64_t ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t padT = std::max<int64_t>(0, (R - 1) * dh - ph), padL = std::max<int64_t>(0, (S - 1) * dw - pw);
   const int64_t Wr = round_up(W, NQ * VL);                    // dx columns computed per row
-  const int64_t Hb = H + ph + padT, Wb = Wr + pw + padL;      // dyb rows ih+ph-r*dh+padT, cols iw+pw-s*dw+padL
+  const int64_t Hb = H + ph + padT + RB, Wb = Wr + pw + padL; // dyb rows ih+ph-r*dh+padT, cols iw+pw-s*dw+padL
   for_each_task(N * G, p.macs(), [&](int64_t task) {
     const int64_t n = task / G, g = task % G;
     float* dyb = scratch(1, Kg * Hb * Wb);
     std::fill(dyb, dyb + Kg * Hb * Wb, 0.f);
-    const int64_t qn = std::min(Q, Wb - padL), on = std::min(P, Hb - padT);  // the dy pixels read
+    const int64_t qn = std::min(Q, Wb - padL), on = std::min(P, Hb - RB - padT);  // the dy pixels read
     if (nhwc)  // a row of qn pixels x Kg channels -> Kg plane rows (vector transposes, simd.h)
       for (int64_t oh = 0; oh < on; ++oh)
         transpose_rows(dy + (n * P + oh) * Q * K + g * Kg, K, qn, Kg, Hb * Wb, dyb + (oh + padT) * Wb + padL, qn);
@@ -627,28 +632,35 @@ void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float
             wt[(c * Kg + k) * RS + r * S + s] = w[(g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s];
     alignas(64) float row[NQ * 16];
     for (int64_t c = 0; c < Cg; ++c)
-      for (int64_t ih = 0; ih < H; ++ih)
+      for (int64_t ih = 0; ih < H; ih += RB)
         for (int64_t iw0 = 0; iw0 < W; iw0 += NQ * VL) {
-          V acc[NQ];
-          for (int v = 0; v < NQ; ++v) acc[v] = Isa::zero();
+          V acc[RB][NQ];
+#pragma GCC unroll 4
+          for (int j = 0; j < RB; ++j)
+#pragma GCC unroll 2
+            for (int v = 0; v < NQ; ++v) acc[j][v] = Isa::zero();
           const float* wc = wt + c * Kg * RS;
           for (int64_t k = 0; k < Kg; ++k)
             for (int64_t r = 0; r < R; ++r) {
               const float* src = dyb + (k * Hb + ih + ph - r * dh + padT) * Wb + iw0 + pw + padL;
               for (int64_t s = 0; s < S; ++s) {
                 const V wv = Isa::set1(wc[(k * R + r) * S + s]);
+#pragma GCC unroll 4
+                for (int j = 0; j < RB; ++j)
 #pragma GCC unroll 2
-                for (int v = 0; v < NQ; ++v) acc[v] = Isa::fma(wv, Isa::load(src - s * dw + v * VL), acc[v]);
+                  for (int v = 0; v < NQ; ++v) acc[j][v] = Isa::fma(wv, Isa::load(src + j * Wb - s * dw + v * VL), acc[j][v]);
               }
             }
           const int64_t valid = std::min<int64_t>(NQ * VL, W - iw0);
-          if (!nhwc) {
-            float* d = dx + ((n * C + g * Cg + c) * H + ih) * W + iw0;
-            for (int v = 0; v < NQ; ++v) Isa::storem(d + v * VL, acc[v], Isa::mask(valid - v * VL));
-          } else {
-            for (int v = 0; v < NQ; ++v) Isa::store(row + v * VL, acc[v]);
-            float* d = dx + ((n * H + ih) * W + iw0) * C + g * Cg + c;
-            for (int64_t i = 0; i < valid; ++i) d[i * C] = row[i];
+          for (int j = 0; j < RB && ih + j < H; ++j) {
+            if (!nhwc) {
+              float* d = dx + ((n * C + g * Cg + c) * H + ih + j) * W + iw0;
+              for (int v = 0; v < NQ; ++v) Isa::storem(d + v * VL, acc[j][v], Isa::mask(valid - v * VL));
+            } else {
+              for (int v = 0; v < NQ; ++v) Isa::store(row + v * VL, acc[j][v]);
+              float* d = dx + ((n * H + ih + j) * W + iw0) * C + g * Cg + c;
+              for (int64_t i = 0; i < valid; ++i) d[i * C] = row[i];
+            }
           }
         }
   });
