@@ -8,12 +8,13 @@
 import torch
 
 from . import _ops  # noqa: F401  (loads the kernels, registers fake kernels and autograd)
-from ._C import cpu_capability, cuda_compiled
+from ._C import cpu_cached_bytes, cpu_capability, cuda_compiled
+from ._C import empty_cache as _empty_cache
 from .functional import conv2d
 from .modules import Conv2d, convert
 
 __version__ = "0.1.0"
-__all__ = ["conv2d", "Conv2d", "convert", "info", "__version__"]
+__all__ = ["conv2d", "Conv2d", "convert", "info", "empty_cache", "__version__"]
 
 
 def info() -> dict:
@@ -26,4 +27,11 @@ def info() -> dict:
         "cuda_available": cuda_compiled() and torch.cuda.is_available(),
         "cpu_capability": cpu_capability(),
         "threads": torch.get_num_threads(),
+        "cpu_cached_bytes": cpu_cached_bytes(),
     }
+
+
+def empty_cache() -> None:
+    """Return the freed CPU outputs conv_ext keeps for reuse (outputs of 1 MiB or more; at most
+    CONV_EXT_CPU_CACHE_MB MiB, default 1024, 0 turns the cache off) to the system."""
+    _empty_cache()

@@ -2,6 +2,8 @@
 
 Each test holds conv_ext to what nn.Conv2d does in the same situation.
 """
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -210,3 +212,39 @@ def test_compile_converted_resnet18_has_no_graph_breaks():
     torch.testing.assert_close(x2.grad, x1.grad)
     torch.testing.assert_close(model.conv1.weight.grad, grad_eager)
     torch._dynamo.reset()
+
+
+def test_cpu_output_cache_reuses_freed_outputs():
+    """Outputs of >= 1 MiB come from conv_ext's CPU output cache (a fresh mmap pays a page
+    fault per 4 KiB on first touch): a freed output is reused for the next one of its size,
+    the values are the same as torch's, the output stays an ordinary resizable tensor, and
+    empty_cache() gives the blocks back."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 64, 64, generator=g)
+    w = torch.randn(64, 8, 3, 3, generator=g)  # y: 2x64x64x64 floats = 2 MiB
+    conv_ext.empty_cache()
+    y = conv_ext.conv2d(x, w, padding=1)
+    ptr = y.data_ptr()
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+    del y
+    assert conv_ext.info()["cpu_cached_bytes"] >= 2 << 20
+    y = conv_ext.conv2d(x, w, padding=1)
+    assert y.data_ptr() == ptr and conv_ext.info()["cpu_cached_bytes"] == 0
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+    y.resize_(3, 64, 64, 64)  # grows through the same allocator
+    y.fill_(1.0)
+    assert y.sum().item() == 3 * 64 * 64 * 64
+    del y
+    conv_ext.empty_cache()
+    assert conv_ext.info()["cpu_cached_bytes"] == 0
+
+
+def test_cpu_output_cache_can_be_turned_off():
+    code = (
+        "import torch, conv_ext\n"
+        "x = torch.randn(2, 8, 64, 64); w = torch.randn(64, 8, 3, 3)\n"
+        "y = conv_ext.conv2d(x, w, padding=1); del y\n"
+        "assert conv_ext.info()['cpu_cached_bytes'] == 0\n"
+    )
+    env = dict(os.environ, CONV_EXT_CPU_CACHE_MB="0")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)

@@ -10,6 +10,7 @@
 
 #include "../checks.h"
 #include "algorithms.h"
+#include "output_cache.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -58,7 +59,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_forward_params(input, weight, bias_opt, stride, padding, dilation, groups);
   const auto fmt = conv_memory_format(input, weight);
-  at::Tensor y = at::empty({p.N, p.K, p.P, p.Q}, input.options().memory_format(fmt));
+  at::Tensor y = empty_output({p.N, p.K, p.P, p.Q}, input.options(), fmt);
   if (y.numel() == 0) return y;
   const at::Tensor bias = bias_opt.has_value() && bias_opt->defined() ? bias_opt->contiguous() : at::Tensor();
   if (p.Cg() == 0) {  // no input channels: the output is the bias alone
@@ -82,7 +83,7 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_backward_input_params(grad_output, weight, input_size, stride, padding, dilation, groups);
   const auto fmt = conv_memory_format(grad_output, weight);
-  at::Tensor dx = at::empty(input_size, grad_output.options().memory_format(fmt));
+  at::Tensor dx = empty_output(input_size, grad_output.options(), fmt);
   if (dx.numel() == 0) return dx;
   if (p.Kg() == 0) return dx.zero_();  // no output channels read this input
   if (strided_1x1(p, fmt, Pass::BackwardInput)) {  // the pixels the stride skips get no gradient
