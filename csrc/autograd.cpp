@@ -42,6 +42,12 @@ struct ConvNode : public torch::autograd::Node {
   std::vector<int64_t> stride, padding, dilation;
   int64_t groups = 1;
 
+  void save(const at::Tensor& first, const at::Tensor& second, at::IntArrayRef st, at::IntArrayRef pad,
+            at::IntArrayRef dil, int64_t g) {
+    a = SavedVariable(first, false), b = SavedVariable(second, false);
+    stride = st.vec(), padding = pad.vec(), dilation = dil.vec(), groups = g;
+  }
+
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
     a.reset_data();
@@ -120,71 +126,49 @@ bool records(const T&... t) {
   return true;
 }
 
-// The result of an op below autograd, with node `node` as its grad_fn; edges = the op's tensors.
-template <class NodeT, class... T>
-at::Tensor recorded(c10::intrusive_ptr<NodeT> node, at::Tensor result, at::IntArrayRef stride,
-                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const T&... edges) {
+// Runs `compute` (the op below autograd); when the call records, the result gets a new NodeT as
+// its grad_fn, set up by setup(node), with the op's tensors `edges` as its edges.
+template <class NodeT, class Compute, class Setup, class... T>
+at::Tensor call(const Compute& compute, const Setup& setup, const T&... edges) {
+  const bool rec = records(edges...);
+  at::Tensor result;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    result = compute();
+  }
+  if (!rec) return result;
+  auto node = c10::make_intrusive<NodeT>();
+  setup(*node);
   node->set_next_edges(torch::autograd::collect_next_edges(edges...));
-  node->stride = stride.vec(), node->padding = padding.vec(), node->dilation = dilation.vec(), node->groups = groups;
   torch::autograd::set_history(result, node);
   return result;
 }
 
 at::Tensor forward_autograd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const bool rec = records(x, w, b);
-  at::Tensor y;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    y = forward_op(x, w, b, stride, padding, dilation, groups);
-  }
-  if (!rec) return y;
-  auto node = c10::make_intrusive<ForwardBackward>();
-  node->a = SavedVariable(x, false), node->b = SavedVariable(w, false);
-  return recorded(node, y, stride, padding, dilation, groups, x, w, b);
+  return call<ForwardBackward>([&] { return forward_op(x, w, b, stride, padding, dilation, groups); },
+                               [&](ConvNode& n) { n.save(x, w, stride, padding, dilation, groups); }, x, w, b);
 }
 
 at::Tensor backward_input_autograd(const at::Tensor& dy, const at::Tensor& w, c10::SymIntArrayRef input_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                    int64_t groups) {
-  const bool rec = records(dy, w);
-  at::Tensor dx;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    dx = backward_input_op(dy, w, input_size, stride, padding, dilation, groups);
-  }
-  if (!rec) return dx;
-  auto node = c10::make_intrusive<BackwardInputBackward>();
-  node->a = SavedVariable(dy, false), node->b = SavedVariable(w, false);
-  return recorded(node, dx, stride, padding, dilation, groups, dy, w);
+  return call<BackwardInputBackward>(
+      [&] { return backward_input_op(dy, w, input_size, stride, padding, dilation, groups); },
+      [&](ConvNode& n) { n.save(dy, w, stride, padding, dilation, groups); }, dy, w);
 }
 
 at::Tensor backward_weight_autograd(const at::Tensor& dy, const at::Tensor& x, c10::SymIntArrayRef weight_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
-  const bool rec = records(dy, x);
-  at::Tensor dw;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    dw = backward_weight_op(dy, x, weight_size, stride, padding, dilation, groups);
-  }
-  if (!rec) return dw;
-  auto node = c10::make_intrusive<BackwardWeightBackward>();
-  node->a = SavedVariable(dy, false), node->b = SavedVariable(x, false);
-  return recorded(node, dw, stride, padding, dilation, groups, dy, x);
+  return call<BackwardWeightBackward>(
+      [&] { return backward_weight_op(dy, x, weight_size, stride, padding, dilation, groups); },
+      [&](ConvNode& n) { n.save(dy, x, stride, padding, dilation, groups); }, dy, x);
 }
 
 at::Tensor backward_bias_autograd(const at::Tensor& dy) {
-  const bool rec = records(dy);
-  at::Tensor db;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    db = backward_bias_op(dy);
-  }
-  if (!rec) return db;
-  auto node = c10::make_intrusive<BackwardBiasBackward>();
-  node->shape = dy.sym_sizes().vec();
-  return recorded(node, db, {}, {}, {}, 1, dy);
+  return call<BackwardBiasBackward>([&] { return backward_bias_op(dy); },
+                                    [&](BackwardBiasBackward& n) { n.shape = dy.sym_sizes().vec(); }, dy);
 }
 
 }  // namespace

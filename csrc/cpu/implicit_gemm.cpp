@@ -416,11 +416,16 @@ bool bwd_input_as_forward(const Conv2dParams& p) {
   return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
 }
 
+// Whether each filter of w holds the channels of a tap side by side ([k][r][s][c]): a
+// channels_last filter, or any 1x1 filter (KCRS and KRSC are then the same). The packers copy
+// rows of such a filter; a 1x1 KCRS filter went through 1-column vector transposes before
+// (2048->512 @7 NCHW backward-input: ~2 of 5 ms at one thread).
+bool channel_rows(const Conv2dParams& p) { return weight_is_krsc(p) || p.R * p.S == 1; }
+
 // Weights of that forward problem f (k' = c, c' = k): panel element (g, k', c', r, s) =
 // w[g*Kg + c', k', R-1-r, S-1-s]. For each c' the NVL filters k' of a block are one
 // transpose_rows of an NVL x R*S block of w; the taps are then written flipped, NVL floats at a time.
-// krsc: w is a channels_last filter (or a 1x1 one), whose NVL filters k' at a tap are already side
-// by side: a copy (the 1x1 2048->512 filter by 1-column transposes took ~2 ms of 5, 1 thread).
+// krsc: channel_rows(w): the NVL filters k' at a tap are already side by side, a copy.
 float* fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float* w, bool krsc) {
   const int64_t G = f.groups, Cgf = f.Cg(), Kgf = f.Kg(), RS = f.R * f.S, NVL = plan.NVL;
   float* wp = scratch(0, G * plan.nkb * RS * Cgf * NVL);
@@ -452,7 +457,7 @@ void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, f
   f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
   f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
   const FwdPlan plan = fwd_plan(f);
-  const float* wp = fwd_pack_flipped(f, plan, w, weight_is_krsc(p) || p.R * p.S == 1);
+  const float* wp = fwd_pack_flipped(f, plan, w, channel_rows(p));
   fwd_compute(f, plan, dy, wp, nullptr, dx, nhwc);
 }
 
@@ -484,7 +489,7 @@ void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, fl
   const int nv = choose_nv(J);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), njb = ceil_div(J, NVL), Jp = njb * NVL;
   float* wp = scratch(0, G * njb * Kg * NVL);  // [g][jb][k][NVL], column j = (r*S + s)*Cg + c
-  const bool krsc = weight_is_krsc(p);
+  const bool krsc = channel_rows(p);
   for_each_task(G * Kg, G * Kg * J * 16, [&](int64_t gk) {
     const int64_t g = gk / Kg, k = gk % Kg;
     float* row = scratch(1, Jp);  // filter k as [r][s][c], zero-padded to Jp
@@ -686,7 +691,7 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   const int64_t nkc = ceil_div(Kg, kc);
 
   // packed transposed weights [g][ob][kcb][r][s][k][NVL]
-  const bool krsc = weight_is_krsc(p);
+  const bool krsc = channel_rows(p);
   float* wp = scratch(0, G * nob * RS * Kg * NVL);
   for_each_task(G * nob, p.macs(), [&](int64_t go) {
     const int64_t g = go / nob, ob = go % nob;

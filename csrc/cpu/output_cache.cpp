@@ -3,6 +3,7 @@
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
+#include <c10/util/accumulate.h>
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -93,9 +94,7 @@ OutputAllocator& allocator() {
 }  // namespace
 
 at::Tensor empty_output(at::IntArrayRef size, const at::TensorOptions& options, at::MemoryFormat fmt) {
-  int64_t numel = 1;
-  for (int64_t s : size) numel *= s;
-  const size_t bytes = size_t(numel) * options.dtype().itemsize();
+  const size_t bytes = size_t(c10::multiply_integers(size)) * options.dtype().itemsize();
   if (bytes < kMinBytes || cache().cap == 0 || options.device().type() != c10::DeviceType::CPU)
     return at::empty(size, options.memory_format(fmt));
   return at::detail::empty_generic(size, &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),

@@ -7,10 +7,10 @@
 // device and check the launch. Kernels live in *.cu and are reached through launch.cuh; this file
 // is the only CUDA code that sees torch.
 //
-// float32 runs our tensor-core kernels (igemm_*.cu; no cuDNN or cuBLAS call anywhere) in TF32
-// when the user's torch setting allows TF32 for convolutions (read from at::globalContext(), the
-// flag torch.backends.cudnn.allow_tf32 sets; on by default), and in 3xTF32 (float32 accuracy)
-// when it does not, so a model sees the precision it asked torch for.
+// float32 runs our own tensor-core kernels (igemm_*.cu; no vendor convolution or GEMM library is
+// called anywhere) in TF32 when the user's torch setting allows TF32 for convolutions (a boolean
+// read from at::globalContext(); on by default), and in 3xTF32 (float32 accuracy) when it does
+// not, so a model sees the precision it asked torch for.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
