@@ -1,6 +1,8 @@
 // checks.cpp — the one place conv_ext validates its arguments (see checks.h).
 #include "checks.h"
 
+#include "cpu/output_cache.h"
+
 #include <c10/util/strides.h>
 
 #include <array>
@@ -166,9 +168,9 @@ at::MemoryFormat conv_memory_format(const at::Tensor& a, const at::Tensor& b) {
 
 WeightGrad::WeightGrad(at::IntArrayRef weight_size, const at::TensorOptions& options, at::MemoryFormat fmt) {
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-  out = at::empty(weight_size, options.memory_format(cl ? fmt : at::MemoryFormat::Contiguous));
+  out = cpu::empty_output(weight_size, options, cl ? fmt : at::MemoryFormat::Contiguous);
   const bool same_bytes = weight_size[1] == 1 || weight_size[2] * weight_size[3] == 1;
-  kcrs = !cl ? out : same_bytes ? out.as_strided(weight_size, c10::contiguous_strides(weight_size)) : at::empty(weight_size, options);
+  kcrs = !cl ? out : same_bytes ? out.as_strided(weight_size, c10::contiguous_strides(weight_size)) : cpu::empty_output(weight_size, options, at::MemoryFormat::Contiguous);
 }
 
 namespace {

@@ -49,7 +49,7 @@ const Algorithm& choose_for_weight(Pass pass, Conv2dParams& p, const at::Tensor&
     set_krsc_weight_strides(p);
     w = weight;
   } else {
-    w = weight.contiguous();
+    w = contiguous_cached(weight, at::MemoryFormat::Contiguous);
   }
   return a;
 }
@@ -68,8 +68,8 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
     return y;
   }
   if (strided_1x1(p, fmt, Pass::Forward))
-    return forward(every_stride(input, p).contiguous(fmt), weight, bias_opt, kOne, padding, dilation, groups);
-  const at::Tensor x = input.contiguous(fmt);
+    return forward(contiguous_cached(every_stride(input, p), fmt), weight, bias_opt, kOne, padding, dilation, groups);
+  const at::Tensor x = contiguous_cached(input, fmt);
   set_strides(p, x, weight, y, fmt);
   at::Tensor w;
   const Algorithm& algo = choose_for_weight(Pass::Forward, p, weight, w);
@@ -92,7 +92,7 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
     sub.copy_(backward_input(grad_output, weight, sub.sizes(), kOne, padding, dilation, groups));
     return dx;
   }
-  const at::Tensor dy = grad_output.contiguous(fmt);
+  const at::Tensor dy = contiguous_cached(grad_output, fmt);
   set_strides(p, dx, weight, dy, fmt);
   at::Tensor w;
   const Algorithm& algo = choose_for_weight(Pass::BackwardInput, p, weight, w);
@@ -110,9 +110,9 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
   if (g.out.numel() == 0) return g.out;
   if (p.N == 0) return g.out.zero_();  // an empty batch contributes nothing
   if (strided_1x1(p, fmt, Pass::BackwardWeight))
-    return backward_weight(grad_output, every_stride(input, p).contiguous(fmt), weight_size, kOne, padding, dilation,
+    return backward_weight(grad_output, contiguous_cached(every_stride(input, p), fmt), weight_size, kOne, padding, dilation,
                            groups);
-  const at::Tensor dy = grad_output.contiguous(fmt), x = input.contiguous(fmt);
+  const at::Tensor dy = contiguous_cached(grad_output, fmt), x = contiguous_cached(input, fmt);
   set_strides(p, x, g.kcrs, dy, fmt);
   const Algorithm& a = choose(Pass::BackwardWeight, p, g.kcrs.scalar_type());
   if (!g.kcrs.is_alias_of(g.out) && a.krsc_weights) {  // writes the channels_last dw itself: no reorder

@@ -101,6 +101,11 @@ at::Tensor empty_output(at::IntArrayRef size, const at::TensorOptions& options, 
                                    c10::typeMetaToScalarType(options.dtype()), fmt);
 }
 
+at::Tensor contiguous_cached(const at::Tensor& t, at::MemoryFormat fmt) {
+  if (t.is_contiguous(fmt)) return t;
+  return empty_output(t.sizes(), t.options(), fmt).copy_(t);
+}
+
 void empty_cache() {
   Cache& c = cache();
   std::unordered_map<size_t, std::vector<void*>> blocks;

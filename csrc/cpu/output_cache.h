@@ -1,4 +1,5 @@
-// output_cache.h — where the CPU ops' large outputs (y, dx) come from: a caching allocator.
+// output_cache.h — where the CPU ops' large outputs (y, dx, dw) and operand copies come from:
+// a caching allocator.
 //
 // A fresh output of several MiB is a fresh mmap: every 4 KiB page faults on first touch, and in
 // this VM a fault costs ~2.4 us (python: torch.empty(4,64,112,112).fill_(1) 7.5 ms with 3136
@@ -17,6 +18,10 @@ namespace cpu {
 
 // at::empty(size, options.memory_format(fmt)), from the cache when it is large
 at::Tensor empty_output(at::IntArrayRef size, const at::TensorOptions& options, at::MemoryFormat fmt);
+
+// t.contiguous(fmt), a copy (when one is needed) from the cache: the ops' operand copies (strided
+// 1x1 inputs, a grad_output in the other layout, a KCRS copy of a filter) are large too
+at::Tensor contiguous_cached(const at::Tensor& t, at::MemoryFormat fmt);
 
 void empty_cache();         // free every cached block
 int64_t cached_bytes();     // bytes held in the cache now
