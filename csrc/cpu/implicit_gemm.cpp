@@ -111,9 +111,14 @@ FwdPlan fwd_plan(const Conv2dParams& p) {
   // Many taps and >= 8 vectors of output channels (a multiple of 2): 12x2 micro-tiles instead of
   // 6x4. Each step then loads 2 weight vectors (not 4) from the L2-resident panel for the same 24
   // FMAs; 3x3/2 128@56 NHWC forward, 1 thread: 0.80x -> 0.87x torch (python benchmarks/
-  // cpu_kernels.py --cases "3x3/2 128" --threads 1 --cpu-time). 1x1 layers keep 6x4 (measured worse).
+  // cpu_kernels.py --cases "3x3/2 128" --threads 1 --cpu-time). 1x1 layers keep 6x4 (measured worse),
+  // and so do layers whose reduction does not fit one 12x2 panel (R*S*Cg*32 floats > kPanelFloats):
+  // 3x3/2 512@14 (4 panels) ran 5-8% slower in 12x2, 256@28 (2 panels) a tie, 128@56 (one panel,
+  // a filter row's (s, c) in one segment) 2-4% faster (batch 4, 2 threads, forward, the two
+  // variants interleaved in one process in random order, best and median of 40).
   f.nv = choose_nv(p.Kg());
-  if (p.R * p.S > 1 && p.Kg() % (2 * VL) == 0 && p.Kg() >= 8 * VL) f.nv = 2;
+  if (p.R * p.S > 1 && p.Kg() % (2 * VL) == 0 && p.Kg() >= 8 * VL && p.R * p.S * p.Cg() * 2 * VL <= kPanelFloats)
+    f.nv = 2;
   f.NVL = f.nv * VL, f.MR = Isa::mr(f.nv), f.nkb = ceil_div(p.Kg(), f.NVL);
   f.cc = std::max<int64_t>(1, kPanelFloats / (p.R * p.S * f.NVL));  // input channels per panel
   if (f.cc >= p.Cg()) f.cc = p.Cg();
