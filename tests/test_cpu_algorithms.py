@@ -286,3 +286,17 @@ def test_channels_last_filter(shape, layout, algo, pass_name):
     with testing.force_cpu_algorithm({pass_name: "reference"}):
         ref64 = run_pass(pass_name, x64, w64, b64, dy64, geo)
     assert rel_error(out, ref64) <= 1e-5
+
+
+def test_large_nchw_output_streamed():
+    """NCHW outputs of >= 2M floats leave implicit_gemm's transposes by streaming stores
+    (aligned whole rows; the rest masked): the stem-like layer below writes a 3.2M-float output,
+    and its planes (224x224: rows end mid-vector) match torch's, bias and all."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 3, 448, 450, generator=g)
+    w = torch.randn(64, 3, 7, 7, generator=g) / 12
+    b = torch.randn(64, generator=g)
+    with testing.force_cpu_algorithm("implicit_gemm", passes=("forward",)):
+        y = conv_ext.conv2d(x, w, b, stride=2, padding=3)
+    assert y.numel() >= 2 << 20
+    torch.testing.assert_close(y, F.conv2d(x, w, b, stride=2, padding=3), rtol=1e-4, atol=1e-4)

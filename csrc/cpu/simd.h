@@ -187,8 +187,10 @@ inline void make_masks(int nv, int64_t valid, M* m) {
 // Transpose rows [0, jn) x columns [0, len) of src (row stride lds) into dst[l][NVL] (lanes
 // [jn, NVL) zero). AVX-512: 16x16 blocks by four block-swap stages of vpermt2ps.
 // jw >= 0: write only lanes [0, jw) of each dst row (a block of a longer row), else [0, NVL).
+// stream: whole, 64-byte aligned 16-float rows go out with non-temporal stores (large outputs;
+// the caller issues the _mm_sfence).
 inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst,
-                           int64_t jw = -1) {
+                           int64_t jw = -1, bool stream = false) {
   if (jw < 0) jw = NVL;
 #if CONV_EXT_ISA_BITS == 512
   alignas(64) static const int32_t idx_tab[8][16] = {
@@ -227,7 +229,11 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
         }
       }
       const __mmask16 sm = Isa::mask(jw - j0);  // jw need not be a multiple of 16
-      for (int i = 0; i < lv; ++i) _mm512_mask_storeu_ps(dst + (l0 + i) * NVL + j0, sm, r[i]);
+      for (int i = 0; i < lv; ++i) {
+        float* d = dst + (l0 + i) * NVL + j0;
+        if (stream && jw - j0 >= 16 && (reinterpret_cast<uintptr_t>(d) & 63) == 0) _mm512_stream_ps(d, r[i]);
+        else _mm512_mask_storeu_ps(d, sm, r[i]);
+      }
     }
   }
 #else
