@@ -288,12 +288,15 @@ def test_channels_last_filter(shape, layout, algo, pass_name):
     assert rel_error(out, ref64) <= 1e-5
 
 
-def test_large_nchw_output_streamed():
-    """NCHW outputs of >= 2M floats leave implicit_gemm's transposes by streaming stores
-    (aligned whole rows; the rest masked): the stem-like layer below writes a 3.2M-float output,
-    and its planes (224x224: rows end mid-vector) match torch's, bias and all."""
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_large_output_streamed(layout):
+    """Outputs of >= 2M floats leave implicit_gemm by streaming stores (NCHW: its transposes,
+    aligned whole rows, the rest masked; NHWC: the micro-kernel's full, aligned vectors): the
+    stem-like layer below writes a 3.2M-float output whose planes (224x225: rows end mid-vector)
+    match torch's, bias and all."""
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(1, 3, 448, 450, generator=g)
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(1, 3, 448, 450, generator=g).contiguous(memory_format=fmt)
     w = torch.randn(64, 3, 7, 7, generator=g) / 12
     b = torch.randn(64, generator=g)
     with testing.force_cpu_algorithm("implicit_gemm", passes=("forward",)):

@@ -38,6 +38,7 @@ struct Isa {
   static inline V loadm(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
   static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static inline void storem(float* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
+  static inline void stream(float* p, V v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static inline V set1(float x) { return _mm512_set1_ps(x); }
   static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static inline V add(V a, V b) { return _mm512_add_ps(a, b); }
@@ -60,6 +61,7 @@ struct Isa {
   static inline V loadm(const float* p, M m) { return _mm256_maskload_ps(p, m); }
   static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static inline void storem(float* p, V v, M m) { _mm256_maskstore_ps(p, m, v); }
+  static inline void stream(float* p, V v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
   static inline V set1(float x) { return _mm256_set1_ps(x); }
   static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static inline V add(V a, V b) { return _mm256_add_ps(a, b); }
@@ -97,6 +99,7 @@ struct Tile {
   const float* bias_i = nullptr; // one value per row, or null
   const M* bmask = nullptr;      // NV masks for the B loads (used when MASKB)
   const M* cmask = nullptr;      // NV masks for the C stores, or null = full vectors
+  bool stream = false;           // full, aligned C vectors by non-temporal stores (caller fences)
 };
 
 template <int NV, bool MASKB>
@@ -155,7 +158,8 @@ void micro_kernel(const Tile& t) {
         Isa::storem(cp + v * VL, r, t.cmask[v]);
       } else {
         if (t.accumulate) r = Isa::add(r, Isa::load(cp + v * VL));
-        Isa::store(cp + v * VL, r);
+        if (t.stream && (reinterpret_cast<uintptr_t>(cp + v * VL) & (sizeof(V) - 1)) == 0) Isa::stream(cp + v * VL, r);
+        else Isa::store(cp + v * VL, r);
       }
     }
   }
