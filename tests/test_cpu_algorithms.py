@@ -88,7 +88,13 @@ WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 144, 34, 34), 144, (3, 3), 1, 1, 1, 1),       # large U, 2 chunks of tiles
     ((2, 96, 40, 40), 96, (3, 3), 1, 1, 1, 1),         # small U; backward-weight in 2 chunks
 ]
-SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD
+DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, NCHW
+    ((2, 3, 21, 50), 13, (7, 7), 2, 3, 1, 1),          # stem-like; K = 3 x 4 + 1; row of 25 = 16 + 9 (masked)
+    ((1, 4, 12, 35), 10, (3, 5), 3, (2, 1), (1, 2), 2),  # groups (2 channels each), 3 phases, column dilation
+    ((3, 2, 40, 70), 6, (3, 3), 1, 1, 1, 2),           # one channel a group, K 3 a group; parallel row blocks
+    ((2, 3, 5, 5), 8, (3, 3), 1, 4, 1, 1),             # padding beyond the kernel: rows of zeros only
+]
+SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW
 
 
 def make(shape, layout, dtype=torch.float64, seed=0):
@@ -288,18 +294,19 @@ def test_channels_last_filter(shape, layout, algo, pass_name):
     assert rel_error(out, ref64) <= 1e-5
 
 
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_large_output_streamed(layout):
+@pytest.mark.parametrize("layout,algo,width", [("nchw", "implicit_gemm", 450), ("nhwc", "implicit_gemm", 450),
+                                               ("nchw", "direct_nchw", 448)])
+def test_large_output_streamed(layout, algo, width):
     """Outputs of >= 2M floats leave implicit_gemm by streaming stores (NCHW: its transposes,
-    aligned whole rows, the rest masked; NHWC: the micro-kernel's full, aligned vectors): the
-    stem-like layer below writes a 3.2M-float output whose planes (224x225: rows end mid-vector)
-    match torch's, bias and all."""
+    aligned whole rows, the rest masked; NHWC: the micro-kernel's full, aligned vectors), and
+    direct_nchw when its rows are whole vectors: the stem-like layer below writes a 3.2M-float
+    output (planes of 224x225, rows ending mid-vector, or 224x224) that matches torch's, bias and all."""
     g = torch.Generator().manual_seed(5)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    x = torch.randn(1, 3, 448, 450, generator=g).contiguous(memory_format=fmt)
+    x = torch.randn(1, 3, 448, width, generator=g).contiguous(memory_format=fmt)
     w = torch.randn(64, 3, 7, 7, generator=g) / 12
     b = torch.randn(64, generator=g)
-    with testing.force_cpu_algorithm("implicit_gemm", passes=("forward",)):
+    with testing.force_cpu_algorithm(algo, passes=("forward",)):
         y = conv_ext.conv2d(x, w, b, stride=2, padding=3)
     assert y.numel() >= 2 << 20
     torch.testing.assert_close(y, F.conv2d(x, w, b, stride=2, padding=3), rtol=1e-4, atol=1e-4)
