@@ -294,19 +294,25 @@ def test_channels_last_filter(shape, layout, algo, pass_name):
     assert rel_error(out, ref64) <= 1e-5
 
 
-@pytest.mark.parametrize("layout,algo,width", [("nchw", "implicit_gemm", 450), ("nhwc", "implicit_gemm", 450),
-                                               ("nchw", "direct_nchw", 448)])
-def test_large_output_streamed(layout, algo, width):
-    """Outputs of >= 2M floats leave implicit_gemm by streaming stores (NCHW: its transposes,
-    aligned whole rows, the rest masked; NHWC: the micro-kernel's full, aligned vectors), and
-    direct_nchw when its rows are whole vectors: the stem-like layer below writes a 3.2M-float
-    output (planes of 224x225, rows ending mid-vector, or 224x224) that matches torch's, bias and all."""
+@pytest.mark.parametrize("layout,algo,shape", [
+    ("nchw", "implicit_gemm", ((1, 3, 448, 450), 64, 7, 2, 3)),
+    ("nhwc", "implicit_gemm", ((1, 3, 448, 450), 64, 7, 2, 3)),
+    ("nchw", "direct_nchw", ((1, 3, 448, 448), 64, 7, 2, 3)),
+    ("nchw", "gemm_1x1", ((1, 32, 112, 115), 96, 1, 1, 0)),
+], ids=str)
+def test_large_output_streamed(layout, algo, shape):
+    """Outputs of >= 1M floats leave by streaming stores where whole, aligned vectors are written
+    (implicit_gemm NCHW: its transposes; NHWC: the micro-kernel; direct_nchw: rows of whole
+    vectors; gemm_1x1: 64-pixel blocks, the plane's tail masked). Rows that end mid-vector (225,
+    115 columns) mix streamed and ordinary stores; the result must match torch's, bias and all."""
+    (n, c, h, w_), k, r, stride, pad = shape
     g = torch.Generator().manual_seed(5)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    x = torch.randn(1, 3, 448, width, generator=g).contiguous(memory_format=fmt)
-    w = torch.randn(64, 3, 7, 7, generator=g) / 12
-    b = torch.randn(64, generator=g)
+    x = torch.randn(n, c, h, w_, generator=g).contiguous(memory_format=fmt)
+    w = torch.randn(k, c, r, r, generator=g) / 12
+    b = torch.randn(k, generator=g)
     with testing.force_cpu_algorithm(algo, passes=("forward",)):
-        y = conv_ext.conv2d(x, w, b, stride=2, padding=3)
-    assert y.numel() >= 2 << 20
-    torch.testing.assert_close(y, F.conv2d(x, w, b, stride=2, padding=3), rtol=1e-4, atol=1e-4)
+        y = conv_ext.conv2d(x, w, b, stride=stride, padding=pad)
+        assert testing.last_cpu_algorithm("forward") == algo
+    assert y.numel() >= 1 << 20
+    torch.testing.assert_close(y, F.conv2d(x, w, b, stride=stride, padding=pad), rtol=1e-4, atol=1e-4)

@@ -131,7 +131,7 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
   const int64_t nblk = ceil_div(P, rb);
 
   // outputs beyond both L2s, whole vectors: streaming stores (no read-for-ownership of the lines)
-  const bool stream = N * K * P * Q >= (int64_t(2) << 20) && Q % VL == 0;
+  const bool stream = N * K * P * Q >= kStreamFloats && Q % VL == 0;
   for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
     const int64_t blk = task % nblk, g = task / nblk % G, n = task / (nblk * G);
     const int64_t p0 = blk * rb, p1 = std::min(P, p0 + rb), nrows = band_rows(p1 - p0);

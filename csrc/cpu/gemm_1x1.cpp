@@ -120,6 +120,8 @@ void gemm_1x1_nchw(const Conv2dParams& p, const float* in, const float* w, const
   const int64_t NVL = nv * VL, npb = ceil_div(HW, NVL);
   const int64_t lc = std::min<int64_t>(Li, 256);  // reduction panel
   const int64_t nlc = ceil_div(Li, lc);
+  // large outputs of one reduction panel: streaming stores (kernel_util.h, kStreamFloats)
+  const bool stream = nlc == 1 && N * Ct_out * HW >= kStreamFloats;
   for_each_task(N * G * npb, p.macs(), [&](int64_t task) {
     const int64_t n = task / (G * npb), g = (task / npb) % G, pb = task % npb;
     const int64_t pix0 = pb * NVL, valid = std::min(NVL, HW - pix0);
@@ -149,10 +151,12 @@ void gemm_1x1_nchw(const Conv2dParams& p, const float* in, const float* w, const
         t.bias_i = (lb == 0 && bias) ? bias + g * Mi + i0 : nullptr;
         t.bmask = m;
         t.cmask = valid < NVLb ? m : nullptr;
+        t.stream = stream;
         if (valid < NVLb) run_tile<true>(nvb, t);
         else run_tile<false>(nvb, t);
       }
     }
+    if (stream) _mm_sfence();
   });
 }
 
