@@ -17,16 +17,19 @@
 // loads NQ input vectors (one offset off[t] from each vector's own base), NK*NQ FMAs. The pixel
 // vectors of a task are the (row, 16-column block) pairs of its rows, one flat list, so a row
 // of 112 = 7 vectors does not leave a tile half empty. A task is (image, group, block of output
-// rows); inside it the NK-channel blocks run outermost, so a block's weights (T*NK floats) stay
-// in L1 while its tiles sweep the task's phase rows.
+// rows, its phase rows <= 256 KiB); inside it each tile runs through all the NK-channel blocks,
+// so the inputs it reads stay in L1 while the packed filter streams from L2. The other order
+// (blocks outermost, bands of <= 32 KiB so they stay in L1 across the blocks: 2 stem rows a task,
+// each input row copied 2.25x) was 25% slower: stem, 1 thread, 8.92 -> 6.72 ms.
 //
 // Speed (Xeon, AVX-512, batch as given, ms; the bench's own tensors after its check, torch and
-// both kernels forced in random order per repetition, median of 60): 7x7/2 stem 3->64 @224
-// batch 4, 2 threads: torch 4.52, direct_nchw 4.78, implicit_gemm 5.19; 1 thread: direct 8.9 vs
-// implicit_gemm 9.2 (108 GFLOP/s). CIFAR stem 3->16 @32 batch 8: torch 0.170, direct 0.080,
-// implicit_gemm 0.109. Only up to 4 channels a group: with 8 it ties implicit_gemm (8->32 @32),
-// with 16 and more it loses (16->32 @32/2: 0.254 vs 0.107 ms; the phase rows of many channels
-// outgrow L1, tasks shrink to one row and rebuild their bands).
+// the variants in random order per repetition, median of 60): 7x7/2 stem 3->64 @224 batch 4,
+// 2 threads: torch 4.87 / 5.67, direct_nchw 4.11 / 5.17 (two runs; implicit_gemm ~5.2 / 6.1);
+// 1 thread: torch 8.95, direct 6.72 (140 GFLOP/s). CIFAR stem 3->16 @32 batch 8: torch 0.12-0.17,
+// direct 0.06-0.08, implicit_gemm 0.109. Only up to 4 channels a group: with 8 it ties
+// implicit_gemm (8->32 @32: 0.278 vs 0.285 ms), with 16 and more it loses, at stride 2 most
+// (16->32 @32/2: 0.209 vs 0.111 ms; 24->40 5x5/2 @27: 0.433 vs 0.191). Those A/Bs, 2 threads:
+// PYTHONPATH=. python benchmarks/algos.py 8,16,32,32,32,3,2,1 (shape N,C,H,W,K,R,stride,pad).
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "direct_nchw.cpp"
 #include "per_isa.h"
@@ -121,13 +124,12 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
       }
 
   // Rows per task: about 8 tasks a thread (all rows when the problem runs serially), and a task's
-  // phase rows (Cg x rows x sw x wq floats) within ~32 KiB so they stay in L1 across the channel
-  // blocks.
+  // phase rows (Cg x rows x sw x wq floats) within 256 KiB of L2.
   const int64_t row_floats = Cg * sw * wq;
   auto band_rows = [&](int64_t rb) { return (rb - 1) * sh + (R - 1) * dh + 1; };
   const bool serial = p.macs() < kSerialMacs || pool_threads() == 1;
   int64_t rb = serial ? P : std::max<int64_t>(1, P / ceil_div(8 * pool_threads(), N * G));
-  while (rb > 1 && band_rows(rb) * row_floats > 8192) --rb;
+  while (rb > 1 && band_rows(rb) * row_floats > 65536) --rb;
   const int64_t nblk = ceil_div(P, rb);
 
   // outputs beyond both L2s, whole vectors: streaming stores (no read-for-ownership of the lines)
@@ -155,14 +157,16 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
         yo[i] = y + ((n * K + g * Kg) * P + p0 + pr) * Q + j * VL;
         qm[i] = Isa::mask(Q - j * VL);
       }
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      const float* wk = wp + (g * nkb + kb) * T * NK;
-      const int kvalid = static_cast<int>(std::min<int64_t>(NK, Kg - kb * NK));
-      float* yk[NQ];
-      for (int64_t i = 0; i < nvec; i += NQ) {
-        const int nq = static_cast<int>(std::min<int64_t>(NQ, nvec - i));
+    // each tile of pixel vectors through all the channel blocks: its inputs stay in L1 while
+    // the packed filter (T x Kg floats) streams from L2
+    float* yk[NQ];
+    for (int64_t i = 0; i < nvec; i += NQ) {
+      const int nq = static_cast<int>(std::min<int64_t>(NQ, nvec - i));
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int kvalid = static_cast<int>(std::min<int64_t>(NK, Kg - kb * NK));
         for (int v = 0; v < nq; ++v) yk[v] = yo[i + v] + kb * NK * P * Q;
-        direct_tile(xb + i, nq, off, T, wk, bp + (g * nkb + kb) * NK, yk, P * Q, kvalid, qm + i, stream);
+        direct_tile(xb + i, nq, off, T, wp + (g * nkb + kb) * T * NK, bp + (g * nkb + kb) * NK, yk, P * Q, kvalid,
+                    qm + i, stream);
       }
     }
     if (stream) _mm_sfence();
