@@ -1,8 +1,10 @@
-// direct_nchw.cpp — forward convolution of NCHW tensors with few input channels per group (the
-// 7x7/2 stem, CIFAR's 3-channel stem), fp32, vectorised over the output columns, written
-// straight into the NCHW output planes.
+// direct_nchw.cpp — convolutions whose x / dx side has few channels per group (<= 4: the RGB
+// stem 3->64 7x7/2, CIFAR's 3->16 stem), fp32, vectorised along the rows of a plane ("NCHW
+// style"): forward on NCHW tensors, backward-input on NCHW and NHWC ones.
 //
-//   y[n,k,p,q..q+VL) = bias[k] + sum_{c,r,s} w[k,c,r,s] * x[n,c, p*sh-ph+r*dh, (q..q+VL)*sw-pw+s*dw]
+//   forward          y[n,k,p,q..q+VL) = bias[k] + sum_{c,r,s} w[k,c,r,s] * x[n,c, p*sh-ph+r*dh, (q..q+VL)*sw-pw+s*dw]
+//   backward-input   dx[n,c,h,w..w+VL*sw by sw) = sum_{k,r,s} w[k,c,r,s] * dy[n,k,p,q..q+VL) over the taps
+//                    (r, s) of the stride class of (h, w): see direct_backward_input
 //
 // Why: implicit_gemm vectorises over output channels, so an NCHW call transposes its input
 // rows into an NHWC band and its output back into planes; with 3 input channels the reduction
@@ -30,7 +32,14 @@
 // implicit_gemm (8->32 @32: 0.278 vs 0.285 ms), with 16 and more it loses, at stride 2 most
 // (16->32 @32/2: 0.209 vs 0.111 ms; 24->40 5x5/2 @27: 0.433 vs 0.191). Those A/Bs, 2 threads:
 // PYTHONPATH=. python benchmarks/algos.py 8,16,32,32,32,3,2,1 (shape N,C,H,W,K,R,stride,pad).
+// Backward-input, 2 threads, ms median of 20 (python benchmarks/algos.py 4,3,224,224,64,7,2,3
+// --pass backward_input --layout nchw|nhwc; runs on a fast and a slow phase of the machine):
+// stem NCHW torch 30.3 / 41.5, direct_nchw 8.4 / 12.4, implicit_gemm (its col2im) 20.0 / 24.7;
+// NHWC torch 23.3 / 36.0, direct 9.4 / 13.5, implicit_gemm 17.3 / 21.6. CIFAR stem (8,3,32,32
+// -> 16, --reps 100): NCHW 0.318 / 0.117 / 0.165, NHWC 0.374 / 0.220 / 0.236.
 #ifndef CONV_EXT_ISA_NS
+#include <vector>
+
 #define CONV_EXT_PER_ISA_FILE "direct_nchw.cpp"
 #include "per_isa.h"
 
@@ -42,13 +51,25 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kFloat && simd_available() && is_nchw(p) && weight_is_kcrs(p) && p.Cg() <= 4;
 }
 
+// backward-input: dx has <= 4 channels a group; dy NCHW or NHWC
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.Cg() <= 4;
+}
+
 void run_forward(const Conv2dParams& p, Operands& o) {
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   auto f = use_avx512() ? avx512::direct_nchw_forward : avx2::direct_nchw_forward;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>());
 }
 
-const bool registered = register_algorithm({"direct_nchw", Pass::Forward, 15, supports, run_forward});
+void run_backward_input(const Conv2dParams& p, Operands& o) {
+  auto f = use_avx512() ? avx512::direct_backward_input : avx2::direct_backward_input;
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
+}
+
+const bool registered =
+    register_algorithm({"direct_nchw", Pass::Forward, 15, supports, run_forward}) &&
+    register_algorithm({"direct_nchw", Pass::BackwardInput, 15, supports_backward_input, run_backward_input});
 
 }  // namespace
 }  // namespace cpu
@@ -170,6 +191,136 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
       }
     }
     if (stream) _mm_sfence();
+  });
+}
+
+// dx = the transposed convolution of dy, for <= 4 dx channels a group. The dx rows and columns
+// split by stride phase: row h = psi + sh*i, column w = phi + sw*j. Tap (r, s) reaches dx only in
+// the class psi = (r*dh - ph) mod sh, phi = (s*dw - pw) mod sw, where it reads dy row
+// i + (psi + ph - r*dh)/sh and column j + (phi + pw - s*dw)/sw: in phase space a stride-1
+// convolution of dy, so every step of a class is one contiguous vector load per 16 dx values,
+// and the zeros a stride inserts are never multiplied. A task (image, group, block of i) copies
+// the dy rows it needs into a zero-padded band [k][row][column] (NCHW: row copies, NHWC: vector
+// transposes), runs direct_tile over each class's phase rows (the tile's "output channels" are
+// the dx channels), then interleaves the phase rows into dx.
+void direct_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, R = p.R, S = p.S, G = p.groups;
+  const int64_t Cg = p.Cg(), Kg = p.Kg();
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  // the taps of each row class psi (dy row offset roff) and column class phi (column offset qoff)
+  std::vector<std::vector<int64_t>> rlist(sh), slist(sw);
+  int64_t roff_min = 0, roff_max = 0, qoff_min = 0, qoff_max = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t psi = floor_mod(r * dh - ph, sh), o = (psi + ph - r * dh) / sh;
+    rlist[psi].push_back(r);
+    roff_min = r == 0 ? o : std::min(roff_min, o), roff_max = r == 0 ? o : std::max(roff_max, o);
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t phi = floor_mod(s * dw - pw, sw), o = (phi + pw - s * dw) / sw;
+    slist[phi].push_back(s);
+    qoff_min = s == 0 ? o : std::min(qoff_min, o), qoff_max = s == 0 ? o : std::max(qoff_max, o);
+  }
+  auto roff = [&](int64_t psi, int64_t r) { return (psi + ph - r * dh) / sh; };
+  auto qoff = [&](int64_t phi, int64_t s) { return (phi + pw - s * dw) / sw; };
+  const int64_t Wt = round_up(ceil_div(W, sw), VL);                  // a phase row of dx, whole vectors
+  const int64_t Wb = round_up(Wt + qoff_max - qoff_min, VL);         // a band row: column q at q - qoff_min
+  const int64_t Hi = ceil_div(H, sh);                                // values of i
+
+  // The tile's NK "output channels" are the dx channels, zeros past Cg. A 3 x 7 (or 3 x 8) tile
+  // for RGB instead of 4 x 6 with a channel of zeros measured 20-25% slower (stem, 2 threads).
+  const int tk = NK, tq = NQ;
+  // weights per (group, class): [t = (k, r, s)][tk dx channels], zero past Cg
+  const int64_t ncls = sh * sw;
+  std::vector<int64_t> cls_t(ncls), cls_at(ncls + 1, 0);
+  for (int64_t cl = 0; cl < ncls; ++cl)
+    cls_t[cl] = Kg * int64_t(rlist[cl / sw].size() * slist[cl % sw].size()), cls_at[cl + 1] = cls_at[cl] + cls_t[cl];
+  const int64_t Tall = cls_at[ncls];  // = Kg*R*S
+  float* wp = scratch(0, G * Tall * tk + NK);
+  float* zeros = wp + G * Tall * tk;
+  std::fill(zeros, zeros + NK, 0.f);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t cl = 0; cl < ncls; ++cl) {
+      float* d = wp + (g * Tall + cls_at[cl]) * tk;
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t r : rlist[cl / sw])
+          for (int64_t s : slist[cl % sw]) {
+            for (int c = 0; c < tk; ++c) d[c] = c < Cg ? w[(((g * Kg + k) * Cg + c) * R + r) * S + s] : 0.f;
+            d += tk;
+          }
+    }
+
+  // i-rows per task: about 8 tasks a thread, the band (Kg x rows x Wb floats) within 512 KiB
+  const int64_t extra = roff_max - roff_min;
+  const bool serial = p.macs() < kSerialMacs || pool_threads() == 1;
+  int64_t ib = serial ? Hi : std::max<int64_t>(1, Hi / ceil_div(8 * pool_threads(), N * G));
+  while (ib > 1 && Kg * (ib + extra) * Wb > 131072) --ib;
+  const int64_t nblk = ceil_div(Hi, ib);
+  for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
+    const int64_t blk = task % nblk, g = task / nblk % G, n = task / (nblk * G);
+    const int64_t i0 = blk * ib, i1 = std::min(Hi, i0 + ib), ni = i1 - i0, nb = ni + extra;
+    const int64_t kstride = nb * Wb, p_lo = i0 + roff_min;  // band row b holds dy row p_lo + b
+    float* band = scratch(1, Kg * kstride);
+    // dy columns [qa, qb) land in band columns [ca, cb); the rest of a row, and rows outside dy, are zeros
+    const int64_t qa = std::max<int64_t>(0, qoff_min), qb = std::max(qa, std::min(Q, qoff_min + Wb));
+    const int64_t ca = qa - qoff_min, cb = qb - qoff_min;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t pp = p_lo + b;
+      const bool inside = pp >= 0 && pp < P && cb > ca;
+      for (int64_t k = 0; k < Kg; ++k) {
+        float* row = band + k * kstride + b * Wb;
+        if (!inside) {
+          std::memset(row, 0, sizeof(float) * Wb);
+          continue;
+        }
+        std::memset(row, 0, sizeof(float) * ca);
+        std::memset(row + cb, 0, sizeof(float) * (Wb - cb));
+        if (!nhwc) std::memcpy(row + ca, dy + ((n * K + g * Kg + k) * P + pp) * Q + qa, sizeof(float) * (cb - ca));
+      }
+      if (inside && nhwc)  // dy row pp: (qb - qa) pixels x Kg channels -> Kg rows of the band
+        transpose_rows(dy + ((n * P + pp) * Q + qa) * K + g * Kg, K, qb - qa, Kg, kstride, band + b * Wb + ca, qb - qa);
+    }
+    // phase rows of dx: tmp[c][psi][i - i0][phi][Wt]
+    const int64_t cstride = sh * ni * sw * Wt;
+    float* tmp = scratch(2, tk * cstride);
+    int64_t* off = scratch_i64(0, Tall);
+    const int64_t nv_max = ni * (Wt / VL);
+    const float** xb = scratch_rows(2 * nv_max);
+    float** yo = const_cast<float**>(xb + nv_max);
+    M full[NQ];
+    for (auto& m : full) m = Isa::mask(VL);
+    for (int64_t cl = 0; cl < ncls; ++cl) {
+      const int64_t psi = cl / sw, phi = cl % sw, T = cls_t[cl];
+      if (psi >= H || phi >= W) continue;
+      int64_t t = 0;
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t r : rlist[psi])
+          for (int64_t s : slist[phi])
+            off[t++] = k * kstride + (roff(psi, r) - roff_min) * Wb + (qoff(phi, s) - qoff_min);
+      const int64_t nvr = ceil_div(ceil_div(W - phi, sw), VL);  // vectors of a phase row
+      int64_t nvec = 0;
+      for (int64_t i = i0; i < i1 && psi + sh * i < H; ++i)
+        for (int64_t j = 0; j < nvr; ++j, ++nvec) {
+          xb[nvec] = band + (i - i0) * Wb + j * VL;
+          yo[nvec] = tmp + ((psi * ni + (i - i0)) * sw + phi) * Wt + j * VL;
+        }
+      const float* wk = wp + (g * Tall + cls_at[cl]) * tk;
+      for (int64_t v0 = 0; v0 < nvec; v0 += tq)
+        direct_tile(xb + v0, static_cast<int>(std::min<int64_t>(tq, nvec - v0)), off, T, wk, zeros, yo + v0, cstride,
+                    static_cast<int>(Cg), full, false);
+    }
+    // interleave the phases into the dx rows
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t psi = 0; psi < sh && psi + sh * i < H; ++psi) {
+          const int64_t h = psi + sh * i;
+          const float* prow = tmp + c * cstride + (psi * ni + (i - i0)) * sw * Wt;
+          if (!nhwc) {
+            interleave_phases(prow, Wt, sw, W, dx + ((n * C + g * Cg + c) * H + h) * W);
+            continue;
+          }
+          float* d = dx + (n * H + h) * W * C + g * Cg + c;
+          for (int64_t x = 0; x < W; ++x) d[x * C] = prow[(x % sw) * Wt + x / sw];
+        }
   });
 }
 

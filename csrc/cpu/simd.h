@@ -1,7 +1,7 @@
 // simd.h — vector traits, the register-blocked micro-kernel and a vector transpose
 // (transpose_rows: NCHW channel rows -> [pixel][NVL] panels), the band copy of implicit_gemm
-// (pack_band) and the phase-split plane copy of the NCHW direct kernels (pack_phase_plane),
-// compiled once per instruction set.
+// (pack_band) and the phase-split row copies of the NCHW direct kernels (pack_phase_plane,
+// interleave_phases), compiled once per instruction set.
 //
 // No include guard on purpose: an algorithm file includes it once per ISA, each time inside a
 // `#pragma GCC target(...)` region and with CONV_EXT_ISA_NS (the namespace: avx512 | avx2) and
@@ -325,6 +325,29 @@ inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t p
       for (int64_t j = std::max(jl, v_hi); j < jh; ++j) dp[j] = s[j * sw + off];
     }
   }
+}
+
+// A dx row from its sw phase rows: row[phase + j*sw] = ph[phase*Wt + j]. Stride 2 (AVX-512)
+// interleaves 16 + 16 values with two permutes; it was a scalar store per element, ~35% of
+// the NCHW 96@112/2 backward-input (batch 4, 2 threads: perf record -e cpu-clock of 400 calls,
+// the kernel's samples 12030 -> 7627). Used by depthwise.cpp and direct_nchw.cpp.
+inline void interleave_phases(const float* ph, int64_t Wt, int64_t sw, int64_t W, float* row) {
+  int64_t done = 0;  // phase columns [0, done) written
+#if CONV_EXT_ISA_BITS == 512
+  if (sw == 2) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    for (; 2 * done < W; done += 16) {  // Wt is a whole number of vectors: the loads stay inside
+      const __m512 a = _mm512_loadu_ps(ph + done), b = _mm512_loadu_ps(ph + Wt + done);
+      const int64_t rest = W - 2 * done;
+      Isa::storem(row + 2 * done, _mm512_permutex2var_ps(a, lo, b), Isa::mask(rest));
+      Isa::storem(row + 2 * done + 16, _mm512_permutex2var_ps(a, hi, b), Isa::mask(rest - 16));
+    }
+    return;
+  }
+#endif
+  for (int64_t phase = 0; phase < std::min(sw, W); ++phase)
+    for (int64_t j = done; phase + j * sw < W; ++j) row[phase + j * sw] = ph[phase * Wt + j];
 }
 
 }  // namespace
