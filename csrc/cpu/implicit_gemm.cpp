@@ -927,9 +927,12 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   // to keep the threads busy next to G*nkb, few enough that the partials stay small: about 4M
   // multiply-adds each, but at least 2 (a CIFAR stem, 3->16 @32 batch 8 = 3.5M, ran as one chunk
   // on one thread: NHWC 0.49x torch -> 0.71x, NCHW 0.84x -> 0.93x; 1M-MAC chunks instead cost
-  // the 5x5 24->40 @27 layer 0.88x -> 0.70x forward+backward).
+  // the 5x5 24->40 @27 layer 0.88x -> 0.70x forward+backward). Up to 8 tasks' worth (chunks x
+  // blocks), was 16: 512->512 3x3/2 @14 has 8 blocks of 64 filters and ran 2 chunks of 9.4 MB
+  // partials for a 196-pixel reduction; one chunk: NCHW 8.16 -> 7.79 ms, NHWC 7.64 -> 7.10 (2
+  // threads, median of 30, random order); the stem, g4, 5x5 24->40, 1x1 64@56 unchanged.
   const int64_t rows = N * P;
-  const int64_t nchunk = weight_chunks(ceil_div(16, G * nkb), rows, part, p.macs());
+  const int64_t nchunk = weight_chunks(ceil_div(8, G * nkb), rows, part, p.macs());
   float* partial = scratch(0, nchunk * part);
 
   // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
