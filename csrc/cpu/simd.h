@@ -267,7 +267,13 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
     float* d = dst + (h - h_lo) * Wp * cs;
     if (w_lo > 0) std::memset(d, 0, sizeof(float) * w_lo * cs);
     if (Wp > w_hi) std::memset(d + w_hi * cs, 0, sizeof(float) * (Wp - w_hi) * cs);
-    if (nhwc) {
+    // all the channels, no lane padding: the row is one run (one memcpy, not one per pixel:
+    // channels_last, 2 threads, median of 30-100 in random order: CIFAR stem 3->16 @32 batch 8
+    // forward 0.068 -> 0.054 ms, backward-weight 0.103 -> 0.082; 7x7/2 stem forward 4.52 -> 4.11)
+    if (nhwc && cn == Ct && cs == Ct) {
+      if (w_hi > w_lo)
+        std::memcpy(d + w_lo * cs, src + ((n * Hs + h) * Ws + (w_lo - padL)) * Ct, sizeof(float) * (w_hi - w_lo) * Ct);
+    } else if (nhwc) {
       const float* s = src + ((n * Hs + h) * Ws + (w_lo - padL)) * Ct + c0;
       for (int64_t col = w_lo; col < w_hi; ++col, s += Ct) {
         std::memcpy(d + col * cs, s, sizeof(float) * cn);
