@@ -257,7 +257,8 @@ def test_lower_capability_subprocess(level):
     if level == "avx2" and conv_ext._C.cpu_capability() == "portable":
         pytest.skip("this CPU has no AVX2")
     env = dict(os.environ, CONV_EXT_CPU_CAPABILITY=level)
-    k = "test_against_reference and (implicit_gemm or gemm_1x1 or depthwise or winograd) and nhwc" if level == "avx2" else "test_default"
+    k = ("test_against_reference and ((implicit_gemm or gemm_1x1 or depthwise or winograd) and nhwc or direct_nchw)"
+         if level == "avx2" else "test_default")
     if level == "avx2":  # a quarter of the cases keeps this quick; NCHW runs the same micro-kernel
         k += " or test_deterministic or test_default_accuracy"
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", k]

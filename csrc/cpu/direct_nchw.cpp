@@ -230,26 +230,28 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
   const int64_t Wb = round_up(Wt + qoff_max - qoff_min, VL);         // a band row: column q at q - qoff_min
   const int64_t Hi = ceil_div(H, sh);                                // values of i
 
-  // The tile's NK "output channels" are the dx channels, zeros past Cg. A 3 x 7 (or 3 x 8) tile
-  // for RGB instead of 4 x 6 with a channel of zeros measured 20-25% slower (stem, 2 threads).
-  const int tk = NK, tq = NQ;
-  // weights per (group, class): [t = (k, r, s)][tk dx channels], zero past Cg
+  // The tile's NK "output channels" are blocks of the dx channels (one block on AVX-512, two for
+  // 4 channels on AVX2), zeros past Cg. A 3 x 7 (or 3 x 8) tile for RGB instead of 4 x 6 with a
+  // channel of zeros measured 20-25% slower (stem, 2 threads).
+  const int64_t ncb = ceil_div(Cg, NK);
+  // weights per (group, channel block, class): [t = (k, r, s)][NK dx channels], zero past Cg
   const int64_t ncls = sh * sw;
   std::vector<int64_t> cls_t(ncls), cls_at(ncls + 1, 0);
   for (int64_t cl = 0; cl < ncls; ++cl)
     cls_t[cl] = Kg * int64_t(rlist[cl / sw].size() * slist[cl % sw].size()), cls_at[cl + 1] = cls_at[cl] + cls_t[cl];
   const int64_t Tall = cls_at[ncls];  // = Kg*R*S
-  float* wp = scratch(0, G * Tall * tk + NK);
-  float* zeros = wp + G * Tall * tk;
+  float* wp = scratch(0, G * ncb * Tall * NK + NK);
+  float* zeros = wp + G * ncb * Tall * NK;
   std::fill(zeros, zeros + NK, 0.f);
-  for (int64_t g = 0; g < G; ++g)
+  for (int64_t gb = 0; gb < G * ncb; ++gb)
     for (int64_t cl = 0; cl < ncls; ++cl) {
-      float* d = wp + (g * Tall + cls_at[cl]) * tk;
+      const int64_t g = gb / ncb, c0 = gb % ncb * NK;
+      float* d = wp + (gb * Tall + cls_at[cl]) * NK;
       for (int64_t k = 0; k < Kg; ++k)
         for (int64_t r : rlist[cl / sw])
           for (int64_t s : slist[cl % sw]) {
-            for (int c = 0; c < tk; ++c) d[c] = c < Cg ? w[(((g * Kg + k) * Cg + c) * R + r) * S + s] : 0.f;
-            d += tk;
+            for (int c = 0; c < NK; ++c) d[c] = c0 + c < Cg ? w[(((g * Kg + k) * Cg + c0 + c) * R + r) * S + s] : 0.f;
+            d += NK;
           }
     }
 
@@ -285,7 +287,7 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
     }
     // phase rows of dx: tmp[c][psi][i - i0][phi][Wt]
     const int64_t cstride = sh * ni * sw * Wt;
-    float* tmp = scratch(2, tk * cstride);
+    float* tmp = scratch(2, ncb * NK * cstride);
     int64_t* off = scratch_i64(0, Tall);
     const int64_t nv_max = ni * (Wt / VL);
     const float** xb = scratch_rows(2 * nv_max);
@@ -307,10 +309,14 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
           xb[nvec] = band + (i - i0) * Wb + j * VL;
           yo[nvec] = tmp + ((psi * ni + (i - i0)) * sw + phi) * Wt + j * VL;
         }
-      const float* wk = wp + (g * Tall + cls_at[cl]) * tk;
-      for (int64_t v0 = 0; v0 < nvec; v0 += tq)
-        direct_tile(xb + v0, static_cast<int>(std::min<int64_t>(tq, nvec - v0)), off, T, wk, zeros, yo + v0, cstride,
-                    static_cast<int>(Cg), full, false);
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const float* wk = wp + ((g * ncb + cb) * Tall + cls_at[cl]) * NK;
+        if (cb > 0)
+          for (int64_t v = 0; v < nvec; ++v) yo[v] += NK * cstride;
+        for (int64_t v0 = 0; v0 < nvec; v0 += NQ)
+          direct_tile(xb + v0, static_cast<int>(std::min<int64_t>(NQ, nvec - v0)), off, T, wk, zeros, yo + v0, cstride,
+                      static_cast<int>(std::min<int64_t>(NK, Cg - cb * NK)), full, false);
+      }
     }
     // interleave the phases into the dx rows
     for (int64_t c = 0; c < Cg; ++c)
