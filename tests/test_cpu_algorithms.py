@@ -93,6 +93,11 @@ DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, N
     ((1, 4, 12, 35), 10, (3, 5), 3, (2, 1), (1, 2), 2),  # groups (2 channels each), 3 phases, column dilation
     ((3, 2, 40, 70), 6, (3, 3), 1, 1, 1, 2),           # one channel a group, K 3 a group; parallel row blocks
     ((2, 3, 5, 5), 8, (3, 3), 1, 4, 1, 1),             # padding beyond the kernel: rows of zeros only
+    # backward-input runs here only from 2^18 multiply-adds on (smaller ones stay with implicit_gemm)
+    ((2, 4, 30, 70), 40, (3, 5), 3, (2, 1), (1, 2), 2),  # groups, 3 phases, column dilation, dy band edges
+    ((4, 4, 45, 45), 64, (3, 2), 3, 0, 1, 2),          # stride > kernel: dx classes without taps (zeros)
+    ((2, 3, 20, 20), 32, (3, 3), 1, 4, 1, 1),          # padding beyond the kernel
+    ((2, 3, 33, 37), 64, (7, 7), 2, 3, 1, 1),          # the stem's classes, odd dx sizes
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW
 

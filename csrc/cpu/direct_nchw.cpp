@@ -55,9 +55,13 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kFloat && simd_available() && is_nchw(p) && weight_is_kcrs(p) && p.Cg() <= 4;
 }
 
-// backward-input: dx has <= 4 channels a group; dy NCHW or NHWC
+// backward-input: dx has <= 4 channels a group; dy NCHW or NHWC. Problems too small to be
+// threaded stay with implicit_gemm's pixel-row kernel, which sets up less: the (1,3,8,8)->16
+// layer, ms median of 400 (python benchmarks/algos.py 1,3,8,8,16,3,1,1 --pass backward_input
+// --layout nhwc): direct_nchw 0.018, implicit_gemm 0.014 (NCHW 0.023 / 0.021).
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.Cg() <= 4;
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.Cg() <= 4 &&
+         p.macs() >= kSerialMacs;
 }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
