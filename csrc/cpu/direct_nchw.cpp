@@ -45,6 +45,7 @@
 // 10.6-13.9 ms against implicit_gemm's 5.4-7.1: each step's ten vectors came from L2 (no tile
 // reuses another's inputs), and short chunks paid a horizontal sum per accumulator.
 #ifndef CONV_EXT_ISA_NS
+#include <climits>
 #include <vector>
 
 #define CONV_EXT_PER_ISA_FILE "direct_nchw.cpp"
@@ -134,6 +135,18 @@ void direct_tile(const float* const* xb, int nq, const int64_t* off, int64_t T, 
     }
 }
 
+// Output rows (forward) or dx row-phase indices (backward-input) per task, of `total` in each of
+// `planes` (image, group) pairs: all of them when the problem runs serially, else about 8 tasks a
+// thread, and fewer while a task's band (band_floats(rows)) is over `cap` floats.
+template <class BandFloats>
+int64_t rows_per_task(const Conv2dParams& p, int64_t total, int64_t planes, const BandFloats& band_floats,
+                      int64_t cap) {
+  const bool serial = p.macs() < kSerialMacs || pool_threads() == 1;
+  int64_t rows = serial ? total : std::max<int64_t>(1, total / ceil_div(8 * pool_threads(), planes));
+  while (rows > 1 && band_floats(rows) > cap) --rows;
+  return rows;
+}
+
 }  // namespace
 
 void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
@@ -155,13 +168,9 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
         bp[(g * nkb + kb) * NK + k] = kk < Kg && bias ? bias[g * Kg + kk] : 0.f;
       }
 
-  // Rows per task: about 8 tasks a thread (all rows when the problem runs serially), and a task's
-  // phase rows (Cg x rows x sw x wq floats) within 256 KiB of L2.
-  const int64_t row_floats = Cg * sw * wq;
+  // a task's phase rows (Cg x rows x sw x wq floats) within 256 KiB of L2
   auto band_rows = [&](int64_t rb) { return (rb - 1) * sh + (R - 1) * dh + 1; };
-  const bool serial = p.macs() < kSerialMacs || pool_threads() == 1;
-  int64_t rb = serial ? P : std::max<int64_t>(1, P / ceil_div(8 * pool_threads(), N * G));
-  while (rb > 1 && band_rows(rb) * row_floats > 65536) --rb;
+  const int64_t rb = rows_per_task(p, P, N * G, [&](int64_t r) { return band_rows(r) * Cg * sw * wq; }, 65536);
   const int64_t nblk = ceil_div(P, rb);
 
   // outputs beyond both L2s, whole vectors: streaming stores (no read-for-ownership of the lines)
@@ -219,20 +228,20 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
   const int64_t Cg = p.Cg(), Kg = p.Kg();
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   // the taps of each row class psi (dy row offset roff) and column class phi (column offset qoff)
-  std::vector<std::vector<int64_t>> rlist(sh), slist(sw);
-  int64_t roff_min = 0, roff_max = 0, qoff_min = 0, qoff_max = 0;
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t psi = floor_mod(r * dh - ph, sh), o = (psi + ph - r * dh) / sh;
-    rlist[psi].push_back(r);
-    roff_min = r == 0 ? o : std::min(roff_min, o), roff_max = r == 0 ? o : std::max(roff_max, o);
-  }
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t phi = floor_mod(s * dw - pw, sw), o = (phi + pw - s * dw) / sw;
-    slist[phi].push_back(s);
-    qoff_min = s == 0 ? o : std::min(qoff_min, o), qoff_max = s == 0 ? o : std::max(qoff_max, o);
-  }
   auto roff = [&](int64_t psi, int64_t r) { return (psi + ph - r * dh) / sh; };
   auto qoff = [&](int64_t phi, int64_t s) { return (phi + pw - s * dw) / sw; };
+  std::vector<std::vector<int64_t>> rlist(sh), slist(sw);
+  int64_t roff_min = INT64_MAX, roff_max = INT64_MIN, qoff_min = INT64_MAX, qoff_max = INT64_MIN;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t psi = floor_mod(r * dh - ph, sh), o = roff(psi, r);
+    rlist[psi].push_back(r);
+    roff_min = std::min(roff_min, o), roff_max = std::max(roff_max, o);
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t phi = floor_mod(s * dw - pw, sw), o = qoff(phi, s);
+    slist[phi].push_back(s);
+    qoff_min = std::min(qoff_min, o), qoff_max = std::max(qoff_max, o);
+  }
   const int64_t Wt = round_up(ceil_div(W, sw), VL);                  // a phase row of dx, whole vectors
   const int64_t Wb = round_up(Wt + qoff_max - qoff_min, VL);         // a band row: column q at q - qoff_min
   const int64_t Hi = ceil_div(H, sh);                                // values of i
@@ -262,11 +271,9 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
           }
     }
 
-  // i-rows per task: about 8 tasks a thread, the band (Kg x rows x Wb floats) within 512 KiB
+  // i-rows per task: the dy band (Kg x rows x Wb floats) within 512 KiB
   const int64_t extra = roff_max - roff_min;
-  const bool serial = p.macs() < kSerialMacs || pool_threads() == 1;
-  int64_t ib = serial ? Hi : std::max<int64_t>(1, Hi / ceil_div(8 * pool_threads(), N * G));
-  while (ib > 1 && Kg * (ib + extra) * Wb > 131072) --ib;
+  const int64_t ib = rows_per_task(p, Hi, N * G, [&](int64_t i) { return Kg * (i + extra) * Wb; }, 131072);
   const int64_t nblk = ceil_div(Hi, ib);
   for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
     const int64_t blk = task % nblk, g = task / nblk % G, n = task / (nblk * G);

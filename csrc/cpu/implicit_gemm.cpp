@@ -289,10 +289,10 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     });
 
   // NCHW outputs of >= kStreamFloats (kernel_util.h; 2M floats before) are written by the
-  // transposes with streaming stores: no read-for-ownership of lines that are about to be overwritten whole. The
-  // 7x7/2 stem's 12.8 MB output, batch 4: 10-25% faster forward (2 threads, interleaved A/B in
-  // random order, best and median of 40), and it no longer trails the channels_last stem by the
-  // ~0.8 ms its transposes took.
+  // transposes with streaming stores: no read-for-ownership of lines that are about to be
+  // overwritten whole. The 7x7/2 stem's 12.8 MB output, batch 4: 10-25% faster forward (2
+  // threads, interleaved A/B in random order, best and median of 40), and it no longer trailed the
+  // channels_last stem by the ~0.8 ms its transposes took (the stem now runs direct_nchw).
   const bool big_y = N * K * P * Q >= kStreamFloats;
   const bool stream_y = !nhwc && big_y;
   // NHWC: the micro-kernel stores y itself, streamed too when no later panel adds into it: stem
