@@ -8,7 +8,7 @@
 import torch
 
 from . import _ops  # noqa: F401  (loads the kernels, registers fake kernels and autograd)
-from ._C import cpu_cached_bytes, cpu_capability, cuda_compiled
+from ._C import cpu_cached_bytes, cpu_capability, cpu_filter_cache_bytes, cuda_compiled
 from ._C import empty_cache as _empty_cache
 from .functional import conv2d
 from .modules import Conv2d, convert
@@ -28,10 +28,14 @@ def info() -> dict:
         "cpu_capability": cpu_capability(),
         "threads": torch.get_num_threads(),
         "cpu_cached_bytes": cpu_cached_bytes(),
+        "cpu_filter_cache_bytes": cpu_filter_cache_bytes(),
     }
 
 
 def empty_cache() -> None:
-    """Return the freed CPU outputs conv_ext keeps for reuse (outputs of 1 MiB or more; at most
+    """Drop the packed filters conv_ext keeps for filters that have not changed (at most
+    CONV_EXT_CPU_FILTER_CACHE_MB MiB, default 512, 0 turns it off; call this after writing to a
+    filter through ``w.data`` or NumPy, which PyTorch's version counter does not see), and return
+    the freed CPU outputs conv_ext keeps for reuse (outputs of 1 MiB or more; at most
     CONV_EXT_CPU_CACHE_MB MiB, default 1024, 0 turns the cache off) to the system."""
     _empty_cache()

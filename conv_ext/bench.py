@@ -25,7 +25,9 @@ Method (the same for every case and both sides):
 Passes: ``forward`` = conv2d(x, w, b); ``backward_input`` / ``backward_weight`` = one gradient alone
 (torch: aten.convolution_backward with the matching output_mask; conv_ext: its
 conv2d_backward_input / conv2d_backward_weight ops); ``all`` = forward + backward through
-autograd (3 passes' FLOPs).
+autograd (3 passes' FLOPs), each run with a new version of the parameters (as after an optimizer
+step: conv_ext's packed-filter cache, which ``forward`` and the backward passes alone use when the
+filter does not change, is then never hit).
 
 Suites live in ``benchmarks/shapes.py`` of the source tree. This module finds that file next to
 the package (an editable install, ``make install``, or running from the checkout); ``--shapes FILE``
@@ -283,6 +285,9 @@ def make_case_fns(case, pass_name, device, dtype, layout, seed=0):
             for t in (xs, ws, bs):
                 if t is not None:
                     t.grad = None
+                    # as an optimizer step would: a new version of every parameter, so conv_ext's
+                    # packed-filter cache (kept only for unchanged filters) does not apply
+                    torch.autograd.graph.increment_version(t)
             conv(xs, ws, bs, stride, padding, dilation, groups).backward(dy)
             return ws.grad
 

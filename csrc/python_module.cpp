@@ -7,6 +7,7 @@
 #include "op_handles.h"
 
 #include "cpu/algorithms.h"
+#include "cpu/filter_cache.h"
 #include "cpu/output_cache.h"
 #ifdef CONV_EXT_WITH_CUDA
 #include "cuda/algorithms_cuda.h"
@@ -33,8 +34,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv2d_forward", &conv2d_forward,
         "torch.ops.conv_ext.conv2d_forward(input, weight, bias, stride, padding, dilation, groups), "
         "called through the dispatcher from C++");
-  m.def("empty_cache", &cc::empty_cache, "Free the blocks conv_ext's CPU output cache holds");
+  m.def("empty_cache", [] {
+    cc::clear_filter_cache();  // first: its buffers go back to the output cache
+    cc::empty_cache();
+  }, "Free the packed filters and the blocks conv_ext's CPU caches hold");
   m.def("cpu_cached_bytes", &cc::cached_bytes, "Bytes held in conv_ext's CPU output cache");
+  m.def("cpu_filter_cache_bytes", &cc::filter_cache_bytes, "Bytes of packed filters conv_ext's CPU kernels keep");
   m.def("cpu_capability", &cc::cpu_capability, "SIMD level the CPU kernels use: avx512, avx2 or portable");
   m.def("cuda_compiled", [] {
 #ifdef CONV_EXT_WITH_CUDA

@@ -36,6 +36,9 @@ struct Operands {
   const at::Tensor& b;
   const at::Tensor& bias;
   at::Tensor& out;
+  // The user's filter tensor when b is that tensor itself (not a copy): packed forms of it may
+  // then be kept across calls (filter_cache.h). Null for backward-weight and for copies.
+  const at::Tensor* filter = nullptr;
 };
 
 struct Algorithm {

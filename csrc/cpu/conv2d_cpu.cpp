@@ -73,7 +73,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
   set_strides(p, x, weight, y, fmt);
   at::Tensor w;
   const Algorithm& algo = choose_for_weight(Pass::Forward, p, weight, w);
-  Operands o{x, w, bias, y};
+  Operands o{x, w, bias, y, w.is_same(weight) ? &weight : nullptr};
   algo.run(p, o);
   return y;
 }
@@ -96,7 +96,7 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
   set_strides(p, dx, weight, dy, fmt);
   at::Tensor w;
   const Algorithm& algo = choose_for_weight(Pass::BackwardInput, p, weight, w);
-  Operands o{dy, w, at::Tensor(), dx};
+  Operands o{dy, w, at::Tensor(), dx, w.is_same(weight) ? &weight : nullptr};
   algo.run(p, o);
   return dx;
 }

@@ -66,12 +66,14 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 void run_forward(const Conv2dParams& p, Operands& o) {
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   auto f = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
-  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>(), is_nhwc(p));
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>(), is_nhwc(p),
+    o.filter);
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::implicit_gemm_backward_input : avx2::implicit_gemm_backward_input;
-  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p),
+    o.filter);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -396,37 +398,40 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
 // rows of w, done by 16x16 vector blocks (transpose_rows) and then put in [r][s][c] order a row
 // of NVL floats at a time. A scalar gather (before) took 2.8 ms per call for a 2048->512
 // 1x1 filter (0.23 ms now; PYTHONPATH=. python benchmarks/cpu_kernels.py --cases 1x1 --layouts nhwc).
-float* fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const float* w) {
+// Kept across calls while the filter is unchanged (filter_cache.h).
+PackedFilter fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const float* w, const at::Tensor* filter) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S, NVL = f.NVL;
-  float* wp = scratch(0, G * f.nkb * RS * Cg * NVL);
-  for_each_task(G * f.nkb, p.macs(), [&](int64_t gk) {
-    const int64_t g = gk / f.nkb, k0 = (gk % f.nkb) * NVL;
-    float* tmp = RS > 1 ? scratch(1, f.cc * RS * NVL) : nullptr;
-    for (int64_t c0 = 0; c0 < Cg; c0 += f.cc) {
-      const int64_t ccb = std::min(f.cc, Cg - c0);
-      float* panel = wp + (gk * Cg + c0) * RS * NVL;  // [r][s][c][NVL]
-      if (weight_is_krsc(p)) {  // channels_last filter: one transpose per tap, straight into the panel
-        for (int64_t rs = 0; rs < RS; ++rs)
-          transpose_rows(w + (g * Kg + k0) * Cg * RS + rs * Cg + c0, Cg * RS, std::min(NVL, Kg - k0), ccb, NVL,
-                         panel + rs * ccb * NVL);
-        continue;
-      }
-      transpose_rows(w + ((g * Kg + k0) * Cg + c0) * RS, Cg * RS, std::min(NVL, Kg - k0), ccb * RS, NVL,
-                     RS > 1 ? tmp : panel);
-      if (RS > 1)
-        for (int64_t c = 0; c < ccb; ++c)
+  const int64_t floats = G * f.nkb * RS * Cg * NVL;
+  const std::initializer_list<int64_t> tag = {1, CONV_EXT_ISA_BITS, G, Kg, Cg, p.R, p.S, NVL, f.cc, weight_is_krsc(p)};
+  return packed_filter(filter, tag, floats, scratch(0, floats), [&](float* wp) {
+    for_each_task(G * f.nkb, p.macs(), [&](int64_t gk) {
+      const int64_t g = gk / f.nkb, k0 = (gk % f.nkb) * NVL;
+      float* tmp = RS > 1 ? scratch(1, f.cc * RS * NVL) : nullptr;
+      for (int64_t c0 = 0; c0 < Cg; c0 += f.cc) {
+        const int64_t ccb = std::min(f.cc, Cg - c0);
+        float* panel = wp + (gk * Cg + c0) * RS * NVL;  // [r][s][c][NVL]
+        if (weight_is_krsc(p)) {  // channels_last filter: one transpose per tap, straight into the panel
           for (int64_t rs = 0; rs < RS; ++rs)
-            std::memcpy(panel + (rs * ccb + c) * NVL, tmp + (c * RS + rs) * NVL, sizeof(float) * NVL);
-    }
+            transpose_rows(w + (g * Kg + k0) * Cg * RS + rs * Cg + c0, Cg * RS, std::min(NVL, Kg - k0), ccb, NVL,
+                           panel + rs * ccb * NVL);
+          continue;
+        }
+        transpose_rows(w + ((g * Kg + k0) * Cg + c0) * RS, Cg * RS, std::min(NVL, Kg - k0), ccb * RS, NVL,
+                       RS > 1 ? tmp : panel);
+        if (RS > 1)
+          for (int64_t c = 0; c < ccb; ++c)
+            for (int64_t rs = 0; rs < RS; ++rs)
+              std::memcpy(panel + (rs * ccb + c) * NVL, tmp + (c * RS + rs) * NVL, sizeof(float) * NVL);
+      }
+    });
   });
-  return wp;
 }
 
 void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias,
-                           float* y, bool nhwc) {
+                           float* y, bool nhwc, const at::Tensor* filter) {
   const FwdPlan f = fwd_plan(p);
-  const float* wp = fwd_pack_forward(p, f, w);
-  fwd_compute(p, f, x, wp, bias, y, nhwc);
+  const PackedFilter wp = fwd_pack_forward(p, f, w, filter);
+  fwd_compute(p, f, x, wp.data, bias, y, nhwc);
 }
 
 // Stride-1 backward-input is the forward convolution of dy with the filter transposed
@@ -445,39 +450,43 @@ bool channel_rows(const Conv2dParams& p) { return weight_is_krsc(p) || p.R * p.S
 // w[g*Kg + c', k', R-1-r, S-1-s]. For each c' the NVL filters k' of a block are one
 // transpose_rows of an NVL x R*S block of w; the taps are then written flipped, NVL floats at a time.
 // krsc: channel_rows(w): the NVL filters k' at a tap are already side by side, a copy.
-float* fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float* w, bool krsc) {
+PackedFilter fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float* w, bool krsc,
+                              const at::Tensor* filter) {
   const int64_t G = f.groups, Cgf = f.Cg(), Kgf = f.Kg(), RS = f.R * f.S, NVL = plan.NVL;
-  float* wp = scratch(0, G * plan.nkb * RS * Cgf * NVL);
-  for_each_task(G * plan.nkb, f.macs(), [&](int64_t gk) {
-    const int64_t g = gk / plan.nkb, j0 = (gk % plan.nkb) * NVL;
-    float* tmp = scratch(1, RS * NVL);
-    for (int64_t k = 0; k < Cgf; ++k) {  // c' of f = the original filter k
-      const int64_t c0 = k / plan.cc * plan.cc, ccb = std::min(plan.cc, Cgf - c0);
-      float* panel = wp + (gk * Cgf + c0) * RS * NVL;  // [r][s][c'][NVL]
-      const int64_t jn = std::min(NVL, Kgf - j0);
-      if (krsc) {
-        for (int64_t rs = 0; rs < RS; ++rs) {
-          float* d = panel + (rs * ccb + k - c0) * NVL;
-          std::memcpy(d, w + ((g * Cgf + k) * RS + RS - 1 - rs) * Kgf + j0, sizeof(float) * jn);
-          std::memset(d + jn, 0, sizeof(float) * (NVL - jn));
+  const int64_t floats = G * plan.nkb * RS * Cgf * NVL;
+  const std::initializer_list<int64_t> tag = {2, CONV_EXT_ISA_BITS, G, Kgf, Cgf, f.R, f.S, NVL, plan.cc, krsc};
+  return packed_filter(filter, tag, floats, scratch(0, floats), [&](float* wp) {
+    for_each_task(G * plan.nkb, f.macs(), [&](int64_t gk) {
+      const int64_t g = gk / plan.nkb, j0 = (gk % plan.nkb) * NVL;
+      float* tmp = scratch(1, RS * NVL);
+      for (int64_t k = 0; k < Cgf; ++k) {  // c' of f = the original filter k
+        const int64_t c0 = k / plan.cc * plan.cc, ccb = std::min(plan.cc, Cgf - c0);
+        float* panel = wp + (gk * Cgf + c0) * RS * NVL;  // [r][s][c'][NVL]
+        const int64_t jn = std::min(NVL, Kgf - j0);
+        if (krsc) {
+          for (int64_t rs = 0; rs < RS; ++rs) {
+            float* d = panel + (rs * ccb + k - c0) * NVL;
+            std::memcpy(d, w + ((g * Cgf + k) * RS + RS - 1 - rs) * Kgf + j0, sizeof(float) * jn);
+            std::memset(d + jn, 0, sizeof(float) * (NVL - jn));
+          }
+          continue;
         }
-        continue;
+        transpose_rows(w + ((g * Cgf + k) * Kgf + j0) * RS, RS, jn, RS, NVL, tmp);
+        for (int64_t rs = 0; rs < RS; ++rs)
+          std::memcpy(panel + (rs * ccb + k - c0) * NVL, tmp + (RS - 1 - rs) * NVL, sizeof(float) * NVL);
       }
-      transpose_rows(w + ((g * Cgf + k) * Kgf + j0) * RS, RS, jn, RS, NVL, tmp);
-      for (int64_t rs = 0; rs < RS; ++rs)
-        std::memcpy(panel + (rs * ccb + k - c0) * NVL, tmp + (RS - 1 - rs) * NVL, sizeof(float) * NVL);
-    }
+    });
   });
-  return wp;
 }
 
-void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
+                       const at::Tensor* filter) {
   Conv2dParams f = p;
   f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
   f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
   const FwdPlan plan = fwd_plan(f);
-  const float* wp = fwd_pack_flipped(f, plan, w, channel_rows(p));
-  fwd_compute(f, plan, dy, wp, nullptr, dx, nhwc);
+  const PackedFilter wp = fwd_pack_flipped(f, plan, w, channel_rows(p), filter);
+  fwd_compute(f, plan, dy, wp.data, nullptr, dx, nhwc);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -695,10 +704,11 @@ void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w
   else bwd_input_pixel_rows_nq<2>(p, dy, w, dx, nhwc);
 }
 
-void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
+                                  const at::Tensor* filter) {
   if (bwd_input_use_pixel_rows(p)) return bwd_input_pixel_rows(p, dy, w, dx, nhwc);
   if (bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc);
-  if (bwd_input_as_forward(p)) return bwd_input_stride1(p, dy, w, dx, nhwc);
+  if (bwd_input_as_forward(p)) return bwd_input_stride1(p, dy, w, dx, nhwc, filter);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -711,31 +721,35 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
 
   // packed transposed weights [g][ob][kcb][r][s][k][NVL]
   const bool krsc = channel_rows(p);
-  float* wp = scratch(0, G * nob * RS * Kg * NVL);
-  for_each_task(G * nob, p.macs(), [&](int64_t go) {
-    const int64_t g = go / nob, ob = go % nob;
-    float* panel0 = wp + (g * nob + ob) * RS * Kg * NVL;
-    float* tmp = scratch(1, RS * NVL);
-    for (int64_t kcb = 0; kcb < nkc; ++kcb) {
-      const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
-      float* panel = panel0 + k0 * RS * NVL;
-      const int64_t jn = std::min(NVL, Cg - ob * NVL);
-      for (int64_t k = 0; k < kcl; ++k) {
-        if (krsc) {  // w[k][rs][ob*NVL ..] is already a row of channels
-          for (int64_t rs = 0; rs < RS; ++rs) {
-            float* d = panel + (rs * kcl + k) * NVL;
-            std::memcpy(d, w + ((g * Kg + k0 + k) * RS + rs) * Cg + ob * NVL, sizeof(float) * jn);
-            std::memset(d + jn, 0, sizeof(float) * (NVL - jn));
+  const int64_t wfloats = G * nob * RS * Kg * NVL;
+  const std::initializer_list<int64_t> tag = {3, CONV_EXT_ISA_BITS, G, Kg, Cg, R, S, NVL, kc, krsc};
+  const PackedFilter packed = packed_filter(filter, tag, wfloats, scratch(0, wfloats), [&](float* wp) {
+    for_each_task(G * nob, p.macs(), [&](int64_t go) {
+      const int64_t g = go / nob, ob = go % nob;
+      float* panel0 = wp + (g * nob + ob) * RS * Kg * NVL;
+      float* tmp = scratch(1, RS * NVL);
+      for (int64_t kcb = 0; kcb < nkc; ++kcb) {
+        const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
+        float* panel = panel0 + k0 * RS * NVL;
+        const int64_t jn = std::min(NVL, Cg - ob * NVL);
+        for (int64_t k = 0; k < kcl; ++k) {
+          if (krsc) {  // w[k][rs][ob*NVL ..] is already a row of channels
+            for (int64_t rs = 0; rs < RS; ++rs) {
+              float* d = panel + (rs * kcl + k) * NVL;
+              std::memcpy(d, w + ((g * Kg + k0 + k) * RS + rs) * Cg + ob * NVL, sizeof(float) * jn);
+              std::memset(d + jn, 0, sizeof(float) * (NVL - jn));
+            }
+            continue;
           }
-          continue;
+          // tmp[rs][j] = w[k][ob*NVL + j][rs] (vector transposes)
+          transpose_rows(w + ((g * Kg + k0 + k) * Cg + ob * NVL) * RS, RS, jn, RS, NVL, tmp);
+          for (int64_t rs = 0; rs < RS; ++rs)
+            std::memcpy(panel + (rs * kcl + k) * NVL, tmp + rs * NVL, sizeof(float) * NVL);
         }
-        // tmp[rs][j] = w[k][ob*NVL + j][rs] (vector transposes)
-        transpose_rows(w + ((g * Kg + k0 + k) * Cg + ob * NVL) * RS, RS, jn, RS, NVL, tmp);
-        for (int64_t rs = 0; rs < RS; ++rs)
-          std::memcpy(panel + (rs * kcl + k) * NVL, tmp + rs * NVL, sizeof(float) * NVL);
       }
-    }
+    });
   });
+  const float* wp = packed.data;
 
   // dy band: columns ow + padL for every ow a dx column can reach
   const int64_t padL = std::max<int64_t>(0, -floor_div(pw - (S - 1) * dw, sw));

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include "algorithms.h"
+#include "filter_cache.h"
 #include "kernel_util.h"
 
 #pragma GCC push_options

@@ -82,14 +82,14 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p)};
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), false, weight_is_krsc(p), bias,
-        o.out.mutable_data_ptr<float>(), p.macs());
+        o.out.mutable_data_ptr<float>(), p.macs(), o.filter);
 }
 
 // dx = conv(dy, w'), w'[c][k][r][s] = w[k][c][2-r][2-s], padding 2 - pad: dy is the input.
 void run_backward_input(const Conv2dParams& p, Operands& o) {
   const WinoShape s{p.N, p.K, p.P, p.Q, p.C, p.H, p.W, 2 - p.pad_h, 2 - p.pad_w, p.groups, is_nhwc(p)};
   isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), true, weight_is_krsc(p), nullptr,
-        o.out.mutable_data_ptr<float>(), p.macs());
+        o.out.mutable_data_ptr<float>(), p.macs(), o.filter);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -412,7 +412,7 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
 //    of U (<= 128 channels of reduction at a time, so it stays in L2) and multiplies every tile
 //    by it, then transform back. U is never written to memory.
 void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
-                   float* y, int64_t macs) {
+                   float* y, int64_t macs, const at::Tensor* filter) {
   const Geo e(s);
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
   // in forward form the filter of group g is Kg x Cg; w itself is (wK x wC) per group
@@ -424,13 +424,17 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024;  // V + M of a chunk (large-U schedule): 8 MiB
 
   const bool large_u = 16 * G * Cg * Kgp > 256 * 1024 && 16 * tw * (Cs + Ks) <= kChunkFloats;
+  // U, kept across calls while the filter is unchanged (filter_cache.h)
+  const std::initializer_list<int64_t> tag = {4, CONV_EXT_ISA_BITS, G, Kg, Cg, Kgp, flip, krsc, large_u};
   if (!large_u) {
-    float* U = scratch(4, G * 16 * Cg * Kgp);
     const int64_t ncb = Kgp / VL;
-    for_each_task(G * ncb, macs, [&](int64_t task) {
-      const int64_t g = task / ncb, k0 = (task % ncb) * VL;
-      weight_panel(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * 16 * Cg * Kgp + k0, Cg * Kgp, Kgp);
+    const PackedFilter packed = packed_filter(filter, tag, G * 16 * Cg * Kgp, scratch(4, G * 16 * Cg * Kgp), [&](float* U) {
+      for_each_task(G * ncb, macs, [&](int64_t task) {
+        const int64_t g = task / ncb, k0 = (task % ncb) * VL;
+        weight_panel(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * 16 * Cg * Kgp + k0, Cg * Kgp, Kgp);
+      });
     });
+    const float* U = packed.data;
     // Tiles per task: V and M of a task within ~2 MiB, and at least one task per thread.
     const int64_t T = rows * tw;
     const int64_t tb_max = std::max<int64_t>(8, 512 * 1024 / (16 * (Cs + Ks)));
@@ -467,6 +471,21 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * nthreads) kbw -= VL;
   const int64_t nkb = ceil_div(Kgp, kbw);
   constexpr int64_t kPanelRows = 128;  // reduction channels per piece of U: 16 x 128 x 64 floats = 512 KiB
+  // The piece (g, k0, c0) of U: 16 x nr x ncp floats, at (g, k0, c0) in the cached U (if any).
+  const auto piece = [&](int64_t g, int64_t k0, int64_t c0, int64_t nr, int64_t ncp, float* panel) {
+    weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, nr * ncp, ncp);
+  };
+  const auto piece_at = [&](int64_t g, int64_t k0, int64_t c0, int64_t ncp) {
+    return g * 16 * Cg * Kgp + 16 * Cg * k0 + 16 * c0 * ncp;
+  };
+  // Not cached: each task computes its pieces as it goes, and U is never written to memory.
+  const PackedFilter cached = packed_filter(filter, tag, G * 16 * Cg * Kgp, nullptr, [&](float* U) {
+    for_each_task(G * nkb, macs, [&](int64_t task) {
+      const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
+      for (int64_t c0 = 0; c0 < Cg; c0 += kPanelRows)
+        piece(g, k0, c0, std::min(kPanelRows, Cg - c0), ncp, U + piece_at(g, k0, c0, ncp));
+    });
+  });
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
     for_each_task(R1 - R0, macs, [&](int64_t i) {
@@ -475,10 +494,11 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
     for_each_task(G * nkb, macs, [&](int64_t task) {
       const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
       const int64_t pr = std::min(kPanelRows, Cg);
-      float* panel = scratch(6, 16 * pr * ncp);
+      float* buf = cached.data ? nullptr : scratch(6, 16 * pr * ncp);
       for (int64_t c0 = 0; c0 < Cg; c0 += kPanelRows) {
         const int64_t nr = std::min(kPanelRows, Cg - c0);
-        weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, nr * ncp, ncp);
+        const float* panel = cached.data ? cached.data + piece_at(g, k0, c0, ncp) : buf;
+        if (!cached.data) piece(g, k0, c0, nr, ncp, buf);
         gemms(Vall + g * Cg + c0, T, Cs, nt, nr, panel, nr * ncp, ncp, Mall, T, Ks, g * Kgp + k0, ncp, c0 > 0);
       }
     });

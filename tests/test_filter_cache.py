@@ -1,0 +1,264 @@
+"""The packed-filter cache (csrc/cpu/filter_cache.h): implicit_gemm and winograd keep the packed
+form of a filter across calls while the filter is unchanged.
+
+The oracle for every cached result is the same call on a fresh copy of the filter (a new
+tensor: never cached), which must give the same bits; and torch, within float32 tolerance.
+What must invalidate a packed filter: in-place changes (no_grad ops, optimizer steps,
+load_state_dict), a new storage (``w.data = ...``, ``set_``), a new tensor at a freed
+tensor's address, a different convolution reading the same filter. Caching starts at the
+second call with the same filter version, so a training step keeps nothing.
+"""
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import conv_ext
+from conv_ext import testing
+
+ops = torch.ops.conv_ext
+
+# name, (N, C, H, W), K, R, stride, padding, forward algorithm, backward-input algorithm
+CASES = [
+    ("implicit_gemm 3x3/2", (2, 20, 9, 11), 40, 3, 2, 1, "implicit_gemm", "implicit_gemm"),
+    ("implicit_gemm 1x1 @7", (2, 96, 7, 7), 80, 1, 1, 0, "implicit_gemm", "implicit_gemm"),
+    ("implicit_gemm 3x3 stride 1", (1, 24, 8, 9), 36, 3, 1, 1, "implicit_gemm", "implicit_gemm"),
+    ("winograd small U", (2, 64, 10, 10), 64, 3, 1, 1, "winograd", "winograd"),
+    ("winograd large U", (1, 160, 6, 6), 160, 3, 1, 1, "winograd", "winograd"),
+]
+
+
+def make(shape, k, r, layout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g)
+    w = torch.randn(k, shape[1], r, r, generator=g) / (shape[1] * r * r) ** 0.5
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, w
+
+
+def fresh(w):
+    """A copy of w: a new tensor the cache has never seen."""
+    return w.clone(memory_format=torch.preserve_format)
+
+
+@pytest.fixture(autouse=True)
+def empty():
+    conv_ext.empty_cache()
+    yield
+    conv_ext.empty_cache()
+
+
+def cached_bytes():
+    return conv_ext.info()["cpu_filter_cache_bytes"]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_forward_reuses_packed_filter(case, layout):
+    _, shape, k, r, stride, padding, algo, _ = case
+    x, w = make(shape, k, r, layout)
+    with testing.force_cpu_algorithm({"forward": algo}):
+        first = conv_ext.conv2d(x, w, None, stride, padding)
+        assert cached_bytes() == 0  # one call packs into scratch
+        second = conv_ext.conv2d(x, w, None, stride, padding)
+        assert cached_bytes() > 0  # the second keeps it
+        third = conv_ext.conv2d(x, w, None, stride, padding)  # read from the cache
+        assert testing.last_cpu_algorithm("forward") == algo
+        assert torch.equal(first, second) and torch.equal(first, third)
+        assert torch.equal(third, conv_ext.conv2d(x, fresh(w), None, stride, padding))
+    torch.testing.assert_close(third, F.conv2d(x, w, None, stride, padding), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_backward_input_reuses_packed_filter(case, layout):
+    """A frozen layer in fine-tuning: backward-input with the same filter every step."""
+    _, shape, k, r, stride, padding, _, algo = case
+    x, w = make(shape, k, r, layout)
+    dy = torch.randn_like(F.conv2d(x, w, None, stride, padding))
+    geo = ([stride] * 2, [padding] * 2, [1, 1], 1)
+    with testing.force_cpu_algorithm({"backward_input": algo}):
+        outs = [ops.conv2d_backward_input(dy, w, list(x.shape), *geo) for _ in range(3)]
+        assert testing.last_cpu_algorithm("backward_input") == algo
+        assert cached_bytes() > 0
+        expected = ops.conv2d_backward_input(dy, fresh(w), list(x.shape), *geo)
+    for out in outs:
+        assert torch.equal(out, expected)
+    ref = torch.ops.aten.convolution_backward(dy, x, w, None, *geo[:3], False, [0, 0], 1, [True, False, False])[0]
+    torch.testing.assert_close(outs[-1], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_channels_last_filter(case):
+    _, shape, k, r, stride, padding, algo, _ = case
+    x, w = make(shape, k, r, "nhwc")
+    w = w.contiguous(memory_format=torch.channels_last)
+    with testing.force_cpu_algorithm({"forward": algo}):
+        outs = [conv_ext.conv2d(x, w, None, stride, padding) for _ in range(3)]
+        assert cached_bytes() > 0
+        assert all(torch.equal(o, conv_ext.conv2d(x, fresh(w), None, stride, padding)) for o in outs)
+
+
+def in_place_changes():
+    def no_grad_mul(w):
+        with torch.no_grad():
+            w.mul_(-1.5)
+
+    def no_grad_copy(w):
+        with torch.no_grad():
+            w.copy_(torch.randn_like(w))
+
+    def one_element(w):
+        with torch.no_grad():
+            w[0, 0, 0, 0] += 1.0
+
+    def through_view(w):
+        with torch.no_grad():
+            w[-1].zero_()
+
+    def set_data(w):
+        w.data = torch.randn_like(w)  # a new storage, version counter untouched
+
+    def set_storage(w):
+        with torch.no_grad():
+            w.set_(torch.randn_like(w))
+
+    def inference_mode(w):
+        with torch.inference_mode():
+            w.add_(1.0)
+
+    return [no_grad_mul, no_grad_copy, one_element, through_view, set_data, set_storage, inference_mode]
+
+
+@pytest.mark.parametrize("change", in_place_changes(), ids=lambda f: f.__name__)
+@pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=[CASES[0][0], CASES[4][0]])
+def test_changed_filter_is_repacked(case, change):
+    _, shape, k, r, stride, padding, algo, _ = case
+    x, w = make(shape, k, r, "nchw")
+    with testing.force_cpu_algorithm({"forward": algo}):
+        for _ in range(3):
+            conv_ext.conv2d(x, w, None, stride, padding)
+        assert cached_bytes() > 0
+        change(w)
+        for _ in range(3):  # first, second (caches again) and third call after the change
+            out = conv_ext.conv2d(x, w, None, stride, padding)
+            assert torch.equal(out, conv_ext.conv2d(x, fresh(w), None, stride, padding))
+    torch.testing.assert_close(out, F.conv2d(x, w, None, stride, padding), rtol=1e-4, atol=1e-4)
+
+
+def test_optimizer_steps_and_load_state_dict():
+    torch.manual_seed(0)
+    conv = conv_ext.Conv2d(32, 48, 3, padding=1)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.5)
+    x = torch.randn(2, 32, 9, 9)
+    with testing.force_cpu_algorithm({"forward": "implicit_gemm", "backward_input": "implicit_gemm"}):
+        for _ in range(3):
+            for _ in range(3):  # several forwards per step (evaluation, gradient accumulation)
+                y = conv(x)
+                torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-4)
+            opt.zero_grad()
+            y.square().mean().backward()
+            opt.step()
+        other = torch.nn.Conv2d(32, 48, 3, padding=1)
+        conv.load_state_dict(other.state_dict())
+        torch.testing.assert_close(conv(x), other(x), rtol=1e-4, atol=1e-4)
+
+
+def test_new_filter_at_a_freed_address():
+    x, w = make((2, 20, 9, 11), 40, 3, "nchw")
+    with testing.force_cpu_algorithm({"forward": "implicit_gemm"}):
+        for seed in range(6):  # each filter freed before the next is made (often at the same address)
+            w = torch.randn(40, 20, 3, 3, generator=torch.Generator().manual_seed(seed))
+            for _ in range(3):
+                out = conv_ext.conv2d(x, w, None, 2, 1)
+            assert torch.equal(out, conv_ext.conv2d(x, fresh(w), None, 2, 1))
+            del w, out
+
+
+def test_one_filter_in_two_convolutions():
+    x, w = make((2, 24, 10, 10), 36, 3, "nchw")
+    with testing.force_cpu_algorithm({"forward": "implicit_gemm"}):
+        for _ in range(3):
+            for stride, padding in ((1, 1), (2, 0), (1, 2)):
+                out = conv_ext.conv2d(x, w, None, stride, padding)
+                assert torch.equal(out, conv_ext.conv2d(x, fresh(w), None, stride, padding))
+        x2 = torch.randn(1, 48, 10, 10)  # the same filter as 2 groups of 24 channels
+        for _ in range(3):
+            out = conv_ext.conv2d(x2, w, None, 1, 1, 1, 2)
+            assert torch.equal(out, conv_ext.conv2d(x2, fresh(w), None, 1, 1, 1, 2))
+
+
+def test_a_training_step_keeps_nothing():
+    """Each version of a filter is packed once per layout in a training step: nothing cached."""
+    torch.manual_seed(0)
+    conv = conv_ext.Conv2d(64, 64, 3, padding=1)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.01)
+    x = torch.randn(2, 64, 10, 10, requires_grad=True)
+    for _ in range(3):
+        opt.zero_grad()
+        conv(x).square().mean().backward()
+        opt.step()
+    assert cached_bytes() == 0
+
+
+def test_inference_tensors_are_not_cached():
+    x, _ = make((2, 20, 9, 11), 40, 3, "nchw")
+    with torch.inference_mode():
+        w = torch.randn(40, 20, 3, 3)
+        outs = [conv_ext.conv2d(x, w, None, 2, 1) for _ in range(3)]
+    assert cached_bytes() == 0
+    torch.testing.assert_close(outs[-1], F.conv2d(x, w, None, 2, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_writes_through_data_need_empty_cache():
+    """w.data shares w's storage but not its version counter: the documented way out."""
+    x, w = make((2, 20, 9, 11), 40, 3, "nchw")
+    for _ in range(3):
+        conv_ext.conv2d(x, w, None, 2, 1)
+    w.data.mul_(2.0)
+    conv_ext.empty_cache()
+    assert cached_bytes() == 0
+    torch.testing.assert_close(conv_ext.conv2d(x, w, None, 2, 1), F.conv2d(x, w, None, 2, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_concurrent_calls():
+    x, w = make((2, 20, 9, 11), 40, 3, "nhwc")
+    expected = conv_ext.conv2d(x, fresh(w), None, 2, 1)
+    bad = []
+
+    def run():
+        for _ in range(50):
+            if not torch.equal(conv_ext.conv2d(x, w, None, 2, 1), expected):
+                bad.append(1)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad
+
+
+def test_cache_limit_and_off_switch():
+    code = (
+        "import torch, conv_ext\n"
+        "x = torch.randn(1, 256, 7, 7)\n"
+        "ws = [torch.randn(256, 256, 1, 1) for _ in range(4)]\n"  # 256 KiB packed each
+        "for w in ws:\n"
+        "    for _ in range(3): conv_ext.conv2d(x, w)\n"
+        "print(conv_ext.info()['cpu_filter_cache_bytes'])\n"
+    )
+    code = code.replace("\nx =", "\nconv_ext._C.force_cpu_algorithm('forward', 'implicit_gemm')\nx =")
+    held = {}
+    for mb in ("0", "1", "512"):
+        env = dict(os.environ, CONV_EXT_CPU_FILTER_CACHE_MB=mb)
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+        held[mb] = int(out.stdout.split()[-1])
+    assert held["0"] == 0
+    assert 0 < held["1"] <= 1 << 20
+    assert held["512"] == 4 * 256 * 256 * 4
