@@ -1,6 +1,7 @@
 // direct_nchw.cpp — convolutions whose x / dx side has few channels per group (<= 4: the RGB
 // stem 3->64 7x7/2, CIFAR's 3->16 stem), fp32, vectorised along the rows of a plane ("NCHW
-// style"): forward on NCHW tensors, backward-input on NCHW and NHWC ones.
+// style"): forward on NCHW tensors (and grouped channels_last ones, through planes), backward-input
+// on NCHW and NHWC ones.
 //
 //   forward          y[n,k,p,q..q+VL) = bias[k] + sum_{c,r,s} w[k,c,r,s] * x[n,c, p*sh-ph+r*dh, (q..q+VL)*sw-pw+s*dw]
 //   backward-input   dx[n,c,h,w..w+VL*sw by sw) = sum_{k,r,s} w[k,c,r,s] * dy[n,k,p,q..q+VL) over the taps
@@ -40,6 +41,12 @@
 // with <= 4 channels a group run here too (depthwise keeps its own, higher-priority kernel):
 // 128->128 3x3 g32 @56 batch 4 (algos.py 4,128,56,56,128,3,1,1,32): NCHW forward 1.86 ms vs
 // implicit_gemm 4.43, backward-input 1.95 vs 3.09; channels_last backward-input a tie (7.4 / 7.3).
+// Channels_last forward (grouped layers): a task takes as many groups as fill a vector of
+// channels (16 // Cg), transposes the input rows it reads into planes (transpose_rows: 16x16
+// vector blocks) and its output planes back into pixel rows. 128->128 3x3 g32 @56 batch 4
+// (ResNeXt's first stage; python benchmarks/algos.py 4,128,56,56,128,3,1,1,32 --layout nhwc):
+// 2.97 ms against implicit_gemm's 8.4 (its vectors of output channels hold the 4 of one group,
+// a quarter of the lanes) and torch's 4.2.
 // Backward-weight stays with implicit_gemm: a dot-product kernel along the rows (NK filters x 6
 // taps of dy-row . x-phase-row products, summed across lanes per chunk of rows) ran the stem at
 // 10.6-13.9 ms against implicit_gemm's 5.4-7.1: each step's ten vectors came from L2 (no tile
@@ -55,8 +62,15 @@ namespace conv_ext {
 namespace cpu {
 namespace {
 
+// forward: NCHW; channels_last for grouped layers only (through planes transposed per task): the
+// 7x7/2 stem and CIFAR's stem (one group) run faster on implicit_gemm, which reads NHWC rows as
+// they lie (ms, 2 threads, median of 20, python benchmarks/algos.py SHAPE --layout nhwc: stem
+// 4.8 vs direct_nchw 6.1, torch 5.2; 8,3,32,32,16,3,1,1 0.099 vs 0.148, torch 0.206), while
+// grouped ones gain most (128->128 3x3 g32 @56 batch 4: 2.97 vs implicit_gemm 8.4, torch 4.2;
+// 64->64 3x3/2 g32 @56: 1.12 vs 3.86, torch 0.94).
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kFloat && simd_available() && is_nchw(p) && weight_is_kcrs(p) && p.Cg() <= 4;
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || (is_nhwc(p) && p.groups > 1)) &&
+         weight_is_kcrs(p) && p.Cg() <= 4;
 }
 
 // backward-input: dx has <= 4 channels a group; dy NCHW or NHWC. Problems too small to be
@@ -71,7 +85,7 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 void run_forward(const Conv2dParams& p, Operands& o) {
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   auto f = use_avx512() ? avx512::direct_nchw_forward : avx2::direct_nchw_forward;
-  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>());
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
@@ -149,7 +163,8 @@ int64_t rows_per_task(const Conv2dParams& p, int64_t total, int64_t planes, cons
 
 }  // namespace
 
-void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
+void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
+                         bool nhwc) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, R = p.R, S = p.S, G = p.groups;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), T = Cg * R * S;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -168,20 +183,39 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
         bp[(g * nkb + kb) * NK + k] = kk < Kg && bias ? bias[g * Kg + kk] : 0.f;
       }
 
-  // a task's phase rows (Cg x rows x sw x wq floats) within 256 KiB of L2
+  // A task is (image, block of GB groups, block of output rows). NCHW: one group. NHWC: groups
+  // whose channels fill at least a vector (a cache line), so a task transposes whole lines of x
+  // into its planes and of its output planes into y; with one group a task, the 4 groups sharing
+  // a line each read and wrote it (128->128 g32 @56 batch 4: 4.2 ms, the NCHW kernel alone 2.1).
+  const int64_t GB = nhwc ? std::min(G, std::max<int64_t>(1, VL / Cg)) : 1, ngb = ceil_div(G, GB);
+  // a task's phase rows (GB x Cg x rows x sw x wq floats; NHWC: + its input rows as planes and
+  // its output planes) within 256 KiB of L2
   auto band_rows = [&](int64_t rb) { return (rb - 1) * sh + (R - 1) * dh + 1; };
-  const int64_t rb = rows_per_task(p, P, N * G, [&](int64_t r) { return band_rows(r) * Cg * sw * wq; }, 65536);
+  auto task_floats = [&](int64_t r) {
+    return GB * (band_rows(r) * Cg * (sw * wq + (nhwc ? W : 0)) + (nhwc ? Kg * r * Q : 0));
+  };
+  const int64_t rb = rows_per_task(p, P, N * ngb, task_floats, 65536);
   const int64_t nblk = ceil_div(P, rb);
 
   // outputs beyond both L2s, whole vectors: streaming stores (no read-for-ownership of the lines)
-  const bool stream = N * K * P * Q >= kStreamFloats && Q % VL == 0;
-  for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
-    const int64_t blk = task % nblk, g = task / nblk % G, n = task / (nblk * G);
+  const bool stream = !nhwc && N * K * P * Q >= kStreamFloats && Q % VL == 0;
+  for_each_task(N * ngb * nblk, p.macs(), [&](int64_t task) {
+    const int64_t blk = task % nblk, gb = task / nblk % ngb, n = task / (nblk * ngb);
+    const int64_t g0 = gb * GB, ng = std::min(G - g0, GB);
     const int64_t p0 = blk * rb, p1 = std::min(P, p0 + rb), nrows = band_rows(p1 - p0);
     const int64_t cstride = nrows * sw * wq;
-    float* buf = scratch(1, Cg * cstride);
-    for (int64_t c = 0; c < Cg; ++c)
-      pack_phase_plane(x + (n * C + g * Cg + c) * H * W, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
+    float* buf = scratch(1, ng * Cg * cstride);  // [group][c][row][phase][wq]
+    if (!nhwc) {
+      for (int64_t c = 0; c < Cg; ++c)
+        pack_phase_plane(x + (n * C + g0 * Cg + c) * H * W, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
+    } else {  // the input rows [ih0, ih1) the task reads, as planes (vector transposes), then phase-split
+      const int64_t ih0 = std::max<int64_t>(0, p0 * sh - ph), ih1 = std::min(H, p0 * sh - ph + nrows);
+      const int64_t npix = std::max<int64_t>(0, ih1 - ih0) * W;
+      float* planes = scratch(3, std::max<int64_t>(1, ng * Cg * npix));
+      if (npix > 0) transpose_rows(x + ((n * H + ih0) * W) * C + g0 * Cg, C, npix, ng * Cg, npix, planes);
+      for (int64_t c = 0; c < ng * Cg; ++c)
+        pack_phase_plane(planes + c * npix, ih1 - ih0, W, ph - p0 * sh + ih0, pw, sw, nrows, wq, buf + c * cstride);
+    }
     int64_t* off = scratch_i64(0, T);
     for (int64_t c = 0, t = 0; c < Cg; ++c)
       for (int64_t r = 0; r < R; ++r)
@@ -192,25 +226,32 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
     const float** xb = scratch_rows(2 * nvec);
     float** yo = const_cast<float**>(xb + nvec);
     M* qm = reinterpret_cast<M*>(scratch(2, nvec * sizeof(M) / sizeof(float) + 1));
-    for (int64_t pr = 0, i = 0; pr < p1 - p0; ++pr)
-      for (int64_t j = 0; j < qv; ++j, ++i) {
-        xb[i] = buf + pr * sh * sw * wq + j * VL;
-        yo[i] = y + ((n * K + g * Kg) * P + p0 + pr) * Q + j * VL;
-        qm[i] = Isa::mask(Q - j * VL);
-      }
-    // each tile of pixel vectors through all the channel blocks: its inputs stay in L1 while
-    // the packed filter (T x Kg floats) streams from L2
+    // NHWC: the tiles write ng*Kg planes of the task's rows, transposed into y at the end
+    const int64_t ostride = nhwc ? (p1 - p0) * Q : P * Q;  // from one output channel to the next
+    float* out = nhwc ? scratch(4, ng * Kg * ostride) : y + ((n * K + g0 * Kg) * P + p0) * Q;
     float* yk[NQ];
-    for (int64_t i = 0; i < nvec; i += NQ) {
-      const int nq = static_cast<int>(std::min<int64_t>(NQ, nvec - i));
-      for (int64_t kb = 0; kb < nkb; ++kb) {
-        const int kvalid = static_cast<int>(std::min<int64_t>(NK, Kg - kb * NK));
-        for (int v = 0; v < nq; ++v) yk[v] = yo[i + v] + kb * NK * P * Q;
-        direct_tile(xb + i, nq, off, T, wp + (g * nkb + kb) * T * NK, bp + (g * nkb + kb) * NK, yk, P * Q, kvalid,
-                    qm + i, stream);
+    for (int64_t gi = 0; gi < ng; ++gi) {
+      const int64_t g = g0 + gi;
+      for (int64_t pr = 0, i = 0; pr < p1 - p0; ++pr)
+        for (int64_t j = 0; j < qv; ++j, ++i) {
+          xb[i] = buf + gi * Cg * cstride + pr * sh * sw * wq + j * VL;
+          yo[i] = out + gi * Kg * ostride + pr * Q + j * VL;
+          qm[i] = Isa::mask(Q - j * VL);
+        }
+      // each tile of pixel vectors through all the channel blocks: its inputs stay in L1 while
+      // the packed filter (T x Kg floats) streams from L2
+      for (int64_t i = 0; i < nvec; i += NQ) {
+        const int nq = static_cast<int>(std::min<int64_t>(NQ, nvec - i));
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          const int kvalid = static_cast<int>(std::min<int64_t>(NK, Kg - kb * NK));
+          for (int v = 0; v < nq; ++v) yk[v] = yo[i + v] + kb * NK * ostride;
+          direct_tile(xb + i, nq, off, T, wp + (g * nkb + kb) * T * NK, bp + (g * nkb + kb) * NK, yk, ostride, kvalid,
+                      qm + i, stream);
+        }
       }
     }
     if (stream) _mm_sfence();
+    if (nhwc) transpose_rows(out, ostride, ng * Kg, ostride, K, y + ((n * P + p0) * Q) * K + g0 * Kg, ng * Kg);
   });
 }
 
