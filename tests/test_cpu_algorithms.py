@@ -103,7 +103,14 @@ DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, N
     ((2, 3, 20, 20), 32, (3, 3), 1, 4, 1, 1),          # padding beyond the kernel
     ((2, 3, 33, 37), 64, (7, 7), 2, 3, 1, 1),          # the stem's classes, odd dx sizes
 ]
-SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW
+GROUPED_NHWC = [  # channels_last backward-weight, 3x3 stride 1, Kg a power of two, Cg <= Kg
+    ((2, 64, 9, 11), 64, (3, 3), 1, 1, 1, 16),        # ResNeXt-like: 4 + 4 channels a group, 4 groups a vector
+    ((1, 24, 7, 13), 48, (3, 3), 1, (0, 2), (1, 2), 6),  # Kg 8: 2 groups a vector; padding, column dilation
+    ((2, 20, 8, 8), 40, (3, 3), 1, 2, 1, 10),          # Cg 2 < Kg 4; blocks 4 + 4 + 2 groups; padding 2
+    ((1, 3, 5, 6), 6, (3, 3), 1, 1, 1, 3),             # one channel a group
+    ((4, 128, 24, 24), 128, (3, 3), 1, 1, 1, 32),      # 10.6M multiply-adds: 2 row chunks, threaded
+]
+SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC
 
 
 def make(shape, layout, dtype=torch.float64, seed=0):
@@ -194,6 +201,7 @@ def test_against_reference(algo, pass_name, shape, layout):
     ((5, 200, 5, 7), 136, (3, 3), 2, 1, 1, 1),    # forward task shapes chosen per thread count
     ((1, 1040, 2, 5), 1030, (1, 1), 1, 0, 1, 1),  # NHWC 1x1 backward-input task shapes, likewise
     ((1, 70, 6, 29), 16, (7, 7), 1, 3, 1, 1),     # row runs and micro-kernel tiles in one row
+    ((4, 128, 24, 24), 128, (3, 3), 1, 1, 1, 32),  # grouped_nhwc's row chunks (NHWC backward-weight)
 ], ids=str)
 def test_deterministic(shape, layout):
     """Same bits on two runs and for 1 and 2 threads (backward-weight reduces in a fixed order; the
@@ -266,7 +274,8 @@ def test_lower_capability_subprocess(level):
     if level == "avx2" and conv_ext._C.cpu_capability() == "portable":
         pytest.skip("this CPU has no AVX2")
     env = dict(os.environ, CONV_EXT_CPU_CAPABILITY=level)
-    k = ("test_against_reference and ((implicit_gemm or gemm_1x1 or depthwise or winograd) and nhwc or direct_nchw)"
+    k = ("test_against_reference and ((implicit_gemm or gemm_1x1 or depthwise or winograd) and nhwc or direct_nchw"
+         " or grouped_nhwc)"
          if level == "avx2" else "test_default")
     if level == "avx2":  # a quarter of the cases keeps this quick; NCHW runs the same micro-kernel
         k += " or test_deterministic or test_default_accuracy"
