@@ -163,8 +163,22 @@ def default(n: int = 4) -> List[Case]:
     return picked + tiny(8)
 
 
+def grouped(n: int = 4) -> List[Case]:
+    """ResNeXt-50 (32x4d)'s grouped 3x3 layers: 32 groups of 4, 8, 16 and 32 channels (the first
+    block of stages 2-4 strided), and the default suite's g4 layer."""
+    return [
+        _case("resnext50.layer1.g32", n, 128, 56, 128, 3, padding=1, groups=32),
+        _case("resnext50.layer2.0.g32s2", n, 256, 56, 256, 3, stride=2, padding=1, groups=32),
+        _case("resnext50.layer2.g32", n, 256, 28, 256, 3, padding=1, groups=32),
+        _case("resnext50.layer3.g32", n, 512, 14, 512, 3, padding=1, groups=32),
+        _case("resnext50.layer4.g32", n, 1024, 7, 1024, 3, padding=1, groups=32),
+        _case("grouped.g4", n, 64, 28, 128, 3, padding=1, groups=4),
+    ]
+
+
 # name -> (builder(n), default batch)
 SUITES = {
+    "grouped": (grouped, 4),
     "resnet50": (lambda n: model_suite("resnet50", n), 8),
     "mobilenet_v2": (lambda n: model_suite("mobilenet_v2", n), 8),
     "vgg16": (lambda n: model_suite("vgg16", n), 4),
