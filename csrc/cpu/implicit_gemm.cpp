@@ -506,7 +506,7 @@ void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, f
 // so at least 4 of them (a rule of the shape only, not of the thread count: same bits).
 bool bwd_input_use_col2im(const Conv2dParams& p) {
   const bool strided = p.stride_h > 1 || p.stride_w > 1;
-  return (p.Cg() * 2 <= VL && p.R * p.S * p.Cg() >= VL) ||
+  return (p.Cg() * 2 <= VL && p.R * p.S * p.Cg() >= VL && p.groups == 1) ||
          (strided && p.Cg() >= 64 && p.P * p.Q <= 196 && p.N * p.groups >= 4);
 }
 
