@@ -97,6 +97,8 @@ DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, N
     ((2, 40, 9, 23), 60, (3, 3), 1, 1, 1, 10),         # 4 channels a group: blocks 4 + 4 + 2 groups, K 6 a group
     ((1, 21, 11, 19), 14, (3, 3), 2, 1, 1, 7),         # 3 channels a group: blocks 5 + 2, stride 2
     ((2, 96, 13, 13), 96, (3, 3), 1, 1, 1, 32),        # threaded: 32 groups of 3 in blocks of 5
+    ((2, 64, 30, 31), 64, (3, 3), 2, 1, 1, 8),          # 8 channels a group (>= 8 groups), stride 2
+    ((2, 48, 12, 37), 96, (3, 3), 1, 1, 1, 8),          # 6 channels a group, 12 filters (NK 4 x 3)
     # backward-input runs here only from 2^18 multiply-adds on (smaller ones stay with implicit_gemm)
     ((2, 4, 30, 70), 40, (3, 5), 3, (2, 1), (1, 2), 2),  # groups, 3 phases, column dilation, dy band edges
     ((4, 4, 45, 45), 64, (3, 2), 3, 0, 1, 2),          # stride > kernel: dx classes without taps (zeros)

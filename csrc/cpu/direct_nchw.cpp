@@ -1,5 +1,5 @@
 // direct_nchw.cpp — convolutions whose x / dx side has few channels per group (<= 4: the RGB
-// stem 3->64 7x7/2, CIFAR's 3->16 stem), fp32, vectorised along the rows of a plane ("NCHW
+// stem 3->64 7x7/2, CIFAR's 3->16 stem; <= 8 with >= 8 groups: ResNeXt's 256 g32), fp32, vectorised along the rows of a plane ("NCHW
 // style"): forward on NCHW tensors (and grouped channels_last ones, through planes), backward-input
 // on NCHW and NHWC ones.
 //
@@ -62,6 +62,15 @@ namespace conv_ext {
 namespace cpu {
 namespace {
 
+// <= 4 channels a group on the x side, or <= 8 with 8 groups or more: ResNeXt's 256->256 g32
+// layers, batch 4, 2 threads, ms direct_nchw / implicit_gemm (torch), median of 15-20 (python
+// benchmarks/algos.py 4,256,28,28,256,3,1,1,32 --layout L --pass P): @28 forward NCHW 1.21 / 1.79
+// (3.8), NHWC 1.74 / 2.14 (1.70); backward-input NCHW 1.44 / 2.07 (1.9), NHWC 1.89 / 2.09 (1.6);
+// stride 2 @56 forward NCHW 1.95 / 2.33 (2.2), NHWC a tie; backward-input NCHW 1.72 / 3.58 (2.1),
+// NHWC 3.29 / 4.96 (2.7). With 16 channels a group it wins only sometimes (512 g32 @14 NCHW
+// forward 1.34 / 1.75, @28 5.1 / 4.3; NHWC 1.79 / 1.66) and with 8 groups of 16 it loses.
+bool few_channels(const Conv2dParams& p) { return p.Cg() <= 4 || (p.Cg() <= 8 && p.groups >= 8); }
+
 // forward: NCHW; channels_last for grouped layers only (through planes transposed per task): the
 // 7x7/2 stem and CIFAR's stem (one group) run faster on implicit_gemm, which reads NHWC rows as
 // they lie (ms, 2 threads, median of 20, python benchmarks/algos.py SHAPE --layout nhwc: stem
@@ -70,7 +79,7 @@ namespace {
 // 64->64 3x3/2 g32 @56: 1.12 vs 3.86, torch 0.94).
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kFloat && simd_available() && (is_nchw(p) || (is_nhwc(p) && p.groups > 1)) &&
-         weight_is_kcrs(p) && p.Cg() <= 4;
+         weight_is_kcrs(p) && few_channels(p);
 }
 
 // backward-input: dx has <= 4 channels a group; dy NCHW or NHWC. Problems too small to be
@@ -78,7 +87,7 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // layer, ms median of 400 (python benchmarks/algos.py 1,3,8,8,16,3,1,1 --pass backward_input
 // --layout nhwc): direct_nchw 0.018, implicit_gemm 0.014 (NCHW 0.023 / 0.021).
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.Cg() <= 4 &&
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && few_channels(p) &&
          p.macs() >= kSerialMacs;
 }
 
