@@ -369,7 +369,14 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           tiles(0, npix);
           continue;
         }
-        for (int64_t fr = 0; fr < npix; fr += Q) {  // one output row at a time
+        // The last < kRunShort pixels of every row go to full micro-kernel tiles together (rows of C
+        // by pointer), not one mostly empty tile a row: a 14-pixel row ran 8 + 4 in runs and its
+        // last 2 in a 16-row tile (ResNeXt 512 g32 @14 NHWC forward, 16 channels a group).
+        const int64_t rest = Q % kRunShort, nrest = rest * (npix / Q);
+        float* lists = scratch(7, 4 * std::max<int64_t>(1, nrest));  // two arrays of nrest pointers
+        const float** arest = reinterpret_cast<const float**>(lists);
+        float** crest = reinterpret_cast<float**>(lists + 2 * nrest);
+        for (int64_t fr = 0, m = 0; fr < npix; fr += Q) {  // one output row at a time
           int64_t q0 = 0;
           auto runs = [&](auto width) {  // runs of width.value pixels while they fit
             constexpr int T = decltype(width)::value;
@@ -380,7 +387,20 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           runs(std::integral_constant<int, kRunWide>{});
           runs(std::integral_constant<int, kRunNarrow>{});
           runs(std::integral_constant<int, kRunShort>{});
-          if (q0 < Q) tiles(fr + q0, fr + Q);
+          for (; q0 < Q; ++q0, ++m) arest[m] = prow[fr + q0], crest[m] = out_at(fr + q0);
+        }
+        for (int64_t f0 = 0; f0 < nrest; f0 += MR) {
+          Tile t;
+          t.mr = static_cast<int>(std::min(MR, nrest - f0));
+          t.arow = arest + f0, t.a_ls = 1;
+          t.b = panel, t.b_ls = NVL;
+          t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
+          t.len = merge_s ? S * Cg : ccb;
+          t.accumulate = cb > 0;
+          t.bias_v = bias_kb;
+          t.crow = crest + f0, t.cmask = cmask;
+          t.stream = stream_tiles;
+          run_tile<false>(nv, t);
         }
       }
       if (!nhwc) {  // transpose the block's [pixel][k] buffer into the NCHW planes

@@ -95,6 +95,7 @@ struct Tile {
   int mr = 0;                    // valid rows, 1..MR
   float* c = nullptr;            // C(i, v) at c + i*ldc + v*VL
   int64_t ldc = 0;
+  float* const* crow = nullptr;  // if set, row i of C starts at crow[i] instead of c + i*ldc
   bool accumulate = false;       // C += A·B (else C = A·B)
   const float* bias_v = nullptr; // NV*VL values added to every row, or null
   const float* bias_i = nullptr; // one value per row, or null
@@ -147,7 +148,7 @@ void micro_kernel(const Tile& t) {
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     if (i >= t.mr) break;
-    float* cp = t.c + i * t.ldc;
+    float* cp = t.crow ? t.crow[i] : t.c + i * t.ldc;
     const V bi = t.bias_i ? Isa::set1(t.bias_i[i]) : Isa::zero();
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
