@@ -1,5 +1,6 @@
 // grouped_nhwc.cpp — backward-weight of grouped 3x3 stride-1 convolutions with few channels a
-// group, channels_last (ResNeXt's 128->128 g32: 4 input and 4 output channels a group), fp32.
+// group (ResNeXt's 128->128 g32: 4 input and 4 output channels a group), fp32, computed on NHWC
+// data: channels_last operands as they lie, NCHW ones transposed into NHWC bands per task.
 //
 //   dw[k,c,r,s] = sum_{n,h,w} x[n,h,w, g(k)*Cg + c] * dy[n, h+ph-r*dh, w+pw-s*dw, k]
 //
@@ -20,6 +21,9 @@
 //   128->128 g32 @56 (Cg = Kg = 4): 1.2-1.7 against implicit_gemm's 5.6-6.8, torch 2.8-5.3
 //   256->256 g32 @28 (8 + 8):       0.90 against 2.03, torch 1.08
 //   64->64 g16 @56 (4 + 4):         1.00 against 3.87, torch 1.75
+// NCHW (x rows and dy rows through transpose_rows into [pixel][16] bands; implicit_gemm in
+// brackets): 128 g32 @56 1.47 [5.2], torch 14.6; 256 g32 @28 1.47 [4.1], torch 2.4; 64 g16 @56
+// 0.77 [2.8], torch 7.1.
 // Stride 2 (ResNeXt's first block of a stage) stays with implicit_gemm.
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "grouped_nhwc.cpp"
@@ -30,16 +34,16 @@ namespace cpu {
 namespace {
 
 // Kg a power of two below the vector width (a vector holds whole groups), Cg <= Kg (their x
-// channels fit one vector), 3x3, stride 1.
+// channels fit one vector), 3x3, stride 1; NCHW or NHWC.
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   const int64_t vl = use_avx512() ? 16 : 8, Kg = p.Kg();
-  return dtype == at::kFloat && simd_available() && is_nhwc(p) && weight_is_kcrs(p) && p.groups > 1 && Kg >= 2 &&
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.groups > 1 && Kg >= 2 &&
          Kg < vl && (vl % Kg) == 0 && p.Cg() <= Kg && p.R == 3 && p.S == 3 && p.stride_h == 1 && p.stride_w == 1;
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::grouped_nhwc_backward_weight : avx2::grouped_nhwc_backward_weight;
-  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>());
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
 const bool registered = register_algorithm({"grouped_nhwc", Pass::BackwardWeight, 18, supports, run_backward_weight});
@@ -96,7 +100,7 @@ void sweep(const float* xrow0, int64_t xrs, int64_t C, int64_t nrows, int64_t W,
 
 }  // namespace
 
-void grouped_nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw) {
+void grouped_nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw, bool nhwc) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, G = p.groups;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dwl = p.dil_w;
   const int64_t gpb = VL / Kg, nkb = ceil_div(G, gpb);  // groups a block of VL output channels
@@ -138,18 +142,32 @@ void grouped_nhwc_backward_weight(const Conv2dParams& p, const float* dy, const 
           std::memset(d, 0, sizeof(float) * Wb * VL);
           continue;
         }
+        if (!nhwc) {  // NCHW: the kn channel rows of dy row pp, transposed into [column][VL]
+          const int64_t qa = std::max<int64_t>(0, pw - 2 * dwl), qb = std::min(Q, W + pw);  // j = q - pw + 2*dwl
+          std::memset(d, 0, sizeof(float) * Wb * VL);
+          if (qb > qa)
+            transpose_rows(dy + ((n * K + g0 * Kg) * P + pp) * Q + qa, P * Q, kn, qb - qa, VL, d + (qa - pw + 2 * dwl) * VL);
+          continue;
+        }
         for (int64_t j = 0; j < Wb; ++j) {
           const int64_t q = j + pw - 2 * dwl;
           const bool in = q >= 0 && q < Q;
           Isa::store(d + j * VL, in ? Isa::loadm(dy + ((n * P + pp) * Q + q) * K + g0 * Kg, km) : Isa::zero());
         }
       }
+      // x: NHWC as it lies (pixel stride C, the block's channels masked); NCHW transposed into [pixel][VL]
       const float* x0 = x + ((n * H + h_a) * W) * C + g0 * Cg;
+      int64_t xps = C;
+      if (!nhwc) {
+        float* xb = scratch(2, (h_b - h_a) * W * VL);
+        transpose_rows(x + ((n * C + g0 * Cg) * H + h_a) * W, H * W, ng * Cg, (h_b - h_a) * W, VL, xb);
+        x0 = xb, xps = VL;
+      }
       for (int64_t c0 = 0; c0 < Cg; c0 += kNC) {
         if (kNC == 2 && Cg - c0 >= 2)
-          sweep<2>(x0, W * C, C, h_b - h_a, W, xm, idx + c0 * VL, band, Wb, toff, out + c0 * 9 * VL);
+          sweep<2>(x0, W * xps, xps, h_b - h_a, W, xm, idx + c0 * VL, band, Wb, toff, out + c0 * 9 * VL);
         else
-          sweep<1>(x0, W * C, C, h_b - h_a, W, xm, idx + c0 * VL, band, Wb, toff, out + c0 * 9 * VL);
+          sweep<1>(x0, W * xps, xps, h_b - h_a, W, xm, idx + c0 * VL, band, Wb, toff, out + c0 * 9 * VL);
       }
     }
   });
