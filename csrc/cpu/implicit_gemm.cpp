@@ -350,23 +350,27 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         };
         const int64_t ldc = nhwc ? K : NVL;
         const M* cmask = nhwc && kvalid < NVL ? cm : nullptr;
-        auto tiles = [&](int64_t fa, int64_t fb) {  // micro-kernel tiles over pixels [fa, fb)
-          for (int64_t f0 = fa; f0 < fb; f0 += MR) {
+        // micro-kernel tiles over n pixels: A rows ar[0..n), C rows cr[0..n) or (cr null) the
+        // task's consecutive pixels from 0
+        auto tiles = [&](const float* const* ar, float* const* cr, int64_t n) {
+          for (int64_t f0 = 0; f0 < n; f0 += MR) {
             Tile t;
-            t.mr = static_cast<int>(std::min(MR, fb - f0));
-            t.arow = prow + f0, t.a_ls = 1;
+            t.mr = static_cast<int>(std::min(MR, n - f0));
+            t.arow = ar + f0, t.a_ls = 1;
             t.b = panel, t.b_ls = NVL;
             t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
             t.len = merge_s ? S * Cg : ccb;
             t.accumulate = cb > 0;
             t.bias_v = bias_kb;
-            t.c = out_at(f0), t.ldc = ldc, t.cmask = cmask;
+            if (cr) t.crow = cr + f0;
+            else t.c = out_at(f0), t.ldc = ldc;
+            t.cmask = cmask;
             t.stream = stream_tiles;
             run_tile<false>(nv, t);
           }
         };
         if (!row_runs) {
-          tiles(0, npix);
+          tiles(prow, nullptr, npix);
           continue;
         }
         // The last < kRunShort pixels of every row go to full micro-kernel tiles together (rows of C
@@ -389,19 +393,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           runs(std::integral_constant<int, kRunShort>{});
           for (; q0 < Q; ++q0, ++m) arest[m] = prow[fr + q0], crest[m] = out_at(fr + q0);
         }
-        for (int64_t f0 = 0; f0 < nrest; f0 += MR) {
-          Tile t;
-          t.mr = static_cast<int>(std::min(MR, nrest - f0));
-          t.arow = arest + f0, t.a_ls = 1;
-          t.b = panel, t.b_ls = NVL;
-          t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
-          t.len = merge_s ? S * Cg : ccb;
-          t.accumulate = cb > 0;
-          t.bias_v = bias_kb;
-          t.crow = crest + f0, t.cmask = cmask;
-          t.stream = stream_tiles;
-          run_tile<false>(nv, t);
-        }
+        tiles(arest, crest, nrest);
       }
       if (!nhwc) {  // transpose the block's [pixel][k] buffer into the NCHW planes
         for (int64_t n = n0; n < n1; ++n)
