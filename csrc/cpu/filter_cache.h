@@ -5,16 +5,19 @@
 // (2048->512 1x1 @7, 512->512 3x3 @7; perf record -e cpu-clock). In an inference loop, or for a
 // frozen layer during fine-tuning, the filter does not change between calls, so the packed form
 // can be reused -- the issue's "packed weights cached per weight tensor, keyed on its version
-// counter, so an optimizer step invalidates it".
+// counter, so an optimizer step invalidates it". Used by implicit_gemm (forward and
+// backward-input panels) and winograd (U when it is <= 1 MiB; a larger U read back from memory
+// cost more than computing it again).
 //
-// A packed form is reused only while the filter is provably the same: the same tensor (held by
-// a weak reference, so its address cannot be taken by another tensor), the same storage (weak
-// reference too) and data pointer, sizes and strides, and the same value of its version counter,
-// which every in-place change through PyTorch bumps (optimizer steps, nn.init, load_state_dict,
-// `with torch.no_grad(): w.copy_(...)`). Writes that bypass the version counter -- through
-// `w.data` or a NumPy view of w -- are not seen, exactly as autograd's own checks of saved
-// tensors do not see them; after such a write call conv_ext.empty_cache(). Inference tensors
-// (created under torch.inference_mode) have no version counter and are never cached.
+// A packed form is reused only while the filter is the same: the same tensor (held by a weak
+// reference, so its address cannot be taken by another tensor), the same storage (weak reference
+// too) and data pointer, sizes and strides, the same value of its version counter, which every
+// in-place change through PyTorch bumps (optimizer steps, nn.init, load_state_dict,
+// `with torch.no_grad(): w.copy_(...)`) -- and the same bytes: writes that bypass the version
+// counter (through `w.data`, a NumPy view, a collective writing into the storage) are caught by a
+// 64-bit fingerprint of the filter (a polynomial hash of its words, ~20 GB/s a core), checked on
+// every reuse. Inference tensors (created under torch.inference_mode) have no version counter and
+// are never cached.
 //
 // Caching starts at the second call that packs the same (filter, version, layout): a training
 // step sees each version of a filter once per layout, so it packs into per-thread scratch as
@@ -37,8 +40,7 @@ struct PackedFilter {
 // The packed form of `filter` (the user's filter tensor as the kernel reads it, or null when the
 // kernel reads a temporary copy) under `tag` (the kernel and every parameter of its layout),
 // `floats` long: from the cache, or written by pack(dst) into a new cached buffer or into
-// `scratch` (which must hold `floats`). With scratch == nullptr a form that is not to be cached
-// is not packed at all (data == nullptr): the caller then packs pieces as it goes.
+// `scratch` (which must hold `floats`).
 PackedFilter packed_filter(const at::Tensor* filter, std::initializer_list<int64_t> tag, int64_t floats,
                            float* scratch, const std::function<void(float*)>& pack);
 

@@ -424,9 +424,11 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024;  // V + M of a chunk (large-U schedule): 8 MiB
 
   const bool large_u = 16 * G * Cg * Kgp > 256 * 1024 && 16 * tw * (Cs + Ks) <= kChunkFloats;
-  // U, kept across calls while the filter is unchanged (filter_cache.h)
-  const std::initializer_list<int64_t> tag = {4, CONV_EXT_ISA_BITS, G, Kg, Cg, Kgp, flip, krsc, large_u};
   if (!large_u) {
+    // U, kept across calls while the filter is unchanged (filter_cache.h). Not the large U of the
+    // other schedule: read back from memory (16 MiB for 512x512) it cost more than computing its
+    // pieces in the tasks (512@7 NCHW forward, ms fresh / cached: 4.76 / 5.01).
+    const std::initializer_list<int64_t> tag = {4, CONV_EXT_ISA_BITS, G, Kg, Cg, Kgp, flip, krsc};
     const int64_t ncb = Kgp / VL;
     const PackedFilter packed = packed_filter(filter, tag, G * 16 * Cg * Kgp, scratch(4, G * 16 * Cg * Kgp), [&](float* U) {
       for_each_task(G * ncb, macs, [&](int64_t task) {
@@ -471,21 +473,6 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * nthreads) kbw -= VL;
   const int64_t nkb = ceil_div(Kgp, kbw);
   constexpr int64_t kPanelRows = 128;  // reduction channels per piece of U: 16 x 128 x 64 floats = 512 KiB
-  // The piece (g, k0, c0) of U: 16 x nr x ncp floats, at (g, k0, c0) in the cached U (if any).
-  const auto piece = [&](int64_t g, int64_t k0, int64_t c0, int64_t nr, int64_t ncp, float* panel) {
-    weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, nr * ncp, ncp);
-  };
-  const auto piece_at = [&](int64_t g, int64_t k0, int64_t c0, int64_t ncp) {
-    return g * 16 * Cg * Kgp + 16 * Cg * k0 + 16 * c0 * ncp;
-  };
-  // Not cached: each task computes its pieces as it goes, and U is never written to memory.
-  const PackedFilter cached = packed_filter(filter, tag, G * 16 * Cg * Kgp, nullptr, [&](float* U) {
-    for_each_task(G * nkb, macs, [&](int64_t task) {
-      const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
-      for (int64_t c0 = 0; c0 < Cg; c0 += kPanelRows)
-        piece(g, k0, c0, std::min(kPanelRows, Cg - c0), ncp, U + piece_at(g, k0, c0, ncp));
-    });
-  });
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
     for_each_task(R1 - R0, macs, [&](int64_t i) {
@@ -494,11 +481,10 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
     for_each_task(G * nkb, macs, [&](int64_t task) {
       const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
       const int64_t pr = std::min(kPanelRows, Cg);
-      float* buf = cached.data ? nullptr : scratch(6, 16 * pr * ncp);
+      float* panel = scratch(6, 16 * pr * ncp);
       for (int64_t c0 = 0; c0 < Cg; c0 += kPanelRows) {
         const int64_t nr = std::min(kPanelRows, Cg - c0);
-        const float* panel = cached.data ? cached.data + piece_at(g, k0, c0, ncp) : buf;
-        if (!cached.data) piece(g, k0, c0, nr, ncp, buf);
+        weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, nr * ncp, ncp);
         gemms(Vall + g * Cg + c0, T, Cs, nt, nr, panel, nr * ncp, ncp, Mall, T, Ks, g * Kgp + k0, ncp, c0 > 0);
       }
     });
