@@ -34,8 +34,7 @@ def info() -> dict:
 
 def empty_cache() -> None:
     """Drop the packed filters conv_ext keeps for filters that have not changed (at most
-    CONV_EXT_CPU_FILTER_CACHE_MB MiB, default 512, 0 turns it off; call this after writing to a
-    filter through ``w.data`` or NumPy, which PyTorch's version counter does not see), and return
+    CONV_EXT_CPU_FILTER_CACHE_MB MiB, default 512, 0 turns it off), and return
     the freed CPU outputs conv_ext keeps for reuse (outputs of 1 MiB or more; at most
     CONV_EXT_CPU_CACHE_MB MiB, default 1024, 0 turns the cache off) to the system."""
     _empty_cache()
