@@ -147,28 +147,29 @@ void micro_kernel_impl(const Tile& t) {
         }
       }
     }
-  } else
-  for (int seg = 0; seg < t.nseg; ++seg) {
-    const float* ap[MR];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const int ii = i < t.mr ? i : t.mr - 1;
-      ap[i] = (t.arow ? t.arow[ii] : t.a + ii * t.a_is) + t.a_off[seg];
-    }
-    const float* bp = t.b + t.b_off[seg];
-    int64_t ao = 0;
-    for (int64_t l = 0; l < t.len; ++l) {
-      V bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = MASKB ? Isa::loadm(bp + v * VL, bm[v]) : Isa::load(bp + v * VL);
+  } else {
+    for (int seg = 0; seg < t.nseg; ++seg) {
+      const float* ap[MR];
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
-        const V av = Isa::set1(ap[i][ao]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = Isa::fma(av, bv[v], acc[i][v]);
+        const int ii = i < t.mr ? i : t.mr - 1;
+        ap[i] = (t.arow ? t.arow[ii] : t.a + ii * t.a_is) + t.a_off[seg];
       }
-      ao += t.a_ls;
-      bp += t.b_ls;
+      const float* bp = t.b + t.b_off[seg];
+      int64_t ao = 0;
+      for (int64_t l = 0; l < t.len; ++l) {
+        V bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) bv[v] = MASKB ? Isa::loadm(bp + v * VL, bm[v]) : Isa::load(bp + v * VL);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+          const V av = Isa::set1(ap[i][ao]);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[i][v] = Isa::fma(av, bv[v], acc[i][v]);
+        }
+        ao += t.a_ls;
+        bp += t.b_ls;
+      }
     }
   }
 
