@@ -170,6 +170,12 @@ int64_t rows_per_task(const Conv2dParams& p, int64_t total, int64_t planes, cons
   return rows;
 }
 
+// Groups a task takes: NHWC, as many as fill a vector of channels (whole cache lines move in and
+// out of the task's planes); NCHW, one.
+int64_t groups_per_task(const Conv2dParams& p, bool nhwc) {
+  return nhwc ? std::min(p.groups, std::max<int64_t>(1, VL / p.Cg())) : 1;
+}
+
 }  // namespace
 
 void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
@@ -196,7 +202,7 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
   // whose channels fill at least a vector (a cache line), so a task transposes whole lines of x
   // into its planes and of its output planes into y; with one group a task, the 4 groups sharing
   // a line each read and wrote it (128->128 g32 @56 batch 4: 4.2 ms, the NCHW kernel alone 2.1).
-  const int64_t GB = nhwc ? std::min(G, std::max<int64_t>(1, VL / Cg)) : 1, ngb = ceil_div(G, GB);
+  const int64_t GB = groups_per_task(p, nhwc), ngb = ceil_div(G, GB);
   // a task's phase rows (GB x Cg x rows x sw x wq floats; NHWC: + its input rows as planes and
   // its output planes) within 256 KiB of L2
   auto band_rows = [&](int64_t rb) { return (rb - 1) * sh + (R - 1) * dh + 1; };
@@ -325,7 +331,7 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
   // channels, so the dy rows come in and the dx rows go out as whole lines by vector transposes
   // (one group a task read a quarter of each dy line and stored dx one float at a time:
   // 128->128 g32 @56 batch 4, 7.9 ms against torch's 4.2). NCHW: one group.
-  const int64_t GB = nhwc ? std::min(G, std::max<int64_t>(1, VL / Cg)) : 1, ngb = ceil_div(G, GB);
+  const int64_t GB = groups_per_task(p, nhwc), ngb = ceil_div(G, GB);
   // i-rows per task: the dy band (GB x Kg x rows x Wb floats) within 512 KiB
   const int64_t extra = roff_max - roff_min;
   const int64_t ib = rows_per_task(p, Hi, N * ngb, [&](int64_t i) { return GB * Kg * (i + extra) * Wb; }, 131072);

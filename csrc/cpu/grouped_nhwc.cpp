@@ -171,13 +171,10 @@ void grouped_nhwc_backward_weight(const Conv2dParams& p, const float* dy, const 
       }
     }
   });
-  // dw[k][c][r][s] = sum over the chunks, in chunk order
-  for_each_task(nkb, nchunk * nkb * part, [&](int64_t kb) {
-    float* sum = partial + kb * part;  // chunk 0's
-    for (int64_t ch = 1; ch < nchunk; ++ch) {
-      const float* src = partial + (ch * nkb + kb) * part;
-      for (int64_t i = 0; i < part; ++i) sum[i] += src[i];
-    }
+  // dw[k][c][r][s] = sum over the chunks, in chunk order (into chunk 0's buffers)
+  sum_chunks(partial, nchunk, nkb * part);
+  for_each_task(nkb, nkb * part, [&](int64_t kb) {
+    const float* sum = partial + kb * part;
     const int64_t kn = std::min(gpb, G - kb * gpb) * Kg;
     for (int64_t l = 0; l < kn; ++l)
       for (int64_t c = 0; c < Cg; ++c)
