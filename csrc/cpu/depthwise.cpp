@@ -341,6 +341,11 @@ void nchw_forward_t(const Conv2dParams& p, const float* x, const float* w, const
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t nrows = (P - 1) * sh + (R - 1) * dh + 1;
   const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
+  // tap (r, s) reads buf[row r*dh][phase (s*dw) % sw] from column (s*dw) / sw on (no divisions in the loop)
+  const int64_t RS = R * S;
+  int64_t toff[kMaxTaps];
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s) toff[r * S + s] = (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw;
   for_each_task(N * C, p.macs(), [&](int64_t task) {
     const int64_t c = task % C;
     float* buf = scratch(1, nrows * sw * wq);
@@ -355,15 +360,13 @@ void nchw_forward_t(const Conv2dParams& p, const float* x, const float* w, const
         V acc[RB][NQ];
         for (int rb = 0; rb < RB; ++rb)
           for (int v = 0; v < NQ; ++v) acc[rb][v] = b;
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t s = 0; s < S; ++s) {
-            const int64_t off = (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw + q0;
-            const V wv = Isa::set1(wc[r * S + s]);
+        for (int64_t t = 0; t < RS; ++t) {
+          const V wv = Isa::set1(wc[t]);
 #pragma GCC unroll 4
-            for (int rb = 0; rb < RB; ++rb)
+          for (int rb = 0; rb < RB; ++rb)
 #pragma GCC unroll 4
-              for (int v = 0; v < NQ; ++v) acc[rb][v] = Isa::fma(wv, Isa::load(rowp[rb] + off + v * VL), acc[rb][v]);
-          }
+            for (int v = 0; v < NQ; ++v) acc[rb][v] = Isa::fma(wv, Isa::load(rowp[rb] + toff[t] + q0 + v * VL), acc[rb][v]);
+        }
         for (int rb = 0; rb < RB && p0 + rb < P; ++rb)
           for (int v = 0; v < NQ; ++v)
             Isa::storem(yp + (p0 + rb) * Q + q0 + v * VL, acc[rb][v], Isa::mask(Q - q0 - v * VL));

@@ -333,8 +333,11 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
 // (zero outside), rows [0, nrows), j in [0, wq); wq includes a zero tail for vector over-reads.
 // ph < 0 starts the copy at row -ph of the plane (a band of rows). Used by depthwise.cpp and
 // direct_nchw.cpp.
-// Stride 1 is a memcpy per row and stride 2 (AVX-512) a vector de-interleave: the scalar copy
-// was most of the NCHW forward at 96@112/2 (1.6 ms against torch's 1.4).
+// Stride 1 is a memcpy per row and stride 2 (AVX-512) a vector de-interleave, the row's end
+// included (masked loads and stores): the scalar copy was most of the NCHW forward at 96@112/2
+// (1.6 ms against torch's 1.4). That layer is now bound by reading x: the pack alone (the
+// kernel's arithmetic skipped) took 1.1 of its 1.6 ms, 2 threads; software prefetch of rows
+// 4..16 ahead changed nothing measurable.
 inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
                              int64_t nrows, int64_t wq, float* buf) {
   for (int64_t row = 0; row < nrows; ++row) {
@@ -356,12 +359,16 @@ inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t p
       const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
       const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
       v_lo = v_hi = std::min(wq, ceil_div(pw, 2));
-      for (; v_hi + 16 <= wq && 2 * v_hi + 31 - pw <= W - 1; v_hi += 16) {
+      // the row's end by masked loads (zeros past column W) and masked stores (up to wq)
+      for (; v_hi < wq && 2 * v_hi - pw < W; v_hi += 16) {
         const float* t = s + 2 * v_hi - pw;
-        const __m512 a = _mm512_loadu_ps(t), b = _mm512_loadu_ps(t + 16);
-        _mm512_storeu_ps(d + v_hi, _mm512_permutex2var_ps(a, even, b));
-        _mm512_storeu_ps(d + wq + v_hi, _mm512_permutex2var_ps(a, odd, b));
+        const int64_t left = W - (2 * v_hi - pw);
+        const __m512 a = Isa::loadm(t, Isa::mask(left)), b = Isa::loadm(t + 16, Isa::mask(left - 16));
+        const __mmask16 m = Isa::mask(wq - v_hi);
+        Isa::storem(d + v_hi, _mm512_permutex2var_ps(a, even, b), m);
+        Isa::storem(d + wq + v_hi, _mm512_permutex2var_ps(a, odd, b), m);
       }
+      v_hi = std::min(v_hi, wq);
     }
 #endif
     for (int64_t phase = 0; phase < sw; ++phase) {  // the rest: zeros outside [jl, jh), then one value at a time
