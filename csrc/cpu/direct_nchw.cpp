@@ -46,7 +46,11 @@
 // vector blocks) and its output planes back into pixel rows. 128->128 3x3 g32 @56 batch 4
 // (ResNeXt's first stage; python benchmarks/algos.py 4,128,56,56,128,3,1,1,32 --layout nhwc):
 // 2.97 ms against implicit_gemm's 8.4 (its vectors of output channels hold the 4 of one group,
-// a quarter of the lanes) and torch's 4.2.
+// a quarter of the lanes) and torch's 4.2. Since 2026-12-01 the input pixels of each stride
+// phase go straight into the phase rows (nhwc_phase_rows), not whole planes first and a second
+// copy: batch 4, 2 threads, ms min / median of 6 processes timing 100 forwards each, before ->
+// after: 256 g32 @56/2 2.28 / 2.55 -> 1.91 / 2.13, 128 g32 @56 1.85 / 2.02 -> 1.62 / 1.83,
+// 256 g32 @28 a tie.
 // Backward-weight stays with implicit_gemm: a dot-product kernel along the rows (NK filters x 6
 // taps of dy-row . x-phase-row products, summed across lanes per chunk of rows) ran the stem at
 // 10.6-13.9 ms against implicit_gemm's 5.4-7.1: each step's ten vectors came from L2 (no tile
@@ -178,6 +182,34 @@ int64_t groups_per_task(const Conv2dParams& p, bool nhwc) {
 
 }  // namespace
 
+namespace {
+
+// The phase rows pack_phase_plane makes, from NHWC rows: buf[c][row][phase][j] = x[h0 + row][j*sw
+// + phase - pw][c] for the nc channels at x (pixel stride C), zero outside the image; channel c
+// at buf + c * nrows*sw*wq. The pixels of one phase are every sw-th of a row: one transpose_rows
+// each (the planes were transposed whole, then phase-split by a second copy: 256->256 g32 @56/2
+// channels_last forward spent more time in the two copies than in the FMAs).
+void nhwc_phase_rows(const float* x, int64_t C, int64_t H, int64_t W, int64_t nc, int64_t h0, int64_t pw, int64_t sw,
+                     int64_t nrows, int64_t wq, float* buf) {
+  const int64_t cstride = nrows * sw * wq;
+  for (int64_t i = 0; i < nrows; ++i) {
+    const int64_t ih = h0 + i;
+    const bool in = ih >= 0 && ih < H;
+    for (int64_t phase = 0; phase < sw; ++phase) {
+      const int64_t iw0 = floor_mod(phase - pw, sw), j0 = std::min(wq, (iw0 + pw) / sw);  // first column, its j
+      const int64_t cnt = in && W > iw0 ? std::min(ceil_div(W - iw0, sw), wq - j0) : 0;
+      float* d = buf + (i * sw + phase) * wq;
+      for (int64_t c = 0; c < nc; ++c) {
+        std::fill(d + c * cstride, d + c * cstride + j0, 0.f);
+        std::fill(d + c * cstride + j0 + cnt, d + c * cstride + wq, 0.f);
+      }
+      if (cnt > 0) transpose_rows(x + (ih * W + iw0) * C, sw * C, cnt, nc, cstride, d + j0, cnt);
+    }
+  }
+}
+
+}  // namespace
+
 void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
                          bool nhwc) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, R = p.R, S = p.S, G = p.groups;
@@ -207,7 +239,7 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
   // its output planes) within 256 KiB of L2
   auto band_rows = [&](int64_t rb) { return (rb - 1) * sh + (R - 1) * dh + 1; };
   auto task_floats = [&](int64_t r) {
-    return GB * (band_rows(r) * Cg * (sw * wq + (nhwc ? W : 0)) + (nhwc ? Kg * r * Q : 0));
+    return GB * (band_rows(r) * Cg * sw * wq + (nhwc ? Kg * r * Q : 0));
   };
   const int64_t rb = rows_per_task(p, P, N * ngb, task_floats, 65536);
   const int64_t nblk = ceil_div(P, rb);
@@ -223,13 +255,8 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
     if (!nhwc) {
       for (int64_t c = 0; c < Cg; ++c)
         pack_phase_plane(x + (n * C + g0 * Cg + c) * H * W, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
-    } else {  // the input rows [ih0, ih1) the task reads, as planes (vector transposes), then phase-split
-      const int64_t ih0 = std::max<int64_t>(0, p0 * sh - ph), ih1 = std::min(H, p0 * sh - ph + nrows);
-      const int64_t npix = std::max<int64_t>(0, ih1 - ih0) * W;
-      float* planes = scratch(3, std::max<int64_t>(1, ng * Cg * npix));
-      if (npix > 0) transpose_rows(x + ((n * H + ih0) * W) * C + g0 * Cg, C, npix, ng * Cg, npix, planes);
-      for (int64_t c = 0; c < ng * Cg; ++c)
-        pack_phase_plane(planes + c * npix, ih1 - ih0, W, ph - p0 * sh + ih0, pw, sw, nrows, wq, buf + c * cstride);
+    } else {  // each input row's pixels of one phase, transposed straight into the phase rows
+      nhwc_phase_rows(x + n * H * W * C + g0 * Cg, C, H, W, ng * Cg, p0 * sh - ph, pw, sw, nrows, wq, buf);
     }
     int64_t* off = scratch_i64(0, T);
     for (int64_t c = 0, t = 0; c < Cg; ++c)
