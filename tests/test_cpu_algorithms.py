@@ -99,6 +99,7 @@ DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, N
     ((2, 96, 13, 13), 96, (3, 3), 1, 1, 1, 32),        # threaded: 32 groups of 3 in blocks of 5
     ((2, 64, 30, 31), 64, (3, 3), 2, 1, 1, 8),          # 8 channels a group (>= 8 groups), stride 2
     ((2, 48, 12, 37), 96, (3, 3), 1, 1, 1, 8),          # 6 channels a group, 12 filters (NK 4 x 3)
+    ((2, 12, 9, 23), 8, (3, 5), (2, 3), (1, 4), (1, 2), 4),  # phase rows from NHWC: 3 phases, padding > stride
     # backward-input runs here only from 2^18 multiply-adds on (smaller ones stay with implicit_gemm)
     ((2, 4, 30, 70), 40, (3, 5), 3, (2, 1), (1, 2), 2),  # groups, 3 phases, column dilation, dy band edges
     ((4, 4, 45, 45), 64, (3, 2), 3, 0, 1, 2),          # stride > kernel: dx classes without taps (zeros)
