@@ -341,11 +341,11 @@ void nchw_forward_t(const Conv2dParams& p, const float* x, const float* w, const
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t nrows = (P - 1) * sh + (R - 1) * dh + 1;
   const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
-  // tap (r, s) reads buf[row r*dh][phase (s*dw) % sw] from column (s*dw) / sw on (no divisions in the loop)
+  // the taps' offsets in the phase rows, once (no divisions in the loop)
   const int64_t RS = R * S;
   int64_t toff[kMaxTaps];
   for (int64_t r = 0; r < R; ++r)
-    for (int64_t s = 0; s < S; ++s) toff[r * S + s] = (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw;
+    for (int64_t s = 0; s < S; ++s) toff[r * S + s] = phase_tap_offset(r, s, dh, dw, sw, wq);
   for_each_task(N * C, p.macs(), [&](int64_t task) {
     const int64_t c = task % C;
     float* buf = scratch(1, nrows * sw * wq);
@@ -454,7 +454,7 @@ void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float*
       const float* g = dy + (n * C + c) * P * Q;
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s) {
-          const int64_t off = (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw;
+          const int64_t off = phase_tap_offset(r, s, dh, dw, sw, wq);
           V acc[RB][NQ];
           for (int rb = 0; rb < RB; ++rb)
             for (int v = 0; v < NQ; ++v) acc[rb][v] = Isa::zero();

@@ -1,6 +1,6 @@
 // direct_nchw.cpp — convolutions whose x / dx side has few channels per group (<= 4: the RGB
 // stem 3->64 7x7/2, CIFAR's 3->16 stem; <= 8 with >= 8 groups: ResNeXt's 256 g32), fp32, vectorised along the rows of a plane ("NCHW
-// style"): forward on NCHW tensors (and grouped channels_last ones, through planes), backward-input
+// style"): forward on NCHW tensors (and grouped channels_last ones, through transposes), backward-input
 // on NCHW and NHWC ones.
 //
 //   forward          y[n,k,p,q..q+VL) = bias[k] + sum_{c,r,s} w[k,c,r,s] * x[n,c, p*sh-ph+r*dh, (q..q+VL)*sw-pw+s*dw]
@@ -75,7 +75,7 @@ namespace {
 // forward 1.34 / 1.75, @28 5.1 / 4.3; NHWC 1.79 / 1.66) and with 8 groups of 16 it loses.
 bool few_channels(const Conv2dParams& p) { return p.Cg() <= 4 || (p.Cg() <= 8 && p.groups >= 8); }
 
-// forward: NCHW; channels_last for grouped layers only (through planes transposed per task): the
+// forward: NCHW; channels_last for grouped layers only (rows transposed in and out per task): the
 // 7x7/2 stem and CIFAR's stem (one group) run faster on implicit_gemm, which reads NHWC rows as
 // they lie (ms, 2 threads, median of 20, python benchmarks/algos.py SHAPE --layout nhwc: stem
 // 4.8 vs direct_nchw 6.1, torch 5.2; 8,3,32,32,16,3,1,1 0.099 vs 0.148, torch 0.206), while
@@ -180,10 +180,6 @@ int64_t groups_per_task(const Conv2dParams& p, bool nhwc) {
   return nhwc ? std::min(p.groups, std::max<int64_t>(1, VL / p.Cg())) : 1;
 }
 
-}  // namespace
-
-namespace {
-
 // The phase rows pack_phase_plane makes, from NHWC rows: buf[c][row][phase][j] = x[h0 + row][j*sw
 // + phase - pw][c] for the nc channels at x (pixel stride C), zero outside the image; channel c
 // at buf + c * nrows*sw*wq. The pixels of one phase are every sw-th of a row: one transpose_rows
@@ -232,11 +228,11 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
 
   // A task is (image, block of GB groups, block of output rows). NCHW: one group. NHWC: groups
   // whose channels fill at least a vector (a cache line), so a task transposes whole lines of x
-  // into its planes and of its output planes into y; with one group a task, the 4 groups sharing
+  // into its phase rows and of its output planes into y; with one group a task, the 4 groups sharing
   // a line each read and wrote it (128->128 g32 @56 batch 4: 4.2 ms, the NCHW kernel alone 2.1).
   const int64_t GB = groups_per_task(p, nhwc), ngb = ceil_div(G, GB);
-  // a task's phase rows (GB x Cg x rows x sw x wq floats; NHWC: + its input rows as planes and
-  // its output planes) within 256 KiB of L2
+  // a task's phase rows (GB x Cg x rows x sw x wq floats; NHWC: + its output planes) within
+  // 256 KiB of L2
   auto band_rows = [&](int64_t rb) { return (rb - 1) * sh + (R - 1) * dh + 1; };
   auto task_floats = [&](int64_t r) {
     return GB * (band_rows(r) * Cg * sw * wq + (nhwc ? Kg * r * Q : 0));
@@ -262,7 +258,7 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
     for (int64_t c = 0, t = 0; c < Cg; ++c)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s, ++t)
-          off[t] = c * cstride + (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw;
+          off[t] = c * cstride + phase_tap_offset(r, s, dh, dw, sw, wq);
     // the task's pixel vectors: input base, output base (channel 0 of the block), store mask
     const int64_t nvec = (p1 - p0) * qv;
     const float** xb = scratch_rows(2 * nvec);

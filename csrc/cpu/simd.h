@@ -384,6 +384,12 @@ inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t p
   }
 }
 
+// Where tap (r, s) of output column 0 reads in one channel's phase rows of pack_phase_plane: row
+// r*dh, phase (s*dw) % sw, column (s*dw) / sw (output column q then adds q).
+inline int64_t phase_tap_offset(int64_t r, int64_t s, int64_t dh, int64_t dw, int64_t sw, int64_t wq) {
+  return (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw;
+}
+
 // A dx row from its sw phase rows: row[phase + j*sw] = ph[phase*Wt + j]. Stride 2 (AVX-512)
 // interleaves 16 + 16 values with two permutes; it was a scalar store per element, ~35% of
 // the NCHW 96@112/2 backward-input (batch 4, 2 threads: perf record -e cpu-clock of 400 calls,
