@@ -47,9 +47,12 @@ GENERAL = [
     ((2, 128, 7, 8), 64, (3, 3), 2, 1, 1, 2),          # the same with groups (N*G = 4)
     ((1, 16, 7, 9), 160, (3, 3), 2, 1, 1, 1),          # many taps, K = 5 x 32: 12x2 micro-tiles
     ((5, 200, 5, 7), 136, (3, 3), 2, 1, 1, 1),         # heavy weights, small planes: 2 images per task
-    ((1, 70, 6, 29), 16, (7, 7), 1, 3, 1, 1),          # K <= 16: row runs 24 + 5 (micro-kernel), 2 panels
-    ((2, 5, 7, 40), 7, (2, 6), (2, 1), (0, 2), 1, 1),  # row runs 24 + 8 + 7, S = 6, row stride 2, K tail
-    ((1, 9, 6, 20), 12, (3, 4), 1, (1, 2), (2, 1), 3),  # row runs 8 + 8 + 5, S = 4, row dilation, groups
+    ((1, 70, 6, 29), 16, (7, 7), 1, 3, 1, 1),          # K <= 16: row runs 16 + 12 + 1 (micro-kernel), 2 panels
+    ((2, 5, 7, 40), 7, (2, 6), (2, 1), (0, 2), 1, 1),  # row runs 24 + 14 + 1, S = 6, row stride 2, K tail
+    ((1, 9, 6, 20), 12, (3, 4), 1, (1, 2), (2, 1), 3),  # row runs 12 + 8 + 1, S = 4, row dilation, groups
+    ((2, 32, 5, 14), 32, (3, 3), 1, 1, 1, 2),          # 16 channels a group, a row of 14 in one run
+    ((1, 6, 3, 9), 5, (3, 5), 1, 1, 1, 1),             # a row of 7 in one run, S = 5
+    ((2, 8, 4, 5), 8, (3, 3), 1, 1, 1, 1),             # rows of 5: all to the micro-kernel
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),
