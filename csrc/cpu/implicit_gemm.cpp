@@ -881,6 +881,9 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
 // Ratio vs torch, 2 threads (python -m conv_ext.bench --suite default --layout nhwc --passes
 // backward_weight --cases cifar.bias,cifar.16x32): 16->16 5x5 @32 0.67-0.79x -> 0.88x, 16->16 3x3
 // @32 0.96x -> 1.18x.
+// Chunks: 16 tasks' worth (chunks x groups), was 16 chunks for any group count: ResNeXt 512 g32 @14
+// (16 channels a group) summed 16 partial buffers of 0.3 MB for 56 rows; one chunk: 0.87 -> 0.60
+// ms (min of 200 calls, old and new build alternated 6 times; torch 0.58-0.88).
 // ------------------------------------------------------------------------------------------
 // How many chunks the N*P output rows of a backward-weight are cut into: a function of the shape
 // only (determinism): at most max_chunks and one per row, few enough that the partial sums
@@ -903,7 +906,7 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
   const int64_t J = S * Cg, JP = round_up(J, VL), JB = Isa::kMaxNV * VL;
   const int64_t part = G * R * Kg * JP;  // one chunk's partial sums [g][r][k][(s,c)]
   const int64_t rows = N * P;
-  const int64_t nchunk = weight_chunks(16, rows, part, p.macs());
+  const int64_t nchunk = weight_chunks(ceil_div(int64_t(16), G), rows, part, p.macs());
   float* partial = scratch(0, nchunk * part);
   const int64_t Wp = (Q - 1) * sw + S, rowf = Wp * Cg;  // band: columns q*sw + s, channels of g
   const int64_t rsub = std::max<int64_t>(1, kBandFloats / (sh * rowf));
