@@ -109,12 +109,17 @@ DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, N
     ((2, 3, 20, 20), 32, (3, 3), 1, 4, 1, 1),          # padding beyond the kernel
     ((2, 3, 33, 37), 64, (7, 7), 2, 3, 1, 1),          # the stem's classes, odd dx sizes
 ]
-GROUPED_NHWC = [  # channels_last backward-weight, 3x3 stride 1, Kg a power of two, Cg <= Kg
+GROUPED_NHWC = [  # backward-weight, 3x3 stride 1 or 2, Cg a power of two, Kg <= Cg
     ((2, 64, 9, 11), 64, (3, 3), 1, 1, 1, 16),        # ResNeXt-like: 4 + 4 channels a group, 4 groups a vector
-    ((1, 24, 7, 13), 48, (3, 3), 1, (0, 2), (1, 2), 6),  # Kg 8: 2 groups a vector; padding, column dilation
-    ((2, 20, 8, 8), 40, (3, 3), 1, 2, 1, 10),          # Cg 2 < Kg 4; blocks 4 + 4 + 2 groups; padding 2
-    ((1, 3, 5, 6), 6, (3, 3), 1, 1, 1, 3),             # one channel a group
+    ((1, 48, 7, 13), 24, (3, 3), 1, (0, 2), (1, 2), 6),  # Cg 8: 2 groups a vector, Kg 4; padding, column dilation
+    ((2, 40, 8, 8), 20, (3, 3), 1, 2, 1, 10),          # Kg 2 < Cg 4; blocks 4 + 4 + 2 groups; padding 2
+    ((1, 6, 5, 6), 3, (3, 3), 1, 1, 1, 3),             # one output channel a group
     ((4, 128, 24, 24), 128, (3, 3), 1, 1, 1, 32),      # 10.6M multiply-adds: 2 row chunks, threaded
+    ((2, 32, 11, 13), 32, (3, 3), 2, 1, 1, 4),         # stride 2, odd sizes
+    ((1, 32, 9, 10), 16, (3, 3), (2, 1), (2, 0), (1, 2), 4),  # strides (2, 1); padding 2, column dilation
+    ((1, 24, 10, 9), 12, (3, 3), (1, 2), (0, 1), (2, 1), 3),  # strides (1, 2), Kg 4 < Cg 8, row dilation 2
+    ((2, 8, 8, 7), 8, (3, 3), 2, 0, (2, 1), 4),        # row dilation 2 at stride 2, no padding
+    ((4, 256, 20, 20), 256, (3, 3), 2, 1, 1, 32),      # ResNeXt's strided 8 + 8, several row chunks
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC
 

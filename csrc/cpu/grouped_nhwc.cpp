@@ -1,30 +1,36 @@
-// grouped_nhwc.cpp — backward-weight of grouped 3x3 stride-1 convolutions with few channels a
-// group (ResNeXt's 128->128 g32: 4 input and 4 output channels a group), fp32, computed on NHWC
-// data: channels_last operands as they lie, NCHW ones transposed into NHWC bands per task.
+// grouped_nhwc.cpp — backward-weight of grouped 3x3 convolutions at stride 1 or 2 with few
+// channels a group (ResNeXt's 128->128 g32: 4 input and 4 output channels a group; 256->256 g32
+// @56/2: 8 + 8), fp32, on NHWC data: channels_last operands as they lie, NCHW ones transposed into
+// bands per task.
 //
-//   dw[k,c,r,s] = sum_{n,h,w} x[n,h,w, g(k)*Cg + c] * dy[n, h+ph-r*dh, w+pw-s*dw, k]
+//   dw[k,c,r,s] = sum_{n,p,q} dy[n,p,q,k] * x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, g(k)*Cg + c]
 //
 // Why: implicit_gemm vectorises a group's backward-weight over its output channels, so with 4 of
-// them a group it fills 4 of 16 lanes. Here a vector holds 16 consecutive output channels -- the
-// 16/Kg groups they belong to -- and the x value each lane needs (its own group's channel c) is
-// a permute of one vector of x: lane l takes x channel (l / Kg) * Cg + c of the block's groups,
-// which sit side by side in an NHWC pixel. The loop is x-stationary: per input pixel, one
-// (masked) load of x, NC permutes, then for every tap (r, s) one load of dy from a zero-padded
-// band and one FMA into that tap's accumulator -- 9*NC accumulators in registers (NC = 2 input
-// channels at a time: 18) over all the pixels of a chunk of rows.
+// them a group it fills 4 of 16 lanes. Here a vector holds 16 consecutive input channels -- the
+// 16/Cg groups they belong to, side by side in an NHWC pixel -- and the dy value each lane needs
+// (its own group's output channel k) is a permute of one vector of dy: lane l takes dy channel
+// (l / Cg) * Kg + k of the block. The loop is dy-stationary: per output pixel, one load of dy,
+// NK permutes, then for every tap (r, s) one load of x from a zero-padded band (the stride is
+// only an address step) and one FMA into that tap's accumulator -- 9*NK accumulators in
+// registers (NK = 2 output channels at a time: 18), 9 FMAs a permute at any stride.
 //
-// Tasks: (block of 16 output channels, chunk of the N*H input rows); a chunk's sums go to its own
-// partial buffer and the buffers are added in chunk order: the same bits for any thread count.
+// Tasks: chunks of the N*P output rows; a chunk walks its rows in batches whose x band (one
+// block) stays in L1, and all the blocks of a batch in turn (an NHWC pixel's channels are read
+// together). A chunk's sums go to its own partial buffer and the buffers are added in chunk
+// order: the same bits for any thread count.
 //
 // Speed (2 threads, batch 4, ms median of 15, torch and the algorithms in random order;
-// python benchmarks/algos.py N,C,H,W,K,3,1,1,G --layout nhwc --pass backward_weight):
-//   128->128 g32 @56 (Cg = Kg = 4): 1.2-1.7 against implicit_gemm's 5.6-6.8, torch 2.8-5.3
-//   256->256 g32 @28 (8 + 8):       0.90 against 2.03, torch 1.08
-//   64->64 g16 @56 (4 + 4):         1.00 against 3.87, torch 1.75
-// NCHW (x rows and dy rows through transpose_rows into [pixel][16] bands; implicit_gemm in
-// brackets): 128 g32 @56 1.47 [5.2], torch 14.6; 256 g32 @28 1.47 [4.1], torch 2.4; 64 g16 @56
-// 0.77 [2.8], torch 7.1.
-// Stride 2 (ResNeXt's first block of a stage) stays with implicit_gemm.
+// python benchmarks/algos.py N,C,H,W,K,3,S,1,G --layout L --pass backward_weight):
+//   256->256 g32 @56/2 (Cg = Kg = 8): NHWC 1.22 [implicit_gemm 3.08], torch 2.37;
+//                                     NCHW 1.22 [3.03], torch 2.45
+//   128->128 g32 @56 (4 + 4):         NHWC 1.06 [5.2], torch 2.7; NCHW 1.16 [4.1], torch 9.8
+//   256->256 g32 @28 (8 + 8):         NHWC 0.85 [2.0], torch 1.14; NCHW 0.88 [2.2], torch 3.0
+// The x-stationary form before (a permute of x per input pixel, a dy band) needed a permute per
+// 9 FMAs only at stride 1: at stride 2 each input pixel meets 1, 2 or 4 taps, so its classes of
+// pixels ran 1-4 FMAs a permute with 2-8 accumulator chains (latency-bound): 256 g32 @56/2 NHWC
+// 1.5 ms. It read x in place and built the dy band: 128 g32 @56 NHWC 1.2-1.7, 256 g32 @28 0.90.
+// With 16 channels a group (one group a vector, the permute a broadcast) implicit_gemm is faster
+// in NHWC (512 g32 @14: 0.61 vs 0.88 ms), so Cg < 16.
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "grouped_nhwc.cpp"
 #include "per_isa.h"
@@ -33,12 +39,12 @@ namespace conv_ext {
 namespace cpu {
 namespace {
 
-// Kg a power of two below the vector width (a vector holds whole groups), Cg <= Kg (their x
-// channels fit one vector), 3x3, stride 1; NCHW or NHWC.
+// Cg a power of two below the vector width (a vector holds whole groups), Kg <= Cg (their dy
+// channels fit one vector), 3x3, stride 1 or 2; NCHW or NHWC.
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
-  const int64_t vl = use_avx512() ? 16 : 8, Kg = p.Kg();
-  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.groups > 1 && Kg >= 2 &&
-         Kg < vl && (vl % Kg) == 0 && p.Cg() <= Kg && p.R == 3 && p.S == 3 && p.stride_h == 1 && p.stride_w == 1;
+  const int64_t vl = use_avx512() ? 16 : 8, Cg = p.Cg();
+  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.groups > 1 && Cg >= 2 &&
+         Cg < vl && (vl % Cg) == 0 && p.Kg() <= Cg && p.R == 3 && p.S == 3 && p.stride_h <= 2 && p.stride_w <= 2;
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -59,8 +65,8 @@ namespace cpu {
 namespace CONV_EXT_ISA_NS {
 namespace {
 
-// input channels a sweep takes: 9*kNC accumulators (AVX2 has 16 registers: one channel)
-constexpr int kNC = VL == 16 ? 2 : 1;
+// output channels a sweep takes: 9*kNK accumulators (AVX2 has 16 registers: one channel)
+constexpr int kNK = VL == 16 ? 2 : 1;
 
 // lane l of the result = v[idx[l]]
 inline V permute(V v, const float* idx) {
@@ -71,31 +77,35 @@ inline V permute(V v, const float* idx) {
 #endif
 }
 
-// acc[c][t] += sum over the pixels of rows [0, nrows) x [0, W) of perm_c(x) * dy-band at tap t,
-// for the NC input channels c0.. of the chunk; then added to part[c0 + c][t].
-template <int NC>
-void sweep(const float* xrow0, int64_t xrs, int64_t C, int64_t nrows, int64_t W, M xm, const float* idx,
-           const float* band, int64_t Wb, const int64_t* toff, float* part) {
-  V acc[NC][9];
-  for (int c = 0; c < NC; ++c)
-    for (int t = 0; t < 9; ++t) acc[c][t] = Isa::zero();
-  for (int64_t i = 0; i < nrows; ++i) {
-    const float* xp = xrow0 + i * xrs;
-    const float* bp = band + i * Wb * VL;
-    for (int64_t w = 0; w < W; ++w, xp += C, bp += VL) {
-      const V xv = Isa::loadm(xp, xm);
-      V xc[NC];
-      for (int c = 0; c < NC; ++c) xc[c] = permute(xv, idx + c * VL);
+// acc[k][t] += sum over the np x Q output pixels of perm_k(dy) * x-band at tap t, for the NK
+// output channels k0.. of each group of the block; then added to part[(k0 + k)*9 + t].
+//   dy pixel (i, j) at dyb + (i*Q + j)*VL; its tap t reads xb + i*xrs + j*xcs + toff[t]
+template <int NK>
+void sweep(const float* dyb, int64_t np, int64_t Q, const float* idx, const float* xb, int64_t xrs, int64_t xcs,
+           const int64_t* toff, float* part) {
+  V acc[NK][9];
+  for (int k = 0; k < NK; ++k)
+    for (int t = 0; t < 9; ++t) acc[k][t] = Isa::zero();
+  const float* dp = dyb;
+  for (int64_t i = 0; i < np; ++i) {
+    const float* xp = xb + i * xrs;
+    for (int64_t j = 0; j < Q; ++j, dp += VL, xp += xcs) {
+      const V dv = Isa::load(dp);
+      V dk[NK];
+      for (int k = 0; k < NK; ++k) dk[k] = permute(dv, idx + k * VL);
 #pragma GCC unroll 9
       for (int t = 0; t < 9; ++t) {
-        const V d = Isa::load(bp + toff[t]);
+        const V xv = Isa::load(xp + toff[t]);
 #pragma GCC unroll 2
-        for (int c = 0; c < NC; ++c) acc[c][t] = Isa::fma(xc[c], d, acc[c][t]);
+        for (int k = 0; k < NK; ++k) acc[k][t] = Isa::fma(dk[k], xv, acc[k][t]);
       }
     }
   }
-  for (int c = 0; c < NC; ++c)
-    for (int t = 0; t < 9; ++t) Isa::store(part + (c * 9 + t) * VL, Isa::add(Isa::load(part + (c * 9 + t) * VL), acc[c][t]));
+  for (int k = 0; k < NK; ++k)
+    for (int t = 0; t < 9; ++t) {
+      float* o = part + (k * 9 + t) * VL;
+      Isa::store(o, Isa::add(Isa::load(o), acc[k][t]));
+    }
 }
 
 }  // namespace
@@ -103,71 +113,57 @@ void sweep(const float* xrow0, int64_t xrs, int64_t C, int64_t nrows, int64_t W,
 void grouped_nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw, bool nhwc) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, G = p.groups;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dwl = p.dil_w;
-  const int64_t gpb = VL / Kg, nkb = ceil_div(G, gpb);  // groups a block of VL output channels
-  // permute indices: lane l takes x channel (l / Kg) * Cg + c of the block
-  alignas(64) float idx[8 * VL];  // Cg <= Kg <= VL / 2
-  for (int64_t c = 0; c < Cg; ++c)
+  const int64_t sh = p.stride_h, sw = p.stride_w;
+  const int64_t gpb = VL / Cg, nkb = ceil_div(G, gpb);  // groups a block of VL input channels
+  // permute indices: lane l (input channel l % Cg of the block's group l / Cg) takes dy channel
+  // (l / Cg) * Kg + k of the block
+  alignas(64) float idx[VL * VL];  // Kg <= Cg <= VL / 2
+  for (int64_t k = 0; k < Kg; ++k)
     for (int l = 0; l < VL; ++l) {
-      const int32_t v = static_cast<int32_t>((l / Kg) * Cg + c);
-      std::memcpy(&idx[c * VL + l], &v, sizeof(v));
+      const int32_t v = static_cast<int32_t>((l / Cg) * Kg + k);
+      std::memcpy(&idx[k * VL + l], &v, sizeof(v));
     }
-  // the dy band of rows [h_a, h_b) of an image: dy rows h_a + ph - 2*dh .. h_b - 1 + ph, columns
-  // pw - 2*dwl .. W - 1 + pw, zeros outside dy; tap (r, s) of pixel (h, w) reads band row
-  // h - h_a + (2 - r)*dh, column w + (2 - s)*dwl
-  const int64_t Wb = W + 2 * dwl;
+  // The x band of output rows [p_a, p_b): input rows p_a*sh - ph .. (p_b - 1)*sh - ph + 2*dh,
+  // columns -pw .. (Q - 1)*sw - pw + 2*dwl, zeros outside x; tap (r, s) of output pixel (p, q)
+  // reads band row (p - p_a)*sh + r*dh, column q*sw + s*dwl.
+  const int64_t Wx = (Q - 1) * sw + 2 * dwl + 1;
   int64_t toff[9];
   for (int64_t r = 0; r < 3; ++r)
-    for (int64_t s = 0; s < 3; ++s) toff[r * 3 + s] = ((2 - r) * dh * Wb + (2 - s) * dwl) * VL;
-  const int64_t rows = N * H;
+    for (int64_t s = 0; s < 3; ++s) toff[r * 3 + s] = (r * dh * Wx + s * dwl) * VL;
+  const int64_t rows = N * P;
   const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>({16, rows, p.macs() / (int64_t(4) << 20)}));
-  const int64_t part = Cg * 9 * VL;  // one (chunk, block): [c][tap][lane]
+  const int64_t part = Kg * 9 * VL;  // one (chunk, block): [k][tap][lane]
   float* partial = scratch(0, nchunk * nkb * part);
-  const int64_t rsub = std::max<int64_t>(1, 32768 / (Wb * VL) - 2 * dh);  // rows a band holds
-  for_each_task(nchunk * nkb, p.macs(), [&](int64_t task) {
-    const int64_t ch = task / nkb, kb = task % nkb;
-    const int64_t g0 = kb * gpb, ng = std::min(gpb, G - g0), kn = ng * Kg;
-    const M xm = Isa::mask(ng * Cg), km = Isa::mask(kn);
-    float* out = partial + (ch * nkb + kb) * part;
-    std::fill(out, out + part, 0.f);
-    float* band = scratch(1, (rsub + 2 * dh) * Wb * VL);
+  // output rows a batch: its x band (one block) about 8K floats, in L1 while the sweeps read it
+  const int64_t rsub = std::max<int64_t>(1, (8192 / (Wx * VL) - 2 * dh) / sh);
+  for_each_task(nchunk, p.macs(), [&](int64_t ch) {
+    float* out_ch = partial + ch * nkb * part;
+    std::fill(out_ch, out_ch + nkb * part, 0.f);
     const int64_t row_b = rows * (ch + 1) / nchunk;
     for (int64_t row = rows * ch / nchunk; row < row_b;) {
-      const int64_t n = row / H, h_a = row % H, h_b = std::min({H, h_a + rsub, h_a + (row_b - row)});
-      row += h_b - h_a;
-      const int64_t nb = h_b - h_a + 2 * dh;
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t pp = h_a + ph - 2 * dh + b;
-        float* d = band + b * Wb * VL;
-        if (pp < 0 || pp >= P) {
-          std::memset(d, 0, sizeof(float) * Wb * VL);
-          continue;
+      const int64_t n = row / P, p_a = row % P, p_b = std::min({P, p_a + rsub, p_a + (row_b - row)});
+      row += p_b - p_a;
+      const int64_t h0 = p_a * sh - ph, nr = (p_b - p_a - 1) * sh + 2 * dh + 1;  // band rows h0 ..
+      const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + nr);
+      float* xb = scratch(1, nr * Wx * VL);
+      float* dyb = scratch(2, (p_b - p_a) * Q * VL);
+      for (int64_t kb = 0; kb < nkb; ++kb) {  // all blocks of a batch: a pixel's channels are read together
+        const int64_t g0 = kb * gpb, ng = std::min(gpb, G - g0);
+        if (h_hi > h_lo) {
+          pack_band(x, nhwc, C, H, W, n, g0 * Cg, ng * Cg, h_lo, h_hi, pw, Wx, VL, xb + (h_lo - h0) * Wx * VL);
+          if (h_lo > h0) std::memset(xb, 0, sizeof(float) * (h_lo - h0) * Wx * VL);
+          if (h0 + nr > h_hi) std::memset(xb + (h_hi - h0) * Wx * VL, 0, sizeof(float) * (h0 + nr - h_hi) * Wx * VL);
+        } else {
+          std::memset(xb, 0, sizeof(float) * nr * Wx * VL);
         }
-        if (!nhwc) {  // NCHW: the kn channel rows of dy row pp, transposed into [column][VL]
-          const int64_t qa = std::max<int64_t>(0, pw - 2 * dwl), qb = std::min(Q, W + pw);  // j = q - pw + 2*dwl
-          std::memset(d, 0, sizeof(float) * Wb * VL);
-          if (qb > qa)
-            transpose_rows(dy + ((n * K + g0 * Kg) * P + pp) * Q + qa, P * Q, kn, qb - qa, VL, d + (qa - pw + 2 * dwl) * VL);
-          continue;
+        pack_band(dy, nhwc, K, P, Q, n, g0 * Kg, ng * Kg, p_a, p_b, 0, Q, VL, dyb);
+        float* out = out_ch + kb * part;
+        for (int64_t k0 = 0; k0 < Kg; k0 += kNK) {
+          if (kNK == 2 && Kg - k0 >= 2)
+            sweep<2>(dyb, p_b - p_a, Q, idx + k0 * VL, xb, sh * Wx * VL, sw * VL, toff, out + k0 * 9 * VL);
+          else
+            sweep<1>(dyb, p_b - p_a, Q, idx + k0 * VL, xb, sh * Wx * VL, sw * VL, toff, out + k0 * 9 * VL);
         }
-        for (int64_t j = 0; j < Wb; ++j) {
-          const int64_t q = j + pw - 2 * dwl;
-          const bool in = q >= 0 && q < Q;
-          Isa::store(d + j * VL, in ? Isa::loadm(dy + ((n * P + pp) * Q + q) * K + g0 * Kg, km) : Isa::zero());
-        }
-      }
-      // x: NHWC as it lies (pixel stride C, the block's channels masked); NCHW transposed into [pixel][VL]
-      const float* x0 = x + ((n * H + h_a) * W) * C + g0 * Cg;
-      int64_t xps = C;
-      if (!nhwc) {
-        float* xb = scratch(2, (h_b - h_a) * W * VL);
-        transpose_rows(x + ((n * C + g0 * Cg) * H + h_a) * W, H * W, ng * Cg, (h_b - h_a) * W, VL, xb);
-        x0 = xb, xps = VL;
-      }
-      for (int64_t c0 = 0; c0 < Cg; c0 += kNC) {
-        if (kNC == 2 && Cg - c0 >= 2)
-          sweep<2>(x0, W * xps, xps, h_b - h_a, W, xm, idx + c0 * VL, band, Wb, toff, out + c0 * 9 * VL);
-        else
-          sweep<1>(x0, W * xps, xps, h_b - h_a, W, xm, idx + c0 * VL, band, Wb, toff, out + c0 * 9 * VL);
       }
     }
   });
@@ -175,10 +171,12 @@ void grouped_nhwc_backward_weight(const Conv2dParams& p, const float* dy, const 
   sum_chunks(partial, nchunk, nkb * part);
   for_each_task(nkb, nkb * part, [&](int64_t kb) {
     const float* sum = partial + kb * part;
-    const int64_t kn = std::min(gpb, G - kb * gpb) * Kg;
-    for (int64_t l = 0; l < kn; ++l)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int t = 0; t < 9; ++t) dw[((kb * VL + l) * Cg + c) * 9 + t] = sum[(c * 9 + t) * VL + l];
+    const int64_t ng = std::min(gpb, G - kb * gpb);
+    for (int64_t gl = 0; gl < ng; ++gl)
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int t = 0; t < 9; ++t)
+            dw[(((kb * gpb + gl) * Kg + k) * Cg + c) * 9 + t] = sum[(k * 9 + t) * VL + gl * Cg + c];
   });
 }
 
