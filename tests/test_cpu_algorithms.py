@@ -346,3 +346,26 @@ def test_large_output_streamed(layout, algo, shape):
         assert testing.last_cpu_algorithm("forward") == algo
     assert y.numel() >= 1 << 20
     torch.testing.assert_close(y, F.conv2d(x, w, b, stride=stride, padding=pad), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,stride", [((1, 48, 150, 150), 1), ((1, 40, 160, 170), 2)], ids=str)
+def test_depthwise_large_output_streamed(shape, stride):
+    """Channels_last depthwise forward and backward-input with outputs of >= 1M floats: the runs'
+    whole, aligned vectors leave by streaming stores (48 channels), edge pixels and unaligned
+    pixel rows (40 channels = 160 bytes a pixel) by ordinary ones; the results must match torch's."""
+    g = torch.Generator().manual_seed(6)
+    c = shape[1]
+    x = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(c, 1, 3, 3, generator=g) / 3).requires_grad_()
+    b = torch.randn(c, generator=g)
+    with testing.force_cpu_algorithm("depthwise", passes=("forward", "backward_input")):
+        y = conv_ext.conv2d(x, w, b, stride=stride, padding=1, groups=c)
+        assert testing.last_cpu_algorithm("forward") == "depthwise"
+        dy = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
+        (dx,) = torch.autograd.grad(y, x, dy)
+        assert testing.last_cpu_algorithm("backward_input") == "depthwise"
+    assert max(y.numel(), dx.numel()) >= 1 << 20
+    y_ref = F.conv2d(x, w, b, stride=stride, padding=1, groups=c)
+    (dx_ref,) = torch.autograd.grad(y_ref, x, dy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-4)
