@@ -181,3 +181,17 @@ def test_deterministic(device):
         runs.append([y] + list(torch.autograd.grad(y, [x, w], torch.ones_like(y))))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+# Strided 1x1 layers run as the stride-1 convolution of every stride-th pixel; the gradient of the
+# input is that result scattered back with zeros in between (odd sizes: the last row / column
+# kept or skipped). Channels_last takes that route from 2^24 multiply-adds on (the large case).
+@pytest.mark.parametrize("case", [
+    (2, 5, 7, 9, 6, (1, 1), 2, 0, 1, 1, True),
+    (1, 4, 8, 7, 3, (1, 1), (3, 2), 0, 1, 1, False),
+    (2, 128, 33, 31, 256, (1, 1), 2, 0, 1, 1, True),
+], ids=["small", "strides3x2", "large"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_strided_1x1(case, layout, dtype, device):
+    check(case, dtype, device, layout)
