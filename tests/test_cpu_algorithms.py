@@ -121,7 +121,16 @@ GROUPED_NHWC = [  # backward-weight, 3x3 stride 1 or 2, Cg a power of two, Kg <=
     ((2, 8, 8, 7), 8, (3, 3), 2, 0, (2, 1), 4),        # row dilation 2 at stride 2, no padding
     ((4, 256, 20, 20), 256, (3, 3), 2, 1, 1, 32),      # ResNeXt's strided 8 + 8, several row chunks
 ]
-SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC
+GROUPED_INTERLEAVED = [  # channels_last forward, stride-1 backward-input: Kg 4 or 8, Cg <= Kg, AVX-512
+    ((2, 64, 9, 28), 64, (3, 3), 1, 1, 1, 8),          # 8 + 8: 2 groups a vector; a row of 28 in one tile
+    ((1, 32, 7, 30), 32, (3, 3), 1, 1, 1, 8),          # 4 + 4: 4 groups a vector; rows of 30 = 2 tiles of 16
+    ((2, 24, 11, 13), 48, (3, 3), 2, 1, 1, 6),         # Cg 4 < Kg 8, stride 2, 6 groups = 3 vectors
+    ((1, 40, 8, 9), 40, (3, 3), (1, 2), (2, 1), (2, 1), 5),  # stride (1, 2), row dilation, padding 2 > taps: bwd no
+    ((2, 20, 6, 61), 40, (5, 3), 1, (2, 1), 1, 5),     # 5x3 filter, last block of 1 group (5 = 2 + 2 + 1), row of 61
+    ((1, 6, 4, 5), 12, (1, 1), 1, 0, 1, 3),            # 1x1, Cg 2 < Kg 4, a row of 5 (tile of 8)
+    ((4, 256, 20, 20), 256, (3, 3), 2, 1, 1, 32),      # ResNeXt's strided 8 + 8
+]
+SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED
 
 
 def make(shape, layout, dtype=torch.float64, seed=0):

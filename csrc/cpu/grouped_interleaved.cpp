@@ -1,0 +1,275 @@
+// grouped_interleaved.cpp — forward and stride-1 backward-input of grouped convolutions with 4 or
+// 8 output channels a group and no more input channels than that (ResNeXt's 128->128 g32 and
+// 256->256 g32: 4 + 4 and 8 + 8), fp32, channels_last, AVX-512.
+//
+//   forward          y[n,p,q, g*Kg + k] = bias + sum_{c,r,s} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, g*Cg + c] * w[g*Kg + k, c, r, s]
+//   backward-input   the same engine on dy, with the filter flipped and transposed (stride 1)
+//
+// Why: implicit_gemm vectorises a group's output channels, so 8 of them fill half of a 16-lane
+// vector (4 a quarter); direct_nchw fills whole vectors with pixels, but channels_last tensors
+// then go through 16x16 transposes both ways. Here a vector holds the output channels of
+// GPB = 16 / Kg groups with their lanes interleaved, lane k*GPB + j = output channel k of group
+// j of the block, and the input band holds each pixel's channels interleaved the same way,
+// [c][j]. The GPB values x[., ., ., g_j*Cg + c] (j < GPB) of one input channel c then sit side by
+// side, and one broadcast of GPB floats (vbroadcastsd for 2, vbroadcastf32x4 for 4: loads, no
+// shuffle port) gives every lane its own group's input: all 16 lanes do useful work, as in a
+// dense layer. One permute per band pixel on the way in (the interleave) and one per output
+// vector on the way out (back to [j][k]).
+//
+// The micro-kernel: MR = 24 output pixels of a row in registers; for every tap (r, s) and input
+// channel c one load of the packed filter (16 lanes), 24 broadcasts, 24 FMAs. A task is (image,
+// block of GPB groups, block of output rows); its band (rows x padded columns x Cg*GPB floats,
+// zero padding built in) stays in L2 while the task sweeps its rows.
+//
+// Speed (2 threads, batch 4, channels_last, ms median of 20 with torch and the algorithms in
+// random order; python benchmarks/algos.py N,C,H,W,K,3,S,1,G --layout nhwc --pass P):
+//   128->128 g32 @56 (4 + 4)   forward 1.39 [direct_nchw 1.92], torch 3.19; backward-input 1.80 [2.65], torch 3.57
+//   256->256 g32 @28 (8 + 8)   forward 1.00 [1.36], torch 1.40;            backward-input 1.14 [1.70], torch 1.63
+//   256->256 g32 @56/2         forward 2.01 [2.92], torch 2.27 (strided backward-input stays with direct_nchw)
+// With 28 accumulators instead of 24, GCC kept the filter vector on the stack (a second load per
+// FMA): half the speed. Rows are cut into tiles of equal width (kTileWidths), the band pixel is
+// padded to 16 floats so that pixel i of a tile is a constant displacement from one base.
+#ifndef CONV_EXT_ISA_NS
+#define CONV_EXT_PER_ISA_FILE "grouped_interleaved.cpp"
+#include "per_isa.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+// Channels_last, groups of Kg = 4 or 8 output channels fed by Cg <= Kg input channels (a
+// block's interleaved pixel fits one vector), AVX-512.
+bool fits(int64_t groups, int64_t ci, int64_t co) {
+  return groups > 1 && (co == 4 || co == 8) && ci >= 1 && ci <= co;
+}
+
+bool supports(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kFloat && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) && fits(p.groups, p.Cg(), p.Kg()) &&
+         p.stride_w <= 2;
+}
+
+// stride 1 and padding within the dilated kernel (dx is then a forward convolution of dy)
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kFloat && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) && fits(p.groups, p.Kg(), p.Cg()) &&
+         p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= (p.R - 1) * p.dil_h && p.pad_w <= (p.S - 1) * p.dil_w;
+}
+
+void run_forward(const Conv2dParams& p, Operands& o) {
+  const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
+  avx512::interleaved_forward(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias,
+                              o.out.mutable_data_ptr<float>());
+}
+
+void run_backward_input(const Conv2dParams& p, Operands& o) {
+  avx512::interleaved_backward_input(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(),
+                                     o.out.mutable_data_ptr<float>());
+}
+
+const bool registered =
+    register_algorithm({"grouped_interleaved", Pass::Forward, 16, supports, run_forward}) &&
+    register_algorithm({"grouped_interleaved", Pass::BackwardInput, 16, supports_backward_input, run_backward_input});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace conv_ext
+
+#else  // ---------------- compiled once per ISA (the kernel itself: AVX-512 only) ----------------
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA_NS {
+namespace {
+
+// The geometry of one convolution as the engine sees it: src (N, H, W, G*ci) NHWC -> dst
+// (N, P, Q, G*co) NHWC; tap (r, s) of output pixel (p, q) reads src pixel (p*sh - ph + r*dh,
+// q*sw - pw + s*dw).
+struct Geo {
+  int64_t N, H, W, G, ci, co, R, S, P, Q, sh, sw, ph, pw, dh, dw;
+};
+
+#if CONV_EXT_ISA_BITS == 512
+// most output pixels of a tile: 24 accumulators + the filter vector + broadcasts (with 28, GCC
+// kept the filter vector on the stack: a second load per FMA, half speed)
+constexpr int kMR = 24;
+
+// GPB floats at p broadcast to every GPB-lane slot of a vector
+template <int GPB>
+inline V bcast(const float* p) {
+  if constexpr (GPB == 2) {
+    double d;
+    std::memcpy(&d, p, sizeof(d));
+    return _mm512_castpd_ps(_mm512_set1_pd(d));
+  } else {
+    return _mm512_broadcast_f32x4(_mm_loadu_ps(p));
+  }
+}
+
+// One tile: MR consecutive output pixels of a row, the first at band position bp (pixel i at
+// bp + i*SW*16: one base register, constant displacements; pixels past mr read on into the band
+// and are not stored), through every tap and input channel.
+template <int GPB, int SW, int MR>
+void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, int64_t ci, const float* wb,
+          float* y, int64_t K, int mr, const __m512i& oidx, V bv, M om) {
+  V acc[MR];
+#pragma GCC unroll 24
+  for (int i = 0; i < MR; ++i) acc[i] = Isa::zero();
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s) {
+      const float* tp = bp + r * rstep + s * sstep;
+      const float* wt = wb + (r * S + s) * ci * 16;
+      for (int64_t c = 0; c < ci; ++c, tp += GPB) {
+        const V wv = Isa::load(wt + c * 16);
+#pragma GCC unroll 24
+        for (int i = 0; i < MR; ++i) acc[i] = Isa::fma(bcast<GPB>(tp + i * SW * 16), wv, acc[i]);
+      }
+    }
+  for (int i = 0; i < mr; ++i) Isa::storem(y + i * K, Isa::add(_mm512_permutexvar_ps(oidx, acc[i]), bv), om);
+}
+
+// Tile widths: a row of Q pixels runs in ceil(Q / 24) tiles of the narrowest width here that
+// covers an equal share (Q = 28: two tiles of 14, not 24 + a 4-pixel tile of 24 accumulators).
+constexpr int kTileWidths[] = {4, 8, 12, 14, 16, 20, 24};
+
+// dst = conv(src, wpk) + bias for the tasks' tiles. wpk: [block][r][s][c][16] with lane
+// k*GPB + j = filter (g0 + j)*co + k; bias_pk: [block][16] in output order (j*co + k).
+template <int GPB, int SW>
+void run(const Geo& g, const float* src, const float* wpk, const float* bias_pk, float* dst) {
+  const int64_t ci = g.ci, co = g.co, C = g.G * ci, K = g.G * g.co, RS = g.R * g.S;
+  constexpr int64_t PF = 16;  // floats of a band pixel: [c][j], ci*GPB <= 16 of them used
+  const int64_t nvb = ceil_div(g.G, int64_t(GPB));     // blocks of GPB groups
+  const int64_t Wb = (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1;  // band columns (col - pw = w)
+  auto band_rows = [&](int64_t rows) { return (rows - 1) * g.sh + (g.R - 1) * g.dh + 1; };
+  int64_t rb = g.P;  // output rows a task: its band within 64K floats, at least 8 tasks a thread
+  while (rb > 1 && band_rows(rb) * Wb * PF > 65536) --rb;
+  while (rb > 1 && g.N * nvb * ceil_div(g.P, rb) < 8 * pool_threads()) rb = ceil_div(rb, 2);
+  const int64_t nrb = ceil_div(g.P, rb);
+  const int64_t share = ceil_div(g.Q, ceil_div(g.Q, int64_t(kMR)));  // pixels a tile of a row
+  int64_t mrw = kMR;
+  for (int t : kTileWidths)
+    if (t >= share) {
+      mrw = t;
+      break;
+    }
+  // permute indices: band lane c*GPB + j <- source lane j*ci + c; output lane j*co + k <- k*GPB + j
+  alignas(64) int32_t in_idx[16], out_idx[16];
+  for (int l = 0; l < 16; ++l) {
+    in_idx[l] = static_cast<int32_t>(l < PF ? (l % GPB) * ci + l / GPB : 0);
+    out_idx[l] = static_cast<int32_t>((l % co) * GPB + l / co);
+  }
+  for_each_task(g.N * nvb * nrb, g.N * g.P * g.Q * K * ci * RS, [&](int64_t task) {
+    const int64_t blk = task % nrb, vb = task / nrb % nvb, n = task / (nrb * nvb);
+    const int64_t g0 = vb * GPB, ng = std::min<int64_t>(GPB, g.G - g0);
+    const int64_t p0 = blk * rb, p1 = std::min(g.P, p0 + rb), nr = band_rows(p1 - p0), h0 = p0 * g.sh - g.ph;
+    const __m512i iidx = _mm512_load_si512(in_idx), oidx = _mm512_load_si512(out_idx);
+    const M lm = Isa::mask(ng * ci), om = Isa::mask(ng * co);
+    // the band: rows h0.., columns -pw.., each pixel's ng*ci channels interleaved (zeros past ng)
+    // + zeros for the reads of a last tile's unused pixels (no stale values, no denormals)
+    float* band = scratch(1, nr * Wb * PF + kMR * SW * PF);
+    std::memset(band + nr * Wb * PF, 0, sizeof(float) * kMR * SW * PF);
+    for (int64_t i = 0; i < nr; ++i) {
+      const int64_t h = h0 + i;
+      float* d = band + i * Wb * PF;
+      if (h < 0 || h >= g.H) {
+        std::memset(d, 0, sizeof(float) * Wb * PF);
+        continue;
+      }
+      const float* s = src + ((n * g.H + h) * g.W) * C + g0 * ci;
+      for (int64_t col = 0; col < Wb; ++col) {
+        const int64_t w = col - g.pw;
+        const V v = w >= 0 && w < g.W ? _mm512_permutexvar_ps(iidx, Isa::loadm(s + w * C, lm)) : Isa::zero();
+        Isa::store(d + col * PF, v);
+      }
+    }
+    const float* wb = wpk + vb * RS * ci * 16;
+    const V bv = Isa::load(bias_pk + vb * 16);
+    for (int64_t pr = p0; pr < p1; ++pr) {
+      const float* brow = band + (pr - p0) * g.sh * Wb * PF;
+      float* yrow = dst + ((n * g.P + pr) * g.Q) * K + g0 * co;
+      for (int64_t q0 = 0; q0 < g.Q; q0 += mrw) {
+        const int mr = static_cast<int>(std::min<int64_t>(mrw, g.Q - q0));
+        const float* bp = brow + q0 * SW * PF;
+        float* y = yrow + q0 * K;
+        const int64_t rstep = g.dh * Wb * PF, sstep = g.dw * PF;
+        switch (mrw) {
+          case 4: tile<GPB, SW, 4>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
+          case 8: tile<GPB, SW, 8>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
+          case 12: tile<GPB, SW, 12>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
+          case 14: tile<GPB, SW, 14>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
+          case 16: tile<GPB, SW, 16>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
+          case 20: tile<GPB, SW, 20>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
+          default: tile<GPB, SW, 24>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
+        }
+      }
+    }
+  });
+}
+
+// packs w'(g, k, c, r, s) (a function giving the filter value) as [block][r][s][c][k*GPB + j]
+// and the bias as [block][j*co + k]
+template <class Wf>
+void pack(const Geo& g, int gpb, const Wf& wf, const float* bias, float* wpk, float* bias_pk) {
+  const int64_t nvb = ceil_div(g.G, int64_t(gpb)), RS = g.R * g.S;
+  for (int64_t vb = 0; vb < nvb; ++vb) {
+    for (int64_t t = 0; t < RS; ++t)
+      for (int64_t c = 0; c < g.ci; ++c)
+        for (int l = 0; l < 16; ++l) {
+          const int64_t k = l / gpb, grp = vb * gpb + l % gpb;
+          wpk[((vb * RS + t) * g.ci + c) * 16 + l] = grp < g.G ? wf(grp, k, c, t / g.S, t % g.S) : 0.f;
+        }
+    for (int l = 0; l < 16; ++l) {
+      const int64_t grp = vb * gpb + l / g.co, k = l % g.co;
+      bias_pk[vb * 16 + l] = bias && grp < g.G ? bias[grp * g.co + k] : 0.f;
+    }
+  }
+}
+
+template <class Wf>
+void convolve(const Geo& g, const float* src, const Wf& wf, const float* bias, float* dst) {
+  const int gpb = static_cast<int>(16 / g.co);
+  const int64_t nvb = ceil_div(g.G, int64_t(gpb));
+  float* wpk = scratch(0, nvb * g.R * g.S * g.ci * 16 + nvb * 16);
+  float* bias_pk = wpk + nvb * g.R * g.S * g.ci * 16;
+  pack(g, gpb, wf, bias, wpk, bias_pk);
+  if (gpb == 2) g.sw == 1 ? run<2, 1>(g, src, wpk, bias_pk, dst) : run<2, 2>(g, src, wpk, bias_pk, dst);
+  else g.sw == 1 ? run<4, 1>(g, src, wpk, bias_pk, dst) : run<4, 2>(g, src, wpk, bias_pk, dst);
+}
+#endif
+
+}  // namespace
+
+void interleaved_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
+#if CONV_EXT_ISA_BITS == 512
+  const Geo g{p.N, p.H, p.W, p.groups, p.Cg(), p.Kg(), p.R, p.S, p.P, p.Q,
+              p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w};
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S;
+  convolve(g, x, [&](int64_t grp, int64_t k, int64_t c, int64_t r, int64_t s) {
+    return w[(((grp * Kg + k) * Cg + c) * R + r) * S + s];
+  }, bias, y);
+#else
+  (void)p, (void)x, (void)w, (void)bias, (void)y;
+  TORCH_CHECK(false, "conv_ext: grouped_interleaved needs AVX-512");
+#endif
+}
+
+// dx[n,h,w, g*Cg + c] = sum_{k,r,s} dy[n, h+ph-r*dh, w+pw-s*dw, g*Kg + k] * w[g*Kg + k, c, r, s]
+// (stride 1): the forward convolution of dy (Kg channels a group in, Cg out) with the filter
+// flipped, w'(c, k, r', s') = w[k, c, R-1-r', S-1-s'], and padding (R-1)*dh - ph.
+void interleaved_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
+#if CONV_EXT_ISA_BITS == 512
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S;
+  const Geo g{p.N, p.P, p.Q, p.groups, Kg, Cg, R, S, p.H, p.W, 1, 1,
+              (R - 1) * p.dil_h - p.pad_h, (S - 1) * p.dil_w - p.pad_w, p.dil_h, p.dil_w};
+  convolve(g, dy, [&](int64_t grp, int64_t c, int64_t k, int64_t r, int64_t s) {
+    return w[(((grp * Kg + k) * Cg + c) * R + (R - 1 - r)) * S + (S - 1 - s)];
+  }, nullptr, dx);
+#else
+  (void)p, (void)dy, (void)w, (void)dx;
+  TORCH_CHECK(false, "conv_ext: grouped_interleaved needs AVX-512");
+#endif
+}
+
+}  // namespace CONV_EXT_ISA_NS
+}  // namespace cpu
+}  // namespace conv_ext
+
+#endif
