@@ -52,8 +52,8 @@
 // after: 256 g32 @56/2 2.28 / 2.55 -> 1.91 / 2.13, 128 g32 @56 1.85 / 2.02 -> 1.62 / 1.83,
 // 256 g32 @28 a tie.
 // Channels_last grouped layers with 4 or 8 output channels a group (and no more input channels)
-// now run grouped_interleaved.cpp (forward, stride-1 backward-input: no transposes); strided
-// channels_last backward-input and NCHW stay here.
+// now run grouped_interleaved.cpp (forward and backward-input at strides 1-2: no transposes); NCHW
+// stays here.
 // Backward-weight stays with implicit_gemm: a dot-product kernel along the rows (NK filters x 6
 // taps of dy-row . x-phase-row products, summed across lanes per chunk of rows) ran the stem at
 // 10.6-13.9 ms against implicit_gemm's 5.4-7.1: each step's ten vectors came from L2 (no tile

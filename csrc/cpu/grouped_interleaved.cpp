@@ -1,9 +1,10 @@
-// grouped_interleaved.cpp — forward and stride-1 backward-input of grouped convolutions with 4 or
+// grouped_interleaved.cpp — forward and backward-input of grouped convolutions with 4 or
 // 8 output channels a group and no more input channels than that (ResNeXt's 128->128 g32 and
 // 256->256 g32: 4 + 4 and 8 + 8), fp32, channels_last, AVX-512.
 //
 //   forward          y[n,p,q, g*Kg + k] = bias + sum_{c,r,s} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, g*Cg + c] * w[g*Kg + k, c, r, s]
-//   backward-input   the same engine on dy, with the filter flipped and transposed (stride 1)
+//   backward-input   the same engine on dy, with the filter flipped and transposed; strided, once
+//                    per stride class of dx (each a stride-1 convolution of dy with its own taps)
 //
 // Why: implicit_gemm vectorises a group's output channels, so 8 of them fill half of a 16-lane
 // vector (4 a quarter); direct_nchw fills whole vectors with pixels, but channels_last tensors
@@ -25,7 +26,7 @@
 // random order; python benchmarks/algos.py N,C,H,W,K,3,S,1,G --layout nhwc --pass P):
 //   128->128 g32 @56 (4 + 4)   forward 1.39 [direct_nchw 1.92], torch 3.19; backward-input 1.80 [2.65], torch 3.57
 //   256->256 g32 @28 (8 + 8)   forward 1.00 [1.36], torch 1.40;            backward-input 1.14 [1.70], torch 1.63
-//   256->256 g32 @56/2         forward 2.01 [2.92], torch 2.27 (strided backward-input stays with direct_nchw)
+//   256->256 g32 @56/2         forward 2.01 [2.92], torch 2.27;            backward-input 2.98 [3.69], torch 3.16
 // With 28 accumulators instead of 24, GCC kept the filter vector on the stack (a second load per
 // FMA): half the speed. Rows are cut into tiles of equal width (kTileWidths), the band pixel is
 // padded to 16 floats so that pixel i of a tile is a constant displacement from one base.
@@ -48,10 +49,10 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
          p.stride_w <= 2;
 }
 
-// stride 1 and padding within the dilated kernel (dx is then a forward convolution of dy)
+// strides up to 2 (each stride class of dx a stride-1 convolution of dy)
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kFloat && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) && fits(p.groups, p.Kg(), p.Cg()) &&
-         p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= (p.R - 1) * p.dil_h && p.pad_w <= (p.S - 1) * p.dil_w;
+         p.stride_h <= 2 && p.stride_w <= 2;
 }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
@@ -85,6 +86,9 @@ namespace {
 // q*sw - pw + s*dw).
 struct Geo {
   int64_t N, H, W, G, ci, co, R, S, P, Q, sh, sw, ph, pw, dh, dw;
+  // where output pixel (p, q) goes: dst pixel (p*osh + oh0, q*osw + ow0) of Hd x Wd (a stride
+  // class of a strided backward-input; a plain output: 1, 0, 1, 0, P x Q)
+  int64_t osh = 1, oh0 = 0, osw = 1, ow0 = 0, Hd = 0, Wd = 0;
 };
 
 #if CONV_EXT_ISA_BITS == 512
@@ -109,7 +113,7 @@ inline V bcast(const float* p) {
 // and are not stored), through every tap and input channel.
 template <int GPB, int SW, int MR>
 void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, int64_t ci, const float* wb,
-          float* y, int64_t K, int mr, const __m512i& oidx, V bv, M om) {
+          float* y, int64_t ys, int mr, const __m512i& oidx, V bv, M om) {
   V acc[MR];
 #pragma GCC unroll 24
   for (int i = 0; i < MR; ++i) acc[i] = Isa::zero();
@@ -123,7 +127,7 @@ void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, i
         for (int i = 0; i < MR; ++i) acc[i] = Isa::fma(bcast<GPB>(tp + i * SW * 16), wv, acc[i]);
       }
     }
-  for (int i = 0; i < mr; ++i) Isa::storem(y + i * K, Isa::add(_mm512_permutexvar_ps(oidx, acc[i]), bv), om);
+  for (int i = 0; i < mr; ++i) Isa::storem(y + i * ys, Isa::add(_mm512_permutexvar_ps(oidx, acc[i]), bv), om);
 }
 
 // Tile widths: a row of Q pixels runs in ceil(Q / 24) tiles of the narrowest width here that
@@ -184,20 +188,21 @@ void run(const Geo& g, const float* src, const float* wpk, const float* bias_pk,
     const V bv = Isa::load(bias_pk + vb * 16);
     for (int64_t pr = p0; pr < p1; ++pr) {
       const float* brow = band + (pr - p0) * g.sh * Wb * PF;
-      float* yrow = dst + ((n * g.P + pr) * g.Q) * K + g0 * co;
+      float* yrow = dst + ((n * g.Hd + pr * g.osh + g.oh0) * g.Wd + g.ow0) * K + g0 * co;
+      const int64_t ys = g.osw * K;  // from one output pixel of the row to the next
       for (int64_t q0 = 0; q0 < g.Q; q0 += mrw) {
         const int mr = static_cast<int>(std::min<int64_t>(mrw, g.Q - q0));
         const float* bp = brow + q0 * SW * PF;
-        float* y = yrow + q0 * K;
+        float* y = yrow + q0 * ys;
         const int64_t rstep = g.dh * Wb * PF, sstep = g.dw * PF;
         switch (mrw) {
-          case 4: tile<GPB, SW, 4>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
-          case 8: tile<GPB, SW, 8>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
-          case 12: tile<GPB, SW, 12>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
-          case 14: tile<GPB, SW, 14>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
-          case 16: tile<GPB, SW, 16>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
-          case 20: tile<GPB, SW, 20>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
-          default: tile<GPB, SW, 24>(bp, g.R, g.S, rstep, sstep, ci, wb, y, K, mr, oidx, bv, om); break;
+          case 4: tile<GPB, SW, 4>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
+          case 8: tile<GPB, SW, 8>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
+          case 12: tile<GPB, SW, 12>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
+          case 14: tile<GPB, SW, 14>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
+          case 16: tile<GPB, SW, 16>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
+          case 20: tile<GPB, SW, 20>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
+          default: tile<GPB, SW, 24>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
         }
       }
     }
@@ -239,8 +244,9 @@ void convolve(const Geo& g, const float* src, const Wf& wf, const float* bias, f
 
 void interleaved_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
 #if CONV_EXT_ISA_BITS == 512
-  const Geo g{p.N, p.H, p.W, p.groups, p.Cg(), p.Kg(), p.R, p.S, p.P, p.Q,
-              p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w};
+  Geo g{p.N, p.H, p.W, p.groups, p.Cg(), p.Kg(), p.R, p.S, p.P, p.Q,
+        p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w};
+  g.Hd = p.P, g.Wd = p.Q;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S;
   convolve(g, x, [&](int64_t grp, int64_t k, int64_t c, int64_t r, int64_t s) {
     return w[(((grp * Kg + k) * Cg + c) * R + r) * S + s];
@@ -251,17 +257,42 @@ void interleaved_forward(const Conv2dParams& p, const float* x, const float* w, 
 #endif
 }
 
-// dx[n,h,w, g*Cg + c] = sum_{k,r,s} dy[n, h+ph-r*dh, w+pw-s*dw, g*Kg + k] * w[g*Kg + k, c, r, s]
-// (stride 1): the forward convolution of dy (Kg channels a group in, Cg out) with the filter
-// flipped, w'(c, k, r', s') = w[k, c, R-1-r', S-1-s'], and padding (R-1)*dh - ph.
+// dx[n,h,w, g*Cg + c] = sum_{k,r,s} dy[n, (h+ph-r*dh)/sh, (w+pw-s*dw)/sw, g*Kg + k] * w[g*Kg + k, c, r, s]
+// over the taps whose quotients are whole. The dx pixels split into stride classes (h mod sh,
+// w mod sw); in a class (psi, phi), h = psi + sh*i, the taps that reach it are a fixed list whose
+// dy rows are i + (psi + ph - r*dh)/sh: a stride-1 forward convolution of dy (Kg channels a group
+// in, Cg out) with those taps, their order flipped (offsets rising), written to every sh-th row
+// and sw-th column of dx from (psi, phi). At stride 1, one class: the filter flipped, padding
+// (R-1)*dh - ph. The zeros a stride inserts into dy are never multiplied.
 void interleaved_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
 #if CONV_EXT_ISA_BITS == 512
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S;
-  const Geo g{p.N, p.P, p.Q, p.groups, Kg, Cg, R, S, p.H, p.W, 1, 1,
-              (R - 1) * p.dil_h - p.pad_h, (S - 1) * p.dil_w - p.pad_w, p.dil_h, p.dil_w};
-  convolve(g, dy, [&](int64_t grp, int64_t c, int64_t k, int64_t r, int64_t s) {
-    return w[(((grp * Kg + k) * Cg + c) * R + (R - 1 - r)) * S + (S - 1 - s)];
-  }, nullptr, dx);
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, H = p.H, W = p.W, C = p.C;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  for (int64_t psi = 0; psi < std::min(sh, H); ++psi)
+    for (int64_t phi = 0; phi < std::min(sw, W); ++phi) {
+      // the taps of the class, rising in r (s), so their dy offsets fall by dh / gcd(dh, sh) a tap
+      std::vector<int64_t> rl, sl;
+      for (int64_t r = 0; r < R; ++r)
+        if (floor_mod(psi + ph - r * dh, sh) == 0) rl.push_back(r);
+      for (int64_t s = 0; s < S; ++s)
+        if (floor_mod(phi + pw - s * dw, sw) == 0) sl.push_back(s);
+      const int64_t Hc = ceil_div(H - psi, sh), Wc = ceil_div(W - phi, sw), Rc = rl.size(), Sc = sl.size();
+      if (Rc == 0 || Sc == 0) {  // no tap reaches these dx pixels
+        for_each_task(p.N * Hc, p.N * Hc * Wc * C, [&](int64_t t) {
+          float* row = dx + ((t / Hc * H + psi + t % Hc * sh) * W + phi) * C;
+          for (int64_t j = 0; j < Wc; ++j) std::memset(row + j * sw * C, 0, sizeof(float) * C);
+        });
+        continue;
+      }
+      const int64_t rmin = floor_div(psi + ph - rl.back() * dh, sh), smin = floor_div(phi + pw - sl.back() * dw, sw);
+      const int64_t rstep = Rc > 1 ? floor_div(psi + ph - rl[Rc - 2] * dh, sh) - rmin : 1;
+      const int64_t sstep = Sc > 1 ? floor_div(phi + pw - sl[Sc - 2] * dw, sw) - smin : 1;
+      Geo g{p.N, p.P, p.Q, p.groups, Kg, Cg, Rc, Sc, Hc, Wc, 1, 1, -rmin, -smin, rstep, sstep};
+      g.osh = sh, g.oh0 = psi, g.osw = sw, g.ow0 = phi, g.Hd = H, g.Wd = W;
+      convolve(g, dy, [&](int64_t grp, int64_t c, int64_t k, int64_t r, int64_t s) {
+        return w[(((grp * Kg + k) * Cg + c) * R + rl[Rc - 1 - r]) * S + sl[Sc - 1 - s]];
+      }, nullptr, dx);
+    }
 #else
   (void)p, (void)dy, (void)w, (void)dx;
   TORCH_CHECK(false, "conv_ext: grouped_interleaved needs AVX-512");
