@@ -8,12 +8,13 @@ and ``num_classes``, so tests can build small copies with the same structure.
 The benchmark suites in ``shapes.py`` are read off these definitions (every distinct conv layer),
 so a layer list and the model it came from cannot disagree.
 """
+import functools
 from typing import List, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["ResNet", "resnet18", "resnet50", "MobileNetV2", "mobilenet_v2", "vgg16", "cifar_resnet20", "MODELS"]
+__all__ = ["ResNet", "resnet18", "resnet50", "resnext50_32x4d", "MobileNetV2", "mobilenet_v2", "vgg16", "cifar_resnet20", "MODELS"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,18 +52,21 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (``stride`` here, as torchvision), 1x1 expand x4 (ResNet-50/101/152)."""
+    """1x1 reduce, 3x3 (``stride`` here, as torchvision), 1x1 expand x4 (ResNet-50/101/152).
+    ResNeXt: the 3x3 is grouped, ``groups`` of ``width_per_group`` channels (32 x 4 in the first
+    stage of ResNeXt-50 32x4d: 128 channels where ResNet-50 has 64)."""
 
     expansion = 4
 
-    def __init__(self, c_in: int, planes: int, stride: int = 1):
+    def __init__(self, c_in: int, planes: int, stride: int = 1, groups: int = 1, width_per_group: int = 64):
         super().__init__()
         c_out = planes * self.expansion
-        self.conv1 = conv1x1(c_in, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, c_out)
+        width = planes * width_per_group // 64 * groups
+        self.conv1 = conv1x1(c_in, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, c_out)
         self.bn3 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: Optional[nn.Module] = None
@@ -114,6 +118,12 @@ def resnet18(num_classes: int = 1000, width: int = 64) -> ResNet:
 
 def resnet50(num_classes: int = 1000, width: int = 64) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, width)
+
+
+def resnext50_32x4d(num_classes: int = 1000, width: int = 64) -> ResNet:
+    block = functools.partial(Bottleneck, groups=32, width_per_group=4)
+    block.expansion = Bottleneck.expansion
+    return ResNet(block, [3, 4, 6, 3], num_classes, width)
 
 
 class CifarResNet(nn.Module):
@@ -245,6 +255,7 @@ def vgg16(num_classes: int = 1000, width: int = 64) -> VGG:
 MODELS = {
     "resnet18": (resnet18, 224),
     "resnet50": (resnet50, 224),
+    "resnext50_32x4d": (resnext50_32x4d, 224),
     "mobilenet_v2": (mobilenet_v2, 224),
     "vgg16": (vgg16, 224),
     "cifar_resnet20": (cifar_resnet20, 32),

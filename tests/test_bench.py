@@ -37,6 +37,7 @@ def run_cli(args, cwd, timeout=240):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, params, convs", [
     ("resnet18", 11_689_512, 20), ("resnet50", 25_557_032, 53), ("mobilenet_v2", 3_504_872, 52),
+    ("resnext50_32x4d", 25_028_904, 53),
 ])
 def test_models_have_the_published_sizes(name, params, convs):
     """Parameter counts of the published architectures (as torchvision reports them)."""
