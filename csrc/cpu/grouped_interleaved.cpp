@@ -154,10 +154,11 @@ void run(const Geo& g, const float* src, const float* wpk, const float* bias_pk,
       mrw = t;
       break;
     }
-  // permute indices: band lane c*GPB + j <- source lane j*ci + c; output lane j*co + k <- k*GPB + j
+  // permute indices: band lane c*GPB + j <- source lane j*ci + c (lanes past ci*GPB are never
+  // read); output lane j*co + k <- k*GPB + j
   alignas(64) int32_t in_idx[16], out_idx[16];
   for (int l = 0; l < 16; ++l) {
-    in_idx[l] = static_cast<int32_t>(l < PF ? (l % GPB) * ci + l / GPB : 0);
+    in_idx[l] = static_cast<int32_t>(((l % GPB) * ci + l / GPB) % 16);
     out_idx[l] = static_cast<int32_t>((l % co) * GPB + l / co);
   }
   for_each_task(g.N * nvb * nrb, g.N * g.P * g.Q * K * ci * RS, [&](int64_t task) {
