@@ -236,8 +236,6 @@ def test_inference_tensors_are_not_cached():
     torch.testing.assert_close(outs[-1], F.conv2d(x, w, None, 2, 1), rtol=1e-4, atol=1e-4)
 
 
-
-
 def test_concurrent_calls():
     x, w = make((2, 20, 9, 11), 40, 3, "nhwc")
     expected = conv_ext.conv2d(x, fresh(w), None, 2, 1)

@@ -147,6 +147,7 @@ void run(const Geo& g, const float* src, const float* wpk, const float* bias_pk,
   while (rb > 1 && band_rows(rb) * Wb * PF > 65536) --rb;
   while (rb > 1 && g.N * nvb * ceil_div(g.P, rb) < 8 * pool_threads()) rb = ceil_div(rb, 2);
   const int64_t nrb = ceil_div(g.P, rb);
+  const int64_t rstep = g.dh * Wb * PF, sstep = g.dw * PF;  // from one tap row / column to the next
   const int64_t share = ceil_div(g.Q, ceil_div(g.Q, int64_t(kMR)));  // pixels a tile of a row
   int64_t mrw = kMR;
   for (int t : kTileWidths)
@@ -195,7 +196,6 @@ void run(const Geo& g, const float* src, const float* wpk, const float* bias_pk,
         const int mr = static_cast<int>(std::min<int64_t>(mrw, g.Q - q0));
         const float* bp = brow + q0 * SW * PF;
         float* y = yrow + q0 * ys;
-        const int64_t rstep = g.dh * Wb * PF, sstep = g.dw * PF;
         switch (mrw) {
           case 4: tile<GPB, SW, 4>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
           case 8: tile<GPB, SW, 8>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;

@@ -232,15 +232,17 @@ constexpr int kRunWidths[] = {24, 16, 14, 12, 8, 7};
 constexpr int kRunWidths[] = {8, 7};
 #endif
 
-// widths[0..n) of the runs of a row of Q pixels, widest first (n returned); the rest,
-// Q - sum(widths), goes to the micro-kernel. A shortest-path over the row's pixel counts.
+// The widths of the runs of a row of Q pixels, widest first; the rest, Q - their sum, goes to the
+// micro-kernel. A shortest path over the row's pixel counts.
 std::vector<int> cut_row(int64_t Q) {
   std::vector<double> cost(Q + 1);
   std::vector<int> last(Q + 1, 0);  // the width of the last run of the best cut of l pixels (0: rest)
   for (int64_t l = 0; l <= Q; ++l) {
     cost[l] = 1.4 * double(l);
-    for (int t : kRunWidths)
-      if (t <= l && cost[l - t] + std::max(t, 8) + 0.5 < cost[l]) cost[l] = cost[l - t] + std::max(t, 8) + 0.5, last[l] = t;
+    for (int t : kRunWidths) {
+      const double with_run = t <= l ? cost[l - t] + std::max(t, 8) + 0.5 : cost[l];
+      if (with_run < cost[l]) cost[l] = with_run, last[l] = t;
+    }
   }
   std::vector<int> widths;
   for (int64_t l = Q; last[l] > 0; l -= last[l]) widths.push_back(last[l]);
