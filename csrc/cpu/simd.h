@@ -335,11 +335,29 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
 // direct_nchw.cpp.
 // Stride 1 is a memcpy per row and stride 2 (AVX-512) a vector de-interleave, the row's end
 // included (masked loads and stores): the scalar copy was most of the NCHW forward at 96@112/2
-// (1.6 ms against torch's 1.4). That layer is now bound by reading x: the pack alone (the
-// kernel's arithmetic skipped) took 1.1 of its 1.6 ms, 2 threads; software prefetch of rows
-// 4..16 ahead changed nothing measurable.
+// (1.6 ms against torch's 1.4). Other strides copy one value at a time, with each phase's
+// bounds computed once per call (they were four integer divisions a row, and two small fills
+// through memset: with them, the pack of that layer took twice as long as a plain read of x).
+// n zeros at d, by vector stores (a loop of scalar zeros becomes a memset call: ~20 cycles for
+// the one or two floats of a row's padding)
+inline void zero_floats(float* d, int64_t n) {
+  for (int64_t i = 0; i < n; i += Isa::VL) Isa::storem(d + i, Isa::zero(), Isa::mask(n - i));
+}
+
 inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
                              int64_t nrows, int64_t wq, float* buf) {
+  // Generic strides: phase rows dp[j] = s[j*sw + phase - pw] for j in [jl, jh), zeros elsewhere.
+  constexpr int64_t kMaxPhases = 16;
+  int64_t jl[kMaxPhases], jh[kMaxPhases];
+  const bool generic = sw > 2 || (sw == 2 && CONV_EXT_ISA_BITS != 512);
+  if (generic) {
+    for (int64_t phase = 0; phase < sw; ++phase) {
+      const int64_t off = phase - pw;
+      const int64_t lo = std::min(wq, std::max<int64_t>(0, ceil_div(-off, sw)));
+      const int64_t hi = std::max(lo, std::min(wq, floor_div(W - 1 - off, sw) + 1));
+      if (phase < kMaxPhases) jl[phase] = lo, jh[phase] = hi;
+    }
+  }
   for (int64_t row = 0; row < nrows; ++row) {
     const int64_t ih = row - ph;
     float* d = buf + row * sw * wq;
@@ -348,38 +366,49 @@ inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t p
       continue;
     }
     const float* s = plane + ih * W;
-    // [v_lo, v_hi): columns j copied by the vector paths below, for every phase
-    int64_t v_lo = 0, v_hi = 0;
-    if (sw == 1) {  // a shifted copy of the row
-      v_lo = std::min(wq, pw), v_hi = std::min(wq, pw + W);
-      std::memcpy(d + v_lo, s + v_lo - pw, sizeof(float) * (v_hi - v_lo));
+    if (sw == 1) {  // a shifted copy of the row, zeros around it
+      const int64_t lo = std::min(wq, pw), hi = std::max(lo, std::min(wq, pw + W));
+      zero_floats(d, lo);
+      std::memcpy(d + lo, s + lo - pw, sizeof(float) * (hi - lo));
+      zero_floats(d + hi, wq - hi);
+      continue;
     }
 #if CONV_EXT_ISA_BITS == 512
     if (sw == 2) {  // de-interleave 32 inputs into 16 of each phase with two permutes
       const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
       const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-      v_lo = v_hi = std::min(wq, ceil_div(pw, 2));
-      // the row's end by masked loads (zeros past column W) and masked stores (up to wq)
-      for (; v_hi < wq && 2 * v_hi - pw < W; v_hi += 16) {
-        const float* t = s + 2 * v_hi - pw;
-        const int64_t left = W - (2 * v_hi - pw);
+      const int64_t v_lo = std::min(wq, ceil_div(pw, 2));  // columns j < v_lo read left of the row
+      for (int64_t j = 0; j < v_lo; ++j)
+        for (int64_t phase = 0; phase < 2; ++phase) {
+          const int64_t col = 2 * j + phase - pw;
+          d[phase * wq + j] = col >= 0 && col < W ? s[col] : 0.f;
+        }
+      // up to wq: masked loads read zeros past column W (nothing at all once past it) and
+      // masked stores end at wq
+      for (int64_t v = v_lo; v < wq; v += 16) {
+        const float* t = s + 2 * v - pw;
+        const int64_t left = W - (2 * v - pw);
         const __m512 a = Isa::loadm(t, Isa::mask(left)), b = Isa::loadm(t + 16, Isa::mask(left - 16));
-        const __mmask16 m = Isa::mask(wq - v_hi);
-        Isa::storem(d + v_hi, _mm512_permutex2var_ps(a, even, b), m);
-        Isa::storem(d + wq + v_hi, _mm512_permutex2var_ps(a, odd, b), m);
+        const __mmask16 m = Isa::mask(wq - v);
+        Isa::storem(d + v, _mm512_permutex2var_ps(a, even, b), m);
+        Isa::storem(d + wq + v, _mm512_permutex2var_ps(a, odd, b), m);
       }
-      v_hi = std::min(v_hi, wq);
+      continue;
     }
 #endif
-    for (int64_t phase = 0; phase < sw; ++phase) {  // the rest: zeros outside [jl, jh), then one value at a time
+    for (int64_t phase = 0; phase < sw; ++phase) {  // one value at a time
       float* dp = d + phase * wq;
       const int64_t off = phase - pw;  // dp[j] = s[j*sw + off]
-      const int64_t jl = std::min(wq, std::max<int64_t>(0, ceil_div(-off, sw)));
-      const int64_t jh = std::max(jl, std::min(wq, floor_div(W - 1 - off, sw) + 1));
-      std::fill(dp, dp + jl, 0.f);
-      std::fill(dp + jh, dp + wq, 0.f);
-      for (int64_t j = jl; j < std::max(jl, v_lo); ++j) dp[j] = s[j * sw + off];
-      for (int64_t j = std::max(jl, v_hi); j < jh; ++j) dp[j] = s[j * sw + off];
+      int64_t lo, hi;
+      if (phase < kMaxPhases) {
+        lo = jl[phase], hi = jh[phase];
+      } else {
+        lo = std::min(wq, std::max<int64_t>(0, ceil_div(-off, sw)));
+        hi = std::max(lo, std::min(wq, floor_div(W - 1 - off, sw) + 1));
+      }
+      zero_floats(dp, lo);
+      for (int64_t j = lo; j < hi; ++j) dp[j] = s[j * sw + off];
+      zero_floats(dp + hi, wq - hi);
     }
   }
 }
