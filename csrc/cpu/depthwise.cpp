@@ -418,6 +418,14 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
       if (floor_mod(t, sw) != 0) continue;
       s_tap[phase * S + s_n[phase]] = s, s_col[phase * S + s_n[phase]] = floor_div(t, sw) + padL, ++s_n[phase];
     }
+  // Likewise the filter rows that reach dx row ih, by its residue u = (ih + ph) % sh: r with
+  // (u - r*dh) % sh == 0, reading dy row (ih + ph) / sh + r_d (when inside dy).
+  std::vector<int64_t> r_n(sh, 0), r_tap(sh * R), r_d(sh * R);
+  for (int64_t u = 0; u < sh; ++u)
+    for (int64_t r = 0; r < R; ++r) {
+      if (floor_mod(u - r * dh, sh) != 0) continue;
+      r_tap[u * R + r_n[u]] = r, r_d[u * R + r_n[u]] = floor_div(u - r * dh, sh), ++r_n[u];
+    }
   for_each_task(N * C, p.macs(), [&](int64_t task) {
     const int64_t c = task % C;
     const int64_t Wt = round_up(ceil_div(W, sw), 4 * VL);  // one phase's row in tmp
@@ -433,19 +441,19 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
     float* out = dx + task * H * W;
     const float* tp[kMaxTaps];
     float tw[kMaxTaps];
-    for (int64_t ih = 0; ih < H; ++ih) {
-      int64_t r_tap[kMaxTaps], r_row[kMaxTaps], nr = 0;  // filter rows that reach dx row ih
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t th = ih + ph - r * dh;
-        if (th >= 0 && th % sh == 0 && th / sh < P) r_tap[nr] = r, r_row[nr] = th / sh, ++nr;
-      }
+    for (int64_t ih = 0, u = ph % sh, base = ph / sh; ih < H; ++ih) {  // u, base: (ih + ph) % sh, / sh
+      const int64_t* rt = &r_tap[u * R];
+      const int64_t* rd = &r_d[u * R];
       for (int64_t phase = 0; phase < nph; ++phase) {
         int nt = 0;
-        for (int64_t i = 0; i < nr; ++i)
+        for (int64_t i = 0; i < r_n[u]; ++i) {
+          const int64_t row = base + rd[i];
+          if (row < 0 || row >= P) continue;
           for (int64_t k = 0; k < s_n[phase]; ++k) {
-            tp[nt] = buf + r_row[i] * Wpp + s_col[phase * S + k];
-            tw[nt] = wc[r_tap[i] * S + s_tap[phase * S + k]], ++nt;
+            tp[nt] = buf + row * Wpp + s_col[phase * S + k];
+            tw[nt] = wc[rt[i] * S + s_tap[phase * S + k]], ++nt;
           }
+        }
         const int64_t ncol = ceil_div(W - phase, sw);
         const int nq = nq_for(ncol);
         float* o = sw == 1 ? out + ih * W : tmp + phase * Wt;
@@ -461,6 +469,7 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
         }
       }
       if (sw != 1) interleave_phases(tmp, Wt, sw, W, out + ih * W);
+      if (++u == sh) u = 0, ++base;
     }
   });
 }
