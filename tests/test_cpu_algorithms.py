@@ -81,6 +81,8 @@ DEPTHWISE = [
     ((1, 8, 11, 11), 8, (3, 3), 5, 1, 1, 8),           # stride 5: more phases than the per-phase tap lists
     ((1, 16, 520, 520), 16, (3, 3), 2, 1, 1, 16),      # > 4M input elements: NHWC backward-weight copies rows
     ((2, 128, 6, 5), 128, (3, 3), 2, 1, 1, 128),       # NCHW via NHWC in blocks of 64 channels
+    ((1, 3, 41, 150), 3, (5, 3), 1, (2, 1), (2, 1), 3),  # NCHW forward in bands of rows: a partial last band
+    ((1, 6, 23, 19), 6, (5, 3), (3, 2), (2, 1), (2, 1), 6),  # NCHW dx rows by residue: stride 3, dilation 2
 ]
 WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 32, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # odd sizes: half tiles at the edges
