@@ -29,8 +29,16 @@
 //   with the columns split by phase (column j*sw + phase), so every tap reads a contiguous run:
 //   y[p, q..q+4*VL) += w[r,s] * buf[row][phase][q + off]. Backward-input splits the dx columns
 //   into stride phases (as implicit_gemm does) and reads a padded dy plane with step 1.
-//   Backward-weight: a task owns a channel; for every tap a vector dot product of dy rows with
-//   shifted x rows, summed over the images in order.
+//   Backward-weight: a task owns a channel; per filter row, each dy vector feeds the row's 3 or
+//   5 taps (bw_filter_row; other widths one tap at a time), summed over the images in order.
+//   Eighth round (batch 4, 2 threads; python benchmarks/ab.py OLD.so NEW.so SHAPE --layout
+//   nchw --pass P: mins of 100-300 calls, old and new build in 6 alternating processes):
+//   forward packs bands of rows that stay in L1 (was the whole plane: 60 KiB at 112x112/2)
+//   with 8 FMA chains, and pack_phase_plane lost its per-row divisions and memset calls:
+//   96@112/2 forward 1.6-1.9 -> 1.0-1.5 ms;
+//   backward-input's tap lists without divisions: 2.3-2.9 -> 1.4-1.8 ms; backward-weight by
+//   filter rows: 96@112/2 1.7-2.2 -> 1.4-1.6, 144@56/2 0.7-0.9 -> 0.42-0.66, 32@112 1.5-2.0
+//   -> 0.9-1.1 ms.
 // NCHW planes <= 28x28 with C % 16 == 0 (MobileNet's 14x14/7x7 layers) instead run the NHWC
 //   kernels on NHWC copies (transpose_rows of simd.h, 16x16 vector blocks, both ways), strided
 //   backward-input included: it ran the NCHW phase kernel before, 0.81 ms against torch's 0.16
@@ -475,51 +483,81 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
 }
 
 
+// The ST taps of one filter row over the P x Q outputs of one image (backward-weight): each dy
+// vector, loaded once, feeds the ST taps' FMAs, and the RB x ST x NQ sums are independent chains
+// (one tap at a time ran RB x NQ = 4 chains and reloaded dy per tap; 144@56 stride 1, batch 4,
+// 2 threads: see nchw_backward_weight_t). buf: the image's phase rows, rstep floats per output
+// row; offs[s]: where tap s of output column 0 reads; lastm: the lanes of a row's last step. The
+// sums of a tap are added in the same order as the one-tap loop adds them (the same bits).
+template <int NQ, int ST>
+void bw_filter_row(const float* buf, const float* g, int64_t P, int64_t Q, int64_t rstep, const int64_t* offs,
+                   const M* lastm, float* total) {
+  constexpr int RB = 4 / NQ;
+  V acc[RB][ST][NQ];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int s = 0; s < ST; ++s)
+      for (int v = 0; v < NQ; ++v) acc[rb][s][v] = Isa::zero();
+  const int64_t nqs = ceil_div(Q, NQ * VL);
+  for (int64_t p0 = 0; p0 < P; p0 += RB)
+    for (int64_t qs = 0; qs < nqs; ++qs) {
+      const int64_t q0 = qs * NQ * VL;
+      const bool last = qs + 1 == nqs;
+#pragma GCC unroll 4
+      for (int rb = 0; rb < RB; ++rb) {
+        const bool row_ok = p0 + rb < P;
+        const int64_t pr = row_ok ? p0 + rb : P - 1;
+        const float* gr = g + pr * Q + q0;
+        V gv[NQ];
+#pragma GCC unroll 4
+        for (int v = 0; v < NQ; ++v)
+          gv[v] = !row_ok ? Isa::zero() : last ? Isa::loadm(gr + v * VL, lastm[v]) : Isa::load(gr + v * VL);
+        const float* xr = buf + pr * rstep + q0;
+#pragma GCC unroll 8
+        for (int s = 0; s < ST; ++s)
+#pragma GCC unroll 4
+          for (int v = 0; v < NQ; ++v) acc[rb][s][v] = Isa::fma(gv[v], Isa::load(xr + offs[s] + v * VL), acc[rb][s][v]);
+      }
+    }
+  for (int s = 0; s < ST; ++s) {
+    V sum = Isa::zero();
+    for (int rb = 0; rb < RB; ++rb)
+      for (int v = 0; v < NQ; ++v) sum = Isa::add(sum, acc[rb][s][v]);
+    total[s] += hsum(sum);
+  }
+}
+
 template <int NQ>
 void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
-  constexpr int RB = 4 / NQ;
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t nrows = (P - 1) * sh + (R - 1) * dh + 1;
   const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
-  M qm[NQ];
-  for (int v = 0; v < NQ; ++v) qm[v] = Isa::mask(Q - v * VL);  // valid lanes of the last step
+  const int64_t nqs = ceil_div(Q, NQ * VL);
+  M lastm[NQ];  // the valid lanes of a row's last step
+  for (int v = 0; v < NQ; ++v) lastm[v] = Isa::mask(Q - (nqs - 1) * NQ * VL - v * VL);
+  int64_t offs[kMaxTaps];  // tap (r, s) of output column 0 reads buf + offs[r*S + s]
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s) offs[r * S + s] = phase_tap_offset(r, s, dh, dw, sw, wq);
+  const int64_t rstep = sh * sw * wq;
   for_each_task(C, p.macs(), [&](int64_t c) {
     float* buf = scratch(1, nrows * sw * wq);
     float total[kMaxTaps] = {};
     for (int64_t n = 0; n < N; ++n) {
       pack_phase_plane(x + (n * C + c) * H * W, H, W, ph, pw, sw, nrows, wq, buf);
       const float* g = dy + (n * C + c) * P * Q;
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s) {
-          const int64_t off = phase_tap_offset(r, s, dh, dw, sw, wq);
-          V acc[RB][NQ];
-          for (int rb = 0; rb < RB; ++rb)
-            for (int v = 0; v < NQ; ++v) acc[rb][v] = Isa::zero();
-          for (int64_t p0 = 0; p0 < P; p0 += RB)
-            for (int64_t q0 = 0; q0 < Q; q0 += NQ * VL) {
-#pragma GCC unroll 4
-              for (int rb = 0; rb < RB; ++rb) {
-                const bool row_ok = p0 + rb < P;
-                const int64_t pr = row_ok ? p0 + rb : P - 1;
-                const float* xr = buf + pr * sh * sw * wq + off + q0;
-                const float* gr = g + pr * Q + q0;
-#pragma GCC unroll 4
-                for (int v = 0; v < NQ; ++v) {
-                  const M mv = row_ok ? Isa::mask(Q - q0 - v * VL) : Isa::mask(0);
-                  acc[rb][v] = Isa::fma(Isa::loadm(gr + v * VL, mv), Isa::load(xr + v * VL), acc[rb][v]);
-                }
-              }
-            }
-          V sum = Isa::zero();
-          for (int rb = 0; rb < RB; ++rb)
-            for (int v = 0; v < NQ; ++v) sum = Isa::add(sum, acc[rb][v]);
-          total[r * S + s] += hsum(sum);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t* o = offs + r * S;
+        float* t = total + r * S;
+        switch (S) {  // the filter widths of MobileNet / EfficientNet; others one tap at a time
+          case 3: bw_filter_row<NQ, 3>(buf, g, P, Q, rstep, o, lastm, t); break;
+          case 5: bw_filter_row<NQ, 5>(buf, g, P, Q, rstep, o, lastm, t); break;
+          default:
+            for (int64_t s = 0; s < S; ++s) bw_filter_row<NQ, 1>(buf, g, P, Q, rstep, o + s, lastm, t + s);
         }
+      }
     }
     for (int64_t t = 0; t < R * S; ++t) dwt[c * R * S + t] = total[t];
   });
-  (void)qm;
 }
 
 void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {

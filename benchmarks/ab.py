@@ -1,0 +1,116 @@
+"""A/B of two builds of conv_ext on one op and shape: the old and the new extension library
+(_C*.so) each in its own copy of the package, run in alternating processes (old, new, old, ...)
+so that the machine's drift hits both alike; each process times `--reps` calls of one op and
+prints its min and median.
+
+    cp conv_ext/_C*.so /tmp/old.so        # before the change
+    ... edit, rebuild (python setup.py build_ext --inplace) ...
+    PYTHONPATH=. python benchmarks/ab.py /tmp/old.so conv_ext/_C*.so 4,96,112,112,96,3,2,1,96 \\
+        --layout nchw --pass backward_weight
+
+The shape is N,C,H,W,K,R[,stride,padding,groups] as in benchmarks/algos.py. The op is called
+through torch.ops.conv_ext with the default algorithm choice (set CONV_EXT_* variables in the
+environment to change it); the output of the first call of each process is checked against
+torch's. Use it for changes smaller than the machine's drift between runs (10-30% here).
+"""
+import argparse
+import glob
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PKG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "conv_ext")
+
+
+def child(shape, layout, pass_name, reps):
+    import torch
+    import torch.nn.functional as F
+
+    import conv_ext  # noqa: F401  (registers torch.ops.conv_ext)
+
+    v = [int(s) for s in shape.split(",")]
+    n, c, h, w, k, r = v[:6]
+    stride, padding, groups = (v[6:] + [1, 0, 1][len(v) - 6:])[:3]
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=fmt)
+    wt = torch.randn(k, c // groups, r, r, generator=g).contiguous(memory_format=fmt)
+    geo = ([stride] * 2, [padding] * 2, [1, 1], groups)
+    y = F.conv2d(x, wt, None, stride, padding, 1, groups)
+    dy = torch.randn(y.shape, generator=g).contiguous(memory_format=fmt)
+    ops = torch.ops.conv_ext
+    if pass_name == "forward":
+        fn, ref = (lambda: ops.conv2d_forward(x, wt, None, *geo)), y
+    elif pass_name == "backward_input":
+        fn = lambda: ops.conv2d_backward_input(dy, wt, list(x.shape), *geo)  # noqa: E731
+        ref = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, [0, 0], groups,
+                                                  [True, False, False])[0]
+    else:
+        fn = lambda: ops.conv2d_backward_weight(dy, x, list(wt.shape), *geo)  # noqa: E731
+        ref = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, [0, 0], groups,
+                                                  [False, True, False])[1]
+    out = fn()
+    err = ((out - ref).abs().max() / ref.abs().max()).item()
+    if not err < 1e-4:
+        raise SystemExit(f"wrong result: relative error {err:.2e}")
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    print(f"{min(ts) * 1e3:.4f} {statistics.median(ts) * 1e3:.4f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("old", help="the old build's extension library (a copy of conv_ext/_C*.so)")
+    ap.add_argument("new", help="the new build's extension library")
+    ap.add_argument("shape", help="N,C,H,W,K,R[,stride,padding,groups]")
+    ap.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
+    ap.add_argument("--pass", dest="pass_name", choices=("forward", "backward_input", "backward_weight"),
+                    default="forward")
+    ap.add_argument("--reps", type=int, default=200, help="calls timed per process")
+    ap.add_argument("--rounds", type=int, default=6, help="processes per side, alternated")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.shape, args.layout, args.pass_name, args.reps)
+
+    built = glob.glob(os.path.join(PKG, "_C*.so"))
+    if not built:
+        raise SystemExit("build the extension first (its file name is taken from conv_ext/_C*.so)")
+    with tempfile.TemporaryDirectory() as tmp:
+        roots = {}
+        for side, lib in (("old", args.old), ("new", args.new)):
+            root = os.path.join(tmp, side)
+            shutil.copytree(PKG, os.path.join(root, "conv_ext"),
+                            ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+            shutil.copy(lib, os.path.join(root, "conv_ext", os.path.basename(built[0])))
+            roots[side] = root
+        res = {"old": [], "new": []}
+        for _ in range(args.rounds):
+            for side in ("old", "new"):
+                env = dict(os.environ, PYTHONPATH=roots[side])
+                cmd = [sys.executable, os.path.abspath(__file__), args.old, args.new, args.shape, "--layout",
+                       args.layout, "--pass", args.pass_name, "--reps", str(args.reps), "--child"]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise SystemExit(f"{side}: {out.stderr.strip() or out.stdout.strip()}")
+                res[side].append(tuple(float(t) for t in out.stdout.split()))
+    print(f"{args.shape} {args.layout} {args.pass_name}, ms min / median of {args.reps} calls, "
+          f"{args.rounds} alternating processes per side")
+    for side in ("old", "new"):
+        cells = "  ".join(f"{a:.3f}/{b:.3f}" for a, b in res[side])
+        print(f"  {side}  {cells}   best min {min(a for a, _ in res[side]):.3f}")
+    ratio = min(a for a, _ in res["old"]) / min(a for a, _ in res["new"])
+    print(f"  old/new (best mins): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
