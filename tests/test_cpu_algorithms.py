@@ -83,6 +83,7 @@ DEPTHWISE = [
     ((2, 128, 6, 5), 128, (3, 3), 2, 1, 1, 128),       # NCHW via NHWC in blocks of 64 channels
     ((1, 3, 41, 150), 3, (5, 3), 1, (2, 1), (2, 1), 3),  # NCHW forward in bands of rows: a partial last band
     ((1, 6, 23, 19), 6, (5, 3), (3, 2), (2, 1), (2, 1), 6),  # NCHW dx rows by residue: stride 3, dilation 2
+    ((1, 7, 9, 30), 7, (3, 3), 1, (3, 1), 1, 7),       # NCHW dx at stride 1, padding beyond the taps: not a forward
 ]
 WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 32, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # odd sizes: half tiles at the edges
