@@ -329,6 +329,12 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
   }
 }
 
+// n zeros at d, by vector stores (a loop of scalar zeros becomes a memset call: ~20 cycles for
+// the one or two floats of a row's padding)
+inline void zero_floats(float* d, int64_t n) {
+  for (int64_t i = 0; i < n; i += Isa::VL) Isa::storem(d + i, Isa::zero(), Isa::mask(n - i));
+}
+
 // Copy plane (n, c) of an NCHW tensor into buf[row][phase][j] = src[row - ph][j*sw + phase - pw]
 // (zero outside), rows [0, nrows), j in [0, wq); wq includes a zero tail for vector over-reads.
 // ph < 0 starts the copy at row -ph of the plane (a band of rows). Used by depthwise.cpp and
@@ -338,12 +344,6 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
 // (1.6 ms against torch's 1.4). Other strides copy one value at a time, with each phase's
 // bounds computed once per call (they were four integer divisions a row, and two small fills
 // through memset: with them, the pack of that layer took twice as long as a plain read of x).
-// n zeros at d, by vector stores (a loop of scalar zeros becomes a memset call: ~20 cycles for
-// the one or two floats of a row's padding)
-inline void zero_floats(float* d, int64_t n) {
-  for (int64_t i = 0; i < n; i += Isa::VL) Isa::storem(d + i, Isa::zero(), Isa::mask(n - i));
-}
-
 inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
                              int64_t nrows, int64_t wq, float* buf) {
   // Generic strides: phase rows dp[j] = s[j*sw + phase - pw] for j in [jl, jh), zeros elsewhere.
