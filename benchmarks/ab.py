@@ -8,7 +8,7 @@ prints its min and median.
     PYTHONPATH=. python benchmarks/ab.py /tmp/old.so conv_ext/_C*.so 4,96,112,112,96,3,2,1,96 \\
         --layout nchw --pass backward_weight
 
-The shape is N,C,H,W,K,R[,stride,padding,groups] as in benchmarks/algos.py. The op is called
+The shape is N,C,H,W,K,R[,stride,padding,groups]; the problem is built by benchmarks/algos.py. The op is called
 through torch.ops.conv_ext with the default algorithm choice (set CONV_EXT_* variables in the
 environment to change it); the output of the first call of each process is checked against
 torch's. Use it for changes smaller than the machine's drift between runs (10-30% here).
@@ -28,32 +28,12 @@ PKG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "conv_
 
 def child(shape, layout, pass_name, reps):
     import torch
-    import torch.nn.functional as F
 
     import conv_ext  # noqa: F401  (registers torch.ops.conv_ext)
+    from algos import problem  # this script's folder is on sys.path
 
-    v = [int(s) for s in shape.split(",")]
-    n, c, h, w, k, r = v[:6]
-    stride, padding, groups = (v[6:] + [1, 0, 1][len(v) - 6:])[:3]
-    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=fmt)
-    wt = torch.randn(k, c // groups, r, r, generator=g).contiguous(memory_format=fmt)
-    geo = ([stride] * 2, [padding] * 2, [1, 1], groups)
-    y = F.conv2d(x, wt, None, stride, padding, 1, groups)
-    dy = torch.randn(y.shape, generator=g).contiguous(memory_format=fmt)
-    ops = torch.ops.conv_ext
-    if pass_name == "forward":
-        fn, ref = (lambda: ops.conv2d_forward(x, wt, None, *geo)), y
-    elif pass_name == "backward_input":
-        fn = lambda: ops.conv2d_backward_input(dy, wt, list(x.shape), *geo)  # noqa: E731
-        ref = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, [0, 0], groups,
-                                                  [True, False, False])[0]
-    else:
-        fn = lambda: ops.conv2d_backward_weight(dy, x, list(wt.shape), *geo)  # noqa: E731
-        ref = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, [0, 0], groups,
-                                                  [False, True, False])[1]
-    out = fn()
+    torch_fn, fn = problem(shape, layout, pass_name)
+    out, ref = fn(), torch_fn()
     err = ((out - ref).abs().max() / ref.abs().max()).item()
     if not err < 1e-4:
         raise SystemExit(f"wrong result: relative error {err:.2e}")

@@ -23,6 +23,34 @@ import conv_ext
 from conv_ext import testing
 
 
+def problem(shape, layout, pass_name):
+    """(torch_fn, ext_fn): one pass of the problem `shape` ("N,C,H,W,K,R[,stride,padding,groups]")
+    on random data in `layout`, by torch and by conv_ext's op (its default algorithm choice).
+    Also used by benchmarks/ab.py."""
+    v = [int(s) for s in shape.split(",")]
+    n, c, h, w, k, r = v[:6]
+    stride, padding, groups = (v[6:] + [1, 0, 1][len(v) - 6:])[:3]
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=fmt)
+    wt = (torch.randn(k, c // groups, r, r, generator=g) * (c // groups * r * r) ** -0.5).contiguous(memory_format=fmt)
+    geo = ([stride] * 2, [padding] * 2, [1, 1], groups)
+    y = F.conv2d(x, wt, None, stride, padding, 1, groups)
+    dy = torch.randn(y.shape, generator=g).contiguous(memory_format=fmt)
+    ops = torch.ops.conv_ext
+    if pass_name == "forward":
+        torch_fn = lambda: F.conv2d(x, wt, None, stride, padding, 1, groups)  # noqa: E731
+        ext_fn = lambda: ops.conv2d_forward(x, wt, None, *geo)  # noqa: E731
+    else:
+        mask = [pass_name == "backward_input", pass_name == "backward_weight", False]
+        i = 0 if mask[0] else 1
+        torch_fn = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
+            dy, x, wt, None, *geo[:3], False, [0, 0], groups, mask)[i]
+        ext_fn = ((lambda: ops.conv2d_backward_input(dy, wt, list(x.shape), *geo)) if mask[0]
+                  else (lambda: ops.conv2d_backward_weight(dy, x, list(wt.shape), *geo)))
+    return torch_fn, ext_fn
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shape", help="N,C,H,W,K,R[,stride,padding,groups]")
@@ -31,29 +59,10 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=40)
     args = ap.parse_args()
-    v = [int(s) for s in args.shape.split(",")]
-    n, c, h, w, k, r = v[:6]
-    stride, padding, groups = (v[6:] + [1, 0, 1][len(v) - 6:])[:3]
     if args.threads:
         torch.set_num_threads(args.threads)
-    fmt = torch.channels_last if args.layout == "nhwc" else torch.contiguous_format
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=fmt)
-    wt = (torch.randn(k, c // groups, r, r, generator=g) * (c // groups * r * r) ** -0.5).contiguous(memory_format=fmt)
-    geo = ([stride] * 2, [padding] * 2, [1, 1], groups)
-    y = F.conv2d(x, wt, None, stride, padding, 1, groups)
-    dy = torch.randn(y.shape, generator=g).contiguous(memory_format=fmt)
-    ops, pn = torch.ops.conv_ext, args.pass_name
-    if pn == "forward":
-        torch_fn = lambda: F.conv2d(x, wt, None, stride, padding, 1, groups)  # noqa: E731
-        ext_fn = lambda: ops.conv2d_forward(x, wt, None, *geo)  # noqa: E731
-    else:
-        mask = [pn == "backward_input", pn == "backward_weight", False]
-        i = 0 if mask[0] else 1
-        torch_fn = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
-            dy, x, wt, None, *geo[:3], False, [0, 0], groups, mask)[i]
-        ext_fn = ((lambda: ops.conv2d_backward_input(dy, wt, list(x.shape), *geo)) if mask[0]
-                  else (lambda: ops.conv2d_backward_weight(dy, x, list(wt.shape), *geo)))
+    pn = args.pass_name
+    torch_fn, ext_fn = problem(args.shape, args.layout, pn)
     ext_fn()
     default = testing.last_cpu_algorithm(pn)
     expected = torch_fn()

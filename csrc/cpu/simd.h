@@ -346,18 +346,16 @@ inline void zero_floats(float* d, int64_t n) {
 // through memset: with them, the pack of that layer took twice as long as a plain read of x).
 inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
                              int64_t nrows, int64_t wq, float* buf) {
-  // Generic strides: phase rows dp[j] = s[j*sw + phase - pw] for j in [jl, jh), zeros elsewhere.
+  // Generic strides: phase rows dp[j] = s[j*sw + phase - pw] for j in [jl, jh), zeros elsewhere;
+  // the bounds of the first kMaxPhases phases once per call, of the others per row.
   constexpr int64_t kMaxPhases = 16;
+  auto bounds = [&](int64_t phase, int64_t& lo, int64_t& hi) {
+    const int64_t off = phase - pw;
+    lo = std::min(wq, std::max<int64_t>(0, ceil_div(-off, sw)));
+    hi = std::max(lo, std::min(wq, floor_div(W - 1 - off, sw) + 1));
+  };
   int64_t jl[kMaxPhases], jh[kMaxPhases];
-  const bool generic = sw > 2 || (sw == 2 && CONV_EXT_ISA_BITS != 512);
-  if (generic) {
-    for (int64_t phase = 0; phase < sw; ++phase) {
-      const int64_t off = phase - pw;
-      const int64_t lo = std::min(wq, std::max<int64_t>(0, ceil_div(-off, sw)));
-      const int64_t hi = std::max(lo, std::min(wq, floor_div(W - 1 - off, sw) + 1));
-      if (phase < kMaxPhases) jl[phase] = lo, jh[phase] = hi;
-    }
-  }
+  for (int64_t phase = 0; phase < std::min(sw, kMaxPhases); ++phase) bounds(phase, jl[phase], jh[phase]);
   for (int64_t row = 0; row < nrows; ++row) {
     const int64_t ih = row - ph;
     float* d = buf + row * sw * wq;
@@ -400,12 +398,8 @@ inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t p
       float* dp = d + phase * wq;
       const int64_t off = phase - pw;  // dp[j] = s[j*sw + off]
       int64_t lo, hi;
-      if (phase < kMaxPhases) {
-        lo = jl[phase], hi = jh[phase];
-      } else {
-        lo = std::min(wq, std::max<int64_t>(0, ceil_div(-off, sw)));
-        hi = std::max(lo, std::min(wq, floor_div(W - 1 - off, sw) + 1));
-      }
+      if (phase < kMaxPhases) lo = jl[phase], hi = jh[phase];
+      else bounds(phase, lo, hi);
       zero_floats(dp, lo);
       for (int64_t j = lo; j < hi; ++j) dp[j] = s[j * sw + off];
       zero_floats(dp + hi, wq - hi);
