@@ -72,8 +72,8 @@ DEPTHWISE = [
     ((1, 33, 11, 11), 33, (3, 3), 2, 0, 2, 33),        # dilation + stride
     ((1, 5, 6, 9), 5, (3, 1), 3, (1, 0), 1, 5),
     ((1, 70, 12, 12), 70, (7, 7), 1, 3, 1, 70),
-    ((2, 32, 7, 7), 32, (3, 3), 1, 1, 1, 32),          # small NCHW planes, C % 16 == 0: via NHWC
-    ((1, 48, 10, 9), 48, (5, 5), 2, 2, 1, 48),         # the same, stride 2
+    ((2, 32, 7, 7), 32, (3, 3), 1, 1, 1, 32),          # NCHW flat planes: 7x7 = 4 vectors, two planes a task
+    ((1, 48, 10, 9), 48, (5, 5), 2, 2, 1, 48),         # small NCHW planes, C % 16 == 0, stride 2: via NHWC
     ((1, 40, 5, 21), 40, (3, 3), 1, (1, 0), 1, 40),    # NHWC rows in runs of 8 pixels: 8 + 8 + 3, channel tail
     ((1, 24, 9, 40), 24, (5, 5), 1, 2, 1, 24),         # NHWC forward runs, 5 taps a row
     ((1, 20, 8, 45), 20, (7, 7), 2, 3, 1, 20),         # NHWC forward runs, 7 taps at stride 2; dx phases
@@ -81,9 +81,16 @@ DEPTHWISE = [
     ((1, 8, 11, 11), 8, (3, 3), 5, 1, 1, 8),           # stride 5: more phases than the per-phase tap lists
     ((1, 16, 520, 520), 16, (3, 3), 2, 1, 1, 16),      # > 4M input elements: NHWC backward-weight copies rows
     ((2, 128, 6, 5), 128, (3, 3), 2, 1, 1, 128),       # NCHW via NHWC in blocks of 64 channels
-    ((1, 3, 41, 150), 3, (5, 3), 1, (2, 1), (2, 1), 3),  # NCHW forward in bands of rows: a partial last band
+    ((1, 3, 41, 150), 3, (5, 3), 1, (2, 0), (2, 1), 3),  # NCHW forward in bands of rows: a partial last band
     ((1, 6, 23, 19), 6, (5, 3), (3, 2), (2, 1), (2, 1), 6),  # NCHW dx rows by residue: stride 3, dilation 2
-    ((1, 7, 9, 30), 7, (3, 3), 1, (3, 1), 1, 7),       # NCHW dx at stride 1, padding beyond the taps: not a forward
+    ((1, 7, 9, 30), 7, (3, 3), 1, (3, 2), 1, 7),       # NCHW dx at stride 1, padding beyond the taps: not a forward
+    # NCHW flat planes (stride 1, output as wide as the input): shifted, masked vectors over the plane
+    ((2, 16, 16, 16), 16, (3, 3), 1, 1, 1, 16),        # a row a vector; backward-weight two channels a task
+    ((1, 9, 5, 3), 9, (3, 3), 1, 1, 1, 9),             # vectors across 5 rows; odd C: a plane a task
+    ((1, 6, 9, 4), 6, (3, 3), 1, (2, 4), (1, 4), 6),   # column dilation as wide as the plane: taps never valid
+    ((2, 12, 11, 13), 12, (5, 5), 1, 2, 1, 12),        # 25 taps: backward-weight 8 + 8 + 8 + 1
+    ((1, 4, 6, 20), 4, (3, 3), 1, (4, 1), 1, 4),       # padding rows beyond the taps: P > H, dx reads past dy
+    ((1, 2, 130, 70), 2, (3, 3), 1, 1, 1, 2),          # 569 vectors: groups of 8 and a remainder of 7
 ]
 WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 32, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # odd sizes: half tiles at the edges
