@@ -82,7 +82,7 @@ DEPTHWISE = [
     ((1, 16, 520, 520), 16, (3, 3), 2, 1, 1, 16),      # > 4M input elements: NHWC backward-weight copies rows
     ((2, 128, 6, 5), 128, (3, 3), 2, 1, 1, 128),       # NCHW via NHWC in blocks of 64 channels
     ((1, 3, 41, 150), 3, (5, 3), 1, (2, 0), (2, 1), 3),  # NCHW forward in bands of rows: a partial last band
-    ((1, 6, 23, 19), 6, (5, 3), (3, 2), (2, 1), (2, 1), 6),  # NCHW dx rows by residue: stride 3, dilation 2
+    ((1, 6, 23, 19), 6, (5, 3), (3, 2), (2, 0), (2, 1), 6),  # NCHW dx rows by residue: stride 3, dilation 2
     ((1, 7, 9, 30), 7, (3, 3), 1, (3, 2), 1, 7),       # NCHW dx at stride 1, padding beyond the taps: not a forward
     # NCHW flat planes (stride 1, output as wide as the input): shifted, masked vectors over the plane
     ((2, 16, 16, 16), 16, (3, 3), 1, 1, 1, 16),        # a row a vector; backward-weight two channels a task
@@ -91,6 +91,14 @@ DEPTHWISE = [
     ((2, 12, 11, 13), 12, (5, 5), 1, 2, 1, 12),        # 25 taps: backward-weight 8 + 8 + 8 + 1
     ((1, 4, 6, 20), 4, (3, 3), 1, (4, 1), 1, 4),       # padding rows beyond the taps: P > H, dx reads past dy
     ((1, 2, 130, 70), 2, (3, 3), 1, 1, 1, 2),          # 569 vectors: groups of 8 and a remainder of 7
+    # strided flat planes (Q = ceil(W / stride)): split into phase planes; dx as phase planes, merged
+    ((2, 6, 13, 12), 6, (3, 3), 2, 1, 1, 6),           # odd rows: phase row planes of 7 and 6 rows
+    ((1, 5, 10, 11), 5, (5, 5), 2, 2, 1, 5),           # odd columns: phase columns of 6 and 5
+    ((1, 4, 9, 10), 4, (3, 3), 3, 1, 1, 4),            # stride 3: 9 phase planes, some dx phases without taps
+    ((1, 3, 12, 40), 3, (3, 3), (2, 1), 1, 1, 3),      # row phases only
+    ((1, 3, 11, 40), 3, (3, 5), (1, 2), (1, 2), 1, 3),  # column phases only
+    ((1, 4, 15, 16), 4, (3, 3), 2, 2, 2, 4),           # dilation 2 at stride 2
+    ((1, 2, 70, 70), 2, (3, 3), 2, 1, 1, 2),           # rows of 70: 32 + 32 + 6 split by permutes
 ]
 WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 32, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # odd sizes: half tiles at the edges

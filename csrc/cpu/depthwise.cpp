@@ -61,6 +61,7 @@
 // (0.56-0.7x: one pixel at a time, the tap list is rebuilt per row).
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "depthwise.cpp"
+#include <array>
 #include "per_isa.h"
 
 
@@ -686,15 +687,19 @@ float* pack_taps(const Conv2dParams& p, const float* w) {
   return wt;
 }
 
-// NCHW flat planes (stride 1, output as wide as the input: "same" padding in width, or the
-// backward-input of it). Output pixel i = a*W + b of a plane reads input pixel i + off[t] for
-// tap t, off[t] = dr[t]*W + dc[t], the same shift for every pixel: a plane is one run of
-// Ho*W floats, cut into vectors of VL whatever its width (a 7x7 plane is 4 vectors, not 7 rows
-// of one), and each tap is one load per vector. The lanes whose input lies in the padding or
-// wraps into the next or previous row are masked off in that load (a masked-off lane reads
-// nothing, so it may lie outside the plane). masks[t*nb + j] (vector j, tap t) is built once per
-// call for all planes. Forward: dr = r*dh - ph, dc = s*dw - pw; backward-input reads dy with
-// dr = ph - r*dh, dc = pw - s*dw (the same taps turned round: no flipped copy of the weights).
+// NCHW flat planes: "same" padding in width (output width Q = ceil(W / stride)), or the
+// stride-1 backward-input of it. At stride 1, output pixel i = a*W + b of a plane reads input
+// pixel i + off[t] for tap t, off[t] = dr[t]*W + dc[t], the same shift for every pixel: a plane
+// is one run of P*Q floats, cut into vectors of VL whatever its width (a 7x7 plane is 4 vectors,
+// not 7 rows of one), and each tap is one load per vector. The lanes whose input lies in the
+// padding or wraps into the next or previous row are masked off in that load (a masked-off lane
+// reads nothing, so it may lie outside the plane). masks[t*nb + j] (vector j, tap t) is built
+// once per call for all planes. Forward: dr = r*dh - ph, dc = s*dw - pw; backward-input reads
+// dy with dr = ph - r*dh, dc = pw - s*dw (the same taps turned round: no flipped copy of the
+// weights). Strided (forward, backward-weight), each input plane is first split into its
+// sh*sw phase planes, ceil(H/sh) x ceil(W/sw) each (phase (u, v) holds x[u + i*sh][v + k*sw]):
+// tap t then reads phase plane (dr mod sh, dc mod sw) shifted by (dr div sh)*Q + dc div sw, a
+// flat shift again because the phase planes are Q wide.
 // A lane mask in plain memory, one word each: AVX-512's 16 bits (loaded straight into a mask
 // register), or AVX2's 8 bits, expanded to 8 lanes of 0 / -1 through a table.
 #if CONV_EXT_ISA_BITS == 512
@@ -715,112 +720,222 @@ inline M mask_at(const MaskWord* m) {
 }
 #endif
 
-struct FlatPlan {
-  int64_t n_in = 0, n_out = 0, nb = 0, RS = 0;  // floats per input / output plane, vectors per output plane
-  int64_t off[kMaxTaps];
-  bool by_vector = false;       // masks [j][t] (backward-weight), else [t][j]
-  std::vector<MaskWord> masks;
-  const MaskWord* mask(int64_t t, int64_t j) const { return masks.data() + (by_vector ? j * RS + t : t * nb + j); }
+// A part of a plan: one output plane (the whole output, or one phase plane of dx) and its taps.
+struct FlatPart {
+  int64_t out = 0;          // where its output starts in a plane's output (buffer)
+  int64_t n_out = 0, nb = 0;  // its outputs and vectors of outputs
+  int nt = 0;               // its taps: weight widx[e], input shift off[e]
+  int64_t widx[kMaxTaps], off[kMaxTaps];
+  int64_t mask0 = 0;        // its masks start at masks[mask0]
 };
 
-// The taps' shifts and masks for Hi x W input planes and Ho x W output planes (bwd: dy -> dx).
-FlatPlan flat_plan(const Conv2dParams& p, bool bwd, bool by_vector = false) {
-  const int64_t W = p.W, Hi = bwd ? p.P : p.H, Ho = bwd ? p.H : p.P;
-  FlatPlan f;
-  f.RS = p.R * p.S, f.n_in = Hi * W, f.n_out = Ho * W, f.nb = ceil_div(f.n_out, VL);
-  f.by_vector = by_vector;
-  f.masks.resize(static_cast<size_t>(f.RS * f.nb));
-  for (int64_t r = 0; r < p.R; ++r)
-    for (int64_t s = 0; s < p.S; ++s) {
-      const int64_t t = r * p.S + s;
-      const int64_t dr = bwd ? p.pad_h - r * p.dil_h : r * p.dil_h - p.pad_h;
-      const int64_t dc = bwd ? p.pad_w - s * p.dil_w : s * p.dil_w - p.pad_w;
-      f.off[t] = dr * W + dc;
-      // the outputs this tap reaches: rows [a0, a1), columns [b0, b1)
-      const int64_t a0 = std::max<int64_t>(0, -dr), a1 = std::min(Ho, Hi - dr);
-      const int64_t b0 = std::max<int64_t>(0, -dc), b1 = std::min(W, W - dc);
-      for (int64_t j = 0; j < f.nb; ++j) {  // the lanes of vector j, a row's run at a time
-        uint32_t bits = 0;
-        for (int64_t lane = 0, len; lane < VL && j * VL + lane < f.n_out; lane += len) {
-          const int64_t i = j * VL + lane, a = i / W, b = i % W;
-          len = std::min(VL - lane, W - b);
-          const int64_t lo = std::max(b, b0), hi = std::min(b + len, b1);
-          if (a >= a0 && a < a1 && lo < hi) bits |= ((1u << (hi - lo)) - 1u) << (lane + lo - b);
-        }
-        *const_cast<MaskWord*>(f.mask(t, j)) = MaskWord(bits);
+struct FlatPlan {
+  int64_t RS = 0;
+  int64_t plane_in = 0, n_in = 0;    // floats per input plane in the tensor / as the taps read it
+  int64_t plane_out = 0, n_out = 0;  // floats per output plane in the tensor / in the parts' buffer
+  bool split = false;  // strided forward / backward-weight: the taps read split_plane's phase planes
+  bool merge = false;  // strided backward-input: the parts are dx's phase planes, merged after
+  int64_t H = 0, W = 0, sh = 1, sw = 1, Hp = 0, Wp = 0;  // the plane that is split or merged
+  bool by_vector = false;  // masks [j][t] (backward-weight), else [t][j]
+  std::vector<FlatPart> parts;
+  std::vector<MaskWord> masks;
+  const MaskWord* mask(const FlatPart& q, int64_t t, int64_t j) const {
+    return masks.data() + q.mask0 + (by_vector ? j * q.nt + t : t * q.nb + j);
+  }
+};
+
+// Adds a part of Ho x Wo outputs at `out`; taps[e] = {weight, shift, a0, a1, b0, b1}: the tap
+// reaches the outputs of rows [a0, a1) and columns [b0, b1).
+void add_part(FlatPlan& f, int64_t out, int64_t Ho, int64_t Wo, const std::vector<std::array<int64_t, 6>>& taps) {
+  FlatPart q;
+  q.out = out, q.n_out = Ho * Wo, q.nb = ceil_div(q.n_out, VL), q.nt = static_cast<int>(taps.size());
+  q.mask0 = static_cast<int64_t>(f.masks.size());
+  f.masks.resize(f.masks.size() + static_cast<size_t>(q.nt * q.nb));
+  for (int e = 0; e < q.nt; ++e) {
+    const auto& tp = taps[e];
+    q.widx[e] = tp[0], q.off[e] = tp[1];
+    const int64_t a0 = std::max<int64_t>(0, tp[2]), a1 = std::min(Ho, tp[3]);
+    const int64_t b0 = std::max<int64_t>(0, tp[4]), b1 = std::min(Wo, tp[5]);
+    for (int64_t j = 0; j < q.nb; ++j) {  // the lanes of vector j, a row's run at a time
+      uint32_t bits = 0;
+      for (int64_t lane = 0, len; lane < VL && j * VL + lane < q.n_out; lane += len) {
+        const int64_t i = j * VL + lane, a = i / Wo, b = i % Wo;
+        len = std::min(VL - lane, Wo - b);
+        const int64_t lo = std::max(b, b0), hi = std::min(b + len, b1);
+        if (a >= a0 && a < a1 && lo < hi) bits |= ((1u << (hi - lo)) - 1u) << (lane + lo - b);
       }
+      *const_cast<MaskWord*>(f.mask(q, e, j)) = MaskWord(bits);
+    }
+  }
+  f.parts.push_back(q);
+}
+
+// The plan of a pass. Forward / backward-weight (bwd = false): one part, the P x Q output; tap
+// (r, s) reads input pixel (a*sh + dr, b*sw + dc), dr = r*dh - ph, dc = s*dw - pw, which is
+// phase plane (dr mod sh, dc mod sw) shifted by (dr div sh)*Q + dc div sw (Q = Wp).
+// Backward-input (bwd): dx pixel (i*sh + u, k*sw + v) gets tap (r, s) when dr = u (mod sh) and
+// dc = v (mod sw), from dy pixel (i - dr div sh, k - dc div sw): one part per phase plane (u, v)
+// of dx (a single part at stride 1), each reading dy with its own taps, merged into dx after.
+FlatPlan flat_plan(const Conv2dParams& p, bool bwd, bool by_vector = false) {
+  const int64_t sh = p.stride_h, sw = p.stride_w, H = p.H, W = p.W, P = p.P, Q = p.Q;
+  FlatPlan f;
+  f.RS = p.R * p.S, f.by_vector = by_vector;
+  f.H = H, f.W = W, f.sh = sh, f.sw = sw, f.Hp = ceil_div(H, sh), f.Wp = ceil_div(W, sw);
+  const int64_t phase_floats = sh * sw * f.Hp * f.Wp;
+  std::vector<std::array<int64_t, 6>> taps;
+  if (!bwd) {
+    f.plane_in = H * W, f.split = sh * sw > 1, f.n_in = f.split ? phase_floats : H * W;
+    f.plane_out = f.n_out = P * Q;
+    for (int64_t r = 0; r < p.R; ++r)
+      for (int64_t s = 0; s < p.S; ++s) {
+        const int64_t dr = r * p.dil_h - p.pad_h, dc = s * p.dil_w - p.pad_w;
+        const int64_t u = floor_mod(dr, sh), v = floor_mod(dc, sw);
+        taps.push_back({r * p.S + s, (u * sw + v) * f.Hp * f.Wp + floor_div(dr, sh) * f.Wp + floor_div(dc, sw),
+                        ceil_div(-dr, sh), ceil_div(H - dr, sh), ceil_div(-dc, sw), ceil_div(W - dc, sw)});
+      }
+    add_part(f, 0, P, Q, taps);
+    return f;
+  }
+  f.plane_in = f.n_in = P * Q, f.plane_out = H * W, f.merge = sh * sw > 1;
+  f.n_out = f.merge ? phase_floats + 2 * VL : H * W;  // (interleave_phases reads whole vectors)
+  for (int64_t u = 0; u < sh; ++u)
+    for (int64_t v = 0; v < sw; ++v) {
+      taps.clear();
+      for (int64_t r = 0; r < p.R; ++r)
+        for (int64_t s = 0; s < p.S; ++s) {
+          const int64_t dr = r * p.dil_h - p.pad_h, dc = s * p.dil_w - p.pad_w;
+          if (floor_mod(dr, sh) != u || floor_mod(dc, sw) != v) continue;
+          const int64_t er = floor_div(dr, sh), ec = floor_div(dc, sw);
+          taps.push_back({r * p.S + s, -er * Q - ec, er, P + er, ec, Q + ec});
+        }
+      // the phase plane's rows and columns that exist in dx (the others are computed, not kept)
+      add_part(f, (u * sw + v) * f.Hp * f.Wp, f.merge ? f.Hp : H, f.merge ? f.Wp : W, taps);
     }
   return f;
 }
 
-// Output vectors j0 .. j0+G of NP consecutive planes (input planes in_step floats apart, their
-// taps w_step apart): G*NP independent FMA chains, each tap's G masks loaded once for the NP
-// planes. out[k][i] = b[k] + sum_t in[k][i + off[t]] * w[k][t].
+// The phase planes of one H x W plane: buf[((u*sw + v)*Hp + i)*Wp + k] = x[(u + i*sh)*W + v + k*sw].
+// Entries past a phase's last row or column are left as they were: no tap's mask reads them.
+// Stride 2 (AVX-512) splits a row's 32 values into 16 + 16 with two permutes.
+void split_plane(const FlatPlan& f, const float* x, float* buf) {
+  const int64_t H = f.H, W = f.W, sh = f.sh, sw = f.sw, Hp = f.Hp, Wp = f.Wp;
+  for (int64_t ih = 0, u = 0, i = 0; ih < H; ++ih) {
+    const float* s = x + ih * W;
+    float* d = buf + (u * sw * Hp + i) * Wp;  // phase (u, 0); phase v is v*Hp*Wp further
+#if CONV_EXT_ISA_BITS == 512
+    if (sw == 2) {
+      const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+      const int64_t n0 = (W + 1) / 2, n1 = W / 2;  // columns of phases 0 and 1
+      for (int64_t k = 0; k < n0; k += 16) {
+        const int64_t left = W - 2 * k;
+        const __m512 a = left >= 32 ? Isa::load(s + 2 * k) : Isa::loadm(s + 2 * k, Isa::mask(left));
+        const __m512 b = left >= 32 ? Isa::load(s + 2 * k + 16) : Isa::loadm(s + 2 * k + 16, Isa::mask(left - 16));
+        const __m512 e = _mm512_permutex2var_ps(a, even, b), o = _mm512_permutex2var_ps(a, odd, b);
+        if (n1 - k >= 16) {
+          Isa::store(d + k, e), Isa::store(d + Hp * Wp + k, o);
+        } else {
+          Isa::storem(d + k, e, Isa::mask(n0 - k)), Isa::storem(d + Hp * Wp + k, o, Isa::mask(n1 - k));
+        }
+      }
+    } else
+#endif
+    {
+      for (int64_t v = 0; v < std::min(sw, W); ++v) {
+        float* dv = d + v * Hp * Wp;
+        for (int64_t k = 0; v + k * sw < W; ++k) dv[k] = s[v + k * sw];
+      }
+    }
+    if (++u == sh) u = 0, ++i;
+  }
+}
+
+// dx's rows from its phase planes (the inverse of split_plane).
+void merge_plane(const FlatPlan& f, const float* buf, float* dx) {
+  for (int64_t ih = 0, u = 0, i = 0; ih < f.H; ++ih) {
+    interleave_phases(buf + (u * f.sw * f.Hp + i) * f.Wp, f.Hp * f.Wp, f.sw, f.W, dx + ih * f.W);
+    if (++u == f.sh) u = 0, ++i;
+  }
+}
+
+// Output vectors j0 .. j0+G of part q of NP consecutive planes (inputs in_step floats apart,
+// outputs out_step, taps RS): G*NP independent FMA chains, each tap's G masks loaded once for
+// the NP planes. out[k][i] = b[k] + sum_e in[k][i + off[e]] * w[k][widx[e]].
 template <int G, int NP>
-inline void flat_vectors(const FlatPlan& f, const float* in, const float* w, const V* b, int64_t j0, float* out) {
-  const int64_t RS = f.RS, nb = f.nb, in_step = f.n_in, out_n = f.n_out;
-  const int64_t* off = f.off;
-  const MaskWord* mrow = f.mask(0, j0);
+inline void flat_vectors(const FlatPlan& f, const FlatPart& q, const float* in, const float* w, const V* b, int64_t j0,
+                         float* out) {
+  const int64_t RS = f.RS, nb = q.nb, in_step = f.n_in, out_step = f.n_out, n_out = q.n_out;
+  const MaskWord* mrow = f.mask(q, 0, j0);
   V acc[NP][G];
 #pragma GCC unroll 4
   for (int k = 0; k < NP; ++k)
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) acc[k][g] = b[k];
-  for (int64_t t = 0; t < RS; ++t, mrow += nb) {
+  for (int e = 0; e < q.nt; ++e, mrow += nb) {
     M m[G];
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) m[g] = mask_at(mrow + g);
-    const float* src = in + j0 * VL + off[t];
+    const float* src = in + j0 * VL + q.off[e];
 #pragma GCC unroll 4
     for (int k = 0; k < NP; ++k) {
-      const V wv = Isa::set1(w[k * RS + t]);
+      const V wv = Isa::set1(w[k * RS + q.widx[e]]);
 #pragma GCC unroll 8
       for (int g = 0; g < G; ++g) acc[k][g] = Isa::fma(Isa::loadm(src + k * in_step + g * VL, m[g]), wv, acc[k][g]);
     }
   }
+  float* o = out + q.out;
 #pragma GCC unroll 4
   for (int k = 0; k < NP; ++k)
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) {
       const int64_t i = (j0 + g) * VL;
-      if (i + VL <= out_n)
-        Isa::store(out + k * out_n + i, acc[k][g]);
+      if (i + VL <= n_out)
+        Isa::store(o + k * out_step + i, acc[k][g]);
       else
-        Isa::storem(out + k * out_n + i, acc[k][g], Isa::mask(out_n - i));
+        Isa::storem(o + k * out_step + i, acc[k][g], Isa::mask(n_out - i));
     }
 }
 
-// One to NP planes from plane `first` (image-major, so consecutive planes are consecutive channels
-// of an image): vectors 8 at a time, then the rest; planes of <= 4 vectors two at a time (8 chains).
+// NP planes from plane `first` (image-major, so consecutive planes are consecutive channels of
+// an image): per part, vectors 8 at a time, then the rest.
 template <int NP>
 void flat_group(const FlatPlan& f, int64_t C, const float* in, const float* w, const float* bias, int64_t first,
                 float* out) {
   V b[NP];
   for (int k = 0; k < NP; ++k) b[k] = Isa::set1(bias ? bias[(first + k) % C] : 0.f);
-  const float* ip = in + first * f.n_in;
-  float* op = out + first * f.n_out;
-  const float* wc = w + (first % C) * f.RS;
-  int64_t j = 0;
-  for (; j + 8 <= f.nb; j += 8) flat_vectors<8, NP>(f, ip, wc, b, j, op);
-  switch (f.nb - j) {
-    case 7: return flat_vectors<7, NP>(f, ip, wc, b, j, op);
-    case 6: return flat_vectors<6, NP>(f, ip, wc, b, j, op);
-    case 5: return flat_vectors<5, NP>(f, ip, wc, b, j, op);
-    case 4: return flat_vectors<4, NP>(f, ip, wc, b, j, op);
-    case 3: return flat_vectors<3, NP>(f, ip, wc, b, j, op);
-    case 2: return flat_vectors<2, NP>(f, ip, wc, b, j, op);
-    case 1: return flat_vectors<1, NP>(f, ip, wc, b, j, op);
-    default: return;
+  const float* ip = in + first * f.plane_in;
+  if (f.split) {
+    float* buf = scratch(1, NP * f.n_in);
+    for (int k = 0; k < NP; ++k) split_plane(f, in + (first + k) * f.plane_in, buf + k * f.n_in);
+    ip = buf;
   }
+  float* op = f.merge ? scratch(2, NP * f.n_out) : out + first * f.plane_out;
+  const float* wc = w + (first % C) * f.RS;
+  for (const FlatPart& q : f.parts) {
+    int64_t j = 0;
+    for (; j + 8 <= q.nb; j += 8) flat_vectors<8, NP>(f, q, ip, wc, b, j, op);
+    switch (q.nb - j) {
+      case 7: flat_vectors<7, NP>(f, q, ip, wc, b, j, op); break;
+      case 6: flat_vectors<6, NP>(f, q, ip, wc, b, j, op); break;
+      case 5: flat_vectors<5, NP>(f, q, ip, wc, b, j, op); break;
+      case 4: flat_vectors<4, NP>(f, q, ip, wc, b, j, op); break;
+      case 3: flat_vectors<3, NP>(f, q, ip, wc, b, j, op); break;
+      case 2: flat_vectors<2, NP>(f, q, ip, wc, b, j, op); break;
+      case 1: flat_vectors<1, NP>(f, q, ip, wc, b, j, op); break;
+      default: break;
+    }
+  }
+  if (f.merge)
+    for (int k = 0; k < NP; ++k) merge_plane(f, op + k * f.n_out, out + (first + k) * f.plane_out);
 }
 
 // out[n, c] = bias[c] + sum_t in[n, c] shifted by off[t] (masked) * w[c, t]; a task is a pair of
-// planes when both are of the same image and a plane is at most 4 vectors (MobileNet's 7x7), else
-// one plane.
+// planes when both are of the same image and a plane is one part of at most 4 vectors
+// (MobileNet's 7x7), else one plane.
 void flat_planes(const Conv2dParams& p, const FlatPlan& f, const float* in, const float* w, const float* bias,
                  float* out) {
   const int64_t C = p.C, planes = p.N * C;
-  if (f.nb > 4 || C % 2 != 0) {
+  if (f.parts.size() > 1 || f.parts[0].nb > 4 || C % 2 != 0) {
     for_each_task(planes, p.macs(), [&](int64_t task) { flat_group<1>(f, C, in, w, bias, task, out); });
     return;
   }
@@ -849,18 +964,24 @@ inline void flat_weight_taps(const Conv2dParams& p, const FlatPlan& f, const flo
   for (int k = 0; k < NC; ++k)
 #pragma GCC unroll 16
     for (int i = 0; i < T; ++i) acc[k][i] = Isa::zero();
-  const M last = Isa::mask(f.n_out - (f.nb - 1) * VL);
+  const FlatPart& q = f.parts[0];  // (the forward's plan: taps t = r*S + s in order)
+  const M last = Isa::mask(q.n_out - (q.nb - 1) * VL);
   int64_t off[T];  // (a vector j's masks are adjacent: one pointer, constant offsets)
-  for (int i = 0; i < T; ++i) off[i] = f.off[t0 + i];
+  for (int i = 0; i < T; ++i) off[i] = q.off[t0 + i];
   for (int64_t n = 0; n < p.N; ++n) {
     const float* g = dy + (n * p.C + c) * f.n_out;
-    const float* xp = x + (n * p.C + c) * f.n_in;
-    for (int64_t j = 0; j < f.nb; ++j) {
+    const float* xp = x + (n * p.C + c) * f.plane_in;
+    if (f.split) {
+      float* buf = scratch(1, NC * f.n_in);
+      for (int k = 0; k < NC; ++k) split_plane(f, xp + k * f.plane_in, buf + k * f.n_in);
+      xp = buf;
+    }
+    for (int64_t j = 0; j < q.nb; ++j) {
       V gv[NC];
 #pragma GCC unroll 2
       for (int k = 0; k < NC; ++k)
-        gv[k] = j + 1 < f.nb ? Isa::load(g + k * f.n_out + j * VL) : Isa::loadm(g + k * f.n_out + j * VL, last);
-      const MaskWord* mj = f.mask(t0, j);
+        gv[k] = j + 1 < q.nb ? Isa::load(g + k * f.n_out + j * VL) : Isa::loadm(g + k * f.n_out + j * VL, last);
+      const MaskWord* mj = f.mask(q, t0, j);
       const float* xj = xp + j * VL;
 #pragma GCC unroll 16
       for (int i = 0; i < T; ++i) {
@@ -891,15 +1012,21 @@ void flat_backward_weight(const Conv2dParams& p, const FlatPlan& f, const float*
   });
 }
 
-// Where the flat planes run: stride 1 with the output as wide as the input, while the masks
-// (R*S per output vector, built per call) stay under 1 MiB: planes up to ~600x600 with 3x3
-// filters. They beat the row kernels at every MobileNet size: batch 8, 2 threads, A/B of builds
-// (python benchmarks/ab.py OLD.so NEW.so 8,C,H,H,C,3,1,1,C --layout nchw --pass P, best mins),
-// old/new forward / backward-input / backward-weight: 384@14 2.01 / 1.97 / 2.14x, 192@28 1.68 /
-// 1.60 / 1.82x, 144@56 1.51 / 1.37 / 2.12x, 32@112 1.44 / 1.11 / 1.97x.
+// Where the flat planes run: output width Q = ceil(W / stride) (stride 1: as wide as the
+// input; backward-input only at stride 1), while the masks (R*S per output vector, built per
+// call) stay under 1 MiB: planes up to ~600x600 with 3x3 filters. At stride 1 they beat the row
+// kernels at every MobileNet size: batch 8, 2 threads, A/B of builds (python benchmarks/ab.py
+// OLD.so NEW.so 8,C,H,H,C,3,1,1,C --layout nchw --pass P, best mins), old/new forward /
+// backward-input / backward-weight: 384@14 2.01 / 1.97 / 2.14x, 192@28 1.68 / 1.60 / 1.82x,
+// 144@56 1.51 / 1.37 / 2.12x, 32@112 1.44 / 1.11 / 1.97x.
+// Strided, small planes with C % 16 == 0 stay with the NHWC tiles (via_nhwc): 576@14/2 batch 4
+// forward / backward-weight ran 0.72 / 0.57x as fast flat (the split rows, written by masked
+// stores, are read back at once: no store forwarding).
+bool via_nhwc(const Conv2dParams& p);
 bool flat_ok(const Conv2dParams& p) {
-  const int64_t nb = ceil_div(std::max(p.H, p.P) * p.W, VL);
-  return p.stride_h == 1 && p.stride_w == 1 && p.Q == p.W &&
+  const int64_t nb = ceil_div(std::max(p.H, p.P) * std::max(p.W, p.Q), VL);
+  const bool unit = p.stride_h == 1 && p.stride_w == 1;
+  return (unit || !via_nhwc(p)) && p.Q == ceil_div(p.W, p.stride_w) &&
          p.R * p.S * nb * int64_t(sizeof(MaskWord)) <= (int64_t(1) << 20);
 }
 
