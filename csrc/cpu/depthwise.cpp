@@ -25,6 +25,13 @@
 //   prefetch did not help): inputs over 4M elements now copy each input row into a per-thread
 //   band first, one sequential read. 1 thread, the same command with --threads 1 --passes
 //   backward_weight: 0.45x torch -> ~0.65x.
+// NCHW flat planes (since 2026-12-02), for "same" padding in width (Q = ceil(W / stride): all of
+//   MobileNet's layers): a plane is one run of P*Q outputs in vectors of VL, whatever its width,
+//   and each tap is one masked load per vector at a fixed shift (strided: in the plane's phase
+//   planes, split once per plane; strided backward-input computes dx's phase planes and merges
+//   them); masks say which lanes a tap reaches. No zero padding, no per-row setup, whole vectors
+//   on 7x7 planes (4, not 7 of one lane in 16). See "NCHW flat planes" below for the speeds.
+//   The kernels below (rows, and NHWC tiles for small strided planes) run the other shapes.
 // NCHW: a task is one (image, channel) plane. Forward copies the plane into a zero-padded buffer
 //   with the columns split by phase (column j*sw + phase), so every tap reads a contiguous run:
 //   y[p, q..q+4*VL) += w[r,s] * buf[row][phase][q + off]. Backward-input splits the dx columns
@@ -736,6 +743,7 @@ struct FlatPlan {
   bool split = false;  // strided forward / backward-weight: the taps read split_plane's phase planes
   bool merge = false;  // strided backward-input: the parts are dx's phase planes, merged after
   int64_t H = 0, W = 0, sh = 1, sw = 1, Hp = 0, Wp = 0;  // the plane that is split or merged
+  int64_t PP = 0;  // floats from one phase plane to the next: Hp*Wp and a vector of slack
   bool by_vector = false;  // masks [j][t] (backward-weight), else [t][j]
   std::vector<FlatPart> parts;
   std::vector<MaskWord> masks;
@@ -781,7 +789,8 @@ FlatPlan flat_plan(const Conv2dParams& p, bool bwd, bool by_vector = false) {
   FlatPlan f;
   f.RS = p.R * p.S, f.by_vector = by_vector;
   f.H = H, f.W = W, f.sh = sh, f.sw = sw, f.Hp = ceil_div(H, sh), f.Wp = ceil_div(W, sw);
-  const int64_t phase_floats = sh * sw * f.Hp * f.Wp;
+  f.PP = sh * sw > 1 ? f.Hp * f.Wp + VL : H * W;
+  const int64_t phase_floats = sh * sw * f.PP;
   std::vector<std::array<int64_t, 6>> taps;
   if (!bwd) {
     f.plane_in = H * W, f.split = sh * sw > 1, f.n_in = f.split ? phase_floats : H * W;
@@ -790,7 +799,7 @@ FlatPlan flat_plan(const Conv2dParams& p, bool bwd, bool by_vector = false) {
       for (int64_t s = 0; s < p.S; ++s) {
         const int64_t dr = r * p.dil_h - p.pad_h, dc = s * p.dil_w - p.pad_w;
         const int64_t u = floor_mod(dr, sh), v = floor_mod(dc, sw);
-        taps.push_back({r * p.S + s, (u * sw + v) * f.Hp * f.Wp + floor_div(dr, sh) * f.Wp + floor_div(dc, sw),
+        taps.push_back({r * p.S + s, (u * sw + v) * f.PP + floor_div(dr, sh) * f.Wp + floor_div(dc, sw),
                         ceil_div(-dr, sh), ceil_div(H - dr, sh), ceil_div(-dc, sw), ceil_div(W - dc, sw)});
       }
     add_part(f, 0, P, Q, taps);
@@ -809,40 +818,39 @@ FlatPlan flat_plan(const Conv2dParams& p, bool bwd, bool by_vector = false) {
           taps.push_back({r * p.S + s, -er * Q - ec, er, P + er, ec, Q + ec});
         }
       // the phase plane's rows and columns that exist in dx (the others are computed, not kept)
-      add_part(f, (u * sw + v) * f.Hp * f.Wp, f.merge ? f.Hp : H, f.merge ? f.Wp : W, taps);
+      add_part(f, (u * sw + v) * f.PP, f.merge ? f.Hp : H, f.merge ? f.Wp : W, taps);
     }
   return f;
 }
 
-// The phase planes of one H x W plane: buf[((u*sw + v)*Hp + i)*Wp + k] = x[(u + i*sh)*W + v + k*sw].
+// The phase planes of one H x W plane: buf[(u*sw + v)*PP + i*Wp + k] = x[(u + i*sh)*W + v + k*sw].
 // Entries past a phase's last row or column are left as they were: no tap's mask reads them.
-// Stride 2 (AVX-512) splits a row's 32 values into 16 + 16 with two permutes.
+// Stride 2 (AVX-512) splits a row's 32 values into 16 + 16 with two permutes and whole-vector
+// stores: what they write past a row's end is overwritten by the next row of its phase plane,
+// or lands in the slack after the plane (masked stores, read back at once, do not forward to
+// the loads: 576@14/2 batch 4 forward ran 0.68x as fast as the NHWC tiles with them).
 void split_plane(const FlatPlan& f, const float* x, float* buf) {
-  const int64_t H = f.H, W = f.W, sh = f.sh, sw = f.sw, Hp = f.Hp, Wp = f.Wp;
+  const int64_t H = f.H, W = f.W, sh = f.sh, sw = f.sw, PP = f.PP, Wp = f.Wp;
   for (int64_t ih = 0, u = 0, i = 0; ih < H; ++ih) {
     const float* s = x + ih * W;
-    float* d = buf + (u * sw * Hp + i) * Wp;  // phase (u, 0); phase v is v*Hp*Wp further
+    float* d = buf + u * sw * PP + i * Wp;  // phase (u, 0); phase v is v*PP further
 #if CONV_EXT_ISA_BITS == 512
     if (sw == 2) {
       const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
       const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-      const int64_t n0 = (W + 1) / 2, n1 = W / 2;  // columns of phases 0 and 1
+      const int64_t n0 = (W + 1) / 2;  // columns of phase 0 (phase 1: W / 2)
       for (int64_t k = 0; k < n0; k += 16) {
         const int64_t left = W - 2 * k;
         const __m512 a = left >= 32 ? Isa::load(s + 2 * k) : Isa::loadm(s + 2 * k, Isa::mask(left));
         const __m512 b = left >= 32 ? Isa::load(s + 2 * k + 16) : Isa::loadm(s + 2 * k + 16, Isa::mask(left - 16));
-        const __m512 e = _mm512_permutex2var_ps(a, even, b), o = _mm512_permutex2var_ps(a, odd, b);
-        if (n1 - k >= 16) {
-          Isa::store(d + k, e), Isa::store(d + Hp * Wp + k, o);
-        } else {
-          Isa::storem(d + k, e, Isa::mask(n0 - k)), Isa::storem(d + Hp * Wp + k, o, Isa::mask(n1 - k));
-        }
+        Isa::store(d + k, _mm512_permutex2var_ps(a, even, b));
+        Isa::store(d + PP + k, _mm512_permutex2var_ps(a, odd, b));
       }
     } else
 #endif
     {
       for (int64_t v = 0; v < std::min(sw, W); ++v) {
-        float* dv = d + v * Hp * Wp;
+        float* dv = d + v * PP;
         for (int64_t k = 0; v + k * sw < W; ++k) dv[k] = s[v + k * sw];
       }
     }
@@ -853,7 +861,7 @@ void split_plane(const FlatPlan& f, const float* x, float* buf) {
 // dx's rows from its phase planes (the inverse of split_plane).
 void merge_plane(const FlatPlan& f, const float* buf, float* dx) {
   for (int64_t ih = 0, u = 0, i = 0; ih < f.H; ++ih) {
-    interleave_phases(buf + (u * f.sw * f.Hp + i) * f.Wp, f.Hp * f.Wp, f.sw, f.W, dx + ih * f.W);
+    interleave_phases(buf + u * f.sw * f.PP + i * f.Wp, f.PP, f.sw, f.W, dx + ih * f.W);
     if (++u == f.sh) u = 0, ++i;
   }
 }
@@ -1013,20 +1021,24 @@ void flat_backward_weight(const Conv2dParams& p, const FlatPlan& f, const float*
 }
 
 // Where the flat planes run: output width Q = ceil(W / stride) (stride 1: as wide as the
-// input; backward-input only at stride 1), while the masks (R*S per output vector, built per
-// call) stay under 1 MiB: planes up to ~600x600 with 3x3 filters. At stride 1 they beat the row
-// kernels at every MobileNet size: batch 8, 2 threads, A/B of builds (python benchmarks/ab.py
-// OLD.so NEW.so 8,C,H,H,C,3,1,1,C --layout nchw --pass P, best mins), old/new forward /
-// backward-input / backward-weight: 384@14 2.01 / 1.97 / 2.14x, 192@28 1.68 / 1.60 / 1.82x,
-// 144@56 1.51 / 1.37 / 2.12x, 32@112 1.44 / 1.11 / 1.97x.
-// Strided, small planes with C % 16 == 0 stay with the NHWC tiles (via_nhwc): 576@14/2 batch 4
-// forward / backward-weight ran 0.72 / 0.57x as fast flat (the split rows, written by masked
-// stores, are read back at once: no store forwarding).
+// input), while the masks (R*S per output vector, built per call) stay under 1 MiB: planes up
+// to ~600x600 with 3x3 filters. A/B of builds, 2 threads (python benchmarks/ab.py OLD.so NEW.so
+// N,C,H,H,C,3,S,1,C --layout nchw --pass P, best mins), old/new forward / backward-input /
+// backward-weight. Stride 1, batch 8 (against the row kernels, or the NHWC tiles at 14 and 28):
+// 384@14 2.01 / 1.97 / 2.14x, 192@28 1.68 / 1.60 / 1.82x, 144@56 1.51 / 1.37 / 2.12x, 32@112
+// 1.44 / 1.11 / 1.97x; batch 4 960@7 forward 0.104 -> 0.088 ms with pairs of planes a task (8
+// FMA chains) and tasks taken in chunks, backward-weight 0.123 -> 0.074 with pairs of channels
+// (each mask loaded once for both) and tree sums. Stride 2: 96@112/2 batch 4 1.05 / 1.62 /
+// 1.49x, 144@56/2 batch 8 1.39 / 2.75 / 1.31x.
+// Strided forward and backward-weight of small planes with C % 16 == 0 stay with the NHWC tiles
+// (via_nhwc): flat, 576@14/2 batch 4 ran 0.74 / 0.81x as fast (0.68 / 0.64x when split_plane
+// still ended its rows with masked stores), 192@28/2 batch 8 1.04 / 1.00x; their backward-input
+// runs flat: 1.15x, 1.73x.
 bool via_nhwc(const Conv2dParams& p);
-bool flat_ok(const Conv2dParams& p) {
+bool flat_ok(const Conv2dParams& p, bool backward_input) {
   const int64_t nb = ceil_div(std::max(p.H, p.P) * std::max(p.W, p.Q), VL);
   const bool unit = p.stride_h == 1 && p.stride_w == 1;
-  return (unit || !via_nhwc(p)) && p.Q == ceil_div(p.W, p.stride_w) &&
+  return (unit || backward_input || !via_nhwc(p)) && p.Q == ceil_div(p.W, p.stride_w) &&
          p.R * p.S * nb * int64_t(sizeof(MaskWord)) <= (int64_t(1) << 20);
 }
 
@@ -1078,7 +1090,7 @@ void on_nhwc_tiles(const Conv2dParams& p, const float* in, int64_t in_hw, float*
 
 void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
                        bool nhwc) {
-  if (!nhwc && flat_ok(p)) return flat_planes(p, flat_plan(p, false), x, w, bias, y);
+  if (!nhwc && flat_ok(p, false)) return flat_planes(p, flat_plan(p, false), x, w, bias, y);
   if (!nhwc && via_nhwc(p)) {
     const int64_t RS = p.R * p.S;
     return on_nhwc_tiles(p, x, p.H * p.W, y, p.P * p.Q, [&](const Conv2dParams& q, const float* xt, int64_t c0, float* yt) {
@@ -1096,7 +1108,7 @@ void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, co
 }
 
 void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
-  if (!nhwc && flat_ok(p)) return flat_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
+  if (!nhwc && flat_ok(p, true)) return flat_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
   if (!nhwc && via_nhwc(p)) {
     const int64_t RS = p.R * p.S;
     return on_nhwc_tiles(p, dy, p.P * p.Q, dx, p.H * p.W, [&](const Conv2dParams& q, const float* dyt, int64_t c0, float* dxt) {
@@ -1119,7 +1131,7 @@ void depthwise_backward_input(const Conv2dParams& p, const float* dy, const floa
 }
 
 void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc) {
-  if (!nhwc && flat_ok(p)) return flat_backward_weight(p, flat_plan(p, false, true), dy, x, dwt);
+  if (!nhwc && flat_ok(p, false)) return flat_backward_weight(p, flat_plan(p, false, true), dy, x, dwt);
   if (!nhwc && via_nhwc(p)) {  // a task per block of channels, the images summed in order
     const Conv2dParams q = channel_block(p, 16);
     const int64_t B = q.C, nb = p.C / B, HW = p.H * p.W, PQ = p.P * p.Q, RS = p.R * p.S;
