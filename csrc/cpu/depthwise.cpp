@@ -836,15 +836,10 @@ void split_plane(const FlatPlan& f, const float* x, float* buf) {
     float* d = buf + u * sw * PP + i * Wp;  // phase (u, 0); phase v is v*PP further
 #if CONV_EXT_ISA_BITS == 512
     if (sw == 2) {
-      const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-      const int64_t n0 = (W + 1) / 2;  // columns of phase 0 (phase 1: W / 2)
-      for (int64_t k = 0; k < n0; k += 16) {
-        const int64_t left = W - 2 * k;
-        const __m512 a = left >= 32 ? Isa::load(s + 2 * k) : Isa::loadm(s + 2 * k, Isa::mask(left));
-        const __m512 b = left >= 32 ? Isa::load(s + 2 * k + 16) : Isa::loadm(s + 2 * k + 16, Isa::mask(left - 16));
-        Isa::store(d + k, _mm512_permutex2var_ps(a, even, b));
-        Isa::store(d + PP + k, _mm512_permutex2var_ps(a, odd, b));
+      for (int64_t k = 0; k < (W + 1) / 2; k += 16) {  // the columns of phase 0 (phase 1: W / 2)
+        __m512 e, o;
+        split_even_odd(s + 2 * k, W - 2 * k, e, o);
+        Isa::store(d + k, e), Isa::store(d + PP + k, o);
       }
     } else
 #endif
@@ -951,14 +946,18 @@ void flat_planes(const Conv2dParams& p, const FlatPlan& f, const float* in, cons
 }
 
 // The sum of a vector's lanes by a tree of shuffles (hsum adds them one by one).
+// (The order of _mm512_reduce_add_ps; it, the unmasked shuffle and the 512 -> 256 cast warn of an
+// undefined operand in GCC 12's headers, the zero-masked forms do not.)
 inline float reduce_add(V v) {
 #if CONV_EXT_ISA_BITS == 512
-  return _mm512_reduce_add_ps(v);
+  const __m512 s8 = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0x4E));  // lanes i + i+8
+  const __m256 h = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(s8), 0));
 #else
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m256 h = v;
+#endif
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
-#endif
 }
 
 // Backward-weight on flat planes: dw[c, t] = sum_n sum_i dy[n, c, i] * x[n, c, i + off[t]]
@@ -1020,6 +1019,10 @@ void flat_backward_weight(const Conv2dParams& p, const FlatPlan& f, const float*
   });
 }
 
+// Small NCHW planes run the NHWC kernels (channel-vectorised, no per-plane setup) on NHWC
+// tiles of 16 channels: the vector transposes cost far less than the per-plane overhead.
+bool via_nhwc(const Conv2dParams& p) { return p.H * p.W <= 28 * 28 && p.C % 16 == 0; }
+
 // Where the flat planes run: output width Q = ceil(W / stride) (stride 1: as wide as the
 // input), while the masks (R*S per output vector, built per call) stay under 1 MiB: planes up
 // to ~600x600 with 3x3 filters. A/B of builds, 2 threads (python benchmarks/ab.py OLD.so NEW.so
@@ -1034,7 +1037,6 @@ void flat_backward_weight(const Conv2dParams& p, const FlatPlan& f, const float*
 // (via_nhwc): flat, 576@14/2 batch 4 ran 0.74 / 0.81x as fast (0.68 / 0.64x when split_plane
 // still ended its rows with masked stores), 192@28/2 batch 8 1.04 / 1.00x; their backward-input
 // runs flat: 1.15x, 1.73x.
-bool via_nhwc(const Conv2dParams& p);
 bool flat_ok(const Conv2dParams& p, bool backward_input) {
   const int64_t nb = ceil_div(std::max(p.H, p.P) * std::max(p.W, p.Q), VL);
   const bool unit = p.stride_h == 1 && p.stride_w == 1;
@@ -1042,9 +1044,6 @@ bool flat_ok(const Conv2dParams& p, bool backward_input) {
          p.R * p.S * nb * int64_t(sizeof(MaskWord)) <= (int64_t(1) << 20);
 }
 
-// Small NCHW planes run the NHWC kernels (channel-vectorised, no per-plane setup) on NHWC
-// tiles of 16 channels: the vector transposes cost far less than the per-plane overhead.
-bool via_nhwc(const Conv2dParams& p) { return p.H * p.W <= 28 * 28 && p.C % 16 == 0; }
 
 // NCHW via NHWC, one block at a time: a task is (image, block of 16 channels); it transposes the
 // block's planes into an NHWC tile in its own scratch (in cache), runs the NHWC kernel on the

@@ -335,6 +335,19 @@ inline void zero_floats(float* d, int64_t n) {
   for (int64_t i = 0; i < n; i += Isa::VL) Isa::storem(d + i, Isa::zero(), Isa::mask(n - i));
 }
 
+#if CONV_EXT_ISA_BITS == 512
+// The 32 floats from s (the first `left` of them: masked loads past the end read nothing) split by
+// index parity with two permutes: s[0], s[2], .. s[30] into e, s[1], .. s[31] into o. The stride-2
+// de-interleave of pack_phase_plane and of depthwise.cpp's split_plane.
+inline void split_even_odd(const float* s, int64_t left, __m512& e, __m512& o) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512 a = left >= 32 ? Isa::load(s) : Isa::loadm(s, Isa::mask(left));
+  const __m512 b = left >= 32 ? Isa::load(s + 16) : Isa::loadm(s + 16, Isa::mask(left - 16));
+  e = _mm512_permutex2var_ps(a, even, b), o = _mm512_permutex2var_ps(a, odd, b);
+}
+#endif
+
 // Copy plane (n, c) of an NCHW tensor into buf[row][phase][j] = src[row - ph][j*sw + phase - pw]
 // (zero outside), rows [0, nrows), j in [0, wq); wq includes a zero tail for vector over-reads.
 // ph < 0 starts the copy at row -ph of the plane (a band of rows). Used by depthwise.cpp and
@@ -373,8 +386,6 @@ inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t p
     }
 #if CONV_EXT_ISA_BITS == 512
     if (sw == 2) {  // de-interleave 32 inputs into 16 of each phase with two permutes
-      const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
       const int64_t v_lo = std::min(wq, ceil_div(pw, 2));  // columns j < v_lo read left of the row
       for (int64_t j = 0; j < v_lo; ++j)
         for (int64_t phase = 0; phase < 2; ++phase) {
@@ -384,12 +395,11 @@ inline void pack_phase_plane(const float* plane, int64_t H, int64_t W, int64_t p
       // up to wq: masked loads read zeros past column W (nothing at all once past it) and
       // masked stores end at wq
       for (int64_t v = v_lo; v < wq; v += 16) {
-        const float* t = s + 2 * v - pw;
-        const int64_t left = W - (2 * v - pw);
-        const __m512 a = Isa::loadm(t, Isa::mask(left)), b = Isa::loadm(t + 16, Isa::mask(left - 16));
+        __m512 e, o;
+        split_even_odd(s + 2 * v - pw, W - (2 * v - pw), e, o);
         const __mmask16 m = Isa::mask(wq - v);
-        Isa::storem(d + v, _mm512_permutex2var_ps(a, even, b), m);
-        Isa::storem(d + wq + v, _mm512_permutex2var_ps(a, odd, b), m);
+        Isa::storem(d + v, e, m);
+        Isa::storem(d + wq + v, o, m);
       }
       continue;
     }
