@@ -6,16 +6,24 @@
 //   backward-weight  dw[c,r,s]   = sum_{n,p,q} dy[n,c,p,q] * x[n,c,p*sh-ph+r*dh,q*sw-pw+s*dw]
 //
 // NHWC: weights are packed [tap][C]. Forward with 3/5/7 taps a row at stride 1 or 2 (no
-//   dilation) runs the interior of each output row in runs of 8 pixels (AVX2: 4) per channel
-//   vector: 8 sums, the row's S weights and its (8-1)*stride + S input vectors in registers, each
-//   input loaded once (forward_runs). Everything else gathers per output pixel: its valid taps
-//   (a short list of offsets) run over the channels 4 vectors at a time (gather_pixel).
+//   dilation) runs each output row in runs of 8 pixels (AVX2: 4) per channel vector: 8 sums, the
+//   row's S weights and its (8-1)*stride + S input vectors in registers, each input loaded once
+//   (forward_runs; the runs at the row's ends load zeros for the padding and store only the
+//   pixels that exist). Everything else gathers per output pixel: its valid taps (a short list
+//   of offsets) run over the channels 4 vectors at a time (gather_pixel).
 //   Backward-input at stride 1 is the forward gather of dy with the taps flipped; strided, the
 //   dx columns split by phase (column % stride): one tap list per phase, interior columns in
 //   runs like the forward (phase_runs), the edges per pixel.
-//   Backward-weight: the N*P output rows in a fixed number of chunks; per row, block of 8
+//   Backward-weight: the N*P output rows in a fixed number of chunks; per row, block of 64
 //   output pixels and channel vector the 9..49 tap sums in registers, added to the chunk's
-//   partial sums; the chunks are added in chunk order (same bits for any thread count).
+//   partial sums; the chunks are added in chunk order (same bits for any thread count). 3x3 at
+//   stride 1 or 2 goes through the block in runs of 8 outputs like the forward (bw_run_3x3):
+//   8 dy vectors in registers, each input vector loaded once for its up to 3 taps.
+//   Whole rows in runs (2026-12-02; python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc
+//   --pass P, best mins of 6 alternating processes, old/new): forward 960@7 batch 4 1.35x,
+//   96@16 batch 8 1.38x, 576@14/2 1.25x (7 and 14 wide rows had no whole interior run of 8),
+//   stride-1 backward-input (the same kernel) 1.28x / 1.18x; backward-weight in runs 960@7
+//   1.38x, 96@16 1.27x, 144@56 batch 8 1.44x, 576@14/2 1.15x, 96@112/2 1.00x (memory-bound).
 //   MobileNet's 96@112/2, batch 4, channels_last, 2 threads (python -m conv_ext.bench --suite
 //   default --layout nhwc --passes forward,backward_input,backward_weight --cases
 //   mobilenet_v2.features.2), ratio vs torch before -> after this scheme: forward 0.59 -> 0.92-0.99,
@@ -162,37 +170,57 @@ inline void store_run(float* o, int64_t step, const V* acc, bool full, M m, bool
     for (int t = 0; t < T; ++t) Isa::storem(o + t * step, acc[t], m);
 }
 
-// Forward runs of one output row (NHWC, no dilation): for b in [b_lo, b_hi) (a multiple of kRun
-// long, no padding read) o[b][c] = bias[c] + sum_{i < nr, s < S} xrow[i][(b*SW + s)*C + c] *
-// wrow[i][s*Cp + c]. Per channel vector and run: kRun sums, S weights and the run's
-// (kRun-1)*SW + S input vectors of a filter row in registers, each input loaded once.
+// Forward runs of one output row (NHWC, no dilation): for b in [0, Wo) o[b][c] = bias[c] +
+// sum_{i < nr, s < S} xrow[i][(b*SW - pw + s)*C + c] * wrow[i][s*Cp + c], where xrow[i] is the
+// row's column 0 (columns outside [0, Ws) are the zero padding: never read).
+// Per channel vector and run of kRun outputs: kRun sums, S weights and the run's
+// (kRun-1)*SW + S input vectors of a filter row in registers, each input loaded once. A run
+// that touches the padding (the row's first and last) puts zeros in place of those vectors; the
+// last run stores only the outputs that exist, so any width runs in runs (7x7: one run of 8).
 constexpr int kRun = VL == 16 ? 8 : 4;
+template <int S, int SW, bool EDGE>
+inline void forward_run(const float* const* xrow, const float* const* wrow, int nr, const float* bias, float* o,
+                        int64_t col0, int nt, int64_t Ws, int64_t C, int64_t Cp, bool stream) {
+  constexpr int T = kRun, NX = (T - 1) * SW + S;
+  for (int64_t c0 = 0; c0 < C; c0 += VL) {
+    const M m = Isa::mask(C - c0);
+    const bool full = C - c0 >= VL;
+    const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and weights are padded to Cp
+    V acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[t] = bv;
+    for (int i = 0; i < nr; ++i) {
+      const float* xr = xrow[i] + col0 * C + c0;
+      V wv[S], xv[NX];
+#pragma GCC unroll 7
+      for (int s = 0; s < S; ++s) wv[s] = Isa::load(wrow[i] + s * Cp + c0);
+#pragma GCC unroll 24
+      for (int j = 0; j < NX; ++j)
+        xv[j] = EDGE && (col0 + j < 0 || col0 + j >= Ws) ? Isa::zero()
+                : full                                   ? Isa::load(xr + j * C)
+                                                         : Isa::loadm(xr + j * C, m);
+#pragma GCC unroll 7
+      for (int s = 0; s < S; ++s)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t * SW + s], wv[s], acc[t]);
+    }
+    if (!EDGE)
+      store_run<T>(o + c0, C, acc, full, m, stream);
+    else
+      for (int t = 0; t < nt; ++t) full ? Isa::store(o + c0 + t * C, acc[t]) : Isa::storem(o + c0 + t * C, acc[t], m);
+  }
+}
+
 template <int S, int SW>
 void forward_runs(const float* const* xrow, const float* const* wrow, int nr, const float* bias, float* orow,
-                  int64_t b_lo, int64_t b_hi, int64_t C, int64_t Cp, bool stream) {
-  constexpr int T = kRun, NX = (T - 1) * SW + S;
-  for (int64_t b0 = b_lo; b0 < b_hi; b0 += T) {  // the run's inputs (nr x NX pixels) stay in L1
-    for (int64_t c0 = 0; c0 < C; c0 += VL) {
-      const M m = Isa::mask(C - c0);
-      const bool full = C - c0 >= VL;
-      const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and weights are padded to Cp
-      V acc[T];
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) acc[t] = bv;
-      for (int i = 0; i < nr; ++i) {
-        const float* xr = xrow[i] + b0 * SW * C + c0;
-        V wv[S], xv[NX];
-#pragma GCC unroll 7
-        for (int s = 0; s < S; ++s) wv[s] = Isa::load(wrow[i] + s * Cp + c0);
-#pragma GCC unroll 24
-        for (int j = 0; j < NX; ++j) xv[j] = full ? Isa::load(xr + j * C) : Isa::loadm(xr + j * C, m);
-#pragma GCC unroll 7
-        for (int s = 0; s < S; ++s)
-#pragma GCC unroll 8
-          for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t * SW + s], wv[s], acc[t]);
-      }
-      store_run<T>(orow + b0 * C + c0, C, acc, full, m, stream);
-    }
+                  int64_t Wo, int64_t Ws, int64_t pw, int64_t C, int64_t Cp, bool stream) {
+  for (int64_t b0 = 0; b0 < Wo; b0 += kRun) {  // the run's inputs (nr x NX pixels) stay in L1
+    const int64_t col0 = b0 * SW - pw;       // the run's first input column
+    const int nt = int(std::min<int64_t>(kRun, Wo - b0));
+    if (nt == kRun && col0 >= 0 && col0 + (kRun - 1) * SW + S <= Ws)  // no padding read
+      forward_run<S, SW, false>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
+    else
+      forward_run<S, SW, true>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
   }
 }
 
@@ -257,23 +285,19 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
       for (int i = 0; i < nr; ++i)
         for (int64_t s = 0; s < S; ++s)
           rel[nrel] = ((n * Hs + rows[i]) * Ws + s * dw) * C, relw[nrel] = (rtap[i] * S + s) * Cp, ++nrel;
-    // Forward, 3/5/7 taps per row at stride 1 or 2, no dilation (MobileNet's layers): the
-    // interior pixels of the row go in runs of kRun per channel vector, each input vector loaded
-    // once for up to S FMAs (the pixel gather below loads 2 vectors per FMA).
-    int64_t b_lo = 0, b_hi = 0;
-    if (!bwd && dw == 1 && (sw == 1 || sw == 2) && (S == 3 || S == 5 || S == 7) && nr > 0) {
-      b_lo = std::min(Wo, ceil_div(pw, sw));  // columns [b_lo, b_hi) read no padding
-      b_hi = std::max(b_lo, std::min(Wo, floor_div(Ws - S + pw, sw) + 1));
-      b_hi = b_lo + (b_hi - b_lo) / kRun * kRun;  // whole runs only; the rest goes pixel by pixel
+    // Forward, 3/5/7 taps per row at stride 1 or 2, no dilation (MobileNet's layers): the whole
+    // row in runs of kRun per channel vector, each input vector loaded once for up to S FMAs
+    // (the pixel gather below loads 2 vectors per FMA).
+    if (!bwd && dw == 1 && (sw == 1 || sw == 2) && (S == 3 || S == 5 || S == 7)) {
       const float* xrow[kMaxTaps];
       const float* wrow[kMaxTaps];
-      for (int i = 0; i < nr; ++i)
-        xrow[i] = src + ((n * Hs + rows[i]) * Ws - pw) * C, wrow[i] = wt + rtap[i] * S * Cp;
-      float* orow = out + (n * Ho + a) * Wo * C;
+      for (int i = 0; i < nr; ++i) xrow[i] = src + (n * Hs + rows[i]) * Ws * C, wrow[i] = wt + rtap[i] * S * Cp;
       const auto runs = S == 3 ? (sw == 1 ? forward_runs<3, 1> : forward_runs<3, 2>)
                       : S == 5 ? (sw == 1 ? forward_runs<5, 1> : forward_runs<5, 2>)
                                : (sw == 1 ? forward_runs<7, 1> : forward_runs<7, 2>);
-      runs(xrow, wrow, nr, bias, orow, b_lo, b_hi, C, Cp, stream);
+      runs(xrow, wrow, nr, bias, out + (n * Ho + a) * Wo * C, Wo, Ws, pw, C, Cp, stream);
+      if (stream) _mm_sfence();
+      return;
     }
     // Strided backward-input: the taps of dx column b depend only on its phase b % sw, and for
     // b = phase + j*sw they read dy columns j + k (k fixed per tap): one tap list per phase,
@@ -302,8 +326,6 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
                  jhi[phase], C, stream);
     }
     for (int64_t b = 0; b < Wo; ++b) {
-      if (b == b_lo && b_hi > b_lo) b = b_hi;  // done above
-      if (b >= Wo) break;
       float* o = out + ((n * Ho + a) * Wo + b) * C;
       if (!bwd && b * sw - pw >= 0 && b * sw - pw + (S - 1) * dw < Ws) {
         gather_pixel<NVC>(src + (b * sw - pw) * C, rel, relw, nrel, wt, bias, o, C);
@@ -593,6 +615,62 @@ void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x
 // bits for any thread count). RT x ST > 0 fixes the filter size
 // at compile time so the RT*ST accumulators live in registers and interior pixels skip the
 // bounds tests; RT = ST = 0 is the generic version.
+// Backward-weight runs (NHWC, 3x3, column stride SW, no column dilation): acc[r*3 + s] +=
+// sum_{q in [q0, q0 + nq)} dy_row[q][c] * xrow[r][(q*SW - pw + s)*C + c] for one channel
+// vector, a run of kRun outputs at a time: the run's dy vectors stay in registers and each
+// input vector of a filter row is loaded once for the up to 3 taps that read it (the pixel
+// loop loads one input vector per FMA). xrow[r] is null for rows outside the image. A run
+// that touches the padding or ends the row (EDGE) loads zeros for the missing inputs and
+// outputs.
+template <int SW, bool EDGE>
+inline void bw_run_3x3(V* acc, const float* const* xrow, const float* g0, int64_t col0, int nq, int64_t W,
+                       int64_t C, int64_t c0, bool full, M m) {
+  constexpr int T = kRun, NX = (T - 1) * SW + 3;
+  V g[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t)
+    g[t] = EDGE && t >= nq ? Isa::zero() : full ? Isa::load(g0 + t * C) : Isa::loadm(g0 + t * C, m);
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; ++r) {
+    if (!xrow[r]) continue;
+    const float* xr = xrow[r] + col0 * C + c0;
+#pragma GCC unroll 24
+    for (int j = 0; j < NX; ++j) {
+      const V xv = EDGE && (col0 + j < 0 || col0 + j >= W) ? Isa::zero()
+                   : full                                 ? Isa::load(xr + j * C)
+                                                          : Isa::loadm(xr + j * C, m);
+#pragma GCC unroll 3
+      for (int s = 0; s < 3; ++s)
+        if ((j - s) % SW == 0 && j >= s && (j - s) / SW < T) acc[r * 3 + s] = Isa::fma(g[(j - s) / SW], xv, acc[r * 3 + s]);
+    }
+  }
+}
+
+// One dy row's contribution to the chunk's sums pt[cb][tap][VL], outputs [q_begin, q_end), in
+// runs per channel vector (see bw_run_3x3).
+template <int SW>
+void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t q_begin, int64_t q_end, int64_t W,
+                int64_t pw, int64_t C) {
+  for (int64_t c0 = 0; c0 < C; c0 += VL) {
+    const M m = Isa::mask(C - c0);
+    const bool full = C - c0 >= VL;
+    V acc[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) acc[t] = Isa::zero();
+    for (int64_t q0 = q_begin; q0 < q_end; q0 += kRun) {
+      const int64_t col0 = q0 * SW - pw;  // the run's first input column
+      const int nq = int(std::min<int64_t>(kRun, q_end - q0));
+      if (nq == kRun && col0 >= 0 && col0 + (kRun - 1) * SW + 3 <= W)
+        bw_run_3x3<SW, false>(acc, xrow, grow + q0 * C + c0, col0, nq, W, C, c0, full, m);
+      else
+        bw_run_3x3<SW, true>(acc, xrow, grow + q0 * C + c0, col0, nq, W, C, c0, full, m);
+    }
+    float* p = pt + (c0 / VL) * 9 * VL;
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) Isa::store(p + t * VL, Isa::add(Isa::load(p + t * VL), acc[t]));
+  }
+}
+
 template <int RT, int ST>
 void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
   const int64_t C = p.C, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
@@ -620,6 +698,7 @@ void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x
   // per-vector loads then hit L1/L2. Read in place, each block's loads went out to memory in a
   // strided order: 96@112/2 NHWC batch 4, 1 thread, 2.35 ms [torch 1.06] -> see the header.
   const bool copy_rows = N * H * W * C > (int64_t(4) << 20);
+  const bool runs = RT == 3 && ST == 3 && dw == 1 && (sw == 1 || sw == 2);
   for_each_task(nchunk, p.macs(), [&](int64_t chunk) {
     float* band = copy_rows ? scratch(7, R * W * C) : nullptr;
     float* part = partial + chunk * ncb * RS * VL;
@@ -639,6 +718,13 @@ void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x
         }
       }
       const float* grow = dy + ((n * P + pp) * Q) * C;
+      if (runs) {  // 3x3 at stride 1 or 2 in width, no dilation in width: see bw_run_3x3
+        const float* xr[3];
+        for (int r = 0; r < 3; ++r) xr[r] = rvalid[r] ? xrow[r] : nullptr;
+        for (int64_t qb = 0; qb < Q; qb += kQB)
+          (sw == 1 ? bw_row_3x3<1> : bw_row_3x3<2>)(xr, grow, part, qb, std::min(Q, qb + kQB), W, pw, C);
+        continue;
+      }
       const M none = Isa::mask(0);
       for (int64_t qb = 0; qb < Q; qb += kQB)
       for (int64_t cb = 0; cb < ncb; ++cb) {
