@@ -99,6 +99,8 @@ DEPTHWISE = [
     ((1, 3, 11, 40), 3, (3, 5), (1, 2), (1, 2), 1, 3),  # column phases only
     ((1, 4, 15, 16), 4, (3, 3), 2, 2, 2, 4),           # dilation 2 at stride 2
     ((1, 2, 70, 70), 2, (3, 3), 2, 1, 1, 2),           # rows of 70: 32 + 32 + 6 split by permutes
+    ((1, 3, 97, 91), 3, (3, 3), 2, 1, 1, 3),           # planes >= 8K floats: split as the outputs reach the rows
+    ((1, 2, 101, 83), 2, (5, 5), 2, 2, 1, 2),          # the same with 5 rows a tap reach, odd rows and columns
 ]
 WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 32, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # odd sizes: half tiles at the edges

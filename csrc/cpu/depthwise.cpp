@@ -830,6 +830,12 @@ struct FlatPlan {
   bool merge = false;  // strided backward-input: the parts are dx's phase planes, merged after
   int64_t H = 0, W = 0, sh = 1, sw = 1, Hp = 0, Wp = 0;  // the plane that is split or merged
   int64_t PP = 0;  // floats from one phase plane to the next: Hp*Wp and a vector of slack
+  int64_t out_w = 0, row_reach = 0;  // split forward: output row a reads input rows < a*sh + row_reach
+  // the input rows that outputs [0, j*VL) of the (single) part read: split before they run
+  int64_t rows_for(int64_t j) const {
+    const int64_t a = std::min(parts[0].n_out, j * VL) - 1;
+    return std::max<int64_t>(0, std::min(H, a / out_w * sh + row_reach));
+  }
   bool by_vector = false;  // masks [j][t] (backward-weight), else [t][j]
   std::vector<FlatPart> parts;
   std::vector<MaskWord> masks;
@@ -889,6 +895,7 @@ FlatPlan flat_plan(const Conv2dParams& p, bool bwd, bool by_vector = false) {
                         ceil_div(-dr, sh), ceil_div(H - dr, sh), ceil_div(-dc, sw), ceil_div(W - dc, sw)});
       }
     add_part(f, 0, P, Q, taps);
+    f.out_w = Q, f.row_reach = (p.R - 1) * p.dil_h - p.pad_h + 1;
     return f;
   }
   f.plane_in = f.n_in = P * Q, f.plane_out = H * W, f.merge = sh * sw > 1;
@@ -915,9 +922,11 @@ FlatPlan flat_plan(const Conv2dParams& p, bool bwd, bool by_vector = false) {
 // stores: what they write past a row's end is overwritten by the next row of its phase plane,
 // or lands in the slack after the plane (masked stores, read back at once, do not forward to
 // the loads: 576@14/2 batch 4 forward ran 0.68x as fast as the NHWC tiles with them).
-void split_plane(const FlatPlan& f, const float* x, float* buf) {
-  const int64_t H = f.H, W = f.W, sh = f.sh, sw = f.sw, PP = f.PP, Wp = f.Wp;
-  for (int64_t ih = 0, u = 0, i = 0; ih < H; ++ih) {
+// Rows [ih0, ih1) of the plane (all by default); rows split in increasing order.
+void split_plane(const FlatPlan& f, const float* x, float* buf, int64_t ih0 = 0, int64_t ih1 = -1) {
+  const int64_t W = f.W, sh = f.sh, sw = f.sw, PP = f.PP, Wp = f.Wp;
+  const int64_t H = ih1 < 0 ? f.H : ih1;
+  for (int64_t ih = ih0, u = ih0 % sh, i = ih0 / sh; ih < H; ++ih) {
     const float* s = x + ih * W;
     float* d = buf + u * sw * PP + i * Wp;  // phase (u, 0); phase v is v*PP further
 #if CONV_EXT_ISA_BITS == 512
@@ -993,16 +1002,30 @@ void flat_group(const FlatPlan& f, int64_t C, const float* in, const float* w, c
   V b[NP];
   for (int k = 0; k < NP; ++k) b[k] = Isa::set1(bias ? bias[(first + k) % C] : 0.f);
   const float* ip = in + first * f.plane_in;
-  if (f.split) {
-    float* buf = scratch(1, NP * f.n_in);
-    for (int k = 0; k < NP; ++k) split_plane(f, in + (first + k) * f.plane_in, buf + k * f.n_in);
-    ip = buf;
-  }
+  float* buf = f.split ? scratch(1, NP * f.n_in) : nullptr;
+  // Split forward: planes of >= 8K floats are split a few rows at a time as the outputs reach
+  // them, so the plane's read from memory overlaps the FMAs (split whole, the read waited on
+  // memory with nothing else to do). A/B of builds, 2 threads, best mins (python
+  // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nchw --pass forward): 96@112/2 batch 4 1.16-
+  // 1.25x; smaller planes split whole: 144@56/2 batch 8 ran 0.81-0.87x in pieces.
+  const bool gradual = f.split && f.H * f.W >= 8192;
+  int64_t split_rows = 0;
+  const auto split_to = [&](int64_t rows) {
+    if (rows <= split_rows) return;
+    for (int k = 0; k < NP; ++k) split_plane(f, in + (first + k) * f.plane_in, buf + k * f.n_in, split_rows, rows);
+    split_rows = rows;
+  };
+  if (f.split) ip = buf;
+  if (f.split && !gradual) split_to(f.H);
   float* op = f.merge ? scratch(2, NP * f.n_out) : out + first * f.plane_out;
   const float* wc = w + (first % C) * f.RS;
   for (const FlatPart& q : f.parts) {
     int64_t j = 0;
-    for (; j + 8 <= q.nb; j += 8) flat_vectors<8, NP>(f, q, ip, wc, b, j, op);
+    for (; j + 8 <= q.nb; j += 8) {
+      if (gradual) split_to(f.rows_for(j + 8));
+      flat_vectors<8, NP>(f, q, ip, wc, b, j, op);
+    }
+    if (f.split) split_to(f.H);
     switch (q.nb - j) {
       case 7: flat_vectors<7, NP>(f, q, ip, wc, b, j, op); break;
       case 6: flat_vectors<6, NP>(f, q, ip, wc, b, j, op); break;
