@@ -104,7 +104,7 @@ inline V bcast(const float* p) {
     std::memcpy(&d, p, sizeof(d));
     return _mm512_castpd_ps(_mm512_set1_pd(d));
   } else {
-    return _mm512_broadcast_f32x4(_mm_loadu_ps(p));
+    return _mm512_maskz_broadcast_f32x4(0xFFFF, _mm_loadu_ps(p));
   }
 }
 
@@ -127,7 +127,7 @@ void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, i
         for (int i = 0; i < MR; ++i) acc[i] = Isa::fma(bcast<GPB>(tp + i * SW * 16), wv, acc[i]);
       }
     }
-  for (int i = 0; i < mr; ++i) Isa::storem(y + i * ys, Isa::add(_mm512_permutexvar_ps(oidx, acc[i]), bv), om);
+  for (int i = 0; i < mr; ++i) Isa::storem(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv), om);
 }
 
 // Tile widths: a row of Q pixels runs in ceil(Q / 24) tiles of the narrowest width here that
@@ -182,7 +182,7 @@ void run(const Geo& g, const float* src, const float* wpk, const float* bias_pk,
       const float* s = src + ((n * g.H + h) * g.W) * C + g0 * ci;
       for (int64_t col = 0; col < Wb; ++col) {
         const int64_t w = col - g.pw;
-        const V v = w >= 0 && w < g.W ? _mm512_permutexvar_ps(iidx, Isa::loadm(s + w * C, lm)) : Isa::zero();
+        const V v = w >= 0 && w < g.W ? _mm512_maskz_permutexvar_ps(0xFFFF, iidx, Isa::loadm(s + w * C, lm)) : Isa::zero();
         Isa::store(d + col * PF, v);
       }
     }

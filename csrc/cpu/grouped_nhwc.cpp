@@ -71,7 +71,7 @@ constexpr int kNK = VL == 16 ? 2 : 1;
 // lane l of the result = v[idx[l]]
 inline V permute(V v, const float* idx) {
 #if CONV_EXT_ISA_BITS == 512
-  return _mm512_permutexvar_ps(_mm512_castps_si512(Isa::load(idx)), v);
+  return _mm512_maskz_permutexvar_ps(0xFFFF, _mm512_castps_si512(Isa::load(idx)), v);
 #else
   return _mm256_permutevar8x32_ps(v, _mm256_castps_si256(Isa::load(idx)));
 #endif
