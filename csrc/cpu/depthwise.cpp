@@ -77,6 +77,7 @@
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "depthwise.cpp"
 #include <array>
+#include <optional>
 #include "per_isa.h"
 
 
@@ -956,6 +957,35 @@ void merge_plane(const FlatPlan& f, const float* buf, float* dx) {
   }
 }
 
+// Split forward and backward-weight: the rows of NP consecutive planes (x, the tensor's) go into
+// their phase planes (buf) as the outputs come to need them. Planes of >= 8K floats are split a
+// few rows ahead of each group of 8 output vectors, so the plane's read from memory overlaps the
+// FMAs (split whole first, the read waited on memory with nothing else to do); smaller planes
+// are split whole. A/B of builds, 2 threads, best mins (python benchmarks/ab.py OLD.so NEW.so
+// SHAPE --layout nchw --pass P): 96@112/2 batch 4 forward 1.16-1.31x; in pieces, 144@56/2
+// batch 8 forward ran 0.81-0.87x, and the backward-weight of 96@112/2 0.89-0.92x (it splits
+// whole: `whole`).
+struct PlaneSplit {
+  const FlatPlan& f;
+  const float* x;
+  float* buf;
+  int np;
+  bool gradual;
+  int64_t rows = 0;  // rows [0, rows) split
+  PlaneSplit(const FlatPlan& plan, const float* planes, float* b, int n, bool whole = false)
+      : f(plan), x(planes), buf(b), np(n), gradual(!whole && plan.H * plan.W >= 8192) {
+    if (!gradual) upto(f.H);
+  }
+  void upto(int64_t r) {
+    if (r <= rows) return;
+    for (int k = 0; k < np; ++k) split_plane(f, x + k * f.plane_in, buf + k * f.n_in, rows, r);
+    rows = r;
+  }
+  void before(int64_t j) {  // output vector j is next
+    if (gradual && j % 8 == 0) upto(f.rows_for(j + 8));
+  }
+};
+
 // Output vectors j0 .. j0+G of part q of NP consecutive planes (inputs in_step floats apart,
 // outputs out_step, taps RS): G*NP independent FMA chains, each tap's G masks loaded once for
 // the NP planes. out[k][i] = b[k] + sum_e in[k][i + off[e]] * w[k][widx[e]].
@@ -1002,30 +1032,17 @@ void flat_group(const FlatPlan& f, int64_t C, const float* in, const float* w, c
   V b[NP];
   for (int k = 0; k < NP; ++k) b[k] = Isa::set1(bias ? bias[(first + k) % C] : 0.f);
   const float* ip = in + first * f.plane_in;
-  float* buf = f.split ? scratch(1, NP * f.n_in) : nullptr;
-  // Split forward: planes of >= 8K floats are split a few rows at a time as the outputs reach
-  // them, so the plane's read from memory overlaps the FMAs (split whole, the read waited on
-  // memory with nothing else to do). A/B of builds, 2 threads, best mins (python
-  // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nchw --pass forward): 96@112/2 batch 4 1.16-
-  // 1.25x; smaller planes split whole: 144@56/2 batch 8 ran 0.81-0.87x in pieces.
-  const bool gradual = f.split && f.H * f.W >= 8192;
-  int64_t split_rows = 0;
-  const auto split_to = [&](int64_t rows) {
-    if (rows <= split_rows) return;
-    for (int k = 0; k < NP; ++k) split_plane(f, in + (first + k) * f.plane_in, buf + k * f.n_in, split_rows, rows);
-    split_rows = rows;
-  };
-  if (f.split) ip = buf;
-  if (f.split && !gradual) split_to(f.H);
+  std::optional<PlaneSplit> split;
+  if (f.split) split.emplace(f, ip, scratch(1, NP * f.n_in), NP), ip = split->buf;
   float* op = f.merge ? scratch(2, NP * f.n_out) : out + first * f.plane_out;
   const float* wc = w + (first % C) * f.RS;
   for (const FlatPart& q : f.parts) {
     int64_t j = 0;
     for (; j + 8 <= q.nb; j += 8) {
-      if (gradual) split_to(f.rows_for(j + 8));
+      if (split) split->before(j);
       flat_vectors<8, NP>(f, q, ip, wc, b, j, op);
     }
-    if (f.split) split_to(f.H);
+    if (split) split->upto(f.H);
     switch (q.nb - j) {
       case 7: flat_vectors<7, NP>(f, q, ip, wc, b, j, op); break;
       case 6: flat_vectors<6, NP>(f, q, ip, wc, b, j, op); break;
@@ -1087,11 +1104,8 @@ inline void flat_weight_taps(const Conv2dParams& p, const FlatPlan& f, const flo
   for (int64_t n = 0; n < p.N; ++n) {
     const float* g = dy + (n * p.C + c) * f.n_out;
     const float* xp = x + (n * p.C + c) * f.plane_in;
-    if (f.split) {
-      float* buf = scratch(1, NC * f.n_in);
-      for (int k = 0; k < NC; ++k) split_plane(f, xp + k * f.plane_in, buf + k * f.n_in);
-      xp = buf;
-    }
+    std::optional<PlaneSplit> split;
+    if (f.split) split.emplace(f, xp, scratch(1, NC * f.n_in), NC, true), xp = split->buf;
     for (int64_t j = 0; j < q.nb; ++j) {
       V gv[NC];
 #pragma GCC unroll 2
