@@ -159,16 +159,16 @@ inline void gather_pixel(const float* base, const int64_t* offs, const int64_t* 
   }
 }
 
-// Stores the T sums of a run at o, o + step, ... (masked only at the channel tail: masked stores
-// are slow on Zen 4).
+// Stores the first nt (default T) sums of a run at o, o + step, ... (masked only at the channel
+// tail: masked stores are slow on Zen 4).
 template <int T>
-inline void store_run(float* o, int64_t step, const V* acc, bool full, M m, bool stream) {
+inline void store_run(float* o, int64_t step, const V* acc, bool full, M m, bool stream, int nt = T) {
   if (full && stream && (reinterpret_cast<uintptr_t>(o) | uintptr_t(step * sizeof(float))) % sizeof(V) == 0)
-    for (int t = 0; t < T; ++t) Isa::stream(o + t * step, acc[t]);
+    for (int t = 0; t < nt; ++t) Isa::stream(o + t * step, acc[t]);
   else if (full)
-    for (int t = 0; t < T; ++t) Isa::store(o + t * step, acc[t]);
+    for (int t = 0; t < nt; ++t) Isa::store(o + t * step, acc[t]);
   else
-    for (int t = 0; t < T; ++t) Isa::storem(o + t * step, acc[t], m);
+    for (int t = 0; t < nt; ++t) Isa::storem(o + t * step, acc[t], m);
 }
 
 // Forward runs of one output row (NHWC, no dilation): for b in [0, Wo) o[b][c] = bias[c] +
@@ -179,6 +179,10 @@ inline void store_run(float* o, int64_t step, const V* acc, bool full, M m, bool
 // that touches the padding (the row's first and last) puts zeros in place of those vectors; the
 // last run stores only the outputs that exist, so any width runs in runs (7x7: one run of 8).
 constexpr int kRun = VL == 16 ? 8 : 4;
+// Whether a run of kRun outputs from input column col0, reading nx columns, is whole and reads
+// no padding (the forward's and backward-weight's interior runs; the others are EDGE runs).
+inline bool interior_run(int nt, int64_t col0, int64_t nx, int64_t W) { return nt == kRun && col0 >= 0 && col0 + nx <= W; }
+
 template <int S, int SW, bool EDGE>
 inline void forward_run(const float* const* xrow, const float* const* wrow, int nr, const float* bias, float* o,
                         int64_t col0, int nt, int64_t Ws, int64_t C, int64_t Cp, bool stream) {
@@ -205,10 +209,7 @@ inline void forward_run(const float* const* xrow, const float* const* wrow, int 
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t * SW + s], wv[s], acc[t]);
     }
-    if (!EDGE)
-      store_run<T>(o + c0, C, acc, full, m, stream);
-    else
-      for (int t = 0; t < nt; ++t) full ? Isa::store(o + c0 + t * C, acc[t]) : Isa::storem(o + c0 + t * C, acc[t], m);
+    store_run<T>(o + c0, C, acc, full, m, stream && !EDGE, EDGE ? nt : T);
   }
 }
 
@@ -218,7 +219,7 @@ void forward_runs(const float* const* xrow, const float* const* wrow, int nr, co
   for (int64_t b0 = 0; b0 < Wo; b0 += kRun) {  // the run's inputs (nr x NX pixels) stay in L1
     const int64_t col0 = b0 * SW - pw;       // the run's first input column
     const int nt = int(std::min<int64_t>(kRun, Wo - b0));
-    if (nt == kRun && col0 >= 0 && col0 + (kRun - 1) * SW + S <= Ws)  // no padding read
+    if (interior_run(nt, col0, (kRun - 1) * SW + S, Ws))
       forward_run<S, SW, false>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
     else
       forward_run<S, SW, true>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
@@ -280,12 +281,6 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
       }
       rows[nr] = h, rtap[nr] = r, ++nr;
     }
-    int64_t off[kMaxTaps], widx[kMaxTaps], rel[kMaxTaps], relw[kMaxTaps];
-    int nrel = 0;
-    if (!bwd)
-      for (int i = 0; i < nr; ++i)
-        for (int64_t s = 0; s < S; ++s)
-          rel[nrel] = ((n * Hs + rows[i]) * Ws + s * dw) * C, relw[nrel] = (rtap[i] * S + s) * Cp, ++nrel;
     // Forward, 3/5/7 taps per row at stride 1 or 2, no dilation (MobileNet's layers): the whole
     // row in runs of kRun per channel vector, each input vector loaded once for up to S FMAs
     // (the pixel gather below loads 2 vectors per FMA).
@@ -300,6 +295,12 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
       if (stream) _mm_sfence();
       return;
     }
+    int64_t off[kMaxTaps], widx[kMaxTaps], rel[kMaxTaps], relw[kMaxTaps];
+    int nrel = 0;
+    if (!bwd)
+      for (int i = 0; i < nr; ++i)
+        for (int64_t s = 0; s < S; ++s)
+          rel[nrel] = ((n * Hs + rows[i]) * Ws + s * dw) * C, relw[nrel] = (rtap[i] * S + s) * Cp, ++nrel;
     // Strided backward-input: the taps of dx column b depend only on its phase b % sw, and for
     // b = phase + j*sw they read dy columns j + k (k fixed per tap): one tap list per phase,
     // relative to column j, serves every column whose taps all lie inside dy.
@@ -661,7 +662,7 @@ void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t 
     for (int64_t q0 = q_begin; q0 < q_end; q0 += kRun) {
       const int64_t col0 = q0 * SW - pw;  // the run's first input column
       const int nq = int(std::min<int64_t>(kRun, q_end - q0));
-      if (nq == kRun && col0 >= 0 && col0 + (kRun - 1) * SW + 3 <= W)
+      if (interior_run(nq, col0, (kRun - 1) * SW + 3, W))
         bw_run_3x3<SW, false>(acc, xrow, grow + q0 * C + c0, col0, nq, W, C, c0, full, m);
       else
         bw_run_3x3<SW, true>(acc, xrow, grow + q0 * C + c0, col0, nq, W, C, c0, full, m);
