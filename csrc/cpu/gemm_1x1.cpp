@@ -166,7 +166,7 @@ void gemm_1x1_nchw(const Conv2dParams& p, const float* in, const float* w, const
 // filters (rows of w re-blocked once per call as [g][NVL-column block][k][NVL]), accumulated in dx.
 void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), C = p.C, K = p.K, NP = p.N * p.H * p.W;
-  const int nv = choose_nv(Cg);
+  const int nv = choose_nv_blocks(Cg);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), ncb = ceil_div(Cg, NVL);
   const int64_t kc = std::min<int64_t>(Kg, 256), nkc = ceil_div(Kg, kc);
   // A task is `rows` pixels x `cbs` column blocks of one group: 96 pixels x 1 block, except for
@@ -248,7 +248,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   const float* A = v_is_x ? dy : x;
   const int64_t Nj = v_is_x ? Cg : Kg, Mi = v_is_x ? Kg : Cg;
   const int64_t CtV = v_is_x ? p.C : p.K, CtA = v_is_x ? p.K : p.C;
-  const int nv = choose_nv(Nj);
+  const int nv = choose_nv_blocks(Nj);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), njb = ceil_div(Nj, NVL);
   const int64_t part = G * njb * Mi * NVL;
   // Small planes (HW < kPiece): chunks are ranges of whole images, and one micro-kernel call

@@ -118,7 +118,13 @@ FwdPlan fwd_plan(const Conv2dParams& p) {
   // 3x3/2 512@14 (4 panels) ran 5-8% slower in 12x2, 256@28 (2 panels) a tie, 128@56 (one panel,
   // a filter row's (s, c) in one segment) 2-4% faster (batch 4, 2 threads, forward, the two
   // variants interleaved in one process in random order, best and median of 40).
-  f.nv = choose_nv(p.Kg());
+  // Output channels in blocks that waste the fewest vectors (choose_nv_blocks, simd.h): 96 as
+  // 2 x 48, not 64 + a half-empty 64. Batch 8, 2 threads, A/B of the two builds
+  // (benchmarks/ab.py, best mins): NHWC 1x1 forward 576->96 @14 1.38x, 24->144 @56 1.35x;
+  // 3x3/2 64->96 @56 forward 1.28x NHWC / 1.31x NCHW, backward-weight NHWC 1.22x; the same rule
+  // for the backward passes' vectors (dx channels, dw's k): 3x3/2 backward-input 1.12-1.15x,
+  // NHWC 1x1 backward-input 96<-576 @14 1.36x (gemm_1x1).
+  f.nv = choose_nv_blocks(p.Kg());
   if (p.R * p.S > 1 && p.Kg() % (2 * VL) == 0 && p.Kg() >= 8 * VL && p.R * p.S * p.Cg() * 2 * VL <= kPanelFloats)
     f.nv = 2;
   f.NVL = f.nv * VL, f.MR = Isa::mr(f.nv), f.nkb = ceil_div(p.Kg(), f.NVL);
@@ -568,7 +574,7 @@ void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, fl
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S, J = RS * Cg, PQ = P * Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
-  const int nv = choose_nv(J);
+  const int nv = choose_nv_blocks(J);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), njb = ceil_div(J, NVL), Jp = njb * NVL;
   float* wp = scratch(0, G * njb * Kg * NVL);  // [g][jb][k][NVL], column j = (r*S + s)*Cg + c
   const bool krsc = channel_rows(p);
@@ -766,7 +772,7 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
-  const int nv = choose_nv(Cg);
+  const int nv = choose_nv_blocks(Cg);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), nob = ceil_div(Cg, NVL);
   const int64_t RS = R * S;
   int64_t kc = std::max<int64_t>(1, kPanelFloats / (RS * NVL));  // output channels per panel
@@ -980,7 +986,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
-  const int nv = choose_nv(Kg);
+  const int nv = choose_nv_blocks(Kg);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), nkb = ceil_div(Kg, NVL);
   const int64_t RS = R * S;
   // NCHW with enough channels: the x band stays channel-major ([c][row][col], rows memcpy'd)

@@ -223,6 +223,19 @@ inline int choose_nv(int64_t width) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(Isa::kMaxNV, (width + VL - 1) / VL)));
 }
 
+// NV for a width cut into several blocks of NV vectors: the one that computes the fewest vectors
+// in all (ceil(width / VL) rounded up to a multiple of NV), the widest of those; never 1 for
+// more than one vector (16x1 tiles load a broadcast per FMA). 96 channels: 2 x 48 (3 vectors),
+// not 64 + a half-empty 64; 160: 5 x 32.
+inline int choose_nv_blocks(int64_t width) {
+  const int64_t vecs = (width + VL - 1) / VL;
+  if (vecs <= Isa::kMaxNV) return choose_nv(width);
+  int best = Isa::kMaxNV;
+  for (int nv = Isa::kMaxNV - 1; nv >= 2; --nv)
+    if ((vecs + nv - 1) / nv * nv < (vecs + best - 1) / best * best) best = nv;
+  return best;
+}
+
 // Masks of the NV vectors that cover `valid` lanes (<= NV*VL).
 inline void make_masks(int nv, int64_t valid, M* m) {
   for (int v = 0; v < nv; ++v) m[v] = Isa::mask(valid - v * VL);
