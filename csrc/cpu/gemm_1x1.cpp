@@ -24,8 +24,8 @@
 // micro-kernel's broadcast rows (a_is = HW, a_ls = 1). The N*HW pixels are cut into a fixed
 // number of chunks (a function of the shape only) with their own partial sums, added in chunk
 // order: the same bits for any thread count. NHWC 1x1 backward-weight runs here too, with no
-// transpose at all: V's vectors are read from its pixel rows (in place when a row is one block of
-// NVL channels, else copied 128 pixels at a time into a contiguous panel), A broadcast (a_ls = K|C).
+// transpose at all: V's vectors are read from its pixel rows (in place when the rows are short,
+// else copied 128 pixels at a time into a contiguous panel), A broadcast (a_ls = K|C).
 //
 // Speed (2 cores Zen 4, batch 8, PYTHONPATH=. python benchmarks/cpu_kernels.py --cases 1x1;
 // torch in brackets): 64->256@56 fwd 82 GFLOP/s [55] (1.49x), bwd-input 161 [122];
@@ -273,13 +273,16 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
     b_off[0] = 0;
     bool first = true;
     if (nhwc) {  // the chunk's pixels are one run of rows [pixel][channel] in both operands
-      // V's rows are read in place when they are the whole pixel row (CtV == NVL: contiguous);
-      // else each piece of 128 pixels x NVL channels is copied into vt first (zero-padded), so
-      // the micro-kernel's B stays in L1: in place, rows 2-8 KiB apart fall into the same few L1
-      // sets. 1 thread, batch 4, best of 5 alternating processes (benchmarks/ab.py, --layout nhwc
-      // --pass backward_weight): 512->1024 @14 1.05-1.16x, 2048->512 @7 1.5x, 128->512 @28 1.08x.
-      const bool in_place = CtV == NVL;  // then G == 1 and jn == NVL
+      // V's rows are read in place when they are short (CtV < 256 floats); longer rows are 1-8
+      // KiB apart and the same channels of consecutive pixels fall into a few L1 sets, so each
+      // piece of 128 pixels x NVL channels is copied into vt first (zero-padded) and the
+      // micro-kernel's B stays in L1. 1 thread, batch 4, best of 5 alternating processes
+      // (benchmarks/ab.py, --layout nhwc --pass backward_weight): 512->1024 @14 1.05-1.16x,
+      // 2048->512 @7 1.5x, 128->512 @28 1.08x; short rows (64->256 @56, 24->144 @56) within noise.
+      const bool in_place = CtV < 256;
       const int64_t piece = in_place ? kPiece : kPiece / 2;
+      M bm[4];
+      make_masks(nv, jn, bm);
       for (int64_t pos = a; pos < b; pos += piece) {
         const int64_t len = std::min(piece, b - pos);
         const float* vp = V + pos * CtV + g * Nj + j0;
@@ -298,7 +301,9 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
           t.mr = static_cast<int>(std::min(MR, Mi - i0));
           t.c = out + i0 * NVL, t.ldc = NVL;
           t.accumulate = pos > a;
-          run_tile<false>(nv, t);
+          t.bmask = bm;
+          if (in_place && jn < NVL) run_tile<true>(nv, t);
+          else run_tile<false>(nv, t);
         }
       }
       return;
