@@ -377,6 +377,24 @@ def test_large_output_streamed(layout, algo, shape):
     torch.testing.assert_close(y, F.conv2d(x, w, b, stride=stride, padding=pad), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,k", [((1, 40, 160, 170), 24), ((2, 100, 75, 71), 16)], ids=str)
+def test_gemm_1x1_nhwc_backward_input_streamed(shape, k):
+    """Channels_last 1x1 backward-input with dx of >= 1M floats and one panel of filters: whole,
+    aligned vectors of dx leave by streaming stores, the rest (40 channels = 160 bytes a pixel,
+    every other pixel unaligned; 100 channels = blocks of 48 + 48 + a masked 4) by ordinary ones."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(k, shape[1], 1, 1, generator=g) / 4
+    with testing.force_cpu_algorithm("gemm_1x1", passes=("backward_input",)):
+        y = conv_ext.conv2d(x, w)
+        dy = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
+        (dx,) = torch.autograd.grad(y, x, dy)
+        assert testing.last_cpu_algorithm("backward_input") == "gemm_1x1"
+    assert dx.numel() >= 1 << 20 and dx.is_contiguous(memory_format=torch.channels_last)
+    (dx_ref,) = torch.autograd.grad(F.conv2d(x, w), x, dy)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape,stride", [((1, 48, 150, 150), 1), ((1, 40, 160, 170), 2)], ids=str)
 def test_depthwise_large_output_streamed(shape, stride):
     """Channels_last depthwise forward and backward-input with outputs of >= 1M floats: the runs'

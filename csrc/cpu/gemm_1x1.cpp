@@ -192,6 +192,11 @@ void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const 
     }
   }
   const int64_t npb = ceil_div(NP, rows), ngc = ceil_div(ncb, cbs);
+  // dx of >= kStreamFloats written by one panel: streaming stores (as implicit_gemm's NHWC
+  // forward). MobileNetV2 channels_last backward-input, batch 8, ratio vs torch in the bench
+  // (--suite mobilenet_v2 --layout nhwc --passes backward_input, three runs each, toggled):
+  // 32<-16 @112 0.72-0.76x -> 0.85-0.86x, 96<-24 @56 0.82-0.90 -> 0.86-0.97, 144<-24 @56 0.84-0.93 -> 0.89-1.03.
+  const bool stream = nkc == 1 && NP * C >= kStreamFloats;
   // w as [g][column block][k][NVL] (zero-padded), once per call: every task reads its rows in
   // place. (Each task copied its own 256-row panel before: 16 KiB per 96 pixels x 64 channels,
   // ~30% of 256->64 @56's time.)
@@ -224,9 +229,11 @@ void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const 
         t.c = dx + (pix0 + i0) * C + g * Cg + c0, t.ldc = C;
         t.accumulate = lb > 0;
         t.cmask = cn < NVL ? m : nullptr;
+        t.stream = stream;
         run_tile<false>(nv, t);
       }
     }
+    if (stream) _mm_sfence();
   });
 }
 
