@@ -64,6 +64,9 @@ ONE_BY_ONE = [
     ((3, 64, 5, 3), 200, (1, 1), 1, 0, 1, 1),          # NHWC: rows across images, tasks split over K
     ((2, 24, 9, 7), 36, (1, 1), 2, 0, 1, 3),           # NHWC strided, read in place; groups
     ((1, 1040, 2, 5), 1030, (1, 1), 1, 0, 1, 1),       # a filter of > 1M floats: NHWC bwd-input task shapes
+    ((2, 24, 13, 11), 144, (1, 1), 1, 0, 1, 1),        # NHWC bwd-weight: V = dy (3 x 48 lanes, 24 = 3 x 8 rows)
+    ((1, 96, 9, 8), 24, (1, 1), 1, 0, 1, 1),           # the same turned round: V = x
+    ((2, 300, 11, 10), 520, (1, 1), 1, 0, 1, 1),       # NHWC bwd-weight: V's long rows copied into panels
 ]
 DEPTHWISE = [
     ((2, 8, 10, 10), 8, (3, 3), 1, 1, 1, 8),

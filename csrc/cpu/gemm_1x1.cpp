@@ -250,7 +250,19 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   constexpr int64_t kPiece = 256;
   // NHWC: nothing is transposed (V rows are the pixels' channel runs, A broadcast with a_ls = C);
   // V = the operand with fewer channels up to 256 channels, else the one with more (measured)
-  const bool v_is_x = (nhwc ? std::max(Cg, Kg) > 256 : HW < kPiece) ? Cg >= Kg : Cg <= Kg;
+  bool v_is_x = (nhwc ? std::max(Cg, Kg) > 256 : HW < kPiece) ? Cg >= Kg : Cg <= Kg;
+  if (nhwc) {
+    // ... unless the other choice fills clearly more of its tiles: the share of the computed
+    // lanes x rows that are real channels (24->144 @56: V = x, 24 of 32 lanes; V = dy, 3 x 48 lanes
+    // and 3 x 8 rows, all real).
+    auto filled = [](int64_t nj, int64_t mi) {
+      const int v = choose_nv_blocks(nj);
+      const int64_t nvl = v * VL, mr = Isa::mr(v);
+      return double(nj) / double(ceil_div(nj, nvl) * nvl) * double(mi) / double(ceil_div(mi, mr) * mr);
+    };
+    const double mine = v_is_x ? filled(Cg, Kg) : filled(Kg, Cg), other = v_is_x ? filled(Kg, Cg) : filled(Cg, Kg);
+    if (other > 1.05 * mine) v_is_x = !v_is_x;
+  }
   const float* V = v_is_x ? x : dy;
   const float* A = v_is_x ? dy : x;
   const int64_t Nj = v_is_x ? Cg : Kg, Mi = v_is_x ? Kg : Cg;
