@@ -112,9 +112,8 @@ struct Tile {
 // 3x3/2 128@56 channels_last forward, batch 4, 2 threads: 0.77-0.80x torch -> 0.86-0.94x
 // (python benchmarks/algos.py 4,128,56,56,128,3,2,1 --layout nhwc, the two builds alternated).
 // The same FMAs in the same order: the same bits.
-template <int NV, bool MASKB, bool FAST>
+template <int NV, bool MASKB, bool FAST, int MR = Isa::mr(NV)>
 void micro_kernel_impl(const Tile& t) {
-  constexpr int MR = Isa::mr(NV);
   V acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -199,21 +198,34 @@ void micro_kernel_impl(const Tile& t) {
   }
 }
 
-template <int NV, bool MASKB>
+template <int NV, bool MASKB, int MR = Isa::mr(NV)>
 void micro_kernel(const Tile& t) {
-  if (!MASKB && t.a_ls == 1 && t.b_ls == NV * VL) micro_kernel_impl<NV, MASKB, true>(t);
-  else micro_kernel_impl<NV, MASKB, false>(t);
+  if (!MASKB && t.a_ls == 1 && t.b_ls == NV * VL) micro_kernel_impl<NV, MASKB, true, MR>(t);
+  else micro_kernel_impl<NV, MASKB, false, MR>(t);
+}
+
+// A tile of at most 3/4 of MR rows runs an instance with that many rows (MRS): the rows a tile
+// does not have cost no FMAs there (MR's instance computes them from a repeated row). A 3x3
+// filter on 3 channels has 9 (s, c) rows in backward-weight: 9 of 12 in a 12x2 tile. Channels_last
+// backward-weight, 2 threads, 4 alternating processes each (benchmarks/ab.py ... --child, min of
+// 30 calls): MobileNetV2's 3->32 3x3/2 stem, batch 8, 1.72-1.80 -> 1.31-1.56 ms; CIFAR's 3->16
+// stem, batch 8, 0.087-0.144 -> 0.065-0.116 ms; the 7x7/2 stem (21 rows) within noise.
+template <int NV, bool MASKB>
+inline void sized_tile(const Tile& t) {
+  constexpr int MRS = Isa::mr(NV) * 3 / 4;
+  if (t.mr <= MRS) micro_kernel<NV, MASKB, MRS>(t);
+  else micro_kernel<NV, MASKB>(t);
 }
 
 // Runtime NV -> template.
 template <bool MASKB>
 inline void run_tile(int nv, const Tile& t) {
   switch (nv) {
-    case 1: micro_kernel<1, MASKB>(t); break;
-    case 2: micro_kernel<2, MASKB>(t); break;
-    case 3: micro_kernel<3, MASKB>(t); break;
+    case 1: sized_tile<1, MASKB>(t); break;
+    case 2: sized_tile<2, MASKB>(t); break;
+    case 3: sized_tile<3, MASKB>(t); break;
     default:
-      if constexpr (Isa::kMaxNV >= 4) micro_kernel<4, MASKB>(t);
+      if constexpr (Isa::kMaxNV >= 4) sized_tile<4, MASKB>(t);
       break;
   }
 }
