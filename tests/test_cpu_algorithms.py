@@ -384,7 +384,7 @@ def test_large_output_streamed(layout, algo, shape):
 def test_gemm_1x1_nhwc_backward_input_streamed(shape, k):
     """Channels_last 1x1 backward-input with dx of >= 1M floats and one panel of filters: whole,
     aligned vectors of dx leave by streaming stores, the rest (40 channels = 160 bytes a pixel,
-    every other pixel unaligned; 100 channels = blocks of 48 + 48 + a masked 4) by ordinary ones."""
+    every other pixel unaligned; 100 channels = a block of 64 and a masked one of 36) by ordinary ones."""
     g = torch.Generator().manual_seed(7)
     x = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(k, shape[1], 1, 1, generator=g) / 4

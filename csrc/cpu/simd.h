@@ -16,7 +16,8 @@
 // zmm; AVX2: 4x3, 6x2, 12x1 = 12 ymm). "Segments" are what makes it a convolution without an
 // im2col buffer: one segment per filter tap (or per filter row when the taps of a row are
 // contiguous in memory, or per image row in backward-weight), each pointing into the tensor or
-// a small packed band of it. Rows i >= mr re-read row mr-1 and are not stored (tile remainders).
+// a small packed band of it. Rows i >= mr re-read row mr-1 and are not stored (tile remainders);
+// a tile of <= 3/4 MR rows runs an instance of 3/4 MR rows (sized_tile).
 #include <immintrin.h>
 
 #include <algorithm>
