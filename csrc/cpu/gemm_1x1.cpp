@@ -203,11 +203,7 @@ void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const 
   float* wpk = scratch(0, G * ncb * Kg * NVL);
   for_each_task(G * ncb, G * Kg * Cg * 16, [&](int64_t gc) {
     const int64_t g = gc / ncb, c0 = (gc % ncb) * NVL, cn = std::min(NVL, Cg - c0);
-    for (int64_t k = 0; k < Kg; ++k) {
-      float* d = wpk + (gc * Kg + k) * NVL;
-      std::memcpy(d, w + (g * Kg + k) * Cg + c0, sizeof(float) * cn);
-      if (cn < NVL) std::memset(d + cn, 0, sizeof(float) * (NVL - cn));
-    }
+    pad_rows(w + g * Kg * Cg + c0, Cg, Kg, cn, NVL, wpk + gc * Kg * NVL, NVL);
   });
   for_each_task(npb * G * ngc, p.macs(), [&](int64_t task) {
     const int64_t pb = task / (G * ngc), g = (task / ngc) % G, cg = task % ngc;
@@ -305,13 +301,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
       for (int64_t pos = a; pos < b; pos += piece) {
         const int64_t len = std::min(piece, b - pos);
         const float* vp = V + pos * CtV + g * Nj + j0;
-        if (!in_place) {
-          for (int64_t l = 0; l < len; ++l) {
-            std::memcpy(vt + l * NVL, vp + l * CtV, sizeof(float) * jn);
-            if (jn < NVL) std::memset(vt + l * NVL + jn, 0, sizeof(float) * (NVL - jn));
-          }
-          vp = vt;
-        }
+        if (!in_place) pad_rows(vp, CtV, len, jn, NVL, vt, NVL), vp = vt;
         for (int64_t i0 = 0; i0 < Mi; i0 += MR) {
           Tile t;
           t.a = A + pos * CtA + g * Mi + i0, t.a_is = 1, t.a_ls = CtA;

@@ -523,12 +523,8 @@ PackedFilter fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const 
         const int64_t c0 = k / plan.cc * plan.cc, ccb = std::min(plan.cc, Cgf - c0);
         float* panel = wp + (gk * Cgf + c0) * RS * NVL;  // [r][s][c'][NVL]
         const int64_t jn = std::min(NVL, Kgf - j0);
-        if (krsc) {
-          for (int64_t rs = 0; rs < RS; ++rs) {
-            float* d = panel + (rs * ccb + k - c0) * NVL;
-            std::memcpy(d, w + ((g * Cgf + k) * RS + RS - 1 - rs) * Kgf + j0, sizeof(float) * jn);
-            std::memset(d + jn, 0, sizeof(float) * (NVL - jn));
-          }
+        if (krsc) {  // tap rs reads the filter's tap RS-1-rs: rows backwards
+          pad_rows(w + ((g * Cgf + k) * RS + RS - 1) * Kgf + j0, -Kgf, RS, jn, NVL, panel + (k - c0) * NVL, ccb * NVL);
           continue;
         }
         transpose_rows(w + ((g * Cgf + k) * Kgf + j0) * RS, RS, jn, RS, NVL, tmp);
@@ -794,11 +790,7 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
         const int64_t jn = std::min(NVL, Cg - ob * NVL);
         for (int64_t k = 0; k < kcl; ++k) {
           if (krsc) {  // w[k][rs][ob*NVL ..] is already a row of channels
-            for (int64_t rs = 0; rs < RS; ++rs) {
-              float* d = panel + (rs * kcl + k) * NVL;
-              std::memcpy(d, w + ((g * Kg + k0 + k) * RS + rs) * Cg + ob * NVL, sizeof(float) * jn);
-              std::memset(d + jn, 0, sizeof(float) * (NVL - jn));
-            }
+            pad_rows(w + (g * Kg + k0 + k) * RS * Cg + ob * NVL, Cg, RS, jn, NVL, panel + k * NVL, kcl * NVL);
             continue;
           }
           // tmp[rs][j] = w[k][ob*NVL + j][rs] (vector transposes)

@@ -276,6 +276,16 @@ inline void make_masks(int nv, int64_t valid, M* m) {
   for (int v = 0; v < nv; ++v) m[v] = Isa::mask(valid - v * VL);
 }
 
+// Rows of n floats (src, src + lds, ...) into rows of NVL floats (dst, dst + ldd, ...), lanes
+// [n, NVL) zero: packed panels of the micro-kernel's B operand from rows that are already
+// channel runs (transpose_rows below for rows that are not).
+inline void pad_rows(const float* src, int64_t lds, int64_t rows, int64_t n, int64_t NVL, float* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(dst + r * ldd, src + r * lds, sizeof(float) * n);
+    if (n < NVL) std::memset(dst + r * ldd + n, 0, sizeof(float) * (NVL - n));
+  }
+}
+
 // Transpose rows [0, jn) x columns [0, len) of src (row stride lds) into dst[l][NVL] (lanes
 // [jn, NVL) zero). AVX-512: 16x16 blocks by four block-swap stages of vpermt2ps.
 // jw >= 0: write only lanes [0, jw) of each dst row (a block of a longer row), else [0, NVL).
