@@ -92,8 +92,9 @@ def test_float32(case, layout, device):
 
 @pytest.mark.parametrize("case", CASES[:7], ids=IDS[:7])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_types(case, dtype, device):
-    check(case, dtype, device)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontiguous"])
+def test_half_types(case, dtype, layout, device):
+    check(case, dtype, device, layout)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=["case0", "case2", "case4"])

@@ -8,7 +8,8 @@
   own float32 error on the same inputs;
 * determinism: the same bits on every run and for 1 and 2 threads.
 
-The fast kernels are float32; float64/half inputs take the reference path (tested in the
+The fast kernels are float32, and float16/bfloat16 run them on float32 copies (rounded once at
+the end: test_half_types_run_float32_kernels); float64 takes the reference path (tested in the
 foundation tests), so here the float32 result is compared with the float64 reference.
 """
 import os
@@ -294,6 +295,27 @@ def test_default_accuracy(shape, layout):
             theirs = grads[0] if pass_name == "backward_input" else grads[1]
         err, err_torch = rel_error(ours, ref), rel_error(theirs, ref)
         assert err <= 4 * err_torch + 1e-7, (pass_name, err, err_torch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [GENERAL[3], ((2, 64, 9, 9), 64, (3, 3), 1, 1, 1, 1), ((1, 24, 9, 9), 24, (3, 3), 2, 1, 1, 24)],
+                         ids=["strided", "winograd", "depthwise"])
+def test_half_types_run_float32_kernels(shape, layout, dtype):
+    """float16/bfloat16: every pass runs the float32 algorithm the problem gets in float32 (not the
+    reference), on float32 copies, and rounds once: the same values as the float32 op on the
+    converted operands, rounded, in the same memory format."""
+    x, wt, b, dy, geo = (t.to(dtype) if torch.is_tensor(t) else t for t in make(shape, layout))
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    for pass_name in PASSES:
+        ours = run_pass(pass_name, x, wt, b, dy, geo)
+        algo = testing.last_cpu_algorithm(pass_name)
+        want = run_pass(pass_name, *(t.float() for t in (x, wt, b, dy)), geo)
+        assert testing.last_cpu_algorithm(pass_name) == algo
+        assert algo != "reference" or conv_ext._C.cpu_capability() == "portable"
+        assert ours.dtype == dtype and torch.equal(ours, want.to(dtype)), pass_name
+        if pass_name != "backward_weight":
+            assert ours.is_contiguous(memory_format=fmt), pass_name
 
 
 def test_module_training_step_matches_torch():
