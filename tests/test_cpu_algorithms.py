@@ -8,9 +8,9 @@
   own float32 error on the same inputs;
 * determinism: the same bits on every run and for 1 and 2 threads.
 
-The fast kernels are float32, and float16/bfloat16 run them on float32 copies (rounded once at
-the end: test_half_types_run_float32_kernels); float64 takes the reference path (tested in the
-foundation tests), so here the float32 result is compared with the float64 reference.
+The fast kernels are float32 (compared here with the float64 reference), and float16/bfloat16
+run them on float32 copies (rounded once at the end: test_half_types_run_float32_kernels);
+float64 has its own, simpler kernel (gemm_f64: compared with the reference at float64 precision).
 """
 import os
 import subprocess
@@ -35,6 +35,7 @@ GENERAL = [
     ((1, 20, 7, 9), 100, (5, 3), 2, (2, 1), (1, 2), 1),  # rectangular, dilation (dil_w > 1: per-tap segments)
     ((2, 6, 12, 12), 12, (3, 3), 1, 2, 2, 3),          # groups, dilation
     ((1, 4, 9, 9), 6, (3, 2), 3, 0, 1, 2),             # stride > kernel: dx phases without taps
+    ((1, 8, 10, 9), 6, (2, 2), 3, 1, 1, 1),            # the same with 8 dx channels, padded
     ((3, 17, 6, 6), 17, (1, 1), 2, 0, 1, 1),           # strided 1x1
     ((1, 300, 5, 5), 20, (3, 3), 1, 1, 1, 1),          # reduction split in panels
     ((1, 8, 5, 5), 300, (3, 3), 1, 1, 1, 1),           # many output blocks
@@ -211,9 +212,60 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
     return out
 
 
+F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
+
+
+def torch_pass(pass_name, x, wt, b, dy, geo):
+    if pass_name == "forward":
+        return F.conv2d(x, wt, b, *geo)
+    mask = (pass_name == "backward_input", pass_name == "backward_weight", False)
+    grads = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, (0, 0), geo[3], mask)
+    return grads[0] if pass_name == "backward_input" else grads[1]
+
+
+def check_float64(algo, pass_name, x, wt, b, dy, geo, layout):
+    """A float64 algorithm against the reference kernel and torch, at float64 precision; with a
+    channels_last filter too (read, or for backward-weight written, in place; the convolution then
+    runs channels_last, as torch's does)."""
+    out = forced(algo, pass_name, x, wt, b, dy, geo)
+    if out is None:
+        pytest.skip(f"{algo} does not support this problem")
+    with testing.force_cpu_algorithm({pass_name: "reference"}):
+        ref = run_pass(pass_name, x, wt, b, dy, geo)
+    assert out.dtype == torch.float64 and out.shape == ref.shape
+    if pass_name != "backward_weight":
+        assert out.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    assert rel_error(out, ref) <= 1e-12, rel_error(out, ref)
+    assert rel_error(out, torch_pass(pass_name, x, wt, b, dy, geo)) <= 1e-12
+    wt_cl = wt.contiguous(memory_format=torch.channels_last)
+    if not wt_cl.is_contiguous():
+        assert rel_error(forced(algo, pass_name, x, wt_cl, b, dy, geo), ref) <= 1e-12
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_gemm_f64_backward_weight_chunks(layout):
+    """gemm_f64's backward-weight with few filter taps (one task a group) cuts the pixels into
+    chunks summed in chunk order: the same bits for 1 and 2 threads, float64-exact to the reference."""
+    x, wt, b, dy, geo = make(((4, 3, 40, 40), 8, (3, 3), 1, 1, 1, 1), layout)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (threads, 1):
+            torch.set_num_threads(n)
+            outs.append(forced("gemm_f64", "backward_weight", x, wt, b, dy, geo))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    with testing.force_cpu_algorithm({"backward_weight": "reference"}):
+        ref = run_pass("backward_weight", x, wt, b, dy, geo)
+    assert rel_error(outs[0], ref) <= 1e-12
+
+
 @pytest.mark.parametrize("algo,pass_name,shape,layout", list(cases()))
 def test_against_reference(algo, pass_name, shape, layout):
     x64, w64, b64, dy64, geo = make(shape, layout)
+    if algo in F64_ALGORITHMS:
+        return check_float64(algo, pass_name, x64, w64, b64, dy64, geo, layout)
     x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
     out = forced(algo, pass_name, x, wt, b, dy, geo)
     if out is None:
@@ -340,7 +392,7 @@ def test_lower_capability_subprocess(level):
         pytest.skip("this CPU has no AVX2")
     env = dict(os.environ, CONV_EXT_CPU_CAPABILITY=level)
     k = ("test_against_reference and ((implicit_gemm or gemm_1x1 or depthwise or winograd) and nhwc or direct_nchw"
-         " or grouped_nhwc)"
+         " or grouped_nhwc or gemm_f64) or test_gemm_f64"
          if level == "avx2" else "test_default")
     if level == "avx2":  # a quarter of the cases keeps this quick; NCHW runs the same micro-kernel
         k += " or test_deterministic or test_default_accuracy"

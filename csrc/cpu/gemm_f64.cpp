@@ -1,0 +1,507 @@
+// gemm_f64.cpp — float64 convolutions, all three passes, any layout: each pass as a GEMM whose
+// operands are gathered ("im2col") a block at a time into packed panels, on a register-blocked
+// float64 micro-kernel. The float64 path the issue allows to be simpler than float32's: one
+// engine, strides read from the params (NCHW, NHWC, KCRS or channels_last filters alike), no
+// per-shape kernels.
+//
+//   forward          C[pixel (n,p,q)][k]   = sum_{l = taps (c,r,s)} x-gather[pixel][l] * w[k][l]
+//   backward-input   C[pixel (n,h,w)][c]   = sum_{l = (k,r,s)} dy-gather[pixel][l] * w[k][c][r][s],
+//                    per stride phase of (h, w): a phase takes only the taps (r, s) that land on it,
+//                    so the zeros a stride inserts are never multiplied (a phase with no tap is 0)
+//   backward-weight  C[k][j = taps (c,r,s)] = sum_{l = pixels (n,p,q)} dy[k][l] * x-gather[l][j]
+// per group. The reduction order l is (r, s, c) when the gathered tensor has its channels
+// innermost (NHWC: runs of Cg contiguous values), else (c, r, s) (NCHW: runs along a row).
+//
+// A gather reads one element per (row, l) through a table of per-l offsets and row/column
+// shifts, with the bounds test skipped for rows whose whole window lies inside the image. The
+// micro-kernel holds an MR x NR tile of C in registers (AVX-512: 8 rows x 3 vectors of 8 = 24
+// zmm; AVX2: 4 x 3 vectors of 4 = 12 ymm) and runs KC = 128 steps of packed A ([l][MR]) and B
+// ([l][NR]: 24 KB, L1) at a time, adding into a per-task C buffer; the buffer goes to the output
+// (bias added, any strides) at the end. Every output element is summed by one task in a fixed
+// order: the same bits for any thread count.
+//
+// Tasks: forward and backward-input, blocks of 64 (AVX2: 32) output pixels of one group (and
+// phase), with B (the filter, [panel][L][NR]) packed once per call; backward-weight, blocks of
+// NC columns (filter taps) of one group, each running the whole pixel reduction.
+//
+// Speed: see the README's float64 line (python benchmarks/dtypes.py).
+#ifndef CONV_EXT_ISA_NS
+#define CONV_EXT_PER_ISA_FILE "gemm_f64.cpp"
+#include "per_isa.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+// The GEMM's column count must fill a good part of a register tile (NR = 24 or 12 doubles) for
+// this to beat the reference loops: forward's Kg, backward-input's Cg, backward-weight's Cg*R*S.
+// Depthwise layers (1 channel a group) stay on the reference.
+bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kDouble && simd_available() && p.Kg() >= 1;
+}
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kDouble && simd_available() && p.Cg() >= 1;
+}
+bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kDouble && simd_available() && p.Cg() * p.R * p.S >= 1;
+}
+
+void run_forward(const Conv2dParams& p, Operands& o) {
+  const double* bias = o.bias.defined() ? o.bias.const_data_ptr<double>() : nullptr;
+  auto f = use_avx512() ? avx512::f64_forward : avx2::f64_forward;
+  f(p, o.a.const_data_ptr<double>(), o.b.const_data_ptr<double>(), bias, o.out.mutable_data_ptr<double>());
+}
+void run_backward_input(const Conv2dParams& p, Operands& o) {
+  auto f = use_avx512() ? avx512::f64_backward_input : avx2::f64_backward_input;
+  f(p, o.a.const_data_ptr<double>(), o.b.const_data_ptr<double>(), o.out.mutable_data_ptr<double>());
+}
+void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  auto f = use_avx512() ? avx512::f64_backward_weight : avx2::f64_backward_weight;
+  f(p, o.a.const_data_ptr<double>(), o.b.const_data_ptr<double>(), o.out.mutable_data_ptr<double>());
+}
+
+// Strides come from the params (any filter layout), so channels_last filters are read and
+// written in place.
+const bool registered =
+    register_algorithm({"gemm_f64", Pass::Forward, 5, supports_forward, run_forward, true}) &&
+    register_algorithm({"gemm_f64", Pass::BackwardInput, 5, supports_backward_input, run_backward_input, true}) &&
+    register_algorithm({"gemm_f64", Pass::BackwardWeight, 5, supports_backward_weight, run_backward_weight, true});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace conv_ext
+
+#else  // ---------------- compiled once per ISA ----------------
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA_NS {
+namespace {
+
+#if CONV_EXT_ISA_BITS == 512
+struct D {
+  static constexpr int VL = 8;  // doubles per vector
+  // tile rows for NV vectors of columns: MR*NV accumulators + NV B vectors + 1 broadcast <= 32
+  static constexpr int mr(int nv) { return nv == 3 ? 8 : nv == 2 ? 12 : 24; }
+  using V = __m512d;
+  static inline V zero() { return _mm512_setzero_pd(); }
+  static inline V load(const double* p) { return _mm512_loadu_pd(p); }
+  static inline void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static inline V set1(double x) { return _mm512_set1_pd(x); }
+  static inline V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static inline V add(V a, V b) { return _mm512_add_pd(a, b); }
+};
+#else
+struct D {
+  static constexpr int VL = 4;
+  static constexpr int mr(int nv) { return nv == 3 ? 4 : nv == 2 ? 6 : 12; }  // 16 ymm
+  using V = __m256d;
+  static inline V zero() { return _mm256_setzero_pd(); }
+  static inline V load(const double* p) { return _mm256_loadu_pd(p); }
+  static inline void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static inline V set1(double x) { return _mm256_set1_pd(x); }
+  static inline V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static inline V add(V a, V b) { return _mm256_add_pd(a, b); }
+};
+#endif
+constexpr int64_t KC = 128;       // reduction steps per packed block
+constexpr int64_t kMaxRows = 96;  // output pixels per forward / backward-input task, at most
+
+double* dscratch(int slot, int64_t n) { return reinterpret_cast<double*>(scratch(slot, 2 * n)); }
+
+// c[MR][NV*VL] (row stride ldc) = (accumulate ? c : 0) + sum_{l < kc} a[l][MR] * b[l][NV*VL]
+template <int NV, int MR = D::mr(NV)>
+void f64_tile(int64_t kc, const double* a, const double* b, double* c, int64_t ldc, bool accumulate) {
+  D::V acc[MR][NV];
+#pragma GCC unroll 24
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = D::zero();
+  for (int64_t l = 0; l < kc; ++l, a += MR, b += NV * D::VL) {
+    D::V bv[NV];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) bv[v] = D::load(b + v * D::VL);
+#pragma GCC unroll 24
+    for (int i = 0; i < MR; ++i) {
+      const D::V av = D::set1(a[i]);
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) acc[i][v] = D::fma(av, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 24
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) {
+      double* cp = c + i * ldc + v * D::VL;
+      D::store(cp, accumulate ? D::add(acc[i][v], D::load(cp)) : acc[i][v]);
+    }
+}
+
+// The register tile of a GEMM with nn columns: 1, 2 or 3 vectors wide, whichever leaves the
+// fewest padded columns (the widest on a tie); rows as many as the registers allow.
+struct Shape {
+  int nv, mr, nr;
+  explicit Shape(int64_t nn) {
+    nv = nn <= D::VL ? 1 : nn <= 2 * D::VL ? 2 : round_up(nn, 2 * D::VL) < round_up(nn, 3 * D::VL) ? 2 : 3;
+    mr = D::mr(nv), nr = nv * D::VL;
+  }
+  int64_t rows_per_task() const { return kMaxRows / mr * mr; }  // 96 = 4 x 24 = 8 x 12 = 12 x 8
+  void tile(int64_t kc, const double* a, const double* b, double* c, int64_t ldc, bool accumulate) const {
+    if (nv == 3) f64_tile<3>(kc, a, b, c, ldc, accumulate);
+    else if (nv == 2) f64_tile<2>(kc, a, b, c, ldc, accumulate);
+    else f64_tile<1>(kc, a, b, c, ldc, accumulate);
+  }
+};
+
+// The taps of a gather, one entry per reduction index l: the element at offset off[l] from a
+// row's base, present when its shifted position (h0 + dh[l], w0 + dw[l]) lies in [0,Hb) x [0,Wb).
+struct Taps {
+  std::vector<int64_t> dh, dw, off;
+  int64_t dh_min = 0, dh_max = 0, dw_min = 0, dw_max = 0;
+  void add(int64_t h, int64_t w, int64_t o) { dh.push_back(h), dw.push_back(w), off.push_back(o); }
+  void finish() {
+    if (dh.empty()) return;
+    dh_min = *std::min_element(dh.begin(), dh.end()), dh_max = *std::max_element(dh.begin(), dh.end());
+    dw_min = *std::min_element(dw.begin(), dw.end()), dw_max = *std::max_element(dw.begin(), dw.end());
+  }
+  int64_t size() const { return static_cast<int64_t>(off.size()); }
+};
+
+// One gathered row of a GEMM operand (a pixel): its base element and the (h0, w0) its taps shift.
+struct Row {
+  int64_t base, h0, w0;
+};
+
+inline bool inside(const Row& r, const Taps& t, int64_t Hb, int64_t Wb) {  // every tap of the row
+  return r.h0 + t.dh_min >= 0 && r.h0 + t.dh_max < Hb && r.w0 + t.dw_min >= 0 && r.w0 + t.dw_max < Wb;
+}
+
+// dst[i * row_step + j * tap_step] = tap l0 + j of row i (0 outside the image), i < nrows, j < n.
+// With the rows' pixels next to each other in memory (NCHW: pixels_inner) the loop runs over the
+// rows inside, and MR rows of one image row read as one vector; else over the taps inside (NHWC:
+// runs of channels).
+void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps& t, int64_t l0, int64_t n,
+                  int64_t Hb, int64_t Wb, bool pixels_inner, double* dst, int64_t row_step, int64_t tap_step) {
+  bool in[kMaxRows > KC ? kMaxRows : KC];
+  const int64_t* off = t.off.data() + l0;
+  const int64_t* dh = t.dh.data() + l0;
+  const int64_t* dw = t.dw.data() + l0;
+  bool all_inside = true;
+  for (int64_t i = 0; i < nrows; ++i) all_inside &= (in[i] = inside(rows[i], t, Hb, Wb));
+  if (pixels_inner) {
+    // rows that are consecutive pixels of one image row, all inside: vector copies
+    bool run = all_inside && row_step == 1 && nrows >= D::VL;
+    for (int64_t i = 1; i < nrows && run; ++i)
+      run = rows[i].base == rows[0].base + i && rows[i].h0 == rows[0].h0 && rows[i].w0 == rows[0].w0 + i;
+    if (run) {
+      const int64_t nvec = nrows / D::VL;
+      for (int64_t j = 0; j < n; ++j) {
+        const double* sp = src + rows[0].base + off[j];
+        double* d = dst + j * tap_step;
+        for (int64_t v = 0; v < nvec; ++v) D::store(d + v * D::VL, D::load(sp + v * D::VL));
+        for (int64_t i = nvec * D::VL; i < nrows; ++i) d[i] = sp[i];
+      }
+      return;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      double* d = dst + j * tap_step;
+      if (all_inside) {
+        for (int64_t i = 0; i < nrows; ++i) d[i * row_step] = src[rows[i].base + off[j]];
+        continue;
+      }
+      for (int64_t i = 0; i < nrows; ++i) {
+        const int64_t h = rows[i].h0 + dh[j], w = rows[i].w0 + dw[j];
+        d[i * row_step] = (in[i] || (h >= 0 && h < Hb && w >= 0 && w < Wb)) ? src[rows[i].base + off[j]] : 0.0;
+      }
+    }
+    return;
+  }
+  for (int64_t i = 0; i < nrows; ++i) {
+    double* d = dst + i * row_step;
+    const Row& r = rows[i];
+    if (in[i]) {
+      for (int64_t j = 0; j < n; ++j) d[j * tap_step] = src[r.base + off[j]];
+      continue;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t h = r.h0 + dh[j], w = r.w0 + dw[j];
+      d[j * tap_step] = (h >= 0 && h < Hb && w >= 0 && w < Wb) ? src[r.base + off[j]] : 0.0;
+    }
+  }
+}
+
+// B[panel][l][NR] for l < L and columns j < NN: B(l, j) = w[col_off[j] + tap_off[l]], 0 past NN.
+void pack_filter(const double* w, const std::vector<int64_t>& tap_off, const std::vector<int64_t>& col_off,
+                 int64_t NR, double* B) {
+  const int64_t L = static_cast<int64_t>(tap_off.size()), NN = static_cast<int64_t>(col_off.size());
+  for (int64_t jp = 0; jp < ceil_div(NN, NR); ++jp)
+    for (int64_t l = 0; l < L; ++l) {
+      double* d = B + (jp * L + l) * NR;
+      for (int64_t jj = 0; jj < NR; ++jj) {
+        const int64_t j = jp * NR + jj;
+        d[jj] = j < NN ? w[col_off[j] + tap_off[l]] : 0.0;
+      }
+    }
+}
+
+// C[i][j] for the `mr_all` gathered rows `rows` (A(i, l) = gather of taps `t`) against the packed
+// B ([panel][L][NR], NN columns), into cbuf[round_up(mr_all, MR)][round_up(NN, NR)].
+void rows_times_filter(const Shape& ts, const double* src, int64_t Hb, int64_t Wb, const Taps& t, const Row* rows,
+                       int64_t mr_all, bool pixels_inner, const double* B, int64_t NN, double* cbuf) {
+  const int64_t MR = ts.mr, NR = ts.nr;
+  const int64_t L = t.size(), npan = ceil_div(NN, NR), ldc = npan * NR, nir = ceil_div(mr_all, MR);
+  if (L == 0) {
+    std::fill(cbuf, cbuf + nir * MR * ldc, 0.0);
+    return;
+  }
+  double* A = dscratch(0, nir * MR * KC);
+  for (int64_t l0 = 0; l0 < L; l0 += KC) {
+    const int64_t kc = std::min(KC, L - l0);
+    for (int64_t ir = 0; ir < nir; ++ir) {  // A[ir][l][MR]
+      double* d = A + ir * MR * kc;
+      const int64_t nr = std::min<int64_t>(MR, mr_all - ir * MR);
+      gather_block(src, rows + ir * MR, nr, t, l0, kc, Hb, Wb, pixels_inner, d, 1, MR);
+      for (int64_t i = nr; i < MR; ++i)
+        for (int64_t l = 0; l < kc; ++l) d[l * MR + i] = 0.0;
+    }
+    for (int64_t jp = 0; jp < npan; ++jp)
+      for (int64_t ir = 0; ir < nir; ++ir)
+        ts.tile(kc, A + ir * MR * kc, B + (jp * L + l0) * NR, cbuf + ir * MR * ldc + jp * NR, ldc, l0 > 0);
+  }
+}
+
+// cbuf[i][j] (+ bias[j]) -> out[row_off[i] + j * col_step], i < m, j < nn: along the output's
+// contiguous axis inside (the columns when col_step == 1, else the rows: NCHW's pixels)
+void store_block(const double* cbuf, int64_t ldc, const int64_t* row_off, int64_t m, int64_t nn, int64_t col_step,
+                 const double* bias, double* out) {
+  if (col_step == 1) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < nn; ++j) out[row_off[i] + j] = bias ? cbuf[i * ldc + j] + bias[j] : cbuf[i * ldc + j];
+    return;
+  }
+  for (int64_t j = 0; j < nn; ++j) {
+    double* o = out + j * col_step;
+    if (bias)
+      for (int64_t i = 0; i < m; ++i) o[row_off[i]] = cbuf[i * ldc + j] + bias[j];
+    else
+      for (int64_t i = 0; i < m; ++i) o[row_off[i]] = cbuf[i * ldc + j];
+  }
+}
+
+bool channels_inner(int64_t cs, int64_t ws) { return cs == 1 && ws != 1; }  // NHWC-like: (r, s, c) order
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+void f64_forward(const Conv2dParams& p, const double* x, const double* w, const double* bias, double* y) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  Taps t;  // l over (c, r, s) or (r, s, c): the x element and its shift from the window's corner
+  std::vector<int64_t> wtap;  // the same taps in w
+  auto tap = [&](int64_t c, int64_t r, int64_t s) {
+    t.add(r * p.dil_h, s * p.dil_w, c * p.xs_c + r * p.dil_h * p.xs_h + s * p.dil_w * p.xs_w);
+    wtap.push_back(c * p.ws_c + r * p.ws_r + s * p.ws_s);
+  };
+  if (channels_inner(p.xs_c, p.xs_w)) {
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t c = 0; c < Cg; ++c) tap(c, r, s);
+  } else {
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) tap(c, r, s);
+  }
+  t.finish();
+  const Shape ts(Kg);
+  const int64_t NR = ts.nr, MC = ts.rows_per_task();
+  const int64_t L = t.size(), npan = ceil_div(Kg, NR), ldc = npan * NR;
+  std::vector<double> B(static_cast<size_t>(G * npan * L * NR));
+  for (int64_t g = 0; g < G; ++g) {
+    std::vector<int64_t> col(static_cast<size_t>(Kg));
+    for (int64_t k = 0; k < Kg; ++k) col[k] = (g * Kg + k) * p.ws_k;
+    pack_filter(w, wtap, col, NR, B.data() + g * npan * L * NR);
+  }
+  const int64_t M = p.N * P * Q, nib = ceil_div(M, MC);
+  const bool pixels_inner = !channels_inner(p.xs_c, p.xs_w);
+  for_each_task(G * nib, p.macs(), [&](int64_t task) {
+    const int64_t g = task / nib, i0 = (task % nib) * MC, mr_all = std::min(MC, M - i0);
+    Row rows[kMaxRows];
+    int64_t yoff[kMaxRows];
+    for (int64_t i = 0; i < mr_all; ++i) {
+      const int64_t pix = i0 + i, n = pix / (P * Q), pp = (pix / Q) % P, q = pix % Q;
+      const int64_t h0 = pp * p.stride_h - p.pad_h, w0 = q * p.stride_w - p.pad_w;
+      rows[i] = {n * p.xs_n + g * Cg * p.xs_c + h0 * p.xs_h + w0 * p.xs_w, h0, w0};
+      yoff[i] = n * p.ys_n + g * Kg * p.ys_k + pp * p.ys_p + q * p.ys_q;
+    }
+    double* cbuf = dscratch(1, round_up(mr_all, ts.mr) * ldc);
+    rows_times_filter(ts, x, p.H, p.W, t, rows, mr_all, pixels_inner, B.data() + g * npan * L * NR, Kg, cbuf);
+    store_block(cbuf, ldc, yoff, mr_all, Kg, p.ys_k, bias ? bias + g * Kg : nullptr, y);
+  });
+}
+
+// ------------------------------------------------------------------------------------------
+// dx[n, c, h, w] = sum over (k, r, s) with h = p*sh - ph + r*dh, w = q*sw - pw + s*dw of
+// dy[n, k, p, q] * w[k, c, r, s]. For the dx pixels h = a + sh*hh, w = b + sw*ww of phase (a, b)
+// the taps that land are the r with (a + ph - r*dh) divisible by sh (then p = hh + (a + ph -
+// r*dh)/sh), and likewise s: a gather from dy like forward's, shifted by those quotients.
+void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w, double* dx) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, nph = sh * sw;
+  const bool kin = channels_inner(p.ys_k, p.ys_q);
+  const Shape ts(Cg);
+  const int64_t NR = ts.nr, MC = ts.rows_per_task(), npan = ceil_div(Cg, NR), ldc = npan * NR;
+  std::vector<Taps> taps(static_cast<size_t>(nph));
+  std::vector<std::vector<double>> B(static_cast<size_t>(nph * G));
+  std::vector<int64_t> nh(nph), nw(nph), nib(nph), first(nph + 1, 0);
+  for (int64_t ph = 0; ph < nph; ++ph) {
+    const int64_t a = ph / sw, b = ph % sw;
+    nh[ph] = a < p.H ? ceil_div(p.H - a, sh) : 0, nw[ph] = b < p.W ? ceil_div(p.W - b, sw) : 0;
+    std::vector<int64_t> rs, ss;  // the taps of this phase and their quotients
+    for (int64_t r = 0; r < R; ++r)
+      if (floor_mod(a + p.pad_h - r * p.dil_h, sh) == 0) rs.push_back(r);
+    for (int64_t s = 0; s < S; ++s)
+      if (floor_mod(b + p.pad_w - s * p.dil_w, sw) == 0) ss.push_back(s);
+    Taps& t = taps[ph];
+    std::vector<int64_t> wtap;
+    auto tap = [&](int64_t k, int64_t r, int64_t s) {
+      const int64_t tp = (a + p.pad_h - r * p.dil_h) / sh, tq = (b + p.pad_w - s * p.dil_w) / sw;  // exact
+      t.add(tp, tq, k * p.ys_k + tp * p.ys_p + tq * p.ys_q);
+      wtap.push_back(k * p.ws_k + r * p.ws_r + s * p.ws_s);
+    };
+    if (kin) {
+      for (int64_t r : rs)
+        for (int64_t s : ss)
+          for (int64_t k = 0; k < Kg; ++k) tap(k, r, s);
+    } else {
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t r : rs)
+          for (int64_t s : ss) tap(k, r, s);
+    }
+    t.finish();
+    for (int64_t g = 0; g < G; ++g) {
+      std::vector<int64_t> col(static_cast<size_t>(Cg));
+      for (int64_t c = 0; c < Cg; ++c) col[c] = g * Kg * p.ws_k + c * p.ws_c;
+      auto& bg = B[ph * G + g];
+      bg.resize(static_cast<size_t>(npan * t.size() * NR));
+      pack_filter(w, wtap, col, NR, bg.data());
+    }
+    nib[ph] = ceil_div(p.N * nh[ph] * nw[ph], MC);
+    first[ph + 1] = first[ph] + G * nib[ph];
+  }
+  for_each_task(first[nph], p.macs(), [&](int64_t task) {
+    int64_t ph = 0;
+    while (task >= first[ph + 1]) ++ph;
+    const int64_t a = ph / sw, b = ph % sw, hw = nh[ph] * nw[ph], M = p.N * hw;
+    const int64_t g = (task - first[ph]) / nib[ph], i0 = ((task - first[ph]) % nib[ph]) * MC;
+    const int64_t mr_all = std::min(MC, M - i0);
+    Row rows[kMaxRows];
+    int64_t xoff[kMaxRows];
+    for (int64_t i = 0; i < mr_all; ++i) {
+      const int64_t pix = i0 + i, n = pix / hw, hh = (pix / nw[ph]) % nh[ph], ww = pix % nw[ph];
+      rows[i] = {n * p.ys_n + g * Kg * p.ys_k + hh * p.ys_p + ww * p.ys_q, hh, ww};
+      xoff[i] = n * p.xs_n + g * Cg * p.xs_c + (a + sh * hh) * p.xs_h + (b + sw * ww) * p.xs_w;
+    }
+    double* cbuf = dscratch(1, round_up(mr_all, ts.mr) * ldc);
+    rows_times_filter(ts, dy, P, Q, taps[ph], rows, mr_all, !kin, B[ph * G + g].data(), Cg, cbuf);
+    store_block(cbuf, ldc, xoff, mr_all, Cg, p.xs_c, nullptr, dx);
+  });
+}
+
+// ------------------------------------------------------------------------------------------
+// dw[k, j] = sum over pixels l = (n, p, q) of dy[n, k, p, q] * x-gather[l][j], j = taps (c, r, s).
+// A task is a block of NC taps of one group and runs the whole reduction: A (dy, Kg x KC) and B
+// (gathered x, KC x NC) packed a block of pixels at a time.
+void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* x, double* dwt) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  Taps t;  // j over the taps (c, r, s) or (r, s, c), as x offsets and shifts
+  std::vector<int64_t> wout;  // where dw[., j] goes
+  auto tap = [&](int64_t c, int64_t r, int64_t s) {
+    t.add(r * p.dil_h, s * p.dil_w, c * p.xs_c + r * p.dil_h * p.xs_h + s * p.dil_w * p.xs_w);
+    wout.push_back(c * p.ws_c + r * p.ws_r + s * p.ws_s);
+  };
+  if (channels_inner(p.xs_c, p.xs_w)) {
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t c = 0; c < Cg; ++c) tap(c, r, s);
+  } else {
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) tap(c, r, s);
+  }
+  t.finish();
+  const Shape ts(t.size());
+  const int64_t MR = ts.mr, NR = ts.nr, NC = 4 * NR;
+  const int64_t J = t.size(), njb = ceil_div(J, NC), L = p.N * P * Q, nir = ceil_div(Kg, MR);
+  const bool pixels_inner = !channels_inner(p.xs_c, p.xs_w);
+  // The pixels are cut into a fixed number of chunks (a function of the shape only: the same bits
+  // for any thread count) when the groups and tap blocks alone make fewer than 16 tasks; each
+  // chunk's sums go to its own buffer, added in chunk order at the end.
+  const int64_t nchunk = std::max<int64_t>(1, std::min({ceil_div(16, G * njb), ceil_div(L, 4 * KC),
+                                                        (int64_t(4) << 20) / std::max<int64_t>(1, p.K * J)}));
+  std::vector<double> part(nchunk > 1 ? static_cast<size_t>(nchunk * p.K * J) : 0);
+  for_each_task(nchunk * G * njb, p.macs(), [&](int64_t task) {
+    const int64_t chunk = task / (G * njb), g = task / njb % G, j0 = (task % njb) * NC;
+    const int64_t nc = std::min(NC, J - j0), npan = ceil_div(nc, NR), ldc = npan * NR;
+    const int64_t la = L * chunk / nchunk, lb = L * (chunk + 1) / nchunk;
+    double* cbuf = dscratch(1, nir * MR * ldc);
+    double* A = dscratch(0, nir * MR * KC);
+    double* B = dscratch(2, npan * KC * NR);
+    for (int64_t l0 = la; l0 < lb; l0 += KC) {
+      const int64_t kc = std::min(KC, lb - l0);
+      Row rows[KC];
+      int64_t dyoff[KC];
+      for (int64_t l = 0; l < kc; ++l) {
+        const int64_t pix = l0 + l, n = pix / (P * Q), pp = (pix / Q) % P, q = pix % Q;
+        const int64_t h0 = pp * p.stride_h - p.pad_h, w0 = q * p.stride_w - p.pad_w;
+        rows[l] = {n * p.xs_n + g * Cg * p.xs_c + h0 * p.xs_h + w0 * p.xs_w, h0, w0};
+        dyoff[l] = n * p.ys_n + g * Kg * p.ys_k + pp * p.ys_p + q * p.ys_q;
+      }
+      for (int64_t jp = 0; jp < npan; ++jp) {  // B[jp][l][NR]: x gathered, pixels l x taps j
+        double* d = B + jp * kc * NR;
+        const int64_t nj = std::min<int64_t>(NR, nc - jp * NR);
+        gather_block(x, rows, kc, t, j0 + jp * NR, nj, p.H, p.W, pixels_inner, d, NR, 1);
+        if (nj < NR)
+          for (int64_t l = 0; l < kc; ++l) std::fill(d + l * NR + nj, d + (l + 1) * NR, 0.0);
+      }
+      for (int64_t ir = 0; ir < nir; ++ir) {  // A[ir][l][MR] = dy[k = ir*MR + i][pixel l]
+        double* d = A + ir * kc * MR;
+        for (int64_t i = 0; i < MR; ++i) {
+          const int64_t k = ir * MR + i;
+          if (k >= Kg) {
+            for (int64_t l = 0; l < kc; ++l) d[l * MR + i] = 0.0;
+            continue;
+          }
+          for (int64_t l = 0; l < kc; ++l) d[l * MR + i] = dy[dyoff[l] + k * p.ys_k];
+        }
+      }
+      for (int64_t jp = 0; jp < npan; ++jp)
+        for (int64_t ir = 0; ir < nir; ++ir)
+          ts.tile(kc, A + ir * kc * MR, B + jp * kc * NR, cbuf + ir * MR * ldc + jp * NR, ldc, l0 > la);
+    }
+    const bool empty = lb <= la;  // no pixels: a zero gradient
+    for (int64_t k = 0; k < Kg; ++k) {
+      const double* c = cbuf + k * ldc;
+      if (nchunk > 1) {
+        double* o = part.data() + (chunk * p.K + g * Kg + k) * J + j0;
+        for (int64_t jj = 0; jj < nc; ++jj) o[jj] = empty ? 0.0 : c[jj];
+        continue;
+      }
+      double* wo = dwt + (g * Kg + k) * p.ws_k;
+      for (int64_t jj = 0; jj < nc; ++jj) wo[wout[j0 + jj]] = empty ? 0.0 : c[jj];
+    }
+  });
+  if (nchunk > 1)
+    for_each_task(p.K, p.K * J * nchunk, [&](int64_t k) {  // filter k: chunk 0 + chunk 1 + ...
+      double* wo = dwt + k * p.ws_k;
+      for (int64_t j = 0; j < J; ++j) {
+        double sum = part[k * J + j];
+        for (int64_t ch = 1; ch < nchunk; ++ch) sum += part[(ch * p.K + k) * J + j];
+        wo[wout[j]] = sum;
+      }
+    });
+}
+
+}  // namespace CONV_EXT_ISA_NS
+}  // namespace cpu
+}  // namespace conv_ext
+
+#endif
