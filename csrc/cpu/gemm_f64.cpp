@@ -343,8 +343,63 @@ void f64_forward(const Conv2dParams& p, const double* x, const double* w, const 
 // dy[n, k, p, q] * w[k, c, r, s]. For the dx pixels h = a + sh*hh, w = b + sw*ww of phase (a, b)
 // the taps that land are the r with (a + ph - r*dh) divisible by sh (then p = hh + (a + ph -
 // r*dh)/sh), and likewise s: a gather from dy like forward's, shifted by those quotients.
+// Backward-input with few dx channels (Cg below a vector, Kg at least one: the RGB stems): the
+// gather form above would fill Cg of a tile's columns and gather Kg*taps values per dx pixel for
+// Cg*Kg*taps multiply-adds. Instead col2im: per dy pixel, C[pixel][j = (c, r, s)] = sum_k dy[k] *
+// w[k][j] (dy read as it lies), then each value added into the dx pixel its tap lands on. A task is
+// an image and group and adds in pixel order: the same bits for any thread count.
+void f64_backward_input_col2im(const Conv2dParams& p, const double* dy, const double* w, double* dx) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t J = Cg * R * S;
+  const Shape ts(J);
+  const int64_t NR = ts.nr, MC = ts.rows_per_task(), npan = ceil_div(J, NR), ldc = npan * NR;
+  Taps t;  // the reduction runs over k: no shifts, every tap present
+  std::vector<int64_t> wk(static_cast<size_t>(Kg));
+  for (int64_t k = 0; k < Kg; ++k) t.add(0, 0, k * p.ys_k), wk[k] = k * p.ws_k;
+  t.finish();
+  std::vector<int64_t> jh(J), jw(J), jx(J);  // tap j = (c, r, s): its dx shift and offset
+  std::vector<double> B(static_cast<size_t>(G * npan * Kg * NR));
+  for (int64_t g = 0; g < G; ++g) {
+    std::vector<int64_t> col(static_cast<size_t>(J));
+    for (int64_t c = 0, j = 0; c < Cg; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s, ++j) {
+          col[j] = g * Kg * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s;
+          jh[j] = r * p.dil_h, jw[j] = s * p.dil_w, jx[j] = c * p.xs_c + r * p.dil_h * p.xs_h + s * p.dil_w * p.xs_w;
+        }
+    pack_filter(w, wk, col, NR, B.data() + g * npan * Kg * NR);
+  }
+  const bool pixels_inner = !channels_inner(p.ys_k, p.ys_q);
+  for_each_task(p.N * G, p.macs(), [&](int64_t task) {
+    const int64_t n = task / G, g = task % G;
+    for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t ww = 0; ww < p.W; ++ww) dx[n * p.xs_n + (g * Cg + c) * p.xs_c + h * p.xs_h + ww * p.xs_w] = 0.0;
+    double* cbuf = dscratch(1, round_up(MC, ts.mr) * ldc);
+    Row rows[kMaxRows];
+    for (int64_t i0 = 0; i0 < P * Q; i0 += MC) {
+      const int64_t m = std::min(MC, P * Q - i0);
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t pp = (i0 + i) / Q, q = (i0 + i) % Q;
+        rows[i] = {n * p.ys_n + g * Kg * p.ys_k + pp * p.ys_p + q * p.ys_q, pp, q};
+      }
+      rows_times_filter(ts, dy, P, Q, t, rows, m, pixels_inner, B.data() + g * npan * Kg * NR, J, cbuf);
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t h0 = rows[i].h0 * p.stride_h - p.pad_h, w0 = rows[i].w0 * p.stride_w - p.pad_w;
+        const int64_t xo = n * p.xs_n + g * Cg * p.xs_c + h0 * p.xs_h + w0 * p.xs_w;  // the window's corner
+        const double* c = cbuf + i * ldc;
+        for (int64_t j = 0; j < J; ++j) {
+          const int64_t h = h0 + jh[j], ww = w0 + jw[j];
+          if (h >= 0 && h < p.H && ww >= 0 && ww < p.W) dx[xo + jx[j]] += c[j];
+        }
+      }
+    }
+  });
+}
+
 void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w, double* dx) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  if (Cg < D::VL && Kg >= D::VL) return f64_backward_input_col2im(p, dy, w, dx);
   const int64_t sh = p.stride_h, sw = p.stride_w, nph = sh * sw;
   const bool kin = channels_inner(p.ys_k, p.ys_q);
   const Shape ts(Cg);
