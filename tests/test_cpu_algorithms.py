@@ -155,7 +155,18 @@ GROUPED_INTERLEAVED = [  # channels_last forward, stride-1 backward-input: Kg 4 
     ((1, 6, 4, 5), 12, (1, 1), 1, 0, 1, 3),            # 1x1, Cg 2 < Kg 4, a row of 5 (tile of 8)
     ((4, 256, 20, 20), 256, (3, 3), 2, 1, 1, 32),      # ResNeXt's strided 8 + 8
 ]
-SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED
+# >= 32 channels in and out, one group (amx_bf16's problems): channels and sizes off the tile sizes
+# (32 channels, 16 pixels, 16 filters), stride 1 (tile rows running on across the padded rows)
+# and strided (a run of tiles per output row), dilation, unequal strides, a 7x7 filter
+AMX = [
+    ((2, 40, 9, 11), 33, (3, 3), 2, 1, 1, 1),
+    ((1, 64, 5, 5), 40, (5, 5), 1, 2, 1, 1),
+    ((1, 33, 12, 13), 47, (3, 2), 1, (2, 1), (2, 3), 1),
+    ((3, 96, 7, 7), 64, (1, 1), 1, 0, 1, 1),
+    ((1, 32, 20, 21), 32, (3, 3), (2, 3), 1, 1, 1),
+    ((2, 64, 30, 30), 96, (7, 7), 3, 3, 1, 1),
+]
+SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX
 
 
 def make(shape, layout, dtype=torch.float64, seed=0):
@@ -213,6 +224,7 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
 
 
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
+BF16_ALGORITHMS = ("amx_bf16",)  # bfloat16 kernels (where the CPU has AMX: else "does not support")
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):
@@ -261,11 +273,33 @@ def test_gemm_f64_backward_weight_chunks(layout):
     assert rel_error(outs[0], ref) <= 1e-12
 
 
+def check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout):
+    """A bfloat16 algorithm against the float64 result on the same (bfloat16) values: its error
+    at most the reference kernel's (float32 sums, one rounding) plus a rounding step, with a
+    channels_last filter too (read in place: the same bits)."""
+    x, wt, b, dy = (t.to(torch.bfloat16) for t in (x64, w64, b64, dy64))
+    out = forced(algo, pass_name, x, wt, b, dy, geo)
+    if out is None:
+        pytest.skip(f"{algo} does not support this problem (or this CPU)")
+    assert out.dtype == torch.bfloat16
+    if pass_name != "backward_weight":
+        assert out.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    truth = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo)
+    with testing.force_cpu_algorithm({pass_name: "reference"}):
+        ref = run_pass(pass_name, x, wt, b, dy, geo)
+    assert rel_error(out, truth) <= rel_error(ref, truth) + 2 ** -8, (rel_error(out, truth), rel_error(ref, truth))
+    wt_cl = wt.contiguous(memory_format=torch.channels_last)
+    if not wt_cl.is_contiguous() and layout == "nhwc":
+        assert torch.equal(forced(algo, pass_name, x, wt_cl, b, dy, geo), out)
+
+
 @pytest.mark.parametrize("algo,pass_name,shape,layout", list(cases()))
 def test_against_reference(algo, pass_name, shape, layout):
     x64, w64, b64, dy64, geo = make(shape, layout)
     if algo in F64_ALGORITHMS:
         return check_float64(algo, pass_name, x64, w64, b64, dy64, geo, layout)
+    if algo in BF16_ALGORITHMS:
+        return check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout)
     x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
     out = forced(algo, pass_name, x, wt, b, dy, geo)
     if out is None:
@@ -363,9 +397,12 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
         ours = run_pass(pass_name, x, wt, b, dy, geo)
         algo = testing.last_cpu_algorithm(pass_name)
         want = run_pass(pass_name, *(t.float() for t in (x, wt, b, dy)), geo)
-        assert testing.last_cpu_algorithm(pass_name) == algo
         assert algo != "reference" or conv_ext._C.cpu_capability() == "portable"
-        assert ours.dtype == dtype and torch.equal(ours, want.to(dtype)), pass_name
+        if algo in BF16_ALGORITHMS:  # its own kernel: float32 sums in another order, one rounding
+            assert dtype == torch.bfloat16 and rel_error(ours, want) <= 2 ** -7, pass_name
+        else:
+            assert testing.last_cpu_algorithm(pass_name) == algo
+            assert ours.dtype == dtype and torch.equal(ours, want.to(dtype)), pass_name
         if pass_name != "backward_weight":
             assert ours.is_contiguous(memory_format=fmt), pass_name
 

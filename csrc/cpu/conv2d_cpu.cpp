@@ -40,6 +40,11 @@ bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 at::Tensor to_float(const at::Tensor& t, at::MemoryFormat fmt) {
   return empty_output(t.sizes(), t.options().dtype(at::kFloat), fmt).copy_(t);
 }
+// A half-type problem runs natively when an algorithm for its dtype takes it (amx_bf16), or when
+// the reference is forced (tests); else on float32 copies.
+bool runs_half_natively(const Algorithm& a, Pass pass) {
+  return a.name != "reference" || forced_algorithm(pass) == "reference";
+}
 at::Tensor filter_to_float(const at::Tensor& w) {  // keeps a channels_last filter channels_last
   const bool krsc = !w.is_contiguous() && w.is_contiguous(at::MemoryFormat::ChannelsLast);
   return w.to(at::kFloat, /*non_blocking=*/false, /*copy=*/false,
@@ -82,17 +87,17 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
     else y.zero_();
     return y;
   }
-  if (is_half(input.scalar_type())) {
-    const std::optional<at::Tensor> bias32 =
-        bias.defined() ? std::optional<at::Tensor>(bias.to(at::kFloat)) : std::nullopt;
-    return y.copy_(forward(to_float(input, fmt), filter_to_float(weight), bias32, stride, padding, dilation, groups));
-  }
   if (strided_1x1(p, fmt, Pass::Forward))
     return forward(contiguous_cached(every_stride(input, p), fmt), weight, bias_opt, kOne, padding, dilation, groups);
   const at::Tensor x = contiguous_cached(input, fmt);
   set_strides(p, x, weight, y, fmt);
   at::Tensor w;
   const Algorithm& algo = choose_for_weight(Pass::Forward, p, weight, w);
+  if (is_half(input.scalar_type()) && !runs_half_natively(algo, Pass::Forward)) {
+    const std::optional<at::Tensor> bias32 =
+        bias.defined() ? std::optional<at::Tensor>(bias.to(at::kFloat)) : std::nullopt;
+    return y.copy_(forward(to_float(input, fmt), filter_to_float(weight), bias32, stride, padding, dilation, groups));
+  }
   Operands o{x, w, bias, y, w.is_same(weight) ? &weight : nullptr};
   algo.run(p, o);
   return y;
@@ -106,9 +111,6 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
   at::Tensor dx = empty_output(input_size, grad_output.options(), fmt);
   if (dx.numel() == 0) return dx;
   if (p.Kg() == 0) return dx.zero_();  // no output channels read this input
-  if (is_half(grad_output.scalar_type()))
-    return dx.copy_(backward_input(to_float(grad_output, fmt), filter_to_float(weight), input_size, stride, padding,
-                                   dilation, groups));
   if (strided_1x1(p, fmt, Pass::BackwardInput)) {  // the pixels the stride skips get no gradient
     at::Tensor sub = every_stride(dx, p);
     dx.zero_();
@@ -119,6 +121,9 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
   set_strides(p, dx, weight, dy, fmt);
   at::Tensor w;
   const Algorithm& algo = choose_for_weight(Pass::BackwardInput, p, weight, w);
+  if (is_half(grad_output.scalar_type()) && !runs_half_natively(algo, Pass::BackwardInput))
+    return dx.copy_(backward_input(to_float(grad_output, fmt), filter_to_float(weight), input_size, stride, padding,
+                                   dilation, groups));
   Operands o{dy, w, at::Tensor(), dx, w.is_same(weight) ? &weight : nullptr};
   algo.run(p, o);
   return dx;

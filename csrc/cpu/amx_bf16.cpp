@@ -1,0 +1,286 @@
+// amx_bf16.cpp — bfloat16 forward convolution on the AMX tile units (Intel Sapphire Rapids and
+// later): groups = 1, any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter.
+//
+//   y[n,p,q,k] = bias[k] + sum_{r,s,c} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c] * w[k,c,r,s]
+//
+// One AMX instruction, TDPBF16PS, multiplies a 16x32 bfloat16 tile A by a 32x16 tile B (stored as
+// 16 rows of 16 column pairs: "VNNI" order) into a 16x16 float32 tile C: 8192 multiply-adds, the
+// products exact and every sum in float32. Here A = 16 output pixels x 32 input channels of one
+// filter tap, B = those 32 channels x 16 filters, C = 16 pixels x 16 filters.
+//
+// Layout. The input is copied once per call into a zero-padded NHWC band xb[n][Hp][Wp][Cp]
+// (Cp = C rounded up to 32; NCHW rows by 16x16 transposes of 16-bit lanes), so the 16 rows of an
+// A tile are 16 pixels at a fixed distance in memory: TILELOADD takes that distance as its
+// stride. At stride 1 the output grid is the padded width (tile rows run on across the row end,
+// and the columns past Q are computed and dropped: 16 → 18 columns on 16x16, 7 → 9 on 7x7); at
+// stride sw each output row is its own run of tiles, sw pixels apart. The filter is packed as
+// [16-filter block][r][s][32-channel block][16 pair rows][16 filters x 2] (1 KiB per B tile), kept
+// across calls while the filter is unchanged (filter_cache.h).
+//
+// Blocking: a task is an image, 32 grid pixels (2 A tiles) and 32 filters (2 B tiles); it holds
+// the 4 C tiles for its whole reduction (taps x channel blocks: 4 TDPBF16PS per 4 tile loads),
+// then stores them through a 32x32 float32 buffer (bias added, rounded to bfloat16 by VCVTNEPS2BF16).
+// Tasks run filter block outer, pixels inner, so a filter block's B tiles stay in L2 while the
+// pixels stream past. Every output element is one task's sum in a fixed order: the same bits for
+// any thread count.
+//
+// The tile registers need the kernel's permission (arch_prctl ARCH_REQ_XCOMP_PERM); where that,
+// AMX-BF16 or AVX512-BF16 is missing, or CONV_EXT_CPU_CAPABILITY is below avx512, bfloat16 runs
+// the float32 kernels on float32 copies (conv2d_cpu.cpp).
+//
+// Speed: README, "Other dtypes".
+#include <ATen/ATen.h>
+#include <immintrin.h>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include <cstring>
+
+#include "algorithms.h"
+#include "filter_cache.h"
+#include "kernel_util.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+bool amx_bf16_available() {
+  static const bool ok = [] {
+#if defined(__x86_64__) && defined(SYS_arch_prctl)
+    if (cpu_capability() != "avx512") return false;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool amx = (d >> 22 & 1) && (d >> 24 & 1);  // AMX-BF16, AMX-TILE
+    if (!amx || !__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a >> 5 & 1)) return false;  // AVX512-BF16
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+constexpr int64_t kTile = 16;   // pixels (A rows), filters (B columns)
+constexpr int64_t kChan = 32;   // channels per A row / B tile
+
+// Worth it where the tiles are mostly full: >= 32 channels in and out.
+bool supports(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && p.groups == 1 && p.C >= kChan && p.K >= kChan && (is_nchw(p) || is_nhwc(p)) &&
+         (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available();
+}
+
+// Backward-input at stride 1 is the forward convolution of dy (K channels) into dx (C channels)
+// with the filter turned round, w'[c][k][r][s] = w[k][c][R-1-r][S-1-s], and the padding
+// dil*(R-1) - pad (at least 0: every padding nn.Conv2d takes with a stride-1 "same" or smaller).
+// Strided layers keep the float32 path (their dx phases would need a kernel of their own).
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
+  return supports(p, dtype) && p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) &&
+         p.pad_w <= p.dil_w * (p.S - 1);
+}
+
+struct __attribute__((packed)) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
+
+using bf16 = uint16_t;
+
+// 16 float32 -> 16 bfloat16, round to nearest even
+inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter) {
+  const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const bool nhwc = is_nhwc(p);
+  const int64_t Cp = round_up(C, kChan), ncb = Cp / kChan, nkb = ceil_div(K, kTile), nkp = ceil_div(nkb, int64_t(2));
+  const int64_t Hp = std::max(H + 2 * ph, (P - 1) * sh + (R - 1) * dh + 1);
+  const int64_t Wp = std::max(W + 2 * pw, (Q - 1) * sw + (S - 1) * dw + 1);
+
+  // the filter: B tiles [kb][r][s][cb][16 pair rows][16 filters][2], zeros past K and C
+  const int64_t tile_elems = kTile * kChan, wfloats = nkp * 2 * R * S * ncb * tile_elems / 2;
+  float* wscratch = scratch(3, wfloats);
+  const PackedFilter pf = packed_filter(filter, {0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r}, wfloats, wscratch, [&](float* dst) {
+    bf16* d = reinterpret_cast<bf16*>(dst);
+    for_each_task(nkp * 2, nkp * 2 * R * S * Cp * kTile, [&](int64_t kb) {
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t cb = 0; cb < ncb; ++cb) {
+            bf16* t = d + (((kb * R + r) * S + s) * ncb + cb) * tile_elems;
+            for (int64_t i = 0; i < kTile; ++i)
+              for (int64_t j = 0; j < kTile; ++j)
+                for (int64_t e = 0; e < 2; ++e) {
+                  const int64_t k = kb * kTile + j, c = cb * kChan + 2 * i + e;
+                  t[(i * kTile + j) * 2 + e] = (k < K && c < C) ? w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] : bf16(0);
+                }
+          }
+    });
+  });
+  const bf16* wp = reinterpret_cast<const bf16*>(pf.data);
+
+  // the zero-padded NHWC band of the whole input, with slack after it for the rows of the last
+  // tiles that run past the last image (computed, never stored)
+  const int64_t img = Hp * Wp * Cp, slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cp;
+  at::Tensor band_t = at::empty({N * img + slack}, at::TensorOptions().dtype(at::kBFloat16));
+  bf16* xb = reinterpret_cast<bf16*>(band_t.data_ptr());
+  std::memset(xb + N * img, 0, sizeof(bf16) * slack);
+  for_each_task(N * Hp, N * Hp * Wp * Cp * 16, [&](int64_t nh) {
+    const int64_t n = nh / Hp, hp = nh % Hp, h = hp - ph;
+    bf16* d = xb + n * img + hp * Wp * Cp;
+    if (h < 0 || h >= H) {
+      std::memset(d, 0, sizeof(bf16) * Wp * Cp);
+      return;
+    }
+    std::memset(d, 0, sizeof(bf16) * pw * Cp);
+    const int64_t wend = std::min(W, Wp - pw);
+    if (pw + wend < Wp) std::memset(d + (pw + wend) * Cp, 0, sizeof(bf16) * (Wp - pw - wend) * Cp);
+    if (nhwc) {
+      const bf16* src = x + ((n * H + h) * W) * C;
+      for (int64_t ww = 0; ww < wend; ++ww) {
+        std::memcpy(d + (pw + ww) * Cp, src + ww * C, sizeof(bf16) * C);
+        if (Cp > C) std::memset(d + (pw + ww) * Cp + C, 0, sizeof(bf16) * (Cp - C));
+      }
+    } else {  // NCHW: row h of every channel, transposed into pixels of Cp channels, 32 channels
+      // (64 bytes of a pixel) at a time: each of the 32 rows read is a line reused for 32 pixels
+      const bf16* src = x + (n * C * H + h) * W;
+      for (int64_t c0 = 0; c0 < Cp; c0 += kChan) {
+        const int64_t cn = std::min(kChan, C - c0);
+        for (int64_t ww = 0; ww < wend; ++ww) {
+          bf16* o = d + (pw + ww) * Cp + c0;
+          for (int64_t c = 0; c < cn; ++c) o[c] = src[(c0 + c) * H * W + ww];
+          for (int64_t c = std::max<int64_t>(cn, 0); c < kChan; ++c) o[c] = 0;
+        }
+      }
+    }
+  });
+
+  // the output grid: stride 1 -> rows of Wp (tiles run on across rows); else rows of Wg, one run
+  // of tiles each
+  const bool flat = sh == 1 && sw == 1;
+  const int64_t Wg = flat ? Wp : round_up(Q, kTile);
+  const int64_t ntile = flat ? ceil_div(P * Wp, kTile) : P * (Wg / kTile), npair = ceil_div(ntile, int64_t(2));
+  const int64_t a_stride = sw * Cp * int64_t(sizeof(bf16));
+  auto tile_base = [&](int64_t n, int64_t t) {  // the band pixel of row 0 of tile t at tap (0, 0)
+    if (flat) return n * Hp * Wp + t * kTile;
+    const int64_t pp = t / (Wg / kTile), q0 = t % (Wg / kTile) * kTile;
+    return n * Hp * Wp + pp * sh * Wp + q0 * sw;
+  };
+  std::vector<int64_t> tap(static_cast<size_t>(R * S));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s) tap[r * S + s] = r * dh * Wp + s * dw;
+
+  // Tasks: (image, block of up to 4 tile pairs, block of filter pairs whose B tiles fit in 512 KiB);
+  // inside, filter pairs outer and pixel pairs inner: a filter pair's B tiles are read from L1/L2
+  // by every pixel pair of the block, the block's A rows from L2 by every filter pair.
+  const int64_t b_pair = 2 * R * S * ncb * tile_elems * int64_t(sizeof(bf16));  // B bytes of a filter pair
+  const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
+  constexpr int64_t kPairs = 4;
+  const int64_t nmb = ceil_div(npair, kPairs);
+  for_each_task(N * nmb * nkpb, p.macs(), [&](int64_t task) {
+    const int64_t kb_blk = task / (N * nmb), n = task / nmb % N, mb = task % nmb;
+    TileConfig cfg;
+    for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
+    _tile_loadconfig(&cfg);
+    alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
+    alignas(64) float bv[2 * kTile];
+    for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
+      const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
+      for (int64_t j = 0; j < 2 * kTile; ++j) {  // bias as float32 (bfloat16 = the top half)
+        const uint32_t u = bias && j < kn ? uint32_t(bias[k0 + j]) << 16 : 0u;
+        std::memcpy(&bv[j], &u, 4);
+      }
+      const bf16* b0 = wp + (2 * kp) * R * S * ncb * tile_elems;
+      const bf16* b1 = b0 + R * S * ncb * tile_elems;
+      const __mmask16 m0 = static_cast<__mmask16>(kn >= kTile ? 0xFFFF : (1u << kn) - 1);
+      const __mmask16 m1 = static_cast<__mmask16>(kn >= 2 * kTile ? 0xFFFF : kn <= kTile ? 0 : (1u << (kn - kTile)) - 1);
+      for (int64_t mp = mb * kPairs; mp < std::min(npair, (mb + 1) * kPairs); ++mp) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        const int64_t t0 = 2 * mp, px0 = tile_base(n, t0), px1 = tile_base(n, t0 + 1);
+        for (int64_t rs = 0; rs < R * S; ++rs) {
+          const bf16* a0 = xb + (px0 + tap[rs]) * Cp;
+          const bf16* a1 = xb + (px1 + tap[rs]) * Cp;
+          for (int64_t cb = 0; cb < ncb; ++cb) {
+            const int64_t bo = (rs * ncb + cb) * tile_elems;
+            _tile_loadd(4, a0 + cb * kChan, a_stride);
+            _tile_loadd(5, a1 + cb * kChan, a_stride);
+            _tile_loadd(6, b0 + bo, 64);
+            _tile_loadd(7, b1 + bo, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+        }
+        _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
+        _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
+        _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
+        _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
+        for (int64_t i = 0; i < 2 * kTile; ++i) {
+          const int64_t t = t0 + i / kTile;
+          int64_t pp, q;
+          if (flat) {
+            const int64_t m = t * kTile + i % kTile;
+            pp = m / Wp, q = m % Wp;
+          } else {
+            pp = t / (Wg / kTile), q = t % (Wg / kTile) * kTile + i % kTile;
+          }
+          if (t >= ntile || pp >= P || q >= Q) continue;
+          const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
+          const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
+          if (nhwc) {
+            bf16* o = y + ((n * P + pp) * Q + q) * K + k0;
+            _mm256_mask_storeu_epi16(o, m0, lo);
+            _mm256_mask_storeu_epi16(o + kTile, m1, hi);
+          } else {
+            alignas(32) bf16 v[2 * kTile];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(v), lo);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), hi);
+            bf16* o = y + ((n * K + k0) * P + pp) * Q + q;
+            for (int64_t j = 0; j < kn; ++j) o[j * P * Q] = v[j];
+          }
+        }
+      }
+    }
+    _tile_release();
+  });
+}
+
+#pragma GCC pop_options
+
+void run_forward(const Conv2dParams& p, Operands& o) {
+  const bf16* bias = o.bias.defined() ? reinterpret_cast<const bf16*>(o.bias.const_data_ptr()) : nullptr;
+  forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+          bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
+}
+
+void run_backward_input(const Conv2dParams& p, Operands& o) {
+  Conv2dParams f = p;  // the forward-form problem: dy (N, K, P, Q) -> dx (N, C, H, W)
+  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
+  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  f.xs_n = p.ys_n, f.xs_c = p.ys_k, f.xs_h = p.ys_p, f.xs_w = p.ys_q;
+  f.ys_n = p.xs_n, f.ys_k = p.xs_c, f.ys_p = p.xs_h, f.ys_q = p.xs_w;
+  f.ws_k = p.ws_c, f.ws_c = p.ws_k, f.ws_r = -p.ws_r, f.ws_s = -p.ws_s;  // turned round
+  const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
+  forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
+          reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
+}
+
+const bool registered =
+    register_algorithm({"amx_bf16", Pass::Forward, 50, supports, run_forward, true}) &&
+    register_algorithm({"amx_bf16", Pass::BackwardInput, 50, supports_backward_input, run_backward_input, true});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace conv_ext
