@@ -1,5 +1,6 @@
 // amx_bf16.cpp — bfloat16 forward convolution on the AMX tile units (Intel Sapphire Rapids and
-// later): groups = 1, any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter.
+// later): groups = 1, any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter;
+// and stride-1 backward-input, which is that forward on dy with the filter turned round.
 //
 //   y[n,p,q,k] = bias[k] + sum_{r,s,c} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c] * w[k,c,r,s]
 //
@@ -28,7 +29,13 @@
 // AMX-BF16 or AVX512-BF16 is missing, or CONV_EXT_CPU_CAPABILITY is below avx512, bfloat16 runs
 // the float32 kernels on float32 copies (conv2d_cpu.cpp).
 //
-// Speed: README, "Other dtypes".
+// Speed (2 threads, batch 4; python -m conv_ext.bench --suite default --dtype bfloat16 --layout L
+// --passes forward): ResNet-50's dense layers forward 1.4-2.2x torch's own AMX path (oneDNN) in
+// NCHW, 0.84-1.98x channels_last, 600-1260 GFLOP/s at best (the float32 FMA peak is ~276); before,
+// through float32 copies, 0.50-0.89x. Stride-1 backward-input 0.7-4x (python script timing
+// torch.ops.conv_ext.conv2d_backward_input against aten.convolution_backward, 64@56..512@7).
+// The results equal oneDNN's bit for bit on the layers tried (the same float32 sums in the same
+// order), and both are within a bfloat16 rounding of the float64 result.
 #include <ATen/ATen.h>
 #include <immintrin.h>
 
