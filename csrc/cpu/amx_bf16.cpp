@@ -1,6 +1,7 @@
 // amx_bf16.cpp — bfloat16 forward convolution on the AMX tile units (Intel Sapphire Rapids and
 // later): groups = 1, any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter;
-// and stride-1 backward-input, which is that forward on dy with the filter turned round.
+// stride-1 backward-input, which is that forward on dy with the filter turned round; and stride-1
+// backward-weight (dy rows as A tiles, pairs of band pixels as B tiles: see backward_weight).
 //
 //   y[n,p,q,k] = bias[k] + sum_{r,s,c} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c] * w[k,c,r,s]
 //
@@ -105,6 +106,46 @@ using bf16 = uint16_t;
 // 16 float32 -> 16 bfloat16, round to nearest even
 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 
+// x (N, C, H, W; NCHW or NHWC) as a zero-padded NHWC band [n][Hp][Wp][Cp] (rows ph.., columns
+// pw.. hold the image, channels past C are 0), followed by `slack` zero elements.
+at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack) {
+  const int64_t img = Hp * Wp * Cp;
+  at::Tensor band_t = at::empty({N * img + slack}, at::TensorOptions().dtype(at::kBFloat16));
+  bf16* xb = reinterpret_cast<bf16*>(band_t.data_ptr());
+  std::memset(xb + N * img, 0, sizeof(bf16) * slack);
+  for_each_task(N * Hp, N * Hp * Wp * Cp * 16, [&](int64_t nh) {
+    const int64_t n = nh / Hp, hp = nh % Hp, h = hp - ph;
+    bf16* d = xb + n * img + hp * Wp * Cp;
+    if (h < 0 || h >= H) {
+      std::memset(d, 0, sizeof(bf16) * Wp * Cp);
+      return;
+    }
+    std::memset(d, 0, sizeof(bf16) * std::min(pw, Wp) * Cp);
+    const int64_t wend = std::max<int64_t>(0, std::min(W, Wp - pw));
+    if (pw + wend < Wp) std::memset(d + (pw + wend) * Cp, 0, sizeof(bf16) * (Wp - pw - wend) * Cp);
+    if (nhwc) {
+      const bf16* src = x + ((n * H + h) * W) * C;
+      for (int64_t ww = 0; ww < wend; ++ww) {
+        std::memcpy(d + (pw + ww) * Cp, src + ww * C, sizeof(bf16) * C);
+        if (Cp > C) std::memset(d + (pw + ww) * Cp + C, 0, sizeof(bf16) * (Cp - C));
+      }
+    } else {  // NCHW: row h of every channel, transposed into pixels of Cp channels, 32 channels
+      // (64 bytes of a pixel) at a time: each of the 32 rows read is a line reused for 32 pixels
+      const bf16* src = x + (n * C * H + h) * W;
+      for (int64_t c0 = 0; c0 < Cp; c0 += kChan) {
+        const int64_t cn = std::min(kChan, C - c0);
+        for (int64_t ww = 0; ww < wend; ++ww) {
+          bf16* o = d + (pw + ww) * Cp + c0;
+          for (int64_t c = 0; c < cn; ++c) o[c] = src[(c0 + c) * H * W + ww];
+          for (int64_t c = std::max<int64_t>(cn, 0); c < kChan; ++c) o[c] = 0;
+        }
+      }
+    }
+  });
+  return band_t;
+}
+
 void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -136,39 +177,9 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
 
   // the zero-padded NHWC band of the whole input, with slack after it for the rows of the last
   // tiles that run past the last image (computed, never stored)
-  const int64_t img = Hp * Wp * Cp, slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cp;
-  at::Tensor band_t = at::empty({N * img + slack}, at::TensorOptions().dtype(at::kBFloat16));
-  bf16* xb = reinterpret_cast<bf16*>(band_t.data_ptr());
-  std::memset(xb + N * img, 0, sizeof(bf16) * slack);
-  for_each_task(N * Hp, N * Hp * Wp * Cp * 16, [&](int64_t nh) {
-    const int64_t n = nh / Hp, hp = nh % Hp, h = hp - ph;
-    bf16* d = xb + n * img + hp * Wp * Cp;
-    if (h < 0 || h >= H) {
-      std::memset(d, 0, sizeof(bf16) * Wp * Cp);
-      return;
-    }
-    std::memset(d, 0, sizeof(bf16) * pw * Cp);
-    const int64_t wend = std::min(W, Wp - pw);
-    if (pw + wend < Wp) std::memset(d + (pw + wend) * Cp, 0, sizeof(bf16) * (Wp - pw - wend) * Cp);
-    if (nhwc) {
-      const bf16* src = x + ((n * H + h) * W) * C;
-      for (int64_t ww = 0; ww < wend; ++ww) {
-        std::memcpy(d + (pw + ww) * Cp, src + ww * C, sizeof(bf16) * C);
-        if (Cp > C) std::memset(d + (pw + ww) * Cp + C, 0, sizeof(bf16) * (Cp - C));
-      }
-    } else {  // NCHW: row h of every channel, transposed into pixels of Cp channels, 32 channels
-      // (64 bytes of a pixel) at a time: each of the 32 rows read is a line reused for 32 pixels
-      const bf16* src = x + (n * C * H + h) * W;
-      for (int64_t c0 = 0; c0 < Cp; c0 += kChan) {
-        const int64_t cn = std::min(kChan, C - c0);
-        for (int64_t ww = 0; ww < wend; ++ww) {
-          bf16* o = d + (pw + ww) * Cp + c0;
-          for (int64_t c = 0; c < cn; ++c) o[c] = src[(c0 + c) * H * W + ww];
-          for (int64_t c = std::max<int64_t>(cn, 0); c < kChan; ++c) o[c] = 0;
-        }
-      }
-    }
-  });
+  const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cp;
+  at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cp, slack);
+  const bf16* xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
 
   // the output grid: stride 1 -> rows of Wp (tiles run on across rows); else rows of Wg, one run
   // of tiles each
@@ -264,6 +275,103 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   });
 }
 
+// Backward-weight at stride 1: dw[k][c][r][s] = sum over the output grid m (flat, as forward's:
+// rows of Wp, the columns past Q and the rows past P carry dy = 0) of dy[m][k] * band[m + tap][c].
+// C tile = 16 filters x 16 channels of one tap, A = 16 filters x 32 grid pixels of dy (dy copied
+// once as dyt[n][k][m]), B = 32 pixels x 16 channels in VNNI pairs (pixels 2j + e, 2j + e + 1: the
+// band copied twice, e = 0 and 1, so a tap of either parity starts on a pair). A task is one tap,
+// 32 channels and 32 filters over every pixel of every image, in a fixed order.
+void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
+  const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const bool nhwc = is_nhwc(p);
+  const int64_t Cp = round_up(C, kChan), Kp = round_up(K, kChan);
+  const int64_t Hp = std::max(H + 2 * ph, (P - 1) + (R - 1) * dh + 1);
+  const int64_t Wp = std::max(W + 2 * pw, (Q - 1) + (S - 1) * dw + 1);
+  const int64_t Mg = round_up(P * Wp, kChan);                       // grid pixels an image
+  const int64_t Jn = (Hp * Wp + Wp + 2 * kChan) / 2 + 1;            // pixel pairs an image, with zeros past it
+  at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cp, 0);
+  const bf16* xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
+  // xv[e][n][j][c][2] = band pixels (2j + e, 2j + e + 1) of image n, channel c (0 past the image)
+  at::Tensor xv_t = at::empty({2 * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
+  bf16* xv = reinterpret_cast<bf16*>(xv_t.data_ptr());
+  // lane 2t takes a's element t, lane 2t + 1 b's (index 32 + t of the pair of vectors)
+  const __m512i pairs = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  for_each_task(2 * N, 2 * N * Jn * Cp * 16, [&](int64_t en) {
+    const int64_t e = en / N, n = en % N;
+    bf16* d = xv + en * Jn * Cp * 2;
+    const bf16* src = xb + n * Hp * Wp * Cp;
+    for (int64_t j = 0; j < Jn; ++j) {
+      const int64_t i0 = 2 * j + e, i1 = i0 + 1;
+      const __mmask32 m0 = i0 < Hp * Wp ? 0xFFFF : 0, m1 = i1 < Hp * Wp ? 0xFFFF : 0;  // 0 past the image
+      for (int64_t c0 = 0; c0 < Cp; c0 += kTile) {
+        const __m512i a = _mm512_maskz_loadu_epi16(m0, src + i0 * Cp + c0);
+        const __m512i b = _mm512_maskz_loadu_epi16(m1, src + i1 * Cp + c0);
+        _mm512_storeu_si512(d + (j * Cp + c0) * 2, _mm512_permutex2var_epi16(a, pairs, b));
+      }
+    }
+  });
+  // dyt[n][k][m]: dy on the grid, 0 at the columns past Q, the pixels past P*Wp and the filters past K
+  at::Tensor dyt_t = at::zeros({N * Kp * Mg}, at::TensorOptions().dtype(at::kBFloat16));
+  bf16* dyt = reinterpret_cast<bf16*>(dyt_t.data_ptr());
+  for_each_task(N * P, N * P * Q * K * 16, [&](int64_t np) {
+    const int64_t n = np / P, pp = np % P;
+    for (int64_t k = 0; k < K; ++k) {
+      bf16* o = dyt + (n * Kp + k) * Mg + pp * Wp;
+      if (!nhwc) {
+        std::memcpy(o, dy + ((n * K + k) * P + pp) * Q, sizeof(bf16) * Q);
+        continue;
+      }
+      const bf16* src = dy + ((n * P + pp) * Q) * K + k;
+      for (int64_t q = 0; q < Q; ++q) o[q] = src[q * K];
+    }
+  });
+
+  const int64_t ncp = Cp / kChan, nkp = Kp / kChan;
+  for_each_task(nkp * R * S * ncp, p.macs(), [&](int64_t task) {  // filters outer: a task's dy rows stay in L2
+    const int64_t kp = task / (R * S * ncp), rs = task / ncp % (R * S), cp = task % ncp;
+    const int64_t r = rs / S, s = rs % S, off = r * dh * Wp + s * dw, e = off & 1;
+    TileConfig cfg;
+    for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
+    _tile_loadconfig(&cfg);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const int64_t k0 = kp * kChan, c0 = cp * kChan;
+    for (int64_t n = 0; n < N; ++n) {
+      const bf16* a0 = dyt + (n * Kp + k0) * Mg;
+      const bf16* a1 = a0 + kTile * Mg;
+      const bf16* bb = xv + ((e * N + n) * Jn) * Cp * 2 + c0 * 2;
+      for (int64_t m0 = 0; m0 < Mg; m0 += kChan) {
+        const bf16* b0 = bb + ((m0 + off - e) / 2) * Cp * 2;
+        _tile_loadd(4, a0 + m0, Mg * int64_t(sizeof(bf16)));
+        _tile_loadd(5, a1 + m0, Mg * int64_t(sizeof(bf16)));
+        _tile_loadd(6, b0, Cp * 2 * int64_t(sizeof(bf16)));
+        _tile_loadd(7, b0 + 2 * kTile, Cp * 2 * int64_t(sizeof(bf16)));
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+    }
+    alignas(64) float cbuf[2 * kTile][2 * kTile];  // [filter][channel]
+    _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
+    _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
+    _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
+    _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
+    _tile_release();
+    for (int64_t i = 0; i < 2 * kTile && k0 + i < K; ++i) {
+      alignas(32) bf16 v[2 * kTile];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
+      bf16* o = dwt + (k0 + i) * p.ws_k + r * p.ws_r + s * p.ws_s;
+      for (int64_t j = 0; j < 2 * kTile && c0 + j < C; ++j) o[(c0 + j) * p.ws_c] = v[j];
+    }
+  });
+}
+
 #pragma GCC pop_options
 
 void run_forward(const Conv2dParams& p, Operands& o) {
@@ -284,9 +392,19 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
           reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
 }
 
+bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
+  return supports(p, dtype) && p.stride_h == 1 && p.stride_w == 1;
+}
+
+void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  backward_weight(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+                  reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+}
+
 const bool registered =
     register_algorithm({"amx_bf16", Pass::Forward, 50, supports, run_forward, true}) &&
-    register_algorithm({"amx_bf16", Pass::BackwardInput, 50, supports_backward_input, run_backward_input, true});
+    register_algorithm({"amx_bf16", Pass::BackwardInput, 50, supports_backward_input, run_backward_input, true}) &&
+    register_algorithm({"amx_bf16", Pass::BackwardWeight, 50, supports_backward_weight, run_backward_weight, true});
 
 }  // namespace
 }  // namespace cpu

@@ -137,15 +137,15 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
   WeightGrad g(weight_size, grad_output.options(), fmt);  // dw in the convolution's layout
   if (g.out.numel() == 0) return g.out;
   if (p.N == 0) return g.out.zero_();  // an empty batch contributes nothing
-  if (is_half(grad_output.scalar_type()))
-    return g.out.copy_(backward_weight(to_float(grad_output, fmt), to_float(input, fmt), weight_size, stride, padding,
-                                       dilation, groups));
   if (strided_1x1(p, fmt, Pass::BackwardWeight))
     return backward_weight(grad_output, contiguous_cached(every_stride(input, p), fmt), weight_size, kOne, padding, dilation,
                            groups);
   const at::Tensor dy = contiguous_cached(grad_output, fmt), x = contiguous_cached(input, fmt);
   set_strides(p, x, g.kcrs, dy, fmt);
   const Algorithm& a = choose(Pass::BackwardWeight, p, g.kcrs.scalar_type());
+  if (is_half(grad_output.scalar_type()) && !runs_half_natively(a, Pass::BackwardWeight))
+    return g.out.copy_(backward_weight(to_float(grad_output, fmt), to_float(input, fmt), weight_size, stride, padding,
+                                       dilation, groups));
   if (!g.kcrs.is_alias_of(g.out) && a.krsc_weights) {  // writes the channels_last dw itself: no reorder
     set_krsc_weight_strides(p);
     g.kcrs = g.out;
