@@ -407,6 +407,19 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
             assert ours.is_contiguous(memory_format=fmt), pass_name
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_bfloat16_default_is_amx_where_available(layout):
+    """bfloat16 layers with >= 32 channels run amx_bf16 by default in all three passes (stride 1)
+    where the CPU has AMX (conv_ext.info()["cpu_amx_bf16"]), and the float32 path elsewhere."""
+    x, wt, b, dy, geo = (t.to(torch.bfloat16) if torch.is_tensor(t) else t
+                         for t in make(((2, 64, 9, 9), 48, (3, 3), 1, 1, 1, 1), layout))
+    amx = conv_ext.info()["cpu_amx_bf16"]
+    assert isinstance(amx, bool)
+    for pass_name in PASSES:
+        run_pass(pass_name, x, wt, b, dy, geo)
+        assert (testing.last_cpu_algorithm(pass_name) == "amx_bf16") == amx, pass_name
+
+
 def test_module_training_step_matches_torch():
     """Autograd through the default choices, channels_last, matches nn.Conv2d."""
     torch.manual_seed(0)
@@ -438,7 +451,8 @@ def test_lower_capability_subprocess(level):
         code = ("import conv_ext, torch; from conv_ext import testing;"
                 "assert conv_ext._C.cpu_capability() == 'portable';"
                 "y = conv_ext.conv2d(torch.randn(1, 3, 8, 8), torch.randn(16, 3, 3, 3), padding=1);"
-                "assert testing.last_cpu_algorithm('forward') == 'reference'")
+                "assert testing.last_cpu_algorithm('forward') == 'reference';"
+                "assert not conv_ext.info()['cpu_amx_bf16']")
         cmd = [sys.executable, "-c", code]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -70,5 +70,8 @@ std::string last_algorithm(Pass pass);  // the last one run by this thread, "" i
 // variable CONV_EXT_CPU_CAPABILITY can lower it (to test the fallbacks on an AVX-512 machine).
 const std::string& cpu_capability();
 
+// True when this CPU (and the OS) lets amx_bf16 run bfloat16 on the AMX tile units.
+bool amx_bf16_available();
+
 }  // namespace cpu
 }  // namespace conv_ext

@@ -11,7 +11,7 @@
 // filter tap, B = those 32 channels x 16 filters, C = 16 pixels x 16 filters.
 //
 // Layout. The input is copied once per call into a zero-padded NHWC band xb[n][Hp][Wp][Cp]
-// (Cp = C rounded up to 32; NCHW rows by 16x16 transposes of 16-bit lanes), so the 16 rows of an
+// (Cp = C rounded up to 32; NCHW rows copied 32 channels of a pixel at a time), so the 16 rows of an
 // A tile are 16 pixels at a fixed distance in memory: TILELOADD takes that distance as its
 // stride. At stride 1 the output grid is the padded width (tile rows run on across the row end,
 // and the columns past Q are computed and dropped: 16 → 18 columns on 16x16, 7 → 9 on 7x7); at
@@ -19,12 +19,12 @@
 // [16-filter block][r][s][32-channel block][16 pair rows][16 filters x 2] (1 KiB per B tile), kept
 // across calls while the filter is unchanged (filter_cache.h).
 //
-// Blocking: a task is an image, 32 grid pixels (2 A tiles) and 32 filters (2 B tiles); it holds
-// the 4 C tiles for its whole reduction (taps x channel blocks: 4 TDPBF16PS per 4 tile loads),
-// then stores them through a 32x32 float32 buffer (bias added, rounded to bfloat16 by VCVTNEPS2BF16).
-// Tasks run filter block outer, pixels inner, so a filter block's B tiles stay in L2 while the
-// pixels stream past. Every output element is one task's sum in a fixed order: the same bits for
-// any thread count.
+// Blocking (forward): a task is an image, up to 4 pairs of A tiles (128 grid pixels) and the
+// pairs of 16-filter blocks whose B tiles fit in 512 KiB; for each filter pair and pixel pair it
+// holds the 4 C tiles for the whole reduction (taps x channel blocks: 4 TDPBF16PS per 4 tile
+// loads), then stores them through a 32x32 float32 buffer (bias added, rounded to bfloat16 by
+// VCVTNEPS2BF16). Every output element is one task's sum in a fixed order: the same bits for any
+// thread count. Backward-weight: see backward_weight.
 //
 // The tile registers need the kernel's permission (arch_prctl ARCH_REQ_XCOMP_PERM); where that,
 // AMX-BF16 or AVX512-BF16 is missing, or CONV_EXT_CPU_CAPABILITY is below avx512, bfloat16 runs
@@ -34,7 +34,10 @@
 // --passes forward): ResNet-50's dense layers forward 1.4-2.2x torch's own AMX path (oneDNN) in
 // NCHW, 0.84-1.98x channels_last, 600-1260 GFLOP/s at best (the float32 FMA peak is ~276); before,
 // through float32 copies, 0.50-0.89x. Stride-1 backward-input 0.7-4x (python script timing
-// torch.ops.conv_ext.conv2d_backward_input against aten.convolution_backward, 64@56..512@7).
+// torch.ops.conv_ext.conv2d_backward_input against aten.convolution_backward, 64@56..512@7);
+// stride-1 backward-weight 1.0-3.2x NCHW, 0.57-4.9x channels_last (the same script with
+// conv2d_backward_weight; the channels_last 1x1 128->512 @28 and 64@56 at 0.57x / 0.82x pay for
+// copying dy filter-major element by element).
 // The results equal oneDNN's bit for bit on the layers tried (the same float32 sums in the same
 // order), and both are within a bfloat16 rounding of the float64 result.
 #include <ATen/ATen.h>
@@ -54,7 +57,6 @@
 
 namespace conv_ext {
 namespace cpu {
-namespace {
 
 bool amx_bf16_available() {
   static const bool ok = [] {
@@ -72,6 +74,8 @@ bool amx_bf16_available() {
   }();
   return ok;
 }
+
+namespace {
 
 constexpr int64_t kTile = 16;   // pixels (A rows), filters (B columns)
 constexpr int64_t kChan = 32;   // channels per A row / B tile
@@ -328,46 +332,82 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     }
   });
 
-  const int64_t ncp = Cp / kChan, nkp = Kp / kChan;
-  for_each_task(nkp * R * S * ncp, p.macs(), [&](int64_t task) {  // filters outer: a task's dy rows stay in L2
-    const int64_t kp = task / (R * S * ncp), rs = task / ncp % (R * S), cp = task % ncp;
-    const int64_t r = rs / S, s = rs % S, off = r * dh * Wp + s * dw, e = off & 1;
+  // A task: 32 filters x 32 channels x a group of taps (all of them when the filter and channel
+  // blocks alone make >= 8 tasks: short reductions, e.g. 196 pixels at 7x7, then pay one tile
+  // configuration and one store of dw rows for all the taps; else one tap a task).
+  const int64_t ncp = Cp / kChan, nkp = Kp / kChan, RS = R * S;
+  const int64_t tg = nkp * ncp >= 8 ? RS : 1, ntg = RS / tg;
+  std::vector<int64_t> tap_w(static_cast<size_t>(RS));  // where tap (r, s) lies in a (k, c) filter row
+  for (int64_t rs = 0; rs < RS; ++rs) tap_w[rs] = rs / S * p.ws_r + rs % S * p.ws_s;
+  const bool direct = p.ws_c == 1;  // KRSC, or a 1x1 filter
+  bool kcrs_run = tg == RS && p.ws_c == RS;
+  for (int64_t rs = 0; rs < RS; ++rs) kcrs_run = kcrs_run && tap_w[rs] == rs;
+  for_each_task(nkp * ncp * ntg, p.macs(), [&](int64_t task) {  // filters outer: a task's dy rows stay in L2
+    const int64_t kp = task / (ncp * ntg), cp = task / ntg % ncp, rs0 = task % ntg * tg;
+    const int64_t k0 = kp * kChan, c0 = cp * kChan;
+    const int64_t kn = std::min(kChan, K - k0), cn = std::min(kChan, C - c0);
+    const __mmask16 cmask0 = static_cast<__mmask16>(cn >= kTile ? 0xFFFF : (1u << cn) - 1);
+    const __mmask16 cmask1 = static_cast<__mmask16>(cn >= 2 * kTile ? 0xFFFF : cn <= kTile ? 0 : (1u << (cn - kTile)) - 1);
     TileConfig cfg;
     for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
     _tile_loadconfig(&cfg);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    const int64_t k0 = kp * kChan, c0 = cp * kChan;
-    for (int64_t n = 0; n < N; ++n) {
-      const bf16* a0 = dyt + (n * Kp + k0) * Mg;
-      const bf16* a1 = a0 + kTile * Mg;
-      const bf16* bb = xv + ((e * N + n) * Jn) * Cp * 2 + c0 * 2;
-      for (int64_t m0 = 0; m0 < Mg; m0 += kChan) {
-        const bf16* b0 = bb + ((m0 + off - e) / 2) * Cp * 2;
-        _tile_loadd(4, a0 + m0, Mg * int64_t(sizeof(bf16)));
-        _tile_loadd(5, a1 + m0, Mg * int64_t(sizeof(bf16)));
-        _tile_loadd(6, b0, Cp * 2 * int64_t(sizeof(bf16)));
-        _tile_loadd(7, b0 + 2 * kTile, Cp * 2 * int64_t(sizeof(bf16)));
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+    alignas(64) float cbuf[2 * kTile][2 * kTile];  // [filter][channel]
+    bf16* ob = reinterpret_cast<bf16*>(scratch(4, kChan * kChan * tg / 2 + 16));  // [filter][channel][tap]
+    for (int64_t rs = rs0; rs < rs0 + tg; ++rs) {
+      const int64_t off = rs / S * dh * Wp + rs % S * dw, e = off & 1;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t n = 0; n < N; ++n) {
+        const bf16* a0 = dyt + (n * Kp + k0) * Mg;
+        const bf16* a1 = a0 + kTile * Mg;
+        const bf16* bb = xv + ((e * N + n) * Jn) * Cp * 2 + c0 * 2;
+        for (int64_t m0 = 0; m0 < Mg; m0 += kChan) {
+          const bf16* b0 = bb + ((m0 + off - e) / 2) * Cp * 2;
+          _tile_loadd(4, a0 + m0, Mg * int64_t(sizeof(bf16)));
+          _tile_loadd(5, a1 + m0, Mg * int64_t(sizeof(bf16)));
+          _tile_loadd(6, b0, Cp * 2 * int64_t(sizeof(bf16)));
+          _tile_loadd(7, b0 + 2 * kTile, Cp * 2 * int64_t(sizeof(bf16)));
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
+      _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
+      _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
+      _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
+      for (int64_t i = 0; i < 2 * kTile; ++i) {
+        alignas(32) bf16 v[2 * kTile];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
+        if (direct) {  // channels contiguous in dw: the row's 32 channels at once
+          if (i < kn) {
+            bf16* o = dwt + (k0 + i) * p.ws_k + c0 + tap_w[rs];
+            _mm256_mask_storeu_epi16(o, cmask0, _mm256_load_si256(reinterpret_cast<const __m256i*>(v)));
+            _mm256_mask_storeu_epi16(o + kTile, cmask1, _mm256_load_si256(reinterpret_cast<const __m256i*>(v + kTile)));
+          }
+          continue;
+        }
+        for (int64_t j = 0; j < 2 * kTile; ++j) ob[(i * kChan + j) * tg + rs - rs0] = v[j];
       }
     }
-    alignas(64) float cbuf[2 * kTile][2 * kTile];  // [filter][channel]
-    _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
-    _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
-    _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
-    _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
     _tile_release();
-    for (int64_t i = 0; i < 2 * kTile && k0 + i < K; ++i) {
-      alignas(32) bf16 v[2 * kTile];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
-      bf16* o = dwt + (k0 + i) * p.ws_k + r * p.ws_r + s * p.ws_s;
-      for (int64_t j = 0; j < 2 * kTile && c0 + j < C; ++j) o[(c0 + j) * p.ws_c] = v[j];
+    if (direct) return;
+    // dw rows: for a KCRS filter with every tap here, a filter's (channel, tap) run is contiguous
+    // in ob and in dw
+    for (int64_t i = 0; i < kn; ++i) {
+      if (kcrs_run) {
+        std::memcpy(dwt + (k0 + i) * p.ws_k + c0 * RS, ob + i * kChan * tg, sizeof(bf16) * cn * RS);
+        continue;
+      }
+      for (int64_t j = 0; j < cn; ++j) {
+        bf16* o = dwt + (k0 + i) * p.ws_k + (c0 + j) * p.ws_c;
+        const bf16* v = ob + (i * kChan + j) * tg;
+        for (int64_t t = 0; t < tg; ++t) o[tap_w[rs0 + t]] = v[t];
+      }
     }
   });
 }
