@@ -107,6 +107,32 @@ struct __attribute__((packed)) TileConfig {
 
 using bf16 = uint16_t;
 
+// The 8 tiles of a 2x2 register block, each 16 rows of 64 bytes: C00, C01, C10, C11 = tiles 0-3
+// (float32), A0, A1 = 4, 5 and B0, B1 = 6, 7 (bfloat16 pairs). The configuration is per thread.
+inline void configure_tiles() {
+  TileConfig cfg;
+  for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
+  _tile_loadconfig(&cfg);
+}
+inline void zero_2x2() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+inline void dp_2x2() {  // C_ij += A_i . B_j
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+inline void store_2x2(float (*cbuf)[2 * kTile]) {  // cbuf[32][32]: C00 | C01 over C10 | C11
+  _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
+  _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
+  _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
+  _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
+}
+
 // 16 float32 -> 16 bfloat16, round to nearest even
 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 
@@ -209,9 +235,7 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   const int64_t nmb = ceil_div(npair, kPairs);
   for_each_task(N * nmb * nkpb, p.macs(), [&](int64_t task) {
     const int64_t kb_blk = task / (N * nmb), n = task / nmb % N, mb = task % nmb;
-    TileConfig cfg;
-    for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
-    _tile_loadconfig(&cfg);
+    configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
     alignas(64) float bv[2 * kTile];
     for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
@@ -225,10 +249,7 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
       const __mmask16 m0 = static_cast<__mmask16>(kn >= kTile ? 0xFFFF : (1u << kn) - 1);
       const __mmask16 m1 = static_cast<__mmask16>(kn >= 2 * kTile ? 0xFFFF : kn <= kTile ? 0 : (1u << (kn - kTile)) - 1);
       for (int64_t mp = mb * kPairs; mp < std::min(npair, (mb + 1) * kPairs); ++mp) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+        zero_2x2();
         const int64_t t0 = 2 * mp, px0 = tile_base(n, t0), px1 = tile_base(n, t0 + 1);
         for (int64_t rs = 0; rs < R * S; ++rs) {
           const bf16* a0 = xb + (px0 + tap[rs]) * Cp;
@@ -239,16 +260,10 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
             _tile_loadd(5, a1 + cb * kChan, a_stride);
             _tile_loadd(6, b0 + bo, 64);
             _tile_loadd(7, b1 + bo, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
+            dp_2x2();
           }
         }
-        _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
-        _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
-        _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
-        _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
+        store_2x2(cbuf);
         for (int64_t i = 0; i < 2 * kTile; ++i) {
           const int64_t t = t0 + i / kTile;
           int64_t pp, q;
@@ -348,17 +363,12 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     const int64_t kn = std::min(kChan, K - k0), cn = std::min(kChan, C - c0);
     const __mmask16 cmask0 = static_cast<__mmask16>(cn >= kTile ? 0xFFFF : (1u << cn) - 1);
     const __mmask16 cmask1 = static_cast<__mmask16>(cn >= 2 * kTile ? 0xFFFF : cn <= kTile ? 0 : (1u << (cn - kTile)) - 1);
-    TileConfig cfg;
-    for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
-    _tile_loadconfig(&cfg);
+    configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [filter][channel]
     bf16* ob = reinterpret_cast<bf16*>(scratch(4, kChan * kChan * tg / 2 + 16));  // [filter][channel][tap]
     for (int64_t rs = rs0; rs < rs0 + tg; ++rs) {
       const int64_t off = rs / S * dh * Wp + rs % S * dw, e = off & 1;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
+      zero_2x2();
       for (int64_t n = 0; n < N; ++n) {
         const bf16* a0 = dyt + (n * Kp + k0) * Mg;
         const bf16* a1 = a0 + kTile * Mg;
@@ -369,16 +379,10 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
           _tile_loadd(5, a1 + m0, Mg * int64_t(sizeof(bf16)));
           _tile_loadd(6, b0, Cp * 2 * int64_t(sizeof(bf16)));
           _tile_loadd(7, b0 + 2 * kTile, Cp * 2 * int64_t(sizeof(bf16)));
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
+          dp_2x2();
         }
       }
-      _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
-      _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
-      _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
-      _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
+      store_2x2(cbuf);
       for (int64_t i = 0; i < 2 * kTile; ++i) {
         alignas(32) bf16 v[2 * kTile];
         _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));

@@ -300,27 +300,34 @@ void store_block(const double* cbuf, int64_t ldc, const int64_t* row_off, int64_
 
 bool channels_inner(int64_t cs, int64_t ws) { return cs == 1 && ws != 1; }  // NHWC-like: (r, s, c) order
 
+// The filter taps (c, r, s) of one group as a gather from x (offset and shift from the window's
+// corner) and their offsets in w, in (r, s, c) order when x has its channels innermost (NHWC:
+// runs of Cg contiguous values), else (c, r, s) (NCHW: runs along a row).
+void filter_taps(const Conv2dParams& p, Taps& t, std::vector<int64_t>& woff) {
+  auto tap = [&](int64_t c, int64_t r, int64_t s) {
+    t.add(r * p.dil_h, s * p.dil_w, c * p.xs_c + r * p.dil_h * p.xs_h + s * p.dil_w * p.xs_w);
+    woff.push_back(c * p.ws_c + r * p.ws_r + s * p.ws_s);
+  };
+  if (channels_inner(p.xs_c, p.xs_w)) {
+    for (int64_t r = 0; r < p.R; ++r)
+      for (int64_t s = 0; s < p.S; ++s)
+        for (int64_t c = 0; c < p.Cg(); ++c) tap(c, r, s);
+  } else {
+    for (int64_t c = 0; c < p.Cg(); ++c)
+      for (int64_t r = 0; r < p.R; ++r)
+        for (int64_t s = 0; s < p.S; ++s) tap(c, r, s);
+  }
+  t.finish();
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
 void f64_forward(const Conv2dParams& p, const double* x, const double* w, const double* bias, double* y) {
-  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
-  Taps t;  // l over (c, r, s) or (r, s, c): the x element and its shift from the window's corner
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q;
+  Taps t;  // l over the filter taps: the x element and its shift from the window's corner
   std::vector<int64_t> wtap;  // the same taps in w
-  auto tap = [&](int64_t c, int64_t r, int64_t s) {
-    t.add(r * p.dil_h, s * p.dil_w, c * p.xs_c + r * p.dil_h * p.xs_h + s * p.dil_w * p.xs_w);
-    wtap.push_back(c * p.ws_c + r * p.ws_r + s * p.ws_s);
-  };
-  if (channels_inner(p.xs_c, p.xs_w)) {
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t c = 0; c < Cg; ++c) tap(c, r, s);
-  } else {
-    for (int64_t c = 0; c < Cg; ++c)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s) tap(c, r, s);
-  }
-  t.finish();
+  filter_taps(p, t, wtap);
   const Shape ts(Kg);
   const int64_t NR = ts.nr, MC = ts.rows_per_task();
   const int64_t L = t.size(), npan = ceil_div(Kg, NR), ldc = npan * NR;
@@ -476,23 +483,10 @@ void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w
 // A task is a block of NC taps of one group and runs the whole reduction: A (dy, Kg x KC) and B
 // (gathered x, KC x NC) packed a block of pixels at a time.
 void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* x, double* dwt) {
-  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
-  Taps t;  // j over the taps (c, r, s) or (r, s, c), as x offsets and shifts
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q;
+  Taps t;  // j over the filter taps, as x offsets and shifts
   std::vector<int64_t> wout;  // where dw[., j] goes
-  auto tap = [&](int64_t c, int64_t r, int64_t s) {
-    t.add(r * p.dil_h, s * p.dil_w, c * p.xs_c + r * p.dil_h * p.xs_h + s * p.dil_w * p.xs_w);
-    wout.push_back(c * p.ws_c + r * p.ws_r + s * p.ws_s);
-  };
-  if (channels_inner(p.xs_c, p.xs_w)) {
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t c = 0; c < Cg; ++c) tap(c, r, s);
-  } else {
-    for (int64_t c = 0; c < Cg; ++c)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s) tap(c, r, s);
-  }
-  t.finish();
+  filter_taps(p, t, wout);
   const Shape ts(t.size());
   const int64_t MR = ts.mr, NR = ts.nr, NC = 4 * NR;
   const int64_t J = t.size(), njb = ceil_div(J, NC), L = p.N * P * Q, nir = ceil_div(Kg, MR);
