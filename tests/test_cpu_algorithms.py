@@ -165,6 +165,9 @@ AMX = [
     ((3, 96, 7, 7), 64, (1, 1), 1, 0, 1, 1),
     ((1, 32, 20, 21), 32, (3, 3), (2, 3), 1, 1, 1),
     ((2, 64, 30, 30), 96, (7, 7), 3, 3, 1, 1),
+    ((2, 3, 20, 22), 64, (7, 7), 2, 3, 1, 1),            # forward with < 32 channels: filter-row steps
+    ((1, 16, 9, 10), 32, (3, 3), 2, 1, 1, 1),            # 2 taps (32 values) + 1 tap a row
+    ((2, 5, 11, 9), 40, (3, 5), 1, (1, 2), (2, 1), 1),   # 5 taps of 5 channels in one step, dil_h 2
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX
 

@@ -17,7 +17,9 @@
 // and the columns past Q are computed and dropped: 16 → 18 columns on 16x16, 7 → 9 on 7x7); at
 // stride sw each output row is its own run of tiles, sw pixels apart. The filter is packed as
 // [16-filter block][r][s][32-channel block][16 pair rows][16 filters x 2] (1 KiB per B tile), kept
-// across calls while the filter is unchanged (filter_cache.h).
+// across calls while the filter is unchanged (filter_cache.h). With fewer than 32 input channels
+// (the RGB stems) a step of the reduction is 32 // C taps of a filter row instead, read side by
+// side from a band of unpadded pixels (7x7 on 3 channels: 21 of 32 values a step, not 3).
 //
 // Blocking (forward): a task is an image, up to 4 pairs of A tiles (128 grid pixels) and the
 // pairs of 16-filter blocks whose B tiles fit in 512 KiB; for each filter pair and pixel pair it
@@ -80,10 +82,20 @@ namespace {
 constexpr int64_t kTile = 16;   // pixels (A rows), filters (B columns)
 constexpr int64_t kChan = 32;   // channels per A row / B tile
 
-// Worth it where the tiles are mostly full: >= 32 channels in and out.
+// Worth it where the tiles are mostly full: >= 32 channels in and out. Forward also takes fewer
+// input channels (the RGB stems) with the taps of a filter row as the reduction (row_mode).
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && p.groups == 1 && p.C >= kChan && p.K >= kChan && (is_nchw(p) || is_nhwc(p)) &&
          (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available();
+}
+// NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
+// half amx_bf16's time (0.145 vs 0.29 ms, batch 8), the 7x7/2 stem in twice it (5.5 vs 2.5).
+bool row_mode(const Conv2dParams& p) { return p.C < kChan && p.dil_w == 1 && (is_nhwc(p) || p.S * p.C >= 16); }
+bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
+  if (p.C < kChan)
+    return row_mode(p) && dtype == at::kBFloat16 && p.groups == 1 && p.K >= kChan && (is_nchw(p) || is_nhwc(p)) &&
+           (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available();
+  return supports(p, dtype);
 }
 
 // Backward-input at stride 1 is the forward convolution of dy (K channels) into dx (C channels)
@@ -154,7 +166,9 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
     std::memset(d, 0, sizeof(bf16) * std::min(pw, Wp) * Cp);
     const int64_t wend = std::max<int64_t>(0, std::min(W, Wp - pw));
     if (pw + wend < Wp) std::memset(d + (pw + wend) * Cp, 0, sizeof(bf16) * (Wp - pw - wend) * Cp);
-    if (nhwc) {
+    if (nhwc && Cp == C) {  // unpadded pixels: the row is one run
+      std::memcpy(d + pw * Cp, x + ((n * H + h) * W) * C, sizeof(bf16) * wend * C);
+    } else if (nhwc) {
       const bf16* src = x + ((n * H + h) * W) * C;
       for (int64_t ww = 0; ww < wend; ++ww) {
         std::memcpy(d + (pw + ww) * Cp, src + ww * C, sizeof(bf16) * C);
@@ -168,7 +182,7 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
         for (int64_t ww = 0; ww < wend; ++ww) {
           bf16* o = d + (pw + ww) * Cp + c0;
           for (int64_t c = 0; c < cn; ++c) o[c] = src[(c0 + c) * H * W + ww];
-          for (int64_t c = std::max<int64_t>(cn, 0); c < kChan; ++c) o[c] = 0;
+          for (int64_t c = std::max<int64_t>(cn, 0); c < std::min(kChan, Cp - c0); ++c) o[c] = 0;
         }
       }
     }
@@ -180,35 +194,54 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const bool nhwc = is_nhwc(p);
-  const int64_t Cp = round_up(C, kChan), ncb = Cp / kChan, nkb = ceil_div(K, kTile), nkp = ceil_div(nkb, int64_t(2));
   const int64_t Hp = std::max(H + 2 * ph, (P - 1) * sh + (R - 1) * dh + 1);
   const int64_t Wp = std::max(W + 2 * pw, (Q - 1) * sw + (S - 1) * dw + 1);
+  const int64_t nkb = ceil_div(K, kTile), nkp = ceil_div(nkb, int64_t(2));
 
-  // the filter: B tiles [kb][r][s][cb][16 pair rows][16 filters][2], zeros past K and C
-  const int64_t tile_elems = kTile * kChan, wfloats = nkp * 2 * R * S * ncb * tile_elems / 2;
+  // The reduction in steps of 32 values of one A row: with >= 32 channels, a tap and a block of 32
+  // channels (the band's pixels padded to Cb = a multiple of 32 channels); with fewer (row_mode),
+  // sc = 32 / C consecutive taps of a filter row, whose sc*C values lie side by side in a band
+  // of unpadded pixels (Cb = C; the A row's last 32 - sc*C values belong to the next pixels and
+  // meet zero rows of B). Step st: A at a_off[st] from the tile row's pixel, B tile (r, s0, c0).
+  const bool rows = row_mode(p);
+  const int64_t Cb = rows ? C : round_up(C, kChan), sc = rows ? kChan / C : 1;
+  struct Step { int64_t a_off, r, s0, c0; };
+  std::vector<Step> steps;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; s += sc) {
+      if (rows) {
+        steps.push_back({(r * dh * Wp + s) * Cb, r, s, 0});
+        continue;
+      }
+      for (int64_t c0 = 0; c0 < Cb; c0 += kChan) steps.push_back({(r * dh * Wp + s * dw) * Cb + c0, r, s, c0});
+    }
+  const int64_t nst = static_cast<int64_t>(steps.size());
+
+  // the filter: B tiles [kb][step][16 pair rows][16 filters][2], zeros past K, C and the row
+  const int64_t tile_elems = kTile * kChan, wfloats = nkp * 2 * nst * tile_elems / 2;
   float* wscratch = scratch(3, wfloats);
-  const PackedFilter pf = packed_filter(filter, {0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r}, wfloats, wscratch, [&](float* dst) {
+  const PackedFilter pf = packed_filter(filter, {0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, int64_t(rows)}, wfloats, wscratch, [&](float* dst) {
     bf16* d = reinterpret_cast<bf16*>(dst);
-    for_each_task(nkp * 2, nkp * 2 * R * S * Cp * kTile, [&](int64_t kb) {
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s)
-          for (int64_t cb = 0; cb < ncb; ++cb) {
-            bf16* t = d + (((kb * R + r) * S + s) * ncb + cb) * tile_elems;
-            for (int64_t i = 0; i < kTile; ++i)
-              for (int64_t j = 0; j < kTile; ++j)
-                for (int64_t e = 0; e < 2; ++e) {
-                  const int64_t k = kb * kTile + j, c = cb * kChan + 2 * i + e;
-                  t[(i * kTile + j) * 2 + e] = (k < K && c < C) ? w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] : bf16(0);
-                }
-          }
+    for_each_task(nkp * 2, nkp * 2 * nst * tile_elems, [&](int64_t kb) {
+      for (int64_t st = 0; st < nst; ++st) {
+        bf16* t = d + (kb * nst + st) * tile_elems;
+        for (int64_t i = 0; i < kTile; ++i)
+          for (int64_t j = 0; j < kTile; ++j)
+            for (int64_t e = 0; e < 2; ++e) {
+              const int64_t v = 2 * i + e, k = kb * kTile + j;  // v: the value's place in the A row
+              const int64_t s = rows ? steps[st].s0 + v / C : steps[st].s0, c = rows ? v % C : steps[st].c0 + v;
+              const bool ok = k < K && c < C && s < S && (!rows || v < sc * C);
+              t[(i * kTile + j) * 2 + e] = ok ? w[k * p.ws_k + c * p.ws_c + steps[st].r * p.ws_r + s * p.ws_s] : bf16(0);
+            }
+      }
     });
   });
   const bf16* wp = reinterpret_cast<const bf16*>(pf.data);
 
   // the zero-padded NHWC band of the whole input, with slack after it for the rows of the last
   // tiles that run past the last image (computed, never stored)
-  const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cp;
-  at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cp, slack);
+  const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
+  at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack);
   const bf16* xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
 
   // the output grid: stride 1 -> rows of Wp (tiles run on across rows); else rows of Wg, one run
@@ -216,20 +249,17 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   const bool flat = sh == 1 && sw == 1;
   const int64_t Wg = flat ? Wp : round_up(Q, kTile);
   const int64_t ntile = flat ? ceil_div(P * Wp, kTile) : P * (Wg / kTile), npair = ceil_div(ntile, int64_t(2));
-  const int64_t a_stride = sw * Cp * int64_t(sizeof(bf16));
+  const int64_t a_stride = sw * Cb * int64_t(sizeof(bf16));
   auto tile_base = [&](int64_t n, int64_t t) {  // the band pixel of row 0 of tile t at tap (0, 0)
     if (flat) return n * Hp * Wp + t * kTile;
     const int64_t pp = t / (Wg / kTile), q0 = t % (Wg / kTile) * kTile;
     return n * Hp * Wp + pp * sh * Wp + q0 * sw;
   };
-  std::vector<int64_t> tap(static_cast<size_t>(R * S));
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t s = 0; s < S; ++s) tap[r * S + s] = r * dh * Wp + s * dw;
 
   // Tasks: (image, block of up to 4 tile pairs, block of filter pairs whose B tiles fit in 512 KiB);
   // inside, filter pairs outer and pixel pairs inner: a filter pair's B tiles are read from L1/L2
   // by every pixel pair of the block, the block's A rows from L2 by every filter pair.
-  const int64_t b_pair = 2 * R * S * ncb * tile_elems * int64_t(sizeof(bf16));  // B bytes of a filter pair
+  const int64_t b_pair = 2 * nst * tile_elems * int64_t(sizeof(bf16));  // B bytes of a filter pair
   const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
   constexpr int64_t kPairs = 4;
   const int64_t nmb = ceil_div(npair, kPairs);
@@ -244,26 +274,23 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
         const uint32_t u = bias && j < kn ? uint32_t(bias[k0 + j]) << 16 : 0u;
         std::memcpy(&bv[j], &u, 4);
       }
-      const bf16* b0 = wp + (2 * kp) * R * S * ncb * tile_elems;
-      const bf16* b1 = b0 + R * S * ncb * tile_elems;
+      const bf16* b0 = wp + (2 * kp) * nst * tile_elems;
+      const bf16* b1 = b0 + nst * tile_elems;
       const __mmask16 m0 = static_cast<__mmask16>(kn >= kTile ? 0xFFFF : (1u << kn) - 1);
       const __mmask16 m1 = static_cast<__mmask16>(kn >= 2 * kTile ? 0xFFFF : kn <= kTile ? 0 : (1u << (kn - kTile)) - 1);
       for (int64_t mp = mb * kPairs; mp < std::min(npair, (mb + 1) * kPairs); ++mp) {
         zero_2x2();
         const int64_t t0 = 2 * mp, px0 = tile_base(n, t0), px1 = tile_base(n, t0 + 1);
-        for (int64_t rs = 0; rs < R * S; ++rs) {
-          const bf16* a0 = xb + (px0 + tap[rs]) * Cp;
-          const bf16* a1 = xb + (px1 + tap[rs]) * Cp;
-          for (int64_t cb = 0; cb < ncb; ++cb) {
-            const int64_t bo = (rs * ncb + cb) * tile_elems;
-            _tile_loadd(4, a0 + cb * kChan, a_stride);
-            _tile_loadd(5, a1 + cb * kChan, a_stride);
-            _tile_loadd(6, b0 + bo, 64);
-            _tile_loadd(7, b1 + bo, 64);
-            dp_2x2();
-          }
+        for (int64_t st = 0; st < nst; ++st) {
+          _tile_loadd(4, xb + px0 * Cb + steps[st].a_off, a_stride);
+          _tile_loadd(5, xb + px1 * Cb + steps[st].a_off, a_stride);
+          _tile_loadd(6, b0 + st * tile_elems, 64);
+          _tile_loadd(7, b1 + st * tile_elems, 64);
+          dp_2x2();
         }
         store_2x2(cbuf);
+        int64_t off[2 * kTile];  // each row's output pixel p*Q + q, -1 where it has none
+        int64_t nvalid = 0;
         for (int64_t i = 0; i < 2 * kTile; ++i) {
           const int64_t t = t0 + i / kTile;
           int64_t pp, q;
@@ -273,20 +300,40 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
           } else {
             pp = t / (Wg / kTile), q = t % (Wg / kTile) * kTile + i % kTile;
           }
-          if (t >= ntile || pp >= P || q >= Q) continue;
-          const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
-          const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
-          if (nhwc) {
-            bf16* o = y + ((n * P + pp) * Q + q) * K + k0;
+          off[i] = (t >= ntile || pp >= P || q >= Q) ? -1 : pp * Q + q;
+          nvalid += off[i] >= 0;
+        }
+        if (nhwc) {
+          for (int64_t i = 0; i < 2 * kTile; ++i) {
+            if (off[i] < 0) continue;
+            const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
+            const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
+            bf16* o = y + (n * P * Q + off[i]) * K + k0;
             _mm256_mask_storeu_epi16(o, m0, lo);
             _mm256_mask_storeu_epi16(o + kTile, m1, hi);
-          } else {
-            alignas(32) bf16 v[2 * kTile];
-            _mm256_store_si256(reinterpret_cast<__m256i*>(v), lo);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), hi);
-            bf16* o = y + ((n * K + k0) * P + pp) * Q + q;
-            for (int64_t j = 0; j < kn; ++j) o[j * P * Q] = v[j];
           }
+          continue;
+        }
+        // NCHW: a filter's 32 pixels, gathered from the buffer's column and rounded together;
+        // stored as one run when they are 32 consecutive pixels of the plane
+        const bool run = nvalid == 2 * kTile && off[2 * kTile - 1] == off[0] + 2 * kTile - 1;
+        const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                               _mm512_set1_epi32(2 * kTile));
+        for (int64_t j = 0; j < kn; ++j) {
+          const __m512 b = _mm512_set1_ps(bv[j]);
+          const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
+          const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
+          bf16* o = y + (n * K + k0 + j) * P * Q;
+          if (run) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + off[0]), lo);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + off[0] + kTile), hi);
+            continue;
+          }
+          alignas(32) bf16 v[2 * kTile];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(v), lo);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), hi);
+          for (int64_t i = 0; i < 2 * kTile; ++i)
+            if (off[i] >= 0) o[off[i]] = v[i];
         }
       }
     }
@@ -446,7 +493,7 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 }
 
 const bool registered =
-    register_algorithm({"amx_bf16", Pass::Forward, 50, supports, run_forward, true}) &&
+    register_algorithm({"amx_bf16", Pass::Forward, 50, supports_forward, run_forward, true}) &&
     register_algorithm({"amx_bf16", Pass::BackwardInput, 50, supports_backward_input, run_backward_input, true}) &&
     register_algorithm({"amx_bf16", Pass::BackwardWeight, 50, supports_backward_weight, run_backward_weight, true});
 
