@@ -33,9 +33,9 @@
 // the float32 kernels on float32 copies (conv2d_cpu.cpp).
 //
 // Speed (2 threads, batch 4; python -m conv_ext.bench --suite default --dtype bfloat16 --layout L
-// --passes forward): ResNet-50's dense layers forward 1.4-2.2x torch's own AMX path (oneDNN) in
-// NCHW, 0.84-1.98x channels_last, 600-1260 GFLOP/s at best (the float32 FMA peak is ~276); before,
-// through float32 copies, 0.50-0.89x. Stride-1 backward-input 0.7-4x (python script timing
+// --passes forward): ResNet-50's layers forward 1.06-1.90x torch's own AMX path (oneDNN) in NCHW,
+// 0.87-1.83x channels_last, 600-1260 GFLOP/s at best (the float32 FMA peak is ~276); before,
+// through float32 copies, 0.50-0.89x; the 7x7/2 stem 1.76x NCHW, 0.94x channels_last (0.29x). Stride-1 backward-input 0.7-4x (python script timing
 // torch.ops.conv_ext.conv2d_backward_input against aten.convolution_backward, 64@56..512@7);
 // stride-1 backward-weight 1.0-3.2x NCHW, 0.57-4.9x channels_last (the same script with
 // conv2d_backward_weight; the channels_last 1x1 128->512 @28 and 64@56 at 0.57x / 0.82x pay for
