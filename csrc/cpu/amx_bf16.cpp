@@ -84,18 +84,16 @@ constexpr int64_t kChan = 32;   // channels per A row / B tile
 
 // Worth it where the tiles are mostly full: >= 32 channels in and out. Forward also takes fewer
 // input channels (the RGB stems) with the taps of a filter row as the reduction (row_mode).
-bool supports(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && p.groups == 1 && p.C >= kChan && p.K >= kChan && (is_nchw(p) || is_nhwc(p)) &&
+bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype) {  // every condition but C's
+  return dtype == at::kBFloat16 && p.groups == 1 && p.K >= kChan && (is_nchw(p) || is_nhwc(p)) &&
          (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available();
 }
+bool supports(const Conv2dParams& p, at::ScalarType dtype) { return p.C >= kChan && supports_any_c(p, dtype); }
 // NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
 // half amx_bf16's time (0.145 vs 0.29 ms, batch 8), the 7x7/2 stem in twice it (5.5 vs 2.5).
 bool row_mode(const Conv2dParams& p) { return p.C < kChan && p.dil_w == 1 && (is_nhwc(p) || p.S * p.C >= 16); }
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  if (p.C < kChan)
-    return row_mode(p) && dtype == at::kBFloat16 && p.groups == 1 && p.K >= kChan && (is_nchw(p) || is_nhwc(p)) &&
-           (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available();
-  return supports(p, dtype);
+  return (p.C >= kChan || row_mode(p)) && supports_any_c(p, dtype);
 }
 
 // Backward-input at stride 1 is the forward convolution of dy (K channels) into dx (C channels)
