@@ -410,6 +410,35 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
             assert ours.is_contiguous(memory_format=fmt), pass_name
 
 
+@pytest.mark.parametrize("filter_layout", ["kcrs", "krsc"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("pass_name", PASSES)
+@pytest.mark.parametrize("shape", AMX + [((2, 2048, 3, 3), 48, (1, 1), 1, 0, 1, 1), ((1, 34, 6, 7), 32, (2, 2), 1, 1, 1, 1)])
+def test_amx_bf16_exact_on_integers(shape, pass_name, layout, filter_layout):
+    """amx_bf16 on small nonzero integers: every product and float32 sum is exact, so the result
+    must be the exact one rounded to bfloat16, element for element -- any value of the packed
+    filter or the band out of place shows (the filter's first and last elements included)."""
+    (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
+    geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    g = torch.Generator().manual_seed(1)
+
+    def ints(*size):
+        v = torch.randint(1, 3, size, generator=g) * (torch.randint(0, 2, size, generator=g) * 2 - 1)
+        return v.to(torch.bfloat16)
+
+    x, wt, b = ints(n, c, h, w), ints(k, c // groups, r, s), ints(k)
+    dy = ints(*F.conv2d(x.double(), wt.double(), None, *geo).shape)
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
+    if filter_layout == "krsc":
+        wt = wt.contiguous(memory_format=torch.channels_last)
+    out = forced("amx_bf16", pass_name, x, wt, b, dy, geo)
+    if out is None:
+        pytest.skip("amx_bf16 does not support this problem (or this CPU)")
+    exact = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo).to(torch.bfloat16)
+    assert torch.equal(out, exact), (out.double() - exact.double()).abs().max()
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_bfloat16_default_is_amx_where_available(layout):
     """bfloat16 layers with >= 32 channels run amx_bf16 by default in all three passes (stride 1)

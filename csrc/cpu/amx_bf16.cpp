@@ -82,11 +82,21 @@ namespace {
 constexpr int64_t kTile = 16;   // pixels (A rows), filters (B columns)
 constexpr int64_t kChan = 32;   // channels per A row / B tile
 
+// The farthest element of the filter from w, above it (sign 1) or below (-1: a turned-round filter).
+int64_t filter_reach(const Conv2dParams& p, int64_t sign) {
+  int64_t r = 0;
+  for (const int64_t e : {(p.K - 1) * p.ws_k, (p.C - 1) * p.ws_c, (p.R - 1) * p.ws_r, (p.S - 1) * p.ws_s})
+    r += std::max<int64_t>(0, sign * e);
+  return r;
+}
+
 // Worth it where the tiles are mostly full: >= 32 channels in and out. Forward also takes fewer
 // input channels (the RGB stems) with the taps of a filter row as the reduction (row_mode).
+// The filter's elements are gathered by 32-bit offsets (pack_tiles): it must span < 2^31 of them.
 bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype) {  // every condition but C's
   return dtype == at::kBFloat16 && p.groups == 1 && p.K >= kChan && (is_nchw(p) || is_nhwc(p)) &&
-         (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available();
+         (weight_is_kcrs(p) || weight_is_krsc(p)) && filter_reach(p, 1) + filter_reach(p, -1) < (int64_t(1) << 31) - 1 &&
+         amx_bf16_available();
 }
 bool supports(const Conv2dParams& p, at::ScalarType dtype) { return p.C >= kChan && supports_any_c(p, dtype); }
 // NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
@@ -143,6 +153,13 @@ inline void store_2x2(float (*cbuf)[2 * kTile]) {  // cbuf[32][32]: C00 | C01 ov
   _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
 }
 
+// The index for _mm512_permutex2var_epi16(a, idx, b) that interleaves the low 16 values of a and of
+// b: lane 2t takes a's value t, lane 2t + 1 b's (index 32 + t of the pair of vectors).
+inline __m512i interleave_16() {
+  return _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35,
+                          3, 34, 2, 33, 1, 32, 0);
+}
+
 // 16 float32 -> 16 bfloat16, round to nearest even
 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 
@@ -188,6 +205,72 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
   return band_t;
 }
 
+// A step of forward's reduction: A at a_off from the tile row's pixel, B tile (r, s0, c0).
+struct Step { int64_t a_off, r, s0, c0; };
+
+// The B tiles of forward's steps (one tap, 32 channels each; not row_mode) for 16-filter blocks
+// kb < nkb: d[kb][st][i][j][e] = w[k = 16 kb + j][c = c0 + 2i + e][r][s], 0 past K and C. A row of
+// a tile is 16 (channel pair) words, one per filter, read without a loop per element (that loop
+// cost 1.7 ms a call for 512->512 3x3, three times the convolution, paid on every training step):
+// - filters adjacent in memory (turned round channels_last, or a 1x1 filter: backward-input):
+//   16 values of the even and of the odd channel, interleaved;
+// - a channel pair adjacent (channels_last, 1x1): a 16-lane gather of 32-bit words;
+// - else (KCRS) two gathers, whose words' low halves are the even and the odd channel's values.
+// 0.3 ms for 512->512 3x3 (2 threads).
+void pack_tiles(const Conv2dParams& p, const bf16* w, const Step* steps, int64_t nst, int64_t nkb, bf16* d) {
+  const int64_t tile_elems = kTile * kChan;
+  // The element of w with the highest address is read by its word one element lower (and the
+  // high half taken): a word at it would reach past the tensor's end.
+  const int64_t hi = filter_reach(p, 1);
+  const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i vhi = _mm512_set1_epi32(static_cast<int>(hi)), low16 = _mm512_set1_epi32(0xFFFF);
+  const __m512i pairs = interleave_16();
+  auto word = [&](__mmask16 m, __m512i idx) {  // the 16-bit values at idx, in the low halves
+    const __mmask16 last = _mm512_cmpeq_epi32_mask(idx, vhi);
+    idx = _mm512_mask_sub_epi32(idx, last, idx, _mm512_set1_epi32(1));
+    const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, w, 2);
+    // (the maskz forms: no undefined lanes for GCC's warnings)
+    return _mm512_and_si512(_mm512_maskz_srlv_epi32(0xFFFF, g, _mm512_maskz_set1_epi32(last, 16)), low16);
+  };
+  // A task: 4 blocks of 16 filters; channel blocks outer, taps and then the filter blocks inner, so
+  // that the lines of the filter a tile reads are read whole while they are in L1 (in KCRS order
+  // a block's taps lie together). Filter blocks outer took 2.6x as long: KCRS filters of 512
+  // channels lie 9 KiB apart, whose lines fall into 1/16 of L2's sets.
+  const int64_t ncb = ceil_div(p.C, kChan), nrs = nst / ncb;
+  constexpr int64_t kGroup = 4;
+  for_each_task(ceil_div(nkb, kGroup), kGroup * nst * tile_elems * 4, [&](int64_t g) {
+    for (int64_t st = 0; st < nst; ++st) {
+      const Step& step = steps[st % nrs * ncb + st / nrs];  // channel block st / nrs, tap st % nrs
+      const int64_t base = step.r * p.ws_r + step.s0 * p.ws_s;
+      for (int64_t kb = g * kGroup; kb < std::min(nkb, (g + 1) * kGroup); ++kb) {
+        const __m512i kj = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int>(kb * kTile)));
+        const __mmask16 kmask = _mm512_cmplt_epi32_mask(kj, _mm512_set1_epi32(static_cast<int>(p.K)));
+        const __m512i kidx = _mm512_mullo_epi32(kj, _mm512_set1_epi32(static_cast<int>(p.ws_k)));
+        bf16* t = d + (kb * nst + (&step - steps)) * tile_elems;
+        for (int64_t i = 0; i < kTile; ++i) {
+          const int64_t c = step.c0 + 2 * i, off = base + c * p.ws_c;
+          const __mmask16 me = c < p.C ? kmask : 0, mo = c + 1 < p.C ? kmask : 0;
+          __m512i row;
+          if (p.ws_k == 1) {
+            const bf16* src = w + kb * kTile + off;
+            row = _mm512_permutex2var_epi16(_mm512_castsi256_si512(_mm256_maskz_loadu_epi16(me, src)), pairs,
+                                            _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(mo, src + p.ws_c)));
+          } else {
+            const __m512i ie = _mm512_add_epi32(kidx, _mm512_set1_epi32(static_cast<int>(off)));
+            if (p.ws_c == 1 && mo == me) {
+              row = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), me, ie, w, 2);
+            } else {
+              const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(static_cast<int>(p.ws_c)));
+              row = _mm512_or_si512(word(me, ie), _mm512_maskz_slli_epi32(0xFFFF, word(mo, io), 16));
+            }
+          }
+          _mm512_storeu_si512(t + i * 2 * kTile, row);
+        }
+      }
+    }
+  });
+}
+
 void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -203,7 +286,6 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   // meet zero rows of B). Step st: A at a_off[st] from the tile row's pixel, B tile (r, s0, c0).
   const bool rows = row_mode(p);
   const int64_t Cb = rows ? C : round_up(C, kChan), sc = rows ? kChan / C : 1;
-  struct Step { int64_t a_off, r, s0, c0; };
   std::vector<Step> steps;
   for (int64_t r = 0; r < R; ++r)
     for (int64_t s = 0; s < S; s += sc) {
@@ -220,6 +302,10 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   float* wscratch = scratch(3, wfloats);
   const PackedFilter pf = packed_filter(filter, {0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, int64_t(rows)}, wfloats, wscratch, [&](float* dst) {
     bf16* d = reinterpret_cast<bf16*>(dst);
+    if (!rows) {
+      pack_tiles(p, w, steps.data(), nst, nkp * 2, d);
+      return;
+    }
     for_each_task(nkp * 2, nkp * 2 * nst * tile_elems, [&](int64_t kb) {
       for (int64_t st = 0; st < nst; ++st) {
         bf16* t = d + (kb * nst + st) * tile_elems;
@@ -227,8 +313,8 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
           for (int64_t j = 0; j < kTile; ++j)
             for (int64_t e = 0; e < 2; ++e) {
               const int64_t v = 2 * i + e, k = kb * kTile + j;  // v: the value's place in the A row
-              const int64_t s = rows ? steps[st].s0 + v / C : steps[st].s0, c = rows ? v % C : steps[st].c0 + v;
-              const bool ok = k < K && c < C && s < S && (!rows || v < sc * C);
+              const int64_t s = steps[st].s0 + v / C, c = v % C;
+              const bool ok = k < K && s < S && v < sc * C;
               t[(i * kTile + j) * 2 + e] = ok ? w[k * p.ws_k + c * p.ws_c + steps[st].r * p.ws_r + s * p.ws_s] : bf16(0);
             }
       }
@@ -359,9 +445,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // xv[e][n][j][c][2] = band pixels (2j + e, 2j + e + 1) of image n, channel c (0 past the image)
   at::Tensor xv_t = at::empty({2 * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
   bf16* xv = reinterpret_cast<bf16*>(xv_t.data_ptr());
-  // lane 2t takes a's element t, lane 2t + 1 b's (index 32 + t of the pair of vectors)
-  const __m512i pairs = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
-                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i pairs = interleave_16();
   for_each_task(2 * N, 2 * N * Jn * Cp * 16, [&](int64_t en) {
     const int64_t e = en / N, n = en % N;
     bf16* d = xv + en * Jn * Cp * 2;
