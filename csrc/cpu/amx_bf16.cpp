@@ -160,6 +160,34 @@ inline __m512i interleave_16() {
                           3, 34, 2, 33, 1, 32, 0);
 }
 
+// r[i][j] -> r[j][i] for 16 vectors of 16 32-bit words: words, then pairs of words interleaved
+// within each 128-bit lane (u[4k + j] lane L: column 4L + j of rows 4k..4k+3), then the lanes
+// gathered (a row's lane L from u[j], u[4 + j], u[8 + j], u[12 + j]). (The maskz forms: no
+// undefined lanes for GCC's warnings.)
+inline void transpose_16x16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_maskz_unpacklo_epi32(0xFFFF, r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_maskz_unpackhi_epi32(0xFFFF, r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    u[4 * k] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k], t[4 * k + 2]);
+    u[4 * k + 1] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k], t[4 * k + 2]);
+    u[4 * k + 2] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
+    u[4 * k + 3] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i x0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[j], u[4 + j], 0x44);
+    const __m512i x1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[j], u[4 + j], 0xEE);
+    const __m512i y0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[8 + j], u[12 + j], 0x44);
+    const __m512i y1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[8 + j], u[12 + j], 0xEE);
+    r[j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x0, y0, 0x88);
+    r[4 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x0, y0, 0xDD);
+    r[8 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x1, y1, 0x88);
+    r[12 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x1, y1, 0xDD);
+  }
+}
+
 // 16 float32 -> 16 bfloat16, round to nearest even
 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 
@@ -189,8 +217,26 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
         std::memcpy(d + (pw + ww) * Cp, src + ww * C, sizeof(bf16) * C);
         if (Cp > C) std::memset(d + (pw + ww) * Cp + C, 0, sizeof(bf16) * (Cp - C));
       }
-    } else {  // NCHW: row h of every channel, transposed into pixels of Cp channels, 32 channels
-      // (64 bytes of a pixel) at a time: each of the 32 rows read is a line reused for 32 pixels
+    } else if (Cp % kChan == 0) {  // NCHW: row h of every channel, transposed into pixels of Cp
+      // channels by blocks of 32 channels x 16 pixels: the channel pairs' rows interleaved into
+      // words, 16 words of 16 pixels turned into 16 pixels' 32 channels (transpose_16x16)
+      const bf16* src = x + (n * C * H + h) * W;
+      const __m512i pairs = interleave_16();
+      for (int64_t c0 = 0; c0 < Cp; c0 += kChan)
+        for (int64_t w0 = 0; w0 < wend; w0 += kTile) {
+          const int64_t wn = std::min(kTile, wend - w0);
+          const __mmask16 wm = static_cast<__mmask16>(wn == kTile ? 0xFFFF : (1u << wn) - 1);
+          __m512i r[kTile];
+          for (int64_t i = 0; i < kTile; ++i) {
+            const int64_t c = c0 + 2 * i;
+            const __m256i a = _mm256_maskz_loadu_epi16(c < C ? wm : 0, src + c * H * W + w0);
+            const __m256i b = _mm256_maskz_loadu_epi16(c + 1 < C ? wm : 0, src + (c + 1) * H * W + w0);
+            r[i] = _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), pairs, _mm512_castsi256_si512(b));
+          }
+          transpose_16x16(r);
+          for (int64_t t = 0; t < wn; ++t) _mm512_storeu_si512(d + (pw + w0 + t) * Cp + c0, r[t]);
+        }
+    } else {  // NCHW, fewer than 32 channels (row_mode's unpadded band): a value at a time
       const bf16* src = x + (n * C * H + h) * W;
       for (int64_t c0 = 0; c0 < Cp; c0 += kChan) {
         const int64_t cn = std::min(kChan, C - c0);
@@ -374,7 +420,6 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
         }
         store_2x2(cbuf);
         int64_t off[2 * kTile];  // each row's output pixel p*Q + q, -1 where it has none
-        int64_t nvalid = 0;
         for (int64_t i = 0; i < 2 * kTile; ++i) {
           const int64_t t = t0 + i / kTile;
           int64_t pp, q;
@@ -385,7 +430,6 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
             pp = t / (Wg / kTile), q = t % (Wg / kTile) * kTile + i % kTile;
           }
           off[i] = (t >= ntile || pp >= P || q >= Q) ? -1 : pp * Q + q;
-          nvalid += off[i] >= 0;
         }
         if (nhwc) {
           for (int64_t i = 0; i < 2 * kTile; ++i) {
@@ -398,26 +442,26 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
           }
           continue;
         }
-        // NCHW: a filter's 32 pixels, gathered from the buffer's column and rounded together;
-        // stored as one run when they are 32 consecutive pixels of the plane
-        const bool run = nvalid == 2 * kTile && off[2 * kTile - 1] == off[0] + 2 * kTile - 1;
+        // NCHW: a filter's 32 pixels, gathered from the buffer's column and rounded together,
+        // stored as runs of consecutive pixels of the plane (one per output row the 32 grid pixels
+        // touch): a masked store of the 32 values, placed so that the run's lanes land on it
+        struct Run { int64_t shift; __mmask32 lanes; };
+        Run runs[2 * kTile];
+        int64_t nrun = 0;
+        for (int64_t i = 0; i < 2 * kTile; ++i) {
+          if (off[i] < 0) continue;
+          if (i == 0 || off[i - 1] < 0 || off[i] != off[i - 1] + 1) runs[nrun++] = {off[i] - i, 0};
+          runs[nrun - 1].lanes |= __mmask32(1) << i;
+        }
         const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                _mm512_set1_epi32(2 * kTile));
         for (int64_t j = 0; j < kn; ++j) {
           const __m512 b = _mm512_set1_ps(bv[j]);
           const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
           const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
+          const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
           bf16* o = y + (n * K + k0 + j) * P * Q;
-          if (run) {
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + off[0]), lo);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + off[0] + kTile), hi);
-            continue;
-          }
-          alignas(32) bf16 v[2 * kTile];
-          _mm256_store_si256(reinterpret_cast<__m256i*>(v), lo);
-          _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), hi);
-          for (int64_t i = 0; i < 2 * kTile; ++i)
-            if (off[i] >= 0) o[off[i]] = v[i];
+          for (int64_t u = 0; u < nrun; ++u) _mm512_mask_storeu_epi16(o + runs[u].shift, runs[u].lanes, v);
         }
       }
     }
