@@ -26,16 +26,16 @@ import time
 PKG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "conv_ext")
 
 
-def child(shape, layout, pass_name, reps):
+def child(shape, layout, pass_name, reps, dtype):
     import torch
 
     import conv_ext  # noqa: F401  (registers torch.ops.conv_ext)
     from algos import problem  # this script's folder is on sys.path
 
-    torch_fn, fn = problem(shape, layout, pass_name)
-    out, ref = fn(), torch_fn()
+    torch_fn, fn = problem(shape, layout, pass_name, getattr(torch, dtype))
+    out, ref = fn().double(), torch_fn().double()
     err = ((out - ref).abs().max() / ref.abs().max()).item()
-    if not err < 1e-4:
+    if not err < (1e-4 if dtype == "float32" else 2e-2):
         raise SystemExit(f"wrong result: relative error {err:.2e}")
     for _ in range(3):
         fn()
@@ -55,12 +55,13 @@ def main():
     ap.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
     ap.add_argument("--pass", dest="pass_name", choices=("forward", "backward_input", "backward_weight"),
                     default="forward")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"), default="float32")
     ap.add_argument("--reps", type=int, default=200, help="calls timed per process")
     ap.add_argument("--rounds", type=int, default=6, help="processes per side, alternated")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.shape, args.layout, args.pass_name, args.reps)
+        return child(args.shape, args.layout, args.pass_name, args.reps, args.dtype)
 
     built = glob.glob(os.path.join(PKG, "_C*.so"))
     if not built:
@@ -78,12 +79,12 @@ def main():
             for side in ("old", "new"):
                 env = dict(os.environ, PYTHONPATH=roots[side])
                 cmd = [sys.executable, os.path.abspath(__file__), args.old, args.new, args.shape, "--layout",
-                       args.layout, "--pass", args.pass_name, "--reps", str(args.reps), "--child"]
+                       args.layout, "--pass", args.pass_name, "--dtype", args.dtype, "--reps", str(args.reps), "--child"]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if out.returncode != 0:
                     raise SystemExit(f"{side}: {out.stderr.strip() or out.stdout.strip()}")
                 res[side].append(tuple(float(t) for t in out.stdout.split()))
-    print(f"{args.shape} {args.layout} {args.pass_name}, ms min / median of {args.reps} calls, "
+    print(f"{args.shape} {args.layout} {args.dtype} {args.pass_name}, ms min / median of {args.reps} calls, "
           f"{args.rounds} alternating processes per side")
     for side in ("old", "new"):
         cells = "  ".join(f"{a:.3f}/{b:.3f}" for a, b in res[side])

@@ -23,20 +23,20 @@ import conv_ext
 from conv_ext import testing
 
 
-def problem(shape, layout, pass_name):
+def problem(shape, layout, pass_name, dtype=torch.float32):
     """(torch_fn, ext_fn): one pass of the problem `shape` ("N,C,H,W,K,R[,stride,padding,groups]")
-    on random data in `layout`, by torch and by conv_ext's op (its default algorithm choice).
-    Also used by benchmarks/ab.py."""
+    on random data of `dtype` in `layout`, by torch and by conv_ext's op (its default algorithm
+    choice). Also used by benchmarks/ab.py."""
     v = [int(s) for s in shape.split(",")]
     n, c, h, w, k, r = v[:6]
     stride, padding, groups = (v[6:] + [1, 0, 1][len(v) - 6:])[:3]
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=fmt)
-    wt = (torch.randn(k, c // groups, r, r, generator=g) * (c // groups * r * r) ** -0.5).contiguous(memory_format=fmt)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype).contiguous(memory_format=fmt)
+    wt = (torch.randn(k, c // groups, r, r, generator=g) * (c // groups * r * r) ** -0.5).to(dtype).contiguous(memory_format=fmt)
     geo = ([stride] * 2, [padding] * 2, [1, 1], groups)
     y = F.conv2d(x, wt, None, stride, padding, 1, groups)
-    dy = torch.randn(y.shape, generator=g).contiguous(memory_format=fmt)
+    dy = torch.randn(y.shape, generator=g).to(dtype).contiguous(memory_format=fmt)
     ops = torch.ops.conv_ext
     if pass_name == "forward":
         torch_fn = lambda: F.conv2d(x, wt, None, stride, padding, 1, groups)  # noqa: E731

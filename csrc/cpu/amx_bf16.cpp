@@ -1,7 +1,8 @@
 // amx_bf16.cpp — bfloat16 forward convolution on the AMX tile units (Intel Sapphire Rapids and
 // later): groups = 1, any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter;
-// stride-1 backward-input, which is that forward on dy with the filter turned round; and stride-1
-// backward-weight (dy rows as A tiles, pairs of band pixels as B tiles: see backward_weight).
+// stride-1 backward-input, which is that forward on dy with the filter turned round; and
+// backward-weight, any stride (dy rows as A tiles, pairs of band pixels as B tiles: see
+// backward_weight).
 //
 //   y[n,p,q,k] = bias[k] + sum_{r,s,c} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c] * w[k,c,r,s]
 //
@@ -140,9 +141,16 @@ inline void zero_2x2() {
   _tile_zero(2);
   _tile_zero(3);
 }
-inline void dp_2x2() {  // C_ij += A_i . B_j
+// C_ij += A_i . B_j, the tiles loaded between the products that free them: a tile register is
+// not renamed, so a load waits for the last product reading the register's previous tile (the
+// same speed as the four loads first, measured: the core reorders them).
+inline void step_2x2(const void* a0, const void* a1, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
+  _tile_loadd(4, a0, a_stride);
+  _tile_loadd(6, b0, b_stride);
   _tile_dpbf16ps(0, 4, 6);
+  _tile_loadd(7, b1, b_stride);
   _tile_dpbf16ps(1, 4, 7);
+  _tile_loadd(5, a1, a_stride);
   _tile_dpbf16ps(2, 5, 6);
   _tile_dpbf16ps(3, 5, 7);
 }
@@ -418,11 +426,8 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
         zero_2x2();
         const int64_t t0 = 2 * mp, px0 = tile_base(n, t0), px1 = tile_base(n, t0 + 1);
         for (int64_t st = 0; st < nst; ++st) {
-          _tile_loadd(4, xb + px0 * Cb + steps[st].a_off, a_stride);
-          _tile_loadd(5, xb + px1 * Cb + steps[st].a_off, a_stride);
-          _tile_loadd(6, b0 + st * tile_elems, 64);
-          _tile_loadd(7, b1 + st * tile_elems, 64);
-          dp_2x2();
+          step_2x2(xb + px0 * Cb + steps[st].a_off, xb + px1 * Cb + steps[st].a_off, a_stride, b0 + st * tile_elems,
+                   b1 + st * tile_elems, 64);
         }
         store_2x2(cbuf);
         int64_t off[2 * kTile];  // each row's output pixel p*Q + q, -1 where it has none
@@ -475,42 +480,55 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   });
 }
 
-// Backward-weight at stride 1: dw[k][c][r][s] = sum over the output grid m (flat, as forward's:
-// rows of Wp, the columns past Q and the rows past P carry dy = 0) of dy[m][k] * band[m + tap][c].
-// C tile = 16 filters x 16 channels of one tap, A = 16 filters x 32 grid pixels of dy (dy copied
-// once as dyt[n][k][m]), B = 32 pixels x 16 channels in VNNI pairs (pixels 2j + e, 2j + e + 1: the
-// band copied twice, e = 0 and 1, so a tap of either parity starts on a pair). A task is one tap,
-// 32 channels and 32 filters over every pixel of every image, in a fixed order.
+// Backward-weight: dw[k][c][r][s] = sum over the output grid m (flat, as forward's at stride 1:
+// rows of Wp, the columns past Q and the rows past P carry dy = 0) of dy[m][k] * band[m + tap][c];
+// strided, the same on each phase of the band (below). C tile = 16 filters x 16 channels of one
+// tap, A = 16 filters x 32 grid pixels of dy (dy copied once as dyt[n][k][m]), B = 32 pixels x 16
+// channels in VNNI pairs (pixels 2j + e, 2j + e + 1: the band copied twice, e = 0 and 1, so a tap
+// of either parity starts on a pair). Every dw element is one task's sum over every pixel of
+// every image, in a fixed order.
 void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
-  const int64_t ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const bool nhwc = is_nhwc(p);
   const int64_t Cp = round_up(C, kChan), Kp = round_up(K, kChan);
-  const int64_t Hp = std::max(H + 2 * ph, (P - 1) + (R - 1) * dh + 1);
-  const int64_t Wp = std::max(W + 2 * pw, (Q - 1) + (S - 1) * dw + 1);
-  const int64_t Mg = round_up(P * Wp, kChan);                       // grid pixels an image
-  const int64_t Jn = (Hp * Wp + Wp + 2 * kChan) / 2 + 1;            // pixel pairs an image, with zeros past it
+  const int64_t Hp = std::max(H + 2 * ph, (P - 1) * sh + (R - 1) * dh + 1);
+  const int64_t Wp = std::max(W + 2 * pw, (Q - 1) * sw + (S - 1) * dw + 1);
+  // Strided: the band split into sh x sw phases, phase (a, b) = band pixels (i sh + a, j sw + b)
+  // (Ws = ceil(Wp / sw) a row); tap (r, s) reads phase (r dh % sh, s dw % sw) at (p + r dh / sh, q + s dw / sw), a
+  // fixed offset from the output pixel on a grid of rows of Ws: stride 1 within a phase.
+  const int64_t nph = sh * sw, Ws = ceil_div(Wp, sw);
+  const int64_t Mg = round_up(P * Ws, kChan);  // grid pixels an image
+  const int64_t max_off = (R - 1) * dh / sh * Ws + (S - 1) * dw / sw;
+  const int64_t Jn = (Mg + max_off) / 2 + 2;   // pixel pairs a phase of an image, zeros past it
   at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cp, 0);
   const bf16* xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
-  // xv[e][n][j][c][2] = band pixels (2j + e, 2j + e + 1) of image n, channel c (0 past the image)
-  at::Tensor xv_t = at::empty({2 * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
+  // xv[phase][e][n][c / 32][j][c % 32][2] = the phase's pixels (2j + e, 2j + e + 1) of image n,
+  // channel c (0 past the band): a task's B tiles lie in one run, rows of 128 bytes (with the
+  // channels of a pixel pair together, B rows 512 bytes apart at 128 channels, 3x3/2 128@56 spent
+  // half its time waiting on B loads from L2)
+  at::Tensor xv_t = at::empty({nph * 2 * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
   bf16* xv = reinterpret_cast<bf16*>(xv_t.data_ptr());
   const __m512i pairs = interleave_16();
-  for_each_task(2 * N, 2 * N * Jn * Cp * 16, [&](int64_t en) {
-    const int64_t e = en / N, n = en % N;
-    bf16* d = xv + en * Jn * Cp * 2;
+  for_each_task(nph * 2 * N, nph * 2 * N * Jn * Cp * 16, [&](int64_t fen) {
+    const int64_t f = fen / (2 * N), e = fen / N % 2, n = fen % N;
+    bf16* d = xv + fen * Jn * Cp * 2;
     const bf16* src = xb + n * Hp * Wp * Cp;
+    auto pixel = [&](int64_t t) -> int64_t {  // the band pixel of the phase's pixel t, -1 past the band
+      const int64_t i = t / Ws * sh + f / sw, j = t % Ws * sw + f % sw;
+      return i < Hp && j < Wp ? i * Wp + j : -1;
+    };
     for (int64_t j = 0; j < Jn; ++j) {
-      const int64_t i0 = 2 * j + e, i1 = i0 + 1;
-      const __mmask32 m0 = i0 < Hp * Wp ? 0xFFFF : 0, m1 = i1 < Hp * Wp ? 0xFFFF : 0;  // 0 past the image
+      const int64_t i0 = pixel(2 * j + e), i1 = pixel(2 * j + e + 1);
+      const __mmask32 m0 = i0 >= 0 ? 0xFFFF : 0, m1 = i1 >= 0 ? 0xFFFF : 0;
       for (int64_t c0 = 0; c0 < Cp; c0 += kTile) {
-        const __m512i a = _mm512_maskz_loadu_epi16(m0, src + i0 * Cp + c0);
-        const __m512i b = _mm512_maskz_loadu_epi16(m1, src + i1 * Cp + c0);
-        _mm512_storeu_si512(d + (j * Cp + c0) * 2, _mm512_permutex2var_epi16(a, pairs, b));
+        const __m512i a = _mm512_maskz_loadu_epi16(m0, src + std::max<int64_t>(i0, 0) * Cp + c0);
+        const __m512i b = _mm512_maskz_loadu_epi16(m1, src + std::max<int64_t>(i1, 0) * Cp + c0);
+        _mm512_storeu_si512(d + (c0 / kChan * Jn + j) * 2 * kChan + c0 % kChan * 2, _mm512_permutex2var_epi16(a, pairs, b));
       }
     }
   });
-  // dyt[n][k][m]: dy on the grid, 0 at the columns past Q, the pixels past P*Wp and the filters past K
+  // dyt[n][k][m]: dy on the grid, 0 at the columns past Q, the pixels past P*Ws and the filters past K
   at::Tensor dyt_t = at::zeros({N * Kp * Mg}, at::TensorOptions().dtype(at::kBFloat16));
   bf16* dyt = reinterpret_cast<bf16*>(dyt_t.data_ptr());
   for_each_task(N * P, N * P * Q * K * 16, [&](int64_t np) {
@@ -521,7 +539,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                              _mm512_set1_epi32(static_cast<int>(K)));
       for (; k + 1 < K; k += 2) {
-        bf16* o0 = dyt + (n * Kp + k) * Mg + pp * Wp;
+        bf16* o0 = dyt + (n * Kp + k) * Mg + pp * Ws;
         bf16* o1 = o0 + Mg;
         for (int64_t q0 = 0; q0 < Q; q0 += kTile) {
           const __mmask16 m = static_cast<__mmask16>(Q - q0 >= kTile ? 0xFFFF : (1u << (Q - q0)) - 1);
@@ -533,7 +551,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       }
     }
     for (; k < K; ++k) {
-      bf16* o = dyt + (n * Kp + k) * Mg + pp * Wp;
+      bf16* o = dyt + (n * Kp + k) * Mg + pp * Ws;
       if (!nhwc) {
         std::memcpy(o, dy + ((n * K + k) * P + pp) * Q, sizeof(bf16) * Q);
         continue;
@@ -544,7 +562,8 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   });
 
   // A task: 32 filters x 32 channels x a group of taps (all of them when the filter and channel
-  // blocks alone make 2 tasks a thread), over every pixel of every image in chunks of 256: for a
+  // blocks alone make 2 tasks a thread), over every pixel of every image in chunks of 256 (that
+  // may span images: 7x7 planes are 64 grid pixels): for a
   // chunk, each tap of the group in turn, its 4 C tiles loaded from and stored back to a float32
   // buffer (the group's sums so far), so that the chunk's dy rows (A, 16 KiB) are read from L1 by
   // every tap and its band pixels (B) by taps that overlap. One tap a task over whole images
@@ -569,28 +588,23 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     // acc[tap][filter][channel]: the C tiles of each tap of the group between chunks
     float (*acc)[2 * kTile][2 * kTile] = reinterpret_cast<float (*)[2 * kTile][2 * kTile]>(scratch(5, tg * kChan * kChan));
     bf16* ob = reinterpret_cast<bf16*>(scratch(4, kChan * kChan * tg / 2 + 16));  // [filter][channel][tap]
-    for (int64_t n = 0; n < N; ++n) {
-      const bf16* a0 = dyt + (n * Kp + k0) * Mg;
-      const bf16* a1 = a0 + kTile * Mg;
-      for (int64_t mc = 0; mc < Mg; mc += kChunk) {
-        for (int64_t rs = rs0; rs < rs1; ++rs) {
-          const int64_t off = rs / S * dh * Wp + rs % S * dw, e = off & 1;
-          const bf16* bb = xv + ((e * N + n) * Jn) * Cp * 2 + c0 * 2;
-          if (n == 0 && mc == 0) {
-            zero_2x2();
-          } else {
-            load_2x2(acc[rs - rs0]);
-          }
-          for (int64_t m0 = mc; m0 < std::min(Mg, mc + kChunk); m0 += kChan) {
-            const bf16* b0 = bb + ((m0 + off - e) / 2) * Cp * 2;
-            _tile_loadd(4, a0 + m0, Mg * int64_t(sizeof(bf16)));
-            _tile_loadd(5, a1 + m0, Mg * int64_t(sizeof(bf16)));
-            _tile_loadd(6, b0, Cp * 2 * int64_t(sizeof(bf16)));
-            _tile_loadd(7, b0 + 2 * kTile, Cp * 2 * int64_t(sizeof(bf16)));
-            dp_2x2();
-          }
-          store_2x2(acc[rs - rs0]);
+    const int64_t spi = Mg / kChan, nsteps = N * spi;  // steps of 32 grid pixels: an image's, all
+    for (int64_t g0 = 0; g0 < nsteps; g0 += kChunk / kChan) {
+      for (int64_t rs = rs0; rs < rs1; ++rs) {
+        const int64_t rd = rs / S * dh, sd = rs % S * dw, f = rd % sh * sw + sd % sw;
+        const int64_t off = rd / sh * Ws + sd / sw, e = off & 1;
+        if (g0 == 0) {
+          zero_2x2();
+        } else {
+          load_2x2(acc[rs - rs0]);
         }
+        for (int64_t g = g0; g < std::min(nsteps, g0 + kChunk / kChan); ++g) {
+          const int64_t n = g / spi, m0 = g % spi * kChan;
+          const bf16* a0 = dyt + (n * Kp + k0) * Mg + m0;
+          const bf16* b0 = xv + (((f * 2 + e) * N + n) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
+          step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, 2 * kChan * int64_t(sizeof(bf16)));
+        }
+        store_2x2(acc[rs - rs0]);
       }
     }
     for (int64_t rs = rs0; rs < rs1; ++rs) {
@@ -648,9 +662,7 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
           reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
 }
 
-bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && p.stride_h == 1 && p.stride_w == 1;
-}
+bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype); }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   backward_weight(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
