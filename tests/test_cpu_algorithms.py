@@ -410,10 +410,20 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
             assert ours.is_contiguous(memory_format=fmt), pass_name
 
 
+AMX_EXACT = AMX + [
+    ((2, 2048, 3, 3), 48, (1, 1), 1, 0, 1, 1),       # the filter's 2048 channels 4 KiB apart
+    ((1, 34, 6, 7), 32, (2, 2), 1, 1, 1, 1),
+    ((1, 32, 5, 6), 32, (1, 1), 1, 1, 1, 1),          # padding past dil (R-1): backward-input by phases
+    ((2, 32, 7, 5), 48, (1, 1), 3, 0, 1, 1),          # 1x1/3: eight of nine dx phases without taps
+    ((1, 40, 9, 10), 33, (3, 3), 2, 2, 2, 1),         # stride 2, dilation 2: phases without taps
+    ((1, 32, 2, 1), 32, (1, 1), (3, 2), 0, 1, 1),     # phases without pixels (H, W < stride)
+]
+
+
 @pytest.mark.parametrize("filter_layout", ["kcrs", "krsc"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("pass_name", PASSES)
-@pytest.mark.parametrize("shape", AMX + [((2, 2048, 3, 3), 48, (1, 1), 1, 0, 1, 1), ((1, 34, 6, 7), 32, (2, 2), 1, 1, 1, 1)])
+@pytest.mark.parametrize("shape", AMX_EXACT)
 def test_amx_bf16_exact_on_integers(shape, pass_name, layout, filter_layout):
     """amx_bf16 on small nonzero integers: every product and float32 sum is exact, so the result
     must be the exact one rounded to bfloat16, element for element -- any value of the packed

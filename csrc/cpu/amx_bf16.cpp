@@ -109,12 +109,12 @@ bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
 
 // Backward-input at stride 1 is the forward convolution of dy (K channels) into dx (C channels)
 // with the filter turned round, w'[c][k][r][s] = w[k][c][R-1-r][S-1-s], and the padding
-// dil*(R-1) - pad (at least 0: every padding nn.Conv2d takes with a stride-1 "same" or smaller).
-// Strided layers keep the float32 path (their dx phases would need a kernel of their own).
-bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) &&
-         p.pad_w <= p.dil_w * (p.S - 1);
+// dil*(R-1) - pad (at least 0: every padding nn.Conv2d takes with a stride-1 "same" or smaller);
+// strided layers (and larger paddings) run it phase by phase (backward_input_phases).
+bool turned_round(const Conv2dParams& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
 }
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype); }
 
 struct __attribute__((packed)) TileConfig {
   uint8_t palette = 1, start_row = 0;
@@ -331,6 +331,138 @@ void pack_tiles(const Conv2dParams& p, const bf16* w, const Step* steps, int64_t
   });
 }
 
+// What run_tiles computes: the output grid's P x Q pixels of N images, each the sum over the
+// steps of A rows read from the band (a step's a_off from the grid pixel's band pixel) times the
+// packed B tiles [16-filter block][step] (zero steps: zeros), plus the bias; pixel (p, q) of the
+// grid is pixel (p oy + oa, q ox + ob) of the Ho x Wo output planes (a phase of backward-input).
+struct TileJob {
+  const bf16* xb = nullptr;              // the band: N images of Hb x Wb pixels of Cb channels
+  int64_t N = 0, Hb = 0, Wb = 0, Cb = 0;
+  int64_t sh = 1, sw = 1;                // the grid's stride in the band (1, 1: a flat grid)
+  int64_t P = 0, Q = 0;
+  const Step* steps = nullptr;
+  int64_t nst = 0;
+  const bf16* wp = nullptr;
+  int64_t K = 0;                         // output channels (B tiles for round_up(K, 32))
+  const bf16* bias = nullptr;
+  bf16* y = nullptr;
+  bool nhwc = false;
+  int64_t Ho = 0, Wo = 0, oy = 1, ox = 1, oa = 0, ob = 0;
+  int64_t macs = 0;                      // for the thread pool's grain
+};
+
+void run_tiles(const TileJob& jb) {
+  const int64_t N = jb.N, Hp = jb.Hb, Wp = jb.Wb, Cb = jb.Cb, sh = jb.sh, sw = jb.sw, P = jb.P, Q = jb.Q, K = jb.K;
+  const int64_t nst = jb.nst, tile_elems = kTile * kChan, nkp = ceil_div(K, 2 * kTile);
+  const Step* steps = jb.steps;
+  const bf16* xb = jb.xb;
+  const bf16* wp = jb.wp;
+  const bf16* bias = jb.bias;
+  bf16* y = jb.y;
+  const int64_t plane = jb.Ho * jb.Wo;
+
+  // the output grid: stride 1 -> rows of Wp (tiles run on across rows); else rows of Wg, one run
+  // of tiles each
+  const bool flat = sh == 1 && sw == 1;
+  const int64_t Wg = flat ? Wp : round_up(Q, kTile);
+  const int64_t ntile = flat ? ceil_div(P * Wp, kTile) : P * (Wg / kTile), npair = ceil_div(ntile, int64_t(2));
+  const int64_t a_stride = sw * Cb * int64_t(sizeof(bf16));
+  auto tile_base = [&](int64_t n, int64_t t) {  // the band pixel of row 0 of tile t at tap (0, 0)
+    if (flat) return n * Hp * Wp + t * kTile;
+    const int64_t pp = t / (Wg / kTile), q0 = t % (Wg / kTile) * kTile;
+    return n * Hp * Wp + pp * sh * Wp + q0 * sw;
+  };
+
+  // Tasks: (image, block of up to 4 tile pairs, block of filter pairs whose B tiles fit in 512 KiB);
+  // inside, filter pairs outer and pixel pairs inner: a filter pair's B tiles are read from L1/L2
+  // by every pixel pair of the block, the block's A rows from L2 by every filter pair.
+  const int64_t b_pair = std::max<int64_t>(1, 2 * nst * tile_elems * int64_t(sizeof(bf16)));  // B bytes of a filter pair
+  const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
+  constexpr int64_t kPairs = 4;
+  const int64_t nmb = ceil_div(npair, kPairs);
+  for_each_task(N * nmb * nkpb, jb.macs, [&](int64_t task) {
+    const int64_t kb_blk = task / (N * nmb), n = task / nmb % N, mb = task % nmb;
+    configure_tiles();
+    alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
+    alignas(64) float bv[2 * kTile];
+    for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
+      const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
+      for (int64_t j = 0; j < 2 * kTile; ++j) {  // bias as float32 (bfloat16 = the top half)
+        const uint32_t u = bias && j < kn ? uint32_t(bias[k0 + j]) << 16 : 0u;
+        std::memcpy(&bv[j], &u, 4);
+      }
+      const bf16* b0 = wp + (2 * kp) * nst * tile_elems;
+      const bf16* b1 = b0 + nst * tile_elems;
+      const __mmask16 m0 = static_cast<__mmask16>(kn >= kTile ? 0xFFFF : (1u << kn) - 1);
+      const __mmask16 m1 = static_cast<__mmask16>(kn >= 2 * kTile ? 0xFFFF : kn <= kTile ? 0 : (1u << (kn - kTile)) - 1);
+      for (int64_t mp = mb * kPairs; mp < std::min(npair, (mb + 1) * kPairs); ++mp) {
+        zero_2x2();
+        const int64_t t0 = 2 * mp, px0 = tile_base(n, t0), px1 = tile_base(n, t0 + 1);
+        for (int64_t st = 0; st < nst; ++st) {
+          step_2x2(xb + px0 * Cb + steps[st].a_off, xb + px1 * Cb + steps[st].a_off, a_stride, b0 + st * tile_elems,
+                   b1 + st * tile_elems, 64);
+        }
+        store_2x2(cbuf);
+        int64_t off[2 * kTile];  // each row's output pixel in its plane, -1 where it has none
+        for (int64_t i = 0; i < 2 * kTile; ++i) {
+          const int64_t t = t0 + i / kTile;
+          int64_t pp, q;
+          if (flat) {
+            const int64_t m = t * kTile + i % kTile;
+            pp = m / Wp, q = m % Wp;
+          } else {
+            pp = t / (Wg / kTile), q = t % (Wg / kTile) * kTile + i % kTile;
+          }
+          off[i] = (t >= ntile || pp >= P || q >= Q) ? -1 : (pp * jb.oy + jb.oa) * jb.Wo + q * jb.ox + jb.ob;
+        }
+        if (jb.nhwc) {
+          for (int64_t i = 0; i < 2 * kTile; ++i) {
+            if (off[i] < 0) continue;
+            const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
+            const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
+            bf16* o = y + (n * plane + off[i]) * K + k0;
+            _mm256_mask_storeu_epi16(o, m0, lo);
+            _mm256_mask_storeu_epi16(o + kTile, m1, hi);
+          }
+          continue;
+        }
+        // NCHW: a filter's 32 pixels, gathered from the buffer's column and rounded together,
+        // stored by runs of pixels ox apart in the plane (one per output row the 32 grid pixels
+        // touch): each a masked store of the 32 values, moved (when ox > 1, spread ox apart) so
+        // that the run's values land on its lanes
+        struct Piece { int64_t at; __m512i idx; __mmask32 lanes; };
+        Piece pieces[2 * kTile];
+        int64_t npiece = 0;
+        for (int64_t i = 0; i < 2 * kTile;) {
+          if (off[i] < 0) {
+            ++i;
+            continue;
+          }
+          int64_t len = 1;
+          while (i + len < 2 * kTile && len * jb.ox < 2 * kTile && off[i + len] == off[i] + len * jb.ox) ++len;
+          alignas(64) uint16_t idx[2 * kTile] = {};
+          __mmask32 lanes = 0;
+          for (int64_t l = 0; l < len; ++l) idx[l * jb.ox] = static_cast<uint16_t>(i + l), lanes |= __mmask32(1) << (l * jb.ox);
+          pieces[npiece++] = {off[i], _mm512_load_si512(idx), lanes};
+          i += len;
+        }
+        const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                               _mm512_set1_epi32(2 * kTile));
+        for (int64_t j = 0; j < kn; ++j) {
+          const __m512 b = _mm512_set1_ps(bv[j]);
+          const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
+          const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
+          const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
+          bf16* o = y + (n * K + k0 + j) * plane;
+          for (int64_t u = 0; u < npiece; ++u)
+            _mm512_mask_storeu_epi16(o + pieces[u].at, pieces[u].lanes, _mm512_permutexvar_epi16(pieces[u].idx, v));
+        }
+      }
+    }
+    _tile_release();
+  });
+}
+
 void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -386,98 +518,77 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   // tiles that run past the last image (computed, never stored)
   const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
   at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack);
-  const bf16* xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
+  TileJob job;
+  job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
+  job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
+  job.steps = steps.data(), job.nst = nst, job.wp = wp, job.K = K, job.bias = bias, job.y = y, job.nhwc = nhwc;
+  job.Ho = P, job.Wo = Q, job.macs = p.macs();
+  run_tiles(job);
+}
 
-  // the output grid: stride 1 -> rows of Wp (tiles run on across rows); else rows of Wg, one run
-  // of tiles each
-  const bool flat = sh == 1 && sw == 1;
-  const int64_t Wg = flat ? Wp : round_up(Q, kTile);
-  const int64_t ntile = flat ? ceil_div(P * Wp, kTile) : P * (Wg / kTile), npair = ceil_div(ntile, int64_t(2));
-  const int64_t a_stride = sw * Cb * int64_t(sizeof(bf16));
-  auto tile_base = [&](int64_t n, int64_t t) {  // the band pixel of row 0 of tile t at tap (0, 0)
-    if (flat) return n * Hp * Wp + t * kTile;
-    const int64_t pp = t / (Wg / kTile), q0 = t % (Wg / kTile) * kTile;
-    return n * Hp * Wp + pp * sh * Wp + q0 * sw;
-  };
-
-  // Tasks: (image, block of up to 4 tile pairs, block of filter pairs whose B tiles fit in 512 KiB);
-  // inside, filter pairs outer and pixel pairs inner: a filter pair's B tiles are read from L1/L2
-  // by every pixel pair of the block, the block's A rows from L2 by every filter pair.
-  const int64_t b_pair = 2 * nst * tile_elems * int64_t(sizeof(bf16));  // B bytes of a filter pair
-  const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
-  constexpr int64_t kPairs = 4;
-  const int64_t nmb = ceil_div(npair, kPairs);
-  for_each_task(N * nmb * nkpb, p.macs(), [&](int64_t task) {
-    const int64_t kb_blk = task / (N * nmb), n = task / nmb % N, mb = task % nmb;
-    configure_tiles();
-    alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
-    alignas(64) float bv[2 * kTile];
-    for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
-      const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
-      for (int64_t j = 0; j < 2 * kTile; ++j) {  // bias as float32 (bfloat16 = the top half)
-        const uint32_t u = bias && j < kn ? uint32_t(bias[k0 + j]) << 16 : 0u;
-        std::memcpy(&bv[j], &u, 4);
-      }
-      const bf16* b0 = wp + (2 * kp) * nst * tile_elems;
-      const bf16* b1 = b0 + nst * tile_elems;
-      const __mmask16 m0 = static_cast<__mmask16>(kn >= kTile ? 0xFFFF : (1u << kn) - 1);
-      const __mmask16 m1 = static_cast<__mmask16>(kn >= 2 * kTile ? 0xFFFF : kn <= kTile ? 0 : (1u << (kn - kTile)) - 1);
-      for (int64_t mp = mb * kPairs; mp < std::min(npair, (mb + 1) * kPairs); ++mp) {
-        zero_2x2();
-        const int64_t t0 = 2 * mp, px0 = tile_base(n, t0), px1 = tile_base(n, t0 + 1);
-        for (int64_t st = 0; st < nst; ++st) {
-          step_2x2(xb + px0 * Cb + steps[st].a_off, xb + px1 * Cb + steps[st].a_off, a_stride, b0 + st * tile_elems,
-                   b1 + st * tile_elems, 64);
-        }
-        store_2x2(cbuf);
-        int64_t off[2 * kTile];  // each row's output pixel p*Q + q, -1 where it has none
-        for (int64_t i = 0; i < 2 * kTile; ++i) {
-          const int64_t t = t0 + i / kTile;
-          int64_t pp, q;
-          if (flat) {
-            const int64_t m = t * kTile + i % kTile;
-            pp = m / Wp, q = m % Wp;
-          } else {
-            pp = t / (Wg / kTile), q = t % (Wg / kTile) * kTile + i % kTile;
-          }
-          off[i] = (t >= ntile || pp >= P || q >= Q) ? -1 : pp * Q + q;
-        }
-        if (nhwc) {
-          for (int64_t i = 0; i < 2 * kTile; ++i) {
-            if (off[i] < 0) continue;
-            const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
-            const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
-            bf16* o = y + (n * P * Q + off[i]) * K + k0;
-            _mm256_mask_storeu_epi16(o, m0, lo);
-            _mm256_mask_storeu_epi16(o + kTile, m1, hi);
-          }
-          continue;
-        }
-        // NCHW: a filter's 32 pixels, gathered from the buffer's column and rounded together,
-        // stored as runs of consecutive pixels of the plane (one per output row the 32 grid pixels
-        // touch): a masked store of the 32 values, placed so that the run's lanes land on it
-        struct Run { int64_t shift; __mmask32 lanes; };
-        Run runs[2 * kTile];
-        int64_t nrun = 0;
-        for (int64_t i = 0; i < 2 * kTile; ++i) {
-          if (off[i] < 0) continue;
-          if (i == 0 || off[i - 1] < 0 || off[i] != off[i - 1] + 1) runs[nrun++] = {off[i] - i, 0};
-          runs[nrun - 1].lanes |= __mmask32(1) << i;
-        }
-        const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                               _mm512_set1_epi32(2 * kTile));
-        for (int64_t j = 0; j < kn; ++j) {
-          const __m512 b = _mm512_set1_ps(bv[j]);
-          const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
-          const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
-          const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
-          bf16* o = y + (n * K + k0 + j) * P * Q;
-          for (int64_t u = 0; u < nrun; ++u) _mm512_mask_storeu_epi16(o + runs[u].shift, runs[u].lanes, v);
-        }
-      }
+// Backward-input with a stride (or a padding past dil, which the turned-round forward
+// cannot take): dx in its sh x sw phases. Pixel (h' sh + a, w' sw + b) of dx, phase (a, b), is
+//   sum over the taps r with (a + ph - r dh) % sh == 0 and s with (b + pw - s dw) % sw == 0 of
+//   dy[h' + dr][w' + ds] . w[.][c][r][s],   dr = (a + ph - r dh) / sh, ds = (b + pw - s dw) / sw
+// -- a stride-1 convolution of dy with the phase's taps at fixed offsets: run_tiles on a band of
+// dy padded by the farthest negative offsets, its outputs placed sh and sw apart. No product
+// with a zero that the stride inserts is computed (the float32 kernels' strided backward-input
+// skips them the same way). A phase without taps (1x1 stride 2: three of four) is stored as zeros.
+void backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* dx, const at::Tensor* filter) {
+  const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w;
+  const int64_t Kb = round_up(K, kChan), nkb = 2 * ceil_div(C, 2 * kTile), tile_elems = kTile * kChan;
+  // the taps of each row phase a (r, dr) and column phase b (s, ds)
+  auto taps = [](int64_t n, int64_t stride, int64_t pad, int64_t dil, int64_t phase) {
+    std::vector<std::pair<int64_t, int64_t>> t;
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t v = phase + pad - r * dil;
+      if (((v % stride) + stride) % stride == 0) t.push_back({r, v / stride});
     }
-    _tile_release();
+    return t;
+  };
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> rt, ct;
+  int64_t T = 0, L = 0, Hb = P, Wb = Q;
+  for (int64_t a = 0; a < sh; ++a) rt.push_back(taps(R, sh, p.pad_h, p.dil_h, a));
+  for (int64_t b = 0; b < sw; ++b) ct.push_back(taps(S, sw, p.pad_w, p.dil_w, b));
+  for (const auto& v : rt) for (const auto& [r, d] : v) T = std::max(T, -d);
+  for (const auto& v : ct) for (const auto& [s, d] : v) L = std::max(L, -d);
+  Hb += T, Wb += L;
+  for (int64_t a = 0; a < sh; ++a) for (const auto& [r, d] : rt[a]) Hb = std::max(Hb, T + ceil_div(H - a, sh) + d);
+  for (int64_t b = 0; b < sw; ++b) for (const auto& [s, d] : ct[b]) Wb = std::max(Wb, L + ceil_div(W - b, sw) + d);
+
+  // every phase's steps (taps outer, 32 dy channels inner) and its B tiles' place in one packing
+  std::vector<std::vector<Step>> steps(static_cast<size_t>(sh * sw));
+  std::vector<int64_t> first(static_cast<size_t>(sh * sw) + 1, 0);
+  for (int64_t f = 0; f < sh * sw; ++f) {
+    for (const auto& [r, dr] : rt[f / sw])
+      for (const auto& [s, ds] : ct[f % sw])
+        for (int64_t c0 = 0; c0 < Kb; c0 += kChan) steps[f].push_back({((dr + T) * Wb + ds + L) * Kb + c0, r, s, c0});
+    first[f + 1] = first[f] + nkb * static_cast<int64_t>(steps[f].size()) * tile_elems;
+  }
+  Conv2dParams fp = p;  // the filter as forward-form B tiles: dx channels as filters, dy's as channels
+  fp.K = C, fp.C = K, fp.ws_k = p.ws_c, fp.ws_c = p.ws_k;
+  const int64_t wfloats = first.back() / 2 + 1;
+  const PackedFilter pf = packed_filter(filter, {0x616d79, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, sh, sw, p.pad_h, p.pad_w, p.dil_h, p.dil_w},
+                                        wfloats, scratch(3, wfloats), [&](float* dst) {
+    for (int64_t f = 0; f < sh * sw; ++f)
+      if (!steps[f].empty())
+        pack_tiles(fp, w, steps[f].data(), static_cast<int64_t>(steps[f].size()), nkb, reinterpret_cast<bf16*>(dst) + first[f]);
   });
+
+  const int64_t slack = (2 * Wb + 2 * kTile + 64) * Kb + kChan;
+  at::Tensor band_t = padded_band(dy, is_nhwc(p), N, K, P, Q, T, L, Hb, Wb, Kb, slack);
+  TileJob job;
+  job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
+  job.N = N, job.Hb = Hb, job.Wb = Wb, job.Cb = Kb, job.K = C, job.y = dx, job.nhwc = is_nhwc(p);
+  job.Ho = H, job.Wo = W, job.oy = sh, job.ox = sw, job.macs = p.macs() / (sh * sw);
+  for (int64_t f = 0; f < sh * sw; ++f) {
+    job.oa = f / sw, job.ob = f % sw, job.P = ceil_div(H - job.oa, sh), job.Q = ceil_div(W - job.ob, sw);
+    if (job.P <= 0 || job.Q <= 0) continue;
+    job.steps = steps[f].data(), job.nst = static_cast<int64_t>(steps[f].size());
+    job.wp = reinterpret_cast<const bf16*>(pf.data) + first[f];
+    run_tiles(job);
+  }
 }
 
 // Backward-weight: dw[k][c][r][s] = sum over the output grid m (flat, as forward's at stride 1:
@@ -651,6 +762,11 @@ void run_forward(const Conv2dParams& p, Operands& o) {
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
+  if (!turned_round(p)) {
+    backward_input_phases(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+                          reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
+    return;
+  }
   Conv2dParams f = p;  // the forward-form problem: dy (N, K, P, Q) -> dx (N, C, H, W)
   f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
   f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
