@@ -625,12 +625,15 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     const int64_t f = fen / (2 * N), e = fen / N % 2, n = fen % N;
     bf16* d = xv + fen * Jn * Cp * 2;
     const bf16* src = xb + n * Hp * Wp * Cp;
-    auto pixel = [&](int64_t t) -> int64_t {  // the band pixel of the phase's pixel t, -1 past the band
-      const int64_t i = t / Ws * sh + f / sw, j = t % Ws * sw + f % sw;
-      return i < Hp && j < Wp ? i * Wp + j : -1;
+    int64_t row = 0, col = e;  // the phase's pixel 2j + e as (row, column), kept without divisions
+    auto pixel = [&](int64_t rw, int64_t cl) -> int64_t {  // its band pixel, -1 past the band
+      if (cl >= Ws) ++rw, cl -= Ws;
+      const int64_t i = rw * sh + f / sw, jj = cl * sw + f % sw;
+      return i < Hp && jj < Wp ? i * Wp + jj : -1;
     };
-    for (int64_t j = 0; j < Jn; ++j) {
-      const int64_t i0 = pixel(2 * j + e), i1 = pixel(2 * j + e + 1);
+    for (int64_t j = 0; j < Jn; ++j, col += 2) {
+      while (col >= Ws) ++row, col -= Ws;
+      const int64_t i0 = pixel(row, col), i1 = pixel(row, col + 1);
       const __mmask32 m0 = i0 >= 0 ? 0xFFFF : 0, m1 = i1 >= 0 ? 0xFFFF : 0;
       for (int64_t c0 = 0; c0 < Cp; c0 += kTile) {
         const __m512i a = _mm512_maskz_loadu_epi16(m0, src + std::max<int64_t>(i0, 0) * Cp + c0);
@@ -672,82 +675,94 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     }
   });
 
-  // A task: 32 filters x 32 channels x a group of taps (all of them when the filter and channel
-  // blocks alone make 2 tasks a thread), over every pixel of every image in chunks of 256 (that
-  // may span images: 7x7 planes are 64 grid pixels): for a
-  // chunk, each tap of the group in turn, its 4 C tiles loaded from and stored back to a float32
-  // buffer (the group's sums so far), so that the chunk's dy rows (A, 16 KiB) are read from L1 by
-  // every tap and its band pixels (B) by taps that overlap. One tap a task over whole images
-  // streamed A and B from L3 for every tap: 64@56 3x3 ran at 700 GFLOP/s, a third of forward's.
+  // A task: a group of 32-filter blocks x 32 channels x a group of taps, over every pixel of every
+  // image in chunks of 256 (that may span images: 7x7 planes are 64 grid pixels): for a chunk,
+  // each tap of the group and each filter block in turn, its 4 C tiles loaded from and stored back
+  // to a float32 buffer (the sums so far), so that the chunk's band pixels (B, 16 KiB a tap) are
+  // read from L1 by every filter block and its dy rows (A) by every tap. Groups as large as the
+  // buffer allows (256 KiB) and as small as 2 tasks a thread need (taps split first, then
+  // filters). One tap and one filter block a task over whole images streamed A and B from L3
+  // for every tap: 64@56 3x3 ran at 700 GFLOP/s, a third of forward's; with every filter block a
+  // task re-reading the band, 3x3/2 128@56 at 650.
   const int64_t ncp = Cp / kChan, nkp = Kp / kChan, RS = R * S;
   const int64_t want = 2 * at::get_num_threads();
-  const int64_t tg = nkp * ncp >= want ? RS : ceil_div(RS, std::min(RS, ceil_div(want, nkp * ncp)));
-  const int64_t ntg = ceil_div(RS, tg);
+  int64_t ntg = std::min(RS, ceil_div(want, ncp));
+  const int64_t tg = ceil_div(RS, ntg);
+  ntg = ceil_div(RS, tg);
+  int64_t nkg = std::max(ceil_div(nkp * tg, 64), std::min(nkp, ceil_div(want, ncp * ntg)));
+  const int64_t kg = ceil_div(nkp, nkg);
+  nkg = ceil_div(nkp, kg);
   constexpr int64_t kChunk = 8 * kChan;
   std::vector<int64_t> tap_w(static_cast<size_t>(RS));  // where tap (r, s) lies in a (k, c) filter row
   for (int64_t rs = 0; rs < RS; ++rs) tap_w[rs] = rs / S * p.ws_r + rs % S * p.ws_s;
   const bool direct = p.ws_c == 1;  // KRSC, or a 1x1 filter
   bool kcrs_run = tg == RS && p.ws_c == RS;
   for (int64_t rs = 0; rs < RS; ++rs) kcrs_run = kcrs_run && tap_w[rs] == rs;
-  for_each_task(nkp * ncp * ntg, p.macs(), [&](int64_t task) {  // filters outer: a task's dy rows stay in L2
-    const int64_t kp = task / (ncp * ntg), cp = task / ntg % ncp, rs0 = task % ntg * tg, rs1 = std::min(RS, rs0 + tg);
-    const int64_t k0 = kp * kChan, c0 = cp * kChan;
-    const int64_t kn = std::min(kChan, K - k0), cn = std::min(kChan, C - c0);
+  for_each_task(ncp * nkg * ntg, p.macs(), [&](int64_t task) {  // channels outer: a task's band pairs stay in L2
+    const int64_t cp = task / (nkg * ntg), kg0 = task / ntg % nkg * kg, kg1 = std::min(nkp, kg0 + kg);
+    const int64_t rs0 = task % ntg * tg, rs1 = std::min(RS, rs0 + tg), c0 = cp * kChan, cn = std::min(kChan, C - c0);
     const __mmask16 cmask0 = static_cast<__mmask16>(cn >= kTile ? 0xFFFF : (1u << cn) - 1);
     const __mmask16 cmask1 = static_cast<__mmask16>(cn >= 2 * kTile ? 0xFFFF : cn <= kTile ? 0 : (1u << (cn - kTile)) - 1);
     configure_tiles();
-    // acc[tap][filter][channel]: the C tiles of each tap of the group between chunks
-    float (*acc)[2 * kTile][2 * kTile] = reinterpret_cast<float (*)[2 * kTile][2 * kTile]>(scratch(5, tg * kChan * kChan));
+    // acc[tap][filter block][filter][channel]: the C tiles between chunks
+    float (*acc)[2 * kTile][2 * kTile] = reinterpret_cast<float (*)[2 * kTile][2 * kTile]>(scratch(5, tg * kg * kChan * kChan));
     bf16* ob = reinterpret_cast<bf16*>(scratch(4, kChan * kChan * tg / 2 + 16));  // [filter][channel][tap]
     const int64_t spi = Mg / kChan, nsteps = N * spi;  // steps of 32 grid pixels: an image's, all
     for (int64_t g0 = 0; g0 < nsteps; g0 += kChunk / kChan) {
+      const int64_t g1 = std::min(nsteps, g0 + kChunk / kChan);
       for (int64_t rs = rs0; rs < rs1; ++rs) {
         const int64_t rd = rs / S * dh, sd = rs % S * dw, f = rd % sh * sw + sd % sw;
         const int64_t off = rd / sh * Ws + sd / sw, e = off & 1;
-        if (g0 == 0) {
-          zero_2x2();
-        } else {
-          load_2x2(acc[rs - rs0]);
-        }
-        for (int64_t g = g0; g < std::min(nsteps, g0 + kChunk / kChan); ++g) {
-          const int64_t n = g / spi, m0 = g % spi * kChan;
-          const bf16* a0 = dyt + (n * Kp + k0) * Mg + m0;
-          const bf16* b0 = xv + (((f * 2 + e) * N + n) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
-          step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, 2 * kChan * int64_t(sizeof(bf16)));
-        }
-        store_2x2(acc[rs - rs0]);
-      }
-    }
-    for (int64_t rs = rs0; rs < rs1; ++rs) {
-      const float (*cbuf)[2 * kTile] = acc[rs - rs0];
-      for (int64_t i = 0; i < 2 * kTile; ++i) {
-        alignas(32) bf16 v[2 * kTile];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
-        if (direct) {  // channels contiguous in dw: the row's 32 channels at once
-          if (i < kn) {
-            bf16* o = dwt + (k0 + i) * p.ws_k + c0 + tap_w[rs];
-            _mm256_mask_storeu_epi16(o, cmask0, _mm256_load_si256(reinterpret_cast<const __m256i*>(v)));
-            _mm256_mask_storeu_epi16(o + kTile, cmask1, _mm256_load_si256(reinterpret_cast<const __m256i*>(v + kTile)));
+        for (int64_t kp = kg0; kp < kg1; ++kp) {
+          float (*c)[2 * kTile] = acc[(rs - rs0) * kg + kp - kg0];
+          if (g0 == 0) {
+            zero_2x2();
+          } else {
+            load_2x2(c);
           }
-          continue;
+          for (int64_t g = g0; g < g1; ++g) {
+            const int64_t n = g / spi, m0 = g % spi * kChan;
+            const bf16* a0 = dyt + (n * Kp + kp * kChan) * Mg + m0;
+            const bf16* b0 = xv + (((f * 2 + e) * N + n) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
+            step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, 2 * kChan * int64_t(sizeof(bf16)));
+          }
+          store_2x2(c);
         }
-        for (int64_t j = 0; j < 2 * kTile; ++j) ob[(i * kChan + j) * tg + rs - rs0] = v[j];
       }
     }
     _tile_release();
-    if (direct) return;
-    // dw rows: for a KCRS filter with every tap here, a filter's (channel, tap) run is contiguous
-    // in ob and in dw
-    for (int64_t i = 0; i < kn; ++i) {
-      if (kcrs_run) {
-        std::memcpy(dwt + (k0 + i) * p.ws_k + c0 * RS, ob + i * kChan * tg, sizeof(bf16) * cn * RS);
-        continue;
+    for (int64_t kp = kg0; kp < kg1; ++kp) {
+      const int64_t k0 = kp * kChan, kn = std::min(kChan, K - k0);
+      for (int64_t rs = rs0; rs < rs1; ++rs) {
+        const float (*cbuf)[2 * kTile] = acc[(rs - rs0) * kg + kp - kg0];
+        for (int64_t i = 0; i < 2 * kTile; ++i) {
+          alignas(32) bf16 v[2 * kTile];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));
+          _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
+          if (direct) {  // channels contiguous in dw: the row's 32 channels at once
+            if (i < kn) {
+              bf16* o = dwt + (k0 + i) * p.ws_k + c0 + tap_w[rs];
+              _mm256_mask_storeu_epi16(o, cmask0, _mm256_load_si256(reinterpret_cast<const __m256i*>(v)));
+              _mm256_mask_storeu_epi16(o + kTile, cmask1, _mm256_load_si256(reinterpret_cast<const __m256i*>(v + kTile)));
+            }
+            continue;
+          }
+          for (int64_t j = 0; j < 2 * kTile; ++j) ob[(i * kChan + j) * tg + rs - rs0] = v[j];
+        }
       }
-      for (int64_t j = 0; j < cn; ++j) {
-        bf16* o = dwt + (k0 + i) * p.ws_k + (c0 + j) * p.ws_c;
-        const bf16* v = ob + (i * kChan + j) * tg;
-        for (int64_t t = 0; t < rs1 - rs0; ++t) o[tap_w[rs0 + t]] = v[t];
+      if (direct) continue;
+      // dw rows: for a KCRS filter with every tap here, a filter's (channel, tap) run is contiguous
+      // in ob and in dw
+      for (int64_t i = 0; i < kn; ++i) {
+        if (kcrs_run) {
+          std::memcpy(dwt + (k0 + i) * p.ws_k + c0 * RS, ob + i * kChan * tg, sizeof(bf16) * cn * RS);
+          continue;
+        }
+        for (int64_t j = 0; j < cn; ++j) {
+          bf16* o = dwt + (k0 + i) * p.ws_k + (c0 + j) * p.ws_c;
+          const bf16* v = ob + (i * kChan + j) * tg;
+          for (int64_t t = 0; t < rs1 - rs0; ++t) o[tap_w[rs0 + t]] = v[t];
+        }
       }
     }
   });
