@@ -417,6 +417,8 @@ AMX_EXACT = AMX + [
     ((2, 32, 7, 5), 48, (1, 1), 3, 0, 1, 1),          # 1x1/3: eight of nine dx phases without taps
     ((1, 40, 9, 10), 33, (3, 3), 2, 2, 2, 1),         # stride 2, dilation 2: phases without taps
     ((1, 32, 2, 1), 32, (1, 1), (3, 2), 0, 1, 1),     # phases without pixels (H, W < stride)
+    ((2, 32, 32, 1), 32, (3, 1), 1, (1, 0), 1, 1),    # backward-weight: a grid of 32 x 1 pixels, every one
+                                                      # in dy, and taps at odd offsets (1 pixel a row)
 ]
 
 

@@ -595,9 +595,9 @@ void backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w,
 // rows of Wp, the columns past Q and the rows past P carry dy = 0) of dy[m][k] * band[m + tap][c];
 // strided, the same on each phase of the band (below). C tile = 16 filters x 16 channels of one
 // tap, A = 16 filters x 32 grid pixels of dy (dy copied once as dyt[n][k][m]), B = 32 pixels x 16
-// channels in VNNI pairs (pixels 2j + e, 2j + e + 1: the band copied twice, e = 0 and 1, so a tap
-// of either parity starts on a pair). Every dw element is one task's sum over every pixel of
-// every image, in a fixed order.
+// channels in VNNI pairs (pixels 2j, 2j + 1; a tap at an odd offset m + 2j' + 1 sums over m - 1
+// instead: its A rows start a pixel early, at a zero). Every dw element is one task's sum over
+// every pixel of every image, in a fixed order.
 void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -609,42 +609,51 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // (Ws = ceil(Wp / sw) a row); tap (r, s) reads phase (r dh % sh, s dw % sw) at (p + r dh / sh, q + s dw / sw), a
   // fixed offset from the output pixel on a grid of rows of Ws: stride 1 within a phase.
   const int64_t nph = sh * sw, Ws = ceil_div(Wp, sw);
-  const int64_t Mg = round_up(P * Ws, kChan);  // grid pixels an image
+  // grid pixels an image; with a tap at an odd offset (below), at least one past the last of dy
+  bool odd = false;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s) odd = odd || ((r * dh / sh * Ws + s * dw / sw) & 1);
+  const int64_t Mg = round_up(P * Ws + odd, kChan);
   const int64_t max_off = (R - 1) * dh / sh * Ws + (S - 1) * dw / sw;
   const int64_t Jn = (Mg + max_off) / 2 + 2;   // pixel pairs a phase of an image, zeros past it
-  at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cp, 0);
-  const bf16* xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
-  // xv[phase][e][n][c / 32][j][c % 32][2] = the phase's pixels (2j + e, 2j + e + 1) of image n,
-  // channel c (0 past the band): a task's B tiles lie in one run, rows of 128 bytes (with the
-  // channels of a pixel pair together, B rows 512 bytes apart at 128 channels, 3x3/2 128@56 spent
-  // half its time waiting on B loads from L2)
-  at::Tensor xv_t = at::empty({nph * 2 * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
+  // channels_last x is read in place; NCHW through the zero-padded NHWC band (a transpose)
+  at::Tensor band_t = nhwc ? at::Tensor() : padded_band(x, false, N, C, H, W, ph, pw, Hp, Wp, Cp, 0);
+  const bf16* xb = nhwc ? x : reinterpret_cast<const bf16*>(band_t.const_data_ptr());
+  // xv[phase][n][c / 32][j][c % 32][2] = the phase's pixels (2j, 2j + 1) of image n, channel c (0
+  // in the padding and past the band): a task's B tiles lie in one run, rows of 128 bytes (with
+  // the channels of a pixel pair together, B rows 512 bytes apart at 128 channels, 3x3/2 128@56
+  // spent half its time waiting on B loads from L2). A tap at an odd offset from the grid pixel
+  // starts its pairs one pixel early, and its A rows (dy) with it.
+  at::Tensor xv_t = at::empty({nph * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
   bf16* xv = reinterpret_cast<bf16*>(xv_t.data_ptr());
   const __m512i pairs = interleave_16();
-  for_each_task(nph * 2 * N, nph * 2 * N * Jn * Cp * 16, [&](int64_t fen) {
-    const int64_t f = fen / (2 * N), e = fen / N % 2, n = fen % N;
-    bf16* d = xv + fen * Jn * Cp * 2;
-    const bf16* src = xb + n * Hp * Wp * Cp;
-    int64_t row = 0, col = e;  // the phase's pixel 2j + e as (row, column), kept without divisions
-    auto pixel = [&](int64_t rw, int64_t cl) -> int64_t {  // its band pixel, -1 past the band
+  for_each_task(nph * N, nph * N * Jn * Cp * 16, [&](int64_t fn) {
+    const int64_t f = fn / N, n = fn % N;
+    bf16* d = xv + fn * Jn * Cp * 2;
+    // the pixel of x (nhwc) or of the band holding the phase's pixel (rw, cl), -1 for a zero
+    auto pixel = [&](int64_t rw, int64_t cl) -> int64_t {
       if (cl >= Ws) ++rw, cl -= Ws;
       const int64_t i = rw * sh + f / sw, jj = cl * sw + f % sw;
-      return i < Hp && jj < Wp ? i * Wp + jj : -1;
+      if (!nhwc) return i < Hp && jj < Wp ? (n * Hp + i) * Wp + jj : -1;
+      return i >= ph && i - ph < H && jj >= pw && jj - pw < W ? (n * H + i - ph) * W + jj - pw : -1;
     };
+    const int64_t cs = nhwc ? C : Cp;  // channels a pixel of the source
+    int64_t row = 0, col = 0;  // the phase's pixel 2j as (row, column), kept without divisions
     for (int64_t j = 0; j < Jn; ++j, col += 2) {
       while (col >= Ws) ++row, col -= Ws;
       const int64_t i0 = pixel(row, col), i1 = pixel(row, col + 1);
-      const __mmask32 m0 = i0 >= 0 ? 0xFFFF : 0, m1 = i1 >= 0 ? 0xFFFF : 0;
       for (int64_t c0 = 0; c0 < Cp; c0 += kTile) {
-        const __m512i a = _mm512_maskz_loadu_epi16(m0, src + std::max<int64_t>(i0, 0) * Cp + c0);
-        const __m512i b = _mm512_maskz_loadu_epi16(m1, src + std::max<int64_t>(i1, 0) * Cp + c0);
+        const __mmask32 cm = c0 + kTile <= cs ? 0xFFFF : c0 >= cs ? 0 : (1u << (cs - c0)) - 1;
+        const __m512i a = _mm512_maskz_loadu_epi16(i0 >= 0 ? cm : 0, xb + std::max<int64_t>(i0, 0) * cs + c0);
+        const __m512i b = _mm512_maskz_loadu_epi16(i1 >= 0 ? cm : 0, xb + std::max<int64_t>(i1, 0) * cs + c0);
         _mm512_storeu_si512(d + (c0 / kChan * Jn + j) * 2 * kChan + c0 % kChan * 2, _mm512_permutex2var_epi16(a, pairs, b));
       }
     }
   });
-  // dyt[n][k][m]: dy on the grid, 0 at the columns past Q, the pixels past P*Ws and the filters past K
-  at::Tensor dyt_t = at::zeros({N * Kp * Mg}, at::TensorOptions().dtype(at::kBFloat16));
-  bf16* dyt = reinterpret_cast<bf16*>(dyt_t.data_ptr());
+  // dyt[n][k][1 + m]: dy on the grid, 0 at the columns past Q, the pixels past P*Ws and the
+  // filters past K, and before pixel 0 (read by the A rows of odd taps)
+  at::Tensor dyt_t = at::zeros({N * Kp * Mg + kChan}, at::TensorOptions().dtype(at::kBFloat16));
+  bf16* dyt = reinterpret_cast<bf16*>(dyt_t.data_ptr()) + 1;
   for_each_task(N * P, N * P * Q * K * 16, [&](int64_t np) {
     const int64_t n = np / P, pp = np % P;
     int64_t k = 0;
@@ -722,8 +731,8 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
           }
           for (int64_t g = g0; g < g1; ++g) {
             const int64_t n = g / spi, m0 = g % spi * kChan;
-            const bf16* a0 = dyt + (n * Kp + kp * kChan) * Mg + m0;
-            const bf16* b0 = xv + (((f * 2 + e) * N + n) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
+            const bf16* a0 = dyt + (n * Kp + kp * kChan) * Mg + m0 - e;
+            const bf16* b0 = xv + ((f * N + n) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
             step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, 2 * kChan * int64_t(sizeof(bf16)));
           }
           store_2x2(c);
