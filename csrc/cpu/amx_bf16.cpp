@@ -382,9 +382,48 @@ void run_tiles(const TileJob& jb) {
   const int64_t nmb = ceil_div(npair, kPairs);
   for_each_task(N * nmb * nkpb, jb.macs, [&](int64_t task) {
     const int64_t kb_blk = task / (N * nmb), n = task / nmb % N, mb = task % nmb;
+    const int64_t mp0 = mb * kPairs, mp1 = std::min(npair, (mb + 1) * kPairs);
     configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
     alignas(64) float bv[2 * kTile];
+    // each pixel pair's rows' output pixels in their plane (-1 where a row has none), and for NCHW
+    // the runs they are stored by: a filter's 32 pixels, rounded together, are stored by runs of
+    // pixels ox apart in the plane (one per output row the 32 grid pixels touch), each a masked
+    // store of the 32 values, moved (when ox > 1, spread ox apart) so that the run's values land
+    // on its lanes. Worked out once a task, not once a filter block (1x1 layers, 4 steps a pixel
+    // pair, spent a third of their time on it).
+    struct Piece { int64_t at; __m512i idx; __mmask32 lanes; };
+    int64_t off[kPairs][2 * kTile];
+    Piece pieces[kPairs][2 * kTile];
+    int64_t npiece[kPairs] = {};
+    for (int64_t mp = mp0; mp < mp1; ++mp) {
+      int64_t* o = off[mp - mp0];
+      for (int64_t i = 0; i < 2 * kTile; ++i) {
+        const int64_t t = 2 * mp + i / kTile;
+        int64_t pp, q;
+        if (flat) {
+          const int64_t m = t * kTile + i % kTile;
+          pp = m / Wp, q = m % Wp;
+        } else {
+          pp = t / (Wg / kTile), q = t % (Wg / kTile) * kTile + i % kTile;
+        }
+        o[i] = (t >= ntile || pp >= P || q >= Q) ? -1 : (pp * jb.oy + jb.oa) * jb.Wo + q * jb.ox + jb.ob;
+      }
+      if (jb.nhwc) continue;
+      for (int64_t i = 0; i < 2 * kTile;) {
+        if (o[i] < 0) {
+          ++i;
+          continue;
+        }
+        int64_t len = 1;
+        while (i + len < 2 * kTile && len * jb.ox < 2 * kTile && o[i + len] == o[i] + len * jb.ox) ++len;
+        alignas(64) uint16_t idx[2 * kTile] = {};
+        __mmask32 lanes = 0;
+        for (int64_t l = 0; l < len; ++l) idx[l * jb.ox] = static_cast<uint16_t>(i + l), lanes |= __mmask32(1) << (l * jb.ox);
+        pieces[mp - mp0][npiece[mp - mp0]++] = {o[i], _mm512_load_si512(idx), lanes};
+        i += len;
+      }
+    }
     for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
       const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
       for (int64_t j = 0; j < 2 * kTile; ++j) {  // bias as float32 (bfloat16 = the top half)
@@ -395,7 +434,7 @@ void run_tiles(const TileJob& jb) {
       const bf16* b1 = b0 + nst * tile_elems;
       const __mmask16 m0 = static_cast<__mmask16>(kn >= kTile ? 0xFFFF : (1u << kn) - 1);
       const __mmask16 m1 = static_cast<__mmask16>(kn >= 2 * kTile ? 0xFFFF : kn <= kTile ? 0 : (1u << (kn - kTile)) - 1);
-      for (int64_t mp = mb * kPairs; mp < std::min(npair, (mb + 1) * kPairs); ++mp) {
+      for (int64_t mp = mp0; mp < mp1; ++mp) {
         zero_2x2();
         const int64_t t0 = 2 * mp, px0 = tile_base(n, t0), px1 = tile_base(n, t0 + 1);
         for (int64_t st = 0; st < nst; ++st) {
@@ -403,59 +442,29 @@ void run_tiles(const TileJob& jb) {
                    b1 + st * tile_elems, 64);
         }
         store_2x2(cbuf);
-        int64_t off[2 * kTile];  // each row's output pixel in its plane, -1 where it has none
-        for (int64_t i = 0; i < 2 * kTile; ++i) {
-          const int64_t t = t0 + i / kTile;
-          int64_t pp, q;
-          if (flat) {
-            const int64_t m = t * kTile + i % kTile;
-            pp = m / Wp, q = m % Wp;
-          } else {
-            pp = t / (Wg / kTile), q = t % (Wg / kTile) * kTile + i % kTile;
-          }
-          off[i] = (t >= ntile || pp >= P || q >= Q) ? -1 : (pp * jb.oy + jb.oa) * jb.Wo + q * jb.ox + jb.ob;
-        }
+        const int64_t* o = off[mp - mp0];
         if (jb.nhwc) {
           for (int64_t i = 0; i < 2 * kTile; ++i) {
-            if (off[i] < 0) continue;
+            if (o[i] < 0) continue;
             const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
             const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
-            bf16* o = y + (n * plane + off[i]) * K + k0;
-            _mm256_mask_storeu_epi16(o, m0, lo);
-            _mm256_mask_storeu_epi16(o + kTile, m1, hi);
+            bf16* out = y + (n * plane + o[i]) * K + k0;
+            _mm256_mask_storeu_epi16(out, m0, lo);
+            _mm256_mask_storeu_epi16(out + kTile, m1, hi);
           }
           continue;
         }
-        // NCHW: a filter's 32 pixels, gathered from the buffer's column and rounded together,
-        // stored by runs of pixels ox apart in the plane (one per output row the 32 grid pixels
-        // touch): each a masked store of the 32 values, moved (when ox > 1, spread ox apart) so
-        // that the run's values land on its lanes
-        struct Piece { int64_t at; __m512i idx; __mmask32 lanes; };
-        Piece pieces[2 * kTile];
-        int64_t npiece = 0;
-        for (int64_t i = 0; i < 2 * kTile;) {
-          if (off[i] < 0) {
-            ++i;
-            continue;
-          }
-          int64_t len = 1;
-          while (i + len < 2 * kTile && len * jb.ox < 2 * kTile && off[i + len] == off[i] + len * jb.ox) ++len;
-          alignas(64) uint16_t idx[2 * kTile] = {};
-          __mmask32 lanes = 0;
-          for (int64_t l = 0; l < len; ++l) idx[l * jb.ox] = static_cast<uint16_t>(i + l), lanes |= __mmask32(1) << (l * jb.ox);
-          pieces[npiece++] = {off[i], _mm512_load_si512(idx), lanes};
-          i += len;
-        }
         const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                _mm512_set1_epi32(2 * kTile));
+        const Piece* pc = pieces[mp - mp0];
         for (int64_t j = 0; j < kn; ++j) {
           const __m512 b = _mm512_set1_ps(bv[j]);
           const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
           const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
           const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
-          bf16* o = y + (n * K + k0 + j) * plane;
-          for (int64_t u = 0; u < npiece; ++u)
-            _mm512_mask_storeu_epi16(o + pieces[u].at, pieces[u].lanes, _mm512_permutexvar_epi16(pieces[u].idx, v));
+          bf16* out = y + (n * K + k0 + j) * plane;
+          for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
+            _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
         }
       }
     }
