@@ -168,6 +168,8 @@ AMX = [
     ((2, 3, 20, 22), 64, (7, 7), 2, 3, 1, 1),            # forward with < 32 channels: filter-row steps
     ((1, 16, 9, 10), 32, (3, 3), 2, 1, 1, 1),            # 2 taps (32 values) + 1 tap a row
     ((2, 5, 11, 9), 40, (3, 5), 1, (1, 2), (2, 1), 1),   # 5 taps of 5 channels in one step, dil_h 2
+    ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),            # forward with 16 filters (half a filter pair)
+    ((1, 40, 6, 7), 20, (3, 3), 2, 1, 1, 1),             # 20 filters: a block of 16 and one of 4
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX
 
