@@ -101,7 +101,6 @@ bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype) {  // forward's
          (weight_is_kcrs(p) || weight_is_krsc(p)) && filter_reach(p, 1) + filter_reach(p, -1) < (int64_t(1) << 31) - 1 &&
          amx_bf16_available();
 }
-bool supports(const Conv2dParams& p, at::ScalarType dtype) { return p.C >= kChan && p.K >= kChan && supports_any_c(p, dtype); }
 // NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
 // half amx_bf16's time (0.145 vs 0.29 ms, batch 8), the 7x7/2 stem in twice it (5.5 vs 2.5).
 bool row_mode(const Conv2dParams& p) { return p.C < kChan && p.dil_w == 1 && (is_nhwc(p) || p.S * p.C >= 16); }
@@ -116,7 +115,21 @@ bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
 bool turned_round(const Conv2dParams& p) {
   return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
 }
-bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype); }
+Conv2dParams turned(const Conv2dParams& p) {  // the forward-form problem: dy (N, K, P, Q) -> dx (N, C, H, W)
+  Conv2dParams f = p;
+  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
+  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  f.xs_n = p.ys_n, f.xs_c = p.ys_k, f.xs_h = p.ys_p, f.xs_w = p.ys_q;
+  f.ys_n = p.xs_n, f.ys_k = p.xs_c, f.ys_p = p.xs_h, f.ys_q = p.xs_w;
+  f.ws_k = p.ws_c, f.ws_c = p.ws_k, f.ws_r = -p.ws_r, f.ws_s = -p.ws_s;  // turned round
+  return f;
+}
+// dx's C channels are the forward's filters (>= 16); dy's K its channels: >= 32, or fewer in
+// row_mode where the filter is turned round (the phases' steps are one tap each)
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
+  if (p.C < kTile || !supports_any_c(p, dtype)) return false;
+  return p.K >= kChan || (turned_round(p) && row_mode(turned(p)));
+}
 
 struct __attribute__((packed)) TileConfig {
   uint8_t palette = 1, start_row = 0;
@@ -802,18 +815,14 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
                           reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
     return;
   }
-  Conv2dParams f = p;  // the forward-form problem: dy (N, K, P, Q) -> dx (N, C, H, W)
-  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
-  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
-  f.xs_n = p.ys_n, f.xs_c = p.ys_k, f.xs_h = p.ys_p, f.xs_w = p.ys_q;
-  f.ys_n = p.xs_n, f.ys_k = p.xs_c, f.ys_p = p.xs_h, f.ys_q = p.xs_w;
-  f.ws_k = p.ws_c, f.ws_c = p.ws_k, f.ws_r = -p.ws_r, f.ws_s = -p.ws_s;  // turned round
+  const Conv2dParams f = turned(p);
   const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
   forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
           reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
 }
 
-bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype); }
+// 16+ channels and filters (the tiles' other halves zero: CIFAR's 16->16 layers)
+bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) { return p.C >= kTile && supports_any_c(p, dtype); }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   backward_weight(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
