@@ -676,8 +676,11 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   });
   // dyt[n][k][1 + m]: dy on the grid, 0 at the columns past Q, the pixels past P*Ws and the
   // filters past K, and before pixel 0 (read by the A rows of odd taps)
-  at::Tensor dyt_t = at::zeros({N * Kp * Mg + kChan}, at::TensorOptions().dtype(at::kBFloat16));
+  // (zeroed by memset: at::zeros fills bfloat16 a value at a time, 5% of 1x1 128->512's time)
+  at::Tensor dyt_t = at::empty({N * Kp * Mg + kChan}, at::TensorOptions().dtype(at::kBFloat16));
   bf16* dyt = reinterpret_cast<bf16*>(dyt_t.data_ptr()) + 1;
+  for_each_task(N, N * Kp * Mg, [&](int64_t n) { std::memset(dyt - 1 + n * Kp * Mg, 0, sizeof(bf16) * Kp * Mg); });
+  std::memset(dyt - 1 + N * Kp * Mg, 0, sizeof(bf16) * kChan);
   for_each_task(N * P, N * P * Q * K * 16, [&](int64_t np) {
     const int64_t n = np / P, pp = np % P;
     int64_t k = 0;
