@@ -1,8 +1,8 @@
-// amx_bf16.cpp — bfloat16 forward convolution on the AMX tile units (Intel Sapphire Rapids and
-// later): groups = 1, any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter;
-// stride-1 backward-input, which is that forward on dy with the filter turned round; and
-// backward-weight, any stride (dy rows as A tiles, pairs of band pixels as B tiles: see
-// backward_weight).
+// amx_bf16.cpp — bfloat16 convolution on the AMX tile units (Intel Sapphire Rapids and later):
+// groups = 1, any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter.
+// Forward (below); backward-input, at stride 1 that forward on dy with the filter turned round,
+// strided by dx's stride phases (backward_input_phases); backward-weight with dy rows as A tiles
+// and pairs of band pixels as B tiles (backward_weight).
 //
 //   y[n,p,q,k] = bias[k] + sum_{r,s,c} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c] * w[k,c,r,s]
 //
@@ -34,13 +34,12 @@
 // the float32 kernels on float32 copies (conv2d_cpu.cpp).
 //
 // Speed (2 threads, batch 4; python -m conv_ext.bench --suite default --dtype bfloat16 --layout L
-// --passes forward): ResNet-50's layers forward 1.06-1.90x torch's own AMX path (oneDNN) in NCHW,
-// 0.87-1.83x channels_last, 600-1260 GFLOP/s at best (the float32 FMA peak is ~276); before,
-// through float32 copies, 0.50-0.89x; the 7x7/2 stem 1.76x NCHW, 0.94x channels_last (0.29x). Stride-1 backward-input 0.7-4x (python script timing
-// torch.ops.conv_ext.conv2d_backward_input against aten.convolution_backward, 64@56..512@7);
-// stride-1 backward-weight 1.0-3.2x NCHW, 0.75-5.6x channels_last (the same script with
-// conv2d_backward_weight; channels_last dy is copied filter-major by 32-bit gathers of two filters
-// x 16 pixels: 1x1 128->512 @28 0.57x -> 0.86x; 64@56 stays at 0.75-0.82x).
+// --passes forward,all, thirteenth round): ResNet-50's layers 1.6-2.7x torch's own AMX path
+// (oneDNN) forward and 1.2-1.7x forward+backward in NCHW, 0.89-2.2x and 0.93-1.9x channels_last,
+// up to 2.4 TFLOP/s (the float32 FMA peak is ~276 GFLOP/s); through float32 copies they ran at
+// 0.50-0.89x. The 7x7/2 stem forward 2.0x NCHW, 0.65x channels_last; its backward passes (3
+// channels) stay on the float32 kernels. See the README's "Other dtypes" for what each change
+// of the thirteenth round gained.
 // The results equal oneDNN's bit for bit on the layers tried (the same float32 sums in the same
 // order), and both are within a bfloat16 rounding of the float64 result.
 #include <ATen/ATen.h>
