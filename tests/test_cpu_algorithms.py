@@ -453,6 +453,33 @@ def test_amx_bf16_exact_on_integers(shape, pass_name, layout, filter_layout):
     assert torch.equal(out, exact), (out.double() - exact.double()).abs().max()
 
 
+@pytest.mark.parametrize("shape", [
+    ((2, 32, 12, 13), 32, (3, 3), 1, 1, 1, 32),
+    ((1, 20, 11, 17), 20, (3, 3), 2, 1, 1, 20),        # channel tail, strided, odd width (edge runs)
+    ((2, 48, 9, 21), 48, (5, 5), 2, 2, 1, 48),
+    ((1, 24, 8, 9), 24, (7, 7), 1, 3, 1, 24),
+    ((1, 16, 10, 10), 16, (3, 3), (1, 2), (0, 2), (2, 1), 16),  # dilation in height, uneven padding
+])
+def test_depthwise_bfloat16_forward_exact(shape):
+    """The depthwise kernel's own bfloat16 forward (channels_last: input rows converted per task)
+    on small nonzero integers equals the exact result rounded to bfloat16, bias included."""
+    if conv_ext.info()["cpu_capability"] == "portable":
+        pytest.skip("no SIMD kernels")
+    (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
+    geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    g = torch.Generator().manual_seed(2)
+
+    def ints(*size):
+        v = torch.randint(1, 4, size, generator=g) * (torch.randint(0, 2, size, generator=g) * 2 - 1)
+        return v.to(torch.bfloat16)
+
+    x = ints(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    wt, b = ints(k, 1, r, s), ints(k)
+    out = forced("depthwise", "forward", x, wt, b, None, geo)
+    assert out is not None and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, F.conv2d(x.double(), wt.double(), b.double(), *geo).to(torch.bfloat16))
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_bfloat16_default_is_amx_where_available(layout):
     """bfloat16 layers with >= 32 channels run amx_bf16 by default in all three passes (stride 1)
