@@ -480,6 +480,36 @@ def test_depthwise_bfloat16_forward_exact(shape):
     assert torch.equal(out, F.conv2d(x.double(), wt.double(), b.double(), *geo).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [
+    ((1, 3, 20, 22), 64, (7, 7), 2, 3, 1, 1),      # amx_bf16 forward's filter-row steps
+    ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),      # ... and its 16-channel backward passes
+    ((1, 32, 8, 8), 32, (3, 3), 1, 1, 1, 1),
+    ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 1),
+])
+def test_nonfinite_values_stay_local(shape, layout, dtype):
+    """An infinity or NaN in x (forward, backward-weight) or dy (backward-input) makes non-finite
+    exactly the outputs that read it, as in float64 torch: a kernel that multiplies zeros it puts
+    in with real neighbouring values (0 * inf = NaN) must not spread it (default algorithms). (Not
+    dy for backward-weight: torch's own result there depends on whether it multiplies the padding.)"""
+    x64, w64, b64, dy64, geo = make(shape, layout)
+    n, c, h, w = x64.shape
+    bad_x, bad_dy = x64.clone(), dy64.clone()
+    bad_x[0, 0, h // 2, w - 1] = float("inf")
+    bad_x[-1, c - 1, h - 1, 0] = float("nan")
+    bad_dy[0, 0, 0, dy64.shape[3] - 1] = float("-inf")
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 2 ** -6)
+    for pass_name in PASSES:
+        xx, dd = (x64, bad_dy) if pass_name == "backward_input" else (bad_x, dy64)
+        x, wt, b, dy = (t.to(dtype) for t in (xx, w64, b64, dd))
+        out = run_pass(pass_name, x, wt, b, dy, geo).double()
+        truth = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo)
+        finite = torch.isfinite(truth)
+        assert torch.equal(torch.isfinite(out), finite), (pass_name, testing.last_cpu_algorithm(pass_name))
+        assert rel_error(out[finite], truth[finite]) <= tol, pass_name
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_bfloat16_default_is_amx_where_available(layout):
     """bfloat16 layers with >= 32 channels run amx_bf16 by default in all three passes (stride 1)

@@ -66,6 +66,12 @@ const Algorithm& choose(Pass pass, const Conv2dParams& p, at::ScalarType dtype) 
   return *chosen;
 }
 
+const Algorithm& choose_automatic(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
+  for (const auto& a : registry())
+    if (a.pass == pass && a.supports(p, dtype)) return a;
+  TORCH_CHECK(false, "conv_ext: no CPU algorithm for this ", pass_name(pass), " problem");
+}
+
 std::vector<std::string> algorithm_names(Pass pass) {
   std::vector<std::string> names;
   for (const auto& a : registry())

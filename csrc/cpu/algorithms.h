@@ -61,6 +61,14 @@ bool register_algorithm(Algorithm algorithm);
 // else the supporting one of highest priority.
 const Algorithm& choose(Pass pass, const Conv2dParams& p, at::ScalarType dtype);
 
+// The supporting one of highest priority, whatever is forced (and not recorded as the last run).
+const Algorithm& choose_automatic(Pass pass, const Conv2dParams& p, at::ScalarType dtype);
+
+// Runs a float16/bfloat16 pass on float32 copies of its operands with the float32 algorithm of
+// highest priority, the result rounded into o.out: for a half-type kernel that finds in the data
+// (infinities, NaNs) a problem it cannot take (conv2d_cpu.cpp).
+void run_as_float32(Pass pass, const Conv2dParams& p, Operands& o);
+
 std::vector<std::string> algorithm_names(Pass pass);
 void force_algorithm(Pass pass, const std::string& name);  // "auto" restores automatic choice
 std::string forced_algorithm(Pass pass);

@@ -216,6 +216,28 @@ inline void transpose_16x16(__m512i r[16]) {
   }
 }
 
+// Whether any of x[0, n) is an infinity or a NaN (exponent bits all set). A product with such a
+// value is NaN even when the other factor is 0, so kernels whose tiles pair real values with
+// zeros they put in (row_mode's values past a filter row, backward-weight's grid columns past Q)
+// would turn a finite result NaN; they run such data on float32 copies (run_as_float32).
+bool has_nonfinite(const bf16* x, int64_t n) {
+  constexpr int64_t kChunk = int64_t(1) << 16;
+  const int64_t nchunk = ceil_div(n, kChunk);
+  std::vector<uint8_t> bad(static_cast<size_t>(nchunk), 0);
+  for_each_task(nchunk, n * 4, [&](int64_t c) {
+    const __m512i e = _mm512_set1_epi16(0x7F80);
+    __mmask32 m = 0;
+    int64_t i = c * kChunk;
+    const int64_t end = std::min(n, i + kChunk);
+    for (; i + 32 <= end; i += 32) m |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_loadu_si512(x + i), e), e);
+    for (; i < end; ++i) m |= (x[i] & 0x7F80) == 0x7F80;
+    bad[c] = m != 0;
+  });
+  for (const uint8_t b : bad)
+    if (b) return true;
+  return false;
+}
+
 // 16 float32 -> 16 bfloat16, round to nearest even
 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 
@@ -640,7 +662,9 @@ void backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w,
 // channels in VNNI pairs (pixels 2j, 2j + 1; a tap at an odd offset m + 2j' + 1 sums over m - 1
 // instead: its A rows start a pixel early, at a zero). Every dw element is one task's sum over
 // every pixel of every image, in a fixed order.
-void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
+// Returns false, having written nothing, where x holds an infinity or a NaN (see has_nonfinite:
+// the grid's columns past Q pair x's values with zeros), found while its pairs are copied.
+bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const bool nhwc = is_nhwc(p);
@@ -669,8 +693,11 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   at::Tensor xv_t = at::empty({nph * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
   bf16* xv = reinterpret_cast<bf16*>(xv_t.data_ptr());
   const __m512i pairs = interleave_16();
+  std::vector<uint8_t> nonfinite(static_cast<size_t>(nph * N), 0);
   for_each_task(nph * N, nph * N * Jn * Cp * 16, [&](int64_t fn) {
     const int64_t f = fn / N, n = fn % N;
+    const __m512i ex = _mm512_set1_epi16(0x7F80);
+    __mmask32 bad = 0;
     bf16* d = xv + fn * Jn * Cp * 2;
     // the pixel of x (nhwc) or of the band holding the phase's pixel (rw, cl), -1 for a zero
     auto pixel = [&](int64_t rw, int64_t cl) -> int64_t {
@@ -689,9 +716,13 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         const __m512i a = _mm512_maskz_loadu_epi16(i0 >= 0 ? cm : 0, xb + std::max<int64_t>(i0, 0) * cs + c0);
         const __m512i b = _mm512_maskz_loadu_epi16(i1 >= 0 ? cm : 0, xb + std::max<int64_t>(i1, 0) * cs + c0);
         _mm512_storeu_si512(d + (c0 / kChan * Jn + j) * 2 * kChan + c0 % kChan * 2, _mm512_permutex2var_epi16(a, pairs, b));
+        bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(a, ex), ex) | _mm512_cmpeq_epi16_mask(_mm512_and_si512(b, ex), ex);
       }
     }
+    nonfinite[fn] = bad != 0;
   });
+  for (const uint8_t b : nonfinite)
+    if (b) return false;
   // dyt[n][k][1 + m]: dy on the grid, 0 at the columns past Q, the pixels past P*Ws and the
   // filters past K, and before pixel 0 (read by the A rows of odd taps)
   // (zeroed by memset: at::zeros fills bfloat16 a value at a time, 5% of 1x1 128->512's time)
@@ -820,11 +851,14 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       }
     }
   });
+  return true;
 }
 
 #pragma GCC pop_options
 
 void run_forward(const Conv2dParams& p, Operands& o) {
+  if (row_mode(p) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
+    return run_as_float32(Pass::Forward, p, o);
   const bf16* bias = o.bias.defined() ? reinterpret_cast<const bf16*>(o.bias.const_data_ptr()) : nullptr;
   forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
           bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
@@ -837,6 +871,8 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
     return;
   }
   const Conv2dParams f = turned(p);
+  if (row_mode(f) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
+    return run_as_float32(Pass::BackwardInput, p, o);
   const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
   forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
           reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
@@ -846,8 +882,9 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) { return p.C >= kTile && supports_any_c(p, dtype); }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
-  backward_weight(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
-                  reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+  if (!backward_weight(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+                       reinterpret_cast<bf16*>(o.out.mutable_data_ptr())))
+    run_as_float32(Pass::BackwardWeight, p, o);
 }
 
 const bool registered =
