@@ -545,7 +545,7 @@ def test_lower_capability_subprocess(level):
         pytest.skip("this CPU has no AVX2")
     env = dict(os.environ, CONV_EXT_CPU_CAPABILITY=level)
     k = ("test_against_reference and ((implicit_gemm or gemm_1x1 or depthwise or winograd) and nhwc or direct_nchw"
-         " or grouped_nhwc or gemm_f64) or test_gemm_f64"
+         " or grouped_nhwc or gemm_f64) or test_gemm_f64 or test_depthwise_bfloat16 or test_nonfinite"
          if level == "avx2" else "test_default")
     if level == "avx2":  # a quarter of the cases keeps this quick; NCHW runs the same micro-kernel
         k += " or test_deterministic or test_default_accuracy"
