@@ -170,6 +170,9 @@ AMX = [
     ((2, 5, 11, 9), 40, (3, 5), 1, (1, 2), (2, 1), 1),   # 5 taps of 5 channels in one step, dil_h 2
     ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),            # forward with 16 filters (half a filter pair)
     ((1, 40, 6, 7), 20, (3, 3), 2, 1, 1, 1),             # 20 filters: a block of 16 and one of 4
+    ((2, 64, 9, 10), 128, (3, 3), 1, 1, 1, 4),           # groups: 16 channels, 32 filters each
+    ((1, 64, 8, 9), 64, (3, 3), 2, 1, 1, 2),             # groups, strided
+    ((1, 96, 7, 7), 48, (1, 1), 1, 0, 1, 3),             # groups of 32 channels, 16 filters
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX
 
