@@ -1,5 +1,6 @@
 // amx_bf16.cpp — bfloat16 convolution on the AMX tile units (Intel Sapphire Rapids and later):
-// groups = 1, any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter.
+// any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter; one group (a
+// grouped layer runs a group at a time: per_group).
 // Forward (below); backward-input, at stride 1 that forward on dy with the filter turned round,
 // strided by dx's stride phases (backward_input_phases); backward-weight with dy rows as A tiles
 // and pairs of band pixels as B tiles (backward_weight).
