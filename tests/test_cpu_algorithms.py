@@ -415,6 +415,17 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
             assert ours.is_contiguous(memory_format=fmt), pass_name
 
 
+def small_ints(seed, top):
+    """A maker of bfloat16 tensors of nonzero integers in [-top, top]: products and float32 sums
+    of them are exact, so a kernel's result can be held to the exact one, element for element."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ints(*size):
+        v = torch.randint(1, top + 1, size, generator=g) * (torch.randint(0, 2, size, generator=g) * 2 - 1)
+        return v.to(torch.bfloat16)
+    return ints
+
+
 AMX_EXACT = AMX + [
     ((2, 2048, 3, 3), 48, (1, 1), 1, 0, 1, 1),       # the filter's 2048 channels 4 KiB apart
     ((1, 34, 6, 7), 32, (2, 2), 1, 1, 1, 1),
@@ -437,12 +448,7 @@ def test_amx_bf16_exact_on_integers(shape, pass_name, layout, filter_layout):
     filter or the band out of place shows (the filter's first and last elements included)."""
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
     geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
-    g = torch.Generator().manual_seed(1)
-
-    def ints(*size):
-        v = torch.randint(1, 3, size, generator=g) * (torch.randint(0, 2, size, generator=g) * 2 - 1)
-        return v.to(torch.bfloat16)
-
+    ints = small_ints(seed=1, top=2)
     x, wt, b = ints(n, c, h, w), ints(k, c // groups, r, s), ints(k)
     dy = ints(*F.conv2d(x.double(), wt.double(), None, *geo).shape)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
@@ -470,12 +476,7 @@ def test_depthwise_bfloat16_forward_exact(shape):
         pytest.skip("no SIMD kernels")
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
     geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
-    g = torch.Generator().manual_seed(2)
-
-    def ints(*size):
-        v = torch.randint(1, 4, size, generator=g) * (torch.randint(0, 2, size, generator=g) * 2 - 1)
-        return v.to(torch.bfloat16)
-
+    ints = small_ints(seed=2, top=3)
     x = ints(n, c, h, w).contiguous(memory_format=torch.channels_last)
     wt, b = ints(k, 1, r, s), ints(k)
     out = forced("depthwise", "forward", x, wt, b, None, geo)
