@@ -13,7 +13,8 @@
 // filter tap, B = those 32 channels x 16 filters, C = 16 pixels x 16 filters.
 //
 // Layout. The input is copied once per call into a zero-padded NHWC band xb[n][Hp][Wp][Cp]
-// (Cp = C rounded up to 32; NCHW rows copied 32 channels of a pixel at a time), so the 16 rows of an
+// (Cp = C rounded up to 32; NCHW rows transposed by 16x16 word blocks; a channels_last 1x1
+// stride-1 input with 32k channels is its own band, read in place), so the 16 rows of an
 // A tile are 16 pixels at a fixed distance in memory: TILELOADD takes that distance as its
 // stride. At stride 1 the output grid is the padded width (tile rows run on across the row end,
 // and the columns past Q are computed and dropped: 16 → 18 columns on 16x16, 7 → 9 on 7x7); at
