@@ -173,6 +173,9 @@ AMX = [
     ((2, 64, 9, 10), 128, (3, 3), 1, 1, 1, 4),           # groups: 16 channels, 32 filters each
     ((1, 64, 8, 9), 64, (3, 3), 2, 1, 1, 2),             # groups, strided
     ((1, 96, 7, 7), 48, (1, 1), 1, 0, 1, 3),             # groups of 32 channels, 16 filters
+    ((2, 64, 9, 10), 64, (3, 3), 1, 1, 1, 2),            # groups of 32: one pass over the band
+    ((1, 256, 5, 5), 512, (3, 3), 1, 1, 1, 8),           # 8 groups of 32 channels, 64 filters
+    ((1, 96, 6, 5), 96, (1, 1), 1, 0, 1, 3),             # groups, a 1x1 input read in place
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX
 

@@ -389,6 +389,9 @@ struct TileJob {
   int64_t macs = 0;                      // for the thread pool's grain
   const bf16* tail = nullptr;            // tiles from band pixel tail_from on read a copy instead,
   int64_t tail_from = 0;                 // zeros after the band's end (a band read in place)
+  // Groups (1: none): group g reads the band's channels from g a_group on, B tiles from
+  // wp + g wp_group, writes output channels g K on of ldk (ldk 0: K) and its bias from there.
+  int64_t groups = 1, a_group = 0, wp_group = 0, ldk = 0;
 };
 
 void run_tiles(const TileJob& jb) {
@@ -399,7 +402,7 @@ void run_tiles(const TileJob& jb) {
   const bf16* wp = jb.wp;
   const bf16* bias = jb.bias;
   bf16* y = jb.y;
-  const int64_t plane = jb.Ho * jb.Wo;
+  const int64_t plane = jb.Ho * jb.Wo, ldk = jb.ldk ? jb.ldk : K;
 
   // the output grid: stride 1 -> rows of Wp (tiles run on across rows); else rows of Wg, one run
   // of tiles each
@@ -424,8 +427,11 @@ void run_tiles(const TileJob& jb) {
   const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
   constexpr int64_t kPairs = 4;
   const int64_t nmb = ceil_div(npair, kPairs);
-  for_each_task(N * nmb * nkpb, jb.macs, [&](int64_t task) {
-    const int64_t kb_blk = task / (N * nmb), n = task / nmb % N, mb = task % nmb;
+  for_each_task(jb.groups * N * nmb * nkpb, jb.macs, [&](int64_t task) {
+    const int64_t g = task / (N * nmb * nkpb), kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
+    const bf16* gwp = wp + g * jb.wp_group;
+    const bf16* gbias = bias ? bias + g * K : nullptr;
+    bf16* gy = y + g * K * (jb.nhwc ? 1 : plane);
     const int64_t mp0 = mb * kPairs, mp1 = std::min(npair, (mb + 1) * kPairs);
     configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
@@ -471,18 +477,18 @@ void run_tiles(const TileJob& jb) {
     for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
       const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
       for (int64_t j = 0; j < 2 * kTile; ++j) {  // bias as float32 (bfloat16 = the top half)
-        const uint32_t u = bias && j < kn ? uint32_t(bias[k0 + j]) << 16 : 0u;
+        const uint32_t u = gbias && j < kn ? uint32_t(gbias[k0 + j]) << 16 : 0u;
         std::memcpy(&bv[j], &u, 4);
       }
-      const bf16* b0 = wp + (2 * kp) * nst * tile_elems;
+      const bf16* b0 = gwp + (2 * kp) * nst * tile_elems;
       const bf16* b1 = b0 + nst * tile_elems;
       const __mmask16 m0 = static_cast<__mmask16>(kn >= kTile ? 0xFFFF : (1u << kn) - 1);
       const __mmask16 m1 = static_cast<__mmask16>(kn >= 2 * kTile ? 0xFFFF : kn <= kTile ? 0 : (1u << (kn - kTile)) - 1);
       for (int64_t mp = mp0; mp < mp1; ++mp) {
         zero_2x2();
         const int64_t t0 = 2 * mp;
-        const bf16* a0 = a_at(tile_base(n, t0));
-        const bf16* a1 = a_at(tile_base(n, t0 + 1));
+        const bf16* a0 = a_at(tile_base(n, t0)) + g * jb.a_group;
+        const bf16* a1 = a_at(tile_base(n, t0 + 1)) + g * jb.a_group;
         for (int64_t st = 0; st < nst; ++st)
           step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
         store_2x2(cbuf);
@@ -492,7 +498,7 @@ void run_tiles(const TileJob& jb) {
             if (o[i] < 0) continue;
             const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
             const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
-            bf16* out = y + (n * plane + o[i]) * K + k0;
+            bf16* out = gy + (n * plane + o[i]) * ldk + k0;
             _mm256_mask_storeu_epi16(out, m0, lo);
             _mm256_mask_storeu_epi16(out + kTile, m1, hi);
           }
@@ -506,7 +512,7 @@ void run_tiles(const TileJob& jb) {
           const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
           const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
           const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
-          bf16* out = y + (n * K + k0 + j) * plane;
+          bf16* out = gy + (n * ldk + k0 + j) * plane;
           for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
             _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
         }
@@ -516,9 +522,15 @@ void run_tiles(const TileJob& jb) {
   });
 }
 
-void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter) {
-  const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
+// Groups (p.groups > 1, each of a multiple of 32 channels: grouped_in_place) run in one pass
+// over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
+// w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
+void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
+             int64_t w_group = -1) {
+  const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int64_t G = p.groups, Cg = p.Cg(), K = p.Kg();
+  if (w_group < 0) w_group = K * p.ws_k;
   const bool nhwc = is_nhwc(p);
   const int64_t Hp = std::max(H + 2 * ph, (P - 1) * sh + (R - 1) * dh + 1);
   const int64_t Wp = std::max(W + 2 * pw, (Q - 1) * sw + (S - 1) * dw + 1);
@@ -529,8 +541,8 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   // sc = 32 / C consecutive taps of a filter row, whose sc*C values lie side by side in a band
   // of unpadded pixels (Cb = C; the A row's last 32 - sc*C values belong to the next pixels and
   // meet zero rows of B). Step st: A at a_off[st] from the tile row's pixel, B tile (r, s0, c0).
-  const bool rows = row_mode(p);
-  const int64_t Cb = rows ? C : round_up(C, kChan), sc = rows ? kChan / C : 1;
+  const bool rows = G == 1 && row_mode(p);
+  const int64_t Cb = rows ? C : round_up(C, kChan), sc = rows ? kChan / C : 1, Cs = rows ? C : round_up(Cg, kChan);
   std::vector<Step> steps;
   for (int64_t r = 0; r < R; ++r)
     for (int64_t s = 0; s < S; s += sc) {
@@ -538,17 +550,19 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
         steps.push_back({(r * dh * Wp + s) * Cb, r, s, 0});
         continue;
       }
-      for (int64_t c0 = 0; c0 < Cb; c0 += kChan) steps.push_back({(r * dh * Wp + s * dw) * Cb + c0, r, s, c0});
+      for (int64_t c0 = 0; c0 < Cs; c0 += kChan) steps.push_back({(r * dh * Wp + s * dw) * Cb + c0, r, s, c0});
     }
   const int64_t nst = static_cast<int64_t>(steps.size());
 
   // the filter: B tiles [kb][step][16 pair rows][16 filters][2], zeros past K, C and the row
-  const int64_t tile_elems = kTile * kChan, wfloats = nkp * 2 * nst * tile_elems / 2;
+  const int64_t tile_elems = kTile * kChan, group_elems = nkp * 2 * nst * tile_elems, wfloats = G * group_elems / 2;
   float* wscratch = scratch(3, wfloats);
-  const PackedFilter pf = packed_filter(filter, {0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, int64_t(rows)}, wfloats, wscratch, [&](float* dst) {
+  const PackedFilter pf = packed_filter(filter, {0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, int64_t(rows), G}, wfloats, wscratch, [&](float* dst) {
     bf16* d = reinterpret_cast<bf16*>(dst);
     if (!rows) {
-      pack_tiles(p, w, steps.data(), nst, nkp * 2, d);
+      Conv2dParams pg = p;  // one group's filters
+      pg.K = K, pg.C = Cg, pg.groups = 1;
+      for (int64_t g = 0; g < G; ++g) pack_tiles(pg, w + g * w_group, steps.data(), nst, nkp * 2, d + g * group_elems);
       return;
     }
     for_each_task(nkp * 2, nkp * 2 * nst * tile_elems, [&](int64_t kb) {
@@ -589,6 +603,7 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
   job.steps = steps.data(), job.nst = nst, job.wp = wp, job.K = K, job.bias = bias, job.y = y, job.nhwc = nhwc;
   job.Ho = P, job.Wo = Q, job.macs = p.macs();
+  job.groups = G, job.a_group = Cg, job.wp_group = group_elems, job.ldk = p.K;
   run_tiles(job);
 }
 
@@ -859,7 +874,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 #pragma GCC pop_options
 
 void forward_one(const Conv2dParams& p, Operands& o) {
-  if (row_mode(p) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
+  if (p.groups == 1 && row_mode(p) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
     return run_as_float32(Pass::Forward, p, o);
   const bf16* bias = o.bias.defined() ? reinterpret_cast<const bf16*>(o.bias.const_data_ptr()) : nullptr;
   forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
@@ -873,11 +888,11 @@ void backward_input_one(const Conv2dParams& p, Operands& o) {
     return;
   }
   const Conv2dParams f = turned(p);
-  if (row_mode(f) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
+  if (p.groups == 1 && row_mode(f) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
     return run_as_float32(Pass::BackwardInput, p, o);
   const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
   forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
-          reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
+          reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, p.Kg() * p.ws_k);
 }
 
 void backward_weight_one(const Conv2dParams& p, Operands& o) {
@@ -903,9 +918,18 @@ Conv2dParams group_params(const Conv2dParams& p) {
   return q;
 }
 
+// Groups of 32k channels (forward; backward-input where the filter is turned round: groups of
+// 32k filters) run in one pass, reading a band of all the channels in place (forward's groups):
+// ResNeXt's 32 groups of 32 @7, channels_last, forward 0.47 -> 0.16 ms (torch 0.15).
+bool grouped_in_place(Pass pass, const Conv2dParams& p) {
+  if (p.groups == 1 || !(is_nchw(p) || is_nhwc(p))) return false;
+  if (pass == Pass::Forward) return p.Cg() % kChan == 0 && p.Kg() >= kTile;
+  return pass == Pass::BackwardInput && turned_round(p) && p.Kg() % kChan == 0 && p.Cg() >= kTile;
+}
+
 template <typename One>
 void per_group(Pass pass, const Conv2dParams& p, Operands& o, One one) {
-  if (p.groups == 1) return one(p, o);
+  if (p.groups == 1 || grouped_in_place(pass, p)) return one(p, o);
   const Conv2dParams q = group_params(p);
   const auto fmt = is_nhwc(p) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t Cg = q.C, Kg = q.K;
@@ -939,10 +963,12 @@ bool grouped_ok(const Conv2dParams& p) {
   return (is_nchw(p) || is_nhwc(p)) && (p.groups <= 4 || (p.Cg() >= kChan && p.Kg() >= kChan));
 }
 bool supports_forward_any(const Conv2dParams& p, at::ScalarType dtype) {
-  return p.groups == 1 ? supports_forward(p, dtype) : grouped_ok(p) && supports_forward(group_params(p), dtype);
+  if (p.groups == 1) return supports_forward(p, dtype);
+  return (grouped_ok(p) || grouped_in_place(Pass::Forward, p)) && supports_forward(group_params(p), dtype);
 }
 bool supports_backward_input_any(const Conv2dParams& p, at::ScalarType dtype) {
-  return p.groups == 1 ? supports_backward_input(p, dtype) : grouped_ok(p) && supports_backward_input(group_params(p), dtype);
+  if (p.groups == 1) return supports_backward_input(p, dtype);
+  return (grouped_ok(p) || grouped_in_place(Pass::BackwardInput, p)) && supports_backward_input(group_params(p), dtype);
 }
 // 16+ channels and filters (the tiles' other halves zero: CIFAR's 16->16 layers)
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
