@@ -786,14 +786,16 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // filters). One tap and one filter block a task over whole images streamed A and B from L3
   // for every tap: 64@56 3x3 ran at 700 GFLOP/s, a third of forward's; with every filter block a
   // task re-reading the band, 3x3/2 128@56 at 650.
-  const int64_t ncp = Cp / kChan, nkp = Kp / kChan, RS = R * S;
+  // Groups (of 32k channels and filters: grouped_in_place): channel block cp belongs to group
+  // cp / ncpg, whose filter blocks alone it meets.
+  const int64_t ncp = Cp / kChan, nkp = Kp / kChan, RS = R * S, ncpg = ncp / p.groups, nkpg = nkp / p.groups;
   const int64_t want = 2 * at::get_num_threads();
   int64_t ntg = std::min(RS, ceil_div(want, ncp));
   const int64_t tg = ceil_div(RS, ntg);
   ntg = ceil_div(RS, tg);
-  int64_t nkg = std::max(ceil_div(nkp * tg, 64), std::min(nkp, ceil_div(want, ncp * ntg)));
-  const int64_t kg = ceil_div(nkp, nkg);
-  nkg = ceil_div(nkp, kg);
+  int64_t nkg = std::max(ceil_div(nkpg * tg, 64), std::min(nkpg, ceil_div(want, ncp * ntg)));
+  const int64_t kg = ceil_div(nkpg, nkg);
+  nkg = ceil_div(nkpg, kg);
   constexpr int64_t kChunk = 8 * kChan;
   std::vector<int64_t> tap_w(static_cast<size_t>(RS));  // where tap (r, s) lies in a (k, c) filter row
   for (int64_t rs = 0; rs < RS; ++rs) tap_w[rs] = rs / S * p.ws_r + rs % S * p.ws_s;
@@ -801,8 +803,10 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   bool kcrs_run = tg == RS && p.ws_c == RS;
   for (int64_t rs = 0; rs < RS; ++rs) kcrs_run = kcrs_run && tap_w[rs] == rs;
   for_each_task(ncp * nkg * ntg, p.macs(), [&](int64_t task) {  // channels outer: a task's band pairs stay in L2
-    const int64_t cp = task / (nkg * ntg), kg0 = task / ntg % nkg * kg, kg1 = std::min(nkp, kg0 + kg);
-    const int64_t rs0 = task % ntg * tg, rs1 = std::min(RS, rs0 + tg), c0 = cp * kChan, cn = std::min(kChan, C - c0);
+    const int64_t cp = task / (nkg * ntg), gk = cp / ncpg * nkpg;  // the group's first filter block
+    const int64_t kg0 = gk + task / ntg % nkg * kg, kg1 = std::min(gk + nkpg, kg0 + kg);
+    const int64_t rs0 = task % ntg * tg, rs1 = std::min(RS, rs0 + tg);
+    const int64_t c0 = cp % ncpg * kChan, cn = std::min(kChan, p.Cg() - c0);  // channels within the group
     const __mmask16 cmask0 = static_cast<__mmask16>(cn >= kTile ? 0xFFFF : (1u << cn) - 1);
     const __mmask16 cmask1 = static_cast<__mmask16>(cn >= 2 * kTile ? 0xFFFF : cn <= kTile ? 0 : (1u << (cn - kTile)) - 1);
     configure_tiles();
@@ -924,6 +928,7 @@ Conv2dParams group_params(const Conv2dParams& p) {
 bool grouped_in_place(Pass pass, const Conv2dParams& p) {
   if (p.groups == 1 || !(is_nchw(p) || is_nhwc(p))) return false;
   if (pass == Pass::Forward) return p.Cg() % kChan == 0 && p.Kg() >= kTile;
+  if (pass == Pass::BackwardWeight) return p.Cg() % kChan == 0 && p.Kg() % kChan == 0;
   return pass == Pass::BackwardInput && turned_round(p) && p.Kg() % kChan == 0 && p.Cg() >= kTile;
 }
 
@@ -973,7 +978,8 @@ bool supports_backward_input_any(const Conv2dParams& p, at::ScalarType dtype) {
 // 16+ channels and filters (the tiles' other halves zero: CIFAR's 16->16 layers)
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   const Conv2dParams q = p.groups == 1 ? p : group_params(p);
-  return (p.groups == 1 || grouped_ok(p)) && q.C >= kTile && supports_any_c(q, dtype);
+  return (p.groups == 1 || grouped_ok(p) || grouped_in_place(Pass::BackwardWeight, p)) && q.C >= kTile &&
+         supports_any_c(q, dtype);
 }
 void run_forward(const Conv2dParams& p, Operands& o) { per_group(Pass::Forward, p, o, forward_one); }
 void run_backward_input(const Conv2dParams& p, Operands& o) { per_group(Pass::BackwardInput, p, o, backward_input_one); }
