@@ -176,6 +176,8 @@ AMX = [
     ((2, 64, 9, 10), 64, (3, 3), 1, 1, 1, 2),            # groups of 32: one pass over the band
     ((1, 256, 5, 5), 512, (3, 3), 1, 1, 1, 8),           # 8 groups of 32 channels, 64 filters
     ((1, 96, 6, 5), 96, (1, 1), 1, 0, 1, 3),             # groups, a 1x1 input read in place
+    ((2, 128, 7, 8), 128, (3, 3), 1, 1, 1, 8),           # 8 groups of 16: A rows reach the next group
+    ((1, 80, 6, 6), 80, (1, 1), 1, 0, 1, 5),             # 5 groups of 16: the last reads band padding
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX
 
@@ -494,6 +496,7 @@ def test_depthwise_bfloat16_forward_exact(shape):
     ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),      # ... and its 16-channel backward passes
     ((1, 32, 8, 8), 32, (3, 3), 1, 1, 1, 1),
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 1),
+    ((1, 128, 9, 9), 128, (3, 3), 1, 1, 1, 8),     # ... and its groups of 16 channels
 ])
 def test_nonfinite_values_stay_local(shape, layout, dtype):
     """An infinity or NaN in x (forward, backward-weight) or dy (backward-input) makes non-finite
