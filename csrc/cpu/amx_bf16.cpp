@@ -1,5 +1,5 @@
 // amx_bf16.cpp — bfloat16 convolution on the AMX tile units (Intel Sapphire Rapids and later):
-// any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter; groups of 32k
+// any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter; groups of 16k
 // channels in one pass (grouped_in_place), up to 4 other groups a group at a time (per_group).
 // Forward (below); backward-input, at stride 1 that forward on dy with the filter turned round,
 // strided by dx's stride phases (backward_input_phases); backward-weight with dy rows as A tiles
