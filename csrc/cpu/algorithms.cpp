@@ -44,6 +44,12 @@ bool register_algorithm(Algorithm algorithm) {
   return true;
 }
 
+const Algorithm& choose_automatic(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
+  for (const auto& a : registry())
+    if (a.pass == pass && a.supports(p, dtype)) return a;
+  TORCH_CHECK(false, "conv_ext: no CPU algorithm for this ", pass_name(pass), " problem");
+}
+
 const Algorithm& choose(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
   const auto& algos = registry();
   const int forced = forced_index[static_cast<int>(pass)].load(std::memory_order_relaxed);
@@ -55,21 +61,10 @@ const Algorithm& choose(Pass pass, const Conv2dParams& p, at::ScalarType dtype) 
                 " H=", p.H, " W=", p.W, " K=", p.K, " R=", p.R, " S=", p.S, " groups=", p.groups,
                 " dtype=", dtype, ")");
   } else {
-    for (const auto& a : algos)
-      if (a.pass == pass && a.supports(p, dtype)) {
-        chosen = &a;
-        break;
-      }
+    chosen = &choose_automatic(pass, p, dtype);
   }
-  TORCH_CHECK(chosen != nullptr, "conv_ext: no CPU algorithm for this ", pass_name(pass), " problem");
   last_run[static_cast<int>(pass)] = chosen;
   return *chosen;
-}
-
-const Algorithm& choose_automatic(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
-  for (const auto& a : registry())
-    if (a.pass == pass && a.supports(p, dtype)) return a;
-  TORCH_CHECK(false, "conv_ext: no CPU algorithm for this ", pass_name(pass), " problem");
 }
 
 std::vector<std::string> algorithm_names(Pass pass) {

@@ -183,6 +183,14 @@ inline void store_2x2(float (*cbuf)[2 * kTile]) {  // cbuf[32][32]: C00 | C01 ov
   _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
 }
 
+// The first n of 16 lanes (none for n <= 0, all for n >= 16).
+inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>(n >= kTile ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1); }
+// 16 32-bit lanes holding 0, step, 2 step, ... (gather offsets).
+inline __m512i lane_steps(int64_t step) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(static_cast<int>(step)));
+}
+
 // The index for _mm512_permutex2var_epi16(a, idx, b) that interleaves the low 16 values of a and of
 // b: lane 2t takes a's value t, lane 2t + 1 b's (index 32 + t of the pair of vectors).
 inline __m512i interleave_16() {
@@ -277,7 +285,7 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
       for (int64_t c0 = 0; c0 < Cp; c0 += kChan)
         for (int64_t w0 = 0; w0 < wend; w0 += kTile) {
           const int64_t wn = std::min(kTile, wend - w0);
-          const __mmask16 wm = static_cast<__mmask16>(wn == kTile ? 0xFFFF : (1u << wn) - 1);
+          const __mmask16 wm = first_lanes(wn);
           __m512i r[kTile];
           for (int64_t i = 0; i < kTile; ++i) {
             const int64_t c = c0 + 2 * i;
@@ -320,7 +328,7 @@ void pack_tiles(const Conv2dParams& p, const bf16* w, const Step* steps, int64_t
   // The element of w with the highest address is read by its word one element lower (and the
   // high half taken): a word at it would reach past the tensor's end.
   const int64_t hi = filter_reach(p, 1);
-  const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i lanes = lane_steps(1);
   const __m512i vhi = _mm512_set1_epi32(static_cast<int>(hi)), low16 = _mm512_set1_epi32(0xFFFF);
   const __m512i pairs = interleave_16();
   auto word = [&](__mmask16 m, __m512i idx) {  // the 16-bit values at idx, in the low halves
@@ -436,6 +444,7 @@ void run_tiles(const TileJob& jb) {
     configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
     alignas(64) float bv[2 * kTile];
+    const __m512i col = lane_steps(2 * kTile);     // a filter's column of cbuf
     // each pixel pair's rows' output pixels in their plane (-1 where a row has none), and for NCHW
     // the runs they are stored by: a filter's 32 pixels, rounded together, are stored by runs of
     // pixels ox apart in the plane (one per output row the 32 grid pixels touch), each a masked
@@ -482,8 +491,7 @@ void run_tiles(const TileJob& jb) {
       }
       const bf16* b0 = gwp + (2 * kp) * nst * tile_elems;
       const bf16* b1 = b0 + nst * tile_elems;
-      const __mmask16 m0 = static_cast<__mmask16>(kn >= kTile ? 0xFFFF : (1u << kn) - 1);
-      const __mmask16 m1 = static_cast<__mmask16>(kn >= 2 * kTile ? 0xFFFF : kn <= kTile ? 0 : (1u << (kn - kTile)) - 1);
+      const __mmask16 m0 = first_lanes(kn), m1 = first_lanes(kn - kTile);
       for (int64_t mp = mp0; mp < mp1; ++mp) {
         zero_2x2();
         const int64_t t0 = 2 * mp;
@@ -504,8 +512,6 @@ void run_tiles(const TileJob& jb) {
           }
           continue;
         }
-        const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                               _mm512_set1_epi32(2 * kTile));
         const Piece* pc = pieces[mp - mp0];
         for (int64_t j = 0; j < kn; ++j) {
           const __m512 b = _mm512_set1_ps(bv[j]);
@@ -729,7 +735,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       while (col >= Ws) ++row, col -= Ws;
       const int64_t i0 = pixel(row, col), i1 = pixel(row, col + 1);
       for (int64_t c0 = 0; c0 < Cp; c0 += kTile) {
-        const __mmask32 cm = c0 + kTile <= cs ? 0xFFFF : c0 >= cs ? 0 : (1u << (cs - c0)) - 1;
+        const __mmask32 cm = first_lanes(cs - c0);
         const __m512i a = _mm512_maskz_loadu_epi16(i0 >= 0 ? cm : 0, xb + std::max<int64_t>(i0, 0) * cs + c0);
         const __m512i b = _mm512_maskz_loadu_epi16(i1 >= 0 ? cm : 0, xb + std::max<int64_t>(i1, 0) * cs + c0);
         _mm512_storeu_si512(d + (c0 / kChan * Jn + j) * 2 * kChan + c0 % kChan * 2, _mm512_permutex2var_epi16(a, pairs, b));
@@ -752,13 +758,12 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     int64_t k = 0;
     if (nhwc) {  // filters k, k+1 of 16 pixels at once: 32-bit gathers of (dy[q][k], dy[q][k+1])
       const bf16* row = dy + ((n * P + pp) * Q) * K;
-      const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                             _mm512_set1_epi32(static_cast<int>(K)));
+      const __m512i idx = lane_steps(K);
       for (; k + 1 < K; k += 2) {
         bf16* o0 = dyt + (n * Kp + k) * Mg + pp * Ws;
         bf16* o1 = o0 + Mg;
         for (int64_t q0 = 0; q0 < Q; q0 += kTile) {
-          const __mmask16 m = static_cast<__mmask16>(Q - q0 >= kTile ? 0xFFFF : (1u << (Q - q0)) - 1);
+          const __mmask16 m = first_lanes(Q - q0);
           const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, row + q0 * K + k, 2);
           const __m512i hi = _mm512_maskz_srli_epi32(0xFFFF, v, 16);  // (the maskz forms: no undefined
           _mm256_mask_storeu_epi16(o0 + q0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, v));  // lanes for GCC)
@@ -807,8 +812,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     const int64_t kg0 = gk + task / ntg % nkg * kg, kg1 = std::min(gk + nkpg, kg0 + kg);
     const int64_t rs0 = task % ntg * tg, rs1 = std::min(RS, rs0 + tg);
     const int64_t c0 = cp % ncpg * kChan, cn = std::min(kChan, p.Cg() - c0);  // channels within the group
-    const __mmask16 cmask0 = static_cast<__mmask16>(cn >= kTile ? 0xFFFF : (1u << cn) - 1);
-    const __mmask16 cmask1 = static_cast<__mmask16>(cn >= 2 * kTile ? 0xFFFF : cn <= kTile ? 0 : (1u << (cn - kTile)) - 1);
+    const __mmask16 cmask0 = first_lanes(cn), cmask1 = first_lanes(cn - kTile);
     configure_tiles();
     // acc[tap][filter block][filter][channel]: the C tiles between chunks
     float (*acc)[2 * kTile][2 * kTile] = reinterpret_cast<float (*)[2 * kTile][2 * kTile]>(scratch(5, tg * kg * kChan * kChan));

@@ -199,21 +199,19 @@ at::Tensor backward_bias(const at::Tensor& grad_output) {
 void run_as_float32(Pass pass, const Conv2dParams& p, Operands& o) {
   // float32 copies in the same layouts (so p's strides hold), but the filter (or dw) KCRS when the
   // float32 algorithm does not read channels_last filters
-  Conv2dParams q = p;
   const bool weight_operand = pass != Pass::BackwardWeight;
   const at::Tensor& w = weight_operand ? o.b : o.out;
   const bool krsc = !w.is_contiguous() && w.is_contiguous(at::MemoryFormat::ChannelsLast);
+  Conv2dParams q = p;
   q.ws_k = q.Cg() * q.R * q.S, q.ws_c = q.R * q.S, q.ws_r = q.S, q.ws_s = 1;
   const Algorithm& a = choose_automatic(pass, q, at::kFloat);
-  if (krsc && a.krsc_weights) q = p;
-  auto as_float = [&](const at::Tensor& t, bool filter) {
-    if (!t.defined()) return t;
-    return filter && !(krsc && a.krsc_weights) ? t.to(at::kFloat).contiguous() : t.to(at::kFloat);
-  };
-  const at::Tensor a32 = as_float(o.a, false), b32 = as_float(o.b, weight_operand), bias32 = as_float(o.bias, false);
-  at::Tensor out32 = weight_operand ? at::empty_like(o.out, o.out.options().dtype(at::kFloat))
-                                    : at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat));
-  if (!weight_operand && krsc && a.krsc_weights) out32 = at::empty_like(o.out, o.out.options().dtype(at::kFloat));
+  const bool filter_as_is = krsc && a.krsc_weights;  // else KCRS
+  if (filter_as_is) q = p;
+  auto as_float = [](const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; };
+  const at::Tensor a32 = as_float(o.a), bias32 = as_float(o.bias);
+  const at::Tensor b32 = weight_operand && !filter_as_is ? as_float(o.b).contiguous() : as_float(o.b);
+  const auto opts = o.out.options().dtype(at::kFloat);
+  at::Tensor out32 = weight_operand || filter_as_is ? at::empty_like(o.out, opts) : at::empty(o.out.sizes(), opts);
   Operands f{a32, b32, bias32, out32};
   a.run(q, f);
   o.out.copy_(out32);

@@ -1227,6 +1227,15 @@ void on_nhwc_tiles(const Conv2dParams& p, const float* in, int64_t in_hw, float*
 
 }  // namespace
 
+// The bias padded with zeros to whole vectors (the runs read it a vector at a time), or null.
+const float* padded_bias(const float* bias, int64_t C) {
+  if (!bias) return nullptr;
+  float* bp = scratch(5, round_up(C, VL));
+  std::fill(bp, bp + round_up(C, VL), 0.f);
+  std::copy(bias, bias + C, bp);
+  return bp;
+}
+
 void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
                        bool nhwc) {
   if (!nhwc && flat_ok(p, false)) return flat_planes(p, flat_plan(p, false), x, w, bias, y);
@@ -1237,13 +1246,7 @@ void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, co
     });
   }
   if (!nhwc) return nchw_forward(p, x, w, bias, y);
-  float* bp = nullptr;
-  if (bias) {
-    bp = scratch(5, round_up(p.C, VL));
-    std::fill(bp, bp + round_up(p.C, VL), 0.f);
-    std::copy(bias, bias + p.C, bp);
-  }
-  nhwc_gather(p, x, pack_taps(p, w), bp, y, false);
+  nhwc_gather(p, x, pack_taps(p, w), padded_bias(bias, p.C), y, false);
 }
 
 void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
@@ -1326,12 +1329,7 @@ void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const floa
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h, Cp = round_up(C, VL);
   const float* wt = pack_taps(p, w);
-  float* bp = nullptr;
-  if (bias) {
-    bp = scratch(5, Cp);
-    std::fill(bp, bp + Cp, 0.f);
-    std::copy(bias, bias + C, bp);
-  }
+  const float* bp = padded_bias(bias, C);
   const bool s1 = p.stride_w == 1;
   const auto runs = S == 3 ? (s1 ? forward_runs<3, 1> : forward_runs<3, 2>)
                   : S == 5 ? (s1 ? forward_runs<5, 1> : forward_runs<5, 2>)
