@@ -179,7 +179,15 @@ AMX = [
     ((2, 128, 7, 8), 128, (3, 3), 1, 1, 1, 8),           # 8 groups of 16: A rows reach the next group
     ((1, 80, 6, 6), 80, (1, 1), 1, 0, 1, 5),             # 5 groups of 16: the last reads band padding
 ]
-SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX
+# < 16 channels (amx_bf16_rows' backward passes: the taps of a filter row side by side)
+AMX_ROWS = [
+    ((2, 3, 37, 35), 64, (7, 7), 2, 3, 1, 1),            # the stem: 21 of 32 window values; rows of 18 pixels
+    ((3, 8, 10, 10), 33, (5, 5), 3, 4, 1, 1),            # windows of 40 (2 column blocks), 33 filters, stride 3
+    ((1, 1, 8, 40), 17, (3, 9), 1, 0, 1, 1),             # 1 channel, 17 filters (odd), 38 pixels a row (> 32)
+    ((2, 15, 6, 7), 20, (2, 3), (2, 1), (1, 2), (3, 1), 1),  # 15 channels: windows of 45, dil_h 3
+    ((1, 4, 5, 5), 32, (3, 3), 1, 1, 1, 1),              # 32 filters: channels_last dy read in place
+]
+SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX + AMX_ROWS
 
 
 def make(shape, layout, dtype=torch.float64, seed=0):
@@ -237,7 +245,7 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
 
 
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
-BF16_ALGORITHMS = ("amx_bf16",)  # bfloat16 kernels (where the CPU has AMX: else "does not support")
+BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows")  # bfloat16 kernels (where the CPU has AMX: else "does not support")
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):
@@ -363,6 +371,27 @@ def test_deterministic(shape, layout):
             assert torch.equal(a, o)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [
+    ((3, 3, 70, 66), 64, (7, 7), 2, 3, 1, 1),     # amx_bf16_rows: several parts of 64 steps
+    ((2, 64, 20, 20), 64, (3, 3), 1, 1, 1, 1),
+], ids=str)
+def test_deterministic_bfloat16(shape, layout):
+    """bfloat16 kernels: the same bits on two runs and for 1 and 2 threads."""
+    x, wt, b, dy, geo = (t.to(torch.bfloat16) if torch.is_tensor(t) else t for t in make(shape, layout))
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n_threads in (threads, threads, 1):
+            torch.set_num_threads(n_threads)
+            outs.append([run_pass(p, x, wt, b, dy, geo) for p in PASSES])
+    finally:
+        torch.set_num_threads(threads)
+    for other in outs[1:]:
+        for a, o in zip(outs[0], other):
+            assert torch.equal(a, o)
+
+
 # float32 accuracy of the default choice at sizes like the benchmark's (but smaller batch)
 ACCURACY = [
     ((1, 64, 28, 28), 64, (3, 3), 1, 1, 1, 1),
@@ -431,7 +460,7 @@ def small_ints(seed, top):
     return ints
 
 
-AMX_EXACT = AMX + [
+AMX_EXACT = AMX + AMX_ROWS + [
     ((2, 2048, 3, 3), 48, (1, 1), 1, 0, 1, 1),       # the filter's 2048 channels 4 KiB apart
     ((1, 34, 6, 7), 32, (2, 2), 1, 1, 1, 1),
     ((1, 32, 5, 6), 32, (1, 1), 1, 1, 1, 1),          # padding past dil (R-1): backward-input by phases
@@ -447,10 +476,14 @@ AMX_EXACT = AMX + [
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("pass_name", PASSES)
 @pytest.mark.parametrize("shape", AMX_EXACT)
-def test_amx_bf16_exact_on_integers(shape, pass_name, layout, filter_layout):
-    """amx_bf16 on small nonzero integers: every product and float32 sum is exact, so the result
-    must be the exact one rounded to bfloat16, element for element -- any value of the packed
-    filter or the band out of place shows (the filter's first and last elements included)."""
+@pytest.mark.parametrize("algo", BF16_ALGORITHMS)
+def test_amx_bf16_exact_on_integers(algo, shape, pass_name, layout, filter_layout):
+    """amx_bf16 (and amx_bf16_rows) on small nonzero integers: every product and float32 sum is
+    exact, so the result must be the exact one rounded to bfloat16, element for element -- any
+    value of the packed filter or the band out of place shows (the filter's first and last
+    elements included)."""
+    if algo not in testing.cpu_algorithms(pass_name):
+        pytest.skip(f"{algo} has no {pass_name}")
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
     geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
     ints = small_ints(seed=1, top=2)
@@ -460,9 +493,9 @@ def test_amx_bf16_exact_on_integers(shape, pass_name, layout, filter_layout):
     x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
     if filter_layout == "krsc":
         wt = wt.contiguous(memory_format=torch.channels_last)
-    out = forced("amx_bf16", pass_name, x, wt, b, dy, geo)
+    out = forced(algo, pass_name, x, wt, b, dy, geo)
     if out is None:
-        pytest.skip("amx_bf16 does not support this problem (or this CPU)")
+        pytest.skip(f"{algo} does not support this problem (or this CPU)")
     exact = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo).to(torch.bfloat16)
     assert torch.equal(out, exact), (out.double() - exact.double()).abs().max()
 
@@ -492,8 +525,9 @@ def test_depthwise_bfloat16_forward_exact(shape):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", [
-    ((1, 3, 20, 22), 64, (7, 7), 2, 3, 1, 1),      # amx_bf16 forward's filter-row steps
-    ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),      # ... and its 16-channel backward passes
+    ((1, 3, 20, 22), 64, (7, 7), 2, 3, 1, 1),      # amx_bf16 forward's filter-row steps, amx_bf16_rows
+    ((2, 8, 9, 40), 33, (3, 5), 1, 2, 1, 1),       # amx_bf16_rows: windows of 40, rows of 40 pixels
+    ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),      # amx_bf16's 16-channel backward passes
     ((1, 32, 8, 8), 32, (3, 3), 1, 1, 1, 1),
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 1),
     ((1, 128, 9, 9), 128, (3, 3), 1, 1, 1, 8),     # ... and its groups of 16 channels

@@ -57,6 +57,7 @@
 
 #include "algorithms.h"
 #include "filter_cache.h"
+#include "amx_tiles.h"
 #include "kernel_util.h"
 
 namespace conv_ext {
@@ -79,152 +80,10 @@ bool amx_bf16_available() {
   return ok;
 }
 
-namespace {
-
-constexpr int64_t kTile = 16;   // pixels (A rows), filters (B columns)
-constexpr int64_t kChan = 32;   // channels per A row / B tile
-
-// The farthest element of the filter from w, above it (sign 1) or below (-1: a turned-round filter).
-int64_t filter_reach(const Conv2dParams& p, int64_t sign) {
-  int64_t r = 0;
-  for (const int64_t e : {(p.K - 1) * p.ws_k, (p.C - 1) * p.ws_c, (p.R - 1) * p.ws_r, (p.S - 1) * p.ws_s})
-    r += std::max<int64_t>(0, sign * e);
-  return r;
-}
-
-// Worth it where the tiles are mostly full: >= 32 channels in and out. Forward also takes fewer
-// input channels (the RGB stems) with the taps of a filter row as the reduction (row_mode), and
-// 16 filters (half its B tiles zero, still 1.2-3x the float32 kernels on converted copies: CIFAR's
-// 16->16 3x3 @32 channels_last 0.133 -> 0.057 ms, 5x5 0.287 -> 0.090).
-// The filter's elements are gathered by 32-bit offsets (pack_tiles): it must span < 2^31 of them.
-bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype) {  // forward's, but C's
-  return dtype == at::kBFloat16 && p.groups == 1 && p.K >= kTile && (is_nchw(p) || is_nhwc(p)) &&
-         (weight_is_kcrs(p) || weight_is_krsc(p)) && filter_reach(p, 1) + filter_reach(p, -1) < (int64_t(1) << 31) - 1 &&
-         amx_bf16_available();
-}
-// NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
-// half amx_bf16's time (0.145 vs 0.29 ms, batch 8), the 7x7/2 stem in twice it (5.5 vs 2.5).
-bool row_mode(const Conv2dParams& p) { return p.C < kChan && p.dil_w == 1 && (is_nhwc(p) || p.S * p.C >= 16); }
-bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  return (p.C >= kChan || row_mode(p)) && supports_any_c(p, dtype);
-}
-
-// Backward-input at stride 1 is the forward convolution of dy (K channels) into dx (C channels)
-// with the filter turned round, w'[c][k][r][s] = w[k][c][R-1-r][S-1-s], and the padding
-// dil*(R-1) - pad (at least 0: every padding nn.Conv2d takes with a stride-1 "same" or smaller);
-// strided layers (and larger paddings) run it phase by phase (backward_input_phases).
-bool turned_round(const Conv2dParams& p) {
-  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
-}
-Conv2dParams turned(const Conv2dParams& p) {  // the forward-form problem: dy (N, K, P, Q) -> dx (N, C, H, W)
-  Conv2dParams f = p;
-  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
-  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
-  f.xs_n = p.ys_n, f.xs_c = p.ys_k, f.xs_h = p.ys_p, f.xs_w = p.ys_q;
-  f.ys_n = p.xs_n, f.ys_k = p.xs_c, f.ys_p = p.xs_h, f.ys_q = p.xs_w;
-  f.ws_k = p.ws_c, f.ws_c = p.ws_k, f.ws_r = -p.ws_r, f.ws_s = -p.ws_s;  // turned round
-  return f;
-}
-// dx's C channels are the forward's filters (>= 16); dy's K its channels: >= 32, or fewer in
-// row_mode where the filter is turned round (the phases' steps are one tap each)
-bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  if (p.C < kTile || !supports_any_c(p, dtype)) return false;
-  return p.K >= kChan || (turned_round(p) && row_mode(turned(p)));
-}
-
-struct __attribute__((packed)) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
 
-using bf16 = uint16_t;
-
-// The 8 tiles of a 2x2 register block, each 16 rows of 64 bytes: C00, C01, C10, C11 = tiles 0-3
-// (float32), A0, A1 = 4, 5 and B0, B1 = 6, 7 (bfloat16 pairs). The configuration is per thread.
-inline void configure_tiles() {
-  TileConfig cfg;
-  for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
-  _tile_loadconfig(&cfg);
-}
-inline void zero_2x2() {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-}
-// C_ij += A_i . B_j, the tiles loaded between the products that free them: a tile register is
-// not renamed, so a load waits for the last product reading the register's previous tile (the
-// same speed as the four loads first, measured: the core reorders them).
-inline void step_2x2(const void* a0, const void* a1, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
-  _tile_loadd(4, a0, a_stride);
-  _tile_loadd(6, b0, b_stride);
-  _tile_dpbf16ps(0, 4, 6);
-  _tile_loadd(7, b1, b_stride);
-  _tile_dpbf16ps(1, 4, 7);
-  _tile_loadd(5, a1, a_stride);
-  _tile_dpbf16ps(2, 5, 6);
-  _tile_dpbf16ps(3, 5, 7);
-}
-inline void load_2x2(const float (*cbuf)[2 * kTile]) {  // the inverse of store_2x2
-  _tile_loadd(0, &cbuf[0][0], 2 * kTile * sizeof(float));
-  _tile_loadd(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
-  _tile_loadd(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
-  _tile_loadd(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
-}
-inline void store_2x2(float (*cbuf)[2 * kTile]) {  // cbuf[32][32]: C00 | C01 over C10 | C11
-  _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
-  _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
-  _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
-  _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
-}
-
-// The first n of 16 lanes (none for n <= 0, all for n >= 16).
-inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>(n >= kTile ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1); }
-// 16 32-bit lanes holding 0, step, 2 step, ... (gather offsets).
-inline __m512i lane_steps(int64_t step) {
-  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                            _mm512_set1_epi32(static_cast<int>(step)));
-}
-
-// The index for _mm512_permutex2var_epi16(a, idx, b) that interleaves the low 16 values of a and of
-// b: lane 2t takes a's value t, lane 2t + 1 b's (index 32 + t of the pair of vectors).
-inline __m512i interleave_16() {
-  return _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35,
-                          3, 34, 2, 33, 1, 32, 0);
-}
-
-// r[i][j] -> r[j][i] for 16 vectors of 16 32-bit words: words, then pairs of words interleaved
-// within each 128-bit lane (u[4k + j] lane L: column 4L + j of rows 4k..4k+3), then the lanes
-// gathered (a row's lane L from u[j], u[4 + j], u[8 + j], u[12 + j]). (The maskz forms: no
-// undefined lanes for GCC's warnings.)
-inline void transpose_16x16(__m512i r[16]) {
-  __m512i t[16], u[16];
-  for (int k = 0; k < 8; ++k) {
-    t[2 * k] = _mm512_maskz_unpacklo_epi32(0xFFFF, r[2 * k], r[2 * k + 1]);
-    t[2 * k + 1] = _mm512_maskz_unpackhi_epi32(0xFFFF, r[2 * k], r[2 * k + 1]);
-  }
-  for (int k = 0; k < 4; ++k) {
-    u[4 * k] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k], t[4 * k + 2]);
-    u[4 * k + 1] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k], t[4 * k + 2]);
-    u[4 * k + 2] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
-    u[4 * k + 3] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
-  }
-  for (int j = 0; j < 4; ++j) {
-    const __m512i x0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[j], u[4 + j], 0x44);
-    const __m512i x1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[j], u[4 + j], 0xEE);
-    const __m512i y0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[8 + j], u[12 + j], 0x44);
-    const __m512i y1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[8 + j], u[12 + j], 0xEE);
-    r[j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x0, y0, 0x88);
-    r[4 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x0, y0, 0xDD);
-    r[8 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x1, y1, 0x88);
-    r[12 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x1, y1, 0xDD);
-  }
-}
+namespace amx {
 
 // Whether any of x[0, n) is an infinity or a NaN (exponent bits all set). A product with such a
 // value is NaN even when the other factor is 0, so kernels whose tiles pair real values with
@@ -247,9 +106,6 @@ bool has_nonfinite(const bf16* x, int64_t n) {
     if (b) return true;
   return false;
 }
-
-// 16 float32 -> 16 bfloat16, round to nearest even
-inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 
 // x (N, C, H, W; NCHW or NHWC) as a zero-padded NHWC band [n][Hp][Wp][Cp] (rows ph.., columns
 // pw.. hold the image, channels past C are 0), followed by `slack` zero elements.
@@ -310,6 +166,65 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
   });
   return band_t;
 }
+
+}  // namespace amx
+
+#pragma GCC pop_options
+
+namespace {
+
+using namespace amx;
+
+// The farthest element of the filter from w, above it (sign 1) or below (-1: a turned-round filter).
+int64_t filter_reach(const Conv2dParams& p, int64_t sign) {
+  int64_t r = 0;
+  for (const int64_t e : {(p.K - 1) * p.ws_k, (p.C - 1) * p.ws_c, (p.R - 1) * p.ws_r, (p.S - 1) * p.ws_s})
+    r += std::max<int64_t>(0, sign * e);
+  return r;
+}
+
+// Worth it where the tiles are mostly full: >= 32 channels in and out. Forward also takes fewer
+// input channels (the RGB stems) with the taps of a filter row as the reduction (row_mode), and
+// 16 filters (half its B tiles zero, still 1.2-3x the float32 kernels on converted copies: CIFAR's
+// 16->16 3x3 @32 channels_last 0.133 -> 0.057 ms, 5x5 0.287 -> 0.090).
+// The filter's elements are gathered by 32-bit offsets (pack_tiles): it must span < 2^31 of them.
+bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype) {  // forward's, but C's
+  return dtype == at::kBFloat16 && p.groups == 1 && p.K >= kTile && (is_nchw(p) || is_nhwc(p)) &&
+         (weight_is_kcrs(p) || weight_is_krsc(p)) && filter_reach(p, 1) + filter_reach(p, -1) < (int64_t(1) << 31) - 1 &&
+         amx_bf16_available();
+}
+// NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
+// half amx_bf16's time (0.145 vs 0.29 ms, batch 8), the 7x7/2 stem in twice it (5.5 vs 2.5).
+bool row_mode(const Conv2dParams& p) { return p.C < kChan && p.dil_w == 1 && (is_nhwc(p) || p.S * p.C >= 16); }
+bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
+  return (p.C >= kChan || row_mode(p)) && supports_any_c(p, dtype);
+}
+
+// Backward-input at stride 1 is the forward convolution of dy (K channels) into dx (C channels)
+// with the filter turned round, w'[c][k][r][s] = w[k][c][R-1-r][S-1-s], and the padding
+// dil*(R-1) - pad (at least 0: every padding nn.Conv2d takes with a stride-1 "same" or smaller);
+// strided layers (and larger paddings) run it phase by phase (backward_input_phases).
+bool turned_round(const Conv2dParams& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
+}
+Conv2dParams turned(const Conv2dParams& p) {  // the forward-form problem: dy (N, K, P, Q) -> dx (N, C, H, W)
+  Conv2dParams f = p;
+  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
+  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  f.xs_n = p.ys_n, f.xs_c = p.ys_k, f.xs_h = p.ys_p, f.xs_w = p.ys_q;
+  f.ys_n = p.xs_n, f.ys_k = p.xs_c, f.ys_p = p.xs_h, f.ys_q = p.xs_w;
+  f.ws_k = p.ws_c, f.ws_c = p.ws_k, f.ws_r = -p.ws_r, f.ws_s = -p.ws_s;  // turned round
+  return f;
+}
+// dx's C channels are the forward's filters (>= 16); dy's K its channels: >= 32, or fewer in
+// row_mode where the filter is turned round (the phases' steps are one tap each)
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
+  if (p.C < kTile || !supports_any_c(p, dtype)) return false;
+  return p.K >= kChan || (turned_round(p) && row_mode(turned(p)));
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
 
 // A step of forward's reduction: A at a_off from the tile row's pixel, B tile (r, s0, c0).
 struct Step { int64_t a_off, r, s0, c0; };

@@ -1,0 +1,306 @@
+// amx_bf16_rows.cpp — the backward passes of bfloat16 layers with few input channels (C < 16: the
+// RGB stems) on the AMX tile units, with the taps of a filter row as the tiles' second dimension.
+//
+//   dx[n,c,h,w]  = sum_{k,r,s} dy[n,k,p,q] * w[k,c,r,s]       (h = p*sh - ph + r*dh, w = q*sw - pw + s)
+//   dw[k,c,r,s]  = sum_{n,p,q} dy[n,k,p,q] * x[n,c,p*sh - ph + r*dh, q*sw - pw + s]
+//
+// amx_bf16.cpp gives each tap's channels a tile of its own, 32 wide: with 3 channels 29 of 32
+// columns would be zeros. Here the S taps of a filter row are side by side instead: in a
+// zero-padded NHWC band of C channels a pixel's filter-row window, (s, c) for s < S, c < C, is
+// one run of J = S*C values (dilation 1 along the width), 21 for the 7x7 stem, read as a
+// 32-value row of a tile (the values past J meet zeros of the other operand or land in columns
+// that are dropped).
+//
+// Backward-weight: for each filter row r, dw[k][r][(s, c)] is a GEMM over the output pixels:
+// A = 16 filters x 32 pixels of dy (dy copied once by steps of 32 pixels, dyt[step][k][32]), B =
+// those 32 pixels' windows in VNNI pairs (pixels 2t, 2t + 1), built from the band for a few steps
+// before their products. A task is a fixed part of the pixels (its float32 sums of every dw
+// element), the parts' sums added in order at the end: the same bits for any thread count.
+//
+// Backward-input: per dy pixel, Z[(r, s, c)] = sum_k dy[k] * w[k][c][r][s] (A = 16 dy pixels x
+// 32 filters, read from dy's NHWC rows; B = the packed filter, [r][32 filters][16 columns]), and
+// each row of Z adds into dx's row p*sh - ph + r*dh at columns q*sw - pw + s: a run of J floats
+// in an NHWC float32 row. A task is an image's block of dx rows; a row sums its (r, q)
+// contributions in a fixed order, then is rounded to bfloat16 once.
+//
+// No zero put in by the kernel meets a real value in a sum (the values past J go to dropped
+// columns, pixels past the image are zero rows of B), so infinities and NaNs in x or dy stay
+// where torch puts them. Speed (2 threads, batch 4, 7x7/2 stem 3->64 @224; ms, this kernel vs
+// the float32 kernels on converted copies vs torch): see the README's "Other dtypes".
+#include <ATen/ATen.h>
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "algorithms.h"
+#include "amx_tiles.h"
+#include "kernel_util.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+using namespace amx;
+
+// C < 16 (amx_bf16 takes 16 and more), windows of at least 8 values (else a tile row is
+// mostly zeros: a 1x1 layer on 3 channels stays on the float32 kernels).
+bool supports_rows(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && p.groups == 1 && p.C < kTile && p.dil_w == 1 && p.S * p.C >= 8 &&
+         (is_nchw(p) || is_nhwc(p)) && (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available();
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
+
+at::Tensor bf16_buffer(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kBFloat16)); }
+bf16* data(at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr()); }
+
+// The B tiles of backward-weight pair two pixels' 32-value windows by UNPCKLWD / UNPCKHWD (one
+// operation each, a third of the cost of a two-source word permute), which interleave within
+// 128-bit lanes: column j of the C tiles' 32 (tile j / 16) is window value window_column(j).
+inline int64_t window_column(int64_t j) { return j % 16 / 4 * 8 + j / 16 * 4 + j % 4; }
+
+void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw) {
+  const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h;
+  const bool nhwc = is_nhwc(p);
+  const int64_t J = S * C, Jp = round_up(J, kChan), Kp = round_up(K, kChan), PQ = P * Q, Mg = round_up(PQ, kChan);
+  const int64_t Hp = std::max(H + 2 * p.pad_h, (P - 1) * sh + (R - 1) * dh + 1);
+  const int64_t Wp = std::max(W + 2 * p.pad_w, (Q - 1) * sw + S);
+  // the band, and Jp zeros after it: the last window's row of 32 values stays inside
+  at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, p.pad_h, p.pad_w, Hp, Wp, C, Jp);
+  const bf16* xb = data(band_t);
+  // dyt[g][k][32]: dy by steps of 32 pixels (an image's P*Q pixels in Mg / 32 steps), the
+  // step's pixels of filter k: an A tile is 1 KiB in one run. 0 past P*Q pixels and past K filters.
+  const int64_t spi = Mg / kChan, nsteps = N * spi;
+  at::Tensor dyt_t = bf16_buffer(nsteps * Kp * kChan);
+  bf16* dyt = data(dyt_t);
+  for_each_task(nsteps, nsteps * Kp * kChan * 4, [&](int64_t g) {
+    bf16* d = dyt + g * Kp * kChan;
+    const int64_t n = g / spi, m0 = g % spi * kChan, nm = std::min(kChan, PQ - m0);
+    if (nm < kChan) std::memset(d, 0, sizeof(bf16) * Kp * kChan);
+    else if (K < Kp) std::memset(d + K * kChan, 0, sizeof(bf16) * (Kp - K) * kChan);
+    if (!nhwc) {
+      for (int64_t k = 0; k < K; ++k) std::memcpy(d + k * kChan, dy + (n * K + k) * PQ + m0, sizeof(bf16) * nm);
+      return;
+    }
+    // filters k, k + 1 of 16 pixels at once: 32-bit gathers of (dy[m][k], dy[m][k + 1])
+    const bf16* img = dy + n * PQ * K;
+    const __m512i idx = lane_steps(K);
+    for (int64_t i0 = 0; i0 < nm; i0 += kTile) {
+      const __mmask16 m = first_lanes(nm - i0);
+      for (int64_t k = 0; k + 1 < K; k += 2) {
+        const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, img + (m0 + i0) * K + k, 2);
+        _mm256_mask_storeu_epi16(d + k * kChan + i0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, v));
+        _mm256_mask_storeu_epi16(d + (k + 1) * kChan + i0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, v, 16)));
+      }
+    }
+    if (K % 2 == 1)
+      for (int64_t i = 0; i < nm; ++i) d[(K - 1) * kChan + i] = img[(m0 + i) * K + K - 1];
+  });
+
+  // A task: a part of the pixels (64 steps of 32, spanning images) x 32 columns, for every filter
+  // row r and every 32 filters: in chunks of 4 steps; for each r the chunk's B tiles are built
+  // (8 KiB), then each 32 filters' 4 C tiles, loaded from (stored back to) the task's float32
+  // sums, run over them; the chunk's dy rows (A) are read from L1 by every r and 32 filters. (One
+  // r and 32 filters a task over all pixels, B built a step before its products, read dy from L3
+  // for every r and built each B once per 32 filters: the stem's 2.6 ms; 16-step chunks 1.6 ms.)
+  // The parts' sums are added in their order: the same bits for any thread count.
+  const int64_t nkb = Kp / kChan, njb = Jp / kChan;
+  constexpr int64_t kPart = 64, kChunk = 4;  // steps
+  const int64_t nparts = ceil_div(nsteps, kPart), blocks = nkb * njb, tile_sums = R * kChan * kChan;
+  at::Tensor sums_t = at::empty({nparts * blocks * tile_sums}, at::TensorOptions().dtype(at::kFloat));
+  float* sums = sums_t.data_ptr<float>();
+  constexpr int64_t kStepElems = 2 * kTile * 2 * kTile;  // a step's two B tiles
+  for_each_task(nparts * njb, p.macs(), [&](int64_t task) {
+    const int64_t part = task / njb, jb = task % njb;
+    bf16* bchunk = reinterpret_cast<bf16*>(scratch(4, kChunk * kStepElems / 2));  // [step][column tile][pair][16 x 2]
+    configure_tiles();
+    const int64_t g_end = std::min(nsteps, (part + 1) * kPart);
+    for (int64_t c0 = part * kPart; c0 < g_end; c0 += kChunk) {
+      const int64_t c1 = std::min(g_end, c0 + kChunk);
+      for (int64_t r = 0; r < R; ++r) {
+        for (int64_t g = c0; g < c1; ++g) {
+          const int64_t n = g / spi, m0 = g % spi * kChan;
+          const bf16* img = xb + n * Hp * Wp * C + r * dh * Wp * C + jb * kChan;
+          int64_t oy = m0 / Q, ox = m0 % Q;
+          bf16* b = bchunk + (g - c0) * kStepElems;
+          for (int64_t t = 0; t < kTile; ++t) {
+            __m512i v[2];
+            for (int64_t e = 0; e < 2; ++e) {
+              v[e] = m0 + 2 * t + e < PQ ? _mm512_loadu_si512(img + (oy * sh * Wp + ox * sw) * C) : _mm512_setzero_si512();
+              if (++ox == Q) ox = 0, ++oy;
+            }
+            _mm512_store_si512(b + t * 2 * kTile, _mm512_unpacklo_epi16(v[0], v[1]));
+            _mm512_store_si512(b + (kTile + t) * 2 * kTile, _mm512_unpackhi_epi16(v[0], v[1]));
+          }
+        }
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          float(*acc)[2 * kTile] = reinterpret_cast<float(*)[2 * kTile]>(
+              sums + (part * blocks + kb * njb + jb) * tile_sums + r * kChan * kChan);
+          if (c0 == part * kPart) {
+            zero_2x2();
+          } else {
+            load_2x2(acc);
+          }
+          for (int64_t g = c0; g < c1; ++g) {
+            const bf16* a0 = dyt + (g * Kp + kb * kChan) * kChan;
+            const bf16* b = bchunk + (g - c0) * kStepElems;
+            step_2x2(a0, a0 + kTile * kChan, kChan * int64_t(sizeof(bf16)), b, b + kTile * 2 * kTile, 2 * kTile * int64_t(sizeof(bf16)));
+          }
+          store_2x2(acc);
+        }
+      }
+    }
+    _tile_release();
+  });
+  sum_chunks(sums, nparts, blocks * tile_sums);
+  for_each_task(blocks, blocks * tile_sums * 8, [&](int64_t blk) {
+    const int64_t kb = blk / njb, jb = blk % njb;
+    for (int64_t r = 0; r < R; ++r) {
+      const float(*cbuf)[2 * kTile] = reinterpret_cast<const float(*)[2 * kTile]>(sums + blk * tile_sums + r * kChan * kChan);
+      for (int64_t i = 0; i < kChan && kb * kChan + i < K; ++i) {
+        alignas(32) bf16 v[2 * kTile];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
+        bf16* o = dw + (kb * kChan + i) * p.ws_k + r * p.ws_r;
+        for (int64_t j = 0; j < kChan; ++j) {
+          const int64_t col = jb * kChan + window_column(j);
+          if (col < J) o[col % C * p.ws_c + col / C * p.ws_s] = v[j];
+        }
+      }
+    }
+  });
+}
+
+void backward_input(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* dx) {
+  const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h;
+  const bool nhwc = is_nhwc(p);
+  const int64_t J = S * C, Jp = round_up(J, kChan), Kp = round_up(K, kChan), nkb = Kp / kChan, njt = Jp / kTile;
+  // wb[r][kb][jt][i][j][e] = w[k = 32 kb + 2i + e][c][r][s] at column 16 jt + j = s C + c, 0 past K and J
+  constexpr int64_t kTileElems = kTile * 2 * kTile;
+  at::Tensor wb_t = bf16_buffer(R * nkb * njt * kTileElems);
+  bf16* wb = data(wb_t);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t kb = 0; kb < nkb; ++kb)
+      for (int64_t jt = 0; jt < njt; ++jt) {
+        bf16* d = wb + ((r * nkb + kb) * njt + jt) * kTileElems;
+        for (int64_t i = 0; i < kTile; ++i)
+          for (int64_t j = 0; j < kTile; ++j)
+            for (int64_t e = 0; e < 2; ++e) {
+              const int64_t k = kb * kChan + 2 * i + e, col = jt * kTile + j;
+              d[(i * kTile + j) * 2 + e] =
+                  k < K && col < J ? w[k * p.ws_k + col % C * p.ws_c + r * p.ws_r + col / C * p.ws_s] : bf16(0);
+            }
+      }
+  // dy as NHWC rows of Kp channels: in place when it is one, else a zero-padded copy (with 32
+  // pixels of zeros after it, read by the last row's second A tile)
+  const bool in_place = nhwc && K == Kp;
+  at::Tensor dyb_t = in_place ? at::Tensor() : padded_band(dy, nhwc, N, K, P, Q, 0, 0, P, Q, Kp, kChan * Kp);
+  const bf16* dyb = in_place ? dy : data(dyb_t);
+  // acc[f]: a dx row in padded columns, NHWC float32 (pixel q's window starts at q sw C), of the
+  // windows of pixels q = f (mod nf); the row is their sum. A window is added by whole vectors
+  // (masked: the masked-off lanes count for the store-to-load checks), and those of pixels nf
+  // apart do not overlap: no load of acc waits for the store of the window before it. With one
+  // acc, adjacent windows overlapping, 60% of the stem's time was spent in those loads.
+  const int64_t span = J > kTile ? 2 * kTile : kTile, nf = ceil_div(span, sw * C);
+  const int64_t Wa = round_up(std::max((Q - 1) * sw * C + Jp, (W + pw) * C) + kTile, kTile);
+  constexpr int64_t kRows = 4;  // dx rows a task
+  const int64_t nyb = ceil_div(H, kRows);
+  for_each_task(N * nyb, p.macs(), [&](int64_t task) {
+    const int64_t n = task / nyb, y0 = task % nyb * kRows, y1 = std::min(H, y0 + kRows);
+    float* acc = scratch(4, nf * Wa);
+    bf16* tail = reinterpret_cast<bf16*>(scratch(5, kChan * Kp / 2));
+    // A block's 32 pixels x 32 columns of Z are added into acc while the next block's products
+    // run: cbuf[b & 1] holds block b (the first vector load of a block's tile store waited for
+    // its products: 60% of the time in that load)
+    alignas(64) float cbuf[2][2 * kTile][2 * kTile];
+    struct Block { int64_t q0, nq, jt; };  // the block's first pixel, pixels, first column tile
+    auto add_block = [&](const Block& b, const float (*z)[2 * kTile]) {
+      const __mmask16 m0 = first_lanes(J - b.jt * kTile), m1 = first_lanes(J - (b.jt + 1) * kTile);
+      for (int64_t f = 0; f < nf; ++f)
+        for (int64_t i = floor_mod(f - b.q0, nf); i < b.nq; i += nf) {
+          float* d = acc + f * Wa + (b.q0 + i) * sw * C + b.jt * kTile;
+          _mm512_mask_storeu_ps(d, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, d), _mm512_load_ps(&z[i][0])));
+          if (span > kTile)
+            _mm512_mask_storeu_ps(d + kTile, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, d + kTile), _mm512_load_ps(&z[i][kTile])));
+        }
+    };
+    configure_tiles();
+    for (int64_t y = y0; y < y1; ++y) {
+      std::memset(acc, 0, sizeof(float) * nf * Wa);
+      int64_t nb = 0;  // blocks of the row so far
+      Block pending{};
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t t = y + ph - r * dh;
+        if (t < 0 || t % sh != 0 || t / sh >= P) continue;
+        const int64_t oy = t / sh;
+        const bf16* row = dyb + ((n * P + oy) * Q) * Kp;
+        for (int64_t q0 = 0; q0 < Q; q0 += kChan) {
+          const int64_t nq = std::min(kChan, Q - q0);
+          const bf16* a = row + q0 * Kp;
+          if (in_place && nq < kChan && n == N - 1 && oy == P - 1) {  // the tensor's last pixels
+            std::memcpy(tail, a, sizeof(bf16) * nq * Kp);
+            std::memset(tail + nq * Kp, 0, sizeof(bf16) * (kChan - nq) * Kp);
+            a = tail;
+          }
+          for (int64_t jt = 0; jt < njt; jt += 2, ++nb) {
+            zero_2x2();
+            for (int64_t kb = 0; kb < nkb; ++kb) {
+              const bf16* b = wb + ((r * nkb + kb) * njt + jt) * kTileElems;
+              step_2x2(a + kb * kChan, a + kTile * Kp + kb * kChan, Kp * int64_t(sizeof(bf16)), b, b + kTileElems,
+                       2 * kTile * int64_t(sizeof(bf16)));
+            }
+            if (nb > 0) add_block(pending, cbuf[(nb - 1) & 1]);
+            store_2x2(cbuf[nb & 1]);
+            pending = Block{q0, nq, jt};
+          }
+        }
+      }
+      if (nb > 0) add_block(pending, cbuf[(nb - 1) & 1]);
+      for (int64_t i = pw * C; i < (pw + W) * C; i += kTile) {  // acc[0] = the sum of the acc[f]
+        __m512 v = _mm512_loadu_ps(acc + i);
+        for (int64_t f = 1; f < nf; ++f) v = _mm512_add_ps(v, _mm512_loadu_ps(acc + f * Wa + i));
+        _mm512_storeu_ps(acc + i, v);
+      }
+      const float* src = acc + pw * C;  // dx's row: columns pw.. of acc
+      if (nhwc) {
+        bf16* o = dx + (n * H + y) * W * C;
+        for (int64_t i = 0; i < W * C; i += kTile) {
+          const __mmask16 m = first_lanes(W * C - i);
+          _mm256_mask_storeu_epi16(o + i, m, to_bf16(_mm512_maskz_loadu_ps(m, src + i)));
+        }
+      } else {
+        const __m512i idx = lane_steps(C);
+        for (int64_t c = 0; c < C; ++c) {
+          bf16* o = dx + ((n * C + c) * H + y) * W;
+          for (int64_t x0 = 0; x0 < W; x0 += kTile) {
+            const __mmask16 m = first_lanes(W - x0);
+            _mm256_mask_storeu_epi16(o + x0, m, to_bf16(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, src + x0 * C + c, 4)));
+          }
+        }
+      }
+    }
+    _tile_release();
+  });
+}
+
+#pragma GCC pop_options
+
+void run_backward_input(const Conv2dParams& p, Operands& o) {
+  backward_input(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+                 reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+}
+void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  backward_weight(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+                  reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+}
+
+const bool registered =
+    register_algorithm({"amx_bf16_rows", Pass::BackwardInput, 50, supports_rows, run_backward_input, true}) &&
+    register_algorithm({"amx_bf16_rows", Pass::BackwardWeight, 50, supports_rows, run_backward_weight, true});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace conv_ext

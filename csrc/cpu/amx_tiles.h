@@ -1,0 +1,130 @@
+// amx_tiles.h — what the AMX bfloat16 kernels share (amx_bf16.cpp, amx_bf16_rows.cpp): the tile
+// shapes, the 2x2 block of tile registers and its steps, lane helpers, the zero-padded NHWC band.
+// The inline helpers are compiled for AVX-512 and AMX whatever the file's flags; only call them
+// where amx_bf16_available() is true.
+#pragma once
+#include <ATen/ATen.h>
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace conv_ext {
+namespace cpu {
+namespace amx {
+
+constexpr int64_t kTile = 16;   // pixels (A rows), filters (B columns)
+constexpr int64_t kChan = 32;   // channels per A row / B tile
+
+using bf16 = uint16_t;
+
+struct __attribute__((packed)) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
+
+// The 8 tiles of a 2x2 register block, each 16 rows of 64 bytes: C00, C01, C10, C11 = tiles 0-3
+// (float32), A0, A1 = 4, 5 and B0, B1 = 6, 7 (bfloat16 pairs). The configuration is per thread.
+inline void configure_tiles() {
+  TileConfig cfg;
+  for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
+  _tile_loadconfig(&cfg);
+}
+inline void zero_2x2() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+// C_ij += A_i . B_j, the tiles loaded between the products that free them: a tile register is
+// not renamed, so a load waits for the last product reading the register's previous tile (the
+// same speed as the four loads first, measured: the core reorders them).
+inline void step_2x2(const void* a0, const void* a1, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
+  _tile_loadd(4, a0, a_stride);
+  _tile_loadd(6, b0, b_stride);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_loadd(7, b1, b_stride);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_loadd(5, a1, a_stride);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+inline void load_2x2(const float (*cbuf)[2 * kTile]) {  // the inverse of store_2x2
+  _tile_loadd(0, &cbuf[0][0], 2 * kTile * sizeof(float));
+  _tile_loadd(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
+  _tile_loadd(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
+  _tile_loadd(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
+}
+inline void store_2x2(float (*cbuf)[2 * kTile]) {  // cbuf[32][32]: C00 | C01 over C10 | C11
+  _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
+  _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
+  _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
+  _tile_stored(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
+}
+
+// The first n of 16 lanes (none for n <= 0, all for n >= 16).
+inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>(n >= kTile ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1); }
+// 16 32-bit lanes holding 0, step, 2 step, ... (gather offsets).
+inline __m512i lane_steps(int64_t step) {
+  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(static_cast<int>(step)));
+}
+
+// The index for _mm512_permutex2var_epi16(a, idx, b) that interleaves the low 16 values of a and of
+// b: lane 2t takes a's value t, lane 2t + 1 b's (index 32 + t of the pair of vectors).
+inline __m512i interleave_16() {
+  return _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35,
+                          3, 34, 2, 33, 1, 32, 0);
+}
+
+// r[i][j] -> r[j][i] for 16 vectors of 16 32-bit words: words, then pairs of words interleaved
+// within each 128-bit lane (u[4k + j] lane L: column 4L + j of rows 4k..4k+3), then the lanes
+// gathered (a row's lane L from u[j], u[4 + j], u[8 + j], u[12 + j]). (The maskz forms: no
+// undefined lanes for GCC's warnings.)
+inline void transpose_16x16(__m512i r[16]) {
+  __m512i t[16], u[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_maskz_unpacklo_epi32(0xFFFF, r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_maskz_unpackhi_epi32(0xFFFF, r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    u[4 * k] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k], t[4 * k + 2]);
+    u[4 * k + 1] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k], t[4 * k + 2]);
+    u[4 * k + 2] = _mm512_maskz_unpacklo_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
+    u[4 * k + 3] = _mm512_maskz_unpackhi_epi64(0xFF, t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i x0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[j], u[4 + j], 0x44);
+    const __m512i x1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[j], u[4 + j], 0xEE);
+    const __m512i y0 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[8 + j], u[12 + j], 0x44);
+    const __m512i y1 = _mm512_maskz_shuffle_i32x4(0xFFFF, u[8 + j], u[12 + j], 0xEE);
+    r[j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x0, y0, 0x88);
+    r[4 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x0, y0, 0xDD);
+    r[8 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x1, y1, 0x88);
+    r[12 + j] = _mm512_maskz_shuffle_i32x4(0xFFFF, x1, y1, 0xDD);
+  }
+}
+
+// 16 float32 -> 16 bfloat16, round to nearest even
+inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+#pragma GCC pop_options
+
+// Whether any of x[0, n) is an infinity or a NaN (exponent bits all set). A product with such a
+// value is NaN even when the other factor is 0, so kernels whose tiles pair real values with
+// zeros they put in (row_mode's values past a filter row, backward-weight's grid columns past Q)
+// would turn a finite result NaN; they run such data on float32 copies (run_as_float32).
+bool has_nonfinite(const bf16* x, int64_t n);
+
+// x (N, C, H, W; NCHW or NHWC) as a zero-padded NHWC band [n][Hp][Wp][Cp] (rows ph.., columns
+// pw.. hold the image, channels past C are 0), followed by `slack` zero elements.
+at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack);
+
+}  // namespace amx
+}  // namespace cpu
+}  // namespace conv_ext
