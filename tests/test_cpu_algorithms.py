@@ -183,7 +183,7 @@ AMX = [
 AMX_ROWS = [
     ((2, 3, 37, 35), 64, (7, 7), 2, 3, 1, 1),            # the stem: 21 of 32 window values; rows of 18 pixels
     ((3, 8, 10, 10), 33, (5, 5), 3, 4, 1, 1),            # windows of 40 (2 column blocks), 33 filters, stride 3
-    ((1, 1, 8, 40), 17, (3, 9), 1, 0, 1, 1),             # 1 channel, 17 filters (odd), 38 pixels a row (> 32)
+    ((1, 2, 8, 40), 17, (3, 9), 1, 0, 1, 1),             # 2 channels, 17 filters (odd), 38 pixels a row (> 32)
     ((2, 15, 6, 7), 20, (2, 3), (2, 1), (1, 2), (3, 1), 1),  # 15 channels: windows of 45, dil_h 3
     ((1, 4, 5, 5), 32, (3, 3), 1, 1, 1, 1),              # 32 filters: channels_last dy read in place
 ]
