@@ -344,6 +344,21 @@ def test_against_reference(algo, pass_name, shape, layout):
     assert rel_error(out, expected) <= max(4 * err_ref32, 1e-6)
 
 
+def assert_same_bits_any_threads(x, wt, b, dy, geo):
+    """Every pass gives the same bits on two runs and for 1 and for the default thread count."""
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n_threads in (threads, threads, 1):
+            torch.set_num_threads(n_threads)
+            outs.append([run_pass(p, x, wt, b, dy, geo) for p in PASSES])
+    finally:
+        torch.set_num_threads(threads)
+    for other in outs[1:]:
+        for a, o in zip(outs[0], other):
+            assert torch.equal(a, o)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", [
     ((2, 5, 13, 7), 33, (3, 3), 2, 1, 1, 1),
@@ -358,17 +373,7 @@ def test_deterministic(shape, layout):
     """Same bits on two runs and for 1 and 2 threads (backward-weight reduces in a fixed order; the
     forward's task shapes may follow the thread count, its sums' order does not)."""
     x, wt, b, dy, geo = (t if isinstance(t, tuple) else t for t in make(shape, layout, torch.float32))
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n_threads in (threads, threads, 1):
-            torch.set_num_threads(n_threads)
-            outs.append([run_pass(p, x, wt, b, dy, geo) for p in PASSES])
-    finally:
-        torch.set_num_threads(threads)
-    for other in outs[1:]:
-        for a, o in zip(outs[0], other):
-            assert torch.equal(a, o)
+    assert_same_bits_any_threads(x, wt, b, dy, geo)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
@@ -379,17 +384,7 @@ def test_deterministic(shape, layout):
 def test_deterministic_bfloat16(shape, layout):
     """bfloat16 kernels: the same bits on two runs and for 1 and 2 threads."""
     x, wt, b, dy, geo = (t.to(torch.bfloat16) if torch.is_tensor(t) else t for t in make(shape, layout))
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n_threads in (threads, threads, 1):
-            torch.set_num_threads(n_threads)
-            outs.append([run_pass(p, x, wt, b, dy, geo) for p in PASSES])
-    finally:
-        torch.set_num_threads(threads)
-    for other in outs[1:]:
-        for a, o in zip(outs[0], other):
-            assert torch.equal(a, o)
+    assert_same_bits_any_threads(x, wt, b, dy, geo)
 
 
 # float32 accuracy of the default choice at sizes like the benchmark's (but smaller batch)
