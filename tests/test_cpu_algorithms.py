@@ -464,6 +464,8 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((1, 32, 2, 1), 32, (1, 1), (3, 2), 0, 1, 1),     # phases without pixels (H, W < stride)
     ((2, 32, 32, 1), 32, (3, 1), 1, (1, 0), 1, 1),    # backward-weight: a grid of 32 x 1 pixels, every one
                                                       # in dy, and taps at odd offsets (1 pixel a row)
+    ((1, 32, 28, 29), 80, (1, 1), 1, 0, 1, 1),        # 1x1 with more filters: channels_last backward-weight
+                                                      # with x and dy's roles swapped (dw transposed)
 ]
 
 
@@ -523,6 +525,7 @@ def test_depthwise_bfloat16_forward_exact(shape):
     ((1, 3, 20, 22), 64, (7, 7), 2, 3, 1, 1),      # amx_bf16 forward's filter-row steps, amx_bf16_rows
     ((2, 8, 9, 40), 33, (3, 5), 1, 2, 1, 1),       # amx_bf16_rows: windows of 40, rows of 40 pixels
     ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),      # amx_bf16's 16-channel backward passes
+    ((1, 32, 28, 28), 64, (1, 1), 1, 0, 1, 1),     # its swapped 1x1 backward-weight (channels_last)
     ((1, 32, 8, 8), 32, (3, 3), 1, 1, 1, 1),
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 1),
     ((1, 128, 9, 9), 128, (3, 3), 1, 1, 1, 8),     # ... and its groups of 16 channels
