@@ -630,7 +630,6 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // starts its pairs one pixel early, and its A rows (dy) with it.
   at::Tensor xv_t = at::empty({nph * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
   bf16* xv = reinterpret_cast<bf16*>(xv_t.data_ptr());
-  const __m512i pairs = interleave_16();
   std::vector<uint8_t> nonfinite(static_cast<size_t>(nph * N), 0);
   for_each_task(nph * N, nph * N * Jn * Cp * 16, [&](int64_t fn) {
     const int64_t f = fn / N, n = fn % N;
@@ -649,12 +648,14 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     for (int64_t j = 0; j < Jn; ++j, col += 2) {
       while (col >= Ws) ++row, col -= Ws;
       const int64_t i0 = pixel(row, col), i1 = pixel(row, col + 1);
-      for (int64_t c0 = 0; c0 < Cp; c0 += kTile) {
-        const __mmask32 cm = first_lanes(cs - c0);
+      for (int64_t c0 = 0; c0 < Cp; c0 += kChan) {
+        const __mmask32 cm = cs - c0 >= kChan ? ~__mmask32(0) : (__mmask32(1) << (cs - c0)) - 1;
         const __m512i a = _mm512_maskz_loadu_epi16(i0 >= 0 ? cm : 0, xb + std::max<int64_t>(i0, 0) * cs + c0);
         const __m512i b = _mm512_maskz_loadu_epi16(i1 >= 0 ? cm : 0, xb + std::max<int64_t>(i1, 0) * cs + c0);
-        _mm512_storeu_si512(d + (c0 / kChan * Jn + j) * 2 * kChan + c0 % kChan * 2, _mm512_permutex2var_epi16(a, pairs, b));
-        bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(a, ex), ex) | _mm512_cmpeq_epi16_mask(_mm512_and_si512(b, ex), ex);
+        bf16* o = d + (c0 / kChan * Jn + j) * 2 * kChan;  // columns in unpacked_column order
+        _mm512_storeu_si512(o, _mm512_unpacklo_epi16(a, b));
+        _mm512_storeu_si512(o + kChan, _mm512_unpackhi_epi16(a, b));
+        bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_max_epu16(_mm512_and_si512(a, ex), _mm512_and_si512(b, ex)), ex), ex);
       }
     }
     nonfinite[fn] = bad != 0;
@@ -756,14 +757,15 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       }
     }
     _tile_release();
+    const __m512i order = unpacked_order();
     for (int64_t kp = kg0; kp < kg1; ++kp) {
       const int64_t k0 = kp * kChan, kn = std::min(kChan, K - k0);
       for (int64_t rs = rs0; rs < rs1; ++rs) {
         const float (*cbuf)[2 * kTile] = acc[(rs - rs0) * kg + kp - kg0];
         for (int64_t i = 0; i < 2 * kTile; ++i) {
-          alignas(32) bf16 v[2 * kTile];
-          _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));
-          _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
+          alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
+          const __m512i row = (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(&cbuf[i][0]));
+          _mm512_store_si512(v, _mm512_permutexvar_epi16(order, row));
           if (direct) {  // channels contiguous in dw: the row's 32 channels at once
             if (i < kn) {
               bf16* o = dwt + (k0 + i) * p.ws_k + c0 + tap_w[rs];

@@ -61,11 +61,6 @@ bool supports_rows(const Conv2dParams& p, at::ScalarType dtype) {
 at::Tensor bf16_buffer(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kBFloat16)); }
 bf16* data(at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr()); }
 
-// The B tiles of backward-weight pair two pixels' 32-value windows by UNPCKLWD / UNPCKHWD (one
-// operation each, a third of the cost of a two-source word permute), which interleave within
-// 128-bit lanes: column j of the C tiles' 32 (tile j / 16) is window value window_column(j).
-inline int64_t window_column(int64_t j) { return j % 16 / 4 * 8 + j / 16 * 4 + j % 4; }
-
 void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h;
@@ -171,7 +166,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
         bf16* o = dw + (kb * kChan + i) * p.ws_k + r * p.ws_r;
         for (int64_t j = 0; j < kChan; ++j) {
-          const int64_t col = jb * kChan + window_column(j);
+          const int64_t col = jb * kChan + unpacked_column(j);
           if (col < J) o[col % C * p.ws_c + col / C * p.ws_s] = v[j];
         }
       }

@@ -81,6 +81,18 @@ inline __m512i interleave_16() {
                           3, 34, 2, 33, 1, 32, 0);
 }
 
+// Two pixels' 32 values interleaved into VNNI pairs by UNPCKLWD / UNPCKHWD (one operation each; a
+// two-source word permute is three): the low result holds the pairs of values {0-3, 8-11, 16-19,
+// 24-27}, the high one {4-7, 12-15, 20-23, 28-31} (the instructions work within 128-bit lanes), so
+// column j < 32 of the two B tiles they make is value unpacked_column(j).
+inline int64_t unpacked_column(int64_t j) { return j % 16 / 4 * 8 + j / 16 * 4 + j % 4; }
+// The index for _mm512_permutexvar_epi16 that puts 32 results of such columns back in value order.
+inline __m512i unpacked_order() {
+  alignas(64) int16_t idx[2 * kTile];
+  for (int64_t j = 0; j < 2 * kTile; ++j) idx[unpacked_column(j)] = static_cast<int16_t>(j);
+  return _mm512_load_si512(idx);
+}
+
 // r[i][j] -> r[j][i] for 16 vectors of 16 32-bit words: words, then pairs of words interleaved
 // within each 128-bit lane (u[4k + j] lane L: column 4L + j of rows 4k..4k+3), then the lanes
 // gathered (a row's lane L from u[j], u[4 + j], u[8 + j], u[12 + j]). (The maskz forms: no
