@@ -466,6 +466,8 @@ AMX_EXACT = AMX + AMX_ROWS + [
                                                       # in dy, and taps at odd offsets (1 pixel a row)
     ((1, 32, 28, 29), 80, (1, 1), 1, 0, 1, 1),        # 1x1 with more filters: channels_last backward-weight
                                                       # with x and dy's roles swapped (dw transposed)
+    ((2, 40, 5, 7), 48, (1, 1), 1, 0, 1, 1),          # channels_last 1x1 read in place, A rows of the last
+    ((1, 24, 6, 5), 40, (1, 1), 1, 0, 1, 1),          # block reaching into the next pixel (40, 48; 24)
 ]
 
 
@@ -526,6 +528,7 @@ def test_depthwise_bfloat16_forward_exact(shape):
     ((2, 8, 9, 40), 33, (3, 5), 1, 2, 1, 1),       # amx_bf16_rows: windows of 40, rows of 40 pixels
     ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),      # amx_bf16's 16-channel backward passes
     ((1, 32, 28, 28), 64, (1, 1), 1, 0, 1, 1),     # its swapped 1x1 backward-weight (channels_last)
+    ((1, 40, 6, 7), 48, (1, 1), 1, 0, 1, 1),       # its in-place 1x1 reading into the next pixel
     ((1, 32, 8, 8), 32, (3, 3), 1, 1, 1, 1),
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 1),
     ((1, 128, 9, 9), 128, (3, 3), 1, 1, 1, 8),     # ... and its groups of 16 channels

@@ -196,6 +196,20 @@ bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype) {  // forward's
 // NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
 // half amx_bf16's time (0.145 vs 0.29 ms, batch 8), the 7x7/2 stem in twice it (5.5 vs 2.5).
 bool row_mode(const Conv2dParams& p) { return p.C < kChan && p.dil_w == 1 && (is_nhwc(p) || p.S * p.C >= 16); }
+// A channels_last 1x1 stride-1 unpadded input is forward's band as it lies, pixels C values apart
+// (all channels of the groups; one group: any C, the A rows of its last block of 32 then reading
+// into the next pixel's values, met by zero rows of B: such data must be finite, see reads_past).
+// MobileNet's 1x1 layers, channels_last, batch 4 (benchmarks/ab.py): 144->24 @56 forward 1.84x
+// faster (the band copy, 144 channels padded to 160, was most of it; torch 0.11 ms, ours 0.28
+// before), 24->144 backward-input 1.90x, 32->16 @112 1.26x, 16->96 @112 forward 1.08x.
+bool in_place_1x1(const Conv2dParams& p) {
+  return is_nhwc(p) && p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 &&
+         (p.groups == 1 || p.C % kChan == 0);
+}
+// Whether forward's A rows meet values of the next channels or pixels with zero rows of B.
+bool reads_past(const Conv2dParams& p) {
+  return p.groups == 1 ? row_mode(p) || (in_place_1x1(p) && p.C % kChan != 0) : p.Cg() % kChan != 0;
+}
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
   return (p.C >= kChan || row_mode(p)) && supports_any_c(p, dtype);
 }
@@ -503,13 +517,13 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   const bf16* wp = reinterpret_cast<const bf16*>(pf.data);
 
   // the zero-padded NHWC band of the whole input, with slack after it for the rows of the last
-  // tiles that run past the last image (computed, never stored). A channels_last input with 32k
-  // channels and a 1x1 filter at stride 1 is its own band: read in place, but for the last 32
-  // pixels, copied with zeros after them (copying MobileNet's 96->24 1x1 @56 input took 40% of
-  // its time).
+  // tiles that run past the last image (computed, never stored). A channels_last input and a 1x1
+  // filter at stride 1 is its own band (in_place_1x1): read in place, but for the last 32 pixels,
+  // copied with zeros after them (copying MobileNet's 96->24 1x1 @56 input took 40% of its time).
   TileJob job;
   at::Tensor band_t;
-  if (nhwc && !rows && R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && C == Cb) {
+  const bool in_place = in_place_1x1(p);
+  if (in_place) {
     const int64_t total = N * H * W, from = std::max<int64_t>(0, total - 2 * kTile);
     band_t = at::empty({(total - from + 4 * kTile) * C}, at::TensorOptions().dtype(at::kBFloat16));
     bf16* t = reinterpret_cast<bf16*>(band_t.data_ptr());
@@ -521,7 +535,7 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack);
     job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
   }
-  job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
+  job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = in_place ? C : Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
   job.steps = steps.data(), job.nst = nst, job.wp = wp, job.K = K, job.bias = bias, job.y = y, job.nhwc = nhwc;
   job.Ho = P, job.Wo = Q, job.macs = p.macs();
   job.groups = G, job.a_group = Cg, job.wp_group = group_elems, job.ldk = p.K;
@@ -799,8 +813,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 #pragma GCC pop_options
 
 void forward_one(const Conv2dParams& p, Operands& o) {
-  if ((p.groups == 1 ? row_mode(p) : p.Cg() % kChan != 0) &&
-      has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
+  if (reads_past(p) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
     return run_as_float32(Pass::Forward, p, o);
   const bf16* bias = o.bias.defined() ? reinterpret_cast<const bf16*>(o.bias.const_data_ptr()) : nullptr;
   forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
@@ -814,8 +827,7 @@ void backward_input_one(const Conv2dParams& p, Operands& o) {
     return;
   }
   const Conv2dParams f = turned(p);
-  if ((p.groups == 1 ? row_mode(f) : p.Kg() % kChan != 0) &&
-      has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
+  if (reads_past(f) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
     return run_as_float32(Pass::BackwardInput, p, o);
   const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
   forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
