@@ -386,14 +386,20 @@ void run_tiles(const TileJob& jb) {
     int64_t npiece[kPairs] = {};
     for (int64_t mp = mp0; mp < mp1; ++mp) {
       int64_t* o = off[mp - mp0];
+      // the rows' grid pixels (pp, q), stepped along without a division a row (two divisions a
+      // row were most of a 1x1 layer with 32 channels' time: 4 products a pixel pair)
+      int64_t pp = 0, q = 0, q0 = 0;
       for (int64_t i = 0; i < 2 * kTile; ++i) {
         const int64_t t = 2 * mp + i / kTile;
-        int64_t pp, q;
-        if (flat) {
-          const int64_t m = t * kTile + i % kTile;
-          pp = m / Wp, q = m % Wp;
-        } else {
-          pp = t / (Wg / kTile), q = t % (Wg / kTile) * kTile + i % kTile;
+        if (flat) {  // grid pixel m = 32 mp + i, rows of Wp
+          if (i == 0) {
+            pp = 2 * mp * kTile / Wp, q = 2 * mp * kTile % Wp;
+          } else if (++q == Wp) {
+            q = 0, ++pp;
+          }
+        } else {  // tile t: a row of Wg / 16 tiles
+          if (i % kTile == 0) pp = t / (Wg / kTile), q0 = t % (Wg / kTile) * kTile;
+          q = q0 + i % kTile;
         }
         o[i] = (t >= ntile || pp >= P || q >= Q) ? -1 : (pp * jb.oy + jb.oa) * jb.Wo + q * jb.ox + jb.ob;
       }
