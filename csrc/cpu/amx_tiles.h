@@ -53,6 +53,15 @@ inline void step_2x2(const void* a0, const void* a1, int64_t a_stride, const voi
   _tile_dpbf16ps(2, 5, 6);
   _tile_dpbf16ps(3, 5, 7);
 }
+// C_00 += A_0 . B_0, C_10 += A_1 . B_0: the 2x2 block's left half, for a filter pair whose second
+// block is all zeros (16 filters or fewer left): half the products of step_2x2.
+inline void step_2x1(const void* a0, const void* a1, int64_t a_stride, const void* b0, int64_t b_stride) {
+  _tile_loadd(4, a0, a_stride);
+  _tile_loadd(6, b0, b_stride);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_loadd(5, a1, a_stride);
+  _tile_dpbf16ps(2, 5, 6);
+}
 inline void load_2x2(const float (*cbuf)[2 * kTile]) {  // the inverse of store_2x2
   _tile_loadd(0, &cbuf[0][0], 2 * kTile * sizeof(float));
   _tile_loadd(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
