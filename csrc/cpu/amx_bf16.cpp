@@ -770,11 +770,17 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
           } else {
             load_2x2(c);
           }
-          for (int64_t g = g0; g < g1; ++g) {
+          const bool a_pair = K - kp * kChan > kTile;  // else filters 16-31 of the block are zeros:
+          for (int64_t g = g0; g < g1; ++g) {           // half the products (CIFAR's 16 filters)
             const int64_t n = g / spi, m0 = g % spi * kChan;
             const bf16* a0 = dyt + (n * Kp + kp * kChan) * Mg + m0 - e;
             const bf16* b0 = xv + ((f * N + n) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
-            step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, 2 * kChan * int64_t(sizeof(bf16)));
+            constexpr int64_t b_stride = 2 * kChan * int64_t(sizeof(bf16));
+            if (a_pair) {
+              step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
+            } else {
+              step_1x2(a0, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
+            }
           }
           store_2x2(c);
         }

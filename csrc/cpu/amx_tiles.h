@@ -62,6 +62,15 @@ inline void step_2x1(const void* a0, const void* a1, int64_t a_stride, const voi
   _tile_loadd(5, a1, a_stride);
   _tile_dpbf16ps(2, 5, 6);
 }
+// C_00 += A_0 . B_0, C_01 += A_0 . B_1: the 2x2 block's top half, for an A pair whose second tile
+// is all zeros.
+inline void step_1x2(const void* a0, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
+  _tile_loadd(4, a0, a_stride);
+  _tile_loadd(6, b0, b_stride);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_loadd(7, b1, b_stride);
+  _tile_dpbf16ps(1, 4, 7);
+}
 inline void load_2x2(const float (*cbuf)[2 * kTile]) {  // the inverse of store_2x2
   _tile_loadd(0, &cbuf[0][0], 2 * kTile * sizeof(float));
   _tile_loadd(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
