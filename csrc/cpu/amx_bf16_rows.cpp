@@ -144,10 +144,16 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
           } else {
             load_2x2(acc);
           }
+          const bool a_pair = K - kb * kChan > kTile;  // else the A pair's second tile is zeros
           for (int64_t g = c0; g < c1; ++g) {
             const bf16* a0 = dyt + (g * Kp + kb * kChan) * kChan;
             const bf16* b = bchunk + (g - c0) * kStepElems;
-            step_2x2(a0, a0 + kTile * kChan, kChan * int64_t(sizeof(bf16)), b, b + kTile * 2 * kTile, 2 * kTile * int64_t(sizeof(bf16)));
+            constexpr int64_t a_stride = kChan * int64_t(sizeof(bf16)), b_stride = 2 * kTile * int64_t(sizeof(bf16));
+            if (a_pair) {
+              step_2x2(a0, a0 + kTile * kChan, a_stride, b, b + kTile * 2 * kTile, b_stride);
+            } else {
+              step_1x2(a0, a_stride, b, b + kTile * 2 * kTile, b_stride);
+            }
           }
           store_2x2(acc);
         }
