@@ -178,6 +178,9 @@ AMX = [
     ((1, 96, 6, 5), 96, (1, 1), 1, 0, 1, 3),             # groups, a 1x1 input read in place
     ((2, 128, 7, 8), 128, (3, 3), 1, 1, 1, 8),           # 8 groups of 16: A rows reach the next group
     ((1, 80, 6, 6), 80, (1, 1), 1, 0, 1, 5),             # 5 groups of 16: the last reads band padding
+    ((2, 64, 9, 10), 64, (3, 3), 1, 1, 1, 8),            # small groups (8 channels): blocks of 32 channels
+    ((1, 32, 8, 9), 64, (3, 3), 2, 1, 1, 8),             # with a block-diagonal filter; 4 -> 8, strided
+    ((1, 64, 7, 7), 32, (1, 1), 1, 0, 1, 4),             # 16 channels, 8 filters a group
 ]
 # < 16 channels (amx_bf16_rows' backward passes: the taps of a filter row side by side)
 AMX_ROWS = [
@@ -529,6 +532,7 @@ def test_depthwise_bfloat16_forward_exact(shape):
     ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),      # amx_bf16's 16-channel backward passes
     ((1, 32, 28, 28), 64, (1, 1), 1, 0, 1, 1),     # its swapped 1x1 backward-weight (channels_last)
     ((1, 40, 6, 7), 48, (1, 1), 1, 0, 1, 1),       # its in-place 1x1 reading into the next pixel
+    ((1, 64, 9, 9), 64, (3, 3), 1, 1, 1, 8),       # its small groups (block-diagonal filters)
     ((1, 32, 8, 8), 32, (3, 3), 1, 1, 1, 1),
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 1),
     ((1, 128, 9, 9), 128, (3, 3), 1, 1, 1, 8),     # ... and its groups of 16 channels
