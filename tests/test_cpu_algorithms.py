@@ -383,6 +383,8 @@ def test_deterministic(shape, layout):
 @pytest.mark.parametrize("shape", [
     ((3, 3, 70, 66), 64, (7, 7), 2, 3, 1, 1),     # amx_bf16_rows: several parts of 64 steps
     ((2, 64, 20, 20), 64, (3, 3), 1, 1, 1, 1),
+    ((2, 256, 9, 9), 256, (3, 3), 1, 1, 1, 16),   # amx_bf16's groups: blocks of groups a task, by thread count
+    ((2, 128, 10, 10), 128, (3, 3), 2, 1, 1, 16),  # small groups (8 channels): block-diagonal filters
 ], ids=str)
 def test_deterministic_bfloat16(shape, layout):
     """bfloat16 kernels: the same bits on two runs and for 1 and 2 threads."""

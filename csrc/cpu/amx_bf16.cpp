@@ -1,6 +1,7 @@
 // amx_bf16.cpp — bfloat16 convolution on the AMX tile units (Intel Sapphire Rapids and later):
 // any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter; groups of 16k
-// channels in one pass (grouped_in_place), up to 4 other groups a group at a time (per_group).
+// channels in one pass (grouped_in_place), smaller groups as blocks of 32 channels with a
+// block-diagonal filter (small_groups), up to 4 other groups a group at a time (per_group).
 // Forward (below); backward-input, at stride 1 that forward on dy with the filter turned round,
 // strided by dx's stride phases (backward_input_phases); backward-weight with dy rows as A tiles
 // and pairs of band pixels as B tiles (backward_weight).
@@ -364,11 +365,15 @@ void run_tiles(const TileJob& jb) {
   const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
   constexpr int64_t kPairs = 4;
   const int64_t nmb = ceil_div(npair, kPairs);
-  for_each_task(jb.groups * N * nmb * nkpb, jb.macs, [&](int64_t task) {
-    const int64_t g = task / (N * nmb * nkpb), kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
-    const bf16* gwp = wp + g * jb.wp_group;
-    const bf16* gbias = bias ? bias + g * K : nullptr;
-    bf16* gy = y + g * K * (jb.nhwc ? 1 : plane);
+  // Groups: a task takes a block of gpt groups (the offsets below are the same for every group;
+  // worked out once a task: ResNeXt's 32 groups of 16 @14 spent half the time on a task's overheads
+  // with a group a task), as many as leave 8 tasks a thread.
+  const int64_t per_group_tasks = N * nmb * nkpb;
+  const int64_t gpt = std::max<int64_t>(1, std::min(jb.groups, jb.groups * per_group_tasks / (8 * pool_threads())));
+  const int64_t ngb = ceil_div(jb.groups, gpt);
+  for_each_task(ngb * per_group_tasks, jb.macs, [&](int64_t task) {
+    const int64_t gb = task / per_group_tasks, kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
+    const int64_t g0 = gb * gpt, g1 = std::min(jb.groups, g0 + gpt);
     const int64_t mp0 = mb * kPairs, mp1 = std::min(npair, (mb + 1) * kPairs);
     configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
@@ -418,48 +423,54 @@ void run_tiles(const TileJob& jb) {
         i += len;
       }
     }
-    for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
-      const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
-      for (int64_t j = 0; j < 2 * kTile; ++j) {  // bias as float32 (bfloat16 = the top half)
-        const uint32_t u = gbias && j < kn ? uint32_t(gbias[k0 + j]) << 16 : 0u;
-        std::memcpy(&bv[j], &u, 4);
-      }
-      const bf16* b0 = gwp + (2 * kp) * nst * tile_elems;
-      const bf16* b1 = b0 + nst * tile_elems;
-      const __mmask16 m0 = first_lanes(kn), m1 = first_lanes(kn - kTile);
-      for (int64_t mp = mp0; mp < mp1; ++mp) {
-        zero_2x2();
-        const int64_t t0 = 2 * mp;
-        const bf16* a0 = a_at(tile_base(n, t0)) + g * jb.a_group;
-        const bf16* a1 = a_at(tile_base(n, t0 + 1)) + g * jb.a_group;
-        if (kn > kTile) {
-          for (int64_t st = 0; st < nst; ++st)
-            step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
-        } else {  // the pair's second filter block is all zeros (CIFAR's 16->16 5x5 forward 1.15x faster)
-          for (int64_t st = 0; st < nst; ++st) step_2x1(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, 64);
+    for (int64_t g = g0; g < g1; ++g) {
+      const bf16* gwp = wp + g * jb.wp_group;
+      const bf16* gbias = bias ? bias + g * K : nullptr;
+      bf16* gy = y + g * K * (jb.nhwc ? 1 : plane);
+      for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
+        const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
+        for (int64_t j = 0; j < 2 * kTile; ++j) {  // bias as float32 (bfloat16 = the top half)
+          const uint32_t u = gbias && j < kn ? uint32_t(gbias[k0 + j]) << 16 : 0u;
+          std::memcpy(&bv[j], &u, 4);
         }
-        store_2x2(cbuf);
-        const int64_t* o = off[mp - mp0];
-        if (jb.nhwc) {
-          for (int64_t i = 0; i < 2 * kTile; ++i) {
-            if (o[i] < 0) continue;
-            const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
-            const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
-            bf16* out = gy + (n * plane + o[i]) * ldk + k0;
-            _mm256_mask_storeu_epi16(out, m0, lo);
-            _mm256_mask_storeu_epi16(out + kTile, m1, hi);
+        const bf16* b0 = gwp + (2 * kp) * nst * tile_elems;
+        const bf16* b1 = b0 + nst * tile_elems;
+        const __mmask16 m0 = first_lanes(kn), m1 = first_lanes(kn - kTile);
+        for (int64_t mp = mp0; mp < mp1; ++mp) {
+          zero_2x2();
+          const int64_t t0 = 2 * mp;
+          const bf16* a0 = a_at(tile_base(n, t0)) + g * jb.a_group;
+          const bf16* a1 = a_at(tile_base(n, t0 + 1)) + g * jb.a_group;
+          if (kn > kTile) {
+            for (int64_t st = 0; st < nst; ++st)
+              step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
+          } else {  // the pair's second filter block is all zeros (CIFAR's 16->16 5x5 forward 1.15x faster)
+            for (int64_t st = 0; st < nst; ++st)
+              step_2x1(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, 64);
           }
-          continue;
-        }
-        const Piece* pc = pieces[mp - mp0];
-        for (int64_t j = 0; j < kn; ++j) {
-          const __m512 b = _mm512_set1_ps(bv[j]);
-          const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
-          const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
-          const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
-          bf16* out = gy + (n * ldk + k0 + j) * plane;
-          for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
-            _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
+          store_2x2(cbuf);
+          const int64_t* o = off[mp - mp0];
+          if (jb.nhwc) {
+            for (int64_t i = 0; i < 2 * kTile; ++i) {
+              if (o[i] < 0) continue;
+              const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
+              const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
+              bf16* out = gy + (n * plane + o[i]) * ldk + k0;
+              _mm256_mask_storeu_epi16(out, m0, lo);
+              _mm256_mask_storeu_epi16(out + kTile, m1, hi);
+            }
+            continue;
+          }
+          const Piece* pc = pieces[mp - mp0];
+          for (int64_t j = 0; j < kn; ++j) {
+            const __m512 b = _mm512_set1_ps(bv[j]);
+            const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
+            const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
+            const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
+            bf16* out = gy + (n * ldk + k0 + j) * plane;
+            for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
+              _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
+          }
         }
       }
     }
