@@ -974,17 +974,22 @@ Conv2dParams blocked_params(const Conv2dParams& p) {  // the problem on the bloc
   q.ws_k = kChan * p.R * p.S, q.ws_c = p.R * p.S, q.ws_r = p.S, q.ws_s = 1;
   return q;
 }
-// Filter k of group g = k / Kg is block row k, its channels at (g mod 32 / Cg) Cg of the block.
-at::Tensor blocked_filter(const Conv2dParams& p, const at::Tensor& w) {
-  const int64_t K = p.K, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, gpb = kChan / Cg;
-  at::Tensor d_t = at::zeros({K, kChan, R, S}, w.options().memory_format(at::MemoryFormat::Contiguous));
-  const bf16* src = reinterpret_cast<const bf16*>(w.const_data_ptr());
-  bf16* d = reinterpret_cast<bf16*>(d_t.data_ptr());
-  for (int64_t k = 0; k < K; ++k)
+// Filter k of group g = k / Kg is block row k, its channels at (g mod 32 / Cg) Cg of the block:
+// f(blocked element, element of the filter w / dw (p's strides)) for every element of the groups.
+template <typename F>
+void for_blocked(const Conv2dParams& p, F f) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, gpb = kChan / Cg;
+  for (int64_t k = 0; k < p.K; ++k)
     for (int64_t c = 0; c < Cg; ++c)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t t = 0; t < S; ++t)
-          d[((k * kChan + k / Kg % gpb * Cg + c) * R + r) * S + t] = src[k * p.ws_k + c * p.ws_c + r * p.ws_r + t * p.ws_s];
+          f(((k * kChan + k / Kg % gpb * Cg + c) * R + r) * S + t, k * p.ws_k + c * p.ws_c + r * p.ws_r + t * p.ws_s);
+}
+at::Tensor blocked_filter(const Conv2dParams& p, const at::Tensor& w) {
+  at::Tensor d_t = at::zeros({p.K, kChan, p.R, p.S}, w.options().memory_format(at::MemoryFormat::Contiguous));
+  const bf16* src = reinterpret_cast<const bf16*>(w.const_data_ptr());
+  bf16* d = reinterpret_cast<bf16*>(d_t.data_ptr());
+  for_blocked(p, [&](int64_t b, int64_t e) { d[b] = src[e]; });
   return d_t;
 }
 
@@ -1005,23 +1010,19 @@ bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
     return true;
   return small_groups(p) && supports_backward_weight(blocked_params(p), dtype);
 }
-void run_forward(const Conv2dParams& p, Operands& o) {
-  if (!small_groups(p) || grouped_in_place(Pass::Forward, p)) return per_group(Pass::Forward, p, o, forward_one);
-  if (has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
-    return run_as_float32(Pass::Forward, p, o);
-  const Conv2dParams q = blocked_params(p);
+// Forward or backward-input: with small groups (not in place) on the block-diagonal filter, unless
+// o.a (x, dy: `values` long), which the filter's zeros meet, is not finite.
+template <typename One>
+void run_groups(Pass pass, const Conv2dParams& p, Operands& o, int64_t values, One one) {
+  if (!small_groups(p) || grouped_in_place(pass, p)) return per_group(pass, p, o, one);
+  if (has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), values)) return run_as_float32(pass, p, o);
   const at::Tensor w = blocked_filter(p, o.b);
   Operands ob{o.a, w, o.bias, o.out};
-  per_group(Pass::Forward, q, ob, forward_one);
+  per_group(pass, blocked_params(p), ob, one);
 }
+void run_forward(const Conv2dParams& p, Operands& o) { run_groups(Pass::Forward, p, o, p.N * p.C * p.H * p.W, forward_one); }
 void run_backward_input(const Conv2dParams& p, Operands& o) {
-  if (!small_groups(p) || grouped_in_place(Pass::BackwardInput, p)) return per_group(Pass::BackwardInput, p, o, backward_input_one);
-  if (has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
-    return run_as_float32(Pass::BackwardInput, p, o);
-  const Conv2dParams q = blocked_params(p);
-  const at::Tensor w = blocked_filter(p, o.b);
-  Operands ob{o.a, w, o.bias, o.out};
-  per_group(Pass::BackwardInput, q, ob, backward_input_one);
+  run_groups(Pass::BackwardInput, p, o, p.N * p.K * p.P * p.Q, backward_input_one);
 }
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   if (!small_groups(p)) return per_group(Pass::BackwardWeight, p, o, backward_weight_one);
@@ -1029,14 +1030,9 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
   at::Tensor dwb = at::empty({p.K, kChan, p.R, p.S}, o.out.options().memory_format(at::MemoryFormat::Contiguous));
   Operands ob{o.a, o.b, o.bias, dwb};
   per_group(Pass::BackwardWeight, q, ob, backward_weight_one);
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, gpb = kChan / Cg;
   const bf16* src = reinterpret_cast<const bf16*>(dwb.const_data_ptr());
   bf16* d = reinterpret_cast<bf16*>(o.out.mutable_data_ptr());
-  for (int64_t k = 0; k < p.K; ++k)
-    for (int64_t c = 0; c < Cg; ++c)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t t = 0; t < S; ++t)
-          d[k * p.ws_k + c * p.ws_c + r * p.ws_r + t * p.ws_s] = src[((k * kChan + k / Kg % gpb * Cg + c) * R + r) * S + t];
+  for_blocked(p, [&](int64_t b, int64_t e) { d[e] = src[b]; });  // the diagonal blocks
 }
 
 const bool registered =
