@@ -113,8 +113,8 @@ bool has_nonfinite(const bf16* x, int64_t n) {
 at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
                        int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack) {
   const int64_t img = Hp * Wp * Cp;
-  at::Tensor band_t = at::empty({N * img + slack}, at::TensorOptions().dtype(at::kBFloat16));
-  bf16* xb = reinterpret_cast<bf16*>(band_t.data_ptr());
+  at::Tensor band_t = bf16_buffer(N * img + slack);
+  bf16* xb = bf16_data(band_t);
   std::memset(xb + N * img, 0, sizeof(bf16) * slack);
   for_each_task(N * Hp, N * Hp * Wp * Cp * 16, [&](int64_t nh) {
     const int64_t n = nh / Hp, hp = nh % Hp, h = hp - ph;
@@ -546,8 +546,8 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   const bool in_place = in_place_1x1(p);
   if (in_place) {
     const int64_t total = N * H * W, from = std::max<int64_t>(0, total - 2 * kTile);
-    band_t = at::empty({(total - from + 4 * kTile) * C}, at::TensorOptions().dtype(at::kBFloat16));
-    bf16* t = reinterpret_cast<bf16*>(band_t.data_ptr());
+    band_t = bf16_buffer((total - from + 4 * kTile) * C);
+    bf16* t = bf16_data(band_t);
     std::memcpy(t, x + from * C, sizeof(bf16) * (total - from) * C);
     std::memset(t + (total - from) * C, 0, sizeof(bf16) * 4 * kTile * C);
     job.xb = x, job.tail = t, job.tail_from = from;
@@ -663,8 +663,8 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // the channels of a pixel pair together, B rows 512 bytes apart at 128 channels, 3x3/2 128@56
   // spent half its time waiting on B loads from L2). A tap at an odd offset from the grid pixel
   // starts its pairs one pixel early, and its A rows (dy) with it.
-  at::Tensor xv_t = at::empty({nph * N * Jn * Cp * 2}, at::TensorOptions().dtype(at::kBFloat16));
-  bf16* xv = reinterpret_cast<bf16*>(xv_t.data_ptr());
+  at::Tensor xv_t = bf16_buffer(nph * N * Jn * Cp * 2);
+  bf16* xv = bf16_data(xv_t);
   std::vector<uint8_t> nonfinite(static_cast<size_t>(nph * N), 0);
   for_each_task(nph * N, nph * N * Jn * Cp * 16, [&](int64_t fn) {
     const int64_t f = fn / N, n = fn % N;
@@ -700,37 +700,15 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // dyt[n][k][1 + m]: dy on the grid, 0 at the columns past Q, the pixels past P*Ws and the
   // filters past K, and before pixel 0 (read by the A rows of odd taps)
   // (zeroed by memset: at::zeros fills bfloat16 a value at a time, 5% of 1x1 128->512's time)
-  at::Tensor dyt_t = at::empty({N * Kp * Mg + kChan}, at::TensorOptions().dtype(at::kBFloat16));
-  bf16* dyt = reinterpret_cast<bf16*>(dyt_t.data_ptr()) + 1;
+  at::Tensor dyt_t = bf16_buffer(N * Kp * Mg + kChan);
+  bf16* dyt = bf16_data(dyt_t) + 1;
   for_each_task(N, N * Kp * Mg, [&](int64_t n) { std::memset(dyt - 1 + n * Kp * Mg, 0, sizeof(bf16) * Kp * Mg); });
   std::memset(dyt - 1 + N * Kp * Mg, 0, sizeof(bf16) * kChan);
   for_each_task(N * P, N * P * Q * K * 16, [&](int64_t np) {
     const int64_t n = np / P, pp = np % P;
-    int64_t k = 0;
-    if (nhwc) {  // filters k, k+1 of 16 pixels at once: 32-bit gathers of (dy[q][k], dy[q][k+1])
-      const bf16* row = dy + ((n * P + pp) * Q) * K;
-      const __m512i idx = lane_steps(K);
-      for (; k + 1 < K; k += 2) {
-        bf16* o0 = dyt + (n * Kp + k) * Mg + pp * Ws;
-        bf16* o1 = o0 + Mg;
-        for (int64_t q0 = 0; q0 < Q; q0 += kTile) {
-          const __mmask16 m = first_lanes(Q - q0);
-          const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, row + q0 * K + k, 2);
-          const __m512i hi = _mm512_maskz_srli_epi32(0xFFFF, v, 16);  // (the maskz forms: no undefined
-          _mm256_mask_storeu_epi16(o0 + q0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, v));  // lanes for GCC)
-          _mm256_mask_storeu_epi16(o1 + q0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, hi));
-        }
-      }
-    }
-    for (; k < K; ++k) {
-      bf16* o = dyt + (n * Kp + k) * Mg + pp * Ws;
-      if (!nhwc) {
-        std::memcpy(o, dy + ((n * K + k) * P + pp) * Q, sizeof(bf16) * Q);
-        continue;
-      }
-      const bf16* src = dy + ((n * P + pp) * Q) * K + k;
-      for (int64_t q = 0; q < Q; ++q) o[q] = src[q * K];
-    }
+    bf16* o = dyt + n * Kp * Mg + pp * Ws;
+    if (nhwc) return pixels_to_rows(dy + ((n * P + pp) * Q) * K, K, Q, o, Mg);
+    for (int64_t k = 0; k < K; ++k) std::memcpy(o + k * Mg, dy + ((n * K + k) * P + pp) * Q, sizeof(bf16) * Q);
   });
 
   // A task: a group of 32-filter blocks x 32 channels x a group of taps, over every pixel of every
@@ -805,8 +783,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         const float (*cbuf)[2 * kTile] = acc[(rs - rs0) * kg + kp - kg0];
         for (int64_t i = 0; i < 2 * kTile; ++i) {
           alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
-          const __m512i row = (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(&cbuf[i][0]));
-          _mm512_store_si512(v, _mm512_permutexvar_epi16(order, row));
+          _mm512_store_si512(v, unpacked_row_bf16(cbuf[i], order));
           if (direct) {  // channels contiguous in dw: the row's 32 channels at once
             if (i < kn) {
               bf16* o = dwt + (k0 + i) * p.ws_k + c0 + tap_w[rs];

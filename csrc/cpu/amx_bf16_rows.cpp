@@ -58,9 +58,6 @@ bool supports_rows(const Conv2dParams& p, at::ScalarType dtype) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
 
-at::Tensor bf16_buffer(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kBFloat16)); }
-bf16* data(at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr()); }
-
 void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h;
@@ -70,34 +67,19 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   const int64_t Wp = std::max(W + 2 * p.pad_w, (Q - 1) * sw + S);
   // the band, and Jp zeros after it: the last window's row of 32 values stays inside
   at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, p.pad_h, p.pad_w, Hp, Wp, C, Jp);
-  const bf16* xb = data(band_t);
+  const bf16* xb = bf16_data(band_t);
   // dyt[g][k][32]: dy by steps of 32 pixels (an image's P*Q pixels in Mg / 32 steps), the
   // step's pixels of filter k: an A tile is 1 KiB in one run. 0 past P*Q pixels and past K filters.
   const int64_t spi = Mg / kChan, nsteps = N * spi;
   at::Tensor dyt_t = bf16_buffer(nsteps * Kp * kChan);
-  bf16* dyt = data(dyt_t);
+  bf16* dyt = bf16_data(dyt_t);
   for_each_task(nsteps, nsteps * Kp * kChan * 4, [&](int64_t g) {
     bf16* d = dyt + g * Kp * kChan;
     const int64_t n = g / spi, m0 = g % spi * kChan, nm = std::min(kChan, PQ - m0);
     if (nm < kChan) std::memset(d, 0, sizeof(bf16) * Kp * kChan);
     else if (K < Kp) std::memset(d + K * kChan, 0, sizeof(bf16) * (Kp - K) * kChan);
-    if (!nhwc) {
-      for (int64_t k = 0; k < K; ++k) std::memcpy(d + k * kChan, dy + (n * K + k) * PQ + m0, sizeof(bf16) * nm);
-      return;
-    }
-    // filters k, k + 1 of 16 pixels at once: 32-bit gathers of (dy[m][k], dy[m][k + 1])
-    const bf16* img = dy + n * PQ * K;
-    const __m512i idx = lane_steps(K);
-    for (int64_t i0 = 0; i0 < nm; i0 += kTile) {
-      const __mmask16 m = first_lanes(nm - i0);
-      for (int64_t k = 0; k + 1 < K; k += 2) {
-        const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, img + (m0 + i0) * K + k, 2);
-        _mm256_mask_storeu_epi16(d + k * kChan + i0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, v));
-        _mm256_mask_storeu_epi16(d + (k + 1) * kChan + i0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, v, 16)));
-      }
-    }
-    if (K % 2 == 1)
-      for (int64_t i = 0; i < nm; ++i) d[(K - 1) * kChan + i] = img[(m0 + i) * K + K - 1];
+    if (nhwc) return pixels_to_rows(dy + (n * PQ + m0) * K, K, nm, d, kChan);
+    for (int64_t k = 0; k < K; ++k) std::memcpy(d + k * kChan, dy + (n * K + k) * PQ + m0, sizeof(bf16) * nm);
   });
 
   // A task: a part of the pixels (64 steps of 32, spanning images) x 32 columns, for every filter
@@ -164,16 +146,16 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   sum_chunks(sums, nparts, blocks * tile_sums);
   for_each_task(blocks, blocks * tile_sums * 8, [&](int64_t blk) {
     const int64_t kb = blk / njb, jb = blk % njb;
+    const __m512i order = unpacked_order();
     for (int64_t r = 0; r < R; ++r) {
       const float(*cbuf)[2 * kTile] = reinterpret_cast<const float(*)[2 * kTile]>(sums + blk * tile_sums + r * kChan * kChan);
       for (int64_t i = 0; i < kChan && kb * kChan + i < K; ++i) {
-        alignas(32) bf16 v[2 * kTile];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(v), to_bf16(_mm512_load_ps(&cbuf[i][0])));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(v + kTile), to_bf16(_mm512_load_ps(&cbuf[i][kTile])));
+        alignas(64) bf16 v[2 * kTile];  // the row's 32 window values in order
+        _mm512_store_si512(v, unpacked_row_bf16(cbuf[i], order));
         bf16* o = dw + (kb * kChan + i) * p.ws_k + r * p.ws_r;
-        for (int64_t j = 0; j < kChan; ++j) {
-          const int64_t col = jb * kChan + unpacked_column(j);
-          if (col < J) o[col % C * p.ws_c + col / C * p.ws_s] = v[j];
+        for (int64_t j = 0; j < kChan && jb * kChan + j < J; ++j) {
+          const int64_t col = jb * kChan + j;
+          o[col % C * p.ws_c + col / C * p.ws_s] = v[j];
         }
       }
     }
@@ -188,7 +170,7 @@ void backward_input(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* 
   // wb[r][kb][jt][i][j][e] = w[k = 32 kb + 2i + e][c][r][s] at column 16 jt + j = s C + c, 0 past K and J
   constexpr int64_t kTileElems = kTile * 2 * kTile;
   at::Tensor wb_t = bf16_buffer(R * nkb * njt * kTileElems);
-  bf16* wb = data(wb_t);
+  bf16* wb = bf16_data(wb_t);
   for (int64_t r = 0; r < R; ++r)
     for (int64_t kb = 0; kb < nkb; ++kb)
       for (int64_t jt = 0; jt < njt; ++jt) {
@@ -205,7 +187,7 @@ void backward_input(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* 
   // pixels of zeros after it, read by the last row's second A tile)
   const bool in_place = nhwc && K == Kp;
   at::Tensor dyb_t = in_place ? at::Tensor() : padded_band(dy, nhwc, N, K, P, Q, 0, 0, P, Q, Kp, kChan * Kp);
-  const bf16* dyb = in_place ? dy : data(dyb_t);
+  const bf16* dyb = in_place ? dy : bf16_data(dyb_t);
   // acc[f]: a dx row in padded columns, NHWC float32 (pixel q's window starts at q sw C), of the
   // windows of pixels q = f (mod nf); the row is their sum. A window is added by whole vectors
   // (masked: the masked-off lanes count for the store-to-load checks), and those of pixels nf
