@@ -181,6 +181,12 @@ AMX = [
     ((2, 64, 9, 10), 64, (3, 3), 1, 1, 1, 8),            # small groups (8 channels): blocks of 32 channels
     ((1, 32, 8, 9), 64, (3, 3), 2, 1, 1, 8),             # with a block-diagonal filter; 4 -> 8, strided
     ((1, 64, 7, 7), 32, (1, 1), 1, 0, 1, 4),             # 16 channels, 8 filters a group
+    ((1, 64, 6, 9), 128, (3, 3), 1, 1, 1, 4),            # groups of 16 channels (channels_last: a band
+    ((2, 64, 9, 11), 64, (3, 3), 2, 1, 1, 4),            # per group, 2 taps a step), 32 filters; strided;
+    ((1, 32, 7, 8), 32, (5, 5), 1, 2, 1, 2),             # 5 taps a row (2 + 2 + 1); 2x2 filter, one step;
+    ((1, 48, 5, 6), 48, (2, 2), 1, 1, 1, 3),             # 24 filters a group (16 + 8);
+    ((1, 32, 6, 6), 48, (3, 3), 1, 1, 1, 2),             # dilated rows
+    ((1, 32, 9, 8), 32, (3, 3), 1, (2, 1), (2, 1), 2),
 ]
 # < 16 channels (amx_bf16_rows' backward passes: the taps of a filter row side by side)
 AMX_ROWS = [

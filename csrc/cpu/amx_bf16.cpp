@@ -168,6 +168,40 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
   return band_t;
 }
 
+// x channels_last (N, G Cg, H, W) as G zero-padded bands [g][n][Hp][Wp][Cg], a group's channels
+// of a pixel side by side (row_mode's unpadded band, one per group: grouped_rows), followed by
+// `slack` zero elements.
+at::Tensor group_bands(const bf16* x, int64_t N, int64_t G, int64_t Cg, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                       int64_t Hp, int64_t Wp, int64_t slack) {
+  const int64_t row = Wp * Cg, band = N * Hp * row, C = G * Cg;
+  at::Tensor band_t = bf16_buffer(G * band + slack);
+  bf16* xb = bf16_data(band_t);
+  std::memset(xb + G * band, 0, sizeof(bf16) * slack);
+  for_each_task(N * Hp, G * band * 16, [&](int64_t nh) {
+    const int64_t n = nh / Hp, hp = nh % Hp, h = hp - ph;
+    bf16* d = xb + nh * row;  // group 0's row; group g's is g band further
+    const int64_t wend = (h < 0 || h >= H) ? 0 : std::max<int64_t>(0, std::min(W, Wp - pw));
+    for (int64_t g = 0; g < G; ++g) {
+      std::memset(d + g * band, 0, sizeof(bf16) * std::min(pw, Wp) * Cg);
+      if (pw + wend < Wp) std::memset(d + g * band + (pw + wend) * Cg, 0, sizeof(bf16) * (Wp - pw - wend) * Cg);
+    }
+    // a group's row at a time (the image row of x stays in L1): a pixel's groups in turn wrote G
+    // streams a band apart, which share L1's sets (twice as slow for 32 groups)
+    const bf16* src = x + (n * H + h) * W * C;
+    for (int64_t g = 0; g < G; ++g) {
+      bf16* o = d + g * band + pw * Cg;
+      const bf16* s = src + g * Cg;
+      if (Cg == 16) {
+        for (int64_t ww = 0; ww < wend; ++ww)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + ww * 16), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + ww * C)));
+      } else {
+        for (int64_t ww = 0; ww < wend; ++ww) std::memcpy(o + ww * Cg, s + ww * C, sizeof(bf16) * Cg);
+      }
+    }
+  });
+  return band_t;
+}
+
 }  // namespace amx
 
 #pragma GCC pop_options
@@ -189,14 +223,24 @@ int64_t filter_reach(const Conv2dParams& p, int64_t sign) {
 // 16 filters (half its B tiles zero, still 1.2-3x the float32 kernels on converted copies: CIFAR's
 // 16->16 3x3 @32 channels_last 0.133 -> 0.057 ms, 5x5 0.287 -> 0.090).
 // The filter's elements are gathered by 32-bit offsets (pack_tiles): it must span < 2^31 of them.
-bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype) {  // forward's, but C's
-  return dtype == at::kBFloat16 && p.groups == 1 && p.K >= kTile && (is_nchw(p) || is_nhwc(p)) &&
+bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype, int64_t min_k = kTile) {  // forward's, but C's
+  return dtype == at::kBFloat16 && p.groups == 1 && p.K >= min_k && (is_nchw(p) || is_nhwc(p)) &&
          (weight_is_kcrs(p) || weight_is_krsc(p)) && filter_reach(p, 1) + filter_reach(p, -1) < (int64_t(1) << 31) - 1 &&
          amx_bf16_available();
 }
 // NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
 // half amx_bf16's time (0.145 vs 0.29 ms, batch 8), the 7x7/2 stem in twice it (5.5 vs 2.5).
 bool row_mode(const Conv2dParams& p) { return p.C < kChan && p.dil_w == 1 && (is_nhwc(p) || p.S * p.C >= 16); }
+// Groups of 16 channels and 16-32 filters, channels_last, filter rows of 2+ taps (ResNeXt's 32
+// groups of 16): row_mode on each group's own band (group_bands), two taps a step, where a tap a
+// step on the band of all channels (grouped_in_place) makes half of the products real: a 3x3
+// filter takes 6 steps a pixel, 3/4 of them real, not 9 with 1/2. 32 groups of 16 @14, batch 4,
+// channels_last (benchmarks/ab.py): forward 1.29x faster, backward-input 1.27x. Not for groups
+// of 8 (0.75x against small_groups' 32-channel blocks: a group's 8 filters fill half a C tile,
+// and every group pays its own stores).
+bool grouped_rows(const Conv2dParams& p) {
+  return p.groups > 1 && is_nhwc(p) && p.dil_w == 1 && p.S > 1 && p.Cg() == kTile && p.Kg() >= kTile && p.Kg() <= 2 * kTile;
+}
 // A channels_last 1x1 stride-1 unpadded input is forward's band as it lies, pixels C values apart
 // (all channels of the groups; one group: any C, the A rows of its last block of 32 then reading
 // into the next pixel's values, met by zero rows of B: such data must be finite, see reads_past).
@@ -370,6 +414,10 @@ void run_tiles(const TileJob& jb) {
   // with a group a task), as many as leave 8 tasks a thread.
   const int64_t per_group_tasks = N * nmb * nkpb;
   const int64_t gpt = std::max<int64_t>(1, std::min(jb.groups, jb.groups * per_group_tasks / (8 * pool_threads())));
+  // 16 filters or fewer: two pixel pairs at once on their B tile (step_4x1; CIFAR's 16->16 3x3
+  // channels_last forward 1.21x faster, batch 8), but for groups read in place at 16-channel
+  // offsets, whose A rows straddle cache lines (32 groups of 16 @14 NCHW: 0.93x)
+  const bool four = jb.groups == 1 || jb.a_group % kChan == 0;
   const int64_t ngb = ceil_div(jb.groups, gpt);
   for_each_task(ngb * per_group_tasks, jb.macs, [&](int64_t task) {
     const int64_t gb = task / per_group_tasks, kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
@@ -436,6 +484,33 @@ void run_tiles(const TileJob& jb) {
         const bf16* b0 = gwp + (2 * kp) * nst * tile_elems;
         const bf16* b1 = b0 + nst * tile_elems;
         const __mmask16 m0 = first_lanes(kn), m1 = first_lanes(kn - kTile);
+        // pixel pair mp's sums, cbuf's columns from c0 (16 filters a block; the second block
+        // unless one_block): bias added, rounded, stored
+        auto emit = [&](int64_t mp, int64_t c0, bool one_block) {
+          const int64_t* o = off[mp - mp0];
+          if (jb.nhwc) {
+            for (int64_t i = 0; i < 2 * kTile; ++i) {
+              if (o[i] < 0) continue;
+              bf16* out = gy + (n * plane + o[i]) * ldk + k0;
+              _mm256_mask_storeu_epi16(out, m0, to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][c0]), _mm512_load_ps(bv))));
+              if (one_block) continue;
+              const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
+              _mm256_mask_storeu_epi16(out + kTile, m1, hi);
+            }
+            return;
+          }
+          const Piece* pc = pieces[mp - mp0];
+          for (int64_t j = 0; j < kn; ++j) {
+            const __m512 b = _mm512_set1_ps(bv[j]);
+            const int64_t cj = c0 + j;
+            const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][cj], 4), b));
+            const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][cj], 4), b));
+            const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
+            bf16* out = gy + (n * ldk + k0 + j) * plane;
+            for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
+              _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
+          }
+        };
         for (int64_t mp = mp0; mp < mp1; ++mp) {
           zero_2x2();
           const int64_t t0 = 2 * mp;
@@ -444,33 +519,23 @@ void run_tiles(const TileJob& jb) {
           if (kn > kTile) {
             for (int64_t st = 0; st < nst; ++st)
               step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
+          } else if (mp + 1 < mp1 && four) {  // 16 filters or fewer: two pixel pairs on the one B tile
+            const bf16* a2 = a_at(tile_base(n, t0 + 2)) + g * jb.a_group;
+            const bf16* a3 = a_at(tile_base(n, t0 + 3)) + g * jb.a_group;
+            for (int64_t st = 0; st < nst; ++st) {
+              const int64_t ao = steps[st].a_off;
+              step_4x1(a0 + ao, a1 + ao, a2 + ao, a3 + ao, a_stride, b0 + st * tile_elems, 64);
+            }
+            store_2x2(cbuf);
+            emit(mp, 0, true);
+            emit(++mp, kTile, true);
+            continue;
           } else {  // the pair's second filter block is all zeros (CIFAR's 16->16 5x5 forward 1.15x faster)
             for (int64_t st = 0; st < nst; ++st)
               step_2x1(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, 64);
           }
           store_2x2(cbuf);
-          const int64_t* o = off[mp - mp0];
-          if (jb.nhwc) {
-            for (int64_t i = 0; i < 2 * kTile; ++i) {
-              if (o[i] < 0) continue;
-              const __m256i lo = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), _mm512_load_ps(bv)));
-              const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
-              bf16* out = gy + (n * plane + o[i]) * ldk + k0;
-              _mm256_mask_storeu_epi16(out, m0, lo);
-              _mm256_mask_storeu_epi16(out + kTile, m1, hi);
-            }
-            continue;
-          }
-          const Piece* pc = pieces[mp - mp0];
-          for (int64_t j = 0; j < kn; ++j) {
-            const __m512 b = _mm512_set1_ps(bv[j]);
-            const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][j], 4), b));
-            const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][j], 4), b));
-            const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
-            bf16* out = gy + (n * ldk + k0 + j) * plane;
-            for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
-              _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
-          }
+          emit(mp, 0, kn <= kTile);
         }
       }
     }
@@ -497,8 +562,8 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   // sc = 32 / C consecutive taps of a filter row, whose sc*C values lie side by side in a band
   // of unpadded pixels (Cb = C; the A row's last 32 - sc*C values belong to the next pixels and
   // meet zero rows of B). Step st: A at a_off[st] from the tile row's pixel, B tile (r, s0, c0).
-  const bool rows = G == 1 && row_mode(p);
-  const int64_t Cb = rows ? C : round_up(C, kChan), sc = rows ? kChan / C : 1, Cs = rows ? C : round_up(Cg, kChan);
+  const bool grows = grouped_rows(p), rows = (G == 1 && row_mode(p)) || grows;
+  const int64_t Cb = rows ? Cg : round_up(C, kChan), sc = rows ? kChan / Cg : 1, Cs = rows ? Cg : round_up(Cg, kChan);
   std::vector<Step> steps;
   for (int64_t r = 0; r < R; ++r)
     for (int64_t s = 0; s < S; s += sc) {
@@ -521,16 +586,21 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
       for (int64_t g = 0; g < G; ++g) pack_tiles(pg, w + g * w_group, steps.data(), nst, nkp * 2, d + g * group_elems);
       return;
     }
-    for_each_task(nkp * 2, nkp * 2 * nst * tile_elems, [&](int64_t kb) {
+    // row_mode (per group): 32-value A rows of sc taps x Cg channels; blocks of filters past K zero
+    for_each_task(G * nkp * 2, G * nkp * 2 * nst * tile_elems, [&](int64_t gkb) {
+      const int64_t g = gkb / (nkp * 2), kb = gkb % (nkp * 2);
+      const bf16* wg = w + g * w_group;
+      bf16* dk = d + g * group_elems + kb * nst * tile_elems;
+      if (kb * kTile >= K) return (void)std::memset(dk, 0, sizeof(bf16) * nst * tile_elems);
       for (int64_t st = 0; st < nst; ++st) {
-        bf16* t = d + (kb * nst + st) * tile_elems;
+        bf16* t = dk + st * tile_elems;
         for (int64_t i = 0; i < kTile; ++i)
           for (int64_t j = 0; j < kTile; ++j)
             for (int64_t e = 0; e < 2; ++e) {
               const int64_t v = 2 * i + e, k = kb * kTile + j;  // v: the value's place in the A row
-              const int64_t s = steps[st].s0 + v / C, c = v % C;
-              const bool ok = k < K && s < S && v < sc * C;
-              t[(i * kTile + j) * 2 + e] = ok ? w[k * p.ws_k + c * p.ws_c + steps[st].r * p.ws_r + s * p.ws_s] : bf16(0);
+              const int64_t s = steps[st].s0 + v / Cg, c = v % Cg;
+              const bool ok = k < K && s < S && v < sc * Cg;
+              t[(i * kTile + j) * 2 + e] = ok ? wg[k * p.ws_k + c * p.ws_c + steps[st].r * p.ws_r + s * p.ws_s] : bf16(0);
             }
       }
     });
@@ -553,13 +623,13 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     job.xb = x, job.tail = t, job.tail_from = from;
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
-    band_t = padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack);
+    band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack) : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack);
     job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
   }
   job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = in_place ? C : Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
   job.steps = steps.data(), job.nst = nst, job.wp = wp, job.K = K, job.bias = bias, job.y = y, job.nhwc = nhwc;
   job.Ho = P, job.Wo = Q, job.macs = p.macs();
-  job.groups = G, job.a_group = Cg, job.wp_group = group_elems, job.ldk = p.K;
+  job.groups = G, job.a_group = grows ? N * Hp * Wp * Cg : Cg, job.wp_group = group_elems, job.ldk = p.K;
   run_tiles(job);
 }
 
@@ -890,9 +960,10 @@ Conv2dParams group_params(const Conv2dParams& p) {
 // ResNeXt's 32 groups of 32 @7, channels_last, forward 0.47 -> 0.16 ms (torch 0.15).
 bool grouped_in_place(Pass pass, const Conv2dParams& p) {
   if (p.groups == 1 || !(is_nchw(p) || is_nhwc(p))) return false;
-  if (pass == Pass::Forward) return p.Cg() % kTile == 0 && p.Kg() >= kTile;
+  if (pass == Pass::Forward) return (p.Cg() % kTile == 0 && p.Kg() >= kTile) || grouped_rows(p);
   if (pass == Pass::BackwardWeight) return p.Cg() % kChan == 0 && p.Kg() % kChan == 0;
-  return pass == Pass::BackwardInput && turned_round(p) && p.Kg() % kTile == 0 && p.Cg() >= kTile;
+  return pass == Pass::BackwardInput && turned_round(p) &&
+         ((p.Kg() % kTile == 0 && p.Cg() >= kTile) || grouped_rows(turned(p)));
 }
 
 template <typename One>
@@ -972,11 +1043,13 @@ at::Tensor blocked_filter(const Conv2dParams& p, const at::Tensor& w) {
 
 bool supports_forward_any(const Conv2dParams& p, at::ScalarType dtype) {
   if (p.groups == 1) return supports_forward(p, dtype);
+  if (grouped_rows(p) && supports_any_c(group_params(p), dtype, 1)) return true;  // 8+ filters a group
   if ((grouped_ok(p) || grouped_in_place(Pass::Forward, p)) && supports_forward(group_params(p), dtype)) return true;
   return small_groups(p) && supports_forward_any(blocked_params(p), dtype);
 }
 bool supports_backward_input_any(const Conv2dParams& p, at::ScalarType dtype) {
   if (p.groups == 1) return supports_backward_input(p, dtype);
+  if (turned_round(p) && grouped_rows(turned(p)) && supports_any_c(group_params(p), dtype, 1)) return true;
   if ((grouped_ok(p) || grouped_in_place(Pass::BackwardInput, p)) && supports_backward_input(group_params(p), dtype)) return true;
   return small_groups(p) && supports_backward_input_any(blocked_params(p), dtype);
 }

@@ -66,6 +66,21 @@ inline void step_2x1(const void* a0, const void* a1, int64_t a_stride, const voi
   _tile_loadd(5, a1, a_stride);
   _tile_dpbf16ps(2, 5, 6);
 }
+// Four A tiles on one B tile (16 filters or fewer: two pixel pairs at once, one B load for four
+// products and four sums in flight): C_00 += A_0 . B_0, C_10 += A_1 . B_0, C_01 += A_2 . B_0,
+// C_11 += A_3 . B_0 (store_2x2 then puts pair A_0, A_1 in cbuf's left columns, A_2, A_3 right).
+inline void step_4x1(const void* a0, const void* a1, const void* a2, const void* a3, int64_t a_stride, const void* b0,
+                     int64_t b_stride) {
+  _tile_loadd(6, b0, b_stride);
+  _tile_loadd(4, a0, a_stride);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_loadd(5, a1, a_stride);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_loadd(7, a2, a_stride);
+  _tile_dpbf16ps(1, 7, 6);
+  _tile_loadd(4, a3, a_stride);
+  _tile_dpbf16ps(3, 4, 6);
+}
 // C_00 += A_0 . B_0, C_01 += A_0 . B_1: the 2x2 block's top half, for an A pair whose second tile
 // is all zeros.
 inline void step_1x2(const void* a0, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
