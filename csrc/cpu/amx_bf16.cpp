@@ -296,8 +296,10 @@ struct Step { int64_t a_off, r, s0, c0; };
 //   16 values of the even and of the odd channel, interleaved;
 // - a channel pair adjacent (channels_last, 1x1): a 16-lane gather of 32-bit words;
 // - else (KCRS) two gathers, whose words' low halves are the even and the odd channel's values.
-// 0.3 ms for 512->512 3x3 (2 threads).
-void pack_tiles(const Conv2dParams& p, const bf16* w, const Step* steps, int64_t nst, int64_t nkb, bf16* d) {
+// 0.3 ms for 512->512 3x3 (2 threads). row_cg > 0 (even): row_mode's steps, value v of a step's
+// A row being channel v % row_cg of tap s0 + v / row_cg (a pair never straddles two taps).
+void pack_tiles(const Conv2dParams& p, const bf16* w, const Step* steps, int64_t nst, int64_t nkb, bf16* d,
+                int64_t row_cg = 0) {
   const int64_t tile_elems = kTile * kChan;
   // The element of w with the highest address is read by its word one element lower (and the
   // high half taken): a word at it would reach past the tensor's end.
@@ -327,9 +329,19 @@ void pack_tiles(const Conv2dParams& p, const bf16* w, const Step* steps, int64_t
         const __mmask16 kmask = _mm512_cmplt_epi32_mask(kj, _mm512_set1_epi32(static_cast<int>(p.K)));
         const __m512i kidx = _mm512_mullo_epi32(kj, _mm512_set1_epi32(static_cast<int>(p.ws_k)));
         bf16* t = d + (kb * nst + (&step - steps)) * tile_elems;
+        if (kb * kTile >= p.K) {  // a block past the filters (16 filters: a pair's second block)
+          std::memset(t, 0, sizeof(bf16) * tile_elems);
+          continue;
+        }
         for (int64_t i = 0; i < kTile; ++i) {
-          const int64_t c = step.c0 + 2 * i, off = base + c * p.ws_c;
-          const __mmask16 me = c < p.C ? kmask : 0, mo = c + 1 < p.C ? kmask : 0;
+          int64_t c = step.c0 + 2 * i, off = base + c * p.ws_c;
+          bool real = true;
+          if (row_cg) {
+            const int64_t s = step.s0 + 2 * i / row_cg;
+            c = 2 * i % row_cg, off = step.r * p.ws_r + s * p.ws_s + c * p.ws_c;
+            real = s < p.S && 2 * i < kChan / row_cg * row_cg;
+          }
+          const __mmask16 me = real && c < p.C ? kmask : 0, mo = real && c + 1 < p.C ? kmask : 0;
           __m512i row;
           if (p.ws_k == 1) {
             const bf16* src = w + kb * kTile + off;
@@ -580,28 +592,30 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   float* wscratch = scratch(3, wfloats);
   const PackedFilter pf = packed_filter(filter, {0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, int64_t(rows), G}, wfloats, wscratch, [&](float* dst) {
     bf16* d = reinterpret_cast<bf16*>(dst);
-    if (!rows) {
+    if (!rows || Cg % 2 == 0) {  // a group at a time (groups in parallel; one group: its filter blocks)
       Conv2dParams pg = p;  // one group's filters
       pg.K = K, pg.C = Cg, pg.groups = 1;
-      for (int64_t g = 0; g < G; ++g) pack_tiles(pg, w + g * w_group, steps.data(), nst, nkp * 2, d + g * group_elems);
+      for_each_task(G, G * group_elems * 4, [&](int64_t g) {
+        pack_tiles(pg, w + g * w_group, steps.data(), nst, nkp * 2, d + g * group_elems, rows ? Cg : 0);
+      });
       return;
     }
-    // row_mode (per group): 32-value A rows of sc taps x Cg channels; blocks of filters past K zero
-    for_each_task(G * nkp * 2, G * nkp * 2 * nst * tile_elems, [&](int64_t gkb) {
-      const int64_t g = gkb / (nkp * 2), kb = gkb % (nkp * 2);
-      const bf16* wg = w + g * w_group;
-      bf16* dk = d + g * group_elems + kb * nst * tile_elems;
-      if (kb * kTile >= K) return (void)std::memset(dk, 0, sizeof(bf16) * nst * tile_elems);
+    // row_mode with an odd number of channels (the RGB stems): value v of a step's A row (tap
+    // s0 + v / C, channel v % C) is element at[v] of a filter, in the tile at (v / 2) 32 + v % 2
+    // + 2 j for filter j
+    for_each_task(nkp * 2, nkp * 2 * nst * tile_elems, [&](int64_t kb) {
       for (int64_t st = 0; st < nst; ++st) {
-        bf16* t = dk + st * tile_elems;
-        for (int64_t i = 0; i < kTile; ++i)
-          for (int64_t j = 0; j < kTile; ++j)
-            for (int64_t e = 0; e < 2; ++e) {
-              const int64_t v = 2 * i + e, k = kb * kTile + j;  // v: the value's place in the A row
-              const int64_t s = steps[st].s0 + v / Cg, c = v % Cg;
-              const bool ok = k < K && s < S && v < sc * Cg;
-              t[(i * kTile + j) * 2 + e] = ok ? wg[k * p.ws_k + c * p.ws_c + steps[st].r * p.ws_r + s * p.ws_s] : bf16(0);
-            }
+        bf16* t = d + (kb * nst + st) * tile_elems;
+        std::memset(t, 0, sizeof(bf16) * tile_elems);
+        int64_t at[kChan], nv = 0;  // the values of taps < S: a prefix of the row
+        for (int64_t v = 0; v < sc * C; ++v) {
+          const int64_t s = steps[st].s0 + v / C, c = v % C;
+          if (s < S) at[nv++] = c * p.ws_c + steps[st].r * p.ws_r + s * p.ws_s;
+        }
+        for (int64_t j = 0; j < std::min(kTile, K - kb * kTile); ++j) {
+          const bf16* f = w + (kb * kTile + j) * p.ws_k;
+          for (int64_t v = 0; v < nv; ++v) t[(v >> 1) * kChan + (v & 1) + 2 * j] = f[at[v]];
+        }
       }
     });
   });
