@@ -199,8 +199,9 @@ constexpr int kRun = VL == 16 ? 8 : 4;
 // no padding (the forward's and backward-weight's interior runs; the others are EDGE runs).
 inline bool interior_run(int nt, int64_t col0, int64_t nx, int64_t W) { return nt == kRun && col0 >= 0 && col0 + nx <= W; }
 
-template <int S, int SW, bool EDGE>
-inline void forward_run(const float* const* xrow, const float* const* wrow, int nr, const float* bias, float* o,
+// (X: float, or uint16_t for bfloat16 rows, converted as they are loaded)
+template <int S, int SW, bool EDGE, typename X>
+inline void forward_run(const X* const* xrow, const float* const* wrow, int nr, const float* bias, float* o,
                         int64_t col0, int nt, int64_t Ws, int64_t C, int64_t Cp, bool stream) {
   constexpr int T = kRun, NX = (T - 1) * SW + S;
   for (int64_t c0 = 0; c0 < C; c0 += VL) {
@@ -211,7 +212,7 @@ inline void forward_run(const float* const* xrow, const float* const* wrow, int 
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[t] = bv;
     for (int i = 0; i < nr; ++i) {
-      const float* xr = xrow[i] + col0 * C + c0;
+      const X* xr = xrow[i] + col0 * C + c0;
       V wv[S], xv[NX];
 #pragma GCC unroll 7
       for (int s = 0; s < S; ++s) wv[s] = Isa::load(wrow[i] + s * Cp + c0);
@@ -229,16 +230,16 @@ inline void forward_run(const float* const* xrow, const float* const* wrow, int 
   }
 }
 
-template <int S, int SW>
-void forward_runs(const float* const* xrow, const float* const* wrow, int nr, const float* bias, float* orow,
+template <int S, int SW, typename X = float>
+void forward_runs(const X* const* xrow, const float* const* wrow, int nr, const float* bias, float* orow,
                   int64_t Wo, int64_t Ws, int64_t pw, int64_t C, int64_t Cp, bool stream) {
   for (int64_t b0 = 0; b0 < Wo; b0 += kRun) {  // the run's inputs (nr x NX pixels) stay in L1
     const int64_t col0 = b0 * SW - pw;       // the run's first input column
     const int nt = int(std::min<int64_t>(kRun, Wo - b0));
     if (interior_run(nt, col0, (kRun - 1) * SW + S, Ws))
-      forward_run<S, SW, false>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
+      forward_run<S, SW, false, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
     else
-      forward_run<S, SW, true>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
+      forward_run<S, SW, true, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
   }
 }
 
@@ -1302,12 +1303,6 @@ void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const flo
 
 // bfloat16 (2 bytes, the top half of a float32) <-> float32, round to nearest even, NaN kept
 // a NaN (c10::BFloat16's rule); plain loops, vectorised by the compiler.
-void bf16_to_float(const uint16_t* s, int64_t n, float* d) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = uint32_t(s[i]) << 16;
-    std::memcpy(d + i, &u, sizeof(float));
-  }
-}
 void float_to_bf16(const float* s, int64_t n, uint16_t* d) {
   for (int64_t i = 0; i < n; ++i) {
     uint32_t u;
@@ -1317,11 +1312,13 @@ void float_to_bf16(const float* s, int64_t n, uint16_t* d) {
 }
 
 // bfloat16, channels_last, the forward_runs shapes (3/5/7 taps a row, stride 1 or 2, no
-// dilation in width): a task is an image's block of 8 output rows; it converts the input rows
-// they read to float32 in its scratch once, runs them, and rounds each output row back. x is
-// read once as bfloat16: converting the whole tensor first (the float32 path of every other
-// kernel) moved 3x the bytes of torch's bfloat16 kernel, 96@112/2 forward 0.29x torch. (8 rows
-// a task, not 4: 1.07-1.09x at stride 1, input rows converted 1.25 times instead of 1.5.)
+// dilation in width): the runs read x's bfloat16 rows as they lie (each vector converted as it
+// is loaded) and each output row is rounded back from a float32 row in L1. Converting the whole
+// tensor first (the float32 path of every other kernel) moved 3x the bytes of torch's bfloat16
+// kernel (96@112/2 forward 0.29x torch); converting a task's input rows into float32 scratch
+// first wrote and read 2x x's bytes again. Batch 4, 2 threads (benchmarks/ab.py --dtype bfloat16
+// --layout nhwc): 96@112/2 forward 1.46x faster (0.71 -> 0.45 ms; torch 0.50), 576@14/2 1.43x,
+// 144@56 1.24x, 32@112 1.28x, 960@7 1.03x.
 bool bf16_forward_ok(const Conv2dParams& p) {
   return p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && (p.S == 3 || p.S == 5 || p.S == 7);
 }
@@ -1331,25 +1328,23 @@ void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const floa
   const float* wt = pack_taps(p, w);
   const float* bp = padded_bias(bias, C);
   const bool s1 = p.stride_w == 1;
-  const auto runs = S == 3 ? (s1 ? forward_runs<3, 1> : forward_runs<3, 2>)
-                  : S == 5 ? (s1 ? forward_runs<5, 1> : forward_runs<5, 2>)
-                           : (s1 ? forward_runs<7, 1> : forward_runs<7, 2>);
+  using X = uint16_t;
+  const auto runs = S == 3 ? (s1 ? forward_runs<3, 1, X> : forward_runs<3, 2, X>)
+                  : S == 5 ? (s1 ? forward_runs<5, 1, X> : forward_runs<5, 2, X>)
+                           : (s1 ? forward_runs<7, 1, X> : forward_runs<7, 2, X>);
   constexpr int64_t kRows = 8;
   const int64_t nblk = ceil_div(P, kRows);
   for_each_task(N * nblk, p.macs(), [&](int64_t task) {
     const int64_t n = task / nblk, a0 = task % nblk * kRows, a1 = std::min(P, a0 + kRows);
-    const int64_t h0 = std::max<int64_t>(0, a0 * sh - ph), h1 = std::min(H, (a1 - 1) * sh - ph + (R - 1) * dh + 1);
-    float* rows = scratch(6, std::max<int64_t>(h1 - h0, 1) * W * C);
     float* orow = scratch(7, Q * C);
-    if (h1 > h0) bf16_to_float(x + (n * H + h0) * W * C, (h1 - h0) * W * C, rows);
     for (int64_t a = a0; a < a1; ++a) {
-      const float* xrow[kMaxTaps];
+      const X* xrow[kMaxTaps];
       const float* wrow[kMaxTaps];
       int nr = 0;
       for (int64_t r = 0; r < R; ++r) {
         const int64_t h = a * sh - ph + r * dh;
         if (h < 0 || h >= H) continue;
-        xrow[nr] = rows + (h - h0) * W * C, wrow[nr] = wt + r * S * Cp, ++nr;
+        xrow[nr] = x + (n * H + h) * W * C, wrow[nr] = wt + r * S * Cp, ++nr;
       }
       runs(xrow, wrow, nr, bp, orow, Q, W, p.pad_w, C, Cp, false);
       float_to_bf16(orow, Q * C, y + (n * P + a) * Q * C);

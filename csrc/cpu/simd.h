@@ -38,6 +38,13 @@ struct Isa {
   static inline V zero() { return _mm512_setzero_ps(); }
   static inline V load(const float* p) { return _mm512_loadu_ps(p); }
   static inline V loadm(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  // bfloat16 values (the top halves of float32s) as float32 (the maskz forms: no undefined
+  // lanes for GCC's warnings)
+  static inline V widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, h), 16));
+  }
+  static inline V load(const uint16_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static inline V loadm(const uint16_t* p, M m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
   static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static inline void storem(float* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
   static inline void stream(float* p, V v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
@@ -61,6 +68,18 @@ struct Isa {
   static inline V zero() { return _mm256_setzero_ps(); }
   static inline V load(const float* p) { return _mm256_loadu_ps(p); }
   static inline V loadm(const float* p, M m) { return _mm256_maskload_ps(p, m); }
+  // bfloat16 values (the top halves of float32s) as float32
+  static inline V load(const uint16_t* p) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+  }
+  static inline V loadm(const uint16_t* p, M m) {  // no 16-bit masked load: the lanes through a buffer
+    alignas(32) int32_t on[8];
+    alignas(16) uint16_t b[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(on), m);
+    for (int i = 0; i < 8; ++i) b[i] = on[i] ? p[i] : uint16_t(0);
+    return load(b);
+  }
   static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static inline void storem(float* p, V v, M m) { _mm256_maskstore_ps(p, m, v); }
   static inline void stream(float* p, V v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
