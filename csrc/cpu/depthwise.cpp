@@ -1,7 +1,7 @@
 // depthwise.cpp — depthwise convolution (groups == C == K, one filter per channel), fp32, all
 // three passes, vectorised over channels in NHWC and over the width in NCHW; and the bfloat16
-// channels_last forward of MobileNet's shapes (depthwise_forward_bf16: the float32 runs on input
-// rows converted per task).
+// channels_last forward of MobileNet's shapes (depthwise_forward_bf16: the float32 runs reading
+// bfloat16 input rows, converted as they are loaded).
 //
 //   forward          y[n,c,p,q]  = bias[c] + sum_{r,s} x[n,c,p*sh-ph+r*dh,q*sw-pw+s*dw] * w[c,r,s]
 //   backward-input   dx[n,c,h,w] = sum_{r,s: h+ph-r*dh = p*sh, w+pw-s*dw = q*sw} dy[n,c,p,q] * w[c,r,s]
