@@ -732,6 +732,11 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // (Ws = ceil(Wp / sw) a row); tap (r, s) reads phase (r dh % sh, s dw % sw) at (p + r dh / sh, q + s dw / sw), a
   // fixed offset from the output pixel on a grid of rows of Ws: stride 1 within a phase.
   const int64_t nph = sh * sw, Ws = ceil_div(Wp, sw);
+  // Groups of 16 channels and 16 filters (diag): a block of 32 holds two groups, and only the 2x2
+  // block's diagonal tiles are computed, each group's filters with its own channels (ResNeXt's 32
+  // groups of 16 ran on a block-diagonal filter, half of every product zero). Its B tiles hold
+  // channels 0-15 and 16-31 of the block in order (a word permute), not unpack's mix of both.
+  const bool diag = p.groups > 1 && p.Cg() == kTile && p.Kg() == kTile;
   // grid pixels an image; with a tap at an odd offset (below), at least one past the last of dy
   bool odd = false;
   for (int64_t r = 0; r < R; ++r)
@@ -753,6 +758,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   for_each_task(nph * N, nph * N * Jn * Cp * 16, [&](int64_t fn) {
     const int64_t f = fn / N, n = fn % N;
     const __m512i ex = _mm512_set1_epi16(0x7F80);
+    const __m512i in_lo = interleave_16(), in_hi = _mm512_add_epi16(in_lo, _mm512_set1_epi16(16));
     __mmask32 bad = 0;
     bf16* d = xv + fn * Jn * Cp * 2;
     // the pixel of x (nhwc) or of the band holding the phase's pixel (rw, cl), -1 for a zero
@@ -772,8 +778,8 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         const __m512i a = _mm512_maskz_loadu_epi16(i0 >= 0 ? cm : 0, xb + std::max<int64_t>(i0, 0) * cs + c0);
         const __m512i b = _mm512_maskz_loadu_epi16(i1 >= 0 ? cm : 0, xb + std::max<int64_t>(i1, 0) * cs + c0);
         bf16* o = d + (c0 / kChan * Jn + j) * 2 * kChan;  // columns in unpacked_column order
-        _mm512_storeu_si512(o, _mm512_unpacklo_epi16(a, b));
-        _mm512_storeu_si512(o + kChan, _mm512_unpackhi_epi16(a, b));
+        _mm512_storeu_si512(o, diag ? _mm512_permutex2var_epi16(a, in_lo, b) : _mm512_unpacklo_epi16(a, b));
+        _mm512_storeu_si512(o + kChan, diag ? _mm512_permutex2var_epi16(a, in_hi, b) : _mm512_unpackhi_epi16(a, b));
         bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_max_epu16(_mm512_and_si512(a, ex), _mm512_and_si512(b, ex)), ex), ex);
       }
     }
@@ -805,8 +811,9 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // for every tap: 64@56 3x3 ran at 700 GFLOP/s, a third of forward's; with every filter block a
   // task re-reading the band, 3x3/2 128@56 at 650.
   // Groups (of 32k channels and filters: grouped_in_place): channel block cp belongs to group
-  // cp / ncpg, whose filter blocks alone it meets.
-  const int64_t ncp = Cp / kChan, nkp = Kp / kChan, RS = R * S, ncpg = ncp / p.groups, nkpg = nkp / p.groups;
+  // cp / ncpg, whose filter blocks alone it meets (diag: groups taken two at a time).
+  const int64_t G2 = diag ? p.groups / 2 : p.groups, Cg2 = diag ? kChan : p.Cg();
+  const int64_t ncp = Cp / kChan, nkp = Kp / kChan, RS = R * S, ncpg = ncp / G2, nkpg = nkp / G2;
   const int64_t want = 2 * at::get_num_threads();
   int64_t ntg = std::min(RS, ceil_div(want, ncp));
   const int64_t tg = ceil_div(RS, ntg);
@@ -824,7 +831,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     const int64_t cp = task / (nkg * ntg), gk = cp / ncpg * nkpg;  // the group's first filter block
     const int64_t kg0 = gk + task / ntg % nkg * kg, kg1 = std::min(gk + nkpg, kg0 + kg);
     const int64_t rs0 = task % ntg * tg, rs1 = std::min(RS, rs0 + tg);
-    const int64_t c0 = cp % ncpg * kChan, cn = std::min(kChan, p.Cg() - c0);  // channels within the group
+    const int64_t c0 = cp % ncpg * kChan, cn = std::min(kChan, Cg2 - c0) / (diag ? 2 : 1);  // channels within the group
     const __mmask16 cmask0 = first_lanes(cn), cmask1 = first_lanes(cn - kTile);
     configure_tiles();
     // acc[tap][filter block][filter][channel]: the C tiles between chunks
@@ -849,7 +856,9 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
             const bf16* a0 = dyt + (n * Kp + kp * kChan) * Mg + m0 - e;
             const bf16* b0 = xv + ((f * N + n) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
             constexpr int64_t b_stride = 2 * kChan * int64_t(sizeof(bf16));
-            if (a_pair) {
+            if (diag) {
+              step_diag(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
+            } else if (a_pair) {
               step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
             } else {
               step_1x2(a0, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
@@ -860,7 +869,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       }
     }
     _tile_release();
-    const __m512i order = unpacked_order();
+    const __m512i order = diag ? word_steps() : unpacked_order();  // diag's columns are in order
     for (int64_t kp = kg0; kp < kg1; ++kp) {
       const int64_t k0 = kp * kChan, kn = std::min(kChan, K - k0);
       for (int64_t rs = rs0; rs < rs1; ++rs) {
@@ -868,6 +877,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         for (int64_t i = 0; i < 2 * kTile; ++i) {
           alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
           _mm512_store_si512(v, unpacked_row_bf16(cbuf[i], order));
+          if (diag && i >= kTile) std::memcpy(v, v + kTile, sizeof(bf16) * kTile);  // the second group's 16
           if (direct) {  // channels contiguous in dw: the row's 32 channels at once
             if (i < kn) {
               bf16* o = dwt + (k0 + i) * p.ws_k + c0 + tap_w[rs];
@@ -975,7 +985,8 @@ Conv2dParams group_params(const Conv2dParams& p) {
 bool grouped_in_place(Pass pass, const Conv2dParams& p) {
   if (p.groups == 1 || !(is_nchw(p) || is_nhwc(p))) return false;
   if (pass == Pass::Forward) return (p.Cg() % kTile == 0 && p.Kg() >= kTile) || grouped_rows(p);
-  if (pass == Pass::BackwardWeight) return p.Cg() % kChan == 0 && p.Kg() % kChan == 0;
+  if (pass == Pass::BackwardWeight)
+    return (p.Cg() % kChan == 0 && p.Kg() % kChan == 0) || (p.Cg() == kTile && p.Kg() == kTile && p.groups % 2 == 0);
   return pass == Pass::BackwardInput && turned_round(p) &&
          ((p.Kg() % kTile == 0 && p.Cg() >= kTile) || grouped_rows(turned(p)));
 }
@@ -1089,7 +1100,7 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
   run_groups(Pass::BackwardInput, p, o, p.N * p.K * p.P * p.Q, backward_input_one);
 }
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
-  if (!small_groups(p)) return per_group(Pass::BackwardWeight, p, o, backward_weight_one);
+  if (!small_groups(p) || grouped_in_place(Pass::BackwardWeight, p)) return per_group(Pass::BackwardWeight, p, o, backward_weight_one);
   const Conv2dParams q = blocked_params(p);
   at::Tensor dwb = at::empty({p.K, kChan, p.R, p.S}, o.out.options().memory_format(at::MemoryFormat::Contiguous));
   Operands ob{o.a, o.b, o.bias, dwb};

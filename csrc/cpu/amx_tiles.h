@@ -81,6 +81,17 @@ inline void step_4x1(const void* a0, const void* a1, const void* a2, const void*
   _tile_loadd(4, a3, a_stride);
   _tile_dpbf16ps(3, 4, 6);
 }
+// C_00 += A_0 . B_0, C_11 += A_1 . B_1: the 2x2 block's diagonal (two groups of 16 channels and
+// 16 filters side by side: the other two tiles would meet a group's filters with the other's
+// channels).
+inline void step_diag(const void* a0, const void* a1, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
+  _tile_loadd(4, a0, a_stride);
+  _tile_loadd(6, b0, b_stride);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_loadd(5, a1, a_stride);
+  _tile_loadd(7, b1, b_stride);
+  _tile_dpbf16ps(3, 5, 7);
+}
 // C_00 += A_0 . B_0, C_01 += A_0 . B_1: the 2x2 block's top half, for an A pair whose second tile
 // is all zeros.
 inline void step_1x2(const void* a0, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
@@ -109,6 +120,12 @@ inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>(n >= kTi
 inline __m512i lane_steps(int64_t step) {
   return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                             _mm512_set1_epi32(static_cast<int>(step)));
+}
+
+// Word lanes 0, 1, ..., 31 (the identity index of _mm512_permutexvar_epi16).
+inline __m512i word_steps() {
+  return _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8,
+                          7, 6, 5, 4, 3, 2, 1, 0);
 }
 
 // The index for _mm512_permutex2var_epi16(a, idx, b) that interleaves the low 16 values of a and of
