@@ -187,6 +187,8 @@ AMX = [
     ((1, 48, 5, 6), 48, (2, 2), 1, 1, 1, 3),             # 24 filters a group (16 + 8);
     ((1, 32, 6, 6), 48, (3, 3), 1, 1, 1, 2),             # dilated rows
     ((1, 32, 9, 8), 32, (3, 3), 1, (2, 1), (2, 1), 2),
+    ((1, 32, 7, 9), 32, (3, 3), 2, 1, 1, 8),             # 4 channels, 4 filters a group: backward-weight's
+                                                         # 16 x 16 diagonal tiles of 4 groups each
 ]
 # < 16 channels (amx_bf16_rows' backward passes: the taps of a filter row side by side)
 AMX_ROWS = [

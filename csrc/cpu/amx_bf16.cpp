@@ -231,6 +231,12 @@ bool supports_any_c(const Conv2dParams& p, at::ScalarType dtype, int64_t min_k =
 // NCHW also wants >= 16 values a filter row: direct_nchw (float32) ran CIFAR's 3->32 3x3 in
 // half amx_bf16's time (0.145 vs 0.29 ms, batch 8), the 7x7/2 stem in twice it (5.5 vs 2.5).
 bool row_mode(const Conv2dParams& p) { return p.C < kChan && p.dil_w == 1 && (is_nhwc(p) || p.S * p.C >= 16); }
+// Backward-weight's groups of 4, 8 or 16 channels and as many filters, 32 / Cg groups a block of
+// 32 channels (see backward_weight's diag)
+bool diagonal_groups(const Conv2dParams& p) {
+  const int64_t Cg = p.Cg();
+  return p.groups > 1 && Cg == p.Kg() && Cg >= 4 && kTile % Cg == 0 && p.groups % (kChan / Cg) == 0;
+}
 // Groups of 16 channels and 16-32 filters, channels_last, filter rows of 2+ taps (ResNeXt's 32
 // groups of 16): row_mode on each group's own band (group_bands), two taps a step, where a tap a
 // step on the band of all channels (grouped_in_place) makes half of the products real: a 3x3
@@ -732,11 +738,13 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // (Ws = ceil(Wp / sw) a row); tap (r, s) reads phase (r dh % sh, s dw % sw) at (p + r dh / sh, q + s dw / sw), a
   // fixed offset from the output pixel on a grid of rows of Ws: stride 1 within a phase.
   const int64_t nph = sh * sw, Ws = ceil_div(Wp, sw);
-  // Groups of 16 channels and 16 filters (diag): a block of 32 holds two groups, and only the 2x2
-  // block's diagonal tiles are computed, each group's filters with its own channels (ResNeXt's 32
-  // groups of 16 ran on a block-diagonal filter, half of every product zero). Its B tiles hold
-  // channels 0-15 and 16-31 of the block in order (a word permute), not unpack's mix of both.
-  const bool diag = p.groups > 1 && p.Cg() == kTile && p.Kg() == kTile;
+  // Groups of Cg = 4, 8 or 16 channels and as many filters (diag): a block of 32 holds 32 / Cg
+  // groups, and only the 2x2 block's diagonal tiles are computed, the cross terms of the block's
+  // first and last 16 channels being all between groups (ResNeXt's 32 groups ran on a
+  // block-diagonal filter of 32 channels: 1/2, 1/4, 1/8 of the products real, now twice that).
+  // Its B tiles hold channels 0-15 and 16-31 of the block in order (a word permute), not unpack's
+  // mix of both.
+  const bool diag = diagonal_groups(p);
   // grid pixels an image; with a tap at an odd offset (below), at least one past the last of dy
   bool odd = false;
   for (int64_t r = 0; r < R; ++r)
@@ -812,7 +820,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // task re-reading the band, 3x3/2 128@56 at 650.
   // Groups (of 32k channels and filters: grouped_in_place): channel block cp belongs to group
   // cp / ncpg, whose filter blocks alone it meets (diag: groups taken two at a time).
-  const int64_t G2 = diag ? p.groups / 2 : p.groups, Cg2 = diag ? kChan : p.Cg();
+  const int64_t G2 = diag ? p.groups / (kChan / p.Cg()) : p.groups, Cg2 = diag ? kChan : p.Cg();
   const int64_t ncp = Cp / kChan, nkp = Kp / kChan, RS = R * S, ncpg = ncp / G2, nkpg = nkp / G2;
   const int64_t want = 2 * at::get_num_threads();
   int64_t ntg = std::min(RS, ceil_div(want, ncp));
@@ -831,7 +839,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     const int64_t cp = task / (nkg * ntg), gk = cp / ncpg * nkpg;  // the group's first filter block
     const int64_t kg0 = gk + task / ntg % nkg * kg, kg1 = std::min(gk + nkpg, kg0 + kg);
     const int64_t rs0 = task % ntg * tg, rs1 = std::min(RS, rs0 + tg);
-    const int64_t c0 = cp % ncpg * kChan, cn = std::min(kChan, Cg2 - c0) / (diag ? 2 : 1);  // channels within the group
+    const int64_t c0 = cp % ncpg * kChan, cn = diag ? p.Cg() : std::min(kChan, Cg2 - c0);  // channels within the group
     const __mmask16 cmask0 = first_lanes(cn), cmask1 = first_lanes(cn - kTile);
     configure_tiles();
     // acc[tap][filter block][filter][channel]: the C tiles between chunks
@@ -877,7 +885,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         for (int64_t i = 0; i < 2 * kTile; ++i) {
           alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
           _mm512_store_si512(v, unpacked_row_bf16(cbuf[i], order));
-          if (diag && i >= kTile) std::memcpy(v, v + kTile, sizeof(bf16) * kTile);  // the second group's 16
+          if (diag && i >= p.Cg()) std::memcpy(v, v + i / p.Cg() * p.Cg(), sizeof(bf16) * p.Cg());  // its group's
           if (direct) {  // channels contiguous in dw: the row's 32 channels at once
             if (i < kn) {
               bf16* o = dwt + (k0 + i) * p.ws_k + c0 + tap_w[rs];
@@ -985,8 +993,7 @@ Conv2dParams group_params(const Conv2dParams& p) {
 bool grouped_in_place(Pass pass, const Conv2dParams& p) {
   if (p.groups == 1 || !(is_nchw(p) || is_nhwc(p))) return false;
   if (pass == Pass::Forward) return (p.Cg() % kTile == 0 && p.Kg() >= kTile) || grouped_rows(p);
-  if (pass == Pass::BackwardWeight)
-    return (p.Cg() % kChan == 0 && p.Kg() % kChan == 0) || (p.Cg() == kTile && p.Kg() == kTile && p.groups % 2 == 0);
+  if (pass == Pass::BackwardWeight) return (p.Cg() % kChan == 0 && p.Kg() % kChan == 0) || diagonal_groups(p);
   return pass == Pass::BackwardInput && turned_round(p) &&
          ((p.Kg() % kTile == 0 && p.Cg() >= kTile) || grouped_rows(turned(p)));
 }
