@@ -518,19 +518,25 @@ def test_amx_bf16_exact_on_integers(algo, shape, pass_name, layout, filter_layou
     ((2, 48, 9, 21), 48, (5, 5), 2, 2, 1, 48),
     ((1, 24, 8, 9), 24, (7, 7), 1, 3, 1, 24),
     ((1, 16, 10, 10), 16, (3, 3), (1, 2), (0, 2), (2, 1), 16),  # dilation in height, uneven padding
+    ((2, 8, 17, 19), 8, (3, 3), 2, 1, 1, 8),           # NCHW flat planes: strided (phase planes), odd
 ])
-def test_depthwise_bfloat16_forward_exact(shape):
-    """The depthwise kernel's own bfloat16 forward (channels_last: input rows converted per task)
-    on small nonzero integers equals the exact result rounded to bfloat16, bias included."""
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_depthwise_bfloat16_forward_exact(shape, layout):
+    """The depthwise kernel's own bfloat16 forward (channels_last: bfloat16 rows converted as they
+    are loaded; NCHW: flat planes widened per task) on small nonzero integers equals the exact
+    result rounded to bfloat16, bias included."""
     if conv_ext.info()["cpu_capability"] == "portable":
         pytest.skip("no SIMD kernels")
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
     geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
     ints = small_ints(seed=2, top=3)
-    x = ints(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = ints(n, c, h, w).contiguous(memory_format=fmt)
     wt, b = ints(k, 1, r, s), ints(k)
     out = forced("depthwise", "forward", x, wt, b, None, geo)
-    assert out is not None and out.is_contiguous(memory_format=torch.channels_last)
+    if out is None and layout == "nchw":
+        pytest.skip("NCHW: flat planes only ('same' width)")
+    assert out is not None and out.is_contiguous(memory_format=fmt)
     assert torch.equal(out, F.conv2d(x.double(), wt.double(), b.double(), *geo).to(torch.bfloat16))
 
 

@@ -1,7 +1,7 @@
 // depthwise.cpp — depthwise convolution (groups == C == K, one filter per channel), fp32, all
 // three passes, vectorised over channels in NHWC and over the width in NCHW; and the bfloat16
-// channels_last forward of MobileNet's shapes (depthwise_forward_bf16: the float32 runs reading
-// bfloat16 input rows, converted as they are loaded).
+// forward of MobileNet's shapes (depthwise_forward_bf16: channels_last, the float32 runs reading
+// bfloat16 input rows, converted as they are loaded; NCHW, flat planes widened a plane a task).
 //
 //   forward          y[n,c,p,q]  = bias[c] + sum_{r,s} x[n,c,p*sh-ph+r*dh,q*sw-pw+s*dw] * w[c,r,s]
 //   backward-input   dx[n,c,h,w] = sum_{r,s: h+ph-r*dh = p*sh, w+pw-s*dw = q*sw} dy[n,c,p,q] * w[c,r,s]
@@ -93,11 +93,10 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) &&
          p.groups == p.C && p.K == p.C && p.R <= 7 && p.S <= 7;
 }
-// bfloat16 forward, channels_last, MobileNet's shapes (depthwise_forward_bf16); the other
-// bfloat16 problems run on float32 copies
+// bfloat16 forward, MobileNet's shapes (depthwise_forward_bf16); the other bfloat16 problems run
+// on float32 copies
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype == at::kBFloat16)
-    return supports(p, at::kFloat) && is_nhwc(p) && CONV_EXT_PICK(bf16_forward_ok)(p);
+  if (dtype == at::kBFloat16) return supports(p, at::kFloat) && CONV_EXT_PICK(bf16_forward_ok)(p);
   return supports(p, dtype);
 }
 
@@ -1043,16 +1042,16 @@ inline void flat_vectors(const FlatPlan& f, const FlatPart& q, const float* in, 
 }
 
 // NP planes from plane `first` (image-major, so consecutive planes are consecutive channels of
-// an image): per part, vectors 8 at a time, then the rest.
+// an image), read from ip and written to out (plane_in and plane_out floats apart): per part,
+// vectors 8 at a time, then the rest.
 template <int NP>
-void flat_group(const FlatPlan& f, int64_t C, const float* in, const float* w, const float* bias, int64_t first,
+void flat_group(const FlatPlan& f, int64_t C, const float* ip, const float* w, const float* bias, int64_t first,
                 float* out) {
   V b[NP];
   for (int k = 0; k < NP; ++k) b[k] = Isa::set1(bias ? bias[(first + k) % C] : 0.f);
-  const float* ip = in + first * f.plane_in;
   std::optional<PlaneSplit> split;
   if (f.split) split.emplace(f, ip, scratch(1, NP * f.n_in), NP), ip = split->buf;
-  float* op = f.merge ? scratch(2, NP * f.n_out) : out + first * f.plane_out;
+  float* op = f.merge ? scratch(2, NP * f.n_out) : out;
   const float* wc = w + (first % C) * f.RS;
   for (const FlatPart& q : f.parts) {
     int64_t j = 0;
@@ -1073,7 +1072,7 @@ void flat_group(const FlatPlan& f, int64_t C, const float* in, const float* w, c
     }
   }
   if (f.merge)
-    for (int k = 0; k < NP; ++k) merge_plane(f, op + k * f.n_out, out + (first + k) * f.plane_out);
+    for (int k = 0; k < NP; ++k) merge_plane(f, op + k * f.n_out, out + k * f.plane_out);
 }
 
 // out[n, c] = bias[c] + sum_t in[n, c] shifted by off[t] (masked) * w[c, t]; a task is a pair of
@@ -1083,10 +1082,14 @@ void flat_planes(const Conv2dParams& p, const FlatPlan& f, const float* in, cons
                  float* out) {
   const int64_t C = p.C, planes = p.N * C;
   if (f.parts.size() > 1 || f.parts[0].nb > 4 || C % 2 != 0) {
-    for_each_task(planes, p.macs(), [&](int64_t task) { flat_group<1>(f, C, in, w, bias, task, out); });
+    for_each_task(planes, p.macs(), [&](int64_t t) {
+      flat_group<1>(f, C, in + t * f.plane_in, w, bias, t, out + t * f.plane_out);
+    });
     return;
   }
-  for_each_task(planes / 2, p.macs(), [&](int64_t task) { flat_group<2>(f, C, in, w, bias, 2 * task, out); });
+  for_each_task(planes / 2, p.macs(), [&](int64_t t) {
+    flat_group<2>(f, C, in + 2 * t * f.plane_in, w, bias, 2 * t, out + 2 * t * f.plane_out);
+  });
 }
 
 // The sum of a vector's lanes by a tree of shuffles (hsum adds them one by one).
@@ -1320,9 +1323,29 @@ void float_to_bf16(const float* s, int64_t n, uint16_t* d) {
 // --layout nhwc): 96@112/2 forward 1.46x faster (0.71 -> 0.45 ms; torch 0.50), 576@14/2 1.43x,
 // 144@56 1.24x, 32@112 1.28x, 960@7 1.03x.
 bool bf16_forward_ok(const Conv2dParams& p) {
+  if (!is_nhwc(p)) return flat_ok(p, false);
   return p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && (p.S == 3 || p.S == 5 || p.S == 7);
 }
+// NCHW (flat planes, MobileNet's shapes): a task widens its plane into float32 scratch (in L2),
+// runs flat_group on it and rounds the output plane back. On float32 copies of the whole tensors
+// (every other NCHW bfloat16 problem's path) 96@112/2 took as long as torch (1.6 ms, batch 4).
+// Batch 4, 2 threads (benchmarks/ab.py --dtype bfloat16 --layout nchw): 96@112/2 1.58x faster,
+// 144@56 1.50x, 32@112 1.39x.
+void depthwise_forward_bf16_nchw(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
+  const FlatPlan f = flat_plan(p, false);
+  const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+  for_each_task(p.N * p.C, p.macs(), [&](int64_t t) {
+    float* xf = scratch(8, HW);
+    float* yf = scratch(9, PQ);
+    int64_t i = 0;
+    for (; i + VL <= HW; i += VL) Isa::store(xf + i, Isa::load(x + t * HW + i));
+    if (i < HW) Isa::storem(xf + i, Isa::loadm(x + t * HW + i, Isa::mask(HW - i)), Isa::mask(HW - i));
+    flat_group<1>(f, p.C, xf, w, bias, t, yf);
+    float_to_bf16(yf, PQ, y + t * PQ);
+  });
+}
 void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
+  if (!is_nhwc(p)) return depthwise_forward_bf16_nchw(p, x, w, bias, y);
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h, Cp = round_up(C, VL);
   const float* wt = pack_taps(p, w);
