@@ -1,7 +1,9 @@
 // amx_bf16.cpp — bfloat16 convolution on the AMX tile units (Intel Sapphire Rapids and later):
 // any stride, padding and dilation, NCHW or NHWC, KCRS or channels_last filter; groups of 16k
-// channels in one pass (grouped_in_place), smaller groups as blocks of 32 channels with a
-// block-diagonal filter (small_groups), up to 4 other groups a group at a time (per_group).
+// channels in one pass (grouped_in_place; channels_last groups of 16 as row_mode on a band per
+// group: grouped_rows), smaller groups as blocks of 32 channels with a block-diagonal filter
+// (small_groups; backward-weight: only the diagonal tiles of such blocks, diagonal_groups), up to
+// 4 other groups a group at a time (per_group).
 // Forward (below); backward-input, at stride 1 that forward on dy with the filter turned round,
 // strided by dx's stride phases (backward_input_phases); backward-weight with dy rows as A tiles
 // and pairs of band pixels as B tiles (backward_weight).
