@@ -1,7 +1,11 @@
 // depthwise.cpp — depthwise convolution (groups == C == K, one filter per channel), fp32, all
 // three passes, vectorised over channels in NHWC and over the width in NCHW; and the bfloat16
-// forward of MobileNet's shapes (depthwise_forward_bf16: channels_last, the float32 runs reading
-// bfloat16 input rows, converted as they are loaded; NCHW, flat planes widened a plane a task).
+// forward and backward-input of MobileNet's shapes (depthwise_forward_bf16, _backward_input_bf16:
+// channels_last, the float32 runs reading bfloat16 rows, converted as they are loaded, stride-1
+// backward-input as the forward with the taps turned round; NCHW, flat planes widened a plane a
+// task). Backward-input, batch 4 (benchmarks/ab.py --dtype bfloat16 --pass backward_input), vs
+// float32 copies of the whole tensors: channels_last 144@56 2.77x, 960@7 1.41x, 96@16 (batch 8)
+// 1.54x faster; NCHW 96@112/2 1.40x, 144@56 1.56x.
 //
 //   forward          y[n,c,p,q]  = bias[c] + sum_{r,s} x[n,c,p*sh-ph+r*dh,q*sw-pw+s*dw] * w[c,r,s]
 //   backward-input   dx[n,c,h,w] = sum_{r,s: h+ph-r*dh = p*sh, w+pw-s*dw = q*sw} dy[n,c,p,q] * w[c,r,s]
@@ -113,7 +117,19 @@ void run_forward(const Conv2dParams& p, Operands& o) {
                                    o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
+// bfloat16 backward-input where it is such a forward (depthwise_backward_input_bf16)
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
+  if (dtype == at::kBFloat16) return supports(p, at::kFloat) && CONV_EXT_PICK(bf16_backward_input_ok)(p);
+  return supports(p, dtype);
+}
+
 void run_backward_input(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() == at::kBFloat16) {
+    const at::Tensor w = o.b.to(at::kFloat);
+    CONV_EXT_PICK(depthwise_backward_input_bf16)(p, reinterpret_cast<const uint16_t*>(o.a.const_data_ptr()),
+                                                 w.const_data_ptr<float>(), reinterpret_cast<uint16_t*>(o.out.mutable_data_ptr()));
+    return;
+  }
   CONV_EXT_PICK(depthwise_backward_input)(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(),
                                           o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
@@ -124,7 +140,7 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 }
 
 const bool registered = register_algorithm({"depthwise", Pass::Forward, 30, supports_forward, run_forward}) &&
-                        register_algorithm({"depthwise", Pass::BackwardInput, 30, supports, run_backward_input}) &&
+                        register_algorithm({"depthwise", Pass::BackwardInput, 30, supports_backward_input, run_backward_input}) &&
                         register_algorithm({"depthwise", Pass::BackwardWeight, 30, supports, run_backward_weight});
 
 }  // namespace
@@ -1253,6 +1269,16 @@ void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, co
   nhwc_gather(p, x, pack_taps(p, w), padded_bias(bias, p.C), y, false);
 }
 
+// Stride-1 backward-input as a forward of dy with the taps turned round (padding dil*(R-1) - pad)
+Conv2dParams turned_problem(const Conv2dParams& p) {  // the forward-form problem of a stride-1 backward-input
+  Conv2dParams f = p;
+  f.H = p.P, f.W = p.Q, f.P = p.H, f.Q = p.W;
+  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  return f;
+}
+bool turns_round(const Conv2dParams& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
+}
 void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
   if (!nhwc && flat_ok(p, true)) return flat_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
   if (!nhwc && via_nhwc(p)) {
@@ -1262,11 +1288,8 @@ void depthwise_backward_input(const Conv2dParams& p, const float* dy, const floa
     });
   }
   if (!nhwc) return nchw_backward_input(p, dy, w, dx);
-  if (p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1)) {
-    // stride 1: the forward gather of dy with the taps flipped, padding dil*(R-1) - pad
-    Conv2dParams f = p;
-    f.H = p.P, f.W = p.Q, f.P = p.H, f.Q = p.W;
-    f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  if (turns_round(p)) {  // stride 1: the forward gather of dy with the taps flipped, padding dil*(R-1) - pad
+    const Conv2dParams f = turned_problem(p);
     const int64_t RS = p.R * p.S, Cp = round_up(p.C, VL);
     float* wt = pack_taps(p, w);
     float* flipped = scratch(4, RS * Cp);
@@ -1322,34 +1345,38 @@ void float_to_bf16(const float* s, int64_t n, uint16_t* d) {
 // first wrote and read 2x x's bytes again. Batch 4, 2 threads (benchmarks/ab.py --dtype bfloat16
 // --layout nhwc): 96@112/2 forward 1.46x faster (0.71 -> 0.45 ms; torch 0.50), 576@14/2 1.43x,
 // 144@56 1.24x, 32@112 1.28x, 960@7 1.03x.
-bool bf16_forward_ok(const Conv2dParams& p) {
-  if (!is_nhwc(p)) return flat_ok(p, false);
+bool bf16_rows_ok(const Conv2dParams& p) {  // the runs' shapes
   return p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && (p.S == 3 || p.S == 5 || p.S == 7);
 }
+bool bf16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) ? bf16_rows_ok(p) : flat_ok(p, false); }
+// bfloat16 backward-input: NHWC at stride 1 (turned_problem), NCHW on the flat planes.
+bool bf16_backward_input_ok(const Conv2dParams& p) {
+  return is_nhwc(p) ? turns_round(p) && bf16_rows_ok(turned_problem(p)) : flat_ok(p, true);
+}
+
 // NCHW (flat planes, MobileNet's shapes): a task widens its plane into float32 scratch (in L2),
 // runs flat_group on it and rounds the output plane back. On float32 copies of the whole tensors
 // (every other NCHW bfloat16 problem's path) 96@112/2 took as long as torch (1.6 ms, batch 4).
-// Batch 4, 2 threads (benchmarks/ab.py --dtype bfloat16 --layout nchw): 96@112/2 1.58x faster,
-// 144@56 1.50x, 32@112 1.39x.
-void depthwise_forward_bf16_nchw(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
-  const FlatPlan f = flat_plan(p, false);
-  const int64_t HW = p.H * p.W, PQ = p.P * p.Q;
+// Batch 4, 2 threads (benchmarks/ab.py --dtype bfloat16 --layout nchw): forward 96@112/2 1.58x
+// faster, 144@56 1.50x, 32@112 1.39x.
+void bf16_planes(const Conv2dParams& p, const FlatPlan& f, const uint16_t* in, const float* w, const float* bias,
+                 uint16_t* out) {
+  const int64_t n_in = f.plane_in, n_out = f.plane_out;
   for_each_task(p.N * p.C, p.macs(), [&](int64_t t) {
-    float* xf = scratch(8, HW);
-    float* yf = scratch(9, PQ);
+    float* xf = scratch(8, n_in);
+    float* yf = scratch(9, n_out);
+    const uint16_t* src = in + t * n_in;
     int64_t i = 0;
-    for (; i + VL <= HW; i += VL) Isa::store(xf + i, Isa::load(x + t * HW + i));
-    if (i < HW) Isa::storem(xf + i, Isa::loadm(x + t * HW + i, Isa::mask(HW - i)), Isa::mask(HW - i));
+    for (; i + VL <= n_in; i += VL) Isa::store(xf + i, Isa::load(src + i));
+    if (i < n_in) Isa::storem(xf + i, Isa::loadm(src + i, Isa::mask(n_in - i)), Isa::mask(n_in - i));
     flat_group<1>(f, p.C, xf, w, bias, t, yf);
-    float_to_bf16(yf, PQ, y + t * PQ);
+    float_to_bf16(yf, n_out, out + t * n_out);
   });
 }
-void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
-  if (!is_nhwc(p)) return depthwise_forward_bf16_nchw(p, x, w, bias, y);
+// NHWC: the runs of each output row on x's bfloat16 rows (taps wt packed [tap][Cp], bias padded)
+void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const float* bp, uint16_t* y) {
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h, Cp = round_up(C, VL);
-  const float* wt = pack_taps(p, w);
-  const float* bp = padded_bias(bias, C);
   const bool s1 = p.stride_w == 1;
   using X = uint16_t;
   const auto runs = S == 3 ? (s1 ? forward_runs<3, 1, X> : forward_runs<3, 2, X>)
@@ -1373,6 +1400,18 @@ void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const floa
       float_to_bf16(orow, Q * C, y + (n * P + a) * Q * C);
     }
   });
+}
+void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
+  if (!is_nhwc(p)) return bf16_planes(p, flat_plan(p, false), x, w, bias, y);
+  bf16_rows(p, x, pack_taps(p, w), padded_bias(bias, p.C), y);
+}
+void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, const float* w, uint16_t* dx) {
+  if (!is_nhwc(p)) return bf16_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
+  const int64_t RS = p.R * p.S, Cp = round_up(p.C, VL);
+  const float* wt = pack_taps(p, w);
+  float* flipped = scratch(4, RS * Cp);
+  for (int64_t t = 0; t < RS; ++t) std::memcpy(flipped + t * Cp, wt + (RS - 1 - t) * Cp, sizeof(float) * Cp);
+  bf16_rows(turned_problem(p), dy, flipped, nullptr, dx);
 }
 
 }  // namespace CONV_EXT_ISA_NS
