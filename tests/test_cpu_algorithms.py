@@ -521,12 +521,12 @@ def test_amx_bf16_exact_on_integers(algo, shape, pass_name, layout, filter_layou
     ((2, 8, 17, 19), 8, (3, 3), 2, 1, 1, 8),           # NCHW flat planes: strided (phase planes), odd
 ])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
+@pytest.mark.parametrize("pass_name", PASSES)
 def test_depthwise_bfloat16_exact(shape, layout, pass_name):
-    """The depthwise kernel's own bfloat16 forward and backward-input (channels_last: bfloat16 rows
-    converted as they are loaded, backward-input at stride 1 as the forward with the taps turned
-    round; NCHW: flat planes widened per task) on small nonzero integers equal the exact result
-    rounded to bfloat16, bias included."""
+    """The depthwise kernel's own bfloat16 passes (channels_last: bfloat16 rows converted as they
+    are loaded, backward-input at stride 1 as the forward with the taps turned round,
+    backward-weight on rows widened per task; NCHW forward and backward-input: flat planes widened
+    per task) on small nonzero integers equal the exact result rounded to bfloat16, bias included."""
     if conv_ext.info()["cpu_capability"] == "portable":
         pytest.skip("no SIMD kernels")
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
@@ -539,7 +539,8 @@ def test_depthwise_bfloat16_exact(shape, layout, pass_name):
     out = forced("depthwise", pass_name, x, wt, b, dy, geo)
     if out is None:
         assert (layout, pass_name) != ("nhwc", "forward") or dilation != 1
-        pytest.skip("not this kernel's shapes (NCHW: 'same' width; channels_last backward-input: stride 1)")
+        pytest.skip("not this kernel's shapes (NCHW: 'same' width, no backward-weight; channels_last "
+                    "backward-input: stride 1)")
     assert out.is_contiguous(memory_format=fmt)
     exact = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo).to(torch.bfloat16)
     assert torch.equal(out, exact)

@@ -5,7 +5,9 @@
 // backward-input as the forward with the taps turned round; NCHW, flat planes widened a plane a
 // task). Backward-input, batch 4 (benchmarks/ab.py --dtype bfloat16 --pass backward_input), vs
 // float32 copies of the whole tensors: channels_last 144@56 2.77x, 960@7 1.41x, 96@16 (batch 8)
-// 1.54x faster; NCHW 96@112/2 1.40x, 144@56 1.56x.
+// 1.54x faster; NCHW 96@112/2 1.40x, 144@56 1.56x. And the channels_last backward-weight, dy and x
+// rows widened as the task reads them (nhwc_backward_weight<.., uint16_t>): 96@112/2 2.08x,
+// 144@56 1.45x, 96@16 1.41x, 576@14/2 1.20x, 960@7 1.00x.
 //
 //   forward          y[n,c,p,q]  = bias[c] + sum_{r,s} x[n,c,p*sh-ph+r*dh,q*sw-pw+s*dw] * w[c,r,s]
 //   backward-input   dx[n,c,h,w] = sum_{r,s: h+ph-r*dh = p*sh, w+pw-s*dw = q*sw} dy[n,c,p,q] * w[c,r,s]
@@ -84,6 +86,7 @@
 #define CONV_EXT_PER_ISA_FILE "depthwise.cpp"
 #include <array>
 #include <optional>
+#include <type_traits>
 #include "per_isa.h"
 
 
@@ -134,14 +137,28 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
                                           o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
+// bfloat16 backward-weight, channels_last (depthwise_backward_weight_bf16)
+bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
+  if (dtype == at::kBFloat16) return supports(p, at::kFloat) && is_nhwc(p);
+  return supports(p, dtype);
+}
+
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() == at::kBFloat16) {
+    const at::Tensor dw = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat));
+    CONV_EXT_PICK(depthwise_backward_weight_bf16)(p, reinterpret_cast<const uint16_t*>(o.a.const_data_ptr()),
+                                                  reinterpret_cast<const uint16_t*>(o.b.const_data_ptr()),
+                                                  dw.mutable_data_ptr<float>());
+    o.out.copy_(dw);
+    return;
+  }
   CONV_EXT_PICK(depthwise_backward_weight)(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(),
                                            o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
 const bool registered = register_algorithm({"depthwise", Pass::Forward, 30, supports_forward, run_forward}) &&
                         register_algorithm({"depthwise", Pass::BackwardInput, 30, supports_backward_input, run_backward_input}) &&
-                        register_algorithm({"depthwise", Pass::BackwardWeight, 30, supports, run_backward_weight});
+                        register_algorithm({"depthwise", Pass::BackwardWeight, 30, supports_backward_weight, run_backward_weight});
 
 }  // namespace
 }  // namespace cpu
@@ -705,8 +722,19 @@ void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t 
   }
 }
 
-template <int RT, int ST>
-void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+// n values as float32 at d: a copy, or bfloat16 widened
+inline void widen(const float* s, int64_t n, float* d) { std::memcpy(d, s, sizeof(float) * n); }
+inline void widen(const uint16_t* s, int64_t n, float* d) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) Isa::store(d + i, Isa::load(s + i));
+  if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
+}
+
+// (T: float, or uint16_t for bfloat16 dy and x, whose rows are widened into float32 scratch as a
+// row of dy reads them; dw float32)
+template <int RT, int ST, typename T = float>
+void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float* dwt) {
+  constexpr bool kHalf = !std::is_same<T, float>::value;
   const int64_t C = p.C, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t R = RT ? RT : p.R, S = ST ? ST : p.S, RS = R * S;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -731,10 +759,11 @@ void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x
   // sequential pass per row, which the hardware prefetchers stream well), and the strided
   // per-vector loads then hit L1/L2. Read in place, each block's loads went out to memory in a
   // strided order: 96@112/2 NHWC batch 4, 1 thread, 2.35 ms [torch 1.06] -> see the header.
-  const bool copy_rows = N * H * W * C > (int64_t(4) << 20);
+  const bool copy_rows = kHalf || N * H * W * C > (int64_t(4) << 20);
   const bool runs = RT == 3 && ST == 3 && dw == 1 && (sw == 1 || sw == 2);
   for_each_task(nchunk, p.macs(), [&](int64_t chunk) {
     float* band = copy_rows ? scratch(7, R * W * C) : nullptr;
+    float* gbuf = kHalf ? scratch(8, Q * C) : nullptr;  // a widened dy row
     float* part = partial + chunk * ncb * RS * VL;
     std::fill(part, part + ncb * RS * VL, 0.f);
     V acc[kT];
@@ -745,13 +774,17 @@ void nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x
       for (int64_t r = 0; r < R && r < 7; ++r) {
         const int64_t ih = pp * sh - ph + r * dh;
         rvalid[r] = ih >= 0 && ih < H;
-        xrow[r] = x + ((n * H + (rvalid[r] ? ih : 0)) * W) * C;
-        if (copy_rows && rvalid[r]) {  // one sequential read of the row (see above)
-          std::memcpy(band + r * W * C, xrow[r], sizeof(float) * W * C);
+        const T* src = x + ((n * H + (rvalid[r] ? ih : 0)) * W) * C;
+        if (copy_rows) {  // one sequential read of the row (see above); rows outside: never read
+          if (rvalid[r]) widen(src, W * C, band + r * W * C);
           xrow[r] = band + r * W * C;
+        } else {
+          xrow[r] = reinterpret_cast<const float*>(src);  // (T = float here)
         }
       }
-      const float* grow = dy + ((n * P + pp) * Q) * C;
+      const T* gsrc = dy + ((n * P + pp) * Q) * C;
+      if (kHalf) widen(gsrc, Q * C, gbuf);
+      const float* grow = kHalf ? gbuf : reinterpret_cast<const float*>(gsrc);
       if (runs) {  // 3x3 at stride 1 or 2 in width, no dilation in width: see bw_run_3x3
         const float* xr[3];
         for (int r = 0; r < 3; ++r) xr[r] = rvalid[r] ? xrow[r] : nullptr;
@@ -1412,6 +1445,13 @@ void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, co
   float* flipped = scratch(4, RS * Cp);
   for (int64_t t = 0; t < RS; ++t) std::memcpy(flipped + t * Cp, wt + (RS - 1 - t) * Cp, sizeof(float) * Cp);
   bf16_rows(turned_problem(p), dy, flipped, nullptr, dx);
+}
+// Backward-weight, channels_last: dw (float32, [c][tap]) from bfloat16 dy and x widened a row at a
+// time in the task (see nhwc_backward_weight).
+void depthwise_backward_weight_bf16(const Conv2dParams& p, const uint16_t* dy, const uint16_t* x, float* dwt) {
+  if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3, uint16_t>(p, dy, x, dwt);
+  if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5, uint16_t>(p, dy, x, dwt);
+  nhwc_backward_weight<0, 0, uint16_t>(p, dy, x, dwt);
 }
 
 }  // namespace CONV_EXT_ISA_NS
