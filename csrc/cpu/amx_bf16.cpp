@@ -171,10 +171,11 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
 }
 
 // x channels_last (N, G Cg, H, W) as G zero-padded bands [g][n][Hp][Wp][Cg], a group's channels
-// of a pixel side by side (row_mode's unpadded band, one per group: grouped_rows), followed by
-// `slack` zero elements.
+// of a pixel side by side (row_mode's unpadded band, one per group: grouped_rows, Cg = 16),
+// followed by `slack` zero elements.
 at::Tensor group_bands(const bf16* x, int64_t N, int64_t G, int64_t Cg, int64_t H, int64_t W, int64_t ph, int64_t pw,
                        int64_t Hp, int64_t Wp, int64_t slack) {
+  TORCH_INTERNAL_ASSERT(Cg == kTile, "group_bands copies groups of 16 channels");
   const int64_t row = Wp * Cg, band = N * Hp * row, C = G * Cg;
   at::Tensor band_t = bf16_buffer(G * band + slack);
   bf16* xb = bf16_data(band_t);
@@ -193,12 +194,8 @@ at::Tensor group_bands(const bf16* x, int64_t N, int64_t G, int64_t Cg, int64_t 
     for (int64_t g = 0; g < G; ++g) {
       bf16* o = d + g * band + pw * Cg;
       const bf16* s = src + g * Cg;
-      if (Cg == 16) {
-        for (int64_t ww = 0; ww < wend; ++ww)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + ww * 16), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + ww * C)));
-      } else {
-        for (int64_t ww = 0; ww < wend; ++ww) std::memcpy(o + ww * Cg, s + ww * C, sizeof(bf16) * Cg);
-      }
+      for (int64_t ww = 0; ww < wend; ++ww)  // a pixel's 16 channels: one 32-byte move
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + ww * Cg), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + ww * C)));
     }
   });
   return band_t;

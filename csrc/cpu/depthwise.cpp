@@ -1398,10 +1398,7 @@ void bf16_planes(const Conv2dParams& p, const FlatPlan& f, const uint16_t* in, c
   for_each_task(p.N * p.C, p.macs(), [&](int64_t t) {
     float* xf = scratch(8, n_in);
     float* yf = scratch(9, n_out);
-    const uint16_t* src = in + t * n_in;
-    int64_t i = 0;
-    for (; i + VL <= n_in; i += VL) Isa::store(xf + i, Isa::load(src + i));
-    if (i < n_in) Isa::storem(xf + i, Isa::loadm(src + i, Isa::mask(n_in - i)), Isa::mask(n_in - i));
+    widen(in + t * n_in, n_in, xf);
     flat_group<1>(f, p.C, xf, w, bias, t, yf);
     float_to_bf16(yf, n_out, out + t * n_out);
   });
