@@ -115,6 +115,8 @@ WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((2, 160, 9, 7), 160, (3, 3), 1, 1, 1, 1),         # large U: per-block weights, 2 reduction pieces
     ((2, 144, 34, 34), 144, (3, 3), 1, 1, 1, 1),       # large U, 2 chunks of tiles
     ((2, 96, 40, 40), 96, (3, 3), 1, 1, 1, 1),         # small U; backward-weight in 2 chunks
+    ((1, 264, 5, 6), 264, (3, 3), 1, 1, 1, 1),         # backward-weight's dU >= 4 MiB: blocks of 88 channels x 64 filters, K tail
+    ((1, 512, 4, 5), 520, (3, 3), 1, (1, 2), 1, 2),    # the same in 2 groups (256 channels in 2 blocks, 260 filters)
 ]
 DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, NCHW
     ((2, 3, 21, 50), 13, (7, 7), 2, 3, 1, 1),          # stem-like; K = 3 x 4 + 1; row of 25 = 16 + 9 (masked)

@@ -501,17 +501,80 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
 // per chunk, every tile is transformed, then a task per (group, xi, block of output channels)
 // adds the chunk's tiles into its part of dU on the micro-kernel (input channels are the
 // broadcast rows, read down V's columns; the whole chunk is one reduction in registers). Each
-// dU element is summed in the same order whatever the thread count: deterministic.
+// dU element is summed in the same order whatever the thread count: deterministic. With one
+// chunk and a dU of over 4 MiB, a task takes a block of channels and filters instead (below).
 void winograd_backward_weight(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
   const Geo e(s);
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024, kSumTiles = 64;
+  constexpr int64_t kFusedFloats = 1024 * 1024, kFusedChannels = 128;  // dU over 4 MiB; 512 KiB a task
   const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
   float* Vall = scratch(4, 16 * T * Cs);
   float* Eall = scratch(7, 16 * T * Ks);
-  float* dU = scratch(8, G * 16 * Cg * Kgp);  // [g][xi][c][k]
   const int64_t kbw = Isa::kMaxNV * VL, nkb = ceil_div(Kgp, kbw);
+  // dU[.][xi][c][k0..k0+kbw) += V_xi[tiles of l0..][c0..]^T E_xi[tiles][k0..] into dU (row stride
+  // ldu), the tiles summed in pieces of kSumTiles in registers (shorter float32 sums than one run
+  // over the chunk: the error grows with the length of a sum).
+  const auto add_products = [&](int64_t g, int64_t xi, int64_t c0, int64_t c1, int64_t k0, int64_t nt, float* dUx,
+                                int64_t ldu, bool accumulate) {
+    static const int64_t zero = 0;
+    const int nv = static_cast<int>(std::min(kbw, Kgp - k0) / VL);
+    const int64_t MR = Isa::mr(nv);
+    for (int64_t c = c0; c < c1; c += MR)
+      for (int64_t l0 = 0; l0 < nt; l0 += kSumTiles) {
+        Tile tl;
+        tl.a = Vall + (xi * T + l0) * Cs + g * Cg + c, tl.a_is = 1, tl.a_ls = Cs;
+        tl.b = Eall + (xi * T + l0) * Ks + g * Kgp + k0, tl.b_ls = Ks;
+        tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = std::min(kSumTiles, nt - l0);
+        tl.mr = static_cast<int>(std::min(MR, c1 - c));
+        tl.c = dUx + (c - c0) * ldu, tl.ldc = ldu, tl.accumulate = accumulate || l0 > 0;
+        run_tile<false>(nv, tl);
+      }
+  };
+  // dw[g*Kg + k0 + j][c0..c1) = G^T dU[xi][c][j] G for the nk <= VL filters at k0 (dU's xi
+  // planes xs apart, row stride ldu, filter j in lane j), transposed back to (K, Cg, 3, 3), or to
+  // (K, 3, 3, Cg) for a channels_last filter (krsc)
+  const auto finish = [&](int64_t g, int64_t c0, int64_t c1, int64_t k0, const float* dUk, int64_t xs, int64_t ldu) {
+    const int64_t nc = c1 - c0, nk = std::min<int64_t>(VL, Kg - k0);
+    if (nk <= 0) return;
+    float* tmp = scratch(3, nc * 9 * VL);
+    V u[16], o[9];
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int xi = 0; xi < 16; ++xi) u[xi] = Isa::load(dUk + xi * xs + c * ldu);
+      weight_grad_tile(u, o);
+      for (int rs = 0; rs < 9; ++rs) Isa::store(tmp + (krsc ? rs * nc + c : c * 9 + rs) * VL, o[rs]);
+    }
+    float* out = dw + (g * Kg + k0) * Cg * 9;
+    if (krsc && nc < Cg)  // a block of channels: 9 runs of nc a filter
+      for (int rs = 0; rs < 9; ++rs) transpose_rows(tmp + rs * nc * VL, VL, nc, nk, Cg * 9, out + rs * Cg + c0, nc);
+    else
+      transpose_rows(tmp, VL, nc * 9, nk, Cg * 9, out + c0 * 9, nc * 9);
+  };
+  if (nchunks == 1 && 16 * G * Cg * Kgp > kFusedFloats) {
+    // Many channels and few tiles (512 @7): dU would be over 4 MiB (16 MiB for 512x512), written
+    // to memory and read back; and where other passes run between two backward-weights (a
+    // training step) it is not in L3 either. A task takes a block of filters and one of channels
+    // instead, sums its 16 x cb x kbw piece of dU in L2 and turns it into dw at once. 512 @7,
+    // batch 4, 2 threads, ms (python benchmarks/ab.py ... 4,512,7,7,512,3,1,1 --pass
+    // backward_weight): 3.49 -> 3.07 NCHW, 3.32 -> 3.14 channels_last; called between a forward
+    // and a backward-input, as in a training step: 6.2-6.6 -> 3.5-3.6; 384 @7 2.8-3.2 -> 2.1.
+    // Not at 256 @14 (dU of 4 MiB, 196 tiles): 2.24-2.45 -> 2.42-2.72 ms.
+    const int64_t cb = ceil_div(Cg, ceil_div(Cg, kFusedChannels)), ncb = ceil_div(Cg, cb);
+    for_each_task(rows, macs, [&](int64_t i) {
+      input_transform(s, e, x, i, i + 1, 0, tw, Vall, T, i * tw);
+      dy_transform(s, e, dy, i, i + 1, Eall, T, i * tw);
+    });
+    for_each_task(G * ncb * nkb, macs, [&](int64_t task) {
+      const int64_t g = task / (ncb * nkb), c0 = (task / nkb) % ncb * cb, c1 = std::min(Cg, c0 + cb);
+      const int64_t k0 = (task % nkb) * kbw;
+      float* dUl = scratch(8, 16 * cb * kbw);  // [xi][c - c0][k - k0]
+      for (int64_t xi = 0; xi < 16; ++xi) add_products(g, xi, c0, c1, k0, rows * tw, dUl + xi * cb * kbw, kbw, false);
+      for (int64_t k = k0; k < std::min(Kgp, k0 + kbw); k += VL) finish(g, c0, c1, k, dUl + (k - k0), cb * kbw, kbw);
+    });
+    return;
+  }
+  float* dU = scratch(8, G * 16 * Cg * Kgp);  // [g][xi][c][k]
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
     for_each_task(R1 - R0, macs, [&](int64_t i) {
@@ -519,37 +582,14 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
       dy_transform(s, e, dy, R0 + i, R0 + i + 1, Eall, T, i * tw);
     });
     for_each_task(G * 16 * nkb, macs, [&](int64_t task) {
-      static const int64_t zero = 0;
       const int64_t g = task / (16 * nkb), xi = (task / nkb) % 16, k0 = (task % nkb) * kbw;
-      const int nv = static_cast<int>(std::min(kbw, Kgp - k0) / VL);
-      const int64_t MR = Isa::mr(nv);
-      // pieces of kSumTiles tiles, each summed in registers and then added to dU: shorter
-      // float32 sums than one run over the chunk (the error grows with the length of a sum)
-      for (int64_t c0 = 0; c0 < Cg; c0 += MR)
-        for (int64_t l0 = 0; l0 < nt; l0 += kSumTiles) {
-          Tile tl;
-          tl.a = Vall + (xi * T + l0) * Cs + g * Cg + c0, tl.a_is = 1, tl.a_ls = Cs;
-          tl.b = Eall + (xi * T + l0) * Ks + g * Kgp + k0, tl.b_ls = Ks;
-          tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = std::min(kSumTiles, nt - l0);
-          tl.mr = static_cast<int>(std::min(MR, Cg - c0));
-          tl.c = dU + ((g * 16 + xi) * Cg + c0) * Kgp + k0, tl.ldc = Kgp, tl.accumulate = ch > 0 || l0 > 0;
-          run_tile<false>(nv, tl);
-        }
+      add_products(g, xi, 0, Cg, k0, nt, dU + ((g * 16 + xi) * Cg) * Kgp + k0, Kgp, ch > 0);
     });
   }
-  // dw = G^T dU G, VL filters at a time, transposed back to (K, Cg, 3, 3), or to (K, 3, 3, Cg) for
-  // a channels_last filter (krsc)
   const int64_t nkv = Kgp / VL;
   for_each_task(G * nkv, macs, [&](int64_t task) {
     const int64_t g = task / nkv, k0 = (task % nkv) * VL;
-    float* tmp = scratch(3, Cg * 9 * VL);
-    V u[16], o[9];
-    for (int64_t c = 0; c < Cg; ++c) {
-      for (int xi = 0; xi < 16; ++xi) u[xi] = Isa::load(dU + ((g * 16 + xi) * Cg + c) * Kgp + k0);
-      weight_grad_tile(u, o);
-      for (int rs = 0; rs < 9; ++rs) Isa::store(tmp + (krsc ? rs * Cg + c : c * 9 + rs) * VL, o[rs]);
-    }
-    transpose_rows(tmp, VL, Cg * 9, std::min<int64_t>(VL, Kg - k0), Cg * 9, dw + (g * Kg + k0) * Cg * 9, Cg * 9);
+    finish(g, 0, Cg, k0, dU + g * 16 * Cg * Kgp + k0, Cg * Kgp, Kgp);
   });
 }
 
