@@ -3,13 +3,16 @@ problem (each forced), called in a random order in every repetition, median and 
 
     PYTHONPATH=. python benchmarks/algos.py 4,3,224,224,64,7,2,3 --layout nchw --pass forward
     PYTHONPATH=. python benchmarks/algos.py 8,16,32,32,32,3,2,1 --threads 1 --reps 60
+    PYTHONPATH=. python benchmarks/algos.py 4,64,56,56,64,3,1,1 --pass backward_weight --step
 
 The shape is N,C,H,W,K,R[,stride,padding,groups] (square kernel, stride and padding). A fixed
 calling order favoured whichever variant ran second by ~5% on our VM; random order does not.
 Every algorithm's output is checked against torch's first (relative error printed). torch's own
 time here can differ from the bench's (python -m conv_ext.bench) by 2x for large outputs: it
 depends on the process's allocation history (page faults on fresh output pages), so compare the
-algorithms with each other here and with torch in the bench.
+algorithms with each other here and with torch in the bench. --step times the pass between the
+other two as a training step runs it (a pass that leans on L3 keeping its data, such as
+Winograd's 16 MiB of transformed filter gradients at 512@7, loses more there than alone).
 """
 import argparse
 import random
@@ -23,10 +26,10 @@ import conv_ext
 from conv_ext import testing
 
 
-def problem(shape, layout, pass_name, dtype=torch.float32):
-    """(torch_fn, ext_fn): one pass of the problem `shape` ("N,C,H,W,K,R[,stride,padding,groups]")
-    on random data of `dtype` in `layout`, by torch and by conv_ext's op (its default algorithm
-    choice). Also used by benchmarks/ab.py."""
+def problems(shape, layout, dtype=torch.float32):
+    """({pass: (torch_fn, ext_fn)}, filter): the three passes of the problem `shape`
+    ("N,C,H,W,K,R[,stride,padding,groups]") on the same random data of `dtype` in `layout`, by
+    torch and by conv_ext's ops (their default algorithm choice)."""
     v = [int(s) for s in shape.split(",")]
     n, c, h, w, k, r = v[:6]
     stride, padding, groups = (v[6:] + [1, 0, 1][len(v) - 6:])[:3]
@@ -38,17 +41,23 @@ def problem(shape, layout, pass_name, dtype=torch.float32):
     y = F.conv2d(x, wt, None, stride, padding, 1, groups)
     dy = torch.randn(y.shape, generator=g).to(dtype).contiguous(memory_format=fmt)
     ops = torch.ops.conv_ext
-    if pass_name == "forward":
-        torch_fn = lambda: F.conv2d(x, wt, None, stride, padding, 1, groups)  # noqa: E731
-        ext_fn = lambda: ops.conv2d_forward(x, wt, None, *geo)  # noqa: E731
-    else:
-        mask = [pass_name == "backward_input", pass_name == "backward_weight", False]
-        i = 0 if mask[0] else 1
-        torch_fn = lambda: torch.ops.aten.convolution_backward(  # noqa: E731
-            dy, x, wt, None, *geo[:3], False, [0, 0], groups, mask)[i]
-        ext_fn = ((lambda: ops.conv2d_backward_input(dy, wt, list(x.shape), *geo)) if mask[0]
-                  else (lambda: ops.conv2d_backward_weight(dy, x, list(wt.shape), *geo)))
-    return torch_fn, ext_fn
+
+    def torch_backward(i):
+        mask = [i == 0, i == 1, False]
+        return lambda: torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, [0, 0], groups, mask)[i]
+
+    fns = {
+        "forward": (lambda: F.conv2d(x, wt, None, stride, padding, 1, groups),
+                    lambda: ops.conv2d_forward(x, wt, None, *geo)),
+        "backward_input": (torch_backward(0), lambda: ops.conv2d_backward_input(dy, wt, list(x.shape), *geo)),
+        "backward_weight": (torch_backward(1), lambda: ops.conv2d_backward_weight(dy, x, list(wt.shape), *geo)),
+    }
+    return fns, wt
+
+
+def problem(shape, layout, pass_name, dtype=torch.float32):
+    """(torch_fn, ext_fn): one pass of problems(shape, layout, dtype). Also used by benchmarks/ab.py."""
+    return problems(shape, layout, dtype)[0][pass_name]
 
 
 def main():
@@ -58,11 +67,16 @@ def main():
     ap.add_argument("--pass", dest="pass_name", choices=testing.PASSES, default="forward")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--step", action="store_true",
+                    help="time the pass where a training step runs it: after a new version of the filter (an "
+                         "optimizer step) and between the other two passes (each side's own, default algorithms), "
+                         "so that what it leaves in and takes from the caches counts")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     pn = args.pass_name
-    torch_fn, ext_fn = problem(args.shape, args.layout, pn)
+    fns_all, wt = problems(args.shape, args.layout)
+    torch_fn, ext_fn = fns_all[pn]
     ext_fn()
     default = testing.last_cpu_algorithm(pn)
     expected = torch_fn()
@@ -82,15 +96,22 @@ def main():
         if a != "reference":
             fns[a] = forced
     times = {name: [] for name in fns}
+    passes = list(fns_all) if args.step else [pn]
     for _ in range(args.reps):
         order = list(fns)
         random.shuffle(order)
         for name in order:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
+            if args.step:
+                torch.autograd.graph.increment_version(wt)
+            for p in passes:
+                if p != pn:
+                    fns_all[p][0 if name == "torch" else 1]()
+                    continue
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["torch"])
-    print(f"{args.shape} {args.layout} {pn}, {torch.get_num_threads()} threads, default: {default}; "
+    print(f"{args.shape} {args.layout} {pn}{' in a training step' if args.step else ''}, {torch.get_num_threads()} threads, default: {default}; "
           f"ms median / min (torch median / median), {args.reps} reps")
     for name, t in times.items():
         med = statistics.median(t)

@@ -67,13 +67,17 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) { return wino_shape(p
 // 0.202/0.186. Backward-weight wants 64 or more on both sides since implicit_gemm's chunk sums
 // became vector adds (sum_chunks): 32->32 @16 winograd 0.18/0.17 vs 0.116/0.102 ms, 64->64 @32
 // batch 8 1.64/1.44 vs 1.46/1.41, 64->64 @56 batch 4 2.74/1.67 vs 2.30/2.08 (a split decision),
-// 128->128 @28 1.43/1.35 vs 2.21/2.17.
+// 128->128 @28 1.43/1.35 vs 2.21/2.17. NCHW wants more than 64: timed as in a training step
+// (forward, backward-input, backward-weight in turn; python benchmarks/algos.py-style, 2
+// threads, ms winograd vs implicit_gemm, sixteenth round) 64->64 @56 batch 4 3.79 vs 3.14,
+// batch 8 6.96 vs 6.46, @32 batch 8 2.52 vs 2.12; channels_last 3.05 vs 3.04, 5.82 vs 6.09, 2.24
+// vs 2.11; 96->96 @28 1.72 vs 1.80 (NCHW), 128->128 @28 2.55 vs 3.21.
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype) && p.Kg() >= 48; }
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   return supports(p, dtype) && p.Cg() >= 48;
 }
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && std::min(p.Cg(), p.Kg()) >= 64;
+  return supports(p, dtype) && std::min(p.Cg(), p.Kg()) >= (is_nchw(p) ? 65 : 64);
 }
 
 auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
