@@ -77,8 +77,11 @@ bool supports_nhwc_too(const Conv2dParams& p, at::ScalarType dtype) {
 // NCHW backward-input leaves the same shapes as forward does to implicit_gemm (its outputs, dx,
 // have >= 512 channels per group on a plane of <= 196 pixels). 2 threads, batch 4, ms gemm_1x1 /
 // implicit_gemm: 1024->512 @14 3.72 / 2.87, 1024->256 @14 1.60 / 1.41, 2048->512 @7 2.31 / 2.29.
+// So do those that reduce over >= 1024 channels of dy there (python benchmarks/algos.py SHAPE
+// --pass backward_input --step, batch 4): 256->1024 @14 1.80-1.86 / 1.62-1.65 ms (batch 8 3.40 /
+// 2.92), 320->1280 @7 0.93 / 0.78; not 96->576 @14 0.41 / 0.44, 160->960 @7 0.33 / 0.34.
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports_nhwc_too(p, dtype) && !(is_nchw(p) && p.H * p.W <= 196 && p.Cg() >= 512);
+  return supports_nhwc_too(p, dtype) && !(is_nchw(p) && p.H * p.W <= 196 && (p.Cg() >= 512 || p.Kg() >= 1024));
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
