@@ -422,8 +422,10 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   // in forward form the filter of group g is Kg x Cg; w itself is (wK x wC) per group
   const int64_t wK = flip ? Cg : Kg, wC = flip ? Kg : Cg;
   float* bp = scratch(5, Ks);  // bias padded per group to whole vectors
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t k = 0; k < Kgp; ++k) bp[g * Kgp + k] = bias && k < Kg ? bias[g * Kg + k] : 0.f;
+  std::memset(bp, 0, sizeof(float) * Ks);
+  if (bias)  // (not a test of bias inside the loop: a masked load from a null pointer is slow)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t k = 0; k < Kg; ++k) bp[g * Kgp + k] = bias[g * Kg + k];
   const int64_t nthreads = pool_threads();
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024;  // V + M of a chunk (large-U schedule): 8 MiB
 
