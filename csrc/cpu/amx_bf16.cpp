@@ -148,8 +148,10 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
           __m512i r[kTile];
           for (int64_t i = 0; i < kTile; ++i) {
             const int64_t c = c0 + 2 * i;
-            const __m256i a = _mm256_maskz_loadu_epi16(c < C ? wm : 0, src + c * H * W + w0);
-            const __m256i b = _mm256_maskz_loadu_epi16(c + 1 < C ? wm : 0, src + (c + 1) * H * W + w0);
+            // channels past C: zeros, not a load with no lanes on (past the last image's end that
+            // can be an unmapped page, where even a masked-off load takes a slow assist)
+            const __m256i a = c < C ? _mm256_maskz_loadu_epi16(wm, src + c * H * W + w0) : _mm256_setzero_si256();
+            const __m256i b = c + 1 < C ? _mm256_maskz_loadu_epi16(wm, src + (c + 1) * H * W + w0) : _mm256_setzero_si256();
             r[i] = _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), pairs, _mm512_castsi256_si512(b));
           }
           transpose_16x16(r);
@@ -350,8 +352,9 @@ void pack_tiles(const Conv2dParams& p, const bf16* w, const Step* steps, int64_t
           __m512i row;
           if (p.ws_k == 1) {
             const bf16* src = w + kb * kTile + off;
-            row = _mm512_permutex2var_epi16(_mm512_castsi256_si512(_mm256_maskz_loadu_epi16(me, src)), pairs,
-                                            _mm512_castsi256_si512(_mm256_maskz_loadu_epi16(mo, src + p.ws_c)));
+            const __m256i ve = me ? _mm256_maskz_loadu_epi16(me, src) : _mm256_setzero_si256();  // (as in padded_band)
+            const __m256i vo = mo ? _mm256_maskz_loadu_epi16(mo, src + p.ws_c) : _mm256_setzero_si256();
+            row = _mm512_permutex2var_epi16(_mm512_castsi256_si512(ve), pairs, _mm512_castsi256_si512(vo));
           } else {
             const __m512i ie = _mm512_add_epi32(kidx, _mm512_set1_epi32(static_cast<int>(off)));
             if (p.ws_c == 1 && mo == me) {
