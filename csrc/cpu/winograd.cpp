@@ -1,5 +1,6 @@
 // winograd.cpp — 3x3, stride-1, undilated fp32 convolutions by Winograd F(2x2, 3x3): forward,
-// and backward-input (the same convolution of dy with the filter transposed and flipped).
+// backward-input (the same convolution of dy with the filter transposed and flipped) and
+// backward-weight (winograd_backward_weight, at the end: its own blocking, described there).
 // NCHW and NHWC, groups, padding 0..2 per axis.
 //
 // What it computes. The output is cut into 2x2 tiles; tile (n, i, j) reads the 4x4 input patch
