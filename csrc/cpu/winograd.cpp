@@ -262,7 +262,13 @@ struct Geo {
         th(ceil_div(s.P, 2)), tw(ceil_div(s.Q, 2)), rows(s.N * th) {}
 };
 
-// V[xi*vt + t][c] = B^T d B for the tiles of the block, t = (gr - gr0)*(tj1 - tj0) + j + t0.
+// The 16 planes (xi) of V, M and E hold vt tiles of `width` floats each, and a line more: at
+// exactly vt x width apart (often a multiple of 4 KiB: 64 tiles x 512 channels) a tile's 16
+// stores (input, dy transforms) or loads (output transform) all fell into one L1 set.
+inline int64_t plane(int64_t vt, int64_t width) { return vt * width + 16; }
+
+// V[xi][t][c] (planes of plane(vt, Cs) floats) = B^T d B for the tiles of the block,
+// t = (gr - gr0)*(tj1 - tj0) + j + t0.
 void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t gr0, int64_t gr1, int64_t tj0,
                      int64_t tj1, float* Vb, int64_t vt, int64_t t0) {
   const int64_t C = s.C, H = s.H, W = s.W, Cs = e.Cs, nc = tj1 - tj0, Wb = 2 * nc + 2, w0 = 2 * tj0 - s.pw;
@@ -297,7 +303,7 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
         for (int a = 0; a < 4; ++a)
           for (int b = 0; b < 4; ++b) d[a][b] = Isa::load(band + (a * Wb + 2 * j + b) * Cs + c0);
         input_tile(d, v);
-        for (int xi = 0; xi < 16; ++xi) Isa::store(Vb + (xi * vt + t) * Cs + c0, v[xi]);
+        for (int xi = 0; xi < 16; ++xi) Isa::store(Vb + xi * plane(vt, Cs) + t * Cs + c0, v[xi]);
       }
     }
   }
@@ -314,17 +320,18 @@ void gemms(const float* Vb, int64_t vt, int64_t Cs, int64_t nt, int64_t len, con
       const int64_t MR = Isa::mr(nv);
       for (int64_t t0 = 0; t0 < nt; t0 += MR) {
         Tile tl;
-        tl.a = Vb + (xi * vt + t0) * Cs, tl.a_is = Cs, tl.a_ls = 1;
+        tl.a = Vb + xi * plane(vt, Cs) + t0 * Cs, tl.a_is = Cs, tl.a_ls = 1;
         tl.b = U + xi * uxs + kb, tl.b_ls = uld;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = len;
         tl.mr = static_cast<int>(std::min(MR, nt - t0));
-        tl.c = Mb + (xi * mt + t0) * Ks + k0 + kb, tl.ldc = Ks, tl.accumulate = accumulate;
+        tl.c = Mb + xi * plane(mt, Ks) + t0 * Ks + k0 + kb, tl.ldc = Ks, tl.accumulate = accumulate;
         run_tile<false>(nv, tl);
       }
     }
 }
 
-// y = A^T M A + bias for the tiles of the block (M[xi*mt + t][Ks], t as in input_transform).
+// y = A^T M A + bias for the tiles of the block (M[xi][t][Ks], planes of plane(mt, Ks) floats,
+// t as in input_transform).
 void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t mt, int64_t t0, int64_t gr0,
                       int64_t gr1, int64_t tj0, int64_t tj1, const float* bp, float* y) {
   const int64_t K = s.K, P = s.P, Q = s.Q, Kg = e.Kg, Kgp = e.Kgp, Ks = e.Ks, nc = tj1 - tj0;
@@ -337,7 +344,7 @@ void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t
         for (int64_t k0 = 0; k0 < Kgp; k0 += VL) {
           V m[16], out[4];
           const int64_t kc = g * Kgp + k0;
-          for (int xi = 0; xi < 16; ++xi) m[xi] = Isa::load(Mb + (xi * mt + t) * Ks + kc);
+          for (int xi = 0; xi < 16; ++xi) m[xi] = Isa::load(Mb + xi * plane(mt, Ks) + t * Ks + kc);
           output_tile(m, Isa::load(bp + kc), out);
           if (s.nhwc) {
             const M km = Isa::mask(Kg - k0);
@@ -361,7 +368,7 @@ void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t
   }
 }
 
-// E[xi*et + t][Ks] = A e A^T for the tiles of tile rows [gr0, gr1) (all tile columns), e = the
+// E[xi][t][Ks] (planes of plane(et, Ks) floats) = A e A^T for the tiles of tile rows [gr0, gr1) (all tile columns), e = the
 // 2x2 block of dy the tile produced (zeros past P, Q), t as in input_transform.
 void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0, int64_t gr1, float* E, int64_t et,
                   int64_t t0) {
@@ -395,7 +402,7 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
               else ev[a][b] = Isa::zero();
             }
           dy_tile(ev, E16);
-          for (int xi = 0; xi < 16; ++xi) Isa::store(E + (xi * et + t) * Ks + kc, E16[xi]);
+          for (int xi = 0; xi < 16; ++xi) Isa::store(E + xi * plane(et, Ks) + t * Ks + kc, E16[xi]);
         }
     }
   }
@@ -460,8 +467,8 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
       const int64_t gr0 = (task / ncb_t) * rb, gr1 = std::min(rows, gr0 + rb);
       const int64_t tj0 = (task % ncb_t) * cb, tj1 = std::min(tw, tj0 + cb);
       const int64_t nt = (gr1 - gr0) * (tj1 - tj0);
-      float* Vb = scratch(0, 16 * nt * Cs);
-      float* Mb = scratch(1, 16 * nt * Ks);
+      float* Vb = scratch(0, 16 * plane(nt, Cs));
+      float* Mb = scratch(1, 16 * plane(nt, Ks));
       input_transform(s, e, x, gr0, gr1, tj0, tj1, Vb, nt, 0);
       for (int64_t g = 0; g < G; ++g)
         gemms(Vb + g * Cg, nt, Cs, nt, Cg, U + g * 16 * Cg * Kgp, Cg * Kgp, Kgp, Mb, nt, Ks, g * Kgp, Kgp, false);
@@ -473,8 +480,8 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));  // tile rows per chunk
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks);
   const int64_t T = rows_c * tw;
-  float* Vall = scratch(4, 16 * T * Cs);
-  float* Mall = scratch(7, 16 * T * Ks);
+  float* Vall = scratch(4, 16 * plane(T, Cs));
+  float* Mall = scratch(7, 16 * plane(T, Ks));
   // output-channel blocks: as wide as the micro-kernel, narrower if that leaves a thread idle
   int64_t kbw = Isa::kMaxNV * VL;
   while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * nthreads) kbw -= VL;
@@ -521,8 +528,8 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
   constexpr int64_t kFusedFloats = 1024 * 1024, kFusedChannels = 128;  // dU over 4 MiB; 512 KiB a task
   const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
-  float* Vall = scratch(4, 16 * T * Cs);
-  float* Eall = scratch(7, 16 * T * Ks);
+  float* Vall = scratch(4, 16 * plane(T, Cs));
+  float* Eall = scratch(7, 16 * plane(T, Ks));
   const int64_t kbw = Isa::kMaxNV * VL, nkb = ceil_div(Kgp, kbw);
   // dU[.][xi][c][k0..k0+kbw) += V_xi[tiles of l0..][c0..]^T E_xi[tiles][k0..] into dU (row stride
   // ldu), the tiles summed in pieces of kSumTiles in registers (shorter float32 sums than one run
@@ -535,8 +542,8 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
     for (int64_t c = c0; c < c1; c += MR)
       for (int64_t l0 = 0; l0 < nt; l0 += kSumTiles) {
         Tile tl;
-        tl.a = Vall + (xi * T + l0) * Cs + g * Cg + c, tl.a_is = 1, tl.a_ls = Cs;
-        tl.b = Eall + (xi * T + l0) * Ks + g * Kgp + k0, tl.b_ls = Ks;
+        tl.a = Vall + xi * plane(T, Cs) + l0 * Cs + g * Cg + c, tl.a_is = 1, tl.a_ls = Cs;
+        tl.b = Eall + xi * plane(T, Ks) + l0 * Ks + g * Kgp + k0, tl.b_ls = Ks;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = std::min(kSumTiles, nt - l0);
         tl.mr = static_cast<int>(std::min(MR, c1 - c));
         tl.c = dUx + (c - c0) * ldu, tl.ldc = ldu, tl.accumulate = accumulate || l0 > 0;
