@@ -15,7 +15,7 @@
 // in-place change through PyTorch bumps (optimizer steps, nn.init, load_state_dict,
 // `with torch.no_grad(): w.copy_(...)`) -- and the same bytes: writes that bypass the version
 // counter (through `w.data`, a NumPy view, a collective writing into the storage) are caught by a
-// 64-bit fingerprint of the filter (a polynomial hash of its words, 60+ GB/s a core with AVX-512), checked on
+// 64-bit fingerprint of the filter (a polynomial hash of its words, vectorised with AVX-512), checked on
 // every reuse. Inference tensors (created under torch.inference_mode) have no version counter and
 // are never cached.
 //
