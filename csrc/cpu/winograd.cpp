@@ -69,8 +69,8 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) { return wino_shape(p
 // became vector adds (sum_chunks): 32->32 @16 winograd 0.18/0.17 vs 0.116/0.102 ms, 64->64 @32
 // batch 8 1.64/1.44 vs 1.46/1.41, 64->64 @56 batch 4 2.74/1.67 vs 2.30/2.08 (a split decision),
 // 128->128 @28 1.43/1.35 vs 2.21/2.17. NCHW wants more than 64: timed as in a training step
-// (forward, backward-input, backward-weight in turn; python benchmarks/algos.py-style, 2
-// threads, ms winograd vs implicit_gemm, sixteenth round) 64->64 @56 batch 4 3.79 vs 3.14,
+// (python benchmarks/algos.py SHAPE --pass backward_weight --step, before this rule; 2 threads,
+// ms winograd vs implicit_gemm, sixteenth round) 64->64 @56 batch 4 3.79 vs 3.14,
 // batch 8 6.96 vs 6.46, @32 batch 8 2.52 vs 2.12; channels_last 3.05 vs 3.04, 5.82 vs 6.09, 2.24
 // vs 2.11; 96->96 @28 1.72 vs 1.80 (NCHW), 128->128 @28 2.55 vs 3.21.
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype) && p.Kg() >= 48; }
@@ -262,9 +262,10 @@ struct Geo {
         th(ceil_div(s.P, 2)), tw(ceil_div(s.Q, 2)), rows(s.N * th) {}
 };
 
-// The 16 planes (xi) of V, M and E hold vt tiles of `width` floats each, and a line more: at
-// exactly vt x width apart (often a multiple of 4 KiB: 64 tiles x 512 channels) a tile's 16
-// stores (input, dy transforms) or loads (output transform) all fell into one L1 set.
+// The 16 planes (xi) of V, M and E (and of the large-U weight panel) hold vt rows (tiles;
+// channels for the panel) of `width` floats each, and a line more: at exactly vt x width apart
+// (often a multiple of 4 KiB: 64 tiles x 512 channels) a tile's 16 stores (input, dy transforms)
+// or loads (output transform) all fell into one L1 set.
 inline int64_t plane(int64_t vt, int64_t width) { return vt * width + 16; }
 
 // V[xi][t][c] (planes of plane(vt, Cs) floats) = B^T d B for the tiles of the block,
@@ -368,8 +369,9 @@ void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t
   }
 }
 
-// E[xi][t][Ks] (planes of plane(et, Ks) floats) = A e A^T for the tiles of tile rows [gr0, gr1) (all tile columns), e = the
-// 2x2 block of dy the tile produced (zeros past P, Q), t as in input_transform.
+// E[xi][t][Ks] (planes of plane(et, Ks) floats) = A e A^T for the tiles of tile rows [gr0, gr1)
+// (all tile columns), e = the 2x2 block of dy the tile produced (zeros past P, Q), t as in
+// input_transform.
 void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0, int64_t gr1, float* E, int64_t et,
                   int64_t t0) {
   const int64_t K = s.K, P = s.P, Q = s.Q, Kg = e.Kg, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, Qb = 2 * tw;
@@ -495,15 +497,14 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
     for_each_task(G * nkb, macs, [&](int64_t task) {
       const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
       const int64_t pr = std::min(kPanelRows, Cg);
-      // the panel's 16 planes a line more than nr x ncp floats apart: at exactly that (32 KiB for
-      // 128 x 64) weight_panel's 16 stores of a channel all fell into one L1 set (512@7 forward
-      // and backward-input, 2 threads: 1.04-1.07x faster padded, 1.03x at 256@14)
-      constexpr int64_t kPad = 16;
-      float* panel = scratch(6, 16 * (pr * ncp + kPad));
+      // the panel's 16 planes a line more than nr x ncp floats apart (plane()): at exactly that
+      // (32 KiB for 128 x 64) weight_panel's 16 stores of a channel all fell into one L1 set
+      // (512@7 forward and backward-input, 2 threads: 1.04-1.07x faster padded, 1.03x at 256@14)
+      float* panel = scratch(6, 16 * plane(pr, ncp));
       for (int64_t c0 = 0; c0 < Cg; c0 += kPanelRows) {
         const int64_t nr = std::min(kPanelRows, Cg - c0);
-        weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, nr * ncp + kPad, ncp);
-        gemms(Vall + g * Cg + c0, T, Cs, nt, nr, panel, nr * ncp + kPad, ncp, Mall, T, Ks, g * Kgp + k0, ncp, c0 > 0);
+        weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, plane(nr, ncp), ncp);
+        gemms(Vall + g * Cg + c0, T, Cs, nt, nr, panel, plane(nr, ncp), ncp, Mall, T, Ks, g * Kgp + k0, ncp, c0 > 0);
       }
     });
     for_each_task(R1 - R0, macs, [&](int64_t i) {
