@@ -211,3 +211,31 @@ def test_ab_of_builds_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "old  " in proc.stdout and "new  " in proc.stdout and "old/new (best mins):" in proc.stdout
+
+
+def test_algos_step_runs():
+    """benchmarks/algos.py --step: every algorithm of the pass (checked against torch), each timed
+    between the other two passes of a training step."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/algos.py", "2,32,9,9,32,3,1,1", "--pass", "backward_weight", "--step",
+         "--reps", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "in a training step" in proc.stdout and "implicit_gemm" in proc.stdout and "torch" in proc.stdout
+
+
+def test_in_network_runs():
+    """benchmarks/in_network.py: every convolution of a network timed inside it, both sides."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/in_network.py", "cifar_resnet20", "--batch", "2", "--reps", "1", "--layout", "nhwc"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "conv time per forward" in lines[0]
+    assert any(line.startswith("16->16 k3x3 s1") for line in lines)  # cifar_resnet20's 16-channel layers
