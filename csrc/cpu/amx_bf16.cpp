@@ -148,10 +148,9 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
           __m512i r[kTile];
           for (int64_t i = 0; i < kTile; ++i) {
             const int64_t c = c0 + 2 * i;
-            // channels past C: zeros, not a load with no lanes on (past the last image's end that
-            // can be an unmapped page, where even a masked-off load takes a slow assist)
-            const __m256i a = c < C ? _mm256_maskz_loadu_epi16(wm, src + c * H * W + w0) : _mm256_setzero_si256();
-            const __m256i b = c + 1 < C ? _mm256_maskz_loadu_epi16(wm, src + (c + 1) * H * W + w0) : _mm256_setzero_si256();
+            // channels past C: zeros (rows past the last image's end: load_16 reads nothing there)
+            const __m256i a = load_16(c < C ? wm : 0, src + c * H * W + w0);
+            const __m256i b = load_16(c + 1 < C ? wm : 0, src + (c + 1) * H * W + w0);
             r[i] = _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), pairs, _mm512_castsi256_si512(b));
           }
           transpose_16x16(r);
@@ -270,13 +269,9 @@ bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
 // with the filter turned round, w'[c][k][r][s] = w[k][c][R-1-r][S-1-s], and the padding
 // dil*(R-1) - pad (at least 0: every padding nn.Conv2d takes with a stride-1 "same" or smaller);
 // strided layers (and larger paddings) run it phase by phase (backward_input_phases).
-bool turned_round(const Conv2dParams& p) {
-  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
-}
+// (turns_round, turned_problem: kernel_util.h)
 Conv2dParams turned(const Conv2dParams& p) {  // the forward-form problem: dy (N, K, P, Q) -> dx (N, C, H, W)
-  Conv2dParams f = p;
-  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
-  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  Conv2dParams f = turned_problem(p);
   f.xs_n = p.ys_n, f.xs_c = p.ys_k, f.xs_h = p.ys_p, f.xs_w = p.ys_q;
   f.ys_n = p.xs_n, f.ys_k = p.xs_c, f.ys_p = p.xs_h, f.ys_q = p.xs_w;
   f.ws_k = p.ws_c, f.ws_c = p.ws_k, f.ws_r = -p.ws_r, f.ws_s = -p.ws_s;  // turned round
@@ -286,7 +281,7 @@ Conv2dParams turned(const Conv2dParams& p) {  // the forward-form problem: dy (N
 // row_mode where the filter is turned round (the phases' steps are one tap each)
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   if (p.C < kTile || !supports_any_c(p, dtype)) return false;
-  return p.K >= kChan || (turned_round(p) && row_mode(turned(p)));
+  return p.K >= kChan || (turns_round(p) && row_mode(turned(p)));
 }
 
 #pragma GCC push_options
@@ -352,9 +347,8 @@ void pack_tiles(const Conv2dParams& p, const bf16* w, const Step* steps, int64_t
           __m512i row;
           if (p.ws_k == 1) {
             const bf16* src = w + kb * kTile + off;
-            const __m256i ve = me ? _mm256_maskz_loadu_epi16(me, src) : _mm256_setzero_si256();  // (as in padded_band)
-            const __m256i vo = mo ? _mm256_maskz_loadu_epi16(mo, src + p.ws_c) : _mm256_setzero_si256();
-            row = _mm512_permutex2var_epi16(_mm512_castsi256_si512(ve), pairs, _mm512_castsi256_si512(vo));
+            row = _mm512_permutex2var_epi16(_mm512_castsi256_si512(load_16(me, src)), pairs,
+                                            _mm512_castsi256_si512(load_16(mo, src + p.ws_c)));
           } else {
             const __m512i ie = _mm512_add_epi32(kidx, _mm512_set1_epi32(static_cast<int>(off)));
             if (p.ws_c == 1 && mo == me) {
@@ -941,7 +935,7 @@ void forward_one(const Conv2dParams& p, Operands& o) {
 }
 
 void backward_input_one(const Conv2dParams& p, Operands& o) {
-  if (!turned_round(p)) {
+  if (!turns_round(p)) {
     backward_input_phases(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
                           reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
     return;
@@ -1008,7 +1002,7 @@ bool grouped_in_place(Pass pass, const Conv2dParams& p) {
   if (p.groups == 1 || !(is_nchw(p) || is_nhwc(p))) return false;
   if (pass == Pass::Forward) return (p.Cg() % kTile == 0 && p.Kg() >= kTile) || grouped_rows(p);
   if (pass == Pass::BackwardWeight) return (p.Cg() % kChan == 0 && p.Kg() % kChan == 0) || diagonal_groups(p);
-  return pass == Pass::BackwardInput && turned_round(p) &&
+  return pass == Pass::BackwardInput && turns_round(p) &&
          ((p.Kg() % kTile == 0 && p.Cg() >= kTile) || grouped_rows(turned(p)));
 }
 
@@ -1095,7 +1089,7 @@ bool supports_forward_any(const Conv2dParams& p, at::ScalarType dtype) {
 }
 bool supports_backward_input_any(const Conv2dParams& p, at::ScalarType dtype) {
   if (p.groups == 1) return supports_backward_input(p, dtype);
-  if (turned_round(p) && grouped_rows(turned(p)) && supports_any_c(group_params(p), dtype, 1)) return true;
+  if (turns_round(p) && grouped_rows(turned(p)) && supports_any_c(group_params(p), dtype, 1)) return true;
   if ((grouped_ok(p) || grouped_in_place(Pass::BackwardInput, p)) && supports_backward_input(group_params(p), dtype)) return true;
   return small_groups(p) && supports_backward_input_any(blocked_params(p), dtype);
 }

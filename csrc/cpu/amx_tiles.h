@@ -198,6 +198,12 @@ inline void transpose_16x16(__m512i r[16]) {
   }
 }
 
+// The bfloat16 values at p under m, zeros elsewhere; no load at all when m is empty: p may lie past
+// a tensor's end, and a masked-off load from an unmapped page takes a slow assist (~100+ cycles)
+inline __m256i load_16(__mmask16 m, const bf16* p) {
+  return m ? _mm256_maskz_loadu_epi16(m, p) : _mm256_setzero_si256();
+}
+
 // 16 float32 -> 16 bfloat16, round to nearest even
 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 

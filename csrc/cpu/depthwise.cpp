@@ -1302,16 +1302,6 @@ void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, co
   nhwc_gather(p, x, pack_taps(p, w), padded_bias(bias, p.C), y, false);
 }
 
-// Stride-1 backward-input as a forward of dy with the taps turned round (padding dil*(R-1) - pad)
-Conv2dParams turned_problem(const Conv2dParams& p) {  // the forward-form problem of a stride-1 backward-input
-  Conv2dParams f = p;
-  f.H = p.P, f.W = p.Q, f.P = p.H, f.Q = p.W;
-  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
-  return f;
-}
-bool turns_round(const Conv2dParams& p) {
-  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
-}
 void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
   if (!nhwc && flat_ok(p, true)) return flat_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
   if (!nhwc && via_nhwc(p)) {

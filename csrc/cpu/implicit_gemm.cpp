@@ -494,11 +494,6 @@ void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
   fwd_compute(p, f, x, wp.data, bias, y, nhwc);
 }
 
-// Stride-1 backward-input is the forward convolution of dy with the filter transposed
-// (k <-> c) and flipped (r -> R-1-r, s -> S-1-s), padding dil*(R-1) - pad.
-bool bwd_input_as_forward(const Conv2dParams& p) {
-  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
-}
 
 // Whether each filter of w holds the channels of a tap side by side ([k][r][s][c]): a
 // channels_last filter, or any 1x1 filter (KCRS and KRSC are then the same). The packers copy
@@ -537,9 +532,7 @@ PackedFilter fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const 
 
 void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
                        const at::Tensor* filter) {
-  Conv2dParams f = p;
-  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
-  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  const Conv2dParams f = turned_problem(p);  // (kernel_util.h)
   const FwdPlan plan = fwd_plan(f);
   const PackedFilter wp = fwd_pack_flipped(f, plan, w, channel_rows(p), filter);
   fwd_compute(f, plan, dy, wp.data, nullptr, dx, nhwc);
@@ -764,7 +757,7 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
                                   const at::Tensor* filter) {
   if (bwd_input_use_pixel_rows(p)) return bwd_input_pixel_rows(p, dy, w, dx, nhwc);
   if (bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc);
-  if (bwd_input_as_forward(p)) return bwd_input_stride1(p, dy, w, dx, nhwc, filter);
+  if (turns_round(p)) return bwd_input_stride1(p, dy, w, dx, nhwc, filter);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;

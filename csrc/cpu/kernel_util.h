@@ -111,6 +111,21 @@ inline void sum_chunks(float* partial, int64_t nchunk, int64_t part) {
 inline bool simd_available() { return cpu_capability() != "portable"; }
 inline bool use_avx512() { return cpu_capability() == "avx512"; }
 
+// Stride-1 backward-input is the forward convolution of dy with the filter transposed (k <-> c)
+// and turned round (r -> R-1-r, s -> S-1-s), at padding dil*(R-1) - pad: where that is >= 0
+// (every padding nn.Conv2d takes with a stride-1 "same" or smaller).
+inline bool turns_round(const Conv2dParams& p) {
+  return p.stride_h == 1 && p.stride_w == 1 && p.pad_h <= p.dil_h * (p.R - 1) && p.pad_w <= p.dil_w * (p.S - 1);
+}
+// That forward's sizes and padding: dy (N, K, P, Q) in, dx (N, C, H, W) out. The operands' and the
+// filter's strides are left as they are (for the caller to turn, or to read through its own).
+inline Conv2dParams turned_problem(const Conv2dParams& p) {
+  Conv2dParams f = p;
+  f.C = p.K, f.H = p.P, f.W = p.Q, f.K = p.C, f.P = p.H, f.Q = p.W;
+  f.pad_h = p.dil_h * (p.R - 1) - p.pad_h, f.pad_w = p.dil_w * (p.S - 1) - p.pad_w;
+  return f;
+}
+
 }  // namespace cpu
 }  // namespace conv_ext
 
