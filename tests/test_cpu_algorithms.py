@@ -82,6 +82,9 @@ DEPTHWISE = [
     ((1, 40, 5, 21), 40, (3, 3), 1, (1, 0), 1, 40),    # NHWC rows in runs of 8 pixels: 8 + 8 + 3, channel tail
     ((1, 24, 9, 40), 24, (5, 5), 1, 2, 1, 24),         # NHWC forward runs, 5 taps a row
     ((1, 20, 8, 45), 20, (7, 7), 2, 3, 1, 20),         # NHWC forward runs, 7 taps at stride 2; dx phases
+    ((2, 300, 7, 7), 300, (3, 3), 1, 1, 1, 300),       # NHWC forward by blocks of channels: 160 + 140 (a tail)
+    ((1, 200, 9, 11), 200, (5, 5), 2, 2, 1, 200),      # the same, 5 taps at stride 2: blocks of 80, 80, 40
+    ((1, 40, 60, 60), 40, (3, 3), 1, 1, 1, 40),        # an image of > 128K floats: one block of all channels
     ((2, 16, 12, 36), 16, (3, 3), 2, 1, 1, 16),        # runs at stride 2, whole vectors; via NHWC in NCHW
     ((1, 8, 11, 11), 8, (3, 3), 5, 1, 1, 8),           # stride 5: more phases than the per-phase tap lists
     ((1, 16, 520, 520), 16, (3, 3), 2, 1, 1, 16),      # > 4M input elements: NHWC backward-weight copies rows

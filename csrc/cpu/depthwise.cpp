@@ -231,34 +231,37 @@ constexpr int kRun = VL == 16 ? 8 : 4;
 // no padding (the forward's and backward-weight's interior runs; the others are EDGE runs).
 inline bool interior_run(int nt, int64_t col0, int64_t nx, int64_t W) { return nt == kRun && col0 >= 0 && col0 + nx <= W; }
 
+// One run over channels [0, Cn): input pixels xs floats apart, output pixels os apart (both C
+// for x and y as they lie; a padded band's rows are xs = Cb). EDGE: columns outside [0, Ws) read
+// as zeros; PART: only the first nt outputs are stored (EDGE runs are PART).
 // (X: float, or uint16_t for bfloat16 rows, converted as they are loaded)
-template <int S, int SW, bool EDGE, typename X>
+template <int S, int SW, bool EDGE, bool PART, typename X>
 inline void forward_run(const X* const* xrow, const float* const* wrow, int nr, const float* bias, float* o,
-                        int64_t col0, int nt, int64_t Ws, int64_t C, int64_t Cp, bool stream) {
+                        int64_t col0, int nt, int64_t Ws, int64_t Cn, int64_t xs, int64_t os, int64_t Cp, bool stream) {
   constexpr int T = kRun, NX = (T - 1) * SW + S;
-  for (int64_t c0 = 0; c0 < C; c0 += VL) {
-    const M m = Isa::mask(C - c0);
-    const bool full = C - c0 >= VL;
+  for (int64_t c0 = 0; c0 < Cn; c0 += VL) {
+    const M m = Isa::mask(Cn - c0);
+    const bool full = Cn - c0 >= VL;
     const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and weights are padded to Cp
     V acc[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[t] = bv;
     for (int i = 0; i < nr; ++i) {
-      const X* xr = xrow[i] + col0 * C + c0;
+      const X* xr = xrow[i] + col0 * xs + c0;
       V wv[S], xv[NX];
 #pragma GCC unroll 7
       for (int s = 0; s < S; ++s) wv[s] = Isa::load(wrow[i] + s * Cp + c0);
 #pragma GCC unroll 24
       for (int j = 0; j < NX; ++j)
         xv[j] = EDGE && (col0 + j < 0 || col0 + j >= Ws) ? Isa::zero()
-                : full                                   ? Isa::load(xr + j * C)
-                                                         : Isa::loadm(xr + j * C, m);
+                : full                                   ? Isa::load(xr + j * xs)
+                                                         : Isa::loadm(xr + j * xs, m);
 #pragma GCC unroll 7
       for (int s = 0; s < S; ++s)
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t * SW + s], wv[s], acc[t]);
     }
-    store_run<T>(o + c0, C, acc, full, m, stream && !EDGE, EDGE ? nt : T);
+    store_run<T>(o + c0, os, acc, full, m, stream && !PART, PART ? nt : T);
   }
 }
 
@@ -269,10 +272,104 @@ void forward_runs(const X* const* xrow, const float* const* wrow, int nr, const 
     const int64_t col0 = b0 * SW - pw;       // the run's first input column
     const int nt = int(std::min<int64_t>(kRun, Wo - b0));
     if (interior_run(nt, col0, (kRun - 1) * SW + S, Ws))
-      forward_run<S, SW, false, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
+      forward_run<S, SW, false, false, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, C, C, Cp, stream);
     else
-      forward_run<S, SW, true, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
+      forward_run<S, SW, true, true, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, C, C, Cp, stream);
   }
+}
+
+// The float32 forward of the forward_runs shapes by blocks of channels. A task is (image, block
+// of Cb channels, band of output rows), with Cb chosen so that the S input rows an output row
+// reads (S x W x Cb floats, kBlockFloats) stay in L1 for the S output rows that read each of
+// them. Each run reads its S x NX input pixels through a table of pointers, the padding's
+// pointing at a vector of zeros: no per-column test for zero or load in the runs at a row's
+// ends (all the runs of a row up to 16 wide). In place over all channels (forward_runs), the
+// S rows of a task did not fit in L1 at 960@7 (3 x 7 x 960 floats) and each input vector came
+// from L2 for each of its S output rows. Images of over kBlockImageFloats come from L3 or memory:
+// there a block is all the channels (whole pixels read in order) and only the tables and the
+// unrolled rows remain. Channels_last forward, batch 4 (8 for 96@16), 2 threads, old/new
+// (min of 4 alternating processes, median of 1000 calls each): 960@7 1.28-1.33x, 576@14/2 1.25x,
+// 576@14 1.38-1.40x, 384@14 1.46x, 96@16 1.38-1.44x, 192@28 1.09-1.12x, 192@28/2 1.10x, 32@112
+// 1.09x, 144@56 1.01x, 96@112/2 1.02x (memory-bound); stride-1 backward-input (this forward, the
+// taps turned round) 960@7 1.24x, 96@16 1.31x, 576@14 1.22x, 32@112 1.15x. A copy of the rows into a
+// zero-padded ring in L1 instead of the tables was slower than before (the copy waited on x).
+constexpr int64_t kBlockFloats = 6144;  // 24 KiB of the 48 KiB L1
+constexpr int64_t kBlockImageFloats = 1 << 17;  // 512 KiB, a quarter of an L2
+
+// One run of kRun outputs: the S x NX input pixels at xp[i*NX + j] (already at the block's first
+// channel), filter rows at wrow[i]; stores the first nt outputs of channels [0, cn). S and the
+// rows unrolled at compile time: with a row count known only at run time the compiler re-loaded
+// each input vector for each of its taps (a load per FMA).
+template <int S, int SW, bool TAIL>
+__attribute__((noinline)) void block_run(const float* const* xp, const float* const* wrow, const float* bias, float* o,
+                                         int nt, int64_t c_begin, int64_t c_end, int64_t os, int64_t Cp, bool stream) {
+  constexpr int T = kRun, NX = (T - 1) * SW + S;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += VL) {
+    const M m = Isa::mask(c_end - c0);  // TAIL: the one, partial vector
+    const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and weights are padded to Cp
+    V acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[t] = bv;
+#pragma GCC unroll 7
+    for (int i = 0; i < S; ++i) {
+      V wv[S], xv[NX];
+#pragma GCC unroll 7
+      for (int s = 0; s < S; ++s) wv[s] = Isa::load(wrow[i] + s * Cp + c0);
+#pragma GCC unroll 24
+      for (int j = 0; j < NX; ++j) xv[j] = TAIL ? Isa::loadm(xp[i * NX + j] + c0, m) : Isa::load(xp[i * NX + j] + c0);
+#pragma GCC unroll 7
+      for (int s = 0; s < S; ++s)
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t * SW + s], wv[s], acc[t]);
+    }
+    if (nt == T)
+      store_run<T>(o + c0, os, acc, !TAIL, m, stream);
+    else
+      store_run<T>(o + c0, os, acc, !TAIL, m, false, nt);
+  }
+}
+
+template <int S, int SW>
+void block_forward(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y) {
+  constexpr int NX = (kRun - 1) * SW + S;
+  const int64_t C = p.C, H = p.H, W = p.W, P = p.P, Q = p.Q, N = p.N;
+  const int64_t sh = p.stride_h, ph = p.pad_h, pw = p.pad_w, Cp = round_up(C, VL);
+  // (an image of over kBlockImageFloats comes from L3 or memory, where reading part of each
+  // pixel's channels at a time cost more than L2 costs the rows of whole pixels)
+  int64_t Cb = H * W * C > kBlockImageFloats ? Cp : std::min(Cp, std::max<int64_t>(VL, kBlockFloats / (S * W) / VL * VL));
+  int64_t nblk = ceil_div(Cp, Cb);
+  Cb = round_up(ceil_div(Cp, nblk), VL), nblk = ceil_div(Cp, Cb);  // blocks of equal size
+  // bands of output rows: 16 tasks a thread or more, for balance (the two cores of this VM do
+  // not run at the same speed; see for_each_task)
+  const int64_t nband = std::min(P, std::max<int64_t>(1, ceil_div(16 * pool_threads(), N * nblk)));
+  const bool stream = N * P * Q * C >= kStreamFloats;
+  for_each_task(N * nblk * nband, p.macs(), [&](int64_t task) {
+    const int64_t band = task % nband, blk = task / nband % nblk, n = task / (nband * nblk);
+    const int64_t a0 = P * band / nband, a1 = P * (band + 1) / nband, c0 = blk * Cb, cn = std::min(Cb, C - c0);
+    float* zeros = scratch(10, Cb);  // (8 and 9 hold on_nhwc_tiles' tiles)
+    std::fill(zeros, zeros + Cb, 0.f);
+    const float* wrow[S];
+    for (int r = 0; r < S; ++r) wrow[r] = wt + r * S * Cp + c0;
+    const float* xp[S * NX];
+    for (int64_t a = a0; a < a1; ++a) {
+      float* orow = y + (n * P + a) * Q * C + c0;
+      for (int64_t b0 = 0; b0 < Q; b0 += kRun) {
+        for (int r = 0; r < S; ++r) {
+          const int64_t h = a * sh - ph + r;
+          const float* xr = x + (n * H + h) * W * C + c0;
+          for (int j = 0; j < NX; ++j) {
+            const int64_t col = b0 * SW - pw + j;
+            xp[r * NX + j] = h < 0 || h >= H || col < 0 || col >= W ? zeros : xr + col * C;
+          }
+        }
+        const int nt = int(std::min<int64_t>(kRun, Q - b0));
+        const float* bp = bias ? bias + c0 : nullptr;
+        block_run<S, SW, false>(xp, wrow, bp, orow + b0 * C, nt, 0, cn / VL * VL, C, Cp, stream);
+        if (cn % VL) block_run<S, SW, true>(xp, wrow, bp, orow + b0 * C, nt, cn / VL * VL, cn, C, Cp, stream);
+      }
+    }
+    if (stream) _mm_sfence();
+  });
 }
 
 // Strided backward-input runs of one dx row and phase (NHWC): for j in [j_lo, j_hi) (a multiple
@@ -411,6 +508,13 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
 }
 
 void nhwc_gather(const Conv2dParams& p, const float* src, const float* wt, const float* bias, float* out, bool bwd) {
+  if (!bwd && p.dil_h == 1 && p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && p.R == p.S &&
+      (p.S == 3 || p.S == 5 || p.S == 7)) {
+    const auto band = p.S == 3 ? (p.stride_w == 1 ? block_forward<3, 1> : block_forward<3, 2>)
+                    : p.S == 5 ? (p.stride_w == 1 ? block_forward<5, 1> : block_forward<5, 2>)
+                               : (p.stride_w == 1 ? block_forward<7, 1> : block_forward<7, 2>);
+    return band(p, src, wt, bias, out);
+  }
   const int64_t nvc = ceil_div(p.C, VL);
   if (nvc <= 1) return nhwc_gather_t<1>(p, src, wt, bias, out, bwd);
   if (nvc == 2) return nhwc_gather_t<2>(p, src, wt, bias, out, bwd);

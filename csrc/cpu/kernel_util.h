@@ -22,7 +22,7 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // `slot` separates buffers that are live at the same time. The pointer is 64-byte aligned (a
 // cache line; malloc gives 16), so the packed panels' vectors never straddle two lines.
 inline float* scratch(int slot, int64_t n) {
-  thread_local std::vector<float> buffers[10];
+  thread_local std::vector<float> buffers[12];
   auto& b = buffers[slot];
   if (static_cast<int64_t>(b.size()) < n + 16) b.resize(static_cast<size_t>(n) + 64);
   const auto p = reinterpret_cast<std::uintptr_t>(b.data());
