@@ -774,56 +774,74 @@ void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x
 // sum_{q in [q0, q0 + nq)} dy_row[q][c] * xrow[r][(q*SW - pw + s)*C + c] for one channel
 // vector, a run of kRun outputs at a time: the run's dy vectors stay in registers and each
 // input vector of a filter row is loaded once for the up to 3 taps that read it (the pixel
-// loop loads one input vector per FMA). xrow[r] is null for rows outside the image. A run
-// that touches the padding or ends the row (EDGE) loads zeros for the missing inputs and
-// outputs.
-template <int SW, bool EDGE>
-inline void bw_run_3x3(V* acc, const float* const* xrow, const float* g0, int64_t col0, int nq, int64_t W,
-                       int64_t C, int64_t c0, bool full, M m) {
+// loop loads one input vector per FMA). The run reads its kRun dy pixels through gp and its
+// 3 x NX input pixels through xp (tables built once per row, at the block's first channel);
+// missing ones (padding, rows outside the image, outputs past the row's end) point at a vector
+// of zeros, so the runs at a row's ends need no tests. TAIL: the one, partial channel vector.
+// With the tables, by blocks of channels (as block_forward) and chunks of an even count,
+// channels_last batch 4 (96@16: 8), 2 threads, old/new (benchmarks as block_forward's): 960@7
+// 1.19-1.22x, 576@14/2 1.21x, 96@16 1.22x, 576@14 1.20x, 192@28 1.15x, 144@56 1.01-1.04x,
+// 32@112 0.99x, 96@112/2 0.97-0.98x (memory-bound).
+template <int SW, bool TAIL>
+__attribute__((noinline)) void bw_runs_3x3(const float* const* xp, const float* const* gp, int nrun, float* pt,
+                                           int64_t c_begin, int64_t c_end) {
   constexpr int T = kRun, NX = (T - 1) * SW + 3;
-  V g[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t)
-    g[t] = EDGE && t >= nq ? Isa::zero() : full ? Isa::load(g0 + t * C) : Isa::loadm(g0 + t * C, m);
-#pragma GCC unroll 3
-  for (int r = 0; r < 3; ++r) {
-    if (!xrow[r]) continue;
-    const float* xr = xrow[r] + col0 * C + c0;
-#pragma GCC unroll 24
-    for (int j = 0; j < NX; ++j) {
-      const V xv = EDGE && (col0 + j < 0 || col0 + j >= W) ? Isa::zero()
-                   : full                                 ? Isa::load(xr + j * C)
-                                                          : Isa::loadm(xr + j * C, m);
-#pragma GCC unroll 3
-      for (int s = 0; s < 3; ++s)
-        if ((j - s) % SW == 0 && j >= s && (j - s) / SW < T) acc[r * 3 + s] = Isa::fma(g[(j - s) / SW], xv, acc[r * 3 + s]);
-    }
-  }
-}
-
-// One dy row's contribution to the chunk's sums pt[cb][tap][VL], outputs [q_begin, q_end), in
-// runs per channel vector (see bw_run_3x3).
-template <int SW>
-void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t q_begin, int64_t q_end, int64_t W,
-                int64_t pw, int64_t C) {
-  for (int64_t c0 = 0; c0 < C; c0 += VL) {
-    const M m = Isa::mask(C - c0);
-    const bool full = C - c0 >= VL;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += VL) {
+    const M m = Isa::mask(c_end - c0);
     V acc[9];
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) acc[t] = Isa::zero();
-    for (int64_t q0 = q_begin; q0 < q_end; q0 += kRun) {
-      const int64_t col0 = q0 * SW - pw;  // the run's first input column
-      const int nq = int(std::min<int64_t>(kRun, q_end - q0));
-      if (interior_run(nq, col0, (kRun - 1) * SW + 3, W))
-        bw_run_3x3<SW, false>(acc, xrow, grow + q0 * C + c0, col0, nq, W, C, c0, full, m);
-      else
-        bw_run_3x3<SW, true>(acc, xrow, grow + q0 * C + c0, col0, nq, W, C, c0, full, m);
+    for (int run = 0; run < nrun; ++run) {
+      const float* const* x = xp + run * 3 * NX;
+      V g[T];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) g[t] = TAIL ? Isa::loadm(gp[run * T + t] + c0, m) : Isa::load(gp[run * T + t] + c0);
+#pragma GCC unroll 3
+      for (int r = 0; r < 3; ++r)
+#pragma GCC unroll 24
+        for (int j = 0; j < NX; ++j) {
+          const V xv = TAIL ? Isa::loadm(x[r * NX + j] + c0, m) : Isa::load(x[r * NX + j] + c0);
+#pragma GCC unroll 3
+          for (int s = 0; s < 3; ++s)
+            if ((j - s) % SW == 0 && j >= s && (j - s) / SW < T) acc[r * 3 + s] = Isa::fma(g[(j - s) / SW], xv, acc[r * 3 + s]);
+        }
     }
     float* p = pt + (c0 / VL) * 9 * VL;
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) Isa::store(p + t * VL, Isa::add(Isa::load(p + t * VL), acc[t]));
   }
+}
+
+// One dy row's contribution to the chunk's sums pt[cb][tap][VL], outputs [q_begin, q_end) (at
+// most kQB), channels [c_begin, c_end) (c_begin a multiple of VL), in runs (see bw_runs_3x3).
+// xrow[r]: input row r of the filter at column 0, or null outside the image.
+constexpr int64_t kQB = 64;
+template <int SW>
+void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t q_begin, int64_t q_end, int64_t W,
+                int64_t pw, int64_t C, int64_t c_begin, int64_t c_end, const float* zeros) {
+  constexpr int T = kRun, NX = (T - 1) * SW + 3, kMaxRuns = kQB / kRun;
+  const float* xp[kMaxRuns * 3 * NX];
+  const float* gp[kMaxRuns * T];
+  const int nrun = int(ceil_div(q_end - q_begin, T));
+  const float* z = zeros - c_begin;  // (the kernels add the channel)
+  const bool rows_in = xrow[0] && xrow[1] && xrow[2];
+  for (int run = 0; run < nrun; ++run) {
+    const int64_t q0 = q_begin + run * T, col0 = q0 * SW - pw;
+    const float** x = xp + run * 3 * NX;
+    const float** g = gp + run * T;
+    if (rows_in && interior_run(int(std::min<int64_t>(T, q_end - q0)), col0, NX, W)) {  // no tests (cheaper
+      for (int t = 0; t < T; ++t) g[t] = grow + (q0 + t) * C;                       // tables for few channels)
+      for (int r = 0; r < 3; ++r)
+        for (int j = 0; j < NX; ++j) x[r * NX + j] = xrow[r] + (col0 + j) * C;
+      continue;
+    }
+    for (int t = 0; t < T; ++t) g[t] = q0 + t < q_end ? grow + (q0 + t) * C : z;
+    for (int r = 0; r < 3; ++r)
+      for (int j = 0; j < NX; ++j) x[r * NX + j] = xrow[r] && col0 + j >= 0 && col0 + j < W ? xrow[r] + (col0 + j) * C : z;
+  }
+  const int64_t c_full = c_begin + (c_end - c_begin) / VL * VL;
+  bw_runs_3x3<SW, false>(xp, gp, nrun, pt, c_begin, c_full);
+  if (c_full < c_end) bw_runs_3x3<SW, true>(xp, gp, nrun, pt, c_full, c_end);
 }
 
 // n values as float32 at d: a copy, or bfloat16 widened
@@ -846,8 +864,9 @@ void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float*
   // output columns whose taps are all inside the image
   const int64_t q_lo = std::min(Q, std::max<int64_t>(0, ceil_div(pw, sw)));
   const int64_t q_hi = std::max(q_lo, std::min(Q, floor_div(W - 1 + pw - (S - 1) * dw, sw) + 1));
-  // The N*P output rows are cut into a fixed number of chunks (a function of the shape only,
-  // about 1M multiply-adds each, at least 2, at most 16); a task is a chunk and runs its rows in
+  // The N*P output rows are cut into a fixed number of chunks (a function of the shape only: an
+  // even number from 2 to 16, of >= 512K multiply-adds and >= 64 output pixels each, so that
+  // zeroing and summing a chunk's C x RS partial sums stays small); a task is a chunk and runs its rows in
   // blocks of kQB output pixels, every channel vector of a block before the next block, so the
   // input pixels a block reads are in L1/L2 for all channels. (One task per channel vector over
   // the whole batch read each cache line of x from memory in a separate strided pass per vector:
@@ -855,9 +874,10 @@ void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float*
   // chunk's every 8 pixels (9 loads and stores per 72 FMAs); 64 measured 5-20% faster on
   // MobileNet's 56x56 and 28x28 layers at batch 8 (noisy machine: within the spread of torch's
   // own times).
-  constexpr int64_t kQB = 64;
   const int64_t rows = N * P, ncb = ceil_div(C, VL);
-  const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>({rows, 16, std::max<int64_t>(2, p.macs() >> 20)}));
+  // Even: on 2 threads, 3 chunks left one idle a third of the time (576@14 batch 4: 1.2x faster
+  // in 4); more than the sizes allow cost more than the balance gained (960@7 in 4: 0.83x).
+  const int64_t nchunk = std::min<int64_t>(rows, std::clamp<int64_t>(std::min(N * P * Q / 64, p.macs() >> 19) / 2 * 2, 2, 16));
   float* partial = scratch(6, nchunk * ncb * RS * VL);  // [chunk][cb][tap][VL]
   // Large inputs: the rows a row of dy reads are first copied into a per-thread band (one
   // sequential pass per row, which the hardware prefetchers stream well), and the strided
@@ -865,12 +885,21 @@ void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float*
   // strided order: 96@112/2 NHWC batch 4, 1 thread, 2.35 ms [torch 1.06] -> see the header.
   const bool copy_rows = kHalf || N * H * W * C > (int64_t(4) << 20);
   const bool runs = RT == 3 && ST == 3 && dw == 1 && (sw == 1 || sw == 2);
+  // The runs by blocks of Cb channels, all the chunk's rows for a block before the next, where
+  // the 3 input rows and the dy row a dy row reads (4 x W x Cb floats) fit in L1 (as the forward
+  // does: block_forward); rows copied into the band stay whole (one block).
+  const int64_t Cb = runs && !copy_rows && H * W * C <= kBlockImageFloats
+                         ? std::min(round_up(C, VL), std::max<int64_t>(VL, kBlockFloats / (4 * W) / VL * VL))
+                         : C;
   for_each_task(nchunk, p.macs(), [&](int64_t chunk) {
     float* band = copy_rows ? scratch(7, R * W * C) : nullptr;
     float* gbuf = kHalf ? scratch(8, Q * C) : nullptr;  // a widened dy row
+    float* zeros = runs ? scratch(10, round_up(C, VL)) : nullptr;
+    if (runs) std::fill(zeros, zeros + round_up(C, VL), 0.f);
     float* part = partial + chunk * ncb * RS * VL;
     std::fill(part, part + ncb * RS * VL, 0.f);
     V acc[kT];
+    for (int64_t cb0 = 0; cb0 < C; cb0 += Cb)
     for (int64_t row = rows * chunk / nchunk; row < rows * (chunk + 1) / nchunk; ++row) {
       const int64_t n = row / P, pp = row % P;
       const float* xrow[kT > 7 ? 7 : kT] = {};
@@ -893,7 +922,8 @@ void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float*
         const float* xr[3];
         for (int r = 0; r < 3; ++r) xr[r] = rvalid[r] ? xrow[r] : nullptr;
         for (int64_t qb = 0; qb < Q; qb += kQB)
-          (sw == 1 ? bw_row_3x3<1> : bw_row_3x3<2>)(xr, grow, part, qb, std::min(Q, qb + kQB), W, pw, C);
+          (sw == 1 ? bw_row_3x3<1> : bw_row_3x3<2>)(xr, grow, part, qb, std::min(Q, qb + kQB), W, pw, C, cb0,
+                                                    std::min(C, cb0 + Cb), zeros);
         continue;
       }
       const M none = Isa::mask(0);
