@@ -231,3 +231,23 @@ def test_gradient_layouts_follow_torch(device, x_cl, w_cl, ks, groups):
     for ref, ours in zip(*grads):
         assert layout(ours) == layout(ref)
         assert rel_error(ours, ref) <= 1e-10
+
+
+@pytest.mark.parametrize("shape,layout", [
+    ((4, 576, 7, 7), "nhwc"),     # 196 pixel rows: 2 chunks; 576 = 9 blocks of 64 channels
+    ((3, 100, 30, 31), "nhwc"),   # 16 chunks of pixel rows; 100 = 64 + a tail of 36
+    ((2, 5, 3, 3), "nhwc"),       # one chunk, only a tail block
+    ((2, 7, 17, 19), "nchw"),     # planes of 323: 32 running sums, a tail of 3
+    ((3, 70, 7, 7), "nchw"),      # small planes: one sum each; 70 = 64 + 6 channels
+], ids=str)
+def test_backward_bias_sums(shape, layout, device):
+    """conv2d_backward_bias (db = dy summed over N, P, Q) against a float64 sum: its chunks of
+    pixel rows (channels_last) and running sums per plane (NCHW) cover every element once."""
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randn(*shape, generator=g).to(device)
+    if layout == "nhwc":
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    db = torch.ops.conv_ext.conv2d_backward_bias(dy)
+    ref = dy.double().sum((0, 2, 3))
+    assert db.dtype == dy.dtype and db.shape == (shape[1],)
+    assert rel_error(db, ref) <= 1e-6
