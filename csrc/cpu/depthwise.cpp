@@ -15,18 +15,22 @@
 //
 // NHWC: weights are packed [tap][C]. Forward with 3/5/7 taps a row at stride 1 or 2 (no
 //   dilation) runs each output row in runs of 8 pixels (AVX2: 4) per channel vector: 8 sums, the
-//   row's S weights and its (8-1)*stride + S input vectors in registers, each input loaded once
-//   (forward_runs; the runs at the row's ends load zeros for the padding and store only the
-//   pixels that exist). Everything else gathers per output pixel: its valid taps (a short list
-//   of offsets) run over the channels 4 vectors at a time (gather_pixel).
+//   row's S weights and its (8-1)*stride + S input vectors in registers, each input loaded once.
+//   float32 with R == S and no dilation: by blocks of channels whose input rows stay in L1, each
+//   run reading its pixels through a table (padding at a zero vector; block_forward, below);
+//   bfloat16 and the other shapes in place over all channels (forward_runs; the runs at the
+//   row's ends load zeros for the padding and store only the pixels that exist). Everything else
+//   gathers per output pixel: its valid taps (a short list of offsets) run over the channels 4
+//   vectors at a time (gather_pixel).
 //   Backward-input at stride 1 is the forward gather of dy with the taps flipped; strided, the
 //   dx columns split by phase (column % stride): one tap list per phase, interior columns in
 //   runs like the forward (phase_runs), the edges per pixel.
 //   Backward-weight: the N*P output rows in a fixed number of chunks; per row, block of 64
 //   output pixels and channel vector the 9..49 tap sums in registers, added to the chunk's
 //   partial sums; the chunks are added in chunk order (same bits for any thread count). 3x3 at
-//   stride 1 or 2 goes through the block in runs of 8 outputs like the forward (bw_run_3x3):
-//   8 dy vectors in registers, each input vector loaded once for its up to 3 taps.
+//   stride 1 or 2 goes through the block in runs of 8 outputs like the forward (bw_runs_3x3):
+//   8 dy vectors in registers, each input vector loaded once for its up to 3 taps, read through
+//   tables like the forward's, by blocks of channels.
 //   Whole rows in runs (2026-12-02; python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc
 //   --pass P, best mins of 6 alternating processes, old/new): forward 960@7 batch 4 1.35x,
 //   96@16 batch 8 1.38x, 576@14/2 1.25x (7 and 14 wide rows had no whole interior run of 8),
