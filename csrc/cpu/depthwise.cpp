@@ -779,7 +779,7 @@ void nchw_backward_weight(const Conv2dParams& p, const float* dy, const float* x
 // vector, a run of kRun outputs at a time: the run's dy vectors stay in registers and each
 // input vector of a filter row is loaded once for the up to 3 taps that read it (the pixel
 // loop loads one input vector per FMA). The run reads its kRun dy pixels through gp and its
-// 3 x NX input pixels through xp (tables built once per row, at the block's first channel);
+// 3 x NX input pixels through xp (tables built once per row, at channel 0: the kernel adds c0);
 // missing ones (padding, rows outside the image, outputs past the row's end) point at a vector
 // of zeros, so the runs at a row's ends need no tests. TAIL: the one, partial channel vector.
 // With the tables, by blocks of channels (as block_forward) and chunks of an even count,
@@ -827,7 +827,7 @@ void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t 
   const float* xp[kMaxRuns * 3 * NX];
   const float* gp[kMaxRuns * T];
   const int nrun = int(ceil_div(q_end - q_begin, T));
-  const float* z = zeros - c_begin;  // (the kernels add the channel)
+  const float* z = zeros;  // (the kernels add the channel: zeros holds round_up(C, VL) floats)
   const bool rows_in = xrow[0] && xrow[1] && xrow[2];
   for (int run = 0; run < nrun; ++run) {
     const int64_t q0 = q_begin + run * T, col0 = q0 * SW - pw;
