@@ -235,37 +235,34 @@ constexpr int kRun = VL == 16 ? 8 : 4;
 // no padding (the forward's and backward-weight's interior runs; the others are EDGE runs).
 inline bool interior_run(int nt, int64_t col0, int64_t nx, int64_t W) { return nt == kRun && col0 >= 0 && col0 + nx <= W; }
 
-// One run over channels [0, Cn): input pixels xs floats apart, output pixels os apart (both C
-// for x and y as they lie; a padded band's rows are xs = Cb). EDGE: columns outside [0, Ws) read
-// as zeros; PART: only the first nt outputs are stored (EDGE runs are PART).
 // (X: float, or uint16_t for bfloat16 rows, converted as they are loaded)
-template <int S, int SW, bool EDGE, bool PART, typename X>
+template <int S, int SW, bool EDGE, typename X>
 inline void forward_run(const X* const* xrow, const float* const* wrow, int nr, const float* bias, float* o,
-                        int64_t col0, int nt, int64_t Ws, int64_t Cn, int64_t xs, int64_t os, int64_t Cp, bool stream) {
+                        int64_t col0, int nt, int64_t Ws, int64_t C, int64_t Cp, bool stream) {
   constexpr int T = kRun, NX = (T - 1) * SW + S;
-  for (int64_t c0 = 0; c0 < Cn; c0 += VL) {
-    const M m = Isa::mask(Cn - c0);
-    const bool full = Cn - c0 >= VL;
+  for (int64_t c0 = 0; c0 < C; c0 += VL) {
+    const M m = Isa::mask(C - c0);
+    const bool full = C - c0 >= VL;
     const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and weights are padded to Cp
     V acc[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[t] = bv;
     for (int i = 0; i < nr; ++i) {
-      const X* xr = xrow[i] + col0 * xs + c0;
+      const X* xr = xrow[i] + col0 * C + c0;
       V wv[S], xv[NX];
 #pragma GCC unroll 7
       for (int s = 0; s < S; ++s) wv[s] = Isa::load(wrow[i] + s * Cp + c0);
 #pragma GCC unroll 24
       for (int j = 0; j < NX; ++j)
         xv[j] = EDGE && (col0 + j < 0 || col0 + j >= Ws) ? Isa::zero()
-                : full                                   ? Isa::load(xr + j * xs)
-                                                         : Isa::loadm(xr + j * xs, m);
+                : full                                   ? Isa::load(xr + j * C)
+                                                         : Isa::loadm(xr + j * C, m);
 #pragma GCC unroll 7
       for (int s = 0; s < S; ++s)
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) acc[t] = Isa::fma(xv[t * SW + s], wv[s], acc[t]);
     }
-    store_run<T>(o + c0, os, acc, full, m, stream && !PART, PART ? nt : T);
+    store_run<T>(o + c0, C, acc, full, m, stream && !EDGE, EDGE ? nt : T);
   }
 }
 
@@ -276,9 +273,9 @@ void forward_runs(const X* const* xrow, const float* const* wrow, int nr, const 
     const int64_t col0 = b0 * SW - pw;       // the run's first input column
     const int nt = int(std::min<int64_t>(kRun, Wo - b0));
     if (interior_run(nt, col0, (kRun - 1) * SW + S, Ws))
-      forward_run<S, SW, false, false, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, C, C, Cp, stream);
+      forward_run<S, SW, false, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
     else
-      forward_run<S, SW, true, true, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, C, C, Cp, stream);
+      forward_run<S, SW, true, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
   }
 }
 
@@ -360,10 +357,9 @@ void block_forward(const Conv2dParams& p, const float* x, const float* wt, const
       for (int64_t b0 = 0; b0 < Q; b0 += kRun) {
         for (int r = 0; r < S; ++r) {
           const int64_t h = a * sh - ph + r;
-          const float* xr = x + (n * H + h) * W * C + c0;
           for (int j = 0; j < NX; ++j) {
             const int64_t col = b0 * SW - pw + j;
-            xp[r * NX + j] = h < 0 || h >= H || col < 0 || col >= W ? zeros : xr + col * C;
+            xp[r * NX + j] = h < 0 || h >= H || col < 0 || col >= W ? zeros : x + ((n * H + h) * W + col) * C + c0;
           }
         }
         const int nt = int(std::min<int64_t>(kRun, Q - b0));
@@ -514,10 +510,10 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
 void nhwc_gather(const Conv2dParams& p, const float* src, const float* wt, const float* bias, float* out, bool bwd) {
   if (!bwd && p.dil_h == 1 && p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && p.R == p.S &&
       (p.S == 3 || p.S == 5 || p.S == 7)) {
-    const auto band = p.S == 3 ? (p.stride_w == 1 ? block_forward<3, 1> : block_forward<3, 2>)
-                    : p.S == 5 ? (p.stride_w == 1 ? block_forward<5, 1> : block_forward<5, 2>)
-                               : (p.stride_w == 1 ? block_forward<7, 1> : block_forward<7, 2>);
-    return band(p, src, wt, bias, out);
+    const auto block = p.S == 3 ? (p.stride_w == 1 ? block_forward<3, 1> : block_forward<3, 2>)
+                     : p.S == 5 ? (p.stride_w == 1 ? block_forward<5, 1> : block_forward<5, 2>)
+                                : (p.stride_w == 1 ? block_forward<7, 1> : block_forward<7, 2>);
+    return block(p, src, wt, bias, out);
   }
   const int64_t nvc = ceil_div(p.C, VL);
   if (nvc <= 1) return nhwc_gather_t<1>(p, src, wt, bias, out, bwd);
@@ -818,7 +814,8 @@ __attribute__((noinline)) void bw_runs_3x3(const float* const* xp, const float* 
 
 // One dy row's contribution to the chunk's sums pt[cb][tap][VL], outputs [q_begin, q_end) (at
 // most kQB), channels [c_begin, c_end) (c_begin a multiple of VL), in runs (see bw_runs_3x3).
-// xrow[r]: input row r of the filter at column 0, or null outside the image.
+// xrow[r]: input row r of the filter at column 0, or null outside the image; zeros: round_up(C,
+// VL) zero floats (the kernels add the channel to every table entry).
 constexpr int64_t kQB = 64;
 template <int SW>
 void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t q_begin, int64_t q_end, int64_t W,
@@ -827,7 +824,6 @@ void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t 
   const float* xp[kMaxRuns * 3 * NX];
   const float* gp[kMaxRuns * T];
   const int nrun = int(ceil_div(q_end - q_begin, T));
-  const float* z = zeros;  // (the kernels add the channel: zeros holds round_up(C, VL) floats)
   const bool rows_in = xrow[0] && xrow[1] && xrow[2];
   for (int run = 0; run < nrun; ++run) {
     const int64_t q0 = q_begin + run * T, col0 = q0 * SW - pw;
@@ -839,9 +835,9 @@ void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t 
         for (int j = 0; j < NX; ++j) x[r * NX + j] = xrow[r] + (col0 + j) * C;
       continue;
     }
-    for (int t = 0; t < T; ++t) g[t] = q0 + t < q_end ? grow + (q0 + t) * C : z;
+    for (int t = 0; t < T; ++t) g[t] = q0 + t < q_end ? grow + (q0 + t) * C : zeros;
     for (int r = 0; r < 3; ++r)
-      for (int j = 0; j < NX; ++j) x[r * NX + j] = xrow[r] && col0 + j >= 0 && col0 + j < W ? xrow[r] + (col0 + j) * C : z;
+      for (int j = 0; j < NX; ++j) x[r * NX + j] = xrow[r] && col0 + j >= 0 && col0 + j < W ? xrow[r] + (col0 + j) * C : zeros;
   }
   const int64_t c_full = c_begin + (c_end - c_begin) / VL * VL;
   bw_runs_3x3<SW, false>(xp, gp, nrun, pt, c_begin, c_full);
