@@ -55,6 +55,9 @@ GENERAL = [
     ((2, 32, 5, 14), 32, (3, 3), 1, 1, 1, 2),          # 16 channels a group, a row of 14 in one run
     ((1, 6, 3, 9), 5, (3, 5), 1, 1, 1, 1),             # a row of 7 in one run, S = 5
     ((2, 8, 4, 5), 8, (3, 3), 1, 1, 1, 1),             # rows of 5: all to the micro-kernel
+    ((2, 36, 9, 9), 40, (3, 3), 2, 1, 1, 1),           # bwd-weight: channel-major NCHW band, stride 2, K tail (3 vectors)
+    ((1, 36, 5, 2), 40, (3, 3), 1, 2, 1, 1),           # the same, padding wider than the row: every column reads some
+    ((2, 64, 6, 10), 48, (3, 3), 1, (1, 2), (1, 2), 2),  # the same with groups and column dilation: a segment per tap
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),
@@ -115,10 +118,10 @@ WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((1, 40, 7, 6), 56, (3, 3), 1, (0, 2), 1, 1),      # padding 0 and 2, channel tails vs 16 lanes
     ((1, 128, 6, 5), 136, (3, 3), 1, (1, 2), 1, 2),    # groups
     ((2, 32, 3, 1), 64, (3, 3), 1, 1, 1, 1),           # one output column
-    ((2, 160, 9, 7), 160, (3, 3), 1, 1, 1, 1),         # large U: per-block weights, 2 reduction pieces
+    ((2, 160, 9, 7), 160, (3, 3), 1, 1, 1, 1),         # large U: per-block weights
     ((2, 144, 34, 34), 144, (3, 3), 1, 1, 1, 1),       # large U, 2 chunks of tiles
     ((2, 96, 40, 40), 96, (3, 3), 1, 1, 1, 1),         # small U; backward-weight in 2 chunks
-    ((1, 264, 5, 6), 264, (3, 3), 1, 1, 1, 1),         # backward-weight's dU >= 4 MiB: blocks of 88 channels x 64 filters, K tail
+    ((1, 264, 5, 6), 264, (3, 3), 1, 1, 1, 1),         # large U in 2 reduction pieces of 132; backward-weight's dU >= 4 MiB: blocks of 88 channels x 64 filters, K tail
     ((1, 512, 4, 5), 520, (3, 3), 1, (1, 2), 1, 2),    # the same in 2 groups (256 channels in 2 blocks, 260 filters)
 ]
 DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, NCHW

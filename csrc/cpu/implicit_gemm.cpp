@@ -804,6 +804,7 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   rb = std::min(rb, H);
   while (rb > 1 && N * G * ceil_div(H, rb) < 8) rb = ceil_div(rb, 2);
   const int64_t nblk = ceil_div(H, rb);
+  rb = ceil_div(H, nblk);  // blocks of equal rows (40 + 16 at 3x3/2 128@56: 1.01x, ab.py)
 
   for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
     const int64_t n = task / (G * nblk), g = (task / nblk) % G, blk = task % nblk;
@@ -993,8 +994,24 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   // blocks), was 16: 512->512 3x3/2 @14 has 8 blocks of 64 filters and ran 2 chunks of 9.4 MB
   // partials for a 196-pixel reduction; one chunk: NCHW 8.16 -> 7.79 ms, NHWC 7.64 -> 7.10 (2
   // threads, median of 30, random order); the stem, g4, 5x5 24->40, 1x1 64@56 unchanged.
+  // A task runs kbs blocks of filters on one x band (built once for them all), so the chunks x
+  // block-groups (~8 tasks) are chosen to move the fewest floats: each block-group copies the
+  // input once (nkg * |x|), each chunk adds one partial (nchunk * part). A task per block before
+  // (the band copied once per block: memmove 8-10% of the samples of 3x3/2 128@56, perf record);
+  // 2 threads, batch 4 (python benchmarks/ab.py OLD.so NEW.so 4,128,56,56,128,3,2,1 --pass
+  // backward_weight): 1.02x channels_last, 1.04x NCHW (8 chunks of both blocks, not 4 x 2); 64@56,
+  // 256@28/2, 512@14/2 (still a block a task), the stem, g4, 5x5 level. Reading x in place instead
+  // of a band (zero-padded windows only for the edge columns) was 0.95x channels_last: the band
+  // copy streams x into L2 faster than the micro-kernel's strided first reads do.
   const int64_t rows = N * P;
-  const int64_t nchunk = weight_chunks(ceil_div(8, G * nkb), rows, part, p.macs());
+  int64_t nchunk = 1, kbs = nkb;
+  for (int64_t k = 1, best = -1;; k = ceil_div(nkb, ceil_div(nkb, k) - 1)) {
+    const int64_t nkg = ceil_div(nkb, k), nc = weight_chunks(ceil_div(8, G * nkg), rows, part, p.macs());
+    const int64_t cost = nkg * N * C * H * W + nc * part;
+    if (best < 0 || cost < best) best = cost, nchunk = nc, kbs = k;
+    if (nkg == 1) break;
+  }
+  const int64_t nkg = ceil_div(nkb, kbs);
   float* partial = scratch(0, nchunk * part);
 
   // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
@@ -1002,11 +1019,10 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1, rowf = Wp * Cg;
   const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(kBandFloats / 4 / (Q * NVL), kBandFloats / (sh * rowf)));
 
-  for_each_task(nchunk * G * nkb, p.macs(), [&](int64_t task) {
-    const int64_t chunk = task / (G * nkb), g = (task / nkb) % G, kb = task % nkb;
+  for_each_task(nchunk * G * nkg, p.macs(), [&](int64_t task) {
+    const int64_t chunk = task / (G * nkg), g = (task / nkg) % G, kg = task % nkg;
+    const int64_t kb0 = kg * kbs, kb1 = std::min(nkb, kb0 + kbs);
     const int64_t row_a = rows * chunk / nchunk, row_b = rows * (chunk + 1) / nchunk;
-    const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
-    float* out = partial + chunk * part + (g * nkb + kb) * RS * Cg * NVL;  // [r][s][c][NVL]
     float* dyb = scratch(2, rsub * Q * NVL);
     int64_t* a_off = scratch_i64(0, rsub);
     int64_t* b_off = scratch_i64(1, rsub);
@@ -1029,10 +1045,6 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
       float* xb = scratch(1, xsize);
       for (int ip = 0; ip < npc; ++ip) {
         const Piece& pc = pieces[ip];
-        float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Q * NVL;
-        if (nhwc) pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL, dyd);
-        else  // NCHW: rows pa..pb of a plane are one contiguous run; vector transpose (simd.h)
-          transpose_rows(dy + ((pc.n * K + g * Kg + kb * NVL) * P + pc.pa) * Q, P * Q, kvalid, (pc.pb - pc.pa) * Q, NVL, dyd);
         const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
         const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
         if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)
@@ -1051,6 +1063,16 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
           continue;
         }
         pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, xb + pc.xoff + (h_lo - pc.h0) * rowf);
+      }
+      for (int64_t kb = kb0; kb < kb1; ++kb) {
+      const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
+      float* out = partial + chunk * part + (g * nkb + kb) * RS * Cg * NVL;  // [r][s][c][NVL]
+      for (int ip = 0; ip < npc; ++ip) {
+        const Piece& pc = pieces[ip];
+        float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Q * NVL;
+        if (nhwc) pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL, dyd);
+        else  // NCHW: rows pa..pb of a plane are one contiguous run; vector transpose (simd.h)
+          transpose_rows(dy + ((pc.n * K + g * Kg + kb * NVL) * P + pc.pa) * Q, P * Q, kvalid, (pc.pb - pc.pa) * Q, NVL, dyd);
       }
       for (int64_t r = 0; r < R; ++r) {
         int nseg = 0;
@@ -1083,6 +1105,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
             run_tile<false>(nv, t);
           }
         }
+      }
       }
       first = false;
     }

@@ -488,7 +488,14 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   int64_t kbw = Isa::kMaxNV * VL;
   while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * nthreads) kbw -= VL;
   const int64_t nkb = ceil_div(Kgp, kbw);
-  constexpr int64_t kPanelRows = 128;  // reduction channels per piece of U: 16 x 128 x 64 floats = 512 KiB
+  // Pieces of U of up to 1 MiB (16 x 256 x 64 floats), the reduction split evenly. Each piece
+  // after the first adds into M, read back from L2/L3 (a task's M is 16 x tiles x its filters:
+  // 0.8 MiB at 256@14 batch 4), so fewer, larger pieces, as long as one stays in L2 (2 MiB here).
+  // Pieces of 128 channels before; 2 threads, batch 4, ms before/after (python benchmarks/ab.py
+  // OLD.so NEW.so SHAPE --pass P): 256@14 forward NHWC and backward-input NCHW 1.19x faster,
+  // 512@7 forward 1.06-1.07x, backward-input 1.06x, batch 8 1.17x; 2 MiB pieces (512@7 in one)
+  // were slower than 1 MiB.
+  constexpr int64_t kPanelFloats = 256 * 1024;
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
     for_each_task(R1 - R0, macs, [&](int64_t i) {
@@ -496,13 +503,14 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
     });
     for_each_task(G * nkb, macs, [&](int64_t task) {
       const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
-      const int64_t pr = std::min(kPanelRows, Cg);
+      const int64_t npiece = ceil_div(Cg, std::max<int64_t>(1, kPanelFloats / (16 * ncp)));
+      const int64_t pr = ceil_div(Cg, npiece);  // channels a piece
       // the panel's 16 planes a line more than nr x ncp floats apart (plane()): at exactly that
       // (32 KiB for 128 x 64) weight_panel's 16 stores of a channel all fell into one L1 set
       // (512@7 forward and backward-input, 2 threads: 1.04-1.07x faster padded, 1.03x at 256@14)
       float* panel = scratch(6, 16 * plane(pr, ncp));
-      for (int64_t c0 = 0; c0 < Cg; c0 += kPanelRows) {
-        const int64_t nr = std::min(kPanelRows, Cg - c0);
+      for (int64_t c0 = 0; c0 < Cg; c0 += pr) {
+        const int64_t nr = std::min(pr, Cg - c0);
         weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, plane(nr, ncp), ncp);
         gemms(Vall + g * Cg + c0, T, Cs, nt, nr, panel, plane(nr, ncp), ncp, Mall, T, Ks, g * Kgp + k0, ncp, c0 > 0);
       }
@@ -587,9 +595,12 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
     for_each_task(G * ncb * nkb, macs, [&](int64_t task) {
       const int64_t g = task / (ncb * nkb), c0 = (task / nkb) % ncb * cb, c1 = std::min(Cg, c0 + cb);
       const int64_t k0 = (task % nkb) * kbw;
-      float* dUl = scratch(8, 16 * cb * kbw);  // [xi][c - c0][k - k0]
-      for (int64_t xi = 0; xi < 16; ++xi) add_products(g, xi, c0, c1, k0, rows * tw, dUl + xi * cb * kbw, kbw, false);
-      for (int64_t k = k0; k < std::min(Kgp, k0 + kbw); k += VL) finish(g, c0, c1, k, dUl + (k - k0), cb * kbw, kbw);
+      // [xi][c - c0][k - k0], planes a line more than cb x kbw apart (plane()): at exactly that
+      // (32 KiB), finish's 16 loads of a channel fell into one L1 set
+      const int64_t xs = plane(cb, kbw);
+      float* dUl = scratch(8, 16 * xs);
+      for (int64_t xi = 0; xi < 16; ++xi) add_products(g, xi, c0, c1, k0, rows * tw, dUl + xi * xs, kbw, false);
+      for (int64_t k = k0; k < std::min(Kgp, k0 + kbw); k += VL) finish(g, c0, c1, k, dUl + (k - k0), xs, kbw);
     });
     return;
   }
