@@ -33,15 +33,21 @@ inline float* scratch(int slot, int64_t n) {
 // more than it saves (the (1,3,8,8)->16 layer is 28k MACs).
 constexpr int64_t kSerialMacs = 1 << 18;
 
-// Outputs of at least this many floats (4 MB: more than the two cores' L2s together) are written
-// with streaming (non-temporal) stores where a kernel writes whole, aligned vectors that nothing
-// adds into later: no read-for-ownership of lines that are about to be overwritten whole. The
+// Outputs of at least this many floats (2 MB: one core's L2) are written with streaming
+// (non-temporal) stores where a kernel writes whole, aligned vectors that nothing adds into later:
+// no read-for-ownership of lines that are about to be overwritten whole. At 512K (1M before):
+// MobileNetV2's 32->16 1x1 @112 channels_last forward, batch 4 (0.8M floats out), 2 threads,
+// 1.06x (python benchmarks/ab.py OLD.so NEW.so 4,32,112,112,16,1,1,0 --layout nhwc --pass
+// forward; torch 0.29 ms, ours 0.311 -> 0.293; one thread it was 0.66 vs torch's 0.45 ms: the
+// read-for-ownership of 3.2 MB); whole MobileNetV2 and ResNet-50 (--models ... --passes
+// inference,train_step, the two builds alternated) 1.00-1.01x channels_last, NCHW within noise
+// (0.90-1.04x for ResNet-50 inference across runs, torch's own time moving as much). The
 // threshold was 2M floats; at 1M, 128->512 1x1 @28 batch 4 forward (1.6M floats out), 2 threads,
 // ms streamed / not (the bench's tensors, random order, median of 60): NCHW gemm_1x1 1.87 / 2.67
 // and 1.96 / 2.31, channels_last implicit_gemm 2.12 / 2.35 and 1.69 / 1.94. Whole ResNet-50
 // (the next layer reads the output from memory, not L3), batch 4, channels_last, three runs each:
 // inference 1.07 / 1.18 / 1.05x torch streamed vs 1.09 / 1.10 / 1.07x not: no loss seen in noise.
-constexpr int64_t kStreamFloats = int64_t(1) << 20;
+constexpr int64_t kStreamFloats = int64_t(1) << 19;
 
 // Threads for_each_task spreads tasks over (1 inside a parallel region), and how much a count
 // of equal tasks costs relative to perfect balance: a last, partial round leaves threads idle
