@@ -670,7 +670,7 @@ def test_channels_last_filter(shape, layout, algo, pass_name):
     ("nchw", "gemm_1x1", ((1, 32, 112, 115), 96, 1, 1, 0)),
 ], ids=str)
 def test_large_output_streamed(layout, algo, shape):
-    """Outputs of >= 1M floats leave by streaming stores where whole, aligned vectors are written
+    """Outputs of >= 512K floats leave by streaming stores where whole, aligned vectors are written
     (implicit_gemm NCHW: its transposes; NHWC: the micro-kernel; direct_nchw: rows of whole
     vectors; gemm_1x1: 64-pixel blocks, the plane's tail masked). Rows that end mid-vector (225,
     115 columns) mix streamed and ordinary stores; the result must match torch's, bias and all."""
