@@ -162,6 +162,7 @@ GROUPED_INTERLEAVED = [  # channels_last forward, stride-1 backward-input: Kg 4 
     ((2, 20, 6, 61), 40, (5, 3), 1, (2, 1), 1, 5),     # 5x3 filter, last block of 1 group (5 = 2 + 2 + 1), row of 61
     ((1, 6, 4, 5), 12, (1, 1), 1, 0, 1, 3),            # 1x1, Cg 2 < Kg 4, a row of 5 (tile of 8)
     ((4, 256, 20, 20), 256, (3, 3), 2, 1, 1, 32),      # ResNeXt's strided 8 + 8
+    ((2, 256, 33, 32), 256, (3, 3), 2, 1, 1, 32),      # the same, dx of >= 512K floats: stride classes stream (unequal: 17 + 16 rows)
 ]
 # >= 32 channels in and out, one group (amx_bf16's problems): channels and sizes off the tile sizes
 # (32 channels, 16 pixels, 16 filters), stride 1 (tile rows running on across the padded rows)

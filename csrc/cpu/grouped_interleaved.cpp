@@ -19,14 +19,21 @@
 //
 // The micro-kernel: MR = 24 output pixels of a row in registers; for every tap (r, s) and input
 // channel c one load of the packed filter (16 lanes), 24 broadcasts, 24 FMAs. A task is (image,
-// block of GPB groups, block of output rows); its band (rows x padded columns x Cg*GPB floats,
-// zero padding built in) stays in L2 while the task sweeps its rows.
+// block of output rows) and runs every block of GPB groups; its band (blocks x rows x padded
+// columns x 16 floats, zero padding built in) is built from whole input pixels (a task per block
+// of groups before read 64 bytes of each 1 KiB pixel: a strided stream from L3) and stays in L2
+// while the task sweeps its rows.
 //
 // Speed (2 threads, batch 4, channels_last, ms median of 20 with torch and the algorithms in
-// random order; python benchmarks/algos.py N,C,H,W,K,3,S,1,G --layout nhwc --pass P):
-//   128->128 g32 @56 (4 + 4)   forward 1.39 [direct_nchw 1.92], torch 3.19; backward-input 1.80 [2.65], torch 3.57
-//   256->256 g32 @28 (8 + 8)   forward 1.00 [1.36], torch 1.40;            backward-input 1.14 [1.70], torch 1.63
-//   256->256 g32 @56/2         forward 2.01 [2.92], torch 2.27;            backward-input 2.98 [3.69], torch 3.16
+// random order; python benchmarks/algos.py N,C,H,W,K,3,S,1,G --layout nhwc --pass P; eighteenth
+// round, this machine 1.2-1.4x faster than when the first numbers were taken; [task per block
+// of groups, same day, python benchmarks/ab.py]):
+//   128->128 g32 @56 (4 + 4)   forward 0.66 [1.17x slower], torch 1.19; backward-input 0.71 [1.19x], torch 1.30
+//   256->256 g32 @28 (8 + 8)   forward 0.58 [1.11x], torch 0.72;        backward-input 0.57 [1.11x], torch 0.69
+//   256->256 g32 @56/2         forward 0.79 [1.43x], torch 0.88;        backward-input 1.03 [1.32x], torch 0.87-0.89
+// (first numbers, then: 1.39 / 1.80 vs torch 3.19 / 3.57; 1.00 / 1.14 vs 1.40 / 1.63; 2.01 /
+// 2.98 vs 2.27 / 3.16). The strided backward-input is still behind torch: its 4 stride classes
+// each read dy and build their band again.
 // With 28 accumulators instead of 24, GCC kept the filter vector on the stack (a second load per
 // FMA): half the speed. Rows are cut into tiles of equal width (kTileWidths), the band pixel is
 // padded to 16 floats so that pixel i of a tile is a constant displacement from one base.
@@ -113,7 +120,7 @@ inline V bcast(const float* p) {
 // and are not stored), through every tap and input channel.
 template <int GPB, int SW, int MR>
 void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, int64_t ci, const float* wb,
-          float* y, int64_t ys, int mr, const __m512i& oidx, V bv, M om) {
+          float* y, int64_t ys, int mr, const __m512i& oidx, V bv, M om, bool stream) {
   V acc[MR];
 #pragma GCC unroll 24
   for (int i = 0; i < MR; ++i) acc[i] = Isa::zero();
@@ -127,7 +134,10 @@ void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, i
         for (int i = 0; i < MR; ++i) acc[i] = Isa::fma(bcast<GPB>(tp + i * SW * 16), wv, acc[i]);
       }
     }
-  for (int i = 0; i < mr; ++i) Isa::storem(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv), om);
+  if (stream)  // whole, aligned vectors (the caller checked) by non-temporal stores
+    for (int i = 0; i < mr; ++i) Isa::stream(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv));
+  else
+    for (int i = 0; i < mr; ++i) Isa::storem(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv), om);
 }
 
 // Tile widths: a row of Q pixels runs in ceil(Q / 24) tiles of the narrowest width here that
@@ -143,10 +153,16 @@ void run(const Geo& g, const float* src, const float* wpk, const float* bias_pk,
   const int64_t nvb = ceil_div(g.G, int64_t(GPB));     // blocks of GPB groups
   const int64_t Wb = (g.Q - 1) * g.sw + (g.S - 1) * g.dw + 1;  // band columns (col - pw = w)
   auto band_rows = [&](int64_t rows) { return (rows - 1) * g.sh + (g.R - 1) * g.dh + 1; };
-  int64_t rb = g.P;  // output rows a task: its band within 64K floats, at least 8 tasks a thread
-  while (rb > 1 && band_rows(rb) * Wb * PF > 65536) --rb;
-  while (rb > 1 && g.N * nvb * ceil_div(g.P, rb) < 8 * pool_threads()) rb = ceil_div(rb, 2);
+  // A task is (image, block of output rows) and runs every block of groups over its rows: its
+  // band holds all the channels of its input rows ([block][row][column][16]), read from x a whole
+  // pixel at a time. A task per block of groups (before) read 64 bytes of each 1 KiB pixel
+  // (256->256 g32), a strided stream from L3.
+  const int64_t blk_row = Wb * PF;  // floats of one band row of one block
+  int64_t rb = g.P;  // output rows a task: its band within 128K floats, at least 8 tasks a thread
+  while (rb > 1 && nvb * band_rows(rb) * blk_row > 131072) --rb;
+  while (rb > 1 && g.N * ceil_div(g.P, rb) < 8 * pool_threads()) rb = ceil_div(rb, 2);
   const int64_t nrb = ceil_div(g.P, rb);
+  rb = ceil_div(g.P, nrb);  // blocks of equal rows
   const int64_t rstep = g.dh * Wb * PF, sstep = g.dw * PF;  // from one tap row / column to the next
   const int64_t share = ceil_div(g.Q, ceil_div(g.Q, int64_t(kMR)));  // pixels a tile of a row
   int64_t mrw = kMR;
@@ -162,51 +178,72 @@ void run(const Geo& g, const float* src, const float* wpk, const float* bias_pk,
     in_idx[l] = static_cast<int32_t>(((l % GPB) * ci + l / GPB) % 16);
     out_idx[l] = static_cast<int32_t>((l % co) * GPB + l / co);
   }
-  for_each_task(g.N * nvb * nrb, g.N * g.P * g.Q * K * ci * RS, [&](int64_t task) {
-    const int64_t blk = task % nrb, vb = task / nrb % nvb, n = task / (nrb * nvb);
-    const int64_t g0 = vb * GPB, ng = std::min<int64_t>(GPB, g.G - g0);
+  // A stride class of a strided backward-input (every other pixel of every other row of a large
+  // dx, in its own pass) writes whole, 64-byte aligned vectors (a block of 16 channels at a
+  // multiple of 16 floats) by streaming stores: 256->256 g32 @56/2 backward-input 1.11x (python
+  // benchmarks/ab.py OLD.so NEW.so 4,256,56,56,256,3,2,1,32 --layout nhwc --pass backward_input);
+  // plain outputs of 0.8-1.6M floats (forward 128 g32 @56, 256 g32 @56/2) were 0.97-0.98x so.
+  const bool stream_out = g.osh * g.osw > 1 && g.N * g.Hd * g.Wd * K >= kStreamFloats && K % 16 == 0 &&
+                          (reinterpret_cast<uintptr_t>(dst) & 63) == 0;
+  for_each_task(g.N * nrb, g.N * g.P * g.Q * K * ci * RS, [&](int64_t task) {
+    const int64_t blk = task % nrb, n = task / nrb;
     const int64_t p0 = blk * rb, p1 = std::min(g.P, p0 + rb), nr = band_rows(p1 - p0), h0 = p0 * g.sh - g.ph;
     const __m512i iidx = _mm512_load_si512(in_idx), oidx = _mm512_load_si512(out_idx);
-    const M lm = Isa::mask(ng * ci), om = Isa::mask(ng * co);
-    // the band: rows h0.., columns -pw.., each pixel's ng*ci channels interleaved (zeros past ng)
-    // + zeros for the reads of a last tile's unused pixels (no stale values, no denormals)
-    float* band = scratch(1, nr * Wb * PF + kMR * SW * PF);
-    std::memset(band + nr * Wb * PF, 0, sizeof(float) * kMR * SW * PF);
+    // the band: rows h0.., columns -pw.., each pixel's channels of a block interleaved (zeros
+    // past the last group), blocks nr*Wb*PF floats apart; + zeros for the reads of a last tile's
+    // unused pixels (no stale values, no denormals)
+    const int64_t bblk = nr * blk_row;
+    float* band = scratch(1, nvb * bblk + kMR * SW * PF);
+    std::memset(band + nvb * bblk, 0, sizeof(float) * kMR * SW * PF);
     for (int64_t i = 0; i < nr; ++i) {
       const int64_t h = h0 + i;
-      float* d = band + i * Wb * PF;
       if (h < 0 || h >= g.H) {
-        std::memset(d, 0, sizeof(float) * Wb * PF);
+        for (int64_t vb = 0; vb < nvb; ++vb) std::memset(band + vb * bblk + i * blk_row, 0, sizeof(float) * blk_row);
         continue;
       }
-      const float* s = src + ((n * g.H + h) * g.W) * C + g0 * ci;
+      const float* srow = src + ((n * g.H + h) * g.W) * C;
       for (int64_t col = 0; col < Wb; ++col) {
         const int64_t w = col - g.pw;
-        const V v = w >= 0 && w < g.W ? _mm512_maskz_permutexvar_ps(0xFFFF, iidx, Isa::loadm(s + w * C, lm)) : Isa::zero();
-        Isa::store(d + col * PF, v);
-      }
-    }
-    const float* wb = wpk + vb * RS * ci * 16;
-    const V bv = Isa::load(bias_pk + vb * 16);
-    for (int64_t pr = p0; pr < p1; ++pr) {
-      const float* brow = band + (pr - p0) * g.sh * Wb * PF;
-      float* yrow = dst + ((n * g.Hd + pr * g.osh + g.oh0) * g.Wd + g.ow0) * K + g0 * co;
-      const int64_t ys = g.osw * K;  // from one output pixel of the row to the next
-      for (int64_t q0 = 0; q0 < g.Q; q0 += mrw) {
-        const int mr = static_cast<int>(std::min<int64_t>(mrw, g.Q - q0));
-        const float* bp = brow + q0 * SW * PF;
-        float* y = yrow + q0 * ys;
-        switch (mrw) {
-          case 4: tile<GPB, SW, 4>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
-          case 8: tile<GPB, SW, 8>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
-          case 12: tile<GPB, SW, 12>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
-          case 14: tile<GPB, SW, 14>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
-          case 16: tile<GPB, SW, 16>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
-          case 20: tile<GPB, SW, 20>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
-          default: tile<GPB, SW, 24>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om); break;
+        float* d = band + i * blk_row + col * PF;
+        if (w < 0 || w >= g.W) {
+          for (int64_t vb = 0; vb < nvb; ++vb) Isa::store(d + vb * bblk, Isa::zero());
+          continue;
+        }
+        const float* sp = srow + w * C;
+        for (int64_t vb = 0; vb < nvb; ++vb) {
+          const M lm = Isa::mask(std::min<int64_t>(GPB, g.G - vb * GPB) * ci);
+          Isa::store(d + vb * bblk, _mm512_maskz_permutexvar_ps(0xFFFF, iidx, Isa::loadm(sp + vb * GPB * ci, lm)));
         }
       }
     }
+    for (int64_t vb = 0; vb < nvb; ++vb) {
+      const int64_t g0 = vb * GPB, ng = std::min<int64_t>(GPB, g.G - g0);
+      const M om = Isa::mask(ng * co);
+      const bool stream = stream_out && ng * co == 16;
+      const float* bandv = band + vb * bblk;
+      const float* wb = wpk + vb * RS * ci * 16;
+      const V bv = Isa::load(bias_pk + vb * 16);
+      for (int64_t pr = p0; pr < p1; ++pr) {
+        const float* brow = bandv + (pr - p0) * g.sh * Wb * PF;
+        float* yrow = dst + ((n * g.Hd + pr * g.osh + g.oh0) * g.Wd + g.ow0) * K + g0 * co;
+        const int64_t ys = g.osw * K;  // from one output pixel of the row to the next
+        for (int64_t q0 = 0; q0 < g.Q; q0 += mrw) {
+          const int mr = static_cast<int>(std::min<int64_t>(mrw, g.Q - q0));
+          const float* bp = brow + q0 * SW * PF;
+          float* y = yrow + q0 * ys;
+          switch (mrw) {
+            case 4: tile<GPB, SW, 4>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+            case 8: tile<GPB, SW, 8>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+            case 12: tile<GPB, SW, 12>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+            case 14: tile<GPB, SW, 14>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+            case 16: tile<GPB, SW, 16>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+            case 20: tile<GPB, SW, 20>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+            default: tile<GPB, SW, 24>(bp, g.R, g.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+          }
+        }
+      }
+    }
+    if (stream_out) _mm_sfence();
   });
 }
 
