@@ -453,9 +453,13 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
       });
     });
     const float* U = packed.data;
-    // Tiles per task: V and M of a task within ~2 MiB, and at least one task per thread.
+    // Tiles per task: V and M of a task within ~512 KiB (so that they and U stay in L2), and at
+    // least one task per thread. Was ~2 MiB; 2 threads, batch 4 (8 at 64@32), ms at 2 MiB / 1 /
+    // 512 KiB (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass P for the final choice):
+    // 64@56 channels_last forward 1.50 / 1.35 / 1.34, 128@28 NCHW forward 1.62 / 1.46 / 1.35,
+    // 64@56 NCHW backward-input 1.84 / 1.62 / 1.61, 64@32 channels_last forward 0.95 / 0.87 / 0.85.
     const int64_t T = rows * tw;
-    const int64_t tb_max = std::max<int64_t>(8, 512 * 1024 / (16 * (Cs + Ks)));
+    const int64_t tb_max = std::max<int64_t>(8, 128 * 1024 / (16 * (Cs + Ks)));
     const int64_t tb = std::max<int64_t>(1, std::min(tb_max, ceil_div(T, nthreads)));
     int64_t rb, cb;  // tile rows x tile columns per task
     if (tw <= tb) {
