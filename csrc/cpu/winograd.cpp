@@ -423,7 +423,7 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
 //  * large U (many channels, typically 14x14 and 7x7 planes): re-reading a 4-16 MiB U per block
 //    of tiles would be bound by memory, so the steps are separate parallel loops over a chunk of
 //    tiles: transform all of them, then a task per block of output channels computes its piece
-//    of U (<= 128 channels of reduction at a time, so it stays in L2) and multiplies every tile
+//    of U (pieces of <= 1 MiB of the reduction, so each stays in L2) and multiplies every tile
 //    by it, then transform back. U is never written to memory.
 void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
                    float* y, int64_t macs, const at::Tensor* filter) {
