@@ -1118,47 +1118,48 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, xb + pc.xoff + (h_lo - pc.h0) * rowf);
       }
       for (int64_t kb = kb0; kb < kb1; ++kb) {
-      const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
-      float* out = partial + chunk * part + (g * nkb + kb) * RS * Cg * NVL;  // [r][s][c][NVL]
-      for (int ip = 0; ip < npc; ++ip) {
-        const Piece& pc = pieces[ip];
-        float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Q * NVL;
-        if (nhwc) pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL, dyd);
-        else  // NCHW: rows pa..pb of a plane are one contiguous run; vector transpose (simd.h)
-          transpose_rows(dy + ((pc.n * K + g * Kg + kb * NVL) * P + pc.pa) * Q, P * Q, kvalid, (pc.pb - pc.pa) * Q, NVL, dyd);
-      }
-      for (int64_t r = 0; r < R; ++r) {
-        int nseg = 0;
+        // the block's dy rows as [row][q][NVL]; its x band is the batch's
+        const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
+        float* out = partial + chunk * part + (g * nkb + kb) * RS * Cg * NVL;  // [r][s][c][NVL]
         for (int ip = 0; ip < npc; ++ip) {
           const Piece& pc = pieces[ip];
-          for (int64_t pp = pc.pa; pp < pc.pb; ++pp) {
-            const int64_t ih = pp * sh - ph + r * dh;
-            if (ih < 0 || ih >= H) continue;
-            a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wp : pc.xoff + (ih - pc.h0) * rowf;
-            b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
-            ++nseg;
-          }
+          float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Q * NVL;
+          if (nhwc) pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL, dyd);
+          else  // NCHW: rows pa..pb of a plane are one contiguous run; vector transpose (simd.h)
+            transpose_rows(dy + ((pc.n * K + g * Kg + kb * NVL) * P + pc.pa) * Q, P * Q, kvalid, (pc.pb - pc.pa) * Q, NVL, dyd);
         }
-        for (int64_t s0 = 0; s0 < (merge_s ? 1 : S); ++s0) {
-          const int64_t I = merge_s ? S * Cg : Cg;  // tile rows: (s, c) or c
-          float* o = out + (r * S + s0) * Cg * NVL;
-          for (int64_t i0 = 0; i0 < I; i0 += MR) {
-            Tile t;
-            if (chan_major) {
-              const int64_t cstride = xsize / Cg;
-              t.a = xb + s0 * dw + i0 * cstride, t.a_is = cstride, t.a_ls = sw;
-            } else {
-              t.a = xb + s0 * dw * Cg + i0, t.a_is = 1, t.a_ls = sw * Cg;
+        for (int64_t r = 0; r < R; ++r) {
+          int nseg = 0;
+          for (int ip = 0; ip < npc; ++ip) {
+            const Piece& pc = pieces[ip];
+            for (int64_t pp = pc.pa; pp < pc.pb; ++pp) {
+              const int64_t ih = pp * sh - ph + r * dh;
+              if (ih < 0 || ih >= H) continue;
+              a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wp : pc.xoff + (ih - pc.h0) * rowf;
+              b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
+              ++nseg;
             }
-            t.b = dyb, t.b_ls = NVL;
-            t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Q;
-            t.mr = static_cast<int>(std::min(MR, I - i0));
-            t.c = o + i0 * NVL, t.ldc = NVL;
-            t.accumulate = !first;
-            run_tile<false>(nv, t);
+          }
+          for (int64_t s0 = 0; s0 < (merge_s ? 1 : S); ++s0) {
+            const int64_t I = merge_s ? S * Cg : Cg;  // tile rows: (s, c) or c
+            float* o = out + (r * S + s0) * Cg * NVL;
+            for (int64_t i0 = 0; i0 < I; i0 += MR) {
+              Tile t;
+              if (chan_major) {
+                const int64_t cstride = xsize / Cg;
+                t.a = xb + s0 * dw + i0 * cstride, t.a_is = cstride, t.a_ls = sw;
+              } else {
+                t.a = xb + s0 * dw * Cg + i0, t.a_is = 1, t.a_ls = sw * Cg;
+              }
+              t.b = dyb, t.b_ls = NVL;
+              t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Q;
+              t.mr = static_cast<int>(std::min(MR, I - i0));
+              t.c = o + i0 * NVL, t.ldc = NVL;
+              t.accumulate = !first;
+              run_tile<false>(nv, t);
+            }
           }
         }
-      }
       }
       first = false;
     }
