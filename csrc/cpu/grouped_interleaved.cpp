@@ -188,9 +188,8 @@ void run(const Job* jobs, int njobs, const float* src, float* dst) {
   };
   int64_t rb = P;  // output rows a task: its band within 128K floats, at least 8 tasks a thread
   for (int64_t h0, h1; rb > 1 && (rows_of(0, rb, h0, h1), nvb * (h1 - h0) * blk_row > 131072);) --rb;
-  while (rb > 1 && g.N * ceil_div(P, rb) < 8 * pool_threads()) rb = ceil_div(rb, 2);
+  rb = even_row_blocks(P, rb, g.N, 8 * pool_threads());
   const int64_t nrb = ceil_div(P, rb);
-  rb = ceil_div(P, nrb);  // blocks of equal rows
   // tile width of each job: a row of Q pixels runs in ceil(Q / 24) tiles of the narrowest width
   // that covers an equal share
   int mrw[4];
@@ -305,19 +304,19 @@ void pack(const Geo& g, int gpb, const Wf& wf, const float* bias, float* wpk, fl
   }
 }
 
-// The filter of a job packed by pack() into wpk (nvb*R*S*ci*16 floats, then nvb*16 of bias).
+// Floats of a job's packed filter and bias: nvb*R*S*ci*16, then nvb*16.
+inline int64_t job_floats(const Geo& g) {
+  const int64_t nvb = ceil_div(g.G, 16 / g.co);
+  return nvb * (g.R * g.S * g.ci + 1) * 16;
+}
+
+// The filter of a job packed by pack() into wpk (job_floats(g) floats).
 template <class Wf>
 Job packed_job(const Geo& g, const Wf& wf, const float* bias, float* wpk) {
   const int gpb = static_cast<int>(16 / g.co);
-  const int64_t nvb = ceil_div(g.G, int64_t(gpb));
-  float* bias_pk = wpk + nvb * g.R * g.S * g.ci * 16;
+  float* bias_pk = wpk + job_floats(g) - ceil_div(g.G, int64_t(gpb)) * 16;
   pack(g, gpb, wf, bias, wpk, bias_pk);
   return {g, wpk, bias_pk};
-}
-
-inline int64_t job_floats(const Geo& g) {
-  const int64_t nvb = ceil_div(g.G, 16 / g.co);
-  return nvb * g.R * g.S * g.ci * 16 + nvb * 16;
 }
 
 void run_jobs(const Job* jobs, int njobs, const float* src, float* dst) {

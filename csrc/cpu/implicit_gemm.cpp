@@ -464,10 +464,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     const int64_t w_lo = std::min(Wp, pw), w_hi = std::min(Wp, W + pw);  // band columns with data
     // a task per image and block of rows (at least 4 tasks a thread; the shape fwd_tasks chose
     // counted the groups as tasks)
-    int64_t rb2 = std::min(rb, Pt);
-    while (rb2 > 1 && Nt * ceil_div(Pt, rb2) * nkg < 4 * pool_threads()) rb2 = ceil_div(rb2, 2);
-    const int64_t nblk2 = ceil_div(Pt, rb2);
-    rb2 = ceil_div(Pt, nblk2);  // blocks of equal rows
+    const int64_t rb2 = even_row_blocks(Pt, rb, Nt * nkg, 4 * pool_threads()), nblk2 = ceil_div(Pt, rb2);
     for_each_task(Nt * nblk2 * nkg, p.macs(), [&](int64_t t) {
       const int64_t kg = t % nkg, blk = t / nkg % nblk2, n0 = t / (nkg * nblk2), n1 = n0 + 1;
       const int64_t p0 = blk * rb2, p1 = std::min(Pt, p0 + rb2);
@@ -490,10 +487,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           for (int64_t col = w_lo; col < w_hi; ++col) {
             const float* src = x + ((n * H + h) * W + col - pw) * C;
             float* d = row0 + col * Cg;
-            for (int64_t g = 0; g < G; ++g, d += bandf, src += Cg) {
-              if (Cg <= VL) Isa::storem(d, Isa::loadm(src, cm), cm);
-              else std::memcpy(d, src, sizeof(float) * Cg);
-            }
+            for (int64_t g = 0; g < G; ++g, d += bandf, src += Cg) Isa::storem(d, Isa::loadm(src, cm), cm);
           }
         }
       for (int64_t g = 0; g < G; ++g) task_body(n0, n1, p0, p1, g, kg, bands + g * bandf);
@@ -853,11 +847,9 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   const int64_t padL = std::max<int64_t>(0, -floor_div(pw - (S - 1) * dw, sw));
   const int64_t ow_max = floor_div(W - 1 + pw, sw);
   const int64_t Wp = std::max(Q, ow_max + 1) + padL;
-  int64_t rb = std::max<int64_t>(1, (kBandFloats / std::max<int64_t>(1, Wp * Kg)) * sh - (R - 1) * dh);
-  rb = std::min(rb, H);
-  while (rb > 1 && N * G * ceil_div(H, rb) < 8) rb = ceil_div(rb, 2);
+  // rows a task: the band budget's, blocks of equal rows (40 + 16 at 3x3/2 128@56: 1.01x, ab.py)
+  const int64_t rb = even_row_blocks(H, (kBandFloats / std::max<int64_t>(1, Wp * Kg)) * sh - (R - 1) * dh, N * G, 8);
   const int64_t nblk = ceil_div(H, rb);
-  rb = ceil_div(H, nblk);  // blocks of equal rows (40 + 16 at 3x3/2 128@56: 1.01x, ab.py)
 
   for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
     const int64_t n = task / (G * nblk), g = (task / nblk) % G, blk = task % nblk;

@@ -49,6 +49,15 @@ constexpr int64_t kSerialMacs = 1 << 18;
 // inference 1.07 / 1.18 / 1.05x torch streamed vs 1.09 / 1.10 / 1.07x not: no loss seen in noise.
 constexpr int64_t kStreamFloats = int64_t(1) << 19;
 
+// Rows per block when `rows` rows are cut into blocks of at most `rb`: halved while fewer than
+// `want` tasks come out (`per` tasks a block), then evened out (56 rows in 40 + 16 -> 28 + 28);
+// ceil_div(rows, result) is the number of blocks.
+inline int64_t even_row_blocks(int64_t rows, int64_t rb, int64_t per, int64_t want) {
+  rb = std::max<int64_t>(1, std::min(rb, rows));
+  while (rb > 1 && per * ceil_div(rows, rb) < want) rb = ceil_div(rb, 2);
+  return ceil_div(rows, ceil_div(rows, rb));
+}
+
 // Threads for_each_task spreads tasks over (1 inside a parallel region), and how much a count
 // of equal tasks costs relative to perfect balance: a last, partial round leaves threads idle
 // (11 tasks on 2 threads: 12/11). Task-shape choices weigh their costs with it.
