@@ -59,6 +59,7 @@ GENERAL = [
     ((1, 36, 5, 2), 40, (3, 3), 1, 2, 1, 1),           # the same, padding wider than the row: every column reads some
     ((2, 64, 6, 10), 48, (3, 3), 1, (1, 2), (1, 2), 2),  # the same with groups and column dilation: a segment per tap
     ((2, 64, 9, 11), 64, (3, 3), 2, 2, 1, 8),          # channels_last forward: 8 groups' bands built from whole pixels, stride 2, padding 2
+    ((1, 40, 11, 13), 24, (3, 3), 3, 1, (1, 2), 1),    # bwd-weight: channel-major band split in 3 column phases, column dilation
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),

@@ -1061,7 +1061,15 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
 
   // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
   // images), with its dy rows ([row][q][NVL]) and x rows (band with zero rows) in L2
-  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1, rowf = Wp * Cg;
+  // A strided channel-major band holds each row as its sw phases (pack_phase_plane: columns
+  // phase, phase + sw, ..., Wq each), so a tap's columns q*sw + s*dw are consecutive and the
+  // micro-kernel runs its a_ls == 1 loop (was a_ls = sw, the general loop); its planes are an odd
+  // number of cache lines apart (without that, 512@14/2's 64-float planes put a tile's 12
+  // channels in one L1 set: 0.77x). NCHW backward-weight, batch 4, 2 threads (ab.py): 3x3/2
+  // 128@56 and 256@28 1.03x, 512@14 1.00x; stride-1 shapes level.
+  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1;
+  const bool split = chan_major && sw > 1;
+  const int64_t Wq = split ? ceil_div(Wp, sw) : Wp, Wr = split ? sw * Wq : Wp, rowf = Wr * Cg;
   const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(kBandFloats / 4 / (Q * NVL), kBandFloats / (sh * rowf)));
 
   for_each_task(nchunk * G * nkg, p.macs(), [&](int64_t task) {
@@ -1087,24 +1095,32 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         xsize += nr * rowf;
         row += pb - pa;
       }
-      float* xb = scratch(1, xsize);
+      // channel planes of an odd number of cache lines: a tile's MR channels in MR L1 sets
+      const int64_t cstride = chan_major ? (ceil_div(xsize / Cg, 16) | 1) * 16 : 0;
+      float* xb = scratch(1, chan_major ? cstride * Cg : xsize);
       for (int ip = 0; ip < npc; ++ip) {
         const Piece& pc = pieces[ip];
         const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
         const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
         if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)
-        if (chan_major) {  // xb[c][batch row][Wp], batch row = pc.xoff / rowf + (h - h0)
-          const int64_t cstride = xsize / Cg, row0 = pc.xoff / rowf;
+        if (chan_major) {  // xb[c][batch row][Wr], batch row = pc.xoff / rowf + (h - h0)
+          const int64_t row0 = pc.xoff / rowf;
           const int64_t w_end = std::min(W, Wp - pw);  // columns pw .. pw+w_end-1 hold data
-          for (int64_t c = 0; c < Cg; ++c)
-            for (int64_t h = h_lo; h < h_hi; ++h) {
-              float* d = xb + c * cstride + (row0 + h - pc.h0) * Wp;
-              const float* src = x + ((pc.n * C + g * Cg + c) * H + h) * W;
+          for (int64_t c = 0; c < Cg; ++c) {
+            const float* plane = x + (pc.n * C + g * Cg + c) * H * W;
+            float* d = xb + c * cstride + (row0 + h_lo - pc.h0) * Wr;
+            if (split) {
+              pack_phase_plane(plane, H, W, -h_lo, pw, sw, h_hi - h_lo, Wq, d);
+              continue;
+            }
+            for (int64_t h = h_lo; h < h_hi; ++h, d += Wr) {
+              const float* src = plane + h * W;
               std::memset(d, 0, sizeof(float) * std::min(pw, Wp));
               if (w_end > 0) std::memcpy(d + pw, src, sizeof(float) * w_end);
               if (Wp > pw + std::max<int64_t>(w_end, 0))
                 std::memset(d + pw + std::max<int64_t>(w_end, 0), 0, sizeof(float) * (Wp - pw - std::max<int64_t>(w_end, 0)));
             }
+          }
           continue;
         }
         pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, xb + pc.xoff + (h_lo - pc.h0) * rowf);
@@ -1127,7 +1143,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
             for (int64_t pp = pc.pa; pp < pc.pb; ++pp) {
               const int64_t ih = pp * sh - ph + r * dh;
               if (ih < 0 || ih >= H) continue;
-              a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wp : pc.xoff + (ih - pc.h0) * rowf;
+              a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wr : pc.xoff + (ih - pc.h0) * rowf;
               b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
               ++nseg;
             }
@@ -1138,8 +1154,8 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
             for (int64_t i0 = 0; i0 < I; i0 += MR) {
               Tile t;
               if (chan_major) {
-                const int64_t cstride = xsize / Cg;
-                t.a = xb + s0 * dw + i0 * cstride, t.a_is = cstride, t.a_ls = sw;
+                t.a = xb + i0 * cstride + (split ? phase_tap_offset(0, s0, dh, dw, sw, Wq) : s0 * dw);
+                t.a_is = cstride, t.a_ls = split ? 1 : sw;
               } else {
                 t.a = xb + s0 * dw * Cg + i0, t.a_is = 1, t.a_ls = sw * Cg;
               }
