@@ -133,12 +133,12 @@ struct Tile {
 // (python benchmarks/algos.py 4,128,56,56,128,3,2,1 --layout nhwc, the two builds alternated).
 // The same FMAs in the same order: the same bits.
 //
-// Row (a_is == 1, every row of the tile valid, b_ls == NV*VL): the MR values of a step lie side
-// by side (backward-weight's (s, c) rows of a channels_last band, any a_ls), so one A pointer
-// serves every row at constant offsets (was the general loop). Channels_last backward-weight,
+// Row (a_is == 1, every row of the tile valid): the MR values of a step lie side by side
+// (backward-weight's (s, c) rows of a channels_last band, Winograd's transformed tiles; any
+// a_ls and b_ls), so one A pointer serves every row at constant offsets (was the general loop). Channels_last backward-weight,
 // batch 4, 2 threads (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass
 // backward_weight): 3x3/2 128@56 1.04x, 256@28 1.06x, 512@14 1.12x, the 7x7/2 stem 1.04x,
-// 64@56 and 1x1 64->256 @56 1.01-1.02x.
+// 64@56 and 1x1 64->256 @56 1.01-1.02x; Winograd's backward-weight at 512@7 1.01-1.02x.
 enum class Loop { General, Fast, Row };
 
 template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV)>
@@ -154,11 +154,11 @@ void micro_kernel_impl(const Tile& t) {
     for (int v = 0; v < NV; ++v) bm[v] = t.bmask[v];
 
   if constexpr (LOOP == Loop::Row) {
-    const int64_t als = t.a_ls;
+    const int64_t als = t.a_ls, bls = t.b_ls;
     for (int seg = 0; seg < t.nseg; ++seg) {
       const float* ap = t.a + t.a_off[seg];
       const float* bp = t.b + t.b_off[seg];
-      for (int64_t l = t.len; l > 0; --l, ap += als, bp += NV * VL) {
+      for (int64_t l = t.len; l > 0; --l, ap += als, bp += bls) {
         V bv[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) bv[v] = Isa::load(bp + v * VL);
@@ -269,7 +269,7 @@ void micro_kernel_impl(const Tile& t) {
 template <int NV, bool MASKB, int MR = Isa::mr(NV)>
 void micro_kernel(const Tile& t) {
   if (!MASKB && t.a_ls == 1 && t.b_ls == NV * VL) micro_kernel_impl<NV, MASKB, Loop::Fast, MR>(t);
-  else if (!MASKB && t.a_is == 1 && !t.arow && t.mr == MR && t.b_ls == NV * VL)
+  else if (!MASKB && t.a_is == 1 && !t.arow && t.mr == MR)
     micro_kernel_impl<NV, MASKB, Loop::Row, MR>(t);
   else micro_kernel_impl<NV, MASKB, Loop::General, MR>(t);
 }
