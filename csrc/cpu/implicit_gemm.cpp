@@ -1096,7 +1096,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         row += pb - pa;
       }
       // channel planes of an odd number of cache lines: a tile's MR channels in MR L1 sets
-      const int64_t cstride = chan_major ? (ceil_div(xsize / Cg, 16) | 1) * 16 : 0;
+      const int64_t cstride = chan_major ? odd_lines(xsize / Cg) : 0;
       float* xb = scratch(1, chan_major ? cstride * Cg : xsize);
       for (int ip = 0; ip < npc; ++ip) {
         const Piece& pc = pieces[ip];

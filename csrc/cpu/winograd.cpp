@@ -253,13 +253,23 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
   }
 }
 
+// The stride of V's, M's and E's tile rows for n floats of channels. Backward-weight reads V and
+// E down their columns (a step of the reduction = the next tile row); at 512 channels (2 KiB) the
+// 64 steps of a reduction fell into 2 L1 sets for V and 8 for E, so E (re-read by every tile of
+// channels) never stayed in L1. A line more at multiples of 1 KiB, 2 threads, batch 4 (ab.py):
+// 512@7 backward-weight 1.01x channels_last / 1.05x NCHW, forward 1.04x / 1.02x; 256@14 forward
+// 1.03x, backward-input 1.02x. Not below: padded, 64@56's backward-weight (streaming V and E,
+// 25% more of them) ran 0.93x, 128@28 0.98x.
+inline int64_t row_stride(int64_t n) { return n % 256 ? n : n + 16; }
+
 // Geometry shared by the steps below. Tiles are numbered t = (n*th + i)*tw + j ("tile row"
 // gr = n*th + i); a block is tile rows [gr0, gr1) x tile columns [tj0, tj1).
 struct Geo {
   int64_t Cg, Kg, Cs, Kgp, Ks, th, tw, rows;
+  int64_t Vr, Mr;  // row (tile) strides of V, and of M and E: Cs, Ks, a line more at multiples of 1 KiB
   Geo(const WinoShape& s)
       : Cg(s.C / s.G), Kg(s.K / s.G), Cs(round_up(s.C, VL)), Kgp(round_up(s.K / s.G, VL)), Ks(s.G * Kgp),
-        th(ceil_div(s.P, 2)), tw(ceil_div(s.Q, 2)), rows(s.N * th) {}
+        th(ceil_div(s.P, 2)), tw(ceil_div(s.Q, 2)), rows(s.N * th), Vr(row_stride(Cs)), Mr(row_stride(Ks)) {}
 };
 
 // The 16 planes (xi) of V, M and E (and of the large-U weight panel) hold vt rows (tiles;
@@ -268,7 +278,7 @@ struct Geo {
 // or loads (output transform) all fell into one L1 set.
 inline int64_t plane(int64_t vt, int64_t width) { return vt * width + 16; }
 
-// V[xi][t][c] (planes of plane(vt, Cs) floats) = B^T d B for the tiles of the block,
+// V[xi][t][c] (planes of plane(vt, Vr) floats, rows Vr apart) = B^T d B for the tiles of the block,
 // t = (gr - gr0)*(tj1 - tj0) + j + t0.
 void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t gr0, int64_t gr1, int64_t tj0,
                      int64_t tj1, float* Vb, int64_t vt, int64_t t0) {
@@ -304,7 +314,7 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
         for (int a = 0; a < 4; ++a)
           for (int b = 0; b < 4; ++b) d[a][b] = Isa::load(band + (a * Wb + 2 * j + b) * Cs + c0);
         input_tile(d, v);
-        for (int xi = 0; xi < 16; ++xi) Isa::store(Vb + xi * plane(vt, Cs) + t * Cs + c0, v[xi]);
+        for (int xi = 0; xi < 16; ++xi) Isa::store(Vb + xi * plane(vt, e.Vr) + t * e.Vr + c0, v[xi]);
       }
     }
   }
@@ -312,8 +322,8 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
 
 // M_xi[t][k0 + ..] (+)= sum_{c < len} V_xi[t][c] * U_xi[c][..] for tiles [0, nt), columns
 // [k0, k0 + ncp) of M, on the micro-kernel (tiles = broadcast rows, output channels = vectors).
-void gemms(const float* Vb, int64_t vt, int64_t Cs, int64_t nt, int64_t len, const float* U, int64_t uxs,
-           int64_t uld, float* Mb, int64_t mt, int64_t Ks, int64_t k0, int64_t ncp, bool accumulate) {
+void gemms(const float* Vb, int64_t vt, int64_t Vr, int64_t nt, int64_t len, const float* U, int64_t uxs,
+           int64_t uld, float* Mb, int64_t mt, int64_t Mr, int64_t k0, int64_t ncp, bool accumulate) {
   static const int64_t zero = 0;
   for (int xi = 0; xi < 16; ++xi)
     for (int64_t kb = 0; kb < ncp; kb += Isa::kMaxNV * VL) {
@@ -321,17 +331,17 @@ void gemms(const float* Vb, int64_t vt, int64_t Cs, int64_t nt, int64_t len, con
       const int64_t MR = Isa::mr(nv);
       for (int64_t t0 = 0; t0 < nt; t0 += MR) {
         Tile tl;
-        tl.a = Vb + xi * plane(vt, Cs) + t0 * Cs, tl.a_is = Cs, tl.a_ls = 1;
+        tl.a = Vb + xi * plane(vt, Vr) + t0 * Vr, tl.a_is = Vr, tl.a_ls = 1;
         tl.b = U + xi * uxs + kb, tl.b_ls = uld;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = len;
         tl.mr = static_cast<int>(std::min(MR, nt - t0));
-        tl.c = Mb + xi * plane(mt, Ks) + t0 * Ks + k0 + kb, tl.ldc = Ks, tl.accumulate = accumulate;
+        tl.c = Mb + xi * plane(mt, Mr) + t0 * Mr + k0 + kb, tl.ldc = Mr, tl.accumulate = accumulate;
         run_tile<false>(nv, tl);
       }
     }
 }
 
-// y = A^T M A + bias for the tiles of the block (M[xi][t][Ks], planes of plane(mt, Ks) floats,
+// y = A^T M A + bias for the tiles of the block (M[xi][t][Ks], planes of plane(mt, Mr) floats,
 // t as in input_transform).
 void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t mt, int64_t t0, int64_t gr0,
                       int64_t gr1, int64_t tj0, int64_t tj1, const float* bp, float* y) {
@@ -345,7 +355,7 @@ void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t
         for (int64_t k0 = 0; k0 < Kgp; k0 += VL) {
           V m[16], out[4];
           const int64_t kc = g * Kgp + k0;
-          for (int xi = 0; xi < 16; ++xi) m[xi] = Isa::load(Mb + xi * plane(mt, Ks) + t * Ks + kc);
+          for (int xi = 0; xi < 16; ++xi) m[xi] = Isa::load(Mb + xi * plane(mt, e.Mr) + t * e.Mr + kc);
           output_tile(m, Isa::load(bp + kc), out);
           if (s.nhwc) {
             const M km = Isa::mask(Kg - k0);
@@ -369,7 +379,7 @@ void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t
   }
 }
 
-// E[xi][t][Ks] (planes of plane(et, Ks) floats) = A e A^T for the tiles of tile rows [gr0, gr1)
+// E[xi][t][Ks] (planes of plane(et, Mr) floats) = A e A^T for the tiles of tile rows [gr0, gr1)
 // (all tile columns), e = the 2x2 block of dy the tile produced (zeros past P, Q), t as in
 // input_transform.
 void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0, int64_t gr1, float* E, int64_t et,
@@ -404,7 +414,7 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
               else ev[a][b] = Isa::zero();
             }
           dy_tile(ev, E16);
-          for (int xi = 0; xi < 16; ++xi) Isa::store(E + xi * plane(et, Ks) + t * Ks + kc, E16[xi]);
+          for (int xi = 0; xi < 16; ++xi) Isa::store(E + xi * plane(et, e.Mr) + t * e.Mr + kc, E16[xi]);
         }
     }
   }
@@ -473,11 +483,11 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
       const int64_t gr0 = (task / ncb_t) * rb, gr1 = std::min(rows, gr0 + rb);
       const int64_t tj0 = (task % ncb_t) * cb, tj1 = std::min(tw, tj0 + cb);
       const int64_t nt = (gr1 - gr0) * (tj1 - tj0);
-      float* Vb = scratch(0, 16 * plane(nt, Cs));
-      float* Mb = scratch(1, 16 * plane(nt, Ks));
+      float* Vb = scratch(0, 16 * plane(nt, e.Vr));
+      float* Mb = scratch(1, 16 * plane(nt, e.Mr));
       input_transform(s, e, x, gr0, gr1, tj0, tj1, Vb, nt, 0);
       for (int64_t g = 0; g < G; ++g)
-        gemms(Vb + g * Cg, nt, Cs, nt, Cg, U + g * 16 * Cg * Kgp, Cg * Kgp, Kgp, Mb, nt, Ks, g * Kgp, Kgp, false);
+        gemms(Vb + g * Cg, nt, e.Vr, nt, Cg, U + g * 16 * Cg * Kgp, Cg * Kgp, Kgp, Mb, nt, e.Mr, g * Kgp, Kgp, false);
       output_transform(s, e, Mb, nt, 0, gr0, gr1, tj0, tj1, bp, y);
     });
     return;
@@ -486,8 +496,8 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));  // tile rows per chunk
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks);
   const int64_t T = rows_c * tw;
-  float* Vall = scratch(4, 16 * plane(T, Cs));
-  float* Mall = scratch(7, 16 * plane(T, Ks));
+  float* Vall = scratch(4, 16 * plane(T, e.Vr));
+  float* Mall = scratch(7, 16 * plane(T, e.Mr));
   // output-channel blocks: as wide as the micro-kernel, narrower if that leaves a thread idle
   int64_t kbw = Isa::kMaxNV * VL;
   while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * nthreads) kbw -= VL;
@@ -516,7 +526,7 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
       for (int64_t c0 = 0; c0 < Cg; c0 += pr) {
         const int64_t nr = std::min(pr, Cg - c0);
         weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, plane(nr, ncp), ncp);
-        gemms(Vall + g * Cg + c0, T, Cs, nt, nr, panel, plane(nr, ncp), ncp, Mall, T, Ks, g * Kgp + k0, ncp, c0 > 0);
+        gemms(Vall + g * Cg + c0, T, e.Vr, nt, nr, panel, plane(nr, ncp), ncp, Mall, T, e.Mr, g * Kgp + k0, ncp, c0 > 0);
       }
     });
     for_each_task(R1 - R0, macs, [&](int64_t i) {
@@ -541,8 +551,8 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
   constexpr int64_t kFusedFloats = 1024 * 1024, kFusedChannels = 128;  // dU over 4 MiB; 512 KiB a task
   const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
-  float* Vall = scratch(4, 16 * plane(T, Cs));
-  float* Eall = scratch(7, 16 * plane(T, Ks));
+  float* Vall = scratch(4, 16 * plane(T, e.Vr));
+  float* Eall = scratch(7, 16 * plane(T, e.Mr));
   const int64_t kbw = Isa::kMaxNV * VL, nkb = ceil_div(Kgp, kbw);
   // dU[.][xi][c][k0..k0+kbw) += V_xi[tiles of l0..][c0..]^T E_xi[tiles][k0..] into dU (row stride
   // ldu), the tiles summed in pieces of kSumTiles in registers (shorter float32 sums than one run
@@ -555,8 +565,8 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
     for (int64_t c = c0; c < c1; c += MR)
       for (int64_t l0 = 0; l0 < nt; l0 += kSumTiles) {
         Tile tl;
-        tl.a = Vall + xi * plane(T, Cs) + l0 * Cs + g * Cg + c, tl.a_is = 1, tl.a_ls = Cs;
-        tl.b = Eall + xi * plane(T, Ks) + l0 * Ks + g * Kgp + k0, tl.b_ls = Ks;
+        tl.a = Vall + xi * plane(T, e.Vr) + l0 * e.Vr + g * Cg + c, tl.a_is = 1, tl.a_ls = e.Vr;
+        tl.b = Eall + xi * plane(T, e.Mr) + l0 * e.Mr + g * Kgp + k0, tl.b_ls = e.Mr;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = std::min(kSumTiles, nt - l0);
         tl.mr = static_cast<int>(std::min(MR, c1 - c));
         tl.c = dUx + (c - c0) * ldu, tl.ldc = ldu, tl.accumulate = accumulate || l0 > 0;
