@@ -548,7 +548,7 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
   const Geo e(s);
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024, kSumTiles = 64;
-  constexpr int64_t kFusedFloats = 1024 * 1024, kFusedChannels = 128;  // dU over 4 MiB; 512 KiB a task
+  constexpr int64_t kFusedFloats = 1024 * 1024, kFusedChannels = 64;  // dU over 4 MiB; 256 KiB a task
   const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
   float* Vall = scratch(4, 16 * plane(T, e.Vr));
@@ -600,7 +600,9 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
     // batch 4, 2 threads, ms (python benchmarks/ab.py ... 4,512,7,7,512,3,1,1 --pass
     // backward_weight): 3.49 -> 3.07 NCHW, 3.32 -> 3.14 channels_last; called between a forward
     // and a backward-input, as in a training step: 6.2-6.6 -> 3.5-3.6; 384 @7 2.8-3.2 -> 2.1.
-    // Not at 256 @14 (dU of 4 MiB, 196 tiles): 2.24-2.45 -> 2.42-2.72 ms.
+    // Not at 256 @14 (dU of 4 MiB, 196 tiles): 2.24-2.45 -> 2.42-2.72 ms. Blocks of 64 channels
+    // (were 128: a task's 512 KiB of dU, with the V and E it reads, filled L2 and finish read dU
+    // back from L3): 512@7 1.02x channels_last, 1.03x NCHW; batch 8 and 384@7 level; 32 slower.
     const int64_t cb = ceil_div(Cg, ceil_div(Cg, kFusedChannels)), ncb = ceil_div(Cg, cb);
     for_each_task(rows, macs, [&](int64_t i) {
       input_transform(s, e, x, i, i + 1, 0, tw, Vall, T, i * tw);
