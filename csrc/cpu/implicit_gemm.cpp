@@ -16,10 +16,11 @@
 //
 // Blocking. A task is (images, group, block of output rows, block of output channels) [forward,
 // stride-1 backward-input; shaped by a count of the floats moved: fwd_tasks] or (chunk, group,
-// block of output channels) [backward-weight]. A task copies the input rows it
+// blocks of output channels) [backward-weight]. A task copies the input rows it
 // needs into a "band" (rows x padded columns x channels, zero padding built in; NHWC rows are
-// memcpy'd, NCHW rows transposed), so the micro-kernel never tests bounds and never sees an
-// im2col buffer. Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
+// memcpy'd, NCHW rows transposed; backward-weight's NCHW band with many channels stays
+// channel-major, its rows split into column phases at stride > 1), so the micro-kernel never
+// tests bounds and never sees an im2col buffer. Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
 // panels of <= 192 KiB (they stay in L2 while a task sweeps its rows); the reduction over
 // input channels is split into such panels and accumulated in the output.
 // NCHW outputs are written through a per-task [pixels][NV*VL] buffer and transposed on store

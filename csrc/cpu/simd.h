@@ -124,7 +124,7 @@ struct Tile {
   bool stream = false;           // full, aligned C vectors by non-temporal stores (caller fences)
 };
 
-// FAST: a_ls == 1 and b_ls == NV*VL (packed panels, the common case): a loop with one induction
+// Fast: a_ls == 1 and b_ls == NV*VL (packed panels, the common case): a loop with one induction
 // variable (l from -len up to 0, row pointers at their ends) and a constant B stride, in its own
 // instantiation. With the general loop in the same function GCC kept 3 of a 12x2 tile's 16 live
 // integers in vector registers (3 vmovq a step on the FMA port 0; objdump -d) or on the stack;
@@ -135,10 +135,11 @@ struct Tile {
 //
 // Row (a_is == 1, every row of the tile valid): the MR values of a step lie side by side
 // (backward-weight's (s, c) rows of a channels_last band, Winograd's transformed tiles; any
-// a_ls and b_ls), so one A pointer serves every row at constant offsets (was the general loop). Channels_last backward-weight,
-// batch 4, 2 threads (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass
-// backward_weight): 3x3/2 128@56 1.04x, 256@28 1.06x, 512@14 1.12x, the 7x7/2 stem 1.04x,
-// 64@56 and 1x1 64->256 @56 1.01-1.02x; Winograd's backward-weight at 512@7 1.01-1.02x.
+// a_ls and b_ls), so one A pointer serves every row at constant offsets (was the general loop,
+// a pointer per row). Channels_last backward-weight, batch 4, 2 threads (python
+// benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass backward_weight): 3x3/2 128@56
+// 1.04x, 256@28 1.06x, 512@14 1.12x, the 7x7/2 stem 1.04x, 64@56 and 1x1 64->256 @56
+// 1.01-1.02x; Winograd's backward-weight at 512@7 1.01-1.02x. The same FMAs in the same order.
 enum class Loop { General, Fast, Row };
 
 template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV)>
@@ -268,10 +269,11 @@ void micro_kernel_impl(const Tile& t) {
 
 template <int NV, bool MASKB, int MR = Isa::mr(NV)>
 void micro_kernel(const Tile& t) {
-  if (!MASKB && t.a_ls == 1 && t.b_ls == NV * VL) micro_kernel_impl<NV, MASKB, Loop::Fast, MR>(t);
-  else if (!MASKB && t.a_is == 1 && !t.arow && t.mr == MR)
-    micro_kernel_impl<NV, MASKB, Loop::Row, MR>(t);
-  else micro_kernel_impl<NV, MASKB, Loop::General, MR>(t);
+  if constexpr (!MASKB) {
+    if (t.a_ls == 1 && t.b_ls == NV * VL) return micro_kernel_impl<NV, MASKB, Loop::Fast, MR>(t);
+    if (t.a_is == 1 && !t.arow && t.mr == MR) return micro_kernel_impl<NV, MASKB, Loop::Row, MR>(t);
+  }
+  micro_kernel_impl<NV, MASKB, Loop::General, MR>(t);
 }
 
 // A tile of at most 3/4 of MR rows runs an instance with that many rows (MRS): the rows a tile
