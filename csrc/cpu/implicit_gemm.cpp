@@ -812,8 +812,15 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   const int nv = choose_nv_blocks(Cg);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), nob = ceil_div(Cg, NVL);
   const int64_t RS = R * S;
-  int64_t kc = std::max<int64_t>(1, kPanelFloats / (RS * NVL));  // output channels per panel
-  if (kc >= Kg) kc = Kg;
+  // Output channels per panel. A reduction that fits twice the panel budget stays whole: each dx
+  // tile is then written once, not loaded and stored again per panel, which on the short per-phase
+  // reductions of a strided layer (1 to 4 taps of kc channels) cost more than the panel's L2 reuse
+  // gains. 3x3/2 128@56 (one 288 KiB panel, was 85 + 43 channels), batch 4, 2 threads (python
+  // benchmarks/ab.py OLD.so NEW.so 4,128,56,56,128,3,2,1 --pass backward_input): channels_last
+  // 1.05-1.06x, NCHW 1.07-1.11x. Equal panels alone (64 + 64) were level; 256@28/2 as one 576 KiB
+  // panel (4x the budget) level too.
+  int64_t kc = std::max<int64_t>(1, kPanelFloats / (RS * NVL));
+  if (kc >= Kg || RS * Kg * NVL <= 2 * kPanelFloats) kc = Kg;
   const int64_t nkc = ceil_div(Kg, kc);
 
   // packed transposed weights [g][ob][kcb][r][s][k][NVL]
