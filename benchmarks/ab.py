@@ -11,7 +11,8 @@ prints its min and median.
 The shape is N,C,H,W,K,R[,stride,padding,groups]; the problem is built by benchmarks/algos.py. The op is called
 through torch.ops.conv_ext with the default algorithm choice (set CONV_EXT_* variables in the
 environment to change it); the output of the first call of each process is checked against
-torch's. Use it for changes smaller than the machine's drift between runs (10-30% here).
+torch's. --old-env/--new-env set variables on one side only, to A/B one build under two settings.
+Use it for changes smaller than the machine's drift between runs (10-30% here).
 """
 import argparse
 import glob
@@ -58,6 +59,9 @@ def main():
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"), default="float32")
     ap.add_argument("--reps", type=int, default=200, help="calls timed per process")
     ap.add_argument("--rounds", type=int, default=6, help="processes per side, alternated")
+    ap.add_argument("--old-env", action="append", default=[], metavar="VAR=VALUE",
+                    help="set in the old side's processes only (repeatable): A/B one build under two settings")
+    ap.add_argument("--new-env", action="append", default=[], metavar="VAR=VALUE", help="the same for the new side")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -78,6 +82,7 @@ def main():
         for _ in range(args.rounds):
             for side in ("old", "new"):
                 env = dict(os.environ, PYTHONPATH=roots[side])
+                env.update(kv.split("=", 1) for kv in (args.old_env if side == "old" else args.new_env))
                 cmd = [sys.executable, os.path.abspath(__file__), args.old, args.new, args.shape, "--layout",
                        args.layout, "--pass", args.pass_name, "--dtype", args.dtype, "--reps", str(args.reps), "--child"]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True)
