@@ -131,8 +131,11 @@ constexpr int NQ = VL == 16 ? 6 : 4;  // pixel vectors of a tile (inputs loaded)
 //   acc[k][v] = bias[k] + sum_{t < T} wk[t*NK + k] * xb[v][off[t] .. + VL)
 // stored to yo[v] + k*kstride for k < kvalid and v < nq (masked by qm[v]; stream: whole vectors
 // by non-temporal stores where aligned); vectors v >= nq re-read vector nq-1 and are dropped.
+// NQT: the tile's vectors (NQ; fewer for the short planes of tiny_forward).
+template <int NQT = NQ>
 void direct_tile(const float* const* xb, int nq, const int64_t* off, int64_t T, const float* wk, const float* bias,
                  float* const* yo, int64_t kstride, int kvalid, const M* qm, bool stream) {
+  constexpr int NQ = NQT;
   const float* xp[NQ];
 #pragma GCC unroll 8
   for (int v = 0; v < NQ; ++v) xp[v] = xb[v < nq ? v : nq - 1];
@@ -207,6 +210,75 @@ void nhwc_phase_rows(const float* x, int64_t C, int64_t H, int64_t W, int64_t nc
   }
 }
 
+// Tiny planes, NCHW forward: output rows shorter than a vector in a problem that runs serially
+// (the (1,3,8,8)->16 layer: 8 of a row's 16 lanes, and a last tile of 2 vectors computed as 6).
+// Each (image, group) is unfolded into col[t][m] = x at tap t = (c, r, s) for output pixel
+// m = p*Q + q (zeros where the tap falls in the padding; m padded to whole vectors), so the
+// vectors run over the flattened plane: 64 outputs are 4 full vectors, and a tile holds them all.
+// The tiles write y's plane directly (channel stride P*Q).
+bool tiny_plane(const Conv2dParams& p, bool nhwc) {
+  const int64_t pq = round_up(p.P * p.Q, VL);
+  return !nhwc && p.Q < VL && pq <= NQ * VL && p.macs() < kSerialMacs && p.Cg() * p.R * p.S * pq <= 16384;
+}
+
+template <int NQT>
+void tiny_tiles(const Conv2dParams& p, const float* col, const int64_t* off, const float* wp, const float* bp,
+                float* y, int64_t n, int64_t g, const M* qm) {
+  const int64_t Kg = p.Kg(), T = p.Cg() * p.R * p.S, nkb = ceil_div(Kg, NK), PQ = p.P * p.Q;
+  const int nq = static_cast<int>(ceil_div(PQ, VL));
+  const float* xb[NQ];
+  float* yo[NQ];
+  for (int v = 0; v < nq; ++v) xb[v] = col + v * VL;
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    float* yk = y + (n * p.K + g * Kg + kb * NK) * PQ;
+    for (int v = 0; v < nq; ++v) yo[v] = yk + v * VL;
+    direct_tile<NQT>(xb, nq, off, T, wp + (g * nkb + kb) * T * NK, bp + (g * nkb + kb) * NK, yo, PQ,
+                     static_cast<int>(std::min<int64_t>(NK, Kg - kb * NK)), qm, false);
+  }
+}
+
+void tiny_forward(const Conv2dParams& p, const float* x, const float* wp, const float* bp, float* y) {
+  const int64_t C = p.C, H = p.H, W = p.W, P = p.P, Q = p.Q, R = p.R, S = p.S, Cg = p.Cg(), T = Cg * R * S;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int64_t PQ = P * Q, PQp = round_up(PQ, VL), nq = PQp / VL;
+  float* col = scratch(1, T * PQp);
+  int64_t* off = scratch_i64(0, T);
+  for (int64_t t = 0; t < T; ++t) off[t] = t * PQp;
+  M qm[NQ];
+  for (int64_t v = 0; v < nq; ++v) qm[v] = Isa::mask(std::min<int64_t>(VL, PQ - v * VL));
+  const M row = Isa::mask(Q);
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t g = 0; g < p.groups; ++g) {
+      for (int64_t c = 0, t = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s, ++t) {
+            float* d = col + t * PQp;
+            std::fill(d + PQ, d + PQp, 0.f);
+            // columns q with 0 <= q*sw + s*dw - pw < W
+            const int64_t ow = s * dw - pw;
+            const int64_t q_lo = std::min(Q, ceil_div(std::max<int64_t>(0, -ow), sw));
+            const int64_t q_hi = std::max(q_lo, std::min(Q, ow < W ? floor_div(W - 1 - ow, sw) + 1 : 0));
+            for (int64_t pp = 0; pp < P; ++pp, d += Q) {
+              const int64_t h = pp * sh - ph + r * dh;
+              Isa::storem(d, Isa::zero(), row);
+              if (h < 0 || h >= H || q_hi == q_lo) continue;
+              const float* src = x + ((n * C + g * Cg + c) * H + h) * W + ow;
+              if (sw == 1) {
+                const M m = Isa::mask(q_hi - q_lo);
+                Isa::storem(d + q_lo, Isa::loadm(src + q_lo, m), m);
+              } else {
+                for (int64_t q = q_lo; q < q_hi; ++q) d[q] = src[q * sw];
+              }
+            }
+          }
+      switch (nq) {  // the tile's vectors: the plane's, rounded up to an even count
+        case 1: case 2: tiny_tiles<2>(p, col, off, wp, bp, y, n, g, qm); break;
+        case 3: case 4: tiny_tiles<4>(p, col, off, wp, bp, y, n, g, qm); break;
+        default: tiny_tiles<NQ>(p, col, off, wp, bp, y, n, g, qm); break;
+      }
+    }
+}
+
 }  // namespace
 
 void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
@@ -228,6 +300,7 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
         for (int64_t t = 0; t < T; ++t) d[t * NK] = kk < Kg ? w[(g * Kg + kk) * T + t] : 0.f;
         bp[(g * nkb + kb) * NK + k] = kk < Kg && bias ? bias[g * Kg + kk] : 0.f;
       }
+  if (tiny_plane(p, nhwc)) return tiny_forward(p, x, wp, bp, y);
 
   // A task is (image, block of GB groups, block of output rows). NCHW: one group. NHWC: groups
   // whose channels fill at least a vector (a cache line), so a task transposes whole lines of x

@@ -729,13 +729,15 @@ bool bwd_input_use_pixel_rows(const Conv2dParams& p) {
 }
 
 // NQ vectors per row: 2 x 16 pixels for CIFAR's 32-wide rows, 1 for rows of <= VL pixels (the
-// (1,3,8,8) layer: 2 vectors computed 4x the pixels there are). A step computes RB = 4/NQ dx
-// rows at once: 4 independent FMA chains sharing each weight broadcast (one chain of 144 FMAs
-// per row before: the (1,3,8,8) layer's bwd-input was bound by FMA latency, ~5 us of its 17).
+// (1,3,8,8) layer: 2 vectors computed 4x the pixels there are). A tile is CB dx channels x RB
+// rows x NQ vectors of accumulators (AVX-512: 24, RB*NQ = 8; AVX2: CB*RB*NQ <= 8): each step
+// (k, r, s) loads the RB*NQ dy vectors once for the CB channels' weight broadcasts. Was one
+// channel x 4/NQ rows a tile (4 FMA chains, and every dy vector loaded once per channel): the
+// (1,3,8,8) layer's backward-input ran at half the FMA rate, bound by the chains' latency.
 // dyb has RB extra zero rows, so the rows of a last, partial step read inside it.
-template <int NQ>
+template <int NQ, int CB>
 void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
-  constexpr int RB = 4 / NQ;
+  constexpr int RB = (VL == 16 ? 8 : 4) / NQ;
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
   const int64_t ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -747,13 +749,19 @@ void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float
     float* dyb = scratch(1, Kg * Hb * Wb);
     std::fill(dyb, dyb + Kg * Hb * Wb, 0.f);
     const int64_t qn = std::min(Q, Wb - padL), on = std::min(P, Hb - RB - padT);  // the dy pixels read
-    if (nhwc)  // a row of qn pixels x Kg channels -> Kg plane rows (vector transposes, simd.h)
+    if (nhwc) {  // a row of qn pixels x Kg channels -> Kg plane rows (vector transposes, simd.h)
       for (int64_t oh = 0; oh < on; ++oh)
         transpose_rows(dy + (n * P + oh) * Q * K + g * Kg, K, qn, Kg, Hb * Wb, dyb + (oh + padT) * Wb + padL, qn);
-    else
+    } else if (qn <= VL) {  // short rows: one masked vector each, not a memcpy call
+      const M m = Isa::mask(qn);
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t oh = 0; oh < on; ++oh)
+          Isa::storem(dyb + (k * Hb + oh + padT) * Wb + padL, Isa::loadm(dy + ((n * K + g * Kg + k) * P + oh) * Q, m), m);
+    } else {
       for (int64_t k = 0; k < Kg; ++k)
         for (int64_t oh = 0; oh < on; ++oh)
           std::memcpy(dyb + (k * Hb + oh + padT) * Wb + padL, dy + ((n * K + g * Kg + k) * P + oh) * Q, sizeof(float) * qn);
+    }
     float* wt = scratch(2, Cg * Kg * RS);  // wt[c][k][r][s]
     for (int64_t c = 0; c < Cg; ++c)
       for (int64_t k = 0; k < Kg; ++k)
@@ -761,44 +769,66 @@ void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float
           for (int64_t s = 0; s < S; ++s)
             wt[(c * Kg + k) * RS + r * S + s] = w[(g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s];
     alignas(64) float row[NQ * 16];
-    for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t c0 = 0; c0 < Cg; c0 += CB)
       for (int64_t ih = 0; ih < H; ih += RB)
         for (int64_t iw0 = 0; iw0 < W; iw0 += NQ * VL) {
-          V acc[RB][NQ];
+          V acc[CB][RB][NQ];
 #pragma GCC unroll 4
-          for (int j = 0; j < RB; ++j)
+          for (int cb = 0; cb < CB; ++cb)
+#pragma GCC unroll 8
+            for (int j = 0; j < RB; ++j)
 #pragma GCC unroll 2
-            for (int v = 0; v < NQ; ++v) acc[j][v] = Isa::zero();
-          const float* wc = wt + c * Kg * RS;
+              for (int v = 0; v < NQ; ++v) acc[cb][j][v] = Isa::zero();
+          const float* wc[CB];  // a channel past Cg repeats the last one (computed, not stored)
+#pragma GCC unroll 4
+          for (int cb = 0; cb < CB; ++cb) wc[cb] = wt + std::min<int64_t>(c0 + cb, Cg - 1) * Kg * RS;
           for (int64_t k = 0; k < Kg; ++k)
             for (int64_t r = 0; r < R; ++r) {
               const float* src = dyb + (k * Hb + ih + ph - r * dh + padT) * Wb + iw0 + pw + padL;
+              const int64_t t0 = (k * R + r) * S;
               for (int64_t s = 0; s < S; ++s) {
-                const V wv = Isa::set1(wc[(k * R + r) * S + s]);
+                V wv[CB];
 #pragma GCC unroll 4
+                for (int cb = 0; cb < CB; ++cb) wv[cb] = Isa::set1(wc[cb][t0 + s]);
+#pragma GCC unroll 8
                 for (int j = 0; j < RB; ++j)
 #pragma GCC unroll 2
-                  for (int v = 0; v < NQ; ++v) acc[j][v] = Isa::fma(wv, Isa::load(src + j * Wb - s * dw + v * VL), acc[j][v]);
+                  for (int v = 0; v < NQ; ++v) {
+                    const V xv = Isa::load(src + j * Wb - s * dw + v * VL);
+#pragma GCC unroll 4
+                    for (int cb = 0; cb < CB; ++cb) acc[cb][j][v] = Isa::fma(wv[cb], xv, acc[cb][j][v]);
+                  }
               }
             }
           const int64_t valid = std::min<int64_t>(NQ * VL, W - iw0);
-          for (int j = 0; j < RB && ih + j < H; ++j) {
-            if (!nhwc) {
-              float* d = dx + ((n * C + g * Cg + c) * H + ih + j) * W + iw0;
-              for (int v = 0; v < NQ; ++v) Isa::storem(d + v * VL, acc[j][v], Isa::mask(valid - v * VL));
-            } else {
-              for (int v = 0; v < NQ; ++v) Isa::store(row + v * VL, acc[j][v]);
-              float* d = dx + ((n * H + ih + j) * W + iw0) * C + g * Cg + c;
-              for (int64_t i = 0; i < valid; ++i) d[i * C] = row[i];
+          for (int cb = 0; cb < CB && c0 + cb < Cg; ++cb)
+            for (int j = 0; j < RB && ih + j < H; ++j) {
+              const int64_t c = c0 + cb;
+              if (!nhwc) {
+                float* d = dx + ((n * C + g * Cg + c) * H + ih + j) * W + iw0;
+                for (int v = 0; v < NQ; ++v) Isa::storem(d + v * VL, acc[cb][j][v], Isa::mask(valid - v * VL));
+              } else {
+                for (int v = 0; v < NQ; ++v) Isa::store(row + v * VL, acc[cb][j][v]);
+                float* d = dx + ((n * H + ih + j) * W + iw0) * C + g * Cg + c;
+                for (int64_t i = 0; i < valid; ++i) d[i * C] = row[i];
+              }
             }
-          }
         }
   });
 }
 
+// Channels a tile: 3 on AVX-512 (2 for 4 channels: two full blocks), fewer when there are fewer.
+template <int NQ>
+void bwd_input_pixel_rows_cb(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  const int64_t cb = std::min<int64_t>(p.Cg() == 4 ? 2 : p.Cg(), VL == 16 ? 3 : 2);
+  if (cb == 1) bwd_input_pixel_rows_nq<NQ, 1>(p, dy, w, dx, nhwc);
+  else if (cb == 2) bwd_input_pixel_rows_nq<NQ, 2>(p, dy, w, dx, nhwc);
+  else bwd_input_pixel_rows_nq<NQ, VL == 16 ? 3 : 2>(p, dy, w, dx, nhwc);
+}
+
 void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
-  if (p.W <= VL) bwd_input_pixel_rows_nq<1>(p, dy, w, dx, nhwc);
-  else bwd_input_pixel_rows_nq<2>(p, dy, w, dx, nhwc);
+  if (p.W <= VL) bwd_input_pixel_rows_cb<1>(p, dy, w, dx, nhwc);
+  else bwd_input_pixel_rows_cb<2>(p, dy, w, dx, nhwc);
 }
 
 void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
