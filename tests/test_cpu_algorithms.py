@@ -60,6 +60,7 @@ GENERAL = [
     ((2, 64, 6, 10), 48, (3, 3), 1, (1, 2), (1, 2), 2),  # the same with groups and column dilation: a segment per tap
     ((2, 64, 9, 11), 64, (3, 3), 2, 2, 1, 8),          # channels_last forward: 8 groups' bands built from whole pixels, stride 2, padding 2
     ((1, 40, 11, 13), 24, (3, 3), 3, 1, (1, 2), 1),    # bwd-weight: channel-major band split in 3 column phases, column dilation
+    ((1, 256, 6, 7), 20, (3, 3), 2, 1, 1, 1),          # NHWC bwd-weight band a line more a pixel (2 x 256 floats a step), c-row tiles 42 x 6 + 4
     ((1, 3, 8, 8), 16, (3, 3), 1, 1, 1, 1),            # the README layer: forward over the flattened 8x8 plane, dx tiles of 3 channels x 8 rows
     ((2, 4, 6, 7), 10, (3, 3), 1, (0, 2), (1, 2), 1),  # the same paths: 28 outputs in 2 vectors, K tail, column dilation; dx 2 + 2 channels
 ]

@@ -1079,7 +1079,13 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   // 16->32 @32/2: 0.082 -> 0.073); with Kg <= VL channel-major stays faster (16->16 5x5 @32:
   // 0.30 vs 0.32 ms).
   const bool chan_major = !nhwc && Cg >= 8 && (Cg >= 32 || Kg <= VL);
-  const bool merge_s = dw == 1 && !chan_major;
+  // The [row][col][c] band's pixels are cs floats apart. A step of the reduction (the next output
+  // pixel) is sw*cs floats on; at a multiple of 2 KiB all of a tile's A reads fell into 1-2 L1 sets,
+  // so such bands get a line more a pixel (and tile rows over c, not (s, c)). Channels_last (ab.py,
+  // 2 threads, batch 4): 3x3/2 512@14 1.04x, 256@28 1.03x; 128@56 (1 KiB, 4 sets) padded ran
+  // 0.97-0.98x, the lost (s, c) merge outweighing the sets, so it is not padded.
+  const int64_t cs = !chan_major && (sw * Cg) % 512 == 0 ? Cg + 16 : Cg;
+  const bool merge_s = dw == 1 && !chan_major && cs == Cg;
   const int64_t part = G * nkb * RS * Cg * NVL;  // one chunk's partial sums [g][kb][r][s][c][NVL]
 
   // Chunks of the N*P output rows: a function of the shape only (determinism), enough of them
@@ -1120,7 +1126,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   // 128@56 and 256@28 1.03x, 512@14 1.00x; stride-1 shapes level.
   const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1;
   const bool split = chan_major && sw > 1;
-  const int64_t Wq = split ? ceil_div(Wp, sw) : Wp, Wr = split ? sw * Wq : Wp, rowf = Wr * Cg;
+  const int64_t Wq = split ? ceil_div(Wp, sw) : Wp, Wr = split ? sw * Wq : Wp, rowf = Wr * cs;
   const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(kBandFloats / 4 / (Q * NVL), kBandFloats / (sh * rowf)));
 
   for_each_task(nchunk * G * nkg, p.macs(), [&](int64_t task) {
@@ -1174,7 +1180,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
           }
           continue;
         }
-        pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, xb + pc.xoff + (h_lo - pc.h0) * rowf);
+        pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, cs, xb + pc.xoff + (h_lo - pc.h0) * rowf);
       }
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         // the block's dy rows as [row][q][NVL]; its x band is the batch's
@@ -1208,7 +1214,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
                 t.a = xb + i0 * cstride + (split ? phase_tap_offset(0, s0, dh, dw, sw, Wq) : s0 * dw);
                 t.a_is = cstride, t.a_ls = split ? 1 : sw;
               } else {
-                t.a = xb + s0 * dw * Cg + i0, t.a_is = 1, t.a_ls = sw * Cg;
+                t.a = xb + s0 * dw * cs + i0, t.a_is = 1, t.a_ls = sw * cs;
               }
               t.b = dyb, t.b_ls = NVL;
               t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Q;
