@@ -17,10 +17,11 @@ Method (the same for every case and both sides):
     L2 flushed before every call by writing a buffer twice the L2 size;
   * reported: median time per call, spread = interquartile range / median, speedup =
     torch median / conv_ext median (> 1: conv_ext is faster), GFLOP/s = 2*N*K*P*Q*(C/groups)*R*S
-    per pass / median, and % of peak, where peak is the best rate of a large torch.mm /
-    torch.matmul in the benchmark's dtype measured in the same run, before and after the cases
-    (the achievable FMA / matrix rate of this machine now; on CPU the nominal FMA figure from the
-    CPU flags is recorded in the JSON beside it).
+    per pass / median, and % of peak, where peak is measured in the same run, before and after
+    the cases: on CPU the better of a register-only FMA loop on the same threads (conv_ext's
+    cpu_fma_peak_gflops, fp32 or fp64) and a large torch.mm in the benchmark's dtype; on GPU a
+    large torch.matmul (the nominal FMA figure from the CPU flags is recorded in the JSON beside
+    it).
 
 Passes: ``forward`` = conv2d(x, w, b); ``backward_input`` / ``backward_weight`` = one gradient alone
 (torch: aten.convolution_backward with the matching output_mask; conv_ext: its
@@ -173,6 +174,26 @@ def matmul_peak(device, dtype, timer, seconds=1.0):
         return max(_matmul_rate(device, dtype, timer, seconds / 2, 2048),
                    _matmul_rate(device, torch.float32, timer, seconds / 2, 2048))
     return _matmul_rate(device, dtype, timer, seconds, 2048 if device == "cpu" else 8192)
+
+
+def measured_peak(device, dtype, timer, seconds=1.0):
+    """(GFLOP/s, basis, matmul GFLOP/s): the yardstick for %-of-peak. On CPU the better of the FMA
+    units' own rate (a register-only loop on torch's threads, float64's for float64, float32's for
+    the rest) and matmul_peak's (the higher one on CPUs whose matrix units beat their FMAs, e.g.
+    bfloat16 on AMX; torch's BLAS may reach far less than the FMA rate, as MKL does on AMD Zen 4);
+    on GPU matmul_peak's."""
+    import conv_ext
+
+    mm, mm_basis = matmul_peak(device, dtype, timer, seconds / 2 if device == "cpu" else seconds)
+    if device != "cpu":
+        return mm, mm_basis, mm
+    f64 = dtype == torch.float64
+    fma = conv_ext._C.cpu_fma_peak_gflops(f64, seconds / 2)
+    if fma <= mm:
+        return mm, f"{mm_basis}; FMA loop {fma:.0f}", mm
+    isa = conv_ext._C.cpu_capability()
+    return fma, (f"{isa} FMA loop, {'float64' if f64 else 'float32'}, {torch.get_num_threads()} thread(s); "
+                 f"{mm_basis}: {mm:.0f}"), mm
 
 
 def _matmul_rate(device, dtype, timer, seconds, size):
@@ -544,7 +565,7 @@ def write_plot(path, results, meta):
         ax.bar([x - 0.2 for x in xs], [value(r, "torch") for r in rows], 0.4, color="#999999", label="torch")
         ax.bar([x + 0.2 for x in xs], [value(r, "conv_ext") for r in rows], 0.4, color=colors.get(p), label="conv_ext")
         if peak and rates:
-            ax.axhline(peak, color="red", linestyle="--", linewidth=1, label=f"peak\n{peak:.0f} GFLOP/s\n(matmul)")
+            ax.axhline(peak, color="red", linestyle="--", linewidth=1, label=f"peak\n{peak:.0f} GFLOP/s")
         ax.set_yscale("log")
         values = [value(r, side) for r in rows for side in ("torch", "conv_ext")]
         ax.set_ylim(min(values) / 3, max(values + ([peak] if (peak and rates) else [])) * 2)
@@ -691,7 +712,7 @@ def _main(argv):
         device_name = cpu_model[0] if cpu_model else device_name
     else:
         nominal = (None, "")
-    peak_start, peak_basis = matmul_peak(device, dtype, timer)
+    peak_start, peak_basis, matmul_start = measured_peak(device, dtype, timer)
 
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -730,9 +751,10 @@ def _main(argv):
     progress.clear()
 
     # the peak again at the end: how much the machine's state drifted during the run
-    peak_end, _ = matmul_peak(device, dtype, timer)
+    peak_end, _, _ = measured_peak(device, dtype, timer)
     peak = peak_start
     meta.update(peak_gflops=peak, peak_basis=peak_basis, peak_start_gflops=peak_start, peak_end_gflops=peak_end,
+                matmul_gflops=matmul_start,
                 wall_s=time.perf_counter() - wall)
     gm = geomeans(results)
     print(summary_line(gm))

@@ -41,6 +41,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_cached_bytes", &cc::cached_bytes, "Bytes held in conv_ext's CPU output cache");
   m.def("cpu_filter_cache_bytes", &cc::filter_cache_bytes, "Bytes of packed filters conv_ext's CPU kernels keep");
   m.def("cpu_capability", &cc::cpu_capability, "SIMD level the CPU kernels use: avx512, avx2 or portable");
+  m.def("cpu_fma_peak_gflops", &cc::fma_peak_gflops, pybind11::arg("float64") = false, pybind11::arg("seconds") = 0.5,
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "GFLOP/s of a register-only FMA loop on torch's threads (the benchmark's peak); 0 without SIMD");
   m.def("cpu_amx_bf16", &cc::amx_bf16_available, "True when bfloat16 runs on the CPU's AMX tile units (amx_bf16)");
   m.def("cuda_compiled", [] {
 #ifdef CONV_EXT_WITH_CUDA

@@ -101,6 +101,17 @@ def test_case_functions_agree(pass_name, layout):
     assert a.shape == b.shape
 
 
+def test_fma_peak_loop():
+    """The benchmark's FMA yardstick: a real rate with SIMD, float64 at about half of float32's
+    (half the lanes per vector); nothing without SIMD (the portable test checks 0)."""
+    f32 = conv_ext._C.cpu_fma_peak_gflops(False, 0.05)
+    f64 = conv_ext._C.cpu_fma_peak_gflops(True, 0.05)
+    if conv_ext._C.cpu_capability() == "portable":
+        assert f32 == f64 == 0
+    else:
+        assert 0 < f64 < f32
+
+
 def test_geomean():
     assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
     assert bench.geomean([None, float("nan")]) is None
@@ -126,6 +137,9 @@ def test_cli_writes_json_csv_markdown_and_plot(tmp_path):
     data = json.loads((out / "r-cpu.json").read_text())
     assert data["meta"]["device"] == "cpu" and data["meta"]["threads"] == 1
     assert data["meta"]["peak_gflops"] > 0
+    # the better of the FMA loop and torch.mm (both named in the basis)
+    assert data["meta"]["peak_gflops"] >= data["meta"]["matmul_gflops"] > 0
+    assert "FMA loop" in data["meta"]["peak_basis"] and "torch.mm" in data["meta"]["peak_basis"]
     rows = data["results"]
     assert [(r["case"], r["pass"]) for r in rows] == [
         ("readme.8x8", "forward"), ("readme.8x8", "all"), ("cifar.shortcut", "forward"), ("cifar.shortcut", "all")]

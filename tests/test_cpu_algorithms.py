@@ -640,7 +640,8 @@ def test_lower_capability_subprocess(level):
                 "assert conv_ext._C.cpu_capability() == 'portable';"
                 "y = conv_ext.conv2d(torch.randn(1, 3, 8, 8), torch.randn(16, 3, 3, 3), padding=1);"
                 "assert testing.last_cpu_algorithm('forward') == 'reference';"
-                "assert not conv_ext.info()['cpu_amx_bf16']")
+                "assert not conv_ext.info()['cpu_amx_bf16'];"
+                "assert conv_ext._C.cpu_fma_peak_gflops() == 0")
         cmd = [sys.executable, "-c", code]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -78,6 +78,10 @@ std::string last_algorithm(Pass pass);  // the last one run by this thread, "" i
 // variable CONV_EXT_CPU_CAPABILITY can lower it (to test the fallbacks on an AVX-512 machine).
 const std::string& cpu_capability();
 
+// The multiply-add rate (GFLOP/s, fp32 or fp64) of a register-only FMA loop on torch's threads,
+// best of the trials that fit in `seconds`; 0 when no SIMD level is available (fma_peak.cpp).
+double fma_peak_gflops(bool float64, double seconds);
+
 // True when this CPU (and the OS) lets amx_bf16 run bfloat16 on the AMX tile units.
 bool amx_bf16_available();
 
