@@ -75,54 +75,45 @@ constexpr int kChains = CONV_EXT_ISA_BITS == 512 ? 16 : 12;
 constexpr int64_t kFmaFlopsPerIterF32 = 2 * kChains * (CONV_EXT_ISA_BITS / 32);
 constexpr int64_t kFmaFlopsPerIterF64 = 2 * kChains * (CONV_EXT_ISA_BITS / 64);
 
+// float64 vectors of the same width (simd.h's Isa is float32 only)
+struct Dbl {
 #if CONV_EXT_ISA_BITS == 512
-using VF = __m512;
-using VD = __m512d;
-inline VF fma_f(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
-inline VD fma_d(VD a, VD b, VD c) { return _mm512_fmadd_pd(a, b, c); }
-inline VF set_f(float x) { return _mm512_set1_ps(x); }
-inline VD set_d(double x) { return _mm512_set1_pd(x); }
-inline double first_f(VF v) { return _mm512_cvtss_f32(v); }
-inline double first_d(VD v) { return _mm512_cvtsd_f64(v); }
-inline VF add_f(VF a, VF b) { return _mm512_add_ps(a, b); }
-inline VD add_d(VD a, VD b) { return _mm512_add_pd(a, b); }
+  using V = __m512d;
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V set1(double x) { return _mm512_set1_pd(x); }
+  static double first(V v) { return _mm512_cvtsd_f64(v); }
 #else
-using VF = __m256;
-using VD = __m256d;
-inline VF fma_f(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
-inline VD fma_d(VD a, VD b, VD c) { return _mm256_fmadd_pd(a, b, c); }
-inline VF set_f(float x) { return _mm256_set1_ps(x); }
-inline VD set_d(double x) { return _mm256_set1_pd(x); }
-inline double first_f(VF v) { return _mm256_cvtss_f32(v); }
-inline double first_d(VD v) { return _mm256_cvtsd_f64(v); }
-inline VF add_f(VF a, VF b) { return _mm256_add_ps(a, b); }
-inline VD add_d(VD a, VD b) { return _mm256_add_pd(a, b); }
+  using V = __m256d;
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V set1(double x) { return _mm256_set1_pd(x); }
+  static double first(V v) { return _mm256_cvtsd_f64(v); }
 #endif
+};
+struct Flt : Isa {
+#if CONV_EXT_ISA_BITS == 512
+  static double first(V v) { return _mm512_cvtss_f32(v); }
+#else
+  static double first(V v) { return _mm256_cvtss_f32(v); }
+#endif
+};
 
 // acc = acc * a + b with a just below 1: the chains converge to b / (1 - a) and never overflow
-double fma_loop_f32(int64_t iters) {
-  VF acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = set_f(1.0f + 0.001f * float(i));
-  const VF a = set_f(0.999f), b = set_f(0.001f);
+template <class T>
+double fma_loop(int64_t iters) {
+  typename T::V acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = T::set1(1.0 + 0.001 * i);
+  const typename T::V a = T::set1(0.999), b = T::set1(0.001);
   for (int64_t it = 0; it < iters; ++it)
 #pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = fma_f(acc[i], a, b);
-  VF s = acc[0];
-  for (int i = 1; i < kChains; ++i) s = add_f(s, acc[i]);
-  return first_f(s);
+    for (int i = 0; i < kChains; ++i) acc[i] = T::fma(acc[i], a, b);
+  typename T::V s = acc[0];
+  for (int i = 1; i < kChains; ++i) s = T::add(s, acc[i]);
+  return T::first(s);
 }
-
-double fma_loop_f64(int64_t iters) {
-  VD acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = set_d(1.0 + 0.001 * double(i));
-  const VD a = set_d(0.999), b = set_d(0.001);
-  for (int64_t it = 0; it < iters; ++it)
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = fma_d(acc[i], a, b);
-  VD s = acc[0];
-  for (int i = 1; i < kChains; ++i) s = add_d(s, acc[i]);
-  return first_d(s);
-}
+double fma_loop_f32(int64_t iters) { return fma_loop<Flt>(iters); }
+double fma_loop_f64(int64_t iters) { return fma_loop<Dbl>(iters); }
 
 }  // namespace CONV_EXT_ISA_NS
 }  // namespace cpu
