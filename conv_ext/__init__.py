@@ -8,7 +8,7 @@
 import torch
 
 from . import _ops  # noqa: F401  (loads the kernels, registers fake kernels and autograd)
-from ._C import cpu_amx_bf16, cpu_cached_bytes, cpu_capability, cpu_filter_cache_bytes, cuda_compiled
+from ._C import cpu_amx_bf16, cpu_amx_bf16_emulated, cpu_cached_bytes, cpu_capability, cpu_filter_cache_bytes, cuda_compiled
 from ._C import empty_cache as _empty_cache
 from .functional import conv2d
 from .modules import Conv2d, convert
@@ -26,7 +26,8 @@ def info() -> dict:
         "backends": backends,
         "cuda_available": cuda_compiled() and torch.cuda.is_available(),
         "cpu_capability": cpu_capability(),
-        "cpu_amx_bf16": cpu_amx_bf16(),  # bfloat16 on the AMX tile units (else through float32)
+        "cpu_amx_bf16": cpu_amx_bf16(),  # bfloat16 on amx_bf16's tiles (else through float32)
+        "cpu_amx_bf16_emulated": cpu_amx_bf16_emulated(),  # those tiles as AVX512-BF16 dot products
         "threads": torch.get_num_threads(),
         "cpu_cached_bytes": cpu_cached_bytes(),
         "cpu_filter_cache_bytes": cpu_filter_cache_bytes(),

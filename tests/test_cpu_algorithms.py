@@ -597,15 +597,24 @@ def test_nonfinite_values_stay_local(shape, layout, dtype):
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_bfloat16_default_is_amx_where_available(layout):
-    """bfloat16 layers with >= 32 channels run amx_bf16 by default in all three passes (stride 1)
-    where the CPU has AMX (conv_ext.info()["cpu_amx_bf16"]), and the float32 path elsewhere."""
-    x, wt, b, dy, geo = (t.to(torch.bfloat16) if torch.is_tensor(t) else t
-                         for t in make(((2, 64, 9, 9), 48, (3, 3), 1, 1, 1, 1), layout))
-    amx = conv_ext.info()["cpu_amx_bf16"]
-    assert isinstance(amx, bool)
-    for pass_name in PASSES:
-        run_pass(pass_name, x, wt, b, dy, geo)
-        assert (testing.last_cpu_algorithm(pass_name) == "amx_bf16") == amx, pass_name
+    """bfloat16 layers with >= 32 channels run amx_bf16 by default in all three passes where the
+    CPU has AMX (conv_ext.info()["cpu_amx_bf16"]), and the float32 path elsewhere. With the tiles
+    emulated (AVX512-BF16, no AMX: "cpu_amx_bf16_emulated") only where float32 would not run
+    Winograd: the 3x3 stride-1 layer stays on float32 there, the strided one takes amx_bf16."""
+    info = conv_ext.info()
+    amx, emulated = info["cpu_amx_bf16"], info["cpu_amx_bf16_emulated"]
+    assert isinstance(amx, bool) and isinstance(emulated, bool) and (amx or not emulated)
+    winograd_seen = False
+    for stride in (1, 2):
+        x, wt, b, dy, geo = make(((2, 64, 9, 9), 48, (3, 3), stride, 1, 1, 1), layout)
+        for pass_name in PASSES:
+            run_pass(pass_name, x.float(), wt.float(), b.float(), dy.float(), geo)
+            winograd = testing.last_cpu_algorithm(pass_name) == "winograd"
+            winograd_seen |= winograd
+            run_pass(pass_name, *(t.to(torch.bfloat16) for t in (x, wt, b, dy)), geo)
+            expected = amx and not (emulated and winograd)
+            assert (testing.last_cpu_algorithm(pass_name) == "amx_bf16") == expected, (stride, pass_name)
+    assert winograd_seen == (conv_ext._C.cpu_capability() != "portable")  # the test covers both cases
 
 
 def test_module_training_step_matches_torch():
@@ -646,6 +655,21 @@ def test_lower_capability_subprocess(level):
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+@pytest.mark.skipif(os.environ.get("CONV_EXT_AMX_EMULATE") is not None, reason="already in a subprocess")
+def test_amx_emulated_subprocess():
+    """On an AMX machine, amx_bf16's tests again with the tiles emulated by AVX512-BF16 (what a
+    CPU without AMX runs: there the tests above already run emulated)."""
+    if not conv_ext.info()["cpu_amx_bf16"] or conv_ext.info()["cpu_amx_bf16_emulated"]:
+        pytest.skip("no AMX here (emulated or not available: the tests above cover it)")
+    env = dict(os.environ, CONV_EXT_AMX_EMULATE="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+           "amx_bf16 and (exact_on_integers or against_reference) or default_is_amx"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert " passed" in res.stdout
 
 
 # channels_last filters (what model.to(memory_format=torch.channels_last) gives) are read in place

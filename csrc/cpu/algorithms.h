@@ -82,8 +82,12 @@ const std::string& cpu_capability();
 // best of the trials that fit in `seconds`; 0 when no SIMD level is available (fma_peak.cpp).
 double fma_peak_gflops(bool float64, double seconds);
 
-// True when this CPU (and the OS) lets amx_bf16 run bfloat16 on the AMX tile units.
+// True when amx_bf16 can run here: on the AMX tile units (the CPU and the OS allow them), or with
+// the tiles emulated by AVX512-BF16 (amx_tiles.h).
 bool amx_bf16_available();
+// True when amx_bf16 runs its tiles as AVX512-BF16 dot products (no AMX here, or
+// CONV_EXT_AMX_EMULATE=1).
+bool amx_bf16_emulated();
 
 }  // namespace cpu
 }  // namespace conv_ext

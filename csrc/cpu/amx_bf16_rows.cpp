@@ -52,7 +52,8 @@ using namespace amx;
 // mostly zeros: a 1x1 layer on 3 channels stays on the float32 kernels).
 bool supports_rows(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && p.groups == 1 && p.C < kTile && p.dil_w == 1 && p.S * p.C >= 8 &&
-         (is_nchw(p) || is_nhwc(p)) && (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available();
+         (is_nchw(p) || is_nhwc(p)) && (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available() &&
+         !amx_bf16_emulated();  // (emulated, the stems' few channels ran slower than float32)
 }
 
 #pragma GCC push_options
@@ -141,7 +142,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         }
       }
     }
-    _tile_release();
+    release_tiles();
   });
   sum_chunks(sums, nparts, blocks * tile_sums);
   for_each_task(blocks, blocks * tile_sums * 8, [&](int64_t blk) {
@@ -271,7 +272,7 @@ void backward_input(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* 
         }
       }
     }
-    _tile_release();
+    release_tiles();
   });
 }
 

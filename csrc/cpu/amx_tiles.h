@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace conv_ext {
 namespace cpu {
@@ -33,12 +34,72 @@ struct __attribute__((packed)) TileConfig {
 
 // The 8 tiles of a 2x2 register block, each 16 rows of 64 bytes: C00, C01, C10, C11 = tiles 0-3
 // (float32), A0, A1 = 4, 5 and B0, B1 = 6, 7 (bfloat16 pairs). The configuration is per thread.
+//
+// Without AMX but with AVX512-BF16 (AMD Zen 4 and later) the same kernels run with the tiles
+// emulated (tiles_emulated(), set once by amx_bf16_available()): the four C tiles live in a
+// per-thread 4 KiB block of float32 and every tile product is a VDPBF16PS loop — per pair row k
+// of B, each A row's pair k broadcast and multiplied into the C row (two products of bfloat16,
+// summed in float32: what TDPBF16PS does a row at a time; the order of the sums over k is the
+// same for every call, so results stay deterministic). A and B are read where the kernels point
+// the tile loads. On the 2-core Zen 4 machine VDPBF16PS runs twice the float32 FMA's
+// multiply-adds a cycle.
+extern bool g_tiles_emulated;
+inline bool tiles_emulated() { return g_tiles_emulated; }
+// the emulated C tiles 0-3, [tile][row][column]
+inline float (*emulated_c())[kTile][kTile] {
+  alignas(64) static thread_local float c[4][kTile][kTile];
+  return c;
+}
+// C tile c0 (and c1) += the A tile at a (16 rows a_stride bytes apart) . the B tile at b0 (b1)
+template <bool Two>
+inline void emulated_product(int c0, int c1, const void* a, int64_t a_stride, const void* b0, const void* b1,
+                             int64_t b_stride) {
+  float (*c)[kTile][kTile] = emulated_c();
+  const char* ap = static_cast<const char*>(a);
+  const char* bp0 = static_cast<const char*>(b0);
+  const char* bp1 = static_cast<const char*>(b1);
+  for (int mh = 0; mh < kTile; mh += 8) {  // 8 rows of one or two tiles in 8 or 16 registers
+    __m512 acc0[8], acc1[8];
+#pragma GCC unroll 8
+    for (int m = 0; m < 8; ++m) {
+      acc0[m] = _mm512_load_ps(c[c0][mh + m]);
+      if (Two) acc1[m] = _mm512_load_ps(c[c1][mh + m]);
+    }
+#pragma GCC unroll 2
+    for (int k = 0; k < kTile; ++k) {
+      const __m512bh bv0 = (__m512bh)_mm512_loadu_si512(bp0 + k * b_stride);
+      const __m512bh bv1 = Two ? (__m512bh)_mm512_loadu_si512(bp1 + k * b_stride) : bv0;
+#pragma GCC unroll 8
+      for (int m = 0; m < 8; ++m) {
+        int32_t pair;
+        std::memcpy(&pair, ap + (mh + m) * a_stride + 4 * k, 4);
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+        acc0[m] = _mm512_dpbf16_ps(acc0[m], av, bv0);
+        if (Two) acc1[m] = _mm512_dpbf16_ps(acc1[m], av, bv1);
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < 8; ++m) {
+      _mm512_store_ps(c[c0][mh + m], acc0[m]);
+      if (Two) _mm512_store_ps(c[c1][mh + m], acc1[m]);
+    }
+  }
+}
+
 inline void configure_tiles() {
+  if (tiles_emulated()) return;
   TileConfig cfg;
   for (int i = 0; i < 8; ++i) cfg.rows[i] = kTile, cfg.colsb[i] = 64;
   _tile_loadconfig(&cfg);
 }
+inline void release_tiles() {
+  if (!tiles_emulated()) _tile_release();
+}
 inline void zero_2x2() {
+  if (tiles_emulated()) {
+    std::memset(emulated_c(), 0, sizeof(float) * 4 * kTile * kTile);
+    return;
+  }
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -48,6 +109,11 @@ inline void zero_2x2() {
 // not renamed, so a load waits for the last product reading the register's previous tile (the
 // same speed as the four loads first, measured: the core reorders them).
 inline void step_2x2(const void* a0, const void* a1, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
+  if (tiles_emulated()) {
+    emulated_product<true>(0, 1, a0, a_stride, b0, b1, b_stride);
+    emulated_product<true>(2, 3, a1, a_stride, b0, b1, b_stride);
+    return;
+  }
   _tile_loadd(4, a0, a_stride);
   _tile_loadd(6, b0, b_stride);
   _tile_dpbf16ps(0, 4, 6);
@@ -60,6 +126,11 @@ inline void step_2x2(const void* a0, const void* a1, int64_t a_stride, const voi
 // C_00 += A_0 . B_0, C_10 += A_1 . B_0: the 2x2 block's left half, for a filter pair whose second
 // block is all zeros (16 filters or fewer left): half the products of step_2x2.
 inline void step_2x1(const void* a0, const void* a1, int64_t a_stride, const void* b0, int64_t b_stride) {
+  if (tiles_emulated()) {
+    emulated_product<false>(0, 0, a0, a_stride, b0, b0, b_stride);
+    emulated_product<false>(2, 2, a1, a_stride, b0, b0, b_stride);
+    return;
+  }
   _tile_loadd(4, a0, a_stride);
   _tile_loadd(6, b0, b_stride);
   _tile_dpbf16ps(0, 4, 6);
@@ -71,6 +142,13 @@ inline void step_2x1(const void* a0, const void* a1, int64_t a_stride, const voi
 // C_11 += A_3 . B_0 (store_2x2 then puts pair A_0, A_1 in cbuf's left columns, A_2, A_3 right).
 inline void step_4x1(const void* a0, const void* a1, const void* a2, const void* a3, int64_t a_stride, const void* b0,
                      int64_t b_stride) {
+  if (tiles_emulated()) {
+    emulated_product<false>(0, 0, a0, a_stride, b0, b0, b_stride);
+    emulated_product<false>(2, 2, a1, a_stride, b0, b0, b_stride);
+    emulated_product<false>(1, 1, a2, a_stride, b0, b0, b_stride);
+    emulated_product<false>(3, 3, a3, a_stride, b0, b0, b_stride);
+    return;
+  }
   _tile_loadd(6, b0, b_stride);
   _tile_loadd(4, a0, a_stride);
   _tile_dpbf16ps(0, 4, 6);
@@ -85,6 +163,11 @@ inline void step_4x1(const void* a0, const void* a1, const void* a2, const void*
 // 16 filters side by side: the other two tiles would meet a group's filters with the other's
 // channels).
 inline void step_diag(const void* a0, const void* a1, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
+  if (tiles_emulated()) {
+    emulated_product<false>(0, 0, a0, a_stride, b0, b0, b_stride);
+    emulated_product<false>(3, 3, a1, a_stride, b1, b1, b_stride);
+    return;
+  }
   _tile_loadd(4, a0, a_stride);
   _tile_loadd(6, b0, b_stride);
   _tile_dpbf16ps(0, 4, 6);
@@ -95,6 +178,10 @@ inline void step_diag(const void* a0, const void* a1, int64_t a_stride, const vo
 // C_00 += A_0 . B_0, C_01 += A_0 . B_1: the 2x2 block's top half, for an A pair whose second tile
 // is all zeros.
 inline void step_1x2(const void* a0, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
+  if (tiles_emulated()) {
+    emulated_product<true>(0, 1, a0, a_stride, b0, b1, b_stride);
+    return;
+  }
   _tile_loadd(4, a0, a_stride);
   _tile_loadd(6, b0, b_stride);
   _tile_dpbf16ps(0, 4, 6);
@@ -102,12 +189,24 @@ inline void step_1x2(const void* a0, int64_t a_stride, const void* b0, const voi
   _tile_dpbf16ps(1, 4, 7);
 }
 inline void load_2x2(const float (*cbuf)[2 * kTile]) {  // the inverse of store_2x2
+  if (tiles_emulated()) {
+    float (*c)[kTile][kTile] = emulated_c();
+    for (int64_t i = 0; i < kTile; ++i)
+      for (int t = 0; t < 4; ++t) std::memcpy(c[t][i], &cbuf[(t / 2) * kTile + i][(t % 2) * kTile], sizeof(float) * kTile);
+    return;
+  }
   _tile_loadd(0, &cbuf[0][0], 2 * kTile * sizeof(float));
   _tile_loadd(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
   _tile_loadd(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
   _tile_loadd(3, &cbuf[kTile][kTile], 2 * kTile * sizeof(float));
 }
 inline void store_2x2(float (*cbuf)[2 * kTile]) {  // cbuf[32][32]: C00 | C01 over C10 | C11
+  if (tiles_emulated()) {
+    float (*c)[kTile][kTile] = emulated_c();
+    for (int64_t i = 0; i < kTile; ++i)
+      for (int t = 0; t < 4; ++t) std::memcpy(&cbuf[(t / 2) * kTile + i][(t % 2) * kTile], c[t][i], sizeof(float) * kTile);
+    return;
+  }
   _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
   _tile_stored(1, &cbuf[0][kTile], 2 * kTile * sizeof(float));
   _tile_stored(2, &cbuf[kTile][0], 2 * kTile * sizeof(float));
