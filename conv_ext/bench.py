@@ -196,6 +196,13 @@ def measured_peak(device, dtype, timer, seconds=1.0):
                  f"{mm_basis}: {mm:.0f}"), mm
 
 
+def set_pct_peak(r, peak):
+    """A result row's % of peak for both sides (rows without a FLOP rate: models, errors, keep none)."""
+    if r.get("torch_gflops") is not None:
+        r["torch_pct_peak"] = 100 * r["torch_gflops"] / peak
+        r["conv_ext_pct_peak"] = 100 * r["conv_ext_gflops"] / peak
+
+
 def _matmul_rate(device, dtype, timer, seconds, size):
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -737,9 +744,7 @@ def _main(argv):
         label = (item if model_mode else item.name) + " " + p
         progress.show(label)
         r = measure_one(item, p, args, device, dtype, timer, shapes, model_mode)
-        if r.get("torch_gflops") is not None:
-            r["torch_pct_peak"] = 100 * r["torch_gflops"] / peak_start
-            r["conv_ext_pct_peak"] = 100 * r["conv_ext_gflops"] / peak_start
+        set_pct_peak(r, peak_start)
         r["suite"] = suite_label
         results.append(r)
         progress.done += 1
@@ -756,9 +761,7 @@ def _main(argv):
     # neighbour; seen once here: 117 GFLOP/s at the start of a run, 231 at its end) is not the peak
     peak, peak_basis = (peak_start, peak_basis) if peak_start >= peak_end else (peak_end, basis_end)
     for r in results:
-        if r.get("torch_gflops") is not None:
-            r["torch_pct_peak"] = 100 * r["torch_gflops"] / peak
-            r["conv_ext_pct_peak"] = 100 * r["conv_ext_gflops"] / peak
+        set_pct_peak(r, peak)
     meta.update(peak_gflops=peak, peak_basis=peak_basis, peak_start_gflops=peak_start, peak_end_gflops=peak_end,
                 matmul_gflops=matmul_start,
                 wall_s=time.perf_counter() - wall)

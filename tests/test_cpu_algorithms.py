@@ -652,9 +652,16 @@ def test_lower_capability_subprocess(level):
                 "assert not conv_ext.info()['cpu_amx_bf16'];"
                 "assert conv_ext._C.cpu_fma_peak_gflops() == 0")
         cmd = [sys.executable, "-c", code]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+    run_ok(cmd, env, timeout=300)
+
+
+def run_ok(cmd, env, timeout):
+    """Runs cmd from the repository root with env; fails the test (with its output) unless it
+    exits 0. Returns its stdout."""
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
 
 
 @pytest.mark.skipif(os.environ.get("CONV_EXT_AMX_EMULATE") is not None, reason="already in a subprocess")
@@ -666,10 +673,7 @@ def test_amx_emulated_subprocess():
     env = dict(os.environ, CONV_EXT_AMX_EMULATE="1")
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
            "amx_bf16 and (exact_on_integers or against_reference) or default_is_amx"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert " passed" in res.stdout
+    assert " passed" in run_ok(cmd, env, timeout=600)
 
 
 # channels_last filters (what model.to(memory_format=torch.channels_last) gives) are read in place

@@ -37,7 +37,7 @@
 // The tile registers need the kernel's permission (arch_prctl ARCH_REQ_XCOMP_PERM). Without AMX
 // (or that permission) but with AVX512-BF16 — AMD Zen 4 — the same kernels run with the tiles
 // emulated by VDPBF16PS loops (amx_tiles.h), for the layers where that beats the float32 path
-// (worth_emulating, below). Without AVX512-BF16, or with CONV_EXT_CPU_CAPABILITY below avx512,
+// (worth_running, below). Without AVX512-BF16, or with CONV_EXT_CPU_CAPABILITY below avx512,
 // bfloat16 runs the float32 kernels on float32 copies (conv2d_cpu.cpp).
 //
 // Speed (2 threads, batch 4; python -m conv_ext.bench --suite default --dtype bfloat16 --layout L
@@ -1102,25 +1102,28 @@ at::Tensor blocked_filter(const Conv2dParams& p, const at::Tensor& w) {
 // With the tiles emulated (no AMX), amx_bf16 runs at about the float32 FMA peak (227-252 GFLOP/s
 // on channels_last 1x1 and strided layers; VDPBF16PS could do twice that, C is loaded and stored
 // every tile step): it takes the layers with 32+ channels and filters in one group that the
-// float32 path does not run as Winograd (2.25x fewer multiplies there). 2 cores Zen 4, batch 4, bfloat16, against the float32
-// copies (python -m conv_ext.bench --suite default --dtype bfloat16 --layout L --passes
-// forward,all --budget 0.5), ratio to torch before -> after: 1x1 layers 0.50-0.76x -> 0.72-1.13x,
-// 3x3/2 128@56 0.48-0.59x -> 0.70-0.77x, 32->32 @16 0.68-0.84x -> 0.91-0.99x; the Winograd layers,
-// grouped layers and fewer channels (the stems, 16->32 @32) were slower emulated.
-bool worth_emulating(Pass pass, const Conv2dParams& p) {
-  return !amx_bf16_emulated() ||
-         (p.groups == 1 && p.C >= 2 * kTile && p.K >= 2 * kTile && choose_automatic(pass, p, at::kFloat).name != "winograd");
+// float32 path does not run as Winograd (2.25x fewer multiplies there). 2 cores Zen 4, batch 4,
+// bfloat16, against the float32 copies (python -m conv_ext.bench --suite default --dtype bfloat16
+// --layout L --passes forward,all --budget 0.5), ratio to torch before -> after: 1x1 layers
+// 0.50-0.76x -> 0.72-1.13x, 3x3/2 128@56 0.48-0.59x -> 0.70-0.77x, 32->32 @16 0.68-0.84x ->
+// 0.91-0.99x; the Winograd layers, grouped layers and fewer channels (the stems, 16->32 @32) were
+// slower emulated. bfloat16 is tested first: choose_automatic asks every algorithm, this one
+// included, about the float32 problem.
+bool worth_running(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kBFloat16 &&
+         (!amx_bf16_emulated() || (p.groups == 1 && p.C >= 2 * kTile && p.K >= 2 * kTile &&
+                                   choose_automatic(pass, p, at::kFloat).name != "winograd"));
 }
 
 bool supports_forward_any(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype != at::kBFloat16 || !worth_emulating(Pass::Forward, p)) return false;
+  if (!worth_running(Pass::Forward, p, dtype)) return false;
   if (p.groups == 1) return supports_forward(p, dtype);
   if (grouped_rows(p) && supports_any_c(group_params(p), dtype, 1)) return true;  // 8+ filters a group
   if ((grouped_ok(p) || grouped_in_place(Pass::Forward, p)) && supports_forward(group_params(p), dtype)) return true;
   return small_groups(p) && supports_forward_any(blocked_params(p), dtype);
 }
 bool supports_backward_input_any(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype != at::kBFloat16 || !worth_emulating(Pass::BackwardInput, p)) return false;
+  if (!worth_running(Pass::BackwardInput, p, dtype)) return false;
   if (p.groups == 1) return supports_backward_input(p, dtype);
   if (turns_round(p) && grouped_rows(turned(p)) && supports_any_c(group_params(p), dtype, 1)) return true;
   if ((grouped_ok(p) || grouped_in_place(Pass::BackwardInput, p)) && supports_backward_input(group_params(p), dtype)) return true;
@@ -1128,7 +1131,7 @@ bool supports_backward_input_any(const Conv2dParams& p, at::ScalarType dtype) {
 }
 // 16+ channels and filters (the tiles' other halves zero: CIFAR's 16->16 layers)
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype != at::kBFloat16 || !worth_emulating(Pass::BackwardWeight, p)) return false;
+  if (!worth_running(Pass::BackwardWeight, p, dtype)) return false;
   const Conv2dParams q = p.groups == 1 ? p : group_params(p);
   if ((p.groups == 1 || grouped_ok(p) || grouped_in_place(Pass::BackwardWeight, p)) && q.C >= kTile && supports_any_c(q, dtype))
     return true;
