@@ -430,10 +430,21 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
         std::memcpy(d + col * cs, s, sizeof(float) * cn);
         if (cs > cn) std::memset(d + col * cs + cn, 0, sizeof(float) * (cs - cn));
       }
-    } else if (w_hi > w_lo) {
-      transpose_rows(src + ((n * Ct + c0) * Hs + h) * Ws + (w_lo - padL), Hs * Ws, cn, w_hi - w_lo, cs, d + w_lo * cs);
     }
   }
+  // NCHW: transposed 16 channels at a time, all the band's rows of those channels before the next
+  // 16 (each channel's rows h_lo..h_hi are one run of memory: 16 sequential streams for the
+  // hardware prefetcher, not a new line of every channel of the slice per row). 3x3/2 128@56
+  // NCHW forward, batch 4, 2 threads (Zen 4; in-process A/B, random order, median of 60): 1.05x;
+  // 256@28/2 1.03x, 512@14/2 1.02x, backward-input 128@56/2 1.015x. A software prefetch of
+  // the next row on top gained nothing more.
+  if (!nhwc && w_hi > w_lo)
+    for (int64_t j0 = 0; j0 < cs; j0 += 16) {
+      const int64_t jn = std::max<int64_t>(0, std::min<int64_t>(16, cn - j0)), jw = std::min<int64_t>(16, cs - j0);
+      const float* s0 = src + ((n * Ct + c0 + j0) * Hs + h_lo) * Ws + (w_lo - padL);
+      for (int64_t h = h_lo; h < h_hi; ++h)
+        transpose_rows(s0 + (h - h_lo) * Ws, Hs * Ws, jn, w_hi - w_lo, cs, dst + ((h - h_lo) * Wp + w_lo) * cs + j0, jw);
+    }
 }
 
 // n zeros at d, by vector stores (a loop of scalar zeros becomes a memset call: ~20 cycles for
