@@ -55,7 +55,7 @@ GENERAL = [
     ((2, 32, 5, 14), 32, (3, 3), 1, 1, 1, 2),          # 16 channels a group, a row of 14 in one run
     ((1, 6, 3, 9), 5, (3, 5), 1, 1, 1, 1),             # a row of 7 in one run, S = 5
     ((2, 8, 4, 5), 8, (3, 3), 1, 1, 1, 1),             # rows of 5: all to the micro-kernel
-    ((2, 36, 9, 9), 40, (3, 3), 2, 1, 1, 1),           # bwd-weight: channel-major NCHW band, stride 2, K tail (3 vectors)
+    ((2, 36, 9, 9), 40, (3, 3), 2, 1, 1, 1),           # bwd-weight: NCHW band transposed (stride 2), K tail (3 vectors)
     ((1, 36, 5, 2), 40, (3, 3), 1, 2, 1, 1),           # the same, padding wider than the row: every column reads some
     ((2, 64, 6, 10), 48, (3, 3), 1, (1, 2), (1, 2), 2),  # the same with groups and column dilation: a segment per tap
     ((2, 64, 9, 11), 64, (3, 3), 2, 2, 1, 8),          # channels_last forward: 8 groups' bands built from whole pixels, stride 2, padding 2

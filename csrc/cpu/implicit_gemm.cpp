@@ -18,8 +18,8 @@
 // stride-1 backward-input; shaped by a count of the floats moved: fwd_tasks] or (chunk, group,
 // blocks of output channels) [backward-weight]. A task copies the input rows it
 // needs into a "band" (rows x padded columns x channels, zero padding built in; NHWC rows are
-// memcpy'd, NCHW rows transposed; backward-weight's NCHW band with many channels stays
-// channel-major, its rows split into column phases at stride > 1), so the micro-kernel never
+// memcpy'd, NCHW rows transposed; backward-weight's stride-1 NCHW band with many channels stays
+// channel-major), so the micro-kernel never
 // tests bounds and never sees an im2col buffer. Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
 // panels of <= 192 KiB (they stay in L2 while a task sweeps its rows); the reduction over
 // input channels is split into such panels and accumulated in the output.
@@ -1077,8 +1077,13 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   // With 8-31 channels and more than one vector of k, the [row][col][c] band with (s, c) rows
   // fills the tiles better (grouped 64->128 g4 @28, Cg 16, Kg 32: 0.42 -> 0.32 ms, torch 0.33;
   // 16->32 @32/2: 0.082 -> 0.073); with Kg <= VL channel-major stays faster (16->16 5x5 @32:
-  // 0.30 vs 0.32 ms).
-  const bool chan_major = !nhwc && Cg >= 8 && (Cg >= 32 || Kg <= VL);
+  // 0.30 vs 0.32 ms). Strided layers (sw > 1) take the [row][col][c] band: their channel-major
+  // band was split into column phases (pack_phase_plane) one plane row of 224 bytes at a time,
+  // 14% of the samples of 3x3/2 128@56 and slower than the 16-channel transposes of pack_band.
+  // NCHW backward-weight, batch 4, 2 threads (in-process A/B, random order, median of 40):
+  // 3x3/2 128@56 1.08x, 256@28 1.09x, 512@14 1.12x, 64->96 @56 1.07x, 16->16 @32 (batch 8) 1.16x,
+  // 1x1/2 512->1024 @28 and 256->512 @56 level.
+  const bool chan_major = !nhwc && sw == 1 && Cg >= 8 && (Cg >= 32 || Kg <= VL);
   // The [row][col][c] band's pixels are cs floats apart. A step of the reduction (the next output
   // pixel) is sw*cs floats on; at a multiple of 2 KiB all of a tile's A reads fell into 1-2 L1 sets,
   // so such bands get a line more a pixel (and tile rows over c, not (s, c)). Channels_last (ab.py,
@@ -1117,16 +1122,10 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   float* partial = scratch(0, nchunk * part);
 
   // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
-  // images), with its dy rows ([row][q][NVL]) and x rows (band with zero rows) in L2
-  // A strided channel-major band holds each row as its sw phases (pack_phase_plane: columns
-  // phase, phase + sw, ..., Wq each), so a tap's columns q*sw + s*dw are consecutive and the
-  // micro-kernel runs its a_ls == 1 loop (was a_ls = sw, the general loop); its planes are an odd
-  // number of cache lines apart (without that, 512@14/2's 64-float planes put a tile's 12
-  // channels in one L1 set: 0.77x). NCHW backward-weight, batch 4, 2 threads (ab.py): 3x3/2
-  // 128@56 and 256@28 1.03x, 512@14 1.00x; stride-1 shapes level.
-  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1;
-  const bool split = chan_major && sw > 1;
-  const int64_t Wq = split ? ceil_div(Wp, sw) : Wp, Wr = split ? sw * Wq : Wp, rowf = Wr * cs;
+  // images), with its dy rows ([row][q][NVL]) and x rows (band with zero rows) in L2.
+  // The channel-major band's planes are an odd number of cache lines apart (odd_lines: at 64
+  // floats a plane a tile's 12 channels fell into one L1 set).
+  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1, rowf = Wp * cs;
   const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(kBandFloats / 4 / (Q * NVL), kBandFloats / (sh * rowf)));
 
   for_each_task(nchunk * G * nkg, p.macs(), [&](int64_t task) {
@@ -1160,17 +1159,13 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
         const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
         if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)
-        if (chan_major) {  // xb[c][batch row][Wr], batch row = pc.xoff / rowf + (h - h0)
+        if (chan_major) {  // xb[c][batch row][Wp], batch row = pc.xoff / rowf + (h - h0)
           const int64_t row0 = pc.xoff / rowf;
           const int64_t w_end = std::min(W, Wp - pw);  // columns pw .. pw+w_end-1 hold data
           for (int64_t c = 0; c < Cg; ++c) {
             const float* plane = x + (pc.n * C + g * Cg + c) * H * W;
-            float* d = xb + c * cstride + (row0 + h_lo - pc.h0) * Wr;
-            if (split) {
-              pack_phase_plane(plane, H, W, -h_lo, pw, sw, h_hi - h_lo, Wq, d);
-              continue;
-            }
-            for (int64_t h = h_lo; h < h_hi; ++h, d += Wr) {
+            float* d = xb + c * cstride + (row0 + h_lo - pc.h0) * Wp;
+            for (int64_t h = h_lo; h < h_hi; ++h, d += Wp) {
               const float* src = plane + h * W;
               std::memset(d, 0, sizeof(float) * std::min(pw, Wp));
               if (w_end > 0) std::memcpy(d + pw, src, sizeof(float) * w_end);
@@ -1200,7 +1195,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
             for (int64_t pp = pc.pa; pp < pc.pb; ++pp) {
               const int64_t ih = pp * sh - ph + r * dh;
               if (ih < 0 || ih >= H) continue;
-              a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wr : pc.xoff + (ih - pc.h0) * rowf;
+              a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wp : pc.xoff + (ih - pc.h0) * rowf;
               b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
               ++nseg;
             }
@@ -1211,8 +1206,8 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
             for (int64_t i0 = 0; i0 < I; i0 += MR) {
               Tile t;
               if (chan_major) {
-                t.a = xb + i0 * cstride + (split ? phase_tap_offset(0, s0, dh, dw, sw, Wq) : s0 * dw);
-                t.a_is = cstride, t.a_ls = split ? 1 : sw;
+                t.a = xb + i0 * cstride + s0 * dw;
+                t.a_is = cstride, t.a_ls = 1;  // sw == 1
               } else {
                 t.a = xb + s0 * dw * cs + i0, t.a_is = 1, t.a_ls = sw * cs;
               }
