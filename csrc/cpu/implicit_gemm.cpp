@@ -16,11 +16,10 @@
 //
 // Blocking. A task is (images, group, block of output rows, block of output channels) [forward,
 // stride-1 backward-input; shaped by a count of the floats moved: fwd_tasks] or (chunk, group,
-// blocks of output channels) [backward-weight]. A task copies the input rows it
-// needs into a "band" (rows x padded columns x channels, zero padding built in; NHWC rows are
-// memcpy'd, NCHW rows transposed; backward-weight's stride-1 NCHW band with many channels stays
-// channel-major), so the micro-kernel never
-// tests bounds and never sees an im2col buffer. Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
+// blocks of output channels) [backward-weight]. A task copies the input rows it needs into a
+// "band" (rows x padded columns x channels, zero padding built in; NHWC rows are memcpy'd, NCHW
+// rows transposed), so the micro-kernel never tests bounds and never sees an im2col buffer.
+// Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
 // panels of <= 192 KiB (they stay in L2 while a task sweeps its rows); the reduction over
 // input channels is split into such panels and accumulated in the output.
 // NCHW outputs are written through a per-task [pixels][NV*VL] buffer and transposed on store
@@ -1071,26 +1070,21 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   const int nv = choose_nv_blocks(Kg);
   const int64_t NVL = nv * VL, MR = Isa::mr(nv), nkb = ceil_div(Kg, NVL);
   const int64_t RS = R * S;
-  // NCHW with enough channels: the x band stays channel-major ([c][row][col], rows memcpy'd)
-  // and tile rows i are channels (a_is = the band's channel stride); else the band is
-  // [row][col][c] (NHWC memcpy, NCHW transposed) and, with dil_w == 1, rows i run over (s, c).
-  // With 8-31 channels and more than one vector of k, the [row][col][c] band with (s, c) rows
-  // fills the tiles better (grouped 64->128 g4 @28, Cg 16, Kg 32: 0.42 -> 0.32 ms, torch 0.33;
-  // 16->32 @32/2: 0.082 -> 0.073); with Kg <= VL channel-major stays faster (16->16 5x5 @32:
-  // 0.30 vs 0.32 ms). Strided layers (sw > 1) take the [row][col][c] band: their channel-major
-  // band was split into column phases (pack_phase_plane) one plane row of 224 bytes at a time,
-  // 14% of the samples of 3x3/2 128@56 and slower than the 16-channel transposes of pack_band.
-  // NCHW backward-weight, batch 4, 2 threads (in-process A/B, random order, median of 40):
-  // 3x3/2 128@56 1.08x, 256@28 1.09x, 512@14 1.12x, 64->96 @56 1.07x, 16->16 @32 (batch 8) 1.16x,
-  // 1x1/2 512->1024 @28 and 256->512 @56 level.
-  const bool chan_major = !nhwc && sw == 1 && Cg >= 8 && (Cg >= 32 || Kg <= VL);
+  // The x band is [row][col][c] (NHWC rows memcpy'd, NCHW transposed 16 channels at a time by
+  // pack_band) and, with dil_w == 1, tile rows i run over (s, c). NCHW kept a channel-major band
+  // ([c][row][col], tile rows = channels; at stride > 1 its rows split into column phases) for 8+
+  // channels until pack_band's transposes ran as sequential streams; now the transposed band is
+  // as fast or faster everywhere measured. NCHW backward-weight, 2 threads, the two bands in one
+  // process in random order, median of 30-80: 3x3/2 128@56 1.08x, 256@28 1.09x, 512@14 1.12x,
+  // 64->96 @56 1.07x; batch 8: 16->16 3x3 @32 1.12x, 5x5 1.11x, 32->32 @16 1.14x, 64->64 @8
+  // 1.08x, 16->16 @32/2 1.16x; 64->64 7x7 @28 1.05x; 5x5 64@28, 256@14, 1x1 layers level.
   // The [row][col][c] band's pixels are cs floats apart. A step of the reduction (the next output
   // pixel) is sw*cs floats on; at a multiple of 2 KiB all of a tile's A reads fell into 1-2 L1 sets,
   // so such bands get a line more a pixel (and tile rows over c, not (s, c)). Channels_last (ab.py,
   // 2 threads, batch 4): 3x3/2 512@14 1.04x, 256@28 1.03x; 128@56 (1 KiB, 4 sets) padded ran
   // 0.97-0.98x, the lost (s, c) merge outweighing the sets, so it is not padded.
-  const int64_t cs = !chan_major && (sw * Cg) % 512 == 0 ? Cg + 16 : Cg;
-  const bool merge_s = dw == 1 && !chan_major && cs == Cg;
+  const int64_t cs = (sw * Cg) % 512 == 0 ? Cg + 16 : Cg;
+  const bool merge_s = dw == 1 && cs == Cg;
   const int64_t part = G * nkb * RS * Cg * NVL;  // one chunk's partial sums [g][kb][r][s][c][NVL]
 
   // Chunks of the N*P output rows: a function of the shape only (determinism), enough of them
@@ -1123,8 +1117,6 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
 
   // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
   // images), with its dy rows ([row][q][NVL]) and x rows (band with zero rows) in L2.
-  // The channel-major band's planes are an odd number of cache lines apart (odd_lines: at 64
-  // floats a plane a tile's 12 channels fell into one L1 set).
   const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1, rowf = Wp * cs;
   const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(kBandFloats / 4 / (Q * NVL), kBandFloats / (sh * rowf)));
 
@@ -1151,30 +1143,12 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         xsize += nr * rowf;
         row += pb - pa;
       }
-      // channel planes of an odd number of cache lines: a tile's MR channels in MR L1 sets
-      const int64_t cstride = chan_major ? odd_lines(xsize / Cg) : 0;
-      float* xb = scratch(1, chan_major ? cstride * Cg : xsize);
+      float* xb = scratch(1, xsize);
       for (int ip = 0; ip < npc; ++ip) {
         const Piece& pc = pieces[ip];
         const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
         const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
         if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)
-        if (chan_major) {  // xb[c][batch row][Wp], batch row = pc.xoff / rowf + (h - h0)
-          const int64_t row0 = pc.xoff / rowf;
-          const int64_t w_end = std::min(W, Wp - pw);  // columns pw .. pw+w_end-1 hold data
-          for (int64_t c = 0; c < Cg; ++c) {
-            const float* plane = x + (pc.n * C + g * Cg + c) * H * W;
-            float* d = xb + c * cstride + (row0 + h_lo - pc.h0) * Wp;
-            for (int64_t h = h_lo; h < h_hi; ++h, d += Wp) {
-              const float* src = plane + h * W;
-              std::memset(d, 0, sizeof(float) * std::min(pw, Wp));
-              if (w_end > 0) std::memcpy(d + pw, src, sizeof(float) * w_end);
-              if (Wp > pw + std::max<int64_t>(w_end, 0))
-                std::memset(d + pw + std::max<int64_t>(w_end, 0), 0, sizeof(float) * (Wp - pw - std::max<int64_t>(w_end, 0)));
-            }
-          }
-          continue;
-        }
         pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, cs, xb + pc.xoff + (h_lo - pc.h0) * rowf);
       }
       for (int64_t kb = kb0; kb < kb1; ++kb) {
@@ -1195,7 +1169,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
             for (int64_t pp = pc.pa; pp < pc.pb; ++pp) {
               const int64_t ih = pp * sh - ph + r * dh;
               if (ih < 0 || ih >= H) continue;
-              a_off[nseg] = chan_major ? (pc.xoff / rowf + ih - pc.h0) * Wp : pc.xoff + (ih - pc.h0) * rowf;
+              a_off[nseg] = pc.xoff + (ih - pc.h0) * rowf;
               b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
               ++nseg;
             }
@@ -1205,12 +1179,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
             float* o = out + (r * S + s0) * Cg * NVL;
             for (int64_t i0 = 0; i0 < I; i0 += MR) {
               Tile t;
-              if (chan_major) {
-                t.a = xb + i0 * cstride + s0 * dw;
-                t.a_is = cstride, t.a_ls = 1;  // sw == 1
-              } else {
-                t.a = xb + s0 * dw * cs + i0, t.a_is = 1, t.a_ls = sw * cs;
-              }
+              t.a = xb + s0 * dw * cs + i0, t.a_is = 1, t.a_ls = sw * cs;
               t.b = dyb, t.b_ls = NVL;
               t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Q;
               t.mr = static_cast<int>(std::min(MR, I - i0));

@@ -49,11 +49,6 @@ constexpr int64_t kSerialMacs = 1 << 18;
 // inference 1.07 / 1.18 / 1.05x torch streamed vs 1.09 / 1.10 / 1.07x not: no loss seen in noise.
 constexpr int64_t kStreamFloats = int64_t(1) << 19;
 
-// A row or plane stride of at least n floats that is an odd number of 64-byte lines: rows read
-// one after another (a tile's MR channel planes, a reduction down a column) then fall into
-// different L1 sets; at a multiple of 4 KiB (64 x 16 floats) they all share one.
-inline int64_t odd_lines(int64_t n) { return ((n + 15) / 16 | 1) * 16; }
-
 // Rows per block when `rows` rows are cut into blocks of at most `rb`: halved while fewer than
 // `want` tasks come out (`per` tasks a block), then evened out (56 rows in 40 + 16 -> 28 + 28);
 // ceil_div(rows, result) is the number of blocks.
