@@ -36,54 +36,113 @@ struct __attribute__((packed)) TileConfig {
 // (float32), A0, A1 = 4, 5 and B0, B1 = 6, 7 (bfloat16 pairs). The configuration is per thread.
 //
 // Without AMX but with AVX512-BF16 (AMD Zen 4 and later) the same kernels run with the tiles
-// emulated (tiles_emulated(), set once by amx_bf16_available()): the four C tiles live in a
-// per-thread 4 KiB block of float32 and every tile product is a VDPBF16PS loop — per pair row k
-// of B, each A row's pair k broadcast and multiplied into the C row (two products of bfloat16,
-// summed in float32: what TDPBF16PS does a row at a time; the order of the sums over k is the
-// same for every call, so results stay deterministic). A and B are read where the kernels point
-// the tile loads. On the 2-core Zen 4 machine VDPBF16PS runs twice the float32 FMA's
-// multiply-adds a cycle.
+// emulated (tiles_emulated(), set once by amx_bf16_available()). A block's products are recorded
+// (zero_2x2 / load_2x2 start a block, each step_* adds one step of up to four tile products) and
+// run when its sums are read (store_2x2) or the record is full: each half of the 2x2 block (16
+// rows x 32 columns) 8 rows at a time, its 16 C rows held in registers across all the steps, per
+// pair row k of B each A row's pair k broadcast and multiplied into the C row by VDPBF16PS (two
+// products of bfloat16 summed in float32: what TDPBF16PS does a row at a time; the order of the
+// sums over k and steps is fixed, so results stay deterministic). A and B are read where the
+// kernels point the tile loads, so they must not change before the block's store_2x2 (the
+// kernels only write them before zero_2x2). Was one product at a time with C in a per-thread
+// 4 KiB block, loaded and stored around every 16 pair rows: 18% of the samples of a 1x1
+// 128->512 @28 forward were those loads, stores and copies (perf annotate). On the 2-core Zen 4
+// machine VDPBF16PS runs twice the float32 FMA's multiply-adds a cycle (230 GFLOP/s a core with
+// C in registers, 8 rows x 2 tiles; 195 as one product at a time).
 extern bool g_tiles_emulated;
 inline bool tiles_emulated() { return g_tiles_emulated; }
-// the emulated C tiles 0-3, [tile][row][column]
-inline float (*emulated_c())[kTile][kTile] {
-  alignas(64) static thread_local float c[4][kTile][kTile];
-  return c;
+
+// One recorded step: C tile t += (the A tile at a[t], 16 rows a_stride bytes apart) . (the B tile
+// at b[t], 16 pair rows b_stride bytes apart); a[t] null: no product for tile t.
+struct EmulatedStep {
+  const char* a[4];
+  const char* b[4];
+  int64_t a_stride, b_stride;
+};
+constexpr int kEmulatedSteps = 64;
+struct EmulatedBlock {
+  EmulatedStep steps[kEmulatedSteps];
+  int n = 0;
+  const float (*init)[2 * kTile] = nullptr;  // the sums so far ([32][32] as store_2x2's cbuf); null: zeros
+  alignas(64) float spill[2 * kTile][2 * kTile];  // the sums of a block whose record filled up
+};
+inline EmulatedBlock& emulated_block() {
+  static thread_local EmulatedBlock blk;
+  return blk;
 }
-// C tile c0 (and c1) += the A tile at a (16 rows a_stride bytes apart) . the B tile at b0 (b1)
-template <bool Two>
-inline void emulated_product(int c0, int c1, const void* a, int64_t a_stride, const void* b0, const void* b1,
-                             int64_t b_stride) {
-  float (*c)[kTile][kTile] = emulated_c();
-  const char* ap = static_cast<const char*>(a);
-  const char* bp0 = static_cast<const char*>(b0);
-  const char* bp1 = static_cast<const char*>(b1);
-  for (int mh = 0; mh < kTile; mh += 8) {  // 8 rows of one or two tiles in 8 or 16 registers
-    __m512 acc0[8], acc1[8];
+
+// Rows mh..mh+7 of C tiles L and R (accL, accR) += the products of one step: L from (aL, bL),
+// R from (aR, bR); Mode 0: L only, 1: R only, 2: both on the same A (one broadcast for two
+// products), 3: both, A's apart.
+template <int Mode>
+inline void emulated_rows(__m512* accL, __m512* accR, const char* aL, const char* aR, int64_t a_stride,
+                          const char* bL, const char* bR, int64_t b_stride) {
+#pragma GCC unroll 2
+  for (int k = 0; k < kTile; ++k) {
+    const __m512bh bl = Mode != 1 ? (__m512bh)_mm512_loadu_si512(bL + k * b_stride) : (__m512bh)_mm512_setzero_si512();
+    const __m512bh br = Mode != 0 ? (__m512bh)_mm512_loadu_si512(bR + k * b_stride) : bl;
 #pragma GCC unroll 8
     for (int m = 0; m < 8; ++m) {
-      acc0[m] = _mm512_load_ps(c[c0][mh + m]);
-      if (Two) acc1[m] = _mm512_load_ps(c[c1][mh + m]);
-    }
-#pragma GCC unroll 2
-    for (int k = 0; k < kTile; ++k) {
-      const __m512bh bv0 = (__m512bh)_mm512_loadu_si512(bp0 + k * b_stride);
-      const __m512bh bv1 = Two ? (__m512bh)_mm512_loadu_si512(bp1 + k * b_stride) : bv0;
-#pragma GCC unroll 8
-      for (int m = 0; m < 8; ++m) {
-        int32_t pair;
-        std::memcpy(&pair, ap + (mh + m) * a_stride + 4 * k, 4);
+      int32_t pair;
+      if (Mode != 1) {
+        std::memcpy(&pair, aL + m * a_stride + 4 * k, 4);
         const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
-        acc0[m] = _mm512_dpbf16_ps(acc0[m], av, bv0);
-        if (Two) acc1[m] = _mm512_dpbf16_ps(acc1[m], av, bv1);
+        accL[m] = _mm512_dpbf16_ps(accL[m], av, bl);
+        if (Mode == 2) accR[m] = _mm512_dpbf16_ps(accR[m], av, br);
+      }
+      if (Mode == 1 || Mode == 3) {
+        std::memcpy(&pair, aR + m * a_stride + 4 * k, 4);
+        accR[m] = _mm512_dpbf16_ps(accR[m], (__m512bh)_mm512_set1_epi32(pair), br);
       }
     }
+  }
+}
+
+// Runs the recorded steps into out ([32][32]: C00 | C01 over C10 | C11) and empties the record.
+inline void emulated_flush(float (*out)[2 * kTile]) {
+  EmulatedBlock& blk = emulated_block();
+  for (int half = 0; half < 2; ++half) {  // tiles 2*half (left) and 2*half + 1 (right)
+    const int tL = 2 * half, tR = tL + 1;
+    for (int mh = 0; mh < kTile; mh += 8) {
+      const int row0 = half * kTile + mh;
+      __m512 accL[8], accR[8];
 #pragma GCC unroll 8
-    for (int m = 0; m < 8; ++m) {
-      _mm512_store_ps(c[c0][mh + m], acc0[m]);
-      if (Two) _mm512_store_ps(c[c1][mh + m], acc1[m]);
+      for (int m = 0; m < 8; ++m) {
+        accL[m] = blk.init ? _mm512_loadu_ps(&blk.init[row0 + m][0]) : _mm512_setzero_ps();
+        accR[m] = blk.init ? _mm512_loadu_ps(&blk.init[row0 + m][kTile]) : _mm512_setzero_ps();
+      }
+      for (int i = 0; i < blk.n; ++i) {
+        const EmulatedStep& st = blk.steps[i];
+        const char* aL = st.a[tL] ? st.a[tL] + mh * st.a_stride : nullptr;
+        const char* aR = st.a[tR] ? st.a[tR] + mh * st.a_stride : nullptr;
+        if (aL && aR && aL == aR) emulated_rows<2>(accL, accR, aL, aR, st.a_stride, st.b[tL], st.b[tR], st.b_stride);
+        else if (aL && aR) emulated_rows<3>(accL, accR, aL, aR, st.a_stride, st.b[tL], st.b[tR], st.b_stride);
+        else if (aL) emulated_rows<0>(accL, accR, aL, aR, st.a_stride, st.b[tL], st.b[tR], st.b_stride);
+        else if (aR) emulated_rows<1>(accL, accR, aL, aR, st.a_stride, st.b[tL], st.b[tR], st.b_stride);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < 8; ++m) {
+        _mm512_storeu_ps(&out[row0 + m][0], accL[m]);
+        _mm512_storeu_ps(&out[row0 + m][kTile], accR[m]);
+      }
     }
   }
+  blk.n = 0;
+}
+
+// Records a step (a[t], b[t] for C tiles 0-3), running the record into the spill block when full.
+inline void emulated_step(const void* a0, const void* b0, const void* a1, const void* b1, const void* a2,
+                          const void* b2, const void* a3, const void* b3, int64_t a_stride, int64_t b_stride) {
+  EmulatedBlock& blk = emulated_block();
+  if (blk.n == kEmulatedSteps) {
+    emulated_flush(blk.spill);
+    blk.init = blk.spill;
+  }
+  EmulatedStep& st = blk.steps[blk.n++];
+  const void* as[4] = {a0, a1, a2, a3};
+  const void* bs[4] = {b0, b1, b2, b3};
+  for (int t = 0; t < 4; ++t) st.a[t] = static_cast<const char*>(as[t]), st.b[t] = static_cast<const char*>(bs[t]);
+  st.a_stride = a_stride, st.b_stride = b_stride;
 }
 
 inline void configure_tiles() {
@@ -97,7 +156,7 @@ inline void release_tiles() {
 }
 inline void zero_2x2() {
   if (tiles_emulated()) {
-    std::memset(emulated_c(), 0, sizeof(float) * 4 * kTile * kTile);
+    emulated_block().n = 0, emulated_block().init = nullptr;
     return;
   }
   _tile_zero(0);
@@ -110,8 +169,7 @@ inline void zero_2x2() {
 // same speed as the four loads first, measured: the core reorders them).
 inline void step_2x2(const void* a0, const void* a1, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
   if (tiles_emulated()) {
-    emulated_product<true>(0, 1, a0, a_stride, b0, b1, b_stride);
-    emulated_product<true>(2, 3, a1, a_stride, b0, b1, b_stride);
+    emulated_step(a0, b0, a0, b1, a1, b0, a1, b1, a_stride, b_stride);
     return;
   }
   _tile_loadd(4, a0, a_stride);
@@ -127,8 +185,7 @@ inline void step_2x2(const void* a0, const void* a1, int64_t a_stride, const voi
 // block is all zeros (16 filters or fewer left): half the products of step_2x2.
 inline void step_2x1(const void* a0, const void* a1, int64_t a_stride, const void* b0, int64_t b_stride) {
   if (tiles_emulated()) {
-    emulated_product<false>(0, 0, a0, a_stride, b0, b0, b_stride);
-    emulated_product<false>(2, 2, a1, a_stride, b0, b0, b_stride);
+    emulated_step(a0, b0, nullptr, nullptr, a1, b0, nullptr, nullptr, a_stride, b_stride);
     return;
   }
   _tile_loadd(4, a0, a_stride);
@@ -143,10 +200,7 @@ inline void step_2x1(const void* a0, const void* a1, int64_t a_stride, const voi
 inline void step_4x1(const void* a0, const void* a1, const void* a2, const void* a3, int64_t a_stride, const void* b0,
                      int64_t b_stride) {
   if (tiles_emulated()) {
-    emulated_product<false>(0, 0, a0, a_stride, b0, b0, b_stride);
-    emulated_product<false>(2, 2, a1, a_stride, b0, b0, b_stride);
-    emulated_product<false>(1, 1, a2, a_stride, b0, b0, b_stride);
-    emulated_product<false>(3, 3, a3, a_stride, b0, b0, b_stride);
+    emulated_step(a0, b0, a2, b0, a1, b0, a3, b0, a_stride, b_stride);
     return;
   }
   _tile_loadd(6, b0, b_stride);
@@ -164,8 +218,7 @@ inline void step_4x1(const void* a0, const void* a1, const void* a2, const void*
 // channels).
 inline void step_diag(const void* a0, const void* a1, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
   if (tiles_emulated()) {
-    emulated_product<false>(0, 0, a0, a_stride, b0, b0, b_stride);
-    emulated_product<false>(3, 3, a1, a_stride, b1, b1, b_stride);
+    emulated_step(a0, b0, nullptr, nullptr, nullptr, nullptr, a1, b1, a_stride, b_stride);
     return;
   }
   _tile_loadd(4, a0, a_stride);
@@ -179,7 +232,7 @@ inline void step_diag(const void* a0, const void* a1, int64_t a_stride, const vo
 // is all zeros.
 inline void step_1x2(const void* a0, int64_t a_stride, const void* b0, const void* b1, int64_t b_stride) {
   if (tiles_emulated()) {
-    emulated_product<true>(0, 1, a0, a_stride, b0, b1, b_stride);
+    emulated_step(a0, b0, a0, b1, nullptr, nullptr, nullptr, nullptr, a_stride, b_stride);
     return;
   }
   _tile_loadd(4, a0, a_stride);
@@ -189,10 +242,8 @@ inline void step_1x2(const void* a0, int64_t a_stride, const void* b0, const voi
   _tile_dpbf16ps(1, 4, 7);
 }
 inline void load_2x2(const float (*cbuf)[2 * kTile]) {  // the inverse of store_2x2
-  if (tiles_emulated()) {
-    float (*c)[kTile][kTile] = emulated_c();
-    for (int64_t i = 0; i < kTile; ++i)
-      for (int t = 0; t < 4; ++t) std::memcpy(c[t][i], &cbuf[(t / 2) * kTile + i][(t % 2) * kTile], sizeof(float) * kTile);
+  if (tiles_emulated()) {  // read at the block's flush (cbuf is not written before its store_2x2)
+    emulated_block().n = 0, emulated_block().init = cbuf;
     return;
   }
   _tile_loadd(0, &cbuf[0][0], 2 * kTile * sizeof(float));
@@ -202,9 +253,7 @@ inline void load_2x2(const float (*cbuf)[2 * kTile]) {  // the inverse of store_
 }
 inline void store_2x2(float (*cbuf)[2 * kTile]) {  // cbuf[32][32]: C00 | C01 over C10 | C11
   if (tiles_emulated()) {
-    float (*c)[kTile][kTile] = emulated_c();
-    for (int64_t i = 0; i < kTile; ++i)
-      for (int t = 0; t < 4; ++t) std::memcpy(&cbuf[(t / 2) * kTile + i][(t % 2) * kTile], c[t][i], sizeof(float) * kTile);
+    emulated_flush(cbuf);
     return;
   }
   _tile_stored(0, &cbuf[0][0], 2 * kTile * sizeof(float));
