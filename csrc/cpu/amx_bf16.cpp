@@ -1099,20 +1099,27 @@ at::Tensor blocked_filter(const Conv2dParams& p, const at::Tensor& w) {
   return d_t;
 }
 
-// With the tiles emulated (no AMX), amx_bf16 runs at about the float32 FMA peak (227-252 GFLOP/s
-// on channels_last 1x1 and strided layers; VDPBF16PS could do twice that, C is loaded and stored
-// every tile step): it takes the layers with 32+ channels and filters in one group that the
-// float32 path does not run as Winograd (2.25x fewer multiplies there). 2 cores Zen 4, batch 4,
-// bfloat16, against the float32 copies (python -m conv_ext.bench --suite default --dtype bfloat16
-// --layout L --passes forward,all --budget 0.5), ratio to torch before -> after: 1x1 layers
-// 0.50-0.76x -> 0.72-1.13x, 3x3/2 128@56 0.48-0.59x -> 0.70-0.77x, 32->32 @16 0.68-0.84x ->
-// 0.91-0.99x; the Winograd layers, grouped layers and fewer channels (the stems, 16->32 @32) were
-// slower emulated. bfloat16 is tested first: choose_automatic asks every algorithm, this one
-// included, about the float32 problem.
+// With the tiles emulated (no AMX), amx_bf16 takes the layers with 32+ channels and filters in
+// one group; in backward-weight only those the float32 path does not run as Winograd (2.25x fewer
+// multiplies there). First with one tile product at a time (C loaded and stored around each, at
+// about the float32 FMA peak: 227-252 GFLOP/s on channels_last 1x1 and strided layers), for every
+// pass only off Winograd. 2 cores Zen 4, batch 4, bfloat16, against the float32 copies (python -m
+// conv_ext.bench --suite default --dtype bfloat16 --layout L --passes forward,all --budget 0.5),
+// ratio to torch before -> after: 1x1 layers 0.50-0.76x -> 0.72-1.13x, 3x3/2 128@56 0.48-0.59x ->
+// 0.70-0.77x, 32->32 @16 0.68-0.84x -> 0.91-0.99x; grouped layers and fewer channels (the stems,
+// 16->32 @32) were slower emulated. With C kept in registers across a block's steps
+// (amx_tiles.h, 1.11-1.21x) the Winograd layers' forward and backward-input run faster emulated
+// too (python benchmarks/ab.py X.so X.so SHAPE --dtype bfloat16 --new-env with the gate off,
+// best mins, NHWC / NCHW): forward 512@7 1.39x / 1.16x, 64@56 1.03x / 1.10x, 256@14 1.04x /
+// 0.98x; backward-input 512@7 1.57x / 1.12x, 64@56 1.09x / 1.01x, 256@14 0.98x / 0.99x. Their
+// backward-weight stays on float32 Winograd (emulated 0.84x at 256@14 NHWC, 0.91x 512@7 NCHW).
+// bfloat16 is tested first: choose_automatic asks every algorithm, this one included, about the
+// float32 problem.
 bool worth_running(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 &&
-         (!amx_bf16_emulated() || (p.groups == 1 && p.C >= 2 * kTile && p.K >= 2 * kTile &&
-                                   choose_automatic(pass, p, at::kFloat).name != "winograd"));
+         (!amx_bf16_emulated() ||
+          (p.groups == 1 && p.C >= 2 * kTile && p.K >= 2 * kTile &&
+           (pass != Pass::BackwardWeight || choose_automatic(pass, p, at::kFloat).name != "winograd")));
 }
 
 bool supports_forward_any(const Conv2dParams& p, at::ScalarType dtype) {
