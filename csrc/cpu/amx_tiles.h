@@ -70,6 +70,11 @@ inline EmulatedBlock& emulated_block() {
   static thread_local EmulatedBlock blk;
   return blk;
 }
+// A new block whose sums start from init (null: zeros)
+inline void emulated_begin(const float (*init)[2 * kTile]) {
+  EmulatedBlock& blk = emulated_block();
+  blk.n = 0, blk.init = init;
+}
 
 // Rows mh..mh+7 of C tiles L and R (accL, accR) += the products of one step: L from (aL, bL),
 // R from (aR, bR); Mode 0: L only, 1: R only, 2: both on the same A (one broadcast for two
@@ -138,11 +143,8 @@ inline void emulated_step(const void* a0, const void* b0, const void* a1, const 
     emulated_flush(blk.spill);
     blk.init = blk.spill;
   }
-  EmulatedStep& st = blk.steps[blk.n++];
-  const void* as[4] = {a0, a1, a2, a3};
-  const void* bs[4] = {b0, b1, b2, b3};
-  for (int t = 0; t < 4; ++t) st.a[t] = static_cast<const char*>(as[t]), st.b[t] = static_cast<const char*>(bs[t]);
-  st.a_stride = a_stride, st.b_stride = b_stride;
+  auto c = [](const void* p) { return static_cast<const char*>(p); };
+  blk.steps[blk.n++] = {{c(a0), c(a1), c(a2), c(a3)}, {c(b0), c(b1), c(b2), c(b3)}, a_stride, b_stride};
 }
 
 inline void configure_tiles() {
@@ -156,7 +158,7 @@ inline void release_tiles() {
 }
 inline void zero_2x2() {
   if (tiles_emulated()) {
-    emulated_block().n = 0, emulated_block().init = nullptr;
+    emulated_begin(nullptr);
     return;
   }
   _tile_zero(0);
@@ -243,7 +245,7 @@ inline void step_1x2(const void* a0, int64_t a_stride, const void* b0, const voi
 }
 inline void load_2x2(const float (*cbuf)[2 * kTile]) {  // the inverse of store_2x2
   if (tiles_emulated()) {  // read at the block's flush (cbuf is not written before its store_2x2)
-    emulated_block().n = 0, emulated_block().init = cbuf;
+    emulated_begin(cbuf);
     return;
   }
   _tile_loadd(0, &cbuf[0][0], 2 * kTile * sizeof(float));
