@@ -129,6 +129,14 @@ WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((1, 264, 5, 6), 264, (3, 3), 1, 1, 1, 1),         # large U in 2 reduction pieces of 132; backward-weight's dU >= 4 MiB: blocks of 88 channels x 64 filters, K tail
     ((1, 512, 4, 5), 520, (3, 3), 1, (1, 2), 1, 2),    # the same in 2 groups (256 channels in 2 blocks, 260 filters)
 ]
+WINOGRAD_S2 = [  # forward, 3x3 stride 2, 64+ channels a group on both sides, U (25 x Cg x Kg) <= 2 MiB
+    ((2, 64, 13, 11), 72, (3, 3), 2, 1, 1, 1),         # odd sizes: half tiles at the edges; K tail (72 = 4.5 vectors)
+    ((1, 80, 10, 9), 64, (3, 3), 2, (0, 2), 1, 1),     # padding 0 and 2; C tail (80 = 5 vectors)
+    ((1, 128, 8, 12), 128, (3, 3), 2, 1, 1, 2),        # groups of 64
+    ((2, 64, 3, 1), 64, (3, 3), 2, 1, 1, 1),           # one output column
+    ((1, 64, 2, 2), 64, (3, 3), 2, 2, 1, 1),           # padding 2 on a 2x2 image: outputs that read padding only
+    ((3, 96, 30, 31), 96, (3, 3), 2, 1, 1, 1),         # several tasks of whole tile rows across images
+]
 DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, NCHW
     ((2, 3, 21, 50), 13, (7, 7), 2, 3, 1, 1),          # stem-like; K = 3 x 4 + 1; row of 25 = 16 + 9 (masked)
     ((1, 4, 12, 35), 10, (3, 5), 3, (2, 1), (1, 2), 2),  # groups (2 channels each), 3 phases, column dilation
@@ -212,7 +220,7 @@ AMX_ROWS = [
     ((2, 15, 6, 7), 20, (2, 3), (2, 1), (1, 2), (3, 1), 1),  # 15 channels: windows of 45, dil_h 3
     ((1, 4, 5, 5), 32, (3, 3), 1, 1, 1, 1),              # 32 filters: channels_last dy read in place
 ]
-SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX + AMX_ROWS
+SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + WINOGRAD_S2 + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX + AMX_ROWS
 
 
 def make(shape, layout, dtype=torch.float64, seed=0):
@@ -388,7 +396,7 @@ def assert_same_bits_any_threads(x, wt, b, dy, geo):
 @pytest.mark.parametrize("shape", [
     ((2, 5, 13, 7), 33, (3, 3), 2, 1, 1, 1),
     ((1, 3, 32, 32), 70, (7, 7), 2, 3, 1, 1),
-    ONE_BY_ONE[1], DEPTHWISE[1], WINOGRAD[6],
+    ONE_BY_ONE[1], DEPTHWISE[1], WINOGRAD[6], WINOGRAD_S2[5],
     ((5, 200, 5, 7), 136, (3, 3), 2, 1, 1, 1),    # forward task shapes chosen per thread count
     ((1, 1040, 2, 5), 1030, (1, 1), 1, 0, 1, 1),  # NHWC 1x1 backward-input task shapes, likewise
     ((1, 70, 6, 29), 16, (7, 7), 1, 3, 1, 1),     # row runs and micro-kernel tiles in one row
@@ -680,10 +688,10 @@ def test_amx_emulated_subprocess():
 # channels_last filters (what model.to(memory_format=torch.channels_last) gives) are read in place
 # by the algorithms that can (no KCRS copy per call); the packed panels must be the same, so the
 # results are the same bits as with a contiguous filter.
-@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
-@pytest.mark.parametrize("algo", ["implicit_gemm", "winograd"])
+@pytest.mark.parametrize("algo,pass_name", [(a, p) for a in ("implicit_gemm", "winograd", "winograd_s2")
+                                             for p in ("forward", "backward_input") if a in testing.cpu_algorithms(p)])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("shape", [s for s in GENERAL + WINOGRAD if s[2] != (1, 1)], ids=str)
+@pytest.mark.parametrize("shape", [s for s in GENERAL + WINOGRAD + WINOGRAD_S2 if s[2] != (1, 1)], ids=str)
 def test_channels_last_filter(shape, layout, algo, pass_name):
     x64, w64, b64, dy64, geo = make(shape, layout)
     x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))

@@ -1,7 +1,14 @@
-// winograd.cpp — 3x3, stride-1, undilated fp32 convolutions by Winograd F(2x2, 3x3): forward,
-// backward-input (the same convolution of dy with the filter transposed and flipped) and
-// backward-weight (winograd_backward_weight, at the end: its own blocking, described there).
-// NCHW and NHWC, groups, padding 0..2 per axis.
+// winograd.cpp — 3x3 undilated fp32 convolutions by Winograd's minimal filtering:
+//  * "winograd", stride 1, F(2x2, 3x3): forward, backward-input (the same convolution of dy with
+//    the filter transposed and flipped) and backward-weight (winograd_backward_weight, at the end:
+//    its own blocking, described there);
+//  * "winograd_s2", stride 2, forward: 25 products for a 2x2 output tile instead of 36 (the S2
+//    kind below: the even input rows and columns meet taps 0 and 2 as a 2-tap convolution, done
+//    by F(2, 2); the odd ones meet tap 1 alone).
+// NCHW and NHWC, groups, padding 0..2 per axis. The steps below are written once for any "kind"
+// (a 1-D algorithm: patch size, products, tile size; F23 and S2), the 2-D tile being the product
+// of two 1-D ones (Tile2D). What follows describes F(2x2, 3x3); S2 runs the same schedules with
+// 25 planes, 5x5 patches 4 apart, V, M tile-major (Planes).
 //
 // What it computes. The output is cut into 2x2 tiles; tile (n, i, j) reads the 4x4 input patch
 // d at rows 2i - pad_h .. +3 and columns 2j - pad_w .. +3 (zeros outside the image), and
@@ -45,10 +52,11 @@ namespace conv_ext {
 namespace cpu {
 namespace {
 
-// A 3x3 stride-1 problem in forward form: input (N, C, H, W) -> output (N, K, P, Q).
-bool wino_shape(const Conv2dParams& p, at::ScalarType dtype) {
+// A 3x3 problem of the given stride (both axes) in forward form: input (N, C, H, W) -> output
+// (N, K, P, Q).
+bool wino_shape(const Conv2dParams& p, at::ScalarType dtype, int64_t stride = 1) {
   return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) &&
-         p.R == 3 && p.S == 3 && p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 && p.dil_w == 1 &&
+         p.R == 3 && p.S == 3 && p.stride_h == stride && p.stride_w == stride && p.dil_h == 1 && p.dil_w == 1 &&
          p.pad_h <= 2 && p.pad_w <= 2;
 }
 
@@ -84,7 +92,7 @@ bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
 auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
-  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p)};
+  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p), kF2x2_3x3};
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), false, weight_is_krsc(p), bias,
         o.out.mutable_data_ptr<float>(), p.macs(), o.filter);
@@ -92,21 +100,42 @@ void run_forward(const Conv2dParams& p, Operands& o) {
 
 // dx = conv(dy, w'), w'[c][k][r][s] = w[k][c][2-r][2-s], padding 2 - pad: dy is the input.
 void run_backward_input(const Conv2dParams& p, Operands& o) {
-  const WinoShape s{p.N, p.K, p.P, p.Q, p.C, p.H, p.W, 2 - p.pad_h, 2 - p.pad_w, p.groups, is_nhwc(p)};
+  const WinoShape s{p.N, p.K, p.P, p.Q, p.C, p.H, p.W, 2 - p.pad_h, 2 - p.pad_w, p.groups, is_nhwc(p), kF2x2_3x3};
   isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), true, weight_is_krsc(p), nullptr,
         o.out.mutable_data_ptr<float>(), p.macs(), o.filter);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
-  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p)};
+  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p), kF2x2_3x3};
   auto f = use_avx512() ? avx512::winograd_backward_weight : avx2::winograd_backward_weight;
   f(s, o.b.const_data_ptr<float>(), o.a.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), weight_is_krsc(p),
     p.macs());
 }
 
+// winograd_s2: 3x3 stride-2 forward by the S2 kind (25 products for a 2x2 output tile, 36
+// direct), where its U (25 x Cg x Kg floats) stays within the cached small-U schedule (2 MiB) and
+// both sides have 64+ channels a group. 2 cores Zen 4, batch 4, ms winograd_s2 vs implicit_gemm,
+// interleaved medians (PYTHONPATH=. python benchmarks/algos.py SHAPE --layout L --pass forward),
+// channels_last / NCHW: 96->96 @56 1.21x / 1.28x, 128->128 @56 1.05-1.16x / 1.05-1.10x, 64->128
+// @56 1.06x / 0.98x; not taken: 32->64 @32 0.99x / 1.01x, 128->256 @28 0.92x / 0.93x (U of 3.2
+// MiB), 256->256 @28 0.90x / 0.92x (the large-U schedule). Backward-input by the transposed kind
+// (dx tiles of 4x4 from 3x3 dy patches, 25 products) ran 0.96-1.07x channels_last and 0.87-0.97x
+// NCHW, backward-weight 0.65-0.78x: both left to implicit_gemm.
+bool supports_s2(const Conv2dParams& p, at::ScalarType dtype) {
+  return wino_shape(p, dtype, 2) && std::min(p.Cg(), p.Kg()) >= 64 && 25 * p.groups * p.Cg() * p.Kg() <= 512 * 1024;
+}
+
+void run_forward_s2(const Conv2dParams& p, Operands& o) {
+  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p), kStride2};
+  const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
+  isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), false, weight_is_krsc(p), bias,
+        o.out.mutable_data_ptr<float>(), p.macs(), o.filter);
+}
+
 const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports_forward, run_forward, true}) &&
                         register_algorithm({"winograd", Pass::BackwardInput, 40, supports_backward_input, run_backward_input, true}) &&
-                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports_backward_weight, run_backward_weight, true});
+                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports_backward_weight, run_backward_weight, true}) &&
+                        register_algorithm({"winograd_s2", Pass::Forward, 39, supports_s2, run_forward_s2, true});
 
 }  // namespace
 }  // namespace cpu
@@ -119,94 +148,111 @@ namespace cpu {
 
 #ifndef CONV_EXT_WINO_SHAPE
 #define CONV_EXT_WINO_SHAPE
+// A problem in forward form: input (N, C, H, W) -> output (N, K, P, Q), groups G. Tile (i, j) of
+// a Winograd kind (below) reads the input patch at row ST*i - ph, column ST*j - pw and makes the
+// output pixels from row OT*i, column OT*j.
 struct WinoShape {
   int64_t N, C, H, W, K, P, Q, ph, pw, G;
   bool nhwc;
+  int kind;  // WinoKind
 };
+enum WinoKind { kF2x2_3x3 = 0, kStride2 = 1 };
 #endif
 
 namespace CONV_EXT_ISA_NS {
 namespace {
 
-// U = G g G^T for VL filters at once: g[r*3+s] -> u[i*4+j].
-inline void weight_tile(const V* g, V* u) {
-  const V h = Isa::set1(0.5f);
-  V t[4][3];
-  for (int s = 0; s < 3; ++s) {
-    const V g0 = g[s], g1 = g[3 + s], g2 = g[6 + s], e = Isa::add(g0, g2);
-    t[0][s] = g0, t[1][s] = Isa::mul(h, Isa::add(e, g1)), t[2][s] = Isa::mul(h, Isa::sub(e, g1)), t[3][s] = g2;
+// Winograd kinds, one dimension at a time (a 2-D tile is the product of two: Tile2D below). A
+// tile of OT outputs comes from a patch of PS inputs (patches ST apart) through N products:
+//   in   the patch -> N values (B^T)          wt   the 3 taps -> N values (G)
+//   out  N products -> OT outputs (A^T)       dy   OT output gradients -> N values (A)
+//   wg   N values -> the 3 taps' gradients (G^T)
+// Strided views: x[i*xs] -> v[i*vs].
+//
+// F(2, 3), stride 1: 4 products for 2 outputs (6 direct).
+struct F23 {
+  static constexpr int N = 4, PS = 4, ST = 2, OT = 2, kTag = 4;
+  static constexpr int64_t kSmallU = 256 * 1024, kTaskFloats = 128 * 1024;  // schedules: winograd_conv
+  static constexpr bool kTileMajor = false;                                  // V, M, E: Planes
+  static void in(const V* x, int xs, V* v, int vs) {
+    v[0] = Isa::sub(x[0], x[2 * xs]), v[vs] = Isa::add(x[xs], x[2 * xs]);
+    v[2 * vs] = Isa::sub(x[2 * xs], x[xs]), v[3 * vs] = Isa::sub(x[xs], x[3 * xs]);
   }
-  for (int i = 0; i < 4; ++i) {
-    const V e = Isa::add(t[i][0], t[i][2]);
-    u[i * 4 + 0] = t[i][0];
-    u[i * 4 + 1] = Isa::mul(h, Isa::add(e, t[i][1]));
-    u[i * 4 + 2] = Isa::mul(h, Isa::sub(e, t[i][1]));
-    u[i * 4 + 3] = t[i][2];
+  static void wt(const V* g, int gs, V* u, int us) {
+    const V h = Isa::set1(0.5f), e = Isa::add(g[0], g[2 * gs]);
+    u[0] = g[0], u[us] = Isa::mul(h, Isa::add(e, g[gs])), u[2 * us] = Isa::mul(h, Isa::sub(e, g[gs]));
+    u[3 * us] = g[2 * gs];
   }
-}
+  static void out(const V* m, int ms, V* y, int ys) {
+    y[0] = Isa::add(Isa::add(m[0], m[ms]), m[2 * ms]), y[ys] = Isa::sub(Isa::sub(m[ms], m[2 * ms]), m[3 * ms]);
+  }
+  static void dy(const V* e, int es, V* E, int Es) {
+    E[0] = e[0], E[Es] = Isa::add(e[0], e[es]), E[2 * Es] = Isa::sub(e[0], e[es]);
+    E[3 * Es] = Isa::sub(Isa::zero(), e[es]);
+  }
+  static void wg(const V* u, int us, V* o, int os) {
+    const V h = Isa::set1(0.5f), p = Isa::mul(h, Isa::add(u[us], u[2 * us]));
+    o[0] = Isa::add(u[0], p), o[os] = Isa::mul(h, Isa::sub(u[us], u[2 * us])), o[2 * os] = Isa::add(p, u[3 * us]);
+  }
+};
 
-// V = B^T d B: d[a][b] (rows a of the patch) -> v[i*4+j].
-inline void input_tile(const V (*d)[4], V* v) {
-  V t[4][4];
-  for (int b = 0; b < 4; ++b) {
-    t[0][b] = Isa::sub(d[0][b], d[2][b]);
-    t[1][b] = Isa::add(d[1][b], d[2][b]);
-    t[2][b] = Isa::sub(d[2][b], d[1][b]);
-    t[3][b] = Isa::sub(d[1][b], d[3][b]);
+// Stride 2, forward: outputs y0, y1 read the patch x0..x4 (y0: x0 x1 x2, y1: x2 x3 x4). The even
+// inputs meet the taps w0, w2 as a 2-tap convolution of 2 outputs, done by F(2, 2) in 3 products
+// (x0-x2)w0, x2(w0+w2), (x4-x2)w2; the odd ones meet w1 alone, 2 products: 5 products for 2
+// outputs (6 direct), 25 for a 2x2 tile (36). Additions only: its rounding is that of a direct sum.
+struct S2 {
+  static constexpr int N = 5, PS = 5, ST = 4, OT = 2, kTag = 5;
+  static constexpr int64_t kSmallU = 512 * 1024, kTaskFloats = 192 * 1024;
+  static constexpr bool kTileMajor = true;
+  static void in(const V* x, int xs, V* v, int vs) {
+    v[0] = Isa::sub(x[0], x[2 * xs]), v[vs] = x[2 * xs], v[2 * vs] = Isa::sub(x[4 * xs], x[2 * xs]);
+    v[3 * vs] = x[xs], v[4 * vs] = x[3 * xs];
   }
-  for (int i = 0; i < 4; ++i) {
-    v[i * 4 + 0] = Isa::sub(t[i][0], t[i][2]);
-    v[i * 4 + 1] = Isa::add(t[i][1], t[i][2]);
-    v[i * 4 + 2] = Isa::sub(t[i][2], t[i][1]);
-    v[i * 4 + 3] = Isa::sub(t[i][1], t[i][3]);
+  static void wt(const V* g, int gs, V* u, int us) {
+    u[0] = g[0], u[us] = Isa::add(g[0], g[2 * gs]), u[2 * us] = g[2 * gs], u[3 * us] = g[gs], u[4 * us] = g[gs];
   }
-}
+  static void out(const V* m, int ms, V* y, int ys) {
+    y[0] = Isa::add(Isa::add(m[0], m[ms]), m[3 * ms]), y[ys] = Isa::add(Isa::add(m[ms], m[2 * ms]), m[4 * ms]);
+  }
+};
 
-// y = A^T m A + bias: m[i*4+j] -> y[a*2+b].
-inline void output_tile(const V* m, V bias, V* y) {
-  V s[2][4];
-  for (int j = 0; j < 4; ++j) {
-    const V m1 = m[4 + j], m2 = m[8 + j];
-    s[0][j] = Isa::add(Isa::add(m[j], m1), m2);
-    s[1][j] = Isa::sub(Isa::sub(m1, m2), m[12 + j]);
+// The 2-D transforms of a kind T: columns first, then rows (for F23 the same operations, in the
+// same order, as the hand-written 4x4 tiles this replaced: the same bits).
+template <class T>
+struct Tile2D {
+  static constexpr int N = T::N, NP = N * N, PS = T::PS, OT = T::OT;
+  // V = B^T d B: d[a*PS + b] -> v[i*N + j]
+  static void input(const V* d, V* v) {
+    V t[N * PS];
+    for (int b = 0; b < PS; ++b) T::in(d + b, PS, t + b, PS);
+    for (int i = 0; i < N; ++i) T::in(t + i * PS, 1, v + i * N, 1);
   }
-  for (int a = 0; a < 2; ++a) {
-    y[a * 2 + 0] = Isa::add(Isa::add(Isa::add(s[a][0], s[a][1]), s[a][2]), bias);
-    y[a * 2 + 1] = Isa::add(Isa::sub(Isa::sub(s[a][1], s[a][2]), s[a][3]), bias);
+  // U = G g G^T: g[r*3 + s] -> u[i*N + j]
+  static void weight(const V* g, V* u) {
+    V t[N * 3];
+    for (int s = 0; s < 3; ++s) T::wt(g + s, 3, t + s, 3);
+    for (int i = 0; i < N; ++i) T::wt(t + i * 3, 1, u + i * N, 1);
   }
-}
-
-// E = A e A^T: the 2x2 output gradient e[a][b] -> E[i*4+j] (A = (A^T)^T, 4x2).
-inline void dy_tile(const V (*e)[2], V* E) {
-  const V z = Isa::zero();
-  V f[4][2];
-  for (int b = 0; b < 2; ++b) {
-    f[0][b] = e[0][b], f[1][b] = Isa::add(e[0][b], e[1][b]);
-    f[2][b] = Isa::sub(e[0][b], e[1][b]), f[3][b] = Isa::sub(z, e[1][b]);
+  // y = A^T m A + bias: m[i*N + j] -> y[a*OT + b]
+  static void output(const V* m, V bias, V* y) {
+    V t[OT * N];
+    for (int j = 0; j < N; ++j) T::out(m + j, N, t + j, N);
+    for (int a = 0; a < OT; ++a) T::out(t + a * N, 1, y + a * OT, 1);
+    for (int i = 0; i < OT * OT; ++i) y[i] = Isa::add(y[i], bias);
   }
-  for (int i = 0; i < 4; ++i) {
-    E[i * 4 + 0] = f[i][0];
-    E[i * 4 + 1] = Isa::add(f[i][0], f[i][1]);
-    E[i * 4 + 2] = Isa::sub(f[i][0], f[i][1]);
-    E[i * 4 + 3] = Isa::sub(z, f[i][1]);
+  // E = A e A^T: the output gradient e[a*OT + b] -> E[i*N + j]
+  static void dy(const V* e, V* E) {
+    V t[N * OT];
+    for (int b = 0; b < OT; ++b) T::dy(e + b, OT, t + b, OT);
+    for (int i = 0; i < N; ++i) T::dy(t + i * OT, 1, E + i * N, 1);
   }
-}
-
-// dw = G^T dU G: u[i*4+j] -> o[r*3+s] (the transpose of weight_tile).
-inline void weight_grad_tile(const V* u, V* o) {
-  const V h = Isa::set1(0.5f);
-  V z[3][4];
-  for (int j = 0; j < 4; ++j) {
-    const V p = Isa::mul(h, Isa::add(u[4 + j], u[8 + j]));
-    z[0][j] = Isa::add(u[j], p), z[1][j] = Isa::mul(h, Isa::sub(u[4 + j], u[8 + j])), z[2][j] = Isa::add(p, u[12 + j]);
+  // dw = G^T dU G: u[i*N + j] -> o[r*3 + s]
+  static void weight_grad(const V* u, V* o) {
+    V t[3 * N];
+    for (int j = 0; j < N; ++j) T::wg(u + j, N, t + j, N);
+    for (int r = 0; r < 3; ++r) T::wg(t + r * N, 1, o + r * 3, 1);
   }
-  for (int r = 0; r < 3; ++r) {
-    const V p = Isa::mul(h, Isa::add(z[r][1], z[r][2]));
-    o[r * 3 + 0] = Isa::add(z[r][0], p);
-    o[r * 3 + 1] = Isa::mul(h, Isa::sub(z[r][1], z[r][2]));
-    o[r * 3 + 2] = Isa::add(p, z[r][3]);
-  }
-}
+};
 
 // Rows [r0, r0+nr) x columns [c0, c0+ncp) (ncp a multiple of VL) of group g's U, for a w of
 // shape (G*Kg, Cg, 3, 3), written to out[xi*xs + row*ld + col]:
@@ -214,9 +260,10 @@ inline void weight_grad_tile(const V* u, V* o) {
 //   backward-input (flip = true): row = k, col = c, from w[g*Kg+k][c] rotated by 180 degrees
 // Columns past Kg (Cg) are zero. w is KCRS, or KRSC (krsc: a channels_last filter). The taps of
 // VL filters are brought side by side by transpose_rows (KRSC backward: they already are).
+template <class T>
 void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, bool krsc, int64_t r0, int64_t nr,
                   int64_t c0, int64_t ncp, float* out, int64_t xs, int64_t ld) {
-  V taps[9], u[16];
+  V taps[9], u[Tile2D<T>::NP];
   if (!flip) {
     float* tmp = scratch(3, nr * 9 * VL);  // tap (c, rs) of the VL filters at tmp + at(c, rs)*VL
     const auto at = [&](int64_t c, int rs) { return krsc ? rs * nr + c : c * 9 + rs; };
@@ -230,8 +277,8 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
       }
       for (int64_t r = 0; r < nr; ++r) {
         for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + at(r, rs) * VL);
-        weight_tile(taps, u);
-        for (int xi = 0; xi < 16; ++xi) Isa::store(out + xi * xs + r * ld + kb, u[xi]);
+        Tile2D<T>::weight(taps, u);
+        for (int xi = 0; xi < Tile2D<T>::NP; ++xi) Isa::store(out + xi * xs + r * ld + kb, u[xi]);
       }
     }
   } else {
@@ -247,8 +294,8 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
           transpose_rows(wk + cc * 9, 9, cn, 9, VL, tmp);
           for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + (8 - rs) * VL);
         }
-        weight_tile(taps, u);
-        for (int xi = 0; xi < 16; ++xi) Isa::store(out + xi * xs + r * ld + cb, u[xi]);
+        Tile2D<T>::weight(taps, u);
+        for (int xi = 0; xi < Tile2D<T>::NP; ++xi) Isa::store(out + xi * xs + r * ld + cb, u[xi]);
       }
   }
 }
@@ -262,31 +309,44 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
 // 25% more of them) ran 0.93x, 128@28 0.98x.
 inline int64_t row_stride(int64_t n) { return n % 256 ? n : n + 16; }
 
-// Geometry shared by the steps below. Tiles are numbered t = (n*th + i)*tw + j ("tile row"
-// gr = n*th + i); a block is tile rows [gr0, gr1) x tile columns [tj0, tj1).
+// Geometry shared by the steps below, for tiles of OT x OT outputs. Tiles are numbered
+// t = (n*th + i)*tw + j ("tile row" gr = n*th + i); a block is tile rows [gr0, gr1) x tile
+// columns [tj0, tj1).
 struct Geo {
   int64_t Cg, Kg, Cs, Kgp, Ks, th, tw, rows;
   int64_t Vr, Mr;  // row (tile) strides of V, and of M and E: Cs, Ks, a line more at multiples of 1 KiB
-  Geo(const WinoShape& s)
+  Geo(const WinoShape& s, int64_t OT)
       : Cg(s.C / s.G), Kg(s.K / s.G), Cs(round_up(s.C, VL)), Kgp(round_up(s.K / s.G, VL)), Ks(s.G * Kgp),
-        th(ceil_div(s.P, 2)), tw(ceil_div(s.Q, 2)), rows(s.N * th), Vr(row_stride(Cs)), Mr(row_stride(Ks)) {}
+        th(ceil_div(s.P, OT)), tw(ceil_div(s.Q, OT)), rows(s.N * th), Vr(row_stride(Cs)), Mr(row_stride(Ks)) {}
 };
 
-// The 16 planes (xi) of V, M and E (and of the large-U weight panel) hold vt rows (tiles;
+// The NP planes (xi) of V, M and E (and of the large-U weight panel) hold vt rows (tiles;
 // channels for the panel) of `width` floats each, and a line more: at exactly vt x width apart
 // (often a multiple of 4 KiB: 64 tiles x 512 channels) a tile's 16 stores (input, dy transforms)
 // or loads (output transform) all fell into one L1 set.
 inline int64_t plane(int64_t vt, int64_t width) { return vt * width + 16; }
 
+// Where V, M and E keep value (xi, tile t, channel c): at xi*xs + t*ts + c. Plane-major
+// ([xi][t][c], planes of plane(vt, width) floats) or tile-major ([t][xi][c]: a tile's NP values
+// of a channel one contiguous run); NP * plane(vt, width) floats either way.
+struct Planes {
+  int64_t xs, ts;
+};
+inline Planes planes(int NP, int64_t vt, int64_t width, bool tile_major) {
+  return tile_major ? Planes{width, NP * width} : Planes{plane(vt, width), width};
+}
+
 // V[xi][t][c] (planes of plane(vt, Vr) floats, rows Vr apart) = B^T d B for the tiles of the block,
 // t = (gr - gr0)*(tj1 - tj0) + j + t0.
+template <class T>
 void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t gr0, int64_t gr1, int64_t tj0,
-                     int64_t tj1, float* Vb, int64_t vt, int64_t t0) {
-  const int64_t C = s.C, H = s.H, W = s.W, Cs = e.Cs, nc = tj1 - tj0, Wb = 2 * nc + 2, w0 = 2 * tj0 - s.pw;
-  float* band = scratch(2, 4 * Wb * Cs);  // the 4 input rows of a tile row, [row][col][Cs]
+                     int64_t tj1, float* Vb, Planes pv, int64_t t0) {
+  constexpr int PS = T::PS, ST = T::ST, NP = Tile2D<T>::NP;
+  const int64_t C = s.C, H = s.H, W = s.W, Cs = e.Cs, nc = tj1 - tj0, Wb = ST * nc + PS - ST, w0 = ST * tj0 - s.pw;
+  float* band = scratch(2, PS * Wb * Cs);  // the PS input rows of a tile row, [row][col][Cs]
   for (int64_t gr = gr0; gr < gr1; ++gr) {
-    const int64_t n = gr / e.th, h0 = 2 * (gr % e.th) - s.ph;
-    for (int64_t a = 0; a < 4; ++a) {
+    const int64_t n = gr / e.th, h0 = ST * (gr % e.th) - s.ph;
+    for (int64_t a = 0; a < PS; ++a) {
       float* row = band + a * Wb * Cs;
       const int64_t h = h0 + a, wlo = std::max<int64_t>(0, w0), whi = std::min(W, w0 + Wb);
       if (h < 0 || h >= H || whi <= wlo) {
@@ -297,7 +357,7 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
       std::memset(row + (whi - w0) * Cs, 0, sizeof(float) * (w0 + Wb - whi) * Cs);
       float* dst = row + (wlo - w0) * Cs;
       if (!s.nhwc) {
-        transpose_rows(x + (n * C * H + h) * W + wlo, H * W, C, whi - wlo, Cs, dst, Cs);
+        continue;  // below
       } else if (C == Cs) {
         std::memcpy(dst, x + ((n * H + h) * W + wlo) * C, sizeof(float) * (whi - wlo) * C);
       } else {
@@ -307,14 +367,25 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
         }
       }
     }
+    // NCHW: 16 channels at a time over all the rows (each channel's rows are one run: sequential
+    // streams, as pack_band), not one row of every channel at a time
+    const int64_t wlo = std::max<int64_t>(0, w0), whi = std::min(W, w0 + Wb);
+    if (!s.nhwc && whi > wlo)
+      for (int64_t j0 = 0; j0 < Cs; j0 += 16) {
+        const int64_t jn = std::max<int64_t>(0, std::min<int64_t>(16, C - j0)), jw = std::min<int64_t>(16, Cs - j0);
+        for (int64_t a = 0; a < PS; ++a)
+          if (h0 + a >= 0 && h0 + a < H)
+            transpose_rows(x + ((n * C + j0) * H + h0 + a) * W + wlo, H * W, jn, whi - wlo, Cs,
+                           band + (a * Wb + wlo - w0) * Cs + j0, jw);
+      }
     for (int64_t j = 0; j < nc; ++j) {
       const int64_t t = t0 + (gr - gr0) * nc + j;
       for (int64_t c0 = 0; c0 < Cs; c0 += VL) {
-        V d[4][4], v[16];
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) d[a][b] = Isa::load(band + (a * Wb + 2 * j + b) * Cs + c0);
-        input_tile(d, v);
-        for (int xi = 0; xi < 16; ++xi) Isa::store(Vb + xi * plane(vt, e.Vr) + t * e.Vr + c0, v[xi]);
+        V d[PS * PS], v[NP];
+        for (int a = 0; a < PS; ++a)
+          for (int b = 0; b < PS; ++b) d[a * PS + b] = Isa::load(band + (a * Wb + ST * j + b) * Cs + c0);
+        Tile2D<T>::input(d, v);
+        for (int xi = 0; xi < NP; ++xi) Isa::store(Vb + xi * pv.xs + t * pv.ts + c0, v[xi]);
       }
     }
   }
@@ -322,76 +393,80 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
 
 // M_xi[t][k0 + ..] (+)= sum_{c < len} V_xi[t][c] * U_xi[c][..] for tiles [0, nt), columns
 // [k0, k0 + ncp) of M, on the micro-kernel (tiles = broadcast rows, output channels = vectors).
-void gemms(const float* Vb, int64_t vt, int64_t Vr, int64_t nt, int64_t len, const float* U, int64_t uxs,
-           int64_t uld, float* Mb, int64_t mt, int64_t Mr, int64_t k0, int64_t ncp, bool accumulate) {
+void gemms(int NP, const float* Vb, Planes pv, int64_t nt, int64_t len, const float* U, int64_t uxs, int64_t uld,
+           float* Mb, Planes pm, int64_t k0, int64_t ncp, bool accumulate) {
   static const int64_t zero = 0;
-  for (int xi = 0; xi < 16; ++xi)
+  for (int xi = 0; xi < NP; ++xi)
     for (int64_t kb = 0; kb < ncp; kb += Isa::kMaxNV * VL) {
       const int nv = static_cast<int>(std::min<int64_t>(Isa::kMaxNV, (ncp - kb) / VL));
       const int64_t MR = Isa::mr(nv);
       for (int64_t t0 = 0; t0 < nt; t0 += MR) {
         Tile tl;
-        tl.a = Vb + xi * plane(vt, Vr) + t0 * Vr, tl.a_is = Vr, tl.a_ls = 1;
+        tl.a = Vb + xi * pv.xs + t0 * pv.ts, tl.a_is = pv.ts, tl.a_ls = 1;
         tl.b = U + xi * uxs + kb, tl.b_ls = uld;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = len;
         tl.mr = static_cast<int>(std::min(MR, nt - t0));
-        tl.c = Mb + xi * plane(mt, Mr) + t0 * Mr + k0 + kb, tl.ldc = Mr, tl.accumulate = accumulate;
+        tl.c = Mb + xi * pm.xs + t0 * pm.ts + k0 + kb, tl.ldc = pm.ts, tl.accumulate = accumulate;
         run_tile<false>(nv, tl);
       }
     }
 }
 
 // y = A^T M A + bias for the tiles of the block (M[xi][t][Ks], planes of plane(mt, Mr) floats,
-// t as in input_transform).
-void output_transform(const WinoShape& s, const Geo& e, const float* Mb, int64_t mt, int64_t t0, int64_t gr0,
+// t as in input_transform). Pixels past P, Q are dropped.
+template <class T>
+void output_transform(const WinoShape& s, const Geo& e, const float* Mb, Planes pm, int64_t t0, int64_t gr0,
                       int64_t gr1, int64_t tj0, int64_t tj1, const float* bp, float* y) {
+  constexpr int OT = T::OT, NP = Tile2D<T>::NP;
   const int64_t K = s.K, P = s.P, Q = s.Q, Kg = e.Kg, Kgp = e.Kgp, Ks = e.Ks, nc = tj1 - tj0;
-  float* obuf = s.nhwc ? nullptr : scratch(3, 2 * 2 * nc * Ks);  // [2 rows][2*nc pixels][Ks]
+  float* obuf = s.nhwc ? nullptr : scratch(3, OT * OT * nc * Ks);  // [OT rows][OT*nc pixels][Ks]
   for (int64_t gr = gr0; gr < gr1; ++gr) {
-    const int64_t n = gr / e.th, ti = gr % e.th;
+    const int64_t n = gr / e.th, p0 = OT * (gr % e.th);
     for (int64_t j = 0; j < nc; ++j) {
-      const int64_t t = t0 + (gr - gr0) * nc + j, q = 2 * (tj0 + j);
+      const int64_t t = t0 + (gr - gr0) * nc + j, q = OT * (tj0 + j);
       for (int64_t g = 0; g < s.G; ++g)
         for (int64_t k0 = 0; k0 < Kgp; k0 += VL) {
-          V m[16], out[4];
+          V m[NP], out[OT * OT];
           const int64_t kc = g * Kgp + k0;
-          for (int xi = 0; xi < 16; ++xi) m[xi] = Isa::load(Mb + xi * plane(mt, e.Mr) + t * e.Mr + kc);
-          output_tile(m, Isa::load(bp + kc), out);
+          for (int xi = 0; xi < NP; ++xi) m[xi] = Isa::load(Mb + xi * pm.xs + t * pm.ts + kc);
+          Tile2D<T>::output(m, Isa::load(bp + kc), out);
           if (s.nhwc) {
             const M km = Isa::mask(Kg - k0);
-            for (int a = 0; a < 2; ++a)
-              for (int b = 0; b < 2; ++b)
-                if (2 * ti + a < P && q + b < Q)
-                  Isa::storem(y + ((n * P + 2 * ti + a) * Q + q + b) * K + g * Kg + k0, out[a * 2 + b], km);
+            for (int a = 0; a < OT; ++a)
+              for (int b = 0; b < OT; ++b)
+                if (p0 + a < P && q + b < Q)
+                  Isa::storem(y + ((n * P + p0 + a) * Q + q + b) * K + g * Kg + k0, out[a * OT + b], km);
           } else {
-            for (int a = 0; a < 2; ++a)
-              for (int b = 0; b < 2; ++b) Isa::store(obuf + (a * 2 * nc + 2 * j + b) * Ks + kc, out[a * 2 + b]);
+            for (int a = 0; a < OT; ++a)
+              for (int b = 0; b < OT; ++b) Isa::store(obuf + (a * OT * nc + OT * j + b) * Ks + kc, out[a * OT + b]);
           }
         }
     }
     if (!s.nhwc) {
-      const int64_t q0 = 2 * tj0, nq = std::min(Q, 2 * tj1) - q0;
-      for (int64_t a = 0; a < 2 && 2 * ti + a < P; ++a)
+      const int64_t q0 = OT * tj0, nq = std::min(Q, OT * tj1) - q0;
+      for (int64_t a = 0; a < OT && p0 + a < P; ++a)
         for (int64_t g = 0; g < s.G; ++g)
-          transpose_rows(obuf + a * 2 * nc * Ks + g * Kgp, Ks, nq, Kg, P * Q,
-                         y + ((n * K + g * Kg) * P + 2 * ti + a) * Q + q0, nq);
+          transpose_rows(obuf + a * OT * nc * Ks + g * Kgp, Ks, nq, Kg, P * Q, y + ((n * K + g * Kg) * P + p0 + a) * Q + q0,
+                         nq);
     }
   }
 }
 
 // E[xi][t][Ks] (planes of plane(et, Mr) floats) = A e A^T for the tiles of tile rows [gr0, gr1)
-// (all tile columns), e = the 2x2 block of dy the tile produced (zeros past P, Q), t as in
+// (all tile columns), e = the OT x OT block of dy the tile produced (zeros past P, Q), t as in
 // input_transform.
-void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0, int64_t gr1, float* E, int64_t et,
+template <class T>
+void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0, int64_t gr1, float* E, Planes pe,
                   int64_t t0) {
-  const int64_t K = s.K, P = s.P, Q = s.Q, Kg = e.Kg, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, Qb = 2 * tw;
-  float* band = s.nhwc ? nullptr : scratch(3, 2 * Qb * Ks);  // NCHW: the 2 dy rows, [row][q][Ks]
+  constexpr int OT = T::OT, NP = Tile2D<T>::NP;
+  const int64_t K = s.K, P = s.P, Q = s.Q, Kg = e.Kg, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, Qb = OT * tw;
+  float* band = s.nhwc ? nullptr : scratch(3, OT * Qb * Ks);  // NCHW: the OT dy rows, [row][q][Ks]
   for (int64_t gr = gr0; gr < gr1; ++gr) {
     const int64_t n = gr / e.th, ti = gr % e.th;
     if (!s.nhwc)
-      for (int64_t a = 0; a < 2; ++a) {
+      for (int64_t a = 0; a < OT; ++a) {
         float* row = band + a * Qb * Ks;
-        const int64_t p = 2 * ti + a;
+        const int64_t p = OT * ti + a;
         if (p >= P) {
           std::memset(row, 0, sizeof(float) * Qb * Ks);
           continue;
@@ -405,16 +480,17 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
       for (int64_t g = 0; g < s.G; ++g)
         for (int64_t k0 = 0; k0 < Kgp; k0 += VL) {
           const int64_t kc = g * Kgp + k0;
-          V ev[2][2], E16[16];
-          for (int a = 0; a < 2; ++a)
-            for (int b = 0; b < 2; ++b) {
-              const int64_t p = 2 * ti + a, q = 2 * j + b;
-              if (!s.nhwc) ev[a][b] = Isa::load(band + (a * Qb + q) * Ks + kc);
-              else if (p < P && q < Q) ev[a][b] = Isa::loadm(dy + ((n * P + p) * Q + q) * K + g * Kg + k0, Isa::mask(Kg - k0));
-              else ev[a][b] = Isa::zero();
+          V ev[OT * OT], Ev[NP];
+          for (int a = 0; a < OT; ++a)
+            for (int b = 0; b < OT; ++b) {
+              const int64_t p = OT * ti + a, q = OT * j + b;
+              V& v = ev[a * OT + b];
+              if (!s.nhwc) v = Isa::load(band + (a * Qb + q) * Ks + kc);
+              else if (p < P && q < Q) v = Isa::loadm(dy + ((n * P + p) * Q + q) * K + g * Kg + k0, Isa::mask(Kg - k0));
+              else v = Isa::zero();
             }
-          dy_tile(ev, E16);
-          for (int xi = 0; xi < 16; ++xi) Isa::store(E + xi * plane(et, e.Mr) + t * e.Mr + kc, E16[xi]);
+          Tile2D<T>::dy(ev, Ev);
+          for (int xi = 0; xi < NP; ++xi) Isa::store(E + xi * pe.xs + t * pe.ts + kc, Ev[xi]);
         }
     }
   }
@@ -435,9 +511,11 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
 //    tiles: transform all of them, then a task per block of output channels computes its piece
 //    of U (pieces of <= 1 MiB of the reduction, so each stays in L2) and multiplies every tile
 //    by it, then transform back. U is never written to memory.
-void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
+template <class Kd>
+void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
                    float* y, int64_t macs, const at::Tensor* filter) {
-  const Geo e(s);
+  const Geo e(s, Kd::OT);
+  constexpr int NP = Tile2D<Kd>::NP;
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
   // in forward form the filter of group g is Kg x Cg; w itself is (wK x wC) per group
   const int64_t wK = flip ? Cg : Kg, wC = flip ? Kg : Cg;
@@ -448,18 +526,19 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
       for (int64_t k = 0; k < Kg; ++k) bp[g * Kgp + k] = bias[g * Kg + k];
   const int64_t nthreads = pool_threads();
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024;  // V + M of a chunk (large-U schedule): 8 MiB
+  const bool tile_major = Kd::kTileMajor;
 
-  const bool large_u = 16 * G * Cg * Kgp > 256 * 1024 && 16 * tw * (Cs + Ks) <= kChunkFloats;
+  const bool large_u = NP * G * Cg * Kgp > Kd::kSmallU && NP * tw * (Cs + Ks) <= kChunkFloats;
   if (!large_u) {
     // U, kept across calls while the filter is unchanged (filter_cache.h). Not the large U of the
     // other schedule: read back from memory (16 MiB for 512x512) it cost more than computing its
     // pieces in the tasks (512@7 NCHW forward, ms fresh / cached: 4.76 / 5.01).
-    const std::initializer_list<int64_t> tag = {4, CONV_EXT_ISA_BITS, G, Kg, Cg, Kgp, flip, krsc};
+    const std::initializer_list<int64_t> tag = {Kd::kTag, CONV_EXT_ISA_BITS, G, Kg, Cg, Kgp, flip, krsc};
     const int64_t ncb = Kgp / VL;
-    const PackedFilter packed = packed_filter(filter, tag, G * 16 * Cg * Kgp, scratch(4, G * 16 * Cg * Kgp), [&](float* U) {
+    const PackedFilter packed = packed_filter(filter, tag, G * NP * Cg * Kgp, scratch(4, G * NP * Cg * Kgp), [&](float* U) {
       for_each_task(G * ncb, macs, [&](int64_t task) {
         const int64_t g = task / ncb, k0 = (task % ncb) * VL;
-        weight_panel(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * 16 * Cg * Kgp + k0, Cg * Kgp, Kgp);
+        weight_panel<Kd>(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * NP * Cg * Kgp + k0, Cg * Kgp, Kgp);
       });
     });
     const float* U = packed.data;
@@ -469,7 +548,7 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
     // 64@56 channels_last forward 1.50 / 1.35 / 1.34, 128@28 NCHW forward 1.62 / 1.46 / 1.35,
     // 64@56 NCHW backward-input 1.84 / 1.62 / 1.61, 64@32 channels_last forward 0.95 / 0.87 / 0.85.
     const int64_t T = rows * tw;
-    const int64_t tb_max = std::max<int64_t>(8, 128 * 1024 / (16 * (Cs + Ks)));
+    const int64_t tb_max = std::max<int64_t>(8, Kd::kTaskFloats / (NP * (Cs + Ks)));
     const int64_t tb = std::max<int64_t>(1, std::min(tb_max, ceil_div(T, nthreads)));
     int64_t rb, cb;  // tile rows x tile columns per task
     if (tw <= tb) {
@@ -483,21 +562,23 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
       const int64_t gr0 = (task / ncb_t) * rb, gr1 = std::min(rows, gr0 + rb);
       const int64_t tj0 = (task % ncb_t) * cb, tj1 = std::min(tw, tj0 + cb);
       const int64_t nt = (gr1 - gr0) * (tj1 - tj0);
-      float* Vb = scratch(0, 16 * plane(nt, e.Vr));
-      float* Mb = scratch(1, 16 * plane(nt, e.Mr));
-      input_transform(s, e, x, gr0, gr1, tj0, tj1, Vb, nt, 0);
+      float* Vb = scratch(0, NP * plane(nt, e.Vr));
+      float* Mb = scratch(1, NP * plane(nt, e.Mr));
+      const Planes pv = planes(NP, nt, e.Vr, tile_major), pm = planes(NP, nt, e.Mr, tile_major);
+      input_transform<Kd>(s, e, x, gr0, gr1, tj0, tj1, Vb, pv, 0);
       for (int64_t g = 0; g < G; ++g)
-        gemms(Vb + g * Cg, nt, e.Vr, nt, Cg, U + g * 16 * Cg * Kgp, Cg * Kgp, Kgp, Mb, nt, e.Mr, g * Kgp, Kgp, false);
-      output_transform(s, e, Mb, nt, 0, gr0, gr1, tj0, tj1, bp, y);
+        gemms(NP, Vb + g * Cg, pv, nt, Cg, U + g * NP * Cg * Kgp, Cg * Kgp, Kgp, Mb, pm, g * Kgp, Kgp, false);
+      output_transform<Kd>(s, e, Mb, pm, 0, gr0, gr1, tj0, tj1, bp, y);
     });
     return;
   }
 
-  const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));  // tile rows per chunk
+  const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (NP * tw * (Cs + Ks)));  // tile rows per chunk
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks);
   const int64_t T = rows_c * tw;
-  float* Vall = scratch(4, 16 * plane(T, e.Vr));
-  float* Mall = scratch(7, 16 * plane(T, e.Mr));
+  float* Vall = scratch(4, NP * plane(T, e.Vr));
+  float* Mall = scratch(7, NP * plane(T, e.Mr));
+  const Planes pv = planes(NP, T, e.Vr, tile_major), pm = planes(NP, T, e.Mr, tile_major);
   // output-channel blocks: as wide as the micro-kernel, narrower if that leaves a thread idle
   int64_t kbw = Isa::kMaxNV * VL;
   while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * nthreads) kbw -= VL;
@@ -513,24 +594,26 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
     for_each_task(R1 - R0, macs, [&](int64_t i) {
-      input_transform(s, e, x, R0 + i, R0 + i + 1, 0, tw, Vall, T, i * tw);
+      input_transform<Kd>(s, e, x, R0 + i, R0 + i + 1, 0, tw, Vall, pv, i * tw);
     });
     for_each_task(G * nkb, macs, [&](int64_t task) {
       const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
-      const int64_t npiece = ceil_div(Cg, std::max<int64_t>(1, kPanelFloats / (16 * ncp)));
-      const int64_t pr = ceil_div(Cg, npiece);  // channels a piece
+      // channels a piece: sized for the widest block whatever this one's width (kbw follows the
+      // thread count; the pieces are the order of the sums, so they must not: determinism)
+      const int64_t npiece = ceil_div(Cg, std::max<int64_t>(1, kPanelFloats / (NP * Isa::kMaxNV * VL)));
+      const int64_t pr = ceil_div(Cg, npiece);
       // the panel's 16 planes a line more than nr x ncp floats apart (plane()): at exactly that
       // (32 KiB for 128 x 64) weight_panel's 16 stores of a channel all fell into one L1 set
       // (512@7 forward and backward-input, 2 threads: 1.04-1.07x faster padded, 1.03x at 256@14)
-      float* panel = scratch(6, 16 * plane(pr, ncp));
+      float* panel = scratch(6, NP * plane(pr, ncp));
       for (int64_t c0 = 0; c0 < Cg; c0 += pr) {
         const int64_t nr = std::min(pr, Cg - c0);
-        weight_panel(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, plane(nr, ncp), ncp);
-        gemms(Vall + g * Cg + c0, T, e.Vr, nt, nr, panel, plane(nr, ncp), ncp, Mall, T, e.Mr, g * Kgp + k0, ncp, c0 > 0);
+        weight_panel<Kd>(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, plane(nr, ncp), ncp);
+        gemms(NP, Vall + g * Cg + c0, pv, nt, nr, panel, plane(nr, ncp), ncp, Mall, pm, g * Kgp + k0, ncp, c0 > 0);
       }
     });
     for_each_task(R1 - R0, macs, [&](int64_t i) {
-      output_transform(s, e, Mall, T, i * tw, R0 + i, R0 + i + 1, 0, tw, bp, y);
+      output_transform<Kd>(s, e, Mall, pm, i * tw, R0 + i, R0 + i + 1, 0, tw, bp, y);
     });
   }
 }
@@ -544,15 +627,19 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
 // broadcast rows, read down V's columns; the whole chunk is one reduction in registers). Each
 // dU element is summed in the same order whatever the thread count: deterministic. With one
 // chunk and a dU of over 4 MiB, a task takes a block of channels and filters instead (below).
-void winograd_backward_weight(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
-  const Geo e(s);
+template <class Kd>
+void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
+  const Geo e(s, Kd::OT);
+  constexpr int NP = Tile2D<Kd>::NP;
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024, kSumTiles = 64;
   constexpr int64_t kFusedFloats = 1024 * 1024, kFusedChannels = 64;  // dU over 4 MiB; 256 KiB a task
-  const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (16 * tw * (Cs + Ks)));
+  const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (NP * tw * (Cs + Ks)));
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
-  float* Vall = scratch(4, 16 * plane(T, e.Vr));
-  float* Eall = scratch(7, 16 * plane(T, e.Mr));
+  float* Vall = scratch(4, NP * plane(T, e.Vr));
+  float* Eall = scratch(7, NP * plane(T, e.Mr));
+  const bool tile_major = Kd::kTileMajor;
+  const Planes pv = planes(NP, T, e.Vr, tile_major), pe = planes(NP, T, e.Mr, tile_major);
   const int64_t kbw = Isa::kMaxNV * VL, nkb = ceil_div(Kgp, kbw);
   // dU[.][xi][c][k0..k0+kbw) += V_xi[tiles of l0..][c0..]^T E_xi[tiles][k0..] into dU (row stride
   // ldu), the tiles summed in pieces of kSumTiles in registers (shorter float32 sums than one run
@@ -565,8 +652,8 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
     for (int64_t c = c0; c < c1; c += MR)
       for (int64_t l0 = 0; l0 < nt; l0 += kSumTiles) {
         Tile tl;
-        tl.a = Vall + xi * plane(T, e.Vr) + l0 * e.Vr + g * Cg + c, tl.a_is = 1, tl.a_ls = e.Vr;
-        tl.b = Eall + xi * plane(T, e.Mr) + l0 * e.Mr + g * Kgp + k0, tl.b_ls = e.Mr;
+        tl.a = Vall + xi * pv.xs + l0 * pv.ts + g * Cg + c, tl.a_is = 1, tl.a_ls = pv.ts;
+        tl.b = Eall + xi * pe.xs + l0 * pe.ts + g * Kgp + k0, tl.b_ls = pe.ts;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = std::min(kSumTiles, nt - l0);
         tl.mr = static_cast<int>(std::min(MR, c1 - c));
         tl.c = dUx + (c - c0) * ldu, tl.ldc = ldu, tl.accumulate = accumulate || l0 > 0;
@@ -585,10 +672,10 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
     const int64_t nc = c1 - c0, nk = std::min<int64_t>(VL, Kg - k0);
     if (nk <= 0) return;
     float* tmp = scratch(3, nc * 9 * VL);
-    V u[16], o[9];
+    V u[NP], o[9];
     for (int64_t c = 0; c < nc; ++c) {
-      for (int xi = 0; xi < 16; ++xi) u[xi] = Isa::load(dUk + xi * xs + c * ldu);
-      weight_grad_tile(u, o);
+      for (int xi = 0; xi < NP; ++xi) u[xi] = Isa::load(dUk + xi * xs + c * ldu);
+      Tile2D<Kd>::weight_grad(u, o);
       for (int rs = 0; rs < 9; ++rs) Isa::store(tmp + (krsc ? rs * nc + c : c * 9 + rs) * VL, o[rs]);
     }
     float* out = dw + (g * Kg + k0) * Cg * 9;
@@ -599,7 +686,7 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
       transpose_rows(tmp, VL, nc * 9, nk, Cg * 9, out + c0 * 9, nc * 9);
     if (stream_dw) _mm_sfence();
   };
-  if (nchunks == 1 && 16 * G * Cg * Kgp > kFusedFloats) {
+  if (nchunks == 1 && NP * G * Cg * Kgp > kFusedFloats) {
     // Many channels and few tiles (512 @7): dU would be over 4 MiB (16 MiB for 512x512), written
     // to memory and read back; and where other passes run between two backward-weights (a
     // training step) it is not in L3 either. A task takes a block of filters and one of channels
@@ -612,8 +699,8 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
     // back from L3): 512@7 1.02x channels_last, 1.03x NCHW; batch 8 and 384@7 level; 32 slower.
     const int64_t cb = ceil_div(Cg, ceil_div(Cg, kFusedChannels)), ncb = ceil_div(Cg, cb);
     for_each_task(rows, macs, [&](int64_t i) {
-      input_transform(s, e, x, i, i + 1, 0, tw, Vall, T, i * tw);
-      dy_transform(s, e, dy, i, i + 1, Eall, T, i * tw);
+      input_transform<Kd>(s, e, x, i, i + 1, 0, tw, Vall, pv, i * tw);
+      dy_transform<Kd>(s, e, dy, i, i + 1, Eall, pe, i * tw);
     });
     for_each_task(G * ncb * nkb, macs, [&](int64_t task) {
       const int64_t g = task / (ncb * nkb), c0 = (task / nkb) % ncb * cb, c1 = std::min(Cg, c0 + cb);
@@ -621,29 +708,39 @@ void winograd_backward_weight(const WinoShape& s, const float* x, const float* d
       // [xi][c - c0][k - k0], planes a line more than cb x kbw apart (plane()): at exactly that
       // (32 KiB), finish's 16 loads of a channel fell into one L1 set
       const int64_t xs = plane(cb, kbw);
-      float* dUl = scratch(8, 16 * xs);
-      for (int64_t xi = 0; xi < 16; ++xi) add_products(g, xi, c0, c1, k0, rows * tw, dUl + xi * xs, kbw, false);
+      float* dUl = scratch(8, NP * xs);
+      for (int64_t xi = 0; xi < NP; ++xi) add_products(g, xi, c0, c1, k0, rows * tw, dUl + xi * xs, kbw, false);
       for (int64_t k = k0; k < std::min(Kgp, k0 + kbw); k += VL) finish(g, c0, c1, k, dUl + (k - k0), xs, kbw);
     });
     return;
   }
-  float* dU = scratch(8, G * 16 * Cg * Kgp);  // [g][xi][c][k]
+  float* dU = scratch(8, G * NP * Cg * Kgp);  // [g][xi][c][k]
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
     for_each_task(R1 - R0, macs, [&](int64_t i) {
-      input_transform(s, e, x, R0 + i, R0 + i + 1, 0, tw, Vall, T, i * tw);
-      dy_transform(s, e, dy, R0 + i, R0 + i + 1, Eall, T, i * tw);
+      input_transform<Kd>(s, e, x, R0 + i, R0 + i + 1, 0, tw, Vall, pv, i * tw);
+      dy_transform<Kd>(s, e, dy, R0 + i, R0 + i + 1, Eall, pe, i * tw);
     });
-    for_each_task(G * 16 * nkb, macs, [&](int64_t task) {
-      const int64_t g = task / (16 * nkb), xi = (task / nkb) % 16, k0 = (task % nkb) * kbw;
-      add_products(g, xi, 0, Cg, k0, nt, dU + ((g * 16 + xi) * Cg) * Kgp + k0, Kgp, ch > 0);
+    for_each_task(G * NP * nkb, macs, [&](int64_t task) {
+      const int64_t g = task / (NP * nkb), xi = (task / nkb) % NP, k0 = (task % nkb) * kbw;
+      add_products(g, xi, 0, Cg, k0, nt, dU + ((g * NP + xi) * Cg) * Kgp + k0, Kgp, ch > 0);
     });
   }
   const int64_t nkv = Kgp / VL;
   for_each_task(G * nkv, macs, [&](int64_t task) {
     const int64_t g = task / nkv, k0 = (task % nkv) * VL;
-    finish(g, 0, Cg, k0, dU + g * 16 * Cg * Kgp + k0, Cg * Kgp, Kgp);
+    finish(g, 0, Cg, k0, dU + g * NP * Cg * Kgp + k0, Cg * Kgp, Kgp);
   });
+}
+
+void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
+                   float* y, int64_t macs, const at::Tensor* filter) {
+  if (s.kind == kStride2) return conv_kind<S2>(s, x, w, flip, krsc, bias, y, macs, filter);
+  conv_kind<F23>(s, x, w, flip, krsc, bias, y, macs, filter);
+}
+
+void winograd_backward_weight(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
+  backward_weight_kind<F23>(s, x, dy, dw, krsc, macs);
 }
 
 }  // namespace CONV_EXT_ISA_NS
