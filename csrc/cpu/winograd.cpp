@@ -173,7 +173,7 @@ namespace {
 struct F23 {
   static constexpr int N = 4, PS = 4, ST = 2, OT = 2, kTag = 4;
   static constexpr int64_t kSmallU = 256 * 1024, kTaskFloats = 128 * 1024;  // schedules: winograd_conv
-  static constexpr bool kTileMajor = false;                                  // V, M, E: Planes
+  static constexpr bool kTileMajor = false;  // V, M, E in the small-U schedule and backward-weight: Planes
   static void in(const V* x, int xs, V* v, int vs) {
     v[0] = Isa::sub(x[0], x[2 * xs]), v[vs] = Isa::add(x[xs], x[2 * xs]);
     v[2 * vs] = Isa::sub(x[2 * xs], x[xs]), v[3 * vs] = Isa::sub(x[xs], x[3 * xs]);
@@ -202,6 +202,8 @@ struct F23 {
 // outputs (6 direct), 25 for a 2x2 tile (36). Additions only: its rounding is that of a direct sum.
 struct S2 {
   static constexpr int N = 5, PS = 5, ST = 4, OT = 2, kTag = 5;
+  // U of up to 2 MiB cached (the layers it is chosen for); tasks of ~768 KiB of V and M: 2 tile
+  // rows at 128@56 (1 row, 14 tiles: 0.93x; 3 rows 0.98x); V, M tile-major 1.01-1.03x
   static constexpr int64_t kSmallU = 512 * 1024, kTaskFloats = 192 * 1024;
   static constexpr bool kTileMajor = true;
   static void in(const V* x, int xs, V* v, int vs) {
@@ -526,9 +528,13 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
       for (int64_t k = 0; k < Kg; ++k) bp[g * Kgp + k] = bias[g * Kg + k];
   const int64_t nthreads = pool_threads();
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024;  // V + M of a chunk (large-U schedule): 8 MiB
-  const bool tile_major = Kd::kTileMajor;
 
   const bool large_u = NP * G * Cg * Kgp > Kd::kSmallU && NP * tw * (Cs + Ks) <= kChunkFloats;
+  // V and M tile by tile in the large-U schedule (its input transform writes a whole chunk's V,
+  // read back by every block of filters): F23 forward and backward-input, 2 threads, batch 4, the
+  // two layouts in one process, random order, medians of 30: 256@14 1.06-1.08x, batch 8
+  // 1.00-1.10x, 512@7 0.99-1.03x. Not in the small-U schedule: 64@56 and 128@28 0.95-0.99x.
+  const bool tile_major = Kd::kTileMajor || large_u;
   if (!large_u) {
     // U, kept across calls while the filter is unchanged (filter_cache.h). Not the large U of the
     // other schedule: read back from memory (16 MiB for 512x512) it cost more than computing its
@@ -638,7 +644,7 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
   float* Vall = scratch(4, NP * plane(T, e.Vr));
   float* Eall = scratch(7, NP * plane(T, e.Mr));
-  const bool tile_major = Kd::kTileMajor;
+  const bool tile_major = Kd::kTileMajor;  // (F23 tile-major here: 0.69-0.97x, 64@56 .. 512@7)
   const Planes pv = planes(NP, T, e.Vr, tile_major), pe = planes(NP, T, e.Mr, tile_major);
   const int64_t kbw = Isa::kMaxNV * VL, nkb = ceil_div(Kgp, kbw);
   // dU[.][xi][c][k0..k0+kbw) += V_xi[tiles of l0..][c0..]^T E_xi[tiles][k0..] into dU (row stride
