@@ -398,13 +398,14 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
 
 // Copy rows [h_lo, h_hi) of image n, channels [c0, c0+cn) of a (N, Ct, Hs, Ws) tensor (NCHW or
 // NHWC, contiguous) into a "band": dst[row][col][cs] with col = w + padL for w in [0, Ws) and
-// zeros in the other columns of [0, Wp) and in the lanes [cn, cs). NHWC rows are memcpy'd;
+// zeros in the other columns of [0, Wp) and in the lanes [cn, cs). padL < 0: the band starts
+// -padL columns into the rows (a piece of a row). NHWC rows are memcpy'd;
 // NCHW rows are transposed on the way by transpose_rows (all the rows at once when there are no
 // padding columns: then each channel's rows are one contiguous run; was a scalar strided copy).
 inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64_t Ws, int64_t n,
                       int64_t c0, int64_t cn, int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp,
                       int64_t cs, float* dst) {
-  const int64_t w_lo = std::min(Wp, padL), w_hi = std::min(Wp, Ws + padL);  // columns with data
+  const int64_t w_lo = std::clamp<int64_t>(padL, 0, Wp), w_hi = std::max(w_lo, std::min(Wp, Ws + padL));  // with data
   if (!nhwc && w_lo == 0 && w_hi == Wp && Wp == Ws) {
     transpose_rows(src + ((n * Ct + c0) * Hs + h_lo) * Ws, Hs * Ws, cn, (h_hi - h_lo) * Ws, cs, dst);
     return;

@@ -91,12 +91,14 @@ bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
 
 auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
 
-void run_forward(const Conv2dParams& p, Operands& o) {
-  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p), kF2x2_3x3};
+void forward(const Conv2dParams& p, Operands& o, WinoKind kind) {
+  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p), kind};
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), false, weight_is_krsc(p), bias,
         o.out.mutable_data_ptr<float>(), p.macs(), o.filter);
 }
+
+void run_forward(const Conv2dParams& p, Operands& o) { forward(p, o, kF2x2_3x3); }
 
 // dx = conv(dy, w'), w'[c][k][r][s] = w[k][c][2-r][2-s], padding 2 - pad: dy is the input.
 void run_backward_input(const Conv2dParams& p, Operands& o) {
@@ -122,15 +124,12 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 // (dx tiles of 4x4 from 3x3 dy patches, 25 products) ran 0.96-1.07x channels_last and 0.87-0.97x
 // NCHW, backward-weight 0.65-0.78x: both left to implicit_gemm.
 bool supports_s2(const Conv2dParams& p, at::ScalarType dtype) {
-  return wino_shape(p, dtype, 2) && std::min(p.Cg(), p.Kg()) >= 64 && 25 * p.groups * p.Cg() * p.Kg() <= 512 * 1024;
+  using S2 = avx512::S2;  // (the same constants in every ISA; AVX-512's padding of Kg is the wider)
+  const int64_t u_floats = avx512::Tile2D<S2>::NP * p.groups * p.Cg() * round_up(p.Kg(), 16);
+  return wino_shape(p, dtype, 2) && std::min(p.Cg(), p.Kg()) >= 64 && u_floats <= S2::kSmallU;
 }
 
-void run_forward_s2(const Conv2dParams& p, Operands& o) {
-  const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p), kStride2};
-  const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
-  isa()(s, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), false, weight_is_krsc(p), bias,
-        o.out.mutable_data_ptr<float>(), p.macs(), o.filter);
-}
+void run_forward_s2(const Conv2dParams& p, Operands& o) { forward(p, o, kStride2); }
 
 const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports_forward, run_forward, true}) &&
                         register_algorithm({"winograd", Pass::BackwardInput, 40, supports_backward_input, run_backward_input, true}) &&
@@ -173,7 +172,7 @@ namespace {
 struct F23 {
   static constexpr int N = 4, PS = 4, ST = 2, OT = 2, kTag = 4;
   static constexpr int64_t kSmallU = 256 * 1024, kTaskFloats = 128 * 1024;  // schedules: winograd_conv
-  static constexpr bool kTileMajor = false;  // V, M, E in the small-U schedule and backward-weight: Planes
+  static constexpr bool kTileMajor = false;  // V, M in the small-U schedule: Planes
   static void in(const V* x, int xs, V* v, int vs) {
     v[0] = Isa::sub(x[0], x[2 * xs]), v[vs] = Isa::add(x[xs], x[2 * xs]);
     v[2 * vs] = Isa::sub(x[2 * xs], x[xs]), v[3 * vs] = Isa::sub(x[xs], x[3 * xs]);
@@ -338,8 +337,9 @@ inline Planes planes(int NP, int64_t vt, int64_t width, bool tile_major) {
   return tile_major ? Planes{width, NP * width} : Planes{plane(vt, width), width};
 }
 
-// V[xi][t][c] (planes of plane(vt, Vr) floats, rows Vr apart) = B^T d B for the tiles of the block,
-// t = (gr - gr0)*(tj1 - tj0) + j + t0.
+// V (value (xi, t, c) where pv puts it) = B^T d B for the tiles of the block,
+// t = (gr - gr0)*(tj1 - tj0) + j + t0. The patches come from a band of the tile row's PS input
+// rows (pack_band: zero padding built in; NCHW transposed 16 channels at a time over all rows).
 template <class T>
 void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t gr0, int64_t gr1, int64_t tj0,
                      int64_t tj1, float* Vb, Planes pv, int64_t t0) {
@@ -348,38 +348,10 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
   float* band = scratch(2, PS * Wb * Cs);  // the PS input rows of a tile row, [row][col][Cs]
   for (int64_t gr = gr0; gr < gr1; ++gr) {
     const int64_t n = gr / e.th, h0 = ST * (gr % e.th) - s.ph;
-    for (int64_t a = 0; a < PS; ++a) {
-      float* row = band + a * Wb * Cs;
-      const int64_t h = h0 + a, wlo = std::max<int64_t>(0, w0), whi = std::min(W, w0 + Wb);
-      if (h < 0 || h >= H || whi <= wlo) {
-        std::memset(row, 0, sizeof(float) * Wb * Cs);
-        continue;
-      }
-      std::memset(row, 0, sizeof(float) * (wlo - w0) * Cs);
-      std::memset(row + (whi - w0) * Cs, 0, sizeof(float) * (w0 + Wb - whi) * Cs);
-      float* dst = row + (wlo - w0) * Cs;
-      if (!s.nhwc) {
-        continue;  // below
-      } else if (C == Cs) {
-        std::memcpy(dst, x + ((n * H + h) * W + wlo) * C, sizeof(float) * (whi - wlo) * C);
-      } else {
-        for (int64_t w = wlo; w < whi; ++w, dst += Cs) {
-          std::memcpy(dst, x + ((n * H + h) * W + w) * C, sizeof(float) * C);
-          std::memset(dst + C, 0, sizeof(float) * (Cs - C));
-        }
-      }
-    }
-    // NCHW: 16 channels at a time over all the rows (each channel's rows are one run: sequential
-    // streams, as pack_band), not one row of every channel at a time
-    const int64_t wlo = std::max<int64_t>(0, w0), whi = std::min(W, w0 + Wb);
-    if (!s.nhwc && whi > wlo)
-      for (int64_t j0 = 0; j0 < Cs; j0 += 16) {
-        const int64_t jn = std::max<int64_t>(0, std::min<int64_t>(16, C - j0)), jw = std::min<int64_t>(16, Cs - j0);
-        for (int64_t a = 0; a < PS; ++a)
-          if (h0 + a >= 0 && h0 + a < H)
-            transpose_rows(x + ((n * C + j0) * H + h0 + a) * W + wlo, H * W, jn, whi - wlo, Cs,
-                           band + (a * Wb + wlo - w0) * Cs + j0, jw);
-      }
+    const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + PS);
+    for (int64_t a = 0; a < PS; ++a)  // rows outside the image
+      if (h0 + a < h_lo || h0 + a >= h_hi) std::memset(band + a * Wb * Cs, 0, sizeof(float) * Wb * Cs);
+    if (h_hi > h_lo) pack_band(x, s.nhwc, C, H, W, n, 0, C, h_lo, h_hi, -w0, Wb, Cs, band + (h_lo - h0) * Wb * Cs);
     for (int64_t j = 0; j < nc; ++j) {
       const int64_t t = t0 + (gr - gr0) * nc + j;
       for (int64_t c0 = 0; c0 < Cs; c0 += VL) {
@@ -414,8 +386,8 @@ void gemms(int NP, const float* Vb, Planes pv, int64_t nt, int64_t len, const fl
     }
 }
 
-// y = A^T M A + bias for the tiles of the block (M[xi][t][Ks], planes of plane(mt, Mr) floats,
-// t as in input_transform). Pixels past P, Q are dropped.
+// y = A^T M A + bias for the tiles of the block (M: rows of Ks floats where pm puts them, t as in
+// input_transform). Pixels past P, Q are dropped.
 template <class T>
 void output_transform(const WinoShape& s, const Geo& e, const float* Mb, Planes pm, int64_t t0, int64_t gr0,
                       int64_t gr1, int64_t tj0, int64_t tj1, const float* bp, float* y) {
@@ -454,7 +426,7 @@ void output_transform(const WinoShape& s, const Geo& e, const float* Mb, Planes 
   }
 }
 
-// E[xi][t][Ks] (planes of plane(et, Mr) floats) = A e A^T for the tiles of tile rows [gr0, gr1)
+// E (rows of Ks floats where pe puts them) = A e A^T for the tiles of tile rows [gr0, gr1)
 // (all tile columns), e = the OT x OT block of dy the tile produced (zeros past P, Q), t as in
 // input_transform.
 template <class T>
@@ -644,8 +616,8 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
   float* Vall = scratch(4, NP * plane(T, e.Vr));
   float* Eall = scratch(7, NP * plane(T, e.Mr));
-  const bool tile_major = Kd::kTileMajor;  // (F23 tile-major here: 0.69-0.97x, 64@56 .. 512@7)
-  const Planes pv = planes(NP, T, e.Vr, tile_major), pe = planes(NP, T, e.Mr, tile_major);
+  // plane-major (tile-major for F23 here: 0.69-0.97x, 64@56 .. 512@7)
+  const Planes pv = planes(NP, T, e.Vr, false), pe = planes(NP, T, e.Mr, false);
   const int64_t kbw = Isa::kMaxNV * VL, nkb = ceil_div(Kgp, kbw);
   // dU[.][xi][c][k0..k0+kbw) += V_xi[tiles of l0..][c0..]^T E_xi[tiles][k0..] into dU (row stride
   // ldu), the tiles summed in pieces of kSumTiles in registers (shorter float32 sums than one run
