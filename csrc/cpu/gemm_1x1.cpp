@@ -274,7 +274,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   const bool by_image = !nhwc && HW < kPiece;
   const int64_t total = by_image ? N : N * HW;  // units the chunks split
   const int64_t ipb = by_image ? std::max<int64_t>(1, 2 * kPiece / HW) : 1;  // images per call
-  int64_t nchunk = std::min<int64_t>({ceil_div(16, G * njb), by_image ? N : ceil_div(total, kPiece),
+  int64_t nchunk = std::min<int64_t>({ceil_div(weight_tasks(16), G * njb), by_image ? N : ceil_div(total, kPiece),
                                       std::max<int64_t>(1, (int64_t(16) << 20) / part),
                                       std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))});
   nchunk = std::max<int64_t>(1, nchunk);
