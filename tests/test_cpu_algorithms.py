@@ -731,21 +731,28 @@ def test_large_output_streamed(layout, algo, shape):
     torch.testing.assert_close(y, F.conv2d(x, w, b, stride=stride, padding=pad), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape,k", [((1, 40, 112, 128), 48), ((2, 20, 121, 115), 36)], ids=str)
-def test_implicit_gemm_nchw_strided_backward_input_streamed(shape, k):
-    """NCHW strided backward-input (the phase gather) with dx of >= 512K floats: its transposes write
-    dx with streaming stores where a row block of a plane is whole, aligned vectors (128 columns),
-    ordinary stores elsewhere (115 columns: row blocks start mid-line); 40 and 20 channels: the
-    last vector of channels partly lanes past C, which the transposes do not write."""
+@pytest.mark.parametrize("layout,shape,k", [
+    ("nchw", (1, 40, 112, 128), 48), ("nchw", (2, 20, 121, 115), 36),
+    ("nhwc", (1, 48, 112, 128), 48), ("nhwc", (1, 72, 90, 90), 32), ("nhwc", (2, 20, 121, 115), 36),
+], ids=str)
+def test_implicit_gemm_strided_backward_input_streamed(layout, shape, k):
+    """Strided backward-input (the phase gather) with dx of >= 512K floats. NCHW: its transposes
+    write dx with streaming stores where a row block of a plane is whole, aligned vectors (128
+    columns), ordinary stores elsewhere (115 columns: row blocks start mid-line); 40 and 20
+    channels: the last vector of channels partly lanes past C, which the transposes do not write.
+    Channels_last: the micro-kernel streams a pixel's block of channels when it is whole, aligned
+    vectors (48 channels: every pixel; 72 = 48 + a masked 24, 288 bytes a pixel: every other
+    pixel's block starts mid-line; 20: masked, never streamed)."""
     g = torch.Generator().manual_seed(9)
-    x = torch.randn(*shape, generator=g).requires_grad_()
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(*shape, generator=g).contiguous(memory_format=fmt).requires_grad_()
     w = torch.randn(k, shape[1], 3, 3, generator=g) / 8
     with testing.force_cpu_algorithm("implicit_gemm", passes=("backward_input",)):
         y = conv_ext.conv2d(x, w, stride=2, padding=1)
-        dy = torch.randn(y.shape, generator=g)
+        dy = torch.randn(y.shape, generator=g).contiguous(memory_format=fmt)
         (dx,) = torch.autograd.grad(y, x, dy)
         assert testing.last_cpu_algorithm("backward_input") == "implicit_gemm"
-    assert dx.numel() >= 1 << 19
+    assert dx.numel() >= 1 << 19 and dx.is_contiguous(memory_format=fmt)
     (dx_ref,) = torch.autograd.grad(F.conv2d(x, w, stride=2, padding=1), x, dy)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-4)
 
