@@ -712,12 +712,16 @@ def test_channels_last_filter(shape, layout, algo, pass_name):
     ("nhwc", "implicit_gemm", ((1, 3, 448, 450), 64, 7, 2, 3)),
     ("nchw", "direct_nchw", ((1, 3, 448, 448), 64, 7, 2, 3)),
     ("nchw", "gemm_1x1", ((1, 32, 112, 115), 96, 1, 1, 0)),
+    ("nhwc", "winograd", ((1, 40, 122, 120), 72, 3, 1, 1)),
+    ("nchw", "winograd", ((1, 40, 122, 121), 72, 3, 1, 1)),
 ], ids=str)
 def test_large_output_streamed(layout, algo, shape):
     """Outputs of >= 512K floats leave by streaming stores where whole, aligned vectors are written
     (implicit_gemm NCHW: its transposes; NHWC: the micro-kernel; direct_nchw: rows of whole
-    vectors; gemm_1x1: 64-pixel blocks, the plane's tail masked). Rows that end mid-vector (225,
-    115 columns) mix streamed and ordinary stores; the result must match torch's, bias and all."""
+    vectors; gemm_1x1: 64-pixel blocks, the plane's tail masked; winograd: NHWC pixels' whole
+    vectors -- 72 channels = 288 bytes, every other pixel starts mid-line, the last 8 channels
+    masked -- and NCHW's transposes). Rows that end mid-vector (225, 115, 121 columns) mix
+    streamed and ordinary stores; the result must match torch's, bias and all."""
     (n, c, h, w_), k, r, stride, pad = shape
     g = torch.Generator().manual_seed(5)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
