@@ -779,6 +779,25 @@ def test_gemm_1x1_nhwc_backward_input_streamed(shape, k):
     torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,k", [((3, 256, 57, 58), 128), ((2, 48, 150, 151), 256)], ids=str)
+def test_gemm_1x1_nhwc_backward_weight_prefetched(shape, k):
+    """Channels_last 1x1 backward-weight whose broadcast operand (x, then dy) has >= 2M floats: the
+    next piece of its pixels is prefetched while a piece's tiles run (pixel counts that are not a
+    multiple of the 128-pixel piece: the last piece's prefetch stops at the chunk's end). Against a
+    float64 reference."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape[0], k, *shape[2:], generator=g).contiguous(memory_format=torch.channels_last)
+    a = x if shape[1] > k else dy
+    assert a.numel() >= 1 << 21
+    with testing.force_cpu_algorithm("gemm_1x1", passes=("backward_weight",)):
+        dw = torch.ops.conv_ext.conv2d_backward_weight(dy, x, [k, shape[1], 1, 1], [1, 1], [0, 0], [1, 1], 1)
+        assert testing.last_cpu_algorithm("backward_weight") == "gemm_1x1"
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), torch.zeros(k, shape[1], 1, 1, dtype=torch.float64),
+                                              None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+    assert rel_error(dw, ref) <= 1e-5
+
+
 @pytest.mark.parametrize("shape,stride", [((1, 48, 150, 150), 1), ((1, 40, 160, 170), 2)], ids=str)
 def test_depthwise_large_output_streamed(shape, stride):
     """Channels_last depthwise forward and backward-input with outputs of >= 1M floats: the runs'

@@ -299,13 +299,26 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
       // 2048->512 @7 1.5x, 128->512 @28 1.08x; short rows (64->256 @56, 24->144 @56) within noise.
       const bool in_place = CtV < 256;
       const int64_t piece = in_place ? kPiece : kPiece / 2;
+      // A is read in place, a line per pixel and row of tiles: its first reads of a piece come
+      // from memory at a stride the hardware prefetcher does not follow far (a piece is one run
+      // of pixels, but 8-128 KB of it). When A is too large to have stayed in L3 (>= 8 MiB), the
+      // next piece is prefetched into L2 during this piece's tiles. 2 threads, batch 4 unless
+      // said, in-process A/B in random order, median of 20-40: 256->128 @56 1.23x, 256->64 @56
+      // 1.30x, 64->256 @56 1.15x, 32->16 @112 batch 8 1.27x; with A of 0.4-3 MiB (64->64 @56,
+      // 512->128/256 @28, 256->512 @56/2) it cost 2-3%, so not there; @14 and @7 level.
+      const bool prefetch_a = G == 1 && N * HW * CtA >= (int64_t(1) << 21);
       M bm[4];
       make_masks(nv, jn, bm);
       for (int64_t pos = a; pos < b; pos += piece) {
         const int64_t len = std::min(piece, b - pos);
         const float* vp = V + pos * CtV + g * Nj + j0;
         if (!in_place) pad_rows(vp, CtV, len, jn, NVL, vt, NVL), vp = vt;
+        // the next piece's A pixels (one run of memory: G == 1), spread over this piece's tiles
+        const char* pf = reinterpret_cast<const char*>(A + (pos + len) * CtA);
+        const char* pf_end = reinterpret_cast<const char*>(A + std::min(b, pos + len + piece) * CtA);
+        const int64_t pf_step = prefetch_a && pf_end > pf ? ceil_div((pf_end - pf) / 64, ceil_div(Mi, MR)) : 0;
         for (int64_t i0 = 0; i0 < Mi; i0 += MR) {
+          for (int64_t k = 0; k < pf_step && pf < pf_end; ++k, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
           Tile t;
           t.a = A + pos * CtA + g * Mi + i0, t.a_is = 1, t.a_ls = CtA;
           t.b = vp, t.b_ls = in_place ? CtV : NVL;
