@@ -1101,17 +1101,17 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   const int64_t part = G * nkb * RS * Cg * NVL;  // one chunk's partial sums [g][kb][r][s][c][NVL]
 
   // Chunks of the N*P output rows: a function of the shape and the machine only (determinism:
-  // weight_tasks, kernel_util.h), enough of them
-  // to keep the threads busy next to G*nkb, few enough that the partials stay small: about 4M
-  // multiply-adds each, but at least 2 (a CIFAR stem, 3->16 @32 batch 8 = 3.5M, ran as one chunk
-  // on one thread: NHWC 0.49x torch -> 0.71x, NCHW 0.84x -> 0.93x; 1M-MAC chunks instead cost
-  // the 5x5 24->40 @27 layer 0.88x -> 0.70x forward+backward). Up to weight_tasks(8) tasks'
-  // worth (chunks x blocks; 2 on a 2-core machine), was 16, then 8 on any machine: 512->512 3x3/2 @14 has 8 blocks of 64 filters and ran 2 chunks of 9.4 MB
-  // partials for a 196-pixel reduction; one chunk: NCHW 8.16 -> 7.79 ms, NHWC 7.64 -> 7.10 (2
-  // threads, median of 30, random order); the stem, g4, 5x5 24->40, 1x1 64@56 unchanged.
-  // A task runs kbs blocks of filters on one x band (built once for them all), so the chunks x
-  // block-groups (~weight_tasks(8) tasks) are chosen to move the fewest floats: each block-group copies the
-  // input once (nkg * |x|), each chunk adds one partial (nchunk * part). A task per block before
+  // weight_tasks, kernel_util.h), enough of them to keep the threads busy next to G*nkb, few
+  // enough that the partials stay small: about 4M multiply-adds each, but at least 2 (a CIFAR
+  // stem, 3->16 @32 batch 8 = 3.5M, ran as one chunk on one thread: NHWC 0.49x torch -> 0.71x,
+  // NCHW 0.84x -> 0.93x; 1M-MAC chunks instead cost the 5x5 24->40 @27 layer 0.88x -> 0.70x
+  // forward+backward). Up to weight_tasks(8) tasks' worth (chunks x blocks; 2 on a 2-core
+  // machine). It was 16, then 8 on any machine: 512->512 3x3/2 @14 has 8 blocks of 64 filters and
+  // ran 2 chunks of 9.4 MB partials for a 196-pixel reduction; one chunk: NCHW 8.16 -> 7.79 ms,
+  // NHWC 7.64 -> 7.10 (2 threads, median of 30, random order); the stem, g4, 5x5 24->40, 1x1
+  // 64@56 unchanged. A task runs kbs blocks of filters on one x band (built once for them all),
+  // so the chunks x block-groups (~weight_tasks(8) tasks) are chosen to move the fewest floats:
+  // each block-group copies the input once (nkg * |x|), each chunk adds one partial (nchunk * part). A task per block before
   // (the band copied once per block: memmove 8-10% of the samples of 3x3/2 128@56, perf record);
   // 2 threads, batch 4 (python benchmarks/ab.py OLD.so NEW.so 4,128,56,56,128,3,2,1 --pass
   // backward_weight): 1.02x channels_last, 1.04x NCHW (8 chunks of both blocks, not 4 x 2); 64@56,

@@ -72,13 +72,13 @@ inline double round_factor(int64_t tasks) {
 // threads (at least 2), at most `cap`. Not the pool's size: torch.set_num_threads does not change
 // the chunks, so the bits are the same for any thread count on a machine (the test runs 1 and 2
 // threads); another machine may cut them otherwise, as it may run other kernels (AVX2, AVX-512).
-// Each chunk adds a buffer of partial sums the size of dw, written cold and summed at the end;
-// tasks' worth of chunks for 2 cores instead of 8 (16 for gemm_1x1), 2 threads, batch 4, in-process
-// A/B in random order, median of 30: 3x3/2 backward-weight 128@56 1.06-1.11x (channels_last and
-// NCHW), 256@28 1.06-1.14x, 512@14 0.98-1.06x; 1x1 1.00-1.06x (64->256 @56, 256->64 @56, 128->512
-// @28, 512->1024 @28/2, 2048->512 @7); the 7x7/2 stem, 3x3 64@56, g4 and CIFAR layers within 2%.
-// (Fewer tasks than threads would leave a core idle; the pool's stealing cannot balance 2 tasks,
-// and on this VM still lost to the buffers.)
+// Each chunk adds a buffer of partial sums the size of dw, written cold and summed at the end.
+// Chunks for 2 tasks instead of 8 (implicit_gemm) or 16 (gemm_1x1) on this 2-core machine,
+// 2 threads, batch 4, in-process A/B in random order, median of 30: 3x3/2 backward-weight 128@56
+// 1.06-1.11x (channels_last and NCHW), 256@28 1.06-1.14x, 512@14 0.98-1.06x; 1x1 1.00-1.06x
+// (64->256 @56, 256->64 @56, 128->512 @28, 512->1024 @28/2, 2048->512 @7); the 7x7/2 stem, 3x3
+// 64@56, g4 and CIFAR layers within 2%. 4 tasks (2 a thread, which the pool could rebalance when
+// one core runs slow) gained about half as much.
 inline int64_t weight_tasks(int64_t cap) {
   static const int64_t hw = std::max<int64_t>(2, std::thread::hardware_concurrency());
   return std::min(cap, hw);
