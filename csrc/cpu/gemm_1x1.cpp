@@ -316,7 +316,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
         // the next piece's A pixels (one run of memory: G == 1), spread over this piece's tiles
         const char* pf = reinterpret_cast<const char*>(A + (pos + len) * CtA);
         const char* pf_end = reinterpret_cast<const char*>(A + std::min(b, pos + len + piece) * CtA);
-        const int64_t pf_step = prefetch_a && pf_end > pf ? ceil_div((pf_end - pf) / 64, ceil_div(Mi, MR)) : 0;
+        const int64_t pf_step = prefetch_a ? ceil_div((pf_end - pf) / 64, ceil_div(Mi, MR)) : 0;
         for (int64_t i0 = 0; i0 < Mi; i0 += MR) {
           for (int64_t k = 0; k < pf_step && pf < pf_end; ++k, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
           Tile t;

@@ -950,13 +950,11 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
             }
           }
       }
-      if (!nhwc) {
+      if (!nhwc)
         transpose_rows(obuf, NVL, (i1 - i0) * W, cvalid, H * W, dx + ((n * C + g * Cg + ob * NVL) * H + i0) * W,
                        (i1 - i0) * W, stream_dx);
-        if (stream_dx) _mm_sfence();
-      }
     }
-    if (nhwc && stream_dx) _mm_sfence();
+    if (stream_dx) _mm_sfence();  // the task's streamed dx (either layout) before it ends
   });
 }
 
