@@ -278,7 +278,8 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
 
 
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
-BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows")  # bfloat16 kernels (where the CPU has AMX: else "does not support")
+# bfloat16 kernels (where the CPU has AMX or AVX512-BF16: else "does not support")
+BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs")
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):
@@ -503,6 +504,9 @@ AMX_EXACT = AMX + AMX_ROWS + [
                                                       # with x and dy's roles swapped (dw transposed)
     ((2, 40, 5, 7), 48, (1, 1), 1, 0, 1, 1),          # channels_last 1x1 read in place, A rows of the last
     ((1, 24, 6, 5), 40, (1, 1), 1, 0, 1, 1),          # block reaching into the next pixel (40, 48; 24)
+    ((1, 400, 5, 6), 40, (3, 3), 1, 1, 1, 1),         # bf16_pairs: 200 words, 2 panels (float32 out, rounded after);
+    ((1, 32, 5, 6), 400, (3, 3), 1, 1, 1, 1),         # backward-input turned round, 2 panels;
+    ((1, 32, 7, 8), 704, (3, 3), 2, 1, 1, 1),         # strided backward-input, 3 panels of output channels
 ]
 
 
@@ -609,7 +613,7 @@ def test_bfloat16_default_is_amx_where_available(layout):
     CPU has AMX (conv_ext.info()["cpu_amx_bf16"]), and the float32 path elsewhere. With the tiles
     emulated (AVX512-BF16, no AMX: "cpu_amx_bf16_emulated") the backward-weight only where float32
     would not run Winograd: the 3x3 stride-1 layer's stays on float32 there, the strided one's takes
-    amx_bf16; forward and backward-input take amx_bf16 either way."""
+    amx_bf16; forward and backward-input take bf16_pairs channels_last and amx_bf16 NCHW."""
     info = conv_ext.info()
     amx, emulated = info["cpu_amx_bf16"], info["cpu_amx_bf16_emulated"]
     assert isinstance(amx, bool) and isinstance(emulated, bool) and (amx or not emulated)
@@ -621,8 +625,10 @@ def test_bfloat16_default_is_amx_where_available(layout):
             winograd = testing.last_cpu_algorithm(pass_name) == "winograd"
             winograd_seen |= winograd
             run_pass(pass_name, *(t.to(torch.bfloat16) for t in (x, wt, b, dy)), geo)
-            expected = amx and not (emulated and winograd and pass_name == "backward_weight")
+            pairs = emulated and layout == "nhwc" and pass_name != "backward_weight"
+            expected = amx and not pairs and not (emulated and winograd and pass_name == "backward_weight")
             assert (testing.last_cpu_algorithm(pass_name) == "amx_bf16") == expected, (stride, pass_name)
+            assert (testing.last_cpu_algorithm(pass_name) == "bf16_pairs") == pairs, (stride, pass_name)
     assert winograd_seen == (conv_ext._C.cpu_capability() != "portable")  # the test covers both cases
 
 

@@ -52,6 +52,7 @@
 // 88-91% of one core's 117.
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "implicit_gemm.cpp"
+#define CONV_EXT_PER_ISA_BF16  // forward and backward-input also run bf16_pairs.cpp's bfloat16 pairs
 #include "per_isa.h"
 
 
@@ -67,13 +68,13 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   auto f = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>(), is_nhwc(p),
-    o.filter);
+    o.filter, false, nullptr);
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::implicit_gemm_backward_input : avx2::implicit_gemm_backward_input;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p),
-    o.filter);
+    o.filter, false, nullptr);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -106,6 +107,7 @@ struct FwdPlan {
   int nv;
   int64_t NVL, MR, nkb, cc, ncb;
   bool merge_s;
+  bool pairs = false;  // A and B are words of bfloat16 pairs (Tile::pairs; bf16_pairs.cpp)
 };
 
 FwdPlan fwd_plan(const Conv2dParams& p) {
@@ -283,9 +285,11 @@ void row_run_ts(int T, int S, const float* x, int64_t rowstep, int64_t pixf, int
   }
 }
 
-// y = conv(x, packed weights) + bias for the forward problem p (pad >= 0).
-void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const float* wp, const float* bias,
-                 float* y, bool nhwc) {
+// y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, NHWC and one
+// panel a block (ncb == 1), y16 (if not null) gets y rounded to bfloat16 instead of y; returns
+// whether it did.
+bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const float* wp, const float* bias,
+                 float* y, bool nhwc, uint16_t* y16 = nullptr) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -350,6 +354,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // NHWC: the micro-kernel stores y itself, streamed too when no later panel adds into it: stem
   // forward ~5% faster, 64->256 1x1 @56 7-9% (same A/B).
   const bool stream_tiles = nhwc && big_y && ncb == 1;
+  if (!(f.pairs && nhwc && ncb == 1)) y16 = nullptr;
   const std::vector<int> widths = cut_row(Q);  // the runs of an output row (row_runs below)
   int64_t run_rest = Q;  // pixels of a row left to the micro-kernel
   for (int t : widths) run_rest -= t;
@@ -381,7 +386,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     int64_t* a_off = scratch_i64(0, RS);
     int64_t* b_off = scratch_i64(1, RS);
     // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
-    const bool row_runs = nv == 1 && sw == 1 && dw == 1 && S >= 2 && S <= 7;
+    const bool row_runs = nv == 1 && sw == 1 && dw == 1 && S >= 2 && S <= 7 && !f.pairs;
     for (int64_t kb = kg * kbs; kb < std::min(nkb, (kg + 1) * kbs); ++kb) {
       const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
       M cm[4];
@@ -418,8 +423,10 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             t.bias_v = bias_kb;
             if (cr) t.crow = cr + f0;
             else t.c = out_at(f0), t.ldc = ldc;
+            if (y16) t.c16 = y16 + (out_at(f0) - y);
             t.cmask = cmask;
             t.stream = stream_tiles;
+            t.pairs = f.pairs;
             run_tile<false>(nv, t);
           }
         };
@@ -499,6 +506,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
       task_body(n0, std::min(Nt, n0 + nimg), p0, std::min(Pt, p0 + rb), g, kg, nullptr);
     });
   }
+  return y16 != nullptr;
 }
 
 // The forward filter itself (no flip): a panel's [c][r][s] x NVL block is the transpose of NVL
@@ -509,7 +517,7 @@ void fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
 PackedFilter fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const float* w, const at::Tensor* filter) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S, NVL = f.NVL;
   const int64_t floats = G * f.nkb * RS * Cg * NVL;
-  const std::initializer_list<int64_t> tag = {1, CONV_EXT_ISA_BITS, G, Kg, Cg, p.R, p.S, NVL, f.cc, weight_is_krsc(p)};
+  const std::initializer_list<int64_t> tag = {1, CONV_EXT_ISA_BITS, G, Kg, Cg, p.R, p.S, NVL, f.cc, weight_is_krsc(p), f.pairs};
   return packed_filter(filter, tag, floats, scratch(0, floats), [&](float* wp) {
     for_each_task(G * f.nkb, p.macs(), [&](int64_t gk) {
       const int64_t g = gk / f.nkb, k0 = (gk % f.nkb) * NVL;
@@ -534,11 +542,14 @@ PackedFilter fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const flo
   });
 }
 
-void implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias,
-                           float* y, bool nhwc, const at::Tensor* filter) {
-  const FwdPlan f = fwd_plan(p);
+// pairs: x and w are words of bfloat16 pairs of channels (p counts the words), and y16 (if not
+// null) may get the output rounded to bfloat16 instead of y: returns whether it did (bf16_pairs.cpp).
+bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias,
+                           float* y, bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16) {
+  FwdPlan f = fwd_plan(p);
+  f.pairs = pairs;
   const PackedFilter wp = fwd_pack_forward(p, f, w, filter);
-  fwd_compute(p, f, x, wp.data, bias, y, nhwc);
+  return fwd_compute(p, f, x, wp.data, bias, y, nhwc, y16);
 }
 
 
@@ -556,7 +567,7 @@ PackedFilter fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const 
                               const at::Tensor* filter) {
   const int64_t G = f.groups, Cgf = f.Cg(), Kgf = f.Kg(), RS = f.R * f.S, NVL = plan.NVL;
   const int64_t floats = G * plan.nkb * RS * Cgf * NVL;
-  const std::initializer_list<int64_t> tag = {2, CONV_EXT_ISA_BITS, G, Kgf, Cgf, f.R, f.S, NVL, plan.cc, krsc};
+  const std::initializer_list<int64_t> tag = {2, CONV_EXT_ISA_BITS, G, Kgf, Cgf, f.R, f.S, NVL, plan.cc, krsc, plan.pairs};
   return packed_filter(filter, tag, floats, scratch(0, floats), [&](float* wp) {
     for_each_task(G * plan.nkb, f.macs(), [&](int64_t gk) {
       const int64_t g = gk / plan.nkb, j0 = (gk % plan.nkb) * NVL;
@@ -577,12 +588,13 @@ PackedFilter fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const 
   });
 }
 
-void bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
-                       const at::Tensor* filter) {
+bool bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
+                       const at::Tensor* filter, bool pairs, uint16_t* dx16) {
   const Conv2dParams f = turned_problem(p);  // (kernel_util.h)
-  const FwdPlan plan = fwd_plan(f);
+  FwdPlan plan = fwd_plan(f);
+  plan.pairs = pairs;
   const PackedFilter wp = fwd_pack_flipped(f, plan, w, channel_rows(p), filter);
-  fwd_compute(f, plan, dy, wp.data, nullptr, dx, nhwc);
+  return fwd_compute(f, plan, dy, wp.data, nullptr, dx, nhwc, dx16);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -830,11 +842,13 @@ void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w
   else bwd_input_pixel_rows_cb<2>(p, dy, w, dx, nhwc);
 }
 
-void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
-                                  const at::Tensor* filter) {
-  if (bwd_input_use_pixel_rows(p)) return bwd_input_pixel_rows(p, dy, w, dx, nhwc);
-  if (bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc);
-  if (turns_round(p)) return bwd_input_stride1(p, dy, w, dx, nhwc, filter);
+// pairs: dy and w are words of bfloat16 pairs of output channels (p counts the words), and dx16
+// (if not null) may get dx rounded to bfloat16 instead of dx: returns whether it did (bf16_pairs.cpp).
+bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
+                                  const at::Tensor* filter, bool pairs, uint16_t* dx16) {
+  if (!pairs && bwd_input_use_pixel_rows(p)) return bwd_input_pixel_rows(p, dy, w, dx, nhwc), false;
+  if (!pairs && bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc), false;
+  if (turns_round(p)) return bwd_input_stride1(p, dy, w, dx, nhwc, filter, pairs, dx16);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -851,11 +865,12 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   int64_t kc = std::max<int64_t>(1, kPanelFloats / (RS * NVL));
   if (kc >= Kg || RS * Kg * NVL <= 2 * kPanelFloats) kc = Kg;
   const int64_t nkc = ceil_div(Kg, kc);
+  if (!(pairs && nhwc && nkc == 1)) dx16 = nullptr;  // bfloat16 out: one panel, written once
 
   // packed transposed weights [g][ob][kcb][r][s][k][NVL]
   const bool krsc = channel_rows(p);
   const int64_t wfloats = G * nob * RS * Kg * NVL;
-  const std::initializer_list<int64_t> tag = {3, CONV_EXT_ISA_BITS, G, Kg, Cg, R, S, NVL, kc, krsc};
+  const std::initializer_list<int64_t> tag = {3, CONV_EXT_ISA_BITS, G, Kg, Cg, R, S, NVL, kc, krsc, pairs};
   const PackedFilter packed = packed_filter(filter, tag, wfloats, scratch(0, wfloats), [&](float* wp) {
     for_each_task(G * nob, p.macs(), [&](int64_t go) {
       const int64_t g = go / nob, ob = go % nob;
@@ -941,11 +956,13 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
               t.accumulate = kcb > 0;
               if (nhwc) {
                 t.c = dx + ((n * H + ih) * W + iw0) * C + g * Cg + ob * NVL, t.ldc = sw * C;
+                if (dx16) t.c16 = dx16 + (t.c - dx);
                 t.cmask = cvalid < NVL ? cm : nullptr;
                 t.stream = stream_dx && nkc == 1;  // written once: whole lines, no read-for-ownership
               } else {
                 t.c = obuf + ((ih - i0) * W + iw0) * NVL, t.ldc = sw * NVL;
               }
+              t.pairs = pairs;
               run_tile<false>(nv, t);
             }
           }
@@ -956,6 +973,7 @@ void implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
     }
     if (stream_dx) _mm_sfence();  // the task's streamed dx (either layout) before it ends
   });
+  return dx16 != nullptr;
 }
 
 // ------------------------------------------------------------------------------------------

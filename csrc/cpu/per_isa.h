@@ -18,7 +18,11 @@
 #include "kernel_util.h"
 
 #pragma GCC push_options
+#ifdef CONV_EXT_PER_ISA_BF16  // the file runs bfloat16 pairs too (simd.h's Tile::pairs): AVX512-BF16 as well
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")
+#else
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#endif
 #define CONV_EXT_ISA_NS avx512
 #define CONV_EXT_ISA_BITS 512
 #include "simd.h"

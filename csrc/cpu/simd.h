@@ -122,6 +122,13 @@ struct Tile {
   const M* bmask = nullptr;      // NV masks for the B loads (used when MASKB)
   const M* cmask = nullptr;      // NV masks for the C stores, or null = full vectors
   bool stream = false;           // full, aligned C vectors by non-temporal stores (caller fences)
+  // bfloat16 pairs (bf16_pairs.cpp): every float of A and B is a word of two bfloat16 values and
+  // each step multiplies the pairs (VDPBF16PS: two products summed into the float32 C). Only in
+  // files compiled with CONV_EXT_PER_ISA_BF16, and only on CPUs with AVX512-BF16.
+  bool pairs = false;
+  // With pairs: C(i, v) rounded to bfloat16 (VCVTNEPS2BF16) at c16 + i*ldc + v*VL instead of c
+  // (never with accumulate or crow).
+  uint16_t* c16 = nullptr;
 };
 
 // Fast: a_ls == 1 and b_ls == NV*VL (packed panels, the common case): a loop with one induction
@@ -142,7 +149,22 @@ struct Tile {
 // 1.01-1.02x; Winograd's backward-weight at 512@7 1.01-1.02x. The same FMAs in the same order.
 enum class Loop { General, Fast, Row };
 
-template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV)>
+// One step of an accumulator: c + a*b (float32), or with PAIRS c + a.lo*b.lo + a.hi*b.hi on the
+// bfloat16 halves of each 32-bit lane (VDPBF16PS; the products exact, summed in float32).
+#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+constexpr bool kPairs = true;
+template <bool PAIRS>
+inline V mac(V a, V b, V c) {
+  if constexpr (PAIRS) return _mm512_dpbf16_ps(c, (__m512bh)a, (__m512bh)b);
+  else return Isa::fma(a, b, c);
+}
+#else
+constexpr bool kPairs = false;
+template <bool PAIRS>
+inline V mac(V a, V b, V c) { return Isa::fma(a, b, c); }
+#endif
+
+template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV), bool PAIRS = false>
 void micro_kernel_impl(const Tile& t) {
   V acc[MR][NV];
 #pragma GCC unroll 16
@@ -167,7 +189,7 @@ void micro_kernel_impl(const Tile& t) {
         for (int i = 0; i < MR; ++i) {
           const V av = Isa::set1(ap[i]);
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[i][v] = Isa::fma(av, bv[v], acc[i][v]);
+          for (int v = 0; v < NV; ++v) acc[i][v] = mac<PAIRS>(av, bv[v], acc[i][v]);
         }
       }
     }
@@ -189,7 +211,7 @@ void micro_kernel_impl(const Tile& t) {
         for (int i = 0; i < MR; ++i) {
           const V av = Isa::set1(ap[i][l]);
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[i][v] = Isa::fma(av, bv[v], acc[i][v]);
+          for (int v = 0; v < NV; ++v) acc[i][v] = mac<PAIRS>(av, bv[v], acc[i][v]);
         }
       }
     }
@@ -211,7 +233,7 @@ void micro_kernel_impl(const Tile& t) {
         for (int i = 0; i < MR; ++i) {
           const V av = Isa::set1(ap[i][ao]);
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[i][v] = Isa::fma(av, bv[v], acc[i][v]);
+          for (int v = 0; v < NV; ++v) acc[i][v] = mac<PAIRS>(av, bv[v], acc[i][v]);
         }
         ao += t.a_ls;
         bp += t.b_ls;
@@ -241,6 +263,24 @@ void micro_kernel_impl(const Tile& t) {
       for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], bi);
     }
   }
+#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+  if constexpr (PAIRS) {
+    if (t.c16) {
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        if (i >= t.mr) break;
+        uint16_t* cp = t.c16 + i * t.ldc;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[i][v]);
+          if (t.cmask) _mm256_mask_storeu_epi16(cp + v * VL, t.cmask[v], h);
+          else _mm256_storeu_si256(reinterpret_cast<__m256i*>(cp + v * VL), h);
+        }
+      }
+      return;
+    }
+  }
+#endif
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     if (i >= t.mr) break;
@@ -267,13 +307,13 @@ void micro_kernel_impl(const Tile& t) {
   }
 }
 
-template <int NV, bool MASKB, int MR = Isa::mr(NV)>
+template <int NV, bool MASKB, int MR = Isa::mr(NV), bool PAIRS = false>
 void micro_kernel(const Tile& t) {
   if constexpr (!MASKB) {
-    if (t.a_ls == 1 && t.b_ls == NV * VL) return micro_kernel_impl<NV, MASKB, Loop::Fast, MR>(t);
-    if (t.a_is == 1 && !t.arow && t.mr == MR) return micro_kernel_impl<NV, MASKB, Loop::Row, MR>(t);
+    if (t.a_ls == 1 && t.b_ls == NV * VL) return micro_kernel_impl<NV, MASKB, Loop::Fast, MR, PAIRS>(t);
+    if (t.a_is == 1 && !t.arow && t.mr == MR) return micro_kernel_impl<NV, MASKB, Loop::Row, MR, PAIRS>(t);
   }
-  micro_kernel_impl<NV, MASKB, Loop::General, MR>(t);
+  micro_kernel_impl<NV, MASKB, Loop::General, MR, PAIRS>(t);
 }
 
 // A tile of at most 3/4 of MR rows runs an instance with that many rows (MRS): the rows a tile
@@ -285,6 +325,13 @@ void micro_kernel(const Tile& t) {
 template <int NV, bool MASKB>
 inline void sized_tile(const Tile& t) {
   constexpr int MRS = Isa::mr(NV) * 3 / 4;
+  if constexpr (kPairs && !MASKB) {
+    if (t.pairs) {
+      if (t.mr <= MRS) micro_kernel<NV, MASKB, MRS, true>(t);
+      else micro_kernel<NV, MASKB, Isa::mr(NV), true>(t);
+      return;
+    }
+  }
   if (t.mr <= MRS) micro_kernel<NV, MASKB, MRS>(t);
   else micro_kernel<NV, MASKB>(t);
 }
