@@ -67,6 +67,8 @@ def main():
     ap.add_argument("--pass", dest="pass_name", choices=testing.PASSES, default="forward")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                    help="operands' dtype (the reference's reference reads them as they are)")
     ap.add_argument("--step", action="store_true",
                     help="time the pass where a training step runs it: after a new version of the filter (an "
                          "optimizer step) and between the other two passes (each side's own, default algorithms), "
@@ -75,7 +77,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     pn = args.pass_name
-    fns_all, wt = problems(args.shape, args.layout)
+    fns_all, wt = problems(args.shape, args.layout, getattr(torch, args.dtype))
     torch_fn, ext_fn = fns_all[pn]
     ext_fn()
     default = testing.last_cpu_algorithm(pn)
@@ -91,7 +93,7 @@ def main():
             if "does not support" in str(e):
                 continue
             raise
-        err = ((out - expected).abs().max() / expected.abs().max()).item()
+        err = ((out.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
         print(f"{a:15s} rel. error vs torch {err:.1e}")
         if a != "reference":
             fns[a] = forced
@@ -111,7 +113,7 @@ def main():
                 fns[name]()
                 times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["torch"])
-    print(f"{args.shape} {args.layout} {pn}{' in a training step' if args.step else ''}, {torch.get_num_threads()} threads, default: {default}; "
+    print(f"{args.shape} {args.layout} {args.dtype} {pn}{' in a training step' if args.step else ''}, {torch.get_num_threads()} threads, default: {default}; "
           f"ms median / min (torch median / median), {args.reps} reps")
     for name, t in times.items():
         med = statistics.median(t)

@@ -613,7 +613,7 @@ def test_bfloat16_default_is_amx_where_available(layout):
     CPU has AMX (conv_ext.info()["cpu_amx_bf16"]), and the float32 path elsewhere. With the tiles
     emulated (AVX512-BF16, no AMX: "cpu_amx_bf16_emulated") the backward-weight only where float32
     would not run Winograd: the 3x3 stride-1 layer's stays on float32 there, the strided one's takes
-    amx_bf16; forward and backward-input take bf16_pairs channels_last and amx_bf16 NCHW."""
+    amx_bf16 — in NCHW: channels_last layers take bf16_pairs in all three passes there."""
     info = conv_ext.info()
     amx, emulated = info["cpu_amx_bf16"], info["cpu_amx_bf16_emulated"]
     assert isinstance(amx, bool) and isinstance(emulated, bool) and (amx or not emulated)
@@ -625,7 +625,7 @@ def test_bfloat16_default_is_amx_where_available(layout):
             winograd = testing.last_cpu_algorithm(pass_name) == "winograd"
             winograd_seen |= winograd
             run_pass(pass_name, *(t.to(torch.bfloat16) for t in (x, wt, b, dy)), geo)
-            pairs = emulated and layout == "nhwc" and pass_name != "backward_weight"
+            pairs = emulated and layout == "nhwc"
             expected = amx and not pairs and not (emulated and winograd and pass_name == "backward_weight")
             assert (testing.last_cpu_algorithm(pass_name) == "amx_bf16") == expected, (stride, pass_name)
             assert (testing.last_cpu_algorithm(pass_name) == "bf16_pairs") == pairs, (stride, pass_name)

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "algorithms.h"
+#include "amx_tiles.h"
 #include "filter_cache.h"
 #include "kernel_util.h"
 
@@ -40,6 +41,8 @@ bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
                            bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16);
 bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
                                   const at::Tensor* filter, bool pairs, uint16_t* dx16);
+void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
+                                   bool pairs);
 }  // namespace avx512
 
 namespace {
@@ -47,18 +50,40 @@ namespace {
 constexpr const char* kName = "bf16_pairs";
 
 // An AVX512-BF16 CPU (amx_bf16_available: with AMX tiles or without) and, unless this algorithm is
-// forced (tests, benchmarks), no AMX tiles: where they exist amx_bf16 runs them.
-bool runs_here(Pass pass) {
-  return amx_bf16_available() && (amx_bf16_emulated() || forced_algorithm(pass) == kName);
+// forced (tests, benchmarks: any problem it can compute), no AMX tiles (where they exist amx_bf16
+// runs them) and a problem where it is `worth` running.
+bool runs_here(Pass pass, bool worth) {
+  return amx_bf16_available() && (forced_algorithm(pass) == kName || (amx_bf16_emulated() && worth));
 }
+
+// Groups of fewer than 16 channels (ResNeXt's 4 and 8, depthwise) stay with the kernels made for
+// them: through the engine here a group's reduction is a few words a tap and its tiles mostly
+// idle (ResNeXt 128 g32 @56 channels_last backward-weight 0.52x the float32 path's grouped
+// kernels, 512 g32 @14 with 16 channels a group 1.46x).
+bool group_ok(const Conv2dParams& p) { return p.groups == 1 || (p.Cg() >= 16 && p.Kg() >= 16); }
 
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && is_nhwc(p) && weight_is_kcrs(p) && p.Cg() % 2 == 0 && runs_here(Pass::Forward);
+  return dtype == at::kBFloat16 && is_nhwc(p) && weight_is_kcrs(p) && p.Cg() % 2 == 0 &&
+         runs_here(Pass::Forward, group_ok(p));
 }
 
+// dx's channels are the tiles' vectors: with fewer than 16 (the stems' 3) most lanes would be idle,
+// and the float32 path's scatter (implicit_gemm's col2im, pixel rows) is faster there: 7x7/2 stem
+// 1.8x, CIFAR's 3->16 1.15x.
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && is_nhwc(p) && weight_is_kcrs(p) && p.Kg() % 2 == 0 &&
-         runs_here(Pass::BackwardInput);
+         runs_here(Pass::BackwardInput, p.Cg() >= 16 && group_ok(p));
+}
+
+// Not 1x1 layers on planes smaller than 28x28 (ResNet-50's 2048 <-> 512 @7, 1024 -> 256 @14): their
+// weight gradient is a GEMM of a short reduction (196 pixels at 7x7, batch 4: 98 words, a row's 7
+// pixels in 4 words with one zero) into many sums (1M), which amx_bf16's emulated tiles run faster:
+// batch 4, 2 threads, 2048->512 @7 1.7x, 512->2048 @7 1.45x, 1024->256 @14 1.2x (PYTHONPATH=.
+// python benchmarks/algos.py 4,2048,7,7,512,1 --layout nhwc --pass backward_weight --dtype bfloat16);
+// at 28x28 and larger this engine is faster (128->512 @28 1.1x, 256->64 @56 1.45x).
+bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && is_nhwc(p) && weight_is_kcrs(p) &&
+         runs_here(Pass::BackwardWeight, group_ok(p) && !(p.R * p.S == 1 && p.P * p.Q < 784));
 }
 
 using bf16 = uint16_t;
@@ -173,9 +198,22 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
     o.out.copy_(dx);
 }
 
+// The words are pairs of output pixels (q = 2j, 2j + 1 of a row: dy's pixels and the input pixels
+// each tap meets), built as the engine copies its bands (simd.h). With Q odd a row's last word
+// pairs x with a zero of dy: an infinity or a NaN of x would turn that zero's product into a NaN
+// no true product has, so such inputs run on float32 copies.
+void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  if (p.Q % 2 == 1 && amx::has_nonfinite(halves(o.b), p.N * p.C * p.H * p.W))
+    return run_as_float32(Pass::BackwardWeight, p, o);
+  at::Tensor dw = at::empty_like(o.out, o.out.options().dtype(at::kFloat));  // KCRS or channels_last as o.out
+  avx512::implicit_gemm_backward_weight(p, words(o.a), words(o.b), dw.mutable_data_ptr<float>(), true, true);
+  o.out.copy_(dw);
+}
+
 const bool registered =
     register_algorithm({kName, Pass::Forward, 55, supports_forward, run_forward, true}) &&
-    register_algorithm({kName, Pass::BackwardInput, 55, supports_backward_input, run_backward_input, true});
+    register_algorithm({kName, Pass::BackwardInput, 55, supports_backward_input, run_backward_input, true}) &&
+    register_algorithm({kName, Pass::BackwardWeight, 55, supports_backward_weight, run_backward_weight, true});
 
 }  // namespace
 }  // namespace cpu

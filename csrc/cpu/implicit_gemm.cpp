@@ -79,7 +79,7 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::implicit_gemm_backward_weight : avx2::implicit_gemm_backward_weight;
-  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p), false);
 }
 
 const bool registered =
@@ -1090,8 +1090,12 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
 // ------------------------------------------------------------------------------------------
 // backward-weight: dw[k,c,r,s] = sum_{n,p,q} dy[n,p,q,k] * x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c]
 // ------------------------------------------------------------------------------------------
-void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc) {
-  if (small_k_backward_weight(p, nhwc)) return backward_weight_small_k(p, dy, x, dwt);
+// pairs (channels_last only): dy and x are bfloat16 (passed as float*), the reduction runs over
+// words of pixel pairs (q = 2j, 2j + 1: pack_band_pixel_pairs, pack_dy_pixel_pairs in simd.h) with
+// VDPBF16PS steps, dwt gets float32 sums (bf16_pairs.cpp).
+void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
+                                   bool pairs) {
+  if (!pairs && small_k_backward_weight(p, nhwc)) return backward_weight_small_k(p, dy, x, dwt);
   const bool krsc = weight_is_krsc(p);  // dw written as [k][r][s][c] (a channels_last filter)
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
@@ -1112,7 +1116,9 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   // so such bands get a line more a pixel (and tile rows over c, not (s, c)). Channels_last (ab.py,
   // 2 threads, batch 4): 3x3/2 512@14 1.04x, 256@28 1.03x; 128@56 (1 KiB, 4 sets) padded ran
   // 0.97-0.98x, the lost (s, c) merge outweighing the sets, so it is not padded.
-  const int64_t cs = (sw * Cg) % 512 == 0 ? Cg + 16 : Cg;
+  // pairs: a step of the reduction is two output pixels (2*sw band columns), Qr steps a row
+  const int64_t xstep = pairs ? 2 * sw : sw, Qr = pairs ? (Q + 1) / 2 : Q;
+  const int64_t cs = (xstep * Cg) % 512 == 0 ? Cg + 16 : Cg;
   const bool merge_s = dw == 1 && cs == Cg;
   const int64_t part = G * nkb * RS * Cg * NVL;  // one chunk's partial sums [g][kb][r][s][c][NVL]
 
@@ -1153,14 +1159,14 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   // 4.7 MB partial) 1.10-1.15x / 1.08-1.17x, 256@28 1.08x / 1.06x, 128@56 0.99-1.03x, 64@56
   // NCHW 1.03x, 7x7/2 stem 0.99x / 1.06x, g4 1.04x / 1.02x, 5x5/2 and CIFAR layers 0.99-1.02x.
   // Three times the budget: 512@14 1.13-1.26x but 128@56 and the 5x5 0.98x.
-  const int64_t Wp = (Q - 1) * sw + (S - 1) * dw + 1, rowf = Wp * cs;
-  const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(2 * kBandFloats / 4 / (Q * NVL), 2 * kBandFloats / (sh * rowf)));
+  const int64_t Wp = (Qr - 1) * xstep + (S - 1) * dw + 1, rowf = Wp * cs;
+  const int64_t rsub = std::max<int64_t>(1, std::min<int64_t>(2 * kBandFloats / 4 / (Qr * NVL), 2 * kBandFloats / (sh * rowf)));
 
   for_each_task(nchunk * G * nkg, p.macs(), [&](int64_t task) {
     const int64_t chunk = task / (G * nkg), g = (task / nkg) % G, kg = task % nkg;
     const int64_t kb0 = kg * kbs, kb1 = std::min(nkb, kb0 + kbs);
     const int64_t row_a = rows * chunk / nchunk, row_b = rows * (chunk + 1) / nchunk;
-    float* dyb = scratch(2, rsub * Q * NVL);
+    float* dyb = scratch(2, rsub * Qr * NVL);
     int64_t* a_off = scratch_i64(0, rsub);
     int64_t* b_off = scratch_i64(1, rsub);
     struct Piece { int64_t n, pa, pb, h0, xoff; };
@@ -1185,7 +1191,14 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         const int64_t nr = (pc.pb - pc.pa - 1) * sh + (R - 1) * dh + 1;
         const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
         if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)
-        pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, cs, xb + pc.xoff + (h_lo - pc.h0) * rowf);
+        float* xd = xb + pc.xoff + (h_lo - pc.h0) * rowf;
+#if CONV_EXT_ISA_BITS == 512
+        if (pairs) {
+          pack_band_pixel_pairs(reinterpret_cast<const uint16_t*>(x), C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, sw, cs, xd);
+          continue;
+        }
+#endif
+        pack_band(x, nhwc, C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, cs, xd);
       }
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         // the block's dy rows as [row][q][NVL]; its x band is the batch's
@@ -1193,7 +1206,13 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         float* out = partial + chunk * part + (g * nkb + kb) * RS * Cg * NVL;  // [r][s][c][NVL]
         for (int ip = 0; ip < npc; ++ip) {
           const Piece& pc = pieces[ip];
-          float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Q * NVL;
+          float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Qr * NVL;
+#if CONV_EXT_ISA_BITS == 512
+          if (pairs) {
+            pack_dy_pixel_pairs(reinterpret_cast<const uint16_t*>(dy), K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, NVL, dyd);
+            continue;
+          }
+#endif
           if (nhwc) pack_band(dy, nhwc, K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, 0, Q, NVL, dyd);
           else  // NCHW: rows pa..pb of a plane are one contiguous run; vector transpose (simd.h)
             transpose_rows(dy + ((pc.n * K + g * Kg + kb * NVL) * P + pc.pa) * Q, P * Q, kvalid, (pc.pb - pc.pa) * Q, NVL, dyd);
@@ -1206,7 +1225,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
               const int64_t ih = pp * sh - ph + r * dh;
               if (ih < 0 || ih >= H) continue;
               a_off[nseg] = pc.xoff + (ih - pc.h0) * rowf;
-              b_off[nseg] = (pc.n * P + pp - batch0) * Q * NVL;
+              b_off[nseg] = (pc.n * P + pp - batch0) * Qr * NVL;
               ++nseg;
             }
           }
@@ -1215,9 +1234,10 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
             float* o = out + (r * S + s0) * Cg * NVL;
             for (int64_t i0 = 0; i0 < I; i0 += MR) {
               Tile t;
-              t.a = xb + s0 * dw * cs + i0, t.a_is = 1, t.a_ls = sw * cs;
+              t.a = xb + s0 * dw * cs + i0, t.a_is = 1, t.a_ls = xstep * cs;
               t.b = dyb, t.b_ls = NVL;
-              t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Q;
+              t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Qr;
+              t.pairs = pairs;
               t.mr = static_cast<int>(std::min(MR, I - i0));
               t.c = o + i0 * NVL, t.ldc = NVL;
               t.accumulate = !first;

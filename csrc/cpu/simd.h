@@ -443,6 +443,57 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
 #endif
 }
 
+#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+// Words of bfloat16 pairs (Tile::pairs) for a reduction over pixels (backward-weight): 16 words of
+// (lo[j], hi[j]), a null side zeros, lanes past m (a mask of 16) zero.
+inline __m512i pair_words(const uint16_t* lo, const uint16_t* hi, __mmask16 m) {
+  const __m512i l = lo ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, lo)) : _mm512_setzero_si512();
+  const __m512i h = hi ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, hi)) : _mm512_setzero_si512();
+  return _mm512_or_si512(l, _mm512_maskz_slli_epi32(0xFFFF, h, 16));
+}
+
+// pack_band's channels_last band (below) in words of pixel pairs sw apart, from bfloat16 src:
+// dst[row][col][cs] = (X(col, c), X(col + sw, c)), X(col, c) = src[n, h, col - padL, c0 + c] for
+// col - padL in [0, Ws), else 0; lanes [cn, cs) zero. Step j of a reduction over the output
+// pixels q = 2j, 2j + 1 reads column 2j*sw + s*dw: both pixels' values of tap s at once.
+inline void pack_band_pixel_pairs(const uint16_t* src, int64_t Ct, int64_t Hs, int64_t Ws, int64_t n, int64_t c0,
+                                  int64_t cn, int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp, int64_t sw,
+                                  int64_t cs, float* dst) {
+  for (int64_t h = h_lo; h < h_hi; ++h) {
+    int32_t* d = reinterpret_cast<int32_t*>(dst) + (h - h_lo) * Wp * cs;
+    const uint16_t* row = src + ((n * Hs + h) * Ws) * Ct + c0;
+    for (int64_t col = 0; col < Wp; ++col, d += cs) {
+      const int64_t w0 = col - padL, w1 = w0 + sw;
+      const uint16_t* lo = w0 >= 0 && w0 < Ws ? row + w0 * Ct : nullptr;
+      const uint16_t* hi = w1 >= 0 && w1 < Ws ? row + w1 * Ct : nullptr;
+      for (int64_t j = 0; j < cs; j += 16) {
+        const __mmask16 m = static_cast<__mmask16>(Isa::mask(cn - j));
+        _mm512_mask_storeu_epi32(d + j, static_cast<__mmask16>(Isa::mask(cs - j)),
+                                 pair_words(lo ? lo + j : nullptr, hi ? hi + j : nullptr, m));
+      }
+    }
+  }
+}
+
+// dy rows [pa, pb) of image n of a channels_last bfloat16 (N, Kt, P, Q), channels [k0, k0 + kn), as
+// words of pixel pairs: dst[row][j][NVL] = (dy[n, row, 2j, k0 + k], dy[n, row, 2j + 1, k0 + k]), the
+// pixel past Q and the lanes past kn zero.
+inline void pack_dy_pixel_pairs(const uint16_t* src, int64_t Kt, int64_t P, int64_t Q, int64_t n, int64_t k0,
+                                int64_t kn, int64_t pa, int64_t pb, int64_t NVL, float* dst) {
+  const int64_t Qh = (Q + 1) / 2;
+  int32_t* d = reinterpret_cast<int32_t*>(dst);
+  for (int64_t row = pa; row < pb; ++row) {
+    const uint16_t* r = src + ((n * P + row) * Q) * Kt + k0;
+    for (int64_t j = 0; j < Qh; ++j, d += NVL) {
+      const uint16_t* lo = r + 2 * j * Kt;
+      const uint16_t* hi = 2 * j + 1 < Q ? lo + Kt : nullptr;
+      for (int64_t v = 0; v < NVL; v += 16)
+        _mm512_storeu_si512(d + v, pair_words(lo + v, hi ? hi + v : nullptr, static_cast<__mmask16>(Isa::mask(kn - v))));
+    }
+  }
+}
+#endif
+
 // Copy rows [h_lo, h_hi) of image n, channels [c0, c0+cn) of a (N, Ct, Hs, Ws) tensor (NCHW or
 // NHWC, contiguous) into a "band": dst[row][col][cs] with col = w + padL for w in [0, Ws) and
 // zeros in the other columns of [0, Wp) and in the lanes [cn, cs). padL < 0: the band starts
