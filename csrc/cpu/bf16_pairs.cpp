@@ -63,7 +63,7 @@ bool runs_here(Pass pass, bool worth) {
 bool group_ok(const Conv2dParams& p) { return p.groups == 1 || (p.Cg() >= 16 && p.Kg() >= 16); }
 
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && is_nhwc(p) && weight_is_kcrs(p) && p.Cg() % 2 == 0 &&
+  return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) && p.Cg() % 2 == 0 &&
          runs_here(Pass::Forward, group_ok(p));
 }
 
@@ -71,7 +71,7 @@ bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
 // and the float32 path's scatter (implicit_gemm's col2im, pixel rows) is faster there: 7x7/2 stem
 // 1.8x, CIFAR's 3->16 1.15x.
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && is_nhwc(p) && weight_is_kcrs(p) && p.Kg() % 2 == 0 &&
+  return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) && p.Kg() % 2 == 0 &&
          runs_here(Pass::BackwardInput, p.Cg() >= 16 && group_ok(p));
 }
 
@@ -159,11 +159,17 @@ PackedFilter filter_words(const Operands& o, const Conv2dParams& p, int64_t kind
   return packed_filter(o.filter, tag, n, scratch.data(), [&](float* d) { build(halves(o.b), d); });
 }
 
-// The strides of a channels_last (N, C, H, W) array and of an (N, K, P, Q) one in p.
-void nhwc_strides(Conv2dParams& q) {
-  q.xs_c = 1, q.xs_w = q.C, q.xs_h = q.W * q.C, q.xs_n = q.H * q.W * q.C;
-  q.ys_k = 1, q.ys_q = q.K, q.ys_p = q.Q * q.K, q.ys_n = q.P * q.Q * q.K;
+// q's activation strides for its sizes (counted in words on the paired side), in layout nhwc
+void set_strides(Conv2dParams& q, bool nhwc) {
+  if (nhwc) {
+    q.xs_c = 1, q.xs_w = q.C, q.xs_h = q.W * q.C, q.xs_n = q.H * q.W * q.C;
+    q.ys_k = 1, q.ys_q = q.K, q.ys_p = q.Q * q.K, q.ys_n = q.P * q.Q * q.K;
+  } else {
+    q.xs_w = 1, q.xs_h = q.W, q.xs_c = q.H * q.W, q.xs_n = q.C * q.H * q.W;
+    q.ys_q = 1, q.ys_p = q.Q, q.ys_k = q.P * q.Q, q.ys_n = q.K * q.P * q.Q;
+  }
 }
+at::MemoryFormat format(bool nhwc) { return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
   const at::Tensor x = word_aligned(o.a);
@@ -172,15 +178,16 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   const PackedFilter wp = in_place ? PackedFilter{w_in, words(w_in)} : filter_words(o, p, 0, [&](const bf16* s, float* d) {
     forward_words(p, s, reinterpret_cast<bf16*>(d));
   });
+  const bool nhwc = is_nhwc(p);
   Conv2dParams q = p;
   q.C = p.C / 2;
-  nhwc_strides(q);
+  set_strides(q, nhwc);
   if (krsc) q.ws_c = 1, q.ws_s = q.Cg(), q.ws_r = q.S * q.Cg(), q.ws_k = q.R * q.S * q.Cg();
   else q.ws_s = 1, q.ws_r = q.S, q.ws_c = q.R * q.S, q.ws_k = q.Cg() * q.R * q.S;
   const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
-  at::Tensor y = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::ChannelsLast);
+  at::Tensor y = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
   if (!avx512::implicit_gemm_forward(q, words(x), wp.data, bias.defined() ? bias.const_data_ptr<float>() : nullptr,
-                                     y.mutable_data_ptr<float>(), true, o.filter, true, out16(o.out)))
+                                     y.mutable_data_ptr<float>(), nhwc, o.filter, true, out16(o.out)))
     o.out.copy_(y);
 }
 
@@ -189,11 +196,12 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
   const PackedFilter wp = filter_words(o, p, 1, [&](const bf16* s, float* d) {  // o.b's layout: p's filter strides hold
     backward_input_words(p, s, reinterpret_cast<uint32_t*>(d));
   });
+  const bool nhwc = is_nhwc(p);
   Conv2dParams q = p;
   q.K = p.K / 2;
-  nhwc_strides(q);
-  at::Tensor dx = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::ChannelsLast);
-  if (!avx512::implicit_gemm_backward_input(q, words(dy), wp.data, dx.mutable_data_ptr<float>(), true, o.filter, true,
+  set_strides(q, nhwc);
+  at::Tensor dx = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
+  if (!avx512::implicit_gemm_backward_input(q, words(dy), wp.data, dx.mutable_data_ptr<float>(), nhwc, o.filter, true,
                                             out16(o.out)))
     o.out.copy_(dx);
 }

@@ -326,7 +326,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     for (int64_t n = n0; n < n1; ++n) {
       float* bi = b + (n - n0) * imgf;
       if (h_hi > h_lo) {
-        pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, bi + (h_lo - h0) * rowf);
+        pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, bi + (h_lo - h0) * rowf, f.pairs);
         if (h_lo > h0) std::memset(bi, 0, sizeof(float) * (h_lo - h0) * rowf);
         if (h0 + nrows > h_hi) std::memset(bi + (h_hi - h0) * rowf, 0, sizeof(float) * (h0 + nrows - h_hi) * rowf);
       } else {
@@ -918,7 +918,7 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
     const int64_t oh_lo = std::max<int64_t>(0, ceil_div(i0 + ph - (R - 1) * dh, sh));
     const int64_t oh_hi = std::min(P, floor_div(i1 - 1 + ph, sh) + 1);
     float* band = scratch(1, std::max<int64_t>(1, oh_hi - oh_lo) * Wp * Kg);
-    if (oh_hi > oh_lo) pack_band(dy, nhwc, K, P, Q, n, g * Kg, Kg, oh_lo, oh_hi, padL, Wp, Kg, band);
+    if (oh_hi > oh_lo) pack_band(dy, nhwc, K, P, Q, n, g * Kg, Kg, oh_lo, oh_hi, padL, Wp, Kg, band, pairs);
     float* obuf = nhwc ? nullptr : scratch(2, (i1 - i0) * W * NVL);
     int64_t* a_off = scratch_i64(0, RS);
     int64_t* b_off = scratch_i64(1, RS);

@@ -387,10 +387,12 @@ inline void pad_rows(const float* src, int64_t lds, int64_t rows, int64_t n, int
 // jw >= 0: write only lanes [0, jw) of each dst row (a block of a longer row), else [0, NVL).
 // stream: whole, 64-byte aligned 16-float rows go out with non-temporal stores (large outputs;
 // the caller issues the _mm_sfence).
-inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst,
-                           int64_t jw = -1, bool stream = false) {
-  if (jw < 0) jw = NVL;
 #if CONV_EXT_ISA_BITS == 512
+// The 16x16 blocks of transpose_rows with row i's 16 values from l0 (the first of mask m) given by
+// load(i, l0, m).
+template <class Load>
+inline void transpose_block_rows(const Load& load, int64_t jn, int64_t len, int64_t NVL, float* dst, int64_t jw,
+                                 bool stream) {
   alignas(64) static const int32_t idx_tab[8][16] = {
       // stage b: lo[c] = (c & b) ? 16 + c - b : c ; hi[c] = (c & b) ? 16 + c : c + b
       {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
@@ -413,8 +415,7 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
       const __mmask16 m = Isa::mask(lv);
       __m512 r[16];
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i)
-        r[i] = i < jv ? _mm512_maskz_loadu_ps(m, src + (j0 + i) * lds + l0) : _mm512_setzero_ps();
+      for (int i = 0; i < 16; ++i) r[i] = i < jv ? load(j0 + i, l0, m) : _mm512_setzero_ps();
 #pragma GCC unroll 4
       for (int s = 0; s < 4; ++s) {
         const int b = 8 >> s;
@@ -434,6 +435,15 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
       }
     }
   }
+}
+#endif
+
+inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst,
+                           int64_t jw = -1, bool stream = false) {
+  if (jw < 0) jw = NVL;
+#if CONV_EXT_ISA_BITS == 512
+  transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) { return _mm512_maskz_loadu_ps(m, src + i * lds + l0); },
+                       jn, len, NVL, dst, jw, stream);
 #else
   for (int64_t l = 0; l < len; ++l) {
     float* d = dst + l * NVL;
@@ -492,6 +502,16 @@ inline void pack_dy_pixel_pairs(const uint16_t* src, int64_t Kt, int64_t P, int6
     }
   }
 }
+
+// transpose_rows on words of channel pairs from bfloat16 NCHW planes (lds values apart): row i of
+// src is the word run (src[2i*lds + l], src[(2i+1)*lds + l]).
+inline void transpose_pair_rows(const uint16_t* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst,
+                                int64_t jw) {
+  transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) {
+    const uint16_t* lo = src + 2 * i * lds + l0;
+    return _mm512_castsi512_ps(pair_words(lo, lo + lds, m));
+  }, jn, len, NVL, dst, jw, false);
+}
 #endif
 
 // Copy rows [h_lo, h_hi) of image n, channels [c0, c0+cn) of a (N, Ct, Hs, Ws) tensor (NCHW or
@@ -500,10 +520,19 @@ inline void pack_dy_pixel_pairs(const uint16_t* src, int64_t Kt, int64_t P, int6
 // -padL columns into the rows (a piece of a row). NHWC rows are memcpy'd;
 // NCHW rows are transposed on the way by transpose_rows (all the rows at once when there are no
 // padding columns: then each channel's rows are one contiguous run; was a scalar strided copy).
+// pairs (NCHW): src is bfloat16 with 2*Ct planes a image, and a band channel c is the word of
+// planes 2c and 2c + 1 (transpose_pair_rows); NHWC words need nothing of the kind.
 inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64_t Ws, int64_t n,
                       int64_t c0, int64_t cn, int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp,
-                      int64_t cs, float* dst) {
+                      int64_t cs, float* dst, bool pairs = false) {
   const int64_t w_lo = std::clamp<int64_t>(padL, 0, Wp), w_hi = std::max(w_lo, std::min(Wp, Ws + padL));  // with data
+#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+  const uint16_t* src16 = reinterpret_cast<const uint16_t*>(src);
+  if (pairs && !nhwc && w_lo == 0 && w_hi == Wp && Wp == Ws) {
+    transpose_pair_rows(src16 + ((n * 2 * Ct + 2 * c0) * Hs + h_lo) * Ws, Hs * Ws, cn, (h_hi - h_lo) * Ws, cs, dst, cs);
+    return;
+  }
+#endif
   if (!nhwc && w_lo == 0 && w_hi == Wp && Wp == Ws) {
     transpose_rows(src + ((n * Ct + c0) * Hs + h_lo) * Ws, Hs * Ws, cn, (h_hi - h_lo) * Ws, cs, dst);
     return;
@@ -540,6 +569,14 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
   if (!nhwc && w_hi > w_lo)
     for (int64_t j0 = 0; j0 < cs; j0 += 16) {
       const int64_t jn = std::max<int64_t>(0, std::min<int64_t>(16, cn - j0)), jw = std::min<int64_t>(16, cs - j0);
+#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+      if (pairs) {
+        const uint16_t* s0 = src16 + ((n * 2 * Ct + 2 * (c0 + j0)) * Hs + h_lo) * Ws + (w_lo - padL);
+        for (int64_t h = h_lo; h < h_hi; ++h)
+          transpose_pair_rows(s0 + (h - h_lo) * Ws, Hs * Ws, jn, w_hi - w_lo, cs, dst + ((h - h_lo) * Wp + w_lo) * cs + j0, jw);
+        continue;
+      }
+#endif
       const float* s0 = src + ((n * Ct + c0 + j0) * Hs + h_lo) * Ws + (w_lo - padL);
       for (int64_t h = h_lo; h < h_hi; ++h)
         transpose_rows(s0 + (h - h_lo) * Ws, Hs * Ws, jn, w_hi - w_lo, cs, dst + ((h - h_lo) * Wp + w_lo) * cs + j0, jw);
