@@ -610,26 +610,19 @@ def test_nonfinite_values_stay_local(shape, layout, dtype):
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_bfloat16_default_is_amx_where_available(layout):
     """bfloat16 layers with >= 32 channels run amx_bf16 by default in all three passes where the
-    CPU has AMX (conv_ext.info()["cpu_amx_bf16"]), and the float32 path elsewhere. With the tiles
-    emulated (AVX512-BF16, no AMX: "cpu_amx_bf16_emulated") the backward-weight only where float32
-    would not run Winograd: the 3x3 stride-1 layer's stays on float32 there, the strided one's takes
-    amx_bf16 — in NCHW: channels_last layers take bf16_pairs in all three passes there."""
+    CPU has AMX (conv_ext.info()["cpu_amx_bf16"]), and the float32 path where it has neither AMX
+    nor AVX512-BF16. With AVX512-BF16 but no AMX ("cpu_amx_bf16_emulated": amx_bf16 would emulate
+    its tiles) they run bf16_pairs in all three passes."""
     info = conv_ext.info()
     amx, emulated = info["cpu_amx_bf16"], info["cpu_amx_bf16_emulated"]
     assert isinstance(amx, bool) and isinstance(emulated, bool) and (amx or not emulated)
-    winograd_seen = False
     for stride in (1, 2):
         x, wt, b, dy, geo = make(((2, 64, 9, 9), 48, (3, 3), stride, 1, 1, 1), layout)
         for pass_name in PASSES:
-            run_pass(pass_name, x.float(), wt.float(), b.float(), dy.float(), geo)
-            winograd = testing.last_cpu_algorithm(pass_name) == "winograd"
-            winograd_seen |= winograd
             run_pass(pass_name, *(t.to(torch.bfloat16) for t in (x, wt, b, dy)), geo)
-            pairs = emulated and layout == "nhwc"
-            expected = amx and not pairs and not (emulated and winograd and pass_name == "backward_weight")
-            assert (testing.last_cpu_algorithm(pass_name) == "amx_bf16") == expected, (stride, pass_name)
-            assert (testing.last_cpu_algorithm(pass_name) == "bf16_pairs") == pairs, (stride, pass_name)
-    assert winograd_seen == (conv_ext._C.cpu_capability() != "portable")  # the test covers both cases
+            algo = testing.last_cpu_algorithm(pass_name)
+            assert (algo == "amx_bf16") == (amx and not emulated), (stride, pass_name, algo)
+            assert (algo == "bf16_pairs") == emulated, (stride, pass_name, algo)
 
 
 def test_module_training_step_matches_torch():

@@ -82,7 +82,7 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 // python benchmarks/algos.py 4,2048,7,7,512,1 --layout nhwc --pass backward_weight --dtype bfloat16);
 // at 28x28 and larger this engine is faster (128->512 @28 1.1x, 256->64 @56 1.45x).
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && is_nhwc(p) && weight_is_kcrs(p) &&
+  return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) &&
          runs_here(Pass::BackwardWeight, group_ok(p) && !(p.R * p.S == 1 && p.P * p.Q < 784));
 }
 
@@ -214,7 +214,7 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
   if (p.Q % 2 == 1 && amx::has_nonfinite(halves(o.b), p.N * p.C * p.H * p.W))
     return run_as_float32(Pass::BackwardWeight, p, o);
   at::Tensor dw = at::empty_like(o.out, o.out.options().dtype(at::kFloat));  // KCRS or channels_last as o.out
-  avx512::implicit_gemm_backward_weight(p, words(o.a), words(o.b), dw.mutable_data_ptr<float>(), true, true);
+  avx512::implicit_gemm_backward_weight(p, words(o.a), words(o.b), dw.mutable_data_ptr<float>(), is_nhwc(p), true);
   o.out.copy_(dw);
 }
 

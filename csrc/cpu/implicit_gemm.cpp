@@ -1090,8 +1090,8 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
 // ------------------------------------------------------------------------------------------
 // backward-weight: dw[k,c,r,s] = sum_{n,p,q} dy[n,p,q,k] * x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c]
 // ------------------------------------------------------------------------------------------
-// pairs (channels_last only): dy and x are bfloat16 (passed as float*), the reduction runs over
-// words of pixel pairs (q = 2j, 2j + 1: pack_band_pixel_pairs, pack_dy_pixel_pairs in simd.h) with
+// pairs: dy and x are bfloat16 (passed as float*), the reduction runs over
+// words of pixel pairs (q = 2j, 2j + 1: pack_band_pixel_pairs*, pack_dy_pixel_pairs* in simd.h) with
 // VDPBF16PS steps, dwt gets float32 sums (bf16_pairs.cpp).
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
                                    bool pairs) {
@@ -1194,7 +1194,8 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         float* xd = xb + pc.xoff + (h_lo - pc.h0) * rowf;
 #if CONV_EXT_ISA_BITS == 512
         if (pairs) {
-          pack_band_pixel_pairs(reinterpret_cast<const uint16_t*>(x), C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, sw, cs, xd);
+          auto pack = nhwc ? pack_band_pixel_pairs : pack_band_pixel_pairs_nchw;
+          pack(reinterpret_cast<const uint16_t*>(x), C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, sw, cs, xd);
           continue;
         }
 #endif
@@ -1209,7 +1210,8 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
           float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Qr * NVL;
 #if CONV_EXT_ISA_BITS == 512
           if (pairs) {
-            pack_dy_pixel_pairs(reinterpret_cast<const uint16_t*>(dy), K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, NVL, dyd);
+            auto pack = nhwc ? pack_dy_pixel_pairs : pack_dy_pixel_pairs_nchw;
+            pack(reinterpret_cast<const uint16_t*>(dy), K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, NVL, dyd);
             continue;
           }
 #endif

@@ -503,6 +503,45 @@ inline void pack_dy_pixel_pairs(const uint16_t* src, int64_t Kt, int64_t P, int6
   }
 }
 
+// Lanes [lo, hi) of 16 (clamped)
+inline __mmask16 lane_range(int64_t lo, int64_t hi) {
+  lo = std::clamp<int64_t>(lo, 0, 16), hi = std::clamp<int64_t>(hi, 0, 16);
+  return hi <= lo ? __mmask16(0) : static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+// pack_band_pixel_pairs from NCHW bfloat16 planes: a band row is the transpose of the channels'
+// runs of words (X(col), X(col + sw)) of their plane rows (zero where col or col + sw is padding).
+inline void pack_band_pixel_pairs_nchw(const uint16_t* src, int64_t Ct, int64_t Hs, int64_t Ws, int64_t n, int64_t c0,
+                                       int64_t cn, int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp, int64_t sw,
+                                       int64_t cs, float* dst) {
+  for (int64_t h = h_lo; h < h_hi; ++h) {
+    const uint16_t* row0 = src + ((n * Ct + c0) * Hs + h) * Ws;  // channel c0's row h
+    transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) {
+      const int64_t col = l0 - padL;  // image column of lane 0 (lanes outside the row are masked: never read)
+      const uint16_t* r = row0 + i * Hs * Ws + col;
+      const __mmask16 ml = m & lane_range(-col, Ws - col), mh = m & lane_range(-col - sw, Ws - col - sw);
+      const __m512i lo = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(ml, r));
+      const __m512i hi = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(mh, r + sw));
+      return _mm512_castsi512_ps(_mm512_or_si512(lo, _mm512_maskz_slli_epi32(0xFFFF, hi, 16)));
+    }, cn, Wp, cs, dst + (h - h_lo) * Wp * cs, cs, false);
+  }
+}
+
+// dy rows [pa, pb) of image n of an NCHW bfloat16 (N, Kt, P, Q), channels [k0, k0 + kn), as words of
+// pixel pairs (pack_dy_pixel_pairs): a plane row's values are its words already, transposed.
+inline void pack_dy_pixel_pairs_nchw(const uint16_t* src, int64_t Kt, int64_t P, int64_t Q, int64_t n, int64_t k0,
+                                     int64_t kn, int64_t pa, int64_t pb, int64_t NVL, float* dst) {
+  const int64_t Qh = (Q + 1) / 2;
+  for (int64_t row = pa; row < pb; ++row) {
+    const uint16_t* r0 = src + ((n * Kt + k0) * P + row) * Q;
+    transpose_block_rows([&](int64_t i, int64_t l0, __mmask16) {
+      const int64_t left = Q - 2 * l0;  // values of the row from word l0 on
+      const __mmask32 m = left >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((1u << left) - 1u);
+      return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, r0 + i * P * Q + 2 * l0));
+    }, kn, Qh, NVL, dst + (row - pa) * Qh * NVL, NVL, false);
+  }
+}
+
 // transpose_rows on words of channel pairs from bfloat16 NCHW planes (lds values apart): row i of
 // src is the word run (src[2i*lds + l], src[(2i+1)*lds + l]).
 inline void transpose_pair_rows(const uint16_t* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst,
