@@ -818,3 +818,34 @@ def test_depthwise_large_output_streamed(shape, stride):
     (dx_ref,) = torch.autograd.grad(y_ref, x, dy)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-4)
+
+
+def odd_offset(t):
+    """t's values in a tensor of the same layout whose data starts one element into its storage
+    (a bfloat16 address that is not 4-byte aligned)."""
+    fmt = torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() else torch.contiguous_format
+    base = torch.empty(t.numel() + 1, dtype=t.dtype)
+    out = base[1:].view(t.permute(0, 2, 3, 1).shape if fmt == torch.channels_last else t.shape)
+    if fmt == torch.channels_last:
+        out = out.permute(0, 3, 1, 2)
+    out.copy_(t)
+    assert out.data_ptr() % 4 != 0 and out.is_contiguous(memory_format=fmt)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("pass_name", PASSES)
+def test_bf16_pairs_odd_offsets(layout, pass_name):
+    """bf16_pairs reads channels_last activations and 1x1 or channels_last filters as 32-bit words
+    in place: operands whose data is not 4-byte aligned (a view one element into its storage) give
+    the same bits as aligned copies."""
+    if "bf16_pairs" not in testing.cpu_algorithms(pass_name):
+        pytest.skip(f"no bf16_pairs {pass_name}")
+    for shape in [((2, 32, 9, 10), 48, (3, 3), 1, 1, 1, 1), ((2, 64, 7, 6), 32, (1, 1), 1, 0, 1, 1)]:
+        x, wt, b, dy, geo = (t.to(torch.bfloat16) if torch.is_tensor(t) else t for t in make(shape, layout))
+        for w in (wt, wt.contiguous(memory_format=torch.channels_last)):
+            want = forced("bf16_pairs", pass_name, x, w, b, dy, geo)
+            if want is None:
+                pytest.skip("bf16_pairs does not support this problem (or this CPU)")
+            got = forced("bf16_pairs", pass_name, odd_offset(x), odd_offset(w), b, odd_offset(dy), geo)
+            assert torch.equal(got, want)

@@ -17,7 +17,9 @@
 //   backward-input   the words are pairs of output channels (dy's channels, the reduction of
 //                    dx = sum_k dy[k] w[k, c]): dy as it lies, the filter's rows k = 2i and 2i + 1
 //                    interleaved (backward_input_words), KCRS or channels_last alike.
-// The results come out as float32 (bias added in float32) and are rounded to bfloat16 once.
+// The results are float32 sums (bias added in float32) rounded to bfloat16 once: by the tiles'
+// stores (VCVTNEPS2BF16) for channels_last forward and backward-input whose reduction is one panel,
+// else through a float32 buffer from the output cache (output_cache.h).
 //
 // Where it runs: channels_last activations with an even number of channels a group on the reduced
 // side (C/groups forward, K/groups backward-input), chosen over amx_bf16's emulated tiles
@@ -33,6 +35,7 @@
 #include "amx_tiles.h"
 #include "filter_cache.h"
 #include "kernel_util.h"
+#include "output_cache.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -185,7 +188,7 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   if (krsc) q.ws_c = 1, q.ws_s = q.Cg(), q.ws_r = q.S * q.Cg(), q.ws_k = q.R * q.S * q.Cg();
   else q.ws_s = 1, q.ws_r = q.S, q.ws_c = q.R * q.S, q.ws_k = q.Cg() * q.R * q.S;
   const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
-  at::Tensor y = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
+  at::Tensor y = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
   if (!avx512::implicit_gemm_forward(q, words(x), wp.data, bias.defined() ? bias.const_data_ptr<float>() : nullptr,
                                      y.mutable_data_ptr<float>(), nhwc, o.filter, true, out16(o.out)))
     o.out.copy_(y);
@@ -200,7 +203,7 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
   Conv2dParams q = p;
   q.K = p.K / 2;
   set_strides(q, nhwc);
-  at::Tensor dx = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
+  at::Tensor dx = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
   if (!avx512::implicit_gemm_backward_input(q, words(dy), wp.data, dx.mutable_data_ptr<float>(), nhwc, o.filter, true,
                                             out16(o.out)))
     o.out.copy_(dx);
@@ -213,7 +216,8 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   if (p.Q % 2 == 1 && amx::has_nonfinite(halves(o.b), p.N * p.C * p.H * p.W))
     return run_as_float32(Pass::BackwardWeight, p, o);
-  at::Tensor dw = at::empty_like(o.out, o.out.options().dtype(at::kFloat));  // KCRS or channels_last as o.out
+  const bool krsc = !o.out.is_contiguous() && o.out.is_contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor dw = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(krsc));  // o.out's layout
   avx512::implicit_gemm_backward_weight(p, words(o.a), words(o.b), dw.mutable_data_ptr<float>(), is_nhwc(p), true);
   o.out.copy_(dw);
 }
