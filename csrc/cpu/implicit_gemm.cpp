@@ -354,7 +354,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // NHWC: the micro-kernel stores y itself, streamed too when no later panel adds into it: stem
   // forward ~5% faster, 64->256 1x1 @56 7-9% (same A/B).
   const bool stream_tiles = nhwc && big_y && ncb == 1;
-  if (!(f.pairs && nhwc && ncb == 1)) y16 = nullptr;
+  if (!(f.pairs && (!nhwc || ncb == 1))) y16 = nullptr;  // NCHW: the transposes round the sums of all panels
   const std::vector<int> widths = cut_row(Q);  // the runs of an output row (row_runs below)
   int64_t run_rest = Q;  // pixels of a row left to the micro-kernel
   for (int t : widths) run_rest -= t;
@@ -423,7 +423,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             t.bias_v = bias_kb;
             if (cr) t.crow = cr + f0;
             else t.c = out_at(f0), t.ldc = ldc;
-            if (y16) t.c16 = y16 + (out_at(f0) - y);
+            if (y16 && nhwc) t.c16 = y16 + (out_at(f0) - y);  // (NCHW: the transposes write y16)
             t.cmask = cmask;
             t.stream = stream_tiles;
             t.pairs = f.pairs;
@@ -452,9 +452,16 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         tiles(arest, crest, nrest);
       }
       if (!nhwc) {  // transpose the block's [pixel][k] buffer into the NCHW planes
-        for (int64_t n = n0; n < n1; ++n)
-          transpose_rows(obuf + (n - n0) * ipix * NVL, NVL, ipix, kvalid, P * Q,
-                         y + ((n * K + g * Kg + kb * NVL) * P + p0) * Q, ipix, stream_y);
+        for (int64_t n = n0; n < n1; ++n) {
+          const int64_t at = ((n * K + g * Kg + kb * NVL) * P + p0) * Q;
+#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+          if (y16) {
+            transpose_rows_bf16(obuf + (n - n0) * ipix * NVL, NVL, ipix, kvalid, P * Q, y16 + at, ipix);
+            continue;
+          }
+#endif
+          transpose_rows(obuf + (n - n0) * ipix * NVL, NVL, ipix, kvalid, P * Q, y + at, ipix, stream_y);
+        }
         if (stream_y) _mm_sfence();
       }
       if (stream_tiles) _mm_sfence();
@@ -865,7 +872,7 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   int64_t kc = std::max<int64_t>(1, kPanelFloats / (RS * NVL));
   if (kc >= Kg || RS * Kg * NVL <= 2 * kPanelFloats) kc = Kg;
   const int64_t nkc = ceil_div(Kg, kc);
-  if (!(pairs && nhwc && nkc == 1)) dx16 = nullptr;  // bfloat16 out: one panel, written once
+  if (!(pairs && (!nhwc || nkc == 1))) dx16 = nullptr;  // bfloat16 out: NHWC one panel (written once), NCHW the transposes
 
   // packed transposed weights [g][ob][kcb][r][s][k][NVL]
   const bool krsc = channel_rows(p);
@@ -967,9 +974,14 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
             }
           }
       }
-      if (!nhwc)
-        transpose_rows(obuf, NVL, (i1 - i0) * W, cvalid, H * W, dx + ((n * C + g * Cg + ob * NVL) * H + i0) * W,
-                       (i1 - i0) * W, stream_dx);
+      if (!nhwc) {
+        const int64_t at = ((n * C + g * Cg + ob * NVL) * H + i0) * W;
+#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+        if (dx16) transpose_rows_bf16(obuf, NVL, (i1 - i0) * W, cvalid, H * W, dx16 + at, (i1 - i0) * W);
+        else
+#endif
+        transpose_rows(obuf, NVL, (i1 - i0) * W, cvalid, H * W, dx + at, (i1 - i0) * W, stream_dx);
+      }
     }
     if (stream_dx) _mm_sfence();  // the task's streamed dx (either layout) before it ends
   });

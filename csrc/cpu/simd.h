@@ -389,10 +389,10 @@ inline void pad_rows(const float* src, int64_t lds, int64_t rows, int64_t n, int
 // the caller issues the _mm_sfence).
 #if CONV_EXT_ISA_BITS == 512
 // The 16x16 blocks of transpose_rows with row i's 16 values from l0 (the first of mask m) given by
-// load(i, l0, m).
-template <class Load>
-inline void transpose_block_rows(const Load& load, int64_t jn, int64_t len, int64_t NVL, float* dst, int64_t jw,
-                                 bool stream) {
+// load(i, l0, m), and output row l's lanes [j0, j0 + 16) (those of mask sm) written by
+// store(l, j0, v, sm).
+template <class Load, class Store>
+inline void transpose_block_rows(const Load& load, int64_t jn, int64_t len, int64_t jw, const Store& store) {
   alignas(64) static const int32_t idx_tab[8][16] = {
       // stage b: lo[c] = (c & b) ? 16 + c - b : c ; hi[c] = (c & b) ? 16 + c : c + b
       {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
@@ -428,13 +428,18 @@ inline void transpose_block_rows(const Load& load, int64_t jn, int64_t len, int6
         }
       }
       const __mmask16 sm = Isa::mask(jw - j0);  // jw need not be a multiple of 16
-      for (int i = 0; i < lv; ++i) {
-        float* d = dst + (l0 + i) * NVL + j0;
-        if (stream && jw - j0 >= 16 && (reinterpret_cast<uintptr_t>(d) & 63) == 0) _mm512_stream_ps(d, r[i]);
-        else _mm512_mask_storeu_ps(d, sm, r[i]);
-      }
+      for (int i = 0; i < lv; ++i) store(l0 + i, j0, r[i], sm);
     }
   }
+}
+
+// transpose_block_rows' store into dst[l][NVL] (streamed: see transpose_rows)
+inline auto float_rows(float* dst, int64_t NVL, int64_t jw, bool stream) {
+  return [=](int64_t l, int64_t j0, __m512 v, __mmask16 sm) {
+    float* d = dst + l * NVL + j0;
+    if (stream && jw - j0 >= 16 && (reinterpret_cast<uintptr_t>(d) & 63) == 0) _mm512_stream_ps(d, v);
+    else _mm512_mask_storeu_ps(d, sm, v);
+  };
 }
 #endif
 
@@ -443,7 +448,7 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
   if (jw < 0) jw = NVL;
 #if CONV_EXT_ISA_BITS == 512
   transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) { return _mm512_maskz_loadu_ps(m, src + i * lds + l0); },
-                       jn, len, NVL, dst, jw, stream);
+                       jn, len, jw, float_rows(dst, NVL, jw, stream));
 #else
   for (int64_t l = 0; l < len; ++l) {
     float* d = dst + l * NVL;
@@ -523,7 +528,7 @@ inline void pack_band_pixel_pairs_nchw(const uint16_t* src, int64_t Ct, int64_t 
       const __m512i lo = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(ml, r));
       const __m512i hi = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(mh, r + sw));
       return _mm512_castsi512_ps(_mm512_or_si512(lo, _mm512_maskz_slli_epi32(0xFFFF, hi, 16)));
-    }, cn, Wp, cs, dst + (h - h_lo) * Wp * cs, cs, false);
+    }, cn, Wp, cs, float_rows(dst + (h - h_lo) * Wp * cs, cs, cs, false));
   }
 }
 
@@ -538,7 +543,7 @@ inline void pack_dy_pixel_pairs_nchw(const uint16_t* src, int64_t Kt, int64_t P,
       const int64_t left = Q - 2 * l0;  // values of the row from word l0 on
       const __mmask32 m = left >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((1u << left) - 1u);
       return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(m, r0 + i * P * Q + 2 * l0));
-    }, kn, Qh, NVL, dst + (row - pa) * Qh * NVL, NVL, false);
+    }, kn, Qh, NVL, float_rows(dst + (row - pa) * Qh * NVL, NVL, NVL, false));
   }
 }
 
@@ -549,7 +554,16 @@ inline void transpose_pair_rows(const uint16_t* src, int64_t lds, int64_t jn, in
   transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) {
     const uint16_t* lo = src + 2 * i * lds + l0;
     return _mm512_castsi512_ps(pair_words(lo, lo + lds, m));
-  }, jn, len, NVL, dst, jw, false);
+  }, jn, len, jw, float_rows(dst, NVL, jw, false));
+}
+
+// transpose_rows into bfloat16 rows (each value rounded by VCVTNEPS2BF16): dst[l][NVL], lanes [0, jw)
+inline void transpose_rows_bf16(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, uint16_t* dst,
+                                int64_t jw) {
+  transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) { return _mm512_maskz_loadu_ps(m, src + i * lds + l0); },
+                       jn, len, jw, [&](int64_t l, int64_t j0, __m512 v, __mmask16 sm) {
+    _mm256_mask_storeu_epi16(dst + l * NVL + j0, sm, (__m256i)_mm512_cvtneps_pbh(v));
+  });
 }
 #endif
 
