@@ -52,7 +52,7 @@
 // 88-91% of one core's 117.
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "implicit_gemm.cpp"
-#define CONV_EXT_PER_ISA_BF16  // forward and backward-input also run bf16_pairs.cpp's bfloat16 pairs
+#define CONV_EXT_PER_ISA_BF16  // the three passes also run bf16_pairs.cpp's bfloat16 pairs (Tile::pairs)
 #include "per_isa.h"
 
 
@@ -285,9 +285,9 @@ void row_run_ts(int T, int S, const float* x, int64_t rowstep, int64_t pixf, int
   }
 }
 
-// y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, NHWC and one
-// panel a block (ncb == 1), y16 (if not null) gets y rounded to bfloat16 instead of y; returns
-// whether it did.
+// y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, y16 (if not
+// null) gets y rounded to bfloat16 instead of y where it can (NCHW: by the output transposes; NHWC:
+// by the tiles, when a block's reduction is one panel, ncb == 1); returns whether it did.
 bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const float* wp, const float* bias,
                  float* y, bool nhwc, uint16_t* y16 = nullptr) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
@@ -1102,9 +1102,9 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
 // ------------------------------------------------------------------------------------------
 // backward-weight: dw[k,c,r,s] = sum_{n,p,q} dy[n,p,q,k] * x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c]
 // ------------------------------------------------------------------------------------------
-// pairs: dy and x are bfloat16 (passed as float*), the reduction runs over
-// words of pixel pairs (q = 2j, 2j + 1: pack_band_pixel_pairs*, pack_dy_pixel_pairs* in simd.h) with
-// VDPBF16PS steps, dwt gets float32 sums (bf16_pairs.cpp).
+// pairs: dy and x are bfloat16 (passed as float*), the reduction runs over words of pixel pairs
+// (q = 2j, 2j + 1: pack_band_pixel_pairs*, pack_dy_pixel_pairs* in simd.h) with VDPBF16PS steps,
+// and dwt gets the float32 sums (bf16_pairs.cpp).
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
                                    bool pairs) {
   if (!pairs && small_k_backward_weight(p, nhwc)) return backward_weight_small_k(p, dy, x, dwt);

@@ -1,7 +1,9 @@
 // simd.h — vector traits, the register-blocked micro-kernel and a vector transpose
 // (transpose_rows: NCHW channel rows -> [pixel][NVL] panels), the band copy of implicit_gemm
 // (pack_band) and the phase-split row copies of the NCHW direct kernels (pack_phase_plane,
-// interleave_phases), compiled once per instruction set.
+// interleave_phases), compiled once per instruction set. In files that define
+// CONV_EXT_PER_ISA_BF16 (implicit_gemm.cpp) the AVX-512 micro-kernel also runs on words of
+// bfloat16 pairs (Tile::pairs: VDPBF16PS steps), with the band builders those need.
 //
 // No include guard on purpose: an algorithm file includes it once per ISA, each time inside a
 // `#pragma GCC target(...)` region and with CONV_EXT_ISA_NS (the namespace: avx512 | avx2) and
@@ -382,11 +384,6 @@ inline void pad_rows(const float* src, int64_t lds, int64_t rows, int64_t n, int
   }
 }
 
-// Transpose rows [0, jn) x columns [0, len) of src (row stride lds) into dst[l][NVL] (lanes
-// [jn, NVL) zero). AVX-512: 16x16 blocks by four block-swap stages of vpermt2ps.
-// jw >= 0: write only lanes [0, jw) of each dst row (a block of a longer row), else [0, NVL).
-// stream: whole, 64-byte aligned 16-float rows go out with non-temporal stores (large outputs;
-// the caller issues the _mm_sfence).
 #if CONV_EXT_ISA_BITS == 512
 // The 16x16 blocks of transpose_rows with row i's 16 values from l0 (the first of mask m) given by
 // load(i, l0, m), and output row l's lanes [j0, j0 + 16) (those of mask sm) written by
@@ -443,6 +440,11 @@ inline auto float_rows(float* dst, int64_t NVL, int64_t jw, bool stream) {
 }
 #endif
 
+// Transpose rows [0, jn) x columns [0, len) of src (row stride lds) into dst[l][NVL] (lanes
+// [jn, NVL) zero). AVX-512: 16x16 blocks by four block-swap stages of vpermt2ps.
+// jw >= 0: write only lanes [0, jw) of each dst row (a block of a longer row), else [0, NVL).
+// stream: whole, 64-byte aligned 16-float rows go out with non-temporal stores (large outputs;
+// the caller issues the _mm_sfence).
 inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, float* dst,
                            int64_t jw = -1, bool stream = false) {
   if (jw < 0) jw = NVL;
@@ -459,8 +461,9 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
 }
 
 #if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
-// Words of bfloat16 pairs (Tile::pairs) for a reduction over pixels (backward-weight): 16 words of
-// (lo[j], hi[j]), a null side zeros, lanes past m (a mask of 16) zero.
+// bfloat16 pairs (Tile::pairs, bf16_pairs.cpp): the bands and blocks of the paired problems.
+// pair_words: 16 words (lo[j], hi[j]) — lo in the low half, as VDPBF16PS reads a pair; a null
+// side zeros, lanes past m (a mask of 16) zero.
 inline __m512i pair_words(const uint16_t* lo, const uint16_t* hi, __mmask16 m) {
   const __m512i l = lo ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, lo)) : _mm512_setzero_si512();
   const __m512i h = hi ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, hi)) : _mm512_setzero_si512();
