@@ -29,16 +29,17 @@
 //
 // Where it runs (runs_here and the rules below): AVX512-BF16 CPUs without AMX tiles, where amx_bf16
 // would emulate its tiles (amx_tiles.h) — with AMX tiles amx_bf16 runs; even channel counts on the
-// paired side, groups of 16+ channels; not the stems' 3-channel backward-input, nor the
-// backward-weight of 1x1 layers on planes under 28x28.
+// paired side (an odd number below 16 forward with 5x5+ filters, on copies with a zero channel),
+// groups of 16+ channels; not the stems' 3-channel backward-input, nor the backward-weight of 1x1
+// layers on planes under 28x28.
 //
 // Speed (2 cores Zen 4, batch 4, 2 threads; the float32 FMA peak 230 GFLOP/s, torch's bfloat16 mm
 // 380-430): ResNet-50's 3x3 and 1x1 layers forward and backward-input at 360-430 GFLOP/s when the
 // machine is at its best, 0.95-1.2x torch (oneDNN, VDPBF16PS) where amx_bf16's emulated tiles ran
 // 0.8-0.95x; backward-weight 1.05-1.25x torch. Default suite in bfloat16 (python -m conv_ext.bench
 // --suite default --dtype bfloat16 --layout L --passes forward,all --budget 0.5): NCHW 1.17x ->
-// 1.50x torch, channels_last 1.12x -> 1.42x; whole ResNet-50 / MobileNetV2 (--models ... --dtype
-// bfloat16 --batch 4, inference and training step) 0.84-1.39x -> 0.97-1.53x.
+// 1.53x torch, channels_last 1.12x -> 1.43x; whole ResNet-50 / MobileNetV2 (--models ... --dtype
+// bfloat16 --batch 4, inference and training step) 0.84-1.39x -> 1.04-1.60x.
 #include <ATen/ATen.h>
 #include <immintrin.h>
 
