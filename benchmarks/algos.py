@@ -68,7 +68,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                    help="operands' dtype (the reference's reference reads them as they are)")
+                    help="the operands' dtype (bfloat16: its own kernels forced, and by default whatever "
+                         "conv_ext chooses, the float32 path on copies included)")
     ap.add_argument("--step", action="store_true",
                     help="time the pass where a training step runs it: after a new version of the filter (an "
                          "optimizer step) and between the other two passes (each side's own, default algorithms), "
