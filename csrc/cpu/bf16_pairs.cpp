@@ -44,7 +44,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <vector>
 
 #include "algorithms.h"
 #include "amx_tiles.h"
@@ -176,14 +175,12 @@ void backward_input_words(const Conv2dParams& p, const bf16* src, uint32_t* dst)
 
 // The filter's words (K*Cg*R*S/2 of them) as build writes them: kept with the filter's other
 // packed forms (filter_cache.h) while it is unchanged when the kernel reads the user's filter
-// (o.filter), else built into per-thread scratch.
+// (o.filter), else built into per-thread scratch (slot 11: no kernel of implicit_gemm's uses it).
 template <class Build>
 PackedFilter filter_words(const Operands& o, const Conv2dParams& p, int64_t kind, const Build& build) {
   const int64_t n = p.K * p.Cg() * p.R * p.S / 2;
-  thread_local std::vector<float> scratch;
-  if (static_cast<int64_t>(scratch.size()) < n) scratch.resize(static_cast<size_t>(n));
   const std::initializer_list<int64_t> tag = {100 + kind, p.K, p.Cg(), p.R, p.S, weight_is_krsc(p)};
-  return packed_filter(o.filter, tag, n, scratch.data(), [&](float* d) { build(halves(o.b), d); });
+  return packed_filter(o.filter, tag, n, scratch(11, n), [&](float* d) { build(halves(o.b), d); });
 }
 
 // q's activation strides for its sizes (counted in words on the paired side), in layout nhwc
@@ -199,12 +196,14 @@ void set_strides(Conv2dParams& q, bool nhwc) {
 at::MemoryFormat format(bool nhwc) { return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
+  const bool nhwc = is_nhwc(p);
   if (p.C % 2 == 1) {  // pads_channel: copies with channel C zero
-    const bool nhwc = is_nhwc(p);
-    at::Tensor xp = at::empty({p.N, p.C + 1, p.H, p.W}, o.a.options(), format(nhwc)).zero_();
+    at::Tensor xp = at::empty({p.N, p.C + 1, p.H, p.W}, o.a.options(), format(nhwc));
     xp.narrow(1, 0, p.C).copy_(o.a);
-    at::Tensor wp = at::zeros({p.K, p.C + 1, p.R, p.S}, o.b.options());
+    xp.narrow(1, p.C, 1).zero_();
+    at::Tensor wp = at::empty({p.K, p.C + 1, p.R, p.S}, o.b.options());
     wp.narrow(1, 0, p.C).copy_(o.b);
+    wp.narrow(1, p.C, 1).zero_();
     Conv2dParams q = p;
     q.C = p.C + 1;
     set_strides(q, nhwc);
@@ -212,13 +211,12 @@ void run_forward(const Conv2dParams& p, Operands& o) {
     Operands op{xp, wp, o.bias, o.out};
     return run_forward(q, op);
   }
-  const at::Tensor x = word_aligned(o.a);
+  const at::Tensor x = nhwc ? word_aligned(o.a) : o.a;  // (NCHW bands read bfloat16 values)
   const bool krsc = weight_is_krsc(p), in_place = krsc || p.R * p.S == 1;  // pairs adjacent
   const at::Tensor w_in = in_place ? word_aligned(o.b) : at::Tensor();
   const PackedFilter wp = in_place ? PackedFilter{w_in, words(w_in)} : filter_words(o, p, 0, [&](const bf16* s, float* d) {
     forward_words(p, s, reinterpret_cast<bf16*>(d));
   });
-  const bool nhwc = is_nhwc(p);
   Conv2dParams q = p;
   q.C = p.C / 2;
   set_strides(q, nhwc);
@@ -232,11 +230,11 @@ void run_forward(const Conv2dParams& p, Operands& o) {
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
-  const at::Tensor dy = word_aligned(o.a);
+  const bool nhwc = is_nhwc(p);
+  const at::Tensor dy = nhwc ? word_aligned(o.a) : o.a;
   const PackedFilter wp = filter_words(o, p, 1, [&](const bf16* s, float* d) {  // o.b's layout: p's filter strides hold
     backward_input_words(p, s, reinterpret_cast<uint32_t*>(d));
   });
-  const bool nhwc = is_nhwc(p);
   Conv2dParams q = p;
   q.K = p.K / 2;
   set_strides(q, nhwc);

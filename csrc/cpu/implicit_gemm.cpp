@@ -454,7 +454,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
       if (!nhwc) {  // transpose the block's [pixel][k] buffer into the NCHW planes
         for (int64_t n = n0; n < n1; ++n) {
           const int64_t at = ((n * K + g * Kg + kb * NVL) * P + p0) * Q;
-#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+#if CONV_EXT_ISA_PAIRS
           if (y16) {
             transpose_rows_bf16(obuf + (n - n0) * ipix * NVL, NVL, ipix, kvalid, P * Q, y16 + at, ipix);
             continue;
@@ -976,7 +976,7 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
       }
       if (!nhwc) {
         const int64_t at = ((n * C + g * Cg + ob * NVL) * H + i0) * W;
-#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+#if CONV_EXT_ISA_PAIRS
         if (dx16) transpose_rows_bf16(obuf, NVL, (i1 - i0) * W, cvalid, H * W, dx16 + at, (i1 - i0) * W);
         else
 #endif
@@ -1204,7 +1204,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         const int64_t h_lo = std::max<int64_t>(0, pc.h0), h_hi = std::min(H, pc.h0 + nr);
         if (h_hi <= h_lo) continue;  // rows outside the image are never read (their segments are skipped)
         float* xd = xb + pc.xoff + (h_lo - pc.h0) * rowf;
-#if CONV_EXT_ISA_BITS == 512
+#if CONV_EXT_ISA_PAIRS
         if (pairs) {
           auto pack = nhwc ? pack_band_pixel_pairs : pack_band_pixel_pairs_nchw;
           pack(reinterpret_cast<const uint16_t*>(x), C, H, W, pc.n, g * Cg, Cg, h_lo, h_hi, pw, Wp, sw, cs, xd);
@@ -1220,7 +1220,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
         for (int ip = 0; ip < npc; ++ip) {
           const Piece& pc = pieces[ip];
           float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Qr * NVL;
-#if CONV_EXT_ISA_BITS == 512
+#if CONV_EXT_ISA_PAIRS
           if (pairs) {
             auto pack = nhwc ? pack_dy_pixel_pairs : pack_dy_pixel_pairs_nchw;
             pack(reinterpret_cast<const uint16_t*>(dy), K, P, Q, pc.n, g * Kg + kb * NVL, kvalid, pc.pa, pc.pb, NVL, dyd);

@@ -26,6 +26,15 @@
 #include <cstdint>
 #include <cstring>
 
+// CONV_EXT_ISA_PAIRS: this inclusion has the bfloat16 pairs (AVX-512 in a file that defines
+// CONV_EXT_PER_ISA_BF16: Tile::pairs and the band builders it needs)
+#undef CONV_EXT_ISA_PAIRS
+#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+#define CONV_EXT_ISA_PAIRS 1
+#else
+#define CONV_EXT_ISA_PAIRS 0
+#endif
+
 namespace conv_ext {
 namespace cpu {
 namespace CONV_EXT_ISA_NS {
@@ -153,7 +162,7 @@ enum class Loop { General, Fast, Row };
 
 // One step of an accumulator: c + a*b (float32), or with PAIRS c + a.lo*b.lo + a.hi*b.hi on the
 // bfloat16 halves of each 32-bit lane (VDPBF16PS; the products exact, summed in float32).
-#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+#if CONV_EXT_ISA_PAIRS
 constexpr bool kPairs = true;
 template <bool PAIRS>
 inline V mac(V a, V b, V c) {
@@ -265,7 +274,7 @@ void micro_kernel_impl(const Tile& t) {
       for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], bi);
     }
   }
-#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+#if CONV_EXT_ISA_PAIRS
   if constexpr (PAIRS) {
     if (t.c16) {
 #pragma GCC unroll 16
@@ -460,15 +469,16 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
 #endif
 }
 
-#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+#if CONV_EXT_ISA_PAIRS
 // bfloat16 pairs (Tile::pairs, bf16_pairs.cpp): the bands and blocks of the paired problems.
 // pair_words: 16 words (lo[j], hi[j]) — lo in the low half, as VDPBF16PS reads a pair; a null
-// side zeros, lanes past m (a mask of 16) zero.
-inline __m512i pair_words(const uint16_t* lo, const uint16_t* hi, __mmask16 m) {
-  const __m512i l = lo ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, lo)) : _mm512_setzero_si512();
-  const __m512i h = hi ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, hi)) : _mm512_setzero_si512();
+// side zeros, lanes outside its mask (ml, mh; m for both) zero and never read.
+inline __m512i pair_words(const uint16_t* lo, const uint16_t* hi, __mmask16 ml, __mmask16 mh) {
+  const __m512i l = lo ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(ml, lo)) : _mm512_setzero_si512();
+  const __m512i h = hi ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(mh, hi)) : _mm512_setzero_si512();
   return _mm512_or_si512(l, _mm512_maskz_slli_epi32(0xFFFF, h, 16));
 }
+inline __m512i pair_words(const uint16_t* lo, const uint16_t* hi, __mmask16 m) { return pair_words(lo, hi, m, m); }
 
 // pack_band's channels_last band (below) in words of pixel pairs sw apart, from bfloat16 src:
 // dst[row][col][cs] = (X(col, c), X(col + sw, c)), X(col, c) = src[n, h, col - padL, c0 + c] for
@@ -527,10 +537,7 @@ inline void pack_band_pixel_pairs_nchw(const uint16_t* src, int64_t Ct, int64_t 
     transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) {
       const int64_t col = l0 - padL;  // image column of lane 0 (lanes outside the row are masked: never read)
       const uint16_t* r = row0 + i * Hs * Ws + col;
-      const __mmask16 ml = m & lane_range(-col, Ws - col), mh = m & lane_range(-col - sw, Ws - col - sw);
-      const __m512i lo = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(ml, r));
-      const __m512i hi = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(mh, r + sw));
-      return _mm512_castsi512_ps(_mm512_or_si512(lo, _mm512_maskz_slli_epi32(0xFFFF, hi, 16)));
+      return _mm512_castsi512_ps(pair_words(r, r + sw, m & lane_range(-col, Ws - col), m & lane_range(-col - sw, Ws - col - sw)));
     }, cn, Wp, cs, float_rows(dst + (h - h_lo) * Wp * cs, cs, cs, false));
   }
 }
@@ -582,7 +589,7 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
                       int64_t c0, int64_t cn, int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp,
                       int64_t cs, float* dst, bool pairs = false) {
   const int64_t w_lo = std::clamp<int64_t>(padL, 0, Wp), w_hi = std::max(w_lo, std::min(Wp, Ws + padL));  // with data
-#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+#if CONV_EXT_ISA_PAIRS
   const uint16_t* src16 = reinterpret_cast<const uint16_t*>(src);
   if (pairs && !nhwc && w_lo == 0 && w_hi == Wp && Wp == Ws) {
     transpose_pair_rows(src16 + ((n * 2 * Ct + 2 * c0) * Hs + h_lo) * Ws, Hs * Ws, cn, (h_hi - h_lo) * Ws, cs, dst, cs);
@@ -625,7 +632,7 @@ inline void pack_band(const float* src, bool nhwc, int64_t Ct, int64_t Hs, int64
   if (!nhwc && w_hi > w_lo)
     for (int64_t j0 = 0; j0 < cs; j0 += 16) {
       const int64_t jn = std::max<int64_t>(0, std::min<int64_t>(16, cn - j0)), jw = std::min<int64_t>(16, cs - j0);
-#if CONV_EXT_ISA_BITS == 512 && defined(CONV_EXT_PER_ISA_BF16)
+#if CONV_EXT_ISA_PAIRS
       if (pairs) {
         const uint16_t* s0 = src16 + ((n * 2 * Ct + 2 * (c0 + j0)) * Hs + h_lo) * Ws + (w_lo - padL);
         for (int64_t h = h_lo; h < h_hi; ++h)
