@@ -24,8 +24,12 @@
 // pack_band transposes them. Blocking, tasks and the order of every sum are implicit_gemm's: the
 // same bits for any thread count. The results are float32 sums (bias added in float32) rounded
 // to bfloat16 once: by the tiles' stores (VCVTNEPS2BF16) in channels_last forward and
-// backward-input whose reduction is one panel, by the output transposes in NCHW, else through a
-// float32 buffer from the output cache (output_cache.h).
+// backward-input whose reduction is one panel, by the output transposes in NCHW and in every
+// backward-weight (dw's final transpose), else through a float32 buffer from the output cache
+// (output_cache.h). The backward-weight through a float32 dw copied into the bfloat16 one took
+// NCHW 512@7 1.15x / channels_last 1.32x as long (batch 4, 2 threads, python benchmarks/ab.py
+// OLD.so NEW.so 4,512,7,7,512,3,1,1 --pass backward_weight --dtype bfloat16 --layout L; 512@28/2
+// 1.09x / 1.16x; the copy was 8% of the samples, perf record).
 //
 // Where it runs (runs_here and the rules below): AVX512-BF16 CPUs without AMX tiles, where amx_bf16
 // would emulate its tiles (amx_tiles.h) — with AMX tiles amx_bf16 runs; even channel counts on the
@@ -59,7 +63,7 @@ bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
 bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
                                   const at::Tensor* filter, bool pairs, uint16_t* dx16);
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
-                                   bool pairs);
+                                   bool pairs, uint16_t* dw16);
 }  // namespace avx512
 
 namespace {
@@ -252,8 +256,12 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
   if (p.Q % 2 == 1 && amx::has_nonfinite(halves(o.b), p.N * p.C * p.H * p.W))
     return run_as_float32(Pass::BackwardWeight, p, o);
   const bool krsc = !o.out.is_contiguous() && o.out.is_contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor dw = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(krsc));  // o.out's layout
-  avx512::implicit_gemm_backward_weight(p, words(o.a), words(o.b), dw.mutable_data_ptr<float>(), is_nhwc(p), true);
+  if (krsc || o.out.is_contiguous())  // the last transposes round the sums into o.out
+    return avx512::implicit_gemm_backward_weight(p, words(o.a), words(o.b), nullptr, is_nhwc(p), true,
+                                                 reinterpret_cast<uint16_t*>(o.out.mutable_data_ptr()));
+  at::Tensor dw = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::Contiguous);
+  avx512::implicit_gemm_backward_weight(p, words(o.a), words(o.b), dw.mutable_data_ptr<float>(), is_nhwc(p), true,
+                                        nullptr);
   o.out.copy_(dw);
 }
 

@@ -79,7 +79,8 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::implicit_gemm_backward_weight : avx2::implicit_gemm_backward_weight;
-  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p), false);
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p), false,
+    nullptr);
 }
 
 const bool registered =
@@ -1104,9 +1105,9 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
 // ------------------------------------------------------------------------------------------
 // pairs: dy and x are bfloat16 (passed as float*), the reduction runs over words of pixel pairs
 // (q = 2j, 2j + 1: pack_band_pixel_pairs*, pack_dy_pixel_pairs* in simd.h) with VDPBF16PS steps,
-// and dwt gets the float32 sums (bf16_pairs.cpp).
+// and dwt gets the float32 sums or, given dw16, dw rounded to bfloat16 (bf16_pairs.cpp).
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
-                                   bool pairs) {
+                                   bool pairs, uint16_t* dw16) {
   if (!pairs && small_k_backward_weight(p, nhwc)) return backward_weight_small_k(p, dy, x, dwt);
   const bool krsc = weight_is_krsc(p);  // dw written as [k][r][s][c] (a channels_last filter)
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
@@ -1163,6 +1164,40 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   const int64_t nkg = ceil_div(nkb, kbs);
   float* partial = scratch(0, nchunk * part);
 
+  // A block's partial sums [row][NVL] -> its NVL filters: one pass of vector transposes, the rows
+  // laid out as dw's own (r, s, c) for a channels_last filter ([k][r][s][c]), (c, r, s) for KCRS
+  // (the tiles write their rows there by pointer). The KCRS partial was [(r, s, c)][NVL] too, turned
+  // round by a second transpose per filter, and that pass cost a quarter of NCHW 512@7's bfloat16
+  // backward-weight (perf record); dw16 (pairs): the transpose rounds the filters to bfloat16 (an
+  // fp32 dw copied into a bfloat16 one was another 8%). Earlier, a scalar gather at stride NVL per
+  // filter: 512->512 3x3/2 @14 NCHW, 2 threads: the gather 19.5% of the samples -> the transposes
+  // 12.4%. With one chunk the task that computed a block finishes it at once (a pass over all of
+  // them after the tasks read them back from memory), prefetching 64 rows ahead: the transposes'
+  // loads waited on memory (perf annotate); NCHW 512@7 bfloat16 1.02-1.03x (an environment switch
+  // in one process, random order, median of 100). Old -> new, NCHW 512@7 bfloat16, batch 4, 2
+  // threads: 1.20x (python benchmarks/ab.py OLD.so NEW.so 4,512,7,7,512,3,1,1 --pass
+  // backward_weight --dtype bfloat16 --rounds 10); float32 3x3/2 128@56 level (0.99-1.02x).
+  const int64_t CRS = Cg * RS;
+  auto prow = [&](int64_t r, int64_t s, int64_t c) { return krsc ? (r * S + s) * Cg + c : (c * R + r) * S + s; };
+  auto finish = [&](int64_t g, int64_t kb) {
+    const int64_t gk = g * nkb + kb, kn = std::min(NVL, Kg - kb * NVL), d0 = (g * Kg + kb * NVL) * CRS;
+    const float* src = partial + gk * CRS * NVL;
+    constexpr int64_t kRows = 64;  // rows a step, the next step's prefetched
+    for (int64_t j0 = 0; j0 < CRS; j0 += kRows) {
+      const int64_t jn = std::min(kRows, CRS - j0);
+      const char* next = reinterpret_cast<const char*>(src + (j0 + kRows) * NVL);
+      const int64_t ahead = std::min(kRows, std::max<int64_t>(0, CRS - j0 - kRows)) * NVL * 4;
+      for (int64_t b = 0; b < ahead; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+#if CONV_EXT_ISA_PAIRS
+      if (dw16) {
+        transpose_rows_bf16(src + j0 * NVL, NVL, jn, kn, CRS, dw16 + d0 + j0, jn);
+        continue;
+      }
+#endif
+      transpose_rows(src + j0 * NVL, NVL, jn, kn, CRS, dwt + d0 + j0, jn);
+    }
+  };
+
   // rows per batch: one micro-kernel call runs over all pixels of a batch (which may span
   // images), with its dy rows ([row][q][NVL]) and x rows (band with zero rows) in L2. Every batch
   // adds its products into the task's partial sums (a load and a store of each), so the band
@@ -1181,6 +1216,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
     float* dyb = scratch(2, rsub * Qr * NVL);
     int64_t* a_off = scratch_i64(0, rsub);
     int64_t* b_off = scratch_i64(1, rsub);
+    float** orow = scratch_out_rows(S * Cg);
     struct Piece { int64_t n, pa, pb, h0, xoff; };
     Piece pieces[64];
     bool first = true;
@@ -1216,7 +1252,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         // the block's dy rows as [row][q][NVL]; its x band is the batch's
         const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
-        float* out = partial + chunk * part + (g * nkb + kb) * RS * Cg * NVL;  // [r][s][c][NVL]
+        float* out = partial + chunk * part + (g * nkb + kb) * RS * Cg * NVL;  // [prow(r, s, c)][NVL]
         for (int ip = 0; ip < npc; ++ip) {
           const Piece& pc = pieces[ip];
           float* dyd = dyb + (pc.n * P + pc.pa - batch0) * Qr * NVL;
@@ -1245,7 +1281,8 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
           }
           for (int64_t s0 = 0; s0 < (merge_s ? 1 : S); ++s0) {
             const int64_t I = merge_s ? S * Cg : Cg;  // tile rows: (s, c) or c
-            float* o = out + (r * S + s0) * Cg * NVL;
+            for (int64_t i = 0; i < I; ++i)  // where they go in the partial sums
+              orow[i] = out + prow(r, merge_s ? i / Cg : s0, merge_s ? i % Cg : i) * NVL;
             for (int64_t i0 = 0; i0 < I; i0 += MR) {
               Tile t;
               t.a = xb + s0 * dw * cs + i0, t.a_is = 1, t.a_ls = xstep * cs;
@@ -1253,7 +1290,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
               t.a_off = a_off, t.b_off = b_off, t.nseg = nseg, t.len = Qr;
               t.pairs = pairs;
               t.mr = static_cast<int>(std::min(MR, I - i0));
-              t.c = o + i0 * NVL, t.ldc = NVL;
+              t.crow = orow + i0;
               t.accumulate = !first;
               run_tile<false>(nv, t);
             }
@@ -1262,29 +1299,14 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
       }
       first = false;
     }
+    if (nchunk == 1)
+      for (int64_t kb = kb0; kb < kb1; ++kb) finish(g, kb);
   });
+  if (nchunk == 1) return;
 
   // dw[k,c,r,s] = sum over chunks, in chunk order
   sum_chunks(partial, nchunk, part);
-  // A block's [(r, s, c)][NVL] partial -> its NVL filters by vector transposes: straight into dw
-  // for a channels_last filter ([k][r][s][c]: the partial's own order), else through a row of
-  // [r][s][c] per filter turned into [c][r][s]. Was a scalar gather at stride NVL per filter:
-  // 512->512 3x3/2 @14 NCHW backward-weight, 2 threads, perf record -e cpu-clock: the gather
-  // 19.5% of the samples and the task bodies 6.9% -> transpose_rows (all its calls) 12.4% and
-  // the task bodies 7.6%.
-  const int64_t CRS = Cg * RS;
-  for_each_task(G * nkb, part, [&](int64_t gk) {
-    const int64_t g = gk / nkb, kb = gk % nkb, kn = std::min(NVL, Kg - kb * NVL);
-    const float* src = partial + gk * CRS * NVL;
-    float* dst = dwt + (g * Kg + kb * NVL) * CRS;
-    if (krsc) {
-      transpose_rows(src, NVL, CRS, kn, CRS, dst, CRS);
-      return;
-    }
-    float* tmp = scratch(1, NVL * CRS);
-    transpose_rows(src, NVL, CRS, kn, CRS, tmp, CRS);  // tmp[j][(r, s, c)]
-    for (int64_t j = 0; j < kn; ++j) transpose_rows(tmp + j * CRS, Cg, RS, Cg, RS, dst + j * CRS, RS);
-  });
+  for_each_task(G * nkb, part, [&](int64_t gk) { finish(gk / nkb, gk % nkb); });
 }
 
 }  // namespace CONV_EXT_ISA_NS

@@ -179,5 +179,12 @@ inline const float** scratch_rows(int64_t n) {
   return buffer.data();
 }
 
+// Per-thread row-pointer scratch for C (Tile::crow: tiles whose rows are not evenly spaced).
+inline float** scratch_out_rows(int64_t n) {
+  thread_local std::vector<float*> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n) + 16);
+  return buffer.data();
+}
+
 }  // namespace cpu
 }  // namespace conv_ext
