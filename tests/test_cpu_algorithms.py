@@ -507,6 +507,9 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((1, 400, 5, 6), 40, (3, 3), 1, 1, 1, 1),         # bf16_pairs: 200 words, 2 panels (float32 out, rounded after);
     ((1, 32, 5, 6), 400, (3, 3), 1, 1, 1, 1),         # backward-input turned round, 2 panels;
     ((1, 32, 7, 8), 704, (3, 3), 2, 1, 1, 1),         # strided backward-input, 3 panels of output channels
+    ((4, 32, 12, 12), 48, (1, 1), 1, 0, 1, 1),        # bf16_pairs' 1x1 backward-weight on tall rows: channels_last
+                                                      # 576 pixels as 3 rows of 192, NCHW a row a plane
+    ((3, 32, 7, 7), 32, (1, 1), 1, 0, 1, 1),          # 147 pixels, no even width: the planes' rows of 7
 ]
 
 

@@ -34,8 +34,8 @@
 // Where it runs (runs_here and the rules below): AVX512-BF16 CPUs without AMX tiles, where amx_bf16
 // would emulate its tiles (amx_tiles.h) — with AMX tiles amx_bf16 runs; even channel counts on the
 // paired side (an odd number below 16 forward with 5x5+ filters, on copies with a zero channel),
-// groups of 16+ channels; not the stems' 3-channel backward-input, nor the backward-weight of 1x1
-// layers on planes under 28x28.
+// groups of 16+ channels; not the stems' 3-channel backward-input, nor the backward-weight of NCHW
+// 1x1 layers with more channels than filters on planes of odd width under 28x28.
 //
 // Speed (2 cores Zen 4, batch 4, 2 threads; the float32 FMA peak 230 GFLOP/s, torch's bfloat16 mm
 // 380-430): ResNet-50's 3x3 and 1x1 layers forward and backward-input at 360-430 GFLOP/s when the
@@ -105,15 +105,19 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
          runs_here(Pass::BackwardInput, p.Cg() >= 16 && group_ok(p));
 }
 
-// Not 1x1 layers on planes smaller than 28x28 (ResNet-50's 2048 <-> 512 @7, 1024 -> 256 @14): their
-// weight gradient is a GEMM of a short reduction (196 pixels at 7x7, batch 4: 98 words, a row's 7
-// pixels in 4 words with one zero) into many sums (1M), which amx_bf16's emulated tiles run faster:
-// batch 4, 2 threads, 2048->512 @7 1.7x, 512->2048 @7 1.45x, 1024->256 @14 1.2x (PYTHONPATH=.
-// python benchmarks/algos.py 4,2048,7,7,512,1 --layout nhwc --pass backward_weight --dtype bfloat16);
-// at 28x28 and larger this engine is faster (128->512 @28 1.1x, 256->64 @56 1.45x).
+// Not NCHW 1x1 layers with more channels than filters on planes of odd width under 28x28 (ResNet-50's
+// 2048 -> 512 @7): a weight gradient of a short reduction (196 pixels at 7x7, batch 4: each plane's
+// 49 pixels in 25 words, one of them zero) into many sums (1M), which amx_bf16's emulated tiles run
+// 1.1x faster. Before dw was rounded by its final transpose (a float32 dw and a copy) and the pixels
+// ran as tall rows (tall_rows, below), every 1x1 layer under 28x28 went there; now, batch 4, 2
+// threads, ratio vs torch bf16_pairs / amx_bf16: channels_last 1024->256 @14 1.14 / 1.01, 512->2048
+// @7 1.32 / 1.06, 2048->512 @7 2.17 / 1.89; NCHW 1024->256 @14 1.01 / 0.94, 512->2048 @7 1.50 /
+// 1.12, 2048->512 @7 1.39 / 1.51 (PYTHONPATH=. python benchmarks/algos.py 4,2048,7,7,512,1 --layout
+// nchw --pass backward_weight --dtype bfloat16).
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
+  const bool amx_1x1 = p.R * p.S == 1 && p.P * p.Q < 784 && !is_nhwc(p) && p.Q % 2 == 1 && p.C > p.K;
   return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) &&
-         runs_here(Pass::BackwardWeight, group_ok(p) && !(p.R * p.S == 1 && p.P * p.Q < 784));
+         runs_here(Pass::BackwardWeight, group_ok(p) && !amx_1x1);
 }
 
 using bf16 = uint16_t;
@@ -252,7 +256,34 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 // each tap meets), built as the engine copies its bands (simd.h). With Q odd a row's last word
 // pairs x with a zero of dy: an infinity or a NaN of x would turn that zero's product into a NaN
 // no true product has, so such inputs run on float32 copies.
-void run_backward_weight(const Conv2dParams& p, Operands& o) {
+// A channels_last 1x1 layer at stride 1 without padding is a GEMM over its N*H*W pixels, which lie
+// in one run: on planes under 28x28 its weight gradient runs on them as rows of an even width up to
+// 256 (one tall image): longer segments of the reduction than the planes' 7 or 14 pixels, and no
+// zero word ending each odd row. NCHW: each plane one row. See supports_backward_weight for the
+// speeds; 256->64 @56 channels_last in rows of 256 ran 0.96x (python benchmarks/ab.py OLD.so NEW.so
+// 4,256,56,56,64,1 --layout nhwc --pass backward_weight --dtype bfloat16 --rounds 10), 28x28 level.
+Conv2dParams tall_rows(const Conv2dParams& p) {
+  if (p.R * p.S != 1 || p.stride_h * p.stride_w != 1 || p.pad_h + p.pad_w != 0 || p.H * p.W >= 784) return p;
+  if (!is_nhwc(p)) {
+    if (p.H == 1) return p;
+    Conv2dParams q = p;
+    q.H = q.P = 1, q.W = q.Q = p.H * p.W;
+    q.xs_h = q.W, q.ys_p = q.Q;
+    return q;
+  }
+  const int64_t T = p.N * p.H * p.W;
+  for (int64_t w = std::min<int64_t>(256, T) & ~int64_t(1); w >= std::max<int64_t>(2, p.W - 1); w -= 2) {
+    if (T % w) continue;
+    Conv2dParams q = p;
+    q.N = 1, q.H = q.P = T / w, q.W = q.Q = w;
+    q.xs_h = w * p.C, q.xs_n = T * p.C, q.ys_p = w * p.K, q.ys_n = T * p.K;
+    return q;
+  }
+  return p;
+}
+
+void run_backward_weight(const Conv2dParams& p0, Operands& o) {
+  const Conv2dParams p = tall_rows(p0);
   if (p.Q % 2 == 1 && amx::has_nonfinite(halves(o.b), p.N * p.C * p.H * p.W))
     return run_as_float32(Pass::BackwardWeight, p, o);
   const bool krsc = !o.out.is_contiguous() && o.out.is_contiguous(at::MemoryFormat::ChannelsLast);

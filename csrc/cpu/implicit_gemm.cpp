@@ -1157,7 +1157,10 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
   int64_t nchunk = 1, kbs = nkb;
   for (int64_t k = 1, best = -1;; k = ceil_div(nkb, ceil_div(nkb, k) - 1)) {
     const int64_t nkg = ceil_div(nkb, k), nc = weight_chunks(ceil_div(weight_tasks(8), G * nkg), rows, part, p.macs());
-    const int64_t cost = nkg * N * C * H * W + nc * part;
+    // times the share of the machine's threads left idle (a few rows cap the chunks: one tall
+    // image's rows, bf16_pairs.cpp)
+    const int64_t tasks = nc * G * nkg, hw = weight_tasks(8);
+    const int64_t cost = (nkg * N * C * H * W + nc * part) * (ceil_div(tasks, hw) * hw) / tasks;
     if (best < 0 || cost < best) best = cost, nchunk = nc, kbs = k;
     if (nkg == 1) break;
   }
