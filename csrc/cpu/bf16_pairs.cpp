@@ -26,10 +26,11 @@
 // to bfloat16 once: by the tiles' stores (VCVTNEPS2BF16) in channels_last forward and
 // backward-input whose reduction is one panel, by the output transposes in NCHW and in every
 // backward-weight (dw's final transpose), else through a float32 buffer from the output cache
-// (output_cache.h). The backward-weight through a float32 dw copied into the bfloat16 one took
-// NCHW 512@7 1.15x / channels_last 1.32x as long (batch 4, 2 threads, python benchmarks/ab.py
-// OLD.so NEW.so 4,512,7,7,512,3,1,1 --pass backward_weight --dtype bfloat16 --layout L; 512@28/2
-// 1.09x / 1.16x; the copy was 8% of the samples, perf record).
+// (output_cache.h). Rounding dw there instead of copying a float32 dw into the bfloat16 one
+// (8% of the samples, perf record), with dw's rows in its own order (implicit_gemm.cpp): NCHW
+// 512@7 backward-weight 1.20x faster, channels_last 1.32x, 512@28/2 1.09x / 1.16x (batch 4, 2
+// threads, python benchmarks/ab.py OLD.so NEW.so 4,512,7,7,512,3,1,1 --pass backward_weight
+// --dtype bfloat16 --layout L).
 //
 // Where it runs (runs_here and the rules below): AVX512-BF16 CPUs without AMX tiles, where amx_bf16
 // would emulate its tiles (amx_tiles.h) — with AMX tiles amx_bf16 runs; even channel counts on the
