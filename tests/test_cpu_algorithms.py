@@ -510,6 +510,8 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((4, 32, 12, 12), 48, (1, 1), 1, 0, 1, 1),        # bf16_pairs' 1x1 backward-weight on tall rows: channels_last
                                                       # 576 pixels as 3 rows of 192, NCHW a row a plane
     ((3, 32, 7, 7), 32, (1, 1), 1, 0, 1, 1),          # 147 pixels, no even width: the planes' rows of 7
+    ((2, 16, 6, 16), 16, (5, 5), 1, 2, 1, 1),         # bf16_pairs forward "row runs" (one vector of filters),
+    ((2, 16, 5, 11), 12, (3, 3), 1, 1, 1, 1),         # rounded by the runs (rows of 16) or not (a rest: 11)
 ]
 
 

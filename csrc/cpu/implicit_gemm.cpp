@@ -188,9 +188,11 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t G, int64_t nkb, int64_t NVL, in
 // feeds every tap that reads it (S FMAs per broadcast) with the S weight vectors of (r, c) held in
 // registers. x points at the run's first band pixel; tap (r, s) of pixel q, channel ch reads
 // x[r*rowstep + (q+s)*pixf + ch]; the weights are panel[((r*S + s)*ccb + ch)*VL].
-template <int S, int T>
+// PAIRS (bf16_pairs): x and the panel are words of bfloat16 pairs, each step a VDPBF16PS (mac), and
+// with c16 the sums leave rounded to bfloat16 there (never with accumulate).
+template <int S, int T, bool PAIRS>
 void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb, const float* panel, float* c,
-             int64_t ldc, bool accumulate, const float* bias_v, const M* cmask) {
+             int64_t ldc, bool accumulate, const float* bias_v, const M* cmask, uint16_t* c16) {
   V acc[T];
 #pragma GCC unroll 32
   for (int q = 0; q < T; ++q) acc[q] = Isa::zero();
@@ -206,11 +208,22 @@ void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t c
         const V xb = Isa::set1(xr[j * pixf + ch]);
 #pragma GCC unroll 8
         for (int s = 0; s < S; ++s)
-          if (j - s >= 0 && j - s < T) acc[j - s] = Isa::fma(xb, wv[s], acc[j - s]);
+          if (j - s >= 0 && j - s < T) acc[j - s] = mac<PAIRS>(xb, wv[s], acc[j - s]);
       }
     }
   }
   const V bv = bias_v ? Isa::load(bias_v) : Isa::zero();
+#if CONV_EXT_ISA_PAIRS
+  if (PAIRS && c16) {
+#pragma GCC unroll 32
+    for (int q = 0; q < T; ++q) {
+      const __m256i h = (__m256i)_mm512_cvtneps_pbh(bias_v ? Isa::add(acc[q], bv) : acc[q]);
+      if (cmask) _mm256_mask_storeu_epi16(c16 + q * ldc, *cmask, h);
+      else _mm256_storeu_si256(reinterpret_cast<__m256i*>(c16 + q * ldc), h);
+    }
+    return;
+  }
+#endif
 #pragma GCC unroll 32
   for (int q = 0; q < T; ++q) {
     V v = bias_v ? Isa::add(acc[q], bv) : acc[q];
@@ -259,30 +272,32 @@ std::vector<int> cut_row(int64_t Q) {
   return widths;
 }
 
-template <int T>
+template <int T, bool PAIRS>
 void row_run_s(int S, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb, const float* panel,
-               float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask) {
+               float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask, uint16_t* c16) {
   switch (S) {
-    case 2: return row_run<2, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    case 3: return row_run<3, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    case 4: return row_run<4, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    case 5: return row_run<5, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    case 6: return row_run<6, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    default: return row_run<7, T>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+    case 2: return row_run<2, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 3: return row_run<3, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 4: return row_run<4, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 5: return row_run<5, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 6: return row_run<6, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    default: return row_run<7, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
   }
 }
 
+template <bool PAIRS>
 void row_run_ts(int T, int S, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb,
-                const float* panel, float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask) {
+                const float* panel, float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask,
+                uint16_t* c16) {
   switch (T) {
 #if CONV_EXT_ISA_BITS == 512
-    case 24: return row_run_s<24>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    case 16: return row_run_s<16>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    case 14: return row_run_s<14>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    case 12: return row_run_s<12>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+    case 24: return row_run_s<24, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 16: return row_run_s<16, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 14: return row_run_s<14, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 12: return row_run_s<12, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
 #endif
-    case 8: return row_run_s<8>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
-    default: return row_run_s<7>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask);
+    case 8: return row_run_s<8, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    default: return row_run_s<7, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
   }
 }
 
@@ -387,7 +402,9 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     int64_t* a_off = scratch_i64(0, RS);
     int64_t* b_off = scratch_i64(1, RS);
     // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
-    const bool row_runs = nv == 1 && sw == 1 && dw == 1 && S >= 2 && S <= 7 && !f.pairs;
+    // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
+    const bool row_runs = nv == 1 && sw == 1 && dw == 1 && S >= 2 && S <= 7 &&
+                          (!f.pairs || (kPairs && (run_rest == 0 || !(y16 && nhwc))));
     for (int64_t kb = kg * kbs; kb < std::min(nkb, (kg + 1) * kbs); ++kb) {
       const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
       M cm[4];
@@ -444,8 +461,12 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         for (int64_t fr = 0, m = 0; fr < npix; fr += Q) {  // one output row at a time
           int64_t q0 = 0;
           for (int t : widths) {
-            row_run_ts(t, S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, out_at(fr + q0), ldc,
-                       cb > 0, bias_kb, cmask);
+            float* o = out_at(fr + q0);
+            uint16_t* o16 = y16 && nhwc ? y16 + (o - y) : nullptr;
+            if (f.pairs) row_run_ts<kPairs>(t, S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, o, ldc, cb > 0,
+                                            bias_kb, cmask, o16);
+            else row_run_ts<false>(t, S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, o, ldc, cb > 0, bias_kb,
+                                   cmask, nullptr);
             q0 += t;
           }
           for (; q0 < Q; ++q0, ++m) arest[m] = prow[fr + q0], crest[m] = out_at(fr + q0);
