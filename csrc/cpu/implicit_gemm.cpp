@@ -216,11 +216,7 @@ void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t c
 #if CONV_EXT_ISA_PAIRS
   if (PAIRS && c16) {
 #pragma GCC unroll 32
-    for (int q = 0; q < T; ++q) {
-      const __m256i h = (__m256i)_mm512_cvtneps_pbh(bias_v ? Isa::add(acc[q], bv) : acc[q]);
-      if (cmask) _mm256_mask_storeu_epi16(c16 + q * ldc, *cmask, h);
-      else _mm256_storeu_si256(reinterpret_cast<__m256i*>(c16 + q * ldc), h);
-    }
+    for (int q = 0; q < T; ++q) store_bf16(c16 + q * ldc, bias_v ? Isa::add(acc[q], bv) : acc[q], cmask);
     return;
   }
 #endif
@@ -1240,7 +1236,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
     float* dyb = scratch(2, rsub * Qr * NVL);
     int64_t* a_off = scratch_i64(0, rsub);
     int64_t* b_off = scratch_i64(1, rsub);
-    float** orow = scratch_out_rows(S * Cg);
+    float** orow = scratch_ptrs<float>(S * Cg);
     struct Piece { int64_t n, pa, pb, h0, xoff; };
     Piece pieces[64];
     bool first = true;

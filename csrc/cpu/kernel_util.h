@@ -172,19 +172,15 @@ inline int64_t* scratch_i64(int slot, int64_t n) {
   return b.data();
 }
 
-// Per-thread row-pointer scratch (the micro-kernel's per-row A pointers, Tile::arow).
-inline const float** scratch_rows(int64_t n) {
-  thread_local std::vector<const float*> buffer;
+// Per-thread row-pointer scratch: T = const float, the micro-kernel's per-row A pointers
+// (Tile::arow); T = float, its C rows where they are not evenly spaced (Tile::crow).
+template <class T>
+inline T** scratch_ptrs(int64_t n) {
+  thread_local std::vector<T*> buffer;
   if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n) + 16);
   return buffer.data();
 }
-
-// Per-thread row-pointer scratch for C (Tile::crow: tiles whose rows are not evenly spaced).
-inline float** scratch_out_rows(int64_t n) {
-  thread_local std::vector<float*> buffer;
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n) + 16);
-  return buffer.data();
-}
+inline const float** scratch_rows(int64_t n) { return scratch_ptrs<const float>(n); }
 
 }  // namespace cpu
 }  // namespace conv_ext

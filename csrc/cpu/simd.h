@@ -169,6 +169,12 @@ inline V mac(V a, V b, V c) {
   if constexpr (PAIRS) return _mm512_dpbf16_ps(c, (__m512bh)a, (__m512bh)b);
   else return Isa::fma(a, b, c);
 }
+// v's 16 sums rounded to bfloat16 (VCVTNEPS2BF16) at p: the lanes of *m, all 16 when m is null
+inline void store_bf16(uint16_t* p, V v, const __mmask16* m = nullptr) {
+  const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+  if (m) _mm256_mask_storeu_epi16(p, *m, h);
+  else _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+}
 #else
 constexpr bool kPairs = false;
 template <bool PAIRS>
@@ -282,11 +288,7 @@ void micro_kernel_impl(const Tile& t) {
         if (i >= t.mr) break;
         uint16_t* cp = t.c16 + i * t.ldc;
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) {
-          const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[i][v]);
-          if (t.cmask) _mm256_mask_storeu_epi16(cp + v * VL, t.cmask[v], h);
-          else _mm256_storeu_si256(reinterpret_cast<__m256i*>(cp + v * VL), h);
-        }
+        for (int v = 0; v < NV; ++v) store_bf16(cp + v * VL, acc[i][v], t.cmask ? t.cmask + v : nullptr);
       }
       return;
     }
@@ -572,7 +574,7 @@ inline void transpose_rows_bf16(const float* src, int64_t lds, int64_t jn, int64
                                 int64_t jw) {
   transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) { return _mm512_maskz_loadu_ps(m, src + i * lds + l0); },
                        jn, len, jw, [&](int64_t l, int64_t j0, __m512 v, __mmask16 sm) {
-    _mm256_mask_storeu_epi16(dst + l * NVL + j0, sm, (__m256i)_mm512_cvtneps_pbh(v));
+    store_bf16(dst + l * NVL + j0, v, &sm);
   });
 }
 #endif
