@@ -577,6 +577,37 @@ def test_depthwise_bfloat16_exact(shape, layout, pass_name):
     assert torch.equal(out, exact)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_depthwise_bfloat16_rounding(layout):
+    """The depthwise kernel's bfloat16 outputs are rounded as c10::BFloat16 rounds (Isa::narrow:
+    channels_last rows stored rounded by the runs, NCHW planes by float_to_bf16): to nearest, ties
+    to even, a NaN stays a NaN, overflow to infinity, subnormals kept. One pixel, padding 1: each
+    output is bias + x * (the filter's centre), exact in float32, so the float64 result rounded
+    once is the answer element for element. 19 channels: a full vector and a masked tail."""
+    if conv_ext.info()["cpu_capability"] == "portable":
+        pytest.skip("no SIMD kernels")
+    inf, nan = float("inf"), float("nan")
+    cases = [  # (x, centre, bias): each row one channel
+        (1.0, 1.0, 2**-8), (1 + 2**-7, 1.0, 2**-8),       # ties: down to even, up to even
+        (nan, 1.0, 0.0), (inf, 1.0, 0.0), (-inf, 1.0, 0.0), (3e38, 2.0, 0.0),  # NaN, infinities, overflow
+        (-1.0, 1.0, -2**-8), (2**-130, 1.0, 0.0), (1.0, 1.5, 2**-9), (1 + 2**-7, 1.5, 2**-9),
+        (5.0, 1.0, 2**-6), (1.5, 1.0, 2**-9), (2.0, 1.0, 2**-7), (0.0, 1.0, 2**-140),  # a subnormal
+        (-0.0, 1.0, 0.0), (7.0, 1.0, 0.0), (1.0, 1.0, 3 * 2**-8), (3.0, 1.0, 0.0), (1 + 2**-7, 1.0, -2**-8)]
+    c = len(cases)
+    xs, centres, biases = (torch.tensor(v, dtype=torch.float64) for v in zip(*cases))
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = xs.to(torch.bfloat16).view(1, c, 1, 1).contiguous(memory_format=fmt)
+    wt = torch.ones(c, 1, 3, 3, dtype=torch.bfloat16)
+    wt[:, 0, 1, 1] = centres.to(torch.bfloat16)
+    b = biases.to(torch.bfloat16)
+    geo = ((1, 1), (1, 1), (1, 1), c)
+    out = forced("depthwise", "forward", x, wt, b, None, geo)
+    assert out is not None
+    exact = F.conv2d(x.double(), wt.double(), b.double(), *geo).float().to(torch.bfloat16)
+    assert torch.equal(out.isnan(), exact.isnan())
+    assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(exact)), (out.flatten(), exact.flatten())
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", [

@@ -212,12 +212,16 @@ inline void gather_pixel(const float* base, const int64_t* offs, const int64_t* 
 }
 
 // Stores the first nt (default T) sums of a run at o, o + step, ... (masked only at the channel
-// tail: masked stores are slow on Zen 4).
-template <int T>
-inline void store_run(float* o, int64_t step, const V* acc, bool full, M m, bool stream, int nt = T) {
-  if (full && stream && (reinterpret_cast<uintptr_t>(o) | uintptr_t(step * sizeof(float))) % sizeof(V) == 0)
-    for (int t = 0; t < nt; ++t) Isa::stream(o + t * step, acc[t]);
-  else if (full)
+// tail: masked stores are slow on Zen 4). O: float, or uint16_t for sums rounded to bfloat16.
+template <int T, typename O>
+inline void store_run(O* o, int64_t step, const V* acc, bool full, M m, bool stream, int nt = T) {
+  if constexpr (std::is_same_v<O, float>) {
+    if (full && stream && (reinterpret_cast<uintptr_t>(o) | uintptr_t(step * sizeof(float))) % sizeof(V) == 0) {
+      for (int t = 0; t < nt; ++t) Isa::stream(o + t * step, acc[t]);
+      return;
+    }
+  }
+  if (full)
     for (int t = 0; t < nt; ++t) Isa::store(o + t * step, acc[t]);
   else
     for (int t = 0; t < nt; ++t) Isa::storem(o + t * step, acc[t], m);
@@ -235,9 +239,10 @@ constexpr int kRun = VL == 16 ? 8 : 4;
 // no padding (the forward's and backward-weight's interior runs; the others are EDGE runs).
 inline bool interior_run(int nt, int64_t col0, int64_t nx, int64_t W) { return nt == kRun && col0 >= 0 && col0 + nx <= W; }
 
-// (X: float, or uint16_t for bfloat16 rows, converted as they are loaded)
-template <int S, int SW, bool EDGE, typename X>
-inline void forward_run(const X* const* xrow, const float* const* wrow, int nr, const float* bias, float* o,
+// (X: float, or uint16_t for bfloat16 rows, converted as they are loaded; O: float, or uint16_t
+// for an output row rounded to bfloat16 as it is stored)
+template <int S, int SW, bool EDGE, typename X, typename O>
+inline void forward_run(const X* const* xrow, const float* const* wrow, int nr, const float* bias, O* o,
                         int64_t col0, int nt, int64_t Ws, int64_t C, int64_t Cp, bool stream) {
   constexpr int T = kRun, NX = (T - 1) * SW + S;
   for (int64_t c0 = 0; c0 < C; c0 += VL) {
@@ -266,16 +271,16 @@ inline void forward_run(const X* const* xrow, const float* const* wrow, int nr, 
   }
 }
 
-template <int S, int SW, typename X = float>
-void forward_runs(const X* const* xrow, const float* const* wrow, int nr, const float* bias, float* orow,
+template <int S, int SW, typename X = float, typename O = float>
+void forward_runs(const X* const* xrow, const float* const* wrow, int nr, const float* bias, O* orow,
                   int64_t Wo, int64_t Ws, int64_t pw, int64_t C, int64_t Cp, bool stream) {
   for (int64_t b0 = 0; b0 < Wo; b0 += kRun) {  // the run's inputs (nr x NX pixels) stay in L1
     const int64_t col0 = b0 * SW - pw;       // the run's first input column
     const int nt = int(std::min<int64_t>(kRun, Wo - b0));
     if (interior_run(nt, col0, (kRun - 1) * SW + S, Ws))
-      forward_run<S, SW, false, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
+      forward_run<S, SW, false, X, O>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
     else
-      forward_run<S, SW, true, X>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
+      forward_run<S, SW, true, X, O>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cp, stream);
   }
 }
 
@@ -1484,14 +1489,12 @@ void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const flo
   nhwc_backward_weight<0, 0>(p, dy, x, dwt);
 }
 
-// bfloat16 (2 bytes, the top half of a float32) <-> float32, round to nearest even, NaN kept
-// a NaN (c10::BFloat16's rule); plain loops, vectorised by the compiler.
+// float32 -> bfloat16 (2 bytes, the top half of a float32), rounded to nearest even, a NaN kept a
+// NaN (c10::BFloat16's rule; Isa::narrow)
 void float_to_bf16(const float* s, int64_t n, uint16_t* d) {
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, s + i, sizeof(float));
-    d[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  }
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) Isa::store(d + i, Isa::load(s + i));
+  if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
 }
 
 // bfloat16, channels_last, the forward_runs shapes (3/5/7 taps a row, stride 1 or 2, no
@@ -1533,14 +1536,13 @@ void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const 
   const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h, Cp = round_up(C, VL);
   const bool s1 = p.stride_w == 1;
   using X = uint16_t;
-  const auto runs = S == 3 ? (s1 ? forward_runs<3, 1, X> : forward_runs<3, 2, X>)
-                  : S == 5 ? (s1 ? forward_runs<5, 1, X> : forward_runs<5, 2, X>)
-                           : (s1 ? forward_runs<7, 1, X> : forward_runs<7, 2, X>);
+  const auto runs = S == 3 ? (s1 ? forward_runs<3, 1, X, X> : forward_runs<3, 2, X, X>)
+                  : S == 5 ? (s1 ? forward_runs<5, 1, X, X> : forward_runs<5, 2, X, X>)
+                           : (s1 ? forward_runs<7, 1, X, X> : forward_runs<7, 2, X, X>);
   constexpr int64_t kRows = 8;
   const int64_t nblk = ceil_div(P, kRows);
   for_each_task(N * nblk, p.macs(), [&](int64_t task) {
     const int64_t n = task / nblk, a0 = task % nblk * kRows, a1 = std::min(P, a0 + kRows);
-    float* orow = scratch(7, Q * C);
     for (int64_t a = a0; a < a1; ++a) {
       const X* xrow[kMaxTaps];
       const float* wrow[kMaxTaps];
@@ -1550,8 +1552,7 @@ void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const 
         if (h < 0 || h >= H) continue;
         xrow[nr] = x + (n * H + h) * W * C, wrow[nr] = wt + r * S * Cp, ++nr;
       }
-      runs(xrow, wrow, nr, bp, orow, Q, W, p.pad_w, C, Cp, false);
-      float_to_bf16(orow, Q * C, y + (n * P + a) * Q * C);
+      runs(xrow, wrow, nr, bp, y + (n * P + a) * Q * C, Q, W, p.pad_w, C, Cp, false);
     }
   });
 }

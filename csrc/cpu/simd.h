@@ -56,8 +56,20 @@ struct Isa {
   }
   static inline V load(const uint16_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static inline V loadm(const uint16_t* p, M m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
+  // v rounded to bfloat16 (to nearest even, a NaN stays a NaN: c10::BFloat16's rule), by integer
+  // steps: no AVX512-BF16 needed (Zen 4 and Cooper Lake have it, Skylake-X does not); the maskz
+  // forms as in widen
+  static inline __m256i narrow(V v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_maskz_srli_epi32(0xFFFF, _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    return _mm512_maskz_cvtepi32_epi16(0xFFFF, r);
+  }
   static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static inline void storem(float* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
+  static inline void store(uint16_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v)); }
+  static inline void storem(uint16_t* p, V v, M m) { _mm256_mask_storeu_epi16(p, m, narrow(v)); }
   static inline void stream(float* p, V v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static inline V set1(float x) { return _mm512_set1_ps(x); }
   static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
@@ -91,8 +103,26 @@ struct Isa {
     for (int i = 0; i < 8; ++i) b[i] = on[i] ? p[i] : uint16_t(0);
     return load(b);
   }
+  // v rounded to bfloat16 (as the AVX-512 narrow)
+  static inline __m128i narrow(V v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    // the 8 values fit 16 bits: packed without saturating, lanes [0..3 0..3 | 4..7 4..7] -> [0..7]
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
+  }
   static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static inline void storem(float* p, V v, M m) { _mm256_maskstore_ps(p, m, v); }
+  static inline void store(uint16_t* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(v)); }
+  static inline void storem(uint16_t* p, V v, M m) {  // no 16-bit masked store: the lanes through a buffer
+    alignas(32) int32_t on[8];
+    alignas(16) uint16_t b[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(on), m);
+    _mm_store_si128(reinterpret_cast<__m128i*>(b), narrow(v));
+    for (int i = 0; i < 8; ++i)
+      if (on[i]) p[i] = b[i];
+  }
   static inline void stream(float* p, V v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
   static inline V set1(float x) { return _mm256_set1_ps(x); }
   static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
