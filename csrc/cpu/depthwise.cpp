@@ -1499,7 +1499,9 @@ void float_to_bf16(const float* s, int64_t n, uint16_t* d) {
 
 // bfloat16, channels_last, the forward_runs shapes (3/5/7 taps a row, stride 1 or 2, no
 // dilation in width): the runs read x's bfloat16 rows as they lie (each vector converted as it
-// is loaded) and each output row is rounded back from a float32 row in L1. Converting the whole
+// is loaded) and store their sums rounded to bfloat16 (Isa::store to uint16_t; through a float32
+// row in L1 and a second pass before: 96@112/2 1.11-1.20x faster now, 576@14/2 1.12x, 32@112
+// 1.03x, 144@56 level, same A/B as below). Converting the whole
 // tensor first (the float32 path of every other kernel) moved 3x the bytes of torch's bfloat16
 // kernel (96@112/2 forward 0.29x torch); converting a task's input rows into float32 scratch
 // first wrote and read 2x x's bytes again. Batch 4, 2 threads (benchmarks/ab.py --dtype bfloat16
