@@ -279,7 +279,7 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
 
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
 # bfloat16 kernels (where the CPU has AMX or AVX512-BF16: else "does not support")
-BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs")
+BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw")
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):
@@ -512,6 +512,11 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((3, 32, 7, 7), 32, (1, 1), 1, 0, 1, 1),          # 147 pixels, no even width: the planes' rows of 7
     ((2, 16, 6, 16), 16, (5, 5), 1, 2, 1, 1),         # bf16_pairs forward "row runs" (one vector of filters),
     ((2, 16, 5, 11), 12, (3, 3), 1, 1, 1, 1),         # rounded by the runs (rows of 16) or not (a rest: 11)
+    ((2, 32, 9, 21), 32, (3, 3), 1, 1, 1, 8),         # direct_nchw's bfloat16 forward: groups of 4 channels
+                                                      # (2 words), rows of 2 vectors, 4 groups a task (NHWC)
+    ((2, 64, 11, 13), 64, (3, 3), 2, 1, 1, 8),        # 8 channels a group at stride 2 (phase words), odd width
+    ((1, 16, 13, 14), 8, (3, 3), 3, 2, 1, 4),         # stride 3 (one word at a time), 2 filters a group
+    ((1, 8, 7, 33), 12, (5, 3), (1, 2), (2, 1), (1, 2), 2),  # dilation in width, stride 2 in width only
 ]
 
 

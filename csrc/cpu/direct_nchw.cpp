@@ -67,9 +67,11 @@
 // reuses another's inputs), and short chunks paid a horizontal sum per accumulator.
 #ifndef CONV_EXT_ISA_NS
 #include <climits>
+#include <type_traits>
 #include <vector>
 
 #define CONV_EXT_PER_ISA_FILE "direct_nchw.cpp"
+#define CONV_EXT_PER_ISA_BF16  // the forward also runs on bfloat16 pairs (direct_nchw_forward_bf16)
 #include "per_isa.h"
 
 namespace conv_ext {
@@ -91,9 +93,18 @@ bool few_channels(const Conv2dParams& p) { return p.Cg() <= 4 || (p.Cg() <= 8 &&
 // 4.8 vs direct_nchw 6.1, torch 5.2; 8,3,32,32,16,3,1,1 0.099 vs 0.148, torch 0.206), while
 // grouped ones gain most (128->128 3x3 g32 @56 batch 4: 2.97 vs implicit_gemm 8.4, torch 4.2;
 // 64->64 3x3/2 g32 @56: 1.12 vs 3.86, torch 0.94).
+//
+// bfloat16 forward (direct_nchw_forward_bf16): the same tiles on words of two channels, each step
+// a VDPBF16PS (two taps' products summed in float32), for an even number of channels a group on
+// an AVX512-BF16 CPU without AMX tiles (where they exist amx_bf16 runs these; forced: any such
+// CPU). The groups of fewer than 16 channels had no bfloat16 kernel of their own and ran on
+// float32 copies: ResNeXt's 128 g32 @56 and 256 g32 @28 forward 0.5-0.8x torch.
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kFloat && simd_available() && (is_nchw(p) || (is_nhwc(p) && p.groups > 1)) &&
-         weight_is_kcrs(p) && few_channels(p);
+  const bool shape_ok = (is_nchw(p) || (is_nhwc(p) && p.groups > 1)) && weight_is_kcrs(p) && few_channels(p);
+  if (dtype == at::kBFloat16)
+    return shape_ok && p.Cg() % 2 == 0 && amx_bf16_available() &&
+           (amx_bf16_emulated() || forced_algorithm(Pass::Forward) == "direct_nchw");
+  return dtype == at::kFloat && simd_available() && shape_ok;
 }
 
 // backward-input: dx has <= 4 channels a group; dy NCHW or NHWC. Problems too small to be
@@ -106,6 +117,13 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() == at::kBFloat16) {
+    using bf16 = uint16_t;
+    auto halves = [](const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.const_data_ptr()); };
+    avx512::direct_nchw_forward_bf16(p, halves(o.a), halves(o.b), o.bias.defined() ? halves(o.bias) : nullptr,
+                                     reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), is_nhwc(p));
+    return;
+  }
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   auto f = use_avx512() ? avx512::direct_nchw_forward : avx2::direct_nchw_forward;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>(), is_nhwc(p));
@@ -138,10 +156,12 @@ constexpr int NQ = VL == 16 ? 6 : 4;  // pixel vectors of a tile (inputs loaded)
 //   acc[k][v] = bias[k] + sum_{t < T} wk[t*NK + k] * xb[v][off[t] .. + VL)
 // stored to yo[v] + k*kstride for k < kvalid and v < nq (masked by qm[v]; stream: whole vectors
 // by non-temporal stores where aligned); vectors v >= nq re-read vector nq-1 and are dropped.
-// NQT: the tile's vectors (NQ; fewer for the short planes of tiny_forward).
-template <int NQT = NQ>
+// NQT: the tile's vectors (NQ; fewer for the short planes of tiny_forward). PAIRS: xb and wk are
+// words of bfloat16 pairs of channels and each step a VDPBF16PS (mac); O = uint16_t: the sums are
+// stored rounded to bfloat16.
+template <int NQT = NQ, bool PAIRS = false, typename O = float>
 void direct_tile(const float* const* xb, int nq, const int64_t* off, int64_t T, const float* wk, const float* bias,
-                 float* const* yo, int64_t kstride, int kvalid, const M* qm, bool stream) {
+                 O* const* yo, int64_t kstride, int kvalid, const M* qm, bool stream) {
   constexpr int NQ = NQT;
   const float* xp[NQ];
 #pragma GCC unroll 8
@@ -162,16 +182,19 @@ void direct_tile(const float* const* xb, int nq, const int64_t* off, int64_t T, 
     for (int v = 0; v < NQ; ++v) {
       const V xv = Isa::load(xp[v] + o);
 #pragma GCC unroll 4
-      for (int k = 0; k < NK; ++k) acc[k][v] = Isa::fma(wv[k], xv, acc[k][v]);
+      for (int k = 0; k < NK; ++k) acc[k][v] = mac<PAIRS>(wv[k], xv, acc[k][v]);
     }
   }
   for (int k = 0; k < kvalid; ++k)
     for (int v = 0; v < nq; ++v) {
-      float* d = yo[v] + k * kstride;
-      if (stream && (reinterpret_cast<uintptr_t>(d) & (sizeof(V) - 1)) == 0)
-        Isa::stream(d, acc[k][v]);
-      else
-        Isa::storem(d, acc[k][v], qm[v]);
+      O* d = yo[v] + k * kstride;
+      if constexpr (std::is_same_v<O, float>) {
+        if (stream && (reinterpret_cast<uintptr_t>(d) & (sizeof(V) - 1)) == 0) {
+          Isa::stream(d, acc[k][v]);
+          continue;
+        }
+      }
+      Isa::storem(d, acc[k][v], qm[v]);
     }
 }
 
@@ -188,9 +211,10 @@ int64_t rows_per_task(const Conv2dParams& p, int64_t total, int64_t planes, cons
 }
 
 // Groups a task takes: NHWC, as many as fill a vector of channels (whole cache lines move in and
-// out of the task's planes); NCHW, one.
-int64_t groups_per_task(const Conv2dParams& p, bool nhwc) {
-  return nhwc ? std::min(p.groups, std::max<int64_t>(1, VL / p.Cg())) : 1;
+// out of the task's planes), a group being cu values of a pixel (Cg floats, or Cg / 2 words of
+// bfloat16 pairs); NCHW, one.
+int64_t groups_per_task(const Conv2dParams& p, bool nhwc, int64_t cu) {
+  return nhwc ? std::min(p.groups, std::max<int64_t>(1, VL / cu)) : 1;
 }
 
 // The phase rows pack_phase_plane makes, from NHWC rows: buf[c][row][phase][j] = x[h0 + row][j*sw
@@ -292,16 +316,167 @@ void tiny_forward(const Conv2dParams& p, const float* x, const float* wp, const 
     }
 }
 
+#if CONV_EXT_ISA_PAIRS
+// pack_phase_plane for bfloat16 pairs: the phase rows of NCHW planes a (channel 2c) and b (2c + 1),
+// buf[row][phase][j] = the word (low half a, high half b) of column j*sw + phase - pw of row
+// row - ph, zeros outside. Stride 1: 16 columns of each widened and joined; stride 2: the words
+// at those columns hold them in their low halves; other strides (and stride 2's last column) one
+// word at a time.
+void pack_phase_pairs(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
+                      int64_t nrows, int64_t wq, float* buf) {
+  const __m512i low = _mm512_set1_epi32(0xFFFF);
+  for (int64_t row = 0; row < nrows; ++row) {
+    const int64_t ih = row - ph;
+    float* d = buf + row * sw * wq;
+    if (ih < 0 || ih >= H) {
+      std::memset(d, 0, sizeof(float) * sw * wq);
+      continue;
+    }
+    const uint16_t* sa = a + ih * W;
+    const uint16_t* sb = b + ih * W;
+    for (int64_t phase = 0; phase < sw; ++phase) {
+      float* dp = d + phase * wq;
+      const int64_t off = phase - pw;  // dp[j] <- column j*sw + off, for j in [lo, hi)
+      const int64_t lo = std::min(wq, std::max<int64_t>(0, ceil_div(-off, sw)));
+      const int64_t hi = std::max(lo, std::min(wq, floor_div(W - 1 - off, sw) + 1));
+      zero_floats(dp, lo);
+      zero_floats(dp + hi, wq - hi);
+      int64_t j = lo;
+      if (sw == 1) {
+        for (; j < hi; j += 16) {
+          const __mmask16 m = Isa::mask(hi - j);
+          const __m512i va = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, sa + j + off));
+          const __m512i vb = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, sb + j + off));
+          _mm512_mask_storeu_epi32(dp + j, m, _mm512_or_si512(va, _mm512_maskz_slli_epi32(0xFFFF, vb, 16)));
+        }
+      } else if (sw == 2) {
+        const int64_t hv = std::max(lo, std::min(hi, floor_div(W - 2 - off, 2) + 1));  // words inside the row
+        for (; j < hv; j += 16) {
+          const __mmask16 m = Isa::mask(hv - j);
+          const __m512i va = _mm512_maskz_loadu_epi32(m, sa + 2 * j + off);
+          const __m512i vb = _mm512_maskz_loadu_epi32(m, sb + 2 * j + off);
+          _mm512_mask_storeu_epi32(dp + j, m, _mm512_or_si512(_mm512_and_si512(va, low), _mm512_maskz_slli_epi32(0xFFFF, vb, 16)));
+        }
+        j = hv;
+      }
+      for (; j < hi; ++j) {
+        const uint32_t word = uint32_t(sa[j * sw + off]) | uint32_t(sb[j * sw + off]) << 16;
+        std::memcpy(dp + j, &word, sizeof(word));
+      }
+    }
+  }
+}
+#endif
+
+// The forward's tasks (see direct_nchw_forward) on the packed filter wp [g][kb][t][NK] and bias bp
+// [g][kb][NK]. PAIRS: x and y are bfloat16, and a tap t = (c, r, s) steps over the word of
+// channels 2c and 2c + 1 (Cu = Cg / 2 of them; NHWC pixels are C / 2 such words as they lie).
+template <bool PAIRS>
+void forward_tasks(const Conv2dParams& p, const void* xv, const float* wp, const float* bp, void* yv, bool nhwc) {
+  using O = std::conditional_t<PAIRS, uint16_t, float>;
+  const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, R = p.R, S = p.S, G = p.groups;
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), Cu = PAIRS ? Cg / 2 : Cg, Cw = PAIRS ? C / 2 : C, T = Cu * R * S;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  const int64_t nkb = ceil_div(Kg, NK), qv = ceil_div(Q, VL);  // NK-channel blocks, vectors a row
+  const int64_t wq = round_up(qv * VL + (S - 1) * dw / sw + 1, VL);  // columns a phase row holds
+  const float* xw = static_cast<const float*>(xv);  // float32 values, or words of bfloat16 pairs
+  O* y = static_cast<O*>(yv);
+
+  // A task is (image, block of GB groups, block of output rows). NCHW: one group. NHWC: groups
+  // whose channels fill at least a vector (a cache line), so a task transposes whole lines of x
+  // into its phase rows and of its output planes into y; with one group a task, the 4 groups sharing
+  // a line each read and wrote it (128->128 g32 @56 batch 4: 4.2 ms, the NCHW kernel alone 2.1).
+  const int64_t GB = groups_per_task(p, nhwc, Cu), ngb = ceil_div(G, GB);
+  // a task's phase rows (GB x Cu x rows x sw x wq floats; NHWC: + its output planes) within
+  // 256 KiB of L2
+  auto band_rows = [&](int64_t rb) { return (rb - 1) * sh + (R - 1) * dh + 1; };
+  auto task_floats = [&](int64_t r) {
+    return GB * (band_rows(r) * Cu * sw * wq + (nhwc ? Kg * r * Q : 0));
+  };
+  const int64_t rb = rows_per_task(p, P, N * ngb, task_floats, 65536);
+  const int64_t nblk = ceil_div(P, rb);
+
+  // outputs beyond both L2s, whole vectors: streaming stores (no read-for-ownership of the lines)
+  const bool stream = !PAIRS && !nhwc && N * K * P * Q >= kStreamFloats && Q % VL == 0;
+  for_each_task(N * ngb * nblk, p.macs(), [&](int64_t task) {
+    const int64_t blk = task % nblk, gb = task / nblk % ngb, n = task / (nblk * ngb);
+    const int64_t g0 = gb * GB, ng = std::min(G - g0, GB);
+    const int64_t p0 = blk * rb, p1 = std::min(P, p0 + rb), nrows = band_rows(p1 - p0);
+    const int64_t cstride = nrows * sw * wq;
+    float* buf = scratch(1, ng * Cu * cstride);  // [group][c][row][phase][wq]
+    if (!nhwc) {
+      for (int64_t c = 0; c < Cu; ++c) {
+#if CONV_EXT_ISA_PAIRS
+        if constexpr (PAIRS) {
+          const uint16_t* a = static_cast<const uint16_t*>(xv) + (n * C + g0 * Cg + 2 * c) * H * W;
+          pack_phase_pairs(a, a + H * W, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
+          continue;
+        }
+#endif
+        pack_phase_plane(xw + (n * C + g0 * Cg + c) * H * W, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
+      }
+    } else {  // each input row's pixels of one phase, transposed straight into the phase rows
+      nhwc_phase_rows(xw + n * H * W * Cw + g0 * Cu, Cw, H, W, ng * Cu, p0 * sh - ph, pw, sw, nrows, wq, buf);
+    }
+    int64_t* off = scratch_i64(0, T);
+    for (int64_t c = 0, t = 0; c < Cu; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s, ++t)
+          off[t] = c * cstride + phase_tap_offset(r, s, dh, dw, sw, wq);
+    // the task's pixel vectors: input base, output base (channel 0 of the block), store mask
+    const int64_t nvec = (p1 - p0) * qv;
+    const float** xb = scratch_rows(2 * nvec);
+    M* qm = reinterpret_cast<M*>(scratch(2, nvec * sizeof(M) / sizeof(float) + 1));
+    // NHWC: the tiles write ng*Kg float32 planes of the task's rows, transposed into y at the end
+    const int64_t ostride = nhwc ? (p1 - p0) * Q : P * Q;  // from one output channel to the next
+    auto tiles = [&](auto* out) {  // out: float32 planes, or y itself (NCHW)
+      using OT = std::remove_pointer_t<decltype(out)>;
+      OT** yo = reinterpret_cast<OT**>(const_cast<float**>(xb + nvec));
+      OT* yk[NQ];
+      for (int64_t gi = 0; gi < ng; ++gi) {
+        const int64_t g = g0 + gi;
+        for (int64_t pr = 0, i = 0; pr < p1 - p0; ++pr)
+          for (int64_t j = 0; j < qv; ++j, ++i) {
+            xb[i] = buf + gi * Cu * cstride + pr * sh * sw * wq + j * VL;
+            yo[i] = out + gi * Kg * ostride + pr * Q + j * VL;
+            qm[i] = Isa::mask(Q - j * VL);
+          }
+        // each tile of pixel vectors through all the channel blocks: its inputs stay in L1 while
+        // the packed filter (T x Kg floats) streams from L2
+        for (int64_t i = 0; i < nvec; i += NQ) {
+          const int nq = static_cast<int>(std::min<int64_t>(NQ, nvec - i));
+          for (int64_t kb = 0; kb < nkb; ++kb) {
+            const int kvalid = static_cast<int>(std::min<int64_t>(NK, Kg - kb * NK));
+            for (int v = 0; v < nq; ++v) yk[v] = yo[i + v] + kb * NK * ostride;
+            direct_tile<NQ, PAIRS, OT>(xb + i, nq, off, T, wp + (g * nkb + kb) * T * NK, bp + (g * nkb + kb) * NK, yk,
+                                       ostride, kvalid, qm + i, stream);
+          }
+        }
+      }
+    };
+    if (!nhwc) {
+      tiles(y + ((n * K + g0 * Kg) * P + p0) * Q);
+      if (stream) _mm_sfence();
+      return;
+    }
+    float* out = scratch(4, ng * Kg * ostride);
+    tiles(out);
+    O* yt = y + ((n * P + p0) * Q) * K + g0 * Kg;
+#if CONV_EXT_ISA_PAIRS
+    if constexpr (PAIRS) {
+      transpose_rows_bf16(out, ostride, ng * Kg, ostride, K, yt, ng * Kg);
+      return;
+    }
+#endif
+    if constexpr (!PAIRS) transpose_rows(out, ostride, ng * Kg, ostride, K, yt, ng * Kg);
+  });
+}
+
 }  // namespace
 
 void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
                          bool nhwc) {
-  const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, R = p.R, S = p.S, G = p.groups;
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), T = Cg * R * S;
-  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
-  const int64_t nkb = ceil_div(Kg, NK), qv = ceil_div(Q, VL);  // NK-channel blocks, vectors a row
-  const int64_t wq = round_up(qv * VL + (S - 1) * dw / sw + 1, VL);  // columns a phase row holds
-
+  const int64_t G = p.groups, Kg = p.Kg(), T = p.Cg() * p.R * p.S, nkb = ceil_div(Kg, NK);
   // weights [g][kb][t][NK] and bias [g][kb][NK], zero past Kg
   float* wp = scratch(0, G * nkb * T * NK + G * nkb * NK);
   float* bp = wp + G * nkb * T * NK;
@@ -314,73 +489,35 @@ void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, 
         bp[(g * nkb + kb) * NK + k] = kk < Kg && bias ? bias[g * Kg + kk] : 0.f;
       }
   if (tiny_plane(p, nhwc)) return tiny_forward(p, x, wp, bp, y);
-
-  // A task is (image, block of GB groups, block of output rows). NCHW: one group. NHWC: groups
-  // whose channels fill at least a vector (a cache line), so a task transposes whole lines of x
-  // into its phase rows and of its output planes into y; with one group a task, the 4 groups sharing
-  // a line each read and wrote it (128->128 g32 @56 batch 4: 4.2 ms, the NCHW kernel alone 2.1).
-  const int64_t GB = groups_per_task(p, nhwc), ngb = ceil_div(G, GB);
-  // a task's phase rows (GB x Cg x rows x sw x wq floats; NHWC: + its output planes) within
-  // 256 KiB of L2
-  auto band_rows = [&](int64_t rb) { return (rb - 1) * sh + (R - 1) * dh + 1; };
-  auto task_floats = [&](int64_t r) {
-    return GB * (band_rows(r) * Cg * sw * wq + (nhwc ? Kg * r * Q : 0));
-  };
-  const int64_t rb = rows_per_task(p, P, N * ngb, task_floats, 65536);
-  const int64_t nblk = ceil_div(P, rb);
-
-  // outputs beyond both L2s, whole vectors: streaming stores (no read-for-ownership of the lines)
-  const bool stream = !nhwc && N * K * P * Q >= kStreamFloats && Q % VL == 0;
-  for_each_task(N * ngb * nblk, p.macs(), [&](int64_t task) {
-    const int64_t blk = task % nblk, gb = task / nblk % ngb, n = task / (nblk * ngb);
-    const int64_t g0 = gb * GB, ng = std::min(G - g0, GB);
-    const int64_t p0 = blk * rb, p1 = std::min(P, p0 + rb), nrows = band_rows(p1 - p0);
-    const int64_t cstride = nrows * sw * wq;
-    float* buf = scratch(1, ng * Cg * cstride);  // [group][c][row][phase][wq]
-    if (!nhwc) {
-      for (int64_t c = 0; c < Cg; ++c)
-        pack_phase_plane(x + (n * C + g0 * Cg + c) * H * W, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
-    } else {  // each input row's pixels of one phase, transposed straight into the phase rows
-      nhwc_phase_rows(x + n * H * W * C + g0 * Cg, C, H, W, ng * Cg, p0 * sh - ph, pw, sw, nrows, wq, buf);
-    }
-    int64_t* off = scratch_i64(0, T);
-    for (int64_t c = 0, t = 0; c < Cg; ++c)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s, ++t)
-          off[t] = c * cstride + phase_tap_offset(r, s, dh, dw, sw, wq);
-    // the task's pixel vectors: input base, output base (channel 0 of the block), store mask
-    const int64_t nvec = (p1 - p0) * qv;
-    const float** xb = scratch_rows(2 * nvec);
-    float** yo = const_cast<float**>(xb + nvec);
-    M* qm = reinterpret_cast<M*>(scratch(2, nvec * sizeof(M) / sizeof(float) + 1));
-    // NHWC: the tiles write ng*Kg planes of the task's rows, transposed into y at the end
-    const int64_t ostride = nhwc ? (p1 - p0) * Q : P * Q;  // from one output channel to the next
-    float* out = nhwc ? scratch(4, ng * Kg * ostride) : y + ((n * K + g0 * Kg) * P + p0) * Q;
-    float* yk[NQ];
-    for (int64_t gi = 0; gi < ng; ++gi) {
-      const int64_t g = g0 + gi;
-      for (int64_t pr = 0, i = 0; pr < p1 - p0; ++pr)
-        for (int64_t j = 0; j < qv; ++j, ++i) {
-          xb[i] = buf + gi * Cg * cstride + pr * sh * sw * wq + j * VL;
-          yo[i] = out + gi * Kg * ostride + pr * Q + j * VL;
-          qm[i] = Isa::mask(Q - j * VL);
-        }
-      // each tile of pixel vectors through all the channel blocks: its inputs stay in L1 while
-      // the packed filter (T x Kg floats) streams from L2
-      for (int64_t i = 0; i < nvec; i += NQ) {
-        const int nq = static_cast<int>(std::min<int64_t>(NQ, nvec - i));
-        for (int64_t kb = 0; kb < nkb; ++kb) {
-          const int kvalid = static_cast<int>(std::min<int64_t>(NK, Kg - kb * NK));
-          for (int v = 0; v < nq; ++v) yk[v] = yo[i + v] + kb * NK * ostride;
-          direct_tile(xb + i, nq, off, T, wp + (g * nkb + kb) * T * NK, bp + (g * nkb + kb) * NK, yk, ostride, kvalid,
-                      qm + i, stream);
-        }
-      }
-    }
-    if (stream) _mm_sfence();
-    if (nhwc) transpose_rows(out, ostride, ng * Kg, ostride, K, y + ((n * P + p0) * Q) * K + g0 * Kg, ng * Kg);
-  });
+  forward_tasks<false>(p, x, wp, bp, y, nhwc);
 }
+
+#if CONV_EXT_ISA_PAIRS
+// bfloat16: filter words [g][kb][t = (c, r, s)][NK] of channels 2c and 2c + 1 (zero past Kg),
+// the bias widened to float32; the sums rounded to bfloat16 as they are stored (NCHW) or by the
+// output transposes (NHWC).
+void direct_nchw_forward_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* w, const uint16_t* bias,
+                              uint16_t* y, bool nhwc) {
+  const int64_t G = p.groups, Kg = p.Kg(), Cg = p.Cg(), RS = p.R * p.S, T = Cg / 2 * RS, nkb = ceil_div(Kg, NK);
+  float* wp = scratch(0, G * nkb * T * NK + G * nkb * NK);
+  float* bp = wp + G * nkb * T * NK;
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t kb = 0; kb < nkb; ++kb)
+      for (int k = 0; k < NK; ++k) {
+        const int64_t kk = kb * NK + k;
+        float* d = wp + (g * nkb + kb) * T * NK + k;
+        const uint16_t* wk = w + (g * Kg + kk) * Cg * RS;  // filter kk: [c][r][s]
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t c = t / RS, rs = t % RS;
+          const uint32_t word = kk < Kg ? uint32_t(wk[2 * c * RS + rs]) | uint32_t(wk[(2 * c + 1) * RS + rs]) << 16 : 0;
+          std::memcpy(d + t * NK, &word, sizeof(word));
+        }
+        const uint32_t b32 = kk < Kg && bias ? uint32_t(bias[g * Kg + kk]) << 16 : 0;
+        std::memcpy(bp + (g * nkb + kb) * NK + k, &b32, sizeof(b32));
+      }
+  forward_tasks<true>(p, x, wp, bp, y, nhwc);
+}
+#endif
 
 // dx = the transposed convolution of dy, for <= 4 dx channels a group. The dx rows and columns
 // split by stride phase: row h = psi + sh*i, column w = phi + sw*j. Tap (r, s) reaches dx only in
@@ -443,7 +580,7 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
   // channels, so the dy rows come in and the dx rows go out as whole lines by vector transposes
   // (one group a task read a quarter of each dy line and stored dx one float at a time:
   // 128->128 g32 @56 batch 4, 7.9 ms against torch's 4.2). NCHW: one group.
-  const int64_t GB = groups_per_task(p, nhwc), ngb = ceil_div(G, GB);
+  const int64_t GB = groups_per_task(p, nhwc, Cg), ngb = ceil_div(G, GB);
   // i-rows per task: the dy band (GB x Kg x rows x Wb floats) within 512 KiB
   const int64_t extra = roff_max - roff_min;
   const int64_t ib = rows_per_task(p, Hi, N * ngb, [&](int64_t i) { return GB * Kg * (i + extra) * Wb; }, 131072);
