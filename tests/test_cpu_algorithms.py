@@ -279,7 +279,7 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
 
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
 # bfloat16 kernels (where the CPU has AMX or AVX512-BF16: else "does not support")
-BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw")
+BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw", "grouped_interleaved")
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):
@@ -517,6 +517,9 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((2, 64, 11, 13), 64, (3, 3), 2, 1, 1, 8),        # 8 channels a group at stride 2 (phase words), odd width
     ((1, 16, 13, 14), 8, (3, 3), 3, 2, 1, 4),         # stride 3 (one word at a time), 2 filters a group
     ((1, 8, 7, 33), 12, (5, 3), (1, 2), (2, 1), (1, 2), 2),  # dilation in width, stride 2 in width only
+    ((1, 16, 13, 14), 16, (3, 3), 2, 2, 1, 4),        # grouped_interleaved's bfloat16 words: 4 + 4 a group,
+                                                      # backward-input's 4 stride classes
+    ((3, 40, 5, 50), 40, (3, 3), 1, 1, 1, 5),         # 8 + 8: 5 groups (a last block of one), rows of 50
 ]
 
 

@@ -39,7 +39,11 @@
 // FMA): half the speed. Rows are cut into tiles of equal width (kTileWidths), the band pixel is
 // padded to 16 floats so that pixel i of a tile is a constant displacement from one base.
 #ifndef CONV_EXT_ISA_NS
+#include <type_traits>
+#include <vector>
+
 #define CONV_EXT_PER_ISA_FILE "grouped_interleaved.cpp"
+#define CONV_EXT_PER_ISA_BF16  // both passes also run on bfloat16 pairs (interleaved_*_bf16)
 #include "per_isa.h"
 
 namespace conv_ext {
@@ -52,24 +56,48 @@ bool fits(int64_t groups, int64_t ci, int64_t co) {
   return groups > 1 && (co == 4 || co == 8) && ci >= 1 && ci <= co;
 }
 
+// bfloat16 (interleaved_*_bf16): the same engine on words of two channels (VDPBF16PS), where the
+// channels read (ci: Cg forward, Kg backward-input) are even, on an AVX512-BF16 CPU without AMX
+// tiles (there amx_bf16 runs grouped layers; forced: any AVX512-BF16 CPU). Before, these layers
+// ran on float32 copies (channels_last ResNeXt 128 g32 @56, 256 g32 @28 and @56/2 forward
+// 0.4-0.8x torch).
+bool dtype_ok(at::ScalarType dtype, int64_t ci, Pass pass) {
+  if (dtype == at::kBFloat16)
+    return ci % 2 == 0 && amx_bf16_available() &&
+           (amx_bf16_emulated() || forced_algorithm(pass) == "grouped_interleaved");
+  return dtype == at::kFloat;
+}
+
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kFloat && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) && fits(p.groups, p.Cg(), p.Kg()) &&
-         p.stride_w <= 2;
+  return dtype_ok(dtype, p.Cg(), Pass::Forward) && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) &&
+         fits(p.groups, p.Cg(), p.Kg()) && p.stride_w <= 2;
 }
 
 // strides up to 2 (each stride class of dx a stride-1 convolution of dy)
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kFloat && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) && fits(p.groups, p.Kg(), p.Cg()) &&
-         p.stride_h <= 2 && p.stride_w <= 2;
+  return dtype_ok(dtype, p.Kg(), Pass::BackwardInput) && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) &&
+         fits(p.groups, p.Kg(), p.Cg()) && p.stride_h <= 2 && p.stride_w <= 2;
 }
 
+using bf16 = uint16_t;
+const bf16* halves(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.const_data_ptr()); }
+
 void run_forward(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() == at::kBFloat16) {
+    avx512::interleaved_forward_bf16(p, halves(o.a), halves(o.b), o.bias.defined() ? halves(o.bias) : nullptr,
+                                     reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+    return;
+  }
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   avx512::interleaved_forward(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias,
                               o.out.mutable_data_ptr<float>());
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() == at::kBFloat16) {
+    avx512::interleaved_backward_input_bf16(p, halves(o.a), halves(o.b), reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+    return;
+  }
   avx512::interleaved_backward_input(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(),
                                      o.out.mutable_data_ptr<float>());
 }
@@ -119,9 +147,11 @@ inline V bcast(const float* p) {
 // One tile: MR consecutive output pixels of a row, the first at band position bp (pixel i at
 // bp + i*SW*16: one base register, constant displacements; pixels past mr read on into the band
 // and are not stored), through every tap and input channel.
-template <int GPB, int SW, int MR>
+// PAIRS: the band and the filter hold words of bfloat16 pairs (ci counts words), each step a
+// VDPBF16PS, and y (O = uint16_t) gets the sums rounded to bfloat16.
+template <int GPB, int SW, int MR, bool PAIRS, typename O>
 void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, int64_t ci, const float* wb,
-          float* y, int64_t ys, int mr, const __m512i& oidx, V bv, M om, bool stream) {
+          O* y, int64_t ys, int mr, const __m512i& oidx, V bv, M om, bool stream) {
   V acc[MR];
 #pragma GCC unroll 24
   for (int i = 0; i < MR; ++i) acc[i] = Isa::zero();
@@ -132,13 +162,16 @@ void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, i
       for (int64_t c = 0; c < ci; ++c, tp += GPB) {
         const V wv = Isa::load(wt + c * 16);
 #pragma GCC unroll 24
-        for (int i = 0; i < MR; ++i) acc[i] = Isa::fma(bcast<GPB>(tp + i * SW * 16), wv, acc[i]);
+        for (int i = 0; i < MR; ++i) acc[i] = mac<PAIRS>(bcast<GPB>(tp + i * SW * 16), wv, acc[i]);
       }
     }
-  if (stream)  // whole, aligned vectors (the caller checked) by non-temporal stores
-    for (int i = 0; i < mr; ++i) Isa::stream(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv));
-  else
-    for (int i = 0; i < mr; ++i) Isa::storem(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv), om);
+  if constexpr (std::is_same_v<O, float>) {
+    if (stream) {  // whole, aligned vectors (the caller checked) by non-temporal stores
+      for (int i = 0; i < mr; ++i) Isa::stream(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv));
+      return;
+    }
+  }
+  for (int i = 0; i < mr; ++i) Isa::storem(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv), om);
 }
 
 // Tile widths: a row of Q pixels runs in ceil(Q / 24) tiles of the narrowest width here that
@@ -156,8 +189,11 @@ struct Job {
 
 // dst = conv(src, wpk) + bias for every job, the jobs reading the same src (the stride classes
 // of a backward-input all read dy; N, H, W, G, ci, co, sh and sw are the same for all of them).
-template <int GPB, int SW>
-void run(const Job* jobs, int njobs, const float* src, float* dst) {
+// PAIRS: src is words of bfloat16 pairs (ci of them a group) and dst bfloat16.
+template <int GPB, int SW, bool PAIRS>
+void run(const Job* jobs, int njobs, const float* src, void* dst_) {
+  using O = std::conditional_t<PAIRS, uint16_t, float>;
+  O* dst = static_cast<O*>(dst_);
   const Geo& g = jobs[0].g;
   const int64_t ci = g.ci, co = g.co, C = g.G * ci, K = g.G * g.co, sh = g.sh;
   constexpr int64_t PF = 16;  // floats of a band pixel: [c][j], ci*GPB <= 16 of them used
@@ -214,7 +250,7 @@ void run(const Job* jobs, int njobs, const float* src, float* dst) {
   // by streaming stores: 256->256 g32 @56/2 backward-input 1.11x (python benchmarks/ab.py OLD.so
   // NEW.so 4,256,56,56,256,3,2,1,32 --layout nhwc --pass backward_input); plain outputs of
   // 0.8-1.6M floats (forward 128 g32 @56, 256 g32 @56/2) were 0.97-0.98x so.
-  const bool stream_out = g.osh * g.osw > 1 && g.N * g.Hd * g.Wd * K >= kStreamFloats && K % 16 == 0 &&
+  const bool stream_out = !PAIRS && g.osh * g.osw > 1 && g.N * g.Hd * g.Wd * K >= kStreamFloats && K % 16 == 0 &&
                           (reinterpret_cast<uintptr_t>(dst) & 63) == 0;
   int64_t macs = 0;
   for (int j = 0; j < njobs; ++j) macs += g.N * jobs[j].g.P * jobs[j].g.Q * K * ci * jobs[j].g.R * jobs[j].g.S;
@@ -263,19 +299,19 @@ void run(const Job* jobs, int njobs, const float* src, float* dst) {
         const V bv = Isa::load(jobs[j].bias_pk + vb * 16);
         for (int64_t pr = p0; pr < std::min(p1, e.P); ++pr) {
           const float* brow = band + vb * bblk + (pr * sh - e.ph - h0) * blk_row + (-e.pw - col_lo) * PF;
-          float* yrow = dst + ((n * e.Hd + pr * e.osh + e.oh0) * e.Wd + e.ow0) * K + g0 * co;
+          O* yrow = dst + ((n * e.Hd + pr * e.osh + e.oh0) * e.Wd + e.ow0) * K + g0 * co;
           for (int64_t q0 = 0; q0 < e.Q; q0 += mrw[j]) {
             const int mr = static_cast<int>(std::min<int64_t>(mrw[j], e.Q - q0));
             const float* bp = brow + q0 * SW * PF;
-            float* y = yrow + q0 * ys;
+            O* y = yrow + q0 * ys;
             switch (mrw[j]) {
-              case 4: tile<GPB, SW, 4>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
-              case 8: tile<GPB, SW, 8>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
-              case 12: tile<GPB, SW, 12>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
-              case 14: tile<GPB, SW, 14>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
-              case 16: tile<GPB, SW, 16>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
-              case 20: tile<GPB, SW, 20>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
-              default: tile<GPB, SW, 24>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+              case 4: tile<GPB, SW, 4, PAIRS>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+              case 8: tile<GPB, SW, 8, PAIRS>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+              case 12: tile<GPB, SW, 12, PAIRS>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+              case 14: tile<GPB, SW, 14, PAIRS>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+              case 16: tile<GPB, SW, 16, PAIRS>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+              case 20: tile<GPB, SW, 20, PAIRS>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
+              default: tile<GPB, SW, 24, PAIRS>(bp, e.R, e.S, rstep, sstep, ci, wb, y, ys, mr, oidx, bv, om, stream); break;
             }
           }
         }
@@ -319,30 +355,65 @@ Job packed_job(const Geo& g, const Wf& wf, const float* bias, float* wpk) {
   return {g, wpk, bias_pk};
 }
 
-void run_jobs(const Job* jobs, int njobs, const float* src, float* dst) {
+template <bool PAIRS = false>
+void run_jobs(const Job* jobs, int njobs, const float* src, void* dst) {
   const Geo& g = jobs[0].g;
-  if (g.co == 8) g.sw == 1 ? run<2, 1>(jobs, njobs, src, dst) : run<2, 2>(jobs, njobs, src, dst);
-  else g.sw == 1 ? run<4, 1>(jobs, njobs, src, dst) : run<4, 2>(jobs, njobs, src, dst);
+  if (g.co == 8) g.sw == 1 ? run<2, 1, PAIRS>(jobs, njobs, src, dst) : run<2, 2, PAIRS>(jobs, njobs, src, dst);
+  else g.sw == 1 ? run<4, 1, PAIRS>(jobs, njobs, src, dst) : run<4, 2, PAIRS>(jobs, njobs, src, dst);
 }
+
+// A filter word of bfloat16 pairs, as the float the packers store (its bits)
+inline float pair_word(uint16_t lo, uint16_t hi) {
+  const uint32_t u = uint32_t(lo) | uint32_t(hi) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline float widened(const uint16_t* v) { return v ? pair_word(0, *v) : 0.f; }  // a bfloat16 as float32
 #endif
 
 }  // namespace
 
-void interleaved_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
 #if CONV_EXT_ISA_BITS == 512
-  Geo g{p.N, p.H, p.W, p.groups, p.Cg(), p.Kg(), p.R, p.S, p.P, p.Q,
+// T = float, or uint16_t for bfloat16 (the engine on words of channel pairs: the filter value of
+// pair c is the word of channels 2c and 2c + 1, the bias widened)
+template <typename T>
+void forward_impl(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y) {
+  constexpr bool kWords = std::is_same_v<T, uint16_t>;
+  constexpr int64_t U = kWords ? 2 : 1;  // channels a unit
+  Geo g{p.N, p.H, p.W, p.groups, p.Cg() / U, p.Kg(), p.R, p.S, p.P, p.Q,
         p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h, p.dil_w};
   g.Hd = p.P, g.Wd = p.Q;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S;
+  std::vector<float> b32;
+  if constexpr (kWords) {
+    if (bias)
+      for (int64_t k = 0; k < p.K; ++k) b32.push_back(widened(bias + k));
+  }
+  const float* bf = kWords ? (bias ? b32.data() : nullptr) : reinterpret_cast<const float*>(bias);
   const Job job = packed_job(g, [&](int64_t grp, int64_t k, int64_t c, int64_t r, int64_t s) {
-    return w[(((grp * Kg + k) * Cg + c) * R + r) * S + s];
-  }, bias, scratch(0, job_floats(g)));
-  run_jobs(&job, 1, x, y);
+    const T* f = w + (((grp * Kg + k) * Cg + c * U) * R + r) * S + s;
+    if constexpr (kWords) return pair_word(f[0], f[R * S]);
+    else return *f;
+  }, bf, scratch(0, job_floats(g)));
+  run_jobs<kWords>(&job, 1, reinterpret_cast<const float*>(x), y);
+}
+#endif
+
+void interleaved_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
+#if CONV_EXT_ISA_BITS == 512
+  forward_impl(p, x, w, bias, y);
 #else
   (void)p, (void)x, (void)w, (void)bias, (void)y;
   TORCH_CHECK(false, "conv_ext: grouped_interleaved needs AVX-512");
 #endif
 }
+#if CONV_EXT_ISA_PAIRS
+void interleaved_forward_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* w, const uint16_t* bias,
+                              uint16_t* y) {
+  forward_impl(p, x, w, bias, y);
+}
+#endif
 
 // dx[n,h,w, g*Cg + c] = sum_{k,r,s} dy[n, (h+ph-r*dh)/sh, (w+pw-s*dw)/sw, g*Kg + k] * w[g*Kg + k, c, r, s]
 // over the taps whose quotients are whole. The dx pixels split into stride classes (h mod sh,
@@ -355,8 +426,11 @@ void interleaved_forward(const Conv2dParams& p, const float* x, const float* w, 
 // before: 256->256 g32 @56/2 channels_last, 2 threads, batch 4 (python benchmarks/ab.py OLD.so
 // NEW.so 4,256,56,56,256,3,2,1,32 --layout nhwc --pass backward_input): 1.03 -> 0.83 ms (1.24x;
 // torch 0.87-0.89).
-void interleaved_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
 #if CONV_EXT_ISA_BITS == 512
+template <typename T>
+void backward_input_impl(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
+  constexpr bool kWords = std::is_same_v<T, uint16_t>;
+  constexpr int64_t U = kWords ? 2 : 1;  // channels of dy a unit
   const int64_t Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, H = p.H, W = p.W, C = p.C;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   Geo geos[4];  // the classes with taps (strides <= 2: at most 4)
@@ -373,8 +447,8 @@ void interleaved_backward_input(const Conv2dParams& p, const float* dy, const fl
       const int64_t Hc = ceil_div(H - psi, sh), Wc = ceil_div(W - phi, sw), Rc = rl.size(), Sc = sl.size();
       if (Rc == 0 || Sc == 0) {  // no tap reaches these dx pixels
         for_each_task(p.N * Hc, p.N * Hc * Wc * C, [&](int64_t t) {
-          float* row = dx + ((t / Hc * H + psi + t % Hc * sh) * W + phi) * C;
-          for (int64_t j = 0; j < Wc; ++j) std::memset(row + j * sw * C, 0, sizeof(float) * C);
+          T* row = dx + ((t / Hc * H + psi + t % Hc * sh) * W + phi) * C;
+          for (int64_t j = 0; j < Wc; ++j) std::memset(row + j * sw * C, 0, sizeof(T) * C);
         });
         continue;
       }
@@ -382,7 +456,7 @@ void interleaved_backward_input(const Conv2dParams& p, const float* dy, const fl
       const int64_t rstep = Rc > 1 ? floor_div(psi + ph - rl[Rc - 2] * dh, sh) - rmin : 1;
       const int64_t sstep = Sc > 1 ? floor_div(phi + pw - sl[Sc - 2] * dw, sw) - smin : 1;
       Geo& g = geos[njobs];
-      g = Geo{p.N, p.P, p.Q, p.groups, Kg, Cg, Rc, Sc, Hc, Wc, 1, 1, -rmin, -smin, rstep, sstep};
+      g = Geo{p.N, p.P, p.Q, p.groups, Kg / U, Cg, Rc, Sc, Hc, Wc, 1, 1, -rmin, -smin, rstep, sstep};
       g.osh = sh, g.oh0 = psi, g.osw = sw, g.ow0 = phi, g.Hd = H, g.Wd = W;
       rls[njobs] = rl, sls[njobs] = sl, ++njobs;
     }
@@ -395,16 +469,29 @@ void interleaved_backward_input(const Conv2dParams& p, const float* dy, const fl
     const std::vector<int64_t>&rl = rls[j], &sl = sls[j];
     const int64_t Rc = rl.size(), Sc = sl.size();
     jobs[j] = packed_job(geos[j], [&](int64_t grp, int64_t c, int64_t k, int64_t r, int64_t s) {
-      return w[(((grp * Kg + k) * Cg + c) * R + rl[Rc - 1 - r]) * S + sl[Sc - 1 - s]];
+      const T* f = w + (((grp * Kg + k * U) * Cg + c) * R + rl[Rc - 1 - r]) * S + sl[Sc - 1 - s];
+      if constexpr (kWords) return pair_word(f[0], f[Cg * R * S]);  // filters 2k and 2k + 1
+      else return *f;
     }, nullptr, wpk);
     wpk += job_floats(geos[j]);
   }
-  run_jobs(jobs, njobs, dy, dx);
+  run_jobs<kWords>(jobs, njobs, reinterpret_cast<const float*>(dy), dx);
+}
+#endif
+
+void interleaved_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx) {
+#if CONV_EXT_ISA_BITS == 512
+  backward_input_impl(p, dy, w, dx);
 #else
   (void)p, (void)dy, (void)w, (void)dx;
   TORCH_CHECK(false, "conv_ext: grouped_interleaved needs AVX-512");
 #endif
 }
+#if CONV_EXT_ISA_PAIRS
+void interleaved_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, const uint16_t* w, uint16_t* dx) {
+  backward_input_impl(p, dy, w, dx);
+}
+#endif
 
 }  // namespace CONV_EXT_ISA_NS
 }  // namespace cpu
