@@ -149,7 +149,7 @@ inline V bcast(const float* p) {
 // and are not stored), through every tap and input channel.
 // PAIRS: the band and the filter hold words of bfloat16 pairs (ci counts words), each step a
 // VDPBF16PS, and y (O = uint16_t) gets the sums rounded to bfloat16.
-template <int GPB, int SW, int MR, bool PAIRS, typename O>
+template <int GPB, int SW, int MR, bool PAIRS, typename O, int64_t PF = PAIRS ? 8 : 16>
 void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, int64_t ci, const float* wb,
           O* y, int64_t ys, int mr, const __m512i& oidx, V bv, M om, bool stream) {
   V acc[MR];
@@ -162,7 +162,7 @@ void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, i
       for (int64_t c = 0; c < ci; ++c, tp += GPB) {
         const V wv = Isa::load(wt + c * 16);
 #pragma GCC unroll 24
-        for (int i = 0; i < MR; ++i) acc[i] = mac<PAIRS>(bcast<GPB>(tp + i * SW * 16), wv, acc[i]);
+        for (int i = 0; i < MR; ++i) acc[i] = mac<PAIRS>(bcast<GPB>(tp + i * SW * PF), wv, acc[i]);
       }
     }
   if constexpr (std::is_same_v<O, float>) {
@@ -196,7 +196,8 @@ void run(const Job* jobs, int njobs, const float* src, void* dst_) {
   O* dst = static_cast<O*>(dst_);
   const Geo& g = jobs[0].g;
   const int64_t ci = g.ci, co = g.co, C = g.G * ci, K = g.G * g.co, sh = g.sh;
-  constexpr int64_t PF = 16;  // floats of a band pixel: [c][j], ci*GPB <= 16 of them used
+  // floats of a band pixel: [c][j], ci*GPB <= 16 of them used (words of pairs: <= 8, Cg <= Kg)
+  constexpr int64_t PF = PAIRS ? 8 : 16;
   const int64_t nvb = ceil_div(g.G, int64_t(GPB));  // blocks of GPB groups
   // A task is (image, block of output rows) and runs every job and every block of groups over
   // its rows: its band holds all the channels of the src rows and columns they read
@@ -260,6 +261,8 @@ void run(const Job* jobs, int njobs, const float* src, void* dst_) {
     rows_of(p0, p1, h0, h1);
     const int64_t nr = h1 - h0;
     const __m512i iidx = _mm512_load_si512(in_idx), oidx = _mm512_load_si512(out_idx);
+    const __m256i iidx8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(in_idx));
+    const M lm_full = Isa::mask(GPB * ci), lm_last = Isa::mask((g.G - (nvb - 1) * GPB) * ci);  // a pixel's block
     // the band: src rows h0.., columns col_lo.., each pixel's channels of a block interleaved
     // (zeros past the last group), blocks nr*blk_row floats apart; + zeros for the reads of a
     // last tile's unused pixels (no stale values, no denormals)
@@ -277,13 +280,16 @@ void run(const Job* jobs, int njobs, const float* src, void* dst_) {
         const int64_t w = col_lo + col;
         float* d = band + i * blk_row + col * PF;
         if (w < 0 || w >= g.W) {
-          for (int64_t vb = 0; vb < nvb; ++vb) Isa::store(d + vb * bblk, Isa::zero());
+          for (int64_t vb = 0; vb < nvb; ++vb) Isa::storem(d + vb * bblk, Isa::zero(), Isa::mask(PF));
           continue;
         }
         const float* sp = srow + w * C;
         for (int64_t vb = 0; vb < nvb; ++vb) {
-          const M lm = Isa::mask(std::min<int64_t>(GPB, g.G - vb * GPB) * ci);
-          Isa::store(d + vb * bblk, _mm512_maskz_permutexvar_ps(0xFFFF, iidx, Isa::loadm(sp + vb * GPB * ci, lm)));
+          const M lm = vb + 1 < nvb ? lm_full : lm_last;
+          if constexpr (PF == 8)  // an 8-lane pixel: half-width loads, permutes and stores
+            _mm256_storeu_ps(d + vb * bblk, _mm256_maskz_permutexvar_ps(0xFF, iidx8, _mm256_maskz_loadu_ps(__mmask8(lm), sp + vb * GPB * ci)));
+          else
+            Isa::store(d + vb * bblk, _mm512_maskz_permutexvar_ps(0xFFFF, iidx, Isa::loadm(sp + vb * GPB * ci, lm)));
         }
       }
     }
