@@ -54,6 +54,14 @@
 // Channels_last grouped layers with 4 or 8 output channels a group (and no more input channels)
 // now run grouped_interleaved.cpp (forward and backward-input at strides 1-2: no transposes); NCHW
 // stays here.
+// bfloat16 forward (direct_nchw_forward_bf16, AVX512-BF16, an even number of channels a group):
+// the tiles' taps are words of two channels (a VDPBF16PS a step, NK x NQ as for float32), the
+// phase rows words of channels 2c and 2c + 1 (NCHW: pack_phase_pairs joins the two planes;
+// channels_last pixels hold such words, transposed as floats), the sums rounded as they are
+// stored (NCHW) or by the output transposes. Batch 4, 2 threads, NCHW, ms min of 30 (python
+// benchmarks/algos.py 4,128,56,56,128,3,1,1,32 --layout nchw --dtype bfloat16), this kernel /
+// torch: 128 g32 @56 1.03 / 1.88, 256 g32 @56/2 0.75 / 0.78, 256 g32 @28 0.50 / 0.49 (on float32
+// copies before: 1.3-1.9 ms).
 // Tiny planes (NCHW forward, output rows shorter than a vector, a problem run serially: the
 // (1,3,8,8)->16 layer): the pixel vectors run over the flattened output plane of an im2col
 // buffer (tiny_im2col) instead of one half-empty vector a row, and a tile takes the whole plane

@@ -1,6 +1,19 @@
 // grouped_interleaved.cpp — forward and backward-input of grouped convolutions with 4 or
 // 8 output channels a group and no more input channels than that (ResNeXt's 128->128 g32 and
-// 256->256 g32: 4 + 4 and 8 + 8), fp32, channels_last, AVX-512.
+// 256->256 g32: 4 + 4 and 8 + 8), fp32 and bfloat16, channels_last, AVX-512.
+//
+// bfloat16 (AVX512-BF16): the same engine on words of two channels. A channels_last pixel's
+// channels are already such words, so the band is built the same way (a block's words
+// interleaved [c][j], at most 8 of them: band pixels of 8 words), the filter packed as words of
+// channel pairs, each step a VDPBF16PS (two channels' products summed in float32), and the sums
+// rounded to bfloat16 as they are stored (Isa::storem to uint16_t). These layers ran on float32
+// copies before. Batch 4, 2 threads, ms min of 30 (python benchmarks/algos.py
+// 4,256,56,56,256,3,2,1,32 --layout nhwc --pass P --dtype bfloat16), this round / torch:
+//   128 g32 @56   forward 0.70 / 0.98, backward-input 0.64 / 0.98
+//   256 g32 @56/2 forward 0.69 / 0.51, backward-input 0.70 / 0.58
+//   256 g32 @28   forward 0.51 / 0.41, backward-input 0.52 / 0.42
+// (on float32 copies the forwards took 1.3-1.9 ms). At 256 g32 the band's build (x from memory,
+// a permute a block) is ~30% of the strided forward: behind torch there.
 //
 //   forward          y[n,p,q, g*Kg + k] = bias + sum_{c,r,s} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, g*Cg + c] * w[g*Kg + k, c, r, s]
 //   backward-input   the same engine on dy, with the filter flipped and transposed; strided, once
