@@ -520,6 +520,9 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((1, 16, 13, 14), 16, (3, 3), 2, 2, 1, 4),        # grouped_interleaved's bfloat16 words: 4 + 4 a group,
                                                       # backward-input's 4 stride classes
     ((3, 40, 5, 50), 40, (3, 3), 1, 1, 1, 5),         # 8 + 8: 5 groups (a last block of one), rows of 50
+    ((2, 16, 62, 64), 32, (3, 5), (3, 2), (1, 2), (2, 1), 4),  # direct_nchw's bfloat16 backward-input (big enough
+                                                      # to be chosen): strided phases, filters in pairs of words
+    ((2, 16, 30, 22), 8, (3, 3), 1, 2, 2, 4),         # stride 1 with dilation: NCHW rows joined into words
 ]
 
 

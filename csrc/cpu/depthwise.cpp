@@ -1489,14 +1489,6 @@ void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const flo
   nhwc_backward_weight<0, 0>(p, dy, x, dwt);
 }
 
-// float32 -> bfloat16 (2 bytes, the top half of a float32), rounded to nearest even, a NaN kept a
-// NaN (c10::BFloat16's rule; Isa::narrow)
-void float_to_bf16(const float* s, int64_t n, uint16_t* d) {
-  int64_t i = 0;
-  for (; i + VL <= n; i += VL) Isa::store(d + i, Isa::load(s + i));
-  if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
-}
-
 // bfloat16, channels_last, the forward_runs shapes (3/5/7 taps a row, stride 1 or 2, no
 // dilation in width): the runs read x's bfloat16 rows as they lie (each vector converted as it
 // is loaded) and store their sums rounded to bfloat16 (Isa::store to uint16_t; through a float32
@@ -1529,7 +1521,7 @@ void bf16_planes(const Conv2dParams& p, const FlatPlan& f, const uint16_t* in, c
     float* yf = scratch(9, n_out);
     widen(in + t * n_in, n_in, xf);
     flat_group<1>(f, p.C, xf, w, bias, t, yf);
-    float_to_bf16(yf, n_out, out + t * n_out);
+    narrow_row(yf, n_out, out + t * n_out);
   });
 }
 // NHWC: the runs of each output row on x's bfloat16 rows (taps wt packed [tap][Cp], bias padded)

@@ -119,9 +119,17 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // threaded stay with implicit_gemm's pixel-row kernel, which sets up less: the (1,3,8,8)->16
 // layer, ms median of 400 (python benchmarks/algos.py 1,3,8,8,16,3,1,1 --pass backward_input
 // --layout nhwc): direct_nchw 0.018, implicit_gemm 0.014 (NCHW 0.023 / 0.021).
+// bfloat16 (direct_backward_input_bf16): dy's channels in words of two, an even number of them a
+// group, on the CPUs of the bfloat16 forward. NCHW ResNeXt g32 batch 4, ms median (python
+// benchmarks/algos.py SHAPE --layout nchw --pass backward_input --dtype bfloat16), which ran on
+// float32 copies before (1.81, 2.52, 1.22): 128@56 1.02 vs torch 1.63; 256@56/2 1.55 vs 1.43;
+// 256@28 0.70 vs 0.78.
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && few_channels(p) &&
-         p.macs() >= kSerialMacs;
+  const bool shape_ok = (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && few_channels(p) && p.macs() >= kSerialMacs;
+  if (dtype == at::kBFloat16)
+    return shape_ok && p.Kg() % 2 == 0 && amx_bf16_available() &&
+           (amx_bf16_emulated() || forced_algorithm(Pass::BackwardInput) == "direct_nchw");
+  return dtype == at::kFloat && simd_available() && shape_ok;
 }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
@@ -138,6 +146,13 @@ void run_forward(const Conv2dParams& p, Operands& o) {
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() == at::kBFloat16) {
+    using bf16 = uint16_t;
+    avx512::direct_backward_input_bf16(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()),
+                                       reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+                                       reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), is_nhwc(p));
+    return;
+  }
   auto f = use_avx512() ? avx512::direct_backward_input : avx2::direct_backward_input;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
@@ -325,9 +340,20 @@ void tiny_forward(const Conv2dParams& p, const float* x, const float* wp, const 
 }
 
 #if CONV_EXT_ISA_PAIRS
+// d[j] = the word (low half a[j], high half b[j]) for j < n: rows of two bfloat16 channels joined
+// into words of pairs, 16 a step
+inline void join_rows(const uint16_t* a, const uint16_t* b, int64_t n, float* d) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = Isa::mask(n - j);
+    const __m512i va = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, a + j));
+    const __m512i vb = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, b + j));
+    _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(va, _mm512_maskz_slli_epi32(0xFFFF, vb, 16)));
+  }
+}
+
 // pack_phase_plane for bfloat16 pairs: the phase rows of NCHW planes a (channel 2c) and b (2c + 1),
 // buf[row][phase][j] = the word (low half a, high half b) of column j*sw + phase - pw of row
-// row - ph, zeros outside. Stride 1: 16 columns of each widened and joined; stride 2: the words
+// row - ph, zeros outside. Stride 1: the rows joined (join_rows); stride 2: the words
 // at those columns hold them in their low halves; other strides (and stride 2's last column) one
 // word at a time.
 void pack_phase_pairs(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
@@ -351,12 +377,8 @@ void pack_phase_pairs(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W
       zero_floats(dp + hi, wq - hi);
       int64_t j = lo;
       if (sw == 1) {
-        for (; j < hi; j += 16) {
-          const __mmask16 m = Isa::mask(hi - j);
-          const __m512i va = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, sa + j + off));
-          const __m512i vb = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, sb + j + off));
-          _mm512_mask_storeu_epi32(dp + j, m, _mm512_or_si512(va, _mm512_maskz_slli_epi32(0xFFFF, vb, 16)));
-        }
+        join_rows(sa + lo + off, sb + lo + off, hi - lo, dp + lo);
+        j = hi;
       } else if (sw == 2) {
         const int64_t hv = std::max(lo, std::min(hi, floor_div(W - 2 - off, 2) + 1));  // words inside the row
         for (; j < hv; j += 16) {
@@ -536,9 +558,15 @@ void direct_nchw_forward_bf16(const Conv2dParams& p, const uint16_t* x, const ui
 // the dy rows it needs into a zero-padded band [k][row][column] (NCHW: row copies, NHWC: vector
 // transposes), runs direct_tile over each class's phase rows (the tile's "output channels" are
 // the dx channels), then interleaves the phase rows into dx.
-void direct_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+// E = float, or uint16_t for bfloat16: the band's rows then hold words of dy channels 2k and 2k + 1
+// (Ku = Kg / 2 units; NCHW planes joined, NHWC words as they lie), the filter words of filters 2k
+// and 2k + 1, each step a VDPBF16PS, and the dx rows rounded to bfloat16 as they are written.
+template <typename E>
+void backward_input_impl(const Conv2dParams& p, const E* dy, const E* w, E* dx, bool nhwc) {
+  constexpr bool kWords = std::is_same_v<E, uint16_t>;
+  constexpr int64_t U = kWords ? 2 : 1;  // dy channels a unit
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, R = p.R, S = p.S, G = p.groups;
-  const int64_t Cg = p.Cg(), Kg = p.Kg();
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), Ku = Kg / U, Kw = K / U;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   // the taps of each row class psi (dy row offset roff) and column class phi (column offset qoff)
   auto roff = [&](int64_t psi, int64_t r) { return (psi + ph - r * dh) / sh; };
@@ -567,8 +595,8 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
   const int64_t ncls = sh * sw;
   std::vector<int64_t> cls_t(ncls), cls_at(ncls + 1, 0);
   for (int64_t cl = 0; cl < ncls; ++cl)
-    cls_t[cl] = Kg * int64_t(rlist[cl / sw].size() * slist[cl % sw].size()), cls_at[cl + 1] = cls_at[cl] + cls_t[cl];
-  const int64_t Tall = cls_at[ncls];  // = Kg*R*S
+    cls_t[cl] = Ku * int64_t(rlist[cl / sw].size() * slist[cl % sw].size()), cls_at[cl + 1] = cls_at[cl] + cls_t[cl];
+  const int64_t Tall = cls_at[ncls];  // = Ku*R*S
   float* wp = scratch(0, G * ncb * Tall * NK + NK);
   float* zeros = wp + G * ncb * Tall * NK;
   std::fill(zeros, zeros + NK, 0.f);
@@ -576,10 +604,22 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
     for (int64_t cl = 0; cl < ncls; ++cl) {
       const int64_t g = gb / ncb, c0 = gb % ncb * NK;
       float* d = wp + (gb * Tall + cls_at[cl]) * NK;
-      for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t k = 0; k < Ku; ++k)
         for (int64_t r : rlist[cl / sw])
           for (int64_t s : slist[cl % sw]) {
-            for (int c = 0; c < NK; ++c) d[c] = c0 + c < Cg ? w[(((g * Kg + k) * Cg + c0 + c) * R + r) * S + s] : 0.f;
+            for (int c = 0; c < NK; ++c) {
+              if (c0 + c >= Cg) {
+                d[c] = 0.f;
+                continue;
+              }
+              const E* f = w + (((g * Kg + k * U) * Cg + c0 + c) * R + r) * S + s;
+              if constexpr (kWords) {
+                const uint32_t word = uint32_t(f[0]) | uint32_t(f[Cg * R * S]) << 16;  // filters 2k, 2k + 1
+                std::memcpy(d + c, &word, sizeof(word));
+              } else {
+                d[c] = *f;
+              }
+            }
             d += NK;
           }
     }
@@ -591,21 +631,21 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
   const int64_t GB = groups_per_task(p, nhwc, Cg), ngb = ceil_div(G, GB);
   // i-rows per task: the dy band (GB x Kg x rows x Wb floats) within 512 KiB
   const int64_t extra = roff_max - roff_min;
-  const int64_t ib = rows_per_task(p, Hi, N * ngb, [&](int64_t i) { return GB * Kg * (i + extra) * Wb; }, 131072);
+  const int64_t ib = rows_per_task(p, Hi, N * ngb, [&](int64_t i) { return GB * Ku * (i + extra) * Wb; }, 131072);
   const int64_t nblk = ceil_div(Hi, ib);
   for_each_task(N * ngb * nblk, p.macs(), [&](int64_t task) {
     const int64_t blk = task % nblk, gbk = task / nblk % ngb, n = task / (nblk * ngb);
     const int64_t g0 = gbk * GB, ng = std::min(G - g0, GB);
     const int64_t i0 = blk * ib, i1 = std::min(Hi, i0 + ib), ni = i1 - i0, nb = ni + extra;
     const int64_t kstride = nb * Wb, p_lo = i0 + roff_min;  // band row b holds dy row p_lo + b
-    float* band = scratch(1, ng * Kg * kstride);            // [group][k][row][column]
+    float* band = scratch(1, ng * Ku * kstride);            // [group][k][row][column]
     // dy columns [qa, qb) land in band columns [ca, cb); the rest of a row, and rows outside dy, are zeros
     const int64_t qa = std::max<int64_t>(0, qoff_min), qb = std::max(qa, std::min(Q, qoff_min + Wb));
     const int64_t ca = qa - qoff_min, cb = qb - qoff_min;
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t pp = p_lo + b;
       const bool inside = pp >= 0 && pp < P && cb > ca;
-      for (int64_t k = 0; k < ng * Kg; ++k) {
+      for (int64_t k = 0; k < ng * Ku; ++k) {
         float* row = band + k * kstride + b * Wb;
         if (!inside) {
           std::memset(row, 0, sizeof(float) * Wb);
@@ -613,11 +653,19 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
         }
         std::memset(row, 0, sizeof(float) * ca);
         std::memset(row + cb, 0, sizeof(float) * (Wb - cb));
-        if (!nhwc) std::memcpy(row + ca, dy + ((n * K + g0 * Kg + k) * P + pp) * Q + qa, sizeof(float) * (cb - ca));
+        if (nhwc) continue;
+        const E* src = dy + ((n * K + g0 * Kg + k * U) * P + pp) * Q + qa;
+#if CONV_EXT_ISA_PAIRS
+        if constexpr (kWords) {
+          join_rows(src, src + P * Q, cb - ca, row + ca);
+          continue;
+        }
+#endif
+        if constexpr (!kWords) std::memcpy(row + ca, src, sizeof(float) * (cb - ca));
       }
-      if (inside && nhwc)  // dy row pp: (qb - qa) pixels x ng*Kg channels -> ng*Kg rows of the band
-        transpose_rows(dy + ((n * P + pp) * Q + qa) * K + g0 * Kg, K, qb - qa, ng * Kg, kstride, band + b * Wb + ca,
-                       qb - qa);
+      if (inside && nhwc)  // dy row pp: (qb - qa) pixels x ng*Ku units -> ng*Ku rows of the band
+        transpose_rows(reinterpret_cast<const float*>(dy) + ((n * P + pp) * Q + qa) * Kw + g0 * Ku, Kw, qb - qa, ng * Ku,
+                       kstride, band + b * Wb + ca, qb - qa);
     }
     // phase rows of dx: tmp[group][c][psi][i - i0][phi][Wt]
     const int64_t cstride = sh * ni * sw * Wt, gstride = ncb * NK * cstride;
@@ -633,7 +681,7 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
         const int64_t psi = cl / sw, phi = cl % sw, T = cls_t[cl];
         if (psi >= H || phi >= W) continue;
         int64_t t = 0;
-        for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t k = 0; k < Ku; ++k)
           for (int64_t r : rlist[psi])
             for (int64_t s : slist[phi])
               off[t++] = k * kstride + (roff(psi, r) - roff_min) * Wb + (qoff(phi, s) - qoff_min);
@@ -641,7 +689,7 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
         int64_t nvec = 0;
         for (int64_t i = i0; i < i1 && psi + sh * i < H; ++i)
           for (int64_t j = 0; j < nvr; ++j, ++nvec) {
-            xb[nvec] = band + gi * Kg * kstride + (i - i0) * Wb + j * VL;
+            xb[nvec] = band + gi * Ku * kstride + (i - i0) * Wb + j * VL;
             yo[nvec] = tmp + gi * gstride + ((psi * ni + (i - i0)) * sw + phi) * Wt + j * VL;
           }
         for (int64_t cb = 0; cb < ncb; ++cb) {
@@ -649,26 +697,56 @@ void direct_backward_input(const Conv2dParams& p, const float* dy, const float* 
           if (cb > 0)
             for (int64_t v = 0; v < nvec; ++v) yo[v] += NK * cstride;
           for (int64_t v0 = 0; v0 < nvec; v0 += NQ)
-            direct_tile(xb + v0, static_cast<int>(std::min<int64_t>(NQ, nvec - v0)), off, T, wk, zeros, yo + v0,
-                        cstride, static_cast<int>(std::min<int64_t>(NK, Cg - cb * NK)), full, false);
+            direct_tile<NQ, kWords>(xb + v0, static_cast<int>(std::min<int64_t>(NQ, nvec - v0)), off, T, wk, zeros,
+                                    yo + v0, cstride, static_cast<int>(std::min<int64_t>(NK, Cg - cb * NK)), full, false);
         }
       }
-    // interleave the phases into the dx rows (NHWC: into ng*Cg rows of W, then one transpose)
-    float* rows = nhwc ? scratch(5, ng * Cg * W) : nullptr;
+    // interleave the phases into the dx rows (NHWC: into ng*Cg rows of W, then one transpose;
+    // bfloat16 NCHW: into a float32 row, then rounded)
+    float* rows = nhwc ? scratch(5, ng * Cg * W) : kWords && sw > 1 ? scratch(5, W) : nullptr;
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t psi = 0; psi < sh && psi + sh * i < H; ++psi) {
         const int64_t h = psi + sh * i;
         for (int64_t gi = 0; gi < ng; ++gi)
           for (int64_t c = 0; c < Cg; ++c) {
             const float* prow = tmp + gi * gstride + c * cstride + (psi * ni + (i - i0)) * sw * Wt;
-            float* d = nhwc ? rows + (gi * Cg + c) * W : dx + ((n * C + (g0 + gi) * Cg + c) * H + h) * W;
-            if (sw == 1) std::memcpy(d, prow, sizeof(float) * W);
-            else interleave_phases(prow, Wt, sw, W, d);
+            E* dr = dx + ((n * C + (g0 + gi) * Cg + c) * H + h) * W;
+            if constexpr (kWords) {
+              if (nhwc || sw > 1) {
+                float* d = nhwc ? rows + (gi * Cg + c) * W : rows;
+                if (sw == 1) std::memcpy(d, prow, sizeof(float) * W);
+                else interleave_phases(prow, Wt, sw, W, d);
+                if (!nhwc) narrow_row(d, W, dr);
+              } else {
+                narrow_row(prow, W, dr);
+              }
+            } else {
+              float* d = nhwc ? rows + (gi * Cg + c) * W : dr;
+              if (sw == 1) std::memcpy(d, prow, sizeof(float) * W);
+              else interleave_phases(prow, Wt, sw, W, d);
+            }
           }
-        if (nhwc) transpose_rows(rows, W, ng * Cg, W, C, dx + (n * H + h) * W * C + g0 * Cg, ng * Cg);
+        if (!nhwc) continue;
+        E* dt = dx + (n * H + h) * W * C + g0 * Cg;
+#if CONV_EXT_ISA_PAIRS
+        if constexpr (kWords) {
+          transpose_rows_bf16(rows, W, ng * Cg, W, C, dt, ng * Cg);
+          continue;
+        }
+#endif
+        if constexpr (!kWords) transpose_rows(rows, W, ng * Cg, W, C, dt, ng * Cg);
       }
   });
 }
+
+void direct_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
+  backward_input_impl(p, dy, w, dx, nhwc);
+}
+#if CONV_EXT_ISA_PAIRS
+void direct_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, const uint16_t* w, uint16_t* dx, bool nhwc) {
+  backward_input_impl(p, dy, w, dx, nhwc);
+}
+#endif
 
 }  // namespace CONV_EXT_ISA_NS
 }  // namespace cpu

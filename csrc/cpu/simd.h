@@ -684,6 +684,13 @@ inline void zero_floats(float* d, int64_t n) {
   for (int64_t i = 0; i < n; i += Isa::VL) Isa::storem(d + i, Isa::zero(), Isa::mask(n - i));
 }
 
+// n floats from s rounded to bfloat16 at d (Isa::narrow: c10::BFloat16's rounding)
+inline void narrow_row(const float* s, int64_t n, uint16_t* d) {
+  int64_t i = 0;
+  for (; i + Isa::VL <= n; i += Isa::VL) Isa::store(d + i, Isa::load(s + i));
+  if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
+}
+
 #if CONV_EXT_ISA_BITS == 512
 // The 32 floats from s (the first `left` of them: masked loads past the end read nothing) split by
 // index parity with two permutes: s[0], s[2], .. s[30] into e, s[1], .. s[31] into o. The stride-2
