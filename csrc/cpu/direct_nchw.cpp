@@ -123,7 +123,8 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // group, on the CPUs of the bfloat16 forward. NCHW ResNeXt g32 batch 4, ms median (python
 // benchmarks/algos.py SHAPE --layout nchw --pass backward_input --dtype bfloat16), which ran on
 // float32 copies before (1.81, 2.52, 1.22): 128@56 1.02 vs torch 1.63; 256@56/2 1.55 vs 1.43;
-// 256@28 0.70 vs 0.78.
+// 256@28 0.70 vs 0.78. Strided dx rows rounded as the phases' permutes store them (not through a
+// float32 row): 256@56/2 1.23x faster (ab.py, best mins 1.16 -> 0.95 ms).
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   const bool shape_ok = (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && few_channels(p) && p.macs() >= kSerialMacs;
   if (dtype == at::kBFloat16)
@@ -702,8 +703,8 @@ void backward_input_impl(const Conv2dParams& p, const E* dy, const E* w, E* dx, 
         }
       }
     // interleave the phases into the dx rows (NHWC: into ng*Cg rows of W, then one transpose;
-    // bfloat16 NCHW: into a float32 row, then rounded)
-    float* rows = nhwc ? scratch(5, ng * Cg * W) : kWords && sw > 1 ? scratch(5, W) : nullptr;
+    // bfloat16 NCHW: rounded as they are stored)
+    float* rows = nhwc ? scratch(5, ng * Cg * W) : nullptr;
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t psi = 0; psi < sh && psi + sh * i < H; ++psi) {
         const int64_t h = psi + sh * i;
@@ -711,19 +712,16 @@ void backward_input_impl(const Conv2dParams& p, const E* dy, const E* w, E* dx, 
           for (int64_t c = 0; c < Cg; ++c) {
             const float* prow = tmp + gi * gstride + c * cstride + (psi * ni + (i - i0)) * sw * Wt;
             E* dr = dx + ((n * C + (g0 + gi) * Cg + c) * H + h) * W;
-            if constexpr (kWords) {
-              if (nhwc || sw > 1) {
-                float* d = nhwc ? rows + (gi * Cg + c) * W : rows;
-                if (sw == 1) std::memcpy(d, prow, sizeof(float) * W);
-                else interleave_phases(prow, Wt, sw, W, d);
-                if (!nhwc) narrow_row(d, W, dr);
-              } else {
-                narrow_row(prow, W, dr);
-              }
-            } else {
-              float* d = nhwc ? rows + (gi * Cg + c) * W : dr;
+            if (nhwc) {
+              float* d = rows + (gi * Cg + c) * W;
               if (sw == 1) std::memcpy(d, prow, sizeof(float) * W);
               else interleave_phases(prow, Wt, sw, W, d);
+            } else if (sw > 1) {
+              interleave_phases(prow, Wt, sw, W, dr);
+            } else if constexpr (kWords) {
+              narrow_row(prow, W, dr);
+            } else {
+              std::memcpy(dr, prow, sizeof(float) * W);
             }
           }
         if (!nhwc) continue;

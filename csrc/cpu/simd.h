@@ -779,17 +779,18 @@ inline int64_t phase_tap_offset(int64_t r, int64_t s, int64_t dh, int64_t dw, in
   return (r * dh * sw + (s * dw) % sw) * wq + (s * dw) / sw;
 }
 
-// A dx row from its sw phase rows: row[phase + j*sw] = ph[phase*Wt + j]. Stride 2 (AVX-512)
-// interleaves 16 + 16 values with two permutes; it was a scalar store per element, ~35% of
-// the NCHW 96@112/2 backward-input (batch 4, 2 threads: perf record -e cpu-clock of 400 calls,
-// the kernel's samples 12030 -> 7627). Used by depthwise.cpp and direct_nchw.cpp.
-inline void interleave_phases(const float* ph, int64_t Wt, int64_t sw, int64_t W, float* row) {
-  int64_t done = 0;  // phase columns [0, done) written
+// A dx row from its sw phase rows: row[phase + j*sw] = ph[phase*Wt + j], O = float or uint16_t
+// (bfloat16: rounded as stored, Isa::storem). Stride 2 (AVX-512) interleaves 16 + 16 values with
+// two permutes; it was a scalar store per element, ~35% of the NCHW 96@112/2 backward-input
+// (batch 4, 2 threads: perf record -e cpu-clock of 400 calls, the kernel's samples 12030 -> 7627).
+// Other strides gather a vector of outputs at a time. Used by depthwise.cpp and direct_nchw.cpp.
+template <typename O>
+inline void interleave_phases(const float* ph, int64_t Wt, int64_t sw, int64_t W, O* row) {
 #if CONV_EXT_ISA_BITS == 512
   if (sw == 2) {
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
-    for (; 2 * done < W; done += 16) {  // Wt is a whole number of vectors: the loads stay inside
+    for (int64_t done = 0; 2 * done < W; done += 16) {  // Wt is a whole number of vectors: the loads stay inside
       const __m512 a = _mm512_loadu_ps(ph + done), b = _mm512_loadu_ps(ph + Wt + done);
       const int64_t rest = W - 2 * done;
       Isa::storem(row + 2 * done, _mm512_permutex2var_ps(a, lo, b), Isa::mask(rest));
@@ -798,8 +799,12 @@ inline void interleave_phases(const float* ph, int64_t Wt, int64_t sw, int64_t W
     return;
   }
 #endif
-  for (int64_t phase = 0; phase < std::min(sw, W); ++phase)
-    for (int64_t j = done; phase + j * sw < W; ++j) row[phase + j * sw] = ph[phase * Wt + j];
+  float t[Isa::VL];
+  for (int64_t i0 = 0; i0 < W; i0 += Isa::VL) {
+    const int64_t n = std::min<int64_t>(Isa::VL, W - i0);
+    for (int64_t i = 0; i < n; ++i) t[i] = ph[(i0 + i) % sw * Wt + (i0 + i) / sw];
+    Isa::storem(row + i0, Isa::loadm(t, Isa::mask(n)), Isa::mask(n));
+  }
 }
 
 }  // namespace
