@@ -523,6 +523,10 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((2, 16, 62, 64), 32, (3, 5), (3, 2), (1, 2), (2, 1), 4),  # direct_nchw's bfloat16 backward-input (big enough
                                                       # to be chosen): strided phases, filters in pairs of words
     ((2, 16, 30, 22), 8, (3, 3), 1, 2, 2, 4),         # stride 1 with dilation: NCHW rows joined into words
+    ((2, 3, 17, 20), 16, (5, 5), 2, 2, 1, 1),         # bf16_pairs' flat rows (channels_last, odd C, even
+                                                      # stride): reads on even offsets, a zero after each row
+    ((1, 5, 18, 18), 32, (3, 7), (1, 2), (1, 3), (2, 1), 1),  # odd offsets (a zero before), dilated rows
+    ((2, 3, 16, 18), 32, (3, 3), 2, 1, 1, 1),         # MobileNetV2's stem
 ]
 
 

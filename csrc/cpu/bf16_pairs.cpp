@@ -90,15 +90,32 @@ bool group_ok(const Conv2dParams& p) { return p.groups == 1 || (p.Cg() >= 16 && 
 // An odd number of input channels below 16 in one group (the RGB stems' 3): the input and the
 // filter get a zero channel and run as pairs (run_forward) — where a pixel's reduction is long
 // enough to carry the copies (5x5 and larger filters): the 7x7/2 stem forward 0.58x -> 0.87-0.90x
-// torch channels_last, 0.77x -> 0.89-0.96x NCHW, where CIFAR's 3x3 3->16 ran 0.75-0.98x against
+// torch channels_last (now flat_rows, below), 0.77x -> 0.89-0.96x NCHW, where CIFAR's 3x3 3->16 ran 0.75-0.98x against
 // the float32 path's 1.02-1.32x (PYTHONPATH=. python benchmarks/algos.py 4,3,224,224,64,7,2,3
 // --layout nhwc --dtype bfloat16).
 bool pads_channel(const Conv2dParams& p) { return p.groups == 1 && p.C % 2 == 1 && p.C < 16; }
 
+// Odd channel counts channels_last at an even stride in width (the RGB stems at stride 2): a filter
+// row's taps read S*C consecutive values of an input row, x[h][q*sw - pw .. + S)[0 .. C), whose
+// first value sits at an even or an odd offset for every q alike (q*sw*C is even). Read each input
+// row as W*C/2 words of one "channel" and each filter row as the words of its S*C values (a zero
+// before them where the offset is odd, one after where the count is): a convolution of one word
+// channel, filter rows of Sw words at a stride of sw*C/2 words — the same engine on the tensor as it
+// lies, each step a VDPBF16PS of two true taps where the copies with a zero channel spent one word of
+// four on the zero (the 7x7/2 stem: 77 steps a pixel, not 98) and copied x first. Batch 4, 2
+// threads: the 7x7/2 stem forward 1.44x faster (python benchmarks/ab.py OLD.so NEW.so
+// 4,3,224,224,64,7,2,3 --layout nhwc --dtype bfloat16, best mins 3.33 -> 2.32 ms; 0.82x -> 1.22x
+// torch in benchmarks/algos.py); 3x3/2 stems, which ran on float32 copies (too short a reduction
+// to carry the zero channel): MobileNetV2's 3->32 @224 0.91 -> 0.42 ms median (torch 0.38), a
+// CIFAR-sized 3->16 @32 batch 8 0.044 -> 0.023 ms (torch 0.066).
+bool flat_rows(const Conv2dParams& p) {
+  return is_nhwc(p) && p.groups == 1 && p.C % 2 == 1 && p.dil_w == 1 && p.stride_w % 2 == 0 && p.W % 2 == 0;
+}
+
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) &&
          (p.Cg() % 2 == 0 || pads_channel(p)) &&
-         runs_here(Pass::Forward, group_ok(p) && (p.Cg() % 2 == 0 || p.R * p.S >= 25));
+         runs_here(Pass::Forward, group_ok(p) && (p.Cg() % 2 == 0 || p.R * p.S >= 25 || flat_rows(p)));
 }
 
 // dx's channels are the tiles' vectors: with fewer than 16 (the stems' 3) most lanes would be idle,
@@ -189,8 +206,9 @@ void backward_input_words(const Conv2dParams& p, const bf16* src, uint32_t* dst)
 // packed forms (filter_cache.h) while it is unchanged when the kernel reads the user's filter
 // (o.filter), else built into per-thread scratch (slot 11: no kernel of implicit_gemm's uses it).
 template <class Build>
-PackedFilter filter_words(const Operands& o, const Conv2dParams& p, int64_t kind, const Build& build) {
-  const int64_t n = p.K * p.Cg() * p.R * p.S / 2;
+PackedFilter filter_words(const Operands& o, const Conv2dParams& p, int64_t kind, const Build& build,
+                          int64_t n = -1) {
+  if (n < 0) n = p.K * p.Cg() * p.R * p.S / 2;
   const std::initializer_list<int64_t> tag = {100 + kind, p.K, p.Cg(), p.R, p.S, weight_is_krsc(p)};
   return packed_filter(o.filter, tag, n, scratch(11, n), [&](float* d) { build(halves(o.b), d); });
 }
@@ -207,8 +225,46 @@ void set_strides(Conv2dParams& q, bool nhwc) {
 }
 at::MemoryFormat format(bool nhwc) { return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
 
+// The forward on q (p with q.C words): x and the filter's words wp, bias added in float32, the
+// sums rounded into o.out (by the tiles' stores where the engine can, else through a float32 y).
+// filter: the user's filter (o.filter), under which the engine keeps its packed panels, or null.
+void forward_on_words(const Conv2dParams& q, const at::Tensor& x, const float* wp, Operands& o, bool nhwc,
+                      const at::Tensor* filter) {
+  const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
+  at::Tensor y = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
+  if (!avx512::implicit_gemm_forward(q, words(x), wp, bias.defined() ? bias.const_data_ptr<float>() : nullptr,
+                                     y.mutable_data_ptr<float>(), nhwc, filter, true, out16(o.out)))
+    o.out.copy_(y);
+}
+
+// The flat filter's words: d[k][r][e] for e < 2*Sw = w[k][c][r][s] at e = lead + s*C + c, zero
+// elsewhere (p's filter strides: KCRS or channels_last alike).
+void flat_filter_words(const Conv2dParams& p, int64_t lead, int64_t Sw, const bf16* w, bf16* d) {
+  const int64_t C = p.C, n = 2 * Sw;
+  for (int64_t k = 0; k < p.K; ++k)
+    for (int64_t r = 0; r < p.R; ++r)
+      for (int64_t e = 0; e < n; ++e) {
+        const int64_t i = e - lead, s = i / C, c = i % C;
+        d[(k * p.R + r) * n + e] = i >= 0 && s < p.S ? w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] : 0;
+      }
+}
+
+void run_forward_flat(const Conv2dParams& p, Operands& o) {
+  const int64_t C = p.C, lead = p.pad_w * C % 2, Sw = (lead + p.S * C + 1) / 2;
+  Conv2dParams q = p;
+  q.C = 1, q.W = p.W * C / 2, q.S = Sw, q.stride_w = p.stride_w * C / 2, q.pad_w = (p.pad_w * C + lead) / 2;
+  set_strides(q, true);
+  q.ws_s = 1, q.ws_r = Sw, q.ws_c = p.R * Sw, q.ws_k = p.R * Sw;
+  const PackedFilter wp = filter_words(
+      o, p, 2 + lead, [&](const bf16* s, float* d) { flat_filter_words(p, lead, Sw, s, reinterpret_cast<bf16*>(d)); },
+      p.K * p.R * Sw);
+  // (the engine's panels not kept: their tag has no room for the lead, and they are 77 x 64 words)
+  forward_on_words(q, word_aligned(o.a), wp.data, o, true, nullptr);
+}
+
 void run_forward(const Conv2dParams& p, Operands& o) {
   const bool nhwc = is_nhwc(p);
+  if (flat_rows(p)) return run_forward_flat(p, o);
   if (p.C % 2 == 1) {  // pads_channel: copies with channel C zero
     at::Tensor xp = at::empty({p.N, p.C + 1, p.H, p.W}, o.a.options(), format(nhwc));
     xp.narrow(1, 0, p.C).copy_(o.a);
@@ -234,11 +290,7 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   set_strides(q, nhwc);
   if (krsc) q.ws_c = 1, q.ws_s = q.Cg(), q.ws_r = q.S * q.Cg(), q.ws_k = q.R * q.S * q.Cg();
   else q.ws_s = 1, q.ws_r = q.S, q.ws_c = q.R * q.S, q.ws_k = q.Cg() * q.R * q.S;
-  const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
-  at::Tensor y = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
-  if (!avx512::implicit_gemm_forward(q, words(x), wp.data, bias.defined() ? bias.const_data_ptr<float>() : nullptr,
-                                     y.mutable_data_ptr<float>(), nhwc, o.filter, true, out16(o.out)))
-    o.out.copy_(y);
+  forward_on_words(q, x, wp.data, o, nhwc, o.filter);
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
