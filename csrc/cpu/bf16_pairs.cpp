@@ -264,7 +264,11 @@ void run_forward_flat(const Conv2dParams& p, Operands& o) {
 
 void run_forward(const Conv2dParams& p, Operands& o) {
   const bool nhwc = is_nhwc(p);
-  if (flat_rows(p)) return run_forward_flat(p, o);
+  // (a flat row's zero before or after its taps meets a neighbouring pixel's value: an infinity or
+  // a NaN there would make NaN of a product no true tap has; such x runs on the copies below)
+  const bool zeros_in = p.pad_w * p.C % 2 == 1 || p.S % 2 == 1;
+  if (flat_rows(p) && !(zeros_in && amx::has_nonfinite(halves(o.a), p.N * p.C * p.H * p.W)))
+    return run_forward_flat(p, o);
   if (p.C % 2 == 1) {  // pads_channel: copies with channel C zero
     at::Tensor xp = at::empty({p.N, p.C + 1, p.H, p.W}, o.a.options(), format(nhwc));
     xp.narrow(1, 0, p.C).copy_(o.a);
