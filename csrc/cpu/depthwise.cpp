@@ -977,12 +977,19 @@ void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float*
     for (int64_t t = 0; t < RS; ++t) dwt[c * RS + t] = partial[((c / VL) * RS + t) * VL + c % VL];
 }
 
-// weights [R*S][Cp] (optionally flipped: tap (r,s) <- (R-1-r, S-1-s))
-float* pack_taps(const Conv2dParams& p, const float* w) {
-  const int64_t C = p.C, RS = p.R * p.S, Cp = round_up(C, VL);
+// Where channel c sits in a row of channels: c itself, or (split: the bfloat16 runs of AVX-512,
+// split_run) in its block of 32 the even channels first, then the odd ones.
+inline int64_t channel_slot(int64_t c, bool split) { return split ? c / 32 * 32 + c % 2 * 16 + c % 32 / 2 : c; }
+// the channels a row holds: C rounded up to whole vectors (split: whole blocks of 32)
+inline int64_t row_channels(int64_t C, bool split) { return round_up(C, split ? 32 : VL); }
+
+// weights [R*S][Cp] (Cp = row_channels(C, split); zeros past C, channels at channel_slot)
+float* pack_taps(const Conv2dParams& p, const float* w, bool split = false) {
+  const int64_t C = p.C, RS = p.R * p.S, Cp = row_channels(C, split);
   float* wt = scratch(0, RS * Cp);
-  for (int64_t t = 0; t < RS; ++t)
-    for (int64_t c = 0; c < Cp; ++c) wt[t * Cp + c] = c < C ? w[c * RS + t] : 0.f;
+  std::fill(wt, wt + RS * Cp, 0.f);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < RS; ++t) wt[t * Cp + channel_slot(c, split)] = w[c * RS + t];
   return wt;
 }
 
@@ -1420,11 +1427,12 @@ void on_nhwc_tiles(const Conv2dParams& p, const float* in, int64_t in_hw, float*
 }  // namespace
 
 // The bias padded with zeros to whole vectors (the runs read it a vector at a time), or null.
-const float* padded_bias(const float* bias, int64_t C) {
+const float* padded_bias(const float* bias, int64_t C, bool split = false) {
   if (!bias) return nullptr;
-  float* bp = scratch(5, round_up(C, VL));
-  std::fill(bp, bp + round_up(C, VL), 0.f);
-  std::copy(bias, bias + C, bp);
+  const int64_t Cp = row_channels(C, split);
+  float* bp = scratch(5, Cp);
+  std::fill(bp, bp + Cp, 0.f);
+  for (int64_t c = 0; c < C; ++c) bp[channel_slot(c, split)] = bias[c];
   return bp;
 }
 
@@ -1524,15 +1532,95 @@ void bf16_planes(const Conv2dParams& p, const FlatPlan& f, const uint16_t* in, c
     narrow_row(yf, n_out, out + t * n_out);
   });
 }
+constexpr bool kSplit = CONV_EXT_ISA_BITS == 512;  // the bfloat16 NHWC runs are split_run's
+
+#if CONV_EXT_ISA_BITS == 512
+// AVX-512 bfloat16 runs on blocks of 32 channels: one 64-byte load of a pixel's 32 values gives its
+// even channels (the words' low halves shifted up) and its odd ones (the high halves, masked) as two
+// float32 vectors — one integer step a vector where widening 16 values took two (VPMOVZXWD,
+// VPSLLD) — and the sums, rounded as c10 rounds (Isa::round_high), go back together by one word
+// blend a 32-channel store where narrowing took a shift and a VPMOVDW for each 16. The filter and
+// bias are split the same way (pack_taps, padded_bias); the sums' order is forward_run's (taps (i, s) in
+// turn, the padding's zeros included), so the results are its bits. Batch 4, 2 threads, old/new
+// (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --dtype bfloat16, best mins): forward
+// 144@56 1.14-1.16x, 96@112/2 1.14-1.22x, 32@112 1.21x, 960@7 1.12-1.18x, 192@28 5x5 (batch 8)
+// 1.16x, 576@14/2 1.01x; the stride-1 backward-input (these runs, taps turned round) 144@56 1.15x.
+alignas(64) constexpr uint16_t kZeroWords[32] = {};
+
+template <int S, int SW, bool EDGE>
+inline void split_run(const uint16_t* const* xrow, const float* const* wrow, int nr, const float* bias, uint16_t* o,
+                      int64_t col0, int nt, int64_t Ws, int64_t C, int64_t Cq) {
+  constexpr int T = kRun, NX = (T - 1) * SW + S;
+  const __m512i high = _mm512_set1_epi32(int(0xFFFF0000u));
+  for (int64_t c0 = 0; c0 < C; c0 += 32) {
+    const bool full = C - c0 >= 32;  // (masked loads and stores are slow on Zen 4: only for a tail)
+    const __mmask32 m = full ? ~__mmask32(0) : (__mmask32(1) << (C - c0)) - 1;
+    const V be = bias ? Isa::load(bias + c0) : Isa::zero(), bo = bias ? Isa::load(bias + c0 + VL) : Isa::zero();
+    V ae[T], ao[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) ae[t] = be, ao[t] = bo;
+    for (int i = 0; i < nr; ++i) {
+      const uint16_t* xr = xrow[i] + col0 * C + c0;
+      V we[S], wo[S];
+#pragma GCC unroll 7
+      for (int s = 0; s < S; ++s) we[s] = Isa::load(wrow[i] + s * Cq + c0), wo[s] = Isa::load(wrow[i] + s * Cq + c0 + VL);
+#pragma GCC unroll 24
+      for (int j = 0; j < NX; ++j) {
+        // (EDGE: the padding's columns read a block of zeros; a select of vectors here made GCC
+        // keep every loaded vector on the stack, 0.8x the runs of forward_run at 576@14/2)
+        const uint16_t* src = !EDGE || (col0 + j >= 0 && col0 + j < Ws) ? xr + j * C : kZeroWords;
+        const __m512i v = full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi16(m, src);
+        const V xe = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+#pragma GCC unroll 7
+        for (int s = 0; s < S; ++s) {
+          const int u = j - s;  // output t = u / SW reads column j with tap s
+          if (u < 0 || u % SW != 0 || u / SW >= T) continue;
+          ae[u / SW] = Isa::fma(xe, we[s], ae[u / SW]);
+          ao[u / SW] = Isa::fma(xo, wo[s], ao[u / SW]);
+        }
+      }
+    }
+    for (int t = 0; t < (EDGE ? nt : T); ++t) {
+      const __m512i w = _mm512_mask_blend_epi16(0xAAAAAAAAu, _mm512_srli_epi32(Isa::round_high(ae[t]), 16),
+                                                Isa::round_high(ao[t]));
+      if (full) _mm512_storeu_si512(o + t * C + c0, w);
+      else _mm512_mask_storeu_epi16(o + t * C + c0, m, w);
+    }
+  }
+}
+
+template <int S, int SW>
+void split_runs(const uint16_t* const* xrow, const float* const* wrow, int nr, const float* bias, uint16_t* orow,
+                int64_t Wo, int64_t Ws, int64_t pw, int64_t C, int64_t Cq, bool) {
+  for (int64_t b0 = 0; b0 < Wo; b0 += kRun) {
+    const int64_t col0 = b0 * SW - pw;
+    const int nt = int(std::min<int64_t>(kRun, Wo - b0));
+    if (interior_run(nt, col0, (kRun - 1) * SW + S, Ws))
+      split_run<S, SW, false>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cq);
+    else
+      split_run<S, SW, true>(xrow, wrow, nr, bias, orow + b0 * C, col0, nt, Ws, C, Cq);
+  }
+}
+
+#endif
+
 // NHWC: the runs of each output row on x's bfloat16 rows (taps wt packed [tap][Cp], bias padded)
 void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const float* bp, uint16_t* y) {
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
-  const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h, Cp = round_up(C, VL);
+  const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h;
   const bool s1 = p.stride_w == 1;
   using X = uint16_t;
+#if CONV_EXT_ISA_BITS == 512
+  const int64_t Cw = row_channels(C, kSplit);  // wt and bp: split (pack_taps, padded_bias)
+  const auto runs = S == 3 ? (s1 ? split_runs<3, 1> : split_runs<3, 2>)
+                  : S == 5 ? (s1 ? split_runs<5, 1> : split_runs<5, 2>)
+                           : (s1 ? split_runs<7, 1> : split_runs<7, 2>);
+#else
+  const int64_t Cw = row_channels(C, false);
   const auto runs = S == 3 ? (s1 ? forward_runs<3, 1, X, X> : forward_runs<3, 2, X, X>)
                   : S == 5 ? (s1 ? forward_runs<5, 1, X, X> : forward_runs<5, 2, X, X>)
                            : (s1 ? forward_runs<7, 1, X, X> : forward_runs<7, 2, X, X>);
+#endif
   constexpr int64_t kRows = 8;
   const int64_t nblk = ceil_div(P, kRows);
   for_each_task(N * nblk, p.macs(), [&](int64_t task) {
@@ -1544,20 +1632,20 @@ void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const 
       for (int64_t r = 0; r < R; ++r) {
         const int64_t h = a * sh - ph + r * dh;
         if (h < 0 || h >= H) continue;
-        xrow[nr] = x + (n * H + h) * W * C, wrow[nr] = wt + r * S * Cp, ++nr;
+        xrow[nr] = x + (n * H + h) * W * C, wrow[nr] = wt + r * S * Cw, ++nr;
       }
-      runs(xrow, wrow, nr, bp, y + (n * P + a) * Q * C, Q, W, p.pad_w, C, Cp, false);
+      runs(xrow, wrow, nr, bp, y + (n * P + a) * Q * C, Q, W, p.pad_w, C, Cw, false);
     }
   });
 }
 void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
   if (!is_nhwc(p)) return bf16_planes(p, flat_plan(p, false), x, w, bias, y);
-  bf16_rows(p, x, pack_taps(p, w), padded_bias(bias, p.C), y);
+  bf16_rows(p, x, pack_taps(p, w, kSplit), padded_bias(bias, p.C, kSplit), y);
 }
 void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, const float* w, uint16_t* dx) {
   if (!is_nhwc(p)) return bf16_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
-  const int64_t RS = p.R * p.S, Cp = round_up(p.C, VL);
-  const float* wt = pack_taps(p, w);
+  const int64_t RS = p.R * p.S, Cp = row_channels(p.C, kSplit);
+  const float* wt = pack_taps(p, w, kSplit);
   float* flipped = scratch(4, RS * Cp);
   for (int64_t t = 0; t < RS; ++t) std::memcpy(flipped + t * Cp, wt + (RS - 1 - t) * Cp, sizeof(float) * Cp);
   bf16_rows(turned_problem(p), dy, flipped, nullptr, dx);

@@ -60,11 +60,14 @@ struct Isa {
   // steps: no AVX512-BF16 needed (Zen 4 and Cooper Lake have it, Skylake-X does not); the maskz
   // forms as in widen
   static inline __m256i narrow(V v) {
+    return _mm512_maskz_cvtepi32_epi16(0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, round_high(v), 16));
+  }
+  // the same rounding left in the top halves of the 32-bit lanes (the low halves: what is left over)
+  static inline __m512i round_high(V v) {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_maskz_srli_epi32(0xFFFF, _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-    return _mm512_maskz_cvtepi32_epi16(0xFFFF, r);
+    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC00000));
   }
   static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static inline void storem(float* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
