@@ -16,7 +16,9 @@
 //   forward          the words are pairs of input channels: a channels_last input is its own
 //                    array of words; the filter's pairs (w[k, 2i, r, s], w[k, 2i+1, r, s]) are
 //                    adjacent in a channels_last or 1x1 filter (read as it lies) and built here
-//                    for a KCRS one (forward_words).
+//                    for a KCRS one (forward_words). An odd channel count (the RGB stems): in
+//                    channels_last at an even stride pairs of a row's (s, c) values (flat_rows),
+//                    else copies with a zero channel.
 //   backward-input   the words are pairs of output channels (dy's channels, the reduction of
 //                    dx = sum_k dy[k] w[k, c]): dy as it lies, the filter's rows k = 2i and 2i + 1
 //                    interleaved (backward_input_words), KCRS or channels_last alike.

@@ -1,9 +1,10 @@
 // depthwise.cpp — depthwise convolution (groups == C == K, one filter per channel), fp32, all
 // three passes, vectorised over channels in NHWC and over the width in NCHW; and the bfloat16
 // forward and backward-input of MobileNet's shapes (depthwise_forward_bf16, _backward_input_bf16:
-// channels_last, the float32 runs reading bfloat16 rows, converted as they are loaded, stride-1
-// backward-input as the forward with the taps turned round; NCHW, flat planes widened a plane a
-// task). Backward-input, batch 4 (benchmarks/ab.py --dtype bfloat16 --pass backward_input), vs
+// channels_last, float32 runs reading bfloat16 rows, converted as they are loaded (AVX-512: a
+// block of 32 channels split into its even and odd ones, split_run) and rounded as they are
+// stored, stride-1 backward-input as the forward with the taps turned round; NCHW, flat planes
+// widened a plane a task). Backward-input, batch 4 (benchmarks/ab.py --dtype bfloat16 --pass backward_input), vs
 // float32 copies of the whole tensors: channels_last 144@56 2.77x, 960@7 1.41x, 96@16 (batch 8)
 // 1.54x faster; NCHW 96@112/2 1.40x, 144@56 1.56x. And the channels_last backward-weight, dy and x
 // rows widened as the task reads them (nhwc_backward_weight<.., uint16_t>): 96@112/2 2.08x,
