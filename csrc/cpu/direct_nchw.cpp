@@ -340,6 +340,19 @@ void tiny_forward(const Conv2dParams& p, const float* x, const float* wp, const 
     }
 }
 
+// transpose_rows of float32 sums into the channels_last pixels of an output of type O: float, or
+// uint16_t for bfloat16 (transpose_rows_bf16, rounded as stored)
+template <typename O>
+inline void transpose_out(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, O* dst, int64_t jw) {
+#if CONV_EXT_ISA_PAIRS
+  if constexpr (std::is_same_v<O, uint16_t>) {
+    transpose_rows_bf16(src, lds, jn, len, NVL, dst, jw);
+    return;
+  }
+#endif
+  if constexpr (std::is_same_v<O, float>) transpose_rows(src, lds, jn, len, NVL, dst, jw);
+}
+
 #if CONV_EXT_ISA_PAIRS
 // d[j] = the word (low half a[j], high half b[j]) for j < n: rows of two bfloat16 channels joined
 // into words of pairs, 16 a step
@@ -492,14 +505,7 @@ void forward_tasks(const Conv2dParams& p, const void* xv, const float* wp, const
     }
     float* out = scratch(4, ng * Kg * ostride);
     tiles(out);
-    O* yt = y + ((n * P + p0) * Q) * K + g0 * Kg;
-#if CONV_EXT_ISA_PAIRS
-    if constexpr (PAIRS) {
-      transpose_rows_bf16(out, ostride, ng * Kg, ostride, K, yt, ng * Kg);
-      return;
-    }
-#endif
-    if constexpr (!PAIRS) transpose_rows(out, ostride, ng * Kg, ostride, K, yt, ng * Kg);
+    transpose_out(out, ostride, ng * Kg, ostride, K, y + ((n * P + p0) * Q) * K + g0 * Kg, ng * Kg);
   });
 }
 
@@ -724,15 +730,7 @@ void backward_input_impl(const Conv2dParams& p, const E* dy, const E* w, E* dx, 
               std::memcpy(dr, prow, sizeof(float) * W);
             }
           }
-        if (!nhwc) continue;
-        E* dt = dx + (n * H + h) * W * C + g0 * Cg;
-#if CONV_EXT_ISA_PAIRS
-        if constexpr (kWords) {
-          transpose_rows_bf16(rows, W, ng * Cg, W, C, dt, ng * Cg);
-          continue;
-        }
-#endif
-        if constexpr (!kWords) transpose_rows(rows, W, ng * Cg, W, C, dt, ng * Cg);
+        if (nhwc) transpose_out(rows, W, ng * Cg, W, C, dx + (n * H + h) * W * C + g0 * Cg, ng * Cg);
       }
   });
 }

@@ -7,13 +7,11 @@
 // interleaved [c][j], at most 8 of them: band pixels of 8 words), the filter packed as words of
 // channel pairs, each step a VDPBF16PS (two channels' products summed in float32), and the sums
 // rounded to bfloat16 as they are stored (Isa::storem to uint16_t). These layers ran on float32
-// copies before. Batch 4, 2 threads, ms min of 30 (python benchmarks/algos.py
-// 4,256,56,56,256,3,2,1,32 --layout nhwc --pass P --dtype bfloat16), this round / torch:
-//   128 g32 @56   forward 0.70 / 0.98, backward-input 0.64 / 0.98
-//   256 g32 @56/2 forward 0.69 / 0.51, backward-input 0.70 / 0.58
-//   256 g32 @28   forward 0.51 / 0.41, backward-input 0.52 / 0.42
-// (on float32 copies the forwards took 1.3-1.9 ms). At 256 g32 the band's build (x from memory,
-// a permute a block) is ~30% of the strided forward: behind torch there.
+// copies before (the forwards 1.3-1.9 ms). Batch 4, 2 threads, forward ms median, ours / torch
+// (python -m conv_ext.bench --suite grouped --dtype bfloat16 --layout nhwc --passes forward,all,
+// benchmarks/results/zen4/grouped-cpu-nhwc-bfloat16.md): 128 g32 @56 1.26 / 1.97, 256 g32 @56/2
+// 0.78 / 0.94, 256 g32 @28 0.61 / 0.71; forward+backward 1.89x, 1.12x, 1.04x torch. At 256 g32
+// @56/2 the band's build (x from memory, a permute a block) is ~30% of the forward.
 //
 //   forward          y[n,p,q, g*Kg + k] = bias + sum_{c,r,s} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, g*Cg + c] * w[g*Kg + k, c, r, s]
 //   backward-input   the same engine on dy, with the filter flipped and transposed; strided, once

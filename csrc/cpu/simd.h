@@ -806,7 +806,8 @@ inline void interleave_phases(const float* ph, int64_t Wt, int64_t sw, int64_t W
   for (int64_t i0 = 0; i0 < W; i0 += Isa::VL) {
     const int64_t n = std::min<int64_t>(Isa::VL, W - i0);
     for (int64_t i = 0; i < n; ++i) t[i] = ph[(i0 + i) % sw * Wt + (i0 + i) / sw];
-    Isa::storem(row + i0, Isa::loadm(t, Isa::mask(n)), Isa::mask(n));
+    if (n == Isa::VL) Isa::store(row + i0, Isa::load(t));
+    else Isa::storem(row + i0, Isa::loadm(t, Isa::mask(n)), Isa::mask(n));
   }
 }
 
