@@ -595,10 +595,11 @@ def test_depthwise_bfloat16_exact(shape, layout, pass_name):
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_depthwise_bfloat16_rounding(layout):
     """The depthwise kernel's bfloat16 outputs are rounded as c10::BFloat16 rounds (Isa::narrow:
-    channels_last rows stored rounded by the runs, NCHW planes by float_to_bf16): to nearest, ties
+    channels_last rows stored rounded by the runs, NCHW planes by narrow_row): to nearest, ties
     to even, a NaN stays a NaN, overflow to infinity, subnormals kept. One pixel, padding 1: each
     output is bias + x * (the filter's centre), exact in float32, so the float64 result rounded
-    once is the answer element for element. 19 channels: a full vector and a masked tail."""
+    once is the answer element for element. The 19 cases twice, 38 channels: whole vectors and a
+    masked tail (AVX-512 channels_last: a block of 32 channels split even/odd, and a tail)."""
     if conv_ext.info()["cpu_capability"] == "portable":
         pytest.skip("no SIMD kernels")
     inf, nan = float("inf"), float("nan")
@@ -607,7 +608,7 @@ def test_depthwise_bfloat16_rounding(layout):
         (nan, 1.0, 0.0), (inf, 1.0, 0.0), (-inf, 1.0, 0.0), (3e38, 2.0, 0.0),  # NaN, infinities, overflow
         (-1.0, 1.0, -2**-8), (2**-130, 1.0, 0.0), (1.0, 1.5, 2**-9), (1 + 2**-7, 1.5, 2**-9),
         (5.0, 1.0, 2**-6), (1.5, 1.0, 2**-9), (2.0, 1.0, 2**-7), (0.0, 1.0, 2**-140),  # a subnormal
-        (-0.0, 1.0, 0.0), (7.0, 1.0, 0.0), (1.0, 1.0, 3 * 2**-8), (3.0, 1.0, 0.0), (1 + 2**-7, 1.0, -2**-8)]
+        (-0.0, 1.0, 0.0), (7.0, 1.0, 0.0), (1.0, 1.0, 3 * 2**-8), (3.0, 1.0, 0.0), (1 + 2**-7, 1.0, -2**-8)] * 2
     c = len(cases)
     xs, centres, biases = (torch.tensor(v, dtype=torch.float64) for v in zip(*cases))
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format

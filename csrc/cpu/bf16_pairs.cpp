@@ -92,9 +92,9 @@ bool group_ok(const Conv2dParams& p) { return p.groups == 1 || (p.Cg() >= 16 && 
 // An odd number of input channels below 16 in one group (the RGB stems' 3): the input and the
 // filter get a zero channel and run as pairs (run_forward) — where a pixel's reduction is long
 // enough to carry the copies (5x5 and larger filters): the 7x7/2 stem forward 0.58x -> 0.87-0.90x
-// torch channels_last (now flat_rows, below), 0.77x -> 0.89-0.96x NCHW, where CIFAR's 3x3 3->16 ran 0.75-0.98x against
-// the float32 path's 1.02-1.32x (PYTHONPATH=. python benchmarks/algos.py 4,3,224,224,64,7,2,3
-// --layout nhwc --dtype bfloat16).
+// torch channels_last (now flat_rows, below), 0.77x -> 0.89-0.96x NCHW, where CIFAR's 3x3 3->16
+// ran 0.75-0.98x against the float32 path's 1.02-1.32x (PYTHONPATH=. python benchmarks/algos.py
+// 4,3,224,224,64,7,2,3 --layout nhwc --dtype bfloat16).
 bool pads_channel(const Conv2dParams& p) { return p.groups == 1 && p.C % 2 == 1 && p.C < 16; }
 
 // Odd channel counts channels_last at an even stride in width (the RGB stems at stride 2): a filter
@@ -204,7 +204,7 @@ void backward_input_words(const Conv2dParams& p, const bf16* src, uint32_t* dst)
 
 #pragma GCC pop_options
 
-// The filter's words (K*Cg*R*S/2 of them) as build writes them: kept with the filter's other
+// The filter's words (n of them; K*Cg*R*S/2 unless said) as build writes them: kept with the filter's other
 // packed forms (filter_cache.h) while it is unchanged when the kernel reads the user's filter
 // (o.filter), else built into per-thread scratch (slot 11: no kernel of implicit_gemm's uses it).
 template <class Build>
