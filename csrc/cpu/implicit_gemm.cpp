@@ -27,9 +27,13 @@
 // backward-weight NCHW: the dy band (rows pa..pb of each of NVL planes = one contiguous run per
 // plane) is transposed by transpose_rows (simd.h; AVX-512 16x16 vpermt2ps blocks), not scalar.
 //
-// Forward with one vector of output channels and 2..7 taps a row (CIFAR-sized layers): "row
-// runs" of 24/8/4 output pixels in registers, each input value broadcast once for all the taps
-// that read it (row_run), instead of one broadcast per FMA in the micro-kernel.
+// Forward with one vector of output channels and 2..7 taps a row (CIFAR-sized layers; 3 taps at
+// stride 2): "row runs" of up to 24 output pixels in registers, each input value broadcast once
+// for all the taps that read it (row_run), instead of one broadcast per FMA in the micro-kernel.
+// Stride 2 (ResNeXt's 512 g32 @28/2, 16 channels a group), batch 4, 2 threads, old/new (python
+// benchmarks/ab.py OLD.so NEW.so 4,512,28,28,512,3,2,1,32 --pass forward --layout L --dtype D):
+// bfloat16 channels_last 1.23x (0.73x torch before), NCHW 1.11x; float32 channels_last 1.11x;
+// 256 g16 @56/2 bfloat16 1.16x; AVX2 level (1.01x).
 //
 // Backward-input with few input channels: at stride 1 (Cg*4 <= VL: CIFAR's stem) vectors over
 // the pixels of a dx row from zero-padded dy planes; strided (Cg*2 <= VL: the 7x7/2 stem)
@@ -190,7 +194,9 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t G, int64_t nkb, int64_t NVL, in
 // x[r*rowstep + (q+s)*pixf + ch]; the weights are panel[((r*S + s)*ccb + ch)*VL].
 // PAIRS (bf16_pairs): x and the panel are words of bfloat16 pairs, each step a VDPBF16PS (mac), and
 // with c16 the sums leave rounded to bfloat16 there (never with accumulate).
-template <int S, int T, bool PAIRS>
+// SW = 2 (3 taps a row): input column j feeds pixel (j - s) / 2 for the taps s of its parity
+// (1.5 multiply-adds a broadcast, where the micro-kernel has one).
+template <int S, int T, bool PAIRS, int SW = 1>
 void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb, const float* panel, float* c,
              int64_t ldc, bool accumulate, const float* bias_v, const M* cmask, uint16_t* c16) {
   V acc[T];
@@ -203,12 +209,14 @@ void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t c
       V wv[S];
 #pragma GCC unroll 8
       for (int s = 0; s < S; ++s) wv[s] = Isa::load(wr + (s * ccb + ch) * VL);
-#pragma GCC unroll 40
-      for (int j = 0; j < T + S - 1; ++j) {
+#pragma GCC unroll 64
+      for (int j = 0; j < (T - 1) * SW + S; ++j) {
         const V xb = Isa::set1(xr[j * pixf + ch]);
 #pragma GCC unroll 8
-        for (int s = 0; s < S; ++s)
-          if (j - s >= 0 && j - s < T) acc[j - s] = mac<PAIRS>(xb, wv[s], acc[j - s]);
+        for (int s = 0; s < S; ++s) {
+          const int u = j - s;  // pixel u / SW reads column j with tap s
+          if (u >= 0 && u % SW == 0 && u / SW < T) acc[u / SW] = mac<PAIRS>(xb, wv[s], acc[u / SW]);
+        }
       }
     }
   }
@@ -269,8 +277,10 @@ std::vector<int> cut_row(int64_t Q) {
 }
 
 template <int T, bool PAIRS>
-void row_run_s(int S, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb, const float* panel,
-               float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask, uint16_t* c16) {
+void row_run_s(int S, int SW, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb,
+               const float* panel, float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask,
+               uint16_t* c16) {
+  if (SW == 2) return row_run<3, T, PAIRS, 2>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
   switch (S) {
     case 2: return row_run<2, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
     case 3: return row_run<3, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
@@ -282,18 +292,18 @@ void row_run_s(int S, const float* x, int64_t rowstep, int64_t pixf, int64_t R, 
 }
 
 template <bool PAIRS>
-void row_run_ts(int T, int S, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb,
+void row_run_ts(int T, int S, int SW, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb,
                 const float* panel, float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask,
                 uint16_t* c16) {
   switch (T) {
 #if CONV_EXT_ISA_BITS == 512
-    case 24: return row_run_s<24, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 16: return row_run_s<16, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 14: return row_run_s<14, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 12: return row_run_s<12, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 24: return row_run_s<24, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 16: return row_run_s<16, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 14: return row_run_s<14, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 12: return row_run_s<12, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
 #endif
-    case 8: return row_run_s<8, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    default: return row_run_s<7, PAIRS>(S, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 8: return row_run_s<8, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    default: return row_run_s<7, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
   }
 }
 
@@ -399,7 +409,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     int64_t* b_off = scratch_i64(1, RS);
     // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
     // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
-    const bool row_runs = nv == 1 && sw == 1 && dw == 1 && S >= 2 && S <= 7 &&
+    const bool row_runs = nv == 1 && (sw == 1 ? S >= 2 && S <= 7 : sw == 2 && S == 3) && dw == 1 &&
                           (!f.pairs || (kPairs && (run_rest == 0 || !(y16 && nhwc))));
     for (int64_t kb = kg * kbs; kb < std::min(nkb, (kg + 1) * kbs); ++kb) {
       const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
@@ -459,10 +469,10 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           for (int t : widths) {
             float* o = out_at(fr + q0);
             uint16_t* o16 = y16 && nhwc ? y16 + (o - y) : nullptr;
-            if (f.pairs) row_run_ts<kPairs>(t, S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, o, ldc, cb > 0,
-                                            bias_kb, cmask, o16);
-            else row_run_ts<false>(t, S, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, o, ldc, cb > 0, bias_kb,
-                                   cmask, nullptr);
+            if (f.pairs) row_run_ts<kPairs>(t, S, sw, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, o, ldc,
+                                            cb > 0, bias_kb, cmask, o16);
+            else row_run_ts<false>(t, S, sw, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, o, ldc, cb > 0,
+                                   bias_kb, cmask, nullptr);
             q0 += t;
           }
           for (; q0 < Q; ++q0, ++m) arest[m] = prow[fr + q0], crest[m] = out_at(fr + q0);
