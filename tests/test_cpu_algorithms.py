@@ -280,6 +280,8 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
 # bfloat16 kernels (where the CPU has AMX or AVX512-BF16: else "does not support")
 BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw", "grouped_interleaved")
+# ... of which these are float32 kernels too (checked in both dtypes)
+FLOAT32_TOO = ("direct_nchw", "grouped_interleaved")
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):
@@ -328,13 +330,16 @@ def test_gemm_f64_backward_weight_chunks(layout):
     assert rel_error(outs[0], ref) <= 1e-12
 
 
-def check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout):
+def check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout, skip=True):
     """A bfloat16 algorithm against the float64 result on the same (bfloat16) values: its error
     at most the reference kernel's (float32 sums, one rounding) plus a rounding step, with a
-    channels_last filter too (read in place: the same bits)."""
+    channels_last filter too (read in place: the same bits). A problem it does not take: the test
+    skips, or (skip=False) this check returns."""
     x, wt, b, dy = (t.to(torch.bfloat16) for t in (x64, w64, b64, dy64))
     out = forced(algo, pass_name, x, wt, b, dy, geo)
     if out is None:
+        if not skip:
+            return
         pytest.skip(f"{algo} does not support this problem (or this CPU)")
     assert out.dtype == torch.bfloat16
     if pass_name != "backward_weight":
@@ -353,7 +358,7 @@ def test_against_reference(algo, pass_name, shape, layout):
     x64, w64, b64, dy64, geo = make(shape, layout)
     if algo in F64_ALGORITHMS:
         return check_float64(algo, pass_name, x64, w64, b64, dy64, geo, layout)
-    if algo in BF16_ALGORITHMS:
+    if algo in BF16_ALGORITHMS and algo not in FLOAT32_TOO:
         return check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout)
     x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
     out = forced(algo, pass_name, x, wt, b, dy, geo)
@@ -376,6 +381,8 @@ def test_against_reference(algo, pass_name, shape, layout):
         grads = torch.ops.aten.convolution_backward(dy64, x64, w64, None, *geo[:3], False, (0, 0), geo[3], mask)
         expected = grads[0] if pass_name == "backward_input" else grads[1]
     assert rel_error(out, expected) <= max(4 * err_ref32, 1e-6)
+    if algo in BF16_ALGORITHMS:  # and its bfloat16 kernel, where it takes the problem
+        check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout, skip=False)
 
 
 def assert_same_bits_any_threads(x, wt, b, dy, geo):
@@ -471,7 +478,7 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
         algo = testing.last_cpu_algorithm(pass_name)
         want = run_pass(pass_name, *(t.float() for t in (x, wt, b, dy)), geo)
         assert algo != "reference" or conv_ext._C.cpu_capability() == "portable"
-        if algo in BF16_ALGORITHMS:  # its own kernel: float32 sums in another order, one rounding
+        if algo in BF16_ALGORITHMS and dtype == torch.bfloat16:  # its own kernel: float32 sums in another order
             assert dtype == torch.bfloat16 and rel_error(ours, want) <= 2 ** -7, pass_name
         else:
             assert testing.last_cpu_algorithm(pass_name) == algo

@@ -76,6 +76,7 @@
 #ifndef CONV_EXT_ISA_NS
 #include <climits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #define CONV_EXT_PER_ISA_FILE "direct_nchw.cpp"
@@ -509,49 +510,57 @@ void forward_tasks(const Conv2dParams& p, const void* xv, const float* wp, const
   });
 }
 
-}  // namespace
-
-void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
-                         bool nhwc) {
-  const int64_t G = p.groups, Kg = p.Kg(), T = p.Cg() * p.R * p.S, nkb = ceil_div(Kg, NK);
-  // weights [g][kb][t][NK] and bias [g][kb][NK], zero past Kg
+// The forward's filter [g][kb][t][NK] and bias [g][kb][NK] (float32), zero past Kg: t over a
+// filter's taps (c, r, s); bfloat16 (E = uint16_t): its words (c, r, s) of channels 2c and 2c + 1,
+// the bias widened.
+template <typename E>
+std::pair<float*, float*> pack_forward_filter(const Conv2dParams& p, const E* w, const E* bias) {
+  constexpr bool kWords = std::is_same_v<E, uint16_t>;
+  const int64_t G = p.groups, Kg = p.Kg(), Cg = p.Cg(), RS = p.R * p.S, nkb = ceil_div(Kg, NK);
+  const int64_t T = Cg / (kWords ? 2 : 1) * RS;
   float* wp = scratch(0, G * nkb * T * NK + G * nkb * NK);
   float* bp = wp + G * nkb * T * NK;
+  auto as_float = [](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof(f));
+    return f;
+  };
   for (int64_t g = 0; g < G; ++g)
     for (int64_t kb = 0; kb < nkb; ++kb)
       for (int k = 0; k < NK; ++k) {
         const int64_t kk = kb * NK + k;
         float* d = wp + (g * nkb + kb) * T * NK + k;
-        for (int64_t t = 0; t < T; ++t) d[t * NK] = kk < Kg ? w[(g * Kg + kk) * T + t] : 0.f;
-        bp[(g * nkb + kb) * NK + k] = kk < Kg && bias ? bias[g * Kg + kk] : 0.f;
+        const E* wk = w + (g * Kg + kk) * Cg * RS;  // filter kk: [c][r][s] (read only for kk < Kg)
+        for (int64_t t = 0; t < T; ++t) {
+          const E* f = wk + (kWords ? 2 * (t / RS) * RS + t % RS : t);  // (words: channel 2c's value)
+          if (kk >= Kg) d[t * NK] = 0.f;
+          else if constexpr (kWords) d[t * NK] = as_float(uint32_t(f[0]) | uint32_t(f[RS]) << 16);
+          else d[t * NK] = *f;
+        }
+        float b = 0.f;
+        if (kk < Kg && bias) {
+          if constexpr (kWords) b = as_float(uint32_t(bias[g * Kg + kk]) << 16);
+          else b = bias[g * Kg + kk];
+        }
+        bp[(g * nkb + kb) * NK + k] = b;
       }
+  return {wp, bp};
+}
+
+}  // namespace
+
+void direct_nchw_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
+                         bool nhwc) {
+  const auto [wp, bp] = pack_forward_filter(p, w, bias);
   if (tiny_plane(p, nhwc)) return tiny_forward(p, x, wp, bp, y);
   forward_tasks<false>(p, x, wp, bp, y, nhwc);
 }
 
 #if CONV_EXT_ISA_PAIRS
-// bfloat16: filter words [g][kb][t = (c, r, s)][NK] of channels 2c and 2c + 1 (zero past Kg),
-// the bias widened to float32; the sums rounded to bfloat16 as they are stored (NCHW) or by the
-// output transposes (NHWC).
+// bfloat16: the sums rounded to bfloat16 as they are stored (NCHW) or by the output transposes (NHWC)
 void direct_nchw_forward_bf16(const Conv2dParams& p, const uint16_t* x, const uint16_t* w, const uint16_t* bias,
                               uint16_t* y, bool nhwc) {
-  const int64_t G = p.groups, Kg = p.Kg(), Cg = p.Cg(), RS = p.R * p.S, T = Cg / 2 * RS, nkb = ceil_div(Kg, NK);
-  float* wp = scratch(0, G * nkb * T * NK + G * nkb * NK);
-  float* bp = wp + G * nkb * T * NK;
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t kb = 0; kb < nkb; ++kb)
-      for (int k = 0; k < NK; ++k) {
-        const int64_t kk = kb * NK + k;
-        float* d = wp + (g * nkb + kb) * T * NK + k;
-        const uint16_t* wk = w + (g * Kg + kk) * Cg * RS;  // filter kk: [c][r][s]
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t c = t / RS, rs = t % RS;
-          const uint32_t word = kk < Kg ? uint32_t(wk[2 * c * RS + rs]) | uint32_t(wk[(2 * c + 1) * RS + rs]) << 16 : 0;
-          std::memcpy(d + t * NK, &word, sizeof(word));
-        }
-        const uint32_t b32 = kk < Kg && bias ? uint32_t(bias[g * Kg + kk]) << 16 : 0;
-        std::memcpy(bp + (g * nkb + kb) * NK + k, &b32, sizeof(b32));
-      }
+  const auto [wp, bp] = pack_forward_filter(p, w, bias);
   forward_tasks<true>(p, x, wp, bp, y, nhwc);
 }
 #endif
