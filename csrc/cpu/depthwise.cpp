@@ -1571,7 +1571,9 @@ inline void split_run(const uint16_t* const* xrow, const float* const* wrow, int
         // keep every loaded vector on the stack, 0.8x the runs of forward_run at 576@14/2)
         const uint16_t* src = !EDGE || (col0 + j >= 0 && col0 + j < Ws) ? xr + j * C : kZeroWords;
         const __m512i v = full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi16(m, src);
-        const V xe = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+        // (the maskz forms: no undefined lanes for GCC's warnings)
+        const V xe = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, v, 16));
+        const V xo = _mm512_castsi512_ps(_mm512_and_si512(v, high));
 #pragma GCC unroll 7
         for (int s = 0; s < S; ++s) {
           const int u = j - s;  // output t = u / SW reads column j with tap s
@@ -1582,7 +1584,7 @@ inline void split_run(const uint16_t* const* xrow, const float* const* wrow, int
       }
     }
     for (int t = 0; t < (EDGE ? nt : T); ++t) {
-      const __m512i w = _mm512_mask_blend_epi16(0xAAAAAAAAu, _mm512_srli_epi32(Isa::round_high(ae[t]), 16),
+      const __m512i w = _mm512_mask_blend_epi16(0xAAAAAAAAu, _mm512_maskz_srli_epi32(0xFFFF, Isa::round_high(ae[t]), 16),
                                                 Isa::round_high(ao[t]));
       if (full) _mm512_storeu_si512(o + t * C + c0, w);
       else _mm512_mask_storeu_epi16(o + t * C + c0, m, w);

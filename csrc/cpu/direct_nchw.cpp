@@ -190,7 +190,7 @@ void direct_tile(const float* const* xb, int nq, const int64_t* off, int64_t T, 
   constexpr int NQ = NQT;
   const float* xp[NQ];
 #pragma GCC unroll 8
-  for (int v = 0; v < NQ; ++v) xp[v] = xb[v < nq ? v : nq - 1];
+  for (int v = 0; v < NQ; ++v) xp[v] = xb[v < nq ? v : std::max(nq - 1, 0)];  // (nq >= 1; GCC cannot tell)
   V acc[NK][NQ];
 #pragma GCC unroll 4
   for (int k = 0; k < NK; ++k) {
