@@ -251,8 +251,20 @@ void flat_filter_words(const Conv2dParams& p, int64_t lead, int64_t Sw, const bf
       }
 }
 
+// A flat filter row: `lead` zeros (0 or 1) before its S*C taps, Sw words in all (a zero after
+// them where lead + S*C is odd)
+struct FlatRow {
+  int64_t lead, Sw;
+  bool zeros_in(const Conv2dParams& p) const { return 2 * Sw != p.S * p.C; }
+};
+FlatRow flat_row(const Conv2dParams& p) {
+  const int64_t lead = p.pad_w * p.C % 2;
+  return {lead, (lead + p.S * p.C + 1) / 2};
+}
+
 void run_forward_flat(const Conv2dParams& p, Operands& o) {
-  const int64_t C = p.C, lead = p.pad_w * C % 2, Sw = (lead + p.S * C + 1) / 2;
+  const int64_t C = p.C;
+  const auto [lead, Sw] = flat_row(p);
   Conv2dParams q = p;
   q.C = 1, q.W = p.W * C / 2, q.S = Sw, q.stride_w = p.stride_w * C / 2, q.pad_w = (p.pad_w * C + lead) / 2;
   set_strides(q, true);
@@ -268,8 +280,7 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   const bool nhwc = is_nhwc(p);
   // (a flat row's zero before or after its taps meets a neighbouring pixel's value: an infinity or
   // a NaN there would make NaN of a product no true tap has; such x runs on the copies below)
-  const bool zeros_in = p.pad_w * p.C % 2 == 1 || p.S % 2 == 1;
-  if (flat_rows(p) && !(zeros_in && amx::has_nonfinite(halves(o.a), p.N * p.C * p.H * p.W)))
+  if (flat_rows(p) && !(flat_row(p).zeros_in(p) && amx::has_nonfinite(halves(o.a), p.N * p.C * p.H * p.W)))
     return run_forward_flat(p, o);
   if (p.C % 2 == 1) {  // pads_channel: copies with channel C zero
     at::Tensor xp = at::empty({p.N, p.C + 1, p.H, p.W}, o.a.options(), format(nhwc));

@@ -1564,7 +1564,10 @@ inline void split_run(const uint16_t* const* xrow, const float* const* wrow, int
       const uint16_t* xr = xrow[i] + col0 * C + c0;
       V we[S], wo[S];
 #pragma GCC unroll 7
-      for (int s = 0; s < S; ++s) we[s] = Isa::load(wrow[i] + s * Cq + c0), wo[s] = Isa::load(wrow[i] + s * Cq + c0 + VL);
+      for (int s = 0; s < S; ++s) {
+        const float* ws = wrow[i] + s * Cq + c0;
+        we[s] = Isa::load(ws), wo[s] = Isa::load(ws + VL);
+      }
 #pragma GCC unroll 24
       for (int j = 0; j < NX; ++j) {
         // (EDGE: the padding's columns read a block of zeros; a select of vectors here made GCC
@@ -1613,13 +1616,12 @@ void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const 
   const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h;
   const bool s1 = p.stride_w == 1;
   using X = uint16_t;
+  const int64_t Cw = row_channels(C, kSplit);  // the rows of wt and bp (AVX-512: split, pack_taps)
 #if CONV_EXT_ISA_BITS == 512
-  const int64_t Cw = row_channels(C, kSplit);  // wt and bp: split (pack_taps, padded_bias)
   const auto runs = S == 3 ? (s1 ? split_runs<3, 1> : split_runs<3, 2>)
                   : S == 5 ? (s1 ? split_runs<5, 1> : split_runs<5, 2>)
                            : (s1 ? split_runs<7, 1> : split_runs<7, 2>);
 #else
-  const int64_t Cw = row_channels(C, false);
   const auto runs = S == 3 ? (s1 ? forward_runs<3, 1, X, X> : forward_runs<3, 2, X, X>)
                   : S == 5 ? (s1 ? forward_runs<5, 1, X, X> : forward_runs<5, 2, X, X>)
                            : (s1 ? forward_runs<7, 1, X, X> : forward_runs<7, 2, X, X>);

@@ -714,7 +714,8 @@ void backward_input_impl(const Conv2dParams& p, const E* dy, const E* w, E* dx, 
             for (int64_t v = 0; v < nvec; ++v) yo[v] += NK * cstride;
           for (int64_t v0 = 0; v0 < nvec; v0 += NQ)
             direct_tile<NQ, kWords>(xb + v0, static_cast<int>(std::min<int64_t>(NQ, nvec - v0)), off, T, wk, zeros,
-                                    yo + v0, cstride, static_cast<int>(std::min<int64_t>(NK, Cg - cb * NK)), full, false);
+                                    yo + v0, cstride, static_cast<int>(std::min<int64_t>(NK, Cg - cb * NK)), full,
+                                    false);
         }
       }
     // interleave the phases into the dx rows (NHWC: into ng*Cg rows of W, then one transpose;

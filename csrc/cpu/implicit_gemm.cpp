@@ -280,7 +280,8 @@ template <int T, bool PAIRS>
 void row_run_s(int S, int SW, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb,
                const float* panel, float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask,
                uint16_t* c16) {
-  if (SW == 2) return row_run<3, T, PAIRS, 2>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+  if (SW == 2)  // (row_runs takes stride 2 with 3 taps a row only)
+    return row_run<3, T, PAIRS, 2>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
   switch (S) {
     case 2: return row_run<2, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
     case 3: return row_run<3, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
