@@ -63,6 +63,11 @@ GENERAL = [
     ((1, 256, 6, 7), 20, (3, 3), 2, 1, 1, 1),          # NHWC bwd-weight band a line more a pixel (2 x 256 floats a step), c-row tiles 42 x 6 + 4
     ((1, 3, 8, 8), 16, (3, 3), 1, 1, 1, 1),            # the README layer: forward over the flattened 8x8 plane, dx tiles of 3 channels x 8 rows
     ((2, 4, 6, 7), 10, (3, 3), 1, (0, 2), (1, 2), 1),  # the same paths: 28 outputs in 2 vectors, K tail, column dilation; dx 2 + 2 channels
+    # channels_last groups of <= 16 + 16 channels whose rows the runs cover whole: read in place
+    ((2, 64, 12, 14), 64, (3, 3), 1, 1, 1, 4),         # a row of 14 in one run, both its edge columns zeros
+    ((1, 32, 10, 28), 16, (3, 3), 1, (2, 1), (2, 1), 2),  # 14 + 14, row dilation and padding, 8 filters (masked)
+    ((2, 64, 20, 28), 64, (3, 3), 2, 1, 1, 4),         # stride 2: runs of 7
+    ((1, 32, 8, 14), 32, (2, 3), 1, (3, 1), 1, 2),     # padding rows beyond the taps: outputs of bias only
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),
@@ -534,6 +539,9 @@ AMX_EXACT = AMX + AMX_ROWS + [
                                                       # stride): reads on even offsets, a zero after each row
     ((1, 5, 18, 18), 32, (3, 7), (1, 2), (1, 3), (2, 1), 1),  # odd offsets (a zero before), dilated rows
     ((2, 3, 16, 18), 32, (3, 3), 2, 1, 1, 1),         # MobileNetV2's stem
+    ((2, 64, 12, 14), 64, (3, 3), 1, 1, 1, 4),        # bf16_pairs' runs on x in place: 16 + 16 channels a
+    ((2, 64, 20, 28), 64, (3, 3), 2, 1, 1, 4),        # group, padding columns read as zero words; stride 2
+    ((1, 64, 8, 14), 32, (2, 3), 1, (3, 1), 1, 2),    # rows of padding only, 32 + 16 channels a group
 ]
 
 

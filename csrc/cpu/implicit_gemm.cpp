@@ -191,27 +191,57 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t G, int64_t nkb, int64_t NVL, in
 // run of T output pixels of one row sits in T accumulators, and each input value, broadcast once,
 // feeds every tap that reads it (S FMAs per broadcast) with the S weight vectors of (r, c) held in
 // registers. x points at the run's first band pixel; tap (r, s) of pixel q, channel ch reads
-// x[r*rowstep + (q+s)*pixf + ch]; the weights are panel[((r*S + s)*ccb + ch)*VL].
+// x[r*rowstep + (q*SW + s)*pixf + ch]; EDGE (run_in_place: x read in place): x points at column 0
+// of the row and the run's columns are col0 + q*SW + s, those outside [0, width) zeros. The
+// weights are panel[((r*S + s)*ccb + ch)*VL].
 // PAIRS (bf16_pairs): x and the panel are words of bfloat16 pairs, each step a VDPBF16PS (mac), and
 // with c16 the sums leave rounded to bfloat16 there (never with accumulate).
 // SW = 2 (3 taps a row): input column j feeds pixel (j - s) / 2 for the taps s of its parity
 // (1.5 multiply-adds a broadcast, where the micro-kernel has one).
-template <int S, int T, bool PAIRS, int SW = 1>
-void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb, const float* panel, float* c,
-             int64_t ldc, bool accumulate, const float* bias_v, const M* cmask, uint16_t* c16) {
+alignas(64) constexpr float kZeroColumn[VL] = {};  // a padding column of run_in_place (ccb <= VL)
+
+// A run's operands: its input (x, rowstep, pixf; col0, width with EDGE; R filter rows of ccb
+// channels), filter panel and output (c, ldc; with accumulate added to what c holds; c16: rounded
+// to bfloat16 there instead).
+struct Run {
+  const float* x;
+  int64_t rowstep, pixf, col0, width, R, ccb;
+  const float* panel;
+  float* c;
+  int64_t ldc;
+  bool accumulate;
+  const float* bias_v;
+  const M* cmask;
+  uint16_t* c16;
+};
+
+template <int S, int T, bool PAIRS, int SW = 1, bool EDGE = false>
+void row_run(const Run& a) {
+  constexpr int NX = (T - 1) * SW + S;  // the input columns of the run
+  const int64_t pixf = a.pixf, ccb = a.ccb;
   V acc[T];
 #pragma GCC unroll 32
   for (int q = 0; q < T; ++q) acc[q] = Isa::zero();
-  for (int64_t r = 0; r < R; ++r) {
-    const float* xr = x + r * rowstep;
-    const float* wr = panel + r * S * ccb * VL;
+  for (int64_t r = 0; r < a.R; ++r) {
+    // EDGE: a pointer a column, the padding's at a block of zeros (NX <= 16: with 29 of them GCC
+    // kept them in vector registers, a VMOVQ a broadcast); else the band's columns at a step of pixf
+    const float* xr = a.x + r * a.rowstep;
+    const float* col[EDGE ? NX : 1];
+    if constexpr (EDGE) {
+#pragma GCC unroll 64
+      for (int j = 0; j < NX; ++j) {
+        const int64_t cj = a.col0 + j;
+        col[j] = cj >= 0 && cj < a.width ? xr + cj * pixf : kZeroColumn;
+      }
+    }
+    const float* wr = a.panel + r * S * ccb * VL;
     for (int64_t ch = 0; ch < ccb; ++ch) {
       V wv[S];
 #pragma GCC unroll 8
       for (int s = 0; s < S; ++s) wv[s] = Isa::load(wr + (s * ccb + ch) * VL);
 #pragma GCC unroll 64
-      for (int j = 0; j < (T - 1) * SW + S; ++j) {
-        const V xb = Isa::set1(xr[j * pixf + ch]);
+      for (int j = 0; j < NX; ++j) {
+        const V xb = Isa::set1(EDGE ? col[EDGE ? j : 0][ch] : xr[j * pixf + ch]);
 #pragma GCC unroll 8
         for (int s = 0; s < S; ++s) {
           const int u = j - s;  // pixel u / SW reads column j with tap s
@@ -220,23 +250,26 @@ void row_run(const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t c
       }
     }
   }
+  const float* bias_v = a.bias_v;
+  const M* cmask = a.cmask;
+  const int64_t ldc = a.ldc;
   const V bv = bias_v ? Isa::load(bias_v) : Isa::zero();
 #if CONV_EXT_ISA_PAIRS
-  if (PAIRS && c16) {
+  if (PAIRS && a.c16) {
 #pragma GCC unroll 32
-    for (int q = 0; q < T; ++q) store_bf16(c16 + q * ldc, bias_v ? Isa::add(acc[q], bv) : acc[q], cmask);
+    for (int q = 0; q < T; ++q) store_bf16(a.c16 + q * ldc, bias_v ? Isa::add(acc[q], bv) : acc[q], cmask);
     return;
   }
 #endif
 #pragma GCC unroll 32
   for (int q = 0; q < T; ++q) {
     V v = bias_v ? Isa::add(acc[q], bv) : acc[q];
-    float* cp = c + q * ldc;
+    float* cp = a.c + q * ldc;
     if (cmask) {
-      if (accumulate) v = Isa::add(v, Isa::loadm(cp, *cmask));
+      if (a.accumulate) v = Isa::add(v, Isa::loadm(cp, *cmask));
       Isa::storem(cp, v, *cmask);
     } else {
-      if (accumulate) v = Isa::add(v, Isa::load(cp));
+      if (a.accumulate) v = Isa::add(v, Isa::load(cp));
       Isa::store(cp, v);
     }
   }
@@ -277,35 +310,49 @@ std::vector<int> cut_row(int64_t Q) {
 }
 
 template <int T, bool PAIRS>
-void row_run_s(int S, int SW, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb,
-               const float* panel, float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask,
-               uint16_t* c16) {
-  if (SW == 2)  // (row_runs takes stride 2 with 3 taps a row only)
-    return row_run<3, T, PAIRS, 2>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+void row_run_s(int S, int SW, const Run& a) {
+  if (SW == 2) return row_run<3, T, PAIRS, 2>(a);  // (row_runs takes stride 2 with 3 taps a row only)
   switch (S) {
-    case 2: return row_run<2, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 3: return row_run<3, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 4: return row_run<4, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 5: return row_run<5, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 6: return row_run<6, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    default: return row_run<7, T, PAIRS>(x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 2: return row_run<2, T, PAIRS>(a);
+    case 3: return row_run<3, T, PAIRS>(a);
+    case 4: return row_run<4, T, PAIRS>(a);
+    case 5: return row_run<5, T, PAIRS>(a);
+    case 6: return row_run<6, T, PAIRS>(a);
+    default: return row_run<7, T, PAIRS>(a);
   }
 }
 
 template <bool PAIRS>
-void row_run_ts(int T, int S, int SW, const float* x, int64_t rowstep, int64_t pixf, int64_t R, int64_t ccb,
-                const float* panel, float* c, int64_t ldc, bool accumulate, const float* bias_v, const M* cmask,
-                uint16_t* c16) {
+void row_run_ts(int T, int S, int SW, const Run& a) {
   switch (T) {
 #if CONV_EXT_ISA_BITS == 512
-    case 24: return row_run_s<24, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 16: return row_run_s<16, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 14: return row_run_s<14, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    case 12: return row_run_s<12, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 24: return row_run_s<24, PAIRS>(S, SW, a);
+    case 16: return row_run_s<16, PAIRS>(S, SW, a);
+    case 14: return row_run_s<14, PAIRS>(S, SW, a);
+    case 12: return row_run_s<12, PAIRS>(S, SW, a);
 #endif
-    case 8: return row_run_s<8, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
-    default: return row_run_s<7, PAIRS>(S, SW, x, rowstep, pixf, R, ccb, panel, c, ldc, accumulate, bias_v, cmask, c16);
+    case 8: return row_run_s<8, PAIRS>(S, SW, a);
+    default: return row_run_s<7, PAIRS>(S, SW, a);
   }
+}
+
+// The runs of run_in_place: 3 taps a row at stride 1, T <= 14 (in_place_widths); at stride 2, 7.
+template <bool PAIRS>
+void edge_run_t(int T, int SW, const Run& a) {
+  if (SW == 2) return row_run<3, 7, PAIRS, 2, true>(a);
+  switch (T) {
+#if CONV_EXT_ISA_BITS == 512
+    case 14: return row_run<3, 14, PAIRS, 1, true>(a);
+    case 12: return row_run<3, 12, PAIRS, 1, true>(a);
+#endif
+    case 8: return row_run<3, 8, PAIRS, 1, true>(a);
+    default: return row_run<3, 7, PAIRS, 1, true>(a);
+  }
+}
+bool in_place_widths(const std::vector<int>& widths) {
+  for (int t : widths)
+    if (t > 14) return false;
+  return true;
 }
 
 // y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, y16 (if not
@@ -381,6 +428,18 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   const std::vector<int> widths = cut_row(Q);  // the runs of an output row (row_runs below)
   int64_t run_rest = Q;  // pixels of a row left to the micro-kernel
   for (int t : widths) run_rest -= t;
+  // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
+  // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
+  const bool row_runs = nv == 1 && (sw == 1 ? S >= 2 && S <= 7 : sw == 2 && S == 3) && dw == 1 &&
+                        (!f.pairs || (kPairs && (run_rest == 0 || !(y16 && nhwc))));
+  auto run_row = [&](int t, const Run& a) {  // a run of t pixels
+    if (f.pairs) row_run_ts<kPairs>(t, S, sw, a);
+    else row_run_ts<false>(t, S, sw, a);
+  };
+  auto edge_run = [&](int t, const Run& a) {  // a run of t pixels of run_in_place
+    if (f.pairs) edge_run_t<kPairs>(t, sw, a);
+    else edge_run_t<false>(t, sw, a);
+  };
   // task_body(n0, n1, p0, p1, g, kg, prebuilt): a task's tiles, on its band (prebuilt: built by the caller)
   // images [n0, n1), output rows [p0, p1), group g, block kg of filter blocks
   auto task_body = [&](int64_t n0, int64_t n1, int64_t p0, int64_t p1, int64_t g, int64_t kg, const float* prebuilt) {
@@ -408,10 +467,6 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         for (int64_t q = 0; q < Q; ++q) prow[f++] = band + img * imgf + pr * sh * rowf + q * sw * pixf;
     int64_t* a_off = scratch_i64(0, RS);
     int64_t* b_off = scratch_i64(1, RS);
-    // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
-    // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
-    const bool row_runs = nv == 1 && (sw == 1 ? S >= 2 && S <= 7 : sw == 2 && S == 3) && dw == 1 &&
-                          (!f.pairs || (kPairs && (run_rest == 0 || !(y16 && nhwc))));
     for (int64_t kb = kg * kbs; kb < std::min(nkb, (kg + 1) * kbs); ++kb) {
       const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
       M cm[4];
@@ -470,10 +525,8 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           for (int t : widths) {
             float* o = out_at(fr + q0);
             uint16_t* o16 = y16 && nhwc ? y16 + (o - y) : nullptr;
-            if (f.pairs) row_run_ts<kPairs>(t, S, sw, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, o, ldc,
-                                            cb > 0, bias_kb, cmask, o16);
-            else row_run_ts<false>(t, S, sw, prow[fr + q0] + c0, dh * rowf, pixf, R, ccb, panel, o, ldc, cb > 0,
-                                   bias_kb, cmask, nullptr);
+            run_row(t, {prow[fr + q0] + c0, dh * rowf, pixf, 0, 0, R, ccb, panel, o, ldc, cb > 0, bias_kb, cmask,
+                        o16});
             q0 += t;
           }
           for (; q0 < Q; ++q0, ++m) arest[m] = prow[fr + q0], crest[m] = out_at(fr + q0);
@@ -496,6 +549,42 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
       if (stream_tiles) _mm_sfence();
     }
   };
+  // Channels_last groups of <= VL channels (words: bf16_pairs) with 3 taps a row whose rows the runs
+  // cover whole (ResNeXt's 512 g32 @14 and, in runs of 7, 512 g32 @28/2: 16 + 16 channels a group):
+  // the runs read x in place (run_in_place), a pixel's channels g*Cg.. at a step of C, the padding's
+  // columns from a block of zeros and its rows left out. A task (image, block of rows) runs every
+  // group on its rows: no band (its build, below, was ~6% of the 512 g32 @14 forward and the tasks'
+  // pointer lists and offsets another ~6%, perf record). Batch 4, 2 threads, channels_last, old/new
+  // (python benchmarks/ab.py OLD.so NEW.so 4,512,14,14,512,3,1,1,32 --layout nhwc --pass P --dtype D):
+  // 512 g32 @14 forward 1.11x float32 / 1.15x bfloat16 (0.82x -> 1.00x torch), backward-input 1.10x /
+  // 1.12x; 512 g32 @28/2 forward 1.08x / 1.10x.
+  const bool run_in_place = nhwc && !direct && !shared && G > 1 && Cg <= VL && row_runs && run_rest == 0 &&
+                            S == 3 && (sw == 1 ? in_place_widths(widths) : Q % 7 == 0) && nkb == 1 && ncb == 1 &&
+                            H * W * C >= K * Cg * RS;
+  if (run_in_place) {
+    const int64_t rb2 = even_row_blocks(Pt, rb, Nt, 4 * pool_threads()), nblk2 = ceil_div(Pt, rb2);
+    M cm[4];
+    make_masks(nv, Kg, cm);
+    const M* cmask = Kg < NVL ? cm : nullptr;
+    const std::vector<int> ws = sw == 1 ? widths : std::vector<int>(Q / 7, 7);  // the runs of a row
+    for_each_task(Nt * nblk2, p.macs(), [&](int64_t t) {
+      const int64_t n = t / nblk2, p0 = t % nblk2 * rb2, p1 = std::min(Pt, p0 + rb2);
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t a = p0; a < p1; ++a) {
+          const int64_t h0 = a * sh - ph;  // filter rows r0..r1 read input rows h0 + r*dh inside x
+          const int64_t r0 = h0 >= 0 ? 0 : ceil_div(-h0, dh), r1 = h0 < H ? std::min(R, ceil_div(H - h0, dh)) : 0;
+          const int64_t nr = std::max<int64_t>(0, r1 - r0);
+          const float* xr = nr > 0 ? x + (n * H + h0 + r0 * dh) * W * C + g * Cg : x;
+          float* o = y + (n * Pt + a) * Q * K + g * Kg;
+          for (int64_t i = 0, q0 = 0; i < int64_t(ws.size()); q0 += ws[i++]) {
+            float* oq = o + q0 * K;
+            edge_run(ws[i], {xr, dh * W * C, C, q0 * sw - pw, W, nr, Cg, wp + (g * RS + r0 * S) * Cg * NVL, oq, K,
+                                false, bp ? bp + g * NVL : nullptr, cmask, y16 ? y16 + (oq - y) : nullptr});
+          }
+        }
+    });
+    return y16 != nullptr;
+  }
   // Channels_last groups of <= 16 channels (a group's slice of a pixel is one of its cache lines)
   // whose filter is no larger than an image: a task runs every group of its image and rows, their
   // bands built together from whole pixels first. A task per group read its slice of every pixel,
