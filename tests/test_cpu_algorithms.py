@@ -68,6 +68,11 @@ GENERAL = [
     ((1, 32, 10, 28), 16, (3, 3), 1, (2, 1), (2, 1), 2),  # 14 + 14, row dilation and padding, 8 filters (masked)
     ((2, 64, 20, 28), 64, (3, 3), 2, 1, 1, 4),         # stride 2: runs of 7
     ((1, 32, 8, 14), 32, (2, 3), 1, (3, 1), 1, 2),     # padding rows beyond the taps: outputs of bias only
+    # strided backward-input with one vector of dx channels, 3 taps a row at stride 2: scatter runs
+    ((2, 32, 13, 13), 32, (3, 3), 2, 0, 1, 2),         # even parity (pw 0); 12 + a run of 7 with 1 stored
+    ((1, 16, 11, 30), 16, (5, 3), (1, 2), (2, 1), (2, 1), 1),  # row stride 1, 5 row taps dilated; 16 + 14
+    ((2, 48, 9, 17), 24, (3, 3), 2, 2, 1, 3),          # 8 filters a group; padding 2; 16 + 1 stored of 7
+    ((1, 16, 7, 8), 704, (3, 3), 2, 1, 1, 1),          # 3 panels of dy channels: runs added to dx
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),
@@ -542,6 +547,9 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((2, 64, 12, 14), 64, (3, 3), 1, 1, 1, 4),        # bf16_pairs' runs on x in place: 16 + 16 channels a
     ((2, 64, 20, 28), 64, (3, 3), 2, 1, 1, 4),        # group, padding columns read as zero words; stride 2
     ((1, 64, 8, 14), 32, (2, 3), 1, (3, 1), 1, 2),    # rows of padding only, 32 + 16 channels a group
+    ((2, 32, 13, 13), 32, (3, 3), 2, 0, 1, 2),        # bf16_pairs' scatter runs (strided backward-input,
+    ((1, 16, 11, 30), 16, (5, 3), (1, 2), (2, 1), (2, 1), 1),  # 16 dx channels): parities, partial runs,
+    ((1, 16, 7, 8), 704, (3, 3), 2, 1, 1, 1),         # row taps dilated, runs added over 3 panels
 ]
 
 

@@ -35,6 +35,14 @@
 // bfloat16 channels_last 1.23x (0.73x torch before), NCHW 1.11x; float32 channels_last 1.11x;
 // 256 g16 @56/2 bfloat16 1.16x; AVX2 level (1.01x).
 //
+// Strided backward-input with one vector of dx channels and 3 taps a row at stride 2: "scatter
+// runs" (scatter_run) — T dx pixels of a row in registers, each dy value broadcast once for the 3
+// dx columns its taps reach, instead of the column phases' micro-kernel tiles (a broadcast per
+// FMA, 1-4 taps of Kg channels a tile). ResNeXt 512 g32 @28/2 backward-input, batch 4, 2 threads,
+// old/new (python benchmarks/ab.py OLD.so NEW.so 4,512,28,28,512,3,2,1,32 --pass backward_input
+// --layout L --dtype D): float32 channels_last 1.34x, NCHW 1.25x; bfloat16 1.37x / 1.54x
+// (channels_last 0.56x -> 0.96x torch); CIFAR 16->32 @32/2 bfloat16 1.28x.
+//
 // Backward-input with few input channels: at stride 1 (Cg*4 <= VL: CIFAR's stem) vectors over
 // the pixels of a dx row from zero-padded dy planes; strided (Cg*2 <= VL: the 7x7/2 stem)
 // scatter instead (col2im).
@@ -215,6 +223,33 @@ struct Run {
   uint16_t* c16;
 };
 
+// A run's n <= T sums (+ bias_v) to c[q*ldc] (added to what is there with accumulate; masked by
+// cmask), or with PAIRS and c16 rounded to bfloat16 at c16[q*ldc].
+template <int T, bool PAIRS>
+inline void store_run(const V* acc, int n, float* c, int64_t ldc, bool accumulate, const float* bias_v,
+                      const M* cmask, uint16_t* c16) {
+  const V bv = bias_v ? Isa::load(bias_v) : Isa::zero();
+#if CONV_EXT_ISA_PAIRS
+  if (PAIRS && c16) {
+#pragma GCC unroll 32
+    for (int q = 0; q < T && q < n; ++q) store_bf16(c16 + q * ldc, bias_v ? Isa::add(acc[q], bv) : acc[q], cmask);
+    return;
+  }
+#endif
+#pragma GCC unroll 32
+  for (int q = 0; q < T && q < n; ++q) {
+    V v = bias_v ? Isa::add(acc[q], bv) : acc[q];
+    float* cp = c + q * ldc;
+    if (cmask) {
+      if (accumulate) v = Isa::add(v, Isa::loadm(cp, *cmask));
+      Isa::storem(cp, v, *cmask);
+    } else {
+      if (accumulate) v = Isa::add(v, Isa::load(cp));
+      Isa::store(cp, v);
+    }
+  }
+}
+
 template <int S, int T, bool PAIRS, int SW = 1, bool EDGE = false>
 void row_run(const Run& a) {
   constexpr int NX = (T - 1) * SW + S;  // the input columns of the run
@@ -250,29 +285,7 @@ void row_run(const Run& a) {
       }
     }
   }
-  const float* bias_v = a.bias_v;
-  const M* cmask = a.cmask;
-  const int64_t ldc = a.ldc;
-  const V bv = bias_v ? Isa::load(bias_v) : Isa::zero();
-#if CONV_EXT_ISA_PAIRS
-  if (PAIRS && a.c16) {
-#pragma GCC unroll 32
-    for (int q = 0; q < T; ++q) store_bf16(a.c16 + q * ldc, bias_v ? Isa::add(acc[q], bv) : acc[q], cmask);
-    return;
-  }
-#endif
-#pragma GCC unroll 32
-  for (int q = 0; q < T; ++q) {
-    V v = bias_v ? Isa::add(acc[q], bv) : acc[q];
-    float* cp = a.c + q * ldc;
-    if (cmask) {
-      if (a.accumulate) v = Isa::add(v, Isa::loadm(cp, *cmask));
-      Isa::storem(cp, v, *cmask);
-    } else {
-      if (a.accumulate) v = Isa::add(v, Isa::load(cp));
-      Isa::store(cp, v);
-    }
-  }
+  store_run<T, PAIRS>(acc, T, a.c, a.ldc, a.accumulate, a.bias_v, a.cmask, a.c16);
 }
 
 // A row of Q output pixels is cut into runs (cut_row) of widths the registers allow (AVX-512:
@@ -353,6 +366,80 @@ bool in_place_widths(const std::vector<int>& widths) {
   for (int t : widths)
     if (t > 14) return false;
   return true;
+}
+
+// Strided backward-input with one vector of dx channels and 3 taps a row at stride 2 (ResNeXt's
+// 512 g32 @28/2: 16 channels a group): "scatter runs". A run holds T dx pixels of a row (both
+// column phases) in T accumulators; each dy value, broadcast once, feeds the 3 dx columns its
+// taps reach (column 2j - pw + s of dy column j), with the 3 weight vectors of (r, k) in registers:
+// 3 multiply-adds a broadcast, where the phases' micro-kernel tiles (16 dx pixels of one phase,
+// 1 or 2 taps of a row) had one, and a tile's few steps (1 to 4 taps of Kg channels) carried its
+// set-up and stores. The run's dx columns c0 + u take dy columns jb + jj, u = 2*jj + OFF + s,
+// OFF = -2 + PAR for PAR = (c0 + pw) % 2. A ScatterRun: for each of nr dy rows (the row taps that
+// reach the dx row) xrows[i] + coloff (the band at dy column jb) and wrows[i] (the panel's taps
+// of that row, [s][k][VL]); nt <= T sums stored.
+struct ScatterRun {
+  const float* const* xrows;
+  const float* const* wrows;
+  int nr;
+  int64_t coloff, pixf, ccb;
+  float* c;
+  int64_t ldc;
+  int nt;
+  bool accumulate;
+  const M* cmask;
+  uint16_t* c16;
+};
+
+template <int T, bool PAIRS, int PAR>
+void scatter_run(const ScatterRun& a) {
+  constexpr int OFF = -2 + PAR, NJ = (T - 1 - OFF) / 2 + 1;  // the dy columns of the run
+  const int64_t pixf = a.pixf, ccb = a.ccb;
+  V acc[T];
+#pragma GCC unroll 32
+  for (int q = 0; q < T; ++q) acc[q] = Isa::zero();
+  for (int i = 0; i < a.nr; ++i) {
+    const float* xr = a.xrows[i] + a.coloff;
+    const float* wr = a.wrows[i];
+    for (int64_t ch = 0; ch < ccb; ++ch) {
+      V wv[3];
+#pragma GCC unroll 4
+      for (int s = 0; s < 3; ++s) wv[s] = Isa::load(wr + (s * ccb + ch) * VL);
+#pragma GCC unroll 32
+      for (int jj = 0; jj < NJ; ++jj) {
+        const V xb = Isa::set1(xr[jj * pixf + ch]);
+#pragma GCC unroll 4
+        for (int s = 0; s < 3; ++s) {
+          const int u = 2 * jj + OFF + s;
+          if (u >= 0 && u < T) acc[u] = mac<PAIRS>(xb, wv[s], acc[u]);
+        }
+      }
+    }
+  }
+  store_run<T, PAIRS>(acc, a.nt, a.c, a.ldc, a.accumulate, nullptr, a.cmask, a.c16);
+}
+
+template <bool PAIRS, int PAR>
+void scatter_run_t(int T, const ScatterRun& a) {
+  switch (T) {
+#if CONV_EXT_ISA_BITS == 512
+    case 24: return scatter_run<24, PAIRS, PAR>(a);
+    case 16: return scatter_run<16, PAIRS, PAR>(a);
+    case 14: return scatter_run<14, PAIRS, PAR>(a);
+    case 12: return scatter_run<12, PAIRS, PAR>(a);
+#endif
+    case 8: return scatter_run<8, PAIRS, PAR>(a);
+    default: return scatter_run<7, PAIRS, PAR>(a);
+  }
+}
+
+// The runs of a dx row of W pixels: cut_row's, and its rest as one more run of 7 (nt < 7 stored).
+std::vector<int> scatter_widths(int64_t W) {
+  std::vector<int> widths = cut_row(W);
+  int64_t rest = W;
+  for (int t : widths) rest -= t;
+  if (rest > 0) widths.push_back(7);
+  return widths;
 }
 
 // y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, y16 (if not
@@ -1023,7 +1110,11 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   // dy band: columns ow + padL for every ow a dx column can reach
   const int64_t padL = std::max<int64_t>(0, -floor_div(pw - (S - 1) * dw, sw));
   const int64_t ow_max = floor_div(W - 1 + pw, sw);
-  const int64_t Wp = std::max(Q, ow_max + 1) + padL;
+  // scatter runs (one vector of dx channels, 3 taps a row at stride 2): a last run of 7 may reach
+  // past the row (its sums there not stored): zero columns up to dy column (W + 6 + pw) / 2
+  const bool scatter = nv == 1 && sw == 2 && S == 3 && dw == 1 && (!pairs || kPairs);
+  const std::vector<int> swidths = scatter ? scatter_widths(W) : std::vector<int>();
+  const int64_t Wp = std::max(std::max(Q, ow_max + 1), scatter ? (W + 6 + pw) / 2 + 1 : 0) + padL;
   // rows a task: the band budget's, blocks of equal rows (40 + 16 at 3x3/2 128@56: 1.01x, ab.py)
   const int64_t rb = even_row_blocks(H, (kBandFloats / std::max<int64_t>(1, Wp * Kg)) * sh - (R - 1) * dh, N * G, 8);
   const int64_t nblk = ceil_div(H, rb);
@@ -1054,6 +1145,37 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
       for (int64_t kcb = 0; kcb < nkc; ++kcb) {
         const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
         const float* panel = wp + ((g * nob + ob) * RS * Kg + k0 * RS) * NVL;
+        if (scatter) {
+          const float** xrows = scratch_rows(2 * R);
+          const float** wrows = xrows + R;
+          for (int64_t ih = i0; ih < i1; ++ih) {
+            int nr = 0;  // the row taps that reach dx row ih
+            for (int64_t r = 0; r < R; ++r) {
+              const int64_t th = ih + ph - r * dh;
+              if (th < 0 || th % sh != 0 || th / sh >= P) continue;
+              xrows[nr] = band + ((th / sh - oh_lo) * Wp + padL) * Kg + k0, wrows[nr] = panel + r * S * kcl * NVL;
+              ++nr;
+            }
+            int64_t c0 = 0;
+            for (int t : swidths) {
+              const int par = int((c0 + pw) & 1);
+              const int64_t jb = (c0 + pw - 2 + par) / 2;  // the run's first dy column
+              ScatterRun a{xrows, wrows, nr, jb * Kg, Kg, kcl, nullptr, 0, int(std::min<int64_t>(t, W - c0)),
+                           kcb > 0, nullptr, nullptr};
+              if (nhwc) {
+                a.c = dx + ((n * H + ih) * W + c0) * C + g * Cg + ob * NVL, a.ldc = C;
+                a.cmask = cvalid < NVL ? cm : nullptr;
+                if (dx16) a.c16 = dx16 + (a.c - dx);
+              } else {
+                a.c = obuf + ((ih - i0) * W + c0) * NVL, a.ldc = NVL;
+              }
+              if (pairs) (par ? scatter_run_t<kPairs, 1> : scatter_run_t<kPairs, 0>)(t, a);
+              else (par ? scatter_run_t<false, 1> : scatter_run_t<false, 0>)(t, a);
+              c0 += t;
+            }
+          }
+          continue;
+        }
         for (int64_t ih = i0; ih < i1; ++ih)
           for (int64_t phase = 0; phase < std::min(sw, W); ++phase) {
             // the taps that reach dx columns phase, phase + sw, ... (the same for all of them)
