@@ -73,6 +73,7 @@ GENERAL = [
     ((1, 16, 11, 30), 16, (5, 3), (1, 2), (2, 1), (2, 1), 1),  # row stride 1, 5 row taps dilated; 16 + 14
     ((2, 48, 9, 17), 24, (3, 3), 2, 2, 1, 3),          # 8 filters a group; padding 2; 16 + 1 stored of 7
     ((1, 16, 7, 8), 704, (3, 3), 2, 1, 1, 1),          # 3 panels of dy channels: runs added to dx
+    ((2, 32, 9, 56), 32, (3, 3), 2, 1, 1, 4),          # grouped_interleaved's 3-tap rows at stride 2: tiles of 14
 ]
 ONE_BY_ONE = [
     ((2, 8, 10, 10), 8, (1, 1), 1, 0, 1, 1),
@@ -550,6 +551,7 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((2, 32, 13, 13), 32, (3, 3), 2, 0, 1, 2),        # bf16_pairs' scatter runs (strided backward-input,
     ((1, 16, 11, 30), 16, (5, 3), (1, 2), (2, 1), (2, 1), 1),  # 16 dx channels): parities, partial runs,
     ((1, 16, 7, 8), 704, (3, 3), 2, 1, 1, 1),         # row taps dilated, runs added over 3 panels
+    ((2, 32, 9, 56), 32, (3, 3), 2, 1, 1, 4),         # grouped_interleaved's 3-tap rows, stride 2 (29 columns a tile)
 ]
 
 

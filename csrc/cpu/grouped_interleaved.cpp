@@ -29,7 +29,13 @@
 // vector on the way out (back to [j][k]).
 //
 // The micro-kernel: MR = 24 output pixels of a row in registers; for every tap (r, s) and input
-// channel c one load of the packed filter (16 lanes), 24 broadcasts, 24 FMAs. A task is (image,
+// channel c one load of the packed filter (16 lanes), 24 broadcasts, 24 FMAs. With 3 taps a row
+// (no dilation in width) for every filter row and channel the 3 taps' filter vectors instead, and
+// each band column broadcast once for the pixels that read it (3 FMAs a broadcast at stride 1,
+// 1.5 at stride 2). Batch 4, 2 threads, channels_last, old/new (python benchmarks/ab.py OLD.so
+// NEW.so 4,256,28,28,256,3,1,1,32 --layout nhwc --pass P --dtype D): 256 g32 @28 forward and
+// backward-input 1.23-1.25x (float32 and bfloat16), 128 g32 @56 1.22-1.24x float32, 1.11x
+// bfloat16, 256 g32 @56/2 forward 1.17x / 1.10x. A task is (image,
 // block of output rows) and runs every block of GPB groups; its band (blocks x rows x padded
 // columns x 16 floats, zero padding built in) is built from whole input pixels (a task per block
 // of groups before read 64 bytes of each 1 KiB pixel: a strided stream from L3) and stays in L2
@@ -166,16 +172,38 @@ void tile(const float* bp, int64_t R, int64_t S, int64_t rstep, int64_t sstep, i
   V acc[MR];
 #pragma GCC unroll 24
   for (int i = 0; i < MR; ++i) acc[i] = Isa::zero();
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t s = 0; s < S; ++s) {
-      const float* tp = bp + r * rstep + s * sstep;
-      const float* wt = wb + (r * S + s) * ci * 16;
-      for (int64_t c = 0; c < ci; ++c, tp += GPB) {
-        const V wv = Isa::load(wt + c * 16);
-#pragma GCC unroll 24
-        for (int i = 0; i < MR; ++i) acc[i] = mac<PAIRS>(bcast<GPB>(tp + i * SW * PF), wv, acc[i]);
+  if (S == 3 && sstep == PF) {
+    // 3 taps a row without dilation (ResNeXt's grouped layers): each band value, broadcast once,
+    // feeds the pixels whose taps read it (3 at stride 1, 1.5 at stride 2) with the row's 3 filter
+    // vectors of channel c in registers, where the loop below has a broadcast per FMA
+    for (int64_t r = 0; r < R; ++r) {
+      const float* tp = bp + r * rstep;
+      const float* wt = wb + r * 3 * ci * 16;
+      for (int64_t c = 0; c < ci; ++c) {
+        const V w[3] = {Isa::load(wt + c * 16), Isa::load(wt + (ci + c) * 16), Isa::load(wt + (2 * ci + c) * 16)};
+#pragma GCC unroll 64
+        for (int j = 0; j < (MR - 1) * SW + 3; ++j) {
+          const V b = bcast<GPB>(tp + j * PF + c * GPB);
+#pragma GCC unroll 3
+          for (int s = 0; s < 3; ++s) {
+            const int u = j - s;  // pixel u / SW reads band column j with tap s
+            if (u >= 0 && u % SW == 0 && u / SW < MR) acc[u / SW] = mac<PAIRS>(b, w[s], acc[u / SW]);
+          }
+        }
       }
     }
+  } else {
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s) {
+        const float* tp = bp + r * rstep + s * sstep;
+        const float* wt = wb + (r * S + s) * ci * 16;
+        for (int64_t c = 0; c < ci; ++c, tp += GPB) {
+          const V wv = Isa::load(wt + c * 16);
+#pragma GCC unroll 24
+          for (int i = 0; i < MR; ++i) acc[i] = mac<PAIRS>(bcast<GPB>(tp + i * SW * PF), wv, acc[i]);
+        }
+      }
+  }
   if constexpr (std::is_same_v<O, float>) {
     if (stream) {  // whole, aligned vectors (the caller checked) by non-temporal stores
       for (int i = 0; i < mr; ++i) Isa::stream(y + i * ys, Isa::add(_mm512_maskz_permutexvar_ps(0xFFFF, oidx, acc[i]), bv));
