@@ -35,11 +35,11 @@
 // 1.5 at stride 2). Batch 4, 2 threads, channels_last, old/new (python benchmarks/ab.py OLD.so
 // NEW.so 4,256,28,28,256,3,1,1,32 --layout nhwc --pass P --dtype D): 256 g32 @28 forward and
 // backward-input 1.23-1.25x (float32 and bfloat16), 128 g32 @56 1.22-1.24x float32, 1.11x
-// bfloat16, 256 g32 @56/2 forward 1.17x / 1.10x. A task is (image,
-// block of output rows) and runs every block of GPB groups; its band (blocks x rows x padded
-// columns x 16 floats, zero padding built in) is built from whole input pixels (a task per block
-// of groups before read 64 bytes of each 1 KiB pixel: a strided stream from L3) and stays in L2
-// while the task sweeps its rows.
+// bfloat16, 256 g32 @56/2 forward 1.17x / 1.10x.
+// A task is (image, block of output rows) and runs every block of GPB groups; its band (blocks x
+// rows x padded columns x 16 floats, zero padding built in) is built from whole input pixels (a
+// task per block of groups before read 64 bytes of each 1 KiB pixel: a strided stream from L3)
+// and stays in L2 while the task sweeps its rows.
 //
 // Speed (2 threads, batch 4, channels_last, ms median of 20 with torch and the algorithms in
 // random order; python benchmarks/algos.py N,C,H,W,K,3,S,1,G --layout nhwc --pass P; eighteenth

@@ -194,23 +194,11 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t G, int64_t nkb, int64_t NVL, in
   return best;
 }
 
-// Few output channels (one vector: nv == 1) and filter rows of 2..7 taps at horizontal stride and
-// dilation 1. The micro-kernel has one broadcast per FMA there (16 pixel rows x 1 vector); here a
-// run of T output pixels of one row sits in T accumulators, and each input value, broadcast once,
-// feeds every tap that reads it (S FMAs per broadcast) with the S weight vectors of (r, c) held in
-// registers. x points at the run's first band pixel; tap (r, s) of pixel q, channel ch reads
-// x[r*rowstep + (q*SW + s)*pixf + ch]; EDGE (run_in_place: x read in place): x points at column 0
-// of the row and the run's columns are col0 + q*SW + s, those outside [0, width) zeros. The
-// weights are panel[((r*S + s)*ccb + ch)*VL].
-// PAIRS (bf16_pairs): x and the panel are words of bfloat16 pairs, each step a VDPBF16PS (mac), and
-// with c16 the sums leave rounded to bfloat16 there (never with accumulate).
-// SW = 2 (3 taps a row): input column j feeds pixel (j - s) / 2 for the taps s of its parity
-// (1.5 multiply-adds a broadcast, where the micro-kernel has one).
 alignas(64) constexpr float kZeroColumn[VL] = {};  // a padding column of run_in_place (ccb <= VL)
 
-// A run's operands: its input (x, rowstep, pixf; col0, width with EDGE; R filter rows of ccb
-// channels), filter panel and output (c, ldc; with accumulate added to what c holds; c16: rounded
-// to bfloat16 there instead).
+// A row run's operands (row_run, below): its input as the run reads it (x, rowstep, pixf; col0 and
+// width with EDGE), R filter rows of ccb channels of the panel, and its output (c, ldc; added to
+// what c holds with accumulate; c16: rounded to bfloat16 there instead).
 struct Run {
   const float* x;
   int64_t rowstep, pixf, col0, width, R, ccb;
@@ -250,6 +238,18 @@ inline void store_run(const V* acc, int n, float* c, int64_t ldc, bool accumulat
   }
 }
 
+// Few output channels (one vector: nv == 1) and filter rows of 2..7 taps at horizontal stride and
+// dilation 1. The micro-kernel has one broadcast per FMA there (16 pixel rows x 1 vector); here a
+// run of T output pixels of one row sits in T accumulators, and each input value, broadcast once,
+// feeds every tap that reads it (S FMAs per broadcast) with the S weight vectors of (r, c) held in
+// registers. x points at the run's first band pixel; tap (r, s) of pixel q, channel ch reads
+// x[r*rowstep + (q*SW + s)*pixf + ch]; EDGE (run_in_place: x read in place): x points at column 0
+// of the row and the run's columns are col0 + q*SW + s, those outside [0, width) zeros. The
+// weights are panel[((r*S + s)*ccb + ch)*VL].
+// PAIRS (bf16_pairs): x and the panel are words of bfloat16 pairs, each step a VDPBF16PS (mac), and
+// with c16 the sums leave rounded to bfloat16 there (never with accumulate).
+// SW = 2 (3 taps a row): input column j feeds pixel (j - s) / 2 for the taps s of its parity
+// (1.5 multiply-adds a broadcast, where the micro-kernel has one).
 template <int S, int T, bool PAIRS, int SW = 1, bool EDGE = false>
 void row_run(const Run& a) {
   constexpr int NX = (T - 1) * SW + S;  // the input columns of the run
