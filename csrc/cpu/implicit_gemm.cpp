@@ -63,6 +63,9 @@
 // Single thread (time.thread_time, --threads 1 --cpu-time): 3x3 NHWC fwd 103-107 GFLOP/s =
 // 88-91% of one core's 117.
 #ifndef CONV_EXT_ISA_NS
+#include <algorithm>
+#include <numeric>
+
 #define CONV_EXT_PER_ISA_FILE "implicit_gemm.cpp"
 #define CONV_EXT_PER_ISA_BF16  // the three passes also run bf16_pairs.cpp's bfloat16 pairs (Tile::pairs)
 #include "per_isa.h"
@@ -304,8 +307,8 @@ constexpr int kRunWidths[] = {24, 16, 14, 12, 8, 7};
 constexpr int kRunWidths[] = {8, 7};
 #endif
 
-// The widths of the runs of a row of Q pixels, widest first; the rest, Q - their sum, goes to the
-// micro-kernel. A shortest path over the row's pixel counts.
+// The widths of the runs of a row of Q pixels, widest first; the rest (row_rest), Q - their sum,
+// goes to the micro-kernel. A shortest path over the row's pixel counts.
 std::vector<int> cut_row(int64_t Q) {
   std::vector<double> cost(Q + 1);
   std::vector<int> last(Q + 1, 0);  // the width of the last run of the best cut of l pixels (0: rest)
@@ -320,6 +323,9 @@ std::vector<int> cut_row(int64_t Q) {
   for (int64_t l = Q; last[l] > 0; l -= last[l]) widths.push_back(last[l]);
   std::sort(widths.begin(), widths.end(), std::greater<int>());
   return widths;
+}
+int64_t row_rest(const std::vector<int>& widths, int64_t Q) {
+  return Q - std::accumulate(widths.begin(), widths.end(), int64_t(0));
 }
 
 template <int T, bool PAIRS>
@@ -349,7 +355,7 @@ void row_run_ts(int T, int S, int SW, const Run& a) {
   }
 }
 
-// The runs of run_in_place: 3 taps a row at stride 1, T <= 14 (in_place_widths); at stride 2, 7.
+// The runs of run_in_place: 3 taps a row at stride 1, T <= 14; at stride 2, 7.
 template <bool PAIRS>
 void edge_run_t(int T, int SW, const Run& a) {
   if (SW == 2) return row_run<3, 7, PAIRS, 2, true>(a);
@@ -361,11 +367,6 @@ void edge_run_t(int T, int SW, const Run& a) {
     case 8: return row_run<3, 8, PAIRS, 1, true>(a);
     default: return row_run<3, 7, PAIRS, 1, true>(a);
   }
-}
-bool in_place_widths(const std::vector<int>& widths) {
-  for (int t : widths)
-    if (t > 14) return false;
-  return true;
 }
 
 // Strided backward-input with one vector of dx channels and 3 taps a row at stride 2 (ResNeXt's
@@ -436,9 +437,7 @@ void scatter_run_t(int T, const ScatterRun& a) {
 // The runs of a dx row of W pixels: cut_row's, and its rest as one more run of 7 (nt < 7 stored).
 std::vector<int> scatter_widths(int64_t W) {
   std::vector<int> widths = cut_row(W);
-  int64_t rest = W;
-  for (int t : widths) rest -= t;
-  if (rest > 0) widths.push_back(7);
+  if (row_rest(widths, W) > 0) widths.push_back(7);
   return widths;
 }
 
@@ -513,8 +512,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   const bool stream_tiles = nhwc && big_y && ncb == 1;
   if (!(f.pairs && (!nhwc || ncb == 1))) y16 = nullptr;  // NCHW: the transposes round the sums of all panels
   const std::vector<int> widths = cut_row(Q);  // the runs of an output row (row_runs below)
-  int64_t run_rest = Q;  // pixels of a row left to the micro-kernel
-  for (int t : widths) run_rest -= t;
+  const int64_t run_rest = row_rest(widths, Q);  // pixels of a row left to the micro-kernel
   // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
   // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
   const bool row_runs = nv == 1 && (sw == 1 ? S >= 2 && S <= 7 : sw == 2 && S == 3) && dw == 1 &&
@@ -645,8 +643,9 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // (python benchmarks/ab.py OLD.so NEW.so 4,512,14,14,512,3,1,1,32 --layout nhwc --pass P --dtype D):
   // 512 g32 @14 forward 1.11x float32 / 1.15x bfloat16 (0.82x -> 1.00x torch), backward-input 1.10x /
   // 1.12x; 512 g32 @28/2 forward 1.08x / 1.10x.
+  const bool short_runs = std::all_of(widths.begin(), widths.end(), [](int t) { return t <= 14; });
   const bool run_in_place = nhwc && !direct && !shared && G > 1 && Cg <= VL && row_runs && run_rest == 0 &&
-                            S == 3 && (sw == 1 ? in_place_widths(widths) : Q % 7 == 0) && nkb == 1 && ncb == 1 &&
+                            S == 3 && (sw == 1 ? short_runs : Q % 7 == 0) && nkb == 1 && ncb == 1 &&
                             H * W * C >= K * Cg * RS;
   if (run_in_place) {
     const int64_t rb2 = even_row_blocks(Pt, rb, Nt, 4 * pool_threads()), nblk2 = ceil_div(Pt, rb2);
@@ -1128,6 +1127,10 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
   // of 30: 3x3/2 128@56 1.11-1.13x, 96@56 batch 8 1.15x, 64->128 @56 1.04x; 256@28 and 512@14
   // (several panels) unchanged.
   const bool stream_dx = N * C * H * W >= kStreamFloats;
+  auto dy_row = [&](int64_t ih, int64_t r) {  // the dy row that dx row ih meets with filter row r (-1: none)
+    const int64_t th = ih + ph - r * dh;
+    return th < 0 || th % sh != 0 || th / sh >= P ? int64_t(-1) : th / sh;
+  };
   for_each_task(N * G * nblk, p.macs(), [&](int64_t task) {
     const int64_t n = task / (G * nblk), g = (task / nblk) % G, blk = task % nblk;
     const int64_t i0 = blk * rb, i1 = std::min(H, i0 + rb);
@@ -1138,6 +1141,8 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
     float* obuf = nhwc ? nullptr : scratch(2, (i1 - i0) * W * NVL);
     int64_t* a_off = scratch_i64(0, RS);
     int64_t* b_off = scratch_i64(1, RS);
+    const float** xrows = scatter ? scratch_rows(2 * R) : nullptr;  // a scatter run's dy rows and filter rows
+    const float** wrows = scatter ? xrows + R : nullptr;
     for (int64_t ob = 0; ob < nob; ++ob) {
       const int64_t cvalid = std::min(NVL, Cg - ob * NVL);
       M cm[4];
@@ -1146,14 +1151,12 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
         const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
         const float* panel = wp + ((g * nob + ob) * RS * Kg + k0 * RS) * NVL;
         if (scatter) {
-          const float** xrows = scratch_rows(2 * R);
-          const float** wrows = xrows + R;
           for (int64_t ih = i0; ih < i1; ++ih) {
             int nr = 0;  // the row taps that reach dx row ih
             for (int64_t r = 0; r < R; ++r) {
-              const int64_t th = ih + ph - r * dh;
-              if (th < 0 || th % sh != 0 || th / sh >= P) continue;
-              xrows[nr] = band + ((th / sh - oh_lo) * Wp + padL) * Kg + k0, wrows[nr] = panel + r * S * kcl * NVL;
+              const int64_t oh = dy_row(ih, r);
+              if (oh < 0) continue;
+              xrows[nr] = band + ((oh - oh_lo) * Wp + padL) * Kg + k0, wrows[nr] = panel + r * S * kcl * NVL;
               ++nr;
             }
             int64_t c0 = 0;
@@ -1181,9 +1184,8 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
             // the taps that reach dx columns phase, phase + sw, ... (the same for all of them)
             int nseg = 0;
             for (int64_t r = 0; r < R; ++r) {
-              const int64_t th = ih + ph - r * dh;
-              if (th < 0 || th % sh != 0 || th / sh >= P) continue;
-              const int64_t oh = th / sh;
+              const int64_t oh = dy_row(ih, r);
+              if (oh < 0) continue;
               for (int64_t s = 0; s < S; ++s) {
                 const int64_t tw = phase + pw - s * dw;
                 if (floor_mod(tw, sw) != 0) continue;
