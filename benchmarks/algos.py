@@ -1,5 +1,7 @@
 """Dev A/B of conv_ext's CPU algorithms on one shape: torch and every algorithm that supports the
-problem (each forced), called in a random order in every repetition, median and min per side.
+problem (each forced) and conv_ext's default call (for half types this includes the float32 path
+on copies, which no forced algorithm times), called in a random order in every repetition,
+median and min per side.
 
     PYTHONPATH=. python benchmarks/algos.py 4,3,224,224,64,7,2,3 --layout nchw --pass forward
     PYTHONPATH=. python benchmarks/algos.py 8,16,32,32,32,3,2,1 --threads 1 --reps 60
@@ -83,7 +85,7 @@ def main():
     ext_fn()
     default = testing.last_cpu_algorithm(pn)
     expected = torch_fn()
-    fns = {"torch": torch_fn}
+    fns = {"torch": torch_fn, f"default ({default})": ext_fn}
     for a in testing.cpu_algorithms(pn):
         def forced(a=a):
             with testing.force_cpu_algorithm({pn: a}):
@@ -118,7 +120,7 @@ def main():
           f"ms median / min (torch median / median), {args.reps} reps")
     for name, t in times.items():
         med = statistics.median(t)
-        print(f"  {name:15s} {med * 1e3:9.3f} / {min(t) * 1e3:9.3f}   ({base / med:.2f}x)")
+        print(f"  {name:22s} {med * 1e3:9.3f} / {min(t) * 1e3:9.3f}   ({base / med:.2f}x)")
 
 
 if __name__ == "__main__":

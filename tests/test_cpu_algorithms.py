@@ -552,6 +552,10 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((1, 16, 11, 30), 16, (5, 3), (1, 2), (2, 1), (2, 1), 1),  # 16 dx channels): parities, partial runs,
     ((1, 16, 7, 8), 704, (3, 3), 2, 1, 1, 1),         # row taps dilated, runs added over 3 panels
     ((2, 32, 9, 56), 32, (3, 3), 2, 1, 1, 4),         # grouped_interleaved's 3-tap rows, stride 2 (29 columns a tile)
+    ((2, 3, 12, 33), 16, (3, 3), 1, 1, 1, 1),         # direct_nchw's bfloat16 NCHW forward, odd channel counts: the
+    ((1, 3, 14, 17), 8, (3, 3), 3, 1, 1, 1),          # last channel's word half zero (stride 1 rows joined,
+    ((2, 12, 9, 10), 8, (3, 3), 1, 1, 1, 4),          # stride 3 word by word); groups of 3 channels, 2 filters;
+    ((1, 8, 9, 11), 16, (3, 3), 2, 1, 1, 8),          # groups of one channel and 2 filters (not depthwise)
 ]
 
 
@@ -590,6 +594,9 @@ def test_amx_bf16_exact_on_integers(algo, shape, pass_name, layout, filter_layou
     ((1, 24, 8, 9), 24, (7, 7), 1, 3, 1, 24),
     ((1, 16, 10, 10), 16, (3, 3), (1, 2), (0, 2), (2, 1), 16),  # dilation in height, uneven padding
     ((2, 8, 17, 19), 8, (3, 3), 2, 1, 1, 8),           # NCHW flat planes: strided (phase planes), odd
+    ((2, 32, 11, 13), 32, (3, 3), 2, 1, 1, 32),        # NCHW on NHWC tiles (strided small planes): blocks of 32
+    ((1, 48, 9, 10), 48, (3, 3), 1, 0, 1, 48),         # NCHW tiles, no padding (not the flat planes'), blocks of 16
+    ((1, 64, 14, 14), 64, (5, 5), 2, 2, 1, 64),        # NCHW tiles, blocks of 64, 5x5
 ])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("pass_name", PASSES)
@@ -597,7 +604,9 @@ def test_depthwise_bfloat16_exact(shape, layout, pass_name):
     """The depthwise kernel's own bfloat16 passes (channels_last: bfloat16 rows converted as they
     are loaded, backward-input at stride 1 as the forward with the taps turned round,
     backward-weight on rows widened per task; NCHW forward and backward-input: flat planes widened
-    per task) on small nonzero integers equal the exact result rounded to bfloat16, bias included."""
+    per task; NCHW planes the flat kernels do not take (small ones, C % 16 == 0) on NHWC tiles
+    widened and rounded in their transposes, backward-weight included) on small nonzero integers
+    equal the exact result rounded to bfloat16, bias included."""
     if conv_ext.info()["cpu_capability"] == "portable":
         pytest.skip("no SIMD kernels")
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
@@ -610,8 +619,8 @@ def test_depthwise_bfloat16_exact(shape, layout, pass_name):
     out = forced("depthwise", pass_name, x, wt, b, dy, geo)
     if out is None:
         assert (layout, pass_name) != ("nhwc", "forward") or dilation != 1
-        pytest.skip("not this kernel's shapes (NCHW: 'same' width, no backward-weight; channels_last "
-                    "backward-input: stride 1)")
+        pytest.skip("not this kernel's shapes (NCHW: 'same' width or small planes, backward-weight on the "
+                    "small ones only; channels_last backward-input: stride 1)")
     assert out.is_contiguous(memory_format=fmt)
     exact = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo).to(torch.bfloat16)
     assert torch.equal(out, exact)

@@ -95,7 +95,12 @@ bool group_ok(const Conv2dParams& p) { return p.groups == 1 || (p.Cg() >= 16 && 
 // torch channels_last (now flat_rows, below), 0.77x -> 0.89-0.96x NCHW, where CIFAR's 3x3 3->16
 // ran 0.75-0.98x against the float32 path's 1.02-1.32x (PYTHONPATH=. python benchmarks/algos.py
 // 4,3,224,224,64,7,2,3 --layout nhwc --dtype bfloat16).
+// NCHW inputs of up to 4 channels (the stems) run direct_nchw's bfloat16 tiles by default instead,
+// which pair the last channel with zeros in their phase rows (no copies): 7x7/2 stem batch 4, 2
+// threads, 3.81 -> 3.19 ms (python benchmarks/algos.py 4,3,224,224,64,7,2,3 --layout nchw --dtype
+// bfloat16).
 bool pads_channel(const Conv2dParams& p) { return p.groups == 1 && p.C % 2 == 1 && p.C < 16; }
+bool pads_by_default(const Conv2dParams& p) { return pads_channel(p) && p.R * p.S >= 25 && (is_nhwc(p) || p.C > 4); }
 
 // Odd channel counts channels_last at an even stride in width (the RGB stems at stride 2): a filter
 // row's taps read S*C consecutive values of an input row, x[h][q*sw - pw .. + S)[0 .. C), whose
@@ -117,7 +122,7 @@ bool flat_rows(const Conv2dParams& p) {
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) &&
          (p.Cg() % 2 == 0 || pads_channel(p)) &&
-         runs_here(Pass::Forward, group_ok(p) && (p.Cg() % 2 == 0 || p.R * p.S >= 25 || flat_rows(p)));
+         runs_here(Pass::Forward, group_ok(p) && (p.Cg() % 2 == 0 || pads_by_default(p) || flat_rows(p)));
 }
 
 // dx's channels are the tiles' vectors: with fewer than 16 (the stems' 3) most lanes would be idle,

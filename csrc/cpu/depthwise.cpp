@@ -4,7 +4,8 @@
 // channels_last, float32 runs reading bfloat16 rows, converted as they are loaded (AVX-512: a
 // block of 32 channels split into its even and odd ones, split_run) and rounded as they are
 // stored, stride-1 backward-input as the forward with the taps turned round; NCHW, flat planes
-// widened a plane a task). Backward-input, batch 4 (benchmarks/ab.py --dtype bfloat16 --pass backward_input), vs
+// widened a plane a task, or NHWC tiles widened and rounded in their transposes, backward-weight
+// included). Backward-input, batch 4 (benchmarks/ab.py --dtype bfloat16 --pass backward_input), vs
 // float32 copies of the whole tensors: channels_last 144@56 2.77x, 960@7 1.41x, 96@16 (batch 8)
 // 1.54x faster; NCHW 96@112/2 1.40x, 144@56 1.56x. And the channels_last backward-weight, dy and x
 // rows widened as the task reads them (nhwc_backward_weight<.., uint16_t>): 96@112/2 2.08x,
@@ -142,9 +143,9 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
                                           o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
-// bfloat16 backward-weight, channels_last (depthwise_backward_weight_bf16)
+// bfloat16 backward-weight, channels_last, and NCHW on NHWC tiles (depthwise_backward_weight_bf16)
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype == at::kBFloat16) return supports(p, at::kFloat) && is_nhwc(p);
+  if (dtype == at::kBFloat16) return supports(p, at::kFloat) && CONV_EXT_PICK(bf16_backward_weight_ok)(p);
   return supports(p, dtype);
 }
 
@@ -1406,13 +1407,35 @@ Conv2dParams channel_block(const Conv2dParams& p, int64_t B) {
 // tile[pix][B] = planes[c][pix] (plane stride HW, B channels), and back
 void block_to_nhwc(const float* planes, int64_t HW, int64_t B, float* tile) { transpose_rows(planes, HW, B, HW, B, tile); }
 void block_to_nchw(const float* tile, int64_t HW, int64_t B, float* planes) { transpose_rows(tile, B, HW, B, HW, planes); }
+// bfloat16 planes: widened as the transpose loads them, and the tile rounded as it stores them
+// (AVX-512; AVX2 through a float32 copy of the block in scratch slot 10)
+void block_to_nhwc(const uint16_t* planes, int64_t HW, int64_t B, float* tile) {
+#if CONV_EXT_ISA_BITS == 512
+  transpose_block_rows([&](int64_t i, int64_t l0, M m) { return Isa::loadm(planes + i * HW + l0, m); }, B, HW, B,
+                       float_rows(tile, B, B, false));
+#else
+  float* f = scratch(10, B * HW);
+  widen(planes, B * HW, f);
+  block_to_nhwc(f, HW, B, tile);
+#endif
+}
+void block_to_nchw(const float* tile, int64_t HW, int64_t B, uint16_t* planes) {
+#if CONV_EXT_ISA_BITS == 512
+  transpose_block_rows([&](int64_t i, int64_t l0, M m) { return Isa::loadm(tile + i * B + l0, m); }, HW, B, HW,
+                       [&](int64_t l, int64_t j0, V v, M sm) { Isa::storem(planes + l * HW + j0, v, sm); });
+#else
+  float* f = scratch(10, B * HW);
+  block_to_nchw(tile, HW, B, f);
+  narrow_row(f, B * HW, planes);
+#endif
+}
 
 // Forward and backward-input on NHWC tiles: per (image, block of B channels), the block of
-// `in` (N x C x in_hw) is transposed into a tile, kernel(q, tile_in, c0, tile_out) runs the
-// 16..64-channel NHWC sub-problem q, and its tile is transposed into `out` (N x C x out_hw).
-template <typename F>
-void on_nhwc_tiles(const Conv2dParams& p, const float* in, int64_t in_hw, float* out, int64_t out_hw,
-                   const F& kernel) {
+// `in` (N x C x in_hw; T float, or bfloat16 widened as it is transposed) is transposed into a
+// float32 tile, kernel(q, tile_in, c0, tile_out) runs the 16..64-channel NHWC sub-problem q, and
+// its tile is transposed into `out` (N x C x out_hw, rounded to T).
+template <typename T, typename F>
+void on_nhwc_tiles(const Conv2dParams& p, const T* in, int64_t in_hw, T* out, int64_t out_hw, const F& kernel) {
   const Conv2dParams q = channel_block(p, block_channels(p.C));
   const int64_t B = q.C, nb = p.C / B;
   for_each_task(p.N * nb, p.macs(), [&](int64_t task) {
@@ -1470,28 +1493,34 @@ void depthwise_backward_input(const Conv2dParams& p, const float* dy, const floa
   nhwc_gather(p, dy, pack_taps(p, w), nullptr, dx, true);
 }
 
+void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc);
+
+// NCHW backward-weight on NHWC tiles (via_nhwc): a task per block of 16 channels, each image's
+// dy and x blocks transposed (T: float, or bfloat16 widened) and the images' dw summed in order
+template <typename T>
+void tiles_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float* dwt) {
+  const Conv2dParams q = channel_block(p, 16);
+  const int64_t B = q.C, nb = p.C / B, HW = p.H * p.W, PQ = p.P * p.Q, RS = p.R * p.S;
+  for_each_task(nb, p.macs(), [&](int64_t b) {
+    const int64_t c0 = b * B;
+    float* dyt = scratch(8, PQ * B);
+    float* xt = scratch(9, HW * B);
+    float* part = scratch(3, 2 * B * RS);  // [0]: one image's dw, [1]: the running sum
+    float* sum = part + B * RS;
+    for (int64_t n = 0; n < p.N; ++n) {
+      block_to_nhwc(dy + (n * p.K + c0) * PQ, PQ, B, dyt);
+      block_to_nhwc(x + (n * p.C + c0) * HW, HW, B, xt);
+      depthwise_backward_weight(q, dyt, xt, n == 0 ? sum : part, true);
+      if (n > 0)
+        for (int64_t i = 0; i < B * RS; ++i) sum[i] += part[i];
+    }
+    std::memcpy(dwt + c0 * RS, sum, sizeof(float) * B * RS);
+  });
+}
+
 void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc) {
   if (!nhwc && flat_ok(p, false)) return flat_backward_weight(p, flat_plan(p, false, true), dy, x, dwt);
-  if (!nhwc && via_nhwc(p)) {  // a task per block of channels, the images summed in order
-    const Conv2dParams q = channel_block(p, 16);
-    const int64_t B = q.C, nb = p.C / B, HW = p.H * p.W, PQ = p.P * p.Q, RS = p.R * p.S;
-    for_each_task(nb, p.macs(), [&](int64_t b) {
-      const int64_t c0 = b * B;
-      float* dyt = scratch(8, PQ * B);
-      float* xt = scratch(9, HW * B);
-      float* part = scratch(3, 2 * B * RS);  // [0]: one image's dw, [1]: the running sum
-      float* sum = part + B * RS;
-      for (int64_t n = 0; n < p.N; ++n) {
-        block_to_nhwc(dy + (n * p.K + c0) * PQ, PQ, B, dyt);
-        block_to_nhwc(x + (n * p.C + c0) * HW, HW, B, xt);
-        depthwise_backward_weight(q, dyt, xt, n == 0 ? sum : part, true);
-        if (n > 0)
-          for (int64_t i = 0; i < B * RS; ++i) sum[i] += part[i];
-      }
-      std::memcpy(dwt + c0 * RS, sum, sizeof(float) * B * RS);
-    });
-    return;
-  }
+  if (!nhwc && via_nhwc(p)) return tiles_backward_weight(p, dy, x, dwt);
   if (!nhwc) return nchw_backward_weight(p, dy, x, dwt);
   if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3>(p, dy, x, dwt);
   if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5>(p, dy, x, dwt);
@@ -1511,11 +1540,14 @@ void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const flo
 bool bf16_rows_ok(const Conv2dParams& p) {  // the runs' shapes
   return p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && (p.S == 3 || p.S == 5 || p.S == 7);
 }
-bool bf16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) ? bf16_rows_ok(p) : flat_ok(p, false); }
-// bfloat16 backward-input: NHWC at stride 1 (turned_problem), NCHW on the flat planes.
+bool bf16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) ? bf16_rows_ok(p) : flat_ok(p, false) || via_nhwc(p); }
+// bfloat16 backward-input: NHWC at stride 1 (turned_problem), NCHW on the flat planes or the
+// NHWC tiles.
 bool bf16_backward_input_ok(const Conv2dParams& p) {
-  return is_nhwc(p) ? turns_round(p) && bf16_rows_ok(turned_problem(p)) : flat_ok(p, true);
+  return is_nhwc(p) ? turns_round(p) && bf16_rows_ok(turned_problem(p)) : flat_ok(p, true) || via_nhwc(p);
 }
+// bfloat16 backward-weight: NHWC, and NCHW where the float32 kernel runs on NHWC tiles
+bool bf16_backward_weight_ok(const Conv2dParams& p) { return is_nhwc(p) || (!flat_ok(p, false) && via_nhwc(p)); }
 
 // NCHW (flat planes, MobileNet's shapes): a task widens its plane into float32 scratch (in L2),
 // runs flat_group on it and rounds the output plane back. On float32 copies of the whole tensors
@@ -1643,12 +1675,31 @@ void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const 
     }
   });
 }
+// NCHW planes the flat kernels do not take (strided small planes, other paddings) run the float32
+// NHWC kernels on tiles as the float32 problems do (on_nhwc_tiles), the planes widened and the
+// results rounded in the tiles' transposes. On float32 copies of the whole tensors, MobileNetV2's
+// strided 192@28/2 and 576@14/2 ran at 0.5-0.76x torch inside the network (fresh 1-2 MB copies);
+// batch 4, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so 4,192,28,28,192,3,2,1,192
+// --layout nchw --dtype bfloat16 --pass P, best mins): forward 2.01x / 1.36x (576@14/2),
+// backward-weight (tiles_backward_weight) 1.22x / 1.50x.
 void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
-  if (!is_nhwc(p)) return bf16_planes(p, flat_plan(p, false), x, w, bias, y);
+  if (!is_nhwc(p) && flat_ok(p, false)) return bf16_planes(p, flat_plan(p, false), x, w, bias, y);
+  if (!is_nhwc(p)) {
+    const int64_t RS = p.R * p.S;
+    return on_nhwc_tiles(p, x, p.H * p.W, y, p.P * p.Q, [&](const Conv2dParams& q, const float* xt, int64_t c0, float* yt) {
+      depthwise_forward(q, xt, w + c0 * RS, bias ? bias + c0 : nullptr, yt, true);
+    });
+  }
   bf16_rows(p, x, pack_taps(p, w, kSplit), padded_bias(bias, p.C, kSplit), y);
 }
 void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, const float* w, uint16_t* dx) {
-  if (!is_nhwc(p)) return bf16_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
+  if (!is_nhwc(p) && flat_ok(p, true)) return bf16_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
+  if (!is_nhwc(p)) {
+    const int64_t RS = p.R * p.S;
+    return on_nhwc_tiles(p, dy, p.P * p.Q, dx, p.H * p.W, [&](const Conv2dParams& q, const float* dyt, int64_t c0, float* dxt) {
+      depthwise_backward_input(q, dyt, w + c0 * RS, dxt, true);
+    });
+  }
   const int64_t RS = p.R * p.S, Cp = row_channels(p.C, kSplit);
   const float* wt = pack_taps(p, w, kSplit);
   float* flipped = scratch(4, RS * Cp);
@@ -1658,6 +1709,7 @@ void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, co
 // Backward-weight, channels_last: dw (float32, [c][tap]) from bfloat16 dy and x widened a row at a
 // time in the task (see nhwc_backward_weight).
 void depthwise_backward_weight_bf16(const Conv2dParams& p, const uint16_t* dy, const uint16_t* x, float* dwt) {
+  if (!is_nhwc(p)) return tiles_backward_weight(p, dy, x, dwt);
   if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3, uint16_t>(p, dy, x, dwt);
   if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5, uint16_t>(p, dy, x, dwt);
   nhwc_backward_weight<0, 0, uint16_t>(p, dy, x, dwt);

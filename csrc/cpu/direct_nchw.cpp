@@ -54,14 +54,19 @@
 // Channels_last grouped layers with 4 or 8 output channels a group (and no more input channels)
 // now run grouped_interleaved.cpp (forward and backward-input at strides 1-2: no transposes); NCHW
 // stays here.
-// bfloat16 forward (direct_nchw_forward_bf16, AVX512-BF16, an even number of channels a group):
+// bfloat16 forward (direct_nchw_forward_bf16, AVX512-BF16, an even number of channels a group, or
+// any in NCHW: an odd count's last word holds its channel and a zero):
 // the tiles' taps are words of two channels (a VDPBF16PS a step, NK x NQ as for float32), the
 // phase rows words of channels 2c and 2c + 1 (NCHW: pack_phase_pairs joins the two planes;
 // channels_last pixels hold such words, transposed as floats), the sums rounded as they are
 // stored (NCHW) or by the output transposes. Batch 4, 2 threads, NCHW, ms min of 30 (python
 // benchmarks/algos.py 4,128,56,56,128,3,1,1,32 --layout nchw --dtype bfloat16), this kernel /
 // torch: 128 g32 @56 1.03 / 1.88, 256 g32 @56/2 0.75 / 0.78, 256 g32 @28 0.50 / 0.49 (on float32
-// copies before: 1.3-1.9 ms).
+// copies before: 1.3-1.9 ms). The NCHW RGB stems (3 channels: words (0, 1) and (2, zero)), on
+// float32 copies or bf16_pairs' zero-channel copies before: MobileNetV2's 3->32 3x3/2 @224
+// 0.84 -> 0.49 ms (torch 0.74; 1.77x old/new in python benchmarks/ab.py OLD.so NEW.so
+// 4,3,224,224,32,3,2,1 --layout nchw --dtype bfloat16), the 7x7/2 stem 1.13x, CIFAR's 3->16 @32
+// batch 8 1.85x.
 // Tiny planes (NCHW forward, output rows shorter than a vector, a problem run serially: the
 // (1,3,8,8)->16 layer): the pixel vectors run over the flattened output plane of an im2col
 // buffer (tiny_im2col) instead of one half-empty vector a row, and a tile takes the whole plane
@@ -110,8 +115,8 @@ bool few_channels(const Conv2dParams& p) { return p.Cg() <= 4 || (p.Cg() <= 8 &&
 // float32 copies: ResNeXt's 128 g32 @56 and 256 g32 @28 forward 0.5-0.8x torch.
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   const bool shape_ok = (is_nchw(p) || (is_nhwc(p) && p.groups > 1)) && weight_is_kcrs(p) && few_channels(p);
-  if (dtype == at::kBFloat16)
-    return shape_ok && p.Cg() % 2 == 0 && amx_bf16_available() &&
+  if (dtype == at::kBFloat16)  // (odd channel counts a group in NCHW only: channels_last pixels are read as words)
+    return shape_ok && (p.Cg() % 2 == 0 || is_nchw(p)) && amx_bf16_available() &&
            (amx_bf16_emulated() || forced_algorithm(Pass::Forward) == "direct_nchw");
   return dtype == at::kFloat && simd_available() && shape_ok;
 }
@@ -355,20 +360,20 @@ inline void transpose_out(const float* src, int64_t lds, int64_t jn, int64_t len
 }
 
 #if CONV_EXT_ISA_PAIRS
-// d[j] = the word (low half a[j], high half b[j]) for j < n: rows of two bfloat16 channels joined
-// into words of pairs, 16 a step
+// d[j] = the word (low half a[j], high half b[j]; b null: zero) for j < n: rows of two bfloat16
+// channels joined into words of pairs, 16 a step
 inline void join_rows(const uint16_t* a, const uint16_t* b, int64_t n, float* d) {
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = Isa::mask(n - j);
     const __m512i va = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, a + j));
-    const __m512i vb = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, b + j));
+    const __m512i vb = b ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, b + j)) : _mm512_setzero_si512();
     _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(va, _mm512_maskz_slli_epi32(0xFFFF, vb, 16)));
   }
 }
 
-// pack_phase_plane for bfloat16 pairs: the phase rows of NCHW planes a (channel 2c) and b (2c + 1),
-// buf[row][phase][j] = the word (low half a, high half b) of column j*sw + phase - pw of row
-// row - ph, zeros outside. Stride 1: the rows joined (join_rows); stride 2: the words
+// pack_phase_plane for bfloat16 pairs: the phase rows of NCHW planes a (channel 2c) and b (2c + 1;
+// null: zeros, the last channel of an odd count), buf[row][phase][j] = the word (low half a, high
+// half b) of column j*sw + phase - pw of row row - ph, zeros outside. Stride 1: the rows joined (join_rows); stride 2: the words
 // at those columns hold them in their low halves; other strides (and stride 2's last column) one
 // word at a time.
 void pack_phase_pairs(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
@@ -382,7 +387,7 @@ void pack_phase_pairs(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W
       continue;
     }
     const uint16_t* sa = a + ih * W;
-    const uint16_t* sb = b + ih * W;
+    const uint16_t* sb = b ? b + ih * W : nullptr;
     for (int64_t phase = 0; phase < sw; ++phase) {
       float* dp = d + phase * wq;
       const int64_t off = phase - pw;  // dp[j] <- column j*sw + off, for j in [lo, hi)
@@ -392,20 +397,20 @@ void pack_phase_pairs(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W
       zero_floats(dp + hi, wq - hi);
       int64_t j = lo;
       if (sw == 1) {
-        join_rows(sa + lo + off, sb + lo + off, hi - lo, dp + lo);
+        join_rows(sa + lo + off, sb ? sb + lo + off : nullptr, hi - lo, dp + lo);
         j = hi;
       } else if (sw == 2) {
         const int64_t hv = std::max(lo, std::min(hi, floor_div(W - 2 - off, 2) + 1));  // words inside the row
         for (; j < hv; j += 16) {
           const __mmask16 m = Isa::mask(hv - j);
           const __m512i va = _mm512_maskz_loadu_epi32(m, sa + 2 * j + off);
-          const __m512i vb = _mm512_maskz_loadu_epi32(m, sb + 2 * j + off);
+          const __m512i vb = sb ? _mm512_maskz_loadu_epi32(m, sb + 2 * j + off) : _mm512_setzero_si512();
           _mm512_mask_storeu_epi32(dp + j, m, _mm512_or_si512(_mm512_and_si512(va, low), _mm512_maskz_slli_epi32(0xFFFF, vb, 16)));
         }
         j = hv;
       }
       for (; j < hi; ++j) {
-        const uint32_t word = uint32_t(sa[j * sw + off]) | uint32_t(sb[j * sw + off]) << 16;
+        const uint32_t word = uint32_t(sa[j * sw + off]) | (sb ? uint32_t(sb[j * sw + off]) << 16 : 0u);
         std::memcpy(dp + j, &word, sizeof(word));
       }
     }
@@ -415,12 +420,13 @@ void pack_phase_pairs(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W
 
 // The forward's tasks (see direct_nchw_forward) on the packed filter wp [g][kb][t][NK] and bias bp
 // [g][kb][NK]. PAIRS: x and y are bfloat16, and a tap t = (c, r, s) steps over the word of
-// channels 2c and 2c + 1 (Cu = Cg / 2 of them; NHWC pixels are C / 2 such words as they lie).
+// channels 2c and 2c + 1 (Cu = Cg / 2 of them; NHWC pixels are C / 2 such words as they lie; an
+// odd Cg, NCHW only, pairs its last channel with zeros).
 template <bool PAIRS>
 void forward_tasks(const Conv2dParams& p, const void* xv, const float* wp, const float* bp, void* yv, bool nhwc) {
   using O = std::conditional_t<PAIRS, uint16_t, float>;
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, R = p.R, S = p.S, G = p.groups;
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), Cu = PAIRS ? Cg / 2 : Cg, Cw = PAIRS ? C / 2 : C, T = Cu * R * S;
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), Cu = PAIRS ? (Cg + 1) / 2 : Cg, Cw = PAIRS ? C / 2 : C, T = Cu * R * S;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t nkb = ceil_div(Kg, NK), qv = ceil_div(Q, VL);  // NK-channel blocks, vectors a row
   const int64_t wq = round_up(qv * VL + (S - 1) * dw / sw + 1, VL);  // columns a phase row holds
@@ -454,7 +460,7 @@ void forward_tasks(const Conv2dParams& p, const void* xv, const float* wp, const
 #if CONV_EXT_ISA_PAIRS
         if constexpr (PAIRS) {
           const uint16_t* a = static_cast<const uint16_t*>(xv) + (n * C + g0 * Cg + 2 * c) * H * W;
-          pack_phase_pairs(a, a + H * W, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
+          pack_phase_pairs(a, 2 * c + 1 < Cg ? a + H * W : nullptr, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
           continue;
         }
 #endif
@@ -517,7 +523,7 @@ template <typename E>
 std::pair<float*, float*> pack_forward_filter(const Conv2dParams& p, const E* w, const E* bias) {
   constexpr bool kWords = std::is_same_v<E, uint16_t>;
   const int64_t G = p.groups, Kg = p.Kg(), Cg = p.Cg(), RS = p.R * p.S, nkb = ceil_div(Kg, NK);
-  const int64_t T = Cg / (kWords ? 2 : 1) * RS;
+  const int64_t T = (kWords ? (Cg + 1) / 2 : Cg) * RS;  // (an odd Cg's last word: its channel and a zero)
   float* wp = scratch(0, G * nkb * T * NK + G * nkb * NK);
   float* bp = wp + G * nkb * T * NK;
   auto as_float = [](uint32_t u) {
@@ -534,7 +540,7 @@ std::pair<float*, float*> pack_forward_filter(const Conv2dParams& p, const E* w,
         for (int64_t t = 0; t < T; ++t) {
           const E* f = wk + (kWords ? 2 * (t / RS) * RS + t % RS : t);  // (words: channel 2c's value)
           if (kk >= Kg) d[t * NK] = 0.f;
-          else if constexpr (kWords) d[t * NK] = as_float(uint32_t(f[0]) | uint32_t(f[RS]) << 16);
+          else if constexpr (kWords) d[t * NK] = as_float(uint32_t(f[0]) | (2 * (t / RS) + 1 < Cg ? uint32_t(f[RS]) << 16 : 0u));
           else d[t * NK] = *f;
         }
         float b = 0.f;
