@@ -556,6 +556,11 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((1, 3, 14, 17), 8, (3, 3), 3, 1, 1, 1),          # last channel's word half zero (stride 1 rows joined,
     ((2, 12, 9, 10), 8, (3, 3), 1, 1, 1, 4),          # stride 3 word by word); groups of 3 channels, 2 filters;
     ((1, 8, 9, 11), 16, (3, 3), 2, 1, 1, 8),          # groups of one channel and 2 filters (not depthwise)
+    ((2, 3, 12, 16), 16, (3, 3), 1, 1, 1, 1),         # bf16_pairs' flat rows of pixel pairs (channels_last, odd C,
+    ((1, 3, 9, 10), 8, (3, 3), 1, (1, 0), 1, 1),      # stride 1, even Q): a lead zero (pw*C odd) or none,
+    ((2, 5, 7, 12), 24, (5, 5), 1, 2, 1, 1),          # 5 channels 5x5, dilated rows; an odd Q (copies
+    ((1, 3, 6, 8), 4, (3, 3), 1, 2, (2, 1), 1),       # with a zero channel)
+    ((1, 3, 6, 10), 8, (3, 4), 1, 1, 1, 1),
 ]
 
 
@@ -662,6 +667,7 @@ def test_depthwise_bfloat16_rounding(layout):
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", [
     ((1, 3, 20, 22), 64, (7, 7), 2, 3, 1, 1),      # amx_bf16 forward's filter-row steps, amx_bf16_rows
+    ((1, 3, 10, 12), 16, (3, 3), 1, 1, 1, 1),      # bf16_pairs' flat rows of pixel pairs (zeros in every filter)
     ((2, 8, 9, 40), 33, (3, 5), 1, 2, 1, 1),       # amx_bf16_rows: windows of 40, rows of 40 pixels
     ((2, 16, 9, 10), 16, (3, 3), 1, 1, 1, 1),      # amx_bf16's 16-channel backward passes
     ((1, 32, 28, 28), 64, (1, 1), 1, 0, 1, 1),     # its swapped 1x1 backward-weight (channels_last)

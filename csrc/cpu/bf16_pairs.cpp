@@ -18,7 +18,7 @@
 //                    adjacent in a channels_last or 1x1 filter (read as it lies) and built here
 //                    for a KCRS one (forward_words). An odd channel count (the RGB stems): in
 //                    channels_last at an even stride pairs of a row's (s, c) values (flat_rows),
-//                    else copies with a zero channel.
+//                    at stride 1 the same for pairs of pixels, else copies with a zero channel.
 //   backward-input   the words are pairs of output channels (dy's channels, the reduction of
 //                    dx = sum_k dy[k] w[k, c]): dy as it lies, the filter's rows k = 2i and 2i + 1
 //                    interleaved (backward_input_words), KCRS or channels_last alike.
@@ -102,6 +102,19 @@ bool group_ok(const Conv2dParams& p) { return p.groups == 1 || (p.Cg() >= 16 && 
 bool pads_channel(const Conv2dParams& p) { return p.groups == 1 && p.C % 2 == 1 && p.C < 16; }
 bool pads_by_default(const Conv2dParams& p) { return pads_channel(p) && p.R * p.S >= 25 && (is_nhwc(p) || p.C > 4); }
 
+// Stride 1 (VGG's and CIFAR's 3x3 first layers): the windows of neighbouring pixels start on
+// offsets of both parities, but those of a pixel pair (2j, 2j + 1) start at (2j - pw)*C, the same
+// parity for every j. Flat rows of pixel pairs: "pixel" j of the flat problem reads the pair's
+// (S + 1)*C values at a step of C words and has 2K "filters", filter k's taps for pixel 2j and
+// again, C values later, for 2j + 1 — its output [Q/2][2K] is y's own [Q][K] (an even Q). A
+// pair's filter row spans Sw = 6 or 7 words for 3x3 RGB (12 values, a lead zero where pw*C is
+// odd): 1.33-1.56x the true taps' steps, where the copies with a zero channel took 1.33x plus the
+// copies, and the float32 path (the default here before) half the rate. Batch 4, 2 threads,
+// old/new (python benchmarks/ab.py OLD.so NEW.so 4,3,224,224,64,3,1,1 --layout nhwc --dtype
+// bfloat16, best mins): VGG-16's first layer 1.60x (0.45x -> 0.75x torch, which pads C to 4 at
+// its peak rate), CIFAR's 3->16 @32 batch 8 1.66x (0.8x -> 1.4-1.7x torch).
+bool pixel_pairs(const Conv2dParams& p) { return p.stride_w == 1 && p.Q % 2 == 0; }
+
 // Odd channel counts channels_last at an even stride in width (the RGB stems at stride 2): a filter
 // row's taps read S*C consecutive values of an input row, x[h][q*sw - pw .. + S)[0 .. C), whose
 // first value sits at an even or an odd offset for every q alike (q*sw*C is even). Read each input
@@ -116,7 +129,8 @@ bool pads_by_default(const Conv2dParams& p) { return pads_channel(p) && p.R * p.
 // to carry the zero channel): MobileNetV2's 3->32 @224 0.91 -> 0.42 ms median (torch 0.38), a
 // CIFAR-sized 3->16 @32 batch 8 0.044 -> 0.023 ms (torch 0.066).
 bool flat_rows(const Conv2dParams& p) {
-  return is_nhwc(p) && p.groups == 1 && p.C % 2 == 1 && p.dil_w == 1 && p.stride_w % 2 == 0 && p.W % 2 == 0;
+  return is_nhwc(p) && p.groups == 1 && p.C % 2 == 1 && p.dil_w == 1 && p.W % 2 == 0 &&
+         (p.stride_w % 2 == 0 || pixel_pairs(p));
 }
 
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
@@ -244,41 +258,51 @@ void forward_on_words(const Conv2dParams& q, const at::Tensor& x, const float* w
     o.out.copy_(y);
 }
 
-// The flat filter's words: d[k][r][e] for e < 2*Sw = w[k][c][r][s] at e = lead + s*C + c, zero
-// elsewhere (p's filter strides: KCRS or channels_last alike).
-void flat_filter_words(const Conv2dParams& p, int64_t lead, int64_t Sw, const bf16* w, bf16* d) {
-  const int64_t C = p.C, n = 2 * Sw;
-  for (int64_t k = 0; k < p.K; ++k)
-    for (int64_t r = 0; r < p.R; ++r)
-      for (int64_t e = 0; e < n; ++e) {
-        const int64_t i = e - lead, s = i / C, c = i % C;
-        d[(k * p.R + r) * n + e] = i >= 0 && s < p.S ? w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] : 0;
-      }
-}
-
-// A flat filter row: `lead` zeros (0 or 1) before its S*C taps, Sw words in all (a zero after
-// them where lead + S*C is odd)
+// A flat filter row: `lead` zeros (0 or 1) before its S*C taps (pixel pairs: before the pair's
+// (S + 1)*C values), Sw words in all (a zero after them where the count is odd); `pair`: the
+// filters of pixel pairs
 struct FlatRow {
   int64_t lead, Sw;
-  bool zeros_in(const Conv2dParams& p) const { return 2 * Sw != p.S * p.C; }
+  bool pair;
+  bool zeros_in(const Conv2dParams& p) const { return pair || 2 * Sw != p.S * p.C; }
 };
 FlatRow flat_row(const Conv2dParams& p) {
   const int64_t lead = p.pad_w * p.C % 2;
-  return {lead, (lead + p.S * p.C + 1) / 2};
+  const bool pair = pixel_pairs(p);
+  return {lead, (lead + (p.S + pair) * p.C + 1) / 2, pair};
+}
+
+// The flat filter's words: d[k'][r][e] for e < 2*Sw, k' < K (pixel pairs: 2K, k' = K*phi + k) =
+// w[k][c][r][s] at e = lead + phi*C + s*C + c, zero elsewhere (p's filter strides: KCRS or
+// channels_last alike).
+void flat_filter_words(const Conv2dParams& p, const FlatRow& f, const bf16* w, bf16* d) {
+  const int64_t C = p.C, n = 2 * f.Sw;
+  for (int64_t phi = 0; phi <= int64_t(f.pair); ++phi)
+    for (int64_t k = 0; k < p.K; ++k)
+      for (int64_t r = 0; r < p.R; ++r)
+        for (int64_t e = 0; e < n; ++e) {
+          const int64_t i = e - f.lead - phi * C, s = i / C, c = i % C;
+          d[((phi * p.K + k) * p.R + r) * n + e] = i >= 0 && s < p.S ? w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] : 0;
+        }
 }
 
 void run_forward_flat(const Conv2dParams& p, Operands& o) {
   const int64_t C = p.C;
-  const auto [lead, Sw] = flat_row(p);
+  const FlatRow f = flat_row(p);
+  const int64_t Sw = f.Sw, U = f.pair ? 2 : 1;  // U: output pixels a flat pixel
   Conv2dParams q = p;
-  q.C = 1, q.W = p.W * C / 2, q.S = Sw, q.stride_w = p.stride_w * C / 2, q.pad_w = (p.pad_w * C + lead) / 2;
+  q.C = 1, q.W = p.W * C / 2, q.S = Sw, q.stride_w = U * p.stride_w * C / 2, q.pad_w = (p.pad_w * C + f.lead) / 2;
+  q.K = U * p.K, q.Q = p.Q / U;
   set_strides(q, true);
   q.ws_s = 1, q.ws_r = Sw, q.ws_c = p.R * Sw, q.ws_k = p.R * Sw;
   const PackedFilter wp = filter_words(
-      o, p, 2 + lead, [&](const bf16* s, float* d) { flat_filter_words(p, lead, Sw, s, reinterpret_cast<bf16*>(d)); },
-      p.K * p.R * Sw);
+      o, p, (f.pair ? 4 : 2) + f.lead, [&](const bf16* s, float* d) { flat_filter_words(p, f, s, reinterpret_cast<bf16*>(d)); },
+      q.K * p.R * Sw);
+  // (pixel pairs: the bias of each of the 2K filters; y's [N][P][Q][K] is the flat [N][P][Q/2][2K])
+  const at::Tensor bias = f.pair && o.bias.defined() ? at::cat({o.bias, o.bias}) : o.bias;
+  Operands op{o.a, o.b, bias, o.out, o.filter};
   // (the engine's panels not kept: their tag has no room for the lead, and they are 77 x 64 words)
-  forward_on_words(q, word_aligned(o.a), wp.data, o, true, nullptr);
+  forward_on_words(q, word_aligned(o.a), wp.data, op, true, nullptr);
 }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
