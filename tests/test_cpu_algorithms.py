@@ -624,7 +624,7 @@ def test_depthwise_bfloat16_exact(shape, layout, pass_name):
     out = forced("depthwise", pass_name, x, wt, b, dy, geo)
     if out is None:
         assert (layout, pass_name) != ("nhwc", "forward") or dilation != 1
-        pytest.skip("not this kernel's shapes (NCHW: 'same' width or small planes, backward-weight on the "
+        pytest.skip("not this kernel's shapes (NCHW: 'same' width or small planes, backward-weight strided or on the "
                     "small ones only; channels_last backward-input: stride 1)")
     assert out.is_contiguous(memory_format=fmt)
     exact = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo).to(torch.bfloat16)

@@ -143,7 +143,8 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
                                           o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
-// bfloat16 backward-weight, channels_last, and NCHW on NHWC tiles (depthwise_backward_weight_bf16)
+// bfloat16 backward-weight, channels_last, and NCHW on flat planes or NHWC tiles
+// (depthwise_backward_weight_bf16)
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   if (dtype == at::kBFloat16) return supports(p, at::kFloat) && CONV_EXT_PICK(bf16_backward_weight_ok)(p);
   return supports(p, dtype);
@@ -1307,8 +1308,10 @@ inline float reduce_add(V v) {
 // Backward-weight on flat planes: dw[c, t] = sum_n sum_i dy[n, c, i] * x[n, c, i + off[t]]
 // (masked), taps t0 .. t0+T of NC consecutive channels from c at a time: T*NC vector sums, each
 // dy vector loaded once for its T taps, each tap's mask once for the NC channels.
-template <int T, int NC>
-inline void flat_weight_taps(const Conv2dParams& p, const FlatPlan& f, const float* dy, const float* x, int64_t c,
+// E: float, or uint16_t for bfloat16 dy and x, an image's NC planes of each widened into scratch
+// (slots 6, 7; in L2) before they are read.
+template <int T, int NC, typename E>
+inline void flat_weight_taps(const Conv2dParams& p, const FlatPlan& f, const E* dy, const E* x, int64_t c,
                              int64_t t0, float* dwt) {
   V acc[NC][T];
 #pragma GCC unroll 2
@@ -1320,8 +1323,17 @@ inline void flat_weight_taps(const Conv2dParams& p, const FlatPlan& f, const flo
   int64_t off[T];  // (a vector j's masks are adjacent: one pointer, constant offsets)
   for (int i = 0; i < T; ++i) off[i] = q.off[t0 + i];
   for (int64_t n = 0; n < p.N; ++n) {
-    const float* g = dy + (n * p.C + c) * f.n_out;
-    const float* xp = x + (n * p.C + c) * f.plane_in;
+    const float* g;
+    const float* xp;
+    if constexpr (std::is_same_v<E, float>) {
+      g = dy + (n * p.C + c) * f.n_out, xp = x + (n * p.C + c) * f.plane_in;
+    } else {
+      float* gw = scratch(6, NC * f.n_out);
+      float* xw = scratch(7, NC * f.plane_in);
+      widen(dy + (n * p.C + c) * f.n_out, NC * f.n_out, gw);
+      widen(x + (n * p.C + c) * f.plane_in, NC * f.plane_in, xw);
+      g = gw, xp = xw;
+    }
     std::optional<PlaneSplit> split;
     if (f.split) split.emplace(f, xp, scratch(1, NC * f.n_in), NC, true), xp = split->buf;
     for (int64_t j = 0; j < q.nb; ++j) {
@@ -1346,7 +1358,8 @@ inline void flat_weight_taps(const Conv2dParams& p, const FlatPlan& f, const flo
 }
 
 // A task is a pair of channels with 3x3 filters on AVX-512 (18 sums in registers), else one.
-void flat_backward_weight(const Conv2dParams& p, const FlatPlan& f, const float* dy, const float* x, float* dwt) {
+template <typename E>
+void flat_backward_weight(const Conv2dParams& p, const FlatPlan& f, const E* dy, const E* x, float* dwt) {
   const int64_t RS = f.RS;
   if (RS == 9 && VL == 16 && p.C % 2 == 0) {
     for_each_task(p.C / 2, p.macs(), [&](int64_t task) { flat_weight_taps<9, 2>(p, f, dy, x, 2 * task, 0, dwt); });
@@ -1408,13 +1421,13 @@ Conv2dParams channel_block(const Conv2dParams& p, int64_t B) {
 void block_to_nhwc(const float* planes, int64_t HW, int64_t B, float* tile) { transpose_rows(planes, HW, B, HW, B, tile); }
 void block_to_nchw(const float* tile, int64_t HW, int64_t B, float* planes) { transpose_rows(tile, B, HW, B, HW, planes); }
 // bfloat16 planes: widened as the transpose loads them, and the tile rounded as it stores them
-// (AVX-512; AVX2 through a float32 copy of the block in scratch slot 10)
+// (AVX-512; AVX2 through a float32 copy of the block in scratch slot 11)
 void block_to_nhwc(const uint16_t* planes, int64_t HW, int64_t B, float* tile) {
 #if CONV_EXT_ISA_BITS == 512
   transpose_block_rows([&](int64_t i, int64_t l0, M m) { return Isa::loadm(planes + i * HW + l0, m); }, B, HW, B,
                        float_rows(tile, B, B, false));
 #else
-  float* f = scratch(10, B * HW);
+  float* f = scratch(11, B * HW);
   widen(planes, B * HW, f);
   block_to_nhwc(f, HW, B, tile);
 #endif
@@ -1424,7 +1437,7 @@ void block_to_nchw(const float* tile, int64_t HW, int64_t B, uint16_t* planes) {
   transpose_block_rows([&](int64_t i, int64_t l0, M m) { return Isa::loadm(tile + i * B + l0, m); }, HW, B, HW,
                        [&](int64_t l, int64_t j0, V v, M sm) { Isa::storem(planes + l * HW + j0, v, sm); });
 #else
-  float* f = scratch(10, B * HW);
+  float* f = scratch(11, B * HW);
   block_to_nchw(tile, HW, B, f);
   narrow_row(f, B * HW, planes);
 #endif
@@ -1547,7 +1560,15 @@ bool bf16_backward_input_ok(const Conv2dParams& p) {
   return is_nhwc(p) ? turns_round(p) && bf16_rows_ok(turned_problem(p)) : flat_ok(p, true) || via_nhwc(p);
 }
 // bfloat16 backward-weight: NHWC, and NCHW where the float32 kernel runs on NHWC tiles
-bool bf16_backward_weight_ok(const Conv2dParams& p) { return is_nhwc(p) || (!flat_ok(p, false) && via_nhwc(p)); }
+// NCHW on the flat planes only where they are split by phase (strided): at stride 1 widening each
+// task's planes cost more than float32 copies of the whole tensors (batch 4: 144@56 0.80x, 32@112
+// 0.74x, 960@7 0.89x as fast; strided 96@112/2 1.7-1.8x faster, 144@56/2 level: python
+// benchmarks/ab.py OLD.so NEW.so 4,96,112,112,96,3,2,1,96 --layout nchw --pass backward_weight
+// --dtype bfloat16, best mins).
+bool bf16_flat_weight(const Conv2dParams& p) { return flat_ok(p, false) && (p.stride_h > 1 || p.stride_w > 1); }
+bool bf16_backward_weight_ok(const Conv2dParams& p) {
+  return is_nhwc(p) || bf16_flat_weight(p) || (!flat_ok(p, false) && via_nhwc(p));
+}
 
 // NCHW (flat planes, MobileNet's shapes): a task widens its plane into float32 scratch (in L2),
 // runs flat_group on it and rounds the output plane back. On float32 copies of the whole tensors
@@ -1707,8 +1728,10 @@ void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, co
   bf16_rows(turned_problem(p), dy, flipped, nullptr, dx);
 }
 // Backward-weight, channels_last: dw (float32, [c][tap]) from bfloat16 dy and x widened a row at a
-// time in the task (see nhwc_backward_weight).
+// time in the task (see nhwc_backward_weight); NCHW: on the flat planes, an image's planes of the
+// task's channels widened at a time (flat_weight_taps), or on NHWC tiles (tiles_backward_weight).
 void depthwise_backward_weight_bf16(const Conv2dParams& p, const uint16_t* dy, const uint16_t* x, float* dwt) {
+  if (!is_nhwc(p) && flat_ok(p, false)) return flat_backward_weight(p, flat_plan(p, false, true), dy, x, dwt);  // strided
   if (!is_nhwc(p)) return tiles_backward_weight(p, dy, x, dwt);
   if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3, uint16_t>(p, dy, x, dwt);
   if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5, uint16_t>(p, dy, x, dwt);
