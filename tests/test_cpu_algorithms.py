@@ -290,9 +290,9 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
 
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
 # bfloat16 kernels (where the CPU has AMX or AVX512-BF16: else "does not support")
-BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw", "grouped_interleaved")
+BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw", "grouped_interleaved", "gemm_1x1")
 # ... of which these are float32 kernels too (checked in both dtypes)
-FLOAT32_TOO = ("direct_nchw", "grouped_interleaved")
+FLOAT32_TOO = ("direct_nchw", "grouped_interleaved", "gemm_1x1")
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):
@@ -561,6 +561,9 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((2, 5, 7, 12), 24, (5, 5), 1, 2, 1, 1),          # 5 channels 5x5, dilated rows; an odd Q (copies
     ((1, 3, 6, 8), 4, (3, 3), 1, 2, (2, 1), 1),       # with a zero channel)
     ((1, 3, 6, 10), 8, (3, 4), 1, 1, 1, 1),
+    ((2, 16, 24, 24), 20, (1, 1), 1, 0, 1, 1),        # gemm_1x1's bfloat16 backward-weight on pixel-pair words:
+    ((3, 40, 4, 6), 24, (1, 1), 1, 0, 1, 1),          # pieces of 256 words and a rest, whole images a call (12
+    ((2, 32, 6, 8), 48, (1, 1), 1, 0, 1, 2),          # words a plane), groups, channel tails (20 of 32 lanes)
 ]
 
 

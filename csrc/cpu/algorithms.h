@@ -88,6 +88,10 @@ bool amx_bf16_available();
 // True when amx_bf16 runs its tiles as AVX512-BF16 dot products (no AMX here, or
 // CONV_EXT_AMX_EMULATE=1).
 bool amx_bf16_emulated();
+// True for the bfloat16 backward-weight problems gemm_1x1 runs on words of pixel pairs on such a
+// CPU (NCHW 1x1 stride-1 unpadded, planes of an even pixel count): bf16_pairs and amx_bf16 leave
+// them to it (gemm_1x1.cpp).
+bool gemm_1x1_pixel_pairs(const Conv2dParams& p);
 
 }  // namespace cpu
 }  // namespace conv_ext

@@ -1115,11 +1115,14 @@ at::Tensor blocked_filter(const Conv2dParams& p, const at::Tensor& w) {
 // backward-weight stays on float32 Winograd (emulated 0.84x at 256@14 NHWC, 0.91x 512@7 NCHW).
 // bfloat16 is tested first: choose_automatic asks every algorithm, this one included, about the
 // float32 problem.
+// Nor (unless forced) the NCHW 1x1 backward-weight that gemm_1x1 runs on words of pixel pairs.
 bool worth_running(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 &&
          (!amx_bf16_emulated() ||
           (p.groups == 1 && p.C >= 2 * kTile && p.K >= 2 * kTile &&
-           (pass != Pass::BackwardWeight || choose_automatic(pass, p, at::kFloat).name != "winograd")));
+           (pass != Pass::BackwardWeight ||
+            (choose_automatic(pass, p, at::kFloat).name != "winograd" &&
+             (!gemm_1x1_pixel_pairs(p) || forced_algorithm(pass) == "amx_bf16")))));
 }
 
 bool supports_forward_any(const Conv2dParams& p, at::ScalarType dtype) {

@@ -156,10 +156,12 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 // @7 1.32 / 1.06, 2048->512 @7 2.17 / 1.89; NCHW 1024->256 @14 1.01 / 0.94, 512->2048 @7 1.50 /
 // 1.12, 2048->512 @7 1.39 / 1.51 (PYTHONPATH=. python benchmarks/algos.py 4,2048,7,7,512,1 --layout
 // nchw --pass backward_weight --dtype bfloat16).
+// Nor NCHW 1x1 stride-1 layers on planes of an even number of pixels: gemm_1x1 reads their planes
+// as words of pixel pairs as they lie (gemm_1x1_pixel_pairs).
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   const bool amx_1x1 = p.R * p.S == 1 && p.P * p.Q < 784 && !is_nhwc(p) && p.Q % 2 == 1 && p.C > p.K;
   return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) &&
-         runs_here(Pass::BackwardWeight, group_ok(p) && !amx_1x1);
+         runs_here(Pass::BackwardWeight, group_ok(p) && !amx_1x1 && !gemm_1x1_pixel_pairs(p));
 }
 
 using bf16 = uint16_t;

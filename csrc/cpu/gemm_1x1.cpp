@@ -4,6 +4,8 @@
 //
 //   forward         per image and group: Y[k, pix] = bias[k] + sum_c W[k, c] * X[c, pix]
 //   backward-input  per image and group: dX[c, pix] = sum_k W[k, c] * dY[k, pix]
+// and the NCHW backward-weight in bfloat16 on words of pixel pairs (VDPBF16PS; see
+// supports_backward_weight).
 // (pix = h*W + w runs over the contiguous plane). The micro-kernel of simd.h is used with its
 // rows i = output channels (weights broadcast, straight from w: row stride Cg or 1) and its
 // vectors = 4 x 16 consecutive pixels (masked loads/stores at the plane's end), so every load
@@ -40,6 +42,7 @@
 // order of cases); NHWC (was implicit_gemm) 1.04/0.94/0.85/0.92/0.88x -> 1.19/1.01/0.93/1.02/0.91x.
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "gemm_1x1.cpp"
+#define CONV_EXT_PER_ISA_BF16  // the NCHW backward-weight also runs on bfloat16 pixel pairs
 #include "per_isa.h"
 
 
@@ -93,16 +96,52 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), nullptr, o.out.mutable_data_ptr<float>(), true);
 }
 
+// bfloat16 backward-weight, NCHW planes of an even number of pixels: a plane's values are words of
+// pixel pairs as they lie, (v[2j], v[2j + 1]) — the float32 kernel's "pixels" become words and its
+// steps VDPBF16PS (two pixels' products summed in float32), its transposes move words as floats;
+// dw in float32, rounded once. On AVX512-BF16 CPUs without AMX tiles (or forced), as bf16_pairs,
+// which declines these problems (and amx_bf16 emulated). bf16_pairs built words of pixel pairs for
+// both operands in its bands (NCHW: transposes of both). Batch 4, 2 threads, old/new (python
+// benchmarks/ab.py OLD.so NEW.so 4,256,56,56,64,1 --layout nchw --pass backward_weight --dtype
+// bfloat16, best mins): ResNet-50's 256->64 @56 and 64->256 @56 1.58-1.59x (0.74x -> 1.72-1.82x
+// torch), 512->128 @28 1.48x, 128->512 @28 1.23x, 1024->256 @14 1.24x, 256->1024 @14 1.10x;
+// MobileNetV2's 32->16 @112 2.95x, 144->24 @56 2.66x, 192->32 @28 2.56x, 96->576 @14 1.03x.
+bool pixel_pair_shape(const Conv2dParams& p) {
+  return supports_nhwc_too(p, at::kFloat) && is_nchw(p) && p.H * p.W % 2 == 0 && amx_bf16_available();
+}
+bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
+  if (dtype == at::kBFloat16)
+    return pixel_pair_shape(p) && (amx_bf16_emulated() || forced_algorithm(Pass::BackwardWeight) == "gemm_1x1");
+  return supports_nhwc_too(p, dtype);
+}
+
+// t itself when its data can be read as 32-bit words (4-byte aligned), else an aligned copy
+at::Tensor word_aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 4 == 0 ? t : t.clone();
+}
+
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() == at::kBFloat16) {
+    const at::Tensor dy = word_aligned(o.a), x = word_aligned(o.b);
+    const at::Tensor dw = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat));
+    avx512::gemm_1x1_backward_weight(p, static_cast<const float*>(dy.const_data_ptr()),
+                                     static_cast<const float*>(x.const_data_ptr()), dw.mutable_data_ptr<float>(),
+                                     false, true);
+    o.out.copy_(dw);
+    return;
+  }
   auto f = use_avx512() ? avx512::gemm_1x1_backward_weight : avx2::gemm_1x1_backward_weight;
-  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
+  f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p), false);
 }
 
 const bool registered = register_algorithm({"gemm_1x1", Pass::Forward, 20, supports_forward, run_forward}) &&
                         register_algorithm({"gemm_1x1", Pass::BackwardInput, 20, supports_backward_input, run_backward_input}) &&
-                        register_algorithm({"gemm_1x1", Pass::BackwardWeight, 20, supports_nhwc_too, run_backward_weight});
+                        register_algorithm({"gemm_1x1", Pass::BackwardWeight, 20, supports_backward_weight, run_backward_weight});
 
 }  // namespace
+
+bool gemm_1x1_pixel_pairs(const Conv2dParams& p) { return pixel_pair_shape(p) && amx_bf16_emulated(); }
+
 }  // namespace cpu
 }  // namespace conv_ext
 
@@ -242,8 +281,11 @@ void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const 
 // operand A is read in place (tile rows = its channels, a_is = HW, a_ls = 1). The N*HW pixels
 // are cut into nchunk chunks (a function of the shape only); each chunk sums into its own
 // partial [g][jb][i][NVL] and the partials are added in chunk order: same bits for any thread count.
-void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw, bool nhwc) {
-  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W, N = p.N;
+// pairs (NCHW, AVX512-BF16 builds only): dy and x are bfloat16, read as words of pixel pairs (HW / 2
+// "pixels" a plane), each step a VDPBF16PS.
+void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw, bool nhwc,
+                              bool pairs) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W / (pairs ? 2 : 1), N = p.N;
   // V: the operand with fewer channels on large planes (less to transpose); with more on small
   // planes (HW < kPiece), where a chunk's A (several whole images) then stays in L2
   constexpr int64_t kPiece = 256;
@@ -356,6 +398,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
         t.mr = static_cast<int>(std::min(MR, Mi - i0));
         t.c = out + i0 * NVL, t.ldc = NVL;
         t.accumulate = !first;
+        t.pairs = pairs;
         run_tile<false>(nv, t);
       }
       first = false;
