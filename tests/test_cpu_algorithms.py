@@ -290,9 +290,10 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
 
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
 # bfloat16 kernels (where the CPU has AMX or AVX512-BF16: else "does not support")
-BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw", "grouped_interleaved", "gemm_1x1")
+BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw", "grouped_interleaved", "gemm_1x1",
+                   "grouped_nhwc")
 # ... of which these are float32 kernels too (checked in both dtypes)
-FLOAT32_TOO = ("direct_nchw", "grouped_interleaved", "gemm_1x1")
+FLOAT32_TOO = ("direct_nchw", "grouped_interleaved", "gemm_1x1", "grouped_nhwc")
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):

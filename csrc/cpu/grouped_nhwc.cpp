@@ -31,6 +31,12 @@
 // 1.5 ms. It read x in place and built the dy band: 128 g32 @56 NHWC 1.2-1.7, 256 g32 @28 0.90.
 // With 16 channels a group (one group a vector, the permute a broadcast) implicit_gemm is faster
 // in NHWC (512 g32 @14: 0.61 vs 0.88 ms), so Cg < 16.
+// bfloat16 (2026-12-04): dy and x widened into float32 scratch as each band is packed (the
+// band's rows in their own layout, then pack_band), dw summed in float32 and rounded once — the
+// same bits as the float32 copies of the whole tensors it ran on before, without them. Batch 4, 2
+// threads, old/new (python benchmarks/ab.py OLD.so NEW.so 4,256,56,56,256,3,2,1,32 --pass
+// backward_weight --dtype bfloat16 --layout L, best mins): 256 g32 @56/2 1.09x NHWC / 1.13x NCHW,
+// 128 g32 @56 and 256 g32 @28 1.01-1.04x (the sweeps, at the float32 FMA rate, are the time).
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "grouped_nhwc.cpp"
 #include "per_isa.h"
@@ -41,14 +47,24 @@ namespace {
 
 // Cg a power of two below the vector width (a vector holds whole groups), Kg <= Cg (their dy
 // channels fit one vector), 3x3, stride 1 or 2; NCHW or NHWC.
+// bfloat16 too: the bands widened as they are packed (see grouped_nhwc_backward_weight).
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   const int64_t vl = use_avx512() ? 16 : 8, Cg = p.Cg();
-  return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && p.groups > 1 && Cg >= 2 &&
-         Cg < vl && (vl % Cg) == 0 && p.Kg() <= Cg && p.R == 3 && p.S == 3 && p.stride_h <= 2 && p.stride_w <= 2;
+  return (dtype == at::kFloat || dtype == at::kBFloat16) && simd_available() && (is_nchw(p) || is_nhwc(p)) &&
+         weight_is_kcrs(p) && p.groups > 1 && Cg >= 2 && Cg < vl && (vl % Cg) == 0 && p.Kg() <= Cg && p.R == 3 &&
+         p.S == 3 && p.stride_h <= 2 && p.stride_w <= 2;
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
-  auto f = use_avx512() ? avx512::grouped_nhwc_backward_weight : avx2::grouped_nhwc_backward_weight;
+  if (o.a.scalar_type() == at::kBFloat16) {  // dw in float32, rounded once
+    const at::Tensor dw = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat));
+    auto f = use_avx512() ? avx512::grouped_nhwc_backward_weight<uint16_t> : avx2::grouped_nhwc_backward_weight<uint16_t>;
+    f(p, static_cast<const uint16_t*>(o.a.const_data_ptr()), static_cast<const uint16_t*>(o.b.const_data_ptr()),
+      dw.mutable_data_ptr<float>(), is_nhwc(p));
+    o.out.copy_(dw);
+    return;
+  }
+  auto f = use_avx512() ? avx512::grouped_nhwc_backward_weight<float> : avx2::grouped_nhwc_backward_weight<float>;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
@@ -108,9 +124,36 @@ void sweep(const float* dyb, int64_t np, int64_t Q, const float* idx, const floa
     }
 }
 
+// pack_band of rows [h_lo, h_hi) of image n, channels [c0, c0 + cn) of a (Ct, Hs, Ws) tensor in
+// either layout; bfloat16 (T = uint16_t): those values widened first into float32 scratch (slot 3)
+// in the same layout, cn channels, and packed from there
+template <typename T>
+void pack_band_of(const T* src, bool nhwc, int64_t Ct, int64_t Hs, int64_t Ws, int64_t n, int64_t c0, int64_t cn,
+                  int64_t h_lo, int64_t h_hi, int64_t padL, int64_t Wp, float* dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    pack_band(src, nhwc, Ct, Hs, Ws, n, c0, cn, h_lo, h_hi, padL, Wp, VL, dst);
+  } else {
+    const int64_t rows = h_hi - h_lo, m = rows * Ws;
+    float* buf = scratch(3, m * cn);
+    auto widen = [](const uint16_t* s, int64_t len, float* d) {
+      for (int64_t i = 0; i < len; i += VL) {
+        const M mk = Isa::mask(len - i);
+        Isa::storem(d + i, Isa::loadm(s + i, mk), mk);
+      }
+    };
+    if (nhwc)
+      for (int64_t i = 0; i < m; ++i) widen(src + (n * Hs * Ws + h_lo * Ws + i) * Ct + c0, cn, buf + i * cn);
+    else
+      for (int64_t c = 0; c < cn; ++c) widen(src + ((n * Ct + c0 + c) * Hs + h_lo) * Ws, m, buf + c * m);
+    pack_band(buf, nhwc, cn, rows, Ws, 0, 0, cn, 0, rows, padL, Wp, VL, dst);
+  }
+}
+
 }  // namespace
 
-void grouped_nhwc_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw, bool nhwc) {
+// T: float, or uint16_t for bfloat16 dy and x (widened as the bands are packed; dw float32)
+template <typename T>
+void grouped_nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float* dw, bool nhwc) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, K = p.K, P = p.P, Q = p.Q, G = p.groups;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dwl = p.dil_w;
   const int64_t sh = p.stride_h, sw = p.stride_w;
@@ -150,13 +193,13 @@ void grouped_nhwc_backward_weight(const Conv2dParams& p, const float* dy, const 
       for (int64_t kb = 0; kb < nkb; ++kb) {  // all blocks of a batch: a pixel's channels are read together
         const int64_t g0 = kb * gpb, ng = std::min(gpb, G - g0);
         if (h_hi > h_lo) {
-          pack_band(x, nhwc, C, H, W, n, g0 * Cg, ng * Cg, h_lo, h_hi, pw, Wx, VL, xb + (h_lo - h0) * Wx * VL);
+          pack_band_of(x, nhwc, C, H, W, n, g0 * Cg, ng * Cg, h_lo, h_hi, pw, Wx, xb + (h_lo - h0) * Wx * VL);
           if (h_lo > h0) std::memset(xb, 0, sizeof(float) * (h_lo - h0) * Wx * VL);
           if (h0 + nr > h_hi) std::memset(xb + (h_hi - h0) * Wx * VL, 0, sizeof(float) * (h0 + nr - h_hi) * Wx * VL);
         } else {
           std::memset(xb, 0, sizeof(float) * nr * Wx * VL);
         }
-        pack_band(dy, nhwc, K, P, Q, n, g0 * Kg, ng * Kg, p_a, p_b, 0, Q, VL, dyb);
+        pack_band_of(dy, nhwc, K, P, Q, n, g0 * Kg, ng * Kg, p_a, p_b, 0, Q, dyb);
         float* out = out_ch + kb * part;
         for (int64_t k0 = 0; k0 < Kg; k0 += kNK) {
           if (kNK == 2 && Kg - k0 >= 2)
