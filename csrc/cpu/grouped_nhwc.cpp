@@ -1,7 +1,7 @@
 // grouped_nhwc.cpp — backward-weight of grouped 3x3 convolutions at stride 1 or 2 with few
 // channels a group (ResNeXt's 128->128 g32: 4 input and 4 output channels a group; 256->256 g32
-// @56/2: 8 + 8), fp32, on NHWC data: channels_last operands as they lie, NCHW ones transposed into
-// bands per task.
+// @56/2: 8 + 8), float32 (bfloat16 widened: below), on NHWC data: channels_last operands as they
+// lie, NCHW ones transposed into bands per task.
 //
 //   dw[k,c,r,s] = sum_{n,p,q} dy[n,p,q,k] * x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, g(k)*Cg + c]
 //
