@@ -606,13 +606,15 @@ def test_amx_bf16_exact_on_integers(algo, shape, pass_name, layout, filter_layou
     ((2, 32, 11, 13), 32, (3, 3), 2, 1, 1, 32),        # NCHW on NHWC tiles (strided small planes): blocks of 32
     ((1, 48, 9, 10), 48, (3, 3), 1, 0, 1, 48),         # NCHW tiles, no padding (not the flat planes'), blocks of 16
     ((1, 64, 14, 14), 64, (5, 5), 2, 2, 1, 64),        # NCHW tiles, blocks of 64, 5x5
+    ((2, 40, 13, 21), 40, (3, 3), 3, 1, 1, 40),        # channels_last strided backward-input (the gather):
+    ((1, 24, 12, 30), 24, (3, 3), 2, 1, 2, 24),        # stride 3 (a phase without runs), dilation, runs of 8
 ])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("pass_name", PASSES)
 def test_depthwise_bfloat16_exact(shape, layout, pass_name):
     """The depthwise kernel's own bfloat16 passes (channels_last: bfloat16 rows converted as they
-    are loaded, backward-input at stride 1 as the forward with the taps turned round,
-    backward-weight on rows widened per task; NCHW forward and backward-input: flat planes widened
+    are loaded, backward-input at stride 1 as the forward with the taps turned round, strided
+    through the gather's phase runs, backward-weight on rows widened per task; NCHW forward and backward-input: flat planes widened
     per task; NCHW planes the flat kernels do not take (small ones, C % 16 == 0) on NHWC tiles
     widened and rounded in their transposes, backward-weight included) on small nonzero integers
     equal the exact result rounded to bfloat16, bias included."""
@@ -627,9 +629,9 @@ def test_depthwise_bfloat16_exact(shape, layout, pass_name):
     dy = ints(*F.conv2d(x.double(), wt.double(), None, *geo).shape).contiguous(memory_format=fmt)
     out = forced("depthwise", pass_name, x, wt, b, dy, geo)
     if out is None:
-        assert (layout, pass_name) != ("nhwc", "forward") or dilation != 1
+        assert layout == "nchw"  # channels_last: every pass runs natively
         pytest.skip("not this kernel's shapes (NCHW: 'same' width or small planes, backward-weight strided or on the "
-                    "small ones only; channels_last backward-input: stride 1)")
+                    "small ones only)")
     assert out.is_contiguous(memory_format=fmt)
     exact = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo).to(torch.bfloat16)
     assert torch.equal(out, exact)

@@ -3,7 +3,8 @@
 // forward and backward-input of MobileNet's shapes (depthwise_forward_bf16, _backward_input_bf16:
 // channels_last, float32 runs reading bfloat16 rows, converted as they are loaded (AVX-512: a
 // block of 32 channels split into its even and odd ones, split_run) and rounded as they are
-// stored, stride-1 backward-input as the forward with the taps turned round; NCHW, flat planes
+// stored, stride-1 backward-input as the forward with the taps turned round, the other shapes
+// (strided backward-input, dilated rows) through nhwc_gather on bfloat16 rows; NCHW, flat planes
 // widened a plane a task, or NHWC tiles widened and rounded in their transposes, backward-weight
 // included). Backward-input, batch 4 (benchmarks/ab.py --dtype bfloat16 --pass backward_input), vs
 // float32 copies of the whole tensors: channels_last 144@56 2.77x, 960@7 1.41x, 96@16 (batch 8)
@@ -181,17 +182,18 @@ namespace {
 constexpr int kMaxTaps = 49;
 
 // One output pixel: o[c] = bias[c] + sum_t base[offs[t] + c] * wt[widx[t] + c], NVC vectors of
-// channels at a time (NVC independent FMA chains), masked at the channel tail.
-template <int NVC>
-inline void gather_pixel(const float* base, const int64_t* offs, const int64_t* widx, int nt, const float* wt,
-                         const float* bias, float* o, int64_t C) {
+// channels at a time (NVC independent FMA chains), masked at the channel tail. (X, O: float, or
+// uint16_t for bfloat16 read widened / stored rounded.)
+template <int NVC, typename X = float, typename O = float>
+inline void gather_pixel(const X* base, const int64_t* offs, const int64_t* widx, int nt, const float* wt,
+                         const float* bias, O* o, int64_t C) {
   for (int64_t c0 = 0; c0 < C; c0 += NVC * VL) {
     V acc[NVC];
     if (C - c0 >= NVC * VL) {
 #pragma GCC unroll 4
       for (int v = 0; v < NVC; ++v) acc[v] = bias ? Isa::load(bias + c0 + v * VL) : Isa::zero();
       for (int t = 0; t < nt; ++t) {
-        const float* sp = base + offs[t] + c0;
+        const X* sp = base + offs[t] + c0;
         const float* wp = wt + widx[t] + c0;
 #pragma GCC unroll 4
         for (int v = 0; v < NVC; ++v) acc[v] = Isa::fma(Isa::load(sp + v * VL), Isa::load(wp + v * VL), acc[v]);
@@ -203,7 +205,7 @@ inline void gather_pixel(const float* base, const int64_t* offs, const int64_t* 
       make_masks(NVC, C - c0, m);
       for (int v = 0; v < NVC; ++v) acc[v] = bias ? Isa::loadm(bias + c0 + v * VL, m[v]) : Isa::zero();
       for (int t = 0; t < nt; ++t) {
-        const float* sp = base + offs[t] + c0;
+        const X* sp = base + offs[t] + c0;
         const float* wp = wt + widx[t] + c0;
 #pragma GCC unroll 4
         for (int v = 0; v < NVC; ++v)
@@ -384,7 +386,8 @@ void block_forward(const Conv2dParams& p, const float* x, const float* wt, const
 // of kRun long, every tap inside dy) o[(phase + j*sw)*C + c] = sum_{e < nt} src[rel[e] + j*C + c] *
 // wt[widx[e] + c]. Per channel vector and run: kRun sums in registers, one load per FMA and
 // one weight load per kRun FMAs (the pixel gather loads two vectors per FMA).
-void phase_runs(const float* src, const int64_t* rel, const int64_t* widx, int nt, const float* wt, float* o,
+template <typename X, typename O>
+void phase_runs(const X* src, const int64_t* rel, const int64_t* widx, int nt, const float* wt, O* o,
                 int64_t sw, int64_t j_lo, int64_t j_hi, int64_t C, bool stream) {
   constexpr int T = kRun;
   for (int64_t j0 = j_lo; j0 < j_hi; j0 += T) {
@@ -395,7 +398,7 @@ void phase_runs(const float* src, const int64_t* rel, const int64_t* widx, int n
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) acc[t] = Isa::zero();
       for (int e = 0; e < nt; ++e) {
-        const float* sp = src + rel[e] + j0 * C + c0;
+        const X* sp = src + rel[e] + j0 * C + c0;
         const V wv = Isa::load(wt + widx[e] + c0);  // weights are padded to Cp
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) acc[t] = Isa::fma(full ? Isa::load(sp + t * C) : Isa::loadm(sp + t * C, m), wv, acc[t]);
@@ -408,9 +411,9 @@ void phase_runs(const float* src, const int64_t* rel, const int64_t* widx, int n
 // NHWC gather: out[n, a, b, c] = bias[c] + sum_{valid taps t} src[n, pixel(t), c] * wt[t][c]
 // forward: out = y (P x Q), src = x; backward-input (bwd): out = dx (H x W), src = dy.
 // Forward interior pixels reuse one tap list per row (offsets relative to the pixel).
-template <int NVC>
-void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, const float* bias, float* out,
-                   bool bwd) {
+// X, O: float, or uint16_t for bfloat16 (the strided backward-input of depthwise_backward_input_bf16).
+template <int NVC, typename X = float, typename O = float>
+void nhwc_gather_t(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd) {
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N;
   const int64_t Ho = bwd ? p.H : p.P, Wo = bwd ? p.W : p.Q, Hs = bwd ? p.P : p.H, Ws = bwd ? p.Q : p.W;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -439,12 +442,12 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
     // row in runs of kRun per channel vector, each input vector loaded once for up to S FMAs
     // (the pixel gather below loads 2 vectors per FMA).
     if (!bwd && dw == 1 && (sw == 1 || sw == 2) && (S == 3 || S == 5 || S == 7)) {
-      const float* xrow[kMaxTaps];
+      const X* xrow[kMaxTaps];
       const float* wrow[kMaxTaps];
       for (int i = 0; i < nr; ++i) xrow[i] = src + (n * Hs + rows[i]) * Ws * C, wrow[i] = wt + rtap[i] * S * Cp;
-      const auto runs = S == 3 ? (sw == 1 ? forward_runs<3, 1> : forward_runs<3, 2>)
-                      : S == 5 ? (sw == 1 ? forward_runs<5, 1> : forward_runs<5, 2>)
-                               : (sw == 1 ? forward_runs<7, 1> : forward_runs<7, 2>);
+      const auto runs = S == 3 ? (sw == 1 ? forward_runs<3, 1, X, O> : forward_runs<3, 2, X, O>)
+                      : S == 5 ? (sw == 1 ? forward_runs<5, 1, X, O> : forward_runs<5, 2, X, O>)
+                               : (sw == 1 ? forward_runs<7, 1, X, O> : forward_runs<7, 2, X, O>);
       runs(xrow, wrow, nr, bias, out + (n * Ho + a) * Wo * C, Wo, Ws, pw, C, Cp, stream);
       if (stream) _mm_sfence();
       return;
@@ -482,7 +485,7 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
                  jhi[phase], C, stream);
     }
     for (int64_t b = 0; b < Wo; ++b) {
-      float* o = out + ((n * Ho + a) * Wo + b) * C;
+      O* o = out + ((n * Ho + a) * Wo + b) * C;
       if (!bwd && b * sw - pw >= 0 && b * sw - pw + (S - 1) * dw < Ws) {
         gather_pixel<NVC>(src + (b * sw - pw) * C, rel, relw, nrel, wt, bias, o, C);
         continue;
@@ -515,13 +518,14 @@ void nhwc_gather_t(const Conv2dParams& p, const float* src, const float* wt, con
   });
 }
 
-void nhwc_gather(const Conv2dParams& p, const float* src, const float* wt, const float* bias, float* out, bool bwd) {
-  if (!bwd && p.dil_h == 1 && p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && p.R == p.S &&
-      (p.S == 3 || p.S == 5 || p.S == 7)) {
+template <typename X = float, typename O = float>
+void nhwc_gather(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd) {
+  if (std::is_same_v<X, float> && !bwd && p.dil_h == 1 && p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) &&
+      p.R == p.S && (p.S == 3 || p.S == 5 || p.S == 7)) {
     const auto block = p.S == 3 ? (p.stride_w == 1 ? block_forward<3, 1> : block_forward<3, 2>)
                      : p.S == 5 ? (p.stride_w == 1 ? block_forward<5, 1> : block_forward<5, 2>)
                                 : (p.stride_w == 1 ? block_forward<7, 1> : block_forward<7, 2>);
-    return block(p, src, wt, bias, out);
+    if constexpr (std::is_same_v<X, float> && std::is_same_v<O, float>) return block(p, src, wt, bias, out);
   }
   const int64_t nvc = ceil_div(p.C, VL);
   if (nvc <= 1) return nhwc_gather_t<1>(p, src, wt, bias, out, bwd);
@@ -1553,12 +1557,11 @@ void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const flo
 bool bf16_rows_ok(const Conv2dParams& p) {  // the runs' shapes
   return p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && (p.S == 3 || p.S == 5 || p.S == 7);
 }
-bool bf16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) ? bf16_rows_ok(p) : flat_ok(p, false) || via_nhwc(p); }
-// bfloat16 backward-input: NHWC at stride 1 (turned_problem), NCHW on the flat planes or the
-// NHWC tiles.
-bool bf16_backward_input_ok(const Conv2dParams& p) {
-  return is_nhwc(p) ? turns_round(p) && bf16_rows_ok(turned_problem(p)) : flat_ok(p, true) || via_nhwc(p);
-}
+bool bf16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, false) || via_nhwc(p); }
+// bfloat16 backward-input: NHWC at stride 1 (turned_problem) in the runs, else (strided) the
+// gather; NCHW on the flat planes or the NHWC tiles.
+bool bf16_rows_turned(const Conv2dParams& p) { return turns_round(p) && bf16_rows_ok(turned_problem(p)); }
+bool bf16_backward_input_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, true) || via_nhwc(p); }
 // bfloat16 backward-weight: NHWC, and NCHW where the float32 kernel runs on NHWC tiles
 // NCHW on the flat planes only where they are split by phase (strided): at stride 1 widening each
 // task's planes cost more than float32 copies of the whole tensors (batch 4: 144@56 0.80x, 32@112
@@ -1711,6 +1714,8 @@ void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const floa
       depthwise_forward(q, xt, w + c0 * RS, bias ? bias + c0 : nullptr, yt, true);
     });
   }
+  // (other channels_last shapes: dilated rows, strides past 2, even filters: the gather's pixels)
+  if (!bf16_rows_ok(p)) return nhwc_gather(p, x, pack_taps(p, w), padded_bias(bias, p.C), y, false);
   bf16_rows(p, x, pack_taps(p, w, kSplit), padded_bias(bias, p.C, kSplit), y);
 }
 void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, const float* w, uint16_t* dx) {
@@ -1721,6 +1726,13 @@ void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, co
       depthwise_backward_input(q, dyt, w + c0 * RS, dxt, true);
     });
   }
+  // Strided (and other shapes the turned runs do not take): nhwc_gather's phase runs and pixels on
+  // bfloat16 dy and dx, widened as loaded and rounded as stored; on float32 copies of the whole
+  // tensors it ran at 2.2x the float32 kernel's time (96@112/2 batch 4: 1.9 ms, float32 0.85).
+  // Batch 4, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so 4,96,112,112,96,3,2,1,96
+  // --layout nhwc --pass backward_input --dtype bfloat16, best mins): 96@112/2 1.89x, 144@56/2
+  // 1.83x, 576@14/2 1.50x.
+  if (!bf16_rows_turned(p)) return nhwc_gather(p, dy, pack_taps(p, w), nullptr, dx, true);
   const int64_t RS = p.R * p.S, Cp = row_channels(p.C, kSplit);
   const float* wt = pack_taps(p, w, kSplit);
   float* flipped = scratch(4, RS * Cp);
