@@ -92,6 +92,9 @@ bool amx_bf16_emulated();
 // CPU (NCHW 1x1 stride-1 unpadded, planes of an even pixel count): bf16_pairs and amx_bf16 leave
 // them to it (gemm_1x1.cpp).
 bool gemm_1x1_pixel_pairs(const Conv2dParams& p);
+// t itself when its data can be read as 32-bit words (4-byte aligned), else an aligned copy: the
+// bfloat16 kernels that read pairs of values as words (bf16_pairs.cpp)
+at::Tensor word_aligned(const at::Tensor& t);
 
 }  // namespace cpu
 }  // namespace conv_ext

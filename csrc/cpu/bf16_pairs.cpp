@@ -72,6 +72,11 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
                                    bool pairs, uint16_t* dw16);
 }  // namespace avx512
 
+at::Tensor word_aligned(const at::Tensor& t) {
+  if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 4 == 0) return t;
+  return t.clone(t.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
+}
+
 namespace {
 
 constexpr const char* kName = "bf16_pairs";
@@ -168,12 +173,6 @@ using bf16 = uint16_t;
 const bf16* halves(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.const_data_ptr()); }
 const float* words(const at::Tensor& t) { return reinterpret_cast<const float*>(t.const_data_ptr()); }
 bf16* out16(at::Tensor& t) { return reinterpret_cast<bf16*>(t.mutable_data_ptr()); }
-
-// t itself when its data can be read as 32-bit words (4-byte aligned), else an aligned copy
-at::Tensor word_aligned(const at::Tensor& t) {
-  if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 4 == 0) return t;
-  return t.clone(t.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast);
-}
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl")
@@ -284,7 +283,8 @@ void flat_filter_words(const Conv2dParams& p, const FlatRow& f, const bf16* w, b
       for (int64_t r = 0; r < p.R; ++r)
         for (int64_t e = 0; e < n; ++e) {
           const int64_t i = e - f.lead - phi * C, s = i / C, c = i % C;
-          d[((phi * p.K + k) * p.R + r) * n + e] = i >= 0 && s < p.S ? w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] : 0;
+          d[((phi * p.K + k) * p.R + r) * n + e] =
+              i >= 0 && s < p.S ? w[k * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s] : 0;
         }
 }
 
@@ -298,8 +298,8 @@ void run_forward_flat(const Conv2dParams& p, Operands& o) {
   set_strides(q, true);
   q.ws_s = 1, q.ws_r = Sw, q.ws_c = p.R * Sw, q.ws_k = p.R * Sw;
   const PackedFilter wp = filter_words(
-      o, p, (f.pair ? 4 : 2) + f.lead, [&](const bf16* s, float* d) { flat_filter_words(p, f, s, reinterpret_cast<bf16*>(d)); },
-      q.K * p.R * Sw);
+      o, p, (f.pair ? 4 : 2) + f.lead,
+      [&](const bf16* s, float* d) { flat_filter_words(p, f, s, reinterpret_cast<bf16*>(d)); }, q.K * p.R * Sw);
   // (pixel pairs: the bias of each of the 2K filters; y's [N][P][Q][K] is the flat [N][P][Q/2][2K])
   const at::Tensor bias = f.pair && o.bias.defined() ? at::cat({o.bias, o.bias}) : o.bias;
   Operands op{o.a, o.b, bias, o.out, o.filter};

@@ -518,14 +518,17 @@ void nhwc_gather_t(const Conv2dParams& p, const X* src, const float* wt, const f
   });
 }
 
+// (X, O: float, or uint16_t for bfloat16; the float32 forward's square filters run block_forward)
 template <typename X = float, typename O = float>
 void nhwc_gather(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd) {
-  if (std::is_same_v<X, float> && !bwd && p.dil_h == 1 && p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) &&
-      p.R == p.S && (p.S == 3 || p.S == 5 || p.S == 7)) {
-    const auto block = p.S == 3 ? (p.stride_w == 1 ? block_forward<3, 1> : block_forward<3, 2>)
-                     : p.S == 5 ? (p.stride_w == 1 ? block_forward<5, 1> : block_forward<5, 2>)
-                                : (p.stride_w == 1 ? block_forward<7, 1> : block_forward<7, 2>);
-    if constexpr (std::is_same_v<X, float> && std::is_same_v<O, float>) return block(p, src, wt, bias, out);
+  if constexpr (std::is_same_v<X, float> && std::is_same_v<O, float>) {
+    if (!bwd && p.dil_h == 1 && p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && p.R == p.S &&
+        (p.S == 3 || p.S == 5 || p.S == 7)) {
+      const auto block = p.S == 3 ? (p.stride_w == 1 ? block_forward<3, 1> : block_forward<3, 2>)
+                       : p.S == 5 ? (p.stride_w == 1 ? block_forward<5, 1> : block_forward<5, 2>)
+                                  : (p.stride_w == 1 ? block_forward<7, 1> : block_forward<7, 2>);
+      return block(p, src, wt, bias, out);
+    }
   }
   const int64_t nvc = ceil_div(p.C, VL);
   if (nvc <= 1) return nhwc_gather_t<1>(p, src, wt, bias, out, bwd);
@@ -1478,26 +1481,35 @@ const float* padded_bias(const float* bias, int64_t C, bool split = false) {
 }
 
 void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
+                       bool nhwc);
+void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc);
+
+// NCHW forward and backward-input on NHWC tiles (via_nhwc; T float, or bfloat16 for
+// depthwise_forward_bf16 and _backward_input_bf16): each block's float32 NHWC sub-problem
+template <typename T>
+void tiles_forward(const Conv2dParams& p, const T* x, const float* w, const float* bias, T* y) {
+  on_nhwc_tiles(p, x, p.H * p.W, y, p.P * p.Q, [&](const Conv2dParams& q, const float* xt, int64_t c0, float* yt) {
+    depthwise_forward(q, xt, w + c0 * p.R * p.S, bias ? bias + c0 : nullptr, yt, true);
+  });
+}
+template <typename T>
+void tiles_backward_input(const Conv2dParams& p, const T* dy, const float* w, T* dx) {
+  on_nhwc_tiles(p, dy, p.P * p.Q, dx, p.H * p.W, [&](const Conv2dParams& q, const float* dyt, int64_t c0, float* dxt) {
+    depthwise_backward_input(q, dyt, w + c0 * p.R * p.S, dxt, true);
+  });
+}
+
+void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
                        bool nhwc) {
   if (!nhwc && flat_ok(p, false)) return flat_planes(p, flat_plan(p, false), x, w, bias, y);
-  if (!nhwc && via_nhwc(p)) {
-    const int64_t RS = p.R * p.S;
-    return on_nhwc_tiles(p, x, p.H * p.W, y, p.P * p.Q, [&](const Conv2dParams& q, const float* xt, int64_t c0, float* yt) {
-      depthwise_forward(q, xt, w + c0 * RS, bias ? bias + c0 : nullptr, yt, true);
-    });
-  }
+  if (!nhwc && via_nhwc(p)) return tiles_forward(p, x, w, bias, y);
   if (!nhwc) return nchw_forward(p, x, w, bias, y);
   nhwc_gather(p, x, pack_taps(p, w), padded_bias(bias, p.C), y, false);
 }
 
 void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
   if (!nhwc && flat_ok(p, true)) return flat_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
-  if (!nhwc && via_nhwc(p)) {
-    const int64_t RS = p.R * p.S;
-    return on_nhwc_tiles(p, dy, p.P * p.Q, dx, p.H * p.W, [&](const Conv2dParams& q, const float* dyt, int64_t c0, float* dxt) {
-      depthwise_backward_input(q, dyt, w + c0 * RS, dxt, true);
-    });
-  }
+  if (!nhwc && via_nhwc(p)) return tiles_backward_input(p, dy, w, dx);
   if (!nhwc) return nchw_backward_input(p, dy, w, dx);
   if (turns_round(p)) {  // stride 1: the forward gather of dy with the taps flipped, padding dil*(R-1) - pad
     const Conv2dParams f = turned_problem(p);
@@ -1562,9 +1574,9 @@ bool bf16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, fa
 // gather; NCHW on the flat planes or the NHWC tiles.
 bool bf16_rows_turned(const Conv2dParams& p) { return turns_round(p) && bf16_rows_ok(turned_problem(p)); }
 bool bf16_backward_input_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, true) || via_nhwc(p); }
-// bfloat16 backward-weight: NHWC, and NCHW where the float32 kernel runs on NHWC tiles
-// NCHW on the flat planes only where they are split by phase (strided): at stride 1 widening each
-// task's planes cost more than float32 copies of the whole tensors (batch 4: 144@56 0.80x, 32@112
+// bfloat16 backward-weight: NHWC; NCHW on NHWC tiles where the float32 kernel runs there, and on
+// the flat planes only where they are split by phase (strided): at stride 1 widening each task's
+// planes cost more than float32 copies of the whole tensors (batch 4: 144@56 0.80x, 32@112
 // 0.74x, 960@7 0.89x as fast; strided 96@112/2 1.7-1.8x faster, 144@56/2 level: python
 // benchmarks/ab.py OLD.so NEW.so 4,96,112,112,96,3,2,1,96 --layout nchw --pass backward_weight
 // --dtype bfloat16, best mins).
@@ -1708,24 +1720,14 @@ void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const 
 // backward-weight (tiles_backward_weight) 1.22x / 1.50x.
 void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
   if (!is_nhwc(p) && flat_ok(p, false)) return bf16_planes(p, flat_plan(p, false), x, w, bias, y);
-  if (!is_nhwc(p)) {
-    const int64_t RS = p.R * p.S;
-    return on_nhwc_tiles(p, x, p.H * p.W, y, p.P * p.Q, [&](const Conv2dParams& q, const float* xt, int64_t c0, float* yt) {
-      depthwise_forward(q, xt, w + c0 * RS, bias ? bias + c0 : nullptr, yt, true);
-    });
-  }
+  if (!is_nhwc(p)) return tiles_forward(p, x, w, bias, y);
   // (other channels_last shapes: dilated rows, strides past 2, even filters: the gather's pixels)
   if (!bf16_rows_ok(p)) return nhwc_gather(p, x, pack_taps(p, w), padded_bias(bias, p.C), y, false);
   bf16_rows(p, x, pack_taps(p, w, kSplit), padded_bias(bias, p.C, kSplit), y);
 }
 void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, const float* w, uint16_t* dx) {
   if (!is_nhwc(p) && flat_ok(p, true)) return bf16_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
-  if (!is_nhwc(p)) {
-    const int64_t RS = p.R * p.S;
-    return on_nhwc_tiles(p, dy, p.P * p.Q, dx, p.H * p.W, [&](const Conv2dParams& q, const float* dyt, int64_t c0, float* dxt) {
-      depthwise_backward_input(q, dyt, w + c0 * RS, dxt, true);
-    });
-  }
+  if (!is_nhwc(p)) return tiles_backward_input(p, dy, w, dx);
   // Strided (and other shapes the turned runs do not take): nhwc_gather's phase runs and pixels on
   // bfloat16 dy and dx, widened as loaded and rounded as stored; on float32 copies of the whole
   // tensors it ran at 2.2x the float32 kernel's time (96@112/2 batch 4: 1.9 ms, float32 0.85).
@@ -1743,7 +1745,7 @@ void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, co
 // time in the task (see nhwc_backward_weight); NCHW: on the flat planes, an image's planes of the
 // task's channels widened at a time (flat_weight_taps), or on NHWC tiles (tiles_backward_weight).
 void depthwise_backward_weight_bf16(const Conv2dParams& p, const uint16_t* dy, const uint16_t* x, float* dwt) {
-  if (!is_nhwc(p) && flat_ok(p, false)) return flat_backward_weight(p, flat_plan(p, false, true), dy, x, dwt);  // strided
+  if (!is_nhwc(p) && flat_ok(p, false)) return flat_backward_weight(p, flat_plan(p, false, true), dy, x, dwt);
   if (!is_nhwc(p)) return tiles_backward_weight(p, dy, x, dwt);
   if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3, uint16_t>(p, dy, x, dwt);
   if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5, uint16_t>(p, dy, x, dwt);

@@ -366,16 +366,17 @@ inline void join_rows(const uint16_t* a, const uint16_t* b, int64_t n, float* d)
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = Isa::mask(n - j);
     const __m512i va = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, a + j));
-    const __m512i vb = b ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, b + j)) : _mm512_setzero_si512();
+    const __m512i vb =
+        b ? _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, b + j)) : _mm512_setzero_si512();
     _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(va, _mm512_maskz_slli_epi32(0xFFFF, vb, 16)));
   }
 }
 
 // pack_phase_plane for bfloat16 pairs: the phase rows of NCHW planes a (channel 2c) and b (2c + 1;
 // null: zeros, the last channel of an odd count), buf[row][phase][j] = the word (low half a, high
-// half b) of column j*sw + phase - pw of row row - ph, zeros outside. Stride 1: the rows joined (join_rows); stride 2: the words
-// at those columns hold them in their low halves; other strides (and stride 2's last column) one
-// word at a time.
+// half b) of column j*sw + phase - pw of row row - ph, zeros outside. Stride 1: the rows joined
+// (join_rows); stride 2: the words at those columns hold them in their low halves; other strides
+// (and stride 2's last column) one word at a time.
 void pack_phase_pairs(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W, int64_t ph, int64_t pw, int64_t sw,
                       int64_t nrows, int64_t wq, float* buf) {
   const __m512i low = _mm512_set1_epi32(0xFFFF);
@@ -460,7 +461,8 @@ void forward_tasks(const Conv2dParams& p, const void* xv, const float* wp, const
 #if CONV_EXT_ISA_PAIRS
         if constexpr (PAIRS) {
           const uint16_t* a = static_cast<const uint16_t*>(xv) + (n * C + g0 * Cg + 2 * c) * H * W;
-          pack_phase_pairs(a, 2 * c + 1 < Cg ? a + H * W : nullptr, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
+          const uint16_t* b = 2 * c + 1 < Cg ? a + H * W : nullptr;  // (an odd Cg's last channel: zeros)
+          pack_phase_pairs(a, b, H, W, ph - p0 * sh, pw, sw, nrows, wq, buf + c * cstride);
           continue;
         }
 #endif
@@ -540,7 +542,8 @@ std::pair<float*, float*> pack_forward_filter(const Conv2dParams& p, const E* w,
         for (int64_t t = 0; t < T; ++t) {
           const E* f = wk + (kWords ? 2 * (t / RS) * RS + t % RS : t);  // (words: channel 2c's value)
           if (kk >= Kg) d[t * NK] = 0.f;
-          else if constexpr (kWords) d[t * NK] = as_float(uint32_t(f[0]) | (2 * (t / RS) + 1 < Cg ? uint32_t(f[RS]) << 16 : 0u));
+          else if constexpr (kWords)
+            d[t * NK] = as_float(uint32_t(f[0]) | (2 * (t / RS) + 1 < Cg ? uint32_t(f[RS]) << 16 : 0u));
           else d[t * NK] = *f;
         }
         float b = 0.f;

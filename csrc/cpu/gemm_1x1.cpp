@@ -115,11 +115,6 @@ bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   return supports_nhwc_too(p, dtype);
 }
 
-// t itself when its data can be read as 32-bit words (4-byte aligned), else an aligned copy
-at::Tensor word_aligned(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 4 == 0 ? t : t.clone();
-}
-
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   if (o.a.scalar_type() == at::kBFloat16) {
     const at::Tensor dy = word_aligned(o.a), x = word_aligned(o.b);
@@ -136,7 +131,8 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 
 const bool registered = register_algorithm({"gemm_1x1", Pass::Forward, 20, supports_forward, run_forward}) &&
                         register_algorithm({"gemm_1x1", Pass::BackwardInput, 20, supports_backward_input, run_backward_input}) &&
-                        register_algorithm({"gemm_1x1", Pass::BackwardWeight, 20, supports_backward_weight, run_backward_weight});
+                        register_algorithm(
+                            {"gemm_1x1", Pass::BackwardWeight, 20, supports_backward_weight, run_backward_weight});
 
 }  // namespace
 

@@ -58,7 +58,8 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   if (o.a.scalar_type() == at::kBFloat16) {  // dw in float32, rounded once
     const at::Tensor dw = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat));
-    auto f = use_avx512() ? avx512::grouped_nhwc_backward_weight<uint16_t> : avx2::grouped_nhwc_backward_weight<uint16_t>;
+    auto f = use_avx512() ? avx512::grouped_nhwc_backward_weight<uint16_t>
+                          : avx2::grouped_nhwc_backward_weight<uint16_t>;
     f(p, static_cast<const uint16_t*>(o.a.const_data_ptr()), static_cast<const uint16_t*>(o.b.const_data_ptr()),
       dw.mutable_data_ptr<float>(), is_nhwc(p));
     o.out.copy_(dw);
