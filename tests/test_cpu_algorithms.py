@@ -614,10 +614,11 @@ def test_amx_bf16_exact_on_integers(algo, shape, pass_name, layout, filter_layou
 def test_depthwise_bfloat16_exact(shape, layout, pass_name):
     """The depthwise kernel's own bfloat16 passes (channels_last: bfloat16 rows converted as they
     are loaded, backward-input at stride 1 as the forward with the taps turned round, strided
-    through the gather's phase runs, backward-weight on rows widened per task; NCHW forward and backward-input: flat planes widened
-    per task; NCHW planes the flat kernels do not take (small ones, C % 16 == 0) on NHWC tiles
-    widened and rounded in their transposes, backward-weight included) on small nonzero integers
-    equal the exact result rounded to bfloat16, bias included."""
+    through the gather's phase runs, backward-weight on rows widened per task; NCHW forward and
+    backward-input: flat planes widened per task; NCHW planes the flat kernels do not take (small
+    ones, C % 16 == 0) on NHWC tiles widened and rounded in their transposes, backward-weight
+    included) on small nonzero integers equal the exact result rounded to bfloat16, bias
+    included."""
     if conv_ext.info()["cpu_capability"] == "portable":
         pytest.skip("no SIMD kernels")
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape

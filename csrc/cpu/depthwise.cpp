@@ -861,11 +861,7 @@ void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t 
 
 // n values as float32 at d: a copy, or bfloat16 widened
 inline void widen(const float* s, int64_t n, float* d) { std::memcpy(d, s, sizeof(float) * n); }
-inline void widen(const uint16_t* s, int64_t n, float* d) {
-  int64_t i = 0;
-  for (; i + VL <= n; i += VL) Isa::store(d + i, Isa::load(s + i));
-  if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
-}
+inline void widen(const uint16_t* s, int64_t n, float* d) { widen_row(s, n, d); }
 
 // (T: float, or uint16_t for bfloat16 dy and x, whose rows are widened into float32 scratch as a
 // row of dy reads them; dw float32)

@@ -136,16 +136,10 @@ void pack_band_of(const T* src, bool nhwc, int64_t Ct, int64_t Hs, int64_t Ws, i
   } else {
     const int64_t rows = h_hi - h_lo, m = rows * Ws;
     float* buf = scratch(3, m * cn);
-    auto widen = [](const uint16_t* s, int64_t len, float* d) {
-      for (int64_t i = 0; i < len; i += VL) {
-        const M mk = Isa::mask(len - i);
-        Isa::storem(d + i, Isa::loadm(s + i, mk), mk);
-      }
-    };
     if (nhwc)
-      for (int64_t i = 0; i < m; ++i) widen(src + (n * Hs * Ws + h_lo * Ws + i) * Ct + c0, cn, buf + i * cn);
+      for (int64_t i = 0; i < m; ++i) widen_row(src + (n * Hs * Ws + h_lo * Ws + i) * Ct + c0, cn, buf + i * cn);
     else
-      for (int64_t c = 0; c < cn; ++c) widen(src + ((n * Ct + c0 + c) * Hs + h_lo) * Ws, m, buf + c * m);
+      for (int64_t c = 0; c < cn; ++c) widen_row(src + ((n * Ct + c0 + c) * Hs + h_lo) * Ws, m, buf + c * m);
     pack_band(buf, nhwc, cn, rows, Ws, 0, 0, cn, 0, rows, padL, Wp, VL, dst);
   }
 }

@@ -693,6 +693,12 @@ inline void narrow_row(const float* s, int64_t n, uint16_t* d) {
   for (; i + Isa::VL <= n; i += Isa::VL) Isa::store(d + i, Isa::load(s + i));
   if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
 }
+// n bfloat16 values from s widened to float32 at d (exact)
+inline void widen_row(const uint16_t* s, int64_t n, float* d) {
+  int64_t i = 0;
+  for (; i + Isa::VL <= n; i += Isa::VL) Isa::store(d + i, Isa::load(s + i));
+  if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
+}
 
 #if CONV_EXT_ISA_BITS == 512
 // The 32 floats from s (the first `left` of them: masked loads past the end read nothing) split by
