@@ -15,13 +15,13 @@
 //
 //   forward          the words are pairs of input channels: a channels_last input is its own
 //                    array of words; the filter's pairs (w[k, 2i, r, s], w[k, 2i+1, r, s]) are
-//                    adjacent in a channels_last or 1x1 filter (read as it lies) and built here
-//                    for a KCRS one (forward_words). An odd channel count (the RGB stems): in
-//                    channels_last at an even stride pairs of a row's (s, c) values (flat_rows),
+//                    adjacent in a channels_last or 1x1 filter (read as it lies) and made
+//                    as the engine packs a KCRS one (implicit_gemm.cpp, FilterSrc). An odd
+//                    channel count (the RGB stems): in channels_last at an even stride pairs of a row's (s, c) values (flat_rows),
 //                    at stride 1 the same for pairs of pixels, else copies with a zero channel.
 //   backward-input   the words are pairs of output channels (dy's channels, the reduction of
 //                    dx = sum_k dy[k] w[k, c]): dy as it lies, the filter's rows k = 2i and 2i + 1
-//                    interleaved (backward_input_words), KCRS or channels_last alike.
+//                    interleaved as the engine packs them, KCRS or channels_last alike.
 //   backward-weight  the words are pairs of output pixels (q = 2j, 2j + 1 of a row): dy's and,
 //                    for each tap, the input pixels they meet (x[col], x[col + stride]), built as
 //                    the engine copies its bands (simd.h: pack_*_pixel_pairs*).
@@ -65,9 +65,9 @@ namespace conv_ext {
 namespace cpu {
 namespace avx512 {
 bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
-                           bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16);
+                           bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16, const uint16_t* w16);
 bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
-                                  const at::Tensor* filter, bool pairs, uint16_t* dx16);
+                                  const at::Tensor* filter, bool pairs, uint16_t* dx16, const uint16_t* w16);
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
                                    bool pairs, uint16_t* dw16);
 }  // namespace avx512
@@ -174,55 +174,6 @@ const bf16* halves(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t
 const float* words(const at::Tensor& t) { return reinterpret_cast<const float*>(t.const_data_ptr()); }
 bf16* out16(at::Tensor& t) { return reinterpret_cast<bf16*>(t.mutable_data_ptr()); }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl")
-
-// The forward filter's words for a KCRS filter with R*S > 1: d[k][i][rs] = (w[k][2i][rs],
-// w[k][2i+1][rs]) — a "KCRS" filter of Cg/2 word channels. Channels 2i and 2i+1 of a filter are
-// 2*R*S adjacent values, interleaved by one permute when they fit a vector.
-void forward_words(const Conv2dParams& p, const bf16* src, bf16* dst) {
-  const int64_t K = p.K, Cg = p.Cg(), RS = p.R * p.S, pairs = Cg / 2;
-  for_each_task(K, K * Cg * RS * 4, [&](int64_t k) {
-    const bf16* s = src + k * Cg * RS;
-    bf16* o = dst + k * Cg * RS;
-    if (2 * RS <= 32) {
-      alignas(64) int16_t idx[32];
-      for (int j = 0; j < 32; ++j) idx[j] = static_cast<int16_t>(j % 2 ? RS + j / 2 : j / 2);
-      const __m512i perm = _mm512_load_si512(idx);
-      const __mmask32 m = static_cast<__mmask32>((uint64_t(1) << (2 * RS)) - 1);
-      for (int64_t i = 0; i < pairs; ++i) {
-        const __m512i v = _mm512_maskz_loadu_epi16(m, s + 2 * i * RS);
-        _mm512_mask_storeu_epi16(o + 2 * i * RS, m, _mm512_permutexvar_epi16(perm, v));
-      }
-      return;
-    }
-    for (int64_t i = 0; i < pairs; ++i)
-      for (int64_t rs = 0; rs < RS; ++rs) {
-        o[(2 * i) * RS + 2 * rs] = s[(2 * i) * RS + rs];
-        o[(2 * i) * RS + 2 * rs + 1] = s[(2 * i + 1) * RS + rs];
-      }
-  });
-}
-
-// The backward-input filter's words: rows k = 2i and 2i + 1 of w (each Cg*R*S values, KCRS or
-// channels_last alike) interleaved, d[i][...] = (w[2i][...], w[2i+1][...]).
-void backward_input_words(const Conv2dParams& p, const bf16* src, uint32_t* dst) {
-  const int64_t L = p.Cg() * p.R * p.S, rows = p.K / 2;
-  for_each_task(rows, rows * L * 8, [&](int64_t i) {
-    const bf16* a = src + 2 * i * L;
-    const bf16* b = a + L;
-    uint32_t* o = dst + i * L;
-    for (int64_t j = 0; j < L; j += 16) {
-      const __mmask16 m = static_cast<__mmask16>(L - j >= 16 ? 0xFFFF : (1u << (L - j)) - 1);
-      // (the maskz forms: no undefined lanes for GCC's warnings)
-      const __m512i lo = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, a + j));
-      const __m512i hi = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(m, b + j));
-      _mm512_mask_storeu_epi32(o + j, m, _mm512_or_si512(lo, _mm512_maskz_slli_epi32(0xFFFF, hi, 16)));
-    }
-  });
-}
-
-#pragma GCC pop_options
 
 // The filter's words (n of them; K*Cg*R*S/2 unless said) as build writes them: kept with the filter's other
 // packed forms (filter_cache.h) while it is unchanged when the kernel reads the user's filter
@@ -247,15 +198,18 @@ void set_strides(Conv2dParams& q, bool nhwc) {
 }
 at::MemoryFormat format(bool nhwc) { return nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
 
-// The forward on q (p with q.C words): x and the filter's words wp, bias added in float32, the
-// sums rounded into o.out (by the tiles' stores where the engine can, else through a float32 y).
-// filter: the user's filter (o.filter), under which the engine keeps its packed panels, or null.
+// The forward on q (p with q.C words): x and the filter's words wp (or, wp null, the KCRS
+// bfloat16 filter o.b, its channel pairs made words as the engine packs it), bias added in
+// float32, the sums rounded into o.out (by the tiles' stores where the engine can, else through a
+// float32 y). filter: the user's filter (o.filter), under which the engine keeps its packed
+// panels, or null.
 void forward_on_words(const Conv2dParams& q, const at::Tensor& x, const float* wp, Operands& o, bool nhwc,
                       const at::Tensor* filter) {
   const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
   at::Tensor y = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
   if (!avx512::implicit_gemm_forward(q, words(x), wp, bias.defined() ? bias.const_data_ptr<float>() : nullptr,
-                                     y.mutable_data_ptr<float>(), nhwc, filter, true, out16(o.out)))
+                                     y.mutable_data_ptr<float>(), nhwc, filter, true, out16(o.out),
+                                     wp ? nullptr : halves(o.b)))
     o.out.copy_(y);
 }
 
@@ -330,29 +284,24 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   const at::Tensor x = nhwc ? word_aligned(o.a) : o.a;  // (NCHW bands read bfloat16 values)
   const bool krsc = weight_is_krsc(p), in_place = krsc || p.R * p.S == 1;  // pairs adjacent
   const at::Tensor w_in = in_place ? word_aligned(o.b) : at::Tensor();
-  const PackedFilter wp = in_place ? PackedFilter{w_in, words(w_in)} : filter_words(o, p, 0, [&](const bf16* s, float* d) {
-    forward_words(p, s, reinterpret_cast<bf16*>(d));
-  });
   Conv2dParams q = p;
   q.C = p.C / 2;
   set_strides(q, nhwc);
   if (krsc) q.ws_c = 1, q.ws_s = q.Cg(), q.ws_r = q.S * q.Cg(), q.ws_k = q.R * q.S * q.Cg();
   else q.ws_s = 1, q.ws_r = q.S, q.ws_c = q.R * q.S, q.ws_k = q.Cg() * q.R * q.S;
-  forward_on_words(q, x, wp.data, o, nhwc, o.filter);
+  forward_on_words(q, x, in_place ? words(w_in) : nullptr, o, nhwc, o.filter);  // (KCRS: pairs made as packed)
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
   const bool nhwc = is_nhwc(p);
   const at::Tensor dy = nhwc ? word_aligned(o.a) : o.a;
-  const PackedFilter wp = filter_words(o, p, 1, [&](const bf16* s, float* d) {  // o.b's layout: p's filter strides hold
-    backward_input_words(p, s, reinterpret_cast<uint32_t*>(d));
-  });
-  Conv2dParams q = p;
+  Conv2dParams q = p;  // (o.b's layout: p's filter strides hold)
   q.K = p.K / 2;
   set_strides(q, nhwc);
   at::Tensor dx = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
-  if (!avx512::implicit_gemm_backward_input(q, words(dy), wp.data, dx.mutable_data_ptr<float>(), nhwc, o.filter, true,
-                                            out16(o.out)))
+  // the filter's words: rows k = 2i and 2i + 1 paired, made as the engine packs them
+  if (!avx512::implicit_gemm_backward_input(q, words(dy), nullptr, dx.mutable_data_ptr<float>(), nhwc, o.filter, true,
+                                            out16(o.out), halves(o.b)))
     o.out.copy_(dx);
 }
 

@@ -171,11 +171,12 @@ void purge(Cache& c, std::vector<at::Tensor>& dead) {
 
 }  // namespace
 
-PackedFilter packed_filter(const at::Tensor* filter, std::initializer_list<int64_t> tag, int64_t floats,
+PackedFilter packed_filter(const at::Tensor* filter, const std::vector<int64_t>& tag, int64_t floats,
                            float* scratch, const std::function<void(float*)>& pack) {
   Cache& c = cache();
   const size_t bytes = size_t(floats) * sizeof(float);
   const auto uncached = [&]() -> PackedFilter {
+    if (scratch == nullptr) return {};  // the caller packs it as it goes
     pack(scratch);
     return {at::Tensor(), scratch};
   };
@@ -184,7 +185,7 @@ PackedFilter packed_filter(const at::Tensor* filter, std::initializer_list<int64
     return uncached();
   const at::Tensor& t = *filter;
   const int64_t version = t._version();
-  const std::vector<int64_t> key(tag);
+  const std::vector<int64_t>& key = tag;
   std::vector<at::Tensor> dead;  // buffers to free once the lock is released
   bool cache_it = false;
   at::Tensor hit;

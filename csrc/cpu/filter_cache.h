@@ -27,7 +27,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
-#include <initializer_list>
+#include <vector>
 
 namespace conv_ext {
 namespace cpu {
@@ -40,8 +40,9 @@ struct PackedFilter {
 // The packed form of `filter` (the user's filter tensor as the kernel reads it, or null when the
 // kernel reads a temporary copy) under `tag` (the kernel and every parameter of its layout),
 // `floats` long: from the cache, or written by pack(dst) into a new cached buffer or into
-// `scratch` (which must hold `floats`).
-PackedFilter packed_filter(const at::Tensor* filter, std::initializer_list<int64_t> tag, int64_t floats,
+// `scratch` (which must hold `floats`) -- or, scratch null, data null where it would have gone
+// there: the kernel then packs it piece by piece as its tasks need it.
+PackedFilter packed_filter(const at::Tensor* filter, const std::vector<int64_t>& tag, int64_t floats,
                            float* scratch, const std::function<void(float*)>& pack);
 
 void clear_filter_cache();

@@ -83,13 +83,13 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   auto f = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>(), is_nhwc(p),
-    o.filter, false, nullptr);
+    o.filter, false, nullptr, nullptr);
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::implicit_gemm_backward_input : avx2::implicit_gemm_backward_input;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p),
-    o.filter, false, nullptr);
+    o.filter, false, nullptr, nullptr);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -441,10 +441,35 @@ std::vector<int> scatter_widths(int64_t W) {
   return widths;
 }
 
+// The packed filter of a forward problem as fwd_compute reads it: nblocks blocks of blockf floats,
+// one per group and block of output channels (gk = g*nkb + kb), block(gk, dst) packing one.
+// whole(): all of it, from the filter cache (filter_cache.h: under `filter`, the user's filter,
+// and `tag`) or packed before the tasks run; whole(lazy = true) where each block is read by one
+// task only: then, unless the cache holds it, data null, and each task packs its blocks into its
+// own scratch just before it reads them. There they stay in the core's L2, where the whole filter
+// went out to L3 and was read back (4.7 MB at 512@7 bfloat16). With a new filter each call (a
+// training step), batch 4, 2 threads, NCHW 512@7 bfloat16, together with FilterSrc's words made
+// as read (ab.py as there): forward 1.07-1.08x, backward-input 1.05-1.10x (0.86x -> 1.00x and
+// 0.93x -> 1.09x torch, PYTHONPATH=. python benchmarks/algos.py 4,512,7,7,512,3,1,1 --pass P
+// --dtype bfloat16 --step); 256@14 1.01-1.02x, float32 3x3/2 0.99-1.03x. Cached forms: level.
+struct FwdFilter {
+  const at::Tensor* filter;
+  std::vector<int64_t> tag;
+  int64_t nblocks, blockf, macs;
+  std::function<void(int64_t, float*)> block;
+
+  PackedFilter whole(bool lazy) const {
+    const int64_t floats = nblocks * blockf;
+    return packed_filter(filter, tag, floats, lazy ? nullptr : scratch(0, floats), [&](float* wp) {
+      for_each_task(nblocks, macs, [&](int64_t gk) { block(gk, wp + gk * blockf); });
+    });
+  }
+};
+
 // y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, y16 (if not
 // null) gets y rounded to bfloat16 instead of y where it can (NCHW: by the output transposes; NHWC:
 // by the tiles, when a block's reduction is one panel, ncb == 1); returns whether it did.
-bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const float* wp, const float* bias,
+bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const FwdFilter& wf, const float* bias,
                  float* y, bool nhwc, uint16_t* y16 = nullptr) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
@@ -525,6 +550,11 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     if (f.pairs) edge_run_t<kPairs>(t, sw, a);
     else edge_run_t<false>(t, sw, a);
   };
+  // The filter whole, or packed by the tasks as they go where each block is read by one task: every
+  // image and row in it (the paths for channels_last groups below read it whole).
+  const bool grouped_nhwc = nhwc && !direct && !shared && G > 1 && Cg <= VL && H * W * C >= K * Cg * RS;
+  const PackedFilter packed = wf.whole(!grouped_nhwc && nib * nblk == 1);
+  const float* wp = packed.data;
   // task_body(n0, n1, p0, p1, g, kg, prebuilt): a task's tiles, on its band (prebuilt: built by the caller)
   // images [n0, n1), output rows [p0, p1), group g, block kg of filter blocks
   auto task_body = [&](int64_t n0, int64_t n1, int64_t p0, int64_t p1, int64_t g, int64_t kg, const float* prebuilt) {
@@ -556,9 +586,15 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
       const int64_t kvalid = std::min(NVL, Kg - kb * NVL);
       M cm[4];
       make_masks(nv, kvalid, cm);
+      const float* wblock = wp ? wp + (g * nkb + kb) * wf.blockf : nullptr;
+      if (!wblock) {  // (lazy: this task is the only one that reads the block)
+        float* b = scratch(9, wf.blockf);
+        wf.block(g * nkb + kb, b);
+        wblock = b;
+      }
       for (int64_t cb = 0; cb < ncb; ++cb) {
         const int64_t c0 = cb * cc, ccb = std::min(cc, Cg - c0);
-        const float* panel = wp + ((g * nkb + kb) * RS * Cg + c0 * RS) * NVL;
+        const float* panel = wblock + c0 * RS * NVL;
         int nseg = 0;
         for (int64_t r = 0; r < R; ++r) {
           if (merge_s) {
@@ -644,9 +680,8 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // 512 g32 @14 forward 1.11x float32 / 1.15x bfloat16 (0.82x -> 1.00x torch), backward-input 1.10x /
   // 1.12x; 512 g32 @28/2 forward 1.08x / 1.10x.
   const bool short_runs = std::all_of(widths.begin(), widths.end(), [](int t) { return t <= 14; });
-  const bool run_in_place = nhwc && !direct && !shared && G > 1 && Cg <= VL && row_runs && run_rest == 0 &&
-                            S == 3 && (sw == 1 ? short_runs : Q % 7 == 0) && nkb == 1 && ncb == 1 &&
-                            H * W * C >= K * Cg * RS;
+  const bool run_in_place = grouped_nhwc && row_runs && run_rest == 0 && S == 3 &&
+                            (sw == 1 ? short_runs : Q % 7 == 0) && nkb == 1 && ncb == 1;
   if (run_in_place) {
     const int64_t rb2 = even_row_blocks(Pt, rb, Nt, 4 * pool_threads()), nblk2 = ceil_div(Pt, rb2);
     M cm[4];
@@ -678,7 +713,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // masked copies). 2 threads, batch 4, channels_last forward, old/new (python benchmarks/ab.py
   // OLD.so NEW.so SHAPE --layout nhwc --pass forward): 512 g32 @14 1.08x, 64 g4 @28 1.00x; not
   // 1024 g32 @7 (32 channels a group, a 1.2 MB filter swept by every task: 0.87x).
-  if (nhwc && !direct && !shared && G > 1 && Cg <= VL && H * W * C >= K * Cg * RS) {
+  if (grouped_nhwc) {
     const int64_t w_lo = std::min(Wp, pw), w_hi = std::min(Wp, W + pw);  // band columns with data
     // a task per image and block of rows (at least 4 tasks a thread; the shape fwd_tasks chose
     // counted the groups as tasks)
@@ -720,47 +755,149 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   return y16 != nullptr;
 }
 
-// The forward filter itself (no flip): a panel's [c][r][s] x NVL block is the transpose of NVL
-// rows of w, done by 16x16 vector blocks (transpose_rows) and then put in [r][s][c] order a row
-// of NVL floats at a time. A scalar gather (before) took 2.8 ms per call for a 2048->512
-// 1x1 filter (0.23 ms now; PYTHONPATH=. python benchmarks/cpu_kernels.py --cases 1x1 --layouts nhwc).
-// Kept across calls while the filter is unchanged (filter_cache.h).
-PackedFilter fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const float* w, const at::Tensor* filter) {
-  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S, NVL = f.NVL;
-  const int64_t floats = G * f.nkb * RS * Cg * NVL;
-  const std::initializer_list<int64_t> tag = {1, CONV_EXT_ISA_BITS, G, Kg, Cg, p.R, p.S, NVL, f.cc, weight_is_krsc(p), f.pairs};
-  return packed_filter(filter, tag, floats, scratch(0, floats), [&](float* wp) {
-    for_each_task(G * f.nkb, p.macs(), [&](int64_t gk) {
-      const int64_t g = gk / f.nkb, k0 = (gk % f.nkb) * NVL;
-      float* tmp = RS > 1 ? scratch(1, f.cc * RS * NVL) : nullptr;
-      for (int64_t c0 = 0; c0 < Cg; c0 += f.cc) {
-        const int64_t ccb = std::min(f.cc, Cg - c0);
-        float* panel = wp + (gk * Cg + c0) * RS * NVL;  // [r][s][c][NVL]
-        if (weight_is_krsc(p)) {  // channels_last filter: one transpose per tap, straight into the panel
-          for (int64_t rs = 0; rs < RS; ++rs)
-            transpose_rows(w + (g * Kg + k0) * Cg * RS + rs * Cg + c0, Cg * RS, std::min(NVL, Kg - k0), ccb, NVL,
-                           panel + rs * ccb * NVL);
-          continue;
-        }
-        transpose_rows(w + ((g * Kg + k0) * Cg + c0) * RS, Cg * RS, std::min(NVL, Kg - k0), ccb * RS, NVL,
-                       RS > 1 ? tmp : panel);
-        if (RS > 1)
-          for (int64_t c = 0; c < ccb; ++c)
-            for (int64_t rs = 0; rs < RS; ++rs)
-              std::memcpy(panel + (rs * ccb + c) * NVL, tmp + (c * RS + rs) * NVL, sizeof(float) * NVL);
+// The filter as the packers below read it: w, float32 values (or words of bfloat16 pairs as they
+// lie: bf16_pairs' channels_last and 1x1 forward filters); or h, a dense bfloat16 filter whose
+// words of pairs are built as they are read, so that no filter of words is written first and
+// read back (bf16_pairs.cpp):
+//   channel pairs (forward, KCRS): word (k, c*RS + rs) = (h[k][2c][rs], h[k][2c + 1][rs])
+//   row pairs (backward-input, KCRS or channels_last): word (i, x) = (h[2i][x], h[2i + 1][x]) for
+//   x < L = Cg*R*S, the rows being whole filters
+// Offsets and strides count the words of the filter of words (the paired problem's). The words
+// made as read, not by a pass over the whole filter before the packing (4.7 MB each way at 512@7,
+// 7.5% of the forward's samples; perf record), and the panels' rows stored in place (a buffer and
+// a memcpy per row before): NCHW 512@7 bfloat16 forward with a new filter each call 1.05x, batch 4,
+// 2 threads (python benchmarks/ab.py OLD.so NEW.so 4,512,7,7,512,3,1,1 --pass forward --dtype
+// bfloat16 --old-env CONV_EXT_CPU_FILTER_CACHE_MB=0 --new-env CONV_EXT_CPU_FILTER_CACHE_MB=0, as a
+// training step sees it); float32 1.00-1.03x.
+struct FilterSrc {
+  const float* w = nullptr;
+  const uint16_t* h = nullptr;
+  int64_t RS = 0;  // channel pairs: the taps of a channel
+  int64_t L = 0;   // row pairs: the words of a row
+#if CONV_EXT_ISA_PAIRS
+  // channel pairs: idx[phi] gathers the 16 words of lanes l0 .. l0 + 15 (l0 % RS = phi) from the
+  // 64 values from channel 2*(l0 / RS) on (one VPERMT2W), where they fit there (RS <= 10)
+  alignas(64) int16_t idx[10][32];
+  bool by_permute = false;
+
+  static FilterSrc channel_pairs(const uint16_t* h, int64_t RS) {
+    FilterSrc s;
+    s.h = h, s.RS = RS, s.by_permute = RS <= 10;
+    for (int64_t phi = 0; phi < RS && s.by_permute; ++phi)
+      for (int64_t t = 0; t < 16; ++t) {
+        const int64_t q = phi + t, lo = 2 * RS * (q / RS) + q % RS;
+        s.idx[phi][2 * t] = static_cast<int16_t>(lo), s.idx[phi][2 * t + 1] = static_cast<int16_t>(lo + RS);
       }
-    });
-  });
+    return s;
+  }
+  // lanes m of the 16 words from word l0 = c*RS + phi of a channel-pair row of `len` words from
+  // halves s (start = 2*c*RS: the halves from channel 2c on)
+  __m512 channel_pair_words(const uint16_t* s, int64_t len, int64_t l0, int64_t start, int64_t phi,
+                            __mmask16 m) const {
+    if (by_permute) {
+      const int64_t left = 2 * len - start;
+      const auto upto = [](int64_t n) { return n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u); };
+      const __m512i a = _mm512_maskz_loadu_epi16(upto(left), s + start);
+      const __m512i b = _mm512_maskz_loadu_epi16(upto(left - 32), s + start + 32);
+      const __m512i v = _mm512_permutex2var_epi16(a, _mm512_load_si512(idx[phi]), b);
+      return _mm512_castsi512_ps(_mm512_maskz_mov_epi32(m, v));
+    }
+    alignas(64) uint32_t v[16];
+    for (int64_t t = 0; t < 16; ++t) {
+      const int64_t q = l0 + t, lo = 2 * RS * (q / RS) + q % RS;
+      v[t] = (m >> t) & 1 ? uint32_t(s[lo]) | uint32_t(s[lo + RS]) << 16 : 0u;
+    }
+    return _mm512_castsi512_ps(_mm512_load_si512(v));
+  }
+  // row pairs: the first value of the pair of word off + o, for words o of the same filter row as off
+  const uint16_t* row_pairs(int64_t off) const { return h + off + off / L * L; }
+#endif
+
+  // Rows [0, jn) (lds words apart) x words [0, len) from word off, transposed: row l of the
+  // result (NVL floats, lanes [jn, NVL) zero) at at(l), called for l = 0, 1, ... in order within
+  // each run of 16. Row pairs: the rows lie in one filter row.
+  template <class At>
+  void transposed(int64_t off, int64_t lds, int64_t jn, int64_t len, int64_t NVL, const At& at) const {
+#if CONV_EXT_ISA_PAIRS
+    const auto store = [&](int64_t l, int64_t j0, __m512 v, __mmask16 sm) { _mm512_mask_storeu_ps(at(l) + j0, sm, v); };
+    if (h && RS) {  // (off and lds are whole channels: rows start at a pair's first tap)
+      int64_t at_l0 = -1, start = 0, phi = 0;  // (one division per 16 words, not per row)
+      return transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) {
+        if (l0 != at_l0) at_l0 = l0, start = 2 * RS * (l0 / RS), phi = l0 % RS;
+        return channel_pair_words(h + 2 * (off + i * lds), len, l0, start, phi, m);
+      }, jn, len, NVL, store);
+    }
+    if (h) {
+      const uint16_t* lo0 = row_pairs(off);
+      return transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) {
+        const uint16_t* lo = lo0 + i * lds + l0;
+        return _mm512_castsi512_ps(pair_words(lo, lo + L, m));
+      }, jn, len, NVL, store);
+    }
+#endif
+    transpose_rows_at(w + off, lds, jn, len, NVL, at);
+  }
+  // Rows of n words (off, off + lds, ...; within one filter row) into rows of NVL floats (dst,
+  // dst + ldd, ...), lanes [n, NVL) zero (pad_rows). Not for channel pairs.
+  void padded(int64_t off, int64_t lds, int64_t rows, int64_t n, int64_t NVL, float* dst, int64_t ldd) const {
+#if CONV_EXT_ISA_PAIRS
+    if (h) {
+      const uint16_t* lo0 = row_pairs(off);
+      for (int64_t r = 0; r < rows; ++r) {
+        const uint16_t* lo = lo0 + r * lds;
+        for (int64_t v = 0; v < NVL; v += 16)
+          _mm512_storeu_si512(dst + r * ldd + v, pair_words(lo + v, lo + L + v, static_cast<__mmask16>(Isa::mask(n - v))));
+      }
+      return;
+    }
+#endif
+    pad_rows(w + off, lds, rows, n, NVL, dst, ldd);
+  }
+};
+
+// The forward filter itself (no flip), block gk (group g, output channels k0.. of NVL): a panel's
+// [c][r][s] x NVL block is the transpose of NVL rows of w, done by 16x16 vector blocks and stored
+// in [r][s][c] order (transpose_rows_at). A scalar gather (before) took 2.8 ms per call for a
+// 2048->512 1x1 filter (0.23 ms now; PYTHONPATH=. python benchmarks/cpu_kernels.py --cases 1x1
+// --layouts nhwc). Kept across calls while the filter is unchanged (filter_cache.h).
+void fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const FilterSrc& w, int64_t gk, float* dst) {
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), RS = p.R * p.S, NVL = f.NVL;
+  const int64_t g = gk / f.nkb, k0 = (gk % f.nkb) * NVL, jn = std::min(NVL, Kg - k0);
+  int64_t* row_of = scratch_i64(2, f.cc * RS);
+  for (int64_t c0 = 0; c0 < Cg; c0 += f.cc) {
+    const int64_t ccb = std::min(f.cc, Cg - c0);
+    float* panel = dst + c0 * RS * NVL;  // [r][s][c][NVL]
+    if (weight_is_krsc(p)) {  // channels_last filter: one transpose per tap, straight into the panel
+      for (int64_t rs = 0; rs < RS; ++rs)
+        w.transposed((g * Kg + k0) * Cg * RS + rs * Cg + c0, Cg * RS, jn, ccb, NVL,
+                     [&](int64_t l) { return panel + (rs * ccb + l) * NVL; });
+      continue;
+    }
+    // source column l = c*RS + rs -> panel row rs*ccb + c (a table: not a division per row)
+    for (int64_t c = 0, l = 0; c < ccb; ++c)
+      for (int64_t rs = 0; rs < RS; ++rs, ++l) row_of[l] = rs * ccb + c;
+    w.transposed(((g * Kg + k0) * Cg + c0) * RS, Cg * RS, jn, ccb * RS, NVL,
+                 [&](int64_t l) { return panel + row_of[l] * NVL; });
+  }
 }
 
 // pairs: x and w are words of bfloat16 pairs of channels (p counts the words), and y16 (if not
 // null) may get the output rounded to bfloat16 instead of y: returns whether it did (bf16_pairs.cpp).
+// w16 (pairs, a KCRS filter; w unused): the bfloat16 filter, its channel pairs made words as packed.
 bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias,
-                           float* y, bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16) {
+                           float* y, bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16,
+                           const uint16_t* w16) {
   FwdPlan f = fwd_plan(p);
   f.pairs = pairs;
-  const PackedFilter wp = fwd_pack_forward(p, f, w, filter);
-  return fwd_compute(p, f, x, wp.data, bias, y, nhwc, y16);
+  FilterSrc src;
+#if CONV_EXT_ISA_PAIRS
+  if (w16) src = FilterSrc::channel_pairs(w16, p.R * p.S);
+#endif
+  src.w = w;
+  const FwdFilter wf{filter, {1, CONV_EXT_ISA_BITS, p.groups, p.Kg(), p.Cg(), p.R, p.S, f.NVL, f.cc, weight_is_krsc(p), pairs},
+                     p.groups * f.nkb, p.R * p.S * p.Cg() * f.NVL, p.macs(),
+                     [&](int64_t gk, float* dst) { fwd_pack_forward(p, f, src, gk, dst); }};
+  return fwd_compute(p, f, x, wf, bias, y, nhwc, y16);
 }
 
 
@@ -770,42 +907,36 @@ bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
 // (2048->512 @7 NCHW backward-input: ~2 of 5 ms at one thread).
 bool channel_rows(const Conv2dParams& p) { return weight_is_krsc(p) || p.R * p.S == 1; }
 
-// Weights of that forward problem f (k' = c, c' = k): panel element (g, k', c', r, s) =
-// w[g*Kg + c', k', R-1-r, S-1-s]. For each c' the NVL filters k' of a block are one
-// transpose_rows of an NVL x R*S block of w; the taps are then written flipped, NVL floats at a time.
+// Weights of that forward problem f (k' = c, c' = k), block gk: panel element (g, k', c', r, s) =
+// w[g*Kg + c', k', R-1-r, S-1-s]. For each c' the NVL filters k' of a block are one transpose of
+// an NVL x R*S block of w, its taps stored flipped (transpose_rows_at).
 // krsc: channel_rows(w): the NVL filters k' at a tap are already side by side, a copy.
-PackedFilter fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const float* w, bool krsc,
-                              const at::Tensor* filter) {
-  const int64_t G = f.groups, Cgf = f.Cg(), Kgf = f.Kg(), RS = f.R * f.S, NVL = plan.NVL;
-  const int64_t floats = G * plan.nkb * RS * Cgf * NVL;
-  const std::initializer_list<int64_t> tag = {2, CONV_EXT_ISA_BITS, G, Kgf, Cgf, f.R, f.S, NVL, plan.cc, krsc, plan.pairs};
-  return packed_filter(filter, tag, floats, scratch(0, floats), [&](float* wp) {
-    for_each_task(G * plan.nkb, f.macs(), [&](int64_t gk) {
-      const int64_t g = gk / plan.nkb, j0 = (gk % plan.nkb) * NVL;
-      float* tmp = scratch(1, RS * NVL);
-      for (int64_t k = 0; k < Cgf; ++k) {  // c' of f = the original filter k
-        const int64_t c0 = k / plan.cc * plan.cc, ccb = std::min(plan.cc, Cgf - c0);
-        float* panel = wp + (gk * Cgf + c0) * RS * NVL;  // [r][s][c'][NVL]
-        const int64_t jn = std::min(NVL, Kgf - j0);
-        if (krsc) {  // tap rs reads the filter's tap RS-1-rs: rows backwards
-          pad_rows(w + ((g * Cgf + k) * RS + RS - 1) * Kgf + j0, -Kgf, RS, jn, NVL, panel + (k - c0) * NVL, ccb * NVL);
-          continue;
-        }
-        transpose_rows(w + ((g * Cgf + k) * Kgf + j0) * RS, RS, jn, RS, NVL, tmp);
-        for (int64_t rs = 0; rs < RS; ++rs)
-          std::memcpy(panel + (rs * ccb + k - c0) * NVL, tmp + (RS - 1 - rs) * NVL, sizeof(float) * NVL);
-      }
-    });
-  });
+void fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const FilterSrc& w, bool krsc, int64_t gk,
+                      float* dst) {
+  const int64_t Cgf = f.Cg(), Kgf = f.Kg(), RS = f.R * f.S, NVL = plan.NVL;
+  const int64_t g = gk / plan.nkb, j0 = (gk % plan.nkb) * NVL, jn = std::min(NVL, Kgf - j0);
+  for (int64_t k = 0; k < Cgf; ++k) {  // c' of f = the original filter k
+    const int64_t c0 = k / plan.cc * plan.cc, ccb = std::min(plan.cc, Cgf - c0);
+    float* panel = dst + c0 * RS * NVL;  // [r][s][c'][NVL]
+    if (krsc) {  // tap rs reads the filter's tap RS-1-rs: rows backwards
+      w.padded(((g * Cgf + k) * RS + RS - 1) * Kgf + j0, -Kgf, RS, jn, NVL, panel + (k - c0) * NVL, ccb * NVL);
+      continue;
+    }
+    w.transposed(((g * Cgf + k) * Kgf + j0) * RS, RS, jn, RS, NVL,
+                 [&](int64_t l) { return panel + ((RS - 1 - l) * ccb + k - c0) * NVL; });
+  }
 }
 
-bool bwd_input_stride1(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
+bool bwd_input_stride1(const Conv2dParams& p, const float* dy, const FilterSrc& w, float* dx, bool nhwc,
                        const at::Tensor* filter, bool pairs, uint16_t* dx16) {
   const Conv2dParams f = turned_problem(p);  // (kernel_util.h)
   FwdPlan plan = fwd_plan(f);
   plan.pairs = pairs;
-  const PackedFilter wp = fwd_pack_flipped(f, plan, w, channel_rows(p), filter);
-  return fwd_compute(f, plan, dy, wp.data, nullptr, dx, nhwc, dx16);
+  const bool krsc = channel_rows(p);
+  const FwdFilter wf{filter, {2, CONV_EXT_ISA_BITS, f.groups, f.Kg(), f.Cg(), f.R, f.S, plan.NVL, plan.cc, krsc, pairs},
+                     f.groups * plan.nkb, f.R * f.S * f.Cg() * plan.NVL, f.macs(),
+                     [&](int64_t gk, float* dst) { fwd_pack_flipped(f, plan, w, krsc, gk, dst); }};
+  return fwd_compute(f, plan, dy, wf, nullptr, dx, nhwc, dx16);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1055,11 +1186,14 @@ void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w
 
 // pairs: dy and w are words of bfloat16 pairs of output channels (p counts the words), and dx16
 // (if not null) may get dx rounded to bfloat16 instead of dx: returns whether it did (bf16_pairs.cpp).
+// w16 (pairs; w unused): the bfloat16 filter, pairs of its rows made words as packed.
 bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
-                                  const at::Tensor* filter, bool pairs, uint16_t* dx16) {
+                                  const at::Tensor* filter, bool pairs, uint16_t* dx16, const uint16_t* w16) {
   if (!pairs && bwd_input_use_pixel_rows(p)) return bwd_input_pixel_rows(p, dy, w, dx, nhwc), false;
   if (!pairs && bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc), false;
-  if (turns_round(p)) return bwd_input_stride1(p, dy, w, dx, nhwc, filter, pairs, dx16);
+  FilterSrc src;
+  src.w = w, src.h = w16, src.L = p.Cg() * p.R * p.S;
+  if (turns_round(p)) return bwd_input_stride1(p, dy, src, dx, nhwc, filter, pairs, dx16);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -1086,20 +1220,18 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
     for_each_task(G * nob, p.macs(), [&](int64_t go) {
       const int64_t g = go / nob, ob = go % nob;
       float* panel0 = wp + (g * nob + ob) * RS * Kg * NVL;
-      float* tmp = scratch(1, RS * NVL);
       for (int64_t kcb = 0; kcb < nkc; ++kcb) {
         const int64_t k0 = kcb * kc, kcl = std::min(kc, Kg - k0);
         float* panel = panel0 + k0 * RS * NVL;
         const int64_t jn = std::min(NVL, Cg - ob * NVL);
         for (int64_t k = 0; k < kcl; ++k) {
           if (krsc) {  // w[k][rs][ob*NVL ..] is already a row of channels
-            pad_rows(w + (g * Kg + k0 + k) * RS * Cg + ob * NVL, Cg, RS, jn, NVL, panel + k * NVL, kcl * NVL);
+            src.padded((g * Kg + k0 + k) * RS * Cg + ob * NVL, Cg, RS, jn, NVL, panel + k * NVL, kcl * NVL);
             continue;
           }
-          // tmp[rs][j] = w[k][ob*NVL + j][rs] (vector transposes)
-          transpose_rows(w + ((g * Kg + k0 + k) * Cg + ob * NVL) * RS, RS, jn, RS, NVL, tmp);
-          for (int64_t rs = 0; rs < RS; ++rs)
-            std::memcpy(panel + (rs * kcl + k) * NVL, tmp + rs * NVL, sizeof(float) * NVL);
+          // panel[rs][k][j] = w[k][ob*NVL + j][rs] (vector transposes)
+          src.transposed(((g * Kg + k0 + k) * Cg + ob * NVL) * RS, RS, jn, RS, NVL,
+                         [&](int64_t l) { return panel + (l * kcl + k) * NVL; });
         }
       }
     });

@@ -504,6 +504,25 @@ inline void transpose_rows(const float* src, int64_t lds, int64_t jn, int64_t le
 #endif
 }
 
+// transpose_rows with row l of the result (NVL floats, lanes [jn, NVL) zero) at at(l): packed
+// panels whose rows are not in the source's column order (implicit_gemm's filters, flipped or
+// with their taps before their channels), written in place instead of through a buffer.
+template <class At>
+inline void transpose_rows_at(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, const At& at) {
+#if CONV_EXT_ISA_BITS == 512
+  transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) { return _mm512_maskz_loadu_ps(m, src + i * lds + l0); },
+                       jn, len, NVL, [&](int64_t l, int64_t j0, __m512 v, __mmask16 sm) {
+    _mm512_mask_storeu_ps(at(l) + j0, sm, v);
+  });
+#else
+  for (int64_t l = 0; l < len; ++l) {
+    float* d = at(l);
+    for (int64_t j = 0; j < jn; ++j) d[j] = src[j * lds + l];
+    for (int64_t j = jn; j < NVL; ++j) d[j] = 0.f;
+  }
+#endif
+}
+
 #if CONV_EXT_ISA_PAIRS
 // bfloat16 pairs (Tile::pairs, bf16_pairs.cpp): the bands and blocks of the paired problems.
 // pair_words: 16 words (lo[j], hi[j]) — lo in the low half, as VDPBF16PS reads a pair; a null
