@@ -95,6 +95,38 @@ def test_backward_input_reuses_packed_filter(case, layout):
     torch.testing.assert_close(outs[-1], ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape,k,r,stride", [((1, 256, 4, 4), 256, 3, 1), ((2, 32, 9, 11), 48, 5, 2), ((1, 48, 6, 6), 32, 1, 1)],
+                         ids=["3x3 @4", "5x5/2", "1x1"])
+def test_bfloat16_pairs_packed_as_read_or_cached(shape, k, r, stride, layout):
+    """bf16_pairs' KCRS filters: their words are made as the engine packs its panels -- by the
+    task that reads a block (the first call: one task per block at 3x3 @4) or all at once into the
+    cache (later calls): the same bits either way and for a fresh copy, forward and backward-input."""
+    x, w = make(shape, k, r, layout)
+    x, w = x.bfloat16(), w.bfloat16()
+    pad = r // 2
+    dy = torch.randn_like(F.conv2d(x.float(), w.float(), None, stride, pad)).bfloat16()
+    geo = ([stride] * 2, [pad] * 2, [1, 1], 1)
+    try:
+        with testing.force_cpu_algorithm({"forward": "bf16_pairs", "backward_input": "bf16_pairs"}):
+            ys = [conv_ext.conv2d(x, w, None, stride, pad) for _ in range(3)]
+            ys.append(conv_ext.conv2d(x, fresh(w), None, stride, pad))
+            dxs = [ops.conv2d_backward_input(dy, w, list(x.shape), *geo) for _ in range(3)]
+            dxs.append(ops.conv2d_backward_input(dy, fresh(w), list(x.shape), *geo))
+    except RuntimeError as e:
+        if "does not support" in str(e):
+            pytest.skip("bf16_pairs does not run on this CPU")
+        raise
+    for y in ys[1:]:
+        assert torch.equal(y, ys[0])
+    for dx in dxs[1:]:
+        assert torch.equal(dx, dxs[0])
+    torch.testing.assert_close(ys[0].float(), F.conv2d(x.float(), w.float(), None, stride, pad), rtol=2e-2, atol=2e-2)
+    ref = torch.ops.aten.convolution_backward(dy.float(), x.float(), w.float(), None, *geo[:3], False, [0, 0], 1,
+                                              [True, False, False])[0]
+    torch.testing.assert_close(dxs[0].float(), ref, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_channels_last_filter(case):
     _, shape, k, r, stride, padding, algo, _, kept = case

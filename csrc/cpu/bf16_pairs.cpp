@@ -175,14 +175,13 @@ const float* words(const at::Tensor& t) { return reinterpret_cast<const float*>(
 bf16* out16(at::Tensor& t) { return reinterpret_cast<bf16*>(t.mutable_data_ptr()); }
 
 
-// The filter's words (n of them; K*Cg*R*S/2 unless said) as build writes them: kept with the filter's other
-// packed forms (filter_cache.h) while it is unchanged when the kernel reads the user's filter
-// (o.filter), else built into per-thread scratch (slot 11: no kernel of implicit_gemm's uses it).
+// A flat filter's words (n of them) as build writes them: kept with the filter's other packed
+// forms (filter_cache.h) while it is unchanged when the kernel reads the user's filter (o.filter),
+// else built into per-thread scratch (slot 11: no kernel of implicit_gemm's uses it). (The words
+// of KCRS filters are made as the engine packs them: implicit_gemm.cpp, FilterSrc.)
 template <class Build>
-PackedFilter filter_words(const Operands& o, const Conv2dParams& p, int64_t kind, const Build& build,
-                          int64_t n = -1) {
-  if (n < 0) n = p.K * p.Cg() * p.R * p.S / 2;
-  const std::initializer_list<int64_t> tag = {100 + kind, p.K, p.Cg(), p.R, p.S, weight_is_krsc(p)};
+PackedFilter filter_words(const Operands& o, const Conv2dParams& p, int64_t kind, const Build& build, int64_t n) {
+  const std::vector<int64_t> tag = {100 + kind, p.K, p.Cg(), p.R, p.S, weight_is_krsc(p)};
   return packed_filter(o.filter, tag, n, scratch(11, n), [&](float* d) { build(halves(o.b), d); });
 }
 

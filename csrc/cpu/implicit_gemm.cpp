@@ -21,7 +21,9 @@
 // rows transposed), so the micro-kernel never tests bounds and never sees an im2col buffer.
 // Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
 // panels of <= 192 KiB (they stay in L2 while a task sweeps its rows); the reduction over
-// input channels is split into such panels and accumulated in the output.
+// input channels is split into such panels and accumulated in the output. Where a block of
+// output channels is read by one task only (forward, stride-1 backward-input), that task packs
+// it just before (FwdFilter); a filter unchanged between calls is packed once (filter_cache.h).
 // NCHW outputs are written through a per-task [pixels][NV*VL] buffer and transposed on store
 // (transpose_rows, simd.h: 16x16 vector blocks; was a scalar strided copy: -1..3% time at 1 thread).
 // backward-weight NCHW: the dy band (rows pa..pb of each of NVL planes = one contiguous run per
