@@ -96,8 +96,9 @@ def test_backward_input_reuses_packed_filter(case, layout):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("shape,k,r,stride", [((1, 256, 4, 4), 256, 3, 1), ((2, 32, 9, 11), 48, 5, 2), ((1, 48, 6, 6), 32, 1, 1)],
-                         ids=["3x3 @4", "5x5/2", "1x1"])
+@pytest.mark.parametrize(
+    "shape,k,r,stride", [((1, 256, 4, 4), 256, 3, 1), ((2, 32, 9, 11), 48, 5, 2), ((1, 48, 6, 6), 32, 1, 1)],
+    ids=["3x3 @4", "5x5/2", "1x1"])
 def test_bfloat16_pairs_packed_as_read_or_cached(shape, k, r, stride, layout):
     """bf16_pairs' KCRS filters: their words are made as the engine packs its panels -- by the
     task that reads a block (the first call: one task per block at 3x3 @4) or all at once into the

@@ -17,8 +17,9 @@
 //                    array of words; the filter's pairs (w[k, 2i, r, s], w[k, 2i+1, r, s]) are
 //                    adjacent in a channels_last or 1x1 filter (read as it lies) and made
 //                    as the engine packs a KCRS one (implicit_gemm.cpp, FilterSrc). An odd
-//                    channel count (the RGB stems): in channels_last at an even stride pairs of a row's (s, c) values (flat_rows),
-//                    at stride 1 the same for pairs of pixels, else copies with a zero channel.
+//                    channel count (the RGB stems): in channels_last at an even stride pairs
+//                    of a row's (s, c) values (flat_rows), at stride 1 the same for pairs of
+//                    pixels, else copies with a zero channel.
 //   backward-input   the words are pairs of output channels (dy's channels, the reduction of
 //                    dx = sum_k dy[k] w[k, c]): dy as it lies, the filter's rows k = 2i and 2i + 1
 //                    interleaved as the engine packs them, KCRS or channels_last alike.

@@ -20,7 +20,8 @@
 //   dilation) runs each output row in runs of 8 pixels (AVX2: 4) per channel vector: 8 sums, the
 //   row's S weights and its (8-1)*stride + S input vectors in registers, each input loaded once.
 //   float32 with R == S and no dilation: by blocks of channels whose input rows stay in L1, each
-//   run reading its pixels through a table (padding at a zero vector; block_forward, below);
+//   run reading its pixels through a table (padding at a zero vector; block_forward, below), or
+//   inside a row of up to 4 vectors of channels its input rows at a pixel's step;
 //   bfloat16 and the other shapes in place over all channels (forward_runs; the runs at the
 //   row's ends load zeros for the padding and store only the pixels that exist). Everything else
 //   gathers per output pixel: its valid taps (a short list of offsets) run over the channels 4
@@ -360,10 +361,11 @@ void block_forward(const Conv2dParams& p, const float* x, const float* wt, const
     const int64_t band = task % nband, blk = task / nband % nblk, n = task / (nband * nblk);
     const int64_t a0 = P * band / nband, a1 = P * (band + 1) / nband, c0 = blk * Cb, cn = std::min(Cb, C - c0);
     // Runs inside a row read its S rows at a pixel's step, not through a table of pixels, where the
-    // table's S*NX pointers cost more than its loads save: blocks of up to 4 vectors. 32@112
-    // channels_last forward and stride-1 backward-input 1.15x (0.85x -> 0.98x torch), 64@56 1.05x,
-    // batch 4, 2 threads (python benchmarks/ab.py OLD.so NEW.so 4,32,112,112,32,3,1,1,32 --layout
-    // nhwc --pass P); with 9-15 vectors (144@56, 960@7) 0.94x and 0.91x, so they keep the tables.
+    // table's S*NX pointers cost more than its loads save (a third of the 32@112 forward's samples,
+    // perf record): blocks of up to 4 vectors. 32@112 channels_last forward and stride-1
+    // backward-input 1.15x, 64@56 1.05x, batch 4, 2 threads (python benchmarks/ab.py OLD.so NEW.so
+    // 4,32,112,112,32,3,1,1,32 --layout nhwc --pass P); with 9-15 vectors (144@56, 960@7) 0.94x and
+    // 0.91x, so they keep the tables.
     const bool rows = cn <= 4 * VL;
     // zeros: a padding pixel of the tables, or a padding row of NX pixels C floats apart
     const int64_t nzero = rows ? (NX - 1) * C + Cb : Cb;

@@ -798,7 +798,9 @@ struct FilterSrc {
                             __mmask16 m) const {
     if (by_permute) {
       const int64_t left = 2 * len - start;
-      const auto upto = [](int64_t n) { return n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u); };
+      const auto upto = [](int64_t n) {
+        return n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1u);
+      };
       const __m512i a = _mm512_maskz_loadu_epi16(upto(left), s + start);
       const __m512i b = _mm512_maskz_loadu_epi16(upto(left - 32), s + start + 32);
       const __m512i v = _mm512_permutex2var_epi16(a, _mm512_load_si512(idx[phi]), b);
@@ -816,8 +818,8 @@ struct FilterSrc {
 #endif
 
   // Rows [0, jn) (lds words apart) x words [0, len) from word off, transposed: row l of the
-  // result (NVL floats, lanes [jn, NVL) zero) at at(l), called for l = 0, 1, ... in order within
-  // each run of 16. Row pairs: the rows lie in one filter row.
+  // result (NVL floats, lanes [jn, NVL) zero) at at(l). Row pairs: the rows lie in one filter
+  // row; channel pairs: rows of a KCRS filter's words (not a channels_last filter's taps).
   template <class At>
   void transposed(int64_t off, int64_t lds, int64_t jn, int64_t len, int64_t NVL, const At& at) const {
 #if CONV_EXT_ISA_PAIRS
@@ -848,7 +850,8 @@ struct FilterSrc {
       for (int64_t r = 0; r < rows; ++r) {
         const uint16_t* lo = lo0 + r * lds;
         for (int64_t v = 0; v < NVL; v += 16)
-          _mm512_storeu_si512(dst + r * ldd + v, pair_words(lo + v, lo + L + v, static_cast<__mmask16>(Isa::mask(n - v))));
+          _mm512_storeu_si512(dst + r * ldd + v,
+                              pair_words(lo + v, lo + L + v, static_cast<__mmask16>(Isa::mask(n - v))));
       }
       return;
     }
@@ -896,7 +899,8 @@ bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
   if (w16) src = FilterSrc::channel_pairs(w16, p.R * p.S);
 #endif
   src.w = w;
-  const FwdFilter wf{filter, {1, CONV_EXT_ISA_BITS, p.groups, p.Kg(), p.Cg(), p.R, p.S, f.NVL, f.cc, weight_is_krsc(p), pairs},
+  const FwdFilter wf{filter,
+                     {1, CONV_EXT_ISA_BITS, p.groups, p.Kg(), p.Cg(), p.R, p.S, f.NVL, f.cc, weight_is_krsc(p), pairs},
                      p.groups * f.nkb, p.R * p.S * p.Cg() * f.NVL, p.macs(),
                      [&](int64_t gk, float* dst) { fwd_pack_forward(p, f, src, gk, dst); }};
   return fwd_compute(p, f, x, wf, bias, y, nhwc, y16);
