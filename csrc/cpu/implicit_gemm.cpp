@@ -823,20 +823,19 @@ struct FilterSrc {
   template <class At>
   void transposed(int64_t off, int64_t lds, int64_t jn, int64_t len, int64_t NVL, const At& at) const {
 #if CONV_EXT_ISA_PAIRS
-    const auto store = [&](int64_t l, int64_t j0, __m512 v, __mmask16 sm) { _mm512_mask_storeu_ps(at(l) + j0, sm, v); };
     if (h && RS) {  // (off and lds are whole channels: rows start at a pair's first tap)
       int64_t at_l0 = -1, start = 0, phi = 0;  // (one division per 16 words, not per row)
       return transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) {
         if (l0 != at_l0) at_l0 = l0, start = 2 * RS * (l0 / RS), phi = l0 % RS;
         return channel_pair_words(h + 2 * (off + i * lds), len, l0, start, phi, m);
-      }, jn, len, NVL, store);
+      }, jn, len, NVL, rows_at(at));
     }
     if (h) {
       const uint16_t* lo0 = row_pairs(off);
       return transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) {
         const uint16_t* lo = lo0 + i * lds + l0;
         return _mm512_castsi512_ps(pair_words(lo, lo + L, m));
-      }, jn, len, NVL, store);
+      }, jn, len, NVL, rows_at(at));
     }
 #endif
     transpose_rows_at(w + off, lds, jn, len, NVL, at);

@@ -474,6 +474,12 @@ inline void transpose_block_rows(const Load& load, int64_t jn, int64_t len, int6
   }
 }
 
+// transpose_block_rows' store into the row at at(l) (the packers' panels: transpose_rows_at)
+template <class At>
+inline auto rows_at(const At& at) {
+  return [&at](int64_t l, int64_t j0, __m512 v, __mmask16 sm) { _mm512_mask_storeu_ps(at(l) + j0, sm, v); };
+}
+
 // transpose_block_rows' store into dst[l][NVL] (streamed: see transpose_rows)
 inline auto float_rows(float* dst, int64_t NVL, int64_t jw, bool stream) {
   return [=](int64_t l, int64_t j0, __m512 v, __mmask16 sm) {
@@ -511,9 +517,7 @@ template <class At>
 inline void transpose_rows_at(const float* src, int64_t lds, int64_t jn, int64_t len, int64_t NVL, const At& at) {
 #if CONV_EXT_ISA_BITS == 512
   transpose_block_rows([&](int64_t i, int64_t l0, __mmask16 m) { return _mm512_maskz_loadu_ps(m, src + i * lds + l0); },
-                       jn, len, NVL, [&](int64_t l, int64_t j0, __m512 v, __mmask16 sm) {
-    _mm512_mask_storeu_ps(at(l) + j0, sm, v);
-  });
+                       jn, len, NVL, rows_at(at));
 #else
   for (int64_t l = 0; l < len; ++l) {
     float* d = at(l);
