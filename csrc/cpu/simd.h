@@ -171,8 +171,9 @@ struct Tile {
   // files compiled with CONV_EXT_PER_ISA_BF16, and only on CPUs with AVX512-BF16.
   bool pairs = false;
   // With pairs: C(i, v) rounded to bfloat16 (VCVTNEPS2BF16) at c16 + i*ldc + v*VL instead of c
-  // (never with accumulate or crow).
+  // (never with accumulate), or at c16row[i] + v*VL where c16row is set (with crow).
   uint16_t* c16 = nullptr;
+  uint16_t* const* c16row = nullptr;
 };
 
 // Fast: a_ls == 1 and b_ls == NV*VL (packed panels, the common case): a loop with one induction
@@ -319,7 +320,7 @@ void micro_kernel_impl(const Tile& t) {
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         if (i >= t.mr) break;
-        uint16_t* cp = t.c16 + i * t.ldc;
+        uint16_t* cp = t.c16row ? t.c16row[i] : t.c16 + i * t.ldc;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) store_bf16(cp + v * VL, acc[i][v], t.cmask ? t.cmask + v : nullptr);
       }
