@@ -959,10 +959,15 @@ bool bwd_input_stride1(const Conv2dParams& p, const float* dy, const FilterSrc& 
 // 512@14/2 10.1 -> 7.6 [6.8] / 10.2 -> 6.5 [7.3]; 256@28/2 6.4 -> 5.5 [6.3] / 6.2 -> 5.2 [5.1];
 // 128@56/2 (784 dy pixels) a tie, so it stays with the gather. A task is an image (and group),
 // so at least 4 of them (a rule of the shape only, not of the thread count: same bits).
+// Since the gather's tiles take a phase's pixels of many rows (a row's 7 or 14 left tiles of 1-2
+// rows before), 256@28/2 (196 dy pixels) is faster gathered: batch 8 / 4, 2 threads, col2im ->
+// gather (python benchmarks/ab.py OLD.so NEW.so 8,256,28,28,256,3,2,1 --pass backward_input, best
+// mins): NCHW 1.11-1.17x / 1.04-1.09x, channels_last 1.08x / 0.92-1.00x; 512@14/2 (49) mixed,
+// 0.83-1.05x: col2im keeps dy planes of up to 7x7.
 bool bwd_input_use_col2im(const Conv2dParams& p) {
   const bool strided = p.stride_h > 1 || p.stride_w > 1;
   return (p.Cg() * 2 <= VL && p.R * p.S * p.Cg() >= VL && p.groups == 1) ||
-         (strided && p.Cg() >= 64 && p.P * p.Q <= 196 && p.N * p.groups >= 4);
+         (strided && p.Cg() >= 64 && p.P * p.Q <= 49 && p.N * p.groups >= 4);
 }
 
 void bwd_input_col2im(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc) {
