@@ -45,6 +45,16 @@
 // --layout L --dtype D): float32 channels_last 1.34x, NCHW 1.25x; bfloat16 1.37x / 1.54x
 // (channels_last 0.56x -> 0.96x torch); CIFAR 16->32 @32/2 bfloat16 1.28x.
 //
+// Strided backward-input, the other widths: the tiles of a column phase take its pixels from every
+// row of the same row class that meets the same filter rows (rows by pointer: Tile::arow, crow,
+// c16row), where each dx row had its own tiles: a 14-wide dx row has 7 pixels a phase, a 6-row
+// tile and a 1-row tile on the 4-row instance, 70% of the computed rows real. Batch 8 unless
+// said, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass backward_input
+// --layout L --dtype D, new filter each call): bfloat16 512@14/2 1.31x channels_last / 1.29x NCHW
+// (batch 4; 0.84x -> 1.13x torch channels_last, 1.42x NCHW), 256@28/2 1.13x / 1.11x; ResNeXt 1024
+// g32 @28/2 batch 4 channels_last 1.33x float32 / 1.26x bfloat16; the 5x5/2 24->40 @27 float32
+// NCHW 1.43x; 128@56/2 (28-wide rows) level. The same sums per pixel: the same bits.
+//
 // Backward-input with few input channels: at stride 1 (Cg*4 <= VL: CIFAR's stem) vectors over
 // the pixels of a dx row from zero-padded dy planes; strided (Cg*2 <= VL: the 7x7/2 stem)
 // scatter instead (col2im).
@@ -1321,22 +1331,24 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
           }
           continue;
         }
-        // dx pixels of one phase (row class ih % sh, column class phase) meet the same taps in every
-        // row of the class whose filter rows all reach dy or all miss it alike (all but the edge
-        // rows), dy rows one further per row: those rows' pixels are one list of tiles (rows by
-        // pointer), not a tile or two per row. ceil(W / sw) pixels a row left mostly empty tiles:
-        // 512@14/2 has 7 (6 + 1 rows on the 4-row instance, 70% of the rows computed real).
+        // A phase (rows i0 + cls + m*sh, columns phase + j*sw) meets the same taps in consecutive rows
+        // whose filter rows reach dy alike (all but the edge rows), each row one dy row further down:
+        // their pixels are one list of tiles (header: "the other widths").
+        auto rows_met = [&](int64_t ih) {  // the filter rows whose taps reach dy from dx row ih (R <= 64)
+          uint64_t m = 0;
+          for (int64_t r = 0; r < R; ++r)
+            if (dy_row(ih, r) >= 0) m |= uint64_t(1) << r;
+          return m;
+        };
         for (int64_t cls = 0; cls < std::min(sh, i1 - i0); ++cls)
           for (int64_t phase = 0; phase < std::min(sw, W); ++phase) {
             const int64_t ncol = ceil_div(W - phase, sw);
             for (int64_t ih0 = i0 + cls; ih0 < i1;) {
               // the taps that reach dx row ih0's columns phase, phase + sw, ... (the same for all of them)
               int nseg = 0;
-              uint64_t rows_met = 0;  // the filter rows r that reach dy (r < 64: else one row a list)
               for (int64_t r = 0; r < R; ++r) {
                 const int64_t oh = dy_row(ih0, r);
                 if (oh < 0) continue;
-                if (r < 64) rows_met |= uint64_t(1) << r;
                 for (int64_t s = 0; s < S; ++s) {
                   const int64_t tw = phase + pw - s * dw;
                   if (floor_mod(tw, sw) != 0) continue;
@@ -1345,15 +1357,9 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
                   ++nseg;
                 }
               }
-              auto met = [&](int64_t ih) {
-                uint64_t m = 0;
-                for (int64_t r = 0; r < std::min<int64_t>(R, 64); ++r)
-                  if (dy_row(ih, r) >= 0) m |= uint64_t(1) << r;
-                return m;
-              };
-              int64_t nrow = 1;  // rows ih0, ih0 + sh, ... in this list
+              int64_t nrow = 1;  // rows ih0, ih0 + sh, ... in this list (taller filters: a row a list)
               if (R <= 64)
-                while (ih0 + nrow * sh < i1 && met(ih0 + nrow * sh) == rows_met) ++nrow;
+                while (ih0 + nrow * sh < i1 && rows_met(ih0 + nrow * sh) == rows_met(ih0)) ++nrow;
               const int64_t npx = nrow * ncol;
               const float** ar = scratch_ptrs<const float>(npx);
               float** cr = scratch_ptrs<float>(npx);
@@ -1362,7 +1368,8 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
                 for (int64_t j = 0; j < ncol; ++j, ++f) {
                   const int64_t ih = ih0 + m * sh, iw = phase + j * sw;
                   ar[f] = band + (m * Wp + j) * Kg;  // (row ih reads dy rows m further down the band)
-                  cr[f] = nhwc ? dx + ((n * H + ih) * W + iw) * C + g * Cg + ob * NVL : obuf + ((ih - i0) * W + iw) * NVL;
+                  cr[f] = nhwc ? dx + ((n * H + ih) * W + iw) * C + g * Cg + ob * NVL
+                               : obuf + ((ih - i0) * W + iw) * NVL;
                   if (cr16) cr16[f] = dx16 + (cr[f] - dx);
                 }
               for (int64_t f0 = 0; f0 < npx; f0 += MR) {
