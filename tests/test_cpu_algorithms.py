@@ -73,6 +73,9 @@ GENERAL = [
     ((1, 16, 11, 30), 16, (5, 3), (1, 2), (2, 1), (2, 1), 1),  # row stride 1, 5 row taps dilated; 16 + 14
     ((2, 48, 9, 17), 24, (3, 3), 2, 2, 1, 3),          # 8 filters a group; padding 2; 16 + 1 stored of 7
     ((1, 16, 7, 8), 704, (3, 3), 2, 1, 1, 1),          # 3 panels of dy channels: runs added to dx
+    # strided backward-input by phases: a phase's pixels of the rows that meet the same taps in one list of tiles
+    ((2, 40, 16, 14), 24, (3, 3), 2, 1, 1, 1),         # 7 pixels a phase row; the last row meets one filter row
+    ((1, 48, 17, 10), 20, (4, 3), 3, 2, 1, 2),         # stride 3, 4 filter rows: classes of 1-2 rows, edges both ends
     ((2, 32, 9, 56), 32, (3, 3), 2, 1, 1, 4),          # grouped_interleaved's 3-tap rows at stride 2: tiles of 14
 ]
 ONE_BY_ONE = [
