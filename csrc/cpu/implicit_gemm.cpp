@@ -45,13 +45,13 @@
 // --layout L --dtype D): float32 channels_last 1.34x, NCHW 1.25x; bfloat16 1.37x / 1.54x
 // (channels_last 0.56x -> 0.96x torch); CIFAR 16->32 @32/2 bfloat16 1.28x.
 //
-// Strided backward-input, the other widths: the tiles of a column phase take its pixels from every
-// row of the same row class that meets the same filter rows (rows by pointer: Tile::arow, crow,
-// c16row), where each dx row had its own tiles: a 14-wide dx row has 7 pixels a phase, a 6-row
+// Strided backward-input otherwise ("phase lists"): the tiles of a column phase take its pixels from
+// every row of the same row class that meets the same filter rows (rows by pointer: Tile::arow,
+// crow, c16row), where each dx row had its own tiles: a 14-wide dx row has 7 pixels a phase, a 6-row
 // tile and a 1-row tile on the 4-row instance, 70% of the computed rows real. Batch 8 unless
 // said, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass backward_input
-// --layout L --dtype D, new filter each call): bfloat16 512@14/2 1.31x channels_last / 1.29x NCHW
-// (batch 4; 0.84x -> 1.13x torch channels_last, 1.42x NCHW), 256@28/2 1.13x / 1.11x; ResNeXt 1024
+// --layout L --dtype D, new filter each call): bfloat16 512@14/2 1.31x channels_last (0.84x ->
+// 1.13x torch), NCHW batch 4 1.29x (1.42x torch), 256@28/2 1.13x / 1.11x; ResNeXt 1024
 // g32 @28/2 batch 4 channels_last 1.33x float32 / 1.26x bfloat16; the 5x5/2 24->40 @27 float32
 // NCHW 1.43x; 128@56/2 (28-wide rows) level. The same sums per pixel: the same bits.
 //
@@ -1333,7 +1333,7 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
         }
         // A phase (rows i0 + cls + m*sh, columns phase + j*sw) meets the same taps in consecutive rows
         // whose filter rows reach dy alike (all but the edge rows), each row one dy row further down:
-        // their pixels are one list of tiles (header: "the other widths").
+        // their pixels are one list of tiles (header: "phase lists").
         auto rows_met = [&](int64_t ih) {  // the filter rows whose taps reach dy from dx row ih (R <= 64)
           uint64_t m = 0;
           for (int64_t r = 0; r < R; ++r)
@@ -1359,7 +1359,8 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
               }
               int64_t nrow = 1;  // rows ih0, ih0 + sh, ... in this list (taller filters: a row a list)
               if (R <= 64)
-                while (ih0 + nrow * sh < i1 && rows_met(ih0 + nrow * sh) == rows_met(ih0)) ++nrow;
+                for (const uint64_t met = rows_met(ih0); ih0 + nrow * sh < i1 && rows_met(ih0 + nrow * sh) == met;)
+                  ++nrow;
               const int64_t npx = nrow * ncol;
               const float** ar = scratch_ptrs<const float>(npx);
               float** cr = scratch_ptrs<float>(npx);
