@@ -175,7 +175,6 @@ const bf16* halves(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t
 const float* words(const at::Tensor& t) { return reinterpret_cast<const float*>(t.const_data_ptr()); }
 bf16* out16(at::Tensor& t) { return reinterpret_cast<bf16*>(t.mutable_data_ptr()); }
 
-
 // A flat filter's words (n of them) as build writes them: kept with the filter's other packed
 // forms (filter_cache.h) while it is unchanged when the kernel reads the user's filter (o.filter),
 // else built into per-thread scratch (slot 11: no kernel of implicit_gemm's uses it). (The words

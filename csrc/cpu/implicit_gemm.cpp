@@ -478,6 +478,15 @@ struct FwdFilter {
   }
 };
 
+// The FwdFilter of forward problem f whose blocks block(gk, dst) packs: kind 1 the filter itself,
+// 2 flipped and transposed (the stride-1 backward-input); krsc: the packer reads a filter of
+// channel rows. Its cache tag names every parameter of the packed layout.
+FwdFilter fwd_filter(int64_t kind, const Conv2dParams& f, const FwdPlan& plan, bool krsc, const at::Tensor* filter,
+                     std::function<void(int64_t, float*)> block) {
+  return {filter, {kind, CONV_EXT_ISA_BITS, f.groups, f.Kg(), f.Cg(), f.R, f.S, plan.NVL, plan.cc, krsc, plan.pairs},
+          f.groups * plan.nkb, f.R * f.S * f.Cg() * plan.NVL, f.macs(), std::move(block)};
+}
+
 // y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, y16 (if not
 // null) gets y rounded to bfloat16 instead of y where it can (NCHW: by the output transposes; NHWC:
 // by the tiles, when a block's reduction is one panel, ncb == 1); returns whether it did.
@@ -908,10 +917,8 @@ bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
   if (w16) src = FilterSrc::channel_pairs(w16, p.R * p.S);
 #endif
   src.w = w;
-  const FwdFilter wf{filter,
-                     {1, CONV_EXT_ISA_BITS, p.groups, p.Kg(), p.Cg(), p.R, p.S, f.NVL, f.cc, weight_is_krsc(p), pairs},
-                     p.groups * f.nkb, p.R * p.S * p.Cg() * f.NVL, p.macs(),
-                     [&](int64_t gk, float* dst) { fwd_pack_forward(p, f, src, gk, dst); }};
+  const FwdFilter wf = fwd_filter(1, p, f, weight_is_krsc(p), filter,
+                                  [&](int64_t gk, float* dst) { fwd_pack_forward(p, f, src, gk, dst); });
   return fwd_compute(p, f, x, wf, bias, y, nhwc, y16);
 }
 
@@ -948,9 +955,8 @@ bool bwd_input_stride1(const Conv2dParams& p, const float* dy, const FilterSrc& 
   FwdPlan plan = fwd_plan(f);
   plan.pairs = pairs;
   const bool krsc = channel_rows(p);
-  const FwdFilter wf{filter, {2, CONV_EXT_ISA_BITS, f.groups, f.Kg(), f.Cg(), f.R, f.S, plan.NVL, plan.cc, krsc, pairs},
-                     f.groups * plan.nkb, f.R * f.S * f.Cg() * plan.NVL, f.macs(),
-                     [&](int64_t gk, float* dst) { fwd_pack_flipped(f, plan, w, krsc, gk, dst); }};
+  const FwdFilter wf = fwd_filter(2, f, plan, krsc, filter,
+                                  [&](int64_t gk, float* dst) { fwd_pack_flipped(f, plan, w, krsc, gk, dst); });
   return fwd_compute(f, plan, dy, wf, nullptr, dx, nhwc, dx16);
 }
 
