@@ -138,8 +138,9 @@ WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((1, 128, 6, 5), 136, (3, 3), 1, (1, 2), 1, 2),    # groups
     ((2, 32, 3, 1), 64, (3, 3), 1, 1, 1, 1),           # one output column
     ((2, 160, 9, 7), 160, (3, 3), 1, 1, 1, 1),         # large U: per-block weights
-    ((2, 144, 34, 34), 144, (3, 3), 1, 1, 1, 1),       # large U, 2 chunks of tiles
-    ((2, 96, 40, 40), 96, (3, 3), 1, 1, 1, 1),         # small U; backward-weight in 2 chunks
+    ((2, 144, 34, 34), 144, (3, 3), 1, 1, 1, 1),       # large U, 2 chunks of tiles; backward-weight's dU > 1 MiB: 2 chunks
+    ((2, 96, 40, 40), 96, (3, 3), 1, 1, 1, 1),         # small U; backward-weight: slots of 20 tile rows in blocks of 4
+    ((3, 72, 30, 26), 80, (3, 3), 1, 1, 1, 1),         # backward-weight's slots of 22 and 23 tile rows in blocks of 5
     ((1, 264, 5, 6), 264, (3, 3), 1, 1, 1, 1),         # large U in 2 reduction pieces of 132; backward-weight's dU >= 4 MiB: blocks of 88 channels x 64 filters, K tail
     ((1, 512, 4, 5), 520, (3, 3), 1, (1, 2), 1, 2),    # the same in 2 groups (256 channels in 2 blocks, 260 filters)
 ]

@@ -607,13 +607,14 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
 
 // dw = the weight gradient of the forward-form problem s (x input, dy output gradient):
 //     dU_xi[c][k] = sum_tiles V_xi[tile][c] * E_xi[tile][k],   dw[k][c] = G^T dU[c][k] G
-// (the exact gradient of y = A^T [U (.) V] A, which equals the direct convolution). Tiles are
-// taken in chunks of whole tile rows whose V and E fit in ~8 MiB (a function of the shape only);
-// per chunk, every tile is transformed, then a task per (group, xi, block of output channels)
-// adds the chunk's tiles into its part of dU on the micro-kernel (input channels are the
-// broadcast rows, read down V's columns; the whole chunk is one reduction in registers). Each
-// dU element is summed in the same order whatever the thread count: deterministic. With one
-// chunk and a dU of over 4 MiB, a task takes a block of channels and filters instead (below).
+// (the exact gradient of y = A^T [U (.) V] A, which equals the direct convolution). Where dU is
+// at most 1 MiB (128 x 128 channels), slots of tile rows sum into dUs of their own (the slot
+// schedule, below). Otherwise tiles are taken in chunks of whole tile rows whose V and E fit in
+// ~8 MiB (a function of the shape only); per chunk, every tile is transformed, then a task per
+// (group, xi, block of output channels) adds the chunk's tiles into its part of dU on the
+// micro-kernel (input channels are the broadcast rows, read down V's columns). Each dU element is
+// summed in the same order whatever the thread count: deterministic. With one chunk and a dU of
+// over 4 MiB, a task takes a block of channels and filters instead (below).
 template <class Kd>
 void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
   const Geo e(s, Kd::OT);
@@ -621,26 +622,24 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
   constexpr int64_t kChunkFloats = 2 * 1024 * 1024, kSumTiles = 64;
   constexpr int64_t kFusedFloats = 1024 * 1024, kFusedChannels = 64;  // dU over 4 MiB; 256 KiB a task
+  constexpr int64_t kLocalPart = 256 * 1024, kLocalBlock = 128 * 1024, kLocalSlots = 8;  // the slot schedule
   const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (NP * tw * (Cs + Ks)));
   const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks), T = rows_c * tw;
-  float* Vall = scratch(4, NP * plane(T, e.Vr));
-  float* Eall = scratch(7, NP * plane(T, e.Mr));
-  // plane-major (tile-major for F23 here: 0.69-0.97x, 64@56 .. 512@7)
-  const Planes pv = planes(NP, T, e.Vr, false), pe = planes(NP, T, e.Mr, false);
   const int64_t kbw = Isa::kMaxNV * VL, nkb = ceil_div(Kgp, kbw);
   // dU[.][xi][c][k0..k0+kbw) += V_xi[tiles of l0..][c0..]^T E_xi[tiles][k0..] into dU (row stride
-  // ldu), the tiles summed in pieces of kSumTiles in registers (shorter float32 sums than one run
-  // over the chunk: the error grows with the length of a sum).
-  const auto add_products = [&](int64_t g, int64_t xi, int64_t c0, int64_t c1, int64_t k0, int64_t nt, float* dUx,
-                                int64_t ldu, bool accumulate) {
+  // ldu), V and E laid out by pv and pe, the tiles summed in pieces of kSumTiles in registers
+  // (shorter float32 sums than one run over the chunk: the error grows with the length of a sum).
+  const auto add_products = [&](const float* V, Planes pv, const float* E, Planes pe, int64_t g, int64_t xi,
+                                int64_t c0, int64_t c1, int64_t k0, int64_t nt, float* dUx, int64_t ldu,
+                                bool accumulate) {
     static const int64_t zero = 0;
     const int nv = static_cast<int>(std::min(kbw, Kgp - k0) / VL);
     const int64_t MR = Isa::mr(nv);
     for (int64_t c = c0; c < c1; c += MR)
       for (int64_t l0 = 0; l0 < nt; l0 += kSumTiles) {
         Tile tl;
-        tl.a = Vall + xi * pv.xs + l0 * pv.ts + g * Cg + c, tl.a_is = 1, tl.a_ls = pv.ts;
-        tl.b = Eall + xi * pe.xs + l0 * pe.ts + g * Kgp + k0, tl.b_ls = pe.ts;
+        tl.a = V + xi * pv.xs + l0 * pv.ts + g * Cg + c, tl.a_is = 1, tl.a_ls = pv.ts;
+        tl.b = E + xi * pe.xs + l0 * pe.ts + g * Kgp + k0, tl.b_ls = pe.ts;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = std::min(kSumTiles, nt - l0);
         tl.mr = static_cast<int>(std::min(MR, c1 - c));
         tl.c = dUx + (c - c0) * ldu, tl.ldc = ldu, tl.accumulate = accumulate || l0 > 0;
@@ -673,7 +672,56 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
       transpose_rows(tmp, VL, nc * 9, nk, Cg * 9, out + c0 * 9, nc * 9);
     if (stream_dw) _mm_sfence();
   };
-  if (nchunks == 1 && NP * G * Cg * Kgp > kFusedFloats) {
+  const int64_t part = G * NP * Cg * Kgp;  // dU's floats
+  if (part <= kLocalPart) {
+    // Few channels, many tiles (64@56, 128@28): the slot schedule. A fixed number of slots
+    // (weight_tasks: the same on every run on a machine) each own a range of tile rows and sum
+    // them into their own dU, a block of tile rows at a time: the block's V and E (thread-local;
+    // 0.5 MiB, or twice dU where that is more) are transformed and multiplied by the same thread
+    // while they are in its L2. The slots' dUs are added in slot order at the end (sum_chunks).
+    // No thread reads what another wrote: the chunked schedule below transforms a chunk's rows on
+    // both threads and then reads all of them on each, through L3 (a chunk's V and E are 8 MiB)
+    // and, when this VM's two cores sit on different L3s (core-to-core round trip ~350 ns instead
+    // of ~60; the host moves them), from the other core's L3: 64@56 batch 8 channels_last ran
+    // 11.6 ms instead of 4.8. Slot schedule vs chunked (python benchmarks/ab.py OLD.so NEW.so
+    // SHAPE --pass backward_weight, best mins, the cores on one L3): channels_last 64@56 batch 8
+    // 1.06x, batch 4 1.06x, 128@28 batch 4 0.99x, batch 8 1.03x, 64->128 @112 batch 2 1.04x,
+    // 64@32 batch 8 1.03x; NCHW 128@28 1.01x / 1.04x; on two L3s 1.6-2.5x. Blocks of 2 tile rows
+    // instead of 9 at 128@28 (its dU of 1 MiB read and written once a block): 2.19 vs 2.10 ms.
+    // Not for 256@14 (dU of 4 MiB a slot): 0.89x.
+    const int64_t rb = std::max<int64_t>(1, std::max(kLocalBlock, 2 * part) / (NP * tw * (Cs + Ks)));
+    const int64_t nslot = std::min(weight_tasks(kLocalSlots), rows);
+    float* partial = scratch(8, nslot * part);
+    for_each_task(nslot, macs, [&](int64_t sl) {
+      const int64_t r0 = rows * sl / nslot, r1 = rows * (sl + 1) / nslot;
+      const Planes pv = planes(NP, rb * tw, e.Vr, false), pe = planes(NP, rb * tw, e.Mr, false);
+      float* V = scratch(0, NP * pv.xs);
+      float* E = scratch(1, NP * pe.xs);
+      float* dUs = partial + sl * part;
+      for (int64_t b0 = r0; b0 < r1; b0 += rb) {
+        const int64_t b1 = std::min(r1, b0 + rb);
+        input_transform<Kd>(s, e, x, b0, b1, 0, tw, V, pv, 0);
+        dy_transform<Kd>(s, e, dy, b0, b1, E, pe, 0);
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t xi = 0; xi < NP; ++xi)
+            for (int64_t k0 = 0; k0 < Kgp; k0 += kbw)
+              add_products(V, pv, E, pe, g, xi, 0, Cg, k0, (b1 - b0) * tw, dUs + ((g * NP + xi) * Cg) * Kgp + k0,
+                           Kgp, b0 > r0);
+      }
+    });
+    sum_chunks(partial, nslot, part);
+    const int64_t nkv = Kgp / VL;
+    for_each_task(G * nkv, macs, [&](int64_t task) {
+      const int64_t g = task / nkv, k0 = (task % nkv) * VL;
+      finish(g, 0, Cg, k0, partial + g * NP * Cg * Kgp + k0, Cg * Kgp, Kgp);
+    });
+    return;
+  }
+  float* Vall = scratch(4, NP * plane(T, e.Vr));
+  float* Eall = scratch(7, NP * plane(T, e.Mr));
+  // plane-major (tile-major for F23 here: 0.69-0.97x, 64@56 .. 512@7)
+  const Planes pv = planes(NP, T, e.Vr, false), pe = planes(NP, T, e.Mr, false);
+  if (nchunks == 1 && part > kFusedFloats) {
     // Many channels and few tiles (512 @7): dU would be over 4 MiB (16 MiB for 512x512), written
     // to memory and read back; and where other passes run between two backward-weights (a
     // training step) it is not in L3 either. A task takes a block of filters and one of channels
@@ -696,12 +744,13 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
       // (32 KiB), finish's 16 loads of a channel fell into one L1 set
       const int64_t xs = plane(cb, kbw);
       float* dUl = scratch(8, NP * xs);
-      for (int64_t xi = 0; xi < NP; ++xi) add_products(g, xi, c0, c1, k0, rows * tw, dUl + xi * xs, kbw, false);
+      for (int64_t xi = 0; xi < NP; ++xi)
+        add_products(Vall, pv, Eall, pe, g, xi, c0, c1, k0, rows * tw, dUl + xi * xs, kbw, false);
       for (int64_t k = k0; k < std::min(Kgp, k0 + kbw); k += VL) finish(g, c0, c1, k, dUl + (k - k0), xs, kbw);
     });
     return;
   }
-  float* dU = scratch(8, G * NP * Cg * Kgp);  // [g][xi][c][k]
+  float* dU = scratch(8, part);  // [g][xi][c][k]
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
     for_each_task(R1 - R0, macs, [&](int64_t i) {
@@ -710,7 +759,7 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
     });
     for_each_task(G * NP * nkb, macs, [&](int64_t task) {
       const int64_t g = task / (NP * nkb), xi = (task / nkb) % NP, k0 = (task % nkb) * kbw;
-      add_products(g, xi, 0, Cg, k0, nt, dU + ((g * NP + xi) * Cg) * Kgp + k0, Kgp, ch > 0);
+      add_products(Vall, pv, Eall, pe, g, xi, 0, Cg, k0, nt, dU + ((g * NP + xi) * Cg) * Kgp + k0, Kgp, ch > 0);
     });
   }
   const int64_t nkv = Kgp / VL;
