@@ -1,7 +1,8 @@
 """A/B of two builds of conv_ext on one op and shape: the old and the new extension library
 (_C*.so) each in its own copy of the package, run in alternating processes (old, new, old, ...)
 so that the machine's drift hits both alike; each process times `--reps` calls of one op and
-prints its min and median.
+prints its min and median, and the round trip of a cache line between its two threads (whether
+the VM's two cores shared an L3 while it ran: conv_ext.bench's thread_round_trip).
 
     cp conv_ext/_C*.so /tmp/old.so        # before the change
     ... edit, rebuild (python setup.py build_ext --inplace) ...
@@ -40,12 +41,16 @@ def child(shape, layout, pass_name, reps, dtype):
         raise SystemExit(f"wrong result: relative error {err:.2e}")
     for _ in range(3):
         fn()
+    # whether the two cores shared an L3 while this process ran (bench.thread_round_trip; an old
+    # build without the probe prints -1)
+    probe = getattr(conv_ext._C, "cpu_thread_round_trip_ns", lambda: -1.0)
+    round_trip = probe()
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    print(f"{min(ts) * 1e3:.4f} {statistics.median(ts) * 1e3:.4f}")
+    print(f"{min(ts) * 1e3:.4f} {statistics.median(ts) * 1e3:.4f} {max(round_trip, probe()):.0f}")
 
 
 def main():
@@ -90,11 +95,12 @@ def main():
                     raise SystemExit(f"{side}: {out.stderr.strip() or out.stdout.strip()}")
                 res[side].append(tuple(float(t) for t in out.stdout.split()))
     print(f"{args.shape} {args.layout} {args.dtype} {args.pass_name}, ms min / median of {args.reps} calls, "
-          f"{args.rounds} alternating processes per side")
+          f"{args.rounds} alternating processes per side [core-to-core round trip, ns, the larger of before and "
+          f"after: ~60 on one L3, ~350 on two]")
     for side in ("old", "new"):
-        cells = "  ".join(f"{a:.3f}/{b:.3f}" for a, b in res[side])
-        print(f"  {side}  {cells}   best min {min(a for a, _ in res[side]):.3f}")
-    ratio = min(a for a, _ in res["old"]) / min(a for a, _ in res["new"])
+        cells = "  ".join(f"{a:.3f}/{b:.3f}" + (f" [{rt:.0f}]" if rt > 0 else "") for a, b, rt in res[side])
+        print(f"  {side}  {cells}   best min {min(a for a, _, _ in res[side]):.3f}")
+    ratio = min(a for a, _, _ in res["old"]) / min(a for a, _, _ in res["new"])
     print(f"  old/new (best mins): {ratio:.2f}x")
 
 

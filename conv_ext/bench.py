@@ -196,6 +196,28 @@ def measured_peak(device, dtype, timer, seconds=1.0):
                  f"{mm_basis}: {mm:.0f}"), mm
 
 
+def thread_round_trip(device):
+    """ns for a cache line to go between torch's first two threads and back (conv_ext's
+    cpu_thread_round_trip_ns), or None (GPU, one thread). On this project's 2-core VM it is ~60 ns
+    while the two cores share an L3 and ~350 ns while the host has put them on different ones,
+    which makes kernels that pass data between threads slower: recorded per case."""
+    import conv_ext
+
+    if device != "cpu":
+        return None
+    ns = conv_ext._C.cpu_thread_round_trip_ns()
+    return ns if ns > 0 else None
+
+
+def round_trip_line(results):
+    """One line on the per-case round trips (thread_round_trip), or None when none was measured."""
+    ns = sorted(r["thread_round_trip_ns"] for r in results if r.get("thread_round_trip_ns"))
+    if not ns:
+        return None
+    return (f"Core-to-core round trip before each case (torch's first two threads; ~60 ns on one L3 of the "
+            f"2-core VM here, ~350 ns across two): min {ns[0]:.0f}, median {ns[len(ns) // 2]:.0f}, max {ns[-1]:.0f} ns")
+
+
 def set_pct_peak(r, peak):
     """A result row's % of peak for both sides (rows without a FLOP rate: models, errors, keep none)."""
     if r.get("torch_gflops") is not None:
@@ -507,7 +529,8 @@ def write_markdown(path, results, meta, gm):
         f"threads={meta['threads']}, {meta['date']}",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Peak (measured in this run): {meta['peak_gflops']:.0f} GFLOP/s ({meta['peak_basis']})",
+        f"Peak (measured in this run): {meta['peak_gflops']:.0f} GFLOP/s ({meta['peak_basis']})" +
+        (f"  \n{round_trip_line(results)}" if round_trip_line(results) else ""),
         "",
         "| " + " | ".join(name for name, _, _ in COLUMNS) + " |",
         "|" + "|".join("---" if a == "<" else "---:" for _, a, _ in COLUMNS) + "|",
@@ -743,7 +766,10 @@ def _main(argv):
     for item, p in work:
         label = (item if model_mode else item.name) + " " + p
         progress.show(label)
+        round_trip = thread_round_trip(device)
         r = measure_one(item, p, args, device, dtype, timer, shapes, model_mode)
+        if round_trip is not None:
+            r["thread_round_trip_ns"] = round_trip
         set_pct_peak(r, peak_start)
         r["suite"] = suite_label
         results.append(r)
@@ -767,6 +793,8 @@ def _main(argv):
                 wall_s=time.perf_counter() - wall)
     gm = geomeans(results)
     print(summary_line(gm))
+    if round_trip_line(results):
+        print(round_trip_line(results))
     print(f"peak {peak_start:.1f} GFLOP/s at the start, {peak_end:.1f} at the end (drift of the machine; the "
           f"files' % of peak use the better, {peak:.1f}); "
           f"{meta['wall_s']:.0f} s")

@@ -44,6 +44,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_fma_peak_gflops", &cc::fma_peak_gflops, pybind11::arg("float64") = false, pybind11::arg("seconds") = 0.5,
         pybind11::call_guard<pybind11::gil_scoped_release>(),
         "GFLOP/s of a register-only FMA loop on torch's threads (the benchmark's peak); 0 without SIMD");
+  m.def("cpu_thread_round_trip_ns", &cc::thread_round_trip_ns, pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "ns for a cache line to go from torch's first thread to its second and back (-1: fewer than 2 threads)");
   m.def("cpu_amx_bf16", &cc::amx_bf16_available,
         "True when bfloat16 runs the amx_bf16 kernels (on the AMX tile units, or emulated by AVX512-BF16)");
   m.def("cpu_amx_bf16_emulated", &cc::amx_bf16_emulated,

@@ -112,6 +112,27 @@ def test_fma_peak_loop():
         assert 0 < f64 < f32
 
 
+def test_thread_round_trip():
+    """The probe of whether torch's first two threads share an L3 (bench.thread_round_trip, one
+    value a case): -1 from the library on one thread, a time on two; None on GPU; the summary line
+    gives the cases' spread."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert conv_ext._C.cpu_thread_round_trip_ns() == -1
+        assert bench.thread_round_trip("cpu") is None
+        if (os.cpu_count() or 1) >= 2:
+            torch.set_num_threads(2)
+            assert 0 < conv_ext._C.cpu_thread_round_trip_ns() < 1e6
+    finally:
+        torch.set_num_threads(threads)
+    assert bench.thread_round_trip("cuda") is None
+    line = bench.round_trip_line([{"thread_round_trip_ns": 350.0}, {}, {"thread_round_trip_ns": 61.0},
+                                  {"thread_round_trip_ns": 58.0}])
+    assert "min 58, median 61, max 350 ns" in line
+    assert bench.round_trip_line([{"case": "x"}]) is None
+
+
 def test_geomean():
     assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
     assert bench.geomean([None, float("nan")]) is None

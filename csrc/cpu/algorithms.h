@@ -81,6 +81,7 @@ const std::string& cpu_capability();
 // The multiply-add rate (GFLOP/s, fp32 or fp64) of a register-only FMA loop on torch's threads,
 // best of the trials that fit in `seconds`; 0 when no SIMD level is available (fma_peak.cpp).
 double fma_peak_gflops(bool float64, double seconds);
+double thread_round_trip_ns();  // fma_peak.cpp: do torch's first two threads share an L3?
 
 // True when amx_bf16 can run here: on the AMX tile units (the CPU and the OS allow them), or with
 // the tiles emulated by AVX512-BF16 (amx_tiles.h).
