@@ -138,7 +138,7 @@ WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((1, 128, 6, 5), 136, (3, 3), 1, (1, 2), 1, 2),    # groups
     ((2, 32, 3, 1), 64, (3, 3), 1, 1, 1, 1),           # one output column
     ((2, 160, 9, 7), 160, (3, 3), 1, 1, 1, 1),         # large U: per-block weights
-    ((2, 144, 34, 34), 144, (3, 3), 1, 1, 1, 1),       # large U, 2 chunks of tiles; backward-weight's dU > 1 MiB: 2 chunks
+    ((2, 144, 34, 34), 144, (3, 3), 1, 1, 1, 1),       # large U: a team of tile rows a thread (2 chunks on one); backward-weight's dU > 1 MiB: 2 chunks
     ((2, 96, 40, 40), 96, (3, 3), 1, 1, 1, 1),         # small U; backward-weight: slots of 20 tile rows in blocks of 4
     ((3, 72, 30, 26), 80, (3, 3), 1, 1, 1, 1),         # backward-weight's slots of 22 and 23 tile rows in blocks of 5
     ((1, 264, 5, 6), 264, (3, 3), 1, 1, 1, 1),         # large U in 2 reduction pieces of 132; backward-weight's dU >= 4 MiB: blocks of 88 channels x 64 filters, K tail
@@ -421,6 +421,7 @@ def assert_same_bits_any_threads(x, wt, b, dy, geo):
     ((2, 5, 13, 7), 33, (3, 3), 2, 1, 1, 1),
     ((1, 3, 32, 32), 70, (7, 7), 2, 3, 1, 1),
     ONE_BY_ONE[1], DEPTHWISE[1], WINOGRAD[6], WINOGRAD_S2[5],
+    WINOGRAD[5],                                  # winograd's large U: teams of tile rows on 2 threads, one on 1
     ((5, 200, 5, 7), 136, (3, 3), 2, 1, 1, 1),    # forward task shapes chosen per thread count
     ((1, 1040, 2, 5), 1030, (1, 1), 1, 0, 1, 1),  # NHWC 1x1 backward-input task shapes, likewise
     ((1, 70, 6, 29), 16, (7, 7), 1, 3, 1, 1),     # row runs and micro-kernel tiles in one row

@@ -561,15 +561,6 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
   }
 
   const int64_t rpc = std::max<int64_t>(1, kChunkFloats / (NP * tw * (Cs + Ks)));  // tile rows per chunk
-  const int64_t nchunks = ceil_div(rows, rpc), rows_c = ceil_div(rows, nchunks);
-  const int64_t T = rows_c * tw;
-  float* Vall = scratch(4, NP * plane(T, e.Vr));
-  float* Mall = scratch(7, NP * plane(T, e.Mr));
-  const Planes pv = planes(NP, T, e.Vr, tile_major), pm = planes(NP, T, e.Mr, tile_major);
-  // output-channel blocks: as wide as the micro-kernel, narrower if that leaves a thread idle
-  int64_t kbw = Isa::kMaxNV * VL;
-  while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * nthreads) kbw -= VL;
-  const int64_t nkb = ceil_div(Kgp, kbw);
   // Pieces of U of up to 1 MiB (16 x 256 x 64 floats), the reduction split evenly. Each piece
   // after the first adds into M, read back from L2/L3 (a task's M is 16 x tiles x its filters:
   // 0.8 MiB at 256@14 batch 4), so fewer, larger pieces, as long as one stays in L2 (2 MiB here).
@@ -578,30 +569,59 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
   // 512@7 forward 1.06-1.07x, backward-input 1.06x, batch 8 1.17x; 2 MiB pieces (512@7 in one)
   // were slower than 1 MiB.
   constexpr int64_t kPanelFloats = 256 * 1024;
-  for (int64_t ch = 0; ch < nchunks; ++ch) {
-    const int64_t R0 = ch * rows_c, R1 = std::min(rows, R0 + rows_c), nt = (R1 - R0) * tw;
-    for_each_task(R1 - R0, macs, [&](int64_t i) {
-      input_transform<Kd>(s, e, x, R0 + i, R0 + i + 1, 0, tw, Vall, pv, i * tw);
-    });
-    for_each_task(G * nkb, macs, [&](int64_t task) {
-      const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
-      // channels a piece: sized for the widest block whatever this one's width (kbw follows the
-      // thread count; the pieces are the order of the sums, so they must not: determinism)
-      const int64_t npiece = ceil_div(Cg, std::max<int64_t>(1, kPanelFloats / (NP * Isa::kMaxNV * VL)));
-      const int64_t pr = ceil_div(Cg, npiece);
-      // the panel's 16 planes a line more than nr x ncp floats apart (plane()): at exactly that
-      // (32 KiB for 128 x 64) weight_panel's 16 stores of a channel all fell into one L1 set
-      // (512@7 forward and backward-input, 2 threads: 1.04-1.07x faster padded, 1.03x at 256@14)
-      float* panel = scratch(6, NP * plane(pr, ncp));
-      for (int64_t c0 = 0; c0 < Cg; c0 += pr) {
-        const int64_t nr = std::min(pr, Cg - c0);
-        weight_panel<Kd>(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, plane(nr, ncp), ncp);
-        gemms(NP, Vall + g * Cg + c0, pv, nt, nr, panel, plane(nr, ncp), ncp, Mall, pm, g * Kgp + k0, ncp, c0 > 0);
-      }
-    });
-    for_each_task(R1 - R0, macs, [&](int64_t i) {
-      output_transform<Kd>(s, e, Mall, pm, i * tw, R0 + i, R0 + i + 1, 0, tw, bp, y);
-    });
+  // tile rows [row0, row1) on `threads` threads (V, M and the panel: the running thread's scratch)
+  const auto run_rows = [&](int64_t row0, int64_t row1, int64_t threads) {
+    const int64_t nchunks = ceil_div(row1 - row0, rpc), rows_c = ceil_div(row1 - row0, nchunks);
+    const int64_t T = rows_c * tw;
+    float* Vall = scratch(4, NP * plane(T, e.Vr));
+    float* Mall = scratch(7, NP * plane(T, e.Mr));
+    const Planes pv = planes(NP, T, e.Vr, tile_major), pm = planes(NP, T, e.Mr, tile_major);
+    // output-channel blocks: as wide as the micro-kernel, narrower if that leaves a thread idle
+    int64_t kbw = Isa::kMaxNV * VL;
+    while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * threads) kbw -= VL;
+    const int64_t nkb = ceil_div(Kgp, kbw);
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+      const int64_t R0 = row0 + ch * rows_c, R1 = std::min(row1, R0 + rows_c), nt = (R1 - R0) * tw;
+      for_each_task(R1 - R0, macs, [&](int64_t i) {
+        input_transform<Kd>(s, e, x, R0 + i, R0 + i + 1, 0, tw, Vall, pv, i * tw);
+      });
+      for_each_task(G * nkb, macs, [&](int64_t task) {
+        const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
+        // channels a piece: sized for the widest block whatever this one's width (kbw follows the
+        // thread count; the pieces are the order of the sums, so they must not: determinism)
+        const int64_t npiece = ceil_div(Cg, std::max<int64_t>(1, kPanelFloats / (NP * Isa::kMaxNV * VL)));
+        const int64_t pr = ceil_div(Cg, npiece);
+        // the panel's 16 planes a line more than nr x ncp floats apart (plane()): at exactly that
+        // (32 KiB for 128 x 64) weight_panel's 16 stores of a channel all fell into one L1 set
+        // (512@7 forward and backward-input, 2 threads: 1.04-1.07x faster padded, 1.03x at 256@14)
+        float* panel = scratch(6, NP * plane(pr, ncp));
+        for (int64_t c0 = 0; c0 < Cg; c0 += pr) {
+          const int64_t nr = std::min(pr, Cg - c0);
+          weight_panel<Kd>(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, plane(nr, ncp), ncp);
+          gemms(NP, Vall + g * Cg + c0, pv, nt, nr, panel, plane(nr, ncp), ncp, Mall, pm, g * Kgp + k0, ncp, c0 > 0);
+        }
+      });
+      for_each_task(R1 - R0, macs, [&](int64_t i) {
+        output_transform<Kd>(s, e, Mall, pm, i * tw, R0 + i, R0 + i + 1, 0, tw, bp, y);
+      });
+    }
+  };
+  // Teams: with many tiles, each thread takes its own range of tile rows and runs all of the
+  // above on it alone, computing every piece of U itself (the pieces are the same, so are the
+  // bits). Shared, the steps hand V and M from thread to thread: the input transform's rows
+  // are read by every block of filters, whose M the output transform's rows read back. When this
+  // VM's two cores sit on different L3s (bench.thread_round_trip ~350 ns instead of ~60) that
+  // traffic goes between them: 256@14 batch 4 channels_last forward 2.88 ms instead of 2.08; in
+  // teams 2.10 either way. On one L3 (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass P, best
+  // mins): 256@14 batch 4 forward 1.01x channels_last, 0.99x NCHW, backward-input 1.01x, batch 8
+  // 0.99x. With few tiles a thread the second U costs more than that: 512@7 batch 4 (32 tiles a
+  // thread) 0.87x, batch 1 0.69x, 256@14 batch 2 (49) 0.95x; so teams from kTeamTiles a thread.
+  constexpr int64_t kTeamTiles = 96;
+  const int64_t nteam = std::min(nthreads, rows);
+  if (nteam > 1 && rows * tw >= kTeamTiles * nteam && macs >= kSerialMacs) {
+    for_each_task(nteam, macs, [&](int64_t t) { run_rows(rows * t / nteam, rows * (t + 1) / nteam, 1); });
+  } else {
+    run_rows(0, rows, nthreads);
   }
 }
 
