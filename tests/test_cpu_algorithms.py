@@ -110,6 +110,8 @@ DEPTHWISE = [
     ((2, 16, 12, 36), 16, (3, 3), 2, 1, 1, 16),        # runs at stride 2, whole vectors; via NHWC in NCHW
     ((1, 8, 11, 11), 8, (3, 3), 5, 1, 1, 8),           # stride 5: more phases than the per-phase tap lists
     ((1, 16, 520, 520), 16, (3, 3), 2, 1, 1, 16),      # > 4M input elements: NHWC backward-weight copies rows
+    ((3, 16, 4, 6), 16, (3, 3), 2, 1, 1, 16),          # NHWC backward-weight's widened rows: a task across images
+    ((1, 16, 14, 10), 16, (3, 3), 1, 3, 3, 16),        # the same, dilation 3: rows not kept by ih mod 3
     ((2, 128, 6, 5), 128, (3, 3), 2, 1, 1, 128),       # NCHW via NHWC in blocks of 64 channels
     ((1, 3, 41, 150), 3, (5, 3), 1, (2, 0), (2, 1), 3),  # NCHW forward in bands of rows: a partial last band
     ((1, 6, 23, 19), 6, (5, 3), (3, 2), (2, 0), (2, 1), 6),  # NCHW dx rows by residue: stride 3, dilation 2
