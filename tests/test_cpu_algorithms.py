@@ -110,8 +110,6 @@ DEPTHWISE = [
     ((2, 16, 12, 36), 16, (3, 3), 2, 1, 1, 16),        # runs at stride 2, whole vectors; via NHWC in NCHW
     ((1, 8, 11, 11), 8, (3, 3), 5, 1, 1, 8),           # stride 5: more phases than the per-phase tap lists
     ((1, 16, 520, 520), 16, (3, 3), 2, 1, 1, 16),      # > 4M input elements: NHWC backward-weight copies rows
-    ((3, 16, 4, 6), 16, (3, 3), 2, 1, 1, 16),          # NHWC backward-weight's widened rows: a task across images
-    ((1, 16, 14, 10), 16, (3, 3), 1, 3, 3, 16),        # the same, dilation 3: rows not kept by ih mod 3
     ((2, 128, 6, 5), 128, (3, 3), 2, 1, 1, 128),       # NCHW via NHWC in blocks of 64 channels
     ((1, 3, 41, 150), 3, (5, 3), 1, (2, 0), (2, 1), 3),  # NCHW forward in bands of rows: a partial last band
     ((1, 6, 23, 19), 6, (5, 3), (3, 2), (2, 0), (2, 1), 6),  # NCHW dx rows by residue: stride 3, dilation 2
@@ -615,6 +613,8 @@ def test_amx_bf16_exact_on_integers(algo, shape, pass_name, layout, filter_layou
     ((1, 64, 14, 14), 64, (5, 5), 2, 2, 1, 64),        # NCHW tiles, blocks of 64, 5x5
     ((2, 40, 13, 21), 40, (3, 3), 3, 1, 1, 40),        # channels_last strided backward-input (the gather):
     ((1, 24, 12, 30), 24, (3, 3), 2, 1, 2, 24),        # stride 3 (a phase without runs), dilation, runs of 8
+    ((3, 16, 4, 6), 16, (3, 3), 2, 1, 1, 16),          # NHWC backward-weight's kept widened rows: a task across images
+    ((1, 16, 14, 10), 16, (3, 3), 1, 3, 3, 16),        # the same, dilation 3: rows not kept by ih mod 3
 ])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("pass_name", PASSES)
