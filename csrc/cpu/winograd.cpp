@@ -493,7 +493,8 @@ void dy_transform(const WinoShape& s, const Geo& e, const float* dy, int64_t gr0
 //    of tiles would be bound by memory, so the steps are separate parallel loops over a chunk of
 //    tiles: transform all of them, then a task per block of output channels computes its piece
 //    of U (pieces of <= 1 MiB of the reduction, so each stays in L2) and multiplies every tile
-//    by it, then transform back. U is never written to memory.
+//    by it, then transform back. U is never written to memory. With 96+ tiles a thread, each
+//    thread runs these steps alone on its own tile rows (teams, below).
 template <class Kd>
 void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
                    float* y, int64_t macs, const at::Tensor* filter) {
