@@ -931,7 +931,7 @@ void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float*
     if (runs) std::fill(zeros, zeros + round_up(C, VL), 0.f);
     float* part = partial + chunk * ncb * RS * VL;
     std::fill(part, part + ncb * RS * VL, 0.f);
-    int64_t held[7];  // the input row (n * H + ih) each band row holds, -1: none
+    int64_t held[7];  // the input row (n * H + ih) each band row holds, -1: none (R <= 7: supports)
     std::fill(held, held + 7, int64_t(-1));
     V acc[kT];
     for (int64_t cb0 = 0; cb0 < C; cb0 += Cb)

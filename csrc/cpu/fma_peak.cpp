@@ -87,9 +87,13 @@ double thread_round_trip_ns() {
         const auto t0 = clock::now();
         for (int64_t i = 0; i < kRounds && !failed.load(std::memory_order_relaxed); ++i) {
           const int64_t want = 2 * i + side;  // side 0 sees 2i, writes 2i+1; side 1 sees 2i+1, writes 2i+2
-          for (int64_t spins = 0; line.v.load(std::memory_order_acquire) != want; ++spins)
-            if ((spins & 1023) == 1023 && clock::now() > deadline) failed.store(true);
-          if (failed.load(std::memory_order_relaxed)) break;
+          bool gave_up = false;  // (the other side gave up, or the deadline passed)
+          for (int64_t spins = 0; !gave_up && line.v.load(std::memory_order_acquire) != want; ++spins)
+            gave_up = (spins & 1023) == 1023 && (failed.load(std::memory_order_relaxed) || clock::now() > deadline);
+          if (gave_up) {
+            failed.store(true);
+            break;
+          }
           line.v.store(want + 1, std::memory_order_release);
         }
         if (side == 0) ns = std::chrono::duration<double, std::nano>(clock::now() - t0).count() / kRounds;

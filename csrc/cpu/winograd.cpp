@@ -693,6 +693,14 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
       transpose_rows(tmp, VL, nc * 9, nk, Cg * 9, out + c0 * 9, nc * 9);
     if (stream_dw) _mm_sfence();
   };
+  // dw from a whole dU ([g][xi][c][k]), a task per group and vector of filters
+  const auto finish_all = [&](const float* dU) {
+    const int64_t nkv = Kgp / VL;
+    for_each_task(G * nkv, macs, [&](int64_t task) {
+      const int64_t g = task / nkv, k0 = (task % nkv) * VL;
+      finish(g, 0, Cg, k0, dU + g * NP * Cg * Kgp + k0, Cg * Kgp, Kgp);
+    });
+  };
   const int64_t part = G * NP * Cg * Kgp;  // dU's floats
   if (part <= kLocalPart) {
     // Few channels, many tiles (64@56, 128@28): the slot schedule. A fixed number of slots
@@ -731,11 +739,7 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
       }
     });
     sum_chunks(partial, nslot, part);
-    const int64_t nkv = Kgp / VL;
-    for_each_task(G * nkv, macs, [&](int64_t task) {
-      const int64_t g = task / nkv, k0 = (task % nkv) * VL;
-      finish(g, 0, Cg, k0, partial + g * NP * Cg * Kgp + k0, Cg * Kgp, Kgp);
-    });
+    finish_all(partial);
     return;
   }
   float* Vall = scratch(4, NP * plane(T, e.Vr));
@@ -783,11 +787,7 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
       add_products(Vall, pv, Eall, pe, g, xi, 0, Cg, k0, nt, dU + ((g * NP + xi) * Cg) * Kgp + k0, Kgp, ch > 0);
     });
   }
-  const int64_t nkv = Kgp / VL;
-  for_each_task(G * nkv, macs, [&](int64_t task) {
-    const int64_t g = task / nkv, k0 = (task % nkv) * VL;
-    finish(g, 0, Cg, k0, dU + g * NP * Cg * Kgp + k0, Cg * Kgp, Kgp);
-  });
+  finish_all(dU);
 }
 
 void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
