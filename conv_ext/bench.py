@@ -524,13 +524,14 @@ def write_csv(path, results):
 
 
 def write_markdown(path, results, meta, gm):
+    round_trip = round_trip_line(results)
     lines = [
         f"conv_ext vs torch — {meta['device_name']}, {meta['dtype']}, {meta['layout']}, "
         f"threads={meta['threads']}, {meta['date']}",
         "",
         f"Command: `{meta['command']}`  ",
         f"Peak (measured in this run): {meta['peak_gflops']:.0f} GFLOP/s ({meta['peak_basis']})" +
-        (f"  \n{round_trip_line(results)}" if round_trip_line(results) else ""),
+        (f"  \n{round_trip}" if round_trip else ""),
         "",
         "| " + " | ".join(name for name, _, _ in COLUMNS) + " |",
         "|" + "|".join("---" if a == "<" else "---:" for _, a, _ in COLUMNS) + "|",
@@ -793,8 +794,9 @@ def _main(argv):
                 wall_s=time.perf_counter() - wall)
     gm = geomeans(results)
     print(summary_line(gm))
-    if round_trip_line(results):
-        print(round_trip_line(results))
+    round_trips = round_trip_line(results)
+    if round_trips:
+        print(round_trips)
     print(f"peak {peak_start:.1f} GFLOP/s at the start, {peak_end:.1f} at the end (drift of the machine; the "
           f"files' % of peak use the better, {peak:.1f}); "
           f"{meta['wall_s']:.0f} s")

@@ -619,7 +619,7 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
   // thread) 0.87x, batch 1 0.69x, 256@14 batch 2 (49) 0.95x; so teams from kTeamTiles a thread.
   constexpr int64_t kTeamTiles = 96;
   const int64_t nteam = std::min(nthreads, rows);
-  if (nteam > 1 && rows * tw >= kTeamTiles * nteam && macs >= kSerialMacs) {
+  if (nteam > 1 && rows * tw >= kTeamTiles * nteam) {
     for_each_task(nteam, macs, [&](int64_t t) { run_rows(rows * t / nteam, rows * (t + 1) / nteam, 1); });
   } else {
     run_rows(0, rows, nthreads);
@@ -721,9 +721,9 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
     const int64_t rb = std::max<int64_t>(1, std::max(kLocalBlock, 2 * part) / (NP * tw * (Cs + Ks)));
     const int64_t nslot = std::min(weight_tasks(kLocalSlots), rows);
     float* partial = scratch(8, nslot * part);
+    const Planes pv = planes(NP, rb * tw, e.Vr, false), pe = planes(NP, rb * tw, e.Mr, false);
     for_each_task(nslot, macs, [&](int64_t sl) {
       const int64_t r0 = rows * sl / nslot, r1 = rows * (sl + 1) / nslot;
-      const Planes pv = planes(NP, rb * tw, e.Vr, false), pe = planes(NP, rb * tw, e.Mr, false);
       float* V = scratch(0, NP * pv.xs);
       float* E = scratch(1, NP * pe.xs);
       float* dUs = partial + sl * part;
