@@ -426,6 +426,7 @@ def assert_same_bits_any_threads(x, wt, b, dy, geo):
     ((1, 1040, 2, 5), 1030, (1, 1), 1, 0, 1, 1),  # NHWC 1x1 backward-input task shapes, likewise
     ((1, 70, 6, 29), 16, (7, 7), 1, 3, 1, 1),     # row runs and micro-kernel tiles in one row
     ((4, 128, 24, 24), 128, (3, 3), 1, 1, 1, 32),  # grouped_nhwc's row chunks (NHWC backward-weight)
+    ((2, 24, 30, 29), 144, (1, 1), 1, 0, 1, 1),   # gemm_1x1 backward-weight: 3 blocks, chunks for the machine
 ], ids=str)
 def test_deterministic(shape, layout):
     """Same bits on two runs and for 1 and 2 threads (backward-weight reduces in a fixed order; the

@@ -312,10 +312,16 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   const bool by_image = !nhwc && HW < kPiece;
   const int64_t total = by_image ? N : N * HW;  // units the chunks split
   const int64_t ipb = by_image ? std::max<int64_t>(1, 2 * kPiece / HW) : 1;  // images per call
-  int64_t nchunk = std::min<int64_t>({ceil_div(weight_tasks(16), G * njb), by_image ? N : ceil_div(total, kPiece),
-                                      std::max<int64_t>(1, (int64_t(16) << 20) / part),
-                                      std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))});
-  nchunk = std::max<int64_t>(1, nchunk);
+  // Chunks: enough for the machine's threads next to the G*njb blocks, and as many more as a
+  // whole number of rounds of tasks needs (kernel_util.h, balanced_chunks). One chunk of
+  // MobileNetV2's 24->144 @56 (3 blocks of 48 channels) ran 3 tasks on 2 threads; 2 chunks,
+  // batch 8, 2 threads, channels_last, ms min of 15 (python benchmarks/algos.py 8,24,56,56,144,1
+  // --layout nhwc --pass backward_weight): 24->144 1.22-1.40 -> 0.81-0.82, 144->24 1.19-1.22 ->
+  // 0.83-0.90 (0.86-0.98x -> 1.13-1.41x torch).
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>({by_image ? N : ceil_div(total, kPiece),
+                                                               std::max<int64_t>(1, (int64_t(16) << 20) / part),
+                                                               std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))}));
+  const int64_t nchunk = balanced_chunks(std::min(ceil_div(weight_tasks(16), G * njb), most), most, G * njb, 16);
   float* partial = scratch(0, nchunk * part);
 
   for_each_task(nchunk * G * njb, p.macs(), [&](int64_t task) {
@@ -355,8 +361,20 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
         const char* pf = reinterpret_cast<const char*>(A + (pos + len) * CtA);
         const char* pf_end = reinterpret_cast<const char*>(A + std::min(b, pos + len + piece) * CtA);
         const int64_t pf_step = prefetch_a ? ceil_div((pf_end - pf) / 64, ceil_div(Mi, MR)) : 0;
+        // V rows that are copied: the next piece's too, a share of its rows during each tile (the
+        // copies' reads, 128 runs of NVL floats 1-8 KiB apart, waited on L3: memmove 13% of the
+        // samples of 512->128 @28 on one thread). 2 threads, batch 8, ms min of 15 (python
+        // benchmarks/algos.py SHAPE --layout nhwc --pass backward_weight): 512->128 @28 4.38 ->
+        // 4.07, 1024->256 @14 3.96 -> 3.87, 512->1024 @28 32.8 -> 31.9, 256->1024 @14 4.09 ->
+        // 3.90, 2048->512 @7 level. Rows read in place (shorter) did not gain from it.
+        const int64_t v_next = in_place ? 0 : std::min(piece, b - pos - len);
+        const int64_t v_step = ceil_div(v_next, ceil_div(Mi, MR));
+        const float* v_pf = V + (pos + len) * CtV + g * Nj + j0;
+        int64_t v_row = 0;
         for (int64_t i0 = 0; i0 < Mi; i0 += MR) {
           for (int64_t k = 0; k < pf_step && pf < pf_end; ++k, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+          for (const int64_t ve = std::min(v_next, v_row + v_step); v_row < ve; ++v_row)
+            for (int64_t o = 0; o < jn; o += 16) _mm_prefetch(reinterpret_cast<const char*>(v_pf + v_row * CtV + o), _MM_HINT_T1);
           Tile t;
           t.a = A + pos * CtA + g * Mi + i0, t.a_is = 1, t.a_ls = CtA;
           t.b = vp, t.b_ls = in_place ? CtV : NVL;
