@@ -169,7 +169,11 @@ void grouped_nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x
   for (int64_t r = 0; r < 3; ++r)
     for (int64_t s = 0; s < 3; ++s) toff[r * 3 + s] = (r * dh * Wx + s * dwl) * VL;
   const int64_t rows = N * P;
-  const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>({16, rows, p.macs() / (int64_t(4) << 20)}));
+  // about 4M multiply-adds a chunk, up to 16, and as many more as a whole number of rounds on the
+  // machine's threads needs (kernel_util.h, balanced_chunks; the partials are small: 13 chunks
+  // ran 7 + 6 on 2 threads, now 14)
+  const int64_t nchunk = balanced_chunks(std::max<int64_t>(1, std::min<int64_t>({16, rows, p.macs() / (int64_t(4) << 20)})),
+                                         std::min<int64_t>(32, rows), 1, 16, 0.0);
   const int64_t part = Kg * 9 * VL;  // one (chunk, block): [k][tap][lane]
   float* partial = scratch(0, nchunk * nkb * part);
   // output rows a batch: its x band (one block) about 8K floats, in L1 while the sweeps read it

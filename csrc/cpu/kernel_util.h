@@ -86,15 +86,16 @@ inline int64_t weight_tasks(int64_t cap) {
 
 // The number of chunks, from `lo` up to `hi`, whose `blocks` tasks each spread best over the
 // weight_tasks(cap) threads (a function of the machine, not the pool: the same bits for any
-// thread count): the fewest whose last round leaves at most 1/10 of the threads' time idle, else
-// the best up to `lo` times the threads. 3 tasks on 2 threads ran 2 + 1, the second thread idle a
-// third of the time (gemm_1x1.cpp: 6 chunks instead of 3).
-inline int64_t balanced_chunks(int64_t lo, int64_t hi, int64_t blocks, int64_t cap) {
+// thread count): the fewest whose last, partial round leaves at most `max_idle` of the threads'
+// time idle (0.1: 11 tasks on 2 threads, 1/12), else the best up to `lo` times the threads. Each
+// chunk adds a buffer of partial sums, so the caller weighs idle time against them: 3 tasks on
+// 2 threads ran 2 + 1, the second thread idle a third of the time (gemm_1x1.cpp).
+inline int64_t balanced_chunks(int64_t lo, int64_t hi, int64_t blocks, int64_t cap, double max_idle) {
   const int64_t hw = weight_tasks(cap);
-  auto idle = [&](int64_t c) { return double((c * blocks + hw - 1) / hw * hw) / double(c * blocks); };
+  auto idle = [&](int64_t c) { return 1.0 - double(c * blocks) / double((c * blocks + hw - 1) / hw * hw); };
   int64_t best = lo;
   for (int64_t c = lo; c <= std::min(hi, lo * hw); ++c) {
-    if (idle(c) <= 1.1) return c;
+    if (idle(c) <= max_idle + 1e-9) return c;
     if (idle(c) < idle(best)) best = c;
   }
   return best;
