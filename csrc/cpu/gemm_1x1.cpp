@@ -275,8 +275,10 @@ void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const 
 // The smaller of the two operands (per channel: Cg <= Kg -> x) is the "vector" side V: a block
 // of NVL of its channels x a piece of <= 256 pixels is transposed into vt[pix][NVL]; the other
 // operand A is read in place (tile rows = its channels, a_is = HW, a_ls = 1). The N*HW pixels
-// are cut into nchunk chunks (a function of the shape only); each chunk sums into its own
+// are cut into nchunk chunks (a function of the shape and the machine); each chunk sums into its own
 // partial [g][jb][i][NVL] and the partials are added in chunk order: same bits for any thread count.
+// A task is (chunk, group, block of V's channels), or (chunk, group) with every block where
+// channels_last V rows are read in place (whole rows, one stream).
 // pairs (NCHW, AVX512-BF16 builds only): dy and x are bfloat16, read as words of pixel pairs (HW / 2
 // "pixels" a plane), each step a VDPBF16PS.
 void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw, bool nhwc,
@@ -312,7 +314,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   const bool by_image = !nhwc && HW < kPiece;
   const int64_t total = by_image ? N : N * HW;  // units the chunks split
   const int64_t ipb = by_image ? std::max<int64_t>(1, 2 * kPiece / HW) : 1;  // images per call
-  // Chunks: enough for the machine's threads next to the G*njb blocks, and more where the last
+  // Chunks: enough for the machine's threads next to the G*njg tasks of a chunk, and more where the last
   // round of tasks would leave over 8% of the threads' time idle (kernel_util.h, balanced_chunks;
   // 9 blocks on 2 threads: 10%). One chunk of MobileNetV2's 24->144 @56 (3 blocks of 48
   // channels) ran 3 tasks on 2 threads; 2 chunks, batch 8, 2 threads, channels_last, ms min of
@@ -322,14 +324,22 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   const int64_t most = std::max<int64_t>(1, std::min<int64_t>({by_image ? N : ceil_div(total, kPiece),
                                                                std::max<int64_t>(1, (int64_t(16) << 20) / part),
                                                                std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))}));
-  const int64_t nchunk = balanced_chunks(std::min(ceil_div(weight_tasks(16), G * njb), most), most, G * njb, 16, 0.08);
+  // Channels_last V rows read in place (under 256 floats): a task takes every block of V's
+  // channels (jbs = njb), so each of its pixels' rows is read whole, one sequential stream of both
+  // operands; a task per block read 2-3 lines of every row (the other tasks the rest, at other
+  // times), which cost most where the operands come from memory, as in a training step. Batch 8,
+  // 2 threads, ms median of 30, old / new [torch] (python benchmarks/algos.py SHAPE --layout nhwc
+  // --pass backward_weight --step, two processes each): 24->144 @56 2.26-2.37 / 1.49-1.56
+  // [1.76-1.93], 144->24 @56 1.95-2.23 / 1.47-1.77 [1.54-2.54], 96->24 @56 1.22-1.52 / 0.87-0.92
+  // [1.00-1.27]; back-to-back (benchmarks/ab.py) 1.00-1.04x. Long rows, copied a block at a time,
+  // keep a block a task (96->576 @14 and 1024->256 @14 whole: 0.93-0.95x in a step).
+  const int64_t jbs = nhwc && CtV < 256 ? njb : 1, njg = ceil_div(njb, jbs);
+  const int64_t nchunk = balanced_chunks(std::min(ceil_div(weight_tasks(16), G * njg), most), most, G * njg, 16, 0.08);
   float* partial = scratch(0, nchunk * part);
 
-  for_each_task(nchunk * G * njb, p.macs(), [&](int64_t task) {
-    const int64_t chunk = task / (G * njb), g = (task / njb) % G, jb = task % njb;
+  for_each_task(nchunk * G * njg, p.macs(), [&](int64_t task) {
+    const int64_t chunk = task / (G * njg), g = (task / njg) % G, jg = task % njg;
     const int64_t a = total * chunk / nchunk, b = total * (chunk + 1) / nchunk;
-    const int64_t j0 = jb * NVL, jn = std::min(NVL, Nj - j0);
-    float* out = partial + chunk * part + (g * njb + jb) * Mi * NVL;  // [i][NVL]
     float* vt = scratch(1, (by_image ? ipb * HW : kPiece) * NVL);
     int64_t* a_off = scratch_i64(0, ipb);
     int64_t* b_off = scratch_i64(1, ipb);
@@ -352,44 +362,51 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
       // 1.30x, 64->256 @56 1.15x, 32->16 @112 batch 8 1.27x; with A of 0.4-3 MiB (64->64 @56,
       // 512->128/256 @28, 256->512 @56/2) it cost 2-3%, so not there; @14 and @7 level.
       const bool prefetch_a = G == 1 && N * HW * CtA >= (int64_t(1) << 21);
-      M bm[4];
-      make_masks(nv, jn, bm);
+      const int64_t jb0 = jg * jbs, jb1 = std::min(njb, jb0 + jbs);
       for (int64_t pos = a; pos < b; pos += piece) {
         const int64_t len = std::min(piece, b - pos);
-        const float* vp = V + pos * CtV + g * Nj + j0;
-        if (!in_place) pad_rows(vp, CtV, len, jn, NVL, vt, NVL), vp = vt;
         // the next piece's A pixels (one run of memory: G == 1), spread over this piece's tiles
         const char* pf = reinterpret_cast<const char*>(A + (pos + len) * CtA);
         const char* pf_end = reinterpret_cast<const char*>(A + std::min(b, pos + len + piece) * CtA);
-        const int64_t pf_step = prefetch_a ? ceil_div((pf_end - pf) / 64, ceil_div(Mi, MR)) : 0;
-        // V rows that are copied: the next piece's too, a share of its rows during each tile (the
-        // copies' reads, 128 runs of NVL floats 1-8 KiB apart, waited on L3: memmove 13% of the
-        // samples of 512->128 @28 on one thread). 2 threads, batch 8, ms min of 15 (python
-        // benchmarks/algos.py SHAPE --layout nhwc --pass backward_weight): 512->128 @28 4.38 ->
-        // 4.07, 1024->256 @14 3.96 -> 3.87, 512->1024 @28 32.8 -> 31.9, 256->1024 @14 4.09 ->
-        // 3.90, 2048->512 @7 level. Rows read in place (shorter) did not gain from it.
-        const int64_t v_next = in_place ? 0 : std::min(piece, b - pos - len);
-        const int64_t v_step = ceil_div(v_next, ceil_div(Mi, MR));
-        const float* v_pf = V + (pos + len) * CtV + g * Nj + j0;
-        int64_t v_row = 0;
-        for (int64_t i0 = 0; i0 < Mi; i0 += MR) {
-          for (int64_t k = 0; k < pf_step && pf < pf_end; ++k, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
-          for (const int64_t ve = std::min(v_next, v_row + v_step); v_row < ve; ++v_row)
-            for (int64_t o = 0; o < jn; o += 16) _mm_prefetch(reinterpret_cast<const char*>(v_pf + v_row * CtV + o), _MM_HINT_T1);
-          Tile t;
-          t.a = A + pos * CtA + g * Mi + i0, t.a_is = 1, t.a_ls = CtA;
-          t.b = vp, t.b_ls = in_place ? CtV : NVL;
-          t.a_off = b_off, t.b_off = b_off, t.nseg = 1, t.len = len;  // b_off[0] = 0
-          t.mr = static_cast<int>(std::min(MR, Mi - i0));
-          t.c = out + i0 * NVL, t.ldc = NVL;
-          t.accumulate = pos > a;
-          t.bmask = bm;
-          if (in_place && jn < NVL) run_tile<true>(nv, t);
-          else run_tile<false>(nv, t);
+        const int64_t pf_step = prefetch_a ? ceil_div((pf_end - pf) / 64, ceil_div(Mi, MR) * (jb1 - jb0)) : 0;
+        for (int64_t jb = jb0; jb < jb1; ++jb) {
+          const int64_t j0 = jb * NVL, jn = std::min(NVL, Nj - j0);
+          float* out = partial + chunk * part + (g * njb + jb) * Mi * NVL;  // [i][NVL]
+          M bm[4];
+          make_masks(nv, jn, bm);
+          const float* vp = V + pos * CtV + g * Nj + j0;
+          if (!in_place) pad_rows(vp, CtV, len, jn, NVL, vt, NVL), vp = vt;
+          // V rows that are copied: the next piece's too, a share of its rows during each tile (the
+          // copies' reads, 128 runs of NVL floats 1-8 KiB apart, waited on L3: memmove 13% of the
+          // samples of 512->128 @28 on one thread). 2 threads, batch 8, ms min of 15 (python
+          // benchmarks/algos.py SHAPE --layout nhwc --pass backward_weight): 512->128 @28 4.38 ->
+          // 4.07, 1024->256 @14 3.96 -> 3.87, 512->1024 @28 32.8 -> 31.9, 256->1024 @14 4.09 ->
+          // 3.90, 2048->512 @7 level. Rows read in place (shorter) did not gain from it.
+          const int64_t v_next = in_place ? 0 : std::min(piece, b - pos - len);
+          const int64_t v_step = ceil_div(v_next, ceil_div(Mi, MR));
+          const float* v_pf = V + (pos + len) * CtV + g * Nj + j0;
+          int64_t v_row = 0;
+          for (int64_t i0 = 0; i0 < Mi; i0 += MR) {
+            for (int64_t k = 0; k < pf_step && pf < pf_end; ++k, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+            for (const int64_t ve = std::min(v_next, v_row + v_step); v_row < ve; ++v_row)
+              for (int64_t o = 0; o < jn; o += 16) _mm_prefetch(reinterpret_cast<const char*>(v_pf + v_row * CtV + o), _MM_HINT_T1);
+            Tile t;
+            t.a = A + pos * CtA + g * Mi + i0, t.a_is = 1, t.a_ls = CtA;
+            t.b = vp, t.b_ls = in_place ? CtV : NVL;
+            t.a_off = b_off, t.b_off = b_off, t.nseg = 1, t.len = len;  // b_off[0] = 0
+            t.mr = static_cast<int>(std::min(MR, Mi - i0));
+            t.c = out + i0 * NVL, t.ldc = NVL;
+            t.accumulate = pos > a;
+            t.bmask = bm;
+            if (in_place && jn < NVL) run_tile<true>(nv, t);
+            else run_tile<false>(nv, t);
+          }
         }
       }
       return;
     }
+    const int64_t jb = jg, j0 = jb * NVL, jn = std::min(NVL, Nj - j0);  // NCHW: a block a task (jbs == 1)
+    float* out = partial + chunk * part + (g * njb + jb) * Mi * NVL;  // [i][NVL]
     for (int64_t pos = a; pos < b;) {
       int64_t n, pix0, len, nseg;
       if (by_image) {
