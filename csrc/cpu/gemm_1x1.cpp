@@ -314,13 +314,14 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   const bool by_image = !nhwc && HW < kPiece;
   const int64_t total = by_image ? N : N * HW;  // units the chunks split
   const int64_t ipb = by_image ? std::max<int64_t>(1, 2 * kPiece / HW) : 1;  // images per call
-  // Chunks: enough for the machine's threads next to the G*njg tasks of a chunk, and more where the last
-  // round of tasks would leave over 8% of the threads' time idle (kernel_util.h, balanced_chunks;
+  // Chunks: enough for the machine's threads next to a chunk's G*njg tasks, and more where the
+  // last round of tasks would leave over 8% of the threads' time idle (kernel_util.h, balanced_chunks;
   // 9 blocks on 2 threads: 10%). One chunk of MobileNetV2's 24->144 @56 (3 blocks of 48
-  // channels) ran 3 tasks on 2 threads; 2 chunks, batch 8, 2 threads, channels_last, ms min of
-  // 15 (python benchmarks/algos.py 8,24,56,56,144,1 --layout nhwc --pass backward_weight):
-  // 24->144 1.22-1.40 -> 0.81-0.82, 144->24 1.19-1.22 -> 0.83-0.90 (0.86-0.98x -> 1.13-1.41x
-  // torch). A stricter 5% doubled the 0.6 MB partials of 960->320 @7 (15 blocks): 0.94x on two L3s.
+  // channels) ran 3 tasks on 2 threads; 2 chunks (6 tasks; now 2 of whole rows, below), batch 8,
+  // 2 threads, channels_last, ms min of 15 (python benchmarks/algos.py 8,24,56,56,144,1 --layout
+  // nhwc --pass backward_weight): 24->144 1.22-1.40 -> 0.81-0.82, 144->24 1.19-1.22 -> 0.83-0.90
+  // (0.86-0.98x -> 1.13-1.41x torch). A stricter 5% doubled the 0.6 MB partials of 960->320 @7
+  // (15 blocks): 0.94x on two L3s.
   const int64_t most = std::max<int64_t>(1, std::min<int64_t>({by_image ? N : ceil_div(total, kPiece),
                                                                std::max<int64_t>(1, (int64_t(16) << 20) / part),
                                                                std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))}));
