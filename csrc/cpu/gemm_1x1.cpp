@@ -322,9 +322,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   // nhwc --pass backward_weight): 24->144 1.22-1.40 -> 0.81-0.82, 144->24 1.19-1.22 -> 0.83-0.90
   // (0.86-0.98x -> 1.13-1.41x torch). A stricter 5% doubled the 0.6 MB partials of 960->320 @7
   // (15 blocks): 0.94x on two L3s.
-  const int64_t most = std::max<int64_t>(1, std::min<int64_t>({by_image ? N : ceil_div(total, kPiece),
-                                                               std::max<int64_t>(1, (int64_t(16) << 20) / part),
-                                                               std::max<int64_t>(2, p.macs() / (int64_t(4) << 20))}));
+  const int64_t units = by_image ? N : ceil_div(total, kPiece), most = weight_chunks(units, units, part, p.macs());
   // Channels_last V rows read in place (under 256 floats): a task takes every block of V's
   // channels (jbs = njb), so each of its pixels' rows is read whole, one sequential stream of both
   // operands; a task per block read 2-3 lines of every row (the other tasks the rest, at other

@@ -1427,15 +1427,6 @@ bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const 
 // (16 channels a group) summed 16 partial buffers of 0.3 MB for 56 rows; one chunk: 0.87 -> 0.60
 // ms (min of 200 calls, old and new build alternated 6 times; torch 0.58-0.88).
 // ------------------------------------------------------------------------------------------
-// How many chunks the N*P output rows of a backward-weight are cut into: a function of the shape
-// only (determinism): at most max_chunks and one per row, few enough that the partial sums
-// (`part` floats a chunk) stay within 64 MiB, about 4M multiply-adds a chunk but at least 2.
-int64_t weight_chunks(int64_t max_chunks, int64_t rows, int64_t part, int64_t macs) {
-  const int64_t n = std::min<int64_t>({max_chunks, rows, std::max<int64_t>(1, (int64_t(16) << 20) / part),
-                                       std::max<int64_t>(2, macs / (int64_t(4) << 20))});
-  return std::max<int64_t>(1, n);
-}
-
 bool small_k_backward_weight(const Conv2dParams& p, bool nhwc) {
   return nhwc && p.Kg() <= VL && p.dil_w == 1 && p.S * p.Cg() >= 2 * VL;
 }

@@ -84,6 +84,16 @@ inline int64_t weight_tasks(int64_t cap) {
   return std::min(cap, hw);
 }
 
+// How many chunks the `rows` (units) of a backward-weight's reduction are cut into: a function of
+// the shape and the machine only (determinism): at most max_chunks and one per row, few enough
+// that the partial sums (`part` floats a chunk) stay within 64 MiB, about 4M multiply-adds a chunk
+// but at least 2 (implicit_gemm, gemm_1x1).
+inline int64_t weight_chunks(int64_t max_chunks, int64_t rows, int64_t part, int64_t macs) {
+  const int64_t n = std::min<int64_t>({max_chunks, rows, std::max<int64_t>(1, (int64_t(16) << 20) / part),
+                                       std::max<int64_t>(2, macs / (int64_t(4) << 20))});
+  return std::max<int64_t>(1, n);
+}
+
 // The number of chunks, from `lo` up to `hi`, whose `blocks` tasks each spread best over the
 // weight_tasks(cap) threads (a function of the machine, not the pool: the same bits for any
 // thread count): the fewest whose last, partial round leaves at most `max_idle` of the threads'
