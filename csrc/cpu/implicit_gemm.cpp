@@ -279,7 +279,10 @@ void row_run(const Run& a) {
     // registers, a VMOVQ back per use (7 a channel at T = 14, on the FMA ports: 50 uops there for
     // 42 FMAs; objdump). Loads have ports to spare. Channels_last, batch 4, 2 threads (Xeon,
     // AVX-512), python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P: 512 g32 @14
-    // forward 1.15x, backward-input 1.14x, 512 g32 @28/2 forward 1.10x.
+    // forward 1.15x, backward-input 1.14x, 512 g32 @28/2 forward 1.10x (PAIRS, bfloat16: the same
+    // code, not measured: that machine had no AVX512-BF16). Runs stay at 14 pixels or fewer (NX <=
+    // 16, short_runs below): at 29 columns GCC had kept them all in vector registers, a VMOVQ a
+    // broadcast.
     const float* xr = a.x + r * a.rowstep;
     const float* volatile col[EDGE ? NX : 1];
     if constexpr (EDGE) {
