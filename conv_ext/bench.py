@@ -198,9 +198,11 @@ def measured_peak(device, dtype, timer, seconds=1.0):
 
 def thread_round_trip(device):
     """ns for a cache line to go between torch's first two threads and back (conv_ext's
-    cpu_thread_round_trip_ns), or None (GPU, one thread). On this project's 2-core VM it is ~60 ns
-    while the two cores share an L3 and ~350 ns while the host has put them on different ones,
-    which makes kernels that pass data between threads slower: recorded per case."""
+    cpu_thread_round_trip_ns), or None (GPU, one thread). It depends on where the host put the two
+    threads: on this project's 2-core VMs ~50 ns as hyperthreads of one core (which then also
+    halves compute), ~60 ns on two cores of one L3 (AMD EPYC), 105-220 ns on two cores of a big
+    mesh L3 (Intel Xeon), ~350 ns across two L3s (AMD EPYC). Kernels that pass data between
+    threads are slower the longer it is: recorded per case."""
     import conv_ext
 
     if device != "cpu":
@@ -214,8 +216,9 @@ def round_trip_line(results):
     ns = sorted(r["thread_round_trip_ns"] for r in results if r.get("thread_round_trip_ns"))
     if not ns:
         return None
-    return (f"Core-to-core round trip before each case (torch's first two threads; ~60 ns on one L3 of the "
-            f"2-core VM here, ~350 ns across two): min {ns[0]:.0f}, median {ns[len(ns) // 2]:.0f}, max {ns[-1]:.0f} ns")
+    return (f"Core-to-core round trip before each case (torch's first two threads; tens of ns on one core or "
+            f"one L3, hundreds across a mesh or two L3s): min {ns[0]:.0f}, median {ns[len(ns) // 2]:.0f}, "
+            f"max {ns[-1]:.0f} ns")
 
 
 def set_pct_peak(r, peak):
