@@ -235,17 +235,20 @@ def test_pytest_benchmark_files_run(tmp_path):
 
 def test_ab_of_builds_runs(tmp_path):
     """benchmarks/ab.py with the current build on both sides: it checks each side's result against
-    torch and prints both sides' times and their ratio."""
+    torch and prints both sides' times (a cell a round) and the two ratios."""
     lib = next((ROOT / "conv_ext").glob("_C*.so"), None)
     if lib is None:
         pytest.skip("the extension is installed, not built in the checkout (ab.py swaps conv_ext/_C*.so)")
     proc = subprocess.run(
         [sys.executable, "benchmarks/ab.py", str(lib), str(lib), "2,6,9,9,6,3,2,1,3", "--pass", "backward_input",
-         "--layout", "nhwc", "--reps", "3", "--rounds", "1"],
+         "--layout", "nhwc", "--reps", "3", "--rounds", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "old  " in proc.stdout and "new  " in proc.stdout and "old/new (best mins):" in proc.stdout
+    assert "old/new (best mins):" in proc.stdout and "median of the rounds' old/new mins:" in proc.stdout
+    for side in ("old", "new"):
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"  {side}  "))
+        assert line.count("/") == 2, line  # a min/median cell per round
 
 
 def test_algos_step_runs():
