@@ -308,6 +308,15 @@ void forward_runs(const X* const* xrow, const float* const* wrow, int nr, const 
 constexpr int64_t kBlockFloats = 6144;  // 24 KiB of the 48 KiB L1
 constexpr int64_t kBlockImageFloats = 1 << 17;  // 512 KiB, a quarter of an L2
 
+// At least n zeros, 64-byte aligned, per thread and never written (the runs' padding pixels):
+// filled as the buffer grows, not per task.
+const float* zero_floats(int64_t n) {
+  thread_local std::vector<float> z;
+  if (static_cast<int64_t>(z.size()) < n + 16) z.assign(static_cast<size_t>(n) + 64, 0.f);
+  const auto a = reinterpret_cast<std::uintptr_t>(z.data());
+  return reinterpret_cast<const float*>((a + 63) & ~std::uintptr_t(63));
+}
+
 // One run of kRun outputs: the S x NX input pixels at xp[i*NX + j] (already at the block's first
 // channel) -- or, ROWS, at xp[i] + j*os (the run's input rows, os floats a pixel) --, filter rows
 // at wrow[i]; stores the first nt outputs of channels [0, cn). S and the rows unrolled at compile
@@ -344,10 +353,10 @@ __attribute__((noinline)) void block_run(const float* const* xp, const float* co
 }
 
 template <int S, int SW>
-void block_forward(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y) {
+void block_forward(const Conv2dParams& p, const float* x, const float* wt, const float* bias, float* y, int64_t wld) {
   constexpr int NX = (kRun - 1) * SW + S;
   const int64_t C = p.C, H = p.H, W = p.W, P = p.P, Q = p.Q, N = p.N;
-  const int64_t sh = p.stride_h, ph = p.pad_h, pw = p.pad_w, Cp = round_up(C, VL);
+  const int64_t sh = p.stride_h, ph = p.pad_h, pw = p.pad_w, Cp = round_up(C, VL), Wd = wld ? wld : Cp;
   // (an image of over kBlockImageFloats comes from L3 or memory, where reading part of each
   // pixel's channels at a time cost more than L2 costs the rows of whole pixels)
   int64_t Cb = H * W * C > kBlockImageFloats ? Cp : std::min(Cp, std::max<int64_t>(VL, kBlockFloats / (S * W) / VL * VL));
@@ -368,11 +377,9 @@ void block_forward(const Conv2dParams& p, const float* x, const float* wt, const
     // 0.91x, so they keep the tables.
     const bool rows = cn <= 4 * VL;
     // zeros: a padding pixel of the tables, or a padding row of NX pixels C floats apart
-    const int64_t nzero = rows ? (NX - 1) * C + Cb : Cb;
-    float* zeros = scratch(10, nzero);  // (8 and 9 hold on_nhwc_tiles' tiles)
-    std::fill(zeros, zeros + nzero, 0.f);
+    const float* zeros = zero_floats(rows ? (NX - 1) * C + Cb : Cb);
     const float* wrow[S];
-    for (int r = 0; r < S; ++r) wrow[r] = wt + r * S * Cp + c0;
+    for (int r = 0; r < S; ++r) wrow[r] = wt + r * S * Wd + c0;
     const float* xp[S * NX];
     const float* bp = bias ? bias + c0 : nullptr;
     for (int64_t a = a0; a < a1; ++a) {
@@ -385,8 +392,8 @@ void block_forward(const Conv2dParams& p, const float* x, const float* wt, const
             const int64_t h = a * sh - ph + r;
             xp[r] = h < 0 || h >= H ? zeros : x + ((n * H + h) * W + col0) * C + c0;
           }
-          block_run<S, SW, false, true>(xp, wrow, bp, orow + b0 * C, nt, 0, cn / VL * VL, C, Cp, stream);
-          if (cn % VL) block_run<S, SW, true, true>(xp, wrow, bp, orow + b0 * C, nt, cn / VL * VL, cn, C, Cp, stream);
+          block_run<S, SW, false, true>(xp, wrow, bp, orow + b0 * C, nt, 0, cn / VL * VL, C, Wd, stream);
+          if (cn % VL) block_run<S, SW, true, true>(xp, wrow, bp, orow + b0 * C, nt, cn / VL * VL, cn, C, Wd, stream);
           continue;
         }
         for (int r = 0; r < S; ++r) {
@@ -396,8 +403,8 @@ void block_forward(const Conv2dParams& p, const float* x, const float* wt, const
             xp[r * NX + j] = h < 0 || h >= H || col < 0 || col >= W ? zeros : x + ((n * H + h) * W + col) * C + c0;
           }
         }
-        block_run<S, SW, false>(xp, wrow, bp, orow + b0 * C, nt, 0, cn / VL * VL, C, Cp, stream);
-        if (cn % VL) block_run<S, SW, true>(xp, wrow, bp, orow + b0 * C, nt, cn / VL * VL, cn, C, Cp, stream);
+        block_run<S, SW, false>(xp, wrow, bp, orow + b0 * C, nt, 0, cn / VL * VL, C, Wd, stream);
+        if (cn % VL) block_run<S, SW, true>(xp, wrow, bp, orow + b0 * C, nt, cn / VL * VL, cn, C, Wd, stream);
       }
     }
     if (stream) _mm_sfence();
@@ -435,11 +442,12 @@ void phase_runs(const X* src, const int64_t* rel, const int64_t* widx, int nt, c
 // Forward interior pixels reuse one tap list per row (offsets relative to the pixel).
 // X, O: float, or uint16_t for bfloat16 (the strided backward-input of depthwise_backward_input_bf16).
 template <int NVC, typename X = float, typename O = float>
-void nhwc_gather_t(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd) {
+void nhwc_gather_t(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd,
+                   int64_t wld) {
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N;
   const int64_t Ho = bwd ? p.H : p.P, Wo = bwd ? p.W : p.Q, Hs = bwd ? p.P : p.H, Ws = bwd ? p.Q : p.W;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
-  const int64_t Cp = round_up(C, VL);
+  const int64_t Cp = wld ? wld : round_up(C, VL);  // the weights' row stride
   // outputs of >= kStreamFloats: the runs' whole, aligned vectors by non-temporal stores (no
   // read-for-ownership of lines written whole). 96@112/2 batch 4 backward-input (19 MB dx), 2
   // threads, min of 300 calls in 6 alternating processes each: 0.77-0.88 -> 0.66-0.75 ms.
@@ -540,23 +548,25 @@ void nhwc_gather_t(const Conv2dParams& p, const X* src, const float* wt, const f
   });
 }
 
-// (X, O: float, or uint16_t for bfloat16; the float32 forward's square filters run block_forward)
+// (X, O: float, or uint16_t for bfloat16; the float32 forward's square filters run block_forward).
+// wt: [tap][wld] (wld 0: round_up(C, VL), pack_taps' rows), bias padded to whole vectors.
 template <typename X = float, typename O = float>
-void nhwc_gather(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd) {
+void nhwc_gather(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd,
+                 int64_t wld = 0) {
   if constexpr (std::is_same_v<X, float> && std::is_same_v<O, float>) {
     if (!bwd && p.dil_h == 1 && p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && p.R == p.S &&
         (p.S == 3 || p.S == 5 || p.S == 7)) {
       const auto block = p.S == 3 ? (p.stride_w == 1 ? block_forward<3, 1> : block_forward<3, 2>)
                        : p.S == 5 ? (p.stride_w == 1 ? block_forward<5, 1> : block_forward<5, 2>)
                                   : (p.stride_w == 1 ? block_forward<7, 1> : block_forward<7, 2>);
-      return block(p, src, wt, bias, out);
+      return block(p, src, wt, bias, out, wld);
     }
   }
   const int64_t nvc = ceil_div(p.C, VL);
-  if (nvc <= 1) return nhwc_gather_t<1>(p, src, wt, bias, out, bwd);
-  if (nvc == 2) return nhwc_gather_t<2>(p, src, wt, bias, out, bwd);
-  if (nvc == 3) return nhwc_gather_t<3>(p, src, wt, bias, out, bwd);
-  nhwc_gather_t<4>(p, src, wt, bias, out, bwd);
+  if (nvc <= 1) return nhwc_gather_t<1>(p, src, wt, bias, out, bwd, wld);
+  if (nvc == 2) return nhwc_gather_t<2>(p, src, wt, bias, out, bwd, wld);
+  if (nvc == 3) return nhwc_gather_t<3>(p, src, wt, bias, out, bwd, wld);
+  nhwc_gather_t<4>(p, src, wt, bias, out, bwd, wld);
 }
 
 inline float hsum(V v) {
@@ -1203,6 +1213,28 @@ void split_plane(const FlatPlan& f, const float* x, float* buf, int64_t ih0 = 0,
 
 // dx's rows from its phase planes (the inverse of split_plane).
 void merge_plane(const FlatPlan& f, const float* buf, float* dx) {
+#if CONV_EXT_ISA_BITS == 512
+  if (f.sw == 2 && f.W <= 2 * VL) {
+    // Rows of up to 32 (MobileNet's 14x14/2 and 28x28/2 planes): interleave_phases' two permutes
+    // with the masks, indices and plan fields held for the whole plane; its per-row setup (the
+    // masks rebuilt, the plan's fields reloaded after every store) was most of this function,
+    // and this function ~40% of the 576@14/2 backward-input (perf record). NCHW, batch 4, 2
+    // threads (python benchmarks/ab.py OLD.so NEW.so 4,576,14,14,576,3,2,1,576 --pass
+    // backward_input, 10 rounds, Xeon): 1.36x best mins, 1.67x median of the pairs; 192@28/2 level.
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    const int64_t H = f.H, W = f.W, sh = f.sh, Wp = f.Wp, PP = f.PP;
+    const M m0 = Isa::mask(std::min<int64_t>(W, VL)), m1 = Isa::mask(W - VL);
+    for (int64_t ih = 0, u = 0, i = 0; ih < H; ++ih) {
+      const float* ph = buf + u * 2 * PP + i * Wp;
+      const __m512 a = _mm512_loadu_ps(ph), b = _mm512_loadu_ps(ph + PP);  // n_out has the slack
+      Isa::storem(dx + ih * W, _mm512_permutex2var_ps(a, lo, b), m0);
+      if (W > VL) Isa::storem(dx + ih * W + VL, _mm512_permutex2var_ps(a, hi, b), m1);
+      if (++u == sh) u = 0, ++i;
+    }
+    return;
+  }
+#endif
   for (int64_t ih = 0, u = 0, i = 0; ih < f.H; ++ih) {
     interleave_phases(buf + u * f.sw * f.PP + i * f.Wp, f.PP, f.sw, f.W, dx + ih * f.W);
     if (++u == f.sh) u = 0, ++i;
@@ -1446,7 +1478,11 @@ bool flat_ok(const Conv2dParams& p, bool backward_input) {
 // larger sub-problems (16-channel blocks ran 960@7 batch 8 forward at 0.24 ms, 64: 0.15).
 // Backward-weight sums the images inside a task, so it keeps 16 for enough tasks (192@28: 0.33
 // ms with 16, 0.47 with 64).
-int64_t block_channels(int64_t C) { return C % 64 == 0 ? 64 : C % 32 == 0 ? 32 : 16; }
+int64_t block_channels(int64_t C, int64_t hw) {
+  static const int64_t lim = std::getenv("TMPB") ? std::atol(std::getenv("TMPB")) : 1 << 30;
+  for (int64_t b : {64, 32}) if (C % b == 0 && hw * b <= lim) return b;
+  return 16;
+}
 
 Conv2dParams channel_block(const Conv2dParams& p, int64_t B) {
   Conv2dParams q = p;
@@ -1486,7 +1522,7 @@ void block_to_nchw(const float* tile, int64_t HW, int64_t B, uint16_t* planes) {
 // its tile is transposed into `out` (N x C x out_hw, rounded to T).
 template <typename T, typename F>
 void on_nhwc_tiles(const Conv2dParams& p, const T* in, int64_t in_hw, T* out, int64_t out_hw, const F& kernel) {
-  const Conv2dParams q = channel_block(p, block_channels(p.C));
+  const Conv2dParams q = channel_block(p, block_channels(p.C, std::max(p.H * p.W, p.P * p.Q)));
   const int64_t B = q.C, nb = p.C / B;
   for_each_task(p.N * nb, p.macs(), [&](int64_t task) {
     const int64_t n = task / nb, c0 = (task % nb) * B;
@@ -1516,10 +1552,19 @@ void depthwise_backward_input(const Conv2dParams& p, const float* dy, const floa
 
 // NCHW forward and backward-input on NHWC tiles (via_nhwc; T float, or bfloat16 for
 // depthwise_forward_bf16 and _backward_input_bf16): each block's float32 NHWC sub-problem
+// The taps and bias of all the channels are packed once, on the calling thread (its scratch 0
+// and 5, which the tasks' NHWC kernels leave alone), each block reading its channels at a row
+// stride of C. Packing them per block took ~7% of 576@14/2's forward and its runs' zero
+// padding, filled per band, ~3% (perf record). With both once a call (zero_floats) and
+// transpose_block_rows' stores unrolled (simd.h), batch 4, 2 threads, NCHW (python
+// benchmarks/ab.py OLD.so NEW.so 4,576,14,14,576,3,2,1,576 --pass forward, 12 rounds, Xeon):
+// 1.14x best mins, 1.16x median of the pairs (0.091 -> 0.080 ms).
 template <typename T>
 void tiles_forward(const Conv2dParams& p, const T* x, const float* w, const float* bias, T* y) {
+  const float* wt = pack_taps(p, w);
+  const float* bp = padded_bias(bias, p.C);
   on_nhwc_tiles(p, x, p.H * p.W, y, p.P * p.Q, [&](const Conv2dParams& q, const float* xt, int64_t c0, float* yt) {
-    depthwise_forward(q, xt, w + c0 * p.R * p.S, bias ? bias + c0 : nullptr, yt, true);
+    nhwc_gather(q, xt, wt + c0, bp ? bp + c0 : nullptr, yt, false, p.C);
   });
 }
 template <typename T>
