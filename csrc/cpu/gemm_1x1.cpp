@@ -61,8 +61,18 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // 2 threads, batch 4, ms g1x1 / implicit_gemm [torch]: 2048->512 @7 1.17 / 1.08 [1.01],
 // 512->2048 @7 1.15 / 1.08 [0.98], 512->1024 @14 2.37 / 1.95 [1.88]; but 1024->256 @14
 // 1.18 / 1.66 [0.98] stays here.
+// Planes of under 64 pixels (7x7, MobileNetV2's and ResNet-50's last stages) are one pixel tile
+// of 4 vectors, 49 of 64 lanes filled, and a task is a whole image (batch 1: one thread works):
+// they go to implicit_gemm too once the weights are not small (Cg*Kg >= 32K: a 128x256 filter).
+// Intel Xeon, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nchw
+// --pass P, 8 rounds, best mins / median of the pairs): forward 960->320 @7 batch 8 1.40 / 1.39x,
+// batch 1 1.76 / 1.68x, 576->160 1.22 / 1.06x; backward-input 256->256 1.23 / 1.30x, 160->960
+// 1.19 / 1.18x. With a new filter every call (algos.py --step: no packed filter kept) less:
+// 960->320 forward 1.16x, 256->256 backward-input and 576->160 forward level. Below 32K
+// (128->128, 384->64) the two were within 10% either way; 64-pixel planes (8x8) stay here.
+bool few_pixels(const Conv2dParams& p) { return p.H * p.W < 64 && p.Cg() * p.Kg() >= 32768; }
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && !(p.H * p.W <= 196 && p.Kg() >= 512);
+  return supports(p, dtype) && !(p.H * p.W <= 196 && p.Kg() >= 512) && !few_pixels(p);
 }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
@@ -84,7 +94,8 @@ bool supports_nhwc_too(const Conv2dParams& p, at::ScalarType dtype) {
 // --pass backward_input --step, batch 4): 256->1024 @14 1.80-1.86 / 1.62-1.65 ms (batch 8 3.40 /
 // 2.92), 320->1280 @7 0.93 / 0.78; not 96->576 @14 0.41 / 0.44, 160->960 @7 0.33 / 0.34.
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports_nhwc_too(p, dtype) && !(is_nchw(p) && p.H * p.W <= 196 && (p.Cg() >= 512 || p.Kg() >= 1024));
+  return supports_nhwc_too(p, dtype) &&
+         !(is_nchw(p) && ((p.H * p.W <= 196 && (p.Cg() >= 512 || p.Kg() >= 1024)) || few_pixels(p)));
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
