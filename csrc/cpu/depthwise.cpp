@@ -325,8 +325,17 @@ const float* zero_floats(int64_t n) {
 template <int S, int SW, bool TAIL, bool ROWS = false>
 __attribute__((noinline)) void block_run(const float* const* xp, const float* const* wrow, const float* bias, float* o,
                                          int nt, int64_t c_begin, int64_t c_end, int64_t os, int64_t Cp, bool stream) {
-  constexpr int T = kRun, NX = (T - 1) * SW + S;
-  const auto at = [&](int i, int j) { return ROWS ? xp[i] + j * os : xp[i * NX + j]; };
+  constexpr int T = kRun, NX = (T - 1) * SW + S, NB = (NX + 2) / 3;
+  // ROWS: column j at base[j / 3] + (j % 3) * os, a base pointer every 3 columns, which the
+  // loads reach by addressing (base + os*4*{0,1,2} bytes). With xp[i] + j*os GCC kept the 17
+  // column offsets of a stride-2 row in vector registers, a VMOVQ back per load on the FMA
+  // ports (32 for 72 FMAs at <3, 2>, now 6; <3, 1> 10 -> 4; objdump). Channels_last, batch 4, 2
+  // threads, Xeon (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P, 8-12
+  // rounds; best mins / median of the pairs): 32@112 forward 1.07-1.14x / 1.07-1.25x, its
+  // backward-input 1.01x / 1.09x, 192@28/2 forward 1.05-1.07x / 1.03x; 96@112/2, 144@56(/2),
+  // 192@28 level.
+  const float* base[ROWS ? NB : 1];
+  const auto at = [&](int i, int j) { return ROWS ? base[j / 3] + (j % 3) * os : xp[i * NX + j]; };
   for (int64_t c0 = c_begin; c0 < c_end; c0 += VL) {
     const M m = Isa::mask(c_end - c0);  // TAIL: the one, partial vector
     const V bv = bias ? Isa::load(bias + c0) : Isa::zero();  // bias and weights are padded to Cp
@@ -338,6 +347,10 @@ __attribute__((noinline)) void block_run(const float* const* xp, const float* co
       V wv[S], xv[NX];
 #pragma GCC unroll 7
       for (int s = 0; s < S; ++s) wv[s] = Isa::load(wrow[i] + s * Cp + c0);
+      if constexpr (ROWS) {
+#pragma GCC unroll 8
+        for (int k = 0; k < NB; ++k) base[k] = xp[i] + 3 * k * os;
+      }
 #pragma GCC unroll 24
       for (int j = 0; j < NX; ++j) xv[j] = TAIL ? Isa::loadm(at(i, j) + c0, m) : Isa::load(at(i, j) + c0);
 #pragma GCC unroll 7
