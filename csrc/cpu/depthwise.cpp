@@ -1356,12 +1356,16 @@ void flat_group(const FlatPlan& f, int64_t C, const float* ip, const float* w, c
 }
 
 // out[n, c] = bias[c] + sum_t in[n, c] shifted by off[t] (masked) * w[c, t]; a task is a pair of
-// planes when both are of the same image and a plane is one part of at most 4 vectors
-// (MobileNet's 7x7), else one plane.
+// planes when both are of the same image (C even) and every part of a plane is at most 4 vectors
+// (MobileNet's 7x7; and the 7x7 phase planes of a strided backward-input of 14x14, which ran one
+// plane a task, 4 FMA chains: 576@14/2 batch 4 1.15-1.18x, the 5x5/2 160@7 1.31-1.33x in pairs;
+// python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nchw --pass backward_input, Xeon), else
+// one plane.
 void flat_planes(const Conv2dParams& p, const FlatPlan& f, const float* in, const float* w, const float* bias,
                  float* out) {
   const int64_t C = p.C, planes = p.N * C;
-  if (f.parts.size() > 1 || f.parts[0].nb > 4 || C % 2 != 0) {
+  const bool small = std::all_of(f.parts.begin(), f.parts.end(), [](const FlatPart& q) { return q.nb <= 4; });
+  if (!small || C % 2 != 0) {
     for_each_task(planes, p.macs(), [&](int64_t t) {
       flat_group<1>(f, C, in + t * f.plane_in, w, bias, t, out + t * f.plane_out);
     });
