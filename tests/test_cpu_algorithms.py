@@ -39,6 +39,7 @@ GENERAL = [
     ((3, 17, 6, 6), 17, (1, 1), 2, 0, 1, 1),           # strided 1x1
     ((1, 300, 5, 5), 20, (3, 3), 1, 1, 1, 1),          # reduction split in panels
     ((1, 8, 5, 5), 300, (3, 3), 1, 1, 1, 1),           # many output blocks
+    ((1, 16, 3, 3), 256, (3, 3), 1, 2, 1, 1),          # NCHW band shared by 4 blocks, built in pieces of rows (some all padding)
     ((1, 3, 32, 32), 70, (7, 7), 2, 3, 1, 1),          # the stem, small
     ((2, 8, 6, 6), 8, (3, 3), 1, 3, 1, 1),             # padding > dil*(R-1): bwd-input not a forward
     ((1, 7, 5, 6), 9, (2, 2), 1, 0, 1, 1),             # even kernel, no padding

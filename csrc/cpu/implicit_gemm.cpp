@@ -528,31 +528,40 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   const int64_t nimg = ft.nimg, rb = ft.rb, kbs = ft.kbs;
   const int64_t nib = ceil_div(Nt, nimg), nblk = ceil_div(Pt, rb), nkg = ceil_div(nkb, kbs);
 
-  // The band of images n0..n1, rows p0..p1 of each (image i at b + i*band_img(p0, p1)).
-  auto band_img = [&](int64_t p0, int64_t p1) { return ((p1 - p0 - 1) * sh + (R - 1) * dh + 1) * rowf; };
-  auto build_band = [&](int64_t n0, int64_t n1, int64_t g, int64_t p0, int64_t p1, float* b) {
-    const int64_t h0 = p0 * sh - ph, nrows = (p1 - p0 - 1) * sh + (R - 1) * dh + 1;  // band rows h0..
-    const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + nrows), imgf = nrows * rowf;
+  // The band of images n0..n1, rows p0..p1 of each (image i at b + i*band_img(p0, p1)): its
+  // band rows [r0, r1) of each image with (part, parts), all of them by default.
+  auto band_rows = [&](int64_t p0, int64_t p1) { return (p1 - p0 - 1) * sh + (R - 1) * dh + 1; };
+  auto band_img = [&](int64_t p0, int64_t p1) { return band_rows(p0, p1) * rowf; };
+  auto build_band = [&](int64_t n0, int64_t n1, int64_t g, int64_t p0, int64_t p1, float* b, int64_t part = 0,
+                        int64_t parts = 1) {
+    const int64_t h0 = p0 * sh - ph, nrows = band_rows(p0, p1), imgf = nrows * rowf;  // band rows h0..
+    const int64_t r0 = nrows * part / parts, r1 = nrows * (part + 1) / parts;
+    const int64_t h_lo = std::max<int64_t>(0, h0 + r0), h_hi = std::min(H, h0 + r1);  // rows in x
+    const int64_t z0 = std::min(r1, std::max(r0, -h0)), z1 = std::max(z0, std::max(r0, H - h0));  // [r0, z0), [z1, r1): zeros
     for (int64_t n = n0; n < n1; ++n) {
       float* bi = b + (n - n0) * imgf;
-      if (h_hi > h_lo) {
-        pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, bi + (h_lo - h0) * rowf, f.pairs);
-        if (h_lo > h0) std::memset(bi, 0, sizeof(float) * (h_lo - h0) * rowf);
-        if (h0 + nrows > h_hi) std::memset(bi + (h_hi - h0) * rowf, 0, sizeof(float) * (h0 + nrows - h_hi) * rowf);
-      } else {
-        std::memset(bi, 0, sizeof(float) * imgf);
-      }
+      if (h_hi > h_lo) pack_band(x, nhwc, C, H, W, n, g * Cg, Cg, h_lo, h_hi, pw, Wp, Cg, bi + (h_lo - h0) * rowf, f.pairs);
+      if (z0 > r0) std::memset(bi + r0 * rowf, 0, sizeof(float) * (z0 - r0) * rowf);
+      if (r1 > z1) std::memset(bi + z1 * rowf, 0, sizeof(float) * (r1 - z1) * rowf);
     }
   };
   // Tasks that share a band (nkg > 1: the same pixels, other output channels) read it from one
   // copy built up front, not each their own (2048->512 1x1 @7 NCHW: each image was transposed 4x).
+  // Fewer bands than 4 a thread are built in pieces of rows (a whole band per task left one
+  // thread transposing, the other waiting: 1024->512 1x1 @14 NCHW batch 1, 8% of the samples in
+  // pack_band, 15% in libgomp's wait; perf record). Forward, NCHW, 2 threads, Xeon (python
+  // benchmarks/ab.py OLD.so NEW.so SHAPE --pass forward, 8 rounds, best mins / median of the
+  // pairs): that layer 1.17x / 1.14x, 3x3/2 512@14 batch 1 1.04x / 1.05x, 2048->512 @7 level.
   const int64_t nband = nib * G * nblk, band_max = nimg * band_img(0, std::min(rb, Pt));
   float* shared = (!direct && nkg > 1 && nband * band_max <= (int64_t(16) << 20)) ? scratch(6, nband * band_max) : nullptr;
-  if (shared)
-    for_each_task(nband, nband * band_max * 16, [&](int64_t bt) {
-      const int64_t blk = bt % nblk, g = bt / nblk % G, n0 = bt / (nblk * G) * nimg;
-      build_band(n0, std::min(Nt, n0 + nimg), g, blk * rb, std::min(Pt, blk * rb + rb), shared + bt * band_max);
+  if (shared) {
+    const int64_t pieces = std::max<int64_t>(1, std::min(band_rows(0, std::min(rb, Pt)), ceil_div(4 * pool_threads(), nband)));
+    for_each_task(nband * pieces, nband * band_max * 16, [&](int64_t t) {
+      const int64_t bt = t / pieces, blk = bt % nblk, g = bt / nblk % G, n0 = bt / (nblk * G) * nimg;
+      build_band(n0, std::min(Nt, n0 + nimg), g, blk * rb, std::min(Pt, blk * rb + rb), shared + bt * band_max,
+                 t % pieces, pieces);
     });
+  }
 
   // NCHW outputs of >= kStreamFloats (kernel_util.h; 2M floats before) are written by the
   // transposes with streaming stores: no read-for-ownership of lines that are about to be
