@@ -1566,8 +1566,8 @@ void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, co
 void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc);
 
 // NCHW forward and backward-input on NHWC tiles (via_nhwc; T float, or bfloat16 for
-// depthwise_forward_bf16 and _backward_input_bf16): each block's float32 NHWC sub-problem
-// The taps and bias of all the channels are packed once, on the calling thread (its scratch 0
+// depthwise_forward_bf16 and _backward_input_bf16): each block's float32 NHWC sub-problem.
+// Forward: the taps and bias of all the channels are packed once, on the calling thread (its scratch 0
 // and 5, which the tasks' NHWC kernels leave alone), each block reading its channels at a row
 // stride of C. Packing them per block took ~7% of 576@14/2's forward and its runs' zero
 // padding, filled per band, ~3% (perf record). With both once a call (zero_floats) and
