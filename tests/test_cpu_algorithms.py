@@ -102,6 +102,7 @@ DEPTHWISE = [
     ((1, 70, 12, 12), 70, (7, 7), 1, 3, 1, 70),
     ((2, 32, 7, 7), 32, (3, 3), 1, 1, 1, 32),          # NCHW flat planes: 7x7 = 4 vectors, two planes a task
     ((1, 48, 10, 9), 48, (5, 5), 2, 2, 1, 48),         # small NCHW planes, C % 16 == 0, stride 2: via NHWC
+    ((3, 16, 28, 28), 16, (3, 3), 2, 1, 1, 16),        # the same, backward-weight on 2 images a tile, then 1 (summed in order)
     ((1, 40, 5, 21), 40, (3, 3), 1, (1, 0), 1, 40),    # NHWC rows in runs of 8 pixels: 8 + 8 + 3, channel tail
     ((1, 24, 9, 40), 24, (5, 5), 1, 2, 1, 24),         # NHWC forward runs, 5 taps a row
     ((1, 20, 8, 45), 20, (7, 7), 2, 3, 1, 20),         # NHWC forward runs, 7 taps at stride 2; dx phases
