@@ -266,20 +266,33 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
                   int64_t c0, int64_t ncp, float* out, int64_t xs, int64_t ld) {
   V taps[9], u[Tile2D<T>::NP];
   if (!flip) {
-    float* tmp = scratch(3, nr * 9 * VL);  // tap (c, rs) of the VL filters at tmp + at(c, rs)*VL
-    const auto at = [&](int64_t c, int rs) { return krsc ? rs * nr + c : c * 9 + rs; };
+    // The VL filters' taps transposed kCh channels at a time (tap (c, rs) at tmp + at(c, rs)*VL),
+    // each piece transformed while it is in L1. The whole row range at once before: 256 channels
+    // of 16 filters, 147 KiB written to L2 and read back (weight_panel was 15% of the samples of
+    // 256@14 forward, whose large U is computed on every call; perf record). Batch 4, 2 threads,
+    // Xeon, old/new (python benchmarks/ab.py OLD.so NEW.so 4,256,14,14,256,3,1,1 --pass forward,
+    // 12 rounds, best mins / median of the pairs, three runs): NCHW 256@14 1.04-1.06x, 512@7
+    // 1.06x / 1.11x; channels_last within the noise (0.98-1.12x). What remains of it waits on the
+    // reads of w (2.4 MiB at 256@14, read by both threads of a team): prefetching the next piece
+    // only moved the stall onto the prefetches.
+    constexpr int64_t kCh = 16;
+    float* tmp = scratch(3, kCh * 9 * VL);
     for (int64_t kb = 0; kb < ncp; kb += VL) {
       const int64_t k0 = c0 + kb, kn = std::max<int64_t>(0, std::min<int64_t>(VL, Kg - k0));
       const float* wk = w + (g * Kg + k0) * Cg * 9;
-      if (krsc) {
-        for (int rs = 0; rs < 9; ++rs) transpose_rows(wk + rs * Cg + r0, Cg * 9, kn, nr, VL, tmp + rs * nr * VL);
-      } else {
-        transpose_rows(wk + r0 * 9, Cg * 9, kn, nr * 9, VL, tmp);
-      }
-      for (int64_t r = 0; r < nr; ++r) {
-        for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + at(r, rs) * VL);
-        Tile2D<T>::weight(taps, u);
-        for (int xi = 0; xi < Tile2D<T>::NP; ++xi) Isa::store(out + xi * xs + r * ld + kb, u[xi]);
+      for (int64_t q0 = 0; q0 < nr; q0 += kCh) {
+        const int64_t qn = std::min(kCh, nr - q0);
+        const auto at = [&](int64_t c, int rs) { return krsc ? rs * qn + c : c * 9 + rs; };
+        if (krsc) {
+          for (int rs = 0; rs < 9; ++rs) transpose_rows(wk + rs * Cg + r0 + q0, Cg * 9, kn, qn, VL, tmp + rs * qn * VL);
+        } else {
+          transpose_rows(wk + (r0 + q0) * 9, Cg * 9, kn, qn * 9, VL, tmp);
+        }
+        for (int64_t r = 0; r < qn; ++r) {
+          for (int rs = 0; rs < 9; ++rs) taps[rs] = Isa::load(tmp + at(r, rs) * VL);
+          Tile2D<T>::weight(taps, u);
+          for (int xi = 0; xi < Tile2D<T>::NP; ++xi) Isa::store(out + xi * xs + (q0 + r) * ld + kb, u[xi]);
+        }
       }
     }
   } else {
