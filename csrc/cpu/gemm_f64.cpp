@@ -59,11 +59,11 @@ bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
 void run_forward(const Conv2dParams& p, Operands& o) {
   const double* bias = o.bias.defined() ? o.bias.const_data_ptr<double>() : nullptr;
   auto f = use_avx512() ? avx512::f64_forward : avx2::f64_forward;
-  f(p, o.a.const_data_ptr<double>(), o.b.const_data_ptr<double>(), bias, o.out.mutable_data_ptr<double>());
+  f(p, o.a.const_data_ptr<double>(), o.b.const_data_ptr<double>(), bias, o.out.mutable_data_ptr<double>(), o.filter);
 }
 void run_backward_input(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::f64_backward_input : avx2::f64_backward_input;
-  f(p, o.a.const_data_ptr<double>(), o.b.const_data_ptr<double>(), o.out.mutable_data_ptr<double>());
+  f(p, o.a.const_data_ptr<double>(), o.b.const_data_ptr<double>(), o.out.mutable_data_ptr<double>(), o.filter);
 }
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::f64_backward_weight : avx2::f64_backward_weight;
@@ -100,6 +100,29 @@ struct D {
   static inline V set1(double x) { return _mm512_set1_pd(x); }
   static inline V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static inline V add(V a, V b) { return _mm512_add_pd(a, b); }
+  // (the maskz forms: the plain ones' _mm512_undefined_pd trips GCC 12's -Wmaybe-uninitialized)
+  static inline void transpose(V* r) {  // 8x8: r[i][j] -> r[j][i]
+    V t[8], u[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) t[i] = _mm512_maskz_unpacklo_pd(0xFF, r[i], r[i + 1]), t[i + 1] = _mm512_maskz_unpackhi_pd(0xFF, r[i], r[i + 1]);
+    // t[2a] = (r[2a][0], r[2a+1][0], r[2a][2], r[2a+1][2], ...); t[2a+1] the odd columns
+#pragma GCC unroll 2
+    for (int a = 0; a < 2; ++a)
+#pragma GCC unroll 2
+      for (int b = 0; b < 2; ++b) {
+        const V x = t[4 * a + b], y = t[4 * a + 2 + b];
+        u[4 * a + b] = _mm512_maskz_shuffle_f64x2(0xFF, x, y, 0x88);      // 128-bit lanes 0, 2 of x, then of y
+        u[4 * a + 2 + b] = _mm512_maskz_shuffle_f64x2(0xFF, x, y, 0xDD);  // lanes 1, 3
+      }
+#pragma GCC unroll 2
+    for (int a = 0; a < 2; ++a)
+#pragma GCC unroll 2
+      for (int b = 0; b < 2; ++b) {
+        const V x = u[2 * a + b], y = u[4 + 2 * a + b];
+        r[2 * a + b] = _mm512_maskz_shuffle_f64x2(0xFF, x, y, 0x88);
+        r[4 + 2 * a + b] = _mm512_maskz_shuffle_f64x2(0xFF, x, y, 0xDD);
+      }
+  }
 };
 #else
 struct D {
@@ -112,6 +135,12 @@ struct D {
   static inline V set1(double x) { return _mm256_set1_pd(x); }
   static inline V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static inline V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static inline void transpose(V* r) {  // 4x4: r[i][j] -> r[j][i]
+    const V t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const V t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20), r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31), r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
 };
 #endif
 constexpr int64_t KC = 128;       // reduction steps per packed block
@@ -156,6 +185,13 @@ struct Shape {
     mr = D::mr(nv), nr = nv * D::VL;
   }
   int64_t rows_per_task() const { return kMaxRows / mr * mr; }  // 96 = 4 x 24 = 8 x 12 = 12 x 8
+  // The row stride of a C buffer of nn columns: whole panels, and a line more at multiples of
+  // 2 KiB (256 doubles), where a tile's rows (and store_block's reads down a column) fell into
+  // one or two L1 sets: 512 columns are 4 KiB a row.
+  int64_t ld(int64_t nn) const {
+    const int64_t l = round_up(nn, nr);
+    return l % 256 == 0 ? l + D::VL : l;
+  }
   void tile(int64_t kc, const double* a, const double* b, double* c, int64_t ldc, bool accumulate) const {
     if (nv == 3) f64_tile<3>(kc, a, b, c, ldc, accumulate);
     else if (nv == 2) f64_tile<2>(kc, a, b, c, ldc, accumulate);
@@ -240,26 +276,67 @@ void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps&
   }
 }
 
-// B[panel][l][NR] for l < L and columns j < NN: B(l, j) = w[col_off[j] + tap_off[l]], 0 past NN.
+// One panel [l][NR] of a packed B, for l < L and its nn <= NR columns (the first at col_off):
+// B(l, j) = w[col_off[j] + tap_off[l]], 0 past nn.
+void pack_panel(const double* w, const std::vector<int64_t>& tap_off, const int64_t* col_off, int64_t nn, int64_t NR,
+                double* d) {
+  const int64_t L = static_cast<int64_t>(tap_off.size());
+  for (int64_t l = 0; l < L; ++l, d += NR) {
+    for (int64_t j = 0; j < nn; ++j) d[j] = w[col_off[j] + tap_off[l]];
+    for (int64_t j = nn; j < NR; ++j) d[j] = 0.0;
+  }
+}
+
+// B[panel][l][NR] for l < L and columns j < NN (col_off's size): B(l, j) = w[col_off[j] + tap_off[l]].
 void pack_filter(const double* w, const std::vector<int64_t>& tap_off, const std::vector<int64_t>& col_off,
                  int64_t NR, double* B) {
   const int64_t L = static_cast<int64_t>(tap_off.size()), NN = static_cast<int64_t>(col_off.size());
   for (int64_t jp = 0; jp < ceil_div(NN, NR); ++jp)
-    for (int64_t l = 0; l < L; ++l) {
-      double* d = B + (jp * L + l) * NR;
-      for (int64_t jj = 0; jj < NR; ++jj) {
-        const int64_t j = jp * NR + jj;
-        d[jj] = j < NN ? w[col_off[j] + tap_off[l]] : 0.0;
-      }
-    }
+    pack_panel(w, tap_off, col_off.data() + jp * NR, std::min(NR, NN - jp * NR), NR, B + jp * L * NR);
 }
 
-// C[i][j] for the `mr_all` gathered rows `rows` (A(i, l) = gather of taps `t`) against the packed
-// B ([panel][L][NR], NN columns), into cbuf[round_up(mr_all, MR)][round_up(NN, NR)].
+// The packed filter of forward or backward-input (n doubles, pack(dst) writes it), kept across
+// calls while the filter is unchanged (filter_cache.h), else in the calling thread's scratch.
+// (Packed into a zero-initialised std::vector on the calling thread before: 18.9 MB at 512->512
+// 3x3, 10% of its forward's samples between the zeroing and the serial pack, perf record.)
+struct PackedB {
+  PackedFilter held;
+  const double* data() const { return reinterpret_cast<const double*>(held.data); }
+};
+PackedB packed_b(const at::Tensor* filter, const std::vector<int64_t>& tag, int64_t n,
+                 const std::function<void(double*)>& pack) {
+  return {packed_filter(filter, tag, 2 * n, scratch(3, 2 * n), [&](float* dst) { pack(reinterpret_cast<double*>(dst)); })};
+}
+
+// Tasks of a forward or backward-input GEMM of M rows (pixels) by npan panels of columns, per
+// group: blocks of mc rows (at most kMaxRows, evened out: 196 rows as 72 + 72 + 52, not 96 + 96
+// + 4) x blocks of pb panels, the panels cut in halves while there are fewer than 4 tasks a
+// thread. Each task gathers its rows' A again: a small share where the rows are few and the
+// columns many (512->512 3x3 @7, batch 4: 3 tasks of rows before, one thread idle a third of the
+// time). The sums' order is that of the whole reduction in every case: the same bits.
+struct Blocks {
+  int64_t mc, nib, pb, ncb;
+  Blocks(const Shape& ts, int64_t M, int64_t G, int64_t npan) {
+    const int64_t most = ts.rows_per_task();
+    nib = ceil_div(M, most);
+    mc = std::max<int64_t>(ts.mr, std::min(most, round_up(ceil_div(M, std::max<int64_t>(1, nib)), ts.mr)));
+    nib = ceil_div(M, mc);
+    pb = std::max<int64_t>(1, npan);
+    while (pb > 1 && G * nib * ceil_div(npan, pb) < 4 * pool_threads()) pb = ceil_div(pb, 2);
+    ncb = ceil_div(npan, pb);
+    pb = ceil_div(npan, std::max<int64_t>(1, ncb));  // even blocks
+    ncb = ceil_div(npan, pb);
+  }
+};
+
+// C[i][j] for the `mr_all` gathered rows `rows` (A(i, l) = gather of taps `t`) against panels
+// [jp0, jp1) of the packed B ([panel][L][NR]), into cbuf[round_up(mr_all, MR)][ldc] (column 0:
+// panel jp0's first).
 void rows_times_filter(const Shape& ts, const double* src, int64_t Hb, int64_t Wb, const Taps& t, const Row* rows,
-                       int64_t mr_all, bool pixels_inner, const double* B, int64_t NN, double* cbuf) {
+                       int64_t mr_all, bool pixels_inner, const double* B, int64_t jp0, int64_t jp1, int64_t ldc,
+                       double* cbuf) {
   const int64_t MR = ts.mr, NR = ts.nr;
-  const int64_t L = t.size(), npan = ceil_div(NN, NR), ldc = npan * NR, nir = ceil_div(mr_all, MR);
+  const int64_t L = t.size(), nir = ceil_div(mr_all, MR);
   if (L == 0) {
     std::fill(cbuf, cbuf + nir * MR * ldc, 0.0);
     return;
@@ -274,9 +351,9 @@ void rows_times_filter(const Shape& ts, const double* src, int64_t Hb, int64_t W
       for (int64_t i = nr; i < MR; ++i)
         for (int64_t l = 0; l < kc; ++l) d[l * MR + i] = 0.0;
     }
-    for (int64_t jp = 0; jp < npan; ++jp)
+    for (int64_t jp = jp0; jp < jp1; ++jp)
       for (int64_t ir = 0; ir < nir; ++ir)
-        ts.tile(kc, A + ir * MR * kc, B + (jp * L + l0) * NR, cbuf + ir * MR * ldc + jp * NR, ldc, l0 > 0);
+        ts.tile(kc, A + ir * MR * kc, B + (jp * L + l0) * NR, cbuf + ir * MR * ldc + (jp - jp0) * NR, ldc, l0 > 0);
   }
 }
 
@@ -289,12 +366,32 @@ void store_block(const double* cbuf, int64_t ldc, const int64_t* row_off, int64_
       for (int64_t j = 0; j < nn; ++j) out[row_off[i] + j] = bias ? cbuf[i * ldc + j] + bias[j] : cbuf[i * ldc + j];
     return;
   }
-  for (int64_t j = 0; j < nn; ++j) {
-    double* o = out + j * col_step;
-    if (bias)
-      for (int64_t i = 0; i < m; ++i) o[row_off[i]] = cbuf[i * ldc + j] + bias[j];
-    else
-      for (int64_t i = 0; i < m; ++i) o[row_off[i]] = cbuf[i * ldc + j];
+  // Blocks of VL columns: a row's VL values are one vector of cbuf, and runs of VL rows that are
+  // consecutive pixels (row_off[i] + t) go out as VL vectors, transposed in registers; the rest
+  // value by value. Column by column down cbuf before (reads a row stride apart, 4 KiB at 512
+  // channels): 21% of 128->512 1x1 @28's NCHW forward samples, perf record.
+  for (int64_t j0 = 0; j0 < nn; j0 += D::VL) {
+    const int64_t jn = std::min<int64_t>(D::VL, nn - j0);
+    int64_t i = 0;
+    const auto run = [&](int64_t i0) {  // rows i0.. are VL consecutive pixels
+      bool r = i0 + D::VL <= m;
+      for (int t = 1; t < D::VL && r; ++t) r = row_off[i0 + t] == row_off[i0] + t;
+      return r;
+    };
+    for (; jn == D::VL && run(i); i += D::VL) {
+      D::V v[D::VL];
+#pragma GCC unroll 8
+      for (int t = 0; t < D::VL; ++t) v[t] = D::load(cbuf + (i + t) * ldc + j0);
+      D::transpose(v);
+#pragma GCC unroll 8
+      for (int t = 0; t < D::VL; ++t)
+        D::store(out + row_off[i] + (j0 + t) * col_step, bias ? D::add(v[t], D::set1(bias[j0 + t])) : v[t]);
+    }
+    for (; i < m; ++i) {
+      const double* c = cbuf + i * ldc + j0;
+      double* o = out + row_off[i] + j0 * col_step;
+      for (int64_t j = 0; j < jn; ++j) o[j * col_step] = bias ? c[j] + bias[j0 + j] : c[j];
+    }
   }
 }
 
@@ -323,35 +420,41 @@ void filter_taps(const Conv2dParams& p, Taps& t, std::vector<int64_t>& woff) {
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
-void f64_forward(const Conv2dParams& p, const double* x, const double* w, const double* bias, double* y) {
+void f64_forward(const Conv2dParams& p, const double* x, const double* w, const double* bias, double* y,
+                 const at::Tensor* filter) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q;
   Taps t;  // l over the filter taps: the x element and its shift from the window's corner
   std::vector<int64_t> wtap;  // the same taps in w
   filter_taps(p, t, wtap);
   const Shape ts(Kg);
-  const int64_t NR = ts.nr, MC = ts.rows_per_task();
-  const int64_t L = t.size(), npan = ceil_div(Kg, NR), ldc = npan * NR;
-  std::vector<double> B(static_cast<size_t>(G * npan * L * NR));
-  for (int64_t g = 0; g < G; ++g) {
-    std::vector<int64_t> col(static_cast<size_t>(Kg));
-    for (int64_t k = 0; k < Kg; ++k) col[k] = (g * Kg + k) * p.ws_k;
-    pack_filter(w, wtap, col, NR, B.data() + g * npan * L * NR);
-  }
-  const int64_t M = p.N * P * Q, nib = ceil_div(M, MC);
+  const int64_t NR = ts.nr, L = t.size(), npan = ceil_div(Kg, NR);
   const bool pixels_inner = !channels_inner(p.xs_c, p.xs_w);
-  for_each_task(G * nib, p.macs(), [&](int64_t task) {
-    const int64_t g = task / nib, i0 = (task % nib) * MC, mr_all = std::min(MC, M - i0);
+  std::vector<int64_t> col(static_cast<size_t>(G * Kg));
+  for (int64_t k = 0; k < G * Kg; ++k) col[k] = k * p.ws_k;
+  const PackedB B = packed_b(filter, {200, CONV_EXT_ISA_BITS, G, Kg, Cg, p.R, p.S, NR, pixels_inner},
+                             G * npan * L * NR, [&](double* dst) {
+    for_each_task(G * npan, G * npan * L * NR, [&](int64_t gp) {  // a panel a task
+      const int64_t g = gp / npan, j0 = (gp % npan) * NR;
+      pack_panel(w, wtap, col.data() + g * Kg + j0, std::min(NR, Kg - j0), NR, dst + gp * L * NR);
+    });
+  });
+  const int64_t M = p.N * P * Q;
+  const Blocks bl(ts, M, G, npan);
+  for_each_task(G * bl.nib * bl.ncb, p.macs(), [&](int64_t task) {
+    const int64_t g = task / (bl.nib * bl.ncb), i0 = (task / bl.ncb % bl.nib) * bl.mc, mr_all = std::min(bl.mc, M - i0);
+    const int64_t jp0 = task % bl.ncb * bl.pb, jp1 = std::min(npan, jp0 + bl.pb);
+    const int64_t j0 = jp0 * NR, nn = std::min(Kg, jp1 * NR) - j0, ldc = ts.ld(nn);
     Row rows[kMaxRows];
     int64_t yoff[kMaxRows];
     for (int64_t i = 0; i < mr_all; ++i) {
       const int64_t pix = i0 + i, n = pix / (P * Q), pp = (pix / Q) % P, q = pix % Q;
       const int64_t h0 = pp * p.stride_h - p.pad_h, w0 = q * p.stride_w - p.pad_w;
       rows[i] = {n * p.xs_n + g * Cg * p.xs_c + h0 * p.xs_h + w0 * p.xs_w, h0, w0};
-      yoff[i] = n * p.ys_n + g * Kg * p.ys_k + pp * p.ys_p + q * p.ys_q;
+      yoff[i] = n * p.ys_n + (g * Kg + j0) * p.ys_k + pp * p.ys_p + q * p.ys_q;
     }
     double* cbuf = dscratch(1, round_up(mr_all, ts.mr) * ldc);
-    rows_times_filter(ts, x, p.H, p.W, t, rows, mr_all, pixels_inner, B.data() + g * npan * L * NR, Kg, cbuf);
-    store_block(cbuf, ldc, yoff, mr_all, Kg, p.ys_k, bias ? bias + g * Kg : nullptr, y);
+    rows_times_filter(ts, x, p.H, p.W, t, rows, mr_all, pixels_inner, B.data() + g * npan * L * NR, jp0, jp1, ldc, cbuf);
+    store_block(cbuf, ldc, yoff, mr_all, nn, p.ys_k, bias ? bias + g * Kg + j0 : nullptr, y);
   });
 }
 
@@ -369,7 +472,7 @@ void f64_backward_input_col2im(const Conv2dParams& p, const double* dy, const do
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t J = Cg * R * S;
   const Shape ts(J);
-  const int64_t NR = ts.nr, MC = ts.rows_per_task(), npan = ceil_div(J, NR), ldc = npan * NR;
+  const int64_t NR = ts.nr, MC = ts.rows_per_task(), npan = ceil_div(J, NR), ldc = ts.ld(J);
   Taps t;  // the reduction runs over k: no shifts, every tap present
   std::vector<int64_t> wk(static_cast<size_t>(Kg));
   for (int64_t k = 0; k < Kg; ++k) t.add(0, 0, k * p.ys_k), wk[k] = k * p.ws_k;
@@ -400,7 +503,7 @@ void f64_backward_input_col2im(const Conv2dParams& p, const double* dy, const do
         const int64_t pp = (i0 + i) / Q, q = (i0 + i) % Q;
         rows[i] = {n * p.ys_n + g * Kg * p.ys_k + pp * p.ys_p + q * p.ys_q, pp, q};
       }
-      rows_times_filter(ts, dy, P, Q, t, rows, m, pixels_inner, B.data() + g * npan * Kg * NR, J, cbuf);
+      rows_times_filter(ts, dy, P, Q, t, rows, m, pixels_inner, B.data() + g * npan * Kg * NR, 0, npan, ldc, cbuf);
       for (int64_t i = 0; i < m; ++i) {
         const int64_t h0 = rows[i].h0 * p.stride_h - p.pad_h, w0 = rows[i].w0 * p.stride_w - p.pad_w;
         const int64_t xo = n * p.xs_n + g * Cg * p.xs_c + h0 * p.xs_h + w0 * p.xs_w;  // the window's corner
@@ -414,16 +517,18 @@ void f64_backward_input_col2im(const Conv2dParams& p, const double* dy, const do
   });
 }
 
-void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w, double* dx) {
+void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w, double* dx,
+                        const at::Tensor* filter) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   if (Cg < D::VL && Kg >= D::VL) return f64_backward_input_col2im(p, dy, w, dx);
   const int64_t sh = p.stride_h, sw = p.stride_w, nph = sh * sw;
   const bool kin = channels_inner(p.ys_k, p.ys_q);
   const Shape ts(Cg);
-  const int64_t NR = ts.nr, MC = ts.rows_per_task(), npan = ceil_div(Cg, NR), ldc = npan * NR;
+  const int64_t NR = ts.nr, npan = ceil_div(Cg, NR);
   std::vector<Taps> taps(static_cast<size_t>(nph));
-  std::vector<std::vector<double>> B(static_cast<size_t>(nph * G));
-  std::vector<int64_t> nh(nph), nw(nph), nib(nph), first(nph + 1, 0);
+  std::vector<std::vector<int64_t>> wtaps(static_cast<size_t>(nph));
+  std::vector<int64_t> nh(nph), nw(nph), boff(nph + 1, 0), first(nph + 1, 0);
+  std::vector<Blocks> bl;
   for (int64_t ph = 0; ph < nph; ++ph) {
     const int64_t a = ph / sw, b = ph % sw;
     nh[ph] = a < p.H ? ceil_div(p.H - a, sh) : 0, nw[ph] = b < p.W ? ceil_div(p.W - b, sw) : 0;
@@ -433,7 +538,7 @@ void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w
     for (int64_t s = 0; s < S; ++s)
       if (floor_mod(b + p.pad_w - s * p.dil_w, sw) == 0) ss.push_back(s);
     Taps& t = taps[ph];
-    std::vector<int64_t> wtap;
+    std::vector<int64_t>& wtap = wtaps[ph];
     auto tap = [&](int64_t k, int64_t r, int64_t s) {
       const int64_t tp = (a + p.pad_h - r * p.dil_h) / sh, tq = (b + p.pad_w - s * p.dil_w) / sw;  // exact
       t.add(tp, tq, k * p.ys_k + tp * p.ys_p + tq * p.ys_q);
@@ -449,32 +554,41 @@ void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w
           for (int64_t s : ss) tap(k, r, s);
     }
     t.finish();
-    for (int64_t g = 0; g < G; ++g) {
-      std::vector<int64_t> col(static_cast<size_t>(Cg));
-      for (int64_t c = 0; c < Cg; ++c) col[c] = g * Kg * p.ws_k + c * p.ws_c;
-      auto& bg = B[ph * G + g];
-      bg.resize(static_cast<size_t>(npan * t.size() * NR));
-      pack_filter(w, wtap, col, NR, bg.data());
-    }
-    nib[ph] = ceil_div(p.N * nh[ph] * nw[ph], MC);
-    first[ph + 1] = first[ph] + G * nib[ph];
+    boff[ph + 1] = boff[ph] + G * npan * t.size() * NR;  // B of phase ph: [g][panel][L][NR]
+    bl.emplace_back(ts, p.N * nh[ph] * nw[ph], G, npan);
+    first[ph + 1] = first[ph] + G * bl[ph].nib * bl[ph].ncb;
   }
+  std::vector<int64_t> col(static_cast<size_t>(G * Cg));
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t c = 0; c < Cg; ++c) col[g * Cg + c] = g * Kg * p.ws_k + c * p.ws_c;
+  const PackedB B = packed_b(filter, {201, CONV_EXT_ISA_BITS, G, Kg, Cg, R, S, NR, kin, sh, sw, p.pad_h, p.pad_w,
+                                      p.dil_h, p.dil_w}, boff[nph], [&](double* dst) {
+    for_each_task(nph * G * npan, boff[nph], [&](int64_t task) {  // a panel a task
+      const int64_t ph = task / (G * npan), g = task / npan % G, j0 = task % npan * NR, L = taps[ph].size();
+      pack_panel(w, wtaps[ph], col.data() + g * Cg + j0, std::min(NR, Cg - j0), NR,
+                 dst + boff[ph] + (g * npan + j0 / NR) * L * NR);
+    });
+  });
   for_each_task(first[nph], p.macs(), [&](int64_t task) {
     int64_t ph = 0;
     while (task >= first[ph + 1]) ++ph;
-    const int64_t a = ph / sw, b = ph % sw, hw = nh[ph] * nw[ph], M = p.N * hw;
-    const int64_t g = (task - first[ph]) / nib[ph], i0 = ((task - first[ph]) % nib[ph]) * MC;
-    const int64_t mr_all = std::min(MC, M - i0);
+    const Blocks& b = bl[ph];
+    const int64_t pa = ph / sw, pb = ph % sw, hw = nh[ph] * nw[ph], M = p.N * hw, L = taps[ph].size();
+    const int64_t tk = task - first[ph], g = tk / (b.nib * b.ncb), i0 = (tk / b.ncb % b.nib) * b.mc;
+    const int64_t mr_all = std::min(b.mc, M - i0);
+    const int64_t jp0 = tk % b.ncb * b.pb, jp1 = std::min(npan, jp0 + b.pb);
+    const int64_t j0 = jp0 * NR, nn = std::min(Cg, jp1 * NR) - j0, ldc = ts.ld(nn);
     Row rows[kMaxRows];
     int64_t xoff[kMaxRows];
     for (int64_t i = 0; i < mr_all; ++i) {
       const int64_t pix = i0 + i, n = pix / hw, hh = (pix / nw[ph]) % nh[ph], ww = pix % nw[ph];
       rows[i] = {n * p.ys_n + g * Kg * p.ys_k + hh * p.ys_p + ww * p.ys_q, hh, ww};
-      xoff[i] = n * p.xs_n + g * Cg * p.xs_c + (a + sh * hh) * p.xs_h + (b + sw * ww) * p.xs_w;
+      xoff[i] = n * p.xs_n + (g * Cg + j0) * p.xs_c + (pa + sh * hh) * p.xs_h + (pb + sw * ww) * p.xs_w;
     }
     double* cbuf = dscratch(1, round_up(mr_all, ts.mr) * ldc);
-    rows_times_filter(ts, dy, P, Q, taps[ph], rows, mr_all, !kin, B[ph * G + g].data(), Cg, cbuf);
-    store_block(cbuf, ldc, xoff, mr_all, Cg, p.xs_c, nullptr, dx);
+    rows_times_filter(ts, dy, P, Q, taps[ph], rows, mr_all, !kin, B.data() + boff[ph] + g * npan * L * NR, jp0, jp1,
+                      ldc, cbuf);
+    store_block(cbuf, ldc, xoff, mr_all, nn, p.xs_c, nullptr, dx);
   });
 }
 
@@ -499,7 +613,7 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   std::vector<double> part(nchunk > 1 ? static_cast<size_t>(nchunk * p.K * J) : 0);
   for_each_task(nchunk * G * njb, p.macs(), [&](int64_t task) {
     const int64_t chunk = task / (G * njb), g = task / njb % G, j0 = (task % njb) * NC;
-    const int64_t nc = std::min(NC, J - j0), npan = ceil_div(nc, NR), ldc = npan * NR;
+    const int64_t nc = std::min(NC, J - j0), npan = ceil_div(nc, NR), ldc = ts.ld(nc);
     const int64_t la = L * chunk / nchunk, lb = L * (chunk + 1) / nchunk;
     double* cbuf = dscratch(1, nir * MR * ldc);
     double* A = dscratch(0, nir * MR * KC);
