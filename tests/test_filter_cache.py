@@ -1,4 +1,4 @@
-"""The packed-filter cache (csrc/cpu/filter_cache.h): implicit_gemm and winograd keep the packed
+"""The packed-filter cache (csrc/cpu/filter_cache.h): implicit_gemm, winograd and gemm_f64 keep the packed
 form of a filter across calls while the filter is unchanged.
 
 The oracle for every cached result is the same call on a fresh copy of the filter (a new
@@ -93,6 +93,38 @@ def test_backward_input_reuses_packed_filter(case, layout):
         assert torch.equal(out, expected)
     ref = torch.ops.aten.convolution_backward(dy, x, w, None, *geo[:3], False, [0, 0], 1, [True, False, False])[0]
     torch.testing.assert_close(outs[-1], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("filter_layout", ["kcrs", "krsc"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape,k,r,stride,padding", [
+    ((2, 20, 9, 11), 40, 3, 2, 1),   # backward-input in 4 stride phases, each its own packed taps
+    ((1, 96, 5, 5), 160, 3, 1, 1),   # few rows: tasks over blocks of filter panels too
+], ids=["3x3/2", "3x3 @5"])
+def test_float64_reuses_packed_filter(shape, k, r, stride, padding, layout, filter_layout):
+    """gemm_f64 keeps its packed filters (forward; backward-input's, per stride phase) while the
+    filter is unchanged: the same bits on every call and for a fresh copy, and torch's float64 result."""
+    x, w = (t.double() for t in make(shape, k, r, layout))
+    if filter_layout == "krsc":
+        w = w.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn_like(F.conv2d(x, w, None, stride, padding))
+    geo = ([stride] * 2, [padding] * 2, [1, 1], 1)
+    with testing.force_cpu_algorithm({"forward": "gemm_f64", "backward_input": "gemm_f64"}):
+        ys = [conv_ext.conv2d(x, w, None, stride, padding) for _ in range(3)]
+        assert testing.last_cpu_algorithm("forward") == "gemm_f64"
+        kept = cached_bytes()
+        assert kept > 0
+        dxs = [ops.conv2d_backward_input(dy, w, list(x.shape), *geo) for _ in range(3)]
+        assert cached_bytes() > kept
+        ys.append(conv_ext.conv2d(x, fresh(w), None, stride, padding))
+        dxs.append(ops.conv2d_backward_input(dy, fresh(w), list(x.shape), *geo))
+    for y in ys[1:]:
+        assert torch.equal(y, ys[0])
+    for dx in dxs[1:]:
+        assert torch.equal(dx, dxs[0])
+    ref = torch.ops.aten.convolution_backward(dy, x, w, None, *geo[:3], False, [0, 0], 1, [True, False, False])[0]
+    torch.testing.assert_close(ys[0], F.conv2d(x, w, None, stride, padding), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dxs[0], ref, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])

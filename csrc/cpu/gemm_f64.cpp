@@ -310,10 +310,12 @@ PackedB packed_b(const at::Tensor* filter, const std::vector<int64_t>& tag, int6
 
 // Tasks of a forward or backward-input GEMM of M rows (pixels) by npan panels of columns, per
 // group: blocks of mc rows (at most kMaxRows, evened out: 196 rows as 72 + 72 + 52, not 96 + 96
-// + 4) x blocks of pb panels, the panels cut in halves while there are fewer than 4 tasks a
-// thread. Each task gathers its rows' A again: a small share where the rows are few and the
-// columns many (512->512 3x3 @7, batch 4: 3 tasks of rows before, one thread idle a third of the
-// time). The sums' order is that of the whole reduction in every case: the same bits.
+// + 4) x blocks of pb panels, the panels cut in halves while there are fewer than 2 tasks a
+// thread (512->512 3x3 @7, batch 4: 3 tasks of rows before, one thread idle a third of the
+// time). Each task gathers its rows' A again, which costs: 4 tasks a thread instead of 2 ran
+// 512@7 forward 0.83-0.85x, backward-input 0.86x, 256@14 batch 1 0.78x, 2048->512 1x1 @7
+// 0.88-0.94x; 1 a thread 0.96-1.04x (python benchmarks/ab.py ... --dtype float64, 2 threads).
+// The sums' order is that of the whole reduction in every case: the same bits.
 struct Blocks {
   int64_t mc, nib, pb, ncb;
   Blocks(const Shape& ts, int64_t M, int64_t G, int64_t npan) {
@@ -322,7 +324,7 @@ struct Blocks {
     mc = std::max<int64_t>(ts.mr, std::min(most, round_up(ceil_div(M, std::max<int64_t>(1, nib)), ts.mr)));
     nib = ceil_div(M, mc);
     pb = std::max<int64_t>(1, npan);
-    while (pb > 1 && G * nib * ceil_div(npan, pb) < 4 * pool_threads()) pb = ceil_div(pb, 2);
+    while (pb > 1 && G * nib * ceil_div(npan, pb) < 2 * pool_threads()) pb = ceil_div(pb, 2);
     ncb = ceil_div(npan, pb);
     pb = ceil_div(npan, std::max<int64_t>(1, ncb));  // even blocks
     ncb = ceil_div(npan, pb);
