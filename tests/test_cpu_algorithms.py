@@ -329,11 +329,13 @@ def check_float64(algo, pass_name, x, wt, b, dy, geo, layout):
         assert rel_error(forced(algo, pass_name, x, wt_cl, b, dy, geo), ref) <= 1e-12
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_gemm_f64_backward_weight_chunks(layout):
+def test_gemm_f64_backward_weight_chunks(layout, stride):
     """gemm_f64's backward-weight with few filter taps (one task a group) cuts the pixels into
-    chunks summed in chunk order: the same bits for 1 and 2 threads, float64-exact to the reference."""
-    x, wt, b, dy, geo = make(((4, 3, 40, 40), 8, (3, 3), 1, 1, 1, 1), layout)
+    chunks summed in chunk order: the same bits for 1 and 2 threads, float64-exact to the reference
+    (NCHW at stride 1: the dot products along rows, chunks of rows; else the gather form)."""
+    x, wt, b, dy, geo = make(((4, 3, 40, 40), 8, (3, 3), stride, 1, 1, 1), layout)
     threads = torch.get_num_threads()
     try:
         outs = []

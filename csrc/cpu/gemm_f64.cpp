@@ -93,6 +93,7 @@ struct D {
   static constexpr int VL = 8;  // doubles per vector
   // tile rows for NV vectors of columns: MR*NV accumulators + NV B vectors + 1 broadcast <= 32
   static constexpr int mr(int nv) { return nv == 3 ? 8 : nv == 2 ? 12 : 24; }
+  static constexpr int MK = 4, NJ = 6;  // dot_tile: MK*NJ accumulators + MK dy vectors + 1
   using V = __m512d;
   static inline V zero() { return _mm512_setzero_pd(); }
   static inline V load(const double* p) { return _mm512_loadu_pd(p); }
@@ -100,6 +101,14 @@ struct D {
   static inline V set1(double x) { return _mm512_set1_pd(x); }
   static inline V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static inline V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static inline V loadm(const double* p, int64_t n) {  // lanes [0, n) of p, the rest 0 (never read)
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(n >= 8 ? 0xFF : (1u << n) - 1), p);
+  }
+  static inline double sum(V v) {  // (not _mm512_reduce_add_pd: its _mm512_undefined_pd, as below)
+    const __m256d q = _mm256_add_pd(_mm512_maskz_extractf64x4_pd(0xF, v, 0), _mm512_maskz_extractf64x4_pd(0xF, v, 1));
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(q), _mm256_extractf128_pd(q, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  }
   // (the maskz forms: the plain ones' _mm512_undefined_pd trips GCC 12's -Wmaybe-uninitialized)
   static inline void transpose(V* r) {  // 8x8: r[i][j] -> r[j][i]
     V t[8], u[8];
@@ -128,6 +137,7 @@ struct D {
 struct D {
   static constexpr int VL = 4;
   static constexpr int mr(int nv) { return nv == 3 ? 4 : nv == 2 ? 6 : 12; }  // 16 ymm
+  static constexpr int MK = 2, NJ = 5;
   using V = __m256d;
   static inline V zero() { return _mm256_setzero_pd(); }
   static inline V load(const double* p) { return _mm256_loadu_pd(p); }
@@ -135,6 +145,14 @@ struct D {
   static inline V set1(double x) { return _mm256_set1_pd(x); }
   static inline V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static inline V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static inline V loadm(const double* p, int64_t n) {
+    const __m256i lane = _mm256_set_epi64x(3, 2, 1, 0);
+    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
+  }
+  static inline double sum(V v) {
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  }
   static inline void transpose(V* r) {  // 4x4: r[i][j] -> r[j][i]
     const V t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
     const V t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
@@ -595,10 +613,171 @@ void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w
 }
 
 // ------------------------------------------------------------------------------------------
+// NCHW backward-weight at stride 1, by dot products along rows: with j = (c, r, s),
+//     dw[k][j] = sum over images n and output rows p of  dy[n, k, p, 0..Q) . xp[n, c, p + r*dh, s*dw + 0..Q)
+// where xp is x zero-padded by (pad_h, pad_w) (a copy, so that every row is whole; a 1x1 layer
+// without padding reads x itself, a plane as one row). Both operands are read as they lie, the
+// pixels in the vector lanes: nothing is transposed or packed. The gather form (below) packed
+// dy and the gathered x into panels for every block of pixels -- transposes of NCHW planes, as
+// long as the multiply-adds on a 1x1 layer (perf record: 128->512 1x1 @28, batch 4, 47% of the
+// samples in the packing, 53% in f64_tile).
+//
+// A tile is MK filters x NJ taps (AVX-512: 4 x 6 = 24 vectors of sums), run over a block of rows
+// of about kRowPixels pixels (its 10 rows stay in L1); a task is a block of filters x a block of
+// taps of one group (their rows, kRowPixels wide, in L2) over a fixed chunk of the rows, its
+// tiles' sums kept in a buffer between blocks of rows. Each sum runs lane by lane in row order and
+// is added across lanes once at the end (chunks in order, as the gather form): the same bits for
+// any thread count.
+constexpr int64_t kRowPixels = 256;
+
+bool bw_rows_shape(const Conv2dParams& p) {
+  const bool x_planes = p.xs_w == 1 && p.xs_h == p.W && p.xs_c == p.H * p.W && p.xs_n == p.C * p.H * p.W;
+  const bool dy_planes = p.ys_q == 1 && p.ys_p == p.Q && p.ys_k == p.P * p.Q && p.ys_n == p.K * p.P * p.Q;
+  // Where the gather form's packing is a small share (1/Kg + 1/J of the multiply-adds, Kg filters
+  // and J taps) its GEMM is faster: with 1/Kg + 1/J under 1/128, batch 4, 2 threads, old/new
+  // (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass backward_weight --dtype float64): 3x3
+  // 256@14 0.72x, 512@7 0.48x, 1x1 2048->512 @7 0.60x, 1024->256 @14 0.98x. Above it: 1x1 128->512
+  // @28 1.30x, 256->64 @56 2.10x, 3x3 64@56 1.51x, 128@28 0.98x; batch 8: CIFAR's 3->16 @32 2.94x,
+  // 16@32 2.96x, 32@16 1.56x, 64@8 1.15x, depthwise 96@16 8.5x; 5x5 24->40 @27 1.35x.
+  const int64_t J = p.Cg() * p.R * p.S, Kg = p.Kg();
+  return p.stride_h == 1 && p.stride_w == 1 && x_planes && dy_planes && J * Kg <= 128 * (J + Kg);
+}
+
+// acc[m][j] += sum over the rows u < nrows of dy[dyr[u] + koff[m] + q] * x[xr[u] + joff[j] + q], q < len
+template <int MK, int NJ>
+void dot_tile(const double* dy, const int64_t* dyr, const int64_t* koff, const double* x, const int64_t* xr,
+              const int64_t* joff, int64_t nrows, int64_t len, D::V* acc) {
+  D::V a[MK][NJ];
+#pragma GCC unroll 4
+  for (int m = 0; m < MK; ++m)
+#pragma GCC unroll 6
+    for (int j = 0; j < NJ; ++j) a[m][j] = acc[m * NJ + j];
+  const int64_t full = len / D::VL * D::VL;
+  for (int64_t u = 0; u < nrows; ++u) {
+    const double* dp[MK];
+    const double* xp[NJ];
+#pragma GCC unroll 4
+    for (int m = 0; m < MK; ++m) dp[m] = dy + dyr[u] + koff[m];
+#pragma GCC unroll 6
+    for (int j = 0; j < NJ; ++j) xp[j] = x + xr[u] + joff[j];
+    const auto step = [&](int64_t q, int64_t n) {  // n < VL: the row's last, partial vector
+      D::V d[MK];
+#pragma GCC unroll 4
+      for (int m = 0; m < MK; ++m) d[m] = n < D::VL ? D::loadm(dp[m] + q, n) : D::load(dp[m] + q);
+#pragma GCC unroll 6
+      for (int j = 0; j < NJ; ++j) {
+        const D::V xv = n < D::VL ? D::loadm(xp[j] + q, n) : D::load(xp[j] + q);
+#pragma GCC unroll 4
+        for (int m = 0; m < MK; ++m) a[m][j] = D::fma(d[m], xv, a[m][j]);
+      }
+    };
+    for (int64_t q = 0; q < full; q += D::VL) step(q, D::VL);
+    if (full < len) step(full, len - full);
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < MK; ++m)
+#pragma GCC unroll 6
+    for (int j = 0; j < NJ; ++j) acc[m * NJ + j] = a[m][j];
+}
+
+void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const double* x, double* dwt) {
+  constexpr int MK = D::MK, NJ = D::NJ;
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q, N = p.N;
+  const int64_t J = Cg * R * S, ph = p.pad_h, pw = p.pad_w;
+  const bool one_run = R == 1 && S == 1 && ph == 0 && pw == 0;  // then P == H, Q == W
+  // rows: a unit is an output row (Q pixels), or for one_run a piece of a plane (kRowPixels)
+  const int64_t Hp = p.H + 2 * ph, Wp = p.W + 2 * pw;
+  const int64_t upn = one_run ? ceil_div(P * Q, kRowPixels) : P;  // units an image
+  const int64_t ub = std::max<int64_t>(1, kRowPixels / (one_run ? std::min(P * Q, kRowPixels) : Q));  // units a block
+  const double* xs = x;
+  if (!one_run) {
+    double* xp = dscratch(4, p.N * p.C * Hp * Wp);
+    for_each_task(N * p.C, N * p.C * Hp * Wp, [&](int64_t nc) {
+      double* d = xp + nc * Hp * Wp;
+      const double* s0 = x + nc * p.H * p.W;
+      std::fill(d, d + ph * Wp, 0.0);
+      for (int64_t h = 0; h < p.H; ++h) {
+        double* row = d + (ph + h) * Wp;
+        std::fill(row, row + pw, 0.0);
+        std::copy(s0 + h * p.W, s0 + (h + 1) * p.W, row + pw);
+        std::fill(row + pw + p.W, row + Wp, 0.0);
+      }
+      std::fill(d + (ph + p.H) * Wp, d + Hp * Wp, 0.0);
+    });
+    xs = xp;
+  }
+  std::vector<int64_t> koff(static_cast<size_t>(round_up(Kg, MK))), joff(static_cast<size_t>(round_up(J, NJ)));
+  for (int64_t k = 0; k < static_cast<int64_t>(koff.size()); ++k) koff[k] = std::min(k, Kg - 1) * P * Q;  // past Kg: the last again
+  for (int64_t j = 0; j < static_cast<int64_t>(joff.size()); ++j) {
+    const int64_t jj = std::min(j, J - 1), c = jj / (R * S), r = jj / S % R, s = jj % S;
+    joff[j] = one_run ? c * P * Q : (c * Hp + r * p.dil_h) * Wp + s * p.dil_w;
+  }
+  std::vector<int64_t> wout;  // where dw[., j] goes: (c, r, s) order, as here
+  {
+    Taps t;
+    filter_taps(p, t, wout);
+  }
+  const int64_t KB = 8 * MK, JB = 8 * NJ;  // filters and taps a task
+  const int64_t nkb = ceil_div(Kg, KB), njb = ceil_div(J, JB), units = N * upn;
+  const int64_t nchunk = std::max<int64_t>(1, std::min({ceil_div(16, G * nkb * njb), units,
+                                                        (int64_t(4) << 20) / std::max<int64_t>(1, p.K * J)}));
+  std::vector<double> part(nchunk > 1 ? static_cast<size_t>(nchunk * p.K * J) : 0);
+  for_each_task(nchunk * G * nkb * njb, p.macs(), [&](int64_t task) {
+    const int64_t chunk = task / (G * nkb * njb), g = task / (nkb * njb) % G;
+    const int64_t k0 = task / njb % nkb * KB, j0 = task % njb * JB;
+    const int64_t nk = std::min(KB, Kg - k0), nj = std::min(JB, J - j0);
+    const int64_t ntk = ceil_div(nk, MK), ntj = ceil_div(nj, NJ);
+    const int64_t ua = units * chunk / nchunk, uz = units * (chunk + 1) / nchunk;
+    D::V* acc = reinterpret_cast<D::V*>(dscratch(0, ntk * ntj * MK * NJ * D::VL));  // (64-byte aligned)
+    for (int64_t i = 0; i < ntk * ntj * MK * NJ; ++i) acc[i] = D::zero();
+    int64_t dyr[kRowPixels], xr[kRowPixels];
+    for (int64_t u0 = ua; u0 < uz; u0 += ub) {
+      const int64_t nu = std::min(ub, uz - u0);
+      int64_t len = Q;
+      for (int64_t i = 0; i < nu; ++i) {
+        const int64_t n = (u0 + i) / upn, r = (u0 + i) % upn;
+        if (one_run) {
+          dyr[i] = (n * p.K + g * Kg) * P * Q + r * kRowPixels;
+          xr[i] = (n * p.C + g * Cg) * P * Q + r * kRowPixels;
+          len = std::min(kRowPixels, P * Q - r * kRowPixels);
+        } else {
+          dyr[i] = ((n * p.K + g * Kg) * P + r) * Q;
+          xr[i] = (n * p.C + g * Cg) * Hp * Wp + r * Wp;
+        }
+      }
+      for (int64_t tk = 0; tk < ntk; ++tk)
+        for (int64_t tj = 0; tj < ntj; ++tj)
+          dot_tile<MK, NJ>(dy, dyr, koff.data() + k0 + tk * MK, xs, xr, joff.data() + j0 + tj * NJ, nu, len,
+                           acc + (tk * ntj + tj) * MK * NJ);
+    }
+    for (int64_t tk = 0; tk < ntk; ++tk)
+      for (int64_t tj = 0; tj < ntj; ++tj)
+        for (int m = 0; m < MK; ++m)
+          for (int j = 0; j < NJ; ++j) {
+            const int64_t k = k0 + tk * MK + m, jj = j0 + tj * NJ + j;
+            if (k >= k0 + nk || jj >= j0 + nj) continue;
+            const double v = uz > ua ? D::sum(acc[(tk * ntj + tj) * MK * NJ + m * NJ + j]) : 0.0;
+            if (nchunk > 1) part[(chunk * p.K + g * Kg + k) * J + jj] = v;
+            else dwt[(g * Kg + k) * p.ws_k + wout[jj]] = v;
+          }
+  });
+  if (nchunk > 1)
+    for_each_task(p.K, p.K * J * nchunk, [&](int64_t k) {  // filter k: chunk 0 + chunk 1 + ...
+      double* wo = dwt + k * p.ws_k;
+      for (int64_t j = 0; j < J; ++j) {
+        double sum = part[k * J + j];
+        for (int64_t ch = 1; ch < nchunk; ++ch) sum += part[(ch * p.K + k) * J + j];
+        wo[wout[j]] = sum;
+      }
+    });
+}
+
+// ------------------------------------------------------------------------------------------
 // dw[k, j] = sum over pixels l = (n, p, q) of dy[n, k, p, q] * x-gather[l][j], j = taps (c, r, s).
 // A task is a block of NC taps of one group and runs the whole reduction: A (dy, Kg x KC) and B
 // (gathered x, KC x NC) packed a block of pixels at a time.
 void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* x, double* dwt) {
+  if (bw_rows_shape(p)) return f64_backward_weight_rows(p, dy, x, dwt);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q;
   Taps t;  // j over the filter taps, as x offsets and shifts
   std::vector<int64_t> wout;  // where dw[., j] goes
