@@ -101,9 +101,11 @@ struct D {
   static inline V set1(double x) { return _mm512_set1_pd(x); }
   static inline V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static inline V add(V a, V b) { return _mm512_add_pd(a, b); }
-  static inline V loadm(const double* p, int64_t n) {  // lanes [0, n) of p, the rest 0 (never read)
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(n >= 8 ? 0xFF : (1u << n) - 1), p);
-  }
+  using M = __mmask8;
+  static inline M mask(int64_t n) { return static_cast<M>(n >= 8 ? 0xFF : (1u << n) - 1); }  // lanes [0, n)
+  static inline V loadm(const double* p, M m) { return _mm512_maskz_loadu_pd(m, p); }  // 0 outside m, never read
+  static inline V loadm(const double* p, int64_t n) { return loadm(p, mask(n)); }
+  static inline void storem(double* p, V v, M m) { _mm512_mask_storeu_pd(p, m, v); }
   static inline double sum(V v) {  // (not _mm512_reduce_add_pd: its _mm512_undefined_pd, as below)
     const __m256d q = _mm256_add_pd(_mm512_maskz_extractf64x4_pd(0xF, v, 0), _mm512_maskz_extractf64x4_pd(0xF, v, 1));
     const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(q), _mm256_extractf128_pd(q, 1));
@@ -145,10 +147,11 @@ struct D {
   static inline V set1(double x) { return _mm256_set1_pd(x); }
   static inline V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static inline V add(V a, V b) { return _mm256_add_pd(a, b); }
-  static inline V loadm(const double* p, int64_t n) {
-    const __m256i lane = _mm256_set_epi64x(3, 2, 1, 0);
-    return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane));
-  }
+  using M = __m256i;
+  static inline M mask(int64_t n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_set_epi64x(3, 2, 1, 0)); }
+  static inline V loadm(const double* p, M m) { return _mm256_maskload_pd(p, m); }
+  static inline V loadm(const double* p, int64_t n) { return loadm(p, mask(n)); }
+  static inline void storem(double* p, V v, M m) { _mm256_maskstore_pd(p, m, v); }
   static inline double sum(V v) {
     const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
@@ -440,8 +443,169 @@ void filter_taps(const Conv2dParams& p, Taps& t, std::vector<int64_t>& woff) {
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
+// The row kernels below (NCHW at stride 1) read rows of kRowPixels or so at a time, pixels in the
+// vector lanes, from planes zero-padded up front so that every row they read is whole.
+constexpr int64_t kRowPixels = 256;
+
+// dst[nc][hp][wp] = in[nc][hp - pt][wp - pl], 0 outside in's H x W; nc < NC, hp < Hp, wp < Wp
+void padded_planes(const double* in, int64_t NC, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t Hp,
+                   int64_t Wp, double* dst) {
+  for_each_task(NC, NC * Hp * Wp, [&](int64_t nc) {
+    const double* src = in + nc * H * W;
+    double* d = dst + nc * Hp * Wp;
+    for (int64_t hp = 0; hp < Hp; ++hp, d += Wp) {
+      const int64_t h = hp - pt, w0 = std::max<int64_t>(0, std::min(Wp, pl)), w1 = std::max(w0, std::min(Wp, pl + W));
+      if (h < 0 || h >= H) {
+        std::fill(d, d + Wp, 0.0);
+        continue;
+      }
+      std::fill(d, d + w0, 0.0);
+      std::copy(src + h * W + (w0 - pl), src + h * W + (w1 - pl), d + w0);
+      std::fill(d + w1, d + Wp, 0.0);
+    }
+  });
+}
+
+// out[n, g*Ko + k, p, q] = bias[g*Ko + k] + sum over j = (c, r, s) of
+//     wt[g][j][k] * inp[n, g*Ci + c, p + r*dh, q + s*dw]     (inp: `in` zero-padded by pt, pl)
+// for p < P, q < Q: a stride-1 convolution with the output pixels in the vector lanes. A tile is
+// MK filters x NV vectors of output pixels (pieces of rows: a row of 14 is 8 + 6 lanes, of 7 one
+// masked vector; AVX-512: 6 x 4, 24 sums); each step j loads NV input vectors and broadcasts MK
+// weights. Every output is summed over j in order by one tile: the same bits for any thread count.
+struct RowConv {
+  int64_t N, Ci, H, W, Ko, G, R, S, dh, dw, pt, pl, P, Q;
+};
+constexpr int kRowMK = CONV_EXT_ISA_BITS == 512 ? 6 : 3, kRowNV = 4;
+
+template <bool MASKED>
+void row_conv_tile(const double* xp, const int64_t* xs, const int64_t* ns, int nv, const int64_t* joff, int64_t J,
+                   const double* wt, int64_t ldw, const double* bias, double* out, const int64_t* ys, int64_t plane,
+                   int mk) {
+  D::V a[kRowMK][kRowNV];
+#pragma GCC unroll 6
+  for (int m = 0; m < kRowMK; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < kRowNV; ++v) a[m][v] = D::set1(bias && m < mk ? bias[m] : 0.0);
+  D::M mv[kRowNV];
+  const double* xv0[kRowNV];
+#pragma GCC unroll 4
+  for (int v = 0; v < kRowNV; ++v) mv[v] = D::mask(v < nv ? ns[v] : 0), xv0[v] = xp + xs[v < nv ? v : 0];
+  for (int64_t j = 0; j < J; ++j, wt += ldw) {
+    D::V xv[kRowNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < kRowNV; ++v) xv[v] = MASKED ? D::loadm(xv0[v] + joff[j], mv[v]) : D::load(xv0[v] + joff[j]);
+#pragma GCC unroll 6
+    for (int m = 0; m < kRowMK; ++m) {
+      const D::V wv = D::set1(wt[m]);
+#pragma GCC unroll 4
+      for (int v = 0; v < kRowNV; ++v) a[m][v] = D::fma(wv, xv[v], a[m][v]);
+    }
+  }
+  // (loops of constant bounds, unrolled: a[m][v] indexed at run time kept the sums on the stack,
+  // stored there on every step j)
+#pragma GCC unroll 6
+  for (int m = 0; m < kRowMK; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < kRowNV; ++v) {
+      if (m >= mk || v >= nv) continue;
+      double* o = out + m * plane + ys[v];
+      if (!MASKED || ns[v] == D::VL) D::store(o, a[m][v]);
+      else D::storem(o, a[m][v], mv[v]);
+    }
+}
+
+// wt: [G][J = Ci*R*S][Kop] (Kop = Ko rounded up to kRowMK, zeros past Ko)
+void row_conv(const RowConv& c, const double* in, const double* wt, int64_t Kop, const double* bias, double* out) {
+  const int64_t Hp = c.P + (c.R - 1) * c.dh, Wp = c.Q + (c.S - 1) * c.dw, J = c.Ci * c.R * c.S;
+  const bool pad = c.pt != 0 || c.pl != 0 || Hp != c.H || Wp != c.W;
+  const double* xp = in;
+  if (pad) {
+    double* d = dscratch(4, c.N * c.G * c.Ci * Hp * Wp);
+    padded_planes(in, c.N * c.G * c.Ci, c.H, c.W, c.pt, c.pl, Hp, Wp, d);
+    xp = d;
+  }
+  std::vector<int64_t> joff(static_cast<size_t>(J));
+  for (int64_t j = 0; j < J; ++j) {
+    const int64_t ch = j / (c.R * c.S), r = j / c.S % c.R, s = j % c.S;
+    joff[j] = (ch * Hp + r * c.dh) * Wp + s * c.dw;
+  }
+  // pieces of output rows: (image, row, first column, lanes), NV to a tile; blocks of rows a task
+  const int64_t vpr = ceil_div(c.Q, D::VL);  // vectors a row
+  const int64_t rows = c.N * c.P, rb = std::max<int64_t>(1, kRowPixels / (vpr * D::VL));
+  const int64_t nrb = ceil_div(rows, rb), nkt = Kop / kRowMK;
+  for_each_task(c.G * nrb * nkt, c.N * c.P * c.Q * c.Ko * J, [&](int64_t task) {
+    const int64_t g = task / (nrb * nkt), r0 = task / nkt % nrb * rb, kt = task % nkt;
+    const int64_t r1 = std::min(rows, r0 + rb), k0 = kt * kRowMK, mk = std::min<int64_t>(kRowMK, c.Ko - k0);
+    const int64_t nseg = (r1 - r0) * vpr;
+    int64_t xs[kRowNV], ys[kRowNV], ns[kRowNV];
+    for (int64_t s0 = 0; s0 < nseg; s0 += kRowNV) {
+      const int nv = static_cast<int>(std::min<int64_t>(kRowNV, nseg - s0));
+      bool masked = false;
+      for (int v = 0; v < nv; ++v) {
+        const int64_t sg = s0 + v, row = r0 + sg / vpr, q0 = sg % vpr * D::VL, n = row / c.P, pp = row % c.P;
+        xs[v] = (n * c.G + g) * c.Ci * Hp * Wp + pp * Wp + q0;
+        ys[v] = ((n * c.G + g) * c.Ko + k0) * c.P * c.Q + pp * c.Q + q0;
+        ns[v] = std::min<int64_t>(D::VL, c.Q - q0);
+        masked |= ns[v] < D::VL;
+      }
+      const double* w0 = wt + (g * J) * Kop + k0;
+      const double* b0 = bias ? bias + g * c.Ko + k0 : nullptr;
+      if (masked) row_conv_tile<true>(xp, xs, ns, nv, joff.data(), J, w0, Kop, b0, out, ys, c.P * c.Q, static_cast<int>(mk));
+      else row_conv_tile<false>(xp, xs, ns, nv, joff.data(), J, w0, Kop, b0, out, ys, c.P * c.Q, static_cast<int>(mk));
+    }
+  });
+}
+
+bool nchw_planes(const Conv2dParams& p) {  // x and dy (y, dx) as contiguous NCHW tensors
+  const bool x_planes = p.xs_w == 1 && p.xs_h == p.W && p.xs_c == p.H * p.W && p.xs_n == p.C * p.H * p.W;
+  const bool y_planes = p.ys_q == 1 && p.ys_p == p.Q && p.ys_k == p.P * p.Q && p.ys_n == p.K * p.P * p.Q;
+  return x_planes && y_planes;
+}
+
+// Forward (flip false) or backward-input (true: the forward convolution of dy with the filter
+// transposed and flipped, padded by (R-1)*dil - pad) by row_conv: NCHW at stride 1, with at most 64
+// output channels a group, where the gather form's packing of A (a gather per pixel and tap for
+// as few columns) cost the most. Batch 8 unless said, 2 threads, gather / rows (python
+// benchmarks/ab.py ... --dtype float64, best mins): forward CIFAR's 3->16 @32 2.25x, 16@32
+// 1.98x, 32@16 1.70x, 64@8 1.39x, depthwise 96@16 3.46x; batch 4: 64@56 1.12x, 64@14 1.16x,
+// 5x5 24->40 @27 1.17x, 256->64 1x1 @56 1.04x; backward-input likewise (3->16 1.96x, 64@56
+// 1.15x). At 128 channels the gather form's GEMM is faster: 128@28 0.88x.
+bool row_conv_shape(const Conv2dParams& p, bool flip) {
+  const int64_t out_ch = flip ? p.Cg() : p.Kg();
+  const bool pads = !flip || (p.pad_h <= (p.R - 1) * p.dil_h && p.pad_w <= (p.S - 1) * p.dil_w);
+  return p.stride_h == 1 && p.stride_w == 1 && nchw_planes(p) && pads && out_ch <= 64;
+}
+
+void row_conv_pass(const Conv2dParams& p, const double* in, const double* w, const double* bias, double* out,
+                   bool flip) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S;
+  const int64_t Ci = flip ? Kg : Cg, Ko = flip ? Cg : Kg, J = Ci * R * S, Kop = round_up(Ko, kRowMK);
+  // wt[g][j = (ci, r, s)][ko]: forward w[g*Kg + ko][ci][r][s]; backward-input w[g*Kg + ci][ko][R-1-r][S-1-s]
+  double* wt = dscratch(5, G * J * Kop);
+  for_each_task(G, G * J * Kop, [&](int64_t g) {
+    for (int64_t j = 0; j < J; ++j) {
+      const int64_t ci = j / (R * S), r = j / S % R, s = j % S;
+      double* d = wt + (g * J + j) * Kop;
+      for (int64_t ko = 0; ko < Kop; ++ko) {
+        if (ko >= Ko) {
+          d[ko] = 0.0;
+          continue;
+        }
+        d[ko] = flip ? w[(g * Kg + ci) * p.ws_k + ko * p.ws_c + (R - 1 - r) * p.ws_r + (S - 1 - s) * p.ws_s]
+                     : w[(g * Kg + ko) * p.ws_k + ci * p.ws_c + r * p.ws_r + s * p.ws_s];
+      }
+    }
+  });
+  RowConv c;
+  if (!flip) c = {p.N, Cg, p.H, p.W, Kg, G, R, S, p.dil_h, p.dil_w, p.pad_h, p.pad_w, p.P, p.Q};
+  else c = {p.N, Kg, p.P, p.Q, Cg, G, R, S, p.dil_h, p.dil_w, (R - 1) * p.dil_h - p.pad_h, (S - 1) * p.dil_w - p.pad_w, p.H, p.W};
+  row_conv(c, in, wt, Kop, bias, out);
+}
+
+// ------------------------------------------------------------------------------------------
 void f64_forward(const Conv2dParams& p, const double* x, const double* w, const double* bias, double* y,
                  const at::Tensor* filter) {
+  if (row_conv_shape(p, false)) return row_conv_pass(p, x, w, bias, y, false);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q;
   Taps t;  // l over the filter taps: the x element and its shift from the window's corner
   std::vector<int64_t> wtap;  // the same taps in w
@@ -540,6 +704,7 @@ void f64_backward_input_col2im(const Conv2dParams& p, const double* dy, const do
 void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w, double* dx,
                         const at::Tensor* filter) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  if (row_conv_shape(p, true)) return row_conv_pass(p, dy, w, nullptr, dx, true);
   if (Cg < D::VL && Kg >= D::VL) return f64_backward_input_col2im(p, dy, w, dx);
   const int64_t sh = p.stride_h, sw = p.stride_w, nph = sh * sw;
   const bool kin = channels_inner(p.ys_k, p.ys_q);
@@ -628,11 +793,7 @@ void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w
 // tiles' sums kept in a buffer between blocks of rows. Each sum runs lane by lane in row order and
 // is added across lanes once at the end (chunks in order, as the gather form): the same bits for
 // any thread count.
-constexpr int64_t kRowPixels = 256;
-
 bool bw_rows_shape(const Conv2dParams& p) {
-  const bool x_planes = p.xs_w == 1 && p.xs_h == p.W && p.xs_c == p.H * p.W && p.xs_n == p.C * p.H * p.W;
-  const bool dy_planes = p.ys_q == 1 && p.ys_p == p.Q && p.ys_k == p.P * p.Q && p.ys_n == p.K * p.P * p.Q;
   // Where the gather form's packing is a small share (1/Kg + 1/J of the multiply-adds, Kg filters
   // and J taps) its GEMM is faster: with 1/Kg + 1/J under 1/128, batch 4, 2 threads, old/new
   // (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass backward_weight --dtype float64): 3x3
@@ -640,7 +801,7 @@ bool bw_rows_shape(const Conv2dParams& p) {
   // @28 1.30x, 256->64 @56 2.10x, 3x3 64@56 1.51x, 128@28 0.98x; batch 8: CIFAR's 3->16 @32 2.94x,
   // 16@32 2.96x, 32@16 1.56x, 64@8 1.15x, depthwise 96@16 8.5x; 5x5 24->40 @27 1.35x.
   const int64_t J = p.Cg() * p.R * p.S, Kg = p.Kg();
-  return p.stride_h == 1 && p.stride_w == 1 && x_planes && dy_planes && J * Kg <= 128 * (J + Kg);
+  return p.stride_h == 1 && p.stride_w == 1 && nchw_planes(p) && J * Kg <= 128 * (J + Kg);
 }
 
 // acc[m][j] += sum over the rows u < nrows of dy[dyr[u] + koff[m] + q] * x[xr[u] + joff[j] + q], q < len
