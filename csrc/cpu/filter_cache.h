@@ -6,8 +6,8 @@
 // frozen layer during fine-tuning, the filter does not change between calls, so the packed form
 // can be reused -- the issue's "packed weights cached per weight tensor, keyed on its version
 // counter, so an optimizer step invalidates it". Used by implicit_gemm (forward and
-// backward-input panels) and winograd (U when it is <= 1 MiB; a larger U read back from memory
-// cost more than computing it again).
+// backward-input panels), winograd (U when it is <= 1 MiB; a larger U read back from memory
+// cost more than computing it again) and gemm_f64 (its forward and backward-input panels).
 //
 // A packed form is reused only while the filter is the same: the same tensor (held by a weak
 // reference, so its address cannot be taken by another tensor), the same storage (weak reference

@@ -1,8 +1,8 @@
 // gemm_f64.cpp — float64 convolutions, all three passes, any layout: each pass as a GEMM whose
 // operands are gathered ("im2col") a block at a time into packed panels, on a register-blocked
 // float64 micro-kernel. The float64 path the issue allows to be simpler than float32's: one
-// engine, strides read from the params (NCHW, NHWC, KCRS or channels_last filters alike), no
-// per-shape kernels.
+// engine, strides read from the params (NCHW, NHWC, KCRS or channels_last filters alike), and
+// two row kernels for NCHW at stride 1 (below), where the gathers cost the most.
 //
 //   forward          C[pixel (n,p,q)][k]   = sum_{l = taps (c,r,s)} x-gather[pixel][l] * w[k][l]
 //   backward-input   C[pixel (n,h,w)][c]   = sum_{l = (k,r,s)} dy-gather[pixel][l] * w[k][c][r][s],
@@ -21,20 +21,28 @@
 // output (bias added, any strides) at the end. Every output element is summed by one task in a
 // fixed order: the same bits for any thread count.
 //
-// Tasks: forward and backward-input, blocks of <= 96 output pixels of one group (and phase), with
-// B (the filter, [panel][L][NR]) packed once per call; backward-weight, blocks of 4 panels of
-// columns (filter taps) of one group, over a fixed number of pixel chunks when that alone makes
-// fewer than 16 tasks (partial sums added in chunk order).
+// Tasks: forward and backward-input, blocks of <= 96 output pixels of one group (and phase) x
+// blocks of panels of columns (Blocks), with B (the filter, [panel][L][NR]) packed a panel a
+// task, kept across calls while the filter is unchanged (filter_cache.h); backward-weight, blocks
+// of 4 panels of columns (filter taps) of one group, over a fixed number of pixel chunks when that
+// alone makes fewer than 16 tasks (partial sums added in chunk order).
 //
 // Backward-input with fewer dx channels than a vector (the RGB stems) runs col2im instead: per dy
 // pixel C[pixel][(c,r,s)] = sum_k dy[k] * w[k][(c,r,s)], each value added into its dx pixel.
 //
+// NCHW at stride 1, where the gathers and packing cost the most, two kernels read the tensors as
+// they lie, the pixels in the vector lanes (rows of the planes, zero-padded once): row_conv for
+// forward and backward-input with <= 64 output channels a group, and dot products along rows for
+// backward-weight where 1/Kg + 1/J >= 1/128 (their notes below).
+//
 // Speed (2 threads, NCHW, batch 4; python -m conv_ext.bench --suite default --device cpu --dtype
 // float64 --passes forward,all): the reference loops it replaces were 30-500x slower than torch;
-// now geomean 1.00x torch (forward 1.06x): 2.2-4.3x on the 7x7/2 stem forward, 64@56 and strided
-// depthwise layers, 0.6-0.9x on 1x1 and 7x7-plane layers (torch: im2col + MKL dgemm at 50-76% of
-// the float64 peak; we 31-56%), 0.44-0.97x on CIFAR's 3- and 16-channel layers (the gathers cost
-// more than the few multiply-adds per gathered value).
+// the gather form alone was geomean 1.00x torch (forward 1.06x), 0.44-0.97x on CIFAR's 3- and
+// 16-channel layers; with the row kernels, the panel blocks and the cached filter 1.42x (forward
+// 1.48x, all 1.36x): 1.0-3.3x on the CIFAR and depthwise layers, 2.3-2.9x on 64@56, still
+// 0.74-0.87x on 1x1 layers and 0.86x on 512@7's forward (torch: im2col + MKL dgemm at 50-76% of
+// the float64 peak, our GEMM a little below) and 0.67x on the strided depthwise 96@112 (strided
+// passes run the gather form).
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "gemm_f64.cpp"
 #include "per_isa.h"
@@ -853,18 +861,7 @@ void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const dou
   const double* xs = x;
   if (!one_run) {
     double* xp = dscratch(4, p.N * p.C * Hp * Wp);
-    for_each_task(N * p.C, N * p.C * Hp * Wp, [&](int64_t nc) {
-      double* d = xp + nc * Hp * Wp;
-      const double* s0 = x + nc * p.H * p.W;
-      std::fill(d, d + ph * Wp, 0.0);
-      for (int64_t h = 0; h < p.H; ++h) {
-        double* row = d + (ph + h) * Wp;
-        std::fill(row, row + pw, 0.0);
-        std::copy(s0 + h * p.W, s0 + (h + 1) * p.W, row + pw);
-        std::fill(row + pw + p.W, row + Wp, 0.0);
-      }
-      std::fill(d + (ph + p.H) * Wp, d + Hp * Wp, 0.0);
-    });
+    padded_planes(x, N * p.C, p.H, p.W, ph, pw, Hp, Wp, xp);
     xs = xp;
   }
   std::vector<int64_t> koff(static_cast<size_t>(round_up(Kg, MK))), joff(static_cast<size_t>(round_up(J, NJ)));
