@@ -801,6 +801,19 @@ void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w
 // tiles' sums kept in a buffer between blocks of rows. Each sum runs lane by lane in row order and
 // is added across lanes once at the end (chunks in order, as the gather form): the same bits for
 // any thread count.
+// dw[k][wout[j]] = part[chunk 0][k][j] + part[chunk 1][k][j] + ... (in chunk order)
+void sum_chunks(const Conv2dParams& p, const std::vector<double>& part, int64_t nchunk, int64_t J,
+                const std::vector<int64_t>& wout, double* dwt) {
+  for_each_task(p.K, p.K * J * nchunk, [&](int64_t k) {
+    double* wo = dwt + k * p.ws_k;
+    for (int64_t j = 0; j < J; ++j) {
+      double sum = part[k * J + j];
+      for (int64_t ch = 1; ch < nchunk; ++ch) sum += part[(ch * p.K + k) * J + j];
+      wo[wout[j]] = sum;
+    }
+  });
+}
+
 bool bw_rows_shape(const Conv2dParams& p) {
   // Where the gather form's packing is a small share (1/Kg + 1/J of the multiply-adds, Kg filters
   // and J taps) its GEMM is faster: with 1/Kg + 1/J under 1/128, batch 4, 2 threads, old/new
@@ -919,15 +932,7 @@ void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const dou
             else dwt[(g * Kg + k) * p.ws_k + wout[jj]] = v;
           }
   });
-  if (nchunk > 1)
-    for_each_task(p.K, p.K * J * nchunk, [&](int64_t k) {  // filter k: chunk 0 + chunk 1 + ...
-      double* wo = dwt + k * p.ws_k;
-      for (int64_t j = 0; j < J; ++j) {
-        double sum = part[k * J + j];
-        for (int64_t ch = 1; ch < nchunk; ++ch) sum += part[(ch * p.K + k) * J + j];
-        wo[wout[j]] = sum;
-      }
-    });
+  if (nchunk > 1) sum_chunks(p, part, nchunk, J, wout, dwt);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1001,15 +1006,7 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
       for (int64_t jj = 0; jj < nc; ++jj) wo[wout[j0 + jj]] = empty ? 0.0 : c[jj];
     }
   });
-  if (nchunk > 1)
-    for_each_task(p.K, p.K * J * nchunk, [&](int64_t k) {  // filter k: chunk 0 + chunk 1 + ...
-      double* wo = dwt + k * p.ws_k;
-      for (int64_t j = 0; j < J; ++j) {
-        double sum = part[k * J + j];
-        for (int64_t ch = 1; ch < nchunk; ++ch) sum += part[(ch * p.K + k) * J + j];
-        wo[wout[j]] = sum;
-      }
-    });
+  if (nchunk > 1) sum_chunks(p, part, nchunk, J, wout, dwt);
 }
 
 }  // namespace CONV_EXT_ISA_NS
