@@ -2,7 +2,7 @@
 // operands are gathered ("im2col") a block at a time into packed panels, on a register-blocked
 // float64 micro-kernel. The float64 path the issue allows to be simpler than float32's: one
 // engine, strides read from the params (NCHW, NHWC, KCRS or channels_last filters alike), and
-// two row kernels for NCHW at stride 1 (below), where the gathers cost the most.
+// two row kernels for NCHW (below), where the gathers cost the most.
 //
 //   forward          C[pixel (n,p,q)][k]   = sum_{l = taps (c,r,s)} x-gather[pixel][l] * w[k][l]
 //   backward-input   C[pixel (n,h,w)][c]   = sum_{l = (k,r,s)} dy-gather[pixel][l] * w[k][c][r][s],
@@ -30,10 +30,11 @@
 // Backward-input with fewer dx channels than a vector (the RGB stems) runs col2im instead: per dy
 // pixel C[pixel][(c,r,s)] = sum_k dy[k] * w[k][(c,r,s)], each value added into its dx pixel.
 //
-// NCHW at stride 1, where the gathers and packing cost the most, two kernels read the tensors as
-// they lie, the pixels in the vector lanes (rows of the planes, zero-padded once): row_conv for
-// forward and backward-input with <= 64 output channels a group, and dot products along rows for
-// backward-weight where 1/Kg + 1/J >= 1/128 (their notes below).
+// NCHW, where the gathers and packing cost the most, two kernels read the tensors as they lie,
+// the pixels in the vector lanes (rows of the planes, zero-padded and split into stride phases
+// once): row_conv for forward (any stride) and backward-input (stride 1) with <= 64 output
+// channels a group, and dot products along rows for backward-weight where 1/Kg + 1/J >= 1/128
+// (1/64 strided) (their notes below).
 //
 // Speed (2 threads, NCHW, batch 4; python -m conv_ext.bench --suite default --device cpu --dtype
 // float64 --passes forward,all): the reference loops it replaces were 30-500x slower than torch;
@@ -115,7 +116,8 @@ struct D {
   static inline V loadm(const double* p, int64_t n) { return loadm(p, mask(n)); }
   static inline void storem(double* p, V v, M m) { _mm512_mask_storeu_pd(p, m, v); }
   static inline double sum(V v) {  // (not _mm512_reduce_add_pd: its _mm512_undefined_pd, as below)
-    const __m256d q = _mm256_add_pd(_mm512_maskz_extractf64x4_pd(0xF, v, 0), _mm512_maskz_extractf64x4_pd(0xF, v, 1));
+    const __m256d q =
+        _mm256_add_pd(_mm512_maskz_extractf64x4_pd(0xF, v, 0), _mm512_maskz_extractf64x4_pd(0xF, v, 1));
     const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(q), _mm256_extractf128_pd(q, 1));
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
   }
@@ -123,7 +125,10 @@ struct D {
   static inline void transpose(V* r) {  // 8x8: r[i][j] -> r[j][i]
     V t[8], u[8];
 #pragma GCC unroll 4
-    for (int i = 0; i < 8; i += 2) t[i] = _mm512_maskz_unpacklo_pd(0xFF, r[i], r[i + 1]), t[i + 1] = _mm512_maskz_unpackhi_pd(0xFF, r[i], r[i + 1]);
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm512_maskz_unpacklo_pd(0xFF, r[i], r[i + 1]);
+      t[i + 1] = _mm512_maskz_unpackhi_pd(0xFF, r[i], r[i + 1]);
+    }
     // t[2a] = (r[2a][0], r[2a+1][0], r[2a][2], r[2a+1][2], ...); t[2a+1] the odd columns
 #pragma GCC unroll 2
     for (int a = 0; a < 2; ++a)
@@ -334,7 +339,8 @@ struct PackedB {
 };
 PackedB packed_b(const at::Tensor* filter, const std::vector<int64_t>& tag, int64_t n,
                  const std::function<void(double*)>& pack) {
-  return {packed_filter(filter, tag, 2 * n, scratch(3, 2 * n), [&](float* dst) { pack(reinterpret_cast<double*>(dst)); })};
+  const auto as_doubles = [&](float* dst) { pack(reinterpret_cast<double*>(dst)); };
+  return {packed_filter(filter, tag, 2 * n, scratch(3, 2 * n), as_doubles)};
 }
 
 // Tasks of a forward or backward-input GEMM of M rows (pixels) by npan panels of columns, per
@@ -451,37 +457,68 @@ void filter_taps(const Conv2dParams& p, Taps& t, std::vector<int64_t>& woff) {
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
-// The row kernels below (NCHW at stride 1) read rows of kRowPixels or so at a time, pixels in the
-// vector lanes, from planes zero-padded up front so that every row they read is whole.
+// The row kernels below (NCHW) read rows of kRowPixels or so at a time, pixels in the vector
+// lanes, from planes zero-padded and split into stride phases up front (Phased): every row they
+// read is whole and contiguous.
 constexpr int64_t kRowPixels = 256;
 
-// dst[nc][hp][wp] = in[nc][hp - pt][wp - pl], 0 outside in's H x W; nc < NC, hp < Hp, wp < Wp
-void padded_planes(const double* in, int64_t NC, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t Hp,
-                   int64_t Wp, double* dst) {
-  for_each_task(NC, NC * Hp * Wp, [&](int64_t nc) {
+// The input of a convolution of stride (sh, sw) zero-padded by (pt, pl) and split into its
+// sh x sw stride phases: plane (nc, a, b) holds xp[a + sh*hh][b + sw*ww] (hh < Hh, ww < Wh), so
+// that every row the row kernels read is whole and contiguous: output pixels (p, q..) meet tap
+// (r, s) at row p + r*dh/sh of phase (r*dh % sh, s*dw % sw), columns q + s*dw/sw.. (At stride 1
+// one phase; without padding the input itself.)
+struct Phased {
+  int64_t sh, sw, Hh, Wh;
+  int64_t per_channel() const { return sh * sw * Hh * Wh; }
+  int64_t tap(int64_t c, int64_t rr, int64_t ss) const {  // rr = r*dh, ss = s*dw
+    return ((c * sh + rr % sh) * sw + ss % sw) * Hh * Wh + rr / sh * Wh + ss / sw;
+  }
+};
+
+// The phases of NC planes of H x W for an output of P x Q and taps reaching (R-1)*dh, (S-1)*dw:
+// in itself where nothing needs padding or splitting, else a copy in the calling thread's scratch.
+const double* phase_planes(const double* in, int64_t NC, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t sh,
+                           int64_t sw, int64_t P, int64_t Q, int64_t reach_h, int64_t reach_w, Phased& ph) {
+  const int64_t Hp = (P - 1) * sh + reach_h + 1, Wp = (Q - 1) * sw + reach_w + 1;
+  ph = {sh, sw, ceil_div(Hp, sh), ceil_div(Wp, sw)};
+  if (sh == 1 && sw == 1 && pt == 0 && pl == 0 && Hp == H && Wp == W) return in;
+  double* dst = dscratch(4, NC * ph.per_channel());
+  for_each_task(NC, NC * ph.per_channel(), [&](int64_t nc) {
     const double* src = in + nc * H * W;
-    double* d = dst + nc * Hp * Wp;
-    for (int64_t hp = 0; hp < Hp; ++hp, d += Wp) {
-      const int64_t h = hp - pt, w0 = std::max<int64_t>(0, std::min(Wp, pl)), w1 = std::max(w0, std::min(Wp, pl + W));
-      if (h < 0 || h >= H) {
-        std::fill(d, d + Wp, 0.0);
-        continue;
-      }
-      std::fill(d, d + w0, 0.0);
-      std::copy(src + h * W + (w0 - pl), src + h * W + (w1 - pl), d + w0);
-      std::fill(d + w1, d + Wp, 0.0);
-    }
+    double* d = dst + nc * ph.per_channel();
+    for (int64_t a = 0; a < sh; ++a)
+      for (int64_t b = 0; b < sw; ++b)
+        for (int64_t hh = 0; hh < ph.Hh; ++hh, d += ph.Wh) {
+          const int64_t h = a + sh * hh - pt;
+          if (h < 0 || h >= H) {
+            std::fill(d, d + ph.Wh, 0.0);
+            continue;
+          }
+          const double* row = src + h * W;
+          if (sw == 1) {  // columns [w0, w1) from the row, zeros around
+            const int64_t w0 = std::max<int64_t>(0, std::min(ph.Wh, pl)), w1 = std::max(w0, std::min(ph.Wh, pl + W));
+            std::fill(d, d + w0, 0.0);
+            std::copy(row + (w0 - pl), row + (w1 - pl), d + w0);
+            std::fill(d + w1, d + ph.Wh, 0.0);
+            continue;
+          }
+          for (int64_t ww = 0; ww < ph.Wh; ++ww) {
+            const int64_t w = b + sw * ww - pl;
+            d[ww] = w >= 0 && w < W ? row[w] : 0.0;
+          }
+        }
   });
+  return dst;
 }
 
 // out[n, g*Ko + k, p, q] = bias[g*Ko + k] + sum over j = (c, r, s) of
-//     wt[g][j][k] * inp[n, g*Ci + c, p + r*dh, q + s*dw]     (inp: `in` zero-padded by pt, pl)
-// for p < P, q < Q: a stride-1 convolution with the output pixels in the vector lanes. A tile is
+//     wt[g][j][k] * inp[n, g*Ci + c, p*sh + r*dh, q*sw + s*dw]     (inp: `in` zero-padded by pt, pl)
+// for p < P, q < Q, with the output pixels in the vector lanes (on the input's phases, Phased). A tile is
 // MK filters x NV vectors of output pixels (pieces of rows: a row of 14 is 8 + 6 lanes, of 7 one
 // masked vector; AVX-512: 6 x 4, 24 sums); each step j loads NV input vectors and broadcasts MK
 // weights. Every output is summed over j in order by one tile: the same bits for any thread count.
 struct RowConv {
-  int64_t N, Ci, H, W, Ko, G, R, S, dh, dw, pt, pl, P, Q;
+  int64_t N, Ci, H, W, Ko, G, R, S, sh, sw, dh, dw, pt, pl, P, Q;
 };
 constexpr int kRowMK = CONV_EXT_ISA_BITS == 512 ? 6 : 3, kRowNV = 4;
 
@@ -524,19 +561,12 @@ void row_conv_tile(const double* xp, const int64_t* xs, const int64_t* ns, int n
 
 // wt: [G][J = Ci*R*S][Kop] (Kop = Ko rounded up to kRowMK, zeros past Ko)
 void row_conv(const RowConv& c, const double* in, const double* wt, int64_t Kop, const double* bias, double* out) {
-  const int64_t Hp = c.P + (c.R - 1) * c.dh, Wp = c.Q + (c.S - 1) * c.dw, J = c.Ci * c.R * c.S;
-  const bool pad = c.pt != 0 || c.pl != 0 || Hp != c.H || Wp != c.W;
-  const double* xp = in;
-  if (pad) {
-    double* d = dscratch(4, c.N * c.G * c.Ci * Hp * Wp);
-    padded_planes(in, c.N * c.G * c.Ci, c.H, c.W, c.pt, c.pl, Hp, Wp, d);
-    xp = d;
-  }
+  const int64_t J = c.Ci * c.R * c.S;
+  Phased ph;
+  const double* xp = phase_planes(in, c.N * c.G * c.Ci, c.H, c.W, c.pt, c.pl, c.sh, c.sw, c.P, c.Q, (c.R - 1) * c.dh,
+                                  (c.S - 1) * c.dw, ph);
   std::vector<int64_t> joff(static_cast<size_t>(J));
-  for (int64_t j = 0; j < J; ++j) {
-    const int64_t ch = j / (c.R * c.S), r = j / c.S % c.R, s = j % c.S;
-    joff[j] = (ch * Hp + r * c.dh) * Wp + s * c.dw;
-  }
+  for (int64_t j = 0; j < J; ++j) joff[j] = ph.tap(j / (c.R * c.S), j / c.S % c.R * c.dh, j % c.S * c.dw);
   // pieces of output rows: (image, row, first column, lanes), NV to a tile; blocks of rows a task
   const int64_t vpr = ceil_div(c.Q, D::VL);  // vectors a row
   const int64_t rows = c.N * c.P, rb = std::max<int64_t>(1, kRowPixels / (vpr * D::VL));
@@ -551,15 +581,16 @@ void row_conv(const RowConv& c, const double* in, const double* wt, int64_t Kop,
       bool masked = false;
       for (int v = 0; v < nv; ++v) {
         const int64_t sg = s0 + v, row = r0 + sg / vpr, q0 = sg % vpr * D::VL, n = row / c.P, pp = row % c.P;
-        xs[v] = (n * c.G + g) * c.Ci * Hp * Wp + pp * Wp + q0;
+        xs[v] = (n * c.G + g) * c.Ci * ph.per_channel() + pp * ph.Wh + q0;
         ys[v] = ((n * c.G + g) * c.Ko + k0) * c.P * c.Q + pp * c.Q + q0;
         ns[v] = std::min<int64_t>(D::VL, c.Q - q0);
         masked |= ns[v] < D::VL;
       }
       const double* w0 = wt + (g * J) * Kop + k0;
       const double* b0 = bias ? bias + g * c.Ko + k0 : nullptr;
-      if (masked) row_conv_tile<true>(xp, xs, ns, nv, joff.data(), J, w0, Kop, b0, out, ys, c.P * c.Q, static_cast<int>(mk));
-      else row_conv_tile<false>(xp, xs, ns, nv, joff.data(), J, w0, Kop, b0, out, ys, c.P * c.Q, static_cast<int>(mk));
+      const int m = static_cast<int>(mk);
+      if (masked) row_conv_tile<true>(xp, xs, ns, nv, joff.data(), J, w0, Kop, b0, out, ys, c.P * c.Q, m);
+      else row_conv_tile<false>(xp, xs, ns, nv, joff.data(), J, w0, Kop, b0, out, ys, c.P * c.Q, m);
     }
   });
 }
@@ -571,17 +602,20 @@ bool nchw_planes(const Conv2dParams& p) {  // x and dy (y, dx) as contiguous NCH
 }
 
 // Forward (flip false) or backward-input (true: the forward convolution of dy with the filter
-// transposed and flipped, padded by (R-1)*dil - pad) by row_conv: NCHW at stride 1, with at most 64
-// output channels a group, where the gather form's packing of A (a gather per pixel and tap for
-// as few columns) cost the most. Batch 8 unless said, 2 threads, gather / rows (python
+// transposed and flipped, padded by (R-1)*dil - pad; stride 1 only) by row_conv: NCHW, with at
+// most 64 output channels a group, where the gather form's packing of A (a gather per pixel and
+// tap for as few columns) cost the most. Batch 8 unless said, 2 threads, gather / rows (python
 // benchmarks/ab.py ... --dtype float64, best mins): forward CIFAR's 3->16 @32 2.25x, 16@32
 // 1.98x, 32@16 1.70x, 64@8 1.39x, depthwise 96@16 3.46x; batch 4: 64@56 1.12x, 64@14 1.16x,
 // 5x5 24->40 @27 1.17x, 256->64 1x1 @56 1.04x; backward-input likewise (3->16 1.96x, 64@56
-// 1.15x). At 128 channels the gather form's GEMM is faster: 128@28 0.88x.
+// 1.15x). At 128 channels the gather form's GEMM is faster: 128@28 0.88x. Strided forwards (on
+// the phases): depthwise 96@112/2 1.68x / 1.75x, the 7x7/2 stem 1.13x / 1.26x, 5x5/2 24->40 @27
+// 1.27x / 1.11x, 3x3/2 16->32 @32 0.93x / 0.95x.
 bool row_conv_shape(const Conv2dParams& p, bool flip) {
   const int64_t out_ch = flip ? p.Cg() : p.Kg();
-  const bool pads = !flip || (p.pad_h <= (p.R - 1) * p.dil_h && p.pad_w <= (p.S - 1) * p.dil_w);
-  return p.stride_h == 1 && p.stride_w == 1 && nchw_planes(p) && pads && out_ch <= 64;
+  const bool stride1 = p.stride_h == 1 && p.stride_w == 1;
+  const bool fits = !flip || (stride1 && p.pad_h <= (p.R - 1) * p.dil_h && p.pad_w <= (p.S - 1) * p.dil_w);
+  return nchw_planes(p) && fits && out_ch <= 64;
 }
 
 void row_conv_pass(const Conv2dParams& p, const double* in, const double* w, const double* bias, double* out,
@@ -605,8 +639,11 @@ void row_conv_pass(const Conv2dParams& p, const double* in, const double* w, con
     }
   });
   RowConv c;
-  if (!flip) c = {p.N, Cg, p.H, p.W, Kg, G, R, S, p.dil_h, p.dil_w, p.pad_h, p.pad_w, p.P, p.Q};
-  else c = {p.N, Kg, p.P, p.Q, Cg, G, R, S, p.dil_h, p.dil_w, (R - 1) * p.dil_h - p.pad_h, (S - 1) * p.dil_w - p.pad_w, p.H, p.W};
+  if (!flip)
+    c = {p.N, Cg, p.H, p.W, Kg, G, R, S, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_h, p.pad_w, p.P, p.Q};
+  else
+    c = {p.N, Kg, p.P, p.Q, Cg, G, R, S, 1, 1, p.dil_h, p.dil_w, (R - 1) * p.dil_h - p.pad_h,
+         (S - 1) * p.dil_w - p.pad_w, p.H, p.W};
   row_conv(c, in, wt, Kop, bias, out);
 }
 
@@ -645,7 +682,8 @@ void f64_forward(const Conv2dParams& p, const double* x, const double* w, const 
       yoff[i] = n * p.ys_n + (g * Kg + j0) * p.ys_k + pp * p.ys_p + q * p.ys_q;
     }
     double* cbuf = dscratch(1, round_up(mr_all, ts.mr) * ldc);
-    rows_times_filter(ts, x, p.H, p.W, t, rows, mr_all, pixels_inner, B.data() + g * npan * L * NR, jp0, jp1, ldc, cbuf);
+    rows_times_filter(ts, x, p.H, p.W, t, rows, mr_all, pixels_inner, B.data() + g * npan * L * NR, jp0, jp1, ldc,
+                      cbuf);
     store_block(cbuf, ldc, yoff, mr_all, nn, p.ys_k, bias ? bias + g * Kg + j0 : nullptr, y);
   });
 }
@@ -786,10 +824,11 @@ void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w
 }
 
 // ------------------------------------------------------------------------------------------
-// NCHW backward-weight at stride 1, by dot products along rows: with j = (c, r, s),
-//     dw[k][j] = sum over images n and output rows p of  dy[n, k, p, 0..Q) . xp[n, c, p + r*dh, s*dw + 0..Q)
-// where xp is x zero-padded by (pad_h, pad_w) (a copy, so that every row is whole; a 1x1 layer
-// without padding reads x itself, a plane as one row). Both operands are read as they lie, the
+// NCHW backward-weight by dot products along rows: with j = (c, r, s),
+//     dw[k][j] = sum over n and output rows p of  dy[n, k, p, 0..Q) . xp[n, c, p*sh + r*dh, s*dw + sw*(0..Q)]
+// where xp is x zero-padded by (pad_h, pad_w), read on its stride phases (Phased: a copy, so that
+// every row is whole and contiguous; a 1x1 layer at stride 1 without padding reads x itself, a
+// plane as one row). Both operands are read as they lie, the
 // pixels in the vector lanes: nothing is transposed or packed. The gather form (below) packed
 // dy and the gathered x into panels for every block of pixels -- transposes of NCHW planes, as
 // long as the multiply-adds on a 1x1 layer (perf record: 128->512 1x1 @28, batch 4, 47% of the
@@ -821,8 +860,11 @@ bool bw_rows_shape(const Conv2dParams& p) {
   // 256@14 0.72x, 512@7 0.48x, 1x1 2048->512 @7 0.60x, 1024->256 @14 0.98x. Above it: 1x1 128->512
   // @28 1.30x, 256->64 @56 2.10x, 3x3 64@56 1.51x, 128@28 0.98x; batch 8: CIFAR's 3->16 @32 2.94x,
   // 16@32 2.96x, 32@16 1.56x, 64@8 1.15x, depthwise 96@16 8.5x; 5x5 24->40 @27 1.35x.
+  // Strided, on the input's phases (a copy): 1/Kg + 1/J from 1/64 (3x3/2 128@56, 1/1152 + 1/128,
+  // ran 0.86-0.93x; the 7x7/2 stem 1.89x / 2.08x, 5x5/2 24->40 @27 1.36x, depthwise 96@112/2 3.4x).
   const int64_t J = p.Cg() * p.R * p.S, Kg = p.Kg();
-  return p.stride_h == 1 && p.stride_w == 1 && nchw_planes(p) && J * Kg <= 128 * (J + Kg);
+  const int64_t share = p.stride_h == 1 && p.stride_w == 1 ? 128 : 64;
+  return nchw_planes(p) && J * Kg <= share * (J + Kg);
 }
 
 // acc[m][j] += sum over the rows u < nrows of dy[dyr[u] + koff[m] + q] * x[xr[u] + joff[j] + q], q < len
@@ -866,22 +908,20 @@ void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const dou
   constexpr int MK = D::MK, NJ = D::NJ;
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q, N = p.N;
   const int64_t J = Cg * R * S, ph = p.pad_h, pw = p.pad_w;
-  const bool one_run = R == 1 && S == 1 && ph == 0 && pw == 0;  // then P == H, Q == W
+  const bool one_run = R == 1 && S == 1 && ph == 0 && pw == 0 && p.stride_h == 1 && p.stride_w == 1;  // P == H, Q == W
   // rows: a unit is an output row (Q pixels), or for one_run a piece of a plane (kRowPixels)
-  const int64_t Hp = p.H + 2 * ph, Wp = p.W + 2 * pw;
   const int64_t upn = one_run ? ceil_div(P * Q, kRowPixels) : P;  // units an image
   const int64_t ub = std::max<int64_t>(1, kRowPixels / (one_run ? std::min(P * Q, kRowPixels) : Q));  // units a block
-  const double* xs = x;
-  if (!one_run) {
-    double* xp = dscratch(4, p.N * p.C * Hp * Wp);
-    padded_planes(x, N * p.C, p.H, p.W, ph, pw, Hp, Wp, xp);
-    xs = xp;
-  }
+  Phased phs;
+  const double* xs = one_run ? x
+                             : phase_planes(x, N * p.C, p.H, p.W, ph, pw, p.stride_h, p.stride_w, P, Q,
+                                            (R - 1) * p.dil_h, (S - 1) * p.dil_w, phs);
   std::vector<int64_t> koff(static_cast<size_t>(round_up(Kg, MK))), joff(static_cast<size_t>(round_up(J, NJ)));
-  for (int64_t k = 0; k < static_cast<int64_t>(koff.size()); ++k) koff[k] = std::min(k, Kg - 1) * P * Q;  // past Kg: the last again
+  for (int64_t k = 0; k < static_cast<int64_t>(koff.size()); ++k)
+    koff[k] = std::min(k, Kg - 1) * P * Q;  // past Kg: the last again (computed, not stored)
   for (int64_t j = 0; j < static_cast<int64_t>(joff.size()); ++j) {
     const int64_t jj = std::min(j, J - 1), c = jj / (R * S), r = jj / S % R, s = jj % S;
-    joff[j] = one_run ? c * P * Q : (c * Hp + r * p.dil_h) * Wp + s * p.dil_w;
+    joff[j] = one_run ? c * P * Q : phs.tap(c, r * p.dil_h, s * p.dil_w);
   }
   std::vector<int64_t> wout;  // where dw[., j] goes: (c, r, s) order, as here
   {
@@ -913,7 +953,7 @@ void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const dou
           len = std::min(kRowPixels, P * Q - r * kRowPixels);
         } else {
           dyr[i] = ((n * p.K + g * Kg) * P + r) * Q;
-          xr[i] = (n * p.C + g * Cg) * Hp * Wp + r * Wp;
+          xr[i] = (n * p.C + g * Cg) * phs.per_channel() + r * phs.Wh;
         }
       }
       for (int64_t tk = 0; tk < ntk; ++tk)
