@@ -334,7 +334,8 @@ def check_float64(algo, pass_name, x, wt, b, dy, geo, layout):
 def test_gemm_f64_backward_weight_chunks(layout, stride):
     """gemm_f64's backward-weight with few filter taps (one task a group) cuts the pixels into
     chunks summed in chunk order: the same bits for 1 and 2 threads, float64-exact to the reference
-    (NCHW at stride 1: the dot products along rows, chunks of rows; else the gather form)."""
+    (NCHW: the dot products along rows, in chunks of rows, on the input's stride phases at stride 2;
+    channels_last: the gather form)."""
     x, wt, b, dy, geo = make(((4, 3, 40, 40), 8, (3, 3), stride, 1, 1, 1), layout)
     threads = torch.get_num_threads()
     try:

@@ -1,5 +1,5 @@
-"""The packed-filter cache (csrc/cpu/filter_cache.h): implicit_gemm, winograd and gemm_f64 keep the packed
-form of a filter across calls while the filter is unchanged.
+"""The packed-filter cache (csrc/cpu/filter_cache.h): implicit_gemm, winograd and gemm_f64 keep
+the packed form of a filter across calls while the filter is unchanged.
 
 The oracle for every cached result is the same call on a fresh copy of the filter (a new
 tensor: never cached), which must give the same bits; and torch, within float32 tolerance.
@@ -98,7 +98,8 @@ def test_backward_input_reuses_packed_filter(case, layout):
 @pytest.mark.parametrize("filter_layout", ["kcrs", "krsc"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("shape,k,r,stride,padding", [
-    # (more than 64 output channels: NCHW's row_conv, which packs its small filter every call, not)
+    # more than 64 output channels a group, so that NCHW runs the GEMM too (row_conv, for fewer,
+    # packs its small filter on every call)
     ((2, 20, 9, 11), 80, 3, 2, 1),   # backward-input in 4 stride phases, each its own packed taps
     ((1, 96, 5, 5), 160, 3, 1, 1),   # few rows: tasks over blocks of filter panels too
 ], ids=["3x3/2", "3x3 @5"])

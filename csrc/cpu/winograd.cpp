@@ -271,7 +271,7 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
     // of 16 filters, 147 KiB written to L2 and read back (weight_panel was 15% of the samples of
     // 256@14 forward, whose large U is computed on every call; perf record). Batch 4, 2 threads,
     // Xeon, old/new (python benchmarks/ab.py OLD.so NEW.so 4,256,14,14,256,3,1,1 --pass forward,
-    // 12 rounds, best mins / median of the pairs, three runs): NCHW 256@14 1.04-1.06x, 512@7
+    // 12 rounds, best mins / median of the pairs): NCHW 256@14 1.04-1.06x (two runs), 512@7
     // 1.06x / 1.11x; channels_last within the noise (0.98-1.12x). What remains of it waits on the
     // reads of w (2.4 MiB at 256@14, read by both threads of a team): prefetching the next piece
     // only moved the stall onto the prefetches.
@@ -284,7 +284,8 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
         const int64_t qn = std::min(kCh, nr - q0);
         const auto at = [&](int64_t c, int rs) { return krsc ? rs * qn + c : c * 9 + rs; };
         if (krsc) {
-          for (int rs = 0; rs < 9; ++rs) transpose_rows(wk + rs * Cg + r0 + q0, Cg * 9, kn, qn, VL, tmp + rs * qn * VL);
+          for (int rs = 0; rs < 9; ++rs)
+            transpose_rows(wk + rs * Cg + r0 + q0, Cg * 9, kn, qn, VL, tmp + rs * qn * VL);
         } else {
           transpose_rows(wk + (r0 + q0) * 9, Cg * 9, kn, qn * 9, VL, tmp);
         }
