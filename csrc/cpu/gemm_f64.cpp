@@ -919,14 +919,11 @@ void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const dou
   std::vector<int64_t> koff(static_cast<size_t>(round_up(Kg, MK))), joff(static_cast<size_t>(round_up(J, NJ)));
   for (int64_t k = 0; k < static_cast<int64_t>(koff.size()); ++k)
     koff[k] = std::min(k, Kg - 1) * P * Q;  // past Kg: the last again (computed, not stored)
+  std::vector<int64_t> wout(static_cast<size_t>(J));  // where dw[., j] goes
   for (int64_t j = 0; j < static_cast<int64_t>(joff.size()); ++j) {
     const int64_t jj = std::min(j, J - 1), c = jj / (R * S), r = jj / S % R, s = jj % S;
     joff[j] = one_run ? c * P * Q : phs.tap(c, r * p.dil_h, s * p.dil_w);
-  }
-  std::vector<int64_t> wout;  // where dw[., j] goes: (c, r, s) order, as here
-  {
-    Taps t;
-    filter_taps(p, t, wout);
+    wout[jj] = c * p.ws_c + r * p.ws_r + s * p.ws_s;
   }
   const int64_t KB = 8 * MK, JB = 8 * NJ;  // filters and taps a task
   const int64_t nkb = ceil_div(Kg, KB), njb = ceil_div(J, JB), units = N * upn;
