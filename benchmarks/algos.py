@@ -69,7 +69,7 @@ def main():
     ap.add_argument("--pass", dest="pass_name", choices=testing.PASSES, default="forward")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=40)
-    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    ap.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32",
                     help="the operands' dtype (bfloat16: its own kernels forced, and by default whatever "
                          "conv_ext chooses, the float32 path on copies included)")
     ap.add_argument("--step", action="store_true",

@@ -329,6 +329,27 @@ def check_float64(algo, pass_name, x, wt, b, dy, geo, layout):
         assert rel_error(forced(algo, pass_name, x, wt_cl, b, dy, geo), ref) <= 1e-12
 
 
+@pytest.mark.parametrize("pass_name", PASSES)
+@pytest.mark.parametrize("shape", [
+    ((2, 160, 6, 7), 24, (3, 3), 1, (2, 1), (2, 1), 1),  # 160-channel runs across blocks of 128 taps; padding 2
+    ((1, 48, 5, 9), 40, (3, 3), (2, 1), 1, 1, 2),        # groups of 24 channels: runs of 24 read in place
+    ((2, 16, 7, 5), 80, (1, 1), 1, 0, 1, 1),             # 1x1: one run; 80 filters = 5 blocks of MR 12 + 20
+])
+def test_gemm_f64_channels_last_in_place(shape, pass_name):
+    """gemm_f64 on channels_last tensors: forward and backward-input read the gathered operand in
+    place where a tap's channels are a run of 8 or more (row pointers; taps outside the image read
+    zeros), with the runs cut by the blocks of the reduction; backward-weight copies x by runs and
+    packs dy once for all its blocks of taps (more than one here: 2 tasks a group or more)."""
+    x, wt, b, dy, geo = make(shape, "nhwc")
+    check_float64("gemm_f64", pass_name, x, wt, b, dy, geo, "nhwc")
+    # a channels_last view with a pixel stride past its channels (a channel slice of a wider tensor)
+    wide = torch.randn(x.shape[0], x.shape[1] + 5, *x.shape[2:], dtype=x.dtype).contiguous(memory_format=torch.channels_last)
+    wide[:, :x.shape[1]] = x
+    xs = wide[:, :x.shape[1]]
+    assert xs.stride(1) == 1 and xs.stride(3) == x.shape[1] + 5
+    check_float64("gemm_f64", pass_name, xs, wt, b, dy, geo, "nhwc")
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_gemm_f64_backward_weight_chunks(layout, stride):

@@ -181,6 +181,7 @@ constexpr int64_t KC = 128;       // reduction steps per packed block
 constexpr int64_t kMaxRows = 96;  // output pixels per forward / backward-input task, at most
 
 double* dscratch(int slot, int64_t n) { return reinterpret_cast<double*>(scratch(slot, 2 * n)); }
+alignas(64) const double kZeros[KC] = {};  // a run of taps that lies outside the image
 
 // c[MR][NV*VL] (row stride ldc) = (accumulate ? c : 0) + sum_{l < kc} a[l][MR] * b[l][NV*VL]
 template <int NV, int MR = D::mr(NV)>
@@ -210,6 +211,44 @@ void f64_tile(int64_t kc, const double* a, const double* b, double* c, int64_t l
     }
 }
 
+// The same tile with A read in place (channels_last: no packing): the reduction in npiece
+// pieces, piece u of len[u] steps reading row i at p[u * MRP + i][0..len[u]) (a tap's run of
+// channels, or kZeros) against the next len[u] rows of b. MRP <= 12 rows, so that the row
+// pointers stay in integer registers (the A loop of simd.h's float32 micro-kernel).
+template <int NV, int MRP>
+void f64_tile_rows(int npiece, const int64_t* len, const double* const* p, const double* b, double* c, int64_t ldc,
+                   bool accumulate) {
+  D::V acc[MRP][NV];
+#pragma GCC unroll 12
+  for (int i = 0; i < MRP; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) acc[i][v] = D::zero();
+  for (int u = 0; u < npiece; ++u, p += MRP) {
+    const int64_t n = len[u];
+    const double* ap[MRP];  // row i's end: A(i, l) = ap[i][l - n]
+#pragma GCC unroll 12
+    for (int i = 0; i < MRP; ++i) ap[i] = p[i] + n;
+    for (int64_t l = -n; l < 0; ++l, b += NV * D::VL) {
+      D::V bv[NV];
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v) bv[v] = D::load(b + v * D::VL);
+#pragma GCC unroll 12
+      for (int i = 0; i < MRP; ++i) {
+        const D::V av = D::set1(ap[i][l]);
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) acc[i][v] = D::fma(av, bv[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MRP; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) {
+      double* cp = c + i * ldc + v * D::VL;
+      D::store(cp, accumulate ? D::add(acc[i][v], D::load(cp)) : acc[i][v]);
+    }
+}
+
 // The register tile of a GEMM with nn columns: 1, 2 or 3 vectors wide, whichever leaves the
 // fewest padded columns (the widest on a tie); rows as many as the registers allow.
 struct Shape {
@@ -231,6 +270,17 @@ struct Shape {
     else if (nv == 2) f64_tile<2>(kc, a, b, c, ldc, accumulate);
     else f64_tile<1>(kc, a, b, c, ldc, accumulate);
   }
+  // f64_tile_rows's rows a call: mr, or a half of it (24 -> 12) where mr > 12
+  int mrp() const { return mr > 12 ? mr / 2 : mr; }
+  // rows [0, mr) of a tile in place: p holds npiece x mrp() pointers per mrp() rows
+  void tile_rows(int npiece, const int64_t* len, const double* const* p, const double* b, double* c, int64_t ldc,
+                 bool accumulate) const {
+    for (int h = 0; h < mr / mrp(); ++h, p += npiece * mrp(), c += mrp() * ldc) {
+      if (nv == 3) f64_tile_rows<3, D::mr(3) <= 12 ? D::mr(3) : D::mr(3) / 2>(npiece, len, p, b, c, ldc, accumulate);
+      else if (nv == 2) f64_tile_rows<2, D::mr(2) <= 12 ? D::mr(2) : D::mr(2) / 2>(npiece, len, p, b, c, ldc, accumulate);
+      else f64_tile_rows<1, D::mr(1) <= 12 ? D::mr(1) : D::mr(1) / 2>(npiece, len, p, b, c, ldc, accumulate);
+    }
+  }
 };
 
 // The taps of a gather, one entry per reduction index l: the element at offset off[l] from a
@@ -239,7 +289,16 @@ struct Taps {
   std::vector<int64_t> dh, dw, off;
   int64_t dh_min = 0, dh_max = 0, dw_min = 0, dw_max = 0;
   void add(int64_t h, int64_t w, int64_t o) { dh.push_back(h), dw.push_back(w), off.push_back(o); }
+  std::vector<int64_t> run;  // run[l]: taps l, l+1, .. of one shift at consecutive offsets
+  bool long_runs = false;    // 4 taps a run or more on average
   void finish() {
+    const int64_t n = size();
+    run.assign(static_cast<size_t>(n), 1);
+    int64_t nrun = n > 0;
+    for (int64_t l = n - 2; l >= 0; --l)
+      if (off[l + 1] == off[l] + 1 && dh[l + 1] == dh[l] && dw[l + 1] == dw[l]) run[l] = run[l + 1] + 1;
+      else ++nrun;
+    long_runs = n >= 4 * nrun;
     if (dh.empty()) return;
     dh_min = *std::min_element(dh.begin(), dh.end()), dh_max = *std::max_element(dh.begin(), dh.end());
     dw_min = *std::min_element(dw.begin(), dw.end()), dw_max = *std::max_element(dw.begin(), dw.end());
@@ -254,6 +313,16 @@ struct Row {
 
 inline bool inside(const Row& r, const Taps& t, int64_t Hb, int64_t Wb) {  // every tap of the row
   return r.h0 + t.dh_min >= 0 && r.h0 + t.dh_max < Hb && r.w0 + t.dw_min >= 0 && r.w0 + t.dw_max < Wb;
+}
+
+// d[0, n) = s[0, n), by vectors
+inline void copy_run(const double* s, int64_t n, double* d) {
+  int64_t j = 0;
+  for (; j + D::VL <= n; j += D::VL) D::store(d + j, D::load(s + j));
+  if (j < n) {
+    const D::M m = D::mask(n - j);
+    D::storem(d + j, D::loadm(s + j, m), m);
+  }
 }
 
 // dst[i * row_step + j * tap_step] = tap l0 + j of row i (0 outside the image), i < nrows, j < n.
@@ -292,6 +361,20 @@ void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps&
       for (int64_t i = 0; i < nrows; ++i) {
         const int64_t h = rows[i].h0 + dh[j], w = rows[i].w0 + dw[j];
         d[i * row_step] = (in[i] || (h >= 0 && h < Hb && w >= 0 && w < Wb)) ? src[rows[i].base + off[j]] : 0.0;
+      }
+    }
+    return;
+  }
+  if (tap_step == 1 && t.long_runs) {  // runs of taps are runs of dst: vector copies (NHWC backward-weight's x)
+    for (int64_t i = 0; i < nrows; ++i) {
+      double* d = dst + i * row_step;
+      const Row& r = rows[i];
+      for (int64_t j = 0; j < n;) {
+        const int64_t len = std::min(t.run[l0 + j], n - j);
+        const int64_t h = r.h0 + dh[j], w = r.w0 + dw[j];
+        if (in[i] || (h >= 0 && h < Hb && w >= 0 && w < Wb)) copy_run(src + r.base + off[j], len, d + j);
+        else std::fill(d + j, d + j + len, 0.0);
+        j += len;
       }
     }
     return;
@@ -381,6 +464,38 @@ void rows_times_filter(const Shape& ts, const double* src, int64_t Hb, int64_t W
   double* A = dscratch(0, nir * MR * KC);
   for (int64_t l0 = 0; l0 < L; l0 += KC) {
     const int64_t kc = std::min(KC, L - l0);
+    if (!pixels_inner && t.long_runs) {  // channels innermost: A in place where the taps come in runs of >= 8
+      int64_t start[KC], len[KC];
+      int npiece = 0;
+      for (int64_t l = l0; l < l0 + kc; ++l) {
+        if (l == l0 || t.off[l] != t.off[l - 1] + 1 || t.dh[l] != t.dh[l - 1] || t.dw[l] != t.dw[l - 1])
+          start[npiece] = l, len[npiece++] = 0;
+        ++len[npiece - 1];
+      }
+      if (npiece * 8 <= kc) {
+        const int mrp = ts.mrp();
+        const double** ptr = reinterpret_cast<const double**>(dscratch(6, nir * MR * npiece));
+        for (int64_t ir = 0; ir < nir; ++ir)  // [ir][half][piece][row]
+          for (int64_t i = 0; i < MR; ++i) {
+            const int64_t ii = ir * MR + i;
+            const double** d = ptr + (ir * MR + i / mrp * mrp) * npiece + i % mrp;
+            for (int u = 0; u < npiece; ++u, d += mrp) {
+              const int64_t l = start[u];
+              bool ok = ii < mr_all;
+              if (ok && !inside(rows[ii], t, Hb, Wb)) {
+                const int64_t h = rows[ii].h0 + t.dh[l], w = rows[ii].w0 + t.dw[l];
+                ok = h >= 0 && h < Hb && w >= 0 && w < Wb;
+              }
+              *d = ok ? src + rows[ii].base + t.off[l] : kZeros;
+            }
+          }
+        for (int64_t jp = jp0; jp < jp1; ++jp)
+          for (int64_t ir = 0; ir < nir; ++ir)
+            ts.tile_rows(npiece, len, ptr + ir * MR * npiece, B + (jp * L + l0) * NR,
+                         cbuf + ir * MR * ldc + (jp - jp0) * NR, ldc, l0 > 0);
+        continue;
+      }
+    }
     for (int64_t ir = 0; ir < nir; ++ir) {  // A[ir][l][MR]
       double* d = A + ir * MR * kc;
       const int64_t nr = std::min<int64_t>(MR, mr_all - ir * MR);
@@ -992,23 +1107,67 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   const int64_t nchunk = std::max<int64_t>(1, std::min({ceil_div(16, G * njb), ceil_div(L, 4 * KC),
                                                         (int64_t(4) << 20) / std::max<int64_t>(1, p.K * J)}));
   std::vector<double> part(nchunk > 1 ? static_cast<size_t>(nchunk * p.K * J) : 0);
+  // pixels l0.. of group g: their rows of x (rows, if not null) and offsets in dy
+  const auto pixels = [&](int64_t g, int64_t l0, int64_t kc, Row* rows, int64_t* dyoff) {
+    int64_t n = l0 / (P * Q), pp = l0 / Q % P, q = l0 % Q;  // (divisions once: 15% of depthwise 576@14/2's time)
+    for (int64_t l = 0; l < kc; ++l) {
+      const int64_t h0 = pp * p.stride_h - p.pad_h, w0 = q * p.stride_w - p.pad_w;
+      if (rows) rows[l] = {n * p.xs_n + g * Cg * p.xs_c + h0 * p.xs_h + w0 * p.xs_w, h0, w0};
+      dyoff[l] = n * p.ys_n + g * Kg * p.ys_k + pp * p.ys_p + q * p.ys_q;
+      if (++q == Q) q = 0, pp = pp + 1 == P ? (++n, 0) : pp + 1;
+    }
+  };
+  // A[ir][l][MR] = dy[k = ir*MR + i][pixel l] (at dyoff[l]), l < kc. Channels innermost (NHWC),
+  // a pixel's Kg values are a run, read whole pixel by pixel (by blocks of MR for each pixel:
+  // 0.76x, 128->512 1x1 @28 channels_last)
+  const auto pack_dy = [&](const int64_t* dyoff, int64_t kc, double* A) {
+    const bool runs = p.ys_k == 1 && Kg >= D::VL / 2;
+    for (int64_t l = 0; l < kc && runs; ++l)
+      for (int64_t ir = 0; ir < nir; ++ir) {
+        const int64_t nk = std::min<int64_t>(MR, Kg - ir * MR);
+        double* d = A + (ir * kc + l) * MR;
+        copy_run(dy + dyoff[l] + ir * MR, nk, d);
+        std::fill(d + nk, d + MR, 0.0);
+      }
+    for (int64_t ir = 0; ir < nir && !runs; ++ir) {
+      double* d = A + ir * kc * MR;
+      if (Kg - ir * MR < MR) std::fill(d, d + kc * MR, 0.0);  // rows past Kg: zeros
+      for (int64_t k = ir * MR; k < std::min(Kg, (ir + 1) * MR); ++k)
+        for (int64_t l = 0; l < kc; ++l) d[l * MR + k - ir * MR] = dy[dyoff[l] + k * p.ys_k];
+    }
+  };
+  // With several blocks of taps (tasks) a group, dy is packed once, up front, a block of pixels
+  // (the chunks' blocks of KC) a task, at (g * L + l0) * nir * MR; each task packed all of it
+  // before: 128->512 1x1 @28 channels_last (2 blocks of taps) ..., 2048->512 @7 (32) ...
+  const int64_t apix = nir * MR;
+  const bool prepack = njb > 1 && G * L * apix <= (int64_t(8) << 20);
+  double* Aall = prepack ? dscratch(7, G * L * apix) : nullptr;
+  if (prepack) {
+    std::vector<int64_t> blk;  // the blocks' first pixels, chunk by chunk
+    for (int64_t chunk = 0; chunk < nchunk; ++chunk)
+      for (int64_t l0 = L * chunk / nchunk; l0 < L * (chunk + 1) / nchunk; l0 += KC) blk.push_back(l0);
+    const int64_t nblk = static_cast<int64_t>(blk.size());
+    blk.push_back(L);
+    for_each_task(G * nblk, G * L * apix, [&](int64_t task) {
+      const int64_t g = task / nblk, b = task % nblk, l0 = blk[b];  // (the next block: KC on or the next chunk)
+      const int64_t kc = std::min(KC, blk[b + 1] - l0);
+      int64_t dyoff[KC];
+      pixels(g, l0, kc, nullptr, dyoff);
+      pack_dy(dyoff, kc, Aall + (g * L + l0) * apix);
+    });
+  }
   for_each_task(nchunk * G * njb, p.macs(), [&](int64_t task) {
     const int64_t chunk = task / (G * njb), g = task / njb % G, j0 = (task % njb) * NC;
     const int64_t nc = std::min(NC, J - j0), npan = ceil_div(nc, NR), ldc = ts.ld(nc);
     const int64_t la = L * chunk / nchunk, lb = L * (chunk + 1) / nchunk;
     double* cbuf = dscratch(1, nir * MR * ldc);
-    double* A = dscratch(0, nir * MR * KC);
+    double* Abuf = prepack ? nullptr : dscratch(0, nir * MR * KC);
     double* B = dscratch(2, npan * KC * NR);
     for (int64_t l0 = la; l0 < lb; l0 += KC) {
       const int64_t kc = std::min(KC, lb - l0);
       Row rows[KC];
       int64_t dyoff[KC];
-      for (int64_t l = 0; l < kc; ++l) {
-        const int64_t pix = l0 + l, n = pix / (P * Q), pp = (pix / Q) % P, q = pix % Q;
-        const int64_t h0 = pp * p.stride_h - p.pad_h, w0 = q * p.stride_w - p.pad_w;
-        rows[l] = {n * p.xs_n + g * Cg * p.xs_c + h0 * p.xs_h + w0 * p.xs_w, h0, w0};
-        dyoff[l] = n * p.ys_n + g * Kg * p.ys_k + pp * p.ys_p + q * p.ys_q;
-      }
+      pixels(g, l0, kc, rows, dyoff);
       for (int64_t jp = 0; jp < npan; ++jp) {  // B[jp][l][NR]: x gathered, pixels l x taps j
         double* d = B + jp * kc * NR;
         const int64_t nj = std::min<int64_t>(NR, nc - jp * NR);
@@ -1016,17 +1175,8 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
         if (nj < NR)
           for (int64_t l = 0; l < kc; ++l) std::fill(d + l * NR + nj, d + (l + 1) * NR, 0.0);
       }
-      for (int64_t ir = 0; ir < nir; ++ir) {  // A[ir][l][MR] = dy[k = ir*MR + i][pixel l]
-        double* d = A + ir * kc * MR;
-        for (int64_t i = 0; i < MR; ++i) {
-          const int64_t k = ir * MR + i;
-          if (k >= Kg) {
-            for (int64_t l = 0; l < kc; ++l) d[l * MR + i] = 0.0;
-            continue;
-          }
-          for (int64_t l = 0; l < kc; ++l) d[l * MR + i] = dy[dyoff[l] + k * p.ys_k];
-        }
-      }
+      const double* A = prepack ? Aall + (g * L + l0) * apix : Abuf;
+      if (!prepack) pack_dy(dyoff, kc, Abuf);
       for (int64_t jp = 0; jp < npan; ++jp)
         for (int64_t ir = 0; ir < nir; ++ir)
           ts.tile(kc, A + ir * kc * MR, B + jp * kc * NR, cbuf + ir * MR * ldc + jp * NR, ldc, l0 > la);
