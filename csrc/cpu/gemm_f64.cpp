@@ -27,6 +27,13 @@
 // of 4 panels of columns (filter taps) of one group, over a fixed number of pixel chunks when that
 // alone makes fewer than 16 tasks (partial sums added in chunk order).
 //
+// Channels_last (the gathered tensor's channels innermost), forward and backward-input read A in
+// place where a tap's channels come in runs (8 or more a block on average): the tile takes MR row
+// pointers per run (f64_tile_rows; a run outside the image reads kZeros), as simd.h's float32
+// micro-kernel does, so nothing is gathered (was 54% of CIFAR's 16@32 forward samples, a scalar
+// transpose). Backward-weight there packs dy pixel by pixel (whole runs of Kg), once up front for
+// all the blocks of taps when there are several, and copies x's runs by vectors.
+//
 // Backward-input with fewer dx channels than a vector (the RGB stems) runs col2im instead: per dy
 // pixel C[pixel][(c,r,s)] = sum_k dy[k] * w[k][(c,r,s)], each value added into its dx pixel.
 //
@@ -43,7 +50,11 @@
 // 1.48x, all 1.36x): 1.0-3.3x on the CIFAR and depthwise layers, 2.3-2.9x on 64@56, still
 // 0.74-0.87x on 1x1 layers and 0.86x on 512@7's forward (torch: im2col + MKL dgemm at 50-76% of
 // the float64 peak, our GEMM a little below) and 0.67x on the strided depthwise 96@112 (strided
-// passes run the gather form).
+// passes run the gather form). Channels_last (--layout nhwc, 2026-12-05, Intel Xeon): 1.20x ->
+// 1.57x with A read in place and backward-weight's packing above (CIFAR's 16@32 forward and
+// backward-input 1.8-1.9x, 256@14 backward-weight 1.6-1.8x, 2048->512 @7 1.7-2.0x, old/new by
+// python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --dtype float64); 1x1
+// layers still 0.7-0.95x torch (MKL's dgemm on the tensor as it lies).
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "gemm_f64.cpp"
 #include "per_isa.h"
@@ -462,9 +473,16 @@ void rows_times_filter(const Shape& ts, const double* src, int64_t Hb, int64_t W
     return;
   }
   double* A = dscratch(0, nir * MR * KC);
+  // Channels innermost (NHWC), A is read in place by row pointers where the taps come in runs (of
+  // 8 or more a block), but packed for a 1x1 layer's (one shift: a plain transpose) against more
+  // than 8 panels, where the tiles read A again for each panel (in place: 0.82-0.94x at 128->512
+  // @28 (32 panels) and 2048->512 @7 forward, channels_last float64, batch 4; 8 panels, 128->512's
+  // backward-input, 1.08-1.12x)
+  const bool in_place = !pixels_inner && t.long_runs &&
+                        !(t.dh_min == t.dh_max && t.dw_min == t.dw_max && jp1 - jp0 > 8);
   for (int64_t l0 = 0; l0 < L; l0 += KC) {
     const int64_t kc = std::min(KC, L - l0);
-    if (!pixels_inner && t.long_runs) {  // channels innermost: A in place where the taps come in runs of >= 8
+    if (in_place) {  // channels innermost: A in place where the taps come in runs of >= 8
       int64_t start[KC], len[KC];
       int npiece = 0;
       for (int64_t l = l0; l < l0 + kc; ++l) {
