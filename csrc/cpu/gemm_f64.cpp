@@ -194,25 +194,30 @@ constexpr int64_t kMaxRows = 96;  // output pixels per forward / backward-input 
 double* dscratch(int slot, int64_t n) { return reinterpret_cast<double*>(scratch(slot, 2 * n)); }
 alignas(64) const double kZeros[KC] = {};  // a run of taps that lies outside the image
 
-// c[MR][NV*VL] (row stride ldc) = (accumulate ? c : 0) + sum_{l < kc} a[l][MR] * b[l][NV*VL]
-template <int NV, int MR = D::mr(NV)>
-void f64_tile(int64_t kc, const double* a, const double* b, double* c, int64_t ldc, bool accumulate) {
-  D::V acc[MR][NV];
+// The parts of a register tile of MR rows x NV vectors: its sums zeroed; one step of the
+// reduction, acc[i] += a(i) * b[0, NV*VL) (a(i): row i's value of A, broadcast); and the sums
+// stored into c[MR][NV*VL] (row stride ldc), added to what is there with accumulate.
+template <int NV, int MR>
+inline void tile_zero(D::V (&acc)[MR][NV]) {
 #pragma GCC unroll 24
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 3
     for (int v = 0; v < NV; ++v) acc[i][v] = D::zero();
-  for (int64_t l = 0; l < kc; ++l, a += MR, b += NV * D::VL) {
-    D::V bv[NV];
+}
+template <int NV, int MR, class RowValue>
+inline __attribute__((always_inline)) void tile_step(D::V (&acc)[MR][NV], const double* b, const RowValue& a) {
+  D::V bv[NV];
 #pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) bv[v] = D::load(b + v * D::VL);
+  for (int v = 0; v < NV; ++v) bv[v] = D::load(b + v * D::VL);
 #pragma GCC unroll 24
-    for (int i = 0; i < MR; ++i) {
-      const D::V av = D::set1(a[i]);
+  for (int i = 0; i < MR; ++i) {
+    const D::V av = D::set1(a(i));
 #pragma GCC unroll 3
-      for (int v = 0; v < NV; ++v) acc[i][v] = D::fma(av, bv[v], acc[i][v]);
-    }
+    for (int v = 0; v < NV; ++v) acc[i][v] = D::fma(av, bv[v], acc[i][v]);
   }
+}
+template <int NV, int MR>
+inline void tile_store(D::V (&acc)[MR][NV], double* c, int64_t ldc, bool accumulate) {
 #pragma GCC unroll 24
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 3
@@ -220,6 +225,15 @@ void f64_tile(int64_t kc, const double* a, const double* b, double* c, int64_t l
       double* cp = c + i * ldc + v * D::VL;
       D::store(cp, accumulate ? D::add(acc[i][v], D::load(cp)) : acc[i][v]);
     }
+}
+
+// c[MR][NV*VL] (row stride ldc) = (accumulate ? c : 0) + sum_{l < kc} a[l][MR] * b[l][NV*VL]
+template <int NV, int MR = D::mr(NV)>
+void f64_tile(int64_t kc, const double* a, const double* b, double* c, int64_t ldc, bool accumulate) {
+  D::V acc[MR][NV];
+  tile_zero(acc);
+  for (int64_t l = 0; l < kc; ++l, a += MR, b += NV * D::VL) tile_step(acc, b, [a](int i) { return a[i]; });
+  tile_store(acc, c, ldc, accumulate);
 }
 
 // The same tile with A read in place (channels_last: no packing): the reduction in npiece
@@ -230,34 +244,15 @@ template <int NV, int MRP>
 void f64_tile_rows(int npiece, const int64_t* len, const double* const* p, const double* b, double* c, int64_t ldc,
                    bool accumulate) {
   D::V acc[MRP][NV];
-#pragma GCC unroll 12
-  for (int i = 0; i < MRP; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) acc[i][v] = D::zero();
+  tile_zero(acc);
   for (int u = 0; u < npiece; ++u, p += MRP) {
     const int64_t n = len[u];
     const double* ap[MRP];  // row i's end: A(i, l) = ap[i][l - n]
 #pragma GCC unroll 12
     for (int i = 0; i < MRP; ++i) ap[i] = p[i] + n;
-    for (int64_t l = -n; l < 0; ++l, b += NV * D::VL) {
-      D::V bv[NV];
-#pragma GCC unroll 3
-      for (int v = 0; v < NV; ++v) bv[v] = D::load(b + v * D::VL);
-#pragma GCC unroll 12
-      for (int i = 0; i < MRP; ++i) {
-        const D::V av = D::set1(ap[i][l]);
-#pragma GCC unroll 3
-        for (int v = 0; v < NV; ++v) acc[i][v] = D::fma(av, bv[v], acc[i][v]);
-      }
-    }
+    for (int64_t l = -n; l < 0; ++l, b += NV * D::VL) tile_step(acc, b, [&ap, l](int i) { return ap[i][l]; });
   }
-#pragma GCC unroll 12
-  for (int i = 0; i < MRP; ++i)
-#pragma GCC unroll 3
-    for (int v = 0; v < NV; ++v) {
-      double* cp = c + i * ldc + v * D::VL;
-      D::store(cp, accumulate ? D::add(acc[i][v], D::load(cp)) : acc[i][v]);
-    }
+  tile_store(acc, c, ldc, accumulate);
 }
 
 // The register tile of a GEMM with nn columns: 1, 2 or 3 vectors wide, whichever leaves the
