@@ -478,13 +478,10 @@ void rows_times_filter(const Shape& ts, const double* src, int64_t Hb, int64_t W
   for (int64_t l0 = 0; l0 < L; l0 += KC) {
     const int64_t kc = std::min(KC, L - l0);
     if (in_place) {  // channels innermost: A in place where the taps come in runs of >= 8
-      int64_t start[KC], len[KC];
+      int64_t start[KC], len[KC];  // the block's pieces: Taps::run cut at the block's end
       int npiece = 0;
-      for (int64_t l = l0; l < l0 + kc; ++l) {
-        if (l == l0 || t.off[l] != t.off[l - 1] + 1 || t.dh[l] != t.dh[l - 1] || t.dw[l] != t.dw[l - 1])
-          start[npiece] = l, len[npiece++] = 0;
-        ++len[npiece - 1];
-      }
+      for (int64_t l = l0; l < l0 + kc; l += len[npiece++])
+        start[npiece] = l, len[npiece] = std::min(t.run[l], l0 + kc - l);
       if (npiece * 8 <= kc) {
         const int mrp = ts.mrp();
         const double** ptr = reinterpret_cast<const double**>(dscratch(6, nir * MR * npiece));
