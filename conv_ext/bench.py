@@ -56,10 +56,16 @@ DTYPES = {
     "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "complex64": torch.complex64, "cfloat": torch.complex64,
+    "complex128": torch.complex128, "cdouble": torch.complex128,
 }
 # relative error (max |ext - torch| / max |torch|) above which a case is reported as a mismatch;
 # float32 allows for TF32 in torch's cuDNN convolutions on GPU
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2,
+             torch.complex128: 1e-9, torch.complex64: 2e-3}
+# a complex multiply-add is four real ones: complex cases count 4x the FLOPs, against the peak of
+# the real dtype of their parts
+FLOPS_PER_MAC = {torch.complex64: 4, torch.complex128: 4}
 MIN_SAMPLE_S = 1e-3  # a CPU sample loops the call until it lasts at least this long
 
 
@@ -290,8 +296,9 @@ def make_case_fns(case, pass_name, device, dtype, layout, seed=0):
     gen = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
 
-    def rand(*shape, scale=1.0):
-        t = (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+    def rand(*shape, scale=1.0):  # complex: random real and imaginary parts
+        t = (torch.randn(*shape, generator=gen, dtype=torch.complex64 if dtype.is_complex else torch.float32) * scale)
+        t = t.to(device=device, dtype=dtype)
         return t.contiguous(memory_format=fmt) if len(shape) == 4 else t
 
     p, q = case.out_hw
@@ -314,10 +321,17 @@ def make_case_fns(case, pass_name, device, dtype, layout, seed=0):
         mask = [pass_name == "backward_input", pass_name == "backward_weight", False]
         index = 0 if mask[0] else 1
 
-        def torch_fn():
-            return torch.ops.aten.convolution_backward(
-                dy, x, w, None, stride, padding, dilation, False, [0, 0], groups, mask
-            )[index]
+        if dtype.is_complex:  # torch has no complex convolution_backward: its autograd graph's
+            leaf = (x if mask[0] else w).detach().requires_grad_()
+            y = F.conv2d(*((leaf, w) if mask[0] else (x, leaf)), None, stride, padding, dilation, groups)
+
+            def torch_fn():
+                return torch.autograd.grad(y, leaf, dy, retain_graph=True)[0]
+        else:
+            def torch_fn():
+                return torch.ops.aten.convolution_backward(
+                    dy, x, w, None, stride, padding, dilation, False, [0, 0], groups, mask
+                )[index]
 
         if mask[0]:
             def ext_fn():
@@ -369,7 +383,8 @@ def _rel_error(actual, expected):
         return float("inf")
     if expected.numel() == 0:
         return 0.0
-    a, e = actual.double(), expected.double()
+    wide = torch.complex128 if actual.is_complex() else torch.float64
+    a, e = actual.to(wide), expected.to(wide)
     scale = e.abs().max().item()
     return (a - e).abs().max().item() / max(scale, 1e-30)
 
@@ -710,6 +725,8 @@ def _main(argv):
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     model_mode = args.models is not None
+    if model_mode and dtype.is_complex:
+        ap.error("--models: the models' other layers (batch norm, ReLU) take no complex tensors; use --suite")
     allowed = MODEL_PASSES if model_mode else PASSES
     passes = [p.strip() for p in args.passes.split(",") if p.strip()]
     if model_mode and args.passes == ap.get_default("passes"):
@@ -741,12 +758,12 @@ def _main(argv):
     timer = CudaTimer(device) if device == "cuda" else CpuTimer()
     device_name = torch.cuda.get_device_name(device) if device == "cuda" else (platform.processor() or platform.machine())
     if device == "cpu":
-        nominal = nominal_cpu_peak(threads, dtype)
+        nominal = nominal_cpu_peak(threads, dtype.to_real())
         cpu_model = [ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")]
         device_name = cpu_model[0] if cpu_model else device_name
     else:
         nominal = (None, "")
-    peak_start, peak_basis, matmul_start = measured_peak(device, dtype, timer)
+    peak_start, peak_basis, matmul_start = measured_peak(device, dtype.to_real(), timer)
 
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -786,7 +803,7 @@ def _main(argv):
     progress.clear()
 
     # the peak again at the end: how much the machine's state drifted during the run
-    peak_end, basis_end, _ = measured_peak(device, dtype, timer)
+    peak_end, basis_end, _ = measured_peak(device, dtype.to_real(), timer)
     # the better of the two: a measurement that ran while the other core was taken from us (a VM's
     # neighbour; seen once here: 117 GFLOP/s at the start of a run, 231 at its end) is not the peak
     peak, peak_basis = (peak_start, peak_basis) if peak_start >= peak_end else (peak_end, basis_end)
@@ -839,7 +856,7 @@ def measure_one(item, pass_name, args, device, dtype, timer, shapes, model_mode)
         row = {"case": item.name, "shape": item.describe(), "pass": pass_name,
                **{k: getattr(item, k) for k in ("n", "c", "h", "w", "k", "r", "s", "stride", "padding", "dilation",
                                                  "groups", "bias", "count")}}
-        row["flops"] = item.flops() * (3 if pass_name == "all" else 1)
+        row["flops"] = item.flops() * (3 if pass_name == "all" else 1) * FLOPS_PER_MAC.get(dtype, 1)
     try:
         if model_mode:
             torch_fn, ext_fn, compare = make_model_fns(

@@ -26,11 +26,10 @@ void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min
 }
 
 void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(!at::isComplexType(t.scalar_type()), op, ": complex tensors are not supported, got ",
-              name, " of dtype ", t.scalar_type());
   const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
-              ": expected ", name, " to be float32, float64, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 ||
+                  dt == at::kComplexFloat || dt == at::kComplexDouble,
+              op, ": expected ", name, " to be float32, float64, float16, bfloat16, complex64 or complex128, got ", dt);
   TORCH_CHECK(t.layout() == at::kStrided, op, ": expected ", name, " to be a dense (strided) tensor, got layout ",
               t.layout());
 }

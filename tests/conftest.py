@@ -18,7 +18,8 @@ def device(request):
 
 
 def rel_error(actual, expected):
-    """max |actual - expected| / max |expected|, in float64."""
-    actual, expected = actual.double(), expected.double()
+    """max |actual - expected| / max |expected|, in float64 (complex128 for complex tensors)."""
+    wide = torch.complex128 if actual.is_complex() or expected.is_complex() else torch.float64
+    actual, expected = actual.to(wide), expected.to(wide)
     scale = expected.abs().max().item() if expected.numel() else 1.0
     return ((actual - expected).abs().max().item() / max(scale, 1e-300)) if expected.numel() else 0.0

@@ -19,12 +19,12 @@ CONFIGS = [
 ]
 
 
-def leaves(cfg, device, layout=torch.contiguous_format):
+def leaves(cfg, device, layout=torch.contiguous_format, dtype=torch.float64):
     xs, ws, stride, padding, dilation, groups, bias = cfg
     g = torch.Generator().manual_seed(7)
-    x = torch.randn(xs, generator=g, dtype=torch.float64).to(device).contiguous(memory_format=layout)
-    w = torch.randn(ws, generator=g, dtype=torch.float64).to(device)
-    b = torch.randn(ws[0], generator=g, dtype=torch.float64).to(device) if bias else None
+    x = torch.randn(xs, generator=g, dtype=dtype).to(device).contiguous(memory_format=layout)
+    w = torch.randn(ws, generator=g, dtype=dtype).to(device)
+    b = torch.randn(ws[0], generator=g, dtype=dtype).to(device) if bias else None
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return [t.requires_grad_() for t in (x, w, b) if t is not None], kw
 
@@ -40,6 +40,17 @@ def test_gradcheck(cfg, device):
 def test_gradgradcheck(cfg, device):
     ts, kw = leaves(cfg, device)
     fn = lambda *t: conv_ext.conv2d(t[0], t[1], t[2] if len(t) > 2 else None, **kw)
+    assert torch.autograd.gradgradcheck(fn, ts)
+
+
+# complex128: gradcheck compares the Wirtinger derivatives (PyTorch's convention for complex
+# gradients), first and second order, in both layouts
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gradcheck_complex(cfg, layout, device):
+    ts, kw = leaves(cfg, device, layout, torch.complex128)
+    fn = lambda *t: conv_ext.conv2d(t[0], t[1], t[2] if len(t) > 2 else None, **kw)
+    assert torch.autograd.gradcheck(fn, ts)
     assert torch.autograd.gradgradcheck(fn, ts)
 
 
@@ -127,9 +138,9 @@ def test_graph_nodes_behave_like_torchs(device):
             conv_ext.conv2d(xd, w.detach())
 
 
-def opcheck_cases(device):
+def opcheck_cases(device, dtype=torch.float64):
     g = torch.Generator().manual_seed(3)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(device)
     cl = lambda t: t.contiguous(memory_format=torch.channels_last)
     cases = []
     for xs, ws, st, pad, dil, groups, layout in [
@@ -157,8 +168,9 @@ def opcheck_cases(device):
     return cases
 
 
-def test_opcheck(device):
-    for op, args in opcheck_cases(device):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_opcheck(dtype, device):
+    for op, args in opcheck_cases(device, dtype):
         torch.library.opcheck(op, args)
 
 

@@ -40,3 +40,15 @@ def test_compile_functional_no_graph_break(device):
     explanation = torch._dynamo.explain(f)(x, w, b)
     assert explanation.graph_break_count == 0
     assert rel_error(torch.compile(f, fullgraph=True)(x, w, b), f(x, w, b)) <= 1e-6
+
+
+def test_compile_complex(device):
+    # a complex layer compiles (inductor calls the op; the fake kernel gives complex shapes)
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(5)
+    x, w = (torch.randn(*s, generator=g, dtype=torch.complex64).to(device).requires_grad_() for s in [(2, 3, 8, 8), (4, 3, 3, 3)])
+    f = lambda x, w: conv_ext.conv2d(x, w, padding=1).abs().square().sum()
+    eager = torch.autograd.grad(f(x, w), (x, w))
+    compiled = torch.autograd.grad(torch.compile(f, fullgraph=True)(x, w), (x, w))
+    for a, e in zip(compiled, eager):
+        assert rel_error(a, e) <= 1e-5

@@ -51,25 +51,44 @@ def forward_and_grads(fn, x, w, b, kw, grad_seed=99):
     leaves = [t.detach().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
     y = fn(*leaves[:2], leaves[2] if b is not None else None, **kw)
     g = torch.Generator().manual_seed(grad_seed)
-    go = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+    go = torch.randn(y.shape, generator=g, dtype=torch.complex128 if y.is_complex() else torch.float64).to(y)
     grads = torch.autograd.grad(y, leaves, go)
     return [y.detach()] + [t for t in grads]
 
 
+def make_complex(case, dtype, device, layout="nchw", batch0=False):
+    """make()'s tensors for a complex dtype: random real and imaginary parts."""
+    n, c, h, w, k, (r, s), stride, padding, dilation, groups, bias = case
+    g = torch.Generator().manual_seed(4321)
+    rand = lambda *size: torch.randn(*size, generator=g, dtype=torch.complex128)
+    n = 0 if batch0 else n
+    x = rand(n, c, h, 2 * w)[..., ::2] if layout == "noncontiguous" else rand(n, c, h, w)
+    wt = rand(k, c // groups, r, s)
+    b = rand(k) if bias else None
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "noncontiguous":
+        wt = wt.transpose(2, 3).contiguous().transpose(2, 3)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    to = lambda t: None if t is None else t.to(device=device, dtype=dtype)
+    return to(x), to(wt), to(b), kw
+
+
 def check(case, dtype, device, layout="nchw", batch0=False):
-    x, w, b, kw = make(case, dtype, device, layout, batch0)
+    x, w, b, kw = (make_complex if dtype.is_complex else make)(case, dtype, device, layout, batch0)
     ours = forward_and_grads(conv_ext.conv2d, x, w, b, kw)
     names = ["output", "grad_input", "grad_weight", "grad_bias"]
-    if dtype == torch.float64:
+    if dtype in (torch.float64, torch.complex128):
         theirs = forward_and_grads(F.conv2d, x, w, b, kw)
         for name, a, e in zip(names, ours, theirs):
             assert a.shape == e.shape and a.dtype == e.dtype, name
             assert rel_error(a, e) <= 1e-10, f"{name}: relative error {rel_error(a, e):.3g}"
         return ours
     # lower precisions: both ours and torch's are compared with the float64 result
-    truth = forward_and_grads(F.conv2d, *(t.double() if t is not None else None for t in (x, w, b)), kw)
-    theirs = forward_and_grads(F.conv2d, x, w, b, kw) if device == "cpu" or dtype == torch.float32 else None
-    floor = {torch.float32: 1e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    truth = forward_and_grads(F.conv2d, *(t.to(wide) if t is not None else None for t in (x, w, b)), kw)
+    theirs = forward_and_grads(F.conv2d, x, w, b, kw) if device == "cpu" or dtype in (torch.float32, torch.complex64) else None
+    floor = {torch.float32: 1e-6, torch.complex64: 1e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
     for i, (name, a, t) in enumerate(zip(names, ours, truth)):
         assert a.dtype == dtype and a.shape == t.shape, name
         torch_err = rel_error(theirs[i], t) if theirs is not None else 0.0
@@ -97,15 +116,43 @@ def test_half_types(case, dtype, layout, device):
     check(case, dtype, device, layout)
 
 
+# complex64 / complex128: a real convolution of (re, im) pairs (csrc/complex_conv.h), every pass
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontiguous"])
+def test_complex(case, dtype, layout, device):
+    check(case, dtype, device, layout)
+
+
+@pytest.mark.parametrize("view", ["conj", "channels_last_filter", "channel_slice"])
+def test_complex_views(view, device):
+    # conjugate views (a lazy conj bit), a channels_last filter with an NCHW input, and a channel
+    # slice of a wider channels_last tensor (its pairs are read in place with non-canonical strides)
+    x, w, b, kw = make_complex(CASES[2], torch.complex128, device)
+    if view == "conj":
+        x, w, b = x.conj(), w.conj(), b.conj()
+        assert x.is_conj()
+    elif view == "channels_last_filter":
+        w = w.contiguous(memory_format=torch.channels_last)
+    else:
+        x = torch.cat([x, x.flip(1)], 1).contiguous(memory_format=torch.channels_last)[:, 1 : 1 + x.shape[1]]
+    ours = forward_and_grads(conv_ext.conv2d, x, w, b, kw)
+    theirs = forward_and_grads(F.conv2d, x, w, b, kw)
+    for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias"], ours, theirs):
+        assert rel_error(a, e) <= 1e-10, f"{name}: relative error {rel_error(a, e):.3g}"
+    # the output's layout is torch's; the gradients' follow the convolution's, as for real dtypes
+    assert ours[0].stride() == theirs[0].stride()
+
+
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=["case0", "case2", "case4"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128])
 def test_batch0(case, dtype, device):
     y, dx, dw, *db = check(case, dtype, device, batch0=True)
     assert y.shape[0] == 0 and dx.shape[0] == 0
     assert torch.count_nonzero(dw) == 0  # an empty batch contributes no gradient
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128])
 def test_unbatched(dtype, device):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 7, 6, generator=g, dtype=dtype).to(device)
@@ -115,7 +162,7 @@ def test_unbatched(dtype, device):
     theirs = forward_and_grads(F.conv2d, x, w, b, dict(padding=1, groups=2))
     assert ours[0].shape == (6, 7, 6)
     for a, e in zip(ours, theirs):
-        assert a.shape == e.shape and rel_error(a, e) <= (1e-10 if dtype == torch.float64 else 1e-5)
+        assert a.shape == e.shape and rel_error(a, e) <= (1e-5 if dtype == torch.float32 else 1e-10)
 
 
 @pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((4, 2), 1), ((2, 5), (1, 2)), ((4, 4), (2, 3))])

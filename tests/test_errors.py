@@ -1,5 +1,7 @@
 """Every bad input raises a RuntimeError or ValueError naming the argument and the values,
 before any kernel runs (the C++ checks in csrc/checks.cpp, the forms in functional.py)."""
+import warnings
+
 import pytest
 import torch
 
@@ -10,6 +12,12 @@ ops = torch.ops.conv_ext
 
 def x_(*shape, **kw):
     return torch.randn(*shape, **kw)
+
+
+def c32_(*shape, device):
+    with warnings.catch_warnings():  # "ComplexHalf support is experimental"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.randn(*shape, dtype=torch.complex64, device=device).to(torch.complex32)
 
 
 CASES = {
@@ -35,8 +43,11 @@ CASES = {
     "bias dtype mismatch": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(4, device=d, dtype=torch.float64)), RuntimeError, r"input and bias to have the same dtype, got input Float and bias Double"),
     "bias wrong size": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(5, device=d)), RuntimeError, r"expected bias of size \[4\] \(weight.size\(0\)\), got \[5\]"),
     "bias 2-D": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(4, 1, device=d)), RuntimeError, r"expected bias of size \[4\] \(weight.size\(0\)\), got \[4, 1\]"),
-    "integer dtype": (lambda d: conv_ext.conv2d(torch.ones(1, 3, 8, 8, dtype=torch.int64, device=d), torch.ones(4, 3, 3, 3, dtype=torch.int64, device=d)), RuntimeError, r"expected input to be float32, float64, float16 or bfloat16, got Long"),
-    "complex dtype": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, dtype=torch.complex64, device=d), x_(4, 3, 3, 3, dtype=torch.complex64, device=d)), RuntimeError, r"complex tensors are not supported, got input of dtype ComplexFloat"),
+    "integer dtype": (lambda d: conv_ext.conv2d(torch.ones(1, 3, 8, 8, dtype=torch.int64, device=d), torch.ones(4, 3, 3, 3, dtype=torch.int64, device=d)), RuntimeError, r"expected input to be float32, float64, float16, bfloat16, complex64 or complex128, got Long"),
+    "complex32 dtype": (lambda d: conv_ext.conv2d(c32_(1, 3, 8, 8, device=d), c32_(4, 3, 3, 3, device=d)), RuntimeError, r"expected input to be float32, .* complex64 or complex128, got ComplexHalf"),
+    "complex input, real weight": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, dtype=torch.complex64, device=d), x_(4, 3, 3, 3, device=d)), RuntimeError, r"input and weight to have the same dtype, got input ComplexFloat and weight Float"),
+    "complex bias, real weight": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(4, dtype=torch.complex64, device=d)), RuntimeError, r"input and bias to have the same dtype, got input Float and bias ComplexFloat"),
+    "complex channels": (lambda d: conv_ext.conv2d(x_(1, 6, 8, 8, dtype=torch.complex128, device=d), x_(4, 4, 3, 3, dtype=torch.complex128, device=d)), RuntimeError, r"expected input to have 4 channels \(groups=1 x weight.size\(1\)=4\), got 6"),
     "empty kernel": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 0, 3, device=d)), RuntimeError, r"expected a positive kernel size, got weight of kernel size \(0, 3\)"),
     "backward_input size": (lambda d: ops.conv2d_backward_input(x_(1, 4, 6, 6, device=d), x_(4, 3, 3, 3, device=d), [1, 3, 9, 9], [1, 1], [0, 0], [1, 1], 1), RuntimeError, r"expected grad_output of size \[1, 4, 7, 7\], got \[1, 4, 6, 6\]"),
     "backward_weight size": (lambda d: ops.conv2d_backward_weight(x_(1, 4, 6, 6, device=d), x_(1, 3, 8, 8, device=d), [4, 2, 3, 3], [1, 1], [0, 0], [1, 1], 1), RuntimeError, r"expected input to have 2 channels \(groups=1 x weight.size\(1\)=2\), got 3"),

@@ -13,14 +13,15 @@ from conftest import rel_error
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
 @pytest.mark.parametrize("padding", [1, (2, 1), "same", "valid"])
-def test_padding_modes_match_nn(padding_mode, padding, device):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_padding_modes_match_nn(padding_mode, padding, dtype, device):
     torch.manual_seed(0)
     ref = nn.Conv2d(4, 6, (3, 4) if padding != "same" else 3, padding=padding, padding_mode=padding_mode,
-                    groups=2, dtype=torch.float64, device=device)
+                    groups=2, dtype=dtype, device=device)
     ours = conv_ext.Conv2d(4, 6, (3, 4) if padding != "same" else 3, padding=padding, padding_mode=padding_mode,
-                           groups=2, dtype=torch.float64, device=device)
+                           groups=2, dtype=dtype, device=device)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 4, 7, 8, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(2, 4, 7, 8, dtype=dtype, device=device, requires_grad=True)
     y_ref, y = ref(x), ours(x)
     assert y.shape == y_ref.shape and rel_error(y, y_ref) <= 1e-10
     go = torch.randn_like(y)

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../complex_conv.h"
 #include "algorithms.h"
 #include "output_cache.h"
 
@@ -85,6 +86,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight,
                    const std::optional<at::Tensor>& bias_opt, at::IntArrayRef stride,
                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_forward_params(input, weight, bias_opt, stride, padding, dilation, groups);
+  if (input.is_complex()) return complex_forward(&forward, input, weight, bias_opt, stride, padding, dilation, groups);
   const auto fmt = conv_memory_format(input, weight);
   at::Tensor y = empty_output({p.N, p.K, p.P, p.Q}, input.options(), fmt);
   if (y.numel() == 0) return y;
@@ -114,6 +116,8 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
                           at::IntArrayRef input_size, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_backward_input_params(grad_output, weight, input_size, stride, padding, dilation, groups);
+  if (grad_output.is_complex())
+    return complex_backward_input(&backward_input, grad_output, weight, input_size, stride, padding, dilation, groups);
   const auto fmt = conv_memory_format(grad_output, weight);
   at::Tensor dx = empty_output(input_size, grad_output.options(), fmt);
   if (dx.numel() == 0) return dx;
@@ -140,6 +144,8 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
                            at::IntArrayRef weight_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_backward_weight_params(grad_output, input, weight_size, stride, padding, dilation, groups);
+  if (grad_output.is_complex())
+    return complex_backward_weight(&backward_weight, grad_output, input, weight_size, stride, padding, dilation, groups);
   const auto fmt = conv_memory_format(grad_output, input);
   WeightGrad g(weight_size, grad_output.options(), fmt);  // dw in the convolution's layout
   if (g.out.numel() == 0) return g.out;
@@ -171,6 +177,7 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
 // NCHW 96@56 382 -> 100, 64@32 234 -> 43, 64@56 379 -> 99 (576@7 13, unchanged).
 at::Tensor backward_bias(const at::Tensor& grad_output) {
   check_backward_bias(grad_output);
+  if (grad_output.is_complex()) return complex_backward_bias(&backward_bias, grad_output);
   const int64_t N = grad_output.size(0), K = grad_output.size(1),
                 PQ = grad_output.size(2) * grad_output.size(3);
   at::Tensor db = at::empty({K}, grad_output.options());

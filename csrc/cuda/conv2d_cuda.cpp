@@ -24,6 +24,7 @@
 #include <string>
 
 #include "../checks.h"
+#include "../complex_conv.h"
 #include "algorithms_cuda.h"
 #include "launch.cuh"
 
@@ -135,6 +136,7 @@ at::Tensor op_forward(const at::Tensor& input, const at::Tensor& weight,
                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_forward_params(input, weight, bias_opt, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard guard(input.device());
+  if (input.is_complex()) return complex_forward(&op_forward, input, weight, bias_opt, stride, padding, dilation, groups);
   const auto fmt = conv_memory_format(input, weight);
   at::Tensor y = at::empty({p.N, p.K, p.P, p.Q}, input.options().memory_format(fmt));
   if (y.numel() == 0) return y;
@@ -181,6 +183,8 @@ at::Tensor op_backward_input(const at::Tensor& grad_output, const at::Tensor& we
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_backward_input_params(grad_output, weight, input_size, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard guard(grad_output.device());
+  if (grad_output.is_complex())
+    return complex_backward_input(&op_backward_input, grad_output, weight, input_size, stride, padding, dilation, groups);
   const auto fmt = conv_memory_format(grad_output, weight);
   at::Tensor dx = at::empty(input_size, grad_output.options().memory_format(fmt));
   if (dx.numel() == 0) return dx;
@@ -218,6 +222,9 @@ at::Tensor op_backward_weight(const at::Tensor& grad_output, const at::Tensor& i
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dParams p = make_backward_weight_params(grad_output, input, weight_size, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard guard(grad_output.device());
+  if (grad_output.is_complex())
+    return complex_backward_weight(&op_backward_weight, grad_output, input, weight_size, stride, padding, dilation,
+                                   groups);
   const auto fmt = conv_memory_format(grad_output, input);
   WeightGrad g(weight_size, grad_output.options(), fmt);  // dw in the convolution's layout
   if (g.out.numel() == 0) return g.out;
@@ -256,6 +263,7 @@ at::Tensor op_backward_weight(const at::Tensor& grad_output, const at::Tensor& i
 at::Tensor op_backward_bias(const at::Tensor& grad_output) {
   check_backward_bias(grad_output);
   const c10::cuda::CUDAGuard guard(grad_output.device());
+  if (grad_output.is_complex()) return complex_backward_bias(&op_backward_bias, grad_output);
   const int64_t N = grad_output.size(0), K = grad_output.size(1),
                 PQ = grad_output.size(2) * grad_output.size(3);
   at::Tensor db = at::empty({K}, grad_output.options());

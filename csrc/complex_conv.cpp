@@ -1,0 +1,110 @@
+// complex_conv.cpp — complex convolution as a real one on (re, im) pairs (see complex_conv.h).
+#include "complex_conv.h"
+
+#include <c10/core/MemoryFormat.h>
+#include <c10/util/strides.h>
+
+#include <array>
+
+#include "checks.h"
+#include "cpu/output_cache.h"
+
+namespace conv_ext {
+namespace {
+
+// a new tensor; on CPU from the cache of large outputs (a fresh mapping pays a fault per page)
+at::Tensor empty(at::IntArrayRef size, const at::TensorOptions& options, at::MemoryFormat fmt) {
+  return options.device().is_cpu() ? cpu::empty_output(size, options, fmt) : at::empty(size, options.memory_format(fmt));
+}
+
+// the (re, im) parts of a complex tensor as a real tensor with one more dimension, of size 2
+at::Tensor parts(const at::Tensor& t) { return at::view_as_real(t.resolve_conj().resolve_neg()); }
+
+// complex (N, C, H, W) -> real (N, 2C, H, W), channel 2c+q = part q of channel c. A view when the
+// parts of a pixel's channels lie in a row (channels_last), else one copy, in `fmt`.
+at::Tensor pairs(const at::Tensor& t, at::MemoryFormat fmt) {
+  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
+  const at::Tensor v = parts(t).permute({0, 1, 4, 2, 3});  // (N, C, 2, H, W)
+  if (fmt == at::MemoryFormat::ChannelsLast && v.stride(1) == 2) return v.view({N, 2 * C, H, W});
+  at::Tensor out = empty({N, 2 * C, H, W}, v.options(), fmt);
+  out.view({N, C, 2, H, W}).copy_(v);
+  return out;
+}
+
+// real (N, 2K, P, Q) pairs -> complex (N, K, P, Q) with the strides of `fmt`: a view of y when
+// its pairs already lie that way (channels_last), else a copy.
+at::Tensor unpairs(const at::Tensor& y, at::MemoryFormat fmt) {
+  const int64_t N = y.size(0), K = y.size(1) / 2, P = y.size(2), Q = y.size(3);
+  const at::Tensor v = y.view({N, K, 2, P, Q}).permute({0, 1, 3, 4, 2});  // (N, K, P, Q, 2)
+  const std::vector<int64_t> sizes = {N, K, P, Q};
+  std::vector<int64_t> want = c10::get_channels_last_strides_2d(sizes);
+  if (fmt != at::MemoryFormat::ChannelsLast) {
+    const auto c = c10::contiguous_strides(sizes);
+    want.assign(c.begin(), c.end());
+  }
+  for (int64_t& s : want) s *= 2;
+  want.push_back(1);
+  if (v.strides() == at::IntArrayRef(want) && v.storage_offset() % 2 == 0) return at::view_as_complex(v);
+  at::Tensor out = empty(sizes, y.options().dtype(c10::toComplexType(y.scalar_type())), fmt);
+  at::view_as_real(out).copy_(v);
+  return out;
+}
+
+// complex filter (K, Cg, R, S) -> real (2K, 2Cg, R, S): the block [[c, -d], [d, c]] per tap c + i*d
+at::Tensor block_filter(const at::Tensor& w) {
+  const int64_t K = w.size(0), Cg = w.size(1), R = w.size(2), S = w.size(3);
+  const at::Tensor p = parts(w), c = p.select(-1, 0), d = p.select(-1, 1);
+  at::Tensor out = at::empty({K, 2, Cg, 2, R, S}, p.options());
+  auto block = [&](int64_t row, int64_t col) { return out.select(1, row).select(2, col); };
+  block(0, 0).copy_(c);
+  at::Tensor b01 = block(0, 1);
+  at::neg_out(b01, d);
+  block(1, 0).copy_(d);
+  block(1, 1).copy_(c);
+  return out.view({2 * K, 2 * Cg, R, S});
+}
+
+std::array<int64_t, 4> doubled_channels(at::IntArrayRef s) { return {s[0], 2 * s[1], s[2], s[3]}; }
+
+}  // namespace
+
+at::Tensor complex_forward(ForwardFn real, const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups) {
+  const auto fmt = conv_memory_format(input, weight);
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = parts(*bias).reshape({2 * bias->size(0)});
+  return unpairs(real(pairs(input, fmt), block_filter(weight), b, stride, padding, dilation, groups), fmt);
+}
+
+at::Tensor complex_backward_input(BackwardFn real, const at::Tensor& grad_output, const at::Tensor& weight,
+                                  at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups) {
+  const auto fmt = conv_memory_format(grad_output, weight);
+  const auto size = doubled_channels(input_size);
+  return unpairs(real(pairs(grad_output, fmt), block_filter(weight), size, stride, padding, dilation, groups), fmt);
+}
+
+at::Tensor complex_backward_weight(BackwardFn real, const at::Tensor& grad_output, const at::Tensor& input,
+                                   at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, int64_t groups) {
+  const auto fmt = conv_memory_format(grad_output, input);
+  const int64_t K = weight_size[0], Cg = weight_size[1], R = weight_size[2], S = weight_size[3];
+  const std::array<int64_t, 4> size = {2 * K, 2 * Cg, R, S};
+  const at::Tensor G = real(pairs(grad_output, fmt), pairs(input, fmt), size, stride, padding, dilation, groups)
+                           .view({K, 2, Cg, 2, R, S});
+  auto block = [&](int64_t p, int64_t q) { return G.select(1, p).select(2, q); };  // (K, Cg, R, S)
+  at::Tensor dw = empty(weight_size, grad_output.options(), fmt);
+  const at::Tensor dw_parts = at::view_as_real(dw);
+  at::Tensor re = dw_parts.select(-1, 0), im = dw_parts.select(-1, 1);
+  at::add_out(re, block(0, 0), block(1, 1));
+  at::sub_out(im, block(1, 0), block(0, 1));
+  return dw;
+}
+
+at::Tensor complex_backward_bias(BiasFn real, const at::Tensor& grad_output) {
+  const int64_t K = grad_output.size(1);
+  return at::view_as_complex(real(pairs(grad_output, grad_output.suggest_memory_format())).view({K, 2}));
+}
+
+}  // namespace conv_ext
