@@ -20,7 +20,6 @@
 // 2 threads, Xeon, best of 9 x 2000 calls, recorded forward minus unrecorded: ~2 us (torch ~2-4);
 // forward + backward of x, w, b: 87.5 -> 51.8 us (torch 65.9; with this round's other small-layer
 // changes: argument parsing of pairs, 4 FMA chains in bwd_input_pixel_rows).
-#include <ATen/FuncTorchTLS.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -110,65 +109,94 @@ struct BackwardBiasBackward : ConvNode {
 
 bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && requires_grad(*t); }
-bool has_tangent(const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
-bool has_tangent(const std::optional<at::Tensor>& t) { return t.has_value() && has_tangent(*t); }
+// forward-mode AD (dual tensors, torch.func.jvp): the tangent of t (undefined: none) and its primal
+at::Tensor tangent(const at::Tensor& t) { return t.defined() ? t._fw_grad(/*level=*/0) : at::Tensor(); }
+at::Tensor tangent(const std::optional<at::Tensor>& t) { return t.has_value() ? tangent(*t) : at::Tensor(); }
+bool has_tangent(const auto& t) { return tangent(t).defined(); }
+at::Tensor primal(const at::Tensor& t) { return t._fw_primal(/*level=*/0); }
+std::optional<at::Tensor> opt(const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; }
+at::Tensor sum(const at::Tensor& a, const at::Tensor& b) { return !a.defined() ? b : !b.defined() ? a : at::add(a, b); }
 
-// Whether the op must record a node: grad mode on and an input that requires grad. Without one
-// -- inference, and every backward pass without create_graph -- the op runs below autograd
-// directly. Forward-mode AD and torch.func transforms are refused by name (as
-// torch::autograd::Function refuses them), never silently dropped.
-template <class... T>
-bool records(const T&... t) {
-  TORCH_CHECK(!(has_tangent(t) || ...),
-              "conv_ext: forward-mode AD (dual tensors, jvp) is not implemented for conv_ext's ops");
-  if (!at::GradMode::is_enabled() || !(requires_grad(t) || ...)) return false;
-  if (const auto& functorch_tls = at::functorch::functorchTLSAccessor()) functorch_tls->checkSupportsCppAutogradFunction();
-  return true;
-}
-
-// Runs `compute` (the op below autograd); when the call records, the result gets a new NodeT as
-// its grad_fn, set up by setup(node), with the op's tensors `edges` as its edges.
-template <class NodeT, class Compute, class Setup, class... T>
-at::Tensor call(const Compute& compute, const Setup& setup, const T&... edges) {
-  const bool rec = records(edges...);
+// Runs `compute` (the op below autograd). When grad mode is on and an input requires grad, the
+// result gets a new NodeT as its grad_fn, set up by setup(node), with the op's tensors `edges` as
+// its edges; without one -- inference, and every backward pass without create_graph -- no node.
+// When an input carries a tangent (forward-mode AD), the result gets tangent_of(result): each op is
+// linear in each argument, so a tangent is the op again with one argument's tangent in its place.
+// These are the steps torch's generated autograd kernels take, and like theirs they compose with
+// torch.func's transforms (grad, vjp, jacrev, jvp, vmap over any of them).
+template <class NodeT, class Compute, class Setup, class TangentOf, class... T>
+at::Tensor call(const Compute& compute, const Setup& setup, const TangentOf& tangent_of, const T&... edges) {
+  const bool rec = at::GradMode::is_enabled() && (requires_grad(edges) || ...);
+  const bool dual = (has_tangent(edges) || ...);
   at::Tensor result;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     result = compute();
   }
-  if (!rec) return result;
-  auto node = c10::make_intrusive<NodeT>();
-  setup(*node);
-  node->set_next_edges(torch::autograd::collect_next_edges(edges...));
-  torch::autograd::set_history(result, node);
+  if (rec) {
+    auto node = c10::make_intrusive<NodeT>();
+    setup(*node);
+    node->set_next_edges(torch::autograd::collect_next_edges(edges...));
+    torch::autograd::set_history(result, node);
+  }
+  if (dual) result._set_fw_grad(tangent_of(result), /*level=*/0, /*is_inplace_op=*/false);
   return result;
 }
 
+//   y = forward(x, w) + b:  y' = forward(x', w) + forward(x, w') + b'
 at::Tensor forward_autograd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  auto tangent_of = [&](const at::Tensor& y) {
+    const at::Tensor xt = tangent(x), wt = tangent(w), bt = tangent(b);
+    at::Tensor t;
+    if (xt.defined()) t = forward_op(xt, primal(w), opt(bt), stride, padding, dilation, groups);
+    if (wt.defined())
+      t = sum(t, forward_op(primal(x), wt, t.defined() ? std::nullopt : opt(bt), stride, padding, dilation, groups));
+    if (!t.defined()) t = bt.view({1, -1, 1, 1}).expand(y.sizes()).clone(y.suggest_memory_format());  // b' alone
+    return t;
+  };
   return call<ForwardBackward>([&] { return forward_op(x, w, b, stride, padding, dilation, groups); },
-                               [&](ConvNode& n) { n.save(x, w, stride, padding, dilation, groups); }, x, w, b);
+                               [&](ConvNode& n) { n.save(x, w, stride, padding, dilation, groups); }, tangent_of,
+                               x, w, b);
 }
 
+//   dx = backward_input(dy, w):  dx' = backward_input(dy', w) + backward_input(dy, w')
 at::Tensor backward_input_autograd(const at::Tensor& dy, const at::Tensor& w, c10::SymIntArrayRef input_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                    int64_t groups) {
+  auto tangent_of = [&](const at::Tensor&) {
+    const at::Tensor dyt = tangent(dy), wt = tangent(w);
+    at::Tensor t;
+    if (dyt.defined()) t = backward_input_op(dyt, primal(w), input_size, stride, padding, dilation, groups);
+    if (wt.defined()) t = sum(t, backward_input_op(primal(dy), wt, input_size, stride, padding, dilation, groups));
+    return t;
+  };
   return call<BackwardInputBackward>(
       [&] { return backward_input_op(dy, w, input_size, stride, padding, dilation, groups); },
-      [&](ConvNode& n) { n.save(dy, w, stride, padding, dilation, groups); }, dy, w);
+      [&](ConvNode& n) { n.save(dy, w, stride, padding, dilation, groups); }, tangent_of, dy, w);
 }
 
+//   dw = backward_weight(dy, x):  dw' = backward_weight(dy', x) + backward_weight(dy, x')
 at::Tensor backward_weight_autograd(const at::Tensor& dy, const at::Tensor& x, c10::SymIntArrayRef weight_size,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
+  auto tangent_of = [&](const at::Tensor&) {
+    const at::Tensor dyt = tangent(dy), xt = tangent(x);
+    at::Tensor t;
+    if (dyt.defined()) t = backward_weight_op(dyt, primal(x), weight_size, stride, padding, dilation, groups);
+    if (xt.defined()) t = sum(t, backward_weight_op(primal(dy), xt, weight_size, stride, padding, dilation, groups));
+    return t;
+  };
   return call<BackwardWeightBackward>(
       [&] { return backward_weight_op(dy, x, weight_size, stride, padding, dilation, groups); },
-      [&](ConvNode& n) { n.save(dy, x, stride, padding, dilation, groups); }, dy, x);
+      [&](ConvNode& n) { n.save(dy, x, stride, padding, dilation, groups); }, tangent_of, dy, x);
 }
 
+//   db = backward_bias(dy):  db' = backward_bias(dy')
 at::Tensor backward_bias_autograd(const at::Tensor& dy) {
   return call<BackwardBiasBackward>([&] { return backward_bias_op(dy); },
-                                    [&](BackwardBiasBackward& n) { n.shape = dy.sym_sizes().vec(); }, dy);
+                                    [&](BackwardBiasBackward& n) { n.shape = dy.sym_sizes().vec(); },
+                                    [&](const at::Tensor&) { return backward_bias_op(tangent(dy)); }, dy);
 }
 
 }  // namespace

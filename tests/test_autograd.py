@@ -1,5 +1,7 @@
 """Autograd: gradcheck, gradgradcheck (double backward), opcheck of every op, and only the
 gradients autograd asks for are computed."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,7 +114,7 @@ def test_only_requested_gradients_with_autograd_grad(device):
 def test_graph_nodes_behave_like_torchs(device):
     """The recorded node frees its saved tensors after backward (a second backward raises as
     torch's does, retain_graph keeps them), notices an in-place change of a saved input, has a
-    name, and forward-mode AD is refused by name instead of silently dropping the tangent."""
+    name."""
     x = torch.randn(1, 2, 5, 5, device=device, requires_grad=True)
     w = torch.randn(3, 2, 3, 3, device=device, requires_grad=True)
     y = conv_ext.conv2d(x, w).sum()
@@ -131,11 +133,68 @@ def test_graph_nodes_behave_like_torchs(device):
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward()
 
+
+# Every mode torch's gradcheck knows: forward-mode AD (tangents), vmap over the backward and over
+# the tangents (batched gradients), undefined incoming gradients, forward-over-reverse and
+# reverse-over-reverse second derivatives, in float64 and complex128
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_gradcheck_every_mode(cfg, dtype, device):
+    ts, kw = leaves(cfg, device, dtype=dtype)
+    fn = lambda *t: conv_ext.conv2d(t[0], t[1], t[2] if len(t) > 2 else None, **kw)
+    assert torch.autograd.gradcheck(fn, ts, check_forward_ad=True, check_batched_grad=True,
+                                    check_batched_forward_grad=True, check_undefined_grad=True)
+    assert torch.autograd.gradgradcheck(fn, ts, check_fwd_over_rev=True, check_rev_over_rev=True,
+                                        check_batched_grad=True)
+
+
+def test_forward_ad_matches_torch(device):
+    # dual tensors: each op's tangent is the op again with one argument's tangent in its place
     import torch.autograd.forward_ad as fwAD
-    with fwAD.dual_level():
-        xd = fwAD.make_dual(x.detach(), torch.randn_like(x))
-        with pytest.raises(RuntimeError, match="forward-mode AD"):
-            conv_ext.conv2d(xd, w.detach())
+    g = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)
+    x, w, b = r(2, 4, 7, 6), r(6, 2, 3, 3), r(6)
+    kw = dict(stride=(1, 2), padding=1, groups=2)
+    for tangents in [(r(*x.shape), None, None), (None, r(*w.shape), None), (None, None, r(6)),
+                     (r(*x.shape), r(*w.shape), r(6))]:
+        out = {}
+        for name, fn in [("ours", conv_ext.conv2d), ("torch", torch.nn.functional.conv2d)]:
+            with fwAD.dual_level():
+                args = [t if d is None else fwAD.make_dual(t, d) for t, d in zip((x, w, b), tangents)]
+                y = fn(*args, **kw)
+                out[name] = [t.clone() for t in fwAD.unpack_dual(y)]
+        for a, e in zip(out["ours"], out["torch"]):
+            assert rel_error(a, e) <= 1e-10
+
+
+def test_torch_func_transforms_match_torch(device):
+    """torch.func on a model of conv_ext layers: per-sample gradients (vmap of grad through
+    functional_call), jacrev, jacfwd, the Hessian (forward over reverse) and jvp, against the same
+    model of nn.Conv2d layers."""
+    from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(),
+                              torch.nn.Conv2d(4, 2, 3, stride=2, groups=2)).to(device, torch.float64)
+    ours = conv_ext.convert(copy.deepcopy(ref))
+    params = {k: v.detach() for k, v in ref.named_parameters()}
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64, device=device)
+
+    def loss(model):
+        return lambda p, xi: functional_call(model, p, (xi.unsqueeze(0),)).square().sum()
+
+    per_sample = [vmap(grad(loss(m)), in_dims=(None, 0))(params, x) for m in (ours, ref)]
+    for k in params:
+        assert per_sample[0][k].shape == (5,) + params[k].shape
+        assert rel_error(per_sample[0][k], per_sample[1][k]) <= 1e-10, k
+    w = params["0.weight"]
+    f = [lambda wt, m=m: functional_call(m, {**params, "0.weight": wt}, (x[:1],)) for m in (ours, ref)]
+    for transform in (jacrev, jacfwd):
+        assert rel_error(transform(f[0])(w), transform(f[1])(w)) <= 1e-10
+    h = [hessian(lambda wt, fn=fn: fn(wt).square().sum())(w) for fn in f]
+    assert rel_error(h[0], h[1]) <= 1e-10
+    v = torch.randn_like(w)
+    assert rel_error(jvp(f[0], (w,), (v,))[1], jvp(f[1], (w,), (v,))[1]) <= 1e-10
 
 
 def opcheck_cases(device, dtype=torch.float64):
