@@ -50,3 +50,86 @@ def _backward_weight_fake(grad_output, input, weight_size, stride, padding, dila
 @torch.library.register_fake("conv_ext::conv2d_backward_bias")
 def _backward_bias_fake(grad_output):
     return grad_output.new_empty((grad_output.shape[1],))
+
+
+# ---------------------------------------------------------------------------------------------
+# vmap rules: torch.vmap (per-sample gradients: vmap(grad(...)), jacrev, jacfwd, batched
+# gradients) runs one call of an op for the whole batch of the transform, not one per element (what
+# functorch's fallback does without a rule). The transform's batch B joins the images' batch N
+# when there is one filter; when the filters differ (B filters, or a gradient for each of B
+# inputs), it joins the channels as B times as many groups: group b*groups + g is group g of
+# element b, the same block structure torch's own convolution batching rule uses.
+# ---------------------------------------------------------------------------------------------
+def _batch_into_images(t, bdim):
+    """(.., B at bdim, ..) (N, C, H, W) -> (B*N, C, H, W)."""
+    t = t.movedim(bdim, 0)
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def _batch_into_channels(t, bdim, size):
+    """(N, C, H, W), B of them at bdim -> (N, B*C, H, W); an unbatched t is repeated B times."""
+    if bdim is None:
+        return t.repeat(1, size, 1, 1)
+    t = t.movedim(bdim, 1)
+    return t.reshape(t.shape[0], t.shape[1] * t.shape[2], *t.shape[3:])
+
+
+def _batch_into_filters(t, bdim, size):
+    """(K, ...), B of them at bdim -> (B*K, ...); an unbatched t is repeated B times."""
+    if bdim is None:
+        return t.repeat(size, *([1] * (t.dim() - 1)))
+    t = t.movedim(bdim, 0)
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+@torch.library.register_vmap("conv_ext::conv2d_forward")
+def _forward_vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups):
+    x_dim, w_dim, b_dim = in_dims[:3]
+    size = info.batch_size
+    if w_dim is None:  # one filter
+        if x_dim is None:  # only the bias differs
+            y = ops.conv2d_forward(input, weight, None, stride, padding, dilation, groups).unsqueeze(0)
+        else:
+            y = ops.conv2d_forward(_batch_into_images(input, x_dim), weight, bias if b_dim is None else None,
+                                   stride, padding, dilation, groups)
+            y = y.view(size, -1, *y.shape[1:])
+        if b_dim is not None:
+            y = y + bias.movedim(b_dim, 0).view(size, 1, -1, 1, 1)
+        return y, 0
+    b = None if bias is None else _batch_into_filters(bias, b_dim, size)
+    y = ops.conv2d_forward(_batch_into_channels(input, x_dim, size), _batch_into_filters(weight, w_dim, size), b,
+                           stride, padding, dilation, groups * size)
+    return y.view(y.shape[0], size, -1, *y.shape[2:]), 1
+
+
+@torch.library.register_vmap("conv_ext::conv2d_backward_input")
+def _backward_input_vmap(info, in_dims, grad_output, weight, input_size, stride, padding, dilation, groups):
+    dy_dim, w_dim = in_dims[:2]
+    size = info.batch_size
+    n, c, h, w = input_size
+    if w_dim is None:  # one filter: the transform's batch joins the images'
+        dx = ops.conv2d_backward_input(_batch_into_images(grad_output, dy_dim), weight, [size * n, c, h, w],
+                                       stride, padding, dilation, groups)
+        return dx.view(size, n, *dx.shape[1:]), 0
+    dx = ops.conv2d_backward_input(_batch_into_channels(grad_output, dy_dim, size),
+                                   _batch_into_filters(weight, w_dim, size), [n, size * c, h, w],
+                                   stride, padding, dilation, groups * size)
+    return dx.view(n, size, c, h, w), 1
+
+
+@torch.library.register_vmap("conv_ext::conv2d_backward_weight")
+def _backward_weight_vmap(info, in_dims, grad_output, input, weight_size, stride, padding, dilation, groups):
+    dy_dim, x_dim = in_dims[:2]
+    size = info.batch_size
+    k, cg, r, s = weight_size
+    dw = ops.conv2d_backward_weight(_batch_into_channels(grad_output, dy_dim, size),
+                                    _batch_into_channels(input, x_dim, size), [size * k, cg, r, s],
+                                    stride, padding, dilation, groups * size)
+    return dw.view(size, k, cg, r, s), 0
+
+
+@torch.library.register_vmap("conv_ext::conv2d_backward_bias")
+def _backward_bias_vmap(info, in_dims, grad_output):
+    size = info.batch_size
+    db = ops.conv2d_backward_bias(_batch_into_channels(grad_output, in_dims[0], size))
+    return db.view(size, -1), 0

@@ -322,3 +322,37 @@ def test_backward_bias_sums(shape, layout, device):
     ref = dy.double().sum((0, 2, 3))
     assert db.dtype == dy.dtype and db.shape == (shape[1],)
     assert rel_error(db, ref) <= 1e-6
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_vmap_rules_match_a_loop(layout, device):
+    """Each op's vmap rule (conv_ext/_ops.py) against one call per element, for every choice of
+    which arguments are batched and along which dimension."""
+    import itertools
+
+    g = torch.Generator().manual_seed(21)
+    nb, geo = 3, ([2, 1], [1, 0], [1, 2], 2)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)
+    x, w, b = r(2, 4, 7, 8).contiguous(memory_format=layout), r(6, 2, 3, 2), r(6)
+    dy = ops.conv2d_forward(x, w, None, *geo).contiguous(memory_format=layout)
+
+    def batched(t, dim):  # nb different values of t, stacked along dim (None: t itself)
+        return t if dim is None else torch.stack([t * (1 + i) + 0.5 * i for i in range(nb)], dim)
+
+    def element(t, dim, i):
+        return t if dim is None else t.select(dim, i)
+
+    cases = [
+        (lambda x, w, b: ops.conv2d_forward(x, w, b, *geo), (x, w, b)),
+        (lambda dy, w: ops.conv2d_backward_input(dy, w, list(x.shape), *geo), (dy, w)),
+        (lambda dy, x: ops.conv2d_backward_weight(dy, x, list(w.shape), *geo), (dy, x)),
+        (lambda dy: ops.conv2d_backward_bias(dy), (dy,)),
+    ]
+    for op, args in cases:
+        for dims in itertools.product([None, 0, 1], repeat=len(args)):
+            if all(d is None for d in dims) or any(d == 1 and a.dim() == 1 for d, a in zip(dims, args)):
+                continue
+            inputs = [batched(a, d) for a, d in zip(args, dims)]
+            got = torch.vmap(op, in_dims=dims)(*inputs)
+            want = torch.stack([op(*[element(t, d, i) for t, d in zip(inputs, dims)]) for i in range(nb)])
+            assert got.shape == want.shape and rel_error(got, want) <= 1e-12, (op, dims)
