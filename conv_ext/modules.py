@@ -1,4 +1,6 @@
 """conv_ext.Conv2d (a torch.nn.Conv2d computed by conv_ext) and conv_ext.convert."""
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,11 +12,30 @@ class Conv2d(nn.Conv2d):
     """Drop-in :class:`torch.nn.Conv2d`: the same constructor, parameters and state_dict; the
     forward and backward passes run conv_ext's kernels."""
 
-    def _conv_forward(self, input, weight, bias):
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        if torch.jit.is_scripting():
+            return self._scripted_conv_forward(input, weight, bias)
         if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then convolve unpadded
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
         return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _scripted_conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        """The forward under torch.jit.script, which compiles only a subset of Python (functional.py's
+        argument handling is outside it): the op itself, with the padding made explicit as
+        nn.Conv2d.__init__ computed it ('same' and the other padding modes)."""
+        unbatched = input.dim() == 3
+        if unbatched:
+            input = input.unsqueeze(0)
+        padding = [0, 0]
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=mode)
+        else:
+            padding = [self.padding[0], self.padding[1]]
+        out = torch.ops.conv_ext.conv2d_forward(input, weight, bias, [self.stride[0], self.stride[1]], padding,
+                                                [self.dilation[0], self.dilation[1]], self.groups)
+        return out.squeeze(0) if unbatched else out
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "Conv2d":

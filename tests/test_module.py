@@ -129,3 +129,26 @@ def test_sgd_training_matches_nn():
     assert losses["nn"][-1] < losses["nn"][0]  # it learns
     for a, b in zip(losses["conv_ext"], losses["nn"]):
         assert abs(a - b) <= 1e-6 * abs(b), (losses["conv_ext"], losses["nn"])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+@pytest.mark.parametrize("padding", [1, "same", "valid"])
+def test_torchscript_matches_nn(padding_mode, padding, tmp_path, device):
+    # torch.jit.script compiles Conv2d's own scripted forward (the op with explicit padding);
+    # the scripted module saves, loads, and trains (gradients) as nn.Conv2d's does
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(4, 6, 3, padding=padding, padding_mode=padding_mode, groups=2), nn.Tanh(),
+                        nn.Conv2d(6, 2, (2, 3), stride=(2, 1), dilation=(1, 2))).to(device, torch.float64)
+    scripted = torch.jit.script(conv_ext.convert(copy.deepcopy(ref)))
+    path = str(tmp_path / "model.pt")
+    torch.jit.save(scripted, path)
+    loaded = torch.jit.load(path, map_location=device)
+    for x in [torch.randn(2, 4, 9, 8, dtype=torch.float64, device=device), torch.randn(4, 9, 8, dtype=torch.float64, device=device)]:
+        want = ref(x)
+        for m in (scripted, loaded):
+            assert rel_error(m(x), want) <= 1e-10
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64, device=device)
+    grads = [torch.autograd.grad(m(x).square().sum(), list(m.parameters())) for m in (loaded, ref)]
+    for a, e in zip(*grads):
+        assert rel_error(a, e) <= 1e-10
