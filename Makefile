@@ -13,11 +13,11 @@ TORCH_PIN ?= torch==2.13.0
 TOOLS  := pybind11 ninja pytest pytest-benchmark hypothesis
 # module names of TOOLS, in the same order
 TOOL_MODULES := pybind11 ninja pytest pytest_benchmark hypothesis
-# wanted, not required: plots (benchmark, example) and the example's digits data. A machine that
-# cannot install them (an offline GPU machine, say) still builds, tests (those tests skip) and
-# benchmarks (without --plot output).
-OPTIONAL_TOOLS   := matplotlib scikit-learn
-OPTIONAL_MODULES := matplotlib sklearn
+# wanted, not required: plots (benchmark, example), the example's digits data, and the ONNX
+# export check (exporter and runtime). A machine that cannot install them (an offline GPU machine,
+# say) still builds, tests (those tests skip) and benchmarks (without --plot output).
+OPTIONAL_TOOLS   := matplotlib scikit-learn onnx onnxscript onnxruntime
+OPTIONAL_MODULES := matplotlib sklearn onnx onnxscript onnxruntime
 RESULTS := benchmarks/results
 BUILD  := build
 NPROC  := $(shell nproc 2>/dev/null || echo 2)
@@ -34,7 +34,7 @@ deps:
 	fi
 	@missing=$$($(PYTHON) -c "import importlib.util as u; t='$(OPTIONAL_TOOLS)'.split(); m='$(OPTIONAL_MODULES)'.split(); print(' '.join(a for a, b in zip(t, m) if u.find_spec(b) is None))"); \
 	if [ -n "$$missing" ]; then echo "== installing $$missing (optional)"; \
-	  $(PIP) install -q $$missing || echo "== could not install $$missing: no plots / no digits example; their tests skip"; fi
+	  $(PIP) install -q $$missing || echo "== could not install $$missing: no plots / no digits example / no ONNX check; their tests skip"; fi
 
 install: deps
 	MAX_JOBS=$(NPROC) $(PIP) install -q --no-build-isolation --no-deps -e .

@@ -6,6 +6,7 @@ layout only), so ``torch.compile`` and meta tensors can trace it. Autograd is re
 so backward is itself differentiable (double backward, ``gradgradcheck``).
 """
 import torch
+import torch._decomp
 from torch._prims_common import suggest_memory_format
 
 from . import _C  # noqa: F401  (registers torch.ops.conv_ext.*)
@@ -133,3 +134,31 @@ def _backward_bias_vmap(info, in_dims, grad_output):
     size = info.batch_size
     db = ops.conv2d_backward_bias(_batch_into_channels(grad_output, in_dims[0], size))
     return db.view(size, -1), 0
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX: torch.onnx.export writes conv_ext's forward as ONNX's Conv. The exporter (dynamo=True, the
+# default) decomposes every op it has no translation for through torch._decomp's table, where this
+# puts the forward as aten.convolution; torch.compile and torch.export keep our op (their tables
+# are lists of ops; tests/test_ecosystem.py checks both). The TorchScript-based exporter
+# (dynamo=False) takes a symbolic function instead.
+# ---------------------------------------------------------------------------------------------
+@torch._decomp.register_decomposition(ops.conv2d_forward.default)
+def _forward_as_aten(input, weight, bias, stride, padding, dilation, groups):
+    return torch.ops.aten.convolution.default(input, weight, bias, stride, padding, dilation, False, [0, 0], groups)
+
+
+def _register_onnx_symbolic():
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper as sh
+
+    @sh.parse_args("v", "v", "v", "is", "is", "is", "i")
+    def forward_symbolic(g, input, weight, bias, stride, padding, dilation, groups):
+        kernel = sh._get_tensor_sizes(weight)[2:]
+        inputs = [input, weight] + ([] if sh._is_none(bias) else [bias])
+        return g.op("Conv", *inputs, kernel_shape_i=kernel, strides_i=stride, pads_i=padding + padding,
+                    dilations_i=dilation, group_i=groups)
+
+    register_custom_op_symbolic("conv_ext::conv2d_forward", forward_symbolic, 9)
+
+
+_register_onnx_symbolic()

@@ -52,3 +52,15 @@ def test_compile_complex(device):
     compiled = torch.autograd.grad(torch.compile(f, fullgraph=True)(x, w), (x, w))
     for a, e in zip(compiled, eager):
         assert rel_error(a, e) <= 1e-5
+
+
+def test_inductor_calls_our_op(device):
+    # the decomposition conv_ext registers for ONNX's exporter (_ops.py) must not reach inductor:
+    # its compiled code calls conv_ext's op, not aten.convolution
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    x, w = torch.randn(2, 3, 9, 9, device=device), torch.randn(4, 3, 3, 3, device=device)
+    y, code = run_and_get_code(torch.compile(lambda x, w: conv_ext.conv2d(x, w, padding=1).relu()), x, w)
+    assert any("conv_ext.conv2d_forward" in c for c in code) and not any("convolution" in c for c in code)
+    assert rel_error(y, torch.nn.functional.conv2d(x, w, padding=1).relu()) <= 1e-6

@@ -248,3 +248,41 @@ def test_cpu_output_cache_can_be_turned_off():
     )
     env = dict(os.environ, CONV_EXT_CPU_CACHE_MB="0")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# export: torch.export keeps conv_ext's op; ONNX (both exporters) writes it as ONNX's Conv
+# ---------------------------------------------------------------------------------------------
+def _export_pair():
+    import copy
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 4, (3, 2), stride=(2, 1), dilation=(1, 2), padding=(1, 0), groups=2, bias=False),
+                        nn.Conv2d(4, 4, 3, padding="same", padding_mode="reflect")).eval()
+    return ref, conv_ext.convert(copy.deepcopy(ref)).eval(), torch.randn(2, 3, 16, 16)
+
+
+def test_torch_export_keeps_our_op():
+    ref, ours, x = _export_pair()
+    ep = torch.export.export(ours, (x,)).run_decompositions()
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count("conv_ext.conv2d_forward.default") == 3 and not any("convolution" in t for t in targets)
+    torch.testing.assert_close(ep.module()(x), ref(x))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_onnx_export_runs_in_onnxruntime(dynamo, tmp_path):
+    for module in ("onnx", "onnxruntime") + (("onnxscript",) if dynamo else ()):
+        pytest.importorskip(module)
+    import onnx
+    import onnxruntime
+
+    ref, ours, x = _export_pair()
+    path = str(tmp_path / "model.onnx")
+    torch.onnx.export(ours, (x,), path, dynamo=dynamo)
+    assert [n.op_type for n in onnx.load(path).graph.node].count("Conv") == 3
+    session = onnxruntime.InferenceSession(path)
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), ref(x), rtol=1e-5, atol=1e-5)
