@@ -114,8 +114,16 @@ at::Tensor tangent(const at::Tensor& t) { return t.defined() ? t._fw_grad(/*leve
 at::Tensor tangent(const std::optional<at::Tensor>& t) { return t.has_value() ? tangent(*t) : at::Tensor(); }
 bool has_tangent(const auto& t) { return tangent(t).defined(); }
 at::Tensor primal(const at::Tensor& t) { return t._fw_primal(/*level=*/0); }
-std::optional<at::Tensor> opt(const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; }
-at::Tensor sum(const at::Tensor& a, const at::Tensor& b) { return !a.defined() ? b : !b.defined() ? a : at::add(a, b); }
+// The tangent of op(a, b), an op linear in each of a and b: op(a', b) + op(a, b'), the terms whose
+// argument has a tangent (undefined when neither has one)
+template <class Op>
+at::Tensor product_rule(const at::Tensor& a, const at::Tensor& b, const Op& op) {
+  const at::Tensor a_t = tangent(a), b_t = tangent(b);
+  at::Tensor t;
+  if (a_t.defined()) t = op(a_t, primal(b));
+  if (b_t.defined()) t = t.defined() ? t.add(op(primal(a), b_t)) : op(primal(a), b_t);
+  return t;
+}
 
 // Runs `compute` (the op below autograd). When grad mode is on and an input requires grad, the
 // result gets a new NodeT as its grad_fn, set up by setup(node), with the op's tensors `edges` as
@@ -147,13 +155,13 @@ at::Tensor call(const Compute& compute, const Setup& setup, const TangentOf& tan
 at::Tensor forward_autograd(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   auto tangent_of = [&](const at::Tensor& y) {
-    const at::Tensor xt = tangent(x), wt = tangent(w), bt = tangent(b);
-    at::Tensor t;
-    if (xt.defined()) t = forward_op(xt, primal(w), opt(bt), stride, padding, dilation, groups);
-    if (wt.defined())
-      t = sum(t, forward_op(primal(x), wt, t.defined() ? std::nullopt : opt(bt), stride, padding, dilation, groups));
-    if (!t.defined()) t = bt.view({1, -1, 1, 1}).expand(y.sizes()).clone(y.suggest_memory_format());  // b' alone
-    return t;
+    at::Tensor t = product_rule(x, w, [&](const at::Tensor& xv, const at::Tensor& wv) {
+      return forward_op(xv, wv, std::nullopt, stride, padding, dilation, groups);
+    });
+    const at::Tensor bt = tangent(b);
+    if (!bt.defined()) return t;
+    const at::Tensor b4 = bt.view({1, -1, 1, 1});
+    return t.defined() ? t.add(b4) : b4.expand(y.sizes()).clone(y.suggest_memory_format());
   };
   return call<ForwardBackward>([&] { return forward_op(x, w, b, stride, padding, dilation, groups); },
                                [&](ConvNode& n) { n.save(x, w, stride, padding, dilation, groups); }, tangent_of,
@@ -165,11 +173,9 @@ at::Tensor backward_input_autograd(const at::Tensor& dy, const at::Tensor& w, c1
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                    int64_t groups) {
   auto tangent_of = [&](const at::Tensor&) {
-    const at::Tensor dyt = tangent(dy), wt = tangent(w);
-    at::Tensor t;
-    if (dyt.defined()) t = backward_input_op(dyt, primal(w), input_size, stride, padding, dilation, groups);
-    if (wt.defined()) t = sum(t, backward_input_op(primal(dy), wt, input_size, stride, padding, dilation, groups));
-    return t;
+    return product_rule(dy, w, [&](const at::Tensor& dyv, const at::Tensor& wv) {
+      return backward_input_op(dyv, wv, input_size, stride, padding, dilation, groups);
+    });
   };
   return call<BackwardInputBackward>(
       [&] { return backward_input_op(dy, w, input_size, stride, padding, dilation, groups); },
@@ -181,11 +187,9 @@ at::Tensor backward_weight_autograd(const at::Tensor& dy, const at::Tensor& x, c
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
   auto tangent_of = [&](const at::Tensor&) {
-    const at::Tensor dyt = tangent(dy), xt = tangent(x);
-    at::Tensor t;
-    if (dyt.defined()) t = backward_weight_op(dyt, primal(x), weight_size, stride, padding, dilation, groups);
-    if (xt.defined()) t = sum(t, backward_weight_op(primal(dy), xt, weight_size, stride, padding, dilation, groups));
-    return t;
+    return product_rule(dy, x, [&](const at::Tensor& dyv, const at::Tensor& xv) {
+      return backward_weight_op(dyv, xv, weight_size, stride, padding, dilation, groups);
+    });
   };
   return call<BackwardWeightBackward>(
       [&] { return backward_weight_op(dy, x, weight_size, stride, padding, dilation, groups); },
