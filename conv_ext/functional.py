@@ -75,6 +75,10 @@ def conv2d(
     with P = (H + 2*padding - dilation*(R-1) - 1) // stride + 1 (Q likewise), and is
     channels_last when the input (or weight) is. Computed by conv_ext's own kernels.
     """
+    if not torch.compiler.is_compiling():  # the common call, all in C++ (None: not one)
+        out = _C.conv2d_eager(input, weight, bias, stride, padding, dilation, groups)
+        if out is not None:
+            return out
     stride = _pair("stride", stride)
     dilation = _pair("dilation", dilation)
     if not isinstance(groups, (int, torch.SymInt)) or isinstance(groups, bool):

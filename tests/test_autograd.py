@@ -279,6 +279,32 @@ def test_direct_binding_and_torch_ops_agree(device):
     assert mode.calls > 0 and torch.equal(ym, y)
 
 
+def test_eager_binding_takes_the_common_calls_only(device):
+    """_C.conv2d_eager runs conv_ext.conv2d's common call in C++ (plain tensors, int or pair
+    geometry, batched or unbatched input) and returns None for every other call, which the Python
+    path then takes (other argument forms, subclasses, autocast, torch-function modes, errors)."""
+    from conv_ext import _C
+
+    g = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(*s, generator=g).to(device) for s in [(2, 4, 9, 8), (6, 2, 3, 3), (6,)])
+    want = ops.conv2d_forward(x, w, b, [2, 1], [1, 0], [1, 2], 2)
+    for args in [((2, 1), (1, 0), [1, 2], 2), ([2, 1], [1, 0], (1, 2), 2)]:
+        assert torch.equal(_C.conv2d_eager(x, w, b, *args), want)
+    assert torch.equal(_C.conv2d_eager(x[0], w, None, 1, 1, 1, 2), ops.conv2d_forward(x[:1], w, None, [1, 1], [1, 1], [1, 1], 2)[0])
+    assert torch.equal(_C.conv2d_eager(x, torch.nn.Parameter(w), b, 1, 0, 1, 2), ops.conv2d_forward(x, w, b, [1, 1], [0, 0], [1, 1], 2))
+    others = [
+        (x, w, b, 1, "same", 1, 2), (x, w, b, [2], 0, 1, 2), (x, w, b, (1, 2, 3), 0, 1, 2), (x, w, b, 1, 0, 1, True),
+        (x, w, b, True, 0, 1, 2), (x, w, b, 2**70, 0, 1, 2), (x, w, b, 1, 0, 1, 2.0), (x[0, 0], w, b, 1, 0, 1, 2),
+        (x.as_subclass(_Sub), w, b, 1, 0, 1, 2), (x, w, b.as_subclass(_Sub), 1, 0, 1, 2), (x, w, [1.0] * 6, 1, 0, 1, 2),
+    ]
+    for args in others:
+        assert _C.conv2d_eager(*args) is None, args
+    with torch.autocast(device, dtype=torch.bfloat16):
+        assert _C.conv2d_eager(x, w, b, 1, 0, 1, 2) is None
+    with _CountingMode():
+        assert _C.conv2d_eager(x, w, b, 1, 0, 1, 2) is None
+
+
 @pytest.mark.parametrize("x_cl,w_cl", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("ks,groups", [(1, 1), (3, 1), (3, 8), (3, 2)])
 def test_gradient_layouts_follow_torch(device, x_cl, w_cl, ks, groups):
