@@ -149,6 +149,9 @@ def test_torchscript_matches_nn(padding_mode, padding, tmp_path, device):
         for m in (scripted, loaded):
             assert rel_error(m(x), want) <= 1e-10
     x = torch.randn(2, 4, 9, 8, dtype=torch.float64, device=device)
+    traced = torch.jit.trace(conv_ext.convert(copy.deepcopy(ref)), (x,))  # records conv_ext's op
+    assert "conv_ext::conv2d_forward" in str(traced.inlined_graph)
+    assert rel_error(traced(x), ref(x)) <= 1e-10
     grads = [torch.autograd.grad(m(x).square().sum(), list(m.parameters())) for m in (loaded, ref)]
     for a, e in zip(*grads):
         assert rel_error(a, e) <= 1e-10
