@@ -3,6 +3,7 @@
     conv_ext.conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
     conv_ext.Conv2d(...)          # an nn.Conv2d computed by conv_ext
     conv_ext.convert(model)       # swap every nn.Conv2d in a model
+    conv_ext.revert(model)        # and back (for tools that look modules up by exact type)
     conv_ext.info()               # version, backends, SIMD level, threads
 """
 import torch
@@ -11,10 +12,10 @@ from . import _ops  # noqa: F401  (loads the kernels, registers fake kernels and
 from ._C import cpu_amx_bf16, cpu_amx_bf16_emulated, cpu_cached_bytes, cpu_capability, cpu_filter_cache_bytes, cuda_compiled
 from ._C import empty_cache as _empty_cache
 from .functional import conv2d
-from .modules import Conv2d, convert
+from .modules import Conv2d, convert, revert
 
 __version__ = "0.1.0"
-__all__ = ["conv2d", "Conv2d", "convert", "info", "empty_cache", "__version__"]
+__all__ = ["conv2d", "Conv2d", "convert", "revert", "info", "empty_cache", "__version__"]
 
 
 def info() -> dict:

@@ -42,25 +42,41 @@ class Conv2d(nn.Conv2d):
         """A conv_ext.Conv2d with the configuration of ``conv`` that shares its parameters."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv_ext.Conv2d.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
-        new = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-            bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta",
-        )
-        new.weight = conv.weight  # the same Parameter objects: optimizers keep working
-        new.bias = conv.bias
-        new.train(conv.training)
-        return new
+        return _sharing(cls, conv)
+
+
+def _sharing(cls, conv: nn.Conv2d) -> nn.Conv2d:
+    """A ``cls`` (nn.Conv2d or conv_ext.Conv2d) configured as ``conv``, sharing its parameters."""
+    new = cls(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+        bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta",
+    )
+    new.weight = conv.weight  # the same Parameter objects: optimizers keep working
+    new.bias = conv.bias
+    new.train(conv.training)
+    return new
+
+
+def _swap(model: nn.Module, source: type, target: type) -> nn.Module:
+    if type(model) is source:
+        return _sharing(target, model)
+    for name, child in model.named_children():
+        swapped = _swap(child, source, target)
+        if swapped is not child:
+            setattr(model, name, swapped)
+    return model
 
 
 def convert(model: nn.Module) -> nn.Module:
     """Replace every ``nn.Conv2d`` in ``model`` (nested too) with a conv_ext.Conv2d sharing its
     parameters; returns the model (a converted module if ``model`` is itself an nn.Conv2d).
     Subclasses of nn.Conv2d with their own forward are left alone."""
-    if type(model) is nn.Conv2d:
-        return Conv2d.from_conv(model)
-    for name, child in model.named_children():
-        converted = convert(child)
-        if converted is not child:
-            setattr(model, name, converted)
-    return model
+    return _swap(model, nn.Conv2d, Conv2d)
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """The inverse of :func:`convert`: every conv_ext.Conv2d in ``model`` back to an ``nn.Conv2d``
+    sharing its parameters -- for tools that look modules up by their exact type, such as
+    torch.ao.quantization's eager-mode fusion and quantization-aware training."""
+    return _swap(model, Conv2d, nn.Conv2d)

@@ -102,6 +102,25 @@ def test_convert_nested_model():
     assert type(single) is conv_ext.Conv2d
 
 
+def test_revert_undoes_convert():
+    # back to nn.Conv2d (sharing the parameters), e.g. for torch.ao.quantization's eager-mode
+    # tools, which look modules up by exact type: its conv + batch norm + relu fusion then works
+    torch.manual_seed(0)
+    model = Nested().eval()
+    x = torch.randn(2, 3, 8, 8)
+    converted = conv_ext.convert(copy.deepcopy(model))
+    weights = [m.weight for m in converted.modules() if isinstance(m, nn.Conv2d)]
+    reverted = conv_ext.revert(converted)
+    convs = [m for m in reverted.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 and all(type(m) is nn.Conv2d for m in convs)
+    assert all(m.weight is w for m, w in zip(convs, weights))
+    assert rel_error(reverted(x), model(x)) <= 1e-6
+    assert type(conv_ext.revert(conv_ext.Conv2d(2, 2, 1))) is nn.Conv2d
+    seq = conv_ext.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval())
+    fused = torch.ao.quantization.fuse_modules(conv_ext.revert(seq), [["0", "1", "2"]])
+    assert rel_error(fused(x), seq(x)) <= 1e-5
+
+
 def small_cnn(conv):
     torch.manual_seed(0)
     return nn.Sequential(
