@@ -1,6 +1,8 @@
 """Helpers for tests and benchmarks: run a pass with a chosen CPU algorithm."""
 import contextlib
 
+import torch
+
 from . import _C
 
 PASSES = ("forward", "backward_input", "backward_weight")
@@ -35,3 +37,24 @@ def force_cpu_algorithm(name, passes=PASSES):
     """Within the block, every CPU call of ``passes`` runs algorithm ``name`` (an error if it
     does not support the problem). ``name`` may be a dict {pass: name}."""
     return forcing(_C.forced_cpu_algorithm, _C.force_cpu_algorithm, name, passes)
+
+
+@contextlib.contextmanager
+def complex_strategy(name):
+    """Within the block, complex convolutions run as ``name``: 'pairs' (one real convolution of
+    (re, im) pairs), 'gauss' (three real convolutions of planes) or 'auto' (chosen by the shape)."""
+    before = _C.complex_strategy()
+    _C.set_complex_strategy(name)
+    try:
+        yield
+    finally:
+        _C.set_complex_strategy(before)
+
+
+def complex_form(input, weight, stride=1, groups=1, **ignored):
+    """'gauss' or 'pairs': the form a complex convolution of these tensors runs in now."""
+    from ._ops import memory_format
+
+    stride = [stride, stride] if isinstance(stride, int) else list(stride)
+    channels_last = memory_format(input, weight) == torch.channels_last
+    return "gauss" if _C.complex_uses_gauss(list(weight.shape), groups, stride, channels_last) else "pairs"

@@ -6,7 +6,9 @@
 #include <c10/core/MemoryFormat.h>
 #include <c10/util/strides.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 
 #include "checks.h"
 #include "cpu/output_cache.h"
@@ -86,14 +88,78 @@ at::Tensor block_filter(const at::Tensor& w) {
 
 std::array<int64_t, 4> doubled_channels(at::IntArrayRef s) { return {s[0], 2 * s[1], s[2], s[3]}; }
 
+// ---- Gauss's three products -------------------------------------------------------------
+// The planes re, im and re + sign*im of a complex tensor, as real tensors in `fmt`.
+struct Planes {
+  at::Tensor re, im, sum;
+};
+Planes planes(const at::Tensor& t, double sign, at::MemoryFormat fmt) {
+  const at::Tensor p = parts(t);
+  Planes out;
+  out.re = empty(t.sizes(), p.options(), fmt).copy_(p.select(-1, 0));
+  out.im = empty(t.sizes(), p.options(), fmt).copy_(p.select(-1, 1));
+  out.sum = empty(t.sizes(), p.options(), fmt);
+  at::add_out(out.sum, out.re, out.im, sign);
+  return out;
+}
+
+// u * v' with v' = v (sign +1) or conj(v) (sign -1), for an op B real-bilinear in (u, v), from
+// t1 = B(u.re, v.re), t2 = B(u.im, v.im), t3 = B(u.re + u.im, v.re + sign*v.im):
+// re = t1 - sign*t2, im = t3 - t1 - sign*t2. A complex tensor in `fmt`.
+at::Tensor gauss_combine(const at::Tensor& t1, const at::Tensor& t2, const at::Tensor& t3, double sign,
+                         at::MemoryFormat fmt) {
+  at::Tensor out = empty(t1.sizes(), t1.options().dtype(c10::toComplexType(t1.scalar_type())), fmt);
+  const at::Tensor o = at::view_as_real(out);
+  at::Tensor re = o.select(-1, 0), im = o.select(-1, 1);
+  at::sub_out(re, t1, t2, sign);
+  at::sub_out(im, t3, t1);
+  im.sub_(t2, sign);
+  return out;
+}
+
+std::atomic<int> g_strategy{0};  // ComplexStrategy, set by tests and benchmarks
+
+// Gauss's three real convolutions (C -> K channels) do 3/4 of the pairs' multiply-adds (one
+// 2C -> 2K) but pass over the activations more often: three planes written from the input, three
+// results read back into the output. They pay when there are many multiply-adds per activation
+// value: Cg*R*S per output value and Kg*R*S/stride^2 per input value. In channels_last the pairs
+// read and write the complex tensors in place, so Gauss needs more work per value to pay there.
+// Measured (`PYTHONPATH=. python benchmarks/complex_strategy.py`: the default suite, batch 4, 2
+// threads, complex64 / complex128, Gauss's time against the pairs'): NCHW 256@14 1.24x / 1.21x
+// forward+backward, 512@7 1.23x / 1.23x, 2048->512 1x1 @7 1.44x / 1.27x, 64@56 1.01x / 1.25x;
+// channels_last 256@14 1.19x / 1.32x; but channels_last CIFAR 32@16 0.63x / 0.98x, 128->512 1x1
+// @28 0.80x / 0.96x, depthwise 0.36-0.66x (complex128 NCHW too).
 }  // namespace
+
+bool complex_uses_gauss(int64_t Cg, int64_t Kg, int64_t R, int64_t S, at::IntArrayRef stride, at::MemoryFormat fmt) {
+  const int s = g_strategy.load(std::memory_order_relaxed);
+  if (s != static_cast<int>(ComplexStrategy::Auto)) return s == static_cast<int>(ComplexStrategy::Gauss);
+  const int64_t per_output = Cg * R * S, per_input = Kg * R * S / (stride[0] * stride[1]);
+  return std::min(per_output, per_input) >= (fmt == at::MemoryFormat::ChannelsLast ? 1024 : 256);
+}
+
+void set_complex_strategy(ComplexStrategy s) { g_strategy.store(static_cast<int>(s)); }
+ComplexStrategy complex_strategy() { return static_cast<ComplexStrategy>(g_strategy.load()); }
 
 at::Tensor complex_forward(ForwardFn real, const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, int64_t groups) {
   const auto fmt = conv_memory_format(input, weight);
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (complex_uses_gauss(weight.size(1), weight.size(0) / groups, weight.size(2), weight.size(3), stride, fmt)) {
+    const Planes x = planes(input, 1, fmt), w = planes(weight, 1, at::MemoryFormat::Contiguous);
+    std::optional<at::Tensor> b1, b3;  // re = t1 - t2 needs bias.re, im = t3 - t1 - t2 bias.im
+    if (has_bias) {
+      const at::Tensor b = parts(*bias);
+      b1 = b.select(-1, 0).contiguous(), b3 = b.select(-1, 0) + b.select(-1, 1);
+    }
+    const at::Tensor t1 = real(x.re, w.re, b1, stride, padding, dilation, groups);
+    const at::Tensor t2 = real(x.im, w.im, std::nullopt, stride, padding, dilation, groups);
+    const at::Tensor t3 = real(x.sum, w.sum, b3, stride, padding, dilation, groups);
+    return gauss_combine(t1, t2, t3, 1, fmt);
+  }
   std::optional<at::Tensor> b;
-  if (bias.has_value() && bias->defined()) b = parts(*bias).reshape({2 * bias->size(0)});
+  if (has_bias) b = parts(*bias).reshape({2 * bias->size(0)});
   return unpairs(real(pairs(input, fmt), block_filter(weight), b, stride, padding, dilation, groups), fmt);
 }
 
@@ -101,6 +167,13 @@ at::Tensor complex_backward_input(BackwardFn real, const at::Tensor& grad_output
                                   at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation, int64_t groups) {
   const auto fmt = conv_memory_format(grad_output, weight);
+  if (complex_uses_gauss(weight.size(1), weight.size(0) / groups, weight.size(2), weight.size(3), stride, fmt)) {  // conj(w)^T dy
+    const Planes dy = planes(grad_output, 1, fmt), w = planes(weight, -1, at::MemoryFormat::Contiguous);
+    const at::Tensor t1 = real(dy.re, w.re, input_size, stride, padding, dilation, groups);
+    const at::Tensor t2 = real(dy.im, w.im, input_size, stride, padding, dilation, groups);
+    const at::Tensor t3 = real(dy.sum, w.sum, input_size, stride, padding, dilation, groups);
+    return gauss_combine(t1, t2, t3, -1, fmt);
+  }
   const auto size = doubled_channels(input_size);
   return unpairs(real(pairs(grad_output, fmt), block_filter(weight), size, stride, padding, dilation, groups), fmt);
 }
@@ -110,6 +183,13 @@ at::Tensor complex_backward_weight(BackwardFn real, const at::Tensor& grad_outpu
                                    at::IntArrayRef dilation, int64_t groups) {
   const auto fmt = conv_memory_format(grad_output, input);
   const int64_t K = weight_size[0], Cg = weight_size[1], R = weight_size[2], S = weight_size[3];
+  if (complex_uses_gauss(Cg, K / groups, R, S, stride, fmt)) {  // dy conj(x)
+    const Planes dy = planes(grad_output, 1, fmt), x = planes(input, -1, fmt);
+    const at::Tensor t1 = real(dy.re, x.re, weight_size, stride, padding, dilation, groups);
+    const at::Tensor t2 = real(dy.im, x.im, weight_size, stride, padding, dilation, groups);
+    const at::Tensor t3 = real(dy.sum, x.sum, weight_size, stride, padding, dilation, groups);
+    return gauss_combine(t1, t2, t3, -1, fmt);
+  }
   const std::array<int64_t, 4> size = {2 * K, 2 * Cg, R, S};
   const at::Tensor G = real(pairs(grad_output, fmt), pairs(input, fmt), size, stride, padding, dilation, groups)
                            .view({K, 2, Cg, 2, R, S});

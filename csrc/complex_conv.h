@@ -47,4 +47,13 @@ at::Tensor complex_backward_weight(BackwardFn real, const at::Tensor& grad_outpu
                                    at::IntArrayRef dilation, int64_t groups);
 at::Tensor complex_backward_bias(BiasFn real, const at::Tensor& grad_output);
 
+// Which form runs: the pairs above, or Gauss's three real convolutions of the planes (re, im,
+// re + im) with C -> K channels (3/4 of the pairs' multiply-adds); Auto chooses by the shape.
+enum class ComplexStrategy { Auto = 0, Pairs = 1, Gauss = 2 };
+void set_complex_strategy(ComplexStrategy s);  // for tests and benchmarks
+ComplexStrategy complex_strategy();
+// whether a complex convolution with this filter (Cg inputs and Kg outputs a group, R x S),
+// stride and layout runs as Gauss's three convolutions under the current strategy
+bool complex_uses_gauss(int64_t Cg, int64_t Kg, int64_t R, int64_t S, at::IntArrayRef stride, at::MemoryFormat fmt);
+
 }  // namespace conv_ext

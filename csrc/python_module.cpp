@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
+#include "complex_conv.h"
 #include "op_handles.h"
 
 #include "cpu/algorithms.h"
@@ -93,6 +94,20 @@ PYBIND11_MODULE(_C, m) {
         "called through the dispatcher from C++");
   m.def("conv2d_eager", &conv2d_eager,
         "conv_ext.conv2d's eager path for plain tensors and int/pair geometry, or None for any other call");
+  m.def("set_complex_strategy", [](const std::string& name) {
+    using S = conv_ext::ComplexStrategy;
+    TORCH_CHECK(name == "auto" || name == "pairs" || name == "gauss",
+                "conv_ext: expected a complex strategy of 'auto', 'pairs' or 'gauss', got '", name, "'");
+    conv_ext::set_complex_strategy(name == "pairs" ? S::Pairs : name == "gauss" ? S::Gauss : S::Auto);
+  }, "how complex convolutions run: 'pairs' (one real convolution of (re, im) pairs), 'gauss' (three of planes) or 'auto'");
+  m.def("complex_uses_gauss", [](std::vector<int64_t> weight_size, int64_t groups, std::vector<int64_t> stride, bool channels_last) {
+    return conv_ext::complex_uses_gauss(weight_size[1], weight_size[0] / groups, weight_size[2], weight_size[3], stride,
+                                        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  }, "whether a complex convolution with this filter size, groups, stride and layout runs as Gauss's three");
+  m.def("complex_strategy", [] {
+    const auto s = conv_ext::complex_strategy();
+    return std::string(s == conv_ext::ComplexStrategy::Pairs ? "pairs" : s == conv_ext::ComplexStrategy::Gauss ? "gauss" : "auto");
+  });
   m.def("empty_cache", [] {
     cc::clear_filter_cache();  // first: its buffers go back to the output cache
     cc::empty_cache();

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import conv_ext
+import conv_ext.testing
 from conftest import rel_error
 
 ops = torch.ops.conv_ext
@@ -49,11 +50,13 @@ def test_gradgradcheck(cfg, device):
 # gradients), first and second order, in both layouts
 @pytest.mark.parametrize("cfg", CONFIGS)
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_gradcheck_complex(cfg, layout, device):
+@pytest.mark.parametrize("strategy", ["pairs", "gauss"])
+def test_gradcheck_complex(cfg, layout, strategy, device):
     ts, kw = leaves(cfg, device, layout, torch.complex128)
     fn = lambda *t: conv_ext.conv2d(t[0], t[1], t[2] if len(t) > 2 else None, **kw)
-    assert torch.autograd.gradcheck(fn, ts)
-    assert torch.autograd.gradgradcheck(fn, ts)
+    with conv_ext.testing.complex_strategy(strategy):
+        assert torch.autograd.gradcheck(fn, ts)
+        assert torch.autograd.gradgradcheck(fn, ts)
 
 
 def test_gradgradcheck_channels_last(device):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import conv_ext
+import conv_ext.testing
 from conftest import rel_error
 
 # (N, C, H, W, K, (R, S), stride, padding, dilation, groups, bias)
@@ -116,16 +117,20 @@ def test_half_types(case, dtype, layout, device):
     check(case, dtype, device, layout)
 
 
-# complex64 / complex128: a real convolution of (re, im) pairs (csrc/complex_conv.h), every pass
+# complex64 / complex128: a real convolution of (re, im) pairs, or Gauss's three real convolutions
+# of planes (csrc/complex_conv.h), every pass
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontiguous"])
-def test_complex(case, dtype, layout, device):
-    check(case, dtype, device, layout)
+@pytest.mark.parametrize("strategy", ["pairs", "gauss"])
+def test_complex(case, dtype, layout, strategy, device):
+    with conv_ext.testing.complex_strategy(strategy):
+        check(case, dtype, device, layout)
 
 
 @pytest.mark.parametrize("view", ["conj", "channels_last_filter", "channel_slice"])
-def test_complex_views(view, device):
+@pytest.mark.parametrize("strategy", ["pairs", "gauss"])
+def test_complex_views(view, strategy, device):
     # conjugate views (a lazy conj bit), a channels_last filter with an NCHW input, and a channel
     # slice of a wider channels_last tensor (its pairs are read in place with non-canonical strides)
     x, w, b, kw = make_complex(CASES[2], torch.complex128, device)
@@ -136,12 +141,31 @@ def test_complex_views(view, device):
         w = w.contiguous(memory_format=torch.channels_last)
     else:
         x = torch.cat([x, x.flip(1)], 1).contiguous(memory_format=torch.channels_last)[:, 1 : 1 + x.shape[1]]
-    ours = forward_and_grads(conv_ext.conv2d, x, w, b, kw)
+    with conv_ext.testing.complex_strategy(strategy):
+        ours = forward_and_grads(conv_ext.conv2d, x, w, b, kw)
     theirs = forward_and_grads(F.conv2d, x, w, b, kw)
     for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias"], ours, theirs):
         assert rel_error(a, e) <= 1e-10, f"{name}: relative error {rel_error(a, e):.3g}"
     # the output's layout is torch's; the gradients' follow the convolution's, as for real dtypes
     assert ours[0].stride() == theirs[0].stride()
+
+
+def test_complex_form_follows_the_work_per_value(device):
+    # Gauss's three convolutions where each activation value meets many multiply-adds (NCHW:
+    # min(Cg*R*S, Kg*R*S/stride^2) >= 256, channels_last >= 1024), the pairs elsewhere; and the
+    # automatic choice gives torch's values
+    form = lambda xs, ws, fmt=torch.contiguous_format, **kw: conv_ext.testing.complex_form(
+        torch.empty(xs).contiguous(memory_format=fmt), torch.empty(ws), **kw)
+    assert form((4, 256, 14, 14), (256, 256, 3, 3)) == "gauss"
+    assert form((4, 256, 14, 14), (256, 256, 3, 3), torch.channels_last) == "gauss"
+    assert form((4, 64, 56, 56), (64, 64, 3, 3), torch.channels_last) == "pairs"
+    assert form((4, 128, 28, 28), (512, 128, 1, 1)) == "pairs"
+    assert form((4, 96, 16, 16), (96, 1, 3, 3), groups=96) == "pairs"
+    assert form((4, 32, 16, 16), (64, 32, 3, 3), stride=2) == "pairs"  # 64*9/4 = 144 per input value
+    x, w, b, kw = make_complex((2, 32, 6, 5, 32, (3, 3), 1, 1, 1, 1, True), torch.complex128, device)
+    assert conv_ext.testing.complex_form(x, w, **kw) == "gauss"
+    for a, e in zip(forward_and_grads(conv_ext.conv2d, x, w, b, kw), forward_and_grads(F.conv2d, x, w, b, kw)):
+        assert rel_error(a, e) <= 1e-10
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=["case0", "case2", "case4"])
