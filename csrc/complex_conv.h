@@ -20,8 +20,14 @@
 //                            dy times conj(x);
 //   backward_bias(dy)      = the real sums of the pairs.
 // The autograd formulas (autograd.cpp) then hold for complex tensors unchanged, double backward
-// included. A complex convolution costs four real ones, as torch's own (three, with Gauss's
-// trick, and more additions).
+// included.
+//
+// The pairs do four real multiply-adds per complex one. Gauss's trick does three: with u = a + ib
+// the activation argument and v = c + id the other (v conjugated for the backward passes, sign
+// s = -1; s = +1 forward), t1 = B(a, c), t2 = B(b, d), t3 = B(a + b, c + s*d) for the real op B,
+// and u*v = (t1 - s*t2) + i (t3 - t1 - s*t2): three real convolutions with C -> K channels of the
+// planes re, im, re + im (as torch computes complex convolutions), at the price of more passes
+// over the activations. complex_uses_gauss chooses by the multiply-adds each activation value meets.
 #pragma once
 #include <ATen/ATen.h>
 

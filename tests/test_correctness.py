@@ -152,13 +152,14 @@ def test_complex_views(view, strategy, device):
 
 def test_complex_form_follows_the_work_per_value(device):
     # Gauss's three convolutions where each activation value meets many multiply-adds (NCHW:
-    # min(Cg*R*S, Kg*R*S/stride^2) >= 256, channels_last >= 1024), the pairs elsewhere; and the
+    # min(Cg*R*S, Kg*R*S/stride^2) >= 256, channels_last >= 512), the pairs elsewhere; and the
     # automatic choice gives torch's values
     form = lambda xs, ws, fmt=torch.contiguous_format, **kw: conv_ext.testing.complex_form(
         torch.empty(xs).contiguous(memory_format=fmt), torch.empty(ws), **kw)
     assert form((4, 256, 14, 14), (256, 256, 3, 3)) == "gauss"
     assert form((4, 256, 14, 14), (256, 256, 3, 3), torch.channels_last) == "gauss"
-    assert form((4, 64, 56, 56), (64, 64, 3, 3), torch.channels_last) == "pairs"
+    assert form((4, 128, 28, 28), (256, 128, 1, 1), torch.channels_last) == "pairs"
+    assert form((4, 2048, 7, 7), (512, 2048, 1, 1), torch.channels_last) == "gauss"
     assert form((4, 128, 28, 28), (512, 128, 1, 1)) == "pairs"
     assert form((4, 96, 16, 16), (96, 1, 3, 3), groups=96) == "pairs"
     assert form((4, 32, 16, 16), (64, 32, 3, 3), stride=2) == "pairs"  # 64*9/4 = 144 per input value
