@@ -3,7 +3,7 @@ convolution of (re, im) pairs with 2C -> 2K channels, or Gauss's three real conv
 with C -> K channels (3/4 of the multiply-adds, more passes over the activations).
 
     PYTHONPATH=. python benchmarks/complex_strategy.py [--dtypes complex64,complex128]
-        [--layouts nchw,nhwc] [--suite default] [--reps 5]
+        [--layouts nchw,nhwc] [--suite default] [--cases SUBSTR,...] [--reps 5]
 
 For each case of the suite: the forward (no grad) and forward+backward (all three gradients) in
 each form, interleaved, median of the repeats; prints the pairs' time / Gauss's time (above 1:
@@ -29,10 +29,14 @@ def main():
     ap.add_argument("--dtypes", default="complex64,complex128")
     ap.add_argument("--layouts", default="nchw,nhwc")
     ap.add_argument("--suite", default="default")
+    ap.add_argument("--cases", default="", help="only the cases whose name holds one of these (comma-separated)")
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     print(f"{'case':36s} {'dtype':10s} {'layout':6s} {'fwd':>6s} {'all':>6s}  auto")
+    words = [w for w in args.cases.split(",") if w]
     for case in shapes.get_suite(args.suite, None):
+        if words and not any(w in case.name for w in words):
+            continue
         for dtype in (getattr(torch, d) for d in args.dtypes.split(",")):
             for layout in args.layouts.split(","):
                 fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
