@@ -1,4 +1,4 @@
-"""conv_ext.Conv2d (a torch.nn.Conv2d computed by conv_ext) and conv_ext.convert."""
+"""conv_ext.Conv2d (a torch.nn.Conv2d computed by conv_ext), conv_ext.convert and conv_ext.revert."""
 from typing import Optional
 
 import torch

@@ -1,4 +1,5 @@
-// complex_conv.cpp — complex convolution as a real one on (re, im) pairs (see complex_conv.h).
+// complex_conv.cpp — complex convolution as a real one on (re, im) pairs, or as Gauss's three real
+// ones on planes (see complex_conv.h).
 #include "complex_conv.h"
 
 #include <ATen/Dispatch.h>
@@ -151,7 +152,8 @@ at::Tensor complex_forward(ForwardFn real, const at::Tensor& input, const at::Te
   const bool has_bias = bias.has_value() && bias->defined();
   if (complex_uses_gauss(weight.size(1), weight.size(0) / groups, weight.size(2), weight.size(3), stride, fmt)) {
     const Planes x = planes(input, 1, fmt), w = planes(weight, 1, at::MemoryFormat::Contiguous);
-    std::optional<at::Tensor> b1, b3;  // re = t1 - t2 needs bias.re, im = t3 - t1 - t2 bias.im
+    std::optional<at::Tensor> b1, b3;  // t1 gets bias.re, t3 bias.re + bias.im: re = t1 - t2 and
+                                       // im = t3 - t1 - t2 then hold bias.re and bias.im
     if (has_bias) {
       const at::Tensor b = parts(*bias);
       b1 = b.select(-1, 0).contiguous(), b3 = b.select(-1, 0) + b.select(-1, 1);

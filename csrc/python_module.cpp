@@ -1,7 +1,8 @@
 // python_module.cpp — the conv_ext._C Python module: loading it registers the ops
 // (TORCH_LIBRARY in ops.cpp and the backends); these functions expose build facts and the
-// CPU algorithm registry to conv_ext.info() and to the tests and benchmarks, and a direct
-// binding of the forward op for conv_ext.conv2d's eager path.
+// CPU algorithm registry and the complex strategy to conv_ext.info() and to the tests and
+// benchmarks, and conv_ext.conv2d's eager path: the common call parsed and run in C++
+// (conv2d_eager), the others through a direct binding of the forward op (conv2d_forward).
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -101,6 +102,8 @@ PYBIND11_MODULE(_C, m) {
     conv_ext::set_complex_strategy(name == "pairs" ? S::Pairs : name == "gauss" ? S::Gauss : S::Auto);
   }, "how complex convolutions run: 'pairs' (one real convolution of (re, im) pairs), 'gauss' (three of planes) or 'auto'");
   m.def("complex_uses_gauss", [](std::vector<int64_t> weight_size, int64_t groups, std::vector<int64_t> stride, bool channels_last) {
+    TORCH_CHECK(weight_size.size() == 4 && stride.size() == 2 && groups > 0 && stride[0] > 0 && stride[1] > 0,
+                "conv_ext.complex_uses_gauss: expected a 4-D weight size, 2 positive strides and positive groups");
     return conv_ext::complex_uses_gauss(weight_size[1], weight_size[0] / groups, weight_size[2], weight_size[3], stride,
                                         channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   }, "whether a complex convolution with this filter size, groups, stride and layout runs as Gauss's three");
