@@ -63,8 +63,18 @@ at::Tensor block_filter(const at::Tensor& w) {
   const int64_t K = w.size(0), Cg = w.size(1), R = w.size(2), S = w.size(3), RS = R * S;
   const at::Tensor src = parts(w);  // (K, Cg, R, S, 2), read with its own strides (a channels_last
                                     // filter as it lies: a reordering copy of it cost 6 ms at 512@7)
-  const int64_t sk = src.stride(0), sc = src.stride(1), sr = src.stride(2), ss = src.stride(3), si = src.stride(4);
   at::Tensor out = empty({2 * K, 2 * Cg, R, S}, src.options(), at::MemoryFormat::Contiguous);
+  if (!src.is_cpu()) {  // on the GPU: the four blocks as four strided copies (the CPU loop below
+                        // reads host memory)
+    const at::Tensor blocks = out.view({K, 2, Cg, 2, R, S});
+    const at::Tensor c = src.select(-1, 0), d = src.select(-1, 1);
+    blocks.select(1, 0).select(2, 0).copy_(c);
+    blocks.select(1, 0).select(2, 1).copy_(d.neg());
+    blocks.select(1, 1).select(2, 0).copy_(d);
+    blocks.select(1, 1).select(2, 1).copy_(c);
+    return out;
+  }
+  const int64_t sk = src.stride(0), sc = src.stride(1), sr = src.stride(2), ss = src.stride(3), si = src.stride(4);
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "conv_ext_block_filter", [&] {
     const scalar_t* in = src.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
