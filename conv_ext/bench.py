@@ -321,7 +321,7 @@ def make_case_fns(case, pass_name, device, dtype, layout, seed=0):
         mask = [pass_name == "backward_input", pass_name == "backward_weight", False]
         index = 0 if mask[0] else 1
 
-        if dtype.is_complex:  # torch has no complex convolution_backward: its autograd graph's
+        if dtype.is_complex:  # torch has no complex convolution_backward: time its autograd graph's pass
             leaf = (x if mask[0] else w).detach().requires_grad_()
             y = F.conv2d(*((leaf, w) if mask[0] else (x, leaf)), None, stride, padding, dilation, groups)
 
@@ -757,13 +757,14 @@ def _main(argv):
 
     timer = CudaTimer(device) if device == "cuda" else CpuTimer()
     device_name = torch.cuda.get_device_name(device) if device == "cuda" else (platform.processor() or platform.machine())
+    peak_dtype = dtype.to_real()  # complex: the peak of its parts' dtype
     if device == "cpu":
-        nominal = nominal_cpu_peak(threads, dtype.to_real())
+        nominal = nominal_cpu_peak(threads, peak_dtype)
         cpu_model = [ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines() if ln.startswith("model name")]
         device_name = cpu_model[0] if cpu_model else device_name
     else:
         nominal = (None, "")
-    peak_start, peak_basis, matmul_start = measured_peak(device, dtype.to_real(), timer)
+    peak_start, peak_basis, matmul_start = measured_peak(device, peak_dtype, timer)
 
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -803,7 +804,7 @@ def _main(argv):
     progress.clear()
 
     # the peak again at the end: how much the machine's state drifted during the run
-    peak_end, basis_end, _ = measured_peak(device, dtype.to_real(), timer)
+    peak_end, basis_end, _ = measured_peak(device, peak_dtype, timer)
     # the better of the two: a measurement that ran while the other core was taken from us (a VM's
     # neighbour; seen once here: 117 GFLOP/s at the start of a run, 231 at its end) is not the peak
     peak, peak_basis = (peak_start, peak_basis) if peak_start >= peak_end else (peak_end, basis_end)

@@ -115,10 +115,12 @@ Planes planes(const at::Tensor& t, double sign, at::MemoryFormat fmt) {
 }
 
 // u * v' with v' = v (sign +1) or conj(v) (sign -1), for an op B real-bilinear in (u, v), from
-// t1 = B(u.re, v.re), t2 = B(u.im, v.im), t3 = B(u.re + u.im, v.re + sign*v.im):
-// re = t1 - sign*t2, im = t3 - t1 - sign*t2. A complex tensor in `fmt`.
-at::Tensor gauss_combine(const at::Tensor& t1, const at::Tensor& t2, const at::Tensor& t3, double sign,
-                         at::MemoryFormat fmt) {
+// t1 = B(u.re, v.re), t2 = B(u.im, v.im), t3 = B(u.re + u.im, v.re + sign*v.im) (v's planes made
+// with that sign): re = t1 - sign*t2, im = t3 - t1 - sign*t2. A complex tensor in `fmt`.
+// op(a, b, i) is B(a, b) for product i = 1, 2, 3.
+template <class Op>
+at::Tensor gauss(const Planes& u, const Planes& v, double sign, at::MemoryFormat fmt, const Op& op) {
+  const at::Tensor t1 = op(u.re, v.re, 1), t2 = op(u.im, v.im, 2), t3 = op(u.sum, v.sum, 3);
   at::Tensor out = empty(t1.sizes(), t1.options().dtype(c10::toComplexType(t1.scalar_type())), fmt);
   const at::Tensor o = at::view_as_real(out);
   at::Tensor re = o.select(-1, 0), im = o.select(-1, 1);
@@ -168,10 +170,9 @@ at::Tensor complex_forward(ForwardFn real, const at::Tensor& input, const at::Te
       const at::Tensor b = parts(*bias);
       b1 = b.select(-1, 0).contiguous(), b3 = b.select(-1, 0) + b.select(-1, 1);
     }
-    const at::Tensor t1 = real(x.re, w.re, b1, stride, padding, dilation, groups);
-    const at::Tensor t2 = real(x.im, w.im, std::nullopt, stride, padding, dilation, groups);
-    const at::Tensor t3 = real(x.sum, w.sum, b3, stride, padding, dilation, groups);
-    return gauss_combine(t1, t2, t3, 1, fmt);
+    return gauss(x, w, 1, fmt, [&](const at::Tensor& a, const at::Tensor& b, int i) {
+      return real(a, b, i == 1 ? b1 : i == 3 ? b3 : std::nullopt, stride, padding, dilation, groups);
+    });
   }
   std::optional<at::Tensor> b;
   if (has_bias) b = parts(*bias).reshape({2 * bias->size(0)});
@@ -184,10 +185,9 @@ at::Tensor complex_backward_input(BackwardFn real, const at::Tensor& grad_output
   const auto fmt = conv_memory_format(grad_output, weight);
   if (complex_uses_gauss(weight.size(1), weight.size(0) / groups, weight.size(2), weight.size(3), stride, fmt)) {  // conj(w)^T dy
     const Planes dy = planes(grad_output, 1, fmt), w = planes(weight, -1, at::MemoryFormat::Contiguous);
-    const at::Tensor t1 = real(dy.re, w.re, input_size, stride, padding, dilation, groups);
-    const at::Tensor t2 = real(dy.im, w.im, input_size, stride, padding, dilation, groups);
-    const at::Tensor t3 = real(dy.sum, w.sum, input_size, stride, padding, dilation, groups);
-    return gauss_combine(t1, t2, t3, -1, fmt);
+    return gauss(dy, w, -1, fmt, [&](const at::Tensor& a, const at::Tensor& b, int) {
+      return real(a, b, input_size, stride, padding, dilation, groups);
+    });
   }
   const auto size = doubled_channels(input_size);
   return unpairs(real(pairs(grad_output, fmt), block_filter(weight), size, stride, padding, dilation, groups), fmt);
@@ -200,10 +200,9 @@ at::Tensor complex_backward_weight(BackwardFn real, const at::Tensor& grad_outpu
   const int64_t K = weight_size[0], Cg = weight_size[1], R = weight_size[2], S = weight_size[3];
   if (complex_uses_gauss(Cg, K / groups, R, S, stride, fmt)) {  // dy conj(x)
     const Planes dy = planes(grad_output, 1, fmt), x = planes(input, -1, fmt);
-    const at::Tensor t1 = real(dy.re, x.re, weight_size, stride, padding, dilation, groups);
-    const at::Tensor t2 = real(dy.im, x.im, weight_size, stride, padding, dilation, groups);
-    const at::Tensor t3 = real(dy.sum, x.sum, weight_size, stride, padding, dilation, groups);
-    return gauss_combine(t1, t2, t3, -1, fmt);
+    return gauss(dy, x, -1, fmt, [&](const at::Tensor& a, const at::Tensor& b, int) {
+      return real(a, b, weight_size, stride, padding, dilation, groups);
+    });
   }
   const std::array<int64_t, 4> size = {2 * K, 2 * Cg, R, S};
   const at::Tensor G = real(pairs(grad_output, fmt), pairs(input, fmt), size, stride, padding, dilation, groups)

@@ -76,14 +76,9 @@ pybind11::object conv2d_eager(pybind11::handle input, pybind11::handle weight, p
       ((device == at::kCPU || device == at::kCUDA) && at::autocast::is_autocast_enabled(device)))
     return none;
   const std::optional<at::Tensor> b = has_bias ? std::optional<at::Tensor>(THPVariable_Unpack(bias.ptr())) : std::nullopt;
-  at::Tensor y;
-  {
-    pybind11::gil_scoped_release no_gil;
-    const bool unbatched = x.dim() == 3;
-    y = conv_ext::forward_op(unbatched ? x.unsqueeze(0) : x, w, b, st, pad, dil, g);
-    if (unbatched) y = y.squeeze(0);
-  }
-  return pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(std::move(y)));
+  const bool unbatched = x.dim() == 3;
+  at::Tensor y = conv2d_forward(unbatched ? x.unsqueeze(0) : x, w, b, st, pad, dil, g);
+  return pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(unbatched ? y.squeeze(0) : std::move(y)));
 }
 
 }  // namespace

@@ -51,7 +51,7 @@
 // 0.74-0.87x on 1x1 layers and 0.86x on 512@7's forward (torch: im2col + MKL dgemm at 50-76% of
 // the float64 peak, our GEMM a little below) and 0.67x on the strided depthwise 96@112 (strided
 // passes run the gather form). Channels_last (--layout nhwc, 2026-12-05, Intel Xeon): 1.20x ->
-// 1.57x with A read in place and backward-weight's packing above (CIFAR's 16@32 forward and
+// 1.39x (1.57x in a run of an earlier build of the same round) with A read in place and backward-weight's packing above (CIFAR's 16@32 forward and
 // backward-input 1.8-1.9x, 256@14 backward-weight 1.6-1.8x, 2048->512 @7 1.7-2.0x, old/new by
 // python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --dtype float64); 1x1
 // layers still 0.7-0.95x torch (MKL's dgemm on the tensor as it lies).
