@@ -79,6 +79,13 @@ def conv2d(
         out = _C.conv2d_eager(input, weight, bias, stride, padding, dilation, groups)
         if out is not None:
             return out
+    if torch.overrides.has_torch_function_variadic(input, weight, bias):
+        # as torch.nn.functional.conv2d: an argument with __torch_function__ (torch.fx's Proxy in
+        # symbolic_trace, a tensor subclass) or an active torch-function mode sees conv_ext.conv2d
+        # itself, so torch.fx records it as one call_function node
+        return torch.overrides.handle_torch_function(
+            conv2d, (input, weight, bias), input, weight, bias=bias, stride=stride, padding=padding,
+            dilation=dilation, groups=groups)
     stride = _pair("stride", stride)
     dilation = _pair("dilation", dilation)
     if not isinstance(groups, (int, torch.SymInt)) or isinstance(groups, bool):

@@ -1,4 +1,5 @@
 """conv_ext.Conv2d (a torch.nn.Conv2d computed by conv_ext), conv_ext.convert and conv_ext.revert."""
+import copy
 from typing import Optional
 
 import torch
@@ -39,28 +40,43 @@ class Conv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "Conv2d":
-        """A conv_ext.Conv2d with the configuration of ``conv`` that shares its parameters."""
+        """A conv_ext.Conv2d with the configuration of ``conv`` that shares its parameters (and its
+        buffers, hooks and parametrizations)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv_ext.Conv2d.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
-        return _sharing(cls, conv)
+        return _sharing(_retyped_class(conv, nn.Conv2d, cls) or cls, conv)
 
 
-def _sharing(cls, conv: nn.Conv2d) -> nn.Conv2d:
-    """A ``cls`` (nn.Conv2d or conv_ext.Conv2d) configured as ``conv``, sharing its parameters."""
-    new = cls(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-        bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta",
-    )
-    new.weight = conv.weight  # the same Parameter objects: optimizers keep working
-    new.bias = conv.bias
-    new.train(conv.training)
+def _retyped_class(module: nn.Module, source: type, target: type) -> Optional[type]:
+    """The class ``module`` takes when its ``source`` class becomes ``target``: ``target`` itself,
+    or for a module torch.nn.utils.parametrize has given its own subclass of ``source`` (weight
+    norm, spectral norm, orthogonal: properties that compute the parametrized tensors), the same
+    subclass of ``target``. None for any other class (a subclass with its own forward)."""
+    cls = type(module)
+    if cls is source:
+        return target
+    if cls.__bases__ == (source,) and torch.nn.utils.parametrize.is_parametrized(module):
+        members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__", "__doc__")}
+        return type(cls.__name__, (target,), members)
+    return None
+
+
+def _sharing(cls: type, conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` as a module of class ``cls``: its configuration and everything else it holds --
+    parameters (the same Parameter objects: optimizers keep working), buffers, submodules
+    (parametrizations), hooks (weight norm's and pruning's forward pre-hooks, the user's own) and
+    other attributes. The containers are copied and their contents shared, as torch.ao's module
+    swaps keep hooks: what is registered on one module later does not appear on the other."""
+    new = cls.__new__(cls)
+    for key, value in vars(conv).items():
+        vars(new)[key] = copy.copy(value) if isinstance(value, (dict, list, set)) else value
     return new
 
 
 def _swap(model: nn.Module, source: type, target: type) -> nn.Module:
-    if type(model) is source:
-        return _sharing(target, model)
+    cls = _retyped_class(model, source, target)
+    if cls is not None:
+        return _sharing(cls, model)
     for name, child in model.named_children():
         swapped = _swap(child, source, target)
         if swapped is not child:
@@ -70,8 +86,8 @@ def _swap(model: nn.Module, source: type, target: type) -> nn.Module:
 
 def convert(model: nn.Module) -> nn.Module:
     """Replace every ``nn.Conv2d`` in ``model`` (nested too) with a conv_ext.Conv2d sharing its
-    parameters; returns the model (a converted module if ``model`` is itself an nn.Conv2d).
-    Subclasses of nn.Conv2d with their own forward are left alone."""
+    parameters, hooks and parametrizations; returns the model (a converted module if ``model`` is
+    itself an nn.Conv2d). Subclasses of nn.Conv2d with their own forward are left alone."""
     return _swap(model, nn.Conv2d, Conv2d)
 
 

@@ -252,10 +252,22 @@ class _CountingMode(torch.overrides.TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.calls = 0
+        self.funcs = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.calls += 1
+        self.funcs.append(func)
         return func(*args, **(kwargs or {}))
+
+
+class _Logged(torch.Tensor):
+    """A subclass with its own __torch_function__: it sees the functions called on it."""
+    funcs = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.funcs.append(func)
+        return super().__torch_function__(func, types, args, kwargs)
 
 
 def test_direct_binding_and_torch_ops_agree(device):
@@ -280,6 +292,12 @@ def test_direct_binding_and_torch_ops_agree(device):
     with _CountingMode() as mode:
         ym = conv_ext.conv2d(*ts, **kw)
     assert mode.calls > 0 and torch.equal(ym, y)
+    # as with torch.nn.functional.conv2d, __torch_function__ sees conv_ext.conv2d itself first
+    assert mode.funcs[0] is conv_ext.conv2d
+    _Logged.funcs.clear()
+    yl = conv_ext.conv2d(ts[0].detach().as_subclass(_Logged), *ts[1:], **kw)
+    assert _Logged.funcs[0] is conv_ext.conv2d and type(yl) is _Logged
+    assert torch.equal(yl.as_subclass(torch.Tensor), y)
 
 
 def test_eager_binding_takes_the_common_calls_only(device):

@@ -1,4 +1,5 @@
-"""conv_ext among torch's tools: autocast, DistributedDataParallel, torch.compile.
+"""conv_ext among torch's tools: autocast, DistributedDataParallel, torch.compile, torch.export,
+ONNX, torch.fx and torch.nn.utils.
 
 Each test holds conv_ext to what nn.Conv2d does in the same situation.
 """
@@ -286,3 +287,116 @@ def test_onnx_export_runs_in_onnxruntime(dynamo, tmp_path):
     session = onnxruntime.InferenceSession(path)
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), ref(x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.fx and torch.nn.utils: the tools that rewrite or wrap a model's convolutions
+# ---------------------------------------------------------------------------------------------
+def _model_pair():
+    import copy
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                        nn.Conv2d(8, 4, 3, stride=2, groups=2, bias=False), nn.Conv2d(4, 4, 3, padding="same"))
+    return ref, conv_ext.convert(copy.deepcopy(ref))
+
+
+def _same_values_and_grads(ref_fn, ext_fn, ref_params, ext_params, x):
+    # .backward(), not autograd.grad: reentrant checkpointing takes only the former
+    xr, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, ye = ref_fn(xr), ext_fn(xe)
+    torch.testing.assert_close(ye, yr)
+    gy = torch.randn_like(yr)
+    for p in ref_params + ext_params:
+        p.grad = None
+    yr.backward(gy), ye.backward(gy)
+    for a, b in zip([xe, *ext_params], [xr, *ref_params]):
+        assert a.grad is not None
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_fx_symbolic_trace_records_conv_ext_conv2d():
+    # fx traces through conv_ext.Conv2d (a module outside torch.nn is not a leaf) and records
+    # conv_ext.conv2d as one call_function node, as it records F.conv2d
+    ref, ours = _model_pair()
+    gm = torch.fx.symbolic_trace(ours)
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert calls.count(conv_ext.conv2d) == 3 and F.pad in calls
+    for x in (torch.randn(2, 3, 11, 9), torch.randn(3, 10, 10)):  # batched and unbatched
+        _same_values_and_grads(ref, gm, list(ref.parameters()), list(ours.parameters()), x)
+    # and a traced model's conv_ext nodes can be rewritten as graph passes do: back to F.conv2d
+    for n in gm.graph.nodes:
+        if n.target is conv_ext.conv2d:
+            n.target = F.conv2d
+    gm.recompile()
+    x = torch.randn(2, 3, 11, 9)
+    torch.testing.assert_close(gm(x), ref(x))
+
+
+def test_weight_and_spectral_norm_parametrizations():
+    ref, ours = _model_pair()
+    for m in (ref, ours):
+        torch.nn.utils.parametrizations.weight_norm(m[0])
+        torch.nn.utils.parametrizations.spectral_norm(m[2], n_power_iterations=3)
+    for m in (ref, ours):
+        m.eval()  # spectral norm's power iteration runs in training mode only
+    for name in ("_u", "_v"):  # the same starting vectors
+        getattr(ours[2].parametrizations.weight[0], name).copy_(getattr(ref[2].parametrizations.weight[0], name))
+    _same_values_and_grads(ref, ours, list(ref.parameters()), list(ours.parameters()), torch.randn(2, 3, 11, 9))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing(reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    ref, ours = _model_pair()
+    _same_values_and_grads(ref, lambda x: checkpoint(ours, x, use_reentrant=reentrant), list(ref.parameters()),
+                           list(ours.parameters()), torch.randn(2, 3, 11, 9))
+
+
+def test_full_backward_hooks_see_torchs_gradients():
+    ref, ours = pair(3, 8, 3, padding=1)
+    seen = {}
+    for name, m in (("ref", ref), ("ours", ours)):
+        m.register_full_backward_pre_hook(lambda mod, go, name=name: seen.setdefault(name, []).append(go[0]))
+        m.register_full_backward_hook(lambda mod, gi, go, name=name: seen[name].extend([gi[0], go[0]]))
+    x = torch.randn(2, 3, 7, 7)
+    for m in (ref, ours):
+        torch.manual_seed(2)
+        m(x.clone().requires_grad_()).exp().sum().backward()
+    assert len(seen["ours"]) == len(seen["ref"]) == 3
+    for a, b in zip(seen["ours"], seen["ref"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_pruning_fusion_and_functional_call():
+    import torch.nn.utils.prune as prune
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    x = torch.randn(2, 3, 9, 9)
+    ref, ours = pair(3, 8, 3, padding=1)
+    prune.l1_unstructured(ours, "weight", amount=0.5)  # forward pre-hook: weight = orig * mask
+    torch.testing.assert_close(ours(x), F.conv2d(x, ours.weight, ours.bias, padding=1))
+    prune.remove(ours, "weight")
+    assert (ours.weight == 0).sum() == ours.weight.numel() // 2
+
+    ref, ours = pair(3, 8, 3, padding=1)
+    bn = nn.BatchNorm2d(8).eval()
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    fused = fuse_conv_bn_eval(ours.eval(), bn)
+    assert type(fused) is conv_ext.Conv2d
+    torch.testing.assert_close(fused(x), bn(ref.eval()(x)))
+
+    params = {k: torch.randn_like(v) for k, v in ours.named_parameters()}
+    torch.testing.assert_close(torch.func.functional_call(ours, params, (x,)),
+                               F.conv2d(x, params["weight"], params["bias"], padding=1))
+
+
+def test_meta_device_module_then_to_empty():
+    ours = conv_ext.Conv2d(3, 8, 3, stride=2, device="meta")
+    y = ours(torch.empty(2, 3, 9, 9, device="meta"))
+    assert y.device.type == "meta" and y.shape == (2, 8, 4, 4)
+    ours = ours.to_empty(device="cpu")
+    ours.reset_parameters()
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(ours(x), F.conv2d(x, ours.weight, ours.bias, stride=2))

@@ -121,6 +121,58 @@ def test_revert_undoes_convert():
     assert rel_error(fused(x), seq(x)) <= 1e-5
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm, the old form
+@pytest.mark.parametrize("kind", ["weight_norm", "parametrized", "pruned", "hooks", "attributes"])
+def test_convert_and_revert_keep_what_the_module_holds(kind):
+    # convert swaps the class of the computation and keeps everything else the module holds:
+    # weight norm's and pruning's forward pre-hooks (weight is then a plain tensor they compute),
+    # torch.nn.utils.parametrize's parametrizations (the module's class is parametrize's own
+    # subclass), the user's hooks and attributes -- and revert brings the same back
+    import torch.nn.utils.prune as prune
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    if kind == "weight_norm":
+        torch.nn.utils.weight_norm(conv)
+    elif kind == "parametrized":
+        torch.nn.utils.parametrizations.weight_norm(conv)
+    elif kind == "pruned":
+        prune.random_unstructured(conv, "weight", amount=0.5)
+    elif kind == "hooks":
+        conv.register_forward_pre_hook(lambda m, args: (args[0] * 0.5,))
+        conv.register_forward_hook(lambda m, args, out: out.relu())
+    else:
+        conv.tag = "stem"
+        conv.register_buffer("scale", torch.tensor(2.0))
+    model = nn.Sequential(conv, nn.Tanh())
+    x = torch.randn(2, 3, 7, 6)
+    want = model(x)
+    params = list(model.parameters())
+    model = conv_ext.convert(model)
+    ours = model[0]
+    assert isinstance(ours, conv_ext.Conv2d)
+    assert parametrize.is_parametrized(ours) == (kind == "parametrized")
+    assert len(list(model.parameters())) == len(params)
+    assert all(a is b for a, b in zip(model.parameters(), params))  # the same Parameter objects
+    assert rel_error(model(x), want) <= 1e-6
+    grads = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
+    assert all(g.abs().sum() > 0 for g in grads)
+    if kind == "attributes":
+        assert ours.tag == "stem" and ours.scale.item() == 2.0 and "scale" in ours.state_dict()
+        ours.register_buffer("extra", torch.zeros(1))  # the containers are the new module's own
+        assert not hasattr(conv, "extra")
+    if kind == "parametrized":
+        parametrize.remove_parametrizations(ours, "weight")
+        assert type(ours) is conv_ext.Conv2d and rel_error(model(x), want) <= 1e-6
+    if kind == "pruned":
+        prune.remove(ours, "weight")
+        assert type(ours) is conv_ext.Conv2d and (ours.weight == 0).sum() == ours.weight.numel() // 2
+    back = conv_ext.revert(model)[0]
+    assert not isinstance(back, conv_ext.Conv2d) and isinstance(back, nn.Conv2d)
+    assert rel_error(model(x), want) <= 1e-6
+
+
 def small_cnn(conv):
     torch.manual_seed(0)
     return nn.Sequential(
