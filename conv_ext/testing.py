@@ -57,4 +57,6 @@ def complex_form(input, weight, stride=1, groups=1, **ignored):
 
     stride = [stride, stride] if isinstance(stride, int) else list(stride)
     channels_last = memory_format(input, weight) == torch.channels_last
-    return "gauss" if _C.complex_uses_gauss(list(weight.shape), groups, stride, channels_last) else "pairs"
+    plane = input.shape[-2] * input.shape[-1]
+    cpu_complex64 = input.device.type == "cpu" and input.dtype == torch.complex64
+    return "gauss" if _C.complex_uses_gauss(list(weight.shape), groups, stride, channels_last, plane, cpu_complex64) else "pairs"

@@ -147,12 +147,26 @@ std::atomic<int> g_strategy{0};  // ComplexStrategy, set by tests and benchmarks
 // 1.57x, channels_last 1.85x -> 1.86x; complex128 1.90x -> 1.98x, 2.06x -> 2.13x.
 }  // namespace
 
-bool complex_uses_gauss(int64_t Cg, int64_t Kg, int64_t R, int64_t S, at::IntArrayRef stride, at::MemoryFormat fmt) {
+bool complex_uses_gauss(int64_t Cg, int64_t Kg, int64_t R, int64_t S, at::IntArrayRef stride, at::MemoryFormat fmt,
+                        int64_t in_plane, bool cpu_complex64) {
   const int s = g_strategy.load(std::memory_order_relaxed);
   if (s != static_cast<int>(ComplexStrategy::Auto)) return s == static_cast<int>(ComplexStrategy::Gauss);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  // Depthwise complex64 on the CPU, small planes: the pairs are a grouped convolution of 2 -> 2
+  // channels a group, while each of Gauss's three is a float32 depthwise one (depthwise.cpp), whose
+  // extra passes over the planes cost little while they are small. Pairs' time / Gauss's, forward
+  // and forward+backward (PYTHONPATH=. python benchmarks/complex_strategy.py --cases mobilenet,dw16
+  // --dtypes complex64; 2 threads, Intel Xeon, batch 4 or 8): NCHW 960@7 2.00 / 1.87, 576@14/2
+  // 1.66 / 1.47, 96@16 1.21 / 1.26, but 96@112/2 0.81 / 0.76; channels_last 960@7 1.61 / 1.63,
+  // 576@14/2 1.49 / 1.23, 96@16 0.67 / 0.78. complex128 (gemm_f64 or the reference) 0.4-0.7x.
+  if (cpu_complex64 && Cg == 1 && Kg == 1) return in_plane <= (cl ? 14 * 14 : 16 * 16);
   const int64_t per_output = Cg * R * S, per_input = Kg * R * S / (stride[0] * stride[1]);
-  return std::min(per_output, per_input) >= (fmt == at::MemoryFormat::ChannelsLast ? 512 : 256);
+  return std::min(per_output, per_input) >= (cl ? 512 : 256);
 }
+
+namespace {
+bool cpu_complex64(const at::Tensor& t) { return t.is_cpu() && t.scalar_type() == at::kComplexFloat; }
+}  // namespace
 
 void set_complex_strategy(ComplexStrategy s) { g_strategy.store(static_cast<int>(s)); }
 ComplexStrategy complex_strategy() { return static_cast<ComplexStrategy>(g_strategy.load()); }
@@ -162,7 +176,8 @@ at::Tensor complex_forward(ForwardFn real, const at::Tensor& input, const at::Te
                            at::IntArrayRef dilation, int64_t groups) {
   const auto fmt = conv_memory_format(input, weight);
   const bool has_bias = bias.has_value() && bias->defined();
-  if (complex_uses_gauss(weight.size(1), weight.size(0) / groups, weight.size(2), weight.size(3), stride, fmt)) {
+  if (complex_uses_gauss(weight.size(1), weight.size(0) / groups, weight.size(2), weight.size(3), stride, fmt,
+                         input.size(2) * input.size(3), cpu_complex64(input))) {
     const Planes x = planes(input, 1, fmt), w = planes(weight, 1, at::MemoryFormat::Contiguous);
     std::optional<at::Tensor> b1, b3;  // t1 gets bias.re, t3 bias.re + bias.im: re = t1 - t2 and
                                        // im = t3 - t1 - t2 then hold bias.re and bias.im
@@ -183,7 +198,8 @@ at::Tensor complex_backward_input(BackwardFn real, const at::Tensor& grad_output
                                   at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation, int64_t groups) {
   const auto fmt = conv_memory_format(grad_output, weight);
-  if (complex_uses_gauss(weight.size(1), weight.size(0) / groups, weight.size(2), weight.size(3), stride, fmt)) {  // conj(w)^T dy
+  if (complex_uses_gauss(weight.size(1), weight.size(0) / groups, weight.size(2), weight.size(3), stride, fmt,
+                         input_size[2] * input_size[3], cpu_complex64(grad_output))) {  // conj(w)^T dy
     const Planes dy = planes(grad_output, 1, fmt), w = planes(weight, -1, at::MemoryFormat::Contiguous);
     return gauss(dy, w, -1, fmt, [&](const at::Tensor& a, const at::Tensor& b, int) {
       return real(a, b, input_size, stride, padding, dilation, groups);
@@ -198,7 +214,7 @@ at::Tensor complex_backward_weight(BackwardFn real, const at::Tensor& grad_outpu
                                    at::IntArrayRef dilation, int64_t groups) {
   const auto fmt = conv_memory_format(grad_output, input);
   const int64_t K = weight_size[0], Cg = weight_size[1], R = weight_size[2], S = weight_size[3];
-  if (complex_uses_gauss(Cg, K / groups, R, S, stride, fmt)) {  // dy conj(x)
+  if (complex_uses_gauss(Cg, K / groups, R, S, stride, fmt, input.size(2) * input.size(3), cpu_complex64(input))) {  // dy conj(x)
     const Planes dy = planes(grad_output, 1, fmt), x = planes(input, -1, fmt);
     return gauss(dy, x, -1, fmt, [&](const at::Tensor& a, const at::Tensor& b, int) {
       return real(a, b, weight_size, stride, padding, dilation, groups);

@@ -27,7 +27,8 @@
 // s = -1; s = +1 forward), t1 = B(a, c), t2 = B(b, d), t3 = B(a + b, c + s*d) for the real op B,
 // and u*v = (t1 - s*t2) + i (t3 - t1 - s*t2): three real convolutions with C -> K channels of the
 // planes re, im, re + im (as torch computes complex convolutions), at the price of more passes
-// over the activations. complex_uses_gauss chooses by the multiply-adds each activation value meets.
+// over the activations. complex_uses_gauss chooses by the multiply-adds each activation value meets
+// (and, for complex64 depthwise layers on the CPU, by the plane's size).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -59,7 +60,9 @@ enum class ComplexStrategy { Auto = 0, Pairs = 1, Gauss = 2 };
 void set_complex_strategy(ComplexStrategy s);  // for tests and benchmarks
 ComplexStrategy complex_strategy();
 // whether a complex convolution with this filter (Cg inputs and Kg outputs a group, R x S),
-// stride and layout runs as Gauss's three convolutions under the current strategy
-bool complex_uses_gauss(int64_t Cg, int64_t Kg, int64_t R, int64_t S, at::IntArrayRef stride, at::MemoryFormat fmt);
+// stride, layout and input plane (H*W) runs as Gauss's three convolutions under the current
+// strategy; cpu_complex64: complex64 tensors on the CPU (float32's depthwise kernels)
+bool complex_uses_gauss(int64_t Cg, int64_t Kg, int64_t R, int64_t S, at::IntArrayRef stride, at::MemoryFormat fmt,
+                        int64_t in_plane, bool cpu_complex64);
 
 }  // namespace conv_ext

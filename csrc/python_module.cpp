@@ -96,12 +96,15 @@ PYBIND11_MODULE(_C, m) {
                 "conv_ext: expected a complex strategy of 'auto', 'pairs' or 'gauss', got '", name, "'");
     conv_ext::set_complex_strategy(name == "pairs" ? S::Pairs : name == "gauss" ? S::Gauss : S::Auto);
   }, "how complex convolutions run: 'pairs' (one real convolution of (re, im) pairs), 'gauss' (three of planes) or 'auto'");
-  m.def("complex_uses_gauss", [](std::vector<int64_t> weight_size, int64_t groups, std::vector<int64_t> stride, bool channels_last) {
+  m.def("complex_uses_gauss", [](std::vector<int64_t> weight_size, int64_t groups, std::vector<int64_t> stride,
+                                 bool channels_last, int64_t in_plane, bool cpu_complex64) {
     TORCH_CHECK(weight_size.size() == 4 && stride.size() == 2 && groups > 0 && stride[0] > 0 && stride[1] > 0,
                 "conv_ext.complex_uses_gauss: expected a 4-D weight size, 2 positive strides and positive groups");
     return conv_ext::complex_uses_gauss(weight_size[1], weight_size[0] / groups, weight_size[2], weight_size[3], stride,
-                                        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  }, "whether a complex convolution with this filter size, groups, stride and layout runs as Gauss's three");
+                                        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous,
+                                        in_plane, cpu_complex64);
+  }, "whether a complex convolution with this filter size, groups, stride, layout, input plane (H*W) and "
+     "device/dtype (complex64 on the CPU or not) runs as Gauss's three");
   m.def("complex_strategy", [] {
     const auto s = conv_ext::complex_strategy();
     return std::string(s == conv_ext::ComplexStrategy::Pairs ? "pairs" : s == conv_ext::ComplexStrategy::Gauss ? "gauss" : "auto");

@@ -154,8 +154,8 @@ def test_complex_form_follows_the_work_per_value(device):
     # Gauss's three convolutions where each activation value meets many multiply-adds (NCHW:
     # min(Cg*R*S, Kg*R*S/stride^2) >= 256, channels_last >= 512), the pairs elsewhere; and the
     # automatic choice gives torch's values
-    form = lambda xs, ws, fmt=torch.contiguous_format, **kw: conv_ext.testing.complex_form(
-        torch.empty(xs).contiguous(memory_format=fmt), torch.empty(ws), **kw)
+    form = lambda xs, ws, fmt=torch.contiguous_format, dtype=torch.complex128, **kw: conv_ext.testing.complex_form(
+        torch.empty(xs, dtype=dtype).contiguous(memory_format=fmt), torch.empty(ws, dtype=dtype), **kw)
     assert form((4, 256, 14, 14), (256, 256, 3, 3)) == "gauss"
     assert form((4, 256, 14, 14), (256, 256, 3, 3), torch.channels_last) == "gauss"
     assert form((4, 128, 28, 28), (256, 128, 1, 1), torch.channels_last) == "pairs"
@@ -163,6 +163,14 @@ def test_complex_form_follows_the_work_per_value(device):
     assert form((4, 128, 28, 28), (512, 128, 1, 1)) == "pairs"
     assert form((4, 96, 16, 16), (96, 1, 3, 3), groups=96) == "pairs"
     assert form((4, 32, 16, 16), (64, 32, 3, 3), stride=2) == "pairs"  # 64*9/4 = 144 per input value
+    # complex64 depthwise layers on the CPU (form's tensors): Gauss's on small planes (float32's
+    # depthwise kernels)
+    c64 = dict(dtype=torch.complex64, groups=96)
+    assert form((4, 96, 16, 16), (96, 1, 3, 3), **c64) == "gauss"
+    assert form((4, 96, 16, 16), (96, 1, 3, 3), torch.channels_last, **c64) == "pairs"
+    assert form((4, 96, 14, 14), (96, 1, 3, 3), torch.channels_last, **c64) == "gauss"
+    assert form((4, 96, 112, 112), (96, 1, 3, 3), stride=2, **c64) == "pairs"
+    assert form((4, 96, 16, 16), (192, 1, 3, 3), **c64) == "pairs"  # a channel multiplier: not depthwise
     x, w, b, kw = make_complex((2, 32, 6, 5, 32, (3, 3), 1, 1, 1, 1, True), torch.complex128, device)
     assert conv_ext.testing.complex_form(x, w, **kw) == "gauss"
     for a, e in zip(forward_and_grads(conv_ext.conv2d, x, w, b, kw), forward_and_grads(F.conv2d, x, w, b, kw)):
