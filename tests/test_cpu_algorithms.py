@@ -350,6 +350,31 @@ def test_gemm_f64_channels_last_in_place(shape, pass_name):
     check_float64("gemm_f64", pass_name, xs, wt, b, dy, geo, "nhwc")
 
 
+@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
+@pytest.mark.parametrize("shape", [
+    ((2, 200, 29, 29), 70, (1, 1), 1, 0, 1, 1),  # 841 pixels: a partial last panel; 70 outputs: a partial
+                                                 # tile; 200 channels: a second block of the reduction
+    ((1, 144, 28, 30), 160, (1, 1), 1, 0, 1, 2),  # groups of 72 -> 80: every tile in place but the last
+    ((3, 66, 28, 28), 130, (1, 1), 1, 0, 1, 1),
+])
+def test_gemm_f64_1x1_planes(shape, pass_name):
+    """gemm_f64's NCHW 1x1 GEMM on the planes as they lie (planes of 28x28 and more, over 64 output
+    channels a group): panels of pixels copied per task, tiles stored into the output planes or
+    through a buffer at the plane's end and the last output channel; the same bits for 1 and 2
+    threads."""
+    x, wt, b, dy, geo = make(shape, "nchw")
+    check_float64("gemm_f64", pass_name, x, wt, b, dy, geo, "nchw")
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (threads, 1):
+            torch.set_num_threads(n)
+            outs.append(forced("gemm_f64", pass_name, x, wt, b, dy, geo))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_gemm_f64_backward_weight_chunks(layout, stride):

@@ -37,6 +37,9 @@
 // Backward-input with fewer dx channels than a vector (the RGB stems) runs col2im instead: per dy
 // pixel C[pixel][(c,r,s)] = sum_k dy[k] * w[k][(c,r,s)], each value added into its dx pixel.
 //
+// NCHW 1x1 layers at stride 1 on planes of 28x28 and more with over 64 output channels run as a
+// GEMM on the planes as they lie (gemm1x1_pass: output channels in the tile's rows, pixels in its
+// vectors, stored straight into the output planes; forward 128->512 @28 0.86x -> 0.94x torch).
 // NCHW, where the gathers and packing cost the most, two kernels read the tensors as they lie,
 // the pixels in the vector lanes (rows of the planes, zero-padded and split into stride phases
 // once): row_conv for forward (any stride) and backward-input (stride 1) with <= 64 output
@@ -773,8 +776,112 @@ void row_conv_pass(const Conv2dParams& p, const double* in, const double* w, con
 }
 
 // ------------------------------------------------------------------------------------------
+// NCHW 1x1 layers at stride 1 without padding, forward and backward-input, as the GEMM of each
+// image and group on the planes as they lie:
+//   forward         Y[k][pix] = bias[k] + sum_c W[k][c] X[c][pix]
+//   backward-input  dX[c][pix] = sum_k W[k][c] dY[k][pix]
+// The tile's rows are output channels (their filter values broadcast from A, the filter packed
+// as [tile of MR outputs][reduction][MR], kept across calls while it is unchanged), its vectors
+// pixels of the plane: B is KC rows of NR pixels of the input planes, copied into a contiguous
+// panel once per task and read by every tile of output channels, and the tile is stored straight
+// into the output planes (row stride H*W; through a small buffer where it passes the plane's end
+// or the last channel). The gather form packed A by gathering the planes' pixels across channels
+// and stored C through a transpose. A task is (image, group, block of pixel panels, block of output
+// tiles), each output summed over the reduction in order by one task: the same bits for any
+// thread count.
+// Where: planes of 28x28 and more, over 64 output channels a group (row_conv's below). 2 threads,
+// batch 4, gather form / this (python benchmarks/ab.py OLD.so NEW.so N,C,H,W,K,1 --layout nchw
+// --pass P --dtype float64, best mins / median of the pairs): forward 128->512 @28 1.17 / 1.18x,
+// 256->512 @28 1.11 / 1.09x, 64->256 @56 1.33 / 1.27x; backward-input 512->128 @28 1.13 / 1.11x,
+// 64->256 @56 (256 dx channels) 1.34 / 1.34x. Not on smaller planes: 1024->256 @14 1.02x and its
+// backward-input 1.01x; 2048->512 @7 0.87x and 0.79x (a 49-pixel plane is 4 panels of 16 lanes,
+// the gather form's rows run across the images). row_conv against this at 64 output channels:
+// 256->64 @56 forward 0.82x, 64->256 @56 backward-input 0.89x.
+bool gemm1x1_shape(const Conv2dParams& p, bool transposed) {
+  return nchw_planes(p) && p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 &&
+         p.pad_w == 0 && (transposed ? p.Cg() : p.Kg()) > 64 && p.H * p.W >= 28 * 28;
+}
+
+void gemm1x1_pass(const Conv2dParams& p, const double* in, const double* w, const double* bias, double* out,
+                  bool transposed, const at::Tensor* filter) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W;
+  const int64_t Ci = transposed ? Kg : Cg, Co = transposed ? Cg : Kg;  // reduction, outputs (a group)
+  const Shape ts(HW);
+  const int MR = ts.mr;
+  const int64_t NR = ts.nr, nkt = ceil_div(Co, int64_t(MR)), npan = ceil_div(HW, NR);
+  // A[g][kt][ci][MR]: the filter value of output kt*MR + i and reduction index ci (0 past Co)
+  const PackedB A = packed_b(filter, {210, CONV_EXT_ISA_BITS, G, Kg, Cg, MR, transposed}, G * nkt * Ci * MR,
+                             [&](double* dst) {
+    for_each_task(G * nkt, G * nkt * Ci * MR, [&](int64_t gk) {
+      const int64_t g = gk / nkt, o0 = gk % nkt * MR;
+      double* d = dst + gk * Ci * MR;
+      for (int64_t ci = 0; ci < Ci; ++ci)
+        for (int i = 0; i < MR; ++i) {
+          const int64_t o = o0 + i;
+          d[ci * MR + i] = o >= Co ? 0.0
+                           : transposed ? w[(g * Kg + ci) * p.ws_k + o * p.ws_c]
+                                        : w[(g * Kg + o) * p.ws_k + ci * p.ws_c];
+        }
+    });
+  });
+  // pixel panels a task: up to 4 (the B panels of a block stay in L2), fewer while the tasks do
+  // not fill the threads twice; then the output tiles split likewise
+  const int64_t images = p.N * G;
+  int64_t ppt = std::min<int64_t>(4, npan);
+  while (ppt > 1 && images * ceil_div(npan, ppt) < 2 * pool_threads()) ppt = ceil_div(ppt, 2);
+  const int64_t npb = ceil_div(npan, ppt);
+  int64_t ktt = nkt;
+  while (ktt > 1 && images * npb * ceil_div(nkt, ktt) < 2 * pool_threads()) ktt = ceil_div(ktt, 2);
+  const int64_t nkb = ceil_div(nkt, ktt);
+  for_each_task(images * npb * nkb, p.macs(), [&](int64_t task) {
+    const int64_t ng = task / (npb * nkb), n = ng / G, g = ng % G;
+    const int64_t j0 = task / nkb % npb * ppt, j1 = std::min(npan, j0 + ppt);
+    const int64_t kt0 = task % nkb * ktt, kt1 = std::min(nkt, kt0 + ktt);
+    const double* src = in + (n * G + g) * Ci * HW;  // the image's group's input planes
+    double* dst = out + (n * G + g) * Co * HW;
+    double* bpan = dscratch(1, (j1 - j0) * KC * NR);
+    double edge[24 * 24];  // a tile past the plane's end or the last output channel
+    for (int64_t c0 = 0; c0 < Ci; c0 += KC) {
+      const int64_t kc = std::min(KC, Ci - c0);
+      for (int64_t j = j0; j < j1; ++j) {  // B: panel j's pixels of the rows c0 .. c0+kc
+        const int64_t q0 = j * NR, nq = std::min(NR, HW - q0);
+        double* b = bpan + (j - j0) * KC * NR;
+        for (int64_t c = 0; c < kc; ++c, b += NR) {
+          const double* row = src + (c0 + c) * HW + q0;
+          for (int64_t v = 0; v < NR; v += D::VL) D::store(b + v, v < nq ? D::loadm(row + v, nq - v) : D::zero());
+        }
+      }
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t q0 = j * NR, nq = std::min(NR, HW - q0);
+        const double* b = bpan + (j - j0) * KC * NR;
+        for (int64_t kt = kt0; kt < kt1; ++kt) {
+          const double* a = A.data() + ((g * nkt + kt) * Ci + c0) * MR;
+          const int64_t o0 = kt * MR, no = std::min<int64_t>(MR, Co - o0);
+          double* c = dst + o0 * HW + q0;
+          if (nq == NR && no == MR) {
+            ts.tile(kc, a, b, c, HW, c0 > 0);
+            continue;
+          }
+          ts.tile(kc, a, b, edge, NR, false);
+          for (int64_t i = 0; i < no; ++i)
+            for (int64_t q = 0; q < nq; ++q) c[i * HW + q] = (c0 > 0 ? c[i * HW + q] : 0.0) + edge[i * NR + q];
+        }
+      }
+    }
+    if (bias) {
+      for (int64_t o = kt0 * MR; o < std::min(Co, kt1 * MR); ++o) {
+        double* row = dst + o * HW;
+        const double bv = bias[g * Co + o];
+        for (int64_t q = j0 * NR; q < std::min(HW, j1 * NR); ++q) row[q] += bv;
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------
 void f64_forward(const Conv2dParams& p, const double* x, const double* w, const double* bias, double* y,
                  const at::Tensor* filter) {
+  if (gemm1x1_shape(p, false)) return gemm1x1_pass(p, x, w, bias, y, false, filter);
   if (row_conv_shape(p, false)) return row_conv_pass(p, x, w, bias, y, false);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q;
   Taps t;  // l over the filter taps: the x element and its shift from the window's corner
@@ -875,6 +982,7 @@ void f64_backward_input_col2im(const Conv2dParams& p, const double* dy, const do
 void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w, double* dx,
                         const at::Tensor* filter) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
+  if (gemm1x1_shape(p, true)) return gemm1x1_pass(p, dy, w, nullptr, dx, true, filter);
   if (row_conv_shape(p, true)) return row_conv_pass(p, dy, w, nullptr, dx, true);
   if (Cg < D::VL && Kg >= D::VL) return f64_backward_input_col2im(p, dy, w, dx);
   const int64_t sh = p.stride_h, sw = p.stride_w, nph = sh * sw;
