@@ -86,6 +86,10 @@ def conv2d(
         return torch.overrides.handle_torch_function(
             conv2d, (input, weight, bias), input, weight, bias=bias, stride=stride, padding=padding,
             dilation=dilation, groups=groups)
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) and not (name == "bias" and t is None):
+            raise ValueError(f"conv_ext.conv2d: expected {name} to be a Tensor{' or None' if name == 'bias' else ''}, "
+                             f"got {type(t).__name__}")
     stride = _pair("stride", stride)
     dilation = _pair("dilation", dilation)
     if not isinstance(groups, (int, torch.SymInt)) or isinstance(groups, bool):

@@ -49,6 +49,10 @@ CASES = {
     "complex bias, real weight": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(4, dtype=torch.complex64, device=d)), RuntimeError, r"input and bias to have the same dtype, got input Float and bias ComplexFloat"),
     "complex channels": (lambda d: conv_ext.conv2d(x_(1, 6, 8, 8, dtype=torch.complex128, device=d), x_(4, 4, 3, 3, dtype=torch.complex128, device=d)), RuntimeError, r"expected input to have 4 channels \(groups=1 x weight.size\(1\)=4\), got 6"),
     "empty kernel": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 0, 3, device=d)), RuntimeError, r"expected a positive kernel size, got weight of kernel size \(0, 3\)"),
+    "input not a tensor": (lambda d: conv_ext.conv2d([[1.0]], x_(4, 3, 3, 3, device=d)), ValueError, r"expected input to be a Tensor, got list"),
+    "input None": (lambda d: conv_ext.conv2d(None, x_(4, 3, 3, 3, device=d)), ValueError, r"expected input to be a Tensor, got NoneType"),
+    "weight None": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), None), ValueError, r"expected weight to be a Tensor, got NoneType"),
+    "bias not a tensor": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), [0.0] * 4), ValueError, r"expected bias to be a Tensor or None, got list"),
     "backward_input size": (lambda d: ops.conv2d_backward_input(x_(1, 4, 6, 6, device=d), x_(4, 3, 3, 3, device=d), [1, 3, 9, 9], [1, 1], [0, 0], [1, 1], 1), RuntimeError, r"expected grad_output of size \[1, 4, 7, 7\], got \[1, 4, 6, 6\]"),
     "backward_weight size": (lambda d: ops.conv2d_backward_weight(x_(1, 4, 6, 6, device=d), x_(1, 3, 8, 8, device=d), [4, 2, 3, 3], [1, 1], [0, 0], [1, 1], 1), RuntimeError, r"expected input to have 2 channels \(groups=1 x weight.size\(1\)=2\), got 3"),
 }
