@@ -310,6 +310,19 @@ def torch_pass(pass_name, x, wt, b, dy, geo):
     return grads[0] if pass_name == "backward_input" else grads[1]
 
 
+def at_thread_counts(fn, counts):
+    """fn() run with torch's thread count set to each of counts in turn (restored after)."""
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in counts:
+            torch.set_num_threads(threads if n is None else n)
+            outs.append(fn())
+        return outs
+    finally:
+        torch.set_num_threads(threads)
+
+
 def check_float64(algo, pass_name, x, wt, b, dy, geo, layout):
     """A float64 algorithm against the reference kernel and torch, at float64 precision; with a
     channels_last filter too (read, or for backward-weight written, in place; the convolution then
@@ -364,14 +377,7 @@ def test_gemm_f64_1x1_planes(shape, pass_name):
     threads."""
     x, wt, b, dy, geo = make(shape, "nchw")
     check_float64("gemm_f64", pass_name, x, wt, b, dy, geo, "nchw")
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (threads, 1):
-            torch.set_num_threads(n)
-            outs.append(forced("gemm_f64", pass_name, x, wt, b, dy, geo))
-    finally:
-        torch.set_num_threads(threads)
+    outs = at_thread_counts(lambda: forced("gemm_f64", pass_name, x, wt, b, dy, geo), (None, 1))
     assert torch.equal(outs[0], outs[1])
 
 
@@ -383,14 +389,7 @@ def test_gemm_f64_backward_weight_chunks(layout, stride):
     (NCHW: the dot products along rows, in chunks of rows, on the input's stride phases at stride 2;
     channels_last: the gather form)."""
     x, wt, b, dy, geo = make(((4, 3, 40, 40), 8, (3, 3), stride, 1, 1, 1), layout)
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (threads, 1):
-            torch.set_num_threads(n)
-            outs.append(forced("gemm_f64", "backward_weight", x, wt, b, dy, geo))
-    finally:
-        torch.set_num_threads(threads)
+    outs = at_thread_counts(lambda: forced("gemm_f64", "backward_weight", x, wt, b, dy, geo), (None, 1))
     assert torch.equal(outs[0], outs[1])
     with testing.force_cpu_algorithm({"backward_weight": "reference"}):
         ref = run_pass("backward_weight", x, wt, b, dy, geo)
@@ -454,14 +453,7 @@ def test_against_reference(algo, pass_name, shape, layout):
 
 def assert_same_bits_any_threads(x, wt, b, dy, geo):
     """Every pass gives the same bits on two runs and for 1 and for the default thread count."""
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n_threads in (threads, threads, 1):
-            torch.set_num_threads(n_threads)
-            outs.append([run_pass(p, x, wt, b, dy, geo) for p in PASSES])
-    finally:
-        torch.set_num_threads(threads)
+    outs = at_thread_counts(lambda: [run_pass(p, x, wt, b, dy, geo) for p in PASSES], (None, None, 1))
     for other in outs[1:]:
         for a, o in zip(outs[0], other):
             assert torch.equal(a, o)
