@@ -239,6 +239,38 @@ def test_changed_filter_is_repacked(case, change):
     torch.testing.assert_close(out, F.conv2d(x, w, None, stride, padding), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("strategy", ["pairs", "gauss"])
+@pytest.mark.parametrize("change", ["none", "no_grad", "data", "numpy"])
+def test_complex_filter_forms(strategy, change):
+    """A complex filter's real forms (the block filter; Gauss's planes, one set for the forward and
+    one, conjugated, for backward-input) are kept like packed filters: the cached results equal a
+    fresh copy's, bit for bit, after in-place changes and writes the version counter misses."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 24, 9, 9, dtype=torch.complex64, generator=g)
+    w = torch.randn(32, 24, 3, 3, dtype=torch.complex64, generator=g)
+    dy = torch.randn(2, 32, 9, 9, dtype=torch.complex64, generator=g)
+    geo = ([1, 1], [1, 1], [1, 1], 1)
+    run = lambda wt: (ops.conv2d_forward(x, wt, None, *geo), ops.conv2d_backward_input(dy, wt, list(x.shape), *geo))  # noqa: E731
+    with testing.complex_strategy(strategy):
+        for _ in range(3):  # cached from the second call
+            run(w)
+        assert cached_bytes() > 0
+        if change == "no_grad":
+            with torch.no_grad():
+                w.mul_(-0.5)
+        elif change == "data":
+            w.data[0, 0, 0, 0] += 1
+        elif change == "numpy":
+            w.numpy()[1, 2, 0, 1] += 1j
+        for _ in range(2):
+            got = run(w)
+            for a, b in zip(got, run(fresh(w))):
+                assert torch.equal(a, b)
+        torch.testing.assert_close(got[0], F.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+    conv_ext.empty_cache()
+    assert cached_bytes() == 0
+
+
 def test_optimizer_steps_and_load_state_dict():
     torch.manual_seed(0)
     conv = conv_ext.Conv2d(32, 48, 3, padding=1)

@@ -260,6 +260,9 @@ void clear_filter_cache() {
   }
 }
 
+uint64_t filter_fingerprint(const at::Tensor& t) { return fingerprint(t); }
+size_t filter_cache_cap() { return cache().cap; }
+
 int64_t filter_cache_bytes() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);

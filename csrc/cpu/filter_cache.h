@@ -47,6 +47,10 @@ PackedFilter packed_filter(const at::Tensor* filter, const std::vector<int64_t>&
 
 void clear_filter_cache();
 int64_t filter_cache_bytes();  // bytes of packed filters held now
+// the cache's 64-bit fingerprint of a CPU tensor's bytes (for other caches of filter forms), and
+// its limit in bytes (CONV_EXT_CPU_FILTER_CACHE_MB)
+uint64_t filter_fingerprint(const at::Tensor& t);
+size_t filter_cache_cap();
 
 }  // namespace cpu
 }  // namespace conv_ext
