@@ -137,6 +137,7 @@ struct Form {
   uint64_t print = 0;
   int64_t bytes = 0;
   uint64_t last_use = 0;
+  bool too_big = false;  // over the limit: never cached
   Form(const at::Tensor& w, int k) : impl(w.getIntrusivePtr()), kind(k) {}
   bool same(const at::Tensor& w, int64_t v) const {
     return version == v && data == w.const_data_ptr() && conj == w.is_conj() && sizes == w.sizes().vec() &&
@@ -181,10 +182,10 @@ std::vector<at::Tensor> filter_form(const at::Tensor& w, int kind, const std::fu
     Form* e = find();
     if (e && e->same(w, version)) {
       if (!e->tensors.empty()) hit = e->tensors, hit_print = e->print, e->last_use = ++f.clock;
-      else cache_it = ++e->sightings >= 2;
+      else cache_it = ++e->sightings >= 2 && !e->too_big;
     } else if (e) {  // the filter changed: forget its form
       f.bytes -= e->bytes, e->bytes = 0, dead.swap(e->tensors);
-      e->describe(w, version), e->sightings = 1;
+      e->describe(w, version), e->sightings = 1, e->too_big = false;
     } else {
       f.entries.emplace_back(w, kind);
       f.entries.back().describe(w, version), f.entries.back().sightings = 1;
@@ -204,6 +205,7 @@ std::vector<at::Tensor> filter_form(const at::Tensor& w, int kind, const std::fu
   for (const auto& t : out) bytes += static_cast<int64_t>(t.nbytes());
   std::lock_guard<std::mutex> lock(f.mutex);
   Form* e = find();
+  if (e && bytes > cap) e->too_big = true;
   if (e && e->same(w, version) && e->tensors.empty() && bytes <= cap) {
     e->tensors = out, e->print = print, e->bytes = bytes, e->last_use = ++f.clock;
     f.bytes += bytes;

@@ -371,3 +371,24 @@ def test_cache_limit_and_off_switch():
     assert held["0"] == 0
     assert 0 < held["1"] <= 1 << 20
     assert held["512"] == 4 * 256 * 256 * 4
+
+
+def test_complex_forms_limit_and_off_switch():
+    # complex filters' forms are held by the same limit (a cache of their own, beside the packed
+    # filters of their real convolutions): none with 0, at most the limit each with 1 MiB
+    code = (
+        "import torch, conv_ext\n"
+        "x = torch.randn(1, 128, 7, 7, dtype=torch.complex64)\n"
+        "ws = [torch.randn(128, 128, 1, 1, dtype=torch.complex64) for _ in range(4)]\n"  # 256 KiB block filters
+        "for w in ws:\n"
+        "    for _ in range(3): conv_ext.conv2d(x, w)\n"
+        "print(conv_ext.info()['cpu_filter_cache_bytes'])\n"
+    )
+    held = {}
+    for mb in ("0", "1", "512"):
+        env = dict(os.environ, CONV_EXT_CPU_FILTER_CACHE_MB=mb)
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+        held[mb] = int(out.stdout.split()[-1])
+    assert held["0"] == 0
+    assert 0 < held["1"] <= 2 << 20
+    assert held["512"] >= 4 * 256 * 256 * 4  # the four block filters at least
