@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <mutex>
 
 #include "checks.h"
 #include "cpu/filter_cache.h"
@@ -117,118 +116,28 @@ Planes planes(const at::Tensor& t, double sign, at::MemoryFormat fmt) {
 }
 
 // A complex filter's real forms -- the block filter (the pairs), or its planes for Gauss's form
-// (re, im, re + sign*im) -- kept across calls while the filter is unchanged, as the real kernels
-// keep their packed filters (cpu/filter_cache.h, the same rules): the same tensor (a weak
-// reference), data pointer, sizes, strides, conj bit and version, and the same bytes (its
-// fingerprint, checked on every reuse); cached from the second call with the same version (a
-// training step sees each version once: nothing kept), CPU tensors with a version counter only.
-// The same form tensors each call also let the real kernels keep their packed forms of them.
-// Complex64 512@7 3x3 forward, Gauss's form, perf record: 16% of the time copying the filter's
-// planes, 11% in Winograd's transform of them, both on every call before.
-struct Form {
-  c10::weak_intrusive_ptr<c10::TensorImpl> impl;
-  int kind = 0;  // 0: block filter, 1: planes (sign +1), 2: planes (sign -1)
-  const void* data = nullptr;
-  std::vector<int64_t> sizes, strides;
-  bool conj = false;
-  int64_t version = -1;
-  int sightings = 0;
-  std::vector<at::Tensor> tensors;  // the form, once cached
-  uint64_t print = 0;
-  int64_t bytes = 0;
-  uint64_t last_use = 0;
-  bool too_big = false;  // over the limit: never cached
-  Form(const at::Tensor& w, int k) : impl(w.getIntrusivePtr()), kind(k) {}
-  bool same(const at::Tensor& w, int64_t v) const {
-    return version == v && data == w.const_data_ptr() && conj == w.is_conj() && sizes == w.sizes().vec() &&
-           strides == w.strides().vec();
-  }
-  void describe(const at::Tensor& w, int64_t v) {
-    data = w.const_data_ptr(), conj = w.is_conj(), sizes = w.sizes().vec(), strides = w.strides().vec(), version = v;
-  }
-};
-struct Forms {
-  std::mutex mutex;
-  std::vector<Form> entries;
-  int64_t bytes = 0;
-  uint64_t clock = 0;
-};
-Forms& forms() {
-  static Forms* f = new Forms();  // never destroyed: kernels may run during static destruction
-  return *f;
-}
-
-std::vector<at::Tensor> filter_form(const at::Tensor& w, int kind, const std::function<std::vector<at::Tensor>()>& make) {
-  const int64_t cap = static_cast<int64_t>(cpu::filter_cache_cap());
-  if (!w.is_cpu() || w.is_inference() || cap == 0 ||
-      !(w.is_contiguous() || w.is_contiguous(at::MemoryFormat::ChannelsLast)))  // (the fingerprint reads it whole)
-    return make();
-  Forms& f = forms();
-  const int64_t version = w._version();
-  std::vector<at::Tensor> hit, dead;
-  uint64_t hit_print = 0;
-  bool cache_it = false;
-  auto find = [&]() -> Form* {
-    for (auto& e : f.entries)
-      if (e.kind == kind && e.impl.lock().get() == w.unsafeGetTensorImpl()) return &e;
-    return nullptr;
-  };
-  {
-    std::lock_guard<std::mutex> lock(f.mutex);
-    for (auto& e : f.entries)  // filters that are gone
-      if (e.impl.expired()) f.bytes -= e.bytes, e.bytes = 0, e.tensors.clear();
-    f.entries.erase(std::remove_if(f.entries.begin(), f.entries.end(), [](const Form& e) { return e.impl.expired(); }),
-                    f.entries.end());
-    Form* e = find();
-    if (e && e->same(w, version)) {
-      if (!e->tensors.empty()) hit = e->tensors, hit_print = e->print, e->last_use = ++f.clock;
-      else cache_it = ++e->sightings >= 2 && !e->too_big;
-    } else if (e) {  // the filter changed: forget its form
-      f.bytes -= e->bytes, e->bytes = 0, dead.swap(e->tensors);
-      e->describe(w, version), e->sightings = 1, e->too_big = false;
-    } else {
-      f.entries.emplace_back(w, kind);
-      f.entries.back().describe(w, version), f.entries.back().sightings = 1;
-    }
-  }
-  if (!hit.empty()) {
-    if (cpu::filter_fingerprint(w) == hit_print) return hit;
-    std::lock_guard<std::mutex> lock(f.mutex);  // written behind the version counter's back
-    if (Form* e = find(); e && !e->tensors.empty() && e->tensors[0].is_same(hit[0]))
-      f.bytes -= e->bytes, e->bytes = 0, e->tensors.clear();
-    cache_it = true;
-  }
-  if (!cache_it) return make();
-  const uint64_t print = cpu::filter_fingerprint(w);
-  std::vector<at::Tensor> out = make();
-  int64_t bytes = 0;
-  for (const auto& t : out) bytes += static_cast<int64_t>(t.nbytes());
-  std::lock_guard<std::mutex> lock(f.mutex);
-  Form* e = find();
-  if (e && bytes > cap) e->too_big = true;
-  if (e && e->same(w, version) && e->tensors.empty() && bytes <= cap) {
-    e->tensors = out, e->print = print, e->bytes = bytes, e->last_use = ++f.clock;
-    f.bytes += bytes;
-    while (f.bytes > cap) {  // the least recently used other forms out
-      Form* lru = nullptr;
-      for (auto& o : f.entries)
-        if (&o != e && !o.tensors.empty() && (!lru || o.last_use < lru->last_use)) lru = &o;
-      if (!lru) break;
-      f.bytes -= lru->bytes, lru->bytes = 0, lru->tensors.clear();
-    }
-  }
-  return out;
+// (re, im, re + sign*im) -- are kept across calls while the filter is unchanged, in the
+// packed-filter cache (cpu/filter_cache.h: the same tensor, version, bytes by fingerprint, ...;
+// from the second call with a version, so a training step keeps nothing). Being the same tensors
+// each call, the real kernels' packed forms of them are kept too. Complex64 512@7 3x3 forward,
+// Gauss's form, perf record: 16% of the time copying the filter's planes, 11% in Winograd's
+// transform of them, both on every call before.
+std::vector<at::Tensor> filter_form(const at::Tensor& w, int kind, int64_t copies,
+                                    const std::function<std::vector<at::Tensor>()>& make) {
+  const int64_t bytes = copies * w.numel() * static_cast<int64_t>(c10::elementSize(c10::toRealValueType(w.scalar_type())));
+  auto kept = cpu::kept_forms(w, {300, kind, w.is_conj()}, bytes, make);  // (300: complex forms)
+  return kept.empty() ? make() : kept;
 }
 
 Planes weight_planes(const at::Tensor& w, double sign) {
-  const auto t = filter_form(w, sign > 0 ? 1 : 2, [&] {
+  const auto t = filter_form(w, sign > 0 ? 1 : 2, 3, [&] {
     const Planes p = planes(w, sign, at::MemoryFormat::Contiguous);
     return std::vector<at::Tensor>{p.re, p.im, p.sum};
   });
   return {t[0], t[1], t[2]};
 }
 at::Tensor weight_blocks(const at::Tensor& w) {
-  return filter_form(w, 0, [&] { return std::vector<at::Tensor>{block_filter(w)}; })[0];
+  return filter_form(w, 0, 4, [&] { return std::vector<at::Tensor>{block_filter(w)}; })[0];
 }
 
 // u * v' with v' = v (sign +1) or conj(v) (sign -1), for an op B real-bilinear in (u, v), from
@@ -284,19 +193,6 @@ bool complex_uses_gauss(int64_t Cg, int64_t Kg, int64_t R, int64_t S, at::IntArr
 namespace {
 bool cpu_complex64(const at::Tensor& t) { return t.is_cpu() && t.scalar_type() == at::kComplexFloat; }
 }  // namespace
-
-void clear_complex_forms() {
-  std::vector<Form> entries;  // freed once the lock is released
-  Forms& f = forms();
-  std::lock_guard<std::mutex> lock(f.mutex);
-  entries.swap(f.entries);
-  f.bytes = 0;
-}
-int64_t complex_form_bytes() {
-  Forms& f = forms();
-  std::lock_guard<std::mutex> lock(f.mutex);
-  return f.bytes;
-}
 
 void set_complex_strategy(ComplexStrategy s) { g_strategy.store(static_cast<int>(s)); }
 ComplexStrategy complex_strategy() { return static_cast<ComplexStrategy>(g_strategy.load()); }

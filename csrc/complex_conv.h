@@ -65,8 +65,4 @@ ComplexStrategy complex_strategy();
 bool complex_uses_gauss(int64_t Cg, int64_t Kg, int64_t R, int64_t S, at::IntArrayRef stride, at::MemoryFormat fmt,
                         int64_t in_plane, bool cpu_complex64);
 
-// The complex filters' real forms kept across calls (complex_conv.cpp): free them, and their bytes
-void clear_complex_forms();
-int64_t complex_form_bytes();
-
 }  // namespace conv_ext

@@ -110,12 +110,11 @@ PYBIND11_MODULE(_C, m) {
     return std::string(s == conv_ext::ComplexStrategy::Pairs ? "pairs" : s == conv_ext::ComplexStrategy::Gauss ? "gauss" : "auto");
   });
   m.def("empty_cache", [] {
-    conv_ext::clear_complex_forms();  // first: their buffers go back to the output cache
-    cc::clear_filter_cache();
+    cc::clear_filter_cache();  // first: its buffers go back to the output cache
     cc::empty_cache();
   }, "Free the packed filters and the blocks conv_ext's CPU caches hold");
   m.def("cpu_cached_bytes", &cc::cached_bytes, "Bytes held in conv_ext's CPU output cache");
-  m.def("cpu_filter_cache_bytes", [] { return cc::filter_cache_bytes() + conv_ext::complex_form_bytes(); },
+  m.def("cpu_filter_cache_bytes", &cc::filter_cache_bytes,
         "Bytes of packed filters conv_ext's CPU kernels keep (complex filters' real forms included)");
   m.def("cpu_capability", &cc::cpu_capability, "SIMD level the CPU kernels use: avx512, avx2 or portable");
   m.def("cpu_fma_peak_gflops", &cc::fma_peak_gflops, pybind11::arg("float64") = false, pybind11::arg("seconds") = 0.5,

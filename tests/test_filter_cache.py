@@ -353,6 +353,16 @@ def test_concurrent_calls():
     assert not bad
 
 
+def held_under_limits(code):
+    """{limit in MiB: the last number `code` prints} for CONV_EXT_CPU_FILTER_CACHE_MB = 0, 1, 512."""
+    held = {}
+    for mb in ("0", "1", "512"):
+        env = dict(os.environ, CONV_EXT_CPU_FILTER_CACHE_MB=mb)
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+        held[mb] = int(out.stdout.split()[-1])
+    return held
+
+
 def test_cache_limit_and_off_switch():
     code = (
         "import torch, conv_ext\n"
@@ -363,19 +373,14 @@ def test_cache_limit_and_off_switch():
         "print(conv_ext.info()['cpu_filter_cache_bytes'])\n"
     )
     code = code.replace("\nx =", "\nconv_ext._C.force_cpu_algorithm('forward', 'implicit_gemm')\nx =")
-    held = {}
-    for mb in ("0", "1", "512"):
-        env = dict(os.environ, CONV_EXT_CPU_FILTER_CACHE_MB=mb)
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
-        held[mb] = int(out.stdout.split()[-1])
+    held = held_under_limits(code)
     assert held["0"] == 0
     assert 0 < held["1"] <= 1 << 20
     assert held["512"] == 4 * 256 * 256 * 4
 
 
 def test_complex_forms_limit_and_off_switch():
-    # complex filters' forms are held by the same limit (a cache of their own, beside the packed
-    # filters of their real convolutions): none with 0, at most the limit each with 1 MiB
+    # complex filters' forms are held in the same cache, under the same limit: none with 0
     code = (
         "import torch, conv_ext\n"
         "x = torch.randn(1, 128, 7, 7, dtype=torch.complex64)\n"
@@ -384,11 +389,7 @@ def test_complex_forms_limit_and_off_switch():
         "    for _ in range(3): conv_ext.conv2d(x, w)\n"
         "print(conv_ext.info()['cpu_filter_cache_bytes'])\n"
     )
-    held = {}
-    for mb in ("0", "1", "512"):
-        env = dict(os.environ, CONV_EXT_CPU_FILTER_CACHE_MB=mb)
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
-        held[mb] = int(out.stdout.split()[-1])
+    held = held_under_limits(code)
     assert held["0"] == 0
     assert 0 < held["1"] <= 2 << 20
     assert held["512"] >= 4 * 256 * 256 * 4  # the four block filters at least

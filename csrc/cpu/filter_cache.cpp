@@ -36,11 +36,12 @@ struct Entry {
   const void* data = nullptr;
   std::vector<int64_t> tag;
   std::vector<int64_t> sizes, strides;
-  int64_t floats = 0;
+  int64_t nbytes = 0;  // of the forms (part of the key)
   int64_t version = -1;
-  int sightings = 0;   // calls that packed this (filter, version, tag)
-  at::Tensor packed;   // the packed form, once cached
-  uint64_t print = 0;  // fingerprint of the filter it was packed from
+  int sightings = 0;               // calls that made this (filter, version, tag)'s forms
+  std::vector<at::Tensor> forms;   // the packed form (or forms), once cached
+  size_t bytes = 0;                // held in forms
+  uint64_t print = 0;              // fingerprint of the filter they were made from
   uint64_t last_use = 0;
 };
 
@@ -139,18 +140,18 @@ uint64_t fingerprint(const at::Tensor& t) {
   return r;
 }
 
-bool same_filter(const Entry& e, const at::Tensor& t, int64_t version, int64_t floats) {
-  return e.version == version && e.floats == floats && e.storage_addr == t.storage().unsafeGetStorageImpl() &&
+bool same_filter(const Entry& e, const at::Tensor& t, int64_t version, int64_t nbytes) {
+  return e.version == version && e.nbytes == nbytes && e.storage_addr == t.storage().unsafeGetStorageImpl() &&
          !e.storage.expired() && e.data == t.const_data_ptr() && t.sizes().equals(e.sizes) && t.strides().equals(e.strides);
 }
 
-void describe(Entry& e, const at::Tensor& t, int64_t version, int64_t floats) {
+void describe(Entry& e, const at::Tensor& t, int64_t version, int64_t nbytes) {
   e.tensor_addr = t.unsafeGetTensorImpl();
   e.storage = t.storage().getWeakStorageImpl();
   e.storage_addr = t.storage().unsafeGetStorageImpl();
   e.data = t.const_data_ptr();
   e.sizes = t.sizes().vec(), e.strides = t.strides().vec();
-  e.version = version, e.floats = floats, e.sightings = 1;
+  e.version = version, e.nbytes = nbytes, e.sightings = 1;
 }
 
 Entry* find(Cache& c, const at::Tensor& t, const std::vector<int64_t>& tag) {
@@ -162,8 +163,10 @@ Entry* find(Cache& c, const at::Tensor& t, const std::vector<int64_t>& tag) {
 // Entries whose filter is gone; their buffers are moved to `dead` (freed after the lock).
 void purge(Cache& c, std::vector<at::Tensor>& dead) {
   for (auto& e : c.entries)
-    if ((e.tensor.expired() || e.storage.expired()) && e.packed.defined())
-      c.bytes -= e.packed.nbytes(), dead.push_back(std::move(e.packed));
+    if (e.tensor.expired() || e.storage.expired()) {
+      c.bytes -= e.bytes, e.bytes = 0;
+      for (auto& f : e.forms) dead.push_back(std::move(f));
+    }
   c.entries.erase(std::remove_if(c.entries.begin(), c.entries.end(),
                                  [](const Entry& e) { return e.tensor.expired() || e.storage.expired(); }),
                   c.entries.end());
@@ -171,83 +174,93 @@ void purge(Cache& c, std::vector<at::Tensor>& dead) {
 
 }  // namespace
 
-PackedFilter packed_filter(const at::Tensor* filter, const std::vector<int64_t>& tag, int64_t floats,
-                           float* scratch, const std::function<void(float*)>& pack) {
+std::vector<at::Tensor> kept_forms(const at::Tensor& t, const std::vector<int64_t>& tag, int64_t bytes,
+                                   const std::function<std::vector<at::Tensor>()>& make) {
   Cache& c = cache();
-  const size_t bytes = size_t(floats) * sizeof(float);
-  const auto uncached = [&]() -> PackedFilter {
-    if (scratch == nullptr) return {};  // the caller packs it as it goes
-    pack(scratch);
-    return {at::Tensor(), scratch};
-  };
-  if (filter == nullptr || !filter->defined() || filter->is_inference() || bytes > c.cap ||
-      !(filter->is_contiguous() || filter->is_contiguous(at::MemoryFormat::ChannelsLast)))
-    return uncached();
-  const at::Tensor& t = *filter;
+  if (!t.defined() || t.is_inference() || !t.is_cpu() || size_t(bytes) > c.cap ||
+      !(t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast)))
+    return {};
   const int64_t version = t._version();
   const std::vector<int64_t>& key = tag;
   std::vector<at::Tensor> dead;  // buffers to free once the lock is released
   bool cache_it = false;
-  at::Tensor hit;
+  std::vector<at::Tensor> hit;
   uint64_t hit_print = 0;
+  const auto drop = [&](Entry& e) {  // (under the lock)
+    c.bytes -= e.bytes, e.bytes = 0;
+    for (auto& f : e.forms) dead.push_back(std::move(f));
+    e.forms.clear();
+  };
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     purge(c, dead);
     Entry* e = find(c, t, key);
-    if (e && same_filter(*e, t, version, floats)) {
-      if (e->packed.defined()) {
+    if (e && same_filter(*e, t, version, bytes)) {
+      if (!e->forms.empty()) {
         e->last_use = ++c.clock;
-        hit = e->packed, hit_print = e->print;
+        hit = e->forms, hit_print = e->print;
       } else {
         cache_it = ++e->sightings >= 2;
       }
-    } else if (e) {  // the filter changed: forget its packed form
-      if (e->packed.defined()) c.bytes -= e->packed.nbytes(), dead.push_back(std::move(e->packed));
-      e->packed = at::Tensor();
-      describe(*e, t, version, floats);
+    } else if (e) {  // the filter changed: forget its forms
+      drop(*e);
+      describe(*e, t, version, bytes);
     } else {
       c.entries.emplace_back(t, key);
-      describe(c.entries.back(), t, version, floats);
+      describe(c.entries.back(), t, version, bytes);
     }
   }
   dead.clear();
-  if (hit.defined()) {
+  if (!hit.empty()) {
     // the version counter says unchanged; the bytes must agree (writes through w.data, NumPy or
-    // a collective do not bump it). A mismatch drops the entry's form and packs afresh.
-    if (fingerprint(t) == hit_print) return {hit, hit.const_data_ptr<float>()};
+    // a collective do not bump it). A mismatch drops the entry's forms and makes them afresh.
+    if (fingerprint(t) == hit_print) return hit;
     std::lock_guard<std::mutex> lock(c.mutex);
     Entry* e = find(c, t, key);
-    if (e && e->packed.defined() && e->packed.is_same(hit)) {
-      c.bytes -= e->packed.nbytes();
-      e->packed = at::Tensor();
+    if (e && !e->forms.empty() && e->forms[0].is_same(hit[0])) {
+      drop(*e);
       e->sightings = 1;
     }
     cache_it = true;
   }
-  if (!cache_it) return uncached();
-  at::Tensor buf = empty_output({floats}, at::TensorOptions().dtype(at::kFloat), at::MemoryFormat::Contiguous);
+  if (!cache_it) return {};
   const uint64_t print = fingerprint(t);
-  pack(buf.mutable_data_ptr<float>());
+  std::vector<at::Tensor> made = make();
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     Entry* e = find(c, t, key);
-    if (e && same_filter(*e, t, version, floats) && !e->packed.defined()) {
-      e->packed = buf;
+    if (e && same_filter(*e, t, version, bytes) && e->forms.empty()) {
+      e->forms = made;
       e->print = print;
       e->last_use = ++c.clock;
-      c.bytes += buf.nbytes();
-      while (c.bytes > c.cap) {  // evict the least recently used other packed forms
+      e->bytes = 0;
+      for (const auto& f : made) e->bytes += f.nbytes();
+      c.bytes += e->bytes;
+      while (c.bytes > c.cap) {  // evict the least recently used other forms
         Entry* lru = nullptr;
         for (auto& o : c.entries)
-          if (&o != e && o.packed.defined() && (!lru || o.last_use < lru->last_use)) lru = &o;
+          if (&o != e && !o.forms.empty() && (!lru || o.last_use < lru->last_use)) lru = &o;
         if (!lru) break;
-        c.bytes -= lru->packed.nbytes();
-        dead.push_back(std::move(lru->packed));
-        lru->packed = at::Tensor();
+        drop(*lru);
       }
     }
   }
-  return {buf, buf.const_data_ptr<float>()};
+  return made;
+}
+
+PackedFilter packed_filter(const at::Tensor* filter, const std::vector<int64_t>& tag, int64_t floats,
+                           float* scratch, const std::function<void(float*)>& pack) {
+  if (filter != nullptr) {
+    const auto kept = kept_forms(*filter, tag, floats * int64_t(sizeof(float)), [&] {
+      at::Tensor buf = empty_output({floats}, at::TensorOptions().dtype(at::kFloat), at::MemoryFormat::Contiguous);
+      pack(buf.mutable_data_ptr<float>());
+      return std::vector<at::Tensor>{buf};
+    });
+    if (!kept.empty()) return {kept[0], kept[0].const_data_ptr<float>()};
+  }
+  if (scratch == nullptr) return {};  // the caller packs it as it goes
+  pack(scratch);
+  return {at::Tensor(), scratch};
 }
 
 void clear_filter_cache() {
@@ -259,9 +272,6 @@ void clear_filter_cache() {
     c.bytes = 0;
   }
 }
-
-uint64_t filter_fingerprint(const at::Tensor& t) { return fingerprint(t); }
-size_t filter_cache_cap() { return cache().cap; }
 
 int64_t filter_cache_bytes() {
   Cache& c = cache();

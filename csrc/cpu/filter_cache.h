@@ -47,10 +47,12 @@ PackedFilter packed_filter(const at::Tensor* filter, const std::vector<int64_t>&
 
 void clear_filter_cache();
 int64_t filter_cache_bytes();  // bytes of packed filters held now
-// the cache's 64-bit fingerprint of a CPU tensor's bytes (for other caches of filter forms), and
-// its limit in bytes (CONV_EXT_CPU_FILTER_CACHE_MB)
-uint64_t filter_fingerprint(const at::Tensor& t);
-size_t filter_cache_cap();
+// The same cache for forms that are tensors (complex filters' real forms, complex_conv.cpp): the
+// forms `make()` returns for `filter` under `tag`, `bytes` in all, kept by the rules above -- the
+// cached ones, or make()'s where this call caches them; empty where this call keeps nothing (the
+// caller makes its own: a first sighting, an inference tensor, over the limit).
+std::vector<at::Tensor> kept_forms(const at::Tensor& filter, const std::vector<int64_t>& tag, int64_t bytes,
+                                   const std::function<std::vector<at::Tensor>()>& make);
 
 }  // namespace cpu
 }  // namespace conv_ext
