@@ -524,6 +524,54 @@ def test_default_accuracy(shape, layout):
         assert err <= 4 * err_torch + 1e-7, (pass_name, err, err_torch)
 
 
+# Long reductions (1600-3136 steps), each on the kernel named, found by random shapes against torch:
+# one float32 chain over a whole reduction came to 1-2e-6 here, up to 10x torch's error where
+# torch's sums are blocked; in chains of simd.h's kChain steps 2.5-3.7e-7. Both bounds: the
+# issue's (4x torch's error) and one of 6e-7, which every one of them broke before.
+LONG_REDUCTIONS = [
+    # (shape, layout, pass, the kernel that runs it)
+    (((5, 12, 38, 40), 32, (2, 1), 2, (1, 0), 1, 4), "nchw", "backward_weight", "implicit_gemm"),  # micro-kernel: 2000 pixels
+    (((2, 256, 18, 38), 32, (7, 7), 1, 3, 1, 4), "nchw", "forward", "implicit_gemm"),  # row runs: 64 x 7x7 taps
+    (((2, 16, 33, 26), 64, (7, 7), 1, 1, 1, 1), "nhwc", "backward_input", "implicit_gemm"),  # row runs
+    (((2, 16, 20, 26), 128, (7, 7), 1, 3, 1, 1), "nchw", "backward_input", "implicit_gemm"),  # micro-kernel
+    (((2, 2, 12, 17), 256, (5, 5), 1, 2, 1, 2), "nchw", "backward_input", "direct_nchw"),  # 128 x 5x5 taps
+    (((1, 2, 8, 17), 128, (5, 5), 1, 0, 1, 2), "nchw", "backward_input", "implicit_gemm"),  # pixel rows: 64 x 5x5
+]
+
+
+@pytest.mark.skipif(conv_ext._C.cpu_capability() == "portable", reason="the reference kernel runs these")
+@pytest.mark.parametrize("shape,layout,pass_name,kernel", LONG_REDUCTIONS, ids=str)
+def test_long_reduction_accuracy(shape, layout, pass_name, kernel):
+    x64, w64, b64, dy64, geo = make(shape, layout)
+    x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
+    with testing.force_cpu_algorithm({pass_name: "reference"}):
+        ref = run_pass(pass_name, x64, w64, b64, dy64, geo)
+    ours = run_pass(pass_name, x, wt, b, dy, geo)
+    assert testing.last_cpu_algorithm(pass_name) == kernel
+    if pass_name == "forward":
+        theirs = F.conv2d(x, wt, b, *geo)
+    else:
+        mask = (pass_name == "backward_input", pass_name == "backward_weight", False)
+        grads = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, (0, 0), geo[3], mask)
+        theirs = grads[0] if pass_name == "backward_input" else grads[1]
+    err, err_torch = rel_error(ours, ref), rel_error(theirs, ref)
+    assert err <= 4 * err_torch + 1e-7 and err <= 6e-7, (err, err_torch)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_bias_gradient_sums_in_float64(layout):
+    """float32 bias gradients: the float64 sum of the float32 values, rounded once (a float32 sum of
+    the 276 pixels of one channel was 8e-6 off, 10x torch's pairwise sum)."""
+    g = torch.Generator().manual_seed(2)
+    dy = torch.randn(3, 5, 23, 12, generator=g)
+    if layout == "nhwc":
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    exact = dy.double().sum((0, 2, 3))
+    for d in (dy, dy[:1, :1]):  # many channels and many pixels a chunk; one channel of one image
+        e = exact if d is dy else d.double().sum((0, 2, 3))
+        assert ((ops.conv2d_backward_bias(d).double() - e).abs() <= e.abs() * 1.01 * 2.0**-24).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", [GENERAL[3], ((2, 64, 9, 9), 64, (3, 3), 1, 1, 1, 1), ((1, 24, 9, 9), 24, (3, 3), 2, 1, 1, 24)],
@@ -800,7 +848,7 @@ def test_lower_capability_subprocess(level):
          " or grouped_nhwc or gemm_f64) or test_gemm_f64 or test_depthwise_bfloat16 or test_nonfinite"
          if level == "avx2" else "test_default")
     if level == "avx2":  # a quarter of the cases keeps this quick; NCHW runs the same micro-kernel
-        k += " or test_deterministic or test_default_accuracy"
+        k += " or test_deterministic or test_default_accuracy or test_long_reduction or test_bias_gradient"
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k", k]
     if level == "portable":
         code = ("import conv_ext, torch; from conv_ext import testing;"

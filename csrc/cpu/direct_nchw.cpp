@@ -189,6 +189,24 @@ constexpr int NQ = VL == 16 ? 6 : 4;  // pixel vectors of a tile (inputs loaded)
 // NQT: the tile's vectors (NQ; fewer for the short planes of tiny_forward). PAIRS: xb and wk are
 // words of bfloat16 pairs of channels and each step a VDPBF16PS (mac); O = uint16_t: the sums are
 // stored rounded to bfloat16.
+// taps [t0, t1) of a tile: acc[k][v] += wk[t*NK + k] * xp[v][off[t] .. + VL)
+template <int NQ, bool PAIRS>
+inline __attribute__((always_inline)) void direct_steps(V (&acc)[NK][NQ], const float* const (&xp)[NQ],
+                                                        const int64_t* off, const float* wk, int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t o = off[t];
+    V wv[NK];
+#pragma GCC unroll 4
+    for (int k = 0; k < NK; ++k) wv[k] = Isa::set1(wk[t * NK + k]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NQ; ++v) {
+      const V xv = Isa::load(xp[v] + o);
+#pragma GCC unroll 4
+      for (int k = 0; k < NK; ++k) acc[k][v] = mac<PAIRS>(wv[k], xv, acc[k][v]);
+    }
+  }
+}
+
 template <int NQT = NQ, bool PAIRS = false, typename O = float>
 void direct_tile(const float* const* xb, int nq, const int64_t* off, int64_t T, const float* wk, const float* bias,
                  O* const* yo, int64_t kstride, int kvalid, const M* qm, bool stream) {
@@ -203,17 +221,26 @@ void direct_tile(const float* const* xb, int nq, const int64_t* off, int64_t T, 
 #pragma GCC unroll 8
     for (int v = 0; v < NQ; ++v) acc[k][v] = b;
   }
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t o = off[t];
-    V wv[NK];
+  // chains of at most kChain taps (simd.h): backward-input's Kg x R x S taps (64 x 7 x 7) in one
+  // chain came to 5-10x torch's float32 error
+  direct_steps<NQ, PAIRS>(acc, xp, off, wk, 0, std::min(T, kChain));
+  if (T > kChain) {
+    V sum[NK][NQ];
 #pragma GCC unroll 4
-    for (int k = 0; k < NK; ++k) wv[k] = Isa::set1(wk[t * NK + k]);
+    for (int k = 0; k < NK; ++k)
 #pragma GCC unroll 8
-    for (int v = 0; v < NQ; ++v) {
-      const V xv = Isa::load(xp[v] + o);
+      for (int v = 0; v < NQ; ++v) sum[k][v] = acc[k][v], acc[k][v] = Isa::zero();
+    for (int64_t t0 = kChain; t0 < T; t0 += kChain) {
+      direct_steps<NQ, PAIRS>(acc, xp, off, wk, t0, std::min(T, t0 + kChain));
 #pragma GCC unroll 4
-      for (int k = 0; k < NK; ++k) acc[k][v] = mac<PAIRS>(wv[k], xv, acc[k][v]);
+      for (int k = 0; k < NK; ++k)
+#pragma GCC unroll 8
+        for (int v = 0; v < NQ; ++v) sum[k][v] = Isa::add(sum[k][v], acc[k][v]), acc[k][v] = Isa::zero();
     }
+#pragma GCC unroll 4
+    for (int k = 0; k < NK; ++k)
+#pragma GCC unroll 8
+      for (int v = 0; v < NQ; ++v) acc[k][v] = sum[k][v];
   }
   for (int k = 0; k < kvalid; ++k)
     for (int v = 0; v < nq; ++v) {

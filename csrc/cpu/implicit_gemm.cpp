@@ -272,6 +272,11 @@ void row_run(const Run& a) {
   V acc[T];
 #pragma GCC unroll 32
   for (int q = 0; q < T; ++q) acc[q] = Isa::zero();
+  V sum[T];  // chains of about kChain taps (simd.h): 64 channels x 7 taps x 7 rows in one was 5x torch's error
+#pragma GCC unroll 32
+  for (int q = 0; q < T; ++q) sum[q] = Isa::zero();
+  bool folded = false;
+  int64_t taps = 0;
   for (int64_t r = 0; r < a.R; ++r) {
     // EDGE: a pointer a column, the padding's at a block of zeros; else the band's columns at a
     // step of pixf. The pointers are volatile, so each broadcast loads its column's pointer from
@@ -306,8 +311,10 @@ void row_run(const Run& a) {
           if (u >= 0 && u % SW == 0 && u / SW < T) acc[u / SW] = mac<PAIRS>(xb, wv[s], acc[u / SW]);
         }
       }
+      if ((taps += S) >= kChain) fold_run(acc, sum, folded), taps = 0;
     }
   }
+  end_runs(acc, sum, folded);
   store_run<T, PAIRS>(acc, T, a.c, a.ldc, a.accumulate, a.bias_v, a.cmask, a.c16);
 }
 
@@ -419,6 +426,11 @@ void scatter_run(const ScatterRun& a) {
   V acc[T];
 #pragma GCC unroll 32
   for (int q = 0; q < T; ++q) acc[q] = Isa::zero();
+  V sum[T];  // chains of about kChain taps (simd.h)
+#pragma GCC unroll 32
+  for (int q = 0; q < T; ++q) sum[q] = Isa::zero();
+  bool folded = false;
+  int64_t taps = 0;
   for (int i = 0; i < a.nr; ++i) {
     const float* xr = a.xrows[i] + a.coloff;
     const float* wr = a.wrows[i];
@@ -435,8 +447,10 @@ void scatter_run(const ScatterRun& a) {
           if (u >= 0 && u < T) acc[u] = mac<PAIRS>(xb, wv[s], acc[u]);
         }
       }
+      if ((taps += 3) >= kChain) fold_run(acc, sum, folded), taps = 0;
     }
   }
+  end_runs(acc, sum, folded);
   store_run<T, PAIRS>(acc, a.nt, a.c, a.ldc, a.accumulate, nullptr, a.cmask, a.c16);
 }
 
@@ -1140,6 +1154,7 @@ void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float
   const int64_t padT = std::max<int64_t>(0, (R - 1) * dh - ph), padL = std::max<int64_t>(0, (S - 1) * dw - pw);
   const int64_t Wr = round_up(W, NQ * VL);                    // dx columns computed per row
   const int64_t Hb = H + ph + padT + RB, Wb = Wr + pw + padL; // dyb rows ih+ph-r*dh+padT, cols iw+pw-s*dw+padL
+  const int64_t kfold = std::max<int64_t>(1, kChain / RS);
   for_each_task(N * G, p.macs(), [&](int64_t task) {
     const int64_t n = task / G, g = task % G;
     float* dyb = scratch(1, Kg * Hb * Wb);
@@ -1178,7 +1193,16 @@ void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float
           const float* wc[CB];  // a channel past Cg repeats the last one (computed, not stored)
 #pragma GCC unroll 4
           for (int cb = 0; cb < CB; ++cb) wc[cb] = wt + std::min<int64_t>(c0 + cb, Cg - 1) * Kg * RS;
-          for (int64_t k = 0; k < Kg; ++k)
+          // chains of kfold filters' taps, about kChain (simd.h): 64 x 5x5 taps in one chain were
+          // 7x torch's float32 error
+          constexpr int NA = CB * RB * NQ;
+          V(&flat)[NA] = reinterpret_cast<V(&)[NA]>(acc);
+          V sum[NA];
+#pragma GCC unroll 32
+          for (int i = 0; i < NA; ++i) sum[i] = Isa::zero();
+          bool folded = false;
+          for (int64_t k = 0; k < Kg; ++k) {
+            if (k > 0 && k % kfold == 0) fold_run(flat, sum, folded);
             for (int64_t r = 0; r < R; ++r) {
               const float* src = dyb + (k * Hb + ih + ph - r * dh + padT) * Wb + iw0 + pw + padL;
               const int64_t t0 = (k * R + r) * S;
@@ -1196,6 +1220,8 @@ void bwd_input_pixel_rows_nq(const Conv2dParams& p, const float* dy, const float
                   }
               }
             }
+          }
+          end_runs(flat, sum, folded);
           const int64_t valid = std::min<int64_t>(NQ * VL, W - iw0);
           for (int cb = 0; cb < CB && c0 + cb < Cg; ++cb)
             for (int j = 0; j < RB && ih + j < H; ++j) {
