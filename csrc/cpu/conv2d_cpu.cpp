@@ -169,12 +169,58 @@ at::Tensor backward_weight(const at::Tensor& grad_output, const at::Tensor& inpu
 }
 
 // db[k] = sum_{n,p,q} dy[n,k,p,q], in an order fixed by the shape (the same bits for any thread
-// count). Channels_last: the N*P*Q pixel rows in a fixed number of chunks, each summing its rows
-// into K partial sums (a contiguous, vectorised inner loop), the chunks then added in chunk
-// order. NCHW: a task per block of channels, each a sum along its planes. 2 threads, us per call
-// before -> after (a task per block of 64 channels; one chain of dependent adds a plane):
-// channels_last 576@7 batch 4 6.7 -> 6.0, 96@56 134 -> 70, 64@32 batch 8 46 -> 14, 64@56 98 -> 23;
-// NCHW 96@56 382 -> 100, 64@32 234 -> 43, 64@56 379 -> 99 (576@7 13, unchanged).
+// count), summed in float64 for every dtype and rounded once: a float32 sum of a few hundred
+// values in one chain was 10x torch's error (whose sums are pairwise), e.g. the 276 pixels of one
+// channel: 8.3e-6 vs 7.5e-7. Channels_last: the N*P*Q pixel rows in a fixed number of chunks,
+// each summing its rows into K partial sums (a contiguous, vectorised inner loop), the chunks
+// then added in chunk order. NCHW: a task per block of channels, each a sum along its planes. 2
+// threads, us per call before -> after (a task per block of 64 channels; one chain of dependent
+// adds a plane): channels_last 576@7 batch 4 6.7 -> 6.0, 96@56 134 -> 70, 64@32 batch 8 46 -> 14,
+// 64@56 98 -> 23; NCHW 96@56 382 -> 100, 64@32 234 -> 43, 64@56 379 -> 99 (576@7 13, unchanged).
+// The float64 sums of float32 run as AVX-512 / AVX2 clones of the two loops (this file is built
+// for the baseline ISA, whose 2-wide float64 adds made them 1.7-2.5x slower).
+
+// acc[k] += src[i * K + k] for the rows i in [i0, i1) and k < kn <= kB (the sums in registers
+// over the rows)
+constexpr int64_t kB = 64;
+template <typename T>
+inline __attribute__((always_inline)) void sum_rows(const T* src, int64_t K, int64_t i0, int64_t i1, int64_t kn, double* acc) {
+  double a[kB] = {};
+  if (kn == kB) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t k = 0; k < kB; ++k) a[k] += static_cast<double>(src[i * K + k]);
+  } else {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t k = 0; k < kn; ++k) a[k] += static_cast<double>(src[i * K + k]);
+  }
+  for (int64_t k = 0; k < kn; ++k) acc[k] += a[k];
+}
+__attribute__((target_clones("avx512f", "avx2", "default"))) void sum_rows(const float* src, int64_t K, int64_t i0,
+                                                                            int64_t i1, int64_t kn, double* acc) {
+  sum_rows<float>(src, K, i0, i1, kn, acc);
+}
+// A plane of n >= 256 values: kL running sums, added pairwise at the end (independent adds,
+// vectorised; one sum was a chain of dependent adds: 96@56 batch 4 took 0.38 ms, now 0.1).
+constexpr int64_t kL = 32;
+template <typename T, int64_t kL = kL>
+inline __attribute__((always_inline)) double sum_plane(const T* plane, int64_t n) {
+  double lane[kL] = {};
+  int64_t i = 0;
+  for (; i + kL <= n; i += kL)
+    for (int64_t j = 0; j < kL; ++j) lane[j] += static_cast<double>(plane[i + j]);
+  for (int64_t j = 0; i + j < n; ++j) lane[j] += static_cast<double>(plane[i + j]);
+  for (int64_t half = kL / 2; half >= 1; half /= 2)  // the lanes added pairwise
+    for (int64_t j = 0; j < half; ++j) lane[j] += lane[j + half];
+  return lane[0];
+}
+__attribute__((target_clones("avx512f", "avx2", "default"))) double sum_plane(const float* plane, int64_t n) {
+  return sum_plane<float>(plane, n);
+}
+// a plane of fewer than 256 values: 8 sums
+__attribute__((target_clones("avx512f", "avx2", "default"))) double sum_small_plane(const float* plane, int64_t n) {
+  return sum_plane<float, 8>(plane, n);
+}
+
 at::Tensor backward_bias(const at::Tensor& grad_output) {
   check_backward_bias(grad_output);
   if (grad_output.is_complex()) return complex_backward_bias(&backward_bias, grad_output);
@@ -185,10 +231,6 @@ at::Tensor backward_bias(const at::Tensor& grad_output) {
   const bool nhwc = grad_output.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   const at::Tensor dy = grad_output.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "backward_bias", [&] {
-    // Sums in float64 for every dtype: a float32 sum of a few hundred values in one chain was 10x
-    // torch's error (whose sums are pairwise), e.g. 276 pixels of one channel: 8.3e-6 vs 7.5e-7.
-    // The sum reads memory once; the wider adds cost nothing measurable.
-    using acc_t = double;
     const scalar_t* src = dy.const_data_ptr<scalar_t>();
     scalar_t* out = db.mutable_data_ptr<scalar_t>();
     if (nhwc) {
@@ -197,29 +239,16 @@ at::Tensor backward_bias(const at::Tensor& grad_output) {
       // them evenly): a function of the shape only
       const int64_t most = std::min<int64_t>({16, rows / 64, rows * K / 16384});
       const int64_t nchunk = most >= 2 ? most / 2 * 2 : 1;
-      std::vector<acc_t> partial(static_cast<size_t>(nchunk * K), acc_t(0));
+      std::vector<double> partial(static_cast<size_t>(nchunk * K), 0.0);
       at::parallel_for(0, nchunk, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
-          const int64_t i0 = rows * c / nchunk, i1 = rows * (c + 1) / nchunk;
-          constexpr int64_t kB = 64;  // channels whose sums stay in registers over the chunk's rows
-          int64_t k0 = 0;
-          for (; k0 + kB <= K; k0 += kB) {
-            acc_t acc[kB] = {};
-            for (int64_t i = i0; i < i1; ++i)
-              for (int64_t k = 0; k < kB; ++k) acc[k] += static_cast<acc_t>(src[i * K + k0 + k]);
-            std::copy(acc, acc + kB, partial.data() + c * K + k0);
-          }
-          if (k0 < K) {  // the last K % kB channels
-            const int64_t kt = K - k0;
-            acc_t acc[kB] = {};
-            for (int64_t i = i0; i < i1; ++i)
-              for (int64_t k = 0; k < kt; ++k) acc[k] += static_cast<acc_t>(src[i * K + k0 + k]);
-            std::copy(acc, acc + kt, partial.data() + c * K + k0);
-          }
+          for (int64_t k0 = 0; k0 < K; k0 += kB)
+            sum_rows(src + k0, K, rows * c / nchunk, rows * (c + 1) / nchunk, std::min(kB, K - k0),
+                     partial.data() + c * K + k0);
         }
       });
       for (int64_t k = 0; k < K; ++k) {
-        acc_t s = partial[k];
+        double s = partial[k];
         for (int64_t c = 1; c < nchunk; ++c) s += partial[c * K + k];
         out[k] = static_cast<scalar_t>(s);
       }
@@ -229,29 +258,23 @@ at::Tensor backward_bias(const at::Tensor& grad_output) {
     at::parallel_for(0, (K + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t k0 = b * kBlock, k1 = std::min(K, k0 + kBlock);
-        acc_t acc[kBlock] = {};
+        double acc[kBlock] = {};
         for (int64_t n = 0; n < N; ++n)
           for (int64_t k = k0; k < k1; ++k) {
-            // Large planes: kL running sums a plane, added pairwise at the end (independent adds,
-            // vectorised; one sum was a chain of dependent adds: 96@56 batch 4 took 0.38 ms, now
-            // 0.1). Small planes keep one sum each: the out-of-order core runs several planes'
-            // chains at once, and the lanes cost more than they gain (576@7: 13 -> 25 us).
+            // Small planes keep one sum each: the out-of-order core runs several planes' chains
+            // at once, and the lanes cost more than they gain (576@7: 13 -> 25 us).
             const scalar_t* plane = src + (n * K + k) * PQ;
+            if (PQ < 256 && std::is_same_v<scalar_t, float>) {
+              acc[k - k0] += sum_small_plane(reinterpret_cast<const float*>(plane), PQ);
+              continue;
+            }
             if (PQ < 256) {
-              acc_t s = 0;
-              for (int64_t i = 0; i < PQ; ++i) s += static_cast<acc_t>(plane[i]);
+              double s = 0;
+              for (int64_t i = 0; i < PQ; ++i) s += static_cast<double>(plane[i]);
               acc[k - k0] += s;
               continue;
             }
-            constexpr int64_t kL = 32;
-            acc_t lane[kL] = {};
-            int64_t i = 0;
-            for (; i + kL <= PQ; i += kL)
-              for (int64_t j = 0; j < kL; ++j) lane[j] += static_cast<acc_t>(plane[i + j]);
-            for (int64_t j = 0; i + j < PQ; ++j) lane[j] += static_cast<acc_t>(plane[i + j]);
-            for (int64_t half = kL / 2; half >= 1; half /= 2)  // the lanes added pairwise
-              for (int64_t j = 0; j < half; ++j) lane[j] += lane[j + half];
-            acc[k - k0] += lane[0];
+            acc[k - k0] += sum_plane(plane, PQ);
           }
         for (int64_t k = k0; k < k1; ++k) out[k] = static_cast<scalar_t>(acc[k - k0]);
       }
