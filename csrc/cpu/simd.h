@@ -278,6 +278,7 @@ void micro_kernel_impl(const Tile& t) {
       const float* ap = t.a + t.a_off[seg];
       const float* bp = t.b + t.b_off[seg];
       for (int64_t l0 = 0; l0 < len;) {
+        if (done == kChain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
         const int64_t n = std::min(len - l0, kChain - done);
         for (int64_t l = n; l > 0; --l, ap += als, bp += bls) {
           V bv[NV];
@@ -291,12 +292,12 @@ void micro_kernel_impl(const Tile& t) {
           }
         }
         l0 += n, done += n;
-        if (done == kChain) fold_chain(acc, sum, folded), done = 0;
       }
     }
   } else if constexpr (LOOP == Loop::Fast) {
     for (int seg = 0; seg < t.nseg; ++seg) {
       for (int64_t l0 = 0; l0 < len;) {
+        if (done == kChain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
         const int64_t n = std::min(len - l0, kChain - done);
         const float* ap[MR];  // row i at the piece's end: A(i, l0 + n + l) = ap[i][l], l in [-n, 0)
 #pragma GCC unroll 16
@@ -317,7 +318,6 @@ void micro_kernel_impl(const Tile& t) {
           }
         }
         l0 += n, done += n;
-        if (done == kChain) fold_chain(acc, sum, folded), done = 0;
       }
     }
   } else {
@@ -331,6 +331,7 @@ void micro_kernel_impl(const Tile& t) {
       const float* bp = t.b + t.b_off[seg];
       int64_t ao = 0;
       for (int64_t l0 = 0; l0 < len;) {
+        if (done == kChain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
         const int64_t n = std::min(len - l0, kChain - done);
         for (int64_t l = 0; l < n; ++l) {
           V bv[NV];
@@ -346,15 +347,14 @@ void micro_kernel_impl(const Tile& t) {
           bp += t.b_ls;
         }
         l0 += n, done += n;
-        if (done == kChain) fold_chain(acc, sum, folded), done = 0;
       }
     }
   }
-  if (folded) {  // the last chain added to the earlier ones (a reduction of whole chains: acc is 0)
+  if (folded) {  // the last chain added to the earlier ones
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = done > 0 ? Isa::add(sum[i][v], acc[i][v]) : sum[i][v];
+      for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(sum[i][v], acc[i][v]);
   }
 
   // epilogue: bias, accumulate, (masked) store of the valid rows. Each flag is tested once per
