@@ -277,3 +277,17 @@ def test_in_network_runs():
     lines = proc.stdout.splitlines()
     assert "conv time per forward" in lines[0]
     assert any(line.startswith("16->16 k3x3 s1") for line in lines)  # cifar_resnet20's 16-channel layers
+
+
+def test_accuracy_search_runs():
+    """benchmarks/accuracy_search.py for a few seconds: it draws cases, checks them and counts them
+    (a case it reports is printed, not failed: the search is a tool, its findings go to tests)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/accuracy_search.py", "--seed", "1", "--seconds", "3"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    count = int(proc.stdout.strip().splitlines()[-1].split()[0])
+    assert count > 10 and " cases, " in proc.stdout
