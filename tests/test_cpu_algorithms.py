@@ -440,13 +440,7 @@ def test_against_reference(algo, pass_name, shape, layout):
     err_ref32 = rel_error(ref32, ref64)
     assert err <= max(4 * err_ref32, 1e-6), (err, err_ref32)
     # and torch agrees
-    if pass_name == "forward":
-        expected = F.conv2d(x64, w64, b64, *geo)
-    else:
-        mask = (pass_name == "backward_input", pass_name == "backward_weight", False)
-        grads = torch.ops.aten.convolution_backward(dy64, x64, w64, None, *geo[:3], False, (0, 0), geo[3], mask)
-        expected = grads[0] if pass_name == "backward_input" else grads[1]
-    assert rel_error(out, expected) <= max(4 * err_ref32, 1e-6)
+    assert rel_error(out, torch_pass(pass_name, x64, w64, b64, dy64, geo)) <= max(4 * err_ref32, 1e-6)
     if algo in BF16_ALGORITHMS:  # and its bfloat16 kernel, where it takes the problem
         check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout, skip=False)
 
@@ -504,23 +498,24 @@ ACCURACY = [
 ]
 
 
+def float32_errors(shape, layout, pass_name):
+    """The pass in float32 by conv_ext's default choice and by torch, each one's error against
+    the float64 reference kernel, and the algorithm that ran ours."""
+    x64, w64, b64, dy64, geo = make(shape, layout)
+    x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
+    with testing.force_cpu_algorithm({pass_name: "reference"}):
+        ref = run_pass(pass_name, x64, w64, b64, dy64, geo)
+    ours = run_pass(pass_name, x, wt, b, dy, geo)
+    algorithm = testing.last_cpu_algorithm(pass_name)
+    return rel_error(ours, ref), rel_error(torch_pass(pass_name, x, wt, b, dy, geo), ref), algorithm
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", ACCURACY, ids=str)
 def test_default_accuracy(shape, layout):
-    x64, w64, b64, dy64, geo = make(shape, layout)
-    x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
     for pass_name in PASSES:
-        with testing.force_cpu_algorithm({pass_name: "reference"}):
-            ref = run_pass(pass_name, x64, w64, b64, dy64, geo)
-        ours = run_pass(pass_name, x, wt, b, dy, geo)
-        assert testing.last_cpu_algorithm(pass_name) != "reference" or conv_ext._C.cpu_capability() == "portable"
-        if pass_name == "forward":
-            theirs = F.conv2d(x, wt, b, *geo)
-        else:
-            mask = (pass_name == "backward_input", pass_name == "backward_weight", False)
-            grads = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, (0, 0), geo[3], mask)
-            theirs = grads[0] if pass_name == "backward_input" else grads[1]
-        err, err_torch = rel_error(ours, ref), rel_error(theirs, ref)
+        err, err_torch, algorithm = float32_errors(shape, layout, pass_name)
+        assert algorithm != "reference" or conv_ext._C.cpu_capability() == "portable"
         assert err <= 4 * err_torch + 1e-7, (pass_name, err, err_torch)
 
 
@@ -542,19 +537,8 @@ LONG_REDUCTIONS = [
 @pytest.mark.skipif(conv_ext._C.cpu_capability() == "portable", reason="the reference kernel runs these")
 @pytest.mark.parametrize("shape,layout,pass_name,kernel", LONG_REDUCTIONS, ids=str)
 def test_long_reduction_accuracy(shape, layout, pass_name, kernel):
-    x64, w64, b64, dy64, geo = make(shape, layout)
-    x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
-    with testing.force_cpu_algorithm({pass_name: "reference"}):
-        ref = run_pass(pass_name, x64, w64, b64, dy64, geo)
-    ours = run_pass(pass_name, x, wt, b, dy, geo)
-    assert testing.last_cpu_algorithm(pass_name) == kernel
-    if pass_name == "forward":
-        theirs = F.conv2d(x, wt, b, *geo)
-    else:
-        mask = (pass_name == "backward_input", pass_name == "backward_weight", False)
-        grads = torch.ops.aten.convolution_backward(dy, x, wt, None, *geo[:3], False, (0, 0), geo[3], mask)
-        theirs = grads[0] if pass_name == "backward_input" else grads[1]
-    err, err_torch = rel_error(ours, ref), rel_error(theirs, ref)
+    err, err_torch, algorithm = float32_errors(shape, layout, pass_name)
+    assert algorithm == kernel
     assert err <= 4 * err_torch + 1e-7 and err <= 6e-7, (err, err_torch)
 
 

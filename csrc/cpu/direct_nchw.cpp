@@ -182,13 +182,6 @@ namespace {
 constexpr int NK = VL == 16 ? 4 : 3;  // output channels of a tile (weights broadcast)
 constexpr int NQ = VL == 16 ? 6 : 4;  // pixel vectors of a tile (inputs loaded)
 
-// One tile: for k < NK, v < NQ:
-//   acc[k][v] = bias[k] + sum_{t < T} wk[t*NK + k] * xb[v][off[t] .. + VL)
-// stored to yo[v] + k*kstride for k < kvalid and v < nq (masked by qm[v]; stream: whole vectors
-// by non-temporal stores where aligned); vectors v >= nq re-read vector nq-1 and are dropped.
-// NQT: the tile's vectors (NQ; fewer for the short planes of tiny_forward). PAIRS: xb and wk are
-// words of bfloat16 pairs of channels and each step a VDPBF16PS (mac); O = uint16_t: the sums are
-// stored rounded to bfloat16.
 // taps [t0, t1) of a tile: acc[k][v] += wk[t*NK + k] * xp[v][off[t] .. + VL)
 template <int NQ, bool PAIRS>
 inline __attribute__((always_inline)) void direct_steps(V (&acc)[NK][NQ], const float* const (&xp)[NQ],
@@ -207,6 +200,13 @@ inline __attribute__((always_inline)) void direct_steps(V (&acc)[NK][NQ], const 
   }
 }
 
+// One tile: for k < NK, v < NQ:
+//   acc[k][v] = bias[k] + sum_{t < T} wk[t*NK + k] * xb[v][off[t] .. + VL)
+// stored to yo[v] + k*kstride for k < kvalid and v < nq (masked by qm[v]; stream: whole vectors
+// by non-temporal stores where aligned); vectors v >= nq re-read vector nq-1 and are dropped.
+// NQT: the tile's vectors (NQ; fewer for the short planes of tiny_forward). PAIRS: xb and wk are
+// words of bfloat16 pairs of channels and each step a VDPBF16PS (mac); O = uint16_t: the sums are
+// stored rounded to bfloat16.
 template <int NQT = NQ, bool PAIRS = false, typename O = float>
 void direct_tile(const float* const* xb, int nq, const int64_t* off, int64_t T, const float* wk, const float* bias,
                  O* const* yo, int64_t kstride, int kvalid, const M* qm, bool stream) {
