@@ -264,17 +264,9 @@ at::Tensor backward_bias(const at::Tensor& grad_output) {
             // Small planes keep one sum each: the out-of-order core runs several planes' chains
             // at once, and the lanes cost more than they gain (576@7: 13 -> 25 us).
             const scalar_t* plane = src + (n * K + k) * PQ;
-            if (PQ < 256 && std::is_same_v<scalar_t, float>) {
-              acc[k - k0] += sum_small_plane(reinterpret_cast<const float*>(plane), PQ);
-              continue;
-            }
-            if (PQ < 256) {
-              double s = 0;
-              for (int64_t i = 0; i < PQ; ++i) s += static_cast<double>(plane[i]);
-              acc[k - k0] += s;
-              continue;
-            }
-            acc[k - k0] += sum_plane(plane, PQ);
+            if (PQ >= 256) acc[k - k0] += sum_plane(plane, PQ);
+            else if (std::is_same_v<scalar_t, float>) acc[k - k0] += sum_small_plane(reinterpret_cast<const float*>(plane), PQ);
+            else acc[k - k0] += sum_plane<scalar_t, 1>(plane, PQ);  // one chain
           }
         for (int64_t k = k0; k < k1; ++k) out[k] = static_cast<scalar_t>(acc[k - k0]);
       }

@@ -160,13 +160,17 @@ Entry* find(Cache& c, const at::Tensor& t, const std::vector<int64_t>& tag) {
   return nullptr;
 }
 
-// Entries whose filter is gone; their buffers are moved to `dead` (freed after the lock).
+// The entry's forms forgotten: their buffers moved to `dead` (freed after the lock).
+void drop(Cache& c, Entry& e, std::vector<at::Tensor>& dead) {
+  c.bytes -= e.bytes, e.bytes = 0;
+  for (auto& f : e.forms) dead.push_back(std::move(f));
+  e.forms.clear();
+}
+
+// Entries whose filter is gone, their forms dropped.
 void purge(Cache& c, std::vector<at::Tensor>& dead) {
   for (auto& e : c.entries)
-    if (e.tensor.expired() || e.storage.expired()) {
-      c.bytes -= e.bytes, e.bytes = 0;
-      for (auto& f : e.forms) dead.push_back(std::move(f));
-    }
+    if (e.tensor.expired() || e.storage.expired()) drop(c, e, dead);
   c.entries.erase(std::remove_if(c.entries.begin(), c.entries.end(),
                                  [](const Entry& e) { return e.tensor.expired() || e.storage.expired(); }),
                   c.entries.end());
@@ -186,11 +190,6 @@ std::vector<at::Tensor> kept_forms(const at::Tensor& t, const std::vector<int64_
   bool cache_it = false;
   std::vector<at::Tensor> hit;
   uint64_t hit_print = 0;
-  const auto drop = [&](Entry& e) {  // (under the lock)
-    c.bytes -= e.bytes, e.bytes = 0;
-    for (auto& f : e.forms) dead.push_back(std::move(f));
-    e.forms.clear();
-  };
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     purge(c, dead);
@@ -203,7 +202,7 @@ std::vector<at::Tensor> kept_forms(const at::Tensor& t, const std::vector<int64_
         cache_it = ++e->sightings >= 2;
       }
     } else if (e) {  // the filter changed: forget its forms
-      drop(*e);
+      drop(c, *e, dead);
       describe(*e, t, version, bytes);
     } else {
       c.entries.emplace_back(t, key);
@@ -218,7 +217,7 @@ std::vector<at::Tensor> kept_forms(const at::Tensor& t, const std::vector<int64_
     std::lock_guard<std::mutex> lock(c.mutex);
     Entry* e = find(c, t, key);
     if (e && !e->forms.empty() && e->forms[0].is_same(hit[0])) {
-      drop(*e);
+      drop(c, *e, dead);
       e->sightings = 1;
     }
     cache_it = true;
@@ -241,7 +240,7 @@ std::vector<at::Tensor> kept_forms(const at::Tensor& t, const std::vector<int64_
         for (auto& o : c.entries)
           if (&o != e && !o.forms.empty() && (!lru || o.last_use < lru->last_use)) lru = &o;
         if (!lru) break;
-        drop(*lru);
+        drop(c, *lru, dead);
       }
     }
   }
