@@ -59,9 +59,10 @@
 // NCHW: a task is one (image, channel) plane. Forward copies the plane into a zero-padded buffer
 //   with the columns split by phase (column j*sw + phase), so every tap reads a contiguous run:
 //   y[p, q..q+4*VL) += w[r,s] * buf[row][phase][q + off]. Backward-input splits the dx columns
-//   into stride phases (as implicit_gemm does) and reads a padded dy plane with step 1.
-//   Backward-weight: a task owns a channel; per filter row, each dy vector feeds the row's 3 or
-//   5 taps (bw_filter_row; other widths one tap at a time), summed over the images in order.
+//   into stride phases (as implicit_gemm does) and reads padded dy rows (bands of ~32 KiB) with step 1.
+//   Backward-weight: a task owns a channel and packs bands of each image's rows in L1, as the
+//   forward does; per filter row, each dy vector feeds the row's 3 or 5 taps (bw_filter_row;
+//   other widths one tap at a time), the bands' sums added in float64 in order.
 //   Eighth round (batch 4, 2 threads; python benchmarks/ab.py OLD.so NEW.so SHAPE --layout
 //   nchw --pass P: mins of 100-300 calls, old and new build in 6 alternating processes):
 //   forward packs bands of rows that stay in L1 (was the whole plane: 60 KiB at 112x112/2)
@@ -691,22 +692,33 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
       if (floor_mod(u - r * dh, sh) != 0) continue;
       r_tap[u * R + r_n[u]] = r, r_d[u * R + r_n[u]] = floor_div(u - r * dh, sh), ++r_n[u];
     }
+  // dx rows in bands of HB (a multiple of sh), each reading its dy rows from a padded copy of
+  // about 32 KiB (at most brows rows; a copy of the whole plane per thread was 1 GB for a
+  // 32769 x 32769 plane at stride 2)
+  const int64_t reach = ceil_div((R - 1) * dh, sh) + 2;  // dy rows a band reads beyond HB / sh
+  const int64_t HB = std::max<int64_t>(1, 8192 / Wpp - reach) * sh, brows = HB / sh + reach;
   for_each_task(N * C, p.macs(), [&](int64_t task) {
     const int64_t c = task % C;
     const int64_t Wt = round_up(ceil_div(W, sw), 4 * VL);  // one phase's row in tmp
-    float* buf = scratch(1, P * Wpp + sw * Wt);
-    float* tmp = buf + P * Wpp;  // the sw phase rows of a dx row (strided only)
+    float* tmp = scratch(1, sw * Wt + brows * Wpp);  // the sw phase rows of a dx row (strided only)
+    float* buf = tmp + sw * Wt;  // the band's dy rows (after tmp: before it, 0.93x at 96@112/2 pad 0)
     const float* src = dy + task * P * Q;
-    for (int64_t oh = 0; oh < P; ++oh) {
-      float* d = buf + oh * Wpp;
-      std::memset(d, 0, sizeof(float) * Wpp);
-      std::memcpy(d + padL, src + oh * Q, sizeof(float) * Q);
-    }
     const float* wc = w + c * R * S;
     float* out = dx + task * H * W;
     const float* tp[kMaxTaps];
     float tw[kMaxTaps];
+    int64_t first = 0, band_end = 0;  // the dy row at buf's row 0; the band's end in dx
     for (int64_t ih = 0, u = ph % sh, base = ph / sh; ih < H; ++ih) {  // u, base: (ih + ph) % sh, / sh
+      if (ih == band_end) {  // the band's dy rows, those inside dy
+        band_end = std::min(H, ih + HB);
+        first = std::max<int64_t>(0, floor_div(ih + ph - (R - 1) * dh, sh));
+        const int64_t last = std::min(P - 1, floor_div(band_end - 1 + ph, sh));
+        for (int64_t oh = first; oh <= last; ++oh) {
+          float* d = buf + (oh - first) * Wpp;
+          std::memset(d, 0, sizeof(float) * Wpp);
+          std::memcpy(d + padL, src + oh * Q, sizeof(float) * Q);
+        }
+      }
       const int64_t* rt = &r_tap[u * R];
       const int64_t* rd = &r_d[u * R];
       for (int64_t phase = 0; phase < nph; ++phase) {
@@ -715,7 +727,7 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
           const int64_t row = base + rd[i];
           if (row < 0 || row >= P) continue;
           for (int64_t k = 0; k < s_n[phase]; ++k) {
-            tp[nt] = buf + row * Wpp + s_col[phase * S + k];
+            tp[nt] = buf + (row - first) * Wpp + s_col[phase * S + k];
             tw[nt] = wc[rt[i] * S + s_tap[phase * S + k]], ++nt;
           }
         }
@@ -740,15 +752,15 @@ void nchw_backward_input(const Conv2dParams& p, const float* dy, const float* w,
 }
 
 
-// The ST taps of one filter row over the P x Q outputs of one image (backward-weight): each dy
-// vector, loaded once, feeds the ST taps' FMAs, and the RB x ST x NQ sums are independent chains
-// (one tap at a time ran RB x NQ = 4 chains and reloaded dy per tap; 144@56 stride 1, batch 4,
-// 2 threads: see nchw_backward_weight_t). buf: the image's phase rows, rstep floats per output
-// row; offs[s]: where tap s of output column 0 reads; lastm: the lanes of a row's last step. The
-// sums of a tap are added in the same order as the one-tap loop adds them (the same bits).
+// The ST taps of one filter row over P x Q outputs (a band of an image's rows; backward-weight):
+// each dy vector, loaded once, feeds the ST taps' FMAs, and the RB x ST x NQ sums are independent
+// chains (one tap at a time ran RB x NQ = 4 chains and reloaded dy per tap; 144@56 stride 1,
+// batch 4, 2 threads: see nchw_backward_weight_t). buf: the band's phase rows, rstep floats per
+// output row; offs[s]: where tap s of output column 0 reads; lastm: the lanes of a row's last
+// step. The sums of a tap are added in the same order as the one-tap loop adds them (the same bits).
 template <int NQ, int ST>
 void bw_filter_row(const float* buf, const float* g, int64_t P, int64_t Q, int64_t rstep, const int64_t* offs,
-                   const M* lastm, float* total) {
+                   const M* lastm, double* total) {
   constexpr int RB = 4 / NQ;
   V acc[RB][ST][NQ];
   for (int rb = 0; rb < RB; ++rb)
@@ -783,12 +795,21 @@ void bw_filter_row(const float* buf, const float* g, int64_t P, int64_t Q, int64
   }
 }
 
+// A task owns a channel and runs each image's plane in bands of BR output rows (a multiple of
+// bw_filter_row's RB), as the forward does: the band's phase rows are packed into <= 24 KiB, and
+// all R filter rows read them there. The whole plane packed at once kept a padded copy per
+// thread (4.3 GB for a 32769 x 32769 plane) and summed each of its RB x NQ chains over the whole
+// plane (16M float32 steps there); per band, the chains are a band long and each band's sums are
+// added in float64. (see the header and the README's forty-first round for the speed)
 template <int NQ>
 void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
+  constexpr int RB = 4 / NQ;
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
-  const int64_t nrows = (P - 1) * sh + (R - 1) * dh + 1;
   const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
+  const auto band_rows = [&](int64_t br) { return (br - 1) * sh + (R - 1) * dh + 1; };
+  int64_t BR = RB;
+  while (BR < P && band_rows(BR + RB) * sw * wq <= 6 * 1024) BR += RB;
   const int64_t nqs = ceil_div(Q, NQ * VL);
   M lastm[NQ];  // the valid lanes of a row's last step
   for (int v = 0; v < NQ; ++v) lastm[v] = Isa::mask(Q - (nqs - 1) * NQ * VL - v * VL);
@@ -797,23 +818,25 @@ void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float*
     for (int64_t s = 0; s < S; ++s) offs[r * S + s] = phase_tap_offset(r, s, dh, dw, sw, wq);
   const int64_t rstep = sh * sw * wq;
   for_each_task(C, p.macs(), [&](int64_t c) {
-    float* buf = scratch(1, nrows * sw * wq);
-    float total[kMaxTaps] = {};
-    for (int64_t n = 0; n < N; ++n) {
-      pack_phase_plane(x + (n * C + c) * H * W, H, W, ph, pw, sw, nrows, wq, buf);
-      const float* g = dy + (n * C + c) * P * Q;
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t* o = offs + r * S;
-        float* t = total + r * S;
-        switch (S) {  // the filter widths of MobileNet / EfficientNet; others one tap at a time
-          case 3: bw_filter_row<NQ, 3>(buf, g, P, Q, rstep, o, lastm, t); break;
-          case 5: bw_filter_row<NQ, 5>(buf, g, P, Q, rstep, o, lastm, t); break;
-          default:
-            for (int64_t s = 0; s < S; ++s) bw_filter_row<NQ, 1>(buf, g, P, Q, rstep, o + s, lastm, t + s);
+    float* buf = scratch(1, band_rows(BR) * sw * wq);
+    double total[kMaxTaps] = {};
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t pb = 0; pb < P; pb += BR) {
+        const int64_t rows = std::min(BR, P - pb);
+        pack_phase_plane(x + (n * C + c) * H * W, H, W, ph - pb * sh, pw, sw, band_rows(rows), wq, buf);
+        const float* g = dy + ((n * C + c) * P + pb) * Q;
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t* o = offs + r * S;
+          double* t = total + r * S;
+          switch (S) {  // the filter widths of MobileNet / EfficientNet; others one tap at a time
+            case 3: bw_filter_row<NQ, 3>(buf, g, rows, Q, rstep, o, lastm, t); break;
+            case 5: bw_filter_row<NQ, 5>(buf, g, rows, Q, rstep, o, lastm, t); break;
+            default:
+              for (int64_t s = 0; s < S; ++s) bw_filter_row<NQ, 1>(buf, g, rows, Q, rstep, o + s, lastm, t + s);
+          }
         }
       }
-    }
-    for (int64_t t = 0; t < R * S; ++t) dwt[c * R * S + t] = total[t];
+    for (int64_t t = 0; t < R * S; ++t) dwt[c * R * S + t] = float(total[t]);
   });
 }
 
