@@ -383,6 +383,18 @@ def test_gemm_f64_1x1_planes(shape, pass_name):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("shape", [
+    ((2, 150, 6, 20), 200, (3, 3), 1, 1, 1, 1),  # 1350 taps: a partial vector of taps; edge pixels one by one
+    ((3, 300, 6, 5), 256, (1, 1), 1, 0, 1, 1),  # planes of 30 pixels: blocks of 8 that cross images go value by value
+], ids=str)
+def test_gemm_f64_nchw_backward_weight_transposed(shape):
+    """gemm_f64's NCHW backward-weight in the gather form (many filters and taps): eight pixels at
+    consecutive addresses, all inside the image, are packed by 8x8 transposes, the others value by
+    value; exact to float64 either way."""
+    x, wt, b, dy, geo = make(shape, "nchw")
+    check_float64("gemm_f64", "backward_weight", x, wt, b, dy, geo, "nchw")
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_gemm_f64_backward_weight_chunks(layout, stride):
