@@ -116,8 +116,8 @@ DEPTHWISE = [
     ((1, 3, 41, 150), 3, (5, 3), 1, (2, 0), (2, 1), 3),  # NCHW forward in bands of rows: a partial last band
     ((1, 6, 23, 19), 6, (5, 3), (3, 2), (2, 0), (2, 1), 6),  # NCHW dx rows by residue: stride 3, dilation 2
     ((1, 7, 9, 30), 7, (3, 3), 1, (3, 2), 1, 7),       # NCHW dx at stride 1, padding beyond the taps: not a forward
-    ((1, 3, 150, 120), 3, (3, 3), 2, 0, 1, 3),         # NCHW strided dx in bands of rows, the last partial; dw in 3 bands
-    ((1, 2, 700, 31), 2, (5, 3), (3, 2), (2, 0), (2, 1), 2),  # the same by residue (stride 3, row dilation): 3 bands
+    ((1, 3, 150, 120), 3, (3, 3), 2, 0, 1, 3),         # NCHW strided dx in 2 bands of rows, the last partial; dw in 4
+    ((1, 2, 700, 31), 2, (5, 3), (3, 2), (2, 0), (2, 1), 2),  # the same by residue (stride 3, row dilation): 3 and 5 bands
     # NCHW flat planes (stride 1, output as wide as the input): shifted, masked vectors over the plane
     ((2, 16, 16, 16), 16, (3, 3), 1, 1, 1, 16),        # a row a vector; backward-weight two channels a task
     ((1, 9, 5, 3), 9, (3, 3), 1, 1, 1, 9),             # vectors across 5 rows; odd C: a plane a task

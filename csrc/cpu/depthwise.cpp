@@ -59,7 +59,8 @@
 // NCHW: a task is one (image, channel) plane. Forward copies the plane into a zero-padded buffer
 //   with the columns split by phase (column j*sw + phase), so every tap reads a contiguous run:
 //   y[p, q..q+4*VL) += w[r,s] * buf[row][phase][q + off]. Backward-input splits the dx columns
-//   into stride phases (as implicit_gemm does) and reads padded dy rows (bands of ~32 KiB) with step 1.
+//   into stride phases (as implicit_gemm does) and reads padded dy rows (bands of ~32 KiB) with
+//   step 1.
 //   Backward-weight: a task owns a channel and packs bands of each image's rows in L1, as the
 //   forward does; per filter row, each dy vector feeds the row's 3 or 5 taps (bw_filter_row;
 //   other widths one tap at a time), the bands' sums added in float64 in order.

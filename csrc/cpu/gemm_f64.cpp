@@ -346,6 +346,10 @@ void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps&
   const int64_t* dw = t.dw.data() + l0;
   bool all_inside = true;
   for (int64_t i = 0; i < nrows; ++i) all_inside &= (in[i] = inside(rows[i], t, Hb, Wb));
+  const auto value = [&](int64_t i, int64_t j) {  // tap j of row i, 0 outside the image
+    const int64_t h = rows[i].h0 + dh[j], w = rows[i].w0 + dw[j];
+    return in[i] || (h >= 0 && h < Hb && w >= 0 && w < Wb) ? src[rows[i].base + off[j]] : 0.0;
+  };
   if (pixels_inner) {
     // rows that are consecutive pixels of one image row, all inside: vector copies
     bool run = all_inside && row_step == 1 && nrows >= D::VL;
@@ -389,11 +393,7 @@ void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps&
           continue;
         }
         for (int64_t i = i0; i < i0 + m; ++i)
-          for (int64_t j = 0; j < n; ++j) {
-            const int64_t h = rows[i].h0 + dh[j], w = rows[i].w0 + dw[j];
-            dst[i * row_step + j] =
-                (in[i] || (h >= 0 && h < Hb && w >= 0 && w < Wb)) ? src[rows[i].base + off[j]] : 0.0;
-          }
+          for (int64_t j = 0; j < n; ++j) dst[i * row_step + j] = value(i, j);
       }
       return;
     }
@@ -403,10 +403,7 @@ void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps&
         for (int64_t i = 0; i < nrows; ++i) d[i * row_step] = src[rows[i].base + off[j]];
         continue;
       }
-      for (int64_t i = 0; i < nrows; ++i) {
-        const int64_t h = rows[i].h0 + dh[j], w = rows[i].w0 + dw[j];
-        d[i * row_step] = (in[i] || (h >= 0 && h < Hb && w >= 0 && w < Wb)) ? src[rows[i].base + off[j]] : 0.0;
-      }
+      for (int64_t i = 0; i < nrows; ++i) d[i * row_step] = value(i, j);
     }
     return;
   }
@@ -431,10 +428,7 @@ void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps&
       for (int64_t j = 0; j < n; ++j) d[j * tap_step] = src[r.base + off[j]];
       continue;
     }
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t h = r.h0 + dh[j], w = r.w0 + dw[j];
-      d[j * tap_step] = (h >= 0 && h < Hb && w >= 0 && w < Wb) ? src[r.base + off[j]] : 0.0;
-    }
+    for (int64_t j = 0; j < n; ++j) d[j * tap_step] = value(i, j);
   }
 }
 
@@ -1287,8 +1281,8 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
       }
     // Else VL filters x VL pixels at consecutive addresses (NCHW) by a VL x VL transpose, other
     // pixels value by value, as all went before: NCHW 512->2048 1x1 @7 1.02-1.03x, 128->512 @28
-    // in this form (forced; the dot products below run it) 1.08-1.12x. The pack then waits on
-    // reading dy from memory (12.8 MB at 128->512 @28), as the gather form's GEMM does not.
+    // in this form (forced; the dot products below run it) 1.08-1.12x, where the pack is then
+    // bound by reading dy from memory (12.8 MB; the dot products read it in place).
     for (int64_t ir = 0; ir < nir && !runs; ++ir)
       for (int64_t kb = 0; kb < MR; kb += D::VL) {
         const int64_t k0 = ir * MR + kb, nlane = std::min<int64_t>(D::VL, MR - kb);
