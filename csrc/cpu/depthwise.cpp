@@ -598,20 +598,28 @@ inline float hsum(V v) {
 // 8 measured a tie at 96@112/2 and up to 10% faster at 144@56/2, NCHW batch 4, A/B of builds.)
 inline int nq_for(int64_t q) { return q <= VL ? 1 : q <= 2 * VL ? 2 : 4; }
 
+// Bands of BR output rows (a multiple of rb) of an NCHW plane for pack_phase_plane (row width wq,
+// sw phases): the phase rows they read ((BR-1)*sh + (R-1)*dh + 1 of them) are packed into <= 24
+// KiB, which stays in L1 between the pack and the taps (nchw_forward_t, nchw_backward_weight_t).
+// The whole plane at once (60 KiB at 112x112 stride 2) went out to L2 and back: the pack alone ran
+// at half the speed of a plain read of x (a standalone loop over 96@112 planes, 2 threads: 0.98 ms
+// against 0.47; bands of 8 output rows 0.69).
+struct PhaseBands {
+  int64_t sh, reach, BR;
+  PhaseBands(const Conv2dParams& p, int64_t rb, int64_t wq) : sh(p.stride_h), reach((p.R - 1) * p.dil_h + 1), BR(rb) {
+    while (BR < p.P && rows(BR + rb) * p.stride_w * wq <= 6 * 1024) BR += rb;
+  }
+  int64_t rows(int64_t br) const { return (br - 1) * sh + reach; }  // input rows br output rows read
+};
+
 template <int NQ>
 void nchw_forward_t(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y) {
   constexpr int RB = 8 / NQ;
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
-  // Bands of BR output rows: the phase rows they read ((BR-1)*sh + (R-1)*dh + 1 of them) are
-  // packed into <= 24 KiB, which stays in L1 between the pack and the taps. The whole plane at
-  // once (60 KiB at 112x112 stride 2) went out to L2 and back: the pack alone ran at half the
-  // speed of a plain read of x (a standalone loop over 96@112 planes, 2 threads: 0.98 ms against
-  // 0.47; bands of 8 output rows 0.69).
-  const auto band_rows = [&](int64_t br) { return (br - 1) * sh + (R - 1) * dh + 1; };
-  int64_t BR = RB;
-  while (BR < P && band_rows(BR + RB) * sw * wq <= 6 * 1024) BR += RB;
+  const PhaseBands bands(p, RB, wq);  // bands of BR output rows in L1
+  const int64_t BR = bands.BR;
   // the taps' offsets in the phase rows, once (no divisions in the loop)
   const int64_t RS = R * S;
   int64_t toff[kMaxTaps];
@@ -619,13 +627,13 @@ void nchw_forward_t(const Conv2dParams& p, const float* x, const float* w, const
     for (int64_t s = 0; s < S; ++s) toff[r * S + s] = phase_tap_offset(r, s, dh, dw, sw, wq);
   for_each_task(N * C, p.macs(), [&](int64_t task) {
     const int64_t c = task % C;
-    float* buf = scratch(1, band_rows(BR) * sw * wq);
+    float* buf = scratch(1, bands.rows(BR) * sw * wq);
     const float* wc = w + c * R * S;
     float* yp = y + task * P * Q;
     const V b = Isa::set1(bias ? bias[c] : 0.f);
     for (int64_t p0 = 0; p0 < P; p0 += RB) {
       const int64_t pb = p0 - p0 % BR, pe = std::min(P, pb + BR);  // this band's output rows
-      if (p0 == pb) pack_phase_plane(x + task * H * W, H, W, ph - pb * sh, pw, sw, band_rows(pe - pb), wq, buf);
+      if (p0 == pb) pack_phase_plane(x + task * H * W, H, W, ph - pb * sh, pw, sw, bands.rows(pe - pb), wq, buf);
       const float* rowp[RB];
       for (int rb = 0; rb < RB; ++rb) rowp[rb] = buf + (std::min(p0 + rb, pe - 1) - pb) * sh * sw * wq;
       for (int64_t q0 = 0; q0 < Q; q0 += NQ * VL) {
@@ -796,21 +804,20 @@ void bw_filter_row(const float* buf, const float* g, int64_t P, int64_t Q, int64
   }
 }
 
-// A task owns a channel and runs each image's plane in bands of BR output rows (a multiple of
-// bw_filter_row's RB), as the forward does: the band's phase rows are packed into <= 24 KiB, and
-// all R filter rows read them there. The whole plane packed at once kept a padded copy per
-// thread (4.3 GB for a 32769 x 32769 plane) and summed each of its RB x NQ chains over the whole
-// plane (16M float32 steps there); per band, the chains are a band long and each band's sums are
-// added in float64. (see the header and the README's forty-first round for the speed)
+// A task owns a channel and runs each image's plane in bands of BR output rows (PhaseBands, a
+// multiple of bw_filter_row's RB), as the forward does: all R filter rows read a band in L1. The
+// whole plane packed at once kept a padded copy per thread (4.3 GB for a 32769 x 32769 plane) and
+// summed each of its RB x NQ chains over the whole plane (16M float32 steps there); per band, the
+// chains are a band long and each band's sums are added in float64. (see the header and the
+// README's forty-first round for the speed)
 template <int NQ>
 void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
   constexpr int RB = 4 / NQ;
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t wq = round_up(Q, NQ * VL) + (S - 1) * dw / sw + 1;
-  const auto band_rows = [&](int64_t br) { return (br - 1) * sh + (R - 1) * dh + 1; };
-  int64_t BR = RB;
-  while (BR < P && band_rows(BR + RB) * sw * wq <= 6 * 1024) BR += RB;
+  const PhaseBands bands(p, RB, wq);
+  const int64_t BR = bands.BR;
   const int64_t nqs = ceil_div(Q, NQ * VL);
   M lastm[NQ];  // the valid lanes of a row's last step
   for (int v = 0; v < NQ; ++v) lastm[v] = Isa::mask(Q - (nqs - 1) * NQ * VL - v * VL);
@@ -819,12 +826,12 @@ void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float*
     for (int64_t s = 0; s < S; ++s) offs[r * S + s] = phase_tap_offset(r, s, dh, dw, sw, wq);
   const int64_t rstep = sh * sw * wq;
   for_each_task(C, p.macs(), [&](int64_t c) {
-    float* buf = scratch(1, band_rows(BR) * sw * wq);
+    float* buf = scratch(1, bands.rows(BR) * sw * wq);
     double total[kMaxTaps] = {};
     for (int64_t n = 0; n < N; ++n)
       for (int64_t pb = 0; pb < P; pb += BR) {
         const int64_t rows = std::min(BR, P - pb);
-        pack_phase_plane(x + (n * C + c) * H * W, H, W, ph - pb * sh, pw, sw, band_rows(rows), wq, buf);
+        pack_phase_plane(x + (n * C + c) * H * W, H, W, ph - pb * sh, pw, sw, bands.rows(rows), wq, buf);
         const float* g = dy + ((n * C + c) * P + pb) * Q;
         for (int64_t r = 0; r < R; ++r) {
           const int64_t* o = offs + r * S;

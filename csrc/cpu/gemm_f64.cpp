@@ -334,6 +334,18 @@ inline void copy_run(const double* s, int64_t n, double* d) {
   }
 }
 
+// A VL x VL block through registers: vector k = load(k) for k < nk (zeros past), transposed,
+// then store(i, vector i) for every i (the packs of f64_backward_weight's A and B)
+template <class Load, class Store>
+inline void transposed_block(int64_t nk, const Load& load, const Store& store) {
+  D::V r[D::VL];
+#pragma GCC unroll 8
+  for (int k = 0; k < D::VL; ++k) r[k] = k < nk ? load(k) : D::zero();
+  D::transpose(r);
+#pragma GCC unroll 8
+  for (int i = 0; i < D::VL; ++i) store(i, r[i]);
+}
+
 // dst[i * row_step + j * tap_step] = tap l0 + j of row i (0 outside the image), i < nrows, j < n.
 // With the rows' pixels next to each other in memory (NCHW: pixels_inner) the loop runs over the
 // rows inside, and MR rows of one image row read as one vector; else over the taps inside (NHWC:
@@ -379,16 +391,13 @@ void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps&
         if (block) {
           for (int64_t j = 0; j < n; j += D::VL) {
             const int64_t nj = std::min<int64_t>(D::VL, n - j);
-            D::V r[D::VL];
-#pragma GCC unroll 8
-            for (int k = 0; k < D::VL; ++k) r[k] = k < nj ? D::load(src + rows[i0].base + off[j + k]) : D::zero();
-            D::transpose(r);
-#pragma GCC unroll 8
-            for (int i = 0; i < D::VL; ++i) {
-              double* d = dst + (i0 + i) * row_step + j;
-              if (nj == D::VL) D::store(d, r[i]);
-              else D::storem(d, r[i], D::mask(nj));
-            }
+            transposed_block(
+                nj, [&](int k) { return D::load(src + rows[i0].base + off[j + k]); },
+                [&](int i, D::V v) {
+                  double* d = dst + (i0 + i) * row_step + j;
+                  if (nj == D::VL) D::store(d, v);
+                  else D::storem(d, v, D::mask(nj));
+                });
           }
           continue;
         }
@@ -1293,12 +1302,9 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
           bool block = l0 + D::VL <= kc;
           for (int i = 1; i < D::VL && block; ++i) block = dyoff[l0 + i] == dyoff[l0] + i;
           if (block) {
-            D::V r[D::VL];
-#pragma GCC unroll 8
-            for (int t = 0; t < D::VL; ++t) r[t] = t < nk ? D::load(dy + dyoff[l0] + (k0 + t) * p.ys_k) : D::zero();
-            D::transpose(r);
-#pragma GCC unroll 8
-            for (int i = 0; i < D::VL; ++i) D::storem(d + i * MR, r[i], m);
+            transposed_block(
+                nk, [&](int t) { return D::load(dy + dyoff[l0] + (k0 + t) * p.ys_k); },
+                [&](int i, D::V v) { D::storem(d + i * MR, v, m); });
             continue;
           }
           for (int64_t l = l0; l < std::min(kc, l0 + D::VL); ++l)
