@@ -14,7 +14,7 @@
 //     C(MR x NV*VL) (+)= sum_{seg} sum_{l < len} A(i, l) * B(l)[v]
 //       A(i, l) = a[a_off[seg] + i*a_is + l*a_ls]      broadcast, one scalar per row i
 //       B(l)    = b[b_off[seg] + l*b_ls + 0 .. NV*VL)   NV vector loads
-// with MR*NV accumulators held in registers the whole time (AVX-512: 6x4, 8x3, 12x2, 16x1 = 16..24
+// with MR*NV accumulators held in registers the whole time (AVX-512: 6x4, 8x3, 12x2, 12x1 = 12..24
 // zmm; AVX2: 4x3, 6x2, 12x1 = 12 ymm). "Segments" are what makes it a convolution without an
 // im2col buffer: one segment per filter tap (or per filter row when the taps of a row are
 // contiguous in memory, or per image row in backward-weight), each pointing into the tensor or
@@ -82,8 +82,16 @@ struct Isa {
   static inline M mask(int64_t n) {
     return n <= 0 ? M(0) : n >= VL ? M(0xFFFF) : M((1u << n) - 1u);
   }
-  // rows per micro-tile for NV vectors: MR*NV accumulators + NV B vectors + 1 broadcast <= 32
-  static constexpr int mr(int nv) { return nv == 4 ? 6 : nv == 3 ? 8 : nv == 2 ? 12 : 16; }
+  // rows per micro-tile for NV vectors: MR*NV accumulators + NV B vectors + 1 broadcast <= 32,
+  // and at most 12 rows: each row has its own A pointer in the micro-kernel's loop, and 12 of them
+  // (+ B's pointer and the step) fill the 15 general registers. One vector had 16 rows: 5 of its
+  // pointers lived on the stack, reloaded every step (objdump), 22 loads for 16 FMAs, and loads
+  // (2 a cycle here) bound the loop: 11 cycles a step, not 8. With 12 rows, 13 loads for 12 FMAs.
+  // Batch 8, 2 threads, Xeon, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout L
+  // --pass P --rounds 4..8): 1x1 32->16 @112 forward channels_last 1.08-1.20x, NCHW 1.03x; 3->16
+  // 3x3 @32 (CIFAR's stem) channels_last backward-weight 1.39-1.41x; 1x1 16->96 @112 channels_last
+  // backward-input 1.05x; 16-channel 3x3 and 5x5 layers, 512 g32 @14, the other passes level.
+  static constexpr int mr(int nv) { return nv == 4 ? 6 : nv == 3 ? 8 : 12; }
 };
 #else
 struct Isa {
