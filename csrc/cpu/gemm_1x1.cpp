@@ -275,6 +275,8 @@ void gemm_1x1_nhwc_backward_input(const Conv2dParams& p, const float* dy, const 
         t.accumulate = lb > 0;
         t.cmask = cn < NVL ? m : nullptr;
         t.stream = stream;
+        if (const int64_t i1 = std::min(np, i0 + 2 * MR); i0 + MR < np)  // the next tile's dy rows
+          t.prefetch = prefetch_rows(t.a + MR * K, t.a + (i1 - i0 - 1) * K + ll, ll);
         run_tile<false>(nv, t);
       }
     }

@@ -174,6 +174,15 @@ struct Tile {
   const M* bmask = nullptr;      // NV masks for the B loads (used when MASKB)
   const M* cmask = nullptr;      // NV masks for the C stores, or null = full vectors
   bool stream = false;           // full, aligned C vectors by non-temporal stores (caller fences)
+  // Loop::Fast: one 64-byte line a step from here into L1, len * nseg lines in all (prefetch_rows:
+  // the caller's next tile's A rows, read from L3 or memory). A tile's first steps touch all its
+  // MR rows at once, each a line of its own, and the hardware's prefetchers did not keep up with
+  // rows streamed from L3: the micro-kernel alone, 12x1 tiles of 96 steps over 38 MB of rows,
+  // one core, 78 -> 127 GFLOP/s. Channels_last 1x1 layers, batch 8 (4: ResNet), 2 threads, old/
+  // new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --rounds 6): forward
+  // 32->16 @112 1.19-1.21x, 24->144 @56 1.21-1.22x, 64->256 @56 1.10-1.11x, 576->96 @14
+  // 1.01-1.10x; backward-input 96->16 @112 1.39-1.42x, 16->32 @112 1.16-1.22x, 64->256 @56 1.10x.
+  const char* prefetch = nullptr;
   // bfloat16 pairs (bf16_pairs.cpp): every float of A and B is a word of two bfloat16 values and
   // each step multiplies the pairs (VDPBF16PS: two products summed into the float32 C). Only in
   // files compiled with CONV_EXT_PER_ISA_BF16, and only on CPUs with AVX512-BF16.
@@ -183,6 +192,13 @@ struct Tile {
   uint16_t* c16 = nullptr;
   uint16_t* const* c16row = nullptr;
 };
+
+// Tile::prefetch for a tile of `steps` steps (len * nseg) whose caller's next tile reads A from
+// [begin, end): begin, where those lines are at most `steps` (one a step), else null.
+inline const char* prefetch_rows(const float* begin, const float* end, int64_t steps) {
+  return end > begin && end - begin <= steps * (64 / int64_t(sizeof(float))) ? reinterpret_cast<const char*>(begin)
+                                                                              : nullptr;
+}
 
 // Fast: a_ls == 1 and b_ls == NV*VL (packed panels, the common case): a loop with one induction
 // variable (l from -len up to 0, row pointers at their ends) and a constant B stride, in its own
@@ -263,7 +279,7 @@ inline __attribute__((always_inline)) void end_runs(V (&acc)[T], const V (&sum)[
   for (int q = 0; q < T; ++q) acc[q] = Isa::add(sum[q], acc[q]);
 }
 
-template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV), bool PAIRS = false>
+template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV), bool PAIRS = false, bool PREFETCH = false>
 void micro_kernel_impl(const Tile& t) {
   V acc[MR][NV];
 #pragma GCC unroll 16
@@ -315,7 +331,9 @@ void micro_kernel_impl(const Tile& t) {
           ap[i] = (t.arow ? t.arow[ii] : t.a + ii * t.a_is) + t.a_off[seg] + l0 + n;
         }
         const float* bp = t.b + t.b_off[seg] + l0 * (NV * VL);
+        const char* pf = PREFETCH ? t.prefetch + 64 * (seg * len + l0 + n) : nullptr;  // line l at pf[64 * l]
         for (int64_t l = -n; l < 0; ++l, bp += NV * VL) {
+          if constexpr (PREFETCH) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
           V bv[NV];
 #pragma GCC unroll 4
           for (int v = 0; v < NV; ++v) bv[v] = Isa::load(bp + v * VL);
@@ -431,7 +449,11 @@ void micro_kernel_impl(const Tile& t) {
 template <int NV, bool MASKB, int MR = Isa::mr(NV), bool PAIRS = false>
 void micro_kernel(const Tile& t) {
   if constexpr (!MASKB) {
-    if (t.a_ls == 1 && t.b_ls == NV * VL) return micro_kernel_impl<NV, MASKB, Loop::Fast, MR, PAIRS>(t);
+    if (t.a_ls == 1 && t.b_ls == NV * VL) {
+      if constexpr (!PAIRS)
+        if (t.prefetch) return micro_kernel_impl<NV, MASKB, Loop::Fast, MR, PAIRS, true>(t);
+      return micro_kernel_impl<NV, MASKB, Loop::Fast, MR, PAIRS>(t);
+    }
     if (t.a_is == 1 && !t.arow && t.mr == MR) return micro_kernel_impl<NV, MASKB, Loop::Row, MR, PAIRS>(t);
   }
   micro_kernel_impl<NV, MASKB, Loop::General, MR, PAIRS>(t);
