@@ -174,8 +174,8 @@ struct Tile {
   const M* bmask = nullptr;      // NV masks for the B loads (used when MASKB)
   const M* cmask = nullptr;      // NV masks for the C stores, or null = full vectors
   bool stream = false;           // full, aligned C vectors by non-temporal stores (caller fences)
-  // Loop::Fast: one 64-byte line a step from here into L1, len * nseg lines in all (prefetch_rows:
-  // the caller's next tile's A rows, read from L3 or memory). A tile's first steps touch all its
+  // Loop::Fast: where the caller's next tile reads A (prefetch_rows): step l of segment seg loads
+  // the line at prefetch + a_off[seg] floats + 64*l bytes into L1 (len lines a segment). A tile's first steps touch all its
   // MR rows at once, each a line of its own, and the hardware's prefetchers did not keep up with
   // rows streamed from L3: the micro-kernel alone, 12x1 tiles of 96 steps over 38 MB of rows,
   // one core, 78 -> 127 GFLOP/s. Channels_last 1x1 layers, batch 8 (4: ResNet), 2 threads, old/
@@ -193,11 +193,12 @@ struct Tile {
   uint16_t* const* c16row = nullptr;
 };
 
-// Tile::prefetch for a tile of `steps` steps (len * nseg) whose caller's next tile reads A from
-// [begin, end): begin, where those lines are at most `steps` (one a step), else null.
-inline const char* prefetch_rows(const float* begin, const float* end, int64_t steps) {
-  return end > begin && end - begin <= steps * (64 / int64_t(sizeof(float))) ? reinterpret_cast<const char*>(begin)
-                                                                              : nullptr;
+// Tile::prefetch for a tile of len steps a segment whose caller's next tile reads, in each
+// segment, A from [begin, end) + a_off[seg]: begin, where those are at most len lines (one a
+// step), else null.
+inline const char* prefetch_rows(const float* begin, const float* end, int64_t len) {
+  return end > begin && end - begin <= len * (64 / int64_t(sizeof(float))) ? reinterpret_cast<const char*>(begin)
+                                                                            : nullptr;
 }
 
 // Fast: a_ls == 1 and b_ls == NV*VL (packed panels, the common case): a loop with one induction
@@ -331,7 +332,7 @@ void micro_kernel_impl(const Tile& t) {
           ap[i] = (t.arow ? t.arow[ii] : t.a + ii * t.a_is) + t.a_off[seg] + l0 + n;
         }
         const float* bp = t.b + t.b_off[seg] + l0 * (NV * VL);
-        const char* pf = PREFETCH ? t.prefetch + 64 * (seg * len + l0 + n) : nullptr;  // line l at pf[64 * l]
+        const char* pf = PREFETCH ? t.prefetch + 4 * t.a_off[seg] + 64 * (l0 + n) : nullptr;  // step l: pf + 64*l
         for (int64_t l = -n; l < 0; ++l, bp += NV * VL) {
           if constexpr (PREFETCH) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
           V bv[NV];
