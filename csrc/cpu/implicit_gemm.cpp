@@ -323,11 +323,11 @@ void row_run(const Run& a) {
 // gathered over all the rows of the task. A run's T accumulators are its FMA chains: fewer than 8
 // leave the two FMA units waiting on the 4-cycle latency. Relative cost per pixel, measured on
 // 512 g32 @14 NHWC forward (16 channels a group, 2 threads; perf and the micro-kernel alone): a
-// run of >= 8 about 1, of 4 about 1.7-2, the micro-kernel's 16x1 tiles (then; now 12x1)
-// about 1.35 (a broadcast per FMA). cut_row minimises max(T, 8) + 0.5 per run and 1.4 per rest pixel: a row of 14 ran
-// 8 + 4 + 2 (rest) with fixed widths 24/8/4 and now runs 14 (forward 0.59 -> 0.50 ms, backward-input
-// 0.65 -> 0.48, min of 200 calls, old and new build alternated 6 times); 28 runs 14 + 14 (was
-// 24 + 4); rows of 4..6 go to the micro-kernel whole.
+// run of >= 8 about 1, of 4 about 1.7-2, the micro-kernel's 16x1 tiles (then; now 12x1) about
+// 1.35 (a broadcast per FMA). cut_row minimises max(T, 8) + 0.5 per run and 1.4 per rest pixel:
+// a row of 14 ran 8 + 4 + 2 (rest) with fixed widths 24/8/4 and now runs 14 (forward 0.59 -> 0.50
+// ms, backward-input 0.65 -> 0.48, min of 200 calls, old and new build alternated 6 times); 28
+// runs 14 + 14 (was 24 + 4); rows of 4..6 go to the micro-kernel whole.
 #if CONV_EXT_ISA_BITS == 512
 constexpr int kRunWidths[] = {24, 16, 14, 12, 8, 7};
 #else

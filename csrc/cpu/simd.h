@@ -174,14 +174,15 @@ struct Tile {
   const M* bmask = nullptr;      // NV masks for the B loads (used when MASKB)
   const M* cmask = nullptr;      // NV masks for the C stores, or null = full vectors
   bool stream = false;           // full, aligned C vectors by non-temporal stores (caller fences)
-  // Loop::Fast: where the caller's next tile reads A (prefetch_rows): step l of segment seg loads
-  // the line at prefetch + a_off[seg] floats + 64*l bytes into L1 (len lines a segment). A tile's first steps touch all its
-  // MR rows at once, each a line of its own, and the hardware's prefetchers did not keep up with
-  // rows streamed from L3: the micro-kernel alone, 12x1 tiles of 96 steps over 38 MB of rows,
-  // one core, 78 -> 127 GFLOP/s. Channels_last 1x1 layers, batch 8 (4: ResNet), 2 threads, old/
-  // new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --rounds 6): forward
-  // 32->16 @112 1.19-1.21x, 24->144 @56 1.21-1.22x, 64->256 @56 1.10-1.11x, 576->96 @14
-  // 1.01-1.10x; backward-input 96->16 @112 1.39-1.42x, 16->32 @112 1.16-1.22x, 64->256 @56 1.10x.
+  // Loop::Fast (not with pairs): where the caller's next tile reads A (prefetch_rows): step l of
+  // segment seg loads the line at prefetch + a_off[seg] floats + 64*l bytes into L1 (len lines a
+  // segment). A tile's first steps touch all its MR rows at once, each a line of its own, and the
+  // hardware's prefetchers did not keep up with rows streamed from L3: the micro-kernel alone,
+  // 12x1 tiles of 96 steps over 38 MB of rows, one core, 78 -> 127 GFLOP/s. Channels_last 1x1
+  // layers, batch 8 (4: ResNet), 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE
+  // --layout nhwc --pass P --rounds 6): forward 32->16 @112 1.19-1.21x, 24->144 @56 1.21-1.22x,
+  // 64->256 @56 1.10-1.11x, 576->96 @14 1.01-1.10x; backward-input 96->16 @112 1.39-1.42x,
+  // 16->32 @112 1.16-1.22x, 64->256 @56 1.10x.
   const char* prefetch = nullptr;
   // bfloat16 pairs (bf16_pairs.cpp): every float of A and B is a word of two bfloat16 values and
   // each step multiplies the pairs (VDPBF16PS: two products summed into the float32 C). Only in
@@ -332,7 +333,8 @@ void micro_kernel_impl(const Tile& t) {
           ap[i] = (t.arow ? t.arow[ii] : t.a + ii * t.a_is) + t.a_off[seg] + l0 + n;
         }
         const float* bp = t.b + t.b_off[seg] + l0 * (NV * VL);
-        const char* pf = PREFETCH ? t.prefetch + 4 * t.a_off[seg] + 64 * (l0 + n) : nullptr;  // step l: pf + 64*l
+        // step l prefetches pf + 64*l
+        const char* pf = PREFETCH ? t.prefetch + sizeof(float) * t.a_off[seg] + 64 * (l0 + n) : nullptr;
         for (int64_t l = -n; l < 0; ++l, bp += NV * VL) {
           if constexpr (PREFETCH) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
           V bv[NV];
