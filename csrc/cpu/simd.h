@@ -179,10 +179,10 @@ struct Tile {
   // segment). A tile's first steps touch all its MR rows at once, each a line of its own, and the
   // hardware's prefetchers did not keep up with rows streamed from L3: the micro-kernel alone,
   // 12x1 tiles of 96 steps over 38 MB of rows, one core, 78 -> 127 GFLOP/s. Channels_last 1x1
-  // layers, batch 8 (4: ResNet), 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE
-  // --layout nhwc --pass P --rounds 6): forward 32->16 @112 1.19-1.21x, 24->144 @56 1.21-1.22x,
-  // 64->256 @56 1.10-1.11x, 576->96 @14 1.01-1.10x; backward-input 96->16 @112 1.39-1.42x,
-  // 16->32 @112 1.16-1.22x, 64->256 @56 1.10x.
+  // layers (C->K), batch 8 (4: ResNet), 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so
+  // SHAPE --layout nhwc --pass P --rounds 6): forward 32->16 @112 1.19-1.21x, 24->144 @56
+  // 1.21-1.22x, 64->256 @56 1.10-1.11x, 576->96 @14 1.01-1.10x; backward-input 16->96 @112
+  // 1.39-1.42x, 32->16 @112 1.16-1.22x, 256->64 @56 1.10x.
   const char* prefetch = nullptr;
   // bfloat16 pairs (bf16_pairs.cpp): every float of A and B is a word of two bfloat16 values and
   // each step multiplies the pairs (VDPBF16PS: two products summed into the float32 C). Only in
