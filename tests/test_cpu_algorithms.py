@@ -41,6 +41,10 @@ GENERAL = [
     ((1, 8, 5, 5), 300, (3, 3), 1, 1, 1, 1),           # many output blocks
     ((1, 16, 3, 3), 256, (3, 3), 1, 2, 1, 1),          # NCHW band shared by 4 blocks, built in pieces of rows (some all padding)
     ((1, 3, 32, 32), 70, (7, 7), 2, 3, 1, 1),          # the stem, small
+    # 3 channels, > 1 vector of filters: each output row in row tiles (a pointer a tile), the rests gathered
+    ((2, 3, 10, 31), 32, (3, 3), 2, 1, 1, 1),          # stride 2: 14 + 2 (AVX2: 6 + 6 + 4)
+    ((1, 3, 7, 33), 40, (3, 3), 1, 1, (2, 1), 1),      # stride 1, row dilation, K tail: 9 + 9 + 9 + 6
+    ((2, 3, 6, 20), 64, (3, 5), 1, (1, 2), (1, 2), 1),  # column dilation (a segment a tap): 6 + 6 + 6 + 2
     ((2, 8, 6, 6), 8, (3, 3), 1, 3, 1, 1),             # padding > dil*(R-1): bwd-input not a forward
     ((1, 7, 5, 6), 9, (2, 2), 1, 0, 1, 1),             # even kernel, no padding
     ((2, 16, 11, 13), 16, (5, 5), 2, 2, 1, 1),         # NHWC bwd-weight, few k: (s, c) vectors 64 + 16

@@ -594,6 +594,14 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
   const bool row_runs = nv == 1 && (sw == 1 ? S >= 2 && S <= 7 : sw == 2 && S == 3) && dw == 1 &&
                         (!f.pairs || (kPairs && (run_rest == 0 || !(y16 && nhwc))));
+  // More than one vector of output channels on 3 input channels at stride 1 or 2 (RGB stems):
+  // each output row in row tiles (run_row_tile, simd.h) of MRrow pixels, one A pointer a tile.
+  // Channels_last forward, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc
+  // --pass forward --rounds 4..6): MobileNetV2's 3x3/2 stem 3->32 @224 batch 8 1.07-1.08x (14x2
+  // tiles), the 7x7/2 stem 3->64 batch 8 1.01-1.02x and VGG's 3->64 @224 batch 4 1.03x (6x4 tiles
+  // both ways: the pointers' setup only).
+  const bool row_tiles = !row_runs && !f.pairs && row_tiles_fit(nv, sw * pixf) && Q >= row_tile_rows(nv);
+  const int64_t MRrow = row_tile_rows(nv);
   auto run_row = [&](int t, const Run& a) {  // a run of t pixels
     if (f.pairs) row_run_ts<kPairs>(t, S, sw, a);
     else row_run_ts<false>(t, S, sw, a);
@@ -662,24 +670,29 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         };
         const int64_t ldc = nhwc ? K : NVL;
         const M* cmask = nhwc && kvalid < NVL ? cm : nullptr;
+        auto tile = [&](int64_t mr) {  // a tile of mr rows on this panel, less its A and C
+          Tile t;
+          t.mr = static_cast<int>(mr);
+          t.a_ls = 1;
+          t.b = panel, t.b_ls = NVL;
+          t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
+          t.len = merge_s ? S * Cg : ccb;
+          t.accumulate = cb > 0;
+          t.bias_v = bias_kb;
+          t.cmask = cmask;
+          t.stream = stream_tiles;
+          t.pairs = f.pairs;
+          return t;
+        };
         // micro-kernel tiles over n pixels: A rows ar[0..n), C rows cr[0..n) or (cr null) the
         // task's consecutive pixels from 0
         auto tiles = [&](const float* const* ar, float* const* cr, int64_t n) {
           for (int64_t f0 = 0; f0 < n; f0 += MR) {
-            Tile t;
-            t.mr = static_cast<int>(std::min(MR, n - f0));
-            t.arow = ar + f0, t.a_ls = 1;
-            t.b = panel, t.b_ls = NVL;
-            t.a_off = a_off, t.b_off = b_off, t.nseg = nseg;
-            t.len = merge_s ? S * Cg : ccb;
-            t.accumulate = cb > 0;
-            t.bias_v = bias_kb;
+            Tile t = tile(std::min(MR, n - f0));
+            t.arow = ar + f0;
             if (cr) t.crow = cr + f0;
             else t.c = out_at(f0), t.ldc = ldc;
             if (y16 && nhwc) t.c16 = y16 + (out_at(f0) - y);  // (NCHW: the transposes write y16)
-            t.cmask = cmask;
-            t.stream = stream_tiles;
-            t.pairs = f.pairs;
             // the next tile's x rows, read in place (direct; a band's rows are in L2 already, and
             // prefetching them measured 0.97-1.03x: 3x3/2 and 7x7/2 layers, ab.py)
             if (const int64_t f1 = std::min(n, f0 + 2 * MR); direct && f0 + MR < n)
@@ -687,24 +700,33 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             run_tile<false>(nv, t);
           }
         };
-        if (!row_runs) {
+        if (!row_runs && !row_tiles) {
           tiles(prow, nullptr, npix);
           continue;
         }
         // The rest of every row goes to full micro-kernel tiles together (rows of C by pointer), not
         // one mostly empty tile a row.
-        const int64_t nrest = run_rest * (npix / Q);
+        const int64_t nrest = (row_runs ? run_rest : Q % MRrow) * (npix / Q);
         float* lists = scratch(7, 4 * std::max<int64_t>(1, nrest));  // two arrays of nrest pointers
         const float** arest = reinterpret_cast<const float**>(lists);
         float** crest = reinterpret_cast<float**>(lists + 2 * nrest);
         for (int64_t fr = 0, m = 0; fr < npix; fr += Q) {  // one output row at a time
           int64_t q0 = 0;
-          for (int t : widths) {
-            float* o = out_at(fr + q0);
-            uint16_t* o16 = y16 && nhwc ? y16 + (o - y) : nullptr;
-            run_row(t, {prow[fr + q0] + c0, dh * rowf, pixf, 0, 0, R, ccb, panel, o, ldc, cb > 0, bias_kb, cmask,
-                        o16});
-            q0 += t;
+          if (row_runs) {
+            for (int t : widths) {
+              float* o = out_at(fr + q0);
+              uint16_t* o16 = y16 && nhwc ? y16 + (o - y) : nullptr;
+              run_row(t, {prow[fr + q0] + c0, dh * rowf, pixf, 0, 0, R, ccb, panel, o, ldc, cb > 0, bias_kb, cmask,
+                          o16});
+              q0 += t;
+            }
+          } else {
+            for (; q0 + MRrow <= Q; q0 += MRrow) {
+              Tile t = tile(MRrow);
+              t.a = prow[fr + q0], t.a_is = sw * pixf;
+              t.c = out_at(fr + q0), t.ldc = ldc;
+              run_row_tile(nv, t);
+            }
           }
           for (; q0 < Q; ++q0, ++m) arest[m] = prow[fr + q0], crest[m] = out_at(fr + q0);
         }

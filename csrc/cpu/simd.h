@@ -15,7 +15,8 @@
 //       A(i, l) = a[a_off[seg] + i*a_is + l*a_ls]      broadcast, one scalar per row i
 //       B(l)    = b[b_off[seg] + l*b_ls + 0 .. NV*VL)   NV vector loads
 // with MR*NV accumulators held in registers the whole time (AVX-512: 6x4, 8x3, 12x2, 12x1 = 12..24
-// zmm; AVX2: 4x3, 6x2, 12x1 = 12 ymm). "Segments" are what makes it a convolution without an
+// zmm, and 9x3, 14x2 for rows at a fixed distance (run_row_tile); AVX2: 4x3, 6x2, 12x1 = 12
+// ymm). "Segments" are what makes it a convolution without an
 // im2col buffer: one segment per filter tap (or per filter row when the taps of a row are
 // contiguous in memory, or per image row in backward-weight), each pointing into the tensor or
 // a small packed band of it. Rows i >= mr re-read row mr-1 and are not stored (tile remainders);
@@ -218,6 +219,7 @@ inline const char* prefetch_rows(const float* begin, const float* end, int64_t l
 // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass backward_weight): 3x3/2 128@56
 // 1.04x, 256@28 1.06x, 512@14 1.12x, the 7x7/2 stem 1.04x, 64@56 and 1x1 64->256 @56
 // 1.01-1.02x; Winograd's backward-weight at 512@7 1.01-1.02x. The same FMAs in the same order.
+// The same loop with the rows AIS floats apart (AIS > 1, a compile-time constant): run_row_tile.
 enum class Loop { General, Fast, Row };
 
 // One step of an accumulator: c + a*b (float32), or with PAIRS c + a.lo*b.lo + a.hi*b.hi on the
@@ -281,7 +283,8 @@ inline __attribute__((always_inline)) void end_runs(V (&acc)[T], const V (&sum)[
   for (int q = 0; q < T; ++q) acc[q] = Isa::add(sum[q], acc[q]);
 }
 
-template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV), bool PAIRS = false, bool PREFETCH = false>
+// AIS: Loop::Row's distance between the tile's rows (t.a_is, a compile-time constant).
+template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV), bool PAIRS = false, bool PREFETCH = false, int AIS = 1>
 void micro_kernel_impl(const Tile& t) {
   V acc[MR][NV];
 #pragma GCC unroll 16
@@ -313,7 +316,7 @@ void micro_kernel_impl(const Tile& t) {
           for (int v = 0; v < NV; ++v) bv[v] = Isa::load(bp + v * VL);
 #pragma GCC unroll 16
           for (int i = 0; i < MR; ++i) {
-            const V av = Isa::set1(ap[i]);
+            const V av = Isa::set1(ap[i * AIS]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[i][v] = mac<PAIRS>(av, bv[v], acc[i][v]);
           }
@@ -493,6 +496,38 @@ inline void run_tile(int nv, const Tile& t) {
       if constexpr (Isa::kMaxNV >= 4) sized_tile<4, MASKB>(t);
       break;
   }
+}
+
+// Row tiles at a distance of ais floats (Loop::Row with AIS = ais): the pixels of one output row
+// of a band with 3 channels at stride 1 or 2 (RGB stems, ais = 3 or 6; implicit_gemm.cpp's
+// forward). One A pointer at compile-time offsets leaves the general registers free, so a tile
+// has more rows than mr(NV) (12x2 -> 14x2 on AVX-512: 28 accumulators, 2 B vectors and the
+// broadcast), and a segment starts with two pointers, not MR: the 3x3 stem's 9-step segments
+// spent 28% of the micro-kernel's samples setting up MR row pointers (perf annotate).
+constexpr int row_tile_rows(int nv) {
+#if CONV_EXT_ISA_BITS == 512
+  return nv == 2 ? 14 : nv == 3 ? 9 : nv == 4 ? 6 : 0;  // MR*NV + NV + 1 <= 32
+#else
+  return nv == 2 ? 6 : nv == 3 ? 4 : 0;
+#endif
+}
+inline bool row_tiles_fit(int nv, int64_t ais) { return row_tile_rows(nv) > 0 && (ais == 3 || ais == 6); }
+
+template <int AIS>
+inline void row_tile_nv(int nv, const Tile& t) {
+  switch (nv) {
+    case 2: micro_kernel_impl<2, false, Loop::Row, row_tile_rows(2), false, false, AIS>(t); break;
+    case 3: micro_kernel_impl<3, false, Loop::Row, row_tile_rows(3), false, false, AIS>(t); break;
+    default:
+      if constexpr (Isa::kMaxNV >= 4) micro_kernel_impl<4, false, Loop::Row, row_tile_rows(4), false, false, AIS>(t);
+      break;
+  }
+}
+
+// A tile of row_tile_rows(nv) rows (t.mr), row i at t.a + i*t.a_is (row_tiles_fit(nv, t.a_is))
+inline void run_row_tile(int nv, const Tile& t) {
+  if (t.a_is == 3) row_tile_nv<3>(nv, t);
+  else row_tile_nv<6>(nv, t);
 }
 
 // How many vectors of output channels a tile carries for `width` channels.
