@@ -210,7 +210,13 @@ inline const char* prefetch_rows(const float* begin, const float* end, int64_t l
 // this one holds them all in registers: 2 loads, 12 broadcasts, 24 FMAs, 2 adds and a branch.
 // 3x3/2 128@56 channels_last forward, batch 4, 2 threads: 0.77-0.80x torch -> 0.86-0.94x
 // (python benchmarks/algos.py 4,128,56,56,128,3,2,1 --layout nhwc, the two builds alternated).
-// The same FMAs in the same order: the same bits.
+// The same FMAs in the same order: the same bits. Unrolled by 4 (the loop's add, compare and
+// branch once per 4 steps; B at constant offsets): a 6x4 tile alone over 256 steps in L1, one
+// core, 174 -> 182 GFLOP/s (the FMA loop: 213). Layers, 2 threads, old/new (python
+// benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --rounds 4..8): long reductions
+// gain (3x3/2 512@28 forward 1.06x, 3x3/2 256@28 backward-input 1.04-1.05x, 1x1 256->64 @56
+// forward 1.04x, 1024->256 @14 backward-input 1.05x, 512->128 @28 forward 1.03x), short ones
+// (64 or 128 steps: 1x1 64->256 and 128->512 forward, 256->64 backward-input) 0.98-1.00x.
 //
 // Row (a_is == 1, every row of the tile valid): the MR values of a step lie side by side
 // (backward-weight's (s, c) rows of a channels_last band, Winograd's transformed tiles; any
@@ -338,6 +344,7 @@ void micro_kernel_impl(const Tile& t) {
         const float* bp = t.b + t.b_off[seg] + l0 * (NV * VL);
         // step l prefetches pf + 64*l
         const char* pf = PREFETCH ? t.prefetch + sizeof(float) * t.a_off[seg] + 64 * (l0 + n) : nullptr;
+#pragma GCC unroll 4
         for (int64_t l = -n; l < 0; ++l, bp += NV * VL) {
           if constexpr (PREFETCH) _mm_prefetch(pf + 64 * l, _MM_HINT_T0);
           V bv[NV];
