@@ -59,8 +59,8 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // implicit_gemm (vectors over the output channels, transposed on store): a 49- or 196-pixel
 // plane fills 77% of this kernel's pixel vectors, and no regrouping of the images helped.
 // 2 threads, batch 4, ms g1x1 / implicit_gemm [torch]: 2048->512 @7 1.17 / 1.08 [1.01],
-// 512->2048 @7 1.15 / 1.08 [0.98], 512->1024 @14 2.37 / 1.95 [1.88]; but 1024->256 @14
-// 1.18 / 1.66 [0.98] stays here.
+// 512->2048 @7 1.15 / 1.08 [0.98], 512->1024 @14 2.37 / 1.95 [1.88]; 1024->256 @14 measured
+// 1.18 / 1.66 [0.98] then and stayed here, until large_filter_small_plane (below).
 // Planes of under 64 pixels (7x7, MobileNetV2's and ResNet-50's last stages) are one pixel tile
 // of 4 vectors, 49 of 64 lanes filled, and a task is a whole image (batch 1: one thread works):
 // they go to implicit_gemm too once the weights are not small (Cg*Kg >= 32K: a 128x256 filter).
@@ -71,8 +71,17 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // 960->320 forward 1.16x, 256->256 backward-input and 576->160 forward level. Below 32K
 // (128->128, 384->64) the two were within 10% either way; 64-pixel planes (8x8) stay here.
 bool few_pixels(const Conv2dParams& p) { return p.H * p.W < 64 && p.Cg() * p.Kg() >= 32768; }
+// And planes of <= 196 pixels with a filter of 256x256 or more (Cg*Kg >= 64K), both passes:
+// ResNet-50's 1024->256 @14 (five of its layers) and the like. Intel Xeon (family 6 model 167),
+// 2 threads, NCHW, ms gemm_1x1 / implicit_gemm, min of 40-60 (python benchmarks/algos.py SHAPE
+// --layout nchw --pass P): forward 1024->256 @14 batch 8 3.32-3.36 / 2.90 (--step, a new filter
+// each call: 3.35-3.46 / 2.98), batch 1 0.52 / 0.43, 512->256 1.60 / 1.41, 1024->128 1.72 / 1.59,
+// 320->256 1.00 / 0.90, 256->256 0.78 / 0.73, 512->128 0.83 / 0.79; backward-input 256->256
+// 0.83 / 0.73, 128->512 0.85 / 0.78, 256->512 1.68 / 1.42. Below 64K level (256->128, 192->256,
+// 576->96, 384->64 within 5% either way).
+bool large_filter_small_plane(const Conv2dParams& p) { return p.H * p.W <= 196 && p.Cg() * p.Kg() >= 65536; }
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && !(p.H * p.W <= 196 && p.Kg() >= 512) && !few_pixels(p);
+  return supports(p, dtype) && !(p.H * p.W <= 196 && p.Kg() >= 512) && !few_pixels(p) && !large_filter_small_plane(p);
 }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
@@ -95,7 +104,8 @@ bool supports_nhwc_too(const Conv2dParams& p, at::ScalarType dtype) {
 // 2.92), 320->1280 @7 0.93 / 0.78; not 96->576 @14 0.41 / 0.44, 160->960 @7 0.33 / 0.34.
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   return supports_nhwc_too(p, dtype) &&
-         !(is_nchw(p) && ((p.H * p.W <= 196 && (p.Cg() >= 512 || p.Kg() >= 1024)) || few_pixels(p)));
+         !(is_nchw(p) && ((p.H * p.W <= 196 && (p.Cg() >= 512 || p.Kg() >= 1024)) || few_pixels(p) ||
+                          large_filter_small_plane(p)));
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
