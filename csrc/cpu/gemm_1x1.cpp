@@ -130,10 +130,19 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 bool pixel_pair_shape(const Conv2dParams& p) {
   return supports_nhwc_too(p, at::kFloat) && is_nchw(p) && p.H * p.W % 2 == 0 && amx_bf16_available();
 }
+// Channels_last float32 backward-weight with at least as many filters as channels (>= 128) over
+// >= 1024 pixels goes to implicit_gemm, which ran it faster. Intel Xeon (family 6 model 167), 2
+// threads, ms gemm_1x1 / implicit_gemm, min of 40 (python benchmarks/algos.py SHAPE --layout nhwc
+// --pass backward_weight): batch 8 512->1024 @14 7.41 / 6.39 (ResNet-50's strided shortcut, whose
+// every other pixel is copied first), 128->512 @28 3.63 / 3.29 (batch 4 1.76 / 1.62), 256->1024
+// @14 3.11 / 3.19, 256->512 @28 6.55 / 6.39. Fewer pixels, fewer channels or fewer filters than
+// channels stay here: batch 1 512->1024 @14 0.77 / 0.86, 512->2048 @7 2.97 / 3.27, 160->960 @7
+// 0.49 / 0.51, 64->256 @56 3.24 / 3.66, 1024->256 @14 3.04 / 3.25 (but 512->128 @28 3.69 / 3.22).
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   if (dtype == at::kBFloat16)
     return pixel_pair_shape(p) && (amx_bf16_emulated() || forced_algorithm(Pass::BackwardWeight) == "gemm_1x1");
-  return supports_nhwc_too(p, dtype);
+  const bool wide = is_nhwc(p) && p.Kg() >= p.Cg() && p.Cg() >= 128 && p.N * p.H * p.W >= 1024;
+  return supports_nhwc_too(p, dtype) && !wide;
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
