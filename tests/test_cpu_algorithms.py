@@ -96,6 +96,8 @@ ONE_BY_ONE = [
     ((2, 24, 13, 11), 144, (1, 1), 1, 0, 1, 1),        # NHWC bwd-weight: V = dy (3 x 48 lanes, 24 = 3 x 8 rows)
     ((1, 96, 9, 8), 24, (1, 1), 1, 0, 1, 1),           # the same turned round: V = x
     ((2, 300, 11, 10), 520, (1, 1), 1, 0, 1, 1),       # NHWC bwd-weight: V's long rows copied into panels
+    ((2, 300, 15, 14), 260, (1, 1), 1, 0, 1, 1),       # the same over >= 384 pixels: A transposed, 3 x 128 + 36 pixels
+    ((1, 512, 20, 20), 544, (1, 1), 1, 0, 1, 2),       # the same with groups (V = dy, 272 a group, a K tail)
 ]
 DEPTHWISE = [
     ((2, 8, 10, 10), 8, (3, 3), 1, 1, 1, 8),

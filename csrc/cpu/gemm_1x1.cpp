@@ -130,19 +130,10 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 bool pixel_pair_shape(const Conv2dParams& p) {
   return supports_nhwc_too(p, at::kFloat) && is_nchw(p) && p.H * p.W % 2 == 0 && amx_bf16_available();
 }
-// Channels_last float32 backward-weight with at least as many filters as channels (>= 128) over
-// >= 1024 pixels goes to implicit_gemm, which ran it faster. Intel Xeon (family 6 model 167), 2
-// threads, ms gemm_1x1 / implicit_gemm, min of 40 (python benchmarks/algos.py SHAPE --layout nhwc
-// --pass backward_weight): batch 8 512->1024 @14 7.41 / 6.39 (ResNet-50's strided shortcut, whose
-// every other pixel is copied first), 128->512 @28 3.63 / 3.29 (batch 4 1.76 / 1.62), 256->1024
-// @14 3.11 / 3.19, 256->512 @28 6.55 / 6.39. Fewer pixels, fewer channels or fewer filters than
-// channels stay here: batch 1 512->1024 @14 0.77 / 0.86, 512->2048 @7 2.97 / 3.27, 160->960 @7
-// 0.49 / 0.51, 64->256 @56 3.24 / 3.66, 1024->256 @14 3.04 / 3.25 (but 512->128 @28 3.69 / 3.22).
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   if (dtype == at::kBFloat16)
     return pixel_pair_shape(p) && (amx_bf16_emulated() || forced_algorithm(Pass::BackwardWeight) == "gemm_1x1");
-  const bool wide = is_nhwc(p) && p.Kg() >= p.Cg() && p.Cg() >= 128 && p.N * p.H * p.W >= 1024;
-  return supports_nhwc_too(p, dtype) && !wide;
+  return supports_nhwc_too(p, dtype);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -364,7 +355,22 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
   // [1.76-1.93], 144->24 @56 1.95-2.23 / 1.47-1.77 [1.54-2.54], 96->24 @56 1.22-1.52 / 0.87-0.92
   // [1.00-1.27]; back-to-back (benchmarks/ab.py) 1.00-1.04x. Long rows, copied a block at a time,
   // keep a block a task (96->576 @14 and 1024->256 @14 whole: 0.93-0.95x in a step).
-  const int64_t jbs = nhwc && CtV < 256 ? njb : 1, njg = ceil_div(njb, jbs);
+  // Channels_last A with V's rows copied (CtV >= 256) over >= 384 pixels: each piece of A is
+  // transposed into at[i][pixel] first, so the tiles read their rows as NCHW's do (a_ls = 1:
+  // the Fast loop, one contiguous run a row), not a line per pixel at a stride of CtA floats
+  // (1-4 KiB: the lines of a tile's pixels fall into a few L1 sets and the prefetchers do not
+  // follow). A task then takes several blocks of V's channels, so a piece is transposed once for
+  // them: all the blocks, or a share where fewer chunks than 4 a thread would leave threads idle
+  // (weight_tasks' threads, not the pool's: the chunks and so the bits do not change with it).
+  // Batch 8, 2 threads, ms min of 30, before / after (python benchmarks/algos.py SHAPE --layout
+  // nhwc --pass backward_weight): 512->1024 @14 7.18-7.35 / 5.41-5.59 (implicit_gemm: 6.33-6.48;
+  // torch 6.17-6.31), 1024->256 @14 3.17 / 2.72, 1024->256 @28 13.97 / 11.31, 128->512 @28 3.46 /
+  // 2.85, 256->512 @28 6.64 / 5.55, 256->1024 @14 3.09 / 2.70, 1024->2048 @7 7.71 / 7.08; MobileNetV2's
+  // 96->576 @14, 576->96 @14, 160->960 @7, 960->160 @7 and 2048->512 @7 level; batch 2 512->1024
+  // @14 level, batch 1 (196 pixels) 0.75 / 0.81, so not there.
+  const bool transpose_a = nhwc && CtV >= 256 && N * HW >= 384;
+  const int64_t jbs = nhwc && CtV < 256 ? njb : transpose_a ? ceil_div(njb, ceil_div(4 * weight_tasks(16), most)) : 1;
+  const int64_t njg = ceil_div(njb, jbs);
   const int64_t nchunk = balanced_chunks(std::min(ceil_div(weight_tasks(16), G * njg), most), most, G * njg, 16, 0.08);
   float* partial = scratch(0, nchunk * part);
 
@@ -383,8 +389,9 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
       // micro-kernel's B stays in L1. 1 thread, batch 4, best of 5 alternating processes
       // (benchmarks/ab.py, --layout nhwc --pass backward_weight): 512->1024 @14 1.05-1.16x,
       // 2048->512 @7 1.5x, 128->512 @28 1.08x; short rows (64->256 @56, 24->144 @56) within noise.
-      const bool in_place = CtV < 256;
+      const bool in_place = CtV < 256 && !transpose_a;
       const int64_t piece = in_place ? kPiece : kPiece / 2;
+      float* at = transpose_a ? scratch(2, Mi * piece) : nullptr;
       // A is read in place, a line per pixel and row of tiles: its first reads of a piece come
       // from memory at a stride the hardware prefetcher does not follow far (a piece is one run
       // of pixels, but 8-128 KB of it). When A is too large to have stayed in L3 (>= 8 MiB), the
@@ -400,6 +407,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
         const char* pf = reinterpret_cast<const char*>(A + (pos + len) * CtA);
         const char* pf_end = reinterpret_cast<const char*>(A + std::min(b, pos + len + piece) * CtA);
         const int64_t pf_step = prefetch_a ? ceil_div((pf_end - pf) / 64, ceil_div(Mi, MR) * (jb1 - jb0)) : 0;
+        if (at) transpose_rows(A + pos * CtA + g * Mi, CtA, len, Mi, piece, at);
         for (int64_t jb = jb0; jb < jb1; ++jb) {
           const int64_t j0 = jb * NVL, jn = std::min(NVL, Nj - j0);
           float* out = partial + chunk * part + (g * njb + jb) * Mi * NVL;  // [i][NVL]
@@ -422,7 +430,8 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
             for (const int64_t ve = std::min(v_next, v_row + v_step); v_row < ve; ++v_row)
               for (int64_t o = 0; o < jn; o += 16) _mm_prefetch(reinterpret_cast<const char*>(v_pf + v_row * CtV + o), _MM_HINT_T1);
             Tile t;
-            t.a = A + pos * CtA + g * Mi + i0, t.a_is = 1, t.a_ls = CtA;
+            if (at) t.a = at + i0 * piece, t.a_is = piece, t.a_ls = 1;
+            else t.a = A + pos * CtA + g * Mi + i0, t.a_is = 1, t.a_ls = CtA;
             t.b = vp, t.b_ls = in_place ? CtV : NVL;
             t.a_off = b_off, t.b_off = b_off, t.nseg = 1, t.len = len;  // b_off[0] = 0
             t.mr = static_cast<int>(std::min(MR, Mi - i0));
