@@ -97,6 +97,8 @@ ONE_BY_ONE = [
     ((1, 96, 9, 8), 24, (1, 1), 1, 0, 1, 1),           # the same turned round: V = x
     ((2, 300, 11, 10), 520, (1, 1), 1, 0, 1, 1),       # NHWC bwd-weight: V's long rows copied into panels
     ((2, 300, 15, 14), 260, (1, 1), 1, 0, 1, 1),       # the same over >= 384 pixels: A transposed, 3 x 128 + 36 pixels
+    ((2, 3, 5, 16), 40, (1, 1), 1, 0, 1, 1),           # 3 channels: NHWC forward (direct, one tall image) in row tiles
+    ((1, 3, 9, 31), 32, (1, 1), 2, 0, 1, 1),           # the same strided (rows 6 floats apart), 14 + 2
     ((1, 512, 20, 20), 544, (1, 1), 1, 0, 1, 2),       # the same with groups (V = dy, 272 a group, a K tail)
 ]
 DEPTHWISE = [

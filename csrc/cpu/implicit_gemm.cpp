@@ -594,12 +594,13 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
   const bool row_runs = nv == 1 && (sw == 1 ? S >= 2 && S <= 7 : sw == 2 && S == 3) && dw == 1 &&
                         (!f.pairs || (kPairs && (run_rest == 0 || !(y16 && nhwc))));
-  // More than one vector of output channels on 3 input channels at stride 1 or 2 (RGB stems):
-  // each output row in row tiles (run_row_tile, simd.h) of MRrow pixels, one A pointer a tile.
-  // Channels_last forward, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc
-  // --pass forward --rounds 4..6): MobileNetV2's 3x3/2 stem 3->32 @224 batch 8 1.07-1.08x (14x2
-  // tiles), the 7x7/2 stem 3->64 batch 8 1.01-1.02x and VGG's 3->64 @224 batch 4 1.03x (6x4 tiles
-  // both ways: the pointers' setup only).
+  // More than one vector of output channels on 3 input channels at stride 1 or 2 (RGB stems;
+  // also a direct 1x1 on 3 channels): each output row in row tiles (run_row_tile, simd.h) of
+  // MRrow pixels, one A pointer a tile. Channels_last forward, 2 threads, old/new (python
+  // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass forward --rounds 4..6):
+  // MobileNetV2's 3x3/2 stem 3->32 @224 batch 8 1.07-1.08x (14x2 tiles), the 7x7/2 stem 3->64
+  // batch 8 1.01-1.02x and VGG's 3->64 @224 batch 4 1.03x (6x4 tiles both ways: the pointers'
+  // setup only).
   const bool row_tiles = !row_runs && !f.pairs && row_tiles_fit(nv, sw * pixf) && Q >= row_tile_rows(nv);
   const int64_t MRrow = row_tile_rows(nv);
   auto run_row = [&](int t, const Run& a) {  // a run of t pixels
