@@ -389,7 +389,7 @@ void gemm_1x1_backward_weight(const Conv2dParams& p, const float* dy, const floa
       // micro-kernel's B stays in L1. 1 thread, batch 4, best of 5 alternating processes
       // (benchmarks/ab.py, --layout nhwc --pass backward_weight): 512->1024 @14 1.05-1.16x,
       // 2048->512 @7 1.5x, 128->512 @28 1.08x; short rows (64->256 @56, 24->144 @56) within noise.
-      const bool in_place = CtV < 256 && !transpose_a;
+      const bool in_place = CtV < 256;  // (never with transpose_a)
       const int64_t piece = in_place ? kPiece : kPiece / 2;
       float* at = transpose_a ? scratch(2, Mi * piece) : nullptr;
       // A is read in place, a line per pixel and row of tiles: its first reads of a piece come

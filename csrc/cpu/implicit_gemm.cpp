@@ -601,8 +601,8 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // MobileNetV2's 3x3/2 stem 3->32 @224 batch 8 1.07-1.08x (14x2 tiles), the 7x7/2 stem 3->64
   // batch 8 1.01-1.02x and VGG's 3->64 @224 batch 4 1.03x (6x4 tiles both ways: the pointers'
   // setup only).
-  const bool row_tiles = !row_runs && !f.pairs && row_tiles_fit(nv, sw * pixf) && Q >= row_tile_rows(nv);
   const int64_t MRrow = row_tile_rows(nv);
+  const bool row_tiles = !row_runs && !f.pairs && row_tiles_fit(nv, sw * pixf) && Q >= MRrow;
   auto run_row = [&](int t, const Run& a) {  // a run of t pixels
     if (f.pairs) row_run_ts<kPairs>(t, S, sw, a);
     else row_run_ts<false>(t, S, sw, a);

@@ -511,13 +511,9 @@ inline void run_tile(int nv, const Tile& t) {
 // has more rows than mr(NV) (12x2 -> 14x2 on AVX-512: 28 accumulators, 2 B vectors and the
 // broadcast), and a segment starts with two pointers, not MR: the 3x3 stem's 9-step segments
 // spent 28% of the micro-kernel's samples setting up MR row pointers (perf annotate).
-constexpr int row_tile_rows(int nv) {
-#if CONV_EXT_ISA_BITS == 512
-  return nv == 2 ? 14 : nv == 3 ? 9 : nv == 4 ? 6 : 0;  // MR*NV + NV + 1 <= 32
-#else
-  return nv == 2 ? 6 : nv == 3 ? 4 : 0;
-#endif
-}
+// Rows: as many as the vector registers hold beside NV B vectors and the broadcast (MR*NV + NV + 1
+// <= 32 zmm: 14x2, 9x3, 6x4; 16 ymm: 6x2, 4x3); none for one vector (row runs take those).
+constexpr int row_tile_rows(int nv) { return nv < 2 ? 0 : ((CONV_EXT_ISA_BITS == 512 ? 32 : 16) - 1 - nv) / nv; }
 inline bool row_tiles_fit(int nv, int64_t ais) { return row_tile_rows(nv) > 0 && (ais == 3 || ais == 6); }
 
 template <int AIS>
