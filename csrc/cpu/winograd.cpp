@@ -379,19 +379,31 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
   }
 }
 
+// U's planes (uxs floats apart) hold the ncp columns in panels of kUPanel (the last one
+// narrower), each panel [c][its width] over all len rows: the micro-kernel's packed B (Loop::Fast,
+// simd.h). Column k of row c of a plane: at panel_at(k, len, ncp) + c * panel_width(k, ncp).
+// Rows of all ncp columns before (B rows Kgp floats apart: the general loop, a pointer per row
+// and no unrolling); 2 threads, batch 4, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE
+// --layout L --pass P --rounds 4, Xeon with AVX-512): winograd_s2 128@56 forward 1.14-1.15x
+// channels_last, 1.09-1.10x NCHW, 96@56 1.02x; winograd 128@28 forward 1.05-1.08x, backward-input
+// 1.04x; 64@56 (one panel already) and the large-U schedule (its pieces are one panel) level.
+constexpr int64_t kUPanel = Isa::kMaxNV * VL;
+inline int64_t panel_at(int64_t k, int64_t len) { return k / kUPanel * kUPanel * len + k % kUPanel; }
+inline int64_t panel_width(int64_t k, int64_t ncp) { return std::min(kUPanel, ncp - k / kUPanel * kUPanel); }
+
 // M_xi[t][k0 + ..] (+)= sum_{c < len} V_xi[t][c] * U_xi[c][..] for tiles [0, nt), columns
 // [k0, k0 + ncp) of M, on the micro-kernel (tiles = broadcast rows, output channels = vectors).
-void gemms(int NP, const float* Vb, Planes pv, int64_t nt, int64_t len, const float* U, int64_t uxs, int64_t uld,
-           float* Mb, Planes pm, int64_t k0, int64_t ncp, bool accumulate) {
+void gemms(int NP, const float* Vb, Planes pv, int64_t nt, int64_t len, const float* U, int64_t uxs, float* Mb,
+           Planes pm, int64_t k0, int64_t ncp, bool accumulate) {
   static const int64_t zero = 0;
   for (int xi = 0; xi < NP; ++xi)
-    for (int64_t kb = 0; kb < ncp; kb += Isa::kMaxNV * VL) {
+    for (int64_t kb = 0; kb < ncp; kb += kUPanel) {
       const int nv = static_cast<int>(std::min<int64_t>(Isa::kMaxNV, (ncp - kb) / VL));
       const int64_t MR = Isa::mr(nv);
       for (int64_t t0 = 0; t0 < nt; t0 += MR) {
         Tile tl;
         tl.a = Vb + xi * pv.xs + t0 * pv.ts, tl.a_is = pv.ts, tl.a_ls = 1;
-        tl.b = U + xi * uxs + kb, tl.b_ls = uld;
+        tl.b = U + xi * uxs + panel_at(kb, len), tl.b_ls = nv * VL;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = len;
         tl.mr = static_cast<int>(std::min(MR, nt - t0));
         tl.c = Mb + xi * pm.xs + t0 * pm.ts + k0 + kb, tl.ldc = pm.ts, tl.accumulate = accumulate;
@@ -540,7 +552,8 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
     const PackedFilter packed = packed_filter(filter, tag, G * NP * Cg * Kgp, scratch(4, G * NP * Cg * Kgp), [&](float* U) {
       for_each_task(G * ncb, macs, [&](int64_t task) {
         const int64_t g = task / ncb, k0 = (task % ncb) * VL;
-        weight_panel<Kd>(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * NP * Cg * Kgp + k0, Cg * Kgp, Kgp);
+        weight_panel<Kd>(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * NP * Cg * Kgp + panel_at(k0, Cg), Cg * Kgp,
+                         panel_width(k0, Kgp));
       });
     });
     const float* U = packed.data;
@@ -569,7 +582,7 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
       const Planes pv = planes(NP, nt, e.Vr, tile_major), pm = planes(NP, nt, e.Mr, tile_major);
       input_transform<Kd>(s, e, x, gr0, gr1, tj0, tj1, Vb, pv, 0);
       for (int64_t g = 0; g < G; ++g)
-        gemms(NP, Vb + g * Cg, pv, nt, Cg, U + g * NP * Cg * Kgp, Cg * Kgp, Kgp, Mb, pm, g * Kgp, Kgp, false);
+        gemms(NP, Vb + g * Cg, pv, nt, Cg, U + g * NP * Cg * Kgp, Cg * Kgp, Mb, pm, g * Kgp, Kgp, false);
       output_transform<Kd>(s, e, Mb, pm, 0, gr0, gr1, tj0, tj1, bp, y);
     });
     return;
@@ -613,7 +626,7 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
         for (int64_t c0 = 0; c0 < Cg; c0 += pr) {
           const int64_t nr = std::min(pr, Cg - c0);
           weight_panel<Kd>(w, g, wK, wC, flip, krsc, c0, nr, k0, ncp, panel, plane(nr, ncp), ncp);
-          gemms(NP, Vall + g * Cg + c0, pv, nt, nr, panel, plane(nr, ncp), ncp, Mall, pm, g * Kgp + k0, ncp, c0 > 0);
+          gemms(NP, Vall + g * Cg + c0, pv, nt, nr, panel, plane(nr, ncp), Mall, pm, g * Kgp + k0, ncp, c0 > 0);
         }
       });
       for_each_task(R1 - R0, macs, [&](int64_t i) {
