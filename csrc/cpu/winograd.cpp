@@ -274,8 +274,13 @@ void weight_panel(const float* w, int64_t g, int64_t Kg, int64_t Cg, bool flip, 
     // 12 rounds, best mins / median of the pairs): NCHW 256@14 1.04-1.06x (two runs), 512@7
     // 1.06x / 1.11x; channels_last within the noise (0.98-1.12x). What remains of it waits on the
     // reads of w (2.4 MiB at 256@14, read by both threads of a team): prefetching the next piece
-    // only moved the stall onto the prefetches.
-    constexpr int64_t kCh = 16;
+    // only moved the stall onto the prefetches. A channels_last filter (KRSC) is read as 9 x 16
+    // runs of kCh channels, each filter's 9 taps Cg floats apart: 64 channels (a run of 4 lines,
+    // not one; tmp 36 KiB) for it, 2 threads, batch 4, old/new (python benchmarks/ab.py OLD.so
+    // NEW.so 4,512,7,7,512,3,1,1 --layout nhwc --pass forward --rounds 4): 1.07-1.09x at 512@7,
+    // 1.01-1.02x at 256@14 (32: 1.07x, 128 and 256: 0.98x of 64). KCRS stays at 16 (64: 0.98-0.99x;
+    // its runs are already kCh x 9 floats).
+    const int64_t kCh = krsc ? 64 : 16;
     float* tmp = scratch(3, kCh * 9 * VL);
     for (int64_t kb = 0; kb < ncp; kb += VL) {
       const int64_t k0 = c0 + kb, kn = std::max<int64_t>(0, std::min<int64_t>(VL, Kg - k0));
