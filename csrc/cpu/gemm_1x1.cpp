@@ -179,14 +179,16 @@ void gemm_1x1_nchw(const Conv2dParams& p, const float* in, const float* w, const
   const int nv = choose_nv(HW);
   const int64_t NVL = nv * VL, npb = ceil_div(HW, NVL);
   // Reduction panels: a reduction of <= 256 channels in one (the sums stored once, by streaming
-  // stores where the output is large); longer ones in panels of 128, so that a tile's B (128 x 64
-  // pixels, 32 KiB) stays in a 48 KiB L1 for all the tiles of filters that read it (panels of
-  // 256, 64 KiB, were read from L2 by each tile). NCHW, 2 threads, Xeon with AVX-512, old/new
-  // (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nchw --pass P --rounds 4): forward
-  // 512->128 @28 1.03-1.05x (batch 4 and 8), backward-input 128<-512 @28 1.05-1.10x. Cutting a
-  // 256-channel reduction in two as well: 256->512 @28 forward 1.04-1.07x, but 256->128 @56 batch 8
-  // 0.89-0.92x (its 12.8 MB output written twice, not streamed once). Panels of 64: 0.95-0.99x.
-  const int64_t lc = Li <= 256 ? Li : 128;
+  // stores where the output is large); longer ones in panels of 256, or of 128 where the L1 has
+  // 48 KiB or more: a tile's B (128 x 64 pixels, 32 KiB) then stays in L1 for all the tiles of
+  // filters that read it (panels of 256, 64 KiB, were read from L2 by each tile). NCHW, 2 threads,
+  // Xeon with AVX-512 and a 48 KiB L1, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE
+  // --layout nchw --pass P --rounds 4): forward 512->128 @28 1.03-1.05x (batch 4 and 8),
+  // backward-input 128<-512 @28 1.03-1.10x. Cutting a 256-channel reduction in two as well:
+  // 256->512 @28 forward 1.04-1.07x, but 256->128 @56 batch 8 0.89-0.92x (its 12.8 MB output
+  // written twice, not streamed once). Panels of 64: 0.95-0.99x of 128. On Zen 4 (32 KiB L1)
+  // panels of 64-128 measured 0.77-1.03x of 256 (README, the Zen 4 rounds): 256 there.
+  const int64_t lc = Li <= 256 ? Li : l1d_bytes() >= (int64_t(48) << 10) ? 128 : 256;
   const int64_t nlc = ceil_div(Li, lc);
   // large outputs of one reduction panel: streaming stores (kernel_util.h, kStreamFloats)
   const bool stream = nlc == 1 && N * Ct_out * HW >= kStreamFloats;

@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include "algorithms.h"
 
 namespace conv_ext {
@@ -28,6 +30,15 @@ inline float* scratch(int slot, int64_t n) {
   if (static_cast<int64_t>(b.size()) < n + 16) b.resize(static_cast<size_t>(n) + 64);
   const auto p = reinterpret_cast<std::uintptr_t>(b.data());
   return reinterpret_cast<float*>((p + 63) & ~std::uintptr_t(63));
+}
+
+// The L1 data cache of a core in bytes (sysconf; 32 KiB where the system does not say), read once.
+inline int64_t l1d_bytes() {
+  static const int64_t bytes = [] {
+    const long b = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return b > 0 ? int64_t(b) : int64_t(32) << 10;
+  }();
+  return bytes;
 }
 
 // Problems below this many multiply-adds run on the calling thread: starting the pool costs
