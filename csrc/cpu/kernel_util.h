@@ -35,7 +35,11 @@ inline float* scratch(int slot, int64_t n) {
 // The L1 data cache of a core in bytes (sysconf; 32 KiB where the system does not say), read once.
 inline int64_t l1d_bytes() {
   static const int64_t bytes = [] {
+#ifdef _SC_LEVEL1_DCACHE_SIZE  // (glibc)
     const long b = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+#else
+    const long b = 0;
+#endif
     return b > 0 ? int64_t(b) : int64_t(32) << 10;
   }();
   return bytes;

@@ -386,7 +386,8 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
 
 // U's planes (uxs floats apart) hold the ncp columns in panels of kUPanel (the last one
 // narrower), each panel [c][its width] over all len rows: the micro-kernel's packed B (Loop::Fast,
-// simd.h). Column k of row c of a plane: at panel_at(k, len, ncp) + c * panel_width(k, ncp).
+// simd.h). Column k of row c of a plane: at panel_at(k, len) + c * panel_width(k, ncp). The
+// large-U schedule's pieces are at most kUPanel wide: one panel, rows of ncp floats.
 // Rows of all ncp columns before (B rows Kgp floats apart: the general loop, a pointer per row
 // and no unrolling); 2 threads, batch 4, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE
 // --layout L --pass P --rounds 4, Xeon with AVX-512): winograd_s2 128@56 forward 1.14-1.15x
