@@ -404,12 +404,13 @@ void gemms(int NP, const float* Vb, Planes pv, int64_t nt, int64_t len, const fl
   static const int64_t zero = 0;
   for (int xi = 0; xi < NP; ++xi)
     for (int64_t kb = 0; kb < ncp; kb += kUPanel) {
-      const int nv = static_cast<int>(std::min<int64_t>(Isa::kMaxNV, (ncp - kb) / VL));
+      const int64_t width = panel_width(kb, ncp);
+      const int nv = static_cast<int>(width / VL);
       const int64_t MR = Isa::mr(nv);
       for (int64_t t0 = 0; t0 < nt; t0 += MR) {
         Tile tl;
         tl.a = Vb + xi * pv.xs + t0 * pv.ts, tl.a_is = pv.ts, tl.a_ls = 1;
-        tl.b = U + xi * uxs + panel_at(kb, len), tl.b_ls = nv * VL;
+        tl.b = U + xi * uxs + panel_at(kb, len), tl.b_ls = width;
         tl.a_off = &zero, tl.b_off = &zero, tl.nseg = 1, tl.len = len;
         tl.mr = static_cast<int>(std::min(MR, nt - t0));
         tl.c = Mb + xi * pm.xs + t0 * pm.ts + k0 + kb, tl.ldc = pm.ts, tl.accumulate = accumulate;
@@ -610,8 +611,9 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
     float* Vall = scratch(4, NP * plane(T, e.Vr));
     float* Mall = scratch(7, NP * plane(T, e.Mr));
     const Planes pv = planes(NP, T, e.Vr, tile_major), pm = planes(NP, T, e.Mr, tile_major);
-    // output-channel blocks: as wide as the micro-kernel, narrower if that leaves a thread idle
-    int64_t kbw = Isa::kMaxNV * VL;
+    // output-channel blocks: as wide as the micro-kernel (one of U's panels), narrower if that
+    // leaves a thread idle
+    int64_t kbw = kUPanel;
     while (kbw > VL && G * ceil_div(Kgp, kbw) < 2 * threads) kbw -= VL;
     const int64_t nkb = ceil_div(Kgp, kbw);
     for (int64_t ch = 0; ch < nchunks; ++ch) {
@@ -623,7 +625,7 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
         const int64_t g = task / nkb, k0 = (task % nkb) * kbw, ncp = std::min(kbw, Kgp - k0);
         // channels a piece: sized for the widest block whatever this one's width (kbw follows the
         // thread count; the pieces are the order of the sums, so they must not: determinism)
-        const int64_t npiece = ceil_div(Cg, std::max<int64_t>(1, kPanelFloats / (NP * Isa::kMaxNV * VL)));
+        const int64_t npiece = ceil_div(Cg, std::max<int64_t>(1, kPanelFloats / (NP * kUPanel)));
         const int64_t pr = ceil_div(Cg, npiece);
         // the panel's 16 planes a line more than nr x ncp floats apart (plane()): at exactly that
         // (32 KiB for 128 x 64) weight_panel's 16 stores of a channel all fell into one L1 set
