@@ -45,6 +45,11 @@ GENERAL = [
     ((2, 3, 10, 31), 32, (3, 3), 2, 1, 1, 1),          # stride 2: 14 + 2 (AVX2: 6 + 6 + 4)
     ((1, 3, 7, 33), 40, (3, 3), 1, 1, (2, 1), 1),      # stride 1, row dilation, K tail: 9 + 9 + 9 + 6
     ((2, 3, 6, 20), 64, (3, 5), 1, (1, 2), (1, 2), 1),  # column dilation (a segment a tap): 6 + 6 + 6 + 2
+    # channels_last: the row tiles read x in place, pixels whose taps reach the padding are edge pixels
+    ((2, 3, 11, 40), 32, (3, 3), 2, 2, 1, 1),          # padding 2 at stride 2: first column, last column, top and bottom rows
+    ((1, 3, 6, 30), 48, (5, 5), 1, 2, (2, 1), 1),      # every row's filter rows reach the padding: edge pixels only
+    ((2, 3, 12, 9), 40, (3, 3), 1, 1, 1, 1),           # 7 inside pixels a row, fewer than a row tile: all rests
+    ((1, 3, 6, 20), 32, (3, 3), 1, 4, 1, 1),           # padding beyond the taps: pixels of the bias only
     ((2, 8, 6, 6), 8, (3, 3), 1, 3, 1, 1),             # padding > dil*(R-1): bwd-input not a forward
     ((1, 7, 5, 6), 9, (2, 2), 1, 0, 1, 1),             # even kernel, no padding
     ((2, 16, 11, 13), 16, (5, 5), 2, 2, 1, 1),         # NHWC bwd-weight, few k: (s, c) vectors 64 + 16

@@ -19,6 +19,7 @@
 // blocks of output channels) [backward-weight]. A task copies the input rows it needs into a
 // "band" (rows x padded columns x channels, zero padding built in; NHWC rows are memcpy'd, NCHW
 // rows transposed), so the micro-kernel never tests bounds and never sees an im2col buffer.
+// (Channels_last 1x1 unpadded layers and the row tiles of 3-channel layers read x in place.)
 // Weights are packed per call as [group][out-block][in-block][r][s][c][NV*VL]
 // panels of <= 192 KiB (they stay in L2 while a task sweeps its rows); the reduction over
 // input channels is split into such panels and accumulated in the output. Where a block of
@@ -475,6 +476,49 @@ std::vector<int> scatter_widths(int64_t W) {
   return widths;
 }
 
+// One output pixel of a channels_last forward read in place (fwd_compute's in_place) whose taps
+// reach the padding: its NV vectors from the taps inside x only, summed in a tile's order (filter
+// row by row, (s, c) within a row, then the bias): the bits of a tile on a band, whose padding's
+// zeros add nothing. xn: the image; (h0, w0): the input
+// pixel under tap (0, 0); panel: the packed filter block ((r*S + s)*C + c)*NVL.
+template <int NV>
+void edge_pixel(const float* xn, int64_t H, int64_t W, int64_t C, int64_t h0, int64_t w0, int64_t R, int64_t S,
+                int64_t dh, int64_t dw, const float* panel, int64_t NVL, const float* bias, float* o, const M* cmask) {
+  V acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = Isa::zero();
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t h = h0 + r * dh;
+    if (h < 0 || h >= H) continue;
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t w = w0 + s * dw;
+      if (w < 0 || w >= W) continue;
+      const float* xp = xn + (h * W + w) * C;
+      const float* bp = panel + (r * S + s) * C * NVL;
+      for (int64_t c = 0; c < C; ++c, bp += NVL) {
+        const V a = Isa::set1(xp[c]);
+        for (int v = 0; v < NV; ++v) acc[v] = Isa::fma(a, Isa::load(bp + v * VL), acc[v]);
+      }
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    if (bias) acc[v] = Isa::add(acc[v], Isa::load(bias + v * VL));
+    if (cmask) Isa::storem(o + v * VL, acc[v], cmask[v]);
+    else Isa::store(o + v * VL, acc[v]);
+  }
+}
+
+inline void edge_pixel_nv(int nv, const float* xn, int64_t H, int64_t W, int64_t C, int64_t h0, int64_t w0, int64_t R,
+                          int64_t S, int64_t dh, int64_t dw, const float* panel, int64_t NVL, const float* bias,
+                          float* o, const M* cmask) {
+  switch (nv) {
+    case 1: return edge_pixel<1>(xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias, o, cmask);
+    case 2: return edge_pixel<2>(xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias, o, cmask);
+    case 3: return edge_pixel<3>(xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias, o, cmask);
+    default:
+      if constexpr (Isa::kMaxNV >= 4) edge_pixel<4>(xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias, o, cmask);
+  }
+}
+
 // The packed filter of a forward problem as fwd_compute reads it: nblocks blocks of blockf floats,
 // one per group and block of output channels (gk = g*nkb + kb), block(gk, dst) packing one.
 // whole(): all of it, from the filter cache (filter_cache.h: under `filter`, the user's filter,
@@ -559,6 +603,36 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
       if (r1 > z1) std::memset(bi + z1 * rowf, 0, sizeof(float) * (r1 - z1) * rowf);
     }
   };
+  if (!(f.pairs && (!nhwc || ncb == 1))) y16 = nullptr;  // NCHW: the transposes round the sums of all panels
+  const std::vector<int> widths = cut_row(Q);  // the runs of an output row (row_runs below)
+  const int64_t run_rest = row_rest(widths, Q);  // pixels of a row left to the micro-kernel
+  // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
+  // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
+  const bool row_runs = nv == 1 && (sw == 1 ? S >= 2 && S <= 7 : sw == 2 && S == 3) && dw == 1 &&
+                        (!f.pairs || (kPairs && (run_rest == 0 || !(y16 && nhwc))));
+  // More than one vector of output channels on 3 input channels at stride 1 or 2 (RGB stems;
+  // also a direct 1x1 on 3 channels): each output row in row tiles (run_row_tile, simd.h) of
+  // MRrow pixels, one A pointer a tile. Channels_last forward, 2 threads, old/new (python
+  // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass forward --rounds 4..6):
+  // MobileNetV2's 3x3/2 stem 3->32 @224 batch 8 1.07-1.08x (14x2 tiles), the 7x7/2 stem 3->64
+  // batch 8 1.01-1.02x and VGG's 3->64 @224 batch 4 1.03x (6x4 tiles both ways: the pointers'
+  // setup only).
+  const int64_t MRrow = row_tile_rows(nv);
+  const bool row_tiles = !row_runs && !f.pairs && row_tiles_fit(nv, sw * pixf) && Q >= MRrow;
+  // Row tiles read in place (in_place): channels_last, one group. No band: the pixels whose taps
+  // all lie inside x (columns [q_lo, q_hi) of the output rows whose filter rows do) read x where
+  // it lies, at x's row stride (rowa), in row tiles and the rests' tiles; every other pixel is an
+  // edge pixel (edge_pixel: its taps inside x only, the same bits). The band's copy of x was 17%
+  // of MobileNetV2's 3x3/2 stem (left out, wrong sums: 1.21x; perf: 10% of the samples in
+  // memmove). Channels_last forward, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so
+  // SHAPE --layout nhwc --pass forward --rounds 4): that stem 3->32 @224 batch 8 1.10-1.11x (with
+  // row_tile, simd.h: 1.22-1.23x, 0.94x -> 1.25-1.28x torch), VGG's 3->64 @224 batch 4
+  // 1.03-1.04x (1.10-1.11x), the 7x7/2 stem 1.00-1.01x (1.02x); AVX2 (--old-env/--new-env
+  // CONV_EXT_CPU_CAPABILITY=avx2, both changes) 1.30x and 1.23x.
+  const bool in_place = row_tiles && nhwc && G == 1 && !direct;  // (direct reads x in place already)
+  const int64_t rowa = in_place ? W * C : rowf;  // a filter row's offset in A: r*dh*rowa
+  const int64_t q_lo = std::min(Q, ceil_div(pw, sw));
+  const int64_t q_hi = std::max(q_lo, std::min(Q, W - 1 + pw - (S - 1) * dw < 0 ? 0 : (W - 1 + pw - (S - 1) * dw) / sw + 1));
   // Tasks that share a band (nkg > 1: the same pixels, other output channels) read it from one
   // copy built up front, not each their own (2048->512 1x1 @7 NCHW: each image was transposed 4x).
   // Fewer bands than 4 a thread are built in pieces of rows (a whole band per task left one
@@ -567,7 +641,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // benchmarks/ab.py OLD.so NEW.so SHAPE --pass forward, 8 rounds, best mins / median of the
   // pairs): that layer 1.17x / 1.14x, 3x3/2 512@14 batch 1 1.04x / 1.05x, 2048->512 @7 level.
   const int64_t nband = nib * G * nblk, band_max = nimg * band_img(0, std::min(rb, Pt));
-  float* shared = (!direct && nkg > 1 && nband * band_max <= (int64_t(16) << 20)) ? scratch(6, nband * band_max) : nullptr;
+  float* shared = (!direct && !in_place && nkg > 1 && nband * band_max <= (int64_t(16) << 20)) ? scratch(6, nband * band_max) : nullptr;
   if (shared) {
     const int64_t pieces = std::max<int64_t>(1, std::min(band_rows(0, std::min(rb, Pt)), ceil_div(4 * pool_threads(), nband)));
     for_each_task(nband * pieces, nband * band_max * 16, [&](int64_t t) {
@@ -587,22 +661,6 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // NHWC: the micro-kernel stores y itself, streamed too when no later panel adds into it: stem
   // forward ~5% faster, 64->256 1x1 @56 7-9% (same A/B).
   const bool stream_tiles = nhwc && big_y && ncb == 1;
-  if (!(f.pairs && (!nhwc || ncb == 1))) y16 = nullptr;  // NCHW: the transposes round the sums of all panels
-  const std::vector<int> widths = cut_row(Q);  // the runs of an output row (row_runs below)
-  const int64_t run_rest = row_rest(widths, Q);  // pixels of a row left to the micro-kernel
-  // one vector of output channels, 2..7 taps a row at stride and dilation 1: row runs (row_run)
-  // (pairs: not where the rows' rests would go to tiles by row pointer rounding into y16: no Tile::c16 there)
-  const bool row_runs = nv == 1 && (sw == 1 ? S >= 2 && S <= 7 : sw == 2 && S == 3) && dw == 1 &&
-                        (!f.pairs || (kPairs && (run_rest == 0 || !(y16 && nhwc))));
-  // More than one vector of output channels on 3 input channels at stride 1 or 2 (RGB stems;
-  // also a direct 1x1 on 3 channels): each output row in row tiles (run_row_tile, simd.h) of
-  // MRrow pixels, one A pointer a tile. Channels_last forward, 2 threads, old/new (python
-  // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass forward --rounds 4..6):
-  // MobileNetV2's 3x3/2 stem 3->32 @224 batch 8 1.07-1.08x (14x2 tiles), the 7x7/2 stem 3->64
-  // batch 8 1.01-1.02x and VGG's 3->64 @224 batch 4 1.03x (6x4 tiles both ways: the pointers'
-  // setup only).
-  const int64_t MRrow = row_tile_rows(nv);
-  const bool row_tiles = !row_runs && !f.pairs && row_tiles_fit(nv, sw * pixf) && Q >= MRrow;
   auto run_row = [&](int t, const Run& a) {  // a run of t pixels
     if (f.pairs) row_run_ts<kPairs>(t, S, sw, a);
     else row_run_ts<false>(t, S, sw, a);
@@ -627,6 +685,8 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
       band = x + (n0 * Ht + p0 * sh) * W * C + g * Cg, imgf = Ht * W * C;
     } else if (shared) {
       band = shared + ((n0 / nimg * G + g) * nblk + p0 / rb) * band_max, imgf = band_img(p0, p1);
+    } else if (in_place) {
+      band = nullptr, imgf = 0;
     } else {
       imgf = band_img(p0, p1);
       float* b = scratch(1, (n1 - n0) * imgf);
@@ -638,7 +698,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
     // where each pixel's band row starts, once per task (divisions per tile row cost more than
     // the tile itself in small layers: CIFAR's stem)
     const float** prow = scratch_rows(npix);
-    for (int64_t img = 0, f = 0; img < n1 - n0; ++img)
+    for (int64_t img = 0, f = 0; band && img < n1 - n0; ++img)
       for (int64_t pr = 0; pr < p1 - p0; ++pr)
         for (int64_t q = 0; q < Q; ++q) prow[f++] = band + img * imgf + pr * sh * rowf + q * sw * pixf;
     int64_t* a_off = scratch_i64(0, RS);
@@ -659,10 +719,10 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         int nseg = 0;
         for (int64_t r = 0; r < R; ++r) {
           if (merge_s) {
-            a_off[nseg] = r * dh * rowf + c0, b_off[nseg] = r * S * Cg * NVL, ++nseg;
+            a_off[nseg] = r * dh * rowa + c0, b_off[nseg] = r * S * Cg * NVL, ++nseg;
           } else {
             for (int64_t s = 0; s < S; ++s)
-              a_off[nseg] = r * dh * rowf + s * dw * pixf + c0, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
+              a_off[nseg] = r * dh * rowa + s * dw * pixf + c0, b_off[nseg] = (r * S + s) * ccb * NVL, ++nseg;
           }
         }
         const float* bias_kb = (cb == 0 && bp) ? bp + (g * nkb + kb) * NVL : nullptr;
@@ -707,11 +767,14 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         }
         // The rest of every row goes to full micro-kernel tiles together (rows of C by pointer), not
         // one mostly empty tile a row.
-        const int64_t nrest = (row_runs ? run_rest : Q % MRrow) * (npix / Q);
+        const int64_t nrest = (row_runs ? run_rest : (in_place ? q_hi - q_lo : Q) % MRrow) * (npix / Q);
         float* lists = scratch(7, 4 * std::max<int64_t>(1, nrest));  // two arrays of nrest pointers
         const float** arest = reinterpret_cast<const float**>(lists);
         float** crest = reinterpret_cast<float**>(lists + 2 * nrest);
-        for (int64_t fr = 0, m = 0; fr < npix; fr += Q) {  // one output row at a time
+        Tile rt = tile(MRrow);  // the row tiles' (their A and C by argument)
+        rt.a_is = sw * pixf, rt.ldc = ldc;
+        int64_t m = 0;  // rests gathered (in place: none from rows of edge pixels only)
+        for (int64_t fr = 0; fr < npix; fr += Q) {  // one output row at a time
           int64_t q0 = 0;
           if (row_runs) {
             for (int t : widths) {
@@ -721,17 +784,28 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
                           o16});
               q0 += t;
             }
-          } else {
-            for (; q0 + MRrow <= Q; q0 += MRrow) {
-              Tile t = tile(MRrow);
-              t.a = prow[fr + q0], t.a_is = sw * pixf;
-              t.c = out_at(fr + q0), t.ldc = ldc;
-              run_row_tile(nv, t);
+          } else if (in_place) {
+            const int64_t n = n0 + fr / ipix, h0 = (p0 + fr % ipix / Q) * sh - ph;
+            const float* xn = x + n * H * W * C;
+            auto edge = [&](int64_t q) {
+              edge_pixel_nv(nv, xn, H, W, C, h0, q * sw - pw, R, S, dh, dw, panel, NVL, bias_kb, out_at(fr + q), cmask);
+            };
+            if (h0 < 0 || h0 + (R - 1) * dh >= H) {  // filter rows in the padding: the whole row
+              for (int64_t q = 0; q < Q; ++q) edge(q);
+              continue;
             }
+            for (int64_t q = 0; q < q_lo; ++q) edge(q);
+            const float* xr = xn + (h0 * W - pw) * C;  // pixel q's taps from xr + q*sw*C
+            for (q0 = q_lo; q0 + MRrow <= q_hi; q0 += MRrow) run_row_tile(nv, rt, xr + q0 * sw * C, out_at(fr + q0));
+            for (; q0 < q_hi; ++q0, ++m) arest[m] = xr + q0 * sw * C, crest[m] = out_at(fr + q0);
+            for (int64_t q = q_hi; q < Q; ++q) edge(q);
+            continue;
+          } else {
+            for (; q0 + MRrow <= Q; q0 += MRrow) run_row_tile(nv, rt, prow[fr + q0], out_at(fr + q0));
           }
           for (; q0 < Q; ++q0, ++m) arest[m] = prow[fr + q0], crest[m] = out_at(fr + q0);
         }
-        tiles(arest, crest, nrest);
+        tiles(arest, crest, m);
       }
       if (!nhwc) {  // transpose the block's [pixel][k] buffer into the NCHW planes
         for (int64_t n = n0; n < n1; ++n) {

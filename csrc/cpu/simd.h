@@ -505,32 +505,105 @@ inline void run_tile(int nv, const Tile& t) {
   }
 }
 
-// Row tiles at a distance of ais floats (Loop::Row with AIS = ais): the pixels of one output row
-// of a band with 3 channels at stride 1 or 2 (RGB stems, ais = 3 or 6; implicit_gemm.cpp's
-// forward). One A pointer at compile-time offsets leaves the general registers free, so a tile
-// has more rows than mr(NV) (12x2 -> 14x2 on AVX-512: 28 accumulators, 2 B vectors and the
-// broadcast), and a segment starts with two pointers, not MR: the 3x3 stem's 9-step segments
-// spent 28% of the micro-kernel's samples setting up MR row pointers (perf annotate).
+// Row tiles at a distance of ais floats: the pixels of one output row of a band with 3 channels
+// at stride 1 or 2 (RGB stems, ais = 3 or 6; implicit_gemm.cpp's forward). One A pointer at
+// compile-time offsets leaves the general registers free, so a tile has more rows than mr(NV)
+// (12x2 -> 14x2 on AVX-512: 28 accumulators, 2 B vectors and the broadcast), and a segment
+// starts with two pointers, not MR: the 3x3 stem's 9-step segments spent 28% of the
+// micro-kernel's samples setting up MR row pointers (perf annotate).
 // Rows: as many as the vector registers hold beside NV B vectors and the broadcast (MR*NV + NV + 1
 // <= 32 zmm: 14x2, 9x3, 6x4; 16 ymm: 6x2, 4x3); none for one vector (row runs take those).
 constexpr int row_tile_rows(int nv) { return nv < 2 ? 0 : ((CONV_EXT_ISA_BITS == 512 ? 32 : 16) - 1 - nv) / nv; }
 inline bool row_tiles_fit(int nv, int64_t ais) { return row_tile_rows(nv) > 0 && (ais == 3 || ais == 6); }
 
+// A row tile whose whole reduction is one chain (nseg*len <= kChain: a stem's 27 or 147 steps), C
+// written, not added to: the micro-kernel's Loop::Row without what a tile of any length needs,
+// chain bookkeeping each segment (a test, a min and two accumulators spilled around the step
+// loop; perf annotate: 20% of the 3x3 stem's micro-kernel samples were outside that loop, 12%
+// now). The steps are a loop with A's and B's strides read at run time: with a constant step,
+// GCC's predictive commoning carried a 6x4 tile's broadcasts from step to step (row i+1 at step l
+// is row i at step l+3) and spilled accumulators to do it (29 stack accesses, 0.86x; objdump).
+// Not inlined: inside implicit_gemm's task loop its 6x4 instance ran 0.88x (the caller's live
+// values beside 24 accumulators). The same sums in the same order as the micro-kernel (the bias
+// last): the same bits, whichever kernel a pixel gets.
+template <int NV, int MR, int AIS>
+__attribute__((noinline)) void row_tile(const Tile& t, const float* a, float* c) {
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = Isa::zero();
+  const int64_t len = t.len, als = t.a_ls, bls = t.b_ls;
+  for (int seg = 0; seg < t.nseg; ++seg) {
+    const float* ap = a + t.a_off[seg];
+    const float* bp = t.b + t.b_off[seg];
+    for (int64_t l = 0; l < len; ++l, ap += als, bp += bls) {
+      V bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = Isa::load(bp + v * VL);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const V av = Isa::set1(ap[i * AIS]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = Isa::fma(av, bv[v], acc[i][v]);
+      }
+    }
+  }
+  if (t.bias_v) {  // last, as the micro-kernel adds it: the same bits whichever kernel a pixel gets
+    V bias[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bias[v] = Isa::load(t.bias_v + v * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], bias[v]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    float* cp = c + i * t.ldc;
+    if (t.cmask) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) Isa::storem(cp + v * VL, acc[i][v], t.cmask[v]);
+    } else if (t.stream && (reinterpret_cast<uintptr_t>(cp) & (sizeof(V) - 1)) == 0) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) Isa::stream(cp + v * VL, acc[i][v]);
+    } else {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) Isa::store(cp + v * VL, acc[i][v]);
+    }
+  }
+}
+
+// One row tile of NV vectors at a distance of AIS: row_tile, or the micro-kernel's Loop::Row where
+// the tile adds to C or its reduction is longer than a chain (a 3-channel filter of more than 85
+// taps)
+template <int NV, int AIS>
+inline void row_tile_at(const Tile& t, const float* a, float* c) {
+  constexpr int MR = row_tile_rows(NV);
+  if (!t.accumulate && t.nseg * t.len <= kChain) return row_tile<NV, MR, AIS>(t, a, c);
+  Tile u = t;
+  u.a = a, u.c = c;
+  micro_kernel_impl<NV, false, Loop::Row, MR, false, false, AIS>(u);
+}
+
 template <int AIS>
-inline void row_tile_nv(int nv, const Tile& t) {
+inline void row_tile_nv(int nv, const Tile& t, const float* a, float* c) {
   switch (nv) {
-    case 2: micro_kernel_impl<2, false, Loop::Row, row_tile_rows(2), false, false, AIS>(t); break;
-    case 3: micro_kernel_impl<3, false, Loop::Row, row_tile_rows(3), false, false, AIS>(t); break;
+    case 2: row_tile_at<2, AIS>(t, a, c); break;
+    case 3: row_tile_at<3, AIS>(t, a, c); break;
     default:
-      if constexpr (Isa::kMaxNV >= 4) micro_kernel_impl<4, false, Loop::Row, row_tile_rows(4), false, false, AIS>(t);
+      if constexpr (Isa::kMaxNV >= 4) row_tile_at<4, AIS>(t, a, c);
       break;
   }
 }
 
-// A tile of row_tile_rows(nv) rows (t.mr), row i at t.a + i*t.a_is (row_tiles_fit(nv, t.a_is))
-inline void run_row_tile(int nv, const Tile& t) {
-  if (t.a_is == 3) row_tile_nv<3>(nv, t);
-  else row_tile_nv<6>(nv, t);
+// A tile of row_tile_rows(nv) rows (t.mr) on A at a and C at c (t.a and t.c not read): row i at
+// a + i*t.a_is (row_tiles_fit(nv, t.a_is)); no crow, bias_i or pairs. The caller builds t once
+// for all its row tiles: a Tile built a tile (~20 stores) had the stores wait behind the last
+// tile's stores of C (perf annotate: 11% of the 3x3 stem's samples on storing a field of Tile).
+inline void run_row_tile(int nv, const Tile& t, const float* a, float* c) {
+  if (t.a_is == 3) row_tile_nv<3>(nv, t, a, c);
+  else row_tile_nv<6>(nv, t, a, c);
 }
 
 // How many vectors of output channels a tile carries for `width` channels.
