@@ -32,13 +32,20 @@ import time
 PKG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "conv_ext")
 
 
-def child(shape, layout, pass_name, reps, dtype):
+def child(shape, layout, pass_name, reps, dtype, new_filter):
     import torch
 
     import conv_ext  # noqa: F401  (registers torch.ops.conv_ext)
-    from algos import problem  # this script's folder is on sys.path
+    from algos import problems  # this script's folder is on sys.path
 
-    torch_fn, fn = problem(shape, layout, pass_name, getattr(torch, dtype))
+    fns, filt = problems(shape, layout, getattr(torch, dtype))
+    torch_fn, fn = fns[pass_name]
+    if new_filter:  # a new version of the filter before every call, as after an optimizer step
+        call = fn
+
+        def fn():
+            torch.autograd.graph.increment_version(filt)
+            return call()
     out, ref = fn().double(), torch_fn().double()
     err = ((out - ref).abs().max() / ref.abs().max()).item()
     if not err < (1e-4 if dtype == "float32" else 2e-2):
@@ -71,10 +78,12 @@ def main():
     ap.add_argument("--old-env", action="append", default=[], metavar="VAR=VALUE",
                     help="set in the old side's processes only (repeatable): A/B one build under two settings")
     ap.add_argument("--new-env", action="append", default=[], metavar="VAR=VALUE", help="the same for the new side")
+    ap.add_argument("--new-filter", action="store_true",
+                    help="a new version of the filter before each call (a training step: no packed-filter cache)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.shape, args.layout, args.pass_name, args.reps, args.dtype)
+        return child(args.shape, args.layout, args.pass_name, args.reps, args.dtype, args.new_filter)
 
     built = glob.glob(os.path.join(PKG, "_C*.so"))
     if not built:
@@ -96,11 +105,12 @@ def main():
                 env.update(kv.split("=", 1) for kv in (args.old_env if side == "old" else args.new_env))
                 cmd = [sys.executable, os.path.abspath(__file__), args.old, args.new, args.shape, "--layout",
                        args.layout, "--pass", args.pass_name, "--dtype", args.dtype, "--reps", str(args.reps), "--child"]
+                cmd += ["--new-filter"] if args.new_filter else []
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if out.returncode != 0:
                     raise SystemExit(f"{side}: {out.stderr.strip() or out.stdout.strip()}")
                 res[side].append(tuple(float(t) for t in out.stdout.split()))
-    print(f"{args.shape} {args.layout} {args.dtype} {args.pass_name}, ms min / median of {args.reps} calls, "
+    print(f"{args.shape} {args.layout} {args.dtype} {args.pass_name}{', new filter each call' if args.new_filter else ''}, ms min / median of {args.reps} calls, "
           f"{args.rounds} processes per side in pairs, the first of a pair old and new by turns [core-to-core round "
           f"trip, ns, the larger of before and after: tens on one core or L3, hundreds across a mesh or two L3s]")
     for side in ("old", "new"):

@@ -45,6 +45,8 @@
 // and the pieces of U), so on a busy machine they lose more than torch's direct kernel does:
 // the same rows have read 1.0-1.1x forward during other tenants' load.
 #ifndef CONV_EXT_ISA_NS
+#include <atomic>
+
 #define CONV_EXT_PER_ISA_FILE "winograd.cpp"
 #include "per_isa.h"
 
@@ -555,15 +557,23 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
     // other schedule: read back from memory (16 MiB for 512x512) it cost more than computing its
     // pieces in the tasks (512@7 NCHW forward, ms fresh / cached: 4.76 / 5.01).
     const std::initializer_list<int64_t> tag = {Kd::kTag, CONV_EXT_ISA_BITS, G, Kg, Cg, Kgp, flip, krsc};
-    const int64_t ncb = Kgp / VL;
-    const PackedFilter packed = packed_filter(filter, tag, G * NP * Cg * Kgp, scratch(4, G * NP * Cg * Kgp), [&](float* U) {
-      for_each_task(G * ncb, macs, [&](int64_t task) {
-        const int64_t g = task / ncb, k0 = (task % ncb) * VL;
-        weight_panel<Kd>(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * NP * Cg * Kgp + panel_at(k0, Cg), Cg * Kgp,
-                         panel_width(k0, Kgp));
-      });
+    const int64_t ncb = Kgp / VL, uf = G * NP * Cg * Kgp;
+    auto u_panel = [&](float* U, int64_t task) {  // U's columns k0 .. k0 + VL of group g
+      const int64_t g = task / ncb, k0 = (task % ncb) * VL;
+      weight_panel<Kd>(w, g, wK, wC, flip, krsc, 0, Cg, k0, VL, U + g * NP * Cg * Kgp + panel_at(k0, Cg), Cg * Kgp,
+                       panel_width(k0, Kgp));
+    };
+    const PackedFilter packed = packed_filter(filter, tag, uf, nullptr, [&](float* U) {
+      for_each_task(G * ncb, macs, [&](int64_t task) { u_panel(U, task); });
     });
-    const float* U = packed.data;
+    // A filter not cached (a training step's new one): each thread computes the whole U into its
+    // own scratch at its first task of the call (`made`), rather than its share of one U that the
+    // other threads then read. U written by one core and read by the other crossed between the
+    // cores every call (and the writer first took the lines from the reader's L2, where the last
+    // call left them): 64@8 batch 8 forward, 2 threads, ms cached / new filter: 0.077 / 0.122,
+    // where one thread computes the whole U in 0.014 ms (1 thread: 0.141 / 0.155).
+    static std::atomic<int64_t> calls{0};
+    const int64_t call = packed.data ? 0 : ++calls;
     // Tiles per task: V and M of a task within ~512 KiB (so that they and U stay in L2), and at
     // least one task per thread. Was ~2 MiB; 2 threads, batch 4 (8 at 64@32), ms at 2 MiB / 1 /
     // 512 KiB (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass P for the final choice):
@@ -581,6 +591,16 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
     }
     const int64_t nrb = ceil_div(rows, rb), ncb_t = ceil_div(tw, cb);
     for_each_task(nrb * ncb_t, macs, [&](int64_t task) {
+      const float* U = packed.data;
+      if (!U) {
+        thread_local int64_t made = 0;  // the call whose U this thread's scratch(4) holds
+        float* own = scratch(4, uf);
+        if (made != call) {
+          for (int64_t j = 0; j < G * ncb; ++j) u_panel(own, j);
+          made = call;
+        }
+        U = own;
+      }
       const int64_t gr0 = (task / ncb_t) * rb, gr1 = std::min(rows, gr0 + rb);
       const int64_t tj0 = (task % ncb_t) * cb, tj1 = std::min(tw, tj0 + cb);
       const int64_t nt = (gr1 - gr0) * (tj1 - tj0);
