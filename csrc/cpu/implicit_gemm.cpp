@@ -128,6 +128,7 @@ namespace CONV_EXT_ISA_NS {
 
 constexpr int64_t kPanelFloats = 192 * 1024 / 4;  // packed-weight panel that stays in L2
 constexpr int64_t kBandFloats = 320 * 1024 / 4;   // input band of one task
+constexpr int64_t kSharedFilterFloats = 512 * 1024;  // 2 MiB: a packed filter beyond a core's L2 (fwd_tasks)
 
 // ------------------------------------------------------------------------------------------
 // forward
@@ -182,6 +183,15 @@ FwdPlan fwd_plan(const Conv2dParams& p) {
 // 2.47 / 1.62 -> 2.26 / 1.59; 512->512 3x3/2 @14 NHWC 4.64 / 3.53 -> 4.41 / 3.57;
 // 1x1/2 512->1024 @28 NHWC 3.73 / 2.97 -> 3.00 / 2.81 (read in place; a band copy of every
 // other row before). PYTHONPATH=. python -m conv_ext.bench --suite resnet50 --device cpu.
+// A filter over kSharedFilterFloats whose blocks several tasks read (more than one block of
+// pixels) is packed whole before the tasks run and read back from L3; a shape whose blocks are
+// each read by one task packs them in that task, into its L2 (FwdFilter, lazy). The whole
+// packing counts as the filter read and written once more. Batch 4, 2 threads, old/new (python
+// benchmarks/ab.py OLD.so NEW.so SHAPE --layout L --pass P --rounds 4 [--new-filter]): 512->2048
+// @7 forward 1.26-1.27x with a new filter each call (a training step), 1.02-1.04x cached, either
+// layout (2 row blocks x 4 channel groups -> all 28 rows x 8); NCHW backward-input 2048<-512 @7
+// 1.21x / 1.02-1.04x. Counted for every filter it moved MobileNetV2's 160->960 @7 too (a 0.6
+// MB filter): 0.89x cached; hence the threshold (2 MiB, a core's L2 here).
 struct FwdTasks {
   int64_t nimg, rb, kbs;
 };
@@ -198,7 +208,9 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t G, int64_t nkb, int64_t NVL, in
     if (tasks < want || (a > 4 * kBandFloats && !(nimg == 1 && rb == 1))) return;
     const int64_t nkg = ceil_div(nkb, kbs);  // tasks that share one band (built once)
     const double per = double(a) * (a > kBandFloats ? kbs : 1) + double(kbs * NVL * wslice);
-    const double cost = (per * double(tasks) + (builds ? double(a) * double(tasks / nkg) : 0.0)) * round_factor(tasks);
+    const double wall = double(G * nkb * NVL * wslice);  // the packed filter's floats
+    const double pack = ceil_div(N, nimg) * ceil_div(P, rb) > 1 && wall > kSharedFilterFloats ? 2.0 * wall : 0.0;
+    const double cost = (per * double(tasks) + (builds ? double(a) * double(tasks / nkg) : 0.0) + pack) * round_factor(tasks);
     if (best_cost < 0 || cost < best_cost * 0.999) best = {nimg, rb, kbs}, best_cost = cost;
   };
   for (int64_t kbs = nkb;; kbs = ceil_div(kbs, 2)) {
