@@ -110,7 +110,8 @@ def main():
                 if out.returncode != 0:
                     raise SystemExit(f"{side}: {out.stderr.strip() or out.stdout.strip()}")
                 res[side].append(tuple(float(t) for t in out.stdout.split()))
-    print(f"{args.shape} {args.layout} {args.dtype} {args.pass_name}{', new filter each call' if args.new_filter else ''}, ms min / median of {args.reps} calls, "
+    step = ", new filter each call" if args.new_filter else ""
+    print(f"{args.shape} {args.layout} {args.dtype} {args.pass_name}{step}, ms min / median of {args.reps} calls, "
           f"{args.rounds} processes per side in pairs, the first of a pair old and new by turns [core-to-core round "
           f"trip, ns, the larger of before and after: tens on one core or L3, hundreds across a mesh or two L3s]")
     for side in ("old", "new"):

@@ -210,7 +210,8 @@ FwdTasks fwd_tasks(int64_t N, int64_t P, int64_t G, int64_t nkb, int64_t NVL, in
     const double per = double(a) * (a > kBandFloats ? kbs : 1) + double(kbs * NVL * wslice);
     const double wall = double(G * nkb * NVL * wslice);  // the packed filter's floats
     const double pack = ceil_div(N, nimg) * ceil_div(P, rb) > 1 && wall > kSharedFilterFloats ? 2.0 * wall : 0.0;
-    const double cost = (per * double(tasks) + (builds ? double(a) * double(tasks / nkg) : 0.0) + pack) * round_factor(tasks);
+    const double built = builds ? double(a) * double(tasks / nkg) : 0.0;
+    const double cost = (per * double(tasks) + built + pack) * round_factor(tasks);
     if (best_cost < 0 || cost < best_cost * 0.999) best = {nimg, rb, kbs}, best_cost = cost;
   };
   for (int64_t kbs = nkb;; kbs = ceil_div(kbs, 2)) {
@@ -491,8 +492,8 @@ std::vector<int> scatter_widths(int64_t W) {
 // One output pixel of a channels_last forward read in place (fwd_compute's in_place) whose taps
 // reach the padding: its NV vectors from the taps inside x only, summed in a tile's order (filter
 // row by row, (s, c) within a row, then the bias): the bits of a tile on a band, whose padding's
-// zeros add nothing. xn: the image; (h0, w0): the input
-// pixel under tap (0, 0); panel: the packed filter block ((r*S + s)*C + c)*NVL.
+// zeros add nothing. xn: the image; (h0, w0): the input pixel under tap (0, 0), maybe outside x;
+// panel: the packed filter block, tap (r, s) channel c at ((r*S + s)*C + c)*NVL.
 template <int NV>
 void edge_pixel(const float* xn, int64_t H, int64_t W, int64_t C, int64_t h0, int64_t w0, int64_t R, int64_t S,
                 int64_t dh, int64_t dw, const float* panel, int64_t NVL, const float* bias, float* o, const M* cmask) {
@@ -643,8 +644,9 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // CONV_EXT_CPU_CAPABILITY=avx2, both changes) 1.30x and 1.23x.
   const bool in_place = row_tiles && nhwc && G == 1 && !direct;  // (direct reads x in place already)
   const int64_t rowa = in_place ? W * C : rowf;  // a filter row's offset in A: r*dh*rowa
+  // pixel q's taps read columns q*sw - pw + s*dw: all inside x for q in [q_lo, q_hi)
   const int64_t q_lo = std::min(Q, ceil_div(pw, sw));
-  const int64_t q_hi = std::max(q_lo, std::min(Q, W - 1 + pw - (S - 1) * dw < 0 ? 0 : (W - 1 + pw - (S - 1) * dw) / sw + 1));
+  const int64_t q_hi = std::clamp(floor_div(W - 1 + pw - (S - 1) * dw, sw) + 1, q_lo, Q);
   // Tasks that share a band (nkg > 1: the same pixels, other output channels) read it from one
   // copy built up front, not each their own (2048->512 1x1 @7 NCHW: each image was transposed 4x).
   // Fewer bands than 4 a thread are built in pieces of rows (a whole band per task left one
@@ -806,10 +808,10 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
               for (int64_t q = 0; q < Q; ++q) edge(q);
               continue;
             }
+            auto in_x = [&](int64_t q) { return xn + (h0 * W + q * sw - pw) * C; };  // pixel q's tap (0, 0)
             for (int64_t q = 0; q < q_lo; ++q) edge(q);
-            const float* xr = xn + (h0 * W - pw) * C;  // pixel q's taps from xr + q*sw*C
-            for (q0 = q_lo; q0 + MRrow <= q_hi; q0 += MRrow) run_row_tile(nv, rt, xr + q0 * sw * C, out_at(fr + q0));
-            for (; q0 < q_hi; ++q0, ++m) arest[m] = xr + q0 * sw * C, crest[m] = out_at(fr + q0);
+            for (q0 = q_lo; q0 + MRrow <= q_hi; q0 += MRrow) run_row_tile(nv, rt, in_x(q0), out_at(fr + q0));
+            for (; q0 < q_hi; ++q0, ++m) arest[m] = in_x(q0), crest[m] = out_at(fr + q0);
             for (int64_t q = q_hi; q < Q; ++q) edge(q);
             continue;
           } else {

@@ -289,6 +289,33 @@ inline __attribute__((always_inline)) void end_runs(V (&acc)[T], const V (&sum)[
   for (int q = 0; q < T; ++q) acc[q] = Isa::add(sum[q], acc[q]);
 }
 
+// One step of rows AIS floats apart (Loop::Row, row_tile): acc[i][v] += A(i) * B[v] with
+// A(i) = ap[i*AIS] broadcast and B the NV vectors at bp.
+template <int NV, int MR, int AIS, bool PAIRS>
+inline __attribute__((always_inline)) void row_step(V (&acc)[MR][NV], const float* ap, const float* bp) {
+  V bv[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) bv[v] = Isa::load(bp + v * VL);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    const V av = Isa::set1(ap[i * AIS]);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = mac<PAIRS>(av, bv[v], acc[i][v]);
+  }
+}
+
+// acc[i][v] += bias[v] (the NV*VL values at bias_v), every row: the tiles' last term
+template <int NV, int MR>
+inline __attribute__((always_inline)) void add_bias(V (&acc)[MR][NV], const float* bias_v) {
+  V bias[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) bias[v] = Isa::load(bias_v + v * VL);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], bias[v]);
+}
+
 // AIS: Loop::Row's distance between the tile's rows (t.a_is, a compile-time constant).
 template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV), bool PAIRS = false, bool PREFETCH = false, int AIS = 1>
 void micro_kernel_impl(const Tile& t) {
@@ -316,17 +343,7 @@ void micro_kernel_impl(const Tile& t) {
       for (int64_t l0 = 0; l0 < len;) {
         if (done == kChain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
         const int64_t n = std::min(len - l0, kChain - done);
-        for (int64_t l = n; l > 0; --l, ap += als, bp += bls) {
-          V bv[NV];
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) bv[v] = Isa::load(bp + v * VL);
-#pragma GCC unroll 16
-          for (int i = 0; i < MR; ++i) {
-            const V av = Isa::set1(ap[i * AIS]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) acc[i][v] = mac<PAIRS>(av, bv[v], acc[i][v]);
-          }
-        }
+        for (int64_t l = n; l > 0; --l, ap += als, bp += bls) row_step<NV, MR, AIS, PAIRS>(acc, ap, bp);
         l0 += n, done += n;
       }
     }
@@ -401,15 +418,7 @@ void micro_kernel_impl(const Tile& t) {
   // tile (the biases) or per row (the kind of store), not per vector: with short reductions (the
   // 3x3 stem on 3 channels: 27 steps a tile) the per-vector tests were ~20% of the tile's
   // instructions (perf annotate). The same additions in the same order: the same bits.
-  if (t.bias_v) {
-    V bias[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bias[v] = Isa::load(t.bias_v + v * VL);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], bias[v]);
-  }
+  if (t.bias_v) add_bias(acc, t.bias_v);
   if (t.bias_i) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -537,27 +546,9 @@ __attribute__((noinline)) void row_tile(const Tile& t, const float* a, float* c)
   for (int seg = 0; seg < t.nseg; ++seg) {
     const float* ap = a + t.a_off[seg];
     const float* bp = t.b + t.b_off[seg];
-    for (int64_t l = 0; l < len; ++l, ap += als, bp += bls) {
-      V bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = Isa::load(bp + v * VL);
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
-        const V av = Isa::set1(ap[i * AIS]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = Isa::fma(av, bv[v], acc[i][v]);
-      }
-    }
+    for (int64_t l = 0; l < len; ++l, ap += als, bp += bls) row_step<NV, MR, AIS, false>(acc, ap, bp);
   }
-  if (t.bias_v) {  // last, as the micro-kernel adds it: the same bits whichever kernel a pixel gets
-    V bias[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bias[v] = Isa::load(t.bias_v + v * VL);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], bias[v]);
-  }
+  if (t.bias_v) add_bias(acc, t.bias_v);  // last, as the micro-kernel adds it: the same bits whichever kernel a pixel gets
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     float* cp = c + i * t.ldc;
