@@ -513,11 +513,9 @@ void edge_pixel(const float* xn, int64_t H, int64_t W, int64_t C, int64_t h0, in
       }
     }
   }
-  for (int v = 0; v < NV; ++v) {
-    if (bias) acc[v] = Isa::add(acc[v], Isa::load(bias + v * VL));
-    if (cmask) Isa::storem(o + v * VL, acc[v], cmask[v]);
-    else Isa::store(o + v * VL, acc[v]);
-  }
+  if (bias)
+    for (int v = 0; v < NV; ++v) acc[v] = Isa::add(acc[v], Isa::load(bias + v * VL));
+  store_row(o, acc, cmask, false);
 }
 
 inline void edge_pixel_nv(int nv, const float* xn, int64_t H, int64_t W, int64_t C, int64_t h0, int64_t w0, int64_t R,

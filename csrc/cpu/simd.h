@@ -316,6 +316,22 @@ inline __attribute__((always_inline)) void add_bias(V (&acc)[MR][NV], const floa
     for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], bias[v]);
 }
 
+// A row of C, the NV vectors r at cp: the lanes of cmask (null: all), or by streaming stores where
+// `stream` and cp is aligned (then every vector is)
+template <int NV>
+inline __attribute__((always_inline)) void store_row(float* cp, const V (&r)[NV], const M* cmask, bool stream) {
+  if (cmask) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Isa::storem(cp + v * VL, r[v], cmask[v]);
+  } else if (stream && (reinterpret_cast<uintptr_t>(cp) & (sizeof(V) - 1)) == 0) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Isa::stream(cp + v * VL, r[v]);
+  } else {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Isa::store(cp + v * VL, r[v]);
+  }
+}
+
 // AIS: Loop::Row's distance between the tile's rows (t.a_is, a compile-time constant).
 template <int NV, bool MASKB, Loop LOOP, int MR = Isa::mr(NV), bool PAIRS = false, bool PREFETCH = false, int AIS = 1>
 void micro_kernel_impl(const Tile& t) {
@@ -446,25 +462,11 @@ void micro_kernel_impl(const Tile& t) {
   for (int i = 0; i < MR; ++i) {
     if (i >= t.mr) break;
     float* cp = t.crow ? t.crow[i] : t.c + i * t.ldc;
-    if (t.cmask) {
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        V r = acc[i][v];
-        if (t.accumulate) r = Isa::add(r, Isa::loadm(cp + v * VL, t.cmask[v]));
-        Isa::storem(cp + v * VL, r, t.cmask[v]);
-      }
-      continue;
-    }
     if (t.accumulate)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], Isa::load(cp + v * VL));
-    if (t.stream && (reinterpret_cast<uintptr_t>(cp) & (sizeof(V) - 1)) == 0) {  // then every vector is aligned
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) Isa::stream(cp + v * VL, acc[i][v]);
-    } else {
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) Isa::store(cp + v * VL, acc[i][v]);
-    }
+      for (int v = 0; v < NV; ++v)
+        acc[i][v] = Isa::add(acc[i][v], t.cmask ? Isa::loadm(cp + v * VL, t.cmask[v]) : Isa::load(cp + v * VL));
+    store_row(cp, acc[i], t.cmask, t.stream);
   }
 }
 
@@ -550,19 +552,7 @@ __attribute__((noinline)) void row_tile(const Tile& t, const float* a, float* c)
   }
   if (t.bias_v) add_bias(acc, t.bias_v);  // last, as the micro-kernel adds it: the same bits whichever kernel a pixel gets
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    float* cp = c + i * t.ldc;
-    if (t.cmask) {
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) Isa::storem(cp + v * VL, acc[i][v], t.cmask[v]);
-    } else if (t.stream && (reinterpret_cast<uintptr_t>(cp) & (sizeof(V) - 1)) == 0) {
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) Isa::stream(cp + v * VL, acc[i][v]);
-    } else {
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) Isa::store(cp + v * VL, acc[i][v]);
-    }
-  }
+  for (int i = 0; i < MR; ++i) store_row(c + i * t.ldc, acc[i], t.cmask, t.stream);
 }
 
 // One row tile of NV vectors at a distance of AIS: row_tile, or the micro-kernel's Loop::Row where
