@@ -607,14 +607,15 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
             assert ours.is_contiguous(memory_format=fmt), pass_name
 
 
-def small_ints(seed, top):
-    """A maker of bfloat16 tensors of nonzero integers in [-top, top]: products and float32 sums
-    of them are exact, so a kernel's result can be held to the exact one, element for element."""
+def small_ints(seed, top, dtype=torch.bfloat16):
+    """A maker of bfloat16 (or dtype) tensors of nonzero integers in [-top, top]: products and
+    float32 sums of them are exact, so a kernel's result can be held to the exact one, element for
+    element."""
     g = torch.Generator().manual_seed(seed)
 
     def ints(*size):
         v = torch.randint(1, top + 1, size, generator=g) * (torch.randint(0, 2, size, generator=g) * 2 - 1)
-        return v.to(torch.bfloat16)
+        return v.to(dtype)
     return ints
 
 
@@ -718,22 +719,26 @@ def test_amx_bf16_exact_on_integers(algo, shape, pass_name, layout, filter_layou
     ((1, 24, 12, 30), 24, (3, 3), 2, 1, 2, 24),        # stride 3 (a phase without runs), dilation, runs of 8
     ((3, 16, 4, 6), 16, (3, 3), 2, 1, 1, 16),          # NHWC backward-weight's kept widened rows: a task across images
     ((1, 16, 14, 10), 16, (3, 3), 1, 3, 3, 16),        # the same, dilation 3: rows not kept by ih mod 3
+    ((2, 24, 7, 7), 24, (3, 3), 1, 1, 1, 24),          # NCHW flat planes of <= 4 vectors: pairs of planes a task
+    ((1, 5, 6, 6), 5, (3, 3), 1, 1, 1, 5),             # ... an odd channel count: one plane a task
+    ((2, 16, 8, 8), 16, (3, 3), 2, 1, 1, 16),          # strided backward-input's flat pairs (forward: NHWC tiles)
 ])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("pass_name", PASSES)
-def test_depthwise_bfloat16_exact(shape, layout, pass_name):
-    """The depthwise kernel's own bfloat16 passes (channels_last: bfloat16 rows converted as they
-    are loaded, backward-input at stride 1 as the forward with the taps turned round, strided
-    through the gather's phase runs, backward-weight on rows widened per task; NCHW forward and
-    backward-input: flat planes widened per task; NCHW planes the flat kernels do not take (small
-    ones, C % 16 == 0) on NHWC tiles widened and rounded in their transposes, backward-weight
-    included) on small nonzero integers equal the exact result rounded to bfloat16, bias
-    included."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_depthwise_bfloat16_exact(shape, layout, pass_name, dtype):
+    """The depthwise kernel's own bfloat16 and float16 passes (channels_last: 16-bit rows
+    converted as they are loaded, backward-input at stride 1 as the forward with the taps turned
+    round, strided through the gather's phase runs, backward-weight on rows widened per task;
+    NCHW forward and backward-input: flat planes widened per task; NCHW planes the flat kernels
+    do not take (small ones, C % 16 == 0) on NHWC tiles widened and rounded in their transposes,
+    backward-weight included) on small nonzero integers equal the exact result rounded to the
+    dtype, bias included."""
     if conv_ext.info()["cpu_capability"] == "portable":
         pytest.skip("no SIMD kernels")
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
     geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
-    ints = small_ints(seed=2, top=3)
+    ints = small_ints(seed=2, top=3, dtype=dtype)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     x = ints(n, c, h, w).contiguous(memory_format=fmt)
     wt, b = ints(k, 1, r, s), ints(k)
@@ -743,39 +748,53 @@ def test_depthwise_bfloat16_exact(shape, layout, pass_name):
         assert layout == "nchw"  # channels_last: every pass runs natively
         pytest.skip("not this kernel's shapes (NCHW: 'same' width or small planes, backward-weight strided or on the "
                     "small ones only)")
-    assert out.is_contiguous(memory_format=fmt)
-    exact = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo).to(torch.bfloat16)
+    assert out.is_contiguous(memory_format=fmt) and out.dtype == dtype
+    exact = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo).to(dtype)
     assert torch.equal(out, exact)
 
 
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_depthwise_bfloat16_rounding(layout):
-    """The depthwise kernel's bfloat16 outputs are rounded as c10::BFloat16 rounds (Isa::narrow:
-    channels_last rows stored rounded by the runs, NCHW planes by narrow_row): to nearest, ties
-    to even, a NaN stays a NaN, overflow to infinity, subnormals kept. One pixel, padding 1: each
-    output is bias + x * (the filter's centre), exact in float32, so the float64 result rounded
-    once is the answer element for element. The 19 cases twice, 38 channels: whole vectors and a
-    masked tail (AVX-512 channels_last: a block of 32 channels split even/odd, and a tail)."""
-    if conv_ext.info()["cpu_capability"] == "portable":
-        pytest.skip("no SIMD kernels")
-    inf, nan = float("inf"), float("nan")
-    cases = [  # (x, centre, bias): each row one channel
+INF, NAN = float("inf"), float("nan")
+ROUNDING_CASES = {  # (x, centre, bias): each row one channel
+    torch.bfloat16: [
         (1.0, 1.0, 2**-8), (1 + 2**-7, 1.0, 2**-8),       # ties: down to even, up to even
-        (nan, 1.0, 0.0), (inf, 1.0, 0.0), (-inf, 1.0, 0.0), (3e38, 2.0, 0.0),  # NaN, infinities, overflow
+        (NAN, 1.0, 0.0), (INF, 1.0, 0.0), (-INF, 1.0, 0.0), (3e38, 2.0, 0.0),  # NaN, infinities, overflow
         (-1.0, 1.0, -2**-8), (2**-130, 1.0, 0.0), (1.0, 1.5, 2**-9), (1 + 2**-7, 1.5, 2**-9),
         (5.0, 1.0, 2**-6), (1.5, 1.0, 2**-9), (2.0, 1.0, 2**-7), (0.0, 1.0, 2**-140),  # a subnormal
-        (-0.0, 1.0, 0.0), (7.0, 1.0, 0.0), (1.0, 1.0, 3 * 2**-8), (3.0, 1.0, 0.0), (1 + 2**-7, 1.0, -2**-8)] * 2
+        (-0.0, 1.0, 0.0), (7.0, 1.0, 0.0), (1.0, 1.0, 3 * 2**-8), (3.0, 1.0, 0.0), (1 + 2**-7, 1.0, -2**-8)],
+    torch.float16: [
+        (1.0, 1.0, 2**-11), (1 + 2**-10, 1.0, 2**-11),    # ties: down to even, up to even
+        (NAN, 1.0, 0.0), (INF, 1.0, 0.0), (-INF, 1.0, 0.0), (60000.0, 2.0, 0.0),  # NaN, infinities, overflow
+        (65504.0, 1.0, 16.0),                              # the tie past the largest value: infinity
+        (-1.0, 1.0, -2**-11), (2**-20, 1.0, 0.0), (2**-24, 1.5, 0.0),  # subnormals, a subnormal tie
+        (0.0, 1.0, 2**-24), (1.0, 1.5, 2**-12), (3.0, 1.0, 2**-10), (1.5, 1.0, 2**-11),
+        (-0.0, 1.0, 0.0), (7.0, 1.0, 0.0), (1.0, 1.0, 3 * 2**-11), (1000.0, 1.0, 0.25), (1 + 2**-10, 1.0, -2**-11)],
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_depthwise_bfloat16_rounding(layout, dtype):
+    """The depthwise kernel's bfloat16 and float16 outputs are rounded as c10::BFloat16 and torch's
+    float16 copies round (Isa::narrow, Isa::narrow_half: channels_last rows stored rounded by the
+    runs, NCHW planes by narrow_row): to nearest, ties to even, a NaN stays a NaN, overflow to
+    infinity, subnormals kept. One pixel, padding 1: each output is bias + x * (the filter's
+    centre), exact in float32, so the float64 result rounded once is the answer element for
+    element. The 19 cases twice, 38 channels: whole vectors and a masked tail (AVX-512
+    channels_last bfloat16: a block of 32 channels split even/odd, and a tail)."""
+    if conv_ext.info()["cpu_capability"] == "portable":
+        pytest.skip("no SIMD kernels")
+    cases = ROUNDING_CASES[dtype] * 2
     c = len(cases)
     xs, centres, biases = (torch.tensor(v, dtype=torch.float64) for v in zip(*cases))
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    x = xs.to(torch.bfloat16).view(1, c, 1, 1).contiguous(memory_format=fmt)
-    wt = torch.ones(c, 1, 3, 3, dtype=torch.bfloat16)
-    wt[:, 0, 1, 1] = centres.to(torch.bfloat16)
-    b = biases.to(torch.bfloat16)
+    x = xs.to(dtype).view(1, c, 1, 1).contiguous(memory_format=fmt)
+    wt = torch.ones(c, 1, 3, 3, dtype=dtype)
+    wt[:, 0, 1, 1] = centres.to(dtype)
+    b = biases.to(dtype)
     geo = ((1, 1), (1, 1), (1, 1), c)
     out = forced("depthwise", "forward", x, wt, b, None, geo)
-    assert out is not None
-    exact = F.conv2d(x.double(), wt.double(), b.double(), *geo).float().to(torch.bfloat16)
+    assert out is not None and out.dtype == dtype
+    exact = F.conv2d(x.double(), wt.double(), b.double(), *geo).float().to(dtype)
     assert torch.equal(out.isnan(), exact.isnan())
     assert torch.equal(torch.nan_to_num(out), torch.nan_to_num(exact)), (out.flatten(), exact.flatten())
 

@@ -1,6 +1,6 @@
 // depthwise.cpp — depthwise convolution (groups == C == K, one filter per channel), fp32, all
 // three passes, vectorised over channels in NHWC and over the width in NCHW; and the bfloat16
-// forward and backward-input of MobileNet's shapes (depthwise_forward_bf16, _backward_input_bf16:
+// forward and backward-input of MobileNet's shapes (depthwise_forward_h16, _backward_input_h16:
 // channels_last, float32 runs reading bfloat16 rows, converted as they are loaded (AVX-512: a
 // block of 32 channels split into its even and odd ones, split_run) and rounded as they are
 // stored, stride-1 backward-input as the forward with the taps turned round, the other shapes
@@ -110,59 +110,66 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kFloat && simd_available() && (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) &&
          p.groups == p.C && p.K == p.C && p.R <= 7 && p.S <= 7;
 }
-// bfloat16 forward, MobileNet's shapes (depthwise_forward_bf16); the other bfloat16 problems run
-// on float32 copies
+// The 16-bit float types (bfloat16: H = uint16_t, float16: H = at::Half) run the kernels'
+// own 16-bit passes where they take the shape (depthwise_forward_h16, _backward_input_h16,
+// _backward_weight_h16: values converted to float32 as they are loaded, sums rounded as they are
+// stored); the other problems of these types run on float32 copies (conv2d_cpu.cpp).
+bool half_type(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+template <typename H>
+void forward_h16(const Conv2dParams& p, Operands& o) {
+  const at::Tensor w = o.b.to(at::kFloat), bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
+  CONV_EXT_PICK(depthwise_forward_h16<H>)(p, static_cast<const H*>(o.a.const_data_ptr()), w.const_data_ptr<float>(),
+                                          bias.defined() ? bias.const_data_ptr<float>() : nullptr,
+                                          static_cast<H*>(o.out.mutable_data_ptr()));
+}
+template <typename H>
+void backward_input_h16(const Conv2dParams& p, Operands& o) {
+  const at::Tensor w = o.b.to(at::kFloat);
+  CONV_EXT_PICK(depthwise_backward_input_h16<H>)(p, static_cast<const H*>(o.a.const_data_ptr()), w.const_data_ptr<float>(),
+                                                 static_cast<H*>(o.out.mutable_data_ptr()));
+}
+template <typename H>
+void backward_weight_h16(const Conv2dParams& p, Operands& o) {
+  const at::Tensor dw = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat));
+  CONV_EXT_PICK(depthwise_backward_weight_h16<H>)(p, static_cast<const H*>(o.a.const_data_ptr()),
+                                                  static_cast<const H*>(o.b.const_data_ptr()), dw.mutable_data_ptr<float>());
+  o.out.copy_(dw);
+}
+
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype == at::kBFloat16) return supports(p, at::kFloat) && CONV_EXT_PICK(bf16_forward_ok)(p);
+  if (half_type(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_forward_ok)(p);
   return supports(p, dtype);
 }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
-  if (o.a.scalar_type() == at::kBFloat16) {
-    const at::Tensor w = o.b.to(at::kFloat), bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
-    CONV_EXT_PICK(depthwise_forward_bf16)(p, reinterpret_cast<const uint16_t*>(o.a.const_data_ptr()), w.const_data_ptr<float>(),
-                                          bias.defined() ? bias.const_data_ptr<float>() : nullptr,
-                                          reinterpret_cast<uint16_t*>(o.out.mutable_data_ptr()));
-    return;
-  }
+  if (o.a.scalar_type() == at::kBFloat16) return forward_h16<uint16_t>(p, o);
+  if (o.a.scalar_type() == at::kHalf) return forward_h16<at::Half>(p, o);
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   CONV_EXT_PICK(depthwise_forward)(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias,
                                    o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
-// bfloat16 backward-input where it is such a forward (depthwise_backward_input_bf16)
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype == at::kBFloat16) return supports(p, at::kFloat) && CONV_EXT_PICK(bf16_backward_input_ok)(p);
+  if (half_type(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_backward_input_ok)(p);
   return supports(p, dtype);
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
-  if (o.a.scalar_type() == at::kBFloat16) {
-    const at::Tensor w = o.b.to(at::kFloat);
-    CONV_EXT_PICK(depthwise_backward_input_bf16)(p, reinterpret_cast<const uint16_t*>(o.a.const_data_ptr()),
-                                                 w.const_data_ptr<float>(), reinterpret_cast<uint16_t*>(o.out.mutable_data_ptr()));
-    return;
-  }
+  if (o.a.scalar_type() == at::kBFloat16) return backward_input_h16<uint16_t>(p, o);
+  if (o.a.scalar_type() == at::kHalf) return backward_input_h16<at::Half>(p, o);
   CONV_EXT_PICK(depthwise_backward_input)(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(),
                                           o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
 
-// bfloat16 backward-weight, channels_last, and NCHW on flat planes or NHWC tiles
-// (depthwise_backward_weight_bf16)
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype == at::kBFloat16) return supports(p, at::kFloat) && CONV_EXT_PICK(bf16_backward_weight_ok)(p);
+  if (half_type(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_backward_weight_ok)(p);
   return supports(p, dtype);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
-  if (o.a.scalar_type() == at::kBFloat16) {
-    const at::Tensor dw = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat));
-    CONV_EXT_PICK(depthwise_backward_weight_bf16)(p, reinterpret_cast<const uint16_t*>(o.a.const_data_ptr()),
-                                                  reinterpret_cast<const uint16_t*>(o.b.const_data_ptr()),
-                                                  dw.mutable_data_ptr<float>());
-    o.out.copy_(dw);
-    return;
-  }
+  if (o.a.scalar_type() == at::kBFloat16) return backward_weight_h16<uint16_t>(p, o);
+  if (o.a.scalar_type() == at::kHalf) return backward_weight_h16<at::Half>(p, o);
   CONV_EXT_PICK(depthwise_backward_weight)(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(),
                                            o.out.mutable_data_ptr<float>(), is_nhwc(p));
 }
@@ -186,7 +193,7 @@ constexpr int kMaxTaps = 49;
 
 // One output pixel: o[c] = bias[c] + sum_t base[offs[t] + c] * wt[widx[t] + c], NVC vectors of
 // channels at a time (NVC independent FMA chains), masked at the channel tail. (X, O: float, or
-// uint16_t for bfloat16 read widened / stored rounded.)
+// uint16_t / at::Half for bfloat16 / float16 read widened, stored rounded.)
 template <int NVC, typename X = float, typename O = float>
 inline void gather_pixel(const X* base, const int64_t* offs, const int64_t* widx, int nt, const float* wt,
                          const float* bias, O* o, int64_t C) {
@@ -220,7 +227,8 @@ inline void gather_pixel(const X* base, const int64_t* offs, const int64_t* widx
 }
 
 // Stores the first nt (default T) sums of a run at o, o + step, ... (masked only at the channel
-// tail: masked stores are slow on Zen 4). O: float, or uint16_t for sums rounded to bfloat16.
+// tail: masked stores are slow on Zen 4). O: float, or uint16_t / at::Half for sums rounded to
+// bfloat16 / float16.
 template <int T, typename O>
 inline void store_run(O* o, int64_t step, const V* acc, bool full, M m, bool stream, int nt = T) {
   if constexpr (std::is_same_v<O, float>) {
@@ -247,8 +255,8 @@ constexpr int kRun = VL == 16 ? 8 : 4;
 // no padding (the forward's and backward-weight's interior runs; the others are EDGE runs).
 inline bool interior_run(int nt, int64_t col0, int64_t nx, int64_t W) { return nt == kRun && col0 >= 0 && col0 + nx <= W; }
 
-// (X: float, or uint16_t for bfloat16 rows, converted as they are loaded; O: float, or uint16_t
-// for an output row rounded to bfloat16 as it is stored)
+// (X: float, or uint16_t / at::Half for bfloat16 / float16 rows, converted as they are loaded;
+// O: float, or a 16-bit type for an output row rounded as it is stored)
 template <int S, int SW, bool EDGE, typename X, typename O>
 inline void forward_run(const X* const* xrow, const float* const* wrow, int nr, const float* bias, O* o,
                         int64_t col0, int nt, int64_t Ws, int64_t C, int64_t Cp, bool stream) {
@@ -455,7 +463,8 @@ void phase_runs(const X* src, const int64_t* rel, const int64_t* widx, int nt, c
 // NHWC gather: out[n, a, b, c] = bias[c] + sum_{valid taps t} src[n, pixel(t), c] * wt[t][c]
 // forward: out = y (P x Q), src = x; backward-input (bwd): out = dx (H x W), src = dy.
 // Forward interior pixels reuse one tap list per row (offsets relative to the pixel).
-// X, O: float, or uint16_t for bfloat16 (the strided backward-input of depthwise_backward_input_bf16).
+// X, O: float, or uint16_t / at::Half for bfloat16 / float16 (the strided backward-input of
+// depthwise_backward_input_h16).
 template <int NVC, typename X = float, typename O = float>
 void nhwc_gather_t(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd,
                    int64_t wld) {
@@ -563,7 +572,8 @@ void nhwc_gather_t(const Conv2dParams& p, const X* src, const float* wt, const f
   });
 }
 
-// (X, O: float, or uint16_t for bfloat16; the float32 forward's square filters run block_forward).
+// (X, O: float, or uint16_t / at::Half for bfloat16 / float16; the float32 forward's square filters
+// run block_forward).
 // wt: [tap][wld] (wld 0: round_up(C, VL), pack_taps' rows), bias padded to whole vectors.
 template <typename X = float, typename O = float>
 void nhwc_gather(const Conv2dParams& p, const X* src, const float* wt, const float* bias, O* out, bool bwd,
@@ -935,11 +945,12 @@ void bw_row_3x3(const float* const* xrow, const float* grow, float* pt, int64_t 
   if (c_full < c_end) bw_runs_3x3<SW, true>(xp, gp, nrun, pt, c_full, c_end);
 }
 
-// n values as float32 at d: a copy, or bfloat16 widened
+// n values as float32 at d: a copy, or bfloat16 / float16 (H: uint16_t / at::Half) widened
 inline void widen(const float* s, int64_t n, float* d) { std::memcpy(d, s, sizeof(float) * n); }
-inline void widen(const uint16_t* s, int64_t n, float* d) { widen_row(s, n, d); }
+template <typename H>
+inline void widen(const H* s, int64_t n, float* d) { widen_row(s, n, d); }
 
-// (T: float, or uint16_t for bfloat16 dy and x, whose rows are widened into float32 scratch as a
+// (T: float, or uint16_t / at::Half for bfloat16 / float16 dy and x, whose rows are widened into float32 scratch as a
 // row of dy reads them; dw float32)
 template <int RT, int ST, typename T = float>
 void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float* dwt) {
@@ -1393,11 +1404,16 @@ void flat_group(const FlatPlan& f, int64_t C, const float* ip, const float* w, c
 // plane a task, 4 FMA chains: 576@14/2 batch 4 1.15-1.18x, the 5x5/2 160@7 1.31-1.33x in pairs;
 // python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nchw --pass backward_input, Xeon), else
 // one plane.
+// Whether flat_group runs pairs of planes: planes of <= 4 output vectors (8 FMA chains in a task)
+bool flat_pairs(const Conv2dParams& p, const FlatPlan& f) {
+  const bool small = std::all_of(f.parts.begin(), f.parts.end(), [](const FlatPart& q) { return q.nb <= 4; });
+  return small && p.C % 2 == 0;
+}
+
 void flat_planes(const Conv2dParams& p, const FlatPlan& f, const float* in, const float* w, const float* bias,
                  float* out) {
   const int64_t C = p.C, planes = p.N * C;
-  const bool small = std::all_of(f.parts.begin(), f.parts.end(), [](const FlatPart& q) { return q.nb <= 4; });
-  if (!small || C % 2 != 0) {
+  if (!flat_pairs(p, f)) {
     for_each_task(planes, p.macs(), [&](int64_t t) {
       flat_group<1>(f, C, in + t * f.plane_in, w, bias, t, out + t * f.plane_out);
     });
@@ -1426,7 +1442,7 @@ inline float reduce_add(V v) {
 // Backward-weight on flat planes: dw[c, t] = sum_n sum_i dy[n, c, i] * x[n, c, i + off[t]]
 // (masked), taps t0 .. t0+T of NC consecutive channels from c at a time: T*NC vector sums, each
 // dy vector loaded once for its T taps, each tap's mask once for the NC channels.
-// E: float, or uint16_t for bfloat16 dy and x, an image's NC planes of each widened into scratch
+// E: float, or uint16_t / at::Half for bfloat16 / float16 dy and x, an image's NC planes of each widened into scratch
 // (slots 6, 7; in L2) before they are read.
 template <int T, int NC, typename E>
 inline void flat_weight_taps(const Conv2dParams& p, const FlatPlan& f, const E* dy, const E* x, int64_t c,
@@ -1542,7 +1558,8 @@ void block_to_nhwc(const float* planes, int64_t HW, int64_t B, float* tile) { tr
 void block_to_nchw(const float* tile, int64_t HW, int64_t B, float* planes) { transpose_rows(tile, B, HW, B, HW, planes); }
 // bfloat16 planes: widened as the transpose loads them, and the tile rounded as it stores them
 // (AVX-512; AVX2 through a float32 copy of the block in scratch slot 11)
-void block_to_nhwc(const uint16_t* planes, int64_t HW, int64_t B, float* tile) {
+template <typename H>
+void block_to_nhwc(const H* planes, int64_t HW, int64_t B, float* tile) {
 #if CONV_EXT_ISA_BITS == 512
   transpose_block_rows([&](int64_t i, int64_t l0, M m) { return Isa::loadm(planes + i * HW + l0, m); }, B, HW, B,
                        float_rows(tile, B, B, false));
@@ -1552,7 +1569,8 @@ void block_to_nhwc(const uint16_t* planes, int64_t HW, int64_t B, float* tile) {
   block_to_nhwc(f, HW, B, tile);
 #endif
 }
-void block_to_nchw(const float* tile, int64_t HW, int64_t B, uint16_t* planes) {
+template <typename H>
+void block_to_nchw(const float* tile, int64_t HW, int64_t B, H* planes) {
 #if CONV_EXT_ISA_BITS == 512
   transpose_block_rows([&](int64_t i, int64_t l0, M m) { return Isa::loadm(tile + i * B + l0, m); }, HW, B, HW,
                        [&](int64_t l, int64_t j0, V v, M sm) { Isa::storem(planes + l * HW + j0, v, sm); });
@@ -1598,7 +1616,7 @@ void depthwise_forward(const Conv2dParams& p, const float* x, const float* w, co
 void depthwise_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc);
 
 // NCHW forward and backward-input on NHWC tiles (via_nhwc; T float, or bfloat16 for
-// depthwise_forward_bf16 and _backward_input_bf16): each block's float32 NHWC sub-problem.
+// depthwise_forward_h16 and _backward_input_h16): each block's float32 NHWC sub-problem.
 // Forward: the taps and bias of all the channels are packed once, on the calling thread (its scratch 0
 // and 5, which the tasks' NHWC kernels leave alone), each block reading its channels at a row
 // stride of C. Packing them per block took ~7% of 576@14/2's forward and its runs' zero
@@ -1698,23 +1716,23 @@ void depthwise_backward_weight(const Conv2dParams& p, const float* dy, const flo
 // first wrote and read 2x x's bytes again. Batch 4, 2 threads (benchmarks/ab.py --dtype bfloat16
 // --layout nhwc): 96@112/2 forward 1.46x faster (0.71 -> 0.45 ms; torch 0.50), 576@14/2 1.43x,
 // 144@56 1.24x, 32@112 1.28x, 960@7 1.03x.
-bool bf16_rows_ok(const Conv2dParams& p) {  // the runs' shapes
+bool h16_rows_ok(const Conv2dParams& p) {  // the runs' shapes
   return p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && (p.S == 3 || p.S == 5 || p.S == 7);
 }
-bool bf16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, false) || via_nhwc(p); }
+bool h16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, false) || via_nhwc(p); }
 // bfloat16 backward-input: NHWC at stride 1 (turned_problem) in the runs, else (strided) the
 // gather; NCHW on the flat planes or the NHWC tiles.
-bool bf16_rows_turned(const Conv2dParams& p) { return turns_round(p) && bf16_rows_ok(turned_problem(p)); }
-bool bf16_backward_input_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, true) || via_nhwc(p); }
+bool h16_rows_turned(const Conv2dParams& p) { return turns_round(p) && h16_rows_ok(turned_problem(p)); }
+bool h16_backward_input_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, true) || via_nhwc(p); }
 // bfloat16 backward-weight: NHWC; NCHW on NHWC tiles where the float32 kernel runs there, and on
 // the flat planes only where they are split by phase (strided): at stride 1 widening each task's
 // planes cost more than float32 copies of the whole tensors (batch 4: 144@56 0.80x, 32@112
 // 0.74x, 960@7 0.89x as fast; strided 96@112/2 1.7-1.8x faster, 144@56/2 level: python
 // benchmarks/ab.py OLD.so NEW.so 4,96,112,112,96,3,2,1,96 --layout nchw --pass backward_weight
 // --dtype bfloat16, best mins).
-bool bf16_flat_weight(const Conv2dParams& p) { return flat_ok(p, false) && (p.stride_h > 1 || p.stride_w > 1); }
-bool bf16_backward_weight_ok(const Conv2dParams& p) {
-  return is_nhwc(p) || bf16_flat_weight(p) || (!flat_ok(p, false) && via_nhwc(p));
+bool h16_flat_weight(const Conv2dParams& p) { return flat_ok(p, false) && (p.stride_h > 1 || p.stride_w > 1); }
+bool h16_backward_weight_ok(const Conv2dParams& p) {
+  return is_nhwc(p) || h16_flat_weight(p) || (!flat_ok(p, false) && via_nhwc(p));
 }
 
 // NCHW (flat planes, MobileNet's shapes): a task widens its plane into float32 scratch (in L2),
@@ -1722,18 +1740,27 @@ bool bf16_backward_weight_ok(const Conv2dParams& p) {
 // (every other NCHW bfloat16 problem's path) 96@112/2 took as long as torch (1.6 ms, batch 4).
 // Batch 4, 2 threads (benchmarks/ab.py --dtype bfloat16 --layout nchw): forward 96@112/2 1.58x
 // faster, 144@56 1.50x, 32@112 1.39x.
-void bf16_planes(const Conv2dParams& p, const FlatPlan& f, const uint16_t* in, const float* w, const float* bias,
-                 uint16_t* out) {
+template <typename H>
+void h16_planes(const Conv2dParams& p, const FlatPlan& f, const H* in, const float* w, const float* bias, H* out) {
   const int64_t n_in = f.plane_in, n_out = f.plane_out;
-  for_each_task(p.N * p.C, p.macs(), [&](int64_t t) {
-    float* xf = scratch(8, n_in);
-    float* yf = scratch(9, n_out);
-    widen(in + t * n_in, n_in, xf);
-    flat_group<1>(f, p.C, xf, w, bias, t, yf);
-    narrow_row(yf, n_out, out + t * n_out);
-  });
+  auto planes = [&](auto np) {  // np planes a task (flat_group<np>)
+    constexpr int NP = decltype(np)::value;
+    for_each_task(p.N * p.C / NP, p.macs(), [&](int64_t t) {
+      float* xf = scratch(8, NP * n_in);
+      float* yf = scratch(9, NP * n_out);
+      widen(in + NP * t * n_in, NP * n_in, xf);
+      flat_group<NP>(f, p.C, xf, w, bias, NP * t, yf);
+      narrow_row(yf, NP * n_out, out + NP * t * n_out);
+    });
+  };
+  // small planes in pairs, as flat_planes takes them (8 FMA chains)
+  if (flat_pairs(p, f)) planes(std::integral_constant<int, 2>());
+  else planes(std::integral_constant<int, 1>());
 }
-constexpr bool kSplit = CONV_EXT_ISA_BITS == 512;  // the bfloat16 NHWC runs are split_run's
+// the bfloat16 NHWC runs are split_run's on AVX-512 (filter and bias packed to match); float16's
+// forward_runs (its values converted by VCVTPH2PS, 16 at a time)
+template <typename H>
+constexpr bool kSplit = CONV_EXT_ISA_BITS == 512 && std::is_same_v<H, uint16_t>;
 
 #if CONV_EXT_ISA_BITS == 512
 // AVX-512 bfloat16 runs on blocks of 32 channels: one 64-byte load of a pixel's 32 values gives its
@@ -1810,22 +1837,29 @@ void split_runs(const uint16_t* const* xrow, const float* const* wrow, int nr, c
 
 #endif
 
-// NHWC: the runs of each output row on x's bfloat16 rows (taps wt packed [tap][Cp], bias padded)
-void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const float* bp, uint16_t* y) {
+// The runs of an output row for S taps a row at stride 1 (s1) or 2
+template <typename H>
+auto h16_runs(int64_t S, bool s1) {
+#if CONV_EXT_ISA_BITS == 512
+  if constexpr (kSplit<H>)
+    return S == 3 ? (s1 ? split_runs<3, 1> : split_runs<3, 2>)
+         : S == 5 ? (s1 ? split_runs<5, 1> : split_runs<5, 2>)
+                  : (s1 ? split_runs<7, 1> : split_runs<7, 2>);
+  else
+#endif
+    return S == 3 ? (s1 ? forward_runs<3, 1, H, H> : forward_runs<3, 2, H, H>)
+         : S == 5 ? (s1 ? forward_runs<5, 1, H, H> : forward_runs<5, 2, H, H>)
+                  : (s1 ? forward_runs<7, 1, H, H> : forward_runs<7, 2, H, H>);
+}
+
+// NHWC: the runs of each output row on x's 16-bit rows (taps wt packed [tap][Cp], bias padded)
+template <typename X>
+void h16_rows(const Conv2dParams& p, const X* x, const float* wt, const float* bp, X* y) {
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h;
   const bool s1 = p.stride_w == 1;
-  using X = uint16_t;
-  const int64_t Cw = row_channels(C, kSplit);  // the rows of wt and bp (AVX-512: split, pack_taps)
-#if CONV_EXT_ISA_BITS == 512
-  const auto runs = S == 3 ? (s1 ? split_runs<3, 1> : split_runs<3, 2>)
-                  : S == 5 ? (s1 ? split_runs<5, 1> : split_runs<5, 2>)
-                           : (s1 ? split_runs<7, 1> : split_runs<7, 2>);
-#else
-  const auto runs = S == 3 ? (s1 ? forward_runs<3, 1, X, X> : forward_runs<3, 2, X, X>)
-                  : S == 5 ? (s1 ? forward_runs<5, 1, X, X> : forward_runs<5, 2, X, X>)
-                           : (s1 ? forward_runs<7, 1, X, X> : forward_runs<7, 2, X, X>);
-#endif
+  const int64_t Cw = row_channels(C, kSplit<X>);  // the rows of wt and bp (AVX-512 bfloat16: split, pack_taps)
+  const auto runs = h16_runs<X>(S, s1);
   constexpr int64_t kRows = 8;
   const int64_t nblk = ceil_div(P, kRows);
   for_each_task(N * nblk, p.macs(), [&](int64_t task) {
@@ -1850,15 +1884,17 @@ void bf16_rows(const Conv2dParams& p, const uint16_t* x, const float* wt, const 
 // batch 4, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so 4,192,28,28,192,3,2,1,192
 // --layout nchw --dtype bfloat16 --pass P, best mins): forward 2.01x / 1.36x (576@14/2),
 // backward-weight (tiles_backward_weight) 1.22x / 1.50x.
-void depthwise_forward_bf16(const Conv2dParams& p, const uint16_t* x, const float* w, const float* bias, uint16_t* y) {
-  if (!is_nhwc(p) && flat_ok(p, false)) return bf16_planes(p, flat_plan(p, false), x, w, bias, y);
+template <typename H>
+void depthwise_forward_h16(const Conv2dParams& p, const H* x, const float* w, const float* bias, H* y) {
+  if (!is_nhwc(p) && flat_ok(p, false)) return h16_planes(p, flat_plan(p, false), x, w, bias, y);
   if (!is_nhwc(p)) return tiles_forward(p, x, w, bias, y);
   // (other channels_last shapes: dilated rows, strides past 2, even filters: the gather's pixels)
-  if (!bf16_rows_ok(p)) return nhwc_gather(p, x, pack_taps(p, w), padded_bias(bias, p.C), y, false);
-  bf16_rows(p, x, pack_taps(p, w, kSplit), padded_bias(bias, p.C, kSplit), y);
+  if (!h16_rows_ok(p)) return nhwc_gather(p, x, pack_taps(p, w), padded_bias(bias, p.C), y, false);
+  h16_rows(p, x, pack_taps(p, w, kSplit<H>), padded_bias(bias, p.C, kSplit<H>), y);
 }
-void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, const float* w, uint16_t* dx) {
-  if (!is_nhwc(p) && flat_ok(p, true)) return bf16_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
+template <typename H>
+void depthwise_backward_input_h16(const Conv2dParams& p, const H* dy, const float* w, H* dx) {
+  if (!is_nhwc(p) && flat_ok(p, true)) return h16_planes(p, flat_plan(p, true), dy, w, nullptr, dx);
   if (!is_nhwc(p)) return tiles_backward_input(p, dy, w, dx);
   // Strided (and other shapes the turned runs do not take): nhwc_gather's phase runs and pixels on
   // bfloat16 dy and dx, widened as loaded and rounded as stored; on float32 copies of the whole
@@ -1866,22 +1902,23 @@ void depthwise_backward_input_bf16(const Conv2dParams& p, const uint16_t* dy, co
   // Batch 4, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so 4,96,112,112,96,3,2,1,96
   // --layout nhwc --pass backward_input --dtype bfloat16, best mins): 96@112/2 1.89x, 144@56/2
   // 1.83x, 576@14/2 1.50x.
-  if (!bf16_rows_turned(p)) return nhwc_gather(p, dy, pack_taps(p, w), nullptr, dx, true);
-  const int64_t RS = p.R * p.S, Cp = row_channels(p.C, kSplit);
-  const float* wt = pack_taps(p, w, kSplit);
+  if (!h16_rows_turned(p)) return nhwc_gather(p, dy, pack_taps(p, w), nullptr, dx, true);
+  const int64_t RS = p.R * p.S, Cp = row_channels(p.C, kSplit<H>);
+  const float* wt = pack_taps(p, w, kSplit<H>);
   float* flipped = scratch(4, RS * Cp);
   for (int64_t t = 0; t < RS; ++t) std::memcpy(flipped + t * Cp, wt + (RS - 1 - t) * Cp, sizeof(float) * Cp);
-  bf16_rows(turned_problem(p), dy, flipped, nullptr, dx);
+  h16_rows(turned_problem(p), dy, flipped, nullptr, dx);
 }
 // Backward-weight, channels_last: dw (float32, [c][tap]) from bfloat16 dy and x widened a row at a
 // time in the task (see nhwc_backward_weight); NCHW: on the flat planes, an image's planes of the
 // task's channels widened at a time (flat_weight_taps), or on NHWC tiles (tiles_backward_weight).
-void depthwise_backward_weight_bf16(const Conv2dParams& p, const uint16_t* dy, const uint16_t* x, float* dwt) {
+template <typename H>
+void depthwise_backward_weight_h16(const Conv2dParams& p, const H* dy, const H* x, float* dwt) {
   if (!is_nhwc(p) && flat_ok(p, false)) return flat_backward_weight(p, flat_plan(p, false, true), dy, x, dwt);
   if (!is_nhwc(p)) return tiles_backward_weight(p, dy, x, dwt);
-  if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3, uint16_t>(p, dy, x, dwt);
-  if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5, uint16_t>(p, dy, x, dwt);
-  nhwc_backward_weight<0, 0, uint16_t>(p, dy, x, dwt);
+  if (p.R == 3 && p.S == 3) return nhwc_backward_weight<3, 3, H>(p, dy, x, dwt);
+  if (p.R == 5 && p.S == 5) return nhwc_backward_weight<5, 5, H>(p, dy, x, dwt);
+  nhwc_backward_weight<0, 0, H>(p, dy, x, dwt);
 }
 
 }  // namespace CONV_EXT_ISA_NS

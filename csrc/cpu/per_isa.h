@@ -19,9 +19,9 @@
 
 #pragma GCC push_options
 #ifdef CONV_EXT_PER_ISA_BF16  // the file runs bfloat16 pairs too (simd.h's Tile::pairs): AVX512-BF16 as well
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
 #else
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #endif
 #define CONV_EXT_ISA_NS avx512
 #define CONV_EXT_ISA_BITS 512
@@ -32,7 +32,7 @@
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")  // F16C: float16 conversions (every AVX2 CPU has them)
 #define CONV_EXT_ISA_NS avx2
 #define CONV_EXT_ISA_BITS 256
 #include "simd.h"

@@ -74,6 +74,18 @@ struct Isa {
   static inline void storem(float* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
   static inline void store(uint16_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v)); }
   static inline void storem(uint16_t* p, V v, M m) { _mm256_mask_storeu_epi16(p, m, narrow(v)); }
+  // float16 (at::Half) values as float32 (exact), and float32 rounded to float16 to nearest even
+  // (as c10::Half and torch's vectorised copies round: overflow to infinity, subnormals kept)
+  // (the maskz forms, as in widen)
+  static inline V load(const at::Half* p) {
+    return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static inline V loadm(const at::Half* p, M m) { return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_maskz_loadu_epi16(m, p)); }
+  static inline __m256i narrow_half(V v) {
+    return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static inline void store(at::Half* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_half(v)); }
+  static inline void storem(at::Half* p, V v, M m) { _mm256_mask_storeu_epi16(p, m, narrow_half(v)); }
   static inline void stream(float* p, V v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static inline V set1(float x) { return _mm512_set1_ps(x); }
   static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
@@ -108,13 +120,7 @@ struct Isa {
     const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
   }
-  static inline V loadm(const uint16_t* p, M m) {  // no 16-bit masked load: the lanes through a buffer
-    alignas(32) int32_t on[8];
-    alignas(16) uint16_t b[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(on), m);
-    for (int i = 0; i < 8; ++i) b[i] = on[i] ? p[i] : uint16_t(0);
-    return load(b);
-  }
+  static inline V loadm(const uint16_t* p, M m) { return load(masked_words(p, m).data()); }
   // v rounded to bfloat16 (as the AVX-512 narrow)
   static inline __m128i narrow(V v) {
     const __m256i u = _mm256_castps_si256(v);
@@ -127,11 +133,32 @@ struct Isa {
   static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static inline void storem(float* p, V v, M m) { _mm256_maskstore_ps(p, m, v); }
   static inline void store(uint16_t* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(v)); }
-  static inline void storem(uint16_t* p, V v, M m) {  // no 16-bit masked store: the lanes through a buffer
+  static inline void storem(uint16_t* p, V v, M m) { storem_words(p, narrow(v), m); }
+  // float16 (at::Half) as the AVX-512 Isa converts it (F16C)
+  static inline V load(const at::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static inline V loadm(const at::Half* p, M m) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(masked_words(reinterpret_cast<const uint16_t*>(p), m).data())));
+  }
+  static inline __m128i narrow_half(V v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static inline void store(at::Half* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_half(v)); }
+  static inline void storem(at::Half* p, V v, M m) { storem_words(reinterpret_cast<uint16_t*>(p), narrow_half(v), m); }
+  // no 16-bit masked loads and stores: the lanes through a buffer
+  struct Words {
+    alignas(16) uint16_t w[8];
+    const uint16_t* data() const { return w; }
+  };
+  static inline Words masked_words(const uint16_t* p, M m) {
+    alignas(32) int32_t on[8];
+    Words b;
+    _mm256_store_si256(reinterpret_cast<__m256i*>(on), m);
+    for (int i = 0; i < 8; ++i) b.w[i] = on[i] ? p[i] : uint16_t(0);
+    return b;
+  }
+  static inline void storem_words(uint16_t* p, __m128i words, M m) {
     alignas(32) int32_t on[8];
     alignas(16) uint16_t b[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(on), m);
-    _mm_store_si128(reinterpret_cast<__m128i*>(b), narrow(v));
+    _mm_store_si128(reinterpret_cast<__m128i*>(b), words);
     for (int i = 0; i < 8; ++i)
       if (on[i]) p[i] = b[i];
   }
@@ -908,14 +935,17 @@ inline void zero_floats(float* d, int64_t n) {
   for (int64_t i = 0; i < n; i += Isa::VL) Isa::storem(d + i, Isa::zero(), Isa::mask(n - i));
 }
 
-// n floats from s rounded to bfloat16 at d (Isa::narrow: c10::BFloat16's rounding)
-inline void narrow_row(const float* s, int64_t n, uint16_t* d) {
+// n floats from s rounded to bfloat16 (H = uint16_t; Isa::narrow: c10::BFloat16's rounding) or
+// float16 (H = at::Half) at d
+template <typename H>
+inline void narrow_row(const float* s, int64_t n, H* d) {
   int64_t i = 0;
   for (; i + Isa::VL <= n; i += Isa::VL) Isa::store(d + i, Isa::load(s + i));
   if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
 }
-// n bfloat16 values from s widened to float32 at d (exact)
-inline void widen_row(const uint16_t* s, int64_t n, float* d) {
+// n bfloat16 (H = uint16_t) or float16 (at::Half) values from s widened to float32 at d (exact)
+template <typename H>
+inline void widen_row(const H* s, int64_t n, float* d) {
   int64_t i = 0;
   for (; i + Isa::VL <= n; i += Isa::VL) Isa::store(d + i, Isa::load(s + i));
   if (i < n) Isa::storem(d + i, Isa::loadm(s + i, Isa::mask(n - i)), Isa::mask(n - i));
