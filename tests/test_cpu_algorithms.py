@@ -607,6 +607,35 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
             assert ours.is_contiguous(memory_format=fmt), pass_name
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("shape", [
+    ((2, 16, 12, 11), 40, (1, 1), 1, 0, 1, 1),       # 1x1 read in place: float16 stores, a masked channel tail
+    ((1, 24, 9, 13), 144, (1, 1), 2, 0, 1, 1),       # strided 1x1 in place
+    ((2, 24, 9, 10), 48, (3, 3), 1, 1, 1, 1),        # 3x3 on a band, tiles across rows
+    ((2, 20, 7, 9), 64, (5, 3), 2, (2, 1), (1, 2), 1),  # strided, dilated, uneven padding
+    ((2, 32, 10, 12), 64, (3, 3), 1, 1, 1, 2),       # groups
+    ((1, 100, 6, 7), 64, (5, 5), 1, 2, 1, 1),        # reduction panels (not one): float32 sums rounded after
+    ((2, 16, 9, 20), 16, (3, 3), 1, 1, 1, 1),        # one vector of channels, 3 taps: row runs (float32 y)
+    ((2, 3, 11, 30), 32, (3, 3), 2, 1, 1, 1),        # 3 channels: row tiles (float32 y)
+])
+def test_float16_forward_rounded_by_the_tiles(shape, bias):
+    """implicit_gemm's channels_last float16 forward (float32 copies of x and the filter, the
+    sums rounded to float16 by the micro-kernel's stores where all of them go through its tiles in
+    one panel, else through a float32 y): the float32 forward on the converted operands, rounded
+    once, bit for bit, in channels_last; with a channels_last filter too."""
+    if conv_ext.info()["cpu_capability"] == "portable":
+        pytest.skip("no SIMD kernels")
+    x, wt, b, _, geo = (t.to(torch.float16) if torch.is_tensor(t) else t for t in make(shape, "nhwc"))
+    b = b if bias else None
+    want = run_pass("forward", x.float(), wt.float(), None if b is None else b.float(), None, geo)
+    assert testing.last_cpu_algorithm("forward") == "implicit_gemm"
+    for w in (wt, wt.contiguous(memory_format=torch.channels_last)):
+        out = run_pass("forward", x, w, b, None, geo)
+        assert testing.last_cpu_algorithm("forward") == "implicit_gemm"
+        assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(out, want.to(torch.float16))
+
+
 def small_ints(seed, top, dtype=torch.bfloat16):
     """A maker of bfloat16 (or dtype) tensors of nonzero integers in [-top, top]: products and
     float32 sums of them are exact, so a kernel's result can be held to the exact one, element for

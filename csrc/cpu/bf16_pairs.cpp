@@ -66,7 +66,8 @@ namespace conv_ext {
 namespace cpu {
 namespace avx512 {
 bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
-                           bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16, const uint16_t* w16);
+                           bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16, const uint16_t* w16,
+                           at::Half* yh);
 bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
                                   const at::Tensor* filter, bool pairs, uint16_t* dx16, const uint16_t* w16);
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
@@ -208,7 +209,7 @@ void forward_on_words(const Conv2dParams& q, const at::Tensor& x, const float* w
   at::Tensor y = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
   if (!avx512::implicit_gemm_forward(q, words(x), wp, bias.defined() ? bias.const_data_ptr<float>() : nullptr,
                                      y.mutable_data_ptr<float>(), nhwc, filter, true, out16(o.out),
-                                     wp ? nullptr : halves(o.b)))
+                                     wp ? nullptr : halves(o.b), nullptr))
     o.out.copy_(y);
 }
 

@@ -1,8 +1,11 @@
 // depthwise.cpp — depthwise convolution (groups == C == K, one filter per channel), fp32, all
 // three passes, vectorised over channels in NHWC and over the width in NCHW; and the bfloat16
-// forward and backward-input of MobileNet's shapes (depthwise_forward_h16, _backward_input_h16:
-// channels_last, float32 runs reading bfloat16 rows, converted as they are loaded (AVX-512: a
-// block of 32 channels split into its even and odd ones, split_run) and rounded as they are
+// and float16 passes of MobileNet's shapes (depthwise_forward_h16, _backward_input_h16,
+// _backward_weight_h16; H = uint16_t for bfloat16, at::Half for float16: float16 since the
+// forty-sixth round, the same code, its values converted by F16C / AVX-512's VCVTPH2PS and
+// VCVTPS2PH; it ran on float32 copies at 0.28-0.50x torch before, see README):
+// channels_last, float32 runs reading bfloat16 rows, converted as they are loaded (AVX-512
+// bfloat16: a block of 32 channels split into its even and odd ones, split_run) and rounded as they are
 // stored, stride-1 backward-input as the forward with the taps turned round, the other shapes
 // (strided backward-input, dilated rows) through nhwc_gather on bfloat16 rows; NCHW, flat planes
 // widened a plane a task, or NHWC tiles widened and rounded in their transposes, backward-weight

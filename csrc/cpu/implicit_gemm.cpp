@@ -78,6 +78,7 @@
 #ifndef CONV_EXT_ISA_NS
 #include <algorithm>
 #include <numeric>
+#include "output_cache.h"
 
 #define CONV_EXT_PER_ISA_FILE "implicit_gemm.cpp"
 #define CONV_EXT_PER_ISA_BF16  // the three passes also run bf16_pairs.cpp's bfloat16 pairs (Tile::pairs)
@@ -96,7 +97,31 @@ void run_forward(const Conv2dParams& p, Operands& o) {
   const float* bias = o.bias.defined() ? o.bias.const_data_ptr<float>() : nullptr;
   auto f = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), bias, o.out.mutable_data_ptr<float>(), is_nhwc(p),
-    o.filter, false, nullptr, nullptr);
+    o.filter, false, nullptr, nullptr, nullptr);
+}
+
+// float16, channels_last forward, where the float32 problem runs here: x, the filter and the bias
+// as float32 copies (o.filter still keys the packed-filter cache), and the sums rounded to float16
+// by the micro-kernel's stores (Tile::h16) where every output pixel goes through its tiles in one
+// reduction panel, else through a float32 y rounded after (as every other float16 problem is,
+// conv2d_cpu.cpp). The same float32 sums either way, rounded once: the same bits. A float32 y of
+// MobileNetV2's 16->96 @112 is 19 MB written and read again for its rounding (half the time of
+// its float16 forward on copies, perf record: fbgemm's FloatToFloat16).
+bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
+  if (dtype == at::kHalf)
+    return is_nhwc(p) && supports(p, at::kFloat) && choose_automatic(Pass::Forward, p, at::kFloat).name == "implicit_gemm";
+  return supports(p, dtype);
+}
+
+void run_forward_any(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() != at::kHalf) return run_forward(p, o);
+  const at::Tensor x = o.a.to(at::kFloat), w = o.b.to(at::kFloat);  // (strides kept: p's hold)
+  const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
+  at::Tensor y = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::ChannelsLast);
+  auto f = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
+  if (!f(p, x.const_data_ptr<float>(), w.const_data_ptr<float>(), bias.defined() ? bias.const_data_ptr<float>() : nullptr,
+         y.mutable_data_ptr<float>(), true, o.filter, false, nullptr, nullptr, o.out.mutable_data_ptr<at::Half>()))
+    o.out.copy_(y);
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
@@ -112,7 +137,7 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 }
 
 const bool registered =
-    register_algorithm({"implicit_gemm", Pass::Forward, 10, supports, run_forward, true}) &&
+    register_algorithm({"implicit_gemm", Pass::Forward, 10, supports_forward, run_forward_any, true}) &&
     register_algorithm({"implicit_gemm", Pass::BackwardInput, 10, supports, run_backward_input, true}) &&
     register_algorithm({"implicit_gemm", Pass::BackwardWeight, 10, supports, run_backward_weight, true});
 
@@ -567,8 +592,10 @@ FwdFilter fwd_filter(int64_t kind, const Conv2dParams& f, const FwdPlan& plan, b
 // y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, y16 (if not
 // null) gets y rounded to bfloat16 instead of y where it can (NCHW: by the output transposes; NHWC:
 // by the tiles, when a block's reduction is one panel, ncb == 1); returns whether it did.
+// yh (if not null; channels_last) gets y rounded to float16 instead of y where every output pixel
+// goes through the micro-kernel's tiles in one panel (Tile::h16); returns whether it did.
 bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const FwdFilter& wf, const float* bias,
-                 float* y, bool nhwc, uint16_t* y16 = nullptr) {
+                 float* y, bool nhwc, uint16_t* y16 = nullptr, at::Half* yh = nullptr) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N, RS = R * S;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
@@ -641,6 +668,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // 1.03-1.04x (1.10-1.11x), the 7x7/2 stem 1.00-1.01x (1.02x); AVX2 (--old-env/--new-env
   // CONV_EXT_CPU_CAPABILITY=avx2, both changes) 1.30x and 1.23x.
   const bool in_place = row_tiles && nhwc && G == 1 && !direct;  // (direct reads x in place already)
+  if (!(nhwc && ncb == 1 && !row_runs && !row_tiles && !f.pairs)) yh = nullptr;  // (the row paths store floats)
   const int64_t rowa = in_place ? W * C : rowf;  // a filter row's offset in A: r*dh*rowa
   // pixel q's taps read columns q*sw - pw + s*dw: all inside x for q in [q_lo, q_hi)
   const int64_t q_lo = std::min(Q, ceil_div(pw, sw));
@@ -766,6 +794,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             if (cr) t.crow = cr + f0;
             else t.c = out_at(f0), t.ldc = ldc;
             if (y16 && nhwc) t.c16 = y16 + (out_at(f0) - y);  // (NCHW: the transposes write y16)
+            if (yh) t.h16 = yh + (out_at(f0) - y);
             // the next tile's x rows, read in place (direct; a band's rows are in L2 already, and
             // prefetching them measured 0.97-1.03x: 3x3/2 and 7x7/2 layers, ab.py)
             if (const int64_t f1 = std::min(n, f0 + 2 * MR); direct && f0 + MR < n)
@@ -917,7 +946,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
       task_body(n0, std::min(Nt, n0 + nimg), p0, std::min(Pt, p0 + rb), g, kg, nullptr);
     });
   }
-  return y16 != nullptr;
+  return y16 != nullptr || yh != nullptr;
 }
 
 // The filter as the packers below read it: w, float32 values (or words of bfloat16 pairs as they
@@ -1051,9 +1080,11 @@ void fwd_pack_forward(const Conv2dParams& p, const FwdPlan& f, const FilterSrc& 
 // pairs: x and w are words of bfloat16 pairs of channels (p counts the words), and y16 (if not
 // null) may get the output rounded to bfloat16 instead of y: returns whether it did (bf16_pairs.cpp).
 // w16 (pairs, a KCRS filter; w unused): the bfloat16 filter, its channel pairs made words as packed.
+// yh (float32 operands, channels_last): may get the output rounded to float16 instead of y (the
+// same answer).
 bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias,
                            float* y, bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16,
-                           const uint16_t* w16) {
+                           const uint16_t* w16, at::Half* yh) {
   FwdPlan f = fwd_plan(p);
   f.pairs = pairs;
   FilterSrc src;
@@ -1063,7 +1094,7 @@ bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
   src.w = w;
   const FwdFilter wf = fwd_filter(1, p, f, weight_is_krsc(p), filter,
                                   [&](int64_t gk, float* dst) { fwd_pack_forward(p, f, src, gk, dst); });
-  return fwd_compute(p, f, x, wf, bias, y, nhwc, y16);
+  return fwd_compute(p, f, x, wf, bias, y, nhwc, y16, yh);
 }
 
 

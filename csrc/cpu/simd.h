@@ -220,6 +220,9 @@ struct Tile {
   // (never with accumulate), or at c16row[i] + v*VL where c16row is set (with crow).
   uint16_t* c16 = nullptr;
   uint16_t* const* c16row = nullptr;
+  // Not with pairs: C(i, v) rounded to float16 at h16 + i*ldc + v*VL instead of c (never with
+  // accumulate; implicit_gemm's channels_last float16 forward).
+  at::Half* h16 = nullptr;
 };
 
 // Tile::prefetch for a tile of len steps a segment whose caller's next tile reads, in each
@@ -485,6 +488,19 @@ void micro_kernel_impl(const Tile& t) {
     }
   }
 #endif
+  if (t.h16) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      if (i >= t.mr) break;
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        at::Half* cp = t.h16 + i * t.ldc + v * VL;
+        if (t.cmask) Isa::storem(cp, acc[i][v], t.cmask[v]);
+        else Isa::store(cp, acc[i][v]);
+      }
+    }
+    return;
+  }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     if (i >= t.mr) break;
