@@ -617,6 +617,7 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
     ((1, 100, 6, 7), 64, (5, 5), 1, 2, 1, 1),        # reduction panels (not one): float32 sums rounded after
     ((2, 16, 9, 20), 16, (3, 3), 1, 1, 1, 1),        # one vector of channels, 3 taps: row runs (float32 y)
     ((2, 3, 11, 30), 32, (3, 3), 2, 1, 1, 1),        # 3 channels: row tiles (float32 y)
+    ((2, 8, 64, 66), 64, (1, 1), 1, 0, 1, 1),        # >= 512K outputs, whole lines a pixel block: streaming stores
 ])
 def test_float16_forward_rounded_by_the_tiles(shape, bias):
     """implicit_gemm's channels_last float16 forward (float32 copies of x and the filter, the

@@ -794,7 +794,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             if (cr) t.crow = cr + f0;
             else t.c = out_at(f0), t.ldc = ldc;
             if (y16 && nhwc) t.c16 = y16 + (out_at(f0) - y);  // (NCHW: the transposes write y16)
-            if (yh) t.h16 = yh + (out_at(f0) - y);
+            if (yh) t.h16 = yh + (out_at(f0) - y), t.stream = stream_tiles && NVL % 32 == 0;  // (whole lines)
             // the next tile's x rows, read in place (direct; a band's rows are in L2 already, and
             // prefetching them measured 0.97-1.03x: 3x3/2 and 7x7/2 layers, ab.py)
             if (const int64_t f1 = std::min(n, f0 + 2 * MR); direct && f0 + MR < n)

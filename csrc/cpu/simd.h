@@ -85,6 +85,7 @@ struct Isa {
     return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
   static inline void store(at::Half* p, V v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_half(v)); }
+  static inline void stream(at::Half* p, V v) { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), narrow_half(v)); }
   static inline void storem(at::Half* p, V v, M m) { _mm256_mask_storeu_epi16(p, m, narrow_half(v)); }
   static inline void stream(float* p, V v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static inline V set1(float x) { return _mm512_set1_ps(x); }
@@ -141,6 +142,7 @@ struct Isa {
   }
   static inline __m128i narrow_half(V v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static inline void store(at::Half* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_half(v)); }
+  static inline void stream(at::Half* p, V v) { _mm_stream_si128(reinterpret_cast<__m128i*>(p), narrow_half(v)); }
   static inline void storem(at::Half* p, V v, M m) { storem_words(reinterpret_cast<uint16_t*>(p), narrow_half(v), m); }
   // no 16-bit masked loads and stores: the lanes through a buffer
   struct Words {
@@ -346,14 +348,14 @@ inline __attribute__((always_inline)) void add_bias(V (&acc)[MR][NV], const floa
     for (int v = 0; v < NV; ++v) acc[i][v] = Isa::add(acc[i][v], bias[v]);
 }
 
-// A row of C, the NV vectors r at cp: the lanes of cmask (null: all), or by streaming stores where
-// `stream` and cp is aligned (then every vector is)
-template <int NV>
-inline __attribute__((always_inline)) void store_row(float* cp, const V (&r)[NV], const M* cmask, bool stream) {
+// A row of C, the NV vectors r at cp (T: float, or at::Half rounded to float16): the lanes of
+// cmask (null: all), or by streaming stores where `stream` and cp is aligned (then every vector is)
+template <int NV, typename T>
+inline __attribute__((always_inline)) void store_row(T* cp, const V (&r)[NV], const M* cmask, bool stream) {
   if (cmask) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) Isa::storem(cp + v * VL, r[v], cmask[v]);
-  } else if (stream && (reinterpret_cast<uintptr_t>(cp) & (sizeof(V) - 1)) == 0) {
+  } else if (stream && (reinterpret_cast<uintptr_t>(cp) & (VL * sizeof(T) - 1)) == 0) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) Isa::stream(cp + v * VL, r[v]);
   } else {
@@ -492,12 +494,7 @@ void micro_kernel_impl(const Tile& t) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       if (i >= t.mr) break;
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        at::Half* cp = t.h16 + i * t.ldc + v * VL;
-        if (t.cmask) Isa::storem(cp, acc[i][v], t.cmask[v]);
-        else Isa::store(cp, acc[i][v]);
-      }
+      store_row(t.h16 + i * t.ldc, acc[i], t.cmask, t.stream);
     }
     return;
   }
