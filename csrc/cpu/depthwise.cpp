@@ -129,14 +129,15 @@ void forward_h16(const Conv2dParams& p, Operands& o) {
 template <typename H>
 void backward_input_h16(const Conv2dParams& p, Operands& o) {
   const at::Tensor w = o.b.to(at::kFloat);
-  CONV_EXT_PICK(depthwise_backward_input_h16<H>)(p, static_cast<const H*>(o.a.const_data_ptr()), w.const_data_ptr<float>(),
-                                                 static_cast<H*>(o.out.mutable_data_ptr()));
+  CONV_EXT_PICK(depthwise_backward_input_h16<H>)(p, static_cast<const H*>(o.a.const_data_ptr()),
+                                                 w.const_data_ptr<float>(), static_cast<H*>(o.out.mutable_data_ptr()));
 }
 template <typename H>
 void backward_weight_h16(const Conv2dParams& p, Operands& o) {
   const at::Tensor dw = at::empty(o.out.sizes(), o.out.options().dtype(at::kFloat));
   CONV_EXT_PICK(depthwise_backward_weight_h16<H>)(p, static_cast<const H*>(o.a.const_data_ptr()),
-                                                  static_cast<const H*>(o.b.const_data_ptr()), dw.mutable_data_ptr<float>());
+                                                  static_cast<const H*>(o.b.const_data_ptr()),
+                                                  dw.mutable_data_ptr<float>());
   o.out.copy_(dw);
 }
 
@@ -953,8 +954,8 @@ inline void widen(const float* s, int64_t n, float* d) { std::memcpy(d, s, sizeo
 template <typename H>
 inline void widen(const H* s, int64_t n, float* d) { widen_row(s, n, d); }
 
-// (T: float, or uint16_t / at::Half for bfloat16 / float16 dy and x, whose rows are widened into float32 scratch as a
-// row of dy reads them; dw float32)
+// (T: float, or uint16_t / at::Half for bfloat16 / float16 dy and x, whose rows are widened into
+// float32 scratch as a row of dy reads them; dw float32)
 template <int RT, int ST, typename T = float>
 void nhwc_backward_weight(const Conv2dParams& p, const T* dy, const T* x, float* dwt) {
   constexpr bool kHalf = !std::is_same<T, float>::value;
@@ -1401,18 +1402,19 @@ void flat_group(const FlatPlan& f, int64_t C, const float* ip, const float* w, c
     for (int k = 0; k < NP; ++k) merge_plane(f, op + k * f.n_out, out + k * f.plane_out);
 }
 
-// out[n, c] = bias[c] + sum_t in[n, c] shifted by off[t] (masked) * w[c, t]; a task is a pair of
-// planes when both are of the same image (C even) and every part of a plane is at most 4 vectors
-// (MobileNet's 7x7; and the 7x7 phase planes of a strided backward-input of 14x14, which ran one
-// plane a task, 4 FMA chains: 576@14/2 batch 4 1.15-1.18x, the 5x5/2 160@7 1.31-1.33x in pairs;
-// python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nchw --pass backward_input, Xeon), else
-// one plane.
-// Whether flat_group runs pairs of planes: planes of <= 4 output vectors (8 FMA chains in a task)
+// Whether flat_group takes pairs of planes (flat_planes, h16_planes): both of one image (C even),
+// every part of a plane at most 4 vectors (8 FMA chains in a task)
 bool flat_pairs(const Conv2dParams& p, const FlatPlan& f) {
   const bool small = std::all_of(f.parts.begin(), f.parts.end(), [](const FlatPart& q) { return q.nb <= 4; });
   return small && p.C % 2 == 0;
 }
 
+// out[n, c] = bias[c] + sum_t in[n, c] shifted by off[t] (masked) * w[c, t]; a task is a pair of
+// planes when both are of the same image (C even) and every part of a plane is at most 4 vectors
+// (MobileNet's 7x7; and the 7x7 phase planes of a strided backward-input of 14x14, which ran one
+// plane a task, 4 FMA chains: 576@14/2 batch 4 1.15-1.18x, the 5x5/2 160@7 1.31-1.33x in pairs;
+// python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nchw --pass backward_input, Xeon), else
+// one plane (flat_pairs).
 void flat_planes(const Conv2dParams& p, const FlatPlan& f, const float* in, const float* w, const float* bias,
                  float* out) {
   const int64_t C = p.C, planes = p.N * C;
@@ -1445,8 +1447,8 @@ inline float reduce_add(V v) {
 // Backward-weight on flat planes: dw[c, t] = sum_n sum_i dy[n, c, i] * x[n, c, i + off[t]]
 // (masked), taps t0 .. t0+T of NC consecutive channels from c at a time: T*NC vector sums, each
 // dy vector loaded once for its T taps, each tap's mask once for the NC channels.
-// E: float, or uint16_t / at::Half for bfloat16 / float16 dy and x, an image's NC planes of each widened into scratch
-// (slots 6, 7; in L2) before they are read.
+// E: float, or uint16_t / at::Half for bfloat16 / float16 dy and x, an image's NC planes of each
+// widened into scratch (slots 6, 7; in L2) before they are read.
 template <int T, int NC, typename E>
 inline void flat_weight_taps(const Conv2dParams& p, const FlatPlan& f, const E* dy, const E* x, int64_t c,
                              int64_t t0, float* dwt) {
@@ -1559,7 +1561,8 @@ Conv2dParams channel_block(const Conv2dParams& p, int64_t B) {
 // tile[pix][B] = planes[c][pix] (plane stride HW, B channels), and back
 void block_to_nhwc(const float* planes, int64_t HW, int64_t B, float* tile) { transpose_rows(planes, HW, B, HW, B, tile); }
 void block_to_nchw(const float* tile, int64_t HW, int64_t B, float* planes) { transpose_rows(tile, B, HW, B, HW, planes); }
-// bfloat16 planes: widened as the transpose loads them, and the tile rounded as it stores them
+// 16-bit planes (H: bfloat16's uint16_t, at::Half): widened as the transpose loads them, and the
+// tile rounded as it stores them
 // (AVX-512; AVX2 through a float32 copy of the block in scratch slot 11)
 template <typename H>
 void block_to_nhwc(const H* planes, int64_t HW, int64_t B, float* tile) {
@@ -1723,11 +1726,11 @@ bool h16_rows_ok(const Conv2dParams& p) {  // the runs' shapes
   return p.dil_w == 1 && (p.stride_w == 1 || p.stride_w == 2) && (p.S == 3 || p.S == 5 || p.S == 7);
 }
 bool h16_forward_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, false) || via_nhwc(p); }
-// bfloat16 backward-input: NHWC at stride 1 (turned_problem) in the runs, else (strided) the
+// 16-bit backward-input: NHWC at stride 1 (turned_problem) in the runs, else (strided) the
 // gather; NCHW on the flat planes or the NHWC tiles.
 bool h16_rows_turned(const Conv2dParams& p) { return turns_round(p) && h16_rows_ok(turned_problem(p)); }
 bool h16_backward_input_ok(const Conv2dParams& p) { return is_nhwc(p) || flat_ok(p, true) || via_nhwc(p); }
-// bfloat16 backward-weight: NHWC; NCHW on NHWC tiles where the float32 kernel runs there, and on
+// 16-bit backward-weight: NHWC; NCHW on NHWC tiles where the float32 kernel runs there, and on
 // the flat planes only where they are split by phase (strided): at stride 1 widening each task's
 // planes cost more than float32 copies of the whole tensors (batch 4: 144@56 0.80x, 32@112
 // 0.74x, 960@7 0.89x as fast; strided 96@112/2 1.7-1.8x faster, 144@56/2 level: python
@@ -1861,7 +1864,7 @@ void h16_rows(const Conv2dParams& p, const X* x, const float* wt, const float* b
   const int64_t C = p.C, R = p.R, S = p.S, N = p.N, H = p.H, W = p.W, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, ph = p.pad_h, dh = p.dil_h;
   const bool s1 = p.stride_w == 1;
-  const int64_t Cw = row_channels(C, kSplit<X>);  // the rows of wt and bp (AVX-512 bfloat16: split, pack_taps)
+  const int64_t Cw = row_channels(C, kSplit<X>);  // wt's and bp's rows (AVX-512 bfloat16: split, pack_taps)
   const auto runs = h16_runs<X>(S, s1);
   constexpr int64_t kRows = 8;
   const int64_t nblk = ceil_div(P, kRows);

@@ -109,7 +109,8 @@ void run_forward(const Conv2dParams& p, Operands& o) {
 // its float16 forward on copies, perf record: fbgemm's FloatToFloat16).
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
   if (dtype == at::kHalf)
-    return is_nhwc(p) && supports(p, at::kFloat) && choose_automatic(Pass::Forward, p, at::kFloat).name == "implicit_gemm";
+    return is_nhwc(p) && supports(p, at::kFloat) &&
+           choose_automatic(Pass::Forward, p, at::kFloat).name == "implicit_gemm";
   return supports(p, dtype);
 }
 
@@ -118,9 +119,10 @@ void run_forward_any(const Conv2dParams& p, Operands& o) {
   const at::Tensor x = o.a.to(at::kFloat), w = o.b.to(at::kFloat);  // (strides kept: p's hold)
   const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
   at::Tensor y = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::ChannelsLast);
+  const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   auto f = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
-  if (!f(p, x.const_data_ptr<float>(), w.const_data_ptr<float>(), bias.defined() ? bias.const_data_ptr<float>() : nullptr,
-         y.mutable_data_ptr<float>(), true, o.filter, false, nullptr, nullptr, o.out.mutable_data_ptr<at::Half>()))
+  if (!f(p, x.const_data_ptr<float>(), w.const_data_ptr<float>(), bp, y.mutable_data_ptr<float>(), true, o.filter,
+         false, nullptr, nullptr, o.out.mutable_data_ptr<at::Half>()))
     o.out.copy_(y);
 }
 

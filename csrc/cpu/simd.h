@@ -80,7 +80,9 @@ struct Isa {
   static inline V load(const at::Half* p) {
     return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  static inline V loadm(const at::Half* p, M m) { return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_maskz_loadu_epi16(m, p)); }
+  static inline V loadm(const at::Half* p, M m) {
+    return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_maskz_loadu_epi16(m, p));
+  }
   static inline __m256i narrow_half(V v) {
     return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
@@ -136,9 +138,12 @@ struct Isa {
   static inline void store(uint16_t* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(v)); }
   static inline void storem(uint16_t* p, V v, M m) { storem_words(p, narrow(v), m); }
   // float16 (at::Half) as the AVX-512 Isa converts it (F16C)
-  static inline V load(const at::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static inline V load(const at::Half* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static inline V loadm(const at::Half* p, M m) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(masked_words(reinterpret_cast<const uint16_t*>(p), m).data())));
+    const Words w = masked_words(reinterpret_cast<const uint16_t*>(p), m);
+    return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(w.data())));
   }
   static inline __m128i narrow_half(V v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static inline void store(at::Half* p, V v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow_half(v)); }
