@@ -64,6 +64,9 @@ const Algorithm& choose(Pass pass, const Conv2dParams& p, at::ScalarType dtype);
 // The supporting one of highest priority, whatever is forced (and not recorded as the last run).
 const Algorithm& choose_automatic(Pass pass, const Conv2dParams& p, at::ScalarType dtype);
 
+// float16 or bfloat16: the half types (run on float32 copies unless an algorithm takes them itself)
+inline bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
 // Runs a float16/bfloat16 pass on float32 copies of its operands with the float32 algorithm of
 // highest priority, the result rounded into o.out: for a half-type kernel that finds in the data
 // (infinities, NaNs) a problem it cannot take (conv2d_cpu.cpp).

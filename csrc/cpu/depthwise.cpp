@@ -117,8 +117,6 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // own 16-bit passes where they take the shape (depthwise_forward_h16, _backward_input_h16,
 // _backward_weight_h16: values converted to float32 as they are loaded, sums rounded as they are
 // stored); the other problems of these types run on float32 copies (conv2d_cpu.cpp).
-bool half_type(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
-
 template <typename H>
 void forward_h16(const Conv2dParams& p, Operands& o) {
   const at::Tensor w = o.b.to(at::kFloat), bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
@@ -142,7 +140,7 @@ void backward_weight_h16(const Conv2dParams& p, Operands& o) {
 }
 
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  if (half_type(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_forward_ok)(p);
+  if (is_half(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_forward_ok)(p);
   return supports(p, dtype);
 }
 
@@ -155,7 +153,7 @@ void run_forward(const Conv2dParams& p, Operands& o) {
 }
 
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  if (half_type(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_backward_input_ok)(p);
+  if (is_half(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_backward_input_ok)(p);
   return supports(p, dtype);
 }
 
@@ -167,7 +165,7 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 }
 
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  if (half_type(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_backward_weight_ok)(p);
+  if (is_half(dtype)) return supports(p, at::kFloat) && CONV_EXT_PICK(h16_backward_weight_ok)(p);
   return supports(p, dtype);
 }
 
