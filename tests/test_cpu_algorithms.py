@@ -616,7 +616,12 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
     ((2, 32, 10, 12), 64, (3, 3), 1, 1, 1, 2),       # groups
     ((1, 100, 6, 7), 64, (5, 5), 1, 2, 1, 1),        # reduction panels (not one): float32 sums rounded after
     ((2, 16, 9, 20), 16, (3, 3), 1, 1, 1, 1),        # one vector of channels, 3 taps: row runs (float32 y)
-    ((2, 3, 11, 30), 32, (3, 3), 2, 1, 1, 1),        # 3 channels: row tiles (float32 y)
+    ((2, 3, 11, 30), 32, (3, 3), 2, 1, 1, 1),        # 3 channels: row tiles read in place, edge pixels, rests
+    ((1, 3, 9, 40), 40, (3, 3), 1, 1, 1, 1),         # row tiles at stride 1, a masked channel tail
+    ((2, 3, 10, 29), 64, (1, 1), 1, 0, 1, 1),        # row tiles on x as it lies (direct: a 1x1 on 3 channels)
+    ((1, 3, 12, 23), 64, (5, 5), 1, 2, 1, 1),        # 5x5 row tiles, 4 vectors of channels
+    ((1, 3, 20, 23), 32, (11, 11), 1, 5, 1, 1),      # 363 taps: row tiles by the micro-kernel (longer than a chain)
+    ((2, 3, 64, 66), 64, (3, 3), 1, 1, 1, 1),        # row tiles streamed (>= 512K outputs)
     ((2, 8, 64, 66), 64, (1, 1), 1, 0, 1, 1),        # >= 512K outputs, whole lines a pixel block: streaming stores
 ])
 def test_float16_forward_rounded_by_the_tiles(shape, bias):

@@ -521,9 +521,9 @@ std::vector<int> scatter_widths(int64_t W) {
 // row by row, (s, c) within a row, then the bias): the bits of a tile on a band, whose padding's
 // zeros add nothing. xn: the image; (h0, w0): the input pixel under tap (0, 0), maybe outside x;
 // panel: the packed filter block, tap (r, s) channel c at ((r*S + s)*C + c)*NVL.
-template <int NV>
+template <int NV, typename T>
 void edge_pixel(const float* xn, int64_t H, int64_t W, int64_t C, int64_t h0, int64_t w0, int64_t R, int64_t S,
-                int64_t dh, int64_t dw, const float* panel, int64_t NVL, const float* bias, float* o, const M* cmask) {
+                int64_t dh, int64_t dw, const float* panel, int64_t NVL, const float* bias, T* o, const M* cmask) {
   V acc[NV];
   for (int v = 0; v < NV; ++v) acc[v] = Isa::zero();
   for (int64_t r = 0; r < R; ++r) {
@@ -545,9 +545,10 @@ void edge_pixel(const float* xn, int64_t H, int64_t W, int64_t C, int64_t h0, in
   store_row(o, acc, cmask, false);
 }
 
+template <typename T>  // (o: float, or at::Half: the sums rounded to float16)
 inline void edge_pixel_nv(int nv, const float* xn, int64_t H, int64_t W, int64_t C, int64_t h0, int64_t w0, int64_t R,
                           int64_t S, int64_t dh, int64_t dw, const float* panel, int64_t NVL, const float* bias,
-                          float* o, const M* cmask) {
+                          T* o, const M* cmask) {
   switch (nv) {
     case 1: return edge_pixel<1>(xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias, o, cmask);
     case 2: return edge_pixel<2>(xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias, o, cmask);
@@ -670,7 +671,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // 1.03-1.04x (1.10-1.11x), the 7x7/2 stem 1.00-1.01x (1.02x); AVX2 (--old-env/--new-env
   // CONV_EXT_CPU_CAPABILITY=avx2, both changes) 1.30x and 1.23x.
   const bool in_place = row_tiles && nhwc && G == 1 && !direct;  // (direct reads x in place already)
-  if (!(nhwc && ncb == 1 && !row_runs && !row_tiles && !f.pairs)) yh = nullptr;  // (the row paths store floats)
+  if (!(nhwc && ncb == 1 && !row_runs && !f.pairs)) yh = nullptr;  // (row runs store floats)
   const int64_t rowa = in_place ? W * C : rowf;  // a filter row's offset in A: r*dh*rowa
   // pixel q's taps read columns q*sw - pw + s*dw: all inside x for q in [q_lo, q_hi)
   const int64_t q_lo = std::min(Q, ceil_div(pw, sw));
@@ -796,7 +797,14 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             if (cr) t.crow = cr + f0;
             else t.c = out_at(f0), t.ldc = ldc;
             if (y16 && nhwc) t.c16 = y16 + (out_at(f0) - y);  // (NCHW: the transposes write y16)
-            if (yh) t.h16 = yh + (out_at(f0) - y), t.stream = stream_tiles && NVL % 32 == 0;  // (whole lines)
+            at::Half* hrow[Isa::mr(1)];  // (the most rows a tile has)
+            if (yh && cr) {
+              for (int64_t i = 0; i < t.mr; ++i) hrow[i] = yh + (cr[f0 + i] - y);
+              t.crow = nullptr, t.h16row = hrow;
+            } else if (yh) {
+              t.h16 = yh + (out_at(f0) - y);
+            }
+            if (yh) t.stream = stream_tiles && NVL % 32 == 0;  // (whole lines)
             // the next tile's x rows, read in place (direct; a band's rows are in L2 already, and
             // prefetching them measured 0.97-1.03x: 3x3/2 and 7x7/2 layers, ab.py)
             if (const int64_t f1 = std::min(n, f0 + 2 * MR); direct && f0 + MR < n)
@@ -816,6 +824,11 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         float** crest = reinterpret_cast<float**>(lists + 2 * nrest);
         Tile rt = tile(MRrow);  // the row tiles' (their A and C by argument)
         rt.a_is = sw * pixf, rt.ldc = ldc;
+        if (yh) rt.stream = stream_tiles && NVL % 32 == 0;
+        auto row_tile_to = [&](const float* a, float* o) {  // C at o in y, or rounded into yh
+          if (yh) run_row_tile(nv, rt, a, yh + (o - y));
+          else run_row_tile(nv, rt, a, o);
+        };
         int64_t m = 0;  // rests gathered (in place: none from rows of edge pixels only)
         for (int64_t fr = 0; fr < npix; fr += Q) {  // one output row at a time
           int64_t q0 = 0;
@@ -831,7 +844,9 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             const int64_t n = n0 + fr / ipix, h0 = (p0 + fr % ipix / Q) * sh - ph;
             const float* xn = x + n * H * W * C;
             auto edge = [&](int64_t q) {
-              edge_pixel_nv(nv, xn, H, W, C, h0, q * sw - pw, R, S, dh, dw, panel, NVL, bias_kb, out_at(fr + q), cmask);
+              float* o = out_at(fr + q);
+              if (yh) edge_pixel_nv(nv, xn, H, W, C, h0, q * sw - pw, R, S, dh, dw, panel, NVL, bias_kb, yh + (o - y), cmask);
+              else edge_pixel_nv(nv, xn, H, W, C, h0, q * sw - pw, R, S, dh, dw, panel, NVL, bias_kb, o, cmask);
             };
             if (h0 < 0 || h0 + (R - 1) * dh >= H) {  // filter rows in the padding: the whole row
               for (int64_t q = 0; q < Q; ++q) edge(q);
@@ -839,12 +854,12 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             }
             auto in_x = [&](int64_t q) { return xn + (h0 * W + q * sw - pw) * C; };  // pixel q's tap (0, 0)
             for (int64_t q = 0; q < q_lo; ++q) edge(q);
-            for (q0 = q_lo; q0 + MRrow <= q_hi; q0 += MRrow) run_row_tile(nv, rt, in_x(q0), out_at(fr + q0));
+            for (q0 = q_lo; q0 + MRrow <= q_hi; q0 += MRrow) row_tile_to(in_x(q0), out_at(fr + q0));
             for (; q0 < q_hi; ++q0, ++m) arest[m] = in_x(q0), crest[m] = out_at(fr + q0);
             for (int64_t q = q_hi; q < Q; ++q) edge(q);
             continue;
           } else {
-            for (; q0 + MRrow <= Q; q0 += MRrow) run_row_tile(nv, rt, prow[fr + q0], out_at(fr + q0));
+            for (; q0 + MRrow <= Q; q0 += MRrow) row_tile_to(prow[fr + q0], out_at(fr + q0));
           }
           for (; q0 < Q; ++q0, ++m) arest[m] = prow[fr + q0], crest[m] = out_at(fr + q0);
         }

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 // CONV_EXT_ISA_PAIRS: this inclusion has the bfloat16 pairs (AVX-512 in a file that defines
 // CONV_EXT_PER_ISA_BF16: Tile::pairs and the band builders it needs)
@@ -228,8 +229,10 @@ struct Tile {
   uint16_t* c16 = nullptr;
   uint16_t* const* c16row = nullptr;
   // Not with pairs: C(i, v) rounded to float16 at h16 + i*ldc + v*VL instead of c (never with
-  // accumulate; implicit_gemm's channels_last float16 forward).
+  // accumulate; implicit_gemm's channels_last float16 forward), or at h16row[i] + v*VL where
+  // h16row is set (with crow).
   at::Half* h16 = nullptr;
+  at::Half* const* h16row = nullptr;
 };
 
 // Tile::prefetch for a tile of len steps a segment whose caller's next tile reads, in each
@@ -495,11 +498,11 @@ void micro_kernel_impl(const Tile& t) {
     }
   }
 #endif
-  if (t.h16) {
+  if (t.h16 || t.h16row) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       if (i >= t.mr) break;
-      store_row(t.h16 + i * t.ldc, acc[i], t.cmask, t.stream);
+      store_row(t.h16row ? t.h16row[i] : t.h16 + i * t.ldc, acc[i], t.cmask, t.stream);
     }
     return;
   }
@@ -582,8 +585,8 @@ inline bool row_tiles_fit(int nv, int64_t ais) { return row_tile_rows(nv) > 0 &&
 // Not inlined: inside implicit_gemm's task loop its 6x4 instance ran 0.88x (the caller's live
 // values beside 24 accumulators). The same sums in the same order as the micro-kernel (the bias
 // last): the same bits, whichever kernel a pixel gets.
-template <int NV, int MR, int AIS>
-__attribute__((noinline)) void row_tile(const Tile& t, const float* a, float* c) {
+template <int NV, int MR, int AIS, typename T>
+__attribute__((noinline)) void row_tile(const Tile& t, const float* a, T* c) {
   V acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -602,18 +605,20 @@ __attribute__((noinline)) void row_tile(const Tile& t, const float* a, float* c)
 
 // One row tile of NV vectors at a distance of AIS: row_tile, or the micro-kernel's Loop::Row where
 // the tile adds to C or its reduction is longer than a chain (a 3-channel filter of more than 85
-// taps)
-template <int NV, int AIS>
-inline void row_tile_at(const Tile& t, const float* a, float* c) {
+// taps). C: float, or at::Half (the sums rounded to float16 as they are stored; never added to).
+template <int NV, int AIS, typename T>
+inline void row_tile_at(const Tile& t, const float* a, T* c) {
   constexpr int MR = row_tile_rows(NV);
   if (!t.accumulate && t.nseg * t.len <= kChain) return row_tile<NV, MR, AIS>(t, a, c);
   Tile u = t;
-  u.a = a, u.c = c;
+  u.a = a;
+  if constexpr (std::is_same_v<T, at::Half>) u.h16 = c;
+  else u.c = c;
   micro_kernel_impl<NV, false, Loop::Row, MR, false, false, AIS>(u);
 }
 
-template <int AIS>
-inline void row_tile_nv(int nv, const Tile& t, const float* a, float* c) {
+template <int AIS, typename T>
+inline void row_tile_nv(int nv, const Tile& t, const float* a, T* c) {
   switch (nv) {
     case 2: row_tile_at<2, AIS>(t, a, c); break;
     case 3: row_tile_at<3, AIS>(t, a, c); break;
@@ -627,7 +632,8 @@ inline void row_tile_nv(int nv, const Tile& t, const float* a, float* c) {
 // a + i*t.a_is (row_tiles_fit(nv, t.a_is)); no crow, bias_i or pairs. The caller builds t once
 // for all its row tiles: a Tile built a tile (~20 stores) had the stores wait behind the last
 // tile's stores of C (perf annotate: 11% of the 3x3 stem's samples on storing a field of Tile).
-inline void run_row_tile(int nv, const Tile& t, const float* a, float* c) {
+template <typename T>
+inline void run_row_tile(int nv, const Tile& t, const float* a, T* c) {
   if (t.a_is == 3) row_tile_nv<3>(nv, t, a, c);
   else row_tile_nv<6>(nv, t, a, c);
 }
