@@ -1725,6 +1725,14 @@ void backward_weight_small_k(const Conv2dParams& p, const float* dy, const float
 // pairs: dy and x are bfloat16 (passed as float*), the reduction runs over words of pixel pairs
 // (q = 2j, 2j + 1: pack_band_pixel_pairs*, pack_dy_pixel_pairs* in simd.h) with VDPBF16PS steps,
 // and dwt gets the float32 sums or, given dw16, dw rounded to bfloat16 (bf16_pairs.cpp).
+// Backward-weight's chains of sums (Tile::chain): 64 steps (output pixels), not simd.h's kChain of
+// 256. A batch of up to ~256 pixels was one chain: 5-8e-7 against the float64 result, 3.5-5x
+// torch's error ((1,256,15,26) -> 256 7x5 g4 channels_last, 264 pixels, found by python
+// benchmarks/accuracy_search.py --seed 47); in chains of 64, 1.9-2.5e-7 (1.2-1.6x). Speed level:
+// python benchmarks/ab.py OLD.so NEW.so SHAPE --pass backward_weight, 64@56, 3x3/2 128@56,
+// 256@14, 512@7, 16@32, 1x1 64->256 @56, 0.99-1.00x.
+constexpr int64_t kWeightChain = 64;
+
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
                                    bool pairs, uint16_t* dw16) {
   if (!pairs && small_k_backward_weight(p, nhwc)) return backward_weight_small_k(p, dy, x, dwt);
@@ -1914,6 +1922,7 @@ void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const
               t.mr = static_cast<int>(std::min(MR, I - i0));
               t.crow = orow + i0;
               t.accumulate = !first;
+              t.chain = kWeightChain;
               run_tile<false>(nv, t);
             }
           }

@@ -189,6 +189,18 @@ using V = Isa::V;
 using M = Isa::M;
 constexpr int VL = Isa::VL;
 
+// Sums of at most kChain steps. A tile's sums run kChain steps of the reduction in registers, are
+// then added into a second set of sums in memory (L1) and start again from zero: a blocked
+// summation, whose rounding error grows with kChain + steps/kChain rather than with the steps.
+// One chain over a whole reduction (64 channels x 7x7 taps = 3136 steps forward; 2000 pixels in
+// backward-weight) came to 4-10x torch's float32 error against a float64 result (2e-6 vs 2e-7),
+// past the 4x the issue allows. A reduction of at most kChain steps is summed as before (the
+// same bits); longer ones cost a load, an add and a store of each sum per kChain steps (kChain x
+// MR x NV FMAs): old/new 0.94-1.06x, the machine's noise (python benchmarks/ab.py OLD.so NEW.so
+// SHAPE --pass P --rounds 8 on 3x3/2 128@56, 512@7, 2048->512 1x1, 512 g32 @14, the stem).
+// A tile may ask for shorter chains (Tile::chain: implicit_gemm's backward-weight, 64).
+constexpr int64_t kChain = 256;
+
 // One call of the micro-kernel.
 struct Tile {
   const float* a = nullptr;      // A(i, l) = a[a_off[seg] + i*a_is + l*a_ls]
@@ -233,6 +245,7 @@ struct Tile {
   // h16row is set (with crow).
   at::Half* h16 = nullptr;
   at::Half* const* h16row = nullptr;
+  int64_t chain = kChain;        // steps a chain of the sums (kChain below; shorter in backward-weight)
 };
 
 // Tile::prefetch for a tile of len steps a segment whose caller's next tile reads, in each
@@ -289,16 +302,6 @@ template <bool PAIRS>
 inline V mac(V a, V b, V c) { return Isa::fma(a, b, c); }
 #endif
 
-// Sums of at most kChain steps. A tile's sums run kChain steps of the reduction in registers, are
-// then added into a second set of sums in memory (L1) and start again from zero: a blocked
-// summation, whose rounding error grows with kChain + steps/kChain rather than with the steps.
-// One chain over a whole reduction (64 channels x 7x7 taps = 3136 steps forward; 2000 pixels in
-// backward-weight) came to 4-10x torch's float32 error against a float64 result (2e-6 vs 2e-7),
-// past the 4x the issue allows. A reduction of at most kChain steps is summed as before (the
-// same bits); longer ones cost a load, an add and a store of each sum per kChain steps (kChain x
-// MR x NV FMAs): old/new 0.94-1.06x, the machine's noise (python benchmarks/ab.py OLD.so NEW.so
-// SHAPE --pass P --rounds 8 on 3x3/2 128@56, 512@7, 2048->512 1x1, 512 g32 @14, the stem).
-constexpr int64_t kChain = 256;
 
 // sum (+)= acc, acc = 0: the end of a chain (kChain above)
 template <int NV, int MR>
@@ -390,15 +393,15 @@ void micro_kernel_impl(const Tile& t) {
   V sum[MR][NV];
   bool folded = false;
   int64_t done = 0;
-  const int64_t len = t.len;
+  const int64_t len = t.len, chain = t.chain;
   if constexpr (LOOP == Loop::Row) {
     const int64_t als = t.a_ls, bls = t.b_ls;
     for (int seg = 0; seg < t.nseg; ++seg) {
       const float* ap = t.a + t.a_off[seg];
       const float* bp = t.b + t.b_off[seg];
       for (int64_t l0 = 0; l0 < len;) {
-        if (done == kChain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
-        const int64_t n = std::min(len - l0, kChain - done);
+        if (done == chain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
+        const int64_t n = std::min(len - l0, chain - done);
         for (int64_t l = n; l > 0; --l, ap += als, bp += bls) row_step<NV, MR, AIS, PAIRS>(acc, ap, bp);
         l0 += n, done += n;
       }
@@ -406,8 +409,8 @@ void micro_kernel_impl(const Tile& t) {
   } else if constexpr (LOOP == Loop::Fast) {
     for (int seg = 0; seg < t.nseg; ++seg) {
       for (int64_t l0 = 0; l0 < len;) {
-        if (done == kChain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
-        const int64_t n = std::min(len - l0, kChain - done);
+        if (done == chain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
+        const int64_t n = std::min(len - l0, chain - done);
         const float* ap[MR];  // row i at the piece's end: A(i, l0 + n + l) = ap[i][l], l in [-n, 0)
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
@@ -444,8 +447,8 @@ void micro_kernel_impl(const Tile& t) {
       const float* bp = t.b + t.b_off[seg];
       int64_t ao = 0;
       for (int64_t l0 = 0; l0 < len;) {
-        if (done == kChain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
-        const int64_t n = std::min(len - l0, kChain - done);
+        if (done == chain) fold_chain(acc, sum, folded), done = 0;  // (a reduction of one chain never folds)
+        const int64_t n = std::min(len - l0, chain - done);
         for (int64_t l = 0; l < n; ++l) {
           V bv[NV];
 #pragma GCC unroll 4
@@ -609,7 +612,7 @@ __attribute__((noinline)) void row_tile(const Tile& t, const float* a, T* c) {
 template <int NV, int AIS, typename T>
 inline void row_tile_at(const Tile& t, const float* a, T* c) {
   constexpr int MR = row_tile_rows(NV);
-  if (!t.accumulate && t.nseg * t.len <= kChain) return row_tile<NV, MR, AIS>(t, a, c);
+  if (!t.accumulate && t.nseg * t.len <= t.chain) return row_tile<NV, MR, AIS>(t, a, c);
   Tile u = t;
   u.a = a;
   if constexpr (std::is_same_v<T, at::Half>) u.h16 = c;
