@@ -617,7 +617,9 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
     ((2, 20, 7, 9), 64, (5, 3), 2, (2, 1), (1, 2), 1),  # strided, dilated, uneven padding
     ((2, 32, 10, 12), 64, (3, 3), 1, 1, 1, 2),       # groups
     ((1, 100, 6, 7), 64, (5, 5), 1, 2, 1, 1),        # reduction panels (not one): float32 sums rounded after
-    ((2, 16, 9, 20), 16, (3, 3), 1, 1, 1, 1),        # one vector of channels, 3 taps: row runs (float32 y)
+    ((2, 16, 9, 20), 16, (3, 3), 1, 1, 1, 1),        # one vector of channels, 3 taps: row runs
+    ((2, 8, 9, 23), 12, (5, 5), 1, 2, 1, 1),         # row runs of 5 taps and their rests, a masked channel tail
+    ((1, 16, 12, 21), 16, (3, 3), 2, 1, 1, 1),       # strided row runs
     ((2, 3, 11, 30), 32, (3, 3), 2, 1, 1, 1),        # 3 channels: row tiles read in place, edge pixels, rests
     ((1, 3, 9, 40), 40, (3, 3), 1, 1, 1, 1),         # row tiles at stride 1, a masked channel tail
     ((2, 3, 10, 29), 64, (1, 1), 1, 0, 1, 1),        # row tiles on x as it lies (direct: a 1x1 on 3 channels)

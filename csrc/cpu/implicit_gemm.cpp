@@ -265,14 +265,25 @@ struct Run {
   const float* bias_v;
   const M* cmask;
   uint16_t* c16;
+  at::Half* h16 = nullptr;  // the sums rounded to float16 here instead of c (never with accumulate)
 };
 
 // A run's n <= T sums (+ bias_v) to c[q*ldc] (added to what is there with accumulate; masked by
-// cmask), or with PAIRS and c16 rounded to bfloat16 at c16[q*ldc].
+// cmask), or with PAIRS and c16 rounded to bfloat16 at c16[q*ldc], or with h16 rounded to float16
+// at h16[q*ldc].
 template <int T, bool PAIRS>
 inline void store_run(const V* acc, int n, float* c, int64_t ldc, bool accumulate, const float* bias_v,
-                      const M* cmask, uint16_t* c16) {
+                      const M* cmask, uint16_t* c16, at::Half* h16) {
   const V bv = bias_v ? Isa::load(bias_v) : Isa::zero();
+  if (h16) {
+#pragma GCC unroll 32
+    for (int q = 0; q < T && q < n; ++q) {
+      const V v = bias_v ? Isa::add(acc[q], bv) : acc[q];
+      if (cmask) Isa::storem(h16 + q * ldc, v, *cmask);
+      else Isa::store(h16 + q * ldc, v);
+    }
+    return;
+  }
 #if CONV_EXT_ISA_PAIRS
   if (PAIRS && c16) {
 #pragma GCC unroll 32
@@ -356,7 +367,7 @@ void row_run(const Run& a) {
     }
   }
   end_runs(acc, sum, folded);
-  store_run<T, PAIRS>(acc, T, a.c, a.ldc, a.accumulate, a.bias_v, a.cmask, a.c16);
+  store_run<T, PAIRS>(acc, T, a.c, a.ldc, a.accumulate, a.bias_v, a.cmask, a.c16, a.h16);
 }
 
 // A row of Q output pixels is cut into runs (cut_row) of widths the registers allow (AVX-512:
@@ -492,7 +503,7 @@ void scatter_run(const ScatterRun& a) {
     }
   }
   end_runs(acc, sum, folded);
-  store_run<T, PAIRS>(acc, a.nt, a.c, a.ldc, a.accumulate, nullptr, a.cmask, a.c16);
+  store_run<T, PAIRS>(acc, a.nt, a.c, a.ldc, a.accumulate, nullptr, a.cmask, a.c16, nullptr);
 }
 
 template <bool PAIRS, int PAR>
@@ -671,7 +682,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // 1.03-1.04x (1.10-1.11x), the 7x7/2 stem 1.00-1.01x (1.02x); AVX2 (--old-env/--new-env
   // CONV_EXT_CPU_CAPABILITY=avx2, both changes) 1.30x and 1.23x.
   const bool in_place = row_tiles && nhwc && G == 1 && !direct;  // (direct reads x in place already)
-  if (!(nhwc && ncb == 1 && !row_runs && !f.pairs)) yh = nullptr;  // (row runs store floats)
+  if (!(nhwc && ncb == 1 && !f.pairs)) yh = nullptr;
   const int64_t rowa = in_place ? W * C : rowf;  // a filter row's offset in A: r*dh*rowa
   // pixel q's taps read columns q*sw - pw + s*dw: all inside x for q in [q_lo, q_hi)
   const int64_t q_lo = std::min(Q, ceil_div(pw, sw));
@@ -836,8 +847,9 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             for (int t : widths) {
               float* o = out_at(fr + q0);
               uint16_t* o16 = y16 && nhwc ? y16 + (o - y) : nullptr;
-              run_row(t, {prow[fr + q0] + c0, dh * rowf, pixf, 0, 0, R, ccb, panel, o, ldc, cb > 0, bias_kb, cmask,
-                          o16});
+              Run run{prow[fr + q0] + c0, dh * rowf, pixf, 0, 0, R, ccb, panel, o, ldc, cb > 0, bias_kb, cmask, o16};
+              if (yh) run.h16 = yh + (o - y);
+              run_row(t, run);
               q0 += t;
             }
           } else if (in_place) {
