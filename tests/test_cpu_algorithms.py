@@ -646,6 +646,31 @@ def test_float16_forward_rounded_by_the_tiles(shape, bias):
         assert torch.equal(out, want.to(torch.float16))
 
 
+
+@pytest.mark.parametrize("shape", [
+    ((2, 40, 12, 11), 24, (3, 3), 1, 1, 1, 1),       # dx by the turned-round forward's tiles, a masked channel tail
+    ((2, 24, 9, 10), 32, (1, 3), 1, (0, 1), 1, 1),   # 1x3
+    ((1, 48, 10, 13), 40, (5, 3), 1, (2, 1), (1, 2), 1),  # dilated, uneven padding
+    ((2, 32, 10, 12), 32, (3, 3), 1, 1, 1, 2),       # groups
+    ((2, 16, 9, 20), 24, (3, 3), 1, 1, 1, 1),        # 16 dx channels: row runs
+    ((1, 64, 6, 7), 200, (5, 5), 1, 2, 1, 1),        # reduction panels: a float32 dx rounded after
+    ((2, 3, 11, 12), 32, (3, 3), 1, 1, 1, 1),        # 3 dx channels: pixel rows, a float32 dx rounded after
+], ids=str)
+def test_float16_backward_input_rounded_by_the_tiles(shape):
+    """implicit_gemm's channels_last float16 backward-input at stride 1 (the forward turned round on
+    float32 copies of dy and the filter, dx rounded to float16 by its tiles where they can): the
+    float32 pass on the converted operands, rounded once, bit for bit, in channels_last."""
+    if conv_ext.info()["cpu_capability"] == "portable":
+        pytest.skip("no SIMD kernels")
+    x, wt, _, dy, geo = (t.to(torch.float16) if torch.is_tensor(t) else t for t in make(shape, "nhwc"))
+    want = run_pass("backward_input", x.float(), wt.float(), None, dy.float(), geo)
+    assert testing.last_cpu_algorithm("backward_input") == "implicit_gemm"
+    for w in (wt, wt.contiguous(memory_format=torch.channels_last)):
+        out = run_pass("backward_input", x, w, None, dy, geo)
+        assert testing.last_cpu_algorithm("backward_input") == "implicit_gemm"
+        assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(out, want.to(torch.float16))
+
 def small_ints(seed, top, dtype=torch.bfloat16):
     """A maker of bfloat16 (or dtype) tensors of nonzero integers in [-top, top]: products and
     float32 sums of them are exact, so a kernel's result can be held to the exact one, element for

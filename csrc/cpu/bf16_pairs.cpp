@@ -69,7 +69,8 @@ bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w
                            bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16, const uint16_t* w16,
                            at::Half* yh);
 bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
-                                  const at::Tensor* filter, bool pairs, uint16_t* dx16, const uint16_t* w16);
+                                  const at::Tensor* filter, bool pairs, uint16_t* dx16, const uint16_t* w16,
+                                  at::Half* dxh);
 void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
                                    bool pairs, uint16_t* dw16);
 }  // namespace avx512
@@ -301,7 +302,7 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
   at::Tensor dx = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), format(nhwc));
   // the filter's words: rows k = 2i and 2i + 1 paired, made as the engine packs them
   if (!avx512::implicit_gemm_backward_input(q, words(dy), nullptr, dx.mutable_data_ptr<float>(), nhwc, o.filter, true,
-                                            out16(o.out), halves(o.b)))
+                                            out16(o.out), halves(o.b), nullptr))
     o.out.copy_(dx);
 }
 

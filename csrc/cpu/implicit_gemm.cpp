@@ -129,7 +129,28 @@ void run_forward_any(const Conv2dParams& p, Operands& o) {
 void run_backward_input(const Conv2dParams& p, Operands& o) {
   auto f = use_avx512() ? avx512::implicit_gemm_backward_input : avx2::implicit_gemm_backward_input;
   f(p, o.a.const_data_ptr<float>(), o.b.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), is_nhwc(p),
-    o.filter, false, nullptr, nullptr);
+    o.filter, false, nullptr, nullptr, nullptr);
+}
+
+// float16, channels_last backward-input at stride 1 (the forward turned round, whose tiles round
+// dx to float16 as the forward's do), where the float32 problem runs here: dy and the filter as
+// float32 copies, dx rounded by the tiles or, where they cannot (row runs ... as in the forward;
+// the few-channel kernels), through a float32 dx rounded after. The same bits either way.
+bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
+  if (dtype == at::kHalf)
+    return is_nhwc(p) && turns_round(p) && supports(p, at::kFloat) &&
+           choose_automatic(Pass::BackwardInput, p, at::kFloat).name == "implicit_gemm";
+  return supports(p, dtype);
+}
+
+void run_backward_input_any(const Conv2dParams& p, Operands& o) {
+  if (o.a.scalar_type() != at::kHalf) return run_backward_input(p, o);
+  const at::Tensor dy = o.a.to(at::kFloat), w = o.b.to(at::kFloat);  // (strides kept: p's hold)
+  at::Tensor dx = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::ChannelsLast);
+  auto f = use_avx512() ? avx512::implicit_gemm_backward_input : avx2::implicit_gemm_backward_input;
+  if (!f(p, dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), true, o.filter,
+         false, nullptr, nullptr, o.out.mutable_data_ptr<at::Half>()))
+    o.out.copy_(dx);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -140,7 +161,7 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 
 const bool registered =
     register_algorithm({"implicit_gemm", Pass::Forward, 10, supports_forward, run_forward_any, true}) &&
-    register_algorithm({"implicit_gemm", Pass::BackwardInput, 10, supports, run_backward_input, true}) &&
+    register_algorithm({"implicit_gemm", Pass::BackwardInput, 10, supports_backward_input, run_backward_input_any, true}) &&
     register_algorithm({"implicit_gemm", Pass::BackwardWeight, 10, supports, run_backward_weight, true});
 
 }  // namespace
@@ -1154,14 +1175,14 @@ void fwd_pack_flipped(const Conv2dParams& f, const FwdPlan& plan, const FilterSr
 }
 
 bool bwd_input_stride1(const Conv2dParams& p, const float* dy, const FilterSrc& w, float* dx, bool nhwc,
-                       const at::Tensor* filter, bool pairs, uint16_t* dx16) {
+                       const at::Tensor* filter, bool pairs, uint16_t* dx16, at::Half* dxh) {
   const Conv2dParams f = turned_problem(p);  // (kernel_util.h)
   FwdPlan plan = fwd_plan(f);
   plan.pairs = pairs;
   const bool krsc = channel_rows(p);
   const FwdFilter wf = fwd_filter(2, f, plan, krsc, filter,
                                   [&](int64_t gk, float* dst) { fwd_pack_flipped(f, plan, w, krsc, gk, dst); });
-  return fwd_compute(f, plan, dy, wf, nullptr, dx, nhwc, dx16);
+  return fwd_compute(f, plan, dy, wf, nullptr, dx, nhwc, dx16, dxh);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1429,13 +1450,16 @@ void bwd_input_pixel_rows(const Conv2dParams& p, const float* dy, const float* w
 // pairs: dy and w are words of bfloat16 pairs of output channels (p counts the words), and dx16
 // (if not null) may get dx rounded to bfloat16 instead of dx: returns whether it did (bf16_pairs.cpp).
 // w16 (pairs; w unused): the bfloat16 filter, pairs of its rows made words as packed.
+// dxh (if not null; channels_last): dx rounded to float16 instead, where the stride-1 pass (the
+// forward turned round) rounds its outputs in its tiles (fwd_compute's yh); returns whether it did.
 bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
-                                  const at::Tensor* filter, bool pairs, uint16_t* dx16, const uint16_t* w16) {
+                                  const at::Tensor* filter, bool pairs, uint16_t* dx16, const uint16_t* w16,
+                                  at::Half* dxh) {
   if (!pairs && bwd_input_use_pixel_rows(p)) return bwd_input_pixel_rows(p, dy, w, dx, nhwc), false;
   if (!pairs && bwd_input_use_col2im(p)) return bwd_input_col2im(p, dy, w, dx, nhwc), false;
   FilterSrc src;
   src.w = w, src.h = w16, src.L = p.Cg() * p.R * p.S;
-  if (turns_round(p)) return bwd_input_stride1(p, dy, src, dx, nhwc, filter, pairs, dx16);
+  if (turns_round(p)) return bwd_input_stride1(p, dy, src, dx, nhwc, filter, pairs, dx16, dxh);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t H = p.H, W = p.W, C = p.C, K = p.K, N = p.N;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
