@@ -46,7 +46,7 @@ constexpr int64_t kOne[2] = {1, 1};
 // @56, batch 4, bfloat16 forward 1031 ms vs torch's 2.6. Algorithms that take a half type
 // themselves run it natively (runs_half_natively): bfloat16's own kernels (amx_bf16, bf16_pairs,
 // ...), depthwise's 16-bit passes (bfloat16 and float16) and implicit_gemm's channels_last
-// float16 forward (float32 copies in, float16 out by its tiles).
+// float16 forward and stride-1 backward-input (float32 copies in, float16 out by its tiles).
 // (is_half: algorithms.h)
 at::Tensor to_float(const at::Tensor& t, at::MemoryFormat fmt) {
   return empty_output(t.sizes(), t.options().dtype(at::kFloat), fmt).copy_(t);

@@ -102,11 +102,12 @@ void run_forward(const Conv2dParams& p, Operands& o) {
 
 // float16, channels_last forward, where the float32 problem runs here: x, the filter and the bias
 // as float32 copies (o.filter still keys the packed-filter cache), and the sums rounded to float16
-// by the micro-kernel's stores (Tile::h16) where every output pixel goes through its tiles in one
-// reduction panel, else through a float32 y rounded after (as every other float16 problem is,
-// conv2d_cpu.cpp). The same float32 sums either way, rounded once: the same bits. A float32 y of
-// MobileNetV2's 16->96 @112 is 19 MB written and read again for its rounding (half the time of
-// its float16 forward on copies, perf record: fbgemm's FloatToFloat16).
+// as they are stored (the micro-kernel's Tile::h16 / h16row, the row tiles and edge pixels of the
+// RGB stems, the row runs' Run::h16) where the reduction is one panel, else through a float32 y
+// rounded after (as every other float16 problem is, conv2d_cpu.cpp). The same float32 sums either
+// way, rounded once: the same bits. A float32 y of MobileNetV2's 16->96 @112 is 19 MB written and
+// read again for its rounding (half the time of its float16 forward on copies, perf record:
+// fbgemm's FloatToFloat16; the 3x3/2 stem's y 30% of its samples).
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
   if (dtype == at::kHalf)
     return is_nhwc(p) && supports(p, at::kFloat) &&
@@ -132,10 +133,13 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
     o.filter, false, nullptr, nullptr, nullptr);
 }
 
-// float16, channels_last backward-input at stride 1 (the forward turned round, whose tiles round
-// dx to float16 as the forward's do), where the float32 problem runs here: dy and the filter as
-// float32 copies, dx rounded by the tiles or, where they cannot (row runs ... as in the forward;
-// the few-channel kernels), through a float32 dx rounded after. The same bits either way.
+// float16, channels_last backward-input at stride 1 (the forward turned round: fwd_compute rounds
+// dx to float16 as it rounds the forward's y), where the float32 problem runs here: dy and the
+// filter as float32 copies, dx rounded as it is stored or, where fwd_compute cannot (reduction
+// panels) and in the few-channel kernels (pixel rows, col2im), through a float32 dx rounded after.
+// The same bits either way. Old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc
+// --pass backward_input --dtype float16): 16@32 batch 8 1.07x, 32@112 1.06x; the 3x3 layers of 64
+// channels and more run winograd on copies (level).
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   if (dtype == at::kHalf)
     return is_nhwc(p) && turns_round(p) && supports(p, at::kFloat) &&
@@ -627,8 +631,9 @@ FwdFilter fwd_filter(int64_t kind, const Conv2dParams& f, const FwdPlan& plan, b
 // y = conv(x, packed weights) + bias for the forward problem p (pad >= 0). With pairs, y16 (if not
 // null) gets y rounded to bfloat16 instead of y where it can (NCHW: by the output transposes; NHWC:
 // by the tiles, when a block's reduction is one panel, ncb == 1); returns whether it did.
-// yh (if not null; channels_last) gets y rounded to float16 instead of y where every output pixel
-// goes through the micro-kernel's tiles in one panel (Tile::h16); returns whether it did.
+// yh (if not null; channels_last) gets y rounded to float16 instead of y where the reduction is
+// one panel (ncb == 1: tiles, row tiles, edge pixels and row runs store it; not run_in_place's
+// grouped runs); returns whether it did.
 bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const FwdFilter& wf, const float* bias,
                  float* y, bool nhwc, uint16_t* y16 = nullptr, at::Half* yh = nullptr) {
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q;
