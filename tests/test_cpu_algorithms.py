@@ -630,21 +630,26 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
 ])
 def test_float16_forward_rounded_by_the_tiles(shape, bias):
     """implicit_gemm's channels_last float16 forward (float32 copies of x and the filter, the
-    sums rounded to float16 by the micro-kernel's stores where all of them go through its tiles in
-    one panel, else through a float32 y): the float32 forward on the converted operands, rounded
-    once, bit for bit, in channels_last; with a channels_last filter too."""
+    sums rounded to float16 as they are stored where the reduction is one panel, else through a
+    float32 y): the float32 forward on the converted operands, rounded once, bit for bit, in
+    channels_last; with a channels_last filter too."""
+    assert_float16_rounded_by_implicit_gemm("forward", shape, bias)
+
+
+def assert_float16_rounded_by_implicit_gemm(pass_name, shape, bias=False):
+    """The float16 pass on implicit_gemm equals the float32 pass on the converted operands, rounded
+    once, in channels_last, with a KCRS and a channels_last filter."""
     if conv_ext.info()["cpu_capability"] == "portable":
         pytest.skip("no SIMD kernels")
-    x, wt, b, _, geo = (t.to(torch.float16) if torch.is_tensor(t) else t for t in make(shape, "nhwc"))
+    x, wt, b, dy, geo = (t.to(torch.float16) if torch.is_tensor(t) else t for t in make(shape, "nhwc"))
     b = b if bias else None
-    want = run_pass("forward", x.float(), wt.float(), None if b is None else b.float(), None, geo)
-    assert testing.last_cpu_algorithm("forward") == "implicit_gemm"
+    want = run_pass(pass_name, x.float(), wt.float(), None if b is None else b.float(), dy.float(), geo)
+    assert testing.last_cpu_algorithm(pass_name) == "implicit_gemm"
     for w in (wt, wt.contiguous(memory_format=torch.channels_last)):
-        out = run_pass("forward", x, w, b, None, geo)
-        assert testing.last_cpu_algorithm("forward") == "implicit_gemm"
+        out = run_pass(pass_name, x, w, b, dy, geo)
+        assert testing.last_cpu_algorithm(pass_name) == "implicit_gemm"
         assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(out, want.to(torch.float16))
-
 
 
 @pytest.mark.parametrize("shape", [
@@ -658,18 +663,10 @@ def test_float16_forward_rounded_by_the_tiles(shape, bias):
 ], ids=str)
 def test_float16_backward_input_rounded_by_the_tiles(shape):
     """implicit_gemm's channels_last float16 backward-input at stride 1 (the forward turned round on
-    float32 copies of dy and the filter, dx rounded to float16 by its tiles where they can): the
-    float32 pass on the converted operands, rounded once, bit for bit, in channels_last."""
-    if conv_ext.info()["cpu_capability"] == "portable":
-        pytest.skip("no SIMD kernels")
-    x, wt, _, dy, geo = (t.to(torch.float16) if torch.is_tensor(t) else t for t in make(shape, "nhwc"))
-    want = run_pass("backward_input", x.float(), wt.float(), None, dy.float(), geo)
-    assert testing.last_cpu_algorithm("backward_input") == "implicit_gemm"
-    for w in (wt, wt.contiguous(memory_format=torch.channels_last)):
-        out = run_pass("backward_input", x, w, None, dy, geo)
-        assert testing.last_cpu_algorithm("backward_input") == "implicit_gemm"
-        assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(out, want.to(torch.float16))
+    float32 copies of dy and the filter, dx rounded to float16 as it is stored where it can): the
+    float32 pass on the converted operands, rounded once, bit for bit."""
+    assert_float16_rounded_by_implicit_gemm("backward_input", shape)
+
 
 def small_ints(seed, top, dtype=torch.bfloat16):
     """A maker of bfloat16 (or dtype) tensors of nonzero integers in [-top, top]: products and

@@ -245,7 +245,7 @@ struct Tile {
   // h16row is set (with crow).
   at::Half* h16 = nullptr;
   at::Half* const* h16row = nullptr;
-  int64_t chain = kChain;        // steps a chain of the sums (kChain below; shorter in backward-weight)
+  int64_t chain = kChain;        // steps a chain of the sums (kChain above; shorter in backward-weight)
 };
 
 // Tile::prefetch for a tile of len steps a segment whose caller's next tile reads, in each
@@ -301,7 +301,6 @@ constexpr bool kPairs = false;
 template <bool PAIRS>
 inline V mac(V a, V b, V c) { return Isa::fma(a, b, c); }
 #endif
-
 
 // sum (+)= acc, acc = 0: the end of a chain (kChain above)
 template <int NV, int MR>
