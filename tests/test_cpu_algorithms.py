@@ -553,7 +553,8 @@ def test_default_accuracy(shape, layout):
 LONG_REDUCTIONS = [
     # (shape, layout, pass, the kernel that runs it)
     (((5, 12, 38, 40), 32, (2, 1), 2, (1, 0), 1, 4), "nchw", "backward_weight", "implicit_gemm"),  # micro-kernel: 2000 pixels
-    (((1, 256, 15, 26), 256, (7, 5), 1, 1, 1, 4), "nhwc", "backward_weight", "implicit_gemm"),  # 264 pixels: one chain of 256 was 5-8e-7
+    # 264 pixels (one chain of 256 was 5-8e-7; chains of 64 now)
+    (((1, 256, 15, 26), 256, (7, 5), 1, 1, 1, 4), "nhwc", "backward_weight", "implicit_gemm"),
     (((2, 256, 18, 38), 32, (7, 7), 1, 3, 1, 4), "nchw", "forward", "implicit_gemm"),  # row runs: 64 x 7x7 taps
     (((2, 16, 33, 26), 64, (7, 7), 1, 1, 1, 1), "nhwc", "backward_input", "implicit_gemm"),  # row runs
     (((2, 16, 20, 26), 128, (7, 7), 1, 3, 1, 1), "nchw", "backward_input", "implicit_gemm"),  # micro-kernel

@@ -165,7 +165,8 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 
 const bool registered =
     register_algorithm({"implicit_gemm", Pass::Forward, 10, supports_forward, run_forward_any, true}) &&
-    register_algorithm({"implicit_gemm", Pass::BackwardInput, 10, supports_backward_input, run_backward_input_any, true}) &&
+    register_algorithm(
+        {"implicit_gemm", Pass::BackwardInput, 10, supports_backward_input, run_backward_input_any, true}) &&
     register_algorithm({"implicit_gemm", Pass::BackwardWeight, 10, supports, run_backward_weight, true});
 
 }  // namespace
@@ -883,8 +884,9 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             const float* xn = x + n * H * W * C;
             auto edge = [&](int64_t q) {
               float* o = out_at(fr + q);
-              if (yh) edge_pixel_nv(nv, xn, H, W, C, h0, q * sw - pw, R, S, dh, dw, panel, NVL, bias_kb, yh + (o - y), cmask);
-              else edge_pixel_nv(nv, xn, H, W, C, h0, q * sw - pw, R, S, dh, dw, panel, NVL, bias_kb, o, cmask);
+              const int64_t w0 = q * sw - pw;
+              if (yh) edge_pixel_nv(nv, xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias_kb, yh + (o - y), cmask);
+              else edge_pixel_nv(nv, xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias_kb, o, cmask);
             };
             if (h0 < 0 || h0 + (R - 1) * dh >= H) {  // filter rows in the padding: the whole row
               for (int64_t q = 0; q < Q; ++q) edge(q);
