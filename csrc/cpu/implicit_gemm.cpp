@@ -108,23 +108,35 @@ void run_forward(const Conv2dParams& p, Operands& o) {
 // way, rounded once: the same bits. A float32 y of MobileNetV2's 16->96 @112 is 19 MB written and
 // read again for its rounding (half the time of its float16 forward on copies, perf record:
 // fbgemm's FloatToFloat16; the 3x3/2 stem's y 30% of its samples).
+// Whether a channels_last float16 problem runs here: where its float32 problem would.
+bool half_runs_here(Pass pass, const Conv2dParams& p) {
+  return is_nhwc(p) && supports(p, at::kFloat) && choose_automatic(pass, p, at::kFloat).name == "implicit_gemm";
+}
+
+// A float16 pass on float32 copies of its operands (strides kept: p's hold; o.filter still keys
+// the packed-filter cache): run(f, yh) computes into f.out, or rounds into yh instead and returns
+// true; else the float32 result is rounded into o.out here.
+template <class Run>
+void on_float32_copies(Operands& o, const Run& run) {
+  const at::Tensor a = o.a.to(at::kFloat), b = o.b.to(at::kFloat);
+  const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
+  at::Tensor out = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::ChannelsLast);
+  Operands f{a, b, bias, out, o.filter};
+  if (!run(f, o.out.mutable_data_ptr<at::Half>())) o.out.copy_(out);
+}
+
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype == at::kHalf)
-    return is_nhwc(p) && supports(p, at::kFloat) &&
-           choose_automatic(Pass::Forward, p, at::kFloat).name == "implicit_gemm";
-  return supports(p, dtype);
+  return dtype == at::kHalf ? half_runs_here(Pass::Forward, p) : supports(p, dtype);
 }
 
 void run_forward_any(const Conv2dParams& p, Operands& o) {
   if (o.a.scalar_type() != at::kHalf) return run_forward(p, o);
-  const at::Tensor x = o.a.to(at::kFloat), w = o.b.to(at::kFloat);  // (strides kept: p's hold)
-  const at::Tensor bias = o.bias.defined() ? o.bias.to(at::kFloat) : at::Tensor();
-  at::Tensor y = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::ChannelsLast);
-  const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  auto f = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
-  if (!f(p, x.const_data_ptr<float>(), w.const_data_ptr<float>(), bp, y.mutable_data_ptr<float>(), true, o.filter,
-         false, nullptr, nullptr, o.out.mutable_data_ptr<at::Half>()))
-    o.out.copy_(y);
+  on_float32_copies(o, [&](Operands& f, at::Half* yh) {
+    auto run = use_avx512() ? avx512::implicit_gemm_forward : avx2::implicit_gemm_forward;
+    return run(p, f.a.const_data_ptr<float>(), f.b.const_data_ptr<float>(),
+               f.bias.defined() ? f.bias.const_data_ptr<float>() : nullptr, f.out.mutable_data_ptr<float>(), true,
+               f.filter, false, nullptr, nullptr, yh);
+  });
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
@@ -141,20 +153,16 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 // --pass backward_input --dtype float16): 16@32 batch 8 1.07x, 32@112 1.06x; the 3x3 layers of 64
 // channels and more run winograd on copies (level).
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype == at::kHalf)
-    return is_nhwc(p) && turns_round(p) && supports(p, at::kFloat) &&
-           choose_automatic(Pass::BackwardInput, p, at::kFloat).name == "implicit_gemm";
-  return supports(p, dtype);
+  return dtype == at::kHalf ? turns_round(p) && half_runs_here(Pass::BackwardInput, p) : supports(p, dtype);
 }
 
 void run_backward_input_any(const Conv2dParams& p, Operands& o) {
   if (o.a.scalar_type() != at::kHalf) return run_backward_input(p, o);
-  const at::Tensor dy = o.a.to(at::kFloat), w = o.b.to(at::kFloat);  // (strides kept: p's hold)
-  at::Tensor dx = empty_output(o.out.sizes(), o.out.options().dtype(at::kFloat), at::MemoryFormat::ChannelsLast);
-  auto f = use_avx512() ? avx512::implicit_gemm_backward_input : avx2::implicit_gemm_backward_input;
-  if (!f(p, dy.const_data_ptr<float>(), w.const_data_ptr<float>(), dx.mutable_data_ptr<float>(), true, o.filter,
-         false, nullptr, nullptr, o.out.mutable_data_ptr<at::Half>()))
-    o.out.copy_(dx);
+  on_float32_copies(o, [&](Operands& f, at::Half* dxh) {
+    auto run = use_avx512() ? avx512::implicit_gemm_backward_input : avx2::implicit_gemm_backward_input;
+    return run(p, f.a.const_data_ptr<float>(), f.b.const_data_ptr<float>(), f.out.mutable_data_ptr<float>(), true,
+               f.filter, false, nullptr, nullptr, dxh);
+  });
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -710,6 +718,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
   // CONV_EXT_CPU_CAPABILITY=avx2, both changes) 1.30x and 1.23x.
   const bool in_place = row_tiles && nhwc && G == 1 && !direct;  // (direct reads x in place already)
   if (!(nhwc && ncb == 1 && !f.pairs)) yh = nullptr;
+  auto half_at = [&](const float* o) { return yh + (o - y); };  // y's element at o, in yh
   const int64_t rowa = in_place ? W * C : rowf;  // a filter row's offset in A: r*dh*rowa
   // pixel q's taps read columns q*sw - pw + s*dw: all inside x for q in [q_lo, q_hi)
   const int64_t q_lo = std::min(Q, ceil_div(pw, sw));
@@ -822,7 +831,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
           t.accumulate = cb > 0;
           t.bias_v = bias_kb;
           t.cmask = cmask;
-          t.stream = stream_tiles;
+          t.stream = stream_tiles && (!yh || NVL % 32 == 0);  // (float16: only blocks of whole lines)
           t.pairs = f.pairs;
           return t;
         };
@@ -837,12 +846,11 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             if (y16 && nhwc) t.c16 = y16 + (out_at(f0) - y);  // (NCHW: the transposes write y16)
             at::Half* hrow[Isa::mr(1)];  // (the most rows a tile has)
             if (yh && cr) {
-              for (int64_t i = 0; i < t.mr; ++i) hrow[i] = yh + (cr[f0 + i] - y);
+              for (int64_t i = 0; i < t.mr; ++i) hrow[i] = half_at(cr[f0 + i]);
               t.crow = nullptr, t.h16row = hrow;
             } else if (yh) {
-              t.h16 = yh + (out_at(f0) - y);
+              t.h16 = half_at(out_at(f0));
             }
-            if (yh) t.stream = stream_tiles && NVL % 32 == 0;  // (whole lines)
             // the next tile's x rows, read in place (direct; a band's rows are in L2 already, and
             // prefetching them measured 0.97-1.03x: 3x3/2 and 7x7/2 layers, ab.py)
             if (const int64_t f1 = std::min(n, f0 + 2 * MR); direct && f0 + MR < n)
@@ -862,9 +870,8 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
         float** crest = reinterpret_cast<float**>(lists + 2 * nrest);
         Tile rt = tile(MRrow);  // the row tiles' (their A and C by argument)
         rt.a_is = sw * pixf, rt.ldc = ldc;
-        if (yh) rt.stream = stream_tiles && NVL % 32 == 0;
         auto row_tile_to = [&](const float* a, float* o) {  // C at o in y, or rounded into yh
-          if (yh) run_row_tile(nv, rt, a, yh + (o - y));
+          if (yh) run_row_tile(nv, rt, a, half_at(o));
           else run_row_tile(nv, rt, a, o);
         };
         int64_t m = 0;  // rests gathered (in place: none from rows of edge pixels only)
@@ -875,7 +882,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
               float* o = out_at(fr + q0);
               uint16_t* o16 = y16 && nhwc ? y16 + (o - y) : nullptr;
               Run run{prow[fr + q0] + c0, dh * rowf, pixf, 0, 0, R, ccb, panel, o, ldc, cb > 0, bias_kb, cmask, o16};
-              if (yh) run.h16 = yh + (o - y);
+              if (yh) run.h16 = half_at(o);
               run_row(t, run);
               q0 += t;
             }
@@ -885,7 +892,7 @@ bool fwd_compute(const Conv2dParams& p, const FwdPlan& f, const float* x, const 
             auto edge = [&](int64_t q) {
               float* o = out_at(fr + q);
               const int64_t w0 = q * sw - pw;
-              if (yh) edge_pixel_nv(nv, xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias_kb, yh + (o - y), cmask);
+              if (yh) edge_pixel_nv(nv, xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias_kb, half_at(o), cmask);
               else edge_pixel_nv(nv, xn, H, W, C, h0, w0, R, S, dh, dw, panel, NVL, bias_kb, o, cmask);
             };
             if (h0 < 0 || h0 + (R - 1) * dh >= H) {  // filter rows in the padding: the whole row
