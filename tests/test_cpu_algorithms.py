@@ -160,6 +160,7 @@ WINOGRAD = [  # 3x3 stride 1, at least 32 channels per group on both sides
     ((3, 72, 30, 26), 80, (3, 3), 1, 1, 1, 1),         # backward-weight's slots of 22 and 23 tile rows in blocks of 5
     ((1, 264, 5, 6), 264, (3, 3), 1, 1, 1, 1),         # large U in 2 reduction pieces of 132; backward-weight's dU >= 4 MiB: blocks of 88 channels x 64 filters, K tail
     ((1, 512, 4, 5), 520, (3, 3), 1, (1, 2), 1, 2),    # the same in 2 groups (256 channels in 2 blocks, 260 filters)
+    ((1, 64, 33, 35), 64, (3, 3), 1, (0, 2), 1, 2),    # channels_last, 8+ tiles a side: patches read from x in place, padding 0 and 2, groups
 ]
 WINOGRAD_S2 = [  # forward, 3x3 stride 2, 64+ channels a group on both sides, U (25 x Cg x Kg) <= 2 MiB
     ((2, 64, 13, 11), 72, (3, 3), 2, 1, 1, 1),         # odd sizes: half tiles at the edges; K tail (72 = 4.5 vectors)
@@ -168,6 +169,7 @@ WINOGRAD_S2 = [  # forward, 3x3 stride 2, 64+ channels a group on both sides, U 
     ((2, 64, 3, 1), 64, (3, 3), 2, 1, 1, 1),           # one output column
     ((1, 64, 2, 2), 64, (3, 3), 2, 2, 1, 1),           # padding 2 on a 2x2 image: outputs that read padding only
     ((3, 96, 30, 31), 96, (3, 3), 2, 1, 1, 1),         # several tasks of whole tile rows across images
+    ((1, 128, 33, 36), 128, (3, 3), 2, (2, 0), 1, 2),  # channels_last, 8+ tiles a side: patches read from x in place, padding 2 and 0, groups
 ]
 DIRECT_NCHW = [  # <= 4 input channels per group: vectors over output columns, NCHW
     ((2, 3, 21, 50), 13, (7, 7), 2, 3, 1, 1),          # stem-like; K = 3 x 4 + 1; row of 25 = 16 + 9 (masked)

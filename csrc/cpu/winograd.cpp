@@ -366,10 +366,35 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
                      int64_t tj1, float* Vb, Planes pv, int64_t t0) {
   constexpr int PS = T::PS, ST = T::ST, NP = Tile2D<T>::NP;
   const int64_t C = s.C, H = s.H, W = s.W, Cs = e.Cs, nc = tj1 - tj0, Wb = ST * nc + PS - ST, w0 = ST * tj0 - s.pw;
-  float* band = scratch(2, PS * Wb * Cs);  // the PS input rows of a tile row, [row][col][Cs]
+  // channels_last with whole vectors of channels, planes of 8+ tiles a side: the patches are read
+  // from x where they lie, zeros loaded for the padding, no band copied. 2 threads, batch 4,
+  // old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --rounds 4):
+  // forward 128@56/2 1.03-1.05x, 64@56 1.04x, 128@28 1.03x; 64@56 backward-input 1.04x; at
+  // 4x4 and 7x7 tiles a plane (512@7, 256@14), where most tiles meet the padding, 0.98-1.00x:
+  // those keep the band.
+  const bool direct = s.nhwc && Cs == C && e.th >= 8 && e.tw >= 8;
+  float* band = direct ? nullptr : scratch(2, PS * Wb * Cs);  // the PS input rows of a tile row, [row][col][Cs]
   for (int64_t gr = gr0; gr < gr1; ++gr) {
     const int64_t n = gr / e.th, h0 = ST * (gr % e.th) - s.ph;
     const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + PS);
+    if (direct) {
+      for (int64_t j = 0; j < nc; ++j) {
+        const int64_t t = t0 + (gr - gr0) * nc + j, wj = w0 + ST * j;
+        const float* at = x + ((n * H + h0) * W + wj) * C;  // the patch's corner (perhaps outside)
+        const bool inside = h0 >= 0 && h0 + PS <= H && wj >= 0 && wj + PS <= W;
+        for (int64_t c0 = 0; c0 < Cs; c0 += VL) {
+          V d[PS * PS], v[NP];
+          for (int a = 0; a < PS; ++a)
+            for (int b = 0; b < PS; ++b) {
+              const bool in = inside || (h0 + a >= 0 && h0 + a < H && wj + b >= 0 && wj + b < W);
+              d[a * PS + b] = in ? Isa::load(at + (a * W + b) * C + c0) : Isa::zero();
+            }
+          Tile2D<T>::input(d, v);
+          for (int xi = 0; xi < NP; ++xi) Isa::store(Vb + xi * pv.xs + t * pv.ts + c0, v[xi]);
+        }
+      }
+      continue;
+    }
     for (int64_t a = 0; a < PS; ++a)  // rows outside the image
       if (h0 + a < h_lo || h0 + a >= h_hi) std::memset(band + a * Wb * Cs, 0, sizeof(float) * Wb * Cs);
     if (h_hi > h_lo) pack_band(x, s.nhwc, C, H, W, n, 0, C, h_lo, h_hi, -w0, Wb, Cs, band + (h_lo - h0) * Wb * Cs);
