@@ -106,6 +106,16 @@ bool amx_bf16_emulated() { return amx_bf16_available() && amx::g_tiles_emulated;
 
 namespace amx {
 
+// has_nonfinite's test of x[0, n) on one thread (also padded_band's of its rows).
+bool run_has_nonfinite(const bf16* x, int64_t n) {
+  const __m512i e = _mm512_set1_epi16(0x7F80);
+  __mmask32 m = 0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) m |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_loadu_si512(x + i), e), e);
+  for (; i < n; ++i) m |= (x[i] & 0x7F80) == 0x7F80;
+  return m != 0;
+}
+
 // Whether any of x[0, n) is an infinity or a NaN (exponent bits all set). A product with such a
 // value is NaN even when the other factor is 0, so kernels whose tiles pair real values with
 // zeros they put in (row_mode's values past a filter row, backward-weight's grid columns past Q)
@@ -115,23 +125,17 @@ bool has_nonfinite(const bf16* x, int64_t n) {
   const int64_t nchunk = ceil_div(n, kChunk);
   std::vector<uint8_t> bad(static_cast<size_t>(nchunk), 0);
   for_each_task(nchunk, n * 4, [&](int64_t c) {
-    const __m512i e = _mm512_set1_epi16(0x7F80);
-    __mmask32 m = 0;
-    int64_t i = c * kChunk;
-    const int64_t end = std::min(n, i + kChunk);
-    for (; i + 32 <= end; i += 32) m |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_loadu_si512(x + i), e), e);
-    for (; i < end; ++i) m |= (x[i] & 0x7F80) == 0x7F80;
-    bad[c] = m != 0;
+    bad[c] = run_has_nonfinite(x + c * kChunk, std::min(kChunk, n - c * kChunk));
   });
   for (const uint8_t b : bad)
     if (b) return true;
   return false;
 }
 
-// x (N, C, H, W; NCHW or NHWC) as a zero-padded NHWC band [n][Hp][Wp][Cp] (rows ph.., columns
-// pw.. hold the image, channels past C are 0), followed by `slack` zero elements.
+// (amx_tiles.h)
 at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
-                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack) {
+                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack, bool* nonfinite) {
+  std::vector<uint8_t> bad(nonfinite ? static_cast<size_t>(N * Hp) : 0, 0);
   const int64_t img = Hp * Wp * Cp;
   at::Tensor band_t = bf16_buffer(N * img + slack);
   bf16* xb = bf16_data(band_t);
@@ -185,7 +189,9 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
         }
       }
     }
+    if (nonfinite) bad[nh] = run_has_nonfinite(d, Wp * Cp);
   });
+  if (nonfinite) *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
   return band_t;
 }
 
@@ -586,8 +592,10 @@ void run_tiles(const TileJob& jb) {
 // Groups (p.groups > 1, each of a multiple of 32 channels: grouped_in_place) run in one pass
 // over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
 // w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
-void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
-             int64_t w_group = -1) {
+// check_finite (where reads_past(p) and the band is padded_band's): returns false, having
+// written nothing, where x holds an infinity or a NaN, found as the band is copied.
+bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
+             int64_t w_group = -1, bool check_finite = false) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t G = p.groups, Cg = p.Cg(), K = p.Kg();
@@ -669,7 +677,10 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     job.xb = x, job.tail = t, job.tail_from = from;
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
-    band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack) : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack);
+    bool nonfinite = false;
+    band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack)
+                   : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack, check_finite ? &nonfinite : nullptr);
+    if (nonfinite) return false;
     job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
   }
   job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = in_place ? C : Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
@@ -677,6 +688,7 @@ void forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   job.Ho = P, job.Wo = Q, job.macs = p.macs();
   job.groups = G, job.a_group = grows ? N * Hp * Wp * Cg : Cg, job.wp_group = group_elems, job.ldk = p.K;
   run_tiles(job);
+  return true;
 }
 
 // Backward-input with a stride (or a padding past dil, which the turned-round forward
@@ -944,12 +956,18 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 
 #pragma GCC pop_options
 
+// Whether forward's input is copied by padded_band, which can check it for infinities and NaNs
+// as it copies (row_mode's RGB stems: a pass over x less, 3-5% of their time).
+bool band_checks(const Conv2dParams& p) { return !grouped_rows(p) && !in_place_1x1(p); }
+
 void forward_one(const Conv2dParams& p, Operands& o) {
-  if (reads_past(p) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
+  const bool check = reads_past(p), fused = check && band_checks(p);
+  if (check && !fused && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
     return run_as_float32(Pass::Forward, p, o);
   const bf16* bias = o.bias.defined() ? reinterpret_cast<const bf16*>(o.bias.const_data_ptr()) : nullptr;
-  forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
-          bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
+  if (!forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+               bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, -1, fused))
+    run_as_float32(Pass::Forward, p, o);
 }
 
 void backward_input_one(const Conv2dParams& p, Operands& o) {
@@ -959,11 +977,13 @@ void backward_input_one(const Conv2dParams& p, Operands& o) {
     return;
   }
   const Conv2dParams f = turned(p);
-  if (reads_past(f) && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
+  const bool check = reads_past(f), fused = check && band_checks(f);
+  if (check && !fused && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
     return run_as_float32(Pass::BackwardInput, p, o);
   const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
-  forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
-          reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, p.Kg() * p.ws_k);
+  if (!forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
+               reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, p.Kg() * p.ws_k, fused))
+    run_as_float32(Pass::BackwardInput, p, o);
 }
 
 // A 1x1 stride-1 unpadded layer's dw[k][c] = sum_m dy[m][k] x[m][c] is symmetric in x and dy:

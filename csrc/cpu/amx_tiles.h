@@ -366,9 +366,11 @@ inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 bool has_nonfinite(const bf16* x, int64_t n);
 
 // x (N, C, H, W; NCHW or NHWC) as a zero-padded NHWC band [n][Hp][Wp][Cp] (rows ph.., columns
-// pw.. hold the image, channels past C are 0), followed by `slack` zero elements.
+// pw.. hold the image, channels past C are 0), followed by `slack` zero elements. With
+// `nonfinite`, whether x holds an infinity or a NaN (has_nonfinite) is set there too, from each
+// band row as it is written (while it is in L1): not a pass of its own over x.
 at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
-                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack);
+                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack, bool* nonfinite = nullptr);
 
 }  // namespace amx
 }  // namespace cpu
