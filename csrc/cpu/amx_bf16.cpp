@@ -412,6 +412,11 @@ struct TileJob {
   // Groups (1: none): group g reads the band's channels from g a_group on, B tiles from
   // wp + g wp_group, writes output channels g K on of ldk (ldk 0: K) and its bias from there.
   int64_t groups = 1, a_group = 0, wp_group = 0, ldk = 0;
+  // A band read in place whose A rows read past a pixel's channels (reads_past): each task first
+  // tests the band pixels of its grid pixels for infinities and NaNs (bringing them into cache
+  // for its tiles), sets *nonfinite and stops where it finds one; the caller then computes the
+  // whole output again on float32 copies.
+  std::atomic<bool>* nonfinite = nullptr;
 };
 
 void run_tiles(const TileJob& jb) {
@@ -461,6 +466,12 @@ void run_tiles(const TileJob& jb) {
     const int64_t gb = task / per_group_tasks, kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
     const int64_t g0 = gb * gpt, g1 = std::min(jb.groups, g0 + gpt);
     const int64_t mp0 = mb * kPairs, mp1 = std::min(npair, (mb + 1) * kPairs);
+    if (jb.nonfinite) {  // (a flat grid on a band read in place: grid pixel m is band pixel m)
+      const int64_t m0 = 2 * kTile * mp0, m1 = std::min(Hp * Wp, 2 * kTile * mp1);
+      if (kb_blk == 0 && m1 > m0 && run_has_nonfinite(xb + (n * Hp * Wp + m0) * Cb, (m1 - m0) * Cb))
+        jb.nonfinite->store(true, std::memory_order_relaxed);
+      if (jb.nonfinite->load(std::memory_order_relaxed)) return;
+    }
     configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
     alignas(64) float bv[2 * kTile];
@@ -592,8 +603,9 @@ void run_tiles(const TileJob& jb) {
 // Groups (p.groups > 1, each of a multiple of 32 channels: grouped_in_place) run in one pass
 // over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
 // w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
-// check_finite (where reads_past(p) and the band is padded_band's): returns false, having
-// written nothing, where x holds an infinity or a NaN, found as the band is copied.
+// check_finite (where reads_past(p), but for grouped_rows): returns false where x holds an
+// infinity or a NaN, found as the band is copied (padded_band; nothing written then) or, for a
+// band read in place, by the tasks of run_tiles (some outputs written then).
 bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
              int64_t w_group = -1, bool check_finite = false) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
@@ -667,6 +679,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   // copied with zeros after them (copying MobileNet's 96->24 1x1 @56 input took 40% of its time).
   TileJob job;
   at::Tensor band_t;
+  std::atomic<bool> nonfinite{false};
   const bool in_place = in_place_1x1(p);
   if (in_place) {
     const int64_t total = N * H * W, from = std::max<int64_t>(0, total - 2 * kTile);
@@ -675,12 +688,13 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     std::memcpy(t, x + from * C, sizeof(bf16) * (total - from) * C);
     std::memset(t + (total - from) * C, 0, sizeof(bf16) * 4 * kTile * C);
     job.xb = x, job.tail = t, job.tail_from = from;
+    if (check_finite) job.nonfinite = &nonfinite;
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
-    bool nonfinite = false;
+    bool band_nonfinite = false;
     band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack)
-                   : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack, check_finite ? &nonfinite : nullptr);
-    if (nonfinite) return false;
+                   : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack, check_finite ? &band_nonfinite : nullptr);
+    if (band_nonfinite) return false;
     job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
   }
   job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = in_place ? C : Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
@@ -688,7 +702,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   job.Ho = P, job.Wo = Q, job.macs = p.macs();
   job.groups = G, job.a_group = grows ? N * Hp * Wp * Cg : Cg, job.wp_group = group_elems, job.ldk = p.K;
   run_tiles(job);
-  return true;
+  return !nonfinite.load();
 }
 
 // Backward-input with a stride (or a padding past dil, which the turned-round forward
@@ -956,9 +970,11 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 
 #pragma GCC pop_options
 
-// Whether forward's input is copied by padded_band, which can check it for infinities and NaNs
-// as it copies (row_mode's RGB stems: a pass over x less, 3-5% of their time).
-bool band_checks(const Conv2dParams& p) { return !grouped_rows(p) && !in_place_1x1(p); }
+// Whether forward checks its input for infinities and NaNs as it goes (check_finite): rather than a
+// pass of its own over x, padded_band tests each band row as it copies it (row_mode's RGB stems:
+// 3-5% of their time) and run_tiles' tasks the pixels they read in place (MobileNet's 144->24
+// 1x1 channels_last: ~20%).
+bool band_checks(const Conv2dParams& p) { return !grouped_rows(p); }
 
 void forward_one(const Conv2dParams& p, Operands& o) {
   const bool check = reads_past(p), fused = check && band_checks(p);
