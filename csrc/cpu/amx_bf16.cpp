@@ -691,6 +691,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     if (check_finite) job.nonfinite = &nonfinite;
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
+    TORCH_INTERNAL_ASSERT(!(check_finite && grows), "group_bands does not test for infinities and NaNs");
     bool band_nonfinite = false;
     band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack)
                    : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack, check_finite ? &band_nonfinite : nullptr);

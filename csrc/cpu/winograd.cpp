@@ -374,40 +374,36 @@ void input_transform(const WinoShape& s, const Geo& e, const float* x, int64_t g
   // those keep the band.
   const bool direct = s.nhwc && Cs == C && e.th >= 8 && e.tw >= 8;
   float* band = direct ? nullptr : scratch(2, PS * Wb * Cs);  // the PS input rows of a tile row, [row][col][Cs]
+  // tile t's V from its patch, value (a, b) of channels c0.. given by at(a, b, c0)
+  auto transform = [&](int64_t t, auto at) {
+    for (int64_t c0 = 0; c0 < Cs; c0 += VL) {
+      V d[PS * PS], v[NP];
+      for (int a = 0; a < PS; ++a)
+        for (int b = 0; b < PS; ++b) d[a * PS + b] = at(a, b, c0);
+      Tile2D<T>::input(d, v);
+      for (int xi = 0; xi < NP; ++xi) Isa::store(Vb + xi * pv.xs + t * pv.ts + c0, v[xi]);
+    }
+  };
   for (int64_t gr = gr0; gr < gr1; ++gr) {
     const int64_t n = gr / e.th, h0 = ST * (gr % e.th) - s.ph;
     const int64_t h_lo = std::max<int64_t>(0, h0), h_hi = std::min(H, h0 + PS);
     if (direct) {
       for (int64_t j = 0; j < nc; ++j) {
-        const int64_t t = t0 + (gr - gr0) * nc + j, wj = w0 + ST * j;
-        const float* at = x + ((n * H + h0) * W + wj) * C;  // the patch's corner (perhaps outside)
+        const int64_t wj = w0 + ST * j, corner = ((n * H + h0) * W + wj) * C;  // (perhaps outside x)
         const bool inside = h0 >= 0 && h0 + PS <= H && wj >= 0 && wj + PS <= W;
-        for (int64_t c0 = 0; c0 < Cs; c0 += VL) {
-          V d[PS * PS], v[NP];
-          for (int a = 0; a < PS; ++a)
-            for (int b = 0; b < PS; ++b) {
-              const bool in = inside || (h0 + a >= 0 && h0 + a < H && wj + b >= 0 && wj + b < W);
-              d[a * PS + b] = in ? Isa::load(at + (a * W + b) * C + c0) : Isa::zero();
-            }
-          Tile2D<T>::input(d, v);
-          for (int xi = 0; xi < NP; ++xi) Isa::store(Vb + xi * pv.xs + t * pv.ts + c0, v[xi]);
-        }
+        transform(t0 + (gr - gr0) * nc + j, [&](int a, int b, int64_t c0) {
+          const bool in = inside || (h0 + a >= 0 && h0 + a < H && wj + b >= 0 && wj + b < W);
+          return in ? Isa::load(x + corner + (a * W + b) * C + c0) : Isa::zero();
+        });
       }
       continue;
     }
     for (int64_t a = 0; a < PS; ++a)  // rows outside the image
       if (h0 + a < h_lo || h0 + a >= h_hi) std::memset(band + a * Wb * Cs, 0, sizeof(float) * Wb * Cs);
     if (h_hi > h_lo) pack_band(x, s.nhwc, C, H, W, n, 0, C, h_lo, h_hi, -w0, Wb, Cs, band + (h_lo - h0) * Wb * Cs);
-    for (int64_t j = 0; j < nc; ++j) {
-      const int64_t t = t0 + (gr - gr0) * nc + j;
-      for (int64_t c0 = 0; c0 < Cs; c0 += VL) {
-        V d[PS * PS], v[NP];
-        for (int a = 0; a < PS; ++a)
-          for (int b = 0; b < PS; ++b) d[a * PS + b] = Isa::load(band + (a * Wb + ST * j + b) * Cs + c0);
-        Tile2D<T>::input(d, v);
-        for (int xi = 0; xi < NP; ++xi) Isa::store(Vb + xi * pv.xs + t * pv.ts + c0, v[xi]);
-      }
-    }
+    for (int64_t j = 0; j < nc; ++j)
+      transform(t0 + (gr - gr0) * nc + j,
+                [&](int a, int b, int64_t c0) { return Isa::load(band + (a * Wb + ST * j + b) * Cs + c0); });
   }
 }
 
