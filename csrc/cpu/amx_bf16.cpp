@@ -603,16 +603,19 @@ void run_tiles(const TileJob& jb) {
 // Groups (p.groups > 1, each of a multiple of 32 channels: grouped_in_place) run in one pass
 // over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
 // w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
-// check_finite (where reads_past(p), but for grouped_rows): returns false where x holds an
-// infinity or a NaN, found as the band is copied (padded_band; nothing written then) or, for a
-// band read in place, by the tasks of run_tiles (some outputs written then).
+// Returns false where its A rows would meet an infinity or a NaN in x with zeros (reads_past):
+// the caller then runs the problem on float32 copies. Found as the band is copied (padded_band;
+// nothing written then), by the tasks of run_tiles for a band read in place (some outputs
+// written then), or by a pass of its own over x for group_bands: not a pass over x before
+// every call (row_mode's RGB stems: 3-5% of their time; MobileNet's 144->24 1x1 channels_last
+// read in place: ~20%).
 bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
-             int64_t w_group = -1, bool check_finite = false) {
+             int64_t w_group = -1) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t G = p.groups, Cg = p.Cg(), K = p.Kg();
   if (w_group < 0) w_group = K * p.ws_k;
-  const bool nhwc = is_nhwc(p);
+  const bool nhwc = is_nhwc(p), check_finite = reads_past(p);
   const int64_t Hp = std::max(H + 2 * ph, (P - 1) * sh + (R - 1) * dh + 1);
   // At stride 1 the flat grid reads on across a band row's end, so a row's right padding can be
   // the next row's left padding: rows of W + pw pixels (W + 2 pw before), Wp - Q grid columns a
@@ -691,7 +694,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     if (check_finite) job.nonfinite = &nonfinite;
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
-    TORCH_INTERNAL_ASSERT(!(check_finite && grows), "group_bands does not test for infinities and NaNs");
+    if (check_finite && grows && has_nonfinite(x, N * C * H * W)) return false;
     bool band_nonfinite = false;
     band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack)
                    : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack, check_finite ? &band_nonfinite : nullptr);
@@ -971,19 +974,10 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 
 #pragma GCC pop_options
 
-// Whether forward checks its input for infinities and NaNs as it goes (check_finite): rather than a
-// pass of its own over x, padded_band tests each band row as it copies it (row_mode's RGB stems:
-// 3-5% of their time) and run_tiles' tasks the pixels they read in place (MobileNet's 144->24
-// 1x1 channels_last: ~20%).
-bool band_checks(const Conv2dParams& p) { return !grouped_rows(p); }
-
 void forward_one(const Conv2dParams& p, Operands& o) {
-  const bool check = reads_past(p), fused = check && band_checks(p);
-  if (check && !fused && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.C * p.H * p.W))
-    return run_as_float32(Pass::Forward, p, o);
   const bf16* bias = o.bias.defined() ? reinterpret_cast<const bf16*>(o.bias.const_data_ptr()) : nullptr;
   if (!forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
-               bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, -1, fused))
+               bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter))
     run_as_float32(Pass::Forward, p, o);
 }
 
@@ -994,12 +988,9 @@ void backward_input_one(const Conv2dParams& p, Operands& o) {
     return;
   }
   const Conv2dParams f = turned(p);
-  const bool check = reads_past(f), fused = check && band_checks(f);
-  if (check && !fused && has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), p.N * p.K * p.P * p.Q))
-    return run_as_float32(Pass::BackwardInput, p, o);
   const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
   if (!forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
-               reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, p.Kg() * p.ws_k, fused))
+               reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, p.Kg() * p.ws_k))
     run_as_float32(Pass::BackwardInput, p, o);
 }
 
