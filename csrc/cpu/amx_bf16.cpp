@@ -972,6 +972,130 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   return true;
 }
 
+// A channels_last 1x1 stride-1 unpadded layer's dw[k][c] = sum_m dy[m][k] x[m][c] over the
+// N*H*W pixels m (both tensors rows of pixels, one run): the A tiles (dy's filters x 32 pixels)
+// and B tiles (pixel pairs of x's channels) are made from the rows as they are read, 256 pixels
+// at a time in L1, and never written out. backward_weight first transposes all of dy and pairs
+// all of x in memory (each written and read again: 4x the bytes of the layer's operands), and
+// splits only filters and channels between tasks: MobileNetV2's 32->16 @112 was one task.
+// Here a task is a part of the pixels (`part` steps of 32, a function of the shape only) for
+// every filter and channel; the parts' sums are added in their order (sum_chunks): the same bits
+// for any thread count and machine. Filters beyond K, channels beyond C and pixels beyond the
+// last are zeros in the tiles that hold them, and the sums they make are not written: an
+// infinity or NaN in dy or x meets only what it meets in the convolution (no float32 copy).
+//
+// dy's transpose, 32 pixels x 16 filters: 16 vectors of two pixels' 16 values as 32-bit words
+// (filter pairs), transpose_16x16 (vector d < 8: pair d of the even pixels, d + 8 of the odd
+// ones), then one two-source word permute per A row (filter 2d: the low words of d and d + 8
+// interleaved; 2d + 1 the high ones). x's pairs: UNPCKLWD / UNPCKHWD of two pixels' 32 channels
+// (unpacked_column order, put back in order when the sums are written).
+bool weight_1x1_pixels(const Conv2dParams& p) {
+  return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1 &&
+         is_nhwc(p);
+}
+
+void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
+  const int64_t K = p.K, C = p.C, M = p.N * p.H * p.W;
+  const int64_t Kt = round_up(K, kTile), Kp = round_up(K, kChan), Cp = round_up(C, kChan);
+  const int64_t nkb = Kp / kChan, ncb = Cp / kChan, blocks = nkb * ncb;
+  constexpr int64_t kBlockSums = kChan * kChan;  // a 2x2 block's C tiles as float32
+  const int64_t nsteps = ceil_div(M, kChan);
+  // parts of 64 steps (2048 pixels) or more: at most 4 MiB of partial sums
+  const int64_t part = std::max<int64_t>(64, ceil_div(nsteps * blocks * kBlockSums * 4, int64_t(4) << 20));
+  const int64_t nparts = ceil_div(nsteps, part);
+  at::Tensor sums_t = at::empty({nparts * blocks * kBlockSums}, at::TensorOptions().dtype(at::kFloat));
+  float* sums = sums_t.data_ptr<float>();
+  const int64_t kSub = Kt == kTile || Kp * Cp <= kChan * kChan ? 2 : 4;  // steps a sub-step: the A and B tiles made at once
+  alignas(64) int16_t even_idx[2 * kTile];  // lane 2i: word 2i of a, lane 2i + 1: word 2i of b
+  for (int i = 0; i < kTile; ++i) even_idx[2 * i] = int16_t(2 * i), even_idx[2 * i + 1] = int16_t(2 * kTile + 2 * i);
+  const __m512i even = _mm512_load_si512(even_idx), odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
+  // channel blocks split between tasks where the parts are too few for the threads (dy's A tiles
+  // made again by each): the sums and their order are the same
+  const int64_t ncg = std::min(ncb, ceil_div(2 * pool_threads(), nparts)), cg = ceil_div(ncb, ncg);
+  for_each_task(nparts * ncg, p.macs(), [&](int64_t task) {
+    const int64_t pt = task / ncg, cb0 = task % ncg * cg, cb1 = std::min(ncb, cb0 + cg);
+    // at[step][k][32 pixels] (Kt rows a step); bt[step][pair][32 channels x 2] (one block of channels)
+    bf16* at = reinterpret_cast<bf16*>(scratch(4, kSub * Kt * kChan / 2 + 32));
+    bf16* bt = reinterpret_cast<bf16*>(scratch(5, kSub * kTile * 2 * kChan / 2 + 32));
+    float* acc = sums + pt * blocks * kBlockSums;
+    configure_tiles();
+    const int64_t g_end = std::min(nsteps, (pt + 1) * part);
+    for (int64_t g0 = pt * part; g0 < g_end; g0 += kSub) {
+      const int64_t ns = std::min(kSub, g_end - g0);
+      for (int64_t s = 0; s < ns; ++s) {  // A: dy's 32 pixels of the step as rows of filters
+        const int64_t m0 = (g0 + s) * kChan, nm = std::min(kChan, M - m0);
+        for (int64_t k0 = 0; k0 < Kt; k0 += kTile) {
+          const __mmask16 km = first_lanes(K - k0);
+          __m512i r[kTile];
+          for (int64_t i = 0; i < kTile; ++i) {
+            const bf16* src = dy + (m0 + 2 * i) * K + k0;
+            const __m512i lo = _mm512_maskz_loadu_epi16(2 * i < nm ? km : 0, src);  // pixel 2i, then 2i + 1:
+            r[i] = _mm512_mask_loadu_epi16(lo, 2 * i + 1 < nm ? __mmask32(km) << 16 : 0, src + K - kTile);  // lanes 16-31
+          }
+          transpose_16x16(r);
+          bf16* d = at + (s * Kt + k0) * kChan;
+          for (int64_t j = 0; j < kTile / 2; ++j) {
+            _mm512_store_si512(d + 2 * j * kChan, _mm512_permutex2var_epi16(r[j], even, r[j + 8]));
+            _mm512_store_si512(d + (2 * j + 1) * kChan, _mm512_permutex2var_epi16(r[j], odd, r[j + 8]));
+          }
+        }
+      }
+      for (int64_t cb = cb0; cb < cb1; ++cb) {
+        const int64_t c0 = cb * kChan;
+        const __mmask32 cm = C - c0 >= kChan ? ~__mmask32(0) : (__mmask32(1) << (C - c0)) - 1;
+        for (int64_t s = 0; s < ns; ++s) {  // B: pairs of x's pixels, 32 channels
+          const int64_t m0 = (g0 + s) * kChan, nm = std::min(kChan, M - m0);
+          for (int64_t j = 0; j < kTile; ++j) {
+            const bf16* src = x + (m0 + 2 * j) * C + c0;
+            const __m512i a = 2 * j < nm ? _mm512_maskz_loadu_epi16(cm, src) : _mm512_setzero_si512();
+            const __m512i b = 2 * j + 1 < nm ? _mm512_maskz_loadu_epi16(cm, src + C) : _mm512_setzero_si512();
+            bf16* o = bt + (s * kTile + j) * 2 * kChan;
+            _mm512_store_si512(o, _mm512_unpacklo_epi16(a, b));
+            _mm512_store_si512(o + kChan, _mm512_unpackhi_epi16(a, b));
+          }
+        }
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          float(*c)[2 * kTile] = reinterpret_cast<float(*)[2 * kTile]>(acc + (kb * ncb + cb) * kBlockSums);
+          if (g0 == pt * part) {
+            zero_2x2();
+          } else {
+            load_2x2(c);
+          }
+          const bool a_pair = K - kb * kChan > kTile;  // else the A pair's second tile is zeros
+          for (int64_t s = 0; s < ns; ++s) {
+            const bf16* a0 = at + (s * Kt + kb * kChan) * kChan;
+            const bf16* b0 = bt + s * kTile * 2 * kChan;
+            constexpr int64_t a_stride = kChan * int64_t(sizeof(bf16)), b_stride = 2 * kChan * int64_t(sizeof(bf16));
+            if (a_pair) {
+              step_2x2(a0, a0 + kTile * kChan, a_stride, b0, b0 + kChan, b_stride);
+            } else {
+              step_1x2(a0, a_stride, b0, b0 + kChan, b_stride);
+            }
+          }
+          store_2x2(c);
+        }
+      }
+    }
+    release_tiles();
+  });
+  sum_chunks(sums, nparts, blocks * kBlockSums);
+  const __m512i order = unpacked_order();
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t kb = blk / ncb, cb = blk % ncb, c0 = cb * kChan, cn = std::min(kChan, C - c0);
+    const float(*cbuf)[2 * kTile] = reinterpret_cast<const float(*)[2 * kTile]>(sums + blk * kBlockSums);
+    for (int64_t i = 0; i < kChan && kb * kChan + i < K; ++i) {
+      alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
+      _mm512_store_si512(v, unpacked_row_bf16(cbuf[i], order));
+      bf16* o = dwt + (kb * kChan + i) * p.ws_k + c0 * p.ws_c;
+      if (p.ws_c == 1) {
+        std::memcpy(o, v, sizeof(bf16) * cn);
+      } else {
+        for (int64_t j = 0; j < cn; ++j) o[j * p.ws_c] = v[j];
+      }
+    }
+  }
+}
+
 #pragma GCC pop_options
 
 void forward_one(const Conv2dParams& p, Operands& o) {
@@ -1017,6 +1141,10 @@ void backward_weight_one(const Conv2dParams& p, Operands& o) {
   const bf16* dy = reinterpret_cast<const bf16*>(o.a.const_data_ptr());
   const bf16* x = reinterpret_cast<const bf16*>(o.b.const_data_ptr());
   bf16* dw = reinterpret_cast<bf16*>(o.out.mutable_data_ptr());
+  if (weight_1x1_pixels(p)) {
+    if (p.K > p.C && p.K * p.C < (int64_t(1) << 20)) return backward_weight_pixels(swapped_1x1(p), x, dy, dw);
+    return backward_weight_pixels(p, dy, x, dw);
+  }
   const bool done = swap_1x1(p) ? backward_weight(swapped_1x1(p), x, dy, dw) : backward_weight(p, dy, x, dw);
   if (!done) run_as_float32(Pass::BackwardWeight, p, o);
 }
