@@ -991,21 +991,24 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 // (unpacked_column order, put back in order when the sums are written).
 bool weight_1x1_pixels(const Conv2dParams& p) {
   return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1 &&
-         is_nhwc(p);
+         (is_nhwc(p) || is_nchw(p));
 }
 
 void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
-  const int64_t K = p.K, C = p.C, M = p.N * p.H * p.W;
+  const int64_t K = p.K, C = p.C, HW = p.H * p.W;
+  const bool nhwc = is_nhwc(p);
   const int64_t Kt = round_up(K, kTile), Kp = round_up(K, kChan), Cp = round_up(C, kChan);
   const int64_t nkb = Kp / kChan, ncb = Cp / kChan, blocks = nkb * ncb;
   constexpr int64_t kBlockSums = kChan * kChan;  // a 2x2 block's C tiles as float32
-  const int64_t nsteps = ceil_div(M, kChan);
+  // steps of 32 pixels: channels_last across images (one run), NCHW an image's plane at a time
+  const int64_t spi = nhwc ? ceil_div(p.N * HW, kChan) : ceil_div(HW, kChan), nsteps = nhwc ? spi : p.N * spi;
+  const int64_t M = nhwc ? p.N * HW : HW;  // pixels of a run of steps
   // parts of 64 steps (2048 pixels) or more: at most 4 MiB of partial sums
   const int64_t part = std::max<int64_t>(64, ceil_div(nsteps * blocks * kBlockSums * 4, int64_t(4) << 20));
   const int64_t nparts = ceil_div(nsteps, part);
   at::Tensor sums_t = at::empty({nparts * blocks * kBlockSums}, at::TensorOptions().dtype(at::kFloat));
   float* sums = sums_t.data_ptr<float>();
-  const int64_t kSub = Kt == kTile || Kp * Cp <= kChan * kChan ? 2 : 4;  // steps a sub-step: the A and B tiles made at once
+  const int64_t sub = Kt == kTile || Kp * Cp <= kChan * kChan ? 2 : 4;  // steps whose A and B tiles are made at once
   alignas(64) int16_t even_idx[2 * kTile];  // lane 2i: word 2i of a, lane 2i + 1: word 2i of b
   for (int i = 0; i < kTile; ++i) even_idx[2 * i] = int16_t(2 * i), even_idx[2 * i + 1] = int16_t(2 * kTile + 2 * i);
   const __m512i even = _mm512_load_si512(even_idx), odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
@@ -1015,15 +1018,22 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
   for_each_task(nparts * ncg, p.macs(), [&](int64_t task) {
     const int64_t pt = task / ncg, cb0 = task % ncg * cg, cb1 = std::min(ncb, cb0 + cg);
     // at[step][k][32 pixels] (Kt rows a step); bt[step][pair][32 channels x 2] (one block of channels)
-    bf16* at = reinterpret_cast<bf16*>(scratch(4, kSub * Kt * kChan / 2 + 32));
-    bf16* bt = reinterpret_cast<bf16*>(scratch(5, kSub * kTile * 2 * kChan / 2 + 32));
+    bf16* at = reinterpret_cast<bf16*>(scratch(4, sub * Kt * kChan / 2 + 32));
+    bf16* bt = reinterpret_cast<bf16*>(scratch(5, sub * kTile * 2 * kChan / 2 + 32));
     float* acc = sums + pt * blocks * kBlockSums;
     configure_tiles();
     const int64_t g_end = std::min(nsteps, (pt + 1) * part);
-    for (int64_t g0 = pt * part; g0 < g_end; g0 += kSub) {
-      const int64_t ns = std::min(kSub, g_end - g0);
+    for (int64_t g0 = pt * part; g0 < g_end; g0 += sub) {
+      const int64_t ns = std::min(sub, g_end - g0);
       for (int64_t s = 0; s < ns; ++s) {  // A: dy's 32 pixels of the step as rows of filters
-        const int64_t m0 = (g0 + s) * kChan, nm = std::min(kChan, M - m0);
+        const int64_t n = (g0 + s) / spi, m0 = (g0 + s) % spi * kChan, nm = std::min(kChan, M - m0);
+        if (!nhwc) {  // rows of dy already
+          const __mmask32 mm = nm == kChan ? ~__mmask32(0) : (__mmask32(1) << nm) - 1;
+          for (int64_t k = 0; k < Kt; ++k)
+            _mm512_store_si512(at + (s * Kt + k) * kChan,
+                               _mm512_maskz_loadu_epi16(k < K ? mm : 0, dy + (n * K + k) * HW + m0));
+          continue;
+        }
         for (int64_t k0 = 0; k0 < Kt; k0 += kTile) {
           const __mmask16 km = first_lanes(K - k0);
           __m512i r[kTile];
@@ -1044,7 +1054,20 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
         const int64_t c0 = cb * kChan;
         const __mmask32 cm = C - c0 >= kChan ? ~__mmask32(0) : (__mmask32(1) << (C - c0)) - 1;
         for (int64_t s = 0; s < ns; ++s) {  // B: pairs of x's pixels, 32 channels
-          const int64_t m0 = (g0 + s) * kChan, nm = std::min(kChan, M - m0);
+          const int64_t n = (g0 + s) / spi, m0 = (g0 + s) % spi * kChan, nm = std::min(kChan, M - m0);
+          if (!nhwc) {  // 16 channels' 32 pixels as 32-bit pairs, transposed: row j = pair j of each channel
+            const __mmask32 mm = nm == kChan ? ~__mmask32(0) : (__mmask32(1) << nm) - 1;
+            for (int64_t h = 0; h < 2; ++h) {
+              __m512i r[kTile];
+              for (int64_t i = 0; i < kTile; ++i) {
+                const int64_t c = c0 + h * kTile + i;
+                r[i] = _mm512_maskz_loadu_epi16(c < C ? mm : 0, x + (n * C + c) * HW + m0);
+              }
+              transpose_16x16(r);
+              for (int64_t j = 0; j < kTile; ++j) _mm512_store_si512(bt + ((s * kTile + j) * 2 + h) * kChan, r[j]);
+            }
+            continue;
+          }
           for (int64_t j = 0; j < kTile; ++j) {
             const bf16* src = x + (m0 + 2 * j) * C + c0;
             const __m512i a = 2 * j < nm ? _mm512_maskz_loadu_epi16(cm, src) : _mm512_setzero_si512();
@@ -1079,7 +1102,7 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
     release_tiles();
   });
   sum_chunks(sums, nparts, blocks * kBlockSums);
-  const __m512i order = unpacked_order();
+  const __m512i order = nhwc ? unpacked_order() : word_steps();  // (NCHW's B columns are in order)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t kb = blk / ncb, cb = blk % ncb, c0 = cb * kChan, cn = std::min(kChan, C - c0);
     const float(*cbuf)[2 * kTile] = reinterpret_cast<const float(*)[2 * kTile]>(sums + blk * kBlockSums);
