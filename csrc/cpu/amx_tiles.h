@@ -302,22 +302,24 @@ inline __m512i unpacked_row_bf16(const float* row, __m512i order) {
   return _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + kTile), _mm512_loadu_ps(row)));
 }
 
-// d[k * ld + i] = src[i * K + k] for pixels i < n and filters k < K: channels_last pixels (K values
-// each) turned into rows of filters, two filters of 16 pixels a 32-bit gather of (src[i][k],
-// src[i][k + 1]); the pixels outer, so that their K values are read from L1 by every gather.
-inline void pixels_to_rows(const bf16* src, int64_t K, int64_t n, bf16* d, int64_t ld) {
-  const __m512i idx = lane_steps(K);
+// d[k * ld + i] = src[i * stride + k] for pixels i < n and filters k < K (stride 0: K):
+// channels_last pixels (stride values each) turned into rows of filters, two filters of 16 pixels
+// a 32-bit gather of (src[i][k], src[i][k + 1]); the pixels outer, so that their K values are
+// read from L1 by every gather.
+inline void pixels_to_rows(const bf16* src, int64_t K, int64_t n, bf16* d, int64_t ld, int64_t stride = 0) {
+  if (stride == 0) stride = K;
+  const __m512i idx = lane_steps(stride);
   for (int64_t i0 = 0; i0 < n; i0 += kTile) {
     const __mmask16 m = first_lanes(n - i0);
     for (int64_t k = 0; k + 1 < K; k += 2) {
-      const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, src + i0 * K + k, 2);
+      const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, src + i0 * stride + k, 2);
       const __m512i hi = _mm512_maskz_srli_epi32(0xFFFF, v, 16);  // (the maskz forms: no undefined
       _mm256_mask_storeu_epi16(d + k * ld + i0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, v));  // lanes for GCC)
       _mm256_mask_storeu_epi16(d + (k + 1) * ld + i0, m, _mm512_maskz_cvtepi32_epi16(0xFFFF, hi));
     }
   }
   if (K % 2 == 1)
-    for (int64_t i = 0; i < n; ++i) d[(K - 1) * ld + i] = src[i * K + K - 1];
+    for (int64_t i = 0; i < n; ++i) d[(K - 1) * ld + i] = src[i * stride + K - 1];
 }
 
 // r[i][j] -> r[j][i] for 16 vectors of 16 32-bit words: words, then pairs of words interleaved
