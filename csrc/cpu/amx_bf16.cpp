@@ -596,7 +596,6 @@ void run_tiles(const TileJob& jb) {
         }
       }
     }
-    release_tiles();
   });
 }
 
@@ -932,7 +931,6 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         }
       }
     }
-    release_tiles();
     const __m512i order = diag ? word_steps() : unpacked_order();  // diag's columns are in order
     for (int64_t kp = kg0; kp < kg1; ++kp) {
       const int64_t k0 = kp * kChan, kn = std::min(kChan, K - k0);
@@ -1099,7 +1097,6 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
         }
       }
     }
-    release_tiles();
   });
   sum_chunks(sums, nparts, blocks * kBlockSums);
   const __m512i order = nhwc ? unpacked_order() : word_steps();  // (NCHW's B columns are in order)
@@ -1200,7 +1197,6 @@ void rows_1x1(int64_t N, int64_t HW, int64_t O, int64_t I, const bf16* in, const
         }
       }
     }
-    release_tiles();
   });
 }
 

@@ -142,7 +142,6 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         }
       }
     }
-    release_tiles();
   });
   sum_chunks(sums, nparts, blocks * tile_sums);
   for_each_task(blocks, blocks * tile_sums * 8, [&](int64_t blk) {
@@ -272,7 +271,6 @@ void backward_input(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* 
         }
       }
     }
-    release_tiles();
   });
 }
 
