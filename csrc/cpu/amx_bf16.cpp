@@ -6,7 +6,11 @@
 // 4 other groups a group at a time (per_group).
 // Forward (below); backward-input, at stride 1 that forward on dy with the filter turned round,
 // strided by dx's stride phases (backward_input_phases); backward-weight with dy rows as A tiles
-// and pairs of band pixels as B tiles (backward_weight).
+// and pairs of band pixels as B tiles (backward_weight). 1x1 stride-1 unpadded layers of one
+// group: backward-weight with both tiles made from the pixels as they are read, tasks over parts
+// of the pixels (backward_weight_pixels, NCHW and NHWC); NCHW forward and backward-input with the
+// filter as A and pairs of the plane's channel rows as B, C tiles being rows of the output
+// (rows_1x1).
 //
 //   y[n,p,q,k] = bias[k] + sum_{r,s,c} x[n, p*sh-ph+r*dh, q*sw-pw+s*dw, c] * w[k,c,r,s]
 //
@@ -970,10 +974,11 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   return true;
 }
 
-// A channels_last 1x1 stride-1 unpadded layer's dw[k][c] = sum_m dy[m][k] x[m][c] over the
-// N*H*W pixels m (both tensors rows of pixels, one run): the A tiles (dy's filters x 32 pixels)
-// and B tiles (pixel pairs of x's channels) are made from the rows as they are read, 256 pixels
-// at a time in L1, and never written out. backward_weight first transposes all of dy and pairs
+// A 1x1 stride-1 unpadded layer's dw[k][c] = sum_m dy[m][k] x[m][c] over the pixels m
+// (channels_last: the N*H*W pixels of both tensors, one run; NCHW: each image's plane in steps of
+// 32, the last one partial): the A tiles (dy's filters x 32 pixels) and B tiles (pixel pairs of
+// x's channels) are made from the tensors as they are read, 2 or 4 steps of 32 pixels at a time
+// in L1, and never written out. backward_weight first transposes all of dy and pairs
 // all of x in memory (each written and read again: 4x the bytes of the layer's operands), and
 // splits only filters and channels between tasks: MobileNetV2's 32->16 @112 was one task.
 // Here a task is a part of the pixels (`part` steps of 32, a function of the shape only) for
@@ -986,7 +991,16 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 // (filter pairs), transpose_16x16 (vector d < 8: pair d of the even pixels, d + 8 of the odd
 // ones), then one two-source word permute per A row (filter 2d: the low words of d and d + 8
 // interleaved; 2d + 1 the high ones). x's pairs: UNPCKLWD / UNPCKHWD of two pixels' 32 channels
-// (unpacked_column order, put back in order when the sums are written).
+// (unpacked_column order, put back in order when the sums are written). NCHW: dy's rows are A
+// rows already (copied, zeros past the plane), and 16 channels' 32 pixels as 32-bit pairs,
+// transposed (transpose_16x16), are a B tile (columns in order).
+// python benchmarks/ab.py OLD.so NEW.so SHAPE --pass backward_weight --dtype bfloat16, batch 8,
+// MobileNetV2's and ResNet-50's 1x1 layers: channels_last 32->16 @112 4.2x faster, 16->96 @112
+// 3.2x, 24->144 and 144->24 @56 2.2-2.4x, 64->256 @56 2.2x, 96->576 @14 2.3x, 1024->256 @14
+// 1.3x, ResNet-50's 7x7 ones 0.93-1.05x; NCHW 2.9-5.4x on the planes of 56 and 112, 1.2-1.8x at
+// 7x7 and 14x14.
+// Steps a round (`sub`): 2 with 16 filters or one 32x32 block, else 4 (8 ran 0.85-0.95x on the
+// large layers, 2 was best for the smallest, 0.87x at 64->64).
 bool weight_1x1_pixels(const Conv2dParams& p) {
   return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1 &&
          (is_nhwc(p) || is_nchw(p));
@@ -1006,7 +1020,7 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
   const int64_t nparts = ceil_div(nsteps, part);
   at::Tensor sums_t = at::empty({nparts * blocks * kBlockSums}, at::TensorOptions().dtype(at::kFloat));
   float* sums = sums_t.data_ptr<float>();
-  const int64_t sub = Kt == kTile || Kp * Cp <= kChan * kChan ? 2 : 4;  // steps whose A and B tiles are made at once
+  const int64_t sub = Kt == kTile || Kp * Cp <= kChan * kChan ? 2 : 4;  // steps whose A and B tiles are made at once (a round)
   alignas(64) int16_t even_idx[2 * kTile];  // lane 2i: word 2i of a, lane 2i + 1: word 2i of b
   for (int i = 0; i < kTile; ++i) even_idx[2 * i] = int16_t(2 * i), even_idx[2 * i + 1] = int16_t(2 * kTile + 2 * i);
   const __m512i even = _mm512_load_si512(even_idx), odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
@@ -1126,7 +1140,10 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
 // for each 32 their B tiles (all channels, made once) meet every 32 outputs' A tiles. Pixels past
 // the plane are zeros in B and their sums not written; channels past I are zero rows of B and
 // zero columns of A; outputs past O not written: an infinity or NaN meets only what it meets in
-// the convolution.
+// the convolution. python benchmarks/ab.py (forward, backward-input), bfloat16, batch 8:
+// MobileNetV2's 1x1 layers on planes of 56 and 112 1.7-3.2x faster, 1024->256 @14 1.1-1.2x,
+// MobileNetV2's 7x7 ones 1.0-1.3x. With a filter of 1M values or more (ResNet-50's 512->2048 and
+// 2048->512 @7: 0.47-0.96x, every 32 pixels reading all of it) forward's band path runs.
 bool nchw_1x1(const Conv2dParams& p) {
   return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1 &&
          is_nchw(p) && p.ws_c == 1 && p.ws_k == p.C && p.K * p.C < (int64_t(1) << 20);
@@ -1232,14 +1249,7 @@ void backward_input_one(const Conv2dParams& p, Operands& o) {
 
 // A 1x1 stride-1 unpadded layer's dw[k][c] = sum_m dy[m][k] x[m][c] is symmetric in x and dy:
 // with roles swapped (x as dy, dy as x) the result is dw's transpose, written through swapped
-// strides. backward_weight transposes its dy (the A tiles: filters x pixels) and pairs x's pixels
-// in place; with more filters than channels the swapped form transposes the smaller tensor
-// (channels_last, batch 4, benchmarks/ab.py: 64->256 @56 1.50x faster, 128->512 @28 1.42x;
-// 256->1024 @14 0.94x and NCHW 0.92-1.2x, so not there: an NCHW dy needs no transpose).
-bool swap_1x1(const Conv2dParams& p) {
-  return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1 &&
-         p.K > p.C && is_nhwc(p) && p.H * p.W >= 28 * 28;
-}
+// strides (backward_weight_pixels' A side is the smaller tensor: see backward_weight_one).
 Conv2dParams swapped_1x1(const Conv2dParams& p) {
   Conv2dParams q = p;
   q.C = p.K, q.K = p.C;  // H, W = P, Q already
@@ -1253,12 +1263,16 @@ void backward_weight_one(const Conv2dParams& p, Operands& o) {
   const bf16* dy = reinterpret_cast<const bf16*>(o.a.const_data_ptr());
   const bf16* x = reinterpret_cast<const bf16*>(o.b.const_data_ptr());
   bf16* dw = reinterpret_cast<bf16*>(o.out.mutable_data_ptr());
+  // 1x1: the A side (made again by each task of a part's channel blocks, its tiles read by every
+  // channel block) the smaller of x and dy; with the filter's 1M values or more (ResNet-50's
+  // 512->2048 @7, batch 8: 1.15-1.20x, channels_last and NCHW) dy's 2048 filters as A.
+  // python benchmarks/ab.py with either choice, channels_last, bfloat16, batch 8: 16->96 @112,
+  // 24->144 @56, 64->256 @56, 256->1024 @14 swapped 1.1-1.2x (NCHW 1.3-1.6x) faster.
   if (weight_1x1_pixels(p)) {
     if (p.K > p.C && p.K * p.C < (int64_t(1) << 20)) return backward_weight_pixels(swapped_1x1(p), x, dy, dw);
     return backward_weight_pixels(p, dy, x, dw);
   }
-  const bool done = swap_1x1(p) ? backward_weight(swapped_1x1(p), x, dy, dw) : backward_weight(p, dy, x, dw);
-  if (!done) run_as_float32(Pass::BackwardWeight, p, o);
+  if (!backward_weight(p, dy, x, dw)) run_as_float32(Pass::BackwardWeight, p, o);
 }
 
 // Grouped layers (groups > 1): each group as a problem of its own on contiguous copies of its
