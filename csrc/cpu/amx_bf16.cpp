@@ -1008,6 +1008,9 @@ bool weight_1x1_pixels(const Conv2dParams& p) {
 
 void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
   const int64_t K = p.K, C = p.C, HW = p.H * p.W;
+  // (16+ filters and channels, supports_backward_weight: the channels_last A rows' second pixel
+  // is loaded from 16 values before it, inside dy)
+  TORCH_INTERNAL_ASSERT(K >= kTile && C >= kTile);
   const bool nhwc = is_nhwc(p);
   const int64_t Kt = round_up(K, kTile), Kp = round_up(K, kChan), Cp = round_up(C, kChan);
   const int64_t nkb = Kp / kChan, ncb = Cp / kChan, blocks = nkb * ncb;
@@ -1051,8 +1054,8 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
           __m512i r[kTile];
           for (int64_t i = 0; i < kTile; ++i) {
             const bf16* src = dy + (m0 + 2 * i) * K + k0;
-            const __m512i lo = _mm512_maskz_loadu_epi16(2 * i < nm ? km : 0, src);  // pixel 2i, then 2i + 1:
-            r[i] = _mm512_mask_loadu_epi16(lo, 2 * i + 1 < nm ? __mmask32(km) << 16 : 0, src + K - kTile);  // lanes 16-31
+            const __m512i lo = _mm512_maskz_loadu_epi16(2 * i < nm ? km : 0, src);  // pixel 2i, then 2i + 1
+            r[i] = _mm512_mask_loadu_epi16(lo, 2 * i + 1 < nm ? __mmask32(km) << 16 : 0, src + K - kTile);  // in lanes 16-31
           }
           transpose_16x16(r);
           bf16* d = at + (s * Kt + k0) * kChan;
