@@ -739,8 +739,8 @@ AMX_EXACT = AMX + AMX_ROWS + [
     ((2, 16, 24, 24), 20, (1, 1), 1, 0, 1, 1),        # gemm_1x1's bfloat16 backward-weight on pixel-pair words:
     ((3, 40, 4, 6), 24, (1, 1), 1, 0, 1, 1),          # pieces of 256 words and a rest, whole images a call (12
     ((2, 32, 6, 8), 48, (1, 1), 1, 0, 1, 2),          # words a plane), groups, channel tails (20 of 32 lanes)
-    ((2, 40, 33, 35), 48, (1, 1), 1, 0, 1, 1),        # amx_bf16's channels_last 1x1 backward-weight made from the
-    ((1, 72, 45, 47), 16, (1, 1), 1, 0, 1, 1),        # pixels: two parts (swapped; 6 and 3 pixels in the last step),
+    ((2, 40, 33, 35), 48, (1, 1), 1, 0, 1, 1),        # amx_bf16's 1x1 backward-weight made from the pixels (and NCHW
+    ((1, 72, 45, 47), 16, (1, 1), 1, 0, 1, 1),        # rows_1x1): two parts (swapped; 6 and 3 pixels in the last step),
     ((1, 512, 2, 3), 2048, (1, 1), 1, 0, 1, 1),       # 16 filters (half A pairs), unswapped with K > C;
     ((3, 17, 3, 5), 130, (1, 1), 1, 0, 1, 1),         # odd counts: 45 pixels, 17 channels, 130 filters
 ]
