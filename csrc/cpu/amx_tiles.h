@@ -152,7 +152,10 @@ inline void emulated_step(const void* a0, const void* b0, const void* a1, const 
 // after a task (no TILERELEASE): a kernel's tasks are often small (MobileNetV2's
 // 32->16 1x1 @112 channels_last forward: 784 tasks, 9% of its samples after the LDTILECFG), and
 // every task of every kernel here configures the same 8 tiles. A thread keeps its tile state
-// after the call (saved and restored with its other registers when it is switched out).
+// after the call (saved and restored with its other registers when it is switched out). Code
+// that uses the tiles after us loads its own configuration (oneDNN's lazy configure, as torch's
+// bfloat16 convolutions run it, compares the thread's stored one the same way): the tests and
+// benchmarks alternate its calls and ours in one process.
 inline void configure_tiles() {
   if (tiles_emulated()) return;
   TileConfig cfg;
