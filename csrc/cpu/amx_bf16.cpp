@@ -841,7 +841,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       while (col >= Ws) ++row, col -= Ws;
       const int64_t i0 = pixel(row, col), i1 = pixel(row, col + 1);
       for (int64_t c0 = 0; c0 < Cp; c0 += kChan) {
-        const __mmask32 cm = cs - c0 >= kChan ? ~__mmask32(0) : (__mmask32(1) << (cs - c0)) - 1;
+        const __mmask32 cm = first_words(cs - c0);
         const __m512i a = _mm512_maskz_loadu_epi16(i0 >= 0 ? cm : 0, xb + std::max<int64_t>(i0, 0) * cs + c0);
         const __m512i b = _mm512_maskz_loadu_epi16(i1 >= 0 ? cm : 0, xb + std::max<int64_t>(i1, 0) * cs + c0);
         bf16* o = d + (c0 / kChan * Jn + j) * 2 * kChan;  // columns in unpacked_column order
@@ -1023,7 +1023,8 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
   const int64_t nparts = ceil_div(nsteps, part);
   at::Tensor sums_t = at::empty({nparts * blocks * kBlockSums}, at::TensorOptions().dtype(at::kFloat));
   float* sums = sums_t.data_ptr<float>();
-  const int64_t sub = Kt == kTile || Kp * Cp <= kChan * kChan ? 2 : 4;  // steps whose A and B tiles are made at once (a round)
+  constexpr int64_t kSubMax = 4;
+  const int64_t sub = Kt == kTile || Kp * Cp <= kChan * kChan ? 2 : kSubMax;  // steps whose A and B tiles are made at once (a round)
   alignas(64) int16_t even_idx[2 * kTile];  // lane 2i: word 2i of a, lane 2i + 1: word 2i of b
   for (int i = 0; i < kTile; ++i) even_idx[2 * i] = int16_t(2 * i), even_idx[2 * i + 1] = int16_t(2 * kTile + 2 * i);
   const __m512i even = _mm512_load_si512(even_idx), odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
@@ -1038,15 +1039,17 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
     float* acc = sums + pt * blocks * kBlockSums;
     configure_tiles();
     const int64_t g_end = std::min(nsteps, (pt + 1) * part);
+    int64_t sn[kSubMax], sm0[kSubMax], snm[kSubMax];  // the round's steps: image, first pixel, pixels
     for (int64_t g0 = pt * part; g0 < g_end; g0 += sub) {
       const int64_t ns = std::min(sub, g_end - g0);
+      for (int64_t s = 0; s < ns; ++s)
+        sn[s] = (g0 + s) / spi, sm0[s] = (g0 + s) % spi * kChan, snm[s] = std::min(kChan, M - sm0[s]);
       for (int64_t s = 0; s < ns; ++s) {  // A: dy's 32 pixels of the step as rows of filters
-        const int64_t n = (g0 + s) / spi, m0 = (g0 + s) % spi * kChan, nm = std::min(kChan, M - m0);
+        const int64_t n = sn[s], m0 = sm0[s], nm = snm[s];
         if (!nhwc) {  // rows of dy already
-          const __mmask32 mm = nm == kChan ? ~__mmask32(0) : (__mmask32(1) << nm) - 1;
           for (int64_t k = 0; k < Kt; ++k)
             _mm512_store_si512(at + (s * Kt + k) * kChan,
-                               _mm512_maskz_loadu_epi16(k < K ? mm : 0, dy + (n * K + k) * HW + m0));
+                               _mm512_maskz_loadu_epi16(k < K ? first_words(nm) : 0, dy + (n * K + k) * HW + m0));
           continue;
         }
         for (int64_t k0 = 0; k0 < Kt; k0 += kTile) {
@@ -1067,11 +1070,11 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
       }
       for (int64_t cb = cb0; cb < cb1; ++cb) {
         const int64_t c0 = cb * kChan;
-        const __mmask32 cm = C - c0 >= kChan ? ~__mmask32(0) : (__mmask32(1) << (C - c0)) - 1;
+        const __mmask32 cm = first_words(C - c0);
         for (int64_t s = 0; s < ns; ++s) {  // B: pairs of x's pixels, 32 channels
-          const int64_t n = (g0 + s) / spi, m0 = (g0 + s) % spi * kChan, nm = std::min(kChan, M - m0);
+          const int64_t n = sn[s], m0 = sm0[s], nm = snm[s];
           if (!nhwc) {  // 16 channels' 32 pixels as 32-bit pairs, transposed: row j = pair j of each channel
-            const __mmask32 mm = nm == kChan ? ~__mmask32(0) : (__mmask32(1) << nm) - 1;
+            const __mmask32 mm = first_words(nm);
             for (int64_t h = 0; h < 2; ++h) {
               __m512i r[kTile];
               for (int64_t i = 0; i < kTile; ++i) {
@@ -1169,6 +1172,11 @@ void rows_1x1(int64_t N, int64_t HW, int64_t O, int64_t I, const bf16* in, const
       for (int64_t o = o0; o < std::min(O, o0 + no); ++o) std::memcpy(aw + o * Ip, w + o * I, sizeof(bf16) * I);
     }
   });
+  std::vector<float> bias_f(static_cast<size_t>(O), 0.f);  // bias as float32 (bfloat16 = the top half)
+  for (int64_t o = 0; bias && o < O; ++o) {
+    const uint32_t u = uint32_t(bias[o]) << 16;
+    std::memcpy(&bias_f[o], &u, 4);
+  }
   constexpr int64_t kBlocks = 8;  // 32-pixel blocks a task
   const int64_t bpi = ceil_div(HW, kChan), tpi = ceil_div(bpi, kBlocks);
   for_each_task(N * tpi, N * HW * O * I, [&](int64_t task) {
@@ -1179,7 +1187,7 @@ void rows_1x1(int64_t N, int64_t HW, int64_t O, int64_t I, const bf16* in, const
     configure_tiles();
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t m0 = b * kChan, nm = std::min(kChan, HW - m0);
-      const __mmask32 mm = nm == kChan ? ~__mmask32(0) : (__mmask32(1) << nm) - 1;
+      const __mmask32 mm = first_words(nm);
       const bf16* src = in + n * I * HW + m0;
       for (int64_t ib = 0; ib < nib; ++ib)
         for (int64_t j = 0; j < kTile; ++j) {
@@ -1206,10 +1214,7 @@ void rows_1x1(int64_t N, int64_t HW, int64_t O, int64_t I, const bf16* in, const
         store_2x2(cbuf);
         for (int64_t r = 0; r < kChan && o0 + r < O; ++r) {
           const int64_t o = o0 + r;
-          const uint32_t u = bias ? uint32_t(bias[o]) << 16 : 0u;  // bias as float32 (the top half)
-          float bo;
-          std::memcpy(&bo, &u, 4);
-          const __m512 bv = _mm512_set1_ps(bo);
+          const __m512 bv = _mm512_set1_ps(bias_f[o]);
           const __m512i v = _mm512_permutexvar_epi16(
               order, (__m512i)_mm512_cvtne2ps_pbh(_mm512_add_ps(_mm512_loadu_ps(cbuf[r] + kTile), bv),
                                                   _mm512_add_ps(_mm512_loadu_ps(cbuf[r]), bv)));

@@ -274,6 +274,8 @@ inline void store_2x2(float (*cbuf)[2 * kTile]) {  // cbuf[32][32]: C00 | C01 ov
 
 // The first n of 16 lanes (none for n <= 0, all for n >= 16).
 inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>(n >= kTile ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1); }
+// The first n of 32 word lanes (none for n <= 0, all for n >= 32).
+inline __mmask32 first_words(int64_t n) { return n >= kChan ? ~__mmask32(0) : n <= 0 ? 0 : (__mmask32(1) << n) - 1; }
 // 16 32-bit lanes holding 0, step, 2 step, ... (gather offsets).
 inline __m512i lane_steps(int64_t step) {
   return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
