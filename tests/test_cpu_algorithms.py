@@ -878,6 +878,8 @@ def test_depthwise_bfloat16_rounding(layout, dtype):
     ((1, 32, 28, 28), 64, (1, 1), 1, 0, 1, 1),     # its swapped 1x1 backward-weight (channels_last)
     ((1, 40, 6, 7), 48, (1, 1), 1, 0, 1, 1),       # its in-place 1x1 reading into the next pixel
     ((2, 48, 7, 6), 40, (1, 1), 1, 0, 1, 1),       # ... and backward-input's, on dy (tasks test what they read)
+    ((2, 80, 7, 6), 16, (1, 1), 1, 0, 1, 1),       # ... fewer filters than channels: tasks test their sums
+    ((2, 24, 7, 6), 80, (1, 1), 1, 0, 1, 1),       # ... and backward-input's on dy's 80 channels
     ((1, 64, 9, 9), 64, (3, 3), 1, 1, 1, 8),       # its small groups (block-diagonal filters)
     ((1, 32, 8, 8), 32, (3, 3), 1, 1, 1, 1),
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 1),

@@ -416,12 +416,28 @@ struct TileJob {
   // Groups (1: none): group g reads the band's channels from g a_group on, B tiles from
   // wp + g wp_group, writes output channels g K on of ldk (ldk 0: K) and its bias from there.
   int64_t groups = 1, a_group = 0, wp_group = 0, ldk = 0;
-  // A band read in place whose A rows read past a pixel's channels (reads_past): each task first
-  // tests the band pixels of its grid pixels for infinities and NaNs (bringing them into cache
-  // for its tiles), sets *nonfinite and stops where it finds one; the caller then computes the
-  // whole output again on float32 copies.
+  // A band read in place whose A rows read past a pixel's channels (reads_past): each task tests
+  // for infinities and NaNs, sets *nonfinite where it finds one (the tasks not yet begun then
+  // stop), and the caller computes the whole output again on float32 copies. It tests the band
+  // pixels of its grid pixels before its tiles (bringing them into cache), or, with test_sums
+  // (channels_last outputs), the float32 sums it stores: a value read past a pixel's channels
+  // meets zero rows of B in every C column of the pixel's tile row, so an infinity or a NaN there
+  // (0 x inf = NaN) makes every sum of the pixel NaN, and finite sums mean the values read past
+  // were finite. Sums where there are fewer of them than values read (forward() sets it):
+  // MobileNetV2's 144->24 @56 channels_last forward spent ~25% of its time testing its band
+  // pixels (a pass over x of its own, the tiles then reading x again from cache; 28% of the
+  // samples, perf record), 1.23-1.25x faster testing the sums; 16->96 @112 and 24->144 @56 ran
+  // 0.94-0.96x that way (benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass forward
+  // --dtype bfloat16, batch 8).
   std::atomic<bool>* nonfinite = nullptr;
+  bool test_sums = false;
 };
+
+// The lanes of m where v is an infinity or a NaN (exponent bits all set).
+inline __mmask16 nonfinite_lanes(__mmask16 m, __m512 v) {
+  const __m512i e = _mm512_set1_epi32(0x7F800000);
+  return _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_castps_si512(v), e), e);
+}
 
 void run_tiles(const TileJob& jb) {
   const int64_t N = jb.N, Hp = jb.Hb, Wp = jb.Wb, Cb = jb.Cb, sh = jb.sh, sw = jb.sw, P = jb.P, Q = jb.Q, K = jb.K;
@@ -470,12 +486,14 @@ void run_tiles(const TileJob& jb) {
     const int64_t gb = task / per_group_tasks, kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
     const int64_t g0 = gb * gpt, g1 = std::min(jb.groups, g0 + gpt);
     const int64_t mp0 = mb * kPairs, mp1 = std::min(npair, (mb + 1) * kPairs);
-    if (jb.nonfinite) {  // (a flat grid on a band read in place: grid pixel m is band pixel m)
+    if (jb.nonfinite && !jb.test_sums) {  // (a flat grid on a band read in place: grid pixel m is band pixel m)
       const int64_t m0 = 2 * kTile * mp0, m1 = std::min(Hp * Wp, 2 * kTile * mp1);
       if (kb_blk == 0 && m1 > m0 && run_has_nonfinite(xb + (n * Hp * Wp + m0) * Cb, (m1 - m0) * Cb))
         jb.nonfinite->store(true, std::memory_order_relaxed);
-      if (jb.nonfinite->load(std::memory_order_relaxed)) return;
     }
+    if (jb.nonfinite && jb.nonfinite->load(std::memory_order_relaxed)) return;
+    const bool test_sums = jb.nonfinite && jb.test_sums;
+    __mmask16 bad = 0;  // lanes of the sums stored that were an infinity or a NaN (test_sums)
     configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
     alignas(64) float bv[2 * kTile];
@@ -553,10 +571,13 @@ void run_tiles(const TileJob& jb) {
             for (int64_t i = 0; i < 2 * kTile; ++i) {
               if (o[i] < 0) continue;
               bf16* out = gy + (n * plane + o[i]) * ldk + k0;
-              _mm256_mask_storeu_epi16(out, m0, to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][c0]), _mm512_load_ps(bv))));
+              const __m512 lo = _mm512_add_ps(_mm512_load_ps(&cbuf[i][c0]), _mm512_load_ps(bv));
+              if (test_sums) bad |= nonfinite_lanes(m0, lo);
+              _mm256_mask_storeu_epi16(out, m0, to_bf16(lo));
               if (one_block) continue;
-              const __m256i hi = to_bf16(_mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile)));
-              _mm256_mask_storeu_epi16(out + kTile, m1, hi);
+              const __m512 hi = _mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile));
+              if (test_sums) bad |= nonfinite_lanes(m1, hi);
+              _mm256_mask_storeu_epi16(out + kTile, m1, to_bf16(hi));
             }
             return;
           }
@@ -600,6 +621,7 @@ void run_tiles(const TileJob& jb) {
         }
       }
     }
+    if (bad) jb.nonfinite->store(true, std::memory_order_relaxed);
   });
 }
 
@@ -608,10 +630,10 @@ void run_tiles(const TileJob& jb) {
 // w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
 // Returns false where its A rows would meet an infinity or a NaN in x with zeros (reads_past):
 // the caller then runs the problem on float32 copies. Found as the band is copied (padded_band;
-// nothing written then), by the tasks of run_tiles for a band read in place (some outputs
-// written then), or by a pass of its own over x for group_bands: not a pass over x before
-// every call (row_mode's RGB stems: 3-5% of their time; MobileNet's 144->24 1x1 channels_last
-// read in place: ~20%).
+// nothing written then), from the sums by the tasks of run_tiles for a band read in place (see
+// TileJob::nonfinite; outputs written then), or by a pass of its own over x for group_bands: not
+// a pass over x before every call (row_mode's RGB stems: 3-5% of their time; MobileNet's 144->24
+// 1x1 channels_last read in place: ~20%).
 bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
              int64_t w_group = -1) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
@@ -694,7 +716,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     std::memcpy(t, x + from * C, sizeof(bf16) * (total - from) * C);
     std::memset(t + (total - from) * C, 0, sizeof(bf16) * 4 * kTile * C);
     job.xb = x, job.tail = t, job.tail_from = from;
-    if (check_finite) job.nonfinite = &nonfinite;
+    if (check_finite) job.nonfinite = &nonfinite, job.test_sums = nhwc && K < C;
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
     if (check_finite && grows && has_nonfinite(x, N * C * H * W)) return false;
