@@ -201,14 +201,17 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
 
 // x channels_last (N, G Cg, H, W) as G zero-padded bands [g][n][Hp][Wp][Cg], a group's channels
 // of a pixel side by side (row_mode's unpadded band, one per group: grouped_rows, Cg = 16),
-// followed by `slack` zero elements.
+// followed by `slack` zero elements. With nonfinite, *nonfinite tells whether x holds an infinity
+// or a NaN, each image row tested once copied (still in L1): a pass over x of its own before
+// the copy was 6% of the samples of ResNeXt's 32 groups of 16 @14 3x3 channels_last forward.
 at::Tensor group_bands(const bf16* x, int64_t N, int64_t G, int64_t Cg, int64_t H, int64_t W, int64_t ph, int64_t pw,
-                       int64_t Hp, int64_t Wp, int64_t slack) {
+                       int64_t Hp, int64_t Wp, int64_t slack, bool* nonfinite) {
   TORCH_INTERNAL_ASSERT(Cg == kTile, "group_bands copies groups of 16 channels");
   const int64_t row = Wp * Cg, band = N * Hp * row, C = G * Cg;
   at::Tensor band_t = bf16_buffer(G * band + slack);
   bf16* xb = bf16_data(band_t);
   std::memset(xb + G * band, 0, sizeof(bf16) * slack);
+  std::vector<uint8_t> bad(nonfinite ? static_cast<size_t>(N * Hp) : 0, 0);
   for_each_task(N * Hp, G * band * 16, [&](int64_t nh) {
     const int64_t n = nh / Hp, hp = nh % Hp, h = hp - ph;
     bf16* d = xb + nh * row;  // group 0's row; group g's is g band further
@@ -226,7 +229,9 @@ at::Tensor group_bands(const bf16* x, int64_t N, int64_t G, int64_t Cg, int64_t 
       for (int64_t ww = 0; ww < wend; ++ww)  // a pixel's 16 channels: one 32-byte move
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + ww * Cg), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + ww * C)));
     }
+    if (nonfinite) bad[nh] = run_has_nonfinite(src, wend * C);
   });
+  if (nonfinite) *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
   return band_t;
 }
 
@@ -629,11 +634,10 @@ void run_tiles(const TileJob& jb) {
 // over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
 // w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
 // Returns false where its A rows would meet an infinity or a NaN in x with zeros (reads_past):
-// the caller then runs the problem on float32 copies. Found as the band is copied (padded_band;
-// nothing written then), from the sums by the tasks of run_tiles for a band read in place (see
-// TileJob::nonfinite; outputs written then), or by a pass of its own over x for group_bands: not
-// a pass over x before every call (row_mode's RGB stems: 3-5% of their time; MobileNet's 144->24
-// 1x1 channels_last read in place: ~20%).
+// the caller then runs the problem on float32 copies. Found as the band is copied (padded_band,
+// group_bands; nothing written then) or by the tasks of run_tiles for a band read in place (see
+// TileJob::nonfinite; outputs written then): not a pass over x before every call (row_mode's RGB
+// stems: 3-5% of their time; MobileNet's 144->24 1x1 channels_last read in place: ~20%).
 bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
              int64_t w_group = -1) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
@@ -719,9 +723,8 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     if (check_finite) job.nonfinite = &nonfinite, job.test_sums = nhwc && K < C;
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
-    if (check_finite && grows && has_nonfinite(x, N * C * H * W)) return false;
     bool band_nonfinite = false;
-    band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack)
+    band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack, check_finite ? &band_nonfinite : nullptr)
                    : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack, check_finite ? &band_nonfinite : nullptr);
     if (band_nonfinite) return false;
     job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
