@@ -633,18 +633,19 @@ void run_tiles(const TileJob& jb) {
 // Groups (p.groups > 1, each of a multiple of 32 channels: grouped_in_place) run in one pass
 // over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
 // w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
-// Returns false where its A rows would meet an infinity or a NaN in x with zeros (reads_past):
-// the caller then runs the problem on float32 copies. Found as the band is copied (padded_band,
+// Returns false where its A rows would meet an infinity or a NaN in x with zeros (reads_past, or
+// zeros_meet: the block-diagonal filter of small_groups): the caller then runs the problem on
+// float32 copies. Found as the band is copied (padded_band,
 // group_bands; nothing written then) or by the tasks of run_tiles for a band read in place (see
 // TileJob::nonfinite; outputs written then): not a pass over x before every call (row_mode's RGB
 // stems: 3-5% of their time; MobileNet's 144->24 1x1 channels_last read in place: ~20%).
 bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
-             int64_t w_group = -1) {
+             int64_t w_group = -1, bool zeros_meet = false) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t G = p.groups, Cg = p.Cg(), K = p.Kg();
   if (w_group < 0) w_group = K * p.ws_k;
-  const bool nhwc = is_nhwc(p), check_finite = reads_past(p);
+  const bool nhwc = is_nhwc(p), check_finite = reads_past(p) || zeros_meet;
   const int64_t Hp = std::max(H + 2 * ph, (P - 1) * sh + (R - 1) * dh + 1);
   // At stride 1 the flat grid reads on across a band row's end, so a row's right padding can be
   // the next row's left padding: rows of W + pw pixels (W + 2 pw before), Wp - Q grid columns a
@@ -745,7 +746,10 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
 // dy padded by the farthest negative offsets, its outputs placed sh and sw apart. No product
 // with a zero that the stride inserts is computed (the float32 kernels' strided backward-input
 // skips them the same way). A phase without taps (1x1 stride 2: three of four) is stored as zeros.
-void backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* dx, const at::Tensor* filter) {
+// With zeros_meet (small_groups' block-diagonal filter) returns false, having written nothing,
+// where dy holds an infinity or a NaN (found as its band is copied).
+bool backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* dx, const at::Tensor* filter,
+                           bool zeros_meet = false) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w;
   const int64_t Kb = round_up(K, kChan), nkb = 2 * ceil_div(C, 2 * kTile), tile_elems = kTile * kChan;
@@ -788,7 +792,9 @@ void backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w,
   });
 
   const int64_t slack = (2 * Wb + 2 * kTile + 64) * Kb + kChan;
-  at::Tensor band_t = padded_band(dy, is_nhwc(p), N, K, P, Q, T, L, Hb, Wb, Kb, slack);
+  bool nonfinite = false;
+  at::Tensor band_t = padded_band(dy, is_nhwc(p), N, K, P, Q, T, L, Hb, Wb, Kb, slack, zeros_meet ? &nonfinite : nullptr);
+  if (nonfinite) return false;
   TileJob job;
   job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
   job.N = N, job.Hb = Hb, job.Wb = Wb, job.Cb = Kb, job.K = C, job.y = dx, job.nhwc = is_nhwc(p);
@@ -800,6 +806,7 @@ void backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w,
     job.wp = reinterpret_cast<const bf16*>(pf.data) + first[f];
     run_tiles(job);
   }
+  return true;
 }
 
 // Backward-weight: dw[k][c][r][s] = sum over the output grid m (flat, as forward's at stride 1:
@@ -1252,32 +1259,43 @@ void rows_1x1(int64_t N, int64_t HW, int64_t O, int64_t I, const bf16* in, const
 
 #pragma GCC pop_options
 
-void forward_one(const Conv2dParams& p, Operands& o) {
+// Forward of one problem (not run_groups' small groups): false, where zeros_meet (small_groups'
+// block-diagonal filter; the caller then runs the whole problem on float32 copies) and x holds an
+// infinity or a NaN; else true, having run reads_past's such x on float32 copies itself.
+bool forward_one(const Conv2dParams& p, Operands& o, bool zeros_meet = false) {
   const bf16* bias = o.bias.defined() ? reinterpret_cast<const bf16*>(o.bias.const_data_ptr()) : nullptr;
-  if (nchw_1x1(p)) {
-    return rows_1x1(p.N, p.H * p.W, p.K, p.C, reinterpret_cast<const bf16*>(o.a.const_data_ptr()),
-                    reinterpret_cast<const bf16*>(o.b.const_data_ptr()), false, bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+  if (nchw_1x1(p)) {  // (one group: never zeros_meet)
+    rows_1x1(p.N, p.H * p.W, p.K, p.C, reinterpret_cast<const bf16*>(o.a.const_data_ptr()),
+             reinterpret_cast<const bf16*>(o.b.const_data_ptr()), false, bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+    return true;
   }
-  if (!forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
-               bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter))
-    run_as_float32(Pass::Forward, p, o);
+  if (forward(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
+              bias, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, -1, zeros_meet))
+    return true;
+  if (zeros_meet) return false;
+  run_as_float32(Pass::Forward, p, o);
+  return true;
 }
 
-void backward_input_one(const Conv2dParams& p, Operands& o) {
-  if (nchw_1x1(p)) {
-    return rows_1x1(p.N, p.H * p.W, p.C, p.K, reinterpret_cast<const bf16*>(o.a.const_data_ptr()),
-                    reinterpret_cast<const bf16*>(o.b.const_data_ptr()), true, nullptr, reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+// Backward-input of one problem, as forward_one (dy in x's place).
+bool backward_input_one(const Conv2dParams& p, Operands& o, bool zeros_meet = false) {
+  const bf16* dy = reinterpret_cast<const bf16*>(o.a.const_data_ptr());
+  bf16* dx = reinterpret_cast<bf16*>(o.out.mutable_data_ptr());
+  if (nchw_1x1(p)) {  // (one group: never zeros_meet)
+    rows_1x1(p.N, p.H * p.W, p.C, p.K, dy, reinterpret_cast<const bf16*>(o.b.const_data_ptr()), true, nullptr, dx);
+    return true;
   }
+  bool done;
   if (!turns_round(p)) {
-    backward_input_phases(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
-                          reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter);
-    return;
+    done = backward_input_phases(p, dy, reinterpret_cast<const bf16*>(o.b.const_data_ptr()), dx, o.filter, zeros_meet);
+  } else {
+    const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
+    done = forward(turned(p), dy, w, nullptr, dx, o.filter, p.Kg() * p.ws_k, zeros_meet);
   }
-  const Conv2dParams f = turned(p);
-  const bf16* w = reinterpret_cast<const bf16*>(o.b.const_data_ptr()) + (p.R - 1) * p.ws_r + (p.S - 1) * p.ws_s;
-  if (!forward(f, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), w, nullptr,
-               reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), o.filter, p.Kg() * p.ws_k))
-    run_as_float32(Pass::BackwardInput, p, o);
+  if (done) return true;
+  if (zeros_meet) return false;
+  run_as_float32(Pass::BackwardInput, p, o);
+  return true;
 }
 
 // A 1x1 stride-1 unpadded layer's dw[k][c] = sum_m dy[m][k] x[m][c] is symmetric in x and dy:
@@ -1463,19 +1481,20 @@ bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   return small_groups(p) && supports_backward_weight(blocked_params(p), dtype);
 }
 // Forward or backward-input: with small groups (not in place) on the block-diagonal filter, unless
-// o.a (x, dy: `values` long), which the filter's zeros meet, is not finite.
+// o.a (x, dy), which the filter's zeros meet, is not finite (then on float32 copies), found as
+// its bands are copied (one(.., true)): a pass over o.a of its own before was 8% of the samples of
+// ResNeXt's 32 groups of 4 @56 3x3 channels_last forward, 4% NCHW.
 template <typename One>
-void run_groups(Pass pass, const Conv2dParams& p, Operands& o, int64_t values, One one) {
-  if (!small_groups(p) || grouped_in_place(pass, p)) return per_group(pass, p, o, one);
-  if (has_nonfinite(reinterpret_cast<const bf16*>(o.a.const_data_ptr()), values)) return run_as_float32(pass, p, o);
+void run_groups(Pass pass, const Conv2dParams& p, Operands& o, One one) {
+  if (!small_groups(p) || grouped_in_place(pass, p)) return per_group(pass, p, o, [&](const Conv2dParams& q, Operands& oq) { one(q, oq, false); });
   const at::Tensor w = blocked_filter(p, o.b);
   Operands ob{o.a, w, o.bias, o.out};
-  per_group(pass, blocked_params(p), ob, one);
+  bool finite = true;
+  per_group(pass, blocked_params(p), ob, [&](const Conv2dParams& q, Operands& oq) { finite = finite && one(q, oq, true); });
+  if (!finite) run_as_float32(pass, p, o);
 }
-void run_forward(const Conv2dParams& p, Operands& o) { run_groups(Pass::Forward, p, o, p.N * p.C * p.H * p.W, forward_one); }
-void run_backward_input(const Conv2dParams& p, Operands& o) {
-  run_groups(Pass::BackwardInput, p, o, p.N * p.K * p.P * p.Q, backward_input_one);
-}
+void run_forward(const Conv2dParams& p, Operands& o) { run_groups(Pass::Forward, p, o, forward_one); }
+void run_backward_input(const Conv2dParams& p, Operands& o) { run_groups(Pass::BackwardInput, p, o, backward_input_one); }
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   if (!small_groups(p) || grouped_in_place(Pass::BackwardWeight, p)) return per_group(Pass::BackwardWeight, p, o, backward_weight_one);
   const Conv2dParams q = blocked_params(p);
