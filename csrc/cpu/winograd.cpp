@@ -52,6 +52,14 @@
 
 namespace conv_ext {
 namespace cpu {
+namespace avx512 {  // (implicit_gemm.cpp)
+void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
+                                   bool pairs, uint16_t* dw16);
+}
+namespace avx2 {
+void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
+                                   bool pairs, uint16_t* dw16);
+}
 namespace {
 
 // A 3x3 problem of the given stride (both axes) in forward form: input (N, C, H, W) -> output
@@ -109,11 +117,18 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
         o.out.mutable_data_ptr<float>(), p.macs(), o.filter);
 }
 
+// An infinity or a NaN in x or dy reaches every tap of the weight gradients it meets through the
+// transforms (G^T dU G mixes a filter's 16 transformed values into its 9 taps), where the direct
+// sum makes non-finite only the taps whose products meet it. So where winograd's dw is not all
+// finite, implicit_gemm computes it again (tested as dw is written: no pass over x or dy).
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   const WinoShape s{p.N, p.C, p.H, p.W, p.K, p.P, p.Q, p.pad_h, p.pad_w, p.groups, is_nhwc(p), kF2x2_3x3};
   auto f = use_avx512() ? avx512::winograd_backward_weight : avx2::winograd_backward_weight;
-  f(s, o.b.const_data_ptr<float>(), o.a.const_data_ptr<float>(), o.out.mutable_data_ptr<float>(), weight_is_krsc(p),
-    p.macs());
+  const float *dy = o.a.const_data_ptr<float>(), *x = o.b.const_data_ptr<float>();
+  float* dw = o.out.mutable_data_ptr<float>();
+  if (f(s, x, dy, dw, weight_is_krsc(p), p.macs())) return;
+  auto direct = use_avx512() ? avx512::implicit_gemm_backward_weight : avx2::implicit_gemm_backward_weight;
+  direct(p, dy, x, dw, is_nhwc(p), false, nullptr);
 }
 
 // winograd_s2: 3x3 stride-2 forward by the S2 kind (25 products for a 2x2 output tile, 36
@@ -712,8 +727,9 @@ void conv_kind(const WinoShape& s, const float* x, const float* w, bool flip, bo
 // micro-kernel (input channels are the broadcast rows, read down V's columns). Each dU element is
 // summed in the same order whatever the thread count: deterministic. With one chunk and a dU of
 // over 4 MiB, a task takes a block of channels and filters instead (below).
+// Returns whether every value of dw is finite (see run_backward_weight).
 template <class Kd>
-void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
+bool backward_weight_kind(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
   const Geo e(s, Kd::OT);
   constexpr int NP = Tile2D<Kd>::NP;
   const int64_t G = s.G, Cg = e.Cg, Kg = e.Kg, Cs = e.Cs, Kgp = e.Kgp, Ks = e.Ks, tw = e.tw, rows = e.rows;
@@ -751,16 +767,25 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
   // ownership): 512@7 channels_last backward-weight 1.08-1.09x (ab.py); the NCHW dw's long rows
   // 0.99x streamed, so not there.
   const bool stream_dw = krsc && G * Kg * Cg * 9 >= kStreamFloats;
+  std::atomic<bool> nonfinite{false};
   const auto finish = [&](int64_t g, int64_t c0, int64_t c1, int64_t k0, const float* dUk, int64_t xs, int64_t ldu) {
     const int64_t nc = c1 - c0, nk = std::min<int64_t>(VL, Kg - k0);
     if (nk <= 0) return;
     float* tmp = scratch(3, nc * 9 * VL);
     V u[NP], o[9];
+    V inf_nan = Isa::set1(0.f);  // 0 while every o is finite (o - o: 0, or NaN for an infinity or a NaN)
     for (int64_t c = 0; c < nc; ++c) {
       for (int xi = 0; xi < NP; ++xi) u[xi] = Isa::load(dUk + xi * xs + c * ldu);
       Tile2D<Kd>::weight_grad(u, o);
-      for (int rs = 0; rs < 9; ++rs) Isa::store(tmp + (krsc ? rs * nc + c : c * 9 + rs) * VL, o[rs]);
+      for (int rs = 0; rs < 9; ++rs) {
+        Isa::store(tmp + (krsc ? rs * nc + c : c * 9 + rs) * VL, o[rs]);
+        inf_nan = Isa::add(inf_nan, Isa::sub(o[rs], o[rs]));
+      }
     }
+    alignas(64) float lanes[VL];
+    Isa::store(lanes, inf_nan);
+    for (int64_t j = 0; j < nk; ++j)  // (lanes past Kg: padding filters, not written)
+      if (lanes[j] != 0.f) nonfinite.store(true, std::memory_order_relaxed);
     float* out = dw + (g * Kg + k0) * Cg * 9;
     if (krsc && nc < Cg)  // a block of channels: 9 runs of nc a filter
       for (int rs = 0; rs < 9; ++rs)
@@ -816,7 +841,7 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
     });
     sum_chunks(partial, nslot, part);
     finish_all(partial);
-    return;
+    return !nonfinite.load();
   }
   float* Vall = scratch(4, NP * plane(T, e.Vr));
   float* Eall = scratch(7, NP * plane(T, e.Mr));
@@ -849,7 +874,7 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
         add_products(Vall, pv, Eall, pe, g, xi, c0, c1, k0, rows * tw, dUl + xi * xs, kbw, false);
       for (int64_t k = k0; k < std::min(Kgp, k0 + kbw); k += VL) finish(g, c0, c1, k, dUl + (k - k0), xs, kbw);
     });
-    return;
+    return !nonfinite.load();
   }
   float* dU = scratch(8, part);  // [g][xi][c][k]
   for (int64_t ch = 0; ch < nchunks; ++ch) {
@@ -864,6 +889,7 @@ void backward_weight_kind(const WinoShape& s, const float* x, const float* dy, f
     });
   }
   finish_all(dU);
+  return !nonfinite.load();
 }
 
 void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip, bool krsc, const float* bias,
@@ -872,8 +898,8 @@ void winograd_conv(const WinoShape& s, const float* x, const float* w, bool flip
   conv_kind<F23>(s, x, w, flip, krsc, bias, y, macs, filter);
 }
 
-void winograd_backward_weight(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
-  backward_weight_kind<F23>(s, x, dy, dw, krsc, macs);
+bool winograd_backward_weight(const WinoShape& s, const float* x, const float* dy, float* dw, bool krsc, int64_t macs) {
+  return backward_weight_kind<F23>(s, x, dy, dw, krsc, macs);
 }
 
 }  // namespace CONV_EXT_ISA_NS
