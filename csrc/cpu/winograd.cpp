@@ -78,25 +78,30 @@ bool worth_it(const Conv2dParams& p) { return std::min(p.Cg(), p.Kg()) >= 32 && 
 
 bool supports(const Conv2dParams& p, at::ScalarType dtype) { return wino_shape(p, dtype) && worth_it(p); }
 
-// Forward and backward-input also want 48 or more channels per group on their output side (Kg
-// for forward; Cg for backward-input, a convolution from K to C channels): with 32 there, the
-// output transform is not paid back. Forced, 2 threads, winograd vs implicit_gemm ms (NCHW/NHWC):
-// 32->32 @16 batch 8 fwd 0.122/0.113 vs 0.101/0.089; 64->32 @16 fwd 0.214/0.198 vs 0.191/0.173,
-// its backward-input (output 64) 0.171/0.157 vs 0.191/0.176; 48->48 @16 fwd 0.181/0.169 vs
-// 0.202/0.186. Backward-weight wants 64 or more on both sides since implicit_gemm's chunk sums
-// became vector adds (sum_chunks): 32->32 @16 winograd 0.18/0.17 vs 0.116/0.102 ms, 64->64 @32
-// batch 8 1.64/1.44 vs 1.46/1.41, 64->64 @56 batch 4 2.74/1.67 vs 2.30/2.08 (a split decision),
-// 128->128 @28 1.43/1.35 vs 2.21/2.17. NCHW wants more than 64: timed as in a training step
-// (python benchmarks/algos.py SHAPE --pass backward_weight --step, before this rule; 2 threads,
-// ms winograd vs implicit_gemm, sixteenth round) 64->64 @56 batch 4 3.79 vs 3.14,
-// batch 8 6.96 vs 6.46, @32 batch 8 2.52 vs 2.12; channels_last 3.05 vs 3.04, 5.82 vs 6.09, 2.24
-// vs 2.11; 96->96 @28 1.72 vs 1.80 (NCHW), 128->128 @28 2.55 vs 3.21.
-bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype) && p.Kg() >= 48; }
+// With AVX2 only, forward and backward-input also want 48 or more channels per group on their
+// output side (Kg for forward; Cg for backward-input, a convolution from K to C channels), and
+// backward-weight 64 or more on both sides (65 NCHW): so measured on the 2-core Zen 4 with
+// AVX-512 (forced, 2 threads, winograd vs implicit_gemm ms, NCHW/NHWC: 32->32 @16 batch 8 fwd
+// 0.122/0.113 vs 0.101/0.089, backward-weight 0.18/0.17 vs 0.116/0.102; NCHW 64->64 @56 batch 4
+// backward-weight in a training step 3.79 vs 3.14, sixteenth round), kept where not measured again.
+// With AVX-512, on the Xeon (family 6 model 167) of the fiftieth round, winograd is faster from 32
+// channels on both sides in all three passes, as the pass runs alone and in a training step (ms
+// winograd / implicit_gemm, median of 40, 2 threads, python benchmarks/algos.py SHAPE --layout L
+// --pass P [--step], with those bounds lifted): backward-weight NCHW 64->64 @56 batch 4 2.23 /
+// 3.56 (--step 2.29 / 3.48), batch 8 4.78 / 6.89, @32 1.43 / 2.24, @16 0.41 / 0.62, @8 0.17 /
+// 0.20, 32->32 @32 --step 0.55 / 0.66 (channels_last 0.49 / 0.65), 48->48 @28 0.75 / 1.06;
+// forward --step 32->32 @16 0.14 / 0.17 (channels_last 0.14 / 0.16), @32 0.52 / 0.61, 128->32 @28
+// 1.24 / 1.61, 32->128 @28 1.48 / 1.82; backward-input --step 32->32 @32 0.52 / 0.68, 64->32 @16
+// 0.25 / 0.34. Ties: 32->32 @8 backward-weight (0.06 ms), NCHW 4 groups of 32 @28 0.97 / 0.93.
+// (16 channels stay below worth_it: 16->16 @32 forward 0.24 / 0.18.)
+bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
+  return supports(p, dtype) && (use_avx512() || p.Kg() >= 48);
+}
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && p.Cg() >= 48;
+  return supports(p, dtype) && (use_avx512() || p.Cg() >= 48);
 }
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && std::min(p.Cg(), p.Kg()) >= (is_nchw(p) ? 65 : 64);
+  return supports(p, dtype) && (use_avx512() || std::min(p.Cg(), p.Kg()) >= (is_nchw(p) ? 65 : 64));
 }
 
 auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
