@@ -84,24 +84,32 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) { return wino_shape(p
 // AVX-512 (forced, 2 threads, winograd vs implicit_gemm ms, NCHW/NHWC: 32->32 @16 batch 8 fwd
 // 0.122/0.113 vs 0.101/0.089, backward-weight 0.18/0.17 vs 0.116/0.102; NCHW 64->64 @56 batch 4
 // backward-weight in a training step 3.79 vs 3.14, sixteenth round), kept where not measured again.
-// With AVX-512, on the Xeon (family 6 model 167) of the fiftieth round, winograd is faster from 32
-// channels on both sides in all three passes, as the pass runs alone and in a training step (ms
-// winograd / implicit_gemm, median of 40, 2 threads, python benchmarks/algos.py SHAPE --layout L
-// --pass P [--step], with those bounds lifted): backward-weight NCHW 64->64 @56 batch 4 2.23 /
-// 3.56 (--step 2.29 / 3.48), batch 8 4.78 / 6.89, @32 1.43 / 2.24, @16 0.41 / 0.62, @8 0.17 /
-// 0.20, 32->32 @32 --step 0.55 / 0.66 (channels_last 0.49 / 0.65), 48->48 @28 0.75 / 1.06;
-// forward --step 32->32 @16 0.14 / 0.17 (channels_last 0.14 / 0.16), @32 0.52 / 0.61, 128->32 @28
-// 1.24 / 1.61, 32->128 @28 1.48 / 1.82; backward-input --step 32->32 @32 0.52 / 0.68, 64->32 @16
-// 0.25 / 0.34. Ties: 32->32 @8 backward-weight (0.06 ms), NCHW 4 groups of 32 @28 0.97 / 0.93.
-// (16 channels stay below worth_it: 16->16 @32 forward 0.24 / 0.18.)
-bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && (use_avx512() || p.Kg() >= 48);
+// With AVX-512, on the Xeon (family 6 model 167) of the fiftieth round, one group is faster by
+// winograd from 32 channels on both sides in all three passes, as the pass runs alone and in a
+// training step (ms winograd / implicit_gemm, median of 20-40, 2 threads, python
+// benchmarks/algos.py SHAPE --layout L --pass P [--step], with those bounds lifted):
+// backward-weight NCHW 64->64 @56 batch 4 2.23 / 3.56 (--step 2.29 / 3.48), batch 8 4.78 / 6.89,
+// @32 1.43 / 2.24, @16 0.41 / 0.62, @8 0.17 / 0.20, 32->32 @32 --step 0.55 / 0.66 (channels_last
+// 0.49 / 0.65), 48->48 @28 0.75 / 1.06; forward --step 32->32 @16 0.14 / 0.17 (channels_last
+// 0.14 / 0.16), @32 0.52 / 0.61, 128->32 @28 1.24 / 1.61, 32->128 @28 1.48 / 1.82;
+// backward-input --step 32->32 @32 0.52 / 0.68, 64->32 @16 0.25 / 0.34; 32->32 @8 level. Groups
+// keep the bounds above, and many groups go to implicit_gemm (channels_last, --step): 32 groups
+// of 32 @7-@28 0.65-0.85x by winograd in all three passes, ResNeXt-50's 32 groups of 64 @7 (the
+// bounds let it through) forward 2.47 / 2.01, backward-input 2.38 / 2.11 (NCHW batch 8 5.94 /
+// 4.04), backward-weight 3.54 / 2.48; 16 groups backward-weight: 64 channels @14 3.99 / 3.70, 32
+// @28 4.78 / 4.15 (their forward and backward-input by winograd level or faster); 8 groups of 64
+// @28 winograd 1.03-1.26x. (16 channels stay below worth_it: 16->16 @32 forward 0.24 / 0.18.)
+bool wide_enough(const Conv2dParams& p, int64_t side, int64_t bound) {
+  if (!use_avx512()) return side >= bound;
+  return p.groups == 1 || (side >= bound && p.groups < 32);
 }
+bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) { return supports(p, dtype) && wide_enough(p, p.Kg(), 48); }
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && (use_avx512() || p.Cg() >= 48);
+  return supports(p, dtype) && wide_enough(p, p.Cg(), 48);
 }
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  return supports(p, dtype) && (use_avx512() || std::min(p.Cg(), p.Kg()) >= (is_nchw(p) ? 65 : 64));
+  return supports(p, dtype) && wide_enough(p, std::min(p.Cg(), p.Kg()), is_nchw(p) ? 65 : 64) &&
+         (p.groups < 16 || !use_avx512());
 }
 
 auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
