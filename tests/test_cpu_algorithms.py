@@ -885,9 +885,9 @@ def test_depthwise_bfloat16_rounding(layout, dtype):
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 8),       # ... strided (backward-input by dx's phases)
     ((2, 64, 7, 6), 64, (1, 1), 1, 0, 1, 8),       # ... 1x1 (channels_last: read in place)
     ((1, 32, 8, 8), 32, (3, 3), 1, 1, 1, 1),
-    ((1, 64, 8, 8), 64, (3, 3), 1, 1, 1, 1),       # winograd (backward-weight: direct sums where dw is not finite)
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 1),
     ((1, 128, 9, 9), 128, (3, 3), 1, 1, 1, 8),     # ... and its groups of 16 channels
+    ((1, 64, 8, 8), 64, (3, 3), 1, 1, 1, 1),       # winograd (backward-weight: direct sums where dw is not finite)
 ])
 def test_nonfinite_values_stay_local(shape, layout, dtype):
     """An infinity or NaN in x (forward, backward-weight) or dy (backward-input) makes non-finite

@@ -635,10 +635,10 @@ void run_tiles(const TileJob& jb) {
 // w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
 // Returns false where its A rows would meet an infinity or a NaN in x with zeros (reads_past, or
 // zeros_meet: the block-diagonal filter of small_groups): the caller then runs the problem on
-// float32 copies. Found as the band is copied (padded_band,
-// group_bands; nothing written then) or by the tasks of run_tiles for a band read in place (see
-// TileJob::nonfinite; outputs written then): not a pass over x before every call (row_mode's RGB
-// stems: 3-5% of their time; MobileNet's 144->24 1x1 channels_last read in place: ~20%).
+// float32 copies. Found as the band is copied (padded_band, group_bands; nothing written then) or
+// by the tasks of run_tiles for a band read in place (see TileJob::nonfinite; outputs written
+// then): not a pass over x before every call (row_mode's RGB stems: 3-5% of their time;
+// MobileNet's 144->24 1x1 channels_last read in place: ~20%).
 bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
              int64_t w_group = -1, bool zeros_meet = false) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
