@@ -15,6 +15,8 @@ depends on the process's allocation history (page faults on fresh output pages),
 algorithms with each other here and with torch in the bench. --step times the pass between the
 other two as a training step runs it (a pass that leans on L3 keeping its data, such as
 Winograd's 16 MiB of transformed filter gradients at 512@7, loses more there than alone).
+--between runs another layer (a 1x1 forward from 4x the channels) before each timed call, as a
+network's neighbouring layer would (winograd_s2's NCHW forward won alone and lost that way).
 """
 import argparse
 import random
@@ -76,6 +78,10 @@ def main():
                     help="time the pass where a training step runs it: after a new version of the filter (an "
                          "optimizer step) and between the other two passes (each side's own, default algorithms), "
                          "so that what it leaves in and takes from the caches counts")
+    ap.add_argument("--between", action="store_true",
+                    help="run another layer before each timed call, as a network's neighbouring layer would (a 1x1 "
+                         "conv_ext forward from 4x the channels to the problem's input channels, same layout), so "
+                         "that the pass meets caches that other work has used")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,6 +106,11 @@ def main():
         print(f"{a:15s} rel. error vs torch {err:.1e}")
         if a != "reference":
             fns[a] = forced
+    if args.between:
+        v = [int(t) for t in args.shape.split(",")]
+        fmt = torch.channels_last if args.layout == "nhwc" else torch.contiguous_format
+        xo = torch.randn(v[0], 4 * v[1], v[2], v[3]).to(getattr(torch, args.dtype)).contiguous(memory_format=fmt)
+        wo = (torch.randn(v[1], 4 * v[1], 1, 1) * 0.1).to(xo.dtype).contiguous(memory_format=fmt)
     times = {name: [] for name in fns}
     passes = list(fns_all) if args.step else [pn]
     for _ in range(args.reps):
@@ -112,6 +123,8 @@ def main():
                 if p != pn:
                     fns_all[p][0 if name == "torch" else 1]()
                     continue
+                if args.between:
+                    conv_ext.conv2d(xo, wo)
                 t0 = time.perf_counter()
                 fns[name]()
                 times[name].append(time.perf_counter() - t0)

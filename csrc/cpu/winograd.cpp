@@ -155,13 +155,11 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 // NCHW, backward-weight 0.65-0.78x: both left to implicit_gemm.
 // With AVX-512 (the Xeon of the fiftieth round), channels_last only: NCHW wins alone (128->128 @56
 // batch 4 3.21 vs 3.40 ms) but not where other work runs between its calls, as in a network or a
-// training step (python benchmarks/algos.py SHAPE --layout nchw --pass forward --step; "between
-// layers": a 1x1 layer of 4x the channels run before each call, in place of the other passes):
-// batch 8 128->128 @56 --step 7.98 vs 6.60, between layers 7.35 vs 6.93; 64->128 @56 4.26 vs
-// 3.47, 3.84 vs 3.39; 96->96 @56 5.07 vs 4.12, 4.69 vs 3.94; batch 4 128->128 @56 --step 4.27 vs
-// 3.48, between layers 3.73 vs 3.45; 128->128 @28 1.23 vs 1.01 --step (96->96 @56 batch 4 the one
-// win left: 2.32 vs 2.58). Channels_last, batch 8, between layers: 128->128 @56 6.42 vs 6.81,
-// 64->128 2.84 vs 3.24.
+// training step (ms winograd_s2 vs implicit_gemm, python benchmarks/algos.py SHAPE --layout nchw
+// --pass forward --between / --step, medians of 20-30): batch 8 128->128 @56 --between 7.69 vs
+// 7.35, --step 7.98 vs 6.60; 64->128 4.22 vs 3.69, 4.26 vs 3.47; 96->96 4.79 vs 4.16, 5.07 vs
+// 4.12; batch 4 128->128 4.18 vs 3.70, 4.27 vs 3.48 (96->96 @56 batch 4 the one win left: 2.50 vs
+// 2.83). Channels_last, batch 8, --between: 128->128 @56 6.45 vs 6.94, 64->128 2.79 vs 3.27.
 bool supports_s2(const Conv2dParams& p, at::ScalarType dtype) {
   using S2 = avx512::S2;  // (the same constants in every ISA; AVX-512's padding of Kg is the wider)
   const int64_t u_floats = avx512::Tile2D<S2>::NP * p.groups * p.Cg() * round_up(p.Kg(), 16);
