@@ -721,7 +721,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     std::memcpy(t, x + from * C, sizeof(bf16) * (total - from) * C);
     std::memset(t + (total - from) * C, 0, sizeof(bf16) * 4 * kTile * C);
     job.xb = x, job.tail = t, job.tail_from = from;
-    if (check_finite) job.nonfinite = &nonfinite, job.test_sums = nhwc && K < C;
+    if (check_finite) job.nonfinite = &nonfinite, job.test_sums = K < C;  // (in place: channels_last)
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
     bool band_nonfinite = false;

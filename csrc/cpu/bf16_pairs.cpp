@@ -59,21 +59,12 @@
 #include "algorithms.h"
 #include "amx_tiles.h"
 #include "filter_cache.h"
+#include "implicit_gemm.h"
 #include "kernel_util.h"
 #include "output_cache.h"
 
 namespace conv_ext {
 namespace cpu {
-namespace avx512 {
-bool implicit_gemm_forward(const Conv2dParams& p, const float* x, const float* w, const float* bias, float* y,
-                           bool nhwc, const at::Tensor* filter, bool pairs, uint16_t* y16, const uint16_t* w16,
-                           at::Half* yh);
-bool implicit_gemm_backward_input(const Conv2dParams& p, const float* dy, const float* w, float* dx, bool nhwc,
-                                  const at::Tensor* filter, bool pairs, uint16_t* dx16, const uint16_t* w16,
-                                  at::Half* dxh);
-void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
-                                   bool pairs, uint16_t* dw16);
-}  // namespace avx512
 
 at::Tensor word_aligned(const at::Tensor& t) {
   if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 4 == 0) return t;

@@ -49,17 +49,10 @@
 
 #define CONV_EXT_PER_ISA_FILE "winograd.cpp"
 #include "per_isa.h"
+#include "implicit_gemm.h"
 
 namespace conv_ext {
 namespace cpu {
-namespace avx512 {  // (implicit_gemm.cpp)
-void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
-                                   bool pairs, uint16_t* dw16);
-}
-namespace avx2 {
-void implicit_gemm_backward_weight(const Conv2dParams& p, const float* dy, const float* x, float* dwt, bool nhwc,
-                                   bool pairs, uint16_t* dw16);
-}
 namespace {
 
 // A 3x3 problem of the given stride (both axes) in forward form: input (N, C, H, W) -> output
