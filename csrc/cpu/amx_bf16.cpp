@@ -472,7 +472,14 @@ void run_tiles(const TileJob& jb) {
 
   // Tasks: (image, block of up to 4 tile pairs, block of filter pairs whose B tiles fit in 512 KiB);
   // inside, filter pairs outer and pixel pairs inner: a filter pair's B tiles are read from L1/L2
-  // by every pixel pair of the block, the block's A rows from L2 by every filter pair.
+  // by every pixel pair of the block, the block's A rows from L2 by every filter pair. But a band
+  // read in place (channels_last 1x1) whose task's B tiles take 64 KiB or less: pixel pairs outer
+  // (`unit` of them: one, two for step_4x1), every filter pair on a pair's A rows while they are
+  // in L1 (A rows 2C bytes apart read from L2 or memory ran much slower than from L1, fiftieth
+  // round); B stays in L1/L2. Batch 8, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so
+  // SHAPE --layout nhwc --pass forward --dtype bfloat16 --rounds 5): 256->64 @56 1.11-1.12x,
+  // 256->128 @56 1.07x, 64->256 @56 1.04x, 32->16 @112 1.04x; with more B (128->512 and 512->128
+  // @28: 128 KiB, 1024->256 @14) level to 0.95x, and with a band copied (3x3, strided) 0.89-1.00x.
   const int64_t b_pair = std::max<int64_t>(1, 2 * nst * tile_elems * int64_t(sizeof(bf16)));  // B bytes of a filter pair
   const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
   constexpr int64_t kPairs = 4;
@@ -486,6 +493,8 @@ void run_tiles(const TileJob& jb) {
   // channels_last forward 1.21x faster, batch 8), but for groups read in place at 16-channel
   // offsets, whose A rows straddle cache lines (32 groups of 16 @14 NCHW: 0.93x)
   const bool four = jb.groups == 1 || jb.a_group % kChan == 0;
+  const bool pair_outer = jb.tail != nullptr && kpb * b_pair <= (int64_t(64) << 10);
+  const int64_t unit = !pair_outer ? kPairs : four && K % (2 * kTile) != 0 && K % (2 * kTile) <= kTile ? 2 : 1;
   const int64_t ngb = ceil_div(jb.groups, gpt);
   for_each_task(ngb * per_group_tasks, jb.macs, [&](int64_t task) {
     const int64_t gb = task / per_group_tasks, kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
@@ -551,78 +560,81 @@ void run_tiles(const TileJob& jb) {
       const bf16* gwp = wp + g * jb.wp_group;
       const bf16* gbias = bias ? bias + g * K : nullptr;
       bf16* gy = y + g * K * (jb.nhwc ? 1 : plane);
-      for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
-        const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
-        // bias as float32 (bfloat16 = the top half). Not one loop with a test of gbias inside:
-        // GCC made it a masked load from gbias, and a masked load from a null pointer (no bias)
-        // costs a fault-suppression assist of ~100+ cycles even with every lane off: 4% of
-        // channels_last 256->128 1x1 @56's time (perf annotate), once a task and filter pair.
-        if (gbias) {
-          for (int64_t j = 0; j < 2 * kTile; ++j) {
-            const uint32_t u = j < kn ? uint32_t(gbias[k0 + j]) << 16 : 0u;
-            std::memcpy(&bv[j], &u, 4);
-          }
-        } else {
-          std::memset(bv, 0, sizeof(bv));
-        }
-        const bf16* b0 = gwp + (2 * kp) * nst * tile_elems;
-        const bf16* b1 = b0 + nst * tile_elems;
-        const __mmask16 m0 = first_lanes(kn), m1 = first_lanes(kn - kTile);
-        // pixel pair mp's sums, cbuf's columns from c0 (16 filters a block; the second block
-        // unless one_block): bias added, rounded, stored
-        auto emit = [&](int64_t mp, int64_t c0, bool one_block) {
-          const int64_t* o = off[mp - mp0];
-          if (jb.nhwc) {
-            for (int64_t i = 0; i < 2 * kTile; ++i) {
-              if (o[i] < 0) continue;
-              bf16* out = gy + (n * plane + o[i]) * ldk + k0;
-              const __m512 lo = _mm512_add_ps(_mm512_load_ps(&cbuf[i][c0]), _mm512_load_ps(bv));
-              if (test_sums) bad |= nonfinite_lanes(m0, lo);
-              _mm256_mask_storeu_epi16(out, m0, to_bf16(lo));
-              if (one_block) continue;
-              const __m512 hi = _mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile));
-              if (test_sums) bad |= nonfinite_lanes(m1, hi);
-              _mm256_mask_storeu_epi16(out + kTile, m1, to_bf16(hi));
+      for (int64_t mq = mp0; mq < mp1; mq += unit) {
+        const int64_t mq1 = std::min(mp1, mq + unit);
+        for (int64_t kp = kb_blk * kpb; kp < std::min(nkp, (kb_blk + 1) * kpb); ++kp) {
+          const int64_t k0 = kp * 2 * kTile, kn = std::min(2 * kTile, K - k0);
+          // bias as float32 (bfloat16 = the top half). Not one loop with a test of gbias inside:
+          // GCC made it a masked load from gbias, and a masked load from a null pointer (no bias)
+          // costs a fault-suppression assist of ~100+ cycles even with every lane off: 4% of
+          // channels_last 256->128 1x1 @56's time (perf annotate), once a task and filter pair.
+          if (gbias) {
+            for (int64_t j = 0; j < 2 * kTile; ++j) {
+              const uint32_t u = j < kn ? uint32_t(gbias[k0 + j]) << 16 : 0u;
+              std::memcpy(&bv[j], &u, 4);
             }
-            return;
+          } else {
+            std::memset(bv, 0, sizeof(bv));
           }
-          const Piece* pc = pieces[mp - mp0];
-          for (int64_t j = 0; j < kn; ++j) {
-            const __m512 b = _mm512_set1_ps(bv[j]);
-            const int64_t cj = c0 + j;
-            const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][cj], 4), b));
-            const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][cj], 4), b));
-            const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
-            bf16* out = gy + (n * ldk + k0 + j) * plane;
-            for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
-              _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
-          }
-        };
-        for (int64_t mp = mp0; mp < mp1; ++mp) {
-          zero_2x2();
-          const int64_t t0 = 2 * mp;
-          const bf16* a0 = a_at(tile_base(n, t0)) + g * jb.a_group;
-          const bf16* a1 = a_at(tile_base(n, t0 + 1)) + g * jb.a_group;
-          if (kn > kTile) {
-            for (int64_t st = 0; st < nst; ++st)
-              step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
-          } else if (mp + 1 < mp1 && four) {  // 16 filters or fewer: two pixel pairs on the one B tile
-            const bf16* a2 = a_at(tile_base(n, t0 + 2)) + g * jb.a_group;
-            const bf16* a3 = a_at(tile_base(n, t0 + 3)) + g * jb.a_group;
-            for (int64_t st = 0; st < nst; ++st) {
-              const int64_t ao = steps[st].a_off;
-              step_4x1(a0 + ao, a1 + ao, a2 + ao, a3 + ao, a_stride, b0 + st * tile_elems, 64);
+          const bf16* b0 = gwp + (2 * kp) * nst * tile_elems;
+          const bf16* b1 = b0 + nst * tile_elems;
+          const __mmask16 m0 = first_lanes(kn), m1 = first_lanes(kn - kTile);
+          // pixel pair mp's sums, cbuf's columns from c0 (16 filters a block; the second block
+          // unless one_block): bias added, rounded, stored
+          auto emit = [&](int64_t mp, int64_t c0, bool one_block) {
+            const int64_t* o = off[mp - mp0];
+            if (jb.nhwc) {
+              for (int64_t i = 0; i < 2 * kTile; ++i) {
+                if (o[i] < 0) continue;
+                bf16* out = gy + (n * plane + o[i]) * ldk + k0;
+                const __m512 lo = _mm512_add_ps(_mm512_load_ps(&cbuf[i][c0]), _mm512_load_ps(bv));
+                if (test_sums) bad |= nonfinite_lanes(m0, lo);
+                _mm256_mask_storeu_epi16(out, m0, to_bf16(lo));
+                if (one_block) continue;
+                const __m512 hi = _mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile));
+                if (test_sums) bad |= nonfinite_lanes(m1, hi);
+                _mm256_mask_storeu_epi16(out + kTile, m1, to_bf16(hi));
+              }
+              return;
+            }
+            const Piece* pc = pieces[mp - mp0];
+            for (int64_t j = 0; j < kn; ++j) {
+              const __m512 b = _mm512_set1_ps(bv[j]);
+              const int64_t cj = c0 + j;
+              const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][cj], 4), b));
+              const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][cj], 4), b));
+              const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
+              bf16* out = gy + (n * ldk + k0 + j) * plane;
+              for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
+                _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
+            }
+          };
+          for (int64_t mp = mq; mp < mq1; ++mp) {
+            zero_2x2();
+            const int64_t t0 = 2 * mp;
+            const bf16* a0 = a_at(tile_base(n, t0)) + g * jb.a_group;
+            const bf16* a1 = a_at(tile_base(n, t0 + 1)) + g * jb.a_group;
+            if (kn > kTile) {
+              for (int64_t st = 0; st < nst; ++st)
+                step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
+            } else if (mp + 1 < mq1 && four) {  // 16 filters or fewer: two pixel pairs on the one B tile
+              const bf16* a2 = a_at(tile_base(n, t0 + 2)) + g * jb.a_group;
+              const bf16* a3 = a_at(tile_base(n, t0 + 3)) + g * jb.a_group;
+              for (int64_t st = 0; st < nst; ++st) {
+                const int64_t ao = steps[st].a_off;
+                step_4x1(a0 + ao, a1 + ao, a2 + ao, a3 + ao, a_stride, b0 + st * tile_elems, 64);
+              }
+              store_2x2(cbuf);
+              emit(mp, 0, true);
+              emit(++mp, kTile, true);
+              continue;
+            } else {  // the pair's second filter block is all zeros (CIFAR's 16->16 5x5 forward 1.15x faster)
+              for (int64_t st = 0; st < nst; ++st)
+                step_2x1(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, 64);
             }
             store_2x2(cbuf);
-            emit(mp, 0, true);
-            emit(++mp, kTile, true);
-            continue;
-          } else {  // the pair's second filter block is all zeros (CIFAR's 16->16 5x5 forward 1.15x faster)
-            for (int64_t st = 0; st < nst; ++st)
-              step_2x1(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, 64);
+            emit(mp, 0, kn <= kTile);
           }
-          store_2x2(cbuf);
-          emit(mp, 0, kn <= kTile);
         }
       }
     }
