@@ -483,7 +483,10 @@ void run_tiles(const TileJob& jb) {
   const int64_t b_pair = std::max<int64_t>(1, 2 * nst * tile_elems * int64_t(sizeof(bf16)));  // B bytes of a filter pair
   const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
   constexpr int64_t kPairs = 4;
-  const int64_t nmb = ceil_div(npair, kPairs);
+  // pairs a task: 4, or fewer where that leaves under 4 tasks a thread (a flat grid of all the
+  // images in place, or an image of few pixels)
+  const int64_t ppb = std::clamp<int64_t>(N * npair * nkpb * jb.groups / (4 * pool_threads()), 1, kPairs);
+  const int64_t nmb = ceil_div(npair, ppb);
   // Groups: a task takes a block of gpt groups (the offsets below are the same for every group;
   // worked out once a task: ResNeXt's 32 groups of 16 @14 spent half the time on a task's overheads
   // with a group a task), as many as leave 8 tasks a thread.
@@ -499,7 +502,7 @@ void run_tiles(const TileJob& jb) {
   for_each_task(ngb * per_group_tasks, jb.macs, [&](int64_t task) {
     const int64_t gb = task / per_group_tasks, kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
     const int64_t g0 = gb * gpt, g1 = std::min(jb.groups, g0 + gpt);
-    const int64_t mp0 = mb * kPairs, mp1 = std::min(npair, (mb + 1) * kPairs);
+    const int64_t mp0 = mb * ppb, mp1 = std::min(npair, (mb + 1) * ppb);
     if (jb.nonfinite && !jb.test_sums) {  // (a flat grid on a band read in place: grid pixel m is band pixel m)
       const int64_t m0 = 2 * kTile * mp0, m1 = std::min(Hp * Wp, 2 * kTile * mp1);
       if (kb_blk == 0 && m1 > m0 && run_has_nonfinite(xb + (n * Hp * Wp + m0) * Cb, (m1 - m0) * Cb))
@@ -745,6 +748,10 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = in_place ? C : Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
   job.steps = steps.data(), job.nst = nst, job.wp = wp, job.K = K, job.bias = bias, job.y = y, job.nhwc = nhwc;
   job.Ho = P, job.Wo = Q, job.macs = p.macs();
+  // In place, output pixel m is input pixel m of the N H W: one flat grid of all the images, its
+  // tiles running on from one image into the next, where a grid an image computed the last pair
+  // of each image partly filled: a 14x14 plane 224 rows for 196 pixels, 7x7 64 for 49.
+  if (in_place) job.N = 1, job.Hb = N * Hp, job.P = job.Ho = N * P;
   job.groups = G, job.a_group = grows ? N * Hp * Wp * Cg : Cg, job.wp_group = group_elems, job.ldk = p.K;
   run_tiles(job);
   return !nonfinite.load();
