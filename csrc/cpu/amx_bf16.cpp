@@ -478,8 +478,9 @@ void run_tiles(const TileJob& jb) {
   // in L1 (A rows 2C bytes apart read from L2 or memory ran much slower than from L1, fiftieth
   // round); B stays in L1/L2. Batch 8, 2 threads, old/new (python benchmarks/ab.py OLD.so NEW.so
   // SHAPE --layout nhwc --pass forward --dtype bfloat16 --rounds 5): 256->64 @56 1.11-1.12x,
-  // 256->128 @56 1.07x, 64->256 @56 1.04x, 32->16 @112 1.04x; with more B (128->512 and 512->128
-  // @28: 128 KiB, 1024->256 @14) level to 0.95x, and with a band copied (3x3, strided) 0.89-1.00x.
+  // 256->128 @56 1.07x, 64->256 @56 1.04x; with more B (128->512 and 512->128 @28: 128 KiB,
+  // 1024->256 @14) level to 0.95x, with a band copied (3x3, strided) 0.89-1.00x, and with one step
+  // a block (32 channels: a pair's A rows are 2 KiB) level to 0.90x (32->192 @28).
   const int64_t b_pair = std::max<int64_t>(1, 2 * nst * tile_elems * int64_t(sizeof(bf16)));  // B bytes of a filter pair
   const int64_t kpb = std::max<int64_t>(1, std::min(nkp, (int64_t(512) << 10) / b_pair)), nkpb = ceil_div(nkp, kpb);
   constexpr int64_t kPairs = 4;
@@ -496,7 +497,7 @@ void run_tiles(const TileJob& jb) {
   // channels_last forward 1.21x faster, batch 8), but for groups read in place at 16-channel
   // offsets, whose A rows straddle cache lines (32 groups of 16 @14 NCHW: 0.93x)
   const bool four = jb.groups == 1 || jb.a_group % kChan == 0;
-  const bool pair_outer = jb.tail != nullptr && kpb * b_pair <= (int64_t(64) << 10);
+  const bool pair_outer = jb.tail != nullptr && nst >= 2 && kpb * b_pair <= (int64_t(64) << 10);
   const int64_t unit = !pair_outer ? kPairs : four && K % (2 * kTile) != 0 && K % (2 * kTile) <= kTile ? 2 : 1;
   const int64_t ngb = ceil_div(jb.groups, gpt);
   for_each_task(ngb * per_group_tasks, jb.macs, [&](int64_t task) {
