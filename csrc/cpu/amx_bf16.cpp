@@ -618,7 +618,21 @@ void run_tiles(const TileJob& jb) {
             const int64_t t0 = 2 * mp;
             const bf16* a0 = a_at(tile_base(n, t0)) + g * jb.a_group;
             const bf16* a1 = a_at(tile_base(n, t0 + 1)) + g * jb.a_group;
-            if (kn > kTile) {
+            if (kn > kTile && pair_outer && kp + 1 == std::min(nkp, (kb_blk + 1) * kpb)) {
+              // pixel pairs outer, the pair's last filter pair (its A rows in L1 by now): the next
+              // pair's A rows prefetched into L2 as its steps run, in the order they lie (a demand
+              // miss of a tile's 16 rows, 2C bytes apart, waits on each). Batch 8, old/new (python
+              // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --dtype bfloat16 --rounds
+              // 4): forward 144->24 @56 1.21x, 256->128 1.10-1.15x, 256->64 1.07-1.08x; backward-input
+              // 64<-256 @56 1.09x; 64->256, 96->24, 64->64 @56 level. Into L1 (prefetcht0), or while
+              // the first filter pair runs, slower (a standalone loop and the fiftieth round).
+              const char* nx = reinterpret_cast<const char*>(a_at(tile_base(n, t0 + 2)) + g * jb.a_group);
+              const int64_t lines = 2 * kTile * Cb * int64_t(sizeof(bf16)) / 64, per = ceil_div(lines, nst);
+              for (int64_t st = 0; st < nst; ++st) {
+                for (int64_t l = st * per; l < std::min(lines, (st + 1) * per); ++l) _mm_prefetch(nx + l * 64, _MM_HINT_T2);
+                step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
+              }
+            } else if (kn > kTile) {
               for (int64_t st = 0; st < nst; ++st)
                 step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
             } else if (mp + 1 < mq1 && four) {  // 16 filters or fewer: two pixel pairs on the one B tile
