@@ -31,12 +31,15 @@
 // (the RGB stems) a step of the reduction is 32 // C taps of a filter row instead, read side by
 // side from a band of unpadded pixels (7x7 on 3 channels: 21 of 32 values a step, not 3).
 //
-// Blocking (forward): a task is an image, up to 4 pairs of A tiles (128 grid pixels) and the
-// pairs of 16-filter blocks whose B tiles fit in 512 KiB; for each filter pair and pixel pair it
-// holds the 4 C tiles for the whole reduction (taps x channel blocks: 4 TDPBF16PS per 4 tile
-// loads), then stores them through a 32x32 float32 buffer (bias added, rounded to bfloat16 by
-// VCVTNEPS2BF16). Every output element is one task's sum in a fixed order: the same bits for any
-// thread count. Backward-weight: see backward_weight.
+// Blocking (forward): a task is an image, up to 4 pairs of A tiles (128 grid pixels; fewer where
+// that leaves under 4 tasks a thread) and the pairs of 16-filter blocks whose B tiles fit in
+// 512 KiB; for each filter pair and pixel pair it holds the 4 C tiles for the whole reduction
+// (taps x channel blocks: 4 TDPBF16PS per 4 tile loads), then stores them through a 32x32 float32
+// buffer (bias added, rounded to bfloat16 by VCVTNEPS2BF16). A channels_last 1x1 input read in
+// place is one grid of all the images (tiles run on from one image into the next), and with few
+// B tiles a task runs a pixel pair's filter pairs one after another (its A rows in L1), the next
+// pair's A rows prefetched into L2 meanwhile (run_tiles). Every output element is one task's sum
+// in a fixed order: the same bits for any thread count. Backward-weight: see backward_weight.
 //
 // The tile registers need the kernel's permission (arch_prctl ARCH_REQ_XCOMP_PERM). Without AMX
 // (or that permission) but with AVX512-BF16 — AMD Zen 4 — the same kernels run with the tiles
