@@ -100,9 +100,22 @@ bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) { return supp
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   return supports(p, dtype) && wide_enough(p, p.Cg(), 48);
 }
+// Backward-weight on few pixels (batch 1-2 on 7x7-14x14 planes) also wants 256 or more of them,
+// or 12M products of pixels and channel pairs: its 16 per-position sums (dU, 16 Kg Cg values a
+// chunk, transformed after) cost about what its GEMMs save there. AVX-512, one group, ms winograd
+// / implicit_gemm, median of 20 in a training step (python benchmarks/algos.py SHAPE --layout L
+// --pass backward_weight --step), NCHW (channels_last): 1x128->128 @7 0.241 / 0.119 (0.233 /
+// 0.121), 2x128 @7 0.266 / 0.175, 4x128 @7 0.340 / 0.279, 1x128 @14 0.305 / 0.265 (0.296 / 0.251),
+// 1x256 @7 0.665 / 0.491, 2x256 @7 0.789 / 0.661, 1x64 @8 0.075 / 0.066 (0.073 / 0.056), 1x64 @14
+// 0.088 / 0.088; and still winograd: 1x256 @14 0.867 / 1.131, 4x256 @7 0.877 / 0.978
+// (channels_last), 1x512 @7 1.200 / 2.000, 2x128 @14 0.368 / 0.427, 4x64 @8 0.17 / 0.20.
+bool enough_pixels(const Conv2dParams& p) {
+  const int64_t pix = p.N * p.P * p.Q;
+  return !use_avx512() || pix >= 256 || pix * p.Cg() * p.Kg() >= (int64_t(12) << 20);
+}
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   return supports(p, dtype) && wide_enough(p, std::min(p.Cg(), p.Kg()), is_nchw(p) ? 65 : 64) &&
-         (p.groups < 16 || !use_avx512());
+         (p.groups < 16 || !use_avx512()) && enough_pixels(p);
 }
 
 auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
