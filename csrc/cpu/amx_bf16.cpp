@@ -574,7 +574,8 @@ void run_tiles(const TileJob& jb) {
           // bias as float32 (bfloat16 = the top half). Not one loop with a test of gbias inside:
           // GCC made it a masked load from gbias, and a masked load from a null pointer (no bias)
           // costs a fault-suppression assist of ~100+ cycles even with every lane off: 4% of
-          // channels_last 256->128 1x1 @56's time (perf annotate), once a task and filter pair.
+          // channels_last 256->128 1x1 @56's time (perf annotate), once a task's filter pair (with
+          // pixel pairs outer, once a pixel pair's).
           if (gbias) {
             for (int64_t j = 0; j < 2 * kTile; ++j) {
               const uint32_t u = j < kn ? uint32_t(gbias[k0 + j]) << 16 : 0u;

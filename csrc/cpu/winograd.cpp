@@ -108,10 +108,12 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 // 0.121), 2x128 @7 0.266 / 0.175, 4x128 @7 0.340 / 0.279, 1x128 @14 0.305 / 0.265 (0.296 / 0.251),
 // 1x256 @7 0.665 / 0.491, 2x256 @7 0.789 / 0.661, 1x64 @8 0.075 / 0.066 (0.073 / 0.056), 1x64 @14
 // 0.088 / 0.088; and still winograd: 1x256 @14 0.867 / 1.131, 4x256 @7 0.877 / 0.978
-// (channels_last), 1x512 @7 1.200 / 2.000, 2x128 @14 0.368 / 0.427, 4x64 @8 0.17 / 0.20.
+// (channels_last), 1x512 @7 1.200 / 2.000, 2x128 @14 0.368 / 0.427, 4x64 @8 0.17 / 0.20. Forced
+// (tests, benchmarks) it takes them still: its small-shape cases test its blocking.
 bool enough_pixels(const Conv2dParams& p) {
   const int64_t pix = p.N * p.P * p.Q;
-  return !use_avx512() || pix >= 256 || pix * p.Cg() * p.Kg() >= (int64_t(12) << 20);
+  return !use_avx512() || pix >= 256 || pix * p.Cg() * p.Kg() >= (int64_t(12) << 20) ||
+         forced_algorithm(Pass::BackwardWeight) == "winograd";
 }
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   return supports(p, dtype) && wide_enough(p, std::min(p.Cg(), p.Kg()), is_nchw(p) ? 65 : 64) &&
