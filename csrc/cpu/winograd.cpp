@@ -112,7 +112,7 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 // (tests, benchmarks) it takes them still: its small-shape cases test its blocking.
 bool enough_pixels(const Conv2dParams& p) {
   const int64_t pix = p.N * p.P * p.Q;
-  return !use_avx512() || pix >= 256 || pix * p.Cg() * p.Kg() >= (int64_t(12) << 20) ||
+  return !use_avx512() || p.groups > 1 || pix >= 256 || pix * p.Cg() * p.Kg() >= (int64_t(12) << 20) ||
          forced_algorithm(Pass::BackwardWeight) == "winograd";
 }
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
