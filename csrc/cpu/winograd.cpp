@@ -168,11 +168,13 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 // 7.35, --step 7.98 vs 6.60; 64->128 4.22 vs 3.69, 4.26 vs 3.47; 96->96 4.79 vs 4.16, 5.07 vs
 // 4.12; batch 4 128->128 4.18 vs 3.70, 4.27 vs 3.48 (96->96 @56 batch 4 the one win left: 2.50 vs
 // 2.83). Channels_last, batch 8, --between: 128->128 @56 6.45 vs 6.94, 64->128 2.79 vs 3.27.
+// Forced (tests, benchmarks) it still takes NCHW, as winograd's backward-weight its few pixels:
+// its NCHW bands stay tested.
 bool supports_s2(const Conv2dParams& p, at::ScalarType dtype) {
   using S2 = avx512::S2;  // (the same constants in every ISA; AVX-512's padding of Kg is the wider)
   const int64_t u_floats = avx512::Tile2D<S2>::NP * p.groups * p.Cg() * round_up(p.Kg(), 16);
   return wino_shape(p, dtype, 2) && std::min(p.Cg(), p.Kg()) >= 64 && u_floats <= S2::kSmallU &&
-         (is_nhwc(p) || !use_avx512());
+         (is_nhwc(p) || !use_avx512() || forced_algorithm(Pass::Forward) == "winograd_s2");
 }
 
 void run_forward_s2(const Conv2dParams& p, Operands& o) { forward(p, o, kStride2); }
