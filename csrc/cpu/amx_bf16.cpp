@@ -591,6 +591,21 @@ void run_tiles(const TileJob& jb) {
           // unless one_block): bias added, rounded, stored
           auto emit = [&](int64_t mp, int64_t c0, bool one_block) {
             const int64_t* o = off[mp - mp0];
+            if (jb.nhwc && !one_block && kn == 2 * kTile) {
+              // 32 filters: a pixel's two rows of sums rounded into one vector, one 64-byte store
+              // (not two masked 32-byte ones)
+              const __m512 blo = _mm512_load_ps(bv), bhi = _mm512_load_ps(bv + kTile);
+              bf16* const out = gy + n * plane * ldk + k0;
+              const int64_t ld = ldk;  // (a local: the stores could alias the captured one)
+              for (int64_t i = 0; i < 2 * kTile; ++i) {
+                if (o[i] < 0) continue;
+                const __m512 lo = _mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), blo);
+                const __m512 hi = _mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), bhi);
+                if (test_sums) bad |= nonfinite_lanes(0xFFFF, lo) | nonfinite_lanes(0xFFFF, hi);
+                _mm512_storeu_si512(out + o[i] * ld, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+              }
+              return;
+            }
             if (jb.nhwc) {
               for (int64_t i = 0; i < 2 * kTile; ++i) {
                 if (o[i] < 0) continue;
