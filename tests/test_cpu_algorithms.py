@@ -245,6 +245,11 @@ AMX = [
     ((1, 32, 9, 8), 32, (3, 3), 1, (2, 1), (2, 1), 2),
     ((1, 32, 7, 9), 32, (3, 3), 2, 1, 1, 8),             # 4 channels, 4 filters a group: backward-weight's
                                                          # 16 x 16 diagonal tiles of 4 groups each
+    # 19-36 steps a filter pair: its steps in two halves over the pixel pairs, the sums kept between
+    ((2, 96, 9, 10), 40, (3, 3), 1, 1, 1, 1),            # 27 steps (14 + 13); 40 filters: the tail of 8 whole
+    ((1, 70, 8, 9), 128, (3, 3), 2, 1, 1, 1),            # strided, 70 channels: 27 steps
+    ((2, 48, 7, 9), 112, (3, 3), 1, 1, 1, 1),            # backward-input: 112 dy channels, 36 steps (18 + 18)
+    ((1, 32, 9, 9), 48, (5, 5), 1, 2, 1, 1),             # 25 taps of 32 channels; 48 filters: 32 + 16
 ]
 # < 16 channels (amx_bf16_rows' backward passes: the taps of a filter row side by side)
 AMX_ROWS = [

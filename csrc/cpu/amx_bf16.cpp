@@ -503,6 +503,17 @@ void run_tiles(const TileJob& jb) {
   const bool pair_outer = jb.tail != nullptr && nst >= 2 && kpb * b_pair <= (int64_t(64) << 10);
   const int64_t unit = !pair_outer ? kPairs : four && K % (2 * kTile) != 0 && K % (2 * kTile) <= kTile ? 2 : 1;
   const int64_t ngb = ceil_div(jb.groups, gpt);
+  // Filter pairs outer whose B tiles take 37-72 KiB (19-36 steps: 3x3 on 96-128 channels, 5x5 on
+  // 64): a filter pair's steps run in two halves, each over the task's pixel pairs, each pair's
+  // sums stored to acc after the first half and loaded for the second (float32 stored and loaded
+  // as they are: the same sums, the same bits). A half's B tiles then stay in L1 for the 4 pixel
+  // pairs, where all of them came from L2 for each. Batch 8, old/new (python benchmarks/ab.py
+  // OLD.so NEW.so SHAPE --layout L --pass P --dtype bfloat16 --rounds 3): 3x3 128@28 channels_last
+  // forward 1.13-1.18x, backward-input 1.13x, NCHW 1.08-1.11x; 128@14 1.08x, 96@28 1.02-1.08x, 5x5
+  // 32@32 1.05x, batch 1 128@56 1.10x, 128@28 1.05-1.10x; strided 128@56/2 level. In more parts
+  // (B over 72 KiB) each part's stores and loads of the sums cost more than L1 gave: 256@14 0.86-0.88x
+  // in four quarters, 0.86x in two halves of 72 KiB, 512@7 0.79x in eighths.
+  const int64_t half_steps = !pair_outer && nst > 18 && nst <= 36 ? ceil_div(nst, int64_t(2)) : nst;
   for_each_task(ngb * per_group_tasks, jb.macs, [&](int64_t task) {
     const int64_t gb = task / per_group_tasks, kb_blk = task / (N * nmb) % nkpb, n = task / nmb % N, mb = task % nmb;
     const int64_t g0 = gb * gpt, g1 = std::min(jb.groups, g0 + gpt);
@@ -517,6 +528,7 @@ void run_tiles(const TileJob& jb) {
     __mmask16 bad = 0;  // lanes of the sums stored that were an infinity or a NaN (test_sums)
     configure_tiles();
     alignas(64) float cbuf[2 * kTile][2 * kTile];  // [pixel][filter]
+    alignas(64) float acc[kPairs][2 * kTile][2 * kTile];  // the sums of the pixel pairs between halves
     alignas(64) float bv[2 * kTile];
     const __m512i col = lane_steps(2 * kTile);     // a filter's column of cbuf
     // each pixel pair's rows' output pixels in their plane (-1 where a row has none), and for NCHW
@@ -632,45 +644,57 @@ void run_tiles(const TileJob& jb) {
                 _mm512_mask_storeu_epi16(out + pc[u].at, pc[u].lanes, _mm512_permutexvar_epi16(pc[u].idx, v));
             }
           };
-          for (int64_t mp = mq; mp < mq1; ++mp) {
-            zero_2x2();
-            const int64_t t0 = 2 * mp;
-            const bf16* a0 = a_at(tile_base(n, t0)) + g * jb.a_group;
-            const bf16* a1 = a_at(tile_base(n, t0 + 1)) + g * jb.a_group;
-            if (kn > kTile && pair_outer && kp + 1 == std::min(nkp, (kb_blk + 1) * kpb)) {
-              // pixel pairs outer, the pair's last filter pair (its A rows in L1 by now): the next
-              // pair's A rows prefetched into L2 as its steps run, in the order they lie (a demand
-              // miss of a tile's 16 rows, 2C bytes apart, waits on each). Batch 8, old/new (python
-              // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --dtype bfloat16 --rounds
-              // 4): forward 144->24 @56 1.21x, 256->128 1.10-1.15x, 256->64 1.07-1.08x; backward-input
-              // 64<-256 @56 1.09x; 64->256, 96->24, 64->64 @56 level. Into L1 (prefetcht0), or while
-              // the first filter pair runs, slower (a standalone loop and the fiftieth round).
-              const char* nx = reinterpret_cast<const char*>(a_at(tile_base(n, t0 + 2)) + g * jb.a_group);
-              const int64_t lines = 2 * kTile * Cb * int64_t(sizeof(bf16)) / 64, per = ceil_div(lines, nst);
-              for (int64_t st = 0; st < nst; ++st) {
-                for (int64_t l = st * per; l < std::min(lines, (st + 1) * per); ++l) _mm_prefetch(nx + l * 64, _MM_HINT_T2);
-                step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
+          const int64_t nhalf = kn > kTile && half_steps < nst ? 2 : 1;  // (2x2 steps only)
+          for (int64_t h = 0; h < nhalf; ++h) {
+            for (int64_t mp = mq; mp < mq1; ++mp) {
+              const int64_t st0 = h * half_steps, st1 = std::min(nst, st0 + half_steps);
+              if (h == 0) {
+                zero_2x2();
+              } else {
+                load_2x2(acc[mp - mq]);
               }
-            } else if (kn > kTile) {
-              for (int64_t st = 0; st < nst; ++st)
-                step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
-            } else if (mp + 1 < mq1 && four) {  // 16 filters or fewer: two pixel pairs on the one B tile
-              const bf16* a2 = a_at(tile_base(n, t0 + 2)) + g * jb.a_group;
-              const bf16* a3 = a_at(tile_base(n, t0 + 3)) + g * jb.a_group;
-              for (int64_t st = 0; st < nst; ++st) {
-                const int64_t ao = steps[st].a_off;
-                step_4x1(a0 + ao, a1 + ao, a2 + ao, a3 + ao, a_stride, b0 + st * tile_elems, 64);
+              const int64_t t0 = 2 * mp;
+              const bf16* a0 = a_at(tile_base(n, t0)) + g * jb.a_group;
+              const bf16* a1 = a_at(tile_base(n, t0 + 1)) + g * jb.a_group;
+              if (kn > kTile && pair_outer && kp + 1 == std::min(nkp, (kb_blk + 1) * kpb)) {
+                // pixel pairs outer, the pair's last filter pair (its A rows in L1 by now): the next
+                // pair's A rows prefetched into L2 as its steps run, in the order they lie (a demand
+                // miss of a tile's 16 rows, 2C bytes apart, waits on each). Batch 8, old/new (python
+                // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --dtype bfloat16 --rounds
+                // 4): forward 144->24 @56 1.21x, 256->128 1.10-1.15x, 256->64 1.07-1.08x; backward-input
+                // 64<-256 @56 1.09x; 64->256, 96->24, 64->64 @56 level. Into L1 (prefetcht0), or while
+                // the first filter pair runs, slower (a standalone loop and the fiftieth round).
+                const char* nx = reinterpret_cast<const char*>(a_at(tile_base(n, t0 + 2)) + g * jb.a_group);
+                const int64_t lines = 2 * kTile * Cb * int64_t(sizeof(bf16)) / 64, per = ceil_div(lines, nst);
+                for (int64_t st = 0; st < nst; ++st) {
+                  for (int64_t l = st * per; l < std::min(lines, (st + 1) * per); ++l) _mm_prefetch(nx + l * 64, _MM_HINT_T2);
+                  step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
+                }
+              } else if (kn > kTile) {
+                for (int64_t st = st0; st < st1; ++st)
+                  step_2x2(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, b1 + st * tile_elems, 64);
+                if (h + 1 < nhalf) {
+                  store_2x2(acc[mp - mq]);
+                  continue;
+                }
+              } else if (mp + 1 < mq1 && four) {  // 16 filters or fewer: two pixel pairs on the one B tile
+                const bf16* a2 = a_at(tile_base(n, t0 + 2)) + g * jb.a_group;
+                const bf16* a3 = a_at(tile_base(n, t0 + 3)) + g * jb.a_group;
+                for (int64_t st = 0; st < nst; ++st) {
+                  const int64_t ao = steps[st].a_off;
+                  step_4x1(a0 + ao, a1 + ao, a2 + ao, a3 + ao, a_stride, b0 + st * tile_elems, 64);
+                }
+                store_2x2(cbuf);
+                emit(mp, 0, true);
+                emit(++mp, kTile, true);
+                continue;
+              } else {  // the pair's second filter block is all zeros (CIFAR's 16->16 5x5 forward 1.15x faster)
+                for (int64_t st = 0; st < nst; ++st)
+                  step_2x1(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, 64);
               }
               store_2x2(cbuf);
-              emit(mp, 0, true);
-              emit(++mp, kTile, true);
-              continue;
-            } else {  // the pair's second filter block is all zeros (CIFAR's 16->16 5x5 forward 1.15x faster)
-              for (int64_t st = 0; st < nst; ++st)
-                step_2x1(a0 + steps[st].a_off, a1 + steps[st].a_off, a_stride, b0 + st * tile_elems, 64);
+              emit(mp, 0, kn <= kTile);
             }
-            store_2x2(cbuf);
-            emit(mp, 0, kn <= kTile);
           }
         }
       }
