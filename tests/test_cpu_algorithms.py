@@ -250,6 +250,11 @@ AMX = [
     ((1, 70, 8, 9), 128, (3, 3), 2, 1, 1, 1),            # strided, 70 channels: 27 steps
     ((2, 48, 7, 9), 112, (3, 3), 1, 1, 1, 1),            # backward-input: 112 dy channels, 36 steps (18 + 18)
     ((1, 32, 9, 9), 48, (5, 5), 1, 2, 1, 1),             # 25 taps of 32 channels; 48 filters: 32 + 16
+    # strided 1x1, channels_last forward read in place: tile rows of every other pixel
+    ((2, 40, 5, 30), 48, (1, 1), 2, 0, 1, 1),            # 40 channels (A rows read into the next pixel); 3
+                                                         # grid rows, the last pair's second tile past x
+    ((1, 64, 28, 28), 64, (1, 1), 2, 0, 1, 1),           # rows of 14 in tiles of 16
+    ((2, 32, 6, 32), 40, (1, 1), (1, 2), 0, 1, 1),       # unequal strides
 ]
 # < 16 channels (amx_bf16_rows' backward passes: the taps of a filter row side by side)
 AMX_ROWS = [
@@ -886,6 +891,7 @@ def test_depthwise_bfloat16_rounding(layout, dtype):
     ((2, 48, 7, 6), 40, (1, 1), 1, 0, 1, 1),       # ... and backward-input's, on dy (tasks test what they read)
     ((2, 80, 7, 6), 16, (1, 1), 1, 0, 1, 1),       # ... fewer filters than channels: tasks test their sums
     ((2, 24, 7, 6), 80, (1, 1), 1, 0, 1, 1),       # ... and backward-input's on dy's 80 channels
+    ((2, 40, 5, 30), 48, (1, 1), 2, 0, 1, 1),      # ... strided (its sums tested; x's odd columns read past)
     ((1, 64, 9, 9), 64, (3, 3), 1, 1, 1, 8),       # its small groups (block-diagonal filters)
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 8),       # ... strided (backward-input by dx's phases)
     ((2, 64, 7, 6), 64, (1, 1), 1, 0, 1, 8),       # ... 1x1 (channels_last: read in place)

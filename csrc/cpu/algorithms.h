@@ -92,6 +92,9 @@ bool amx_bf16_available();
 // True when amx_bf16 runs its tiles as AVX512-BF16 dot products (no AMX here, or
 // CONV_EXT_AMX_EMULATE=1).
 bool amx_bf16_emulated();
+// True for the strided channels_last 1x1 forward problems amx_bf16 reads in place (amx_bf16.cpp);
+// conv2d_cpu.cpp copies the pixels of the others' strides out first (strided_1x1).
+bool amx_bf16_strided_1x1_in_place(const Conv2dParams& p, bool channels_last);
 // True for the bfloat16 backward-weight problems gemm_1x1 runs on words of pixel pairs on such a
 // CPU (NCHW 1x1 stride-1 unpadded, planes of an even pixel count): bf16_pairs and amx_bf16 leave
 // them to it (gemm_1x1.cpp).

@@ -108,6 +108,19 @@ bool amx_bf16_available() {
 
 bool amx_bf16_emulated() { return amx_bf16_available() && amx::g_tiles_emulated; }
 
+// A strided channels_last 1x1 forward (one group) read in place: rows of tiles along each output
+// row, their A rows every stride-th pixel of x's row (a tile's rows past Q run on into x's next
+// row: computed, never stored). The other strided 1x1 problems have the pixels they read copied
+// out first (strided_1x1, conv2d_cpu.cpp: a quarter of x at stride 2), then run at stride 1 in
+// place. Rows of Q pixels take round_up(Q, 16) tile rows: in place where that is at most 8/7 of
+// Q (7x7 planes, 16 rows for 7, ran 0.56-0.82x). Batch 8, old/new (python benchmarks/ab.py
+// OLD.so NEW.so SHAPE --layout nhwc --pass forward --dtype bfloat16 --rounds 3): 256->512 @56/2
+// 1.09-1.10x, 512->1024 @28/2 1.18-1.20x, 512->2048 @28/2 1.05x, batch 1 256->512 @56/2 0.97-1.00x.
+bool amx_bf16_strided_1x1_in_place(const Conv2dParams& p, bool channels_last) {
+  return channels_last && p.groups == 1 && p.R == 1 && p.S == 1 && p.pad_h == 0 && p.pad_w == 0 &&
+         7 * round_up(p.Q, amx::kTile) <= 8 * p.Q;
+}
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
 
@@ -289,9 +302,11 @@ bool grouped_rows(const Conv2dParams& p) {
 // MobileNet's 1x1 layers, channels_last, batch 4 (benchmarks/ab.py): 144->24 @56 forward 1.84x
 // faster (the band copy, 144 channels padded to 160, was most of it; torch 0.11 ms, ours 0.28
 // before), 24->144 backward-input 1.90x, 32->16 @112 1.26x, 16->96 @112 forward 1.08x.
+// Strided too (amx_bf16_strided_1x1_in_place).
 bool in_place_1x1(const Conv2dParams& p) {
-  return is_nhwc(p) && p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 &&
-         (p.groups == 1 || p.C % kChan == 0);
+  const bool strided = p.stride_h > 1 || p.stride_w > 1;
+  return is_nhwc(p) && p.R == 1 && p.S == 1 && p.pad_h == 0 && p.pad_w == 0 &&
+         (strided ? amx_bf16_strided_1x1_in_place(p, true) : p.groups == 1 || p.C % kChan == 0);
 }
 // Whether forward's A rows meet values of the next channels or pixels with zero rows of B.
 bool reads_past(const Conv2dParams& p) {
@@ -786,15 +801,21 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   TileJob job;
   at::Tensor band_t;
   std::atomic<bool> nonfinite{false};
-  const bool in_place = in_place_1x1(p);
+  const bool in_place = in_place_1x1(p), strided = sh > 1 || sw > 1;
   if (in_place) {
-    const int64_t total = N * H * W, from = std::max<int64_t>(0, total - 2 * kTile);
-    band_t = bf16_buffer((total - from + 4 * kTile) * C);
+    // tiles from pixel `from` on (their 16 rows, sw pixels apart, could reach past x) read the
+    // copy; a strided grid's last pair of tiles can start a grid row past the last image's
+    // (tile_base of grid row P) and read a run of tiles on from there
+    const int64_t total = N * H * W, from = std::max<int64_t>(0, total - 2 * kTile * sw);
+    const int64_t end = strided ? (N - 1) * H * W + P * sh * W + round_up(Q, kTile) * sw + 2 * kTile : total + 4 * kTile;
+    band_t = bf16_buffer((end - from) * C);
     bf16* t = bf16_data(band_t);
     std::memcpy(t, x + from * C, sizeof(bf16) * (total - from) * C);
-    std::memset(t + (total - from) * C, 0, sizeof(bf16) * 4 * kTile * C);
+    std::memset(t + (total - from) * C, 0, sizeof(bf16) * (end - total) * C);
     job.xb = x, job.tail = t, job.tail_from = from;
-    if (check_finite) job.nonfinite = &nonfinite, job.test_sums = K < C;  // (in place: channels_last)
+    // (in place: channels_last; strided: the sums, the tasks' test of their band pixels being
+    // for a flat grid)
+    if (check_finite) job.nonfinite = &nonfinite, job.test_sums = K < C || strided;
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
     bool band_nonfinite = false;
@@ -809,7 +830,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   // In place, output pixel m is input pixel m of the N H W: one flat grid of all the images, its
   // tiles running on from one image into the next, where a grid an image computed the last pair
   // of each image partly filled: a 14x14 plane 224 rows for 196 pixels, 7x7 64 for 49.
-  if (in_place) job.N = 1, job.Hb = N * Hp, job.P = job.Ho = N * P;
+  if (in_place && !strided) job.N = 1, job.Hb = N * Hp, job.P = job.Ho = N * P;
   job.groups = G, job.a_group = grows ? N * Hp * Wp * Cg : Cg, job.wp_group = group_elems, job.ldk = p.K;
   run_tiles(job);
   return !nonfinite.load();
