@@ -255,6 +255,10 @@ AMX = [
                                                          # grid rows, the last pair's second tile past x
     ((1, 64, 28, 28), 64, (1, 1), 2, 0, 1, 1),           # rows of 14 in tiles of 16
     ((2, 32, 6, 32), 40, (1, 1), (1, 2), 0, 1, 1),       # unequal strides
+    # strided, channels_last: the interior read in place, the edge pixels' windows copied side by side
+    ((2, 64, 33, 33), 40, (3, 3), 2, 1, 1, 1),           # 15 x 15 inside (odd tiles: the last pair past x)
+    ((2, 32, 35, 35), 48, (5, 5), 2, 2, 1, 1),           # 5x5, padding 2: 2 rows and columns of edges
+    ((1, 64, 30, 98), 32, (3, 3), (1, 2), 1, (2, 1), 1),  # unequal strides, dilated rows
 ]
 # < 16 channels (amx_bf16_rows' backward passes: the taps of a filter row side by side)
 AMX_ROWS = [
