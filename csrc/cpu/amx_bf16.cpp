@@ -769,6 +769,91 @@ void run_tiles(const TileJob& jb) {
   });
 }
 
+// A strided channels_last layer of whole blocks of 32 channels (one group) reads x in place for
+// the output pixels all of whose taps fall inside x (rows p0..p1, columns q0..q1 of the output:
+// interior_rect), and the rest (the edges) from their windows copied side by side
+// (interior_and_edges): no band of the whole input. ResNet-50's 3x3/2 layers, batch 8,
+// channels_last forward, old/new (python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass
+// forward --dtype bfloat16 --rounds 3): 128@56/2 1.14-1.22x (the band's copy was 16% of its
+// samples, perf record), 64->128 @56/2 1.16-1.19x, 512@14/2 1.04-1.13x, batch 2 128@56/2 1.05x;
+// outputs bit-identical (the same steps in the same order, zeros where the band had them).
+// interior_rect: that rectangle, false where it is empty or the two grids would cost more than
+// the band (below).
+bool interior_rect(const Conv2dParams& p, int64_t& p0, int64_t& p1, int64_t& q0, int64_t& q1) {
+  const int64_t N = p.N, P = p.P, Q = p.Q;
+  if (!(p.groups == 1 && is_nhwc(p) && (p.stride_h > 1 || p.stride_w > 1) && p.C % kChan == 0 && p.R * p.S > 1))
+    return false;
+  auto span = [](int64_t n, int64_t out, int64_t stride, int64_t pad, int64_t reach, int64_t& lo, int64_t& hi) {
+    lo = ceil_div(pad, stride);  // the first output whose first tap is inside
+    hi = n - 1 + pad - reach < 0 ? 0 : std::min(out, (n - 1 + pad - reach) / stride + 1);  // past the last whose last is
+  };
+  span(p.H, P, p.stride_h, p.pad_h, (p.R - 1) * p.dil_h, p0, p1);
+  span(p.W, Q, p.stride_w, p.pad_w, (p.S - 1) * p.dil_w, q0, q1);
+  if (p1 <= p0 || q1 <= q0) return false;
+  // pairs of tiles: a band's grid rows, the interior's, the edges' (one grid row of all the
+  // images' edge pixels). Not where the edges fill less than a task's block of 4 pairs (each
+  // task of the edges reads all its filter block's B tiles: batch 1 512@14/2 0.82x, 128@56/2
+  // 0.89-0.95x), nor where the two grids take over 10% more pairs than the band's (256@28/2 at
+  // batch 8: 63 for 56, 0.97-1.00x).
+  const int64_t band_pairs = N * ceil_div(P * ceil_div(Q, kTile), int64_t(2));
+  const int64_t in_pairs = N * ceil_div((p1 - p0) * ceil_div(q1 - q0, kTile), int64_t(2));
+  const int64_t edge_pairs = ceil_div(N * (P * Q - (p1 - p0) * (q1 - q0)), 2 * kTile);
+  return (edge_pairs == 0 || edge_pairs >= 4) && 10 * (in_pairs + edge_pairs) <= 11 * band_pairs;
+}
+
+// forward's job (its steps, filter, bias and output set) on x read in place for the interior
+// rectangle and on the edge pixels' windows.
+void interior_and_edges(const Conv2dParams& p, const bf16* x, int64_t p0, int64_t p1, int64_t q0, int64_t q1,
+                        const std::vector<Step>& steps, TileJob job) {
+  const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
+  const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
+  // the interior: grid pixel (pp, q) at x pixel ((p0 + pp) sh - ph, (q0 + q) sw - pw); tiles
+  // from pixel `from` of xb on (their rows and taps could reach past x's end) read a copy of
+  // x's last pixels with zeros after them, up to a run of tiles past the last grid row
+  const int64_t off = (p0 * sh - ph) * W + (q0 * sw - pw), total = N * H * W - off;
+  const int64_t Pi = p1 - p0, Qi = q1 - q0, reach = (R - 1) * dh * W + (S - 1) * dw;
+  const int64_t from = std::max<int64_t>(0, total - reach - 2 * kTile * sw);
+  const int64_t end = std::max(total, (N - 1) * H * W + Pi * sh * W + round_up(Qi, kTile) * sw + reach + 2 * kTile);
+  at::Tensor tail_t = bf16_buffer((end - from) * C);
+  bf16* t = bf16_data(tail_t);
+  std::memcpy(t, x + (off + from) * C, sizeof(bf16) * (total - from) * C);
+  std::memset(t + (total - from) * C, 0, sizeof(bf16) * (end - total) * C);
+  job.xb = x + off * C, job.tail = t, job.tail_from = from, job.a_group = C;
+  job.N = N, job.Hb = H, job.Wb = W, job.Cb = C, job.sh = sh, job.sw = sw, job.P = Pi, job.Q = Qi;
+  job.Ho = P, job.Wo = Q, job.oa = p0, job.ob = q0, job.macs = p.macs() * Pi * Qi / (P * Q);
+  run_tiles(job);
+  // the edges: each edge pixel's R x S x C window (zeros where it meets the padding) copied
+  // side by side, one grid row of the edge pixels of all the images, R S pixels apart (a
+  // window's rows S pixels long: the steps' taps at (r S + s) C), stored at out_at
+  std::vector<int64_t> out_at;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t pp = 0; pp < P; ++pp)
+      for (int64_t q = 0; q < Q; ++q)
+        if (pp < p0 || pp >= p1 || q < q0 || q >= q1) out_at.push_back((n * P + pp) * Q + q);
+  const int64_t NE = static_cast<int64_t>(out_at.size()), win = R * S * C;
+  if (NE == 0) return;
+  at::Tensor win_t = bf16_buffer((NE + 4 * kTile) * win);
+  bf16* wb = bf16_data(win_t);
+  std::memset(wb + NE * win, 0, sizeof(bf16) * 4 * kTile * win);
+  for_each_task(NE, NE * win * 4, [&](int64_t e) {
+    const int64_t n = out_at[e] / (P * Q), pp = out_at[e] / Q % P, q = out_at[e] % Q;
+    bf16* d = wb + e * win;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s, d += C) {
+        const int64_t h = pp * sh + r * dh - ph, ww = q * sw + s * dw - pw;
+        if (h < 0 || h >= H || ww < 0 || ww >= W) std::memset(d, 0, sizeof(bf16) * C);
+        else std::memcpy(d, x + ((n * H + h) * W + ww) * C, sizeof(bf16) * C);
+      }
+  });
+  std::vector<Step> wsteps = steps;
+  for (Step& st : wsteps) st.a_off = (st.r * S + st.s0) * C + st.c0;
+  TileJob edges = job;
+  edges.steps = wsteps.data(), edges.xb = wb, edges.tail = nullptr, edges.tail_from = 0;
+  edges.N = 1, edges.Hb = NE * R, edges.Wb = S, edges.sh = 1, edges.sw = R * S, edges.P = 1, edges.Q = NE;
+  edges.oa = edges.ob = 0, edges.out_at = out_at.data(), edges.macs = p.macs() * NE / (N * P * Q);
+  run_tiles(edges);
+}
+
 // Groups (p.groups > 1, each of a multiple of 32 channels: grouped_in_place) run in one pass
 // over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
 // w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
@@ -800,33 +885,9 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   // meet zero rows of B). Step st: A at a_off[st] from the tile row's pixel, B tile (r, s0, c0).
   const bool grows = grouped_rows(p), rows = (G == 1 && row_mode(p)) || grows;
   const int64_t Cb = rows ? Cg : round_up(C, kChan), sc = rows ? kChan / Cg : 1, Cs = rows ? Cg : round_up(Cg, kChan);
-  // A strided channels_last layer of whole blocks of 32 channels (one group) reads x in place for
-  // the output pixels all of whose taps fall inside x (rows p0..p1, columns q0..q1 of the grid),
-  // and the rest (the edges) from their windows copied side by side (edge_windows): no band of the
-  // whole input. ResNet-50's 3x3/2 layers, batch 8, channels_last forward, old/new (python
-  // benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass forward --dtype bfloat16 --rounds 3):
-  // 128@56/2 1.14-1.22x (the band's copy was 16% of its samples, perf record), 64->128 @56/2
-  // 1.16-1.19x, 512@14/2 1.04-1.13x, batch 2 128@56/2 1.05x; outputs bit-identical (the same steps
-  // in the same order, zeros where the band had them).
+  // A strided channels_last layer of whole 32-channel blocks: x read in place (interior_rect)
   int64_t p0 = 0, p1 = 0, q0 = 0, q1 = 0;
-  bool interior = !rows && G == 1 && nhwc && (sh > 1 || sw > 1) && C % kChan == 0 && R * S > 1 && !check_finite;
-  if (interior) {
-    auto span = [](int64_t n, int64_t out, int64_t stride, int64_t pad, int64_t reach, int64_t& lo, int64_t& hi) {
-      lo = ceil_div(pad, stride);                                  // the first output whose first tap is inside
-      hi = n - 1 + pad - reach < 0 ? 0 : std::min(out, (n - 1 + pad - reach) / stride + 1);  // past the last whose last is
-    };
-    span(H, P, sh, ph, (R - 1) * dh, p0, p1);
-    span(W, Q, sw, pw, (S - 1) * dw, q0, q1);
-    // pairs of tiles: a band's grid rows, the interior's, the edges' (one grid row of all the
-    // images' edge pixels). Not where the edges fill less than a task's block of 4 pairs (each
-    // task of the edges reads all its filter block's B tiles: batch 1 512@14/2 0.82x, 128@56/2
-    // 0.89-0.95x), nor where the two grids take over 10% more pairs than the band's (256@28/2 at
-    // batch 8: 63 for 56, 0.97-1.00x).
-    const int64_t band_pairs = N * ceil_div(P * ceil_div(Q, kTile), int64_t(2));
-    const int64_t in_pairs = N * ceil_div((p1 - p0) * ceil_div(q1 - q0, kTile), int64_t(2));
-    const int64_t edge_pairs = ceil_div(N * (P * Q - std::max<int64_t>(0, p1 - p0) * std::max<int64_t>(0, q1 - q0)), 2 * kTile);
-    interior = p1 > p0 && q1 > q0 && (edge_pairs == 0 || edge_pairs >= 4) && 10 * (in_pairs + edge_pairs) <= 11 * band_pairs;
-  }
+  const bool interior = !rows && !check_finite && interior_rect(p, p0, p1, q0, q1);
   const int64_t Wa = interior ? W : Wp;  // the row of pixels A rows step along: x's or the band's
   std::vector<Step> steps;
   for (int64_t r = 0; r < R; ++r)
@@ -881,51 +942,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   job.steps = steps.data(), job.nst = nst, job.wp = wp, job.K = K, job.bias = bias, job.y = y, job.nhwc = nhwc;
   job.groups = G, job.wp_group = group_elems, job.ldk = p.K;
   if (interior) {
-    // the interior: grid pixel (pp, q) at x pixel ((p0 + pp) sh - ph, (q0 + q) sw - pw); tiles
-    // from pixel `from` of xb on (their rows and taps could reach past x's end) read a copy of
-    // x's last pixels with zeros after them, up to a run of tiles past the last grid row
-    const int64_t off = (p0 * sh - ph) * W + (q0 * sw - pw), total = N * H * W - off;
-    const int64_t Pi = p1 - p0, Qi = q1 - q0, reach = (R - 1) * dh * W + (S - 1) * dw;
-    const int64_t from = std::max<int64_t>(0, total - reach - 2 * kTile * sw);
-    const int64_t end = std::max(total, (N - 1) * H * W + Pi * sh * W + round_up(Qi, kTile) * sw + reach + 2 * kTile);
-    at::Tensor tail_t = bf16_buffer((end - from) * C);
-    bf16* t = bf16_data(tail_t);
-    std::memcpy(t, x + (off + from) * C, sizeof(bf16) * (total - from) * C);
-    std::memset(t + (total - from) * C, 0, sizeof(bf16) * (end - total) * C);
-    job.xb = x + off * C, job.tail = t, job.tail_from = from, job.a_group = C;
-    job.N = N, job.Hb = H, job.Wb = W, job.Cb = C, job.sh = sh, job.sw = sw, job.P = Pi, job.Q = Qi;
-    job.Ho = P, job.Wo = Q, job.oa = p0, job.ob = q0, job.macs = p.macs() * Pi * Qi / (P * Q);
-    run_tiles(job);
-    // the edges: each edge pixel's R x S x C window (zeros where it meets the padding) copied
-    // side by side, a grid of one row of E pixels an image, R S pixels apart (the window's rows
-    // S pixels long: the steps' taps at (r S + s) C)
-    std::vector<int64_t> out_at;  // (of all the images: one grid row of N E pixels)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t pp = 0; pp < P; ++pp)
-        for (int64_t q = 0; q < Q; ++q)
-          if (pp < p0 || pp >= p1 || q < q0 || q >= q1) out_at.push_back((n * P + pp) * Q + q);
-    const int64_t NE = static_cast<int64_t>(out_at.size()), win = R * S * C;
-    at::Tensor win_t = bf16_buffer((NE + 4 * kTile) * win);
-    bf16* wb = bf16_data(win_t);
-    std::memset(wb + NE * win, 0, sizeof(bf16) * 4 * kTile * win);
-    for_each_task(NE, NE * win * 4, [&](int64_t e) {
-      const int64_t n = out_at[e] / (P * Q), pp = out_at[e] / Q % P, q = out_at[e] % Q;
-      bf16* d = wb + e * win;
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s, d += C) {
-          const int64_t h = pp * sh + r * dh - ph, ww = q * sw + s * dw - pw;
-          if (h < 0 || h >= H || ww < 0 || ww >= W) std::memset(d, 0, sizeof(bf16) * C);
-          else std::memcpy(d, x + ((n * H + h) * W + ww) * C, sizeof(bf16) * C);
-        }
-    });
-    std::vector<Step> wsteps = steps;
-    for (Step& st : wsteps) st.a_off = (st.r * S + st.s0) * C + st.c0;
-    if (NE == 0) return true;
-    TileJob edges = job;
-    edges.steps = wsteps.data(), edges.xb = wb, edges.tail = nullptr, edges.tail_from = 0;
-    edges.N = 1, edges.Hb = NE * R, edges.Wb = S, edges.sh = 1, edges.sw = R * S, edges.P = 1, edges.Q = NE;
-    edges.oa = edges.ob = 0, edges.out_at = out_at.data(), edges.macs = p.macs() * NE / (N * P * Q);
-    run_tiles(edges);
+    interior_and_edges(p, x, p0, p1, q0, q1, steps, job);
     return true;
   }
   at::Tensor band_t;
@@ -954,13 +971,12 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
     job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
   }
   job.N = N, job.Hb = Hp, job.Wb = Wp, job.Cb = in_place ? C : Cb, job.sh = sh, job.sw = sw, job.P = P, job.Q = Q;
-  job.steps = steps.data(), job.nst = nst, job.wp = wp, job.K = K, job.bias = bias, job.y = y, job.nhwc = nhwc;
   job.Ho = P, job.Wo = Q, job.macs = p.macs();
   // In place, output pixel m is input pixel m of the N H W: one flat grid of all the images, its
   // tiles running on from one image into the next, where a grid an image computed the last pair
   // of each image partly filled: a 14x14 plane 224 rows for 196 pixels, 7x7 64 for 49.
   if (in_place && !strided) job.N = 1, job.Hb = N * Hp, job.P = job.Ho = N * P;
-  job.groups = G, job.a_group = grows ? N * Hp * Wp * Cg : Cg, job.wp_group = group_elems, job.ldk = p.K;
+  job.a_group = grows ? N * Hp * Wp * Cg : Cg;
   run_tiles(job);
   return !nonfinite.load();
 }
