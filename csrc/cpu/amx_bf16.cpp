@@ -820,7 +820,7 @@ void interior_and_edges(const Conv2dParams& p, const bf16* x, int64_t p0, int64_
   std::memset(t + (total - from) * C, 0, sizeof(bf16) * (end - total) * C);
   job.xb = x + off * C, job.tail = t, job.tail_from = from, job.a_group = C;
   job.N = N, job.Hb = H, job.Wb = W, job.Cb = C, job.sh = sh, job.sw = sw, job.P = Pi, job.Q = Qi;
-  job.Ho = P, job.Wo = Q, job.oa = p0, job.ob = q0, job.macs = p.macs() * Pi * Qi / (P * Q);
+  job.Ho = P, job.Wo = Q, job.oa = p0, job.ob = q0, job.macs = p.macs() / (P * Q) * Pi * Qi;
   run_tiles(job);
   // the edges: each edge pixel's R x S x C window (zeros where it meets the padding) copied
   // side by side, one grid row of the edge pixels of all the images, R S pixels apart (a
@@ -850,7 +850,7 @@ void interior_and_edges(const Conv2dParams& p, const bf16* x, int64_t p0, int64_
   TileJob edges = job;
   edges.steps = wsteps.data(), edges.xb = wb, edges.tail = nullptr, edges.tail_from = 0;
   edges.N = 1, edges.Hb = NE * R, edges.Wb = S, edges.sh = 1, edges.sw = R * S, edges.P = 1, edges.Q = NE;
-  edges.oa = edges.ob = 0, edges.out_at = out_at.data(), edges.macs = p.macs() * NE / (N * P * Q);
+  edges.oa = edges.ob = 0, edges.out_at = out_at.data(), edges.macs = p.macs() / (N * P * Q) * NE;
   run_tiles(edges);
 }
 

@@ -30,10 +30,12 @@ bool strided_1x1(const Conv2dParams& p, at::MemoryFormat fmt, Pass pass, at::Sca
   // bfloat16 on AMX copies a strided input into its band whole (the copy reads every pixel): the
   // pixels it reads, copied first, are a quarter of that and then read in place. ResNet-50's
   // 256->512 @56 stride-2 shortcut, channels_last forward, batch 4: 1.46x faster (benchmarks/ab.py;
-  // torch 0.49 ms, ours 0.69 before). Its channels_last forward now reads them in place where
-  // the output rows fill its rows of tiles (amx_bf16_strided_1x1_in_place): no copy at all.
+  // torch 0.49 ms, ours 0.69 before). With AMX tiles (not emulated: bf16_pairs runs there) its
+  // channels_last forward reads them in place where the output rows fill its rows of tiles
+  // (amx_bf16_strided_1x1_in_place): no copy at all.
   const bool amx = dtype == at::kBFloat16 && amx_bf16_available() &&
-                   !(pass == Pass::Forward && amx_bf16_strided_1x1_in_place(p, fmt == at::MemoryFormat::ChannelsLast));
+                   !(pass == Pass::Forward && !amx_bf16_emulated() &&
+                     amx_bf16_strided_1x1_in_place(p, fmt == at::MemoryFormat::ChannelsLast));
   return geometry && (fmt == at::MemoryFormat::Contiguous || amx || (pass != Pass::Forward && p.macs() >= (int64_t(1) << 24)));
 }
 at::Tensor every_stride(const at::Tensor& t, const Conv2dParams& p) {  // t[:, :, ::sh, ::sw]
