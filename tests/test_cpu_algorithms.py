@@ -255,6 +255,9 @@ AMX = [
                                                          # grid rows, the last pair's second tile past x
     ((1, 64, 28, 28), 64, (1, 1), 2, 0, 1, 1),           # rows of 14 in tiles of 16
     ((2, 32, 6, 32), 40, (1, 1), (1, 2), 0, 1, 1),       # unequal strides
+    # 17-31 filters, a 1x1 read in place: 32 pixels' rows staged and stored as whole lines
+    ((2, 40, 8, 9), 24, (1, 1), 1, 0, 1, 1),             # 144 pixels: 4 staged pairs, a last of 16 not
+    ((1, 64, 6, 11), 17, (1, 1), 1, 0, 1, 1),            # 17 filters: rows 34 bytes apart
     # strided, channels_last: the interior read in place, the edge pixels' windows copied side by side
     ((2, 64, 33, 33), 40, (3, 3), 2, 1, 1, 1),           # 15 x 15 inside (odd tiles: the last pair past x)
     ((2, 32, 35, 35), 48, (5, 5), 2, 2, 1, 1),           # 5x5, padding 2: 2 rows and columns of edges
@@ -896,6 +899,7 @@ def test_depthwise_bfloat16_rounding(layout, dtype):
     ((2, 80, 7, 6), 16, (1, 1), 1, 0, 1, 1),       # ... fewer filters than channels: tasks test their sums
     ((2, 24, 7, 6), 80, (1, 1), 1, 0, 1, 1),       # ... and backward-input's on dy's 80 channels
     ((2, 40, 5, 30), 48, (1, 1), 2, 0, 1, 1),      # ... strided (its sums tested; x's odd columns read past)
+    ((2, 40, 8, 9), 24, (1, 1), 1, 0, 1, 1),       # ... 24 filters: sums tested as they are staged
     ((1, 64, 9, 9), 64, (3, 3), 1, 1, 1, 8),       # its small groups (block-diagonal filters)
     ((1, 64, 9, 9), 64, (3, 3), 2, 1, 1, 8),       # ... strided (backward-input by dx's phases)
     ((2, 64, 7, 6), 64, (1, 1), 1, 0, 1, 8),       # ... 1x1 (channels_last: read in place)
