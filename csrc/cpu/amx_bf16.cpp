@@ -304,9 +304,8 @@ bool grouped_rows(const Conv2dParams& p) {
 // before), 24->144 backward-input 1.90x, 32->16 @112 1.26x, 16->96 @112 forward 1.08x.
 // Strided too (amx_bf16_strided_1x1_in_place).
 bool in_place_1x1(const Conv2dParams& p) {
-  const bool strided = p.stride_h > 1 || p.stride_w > 1;
-  return is_nhwc(p) && p.R == 1 && p.S == 1 && p.pad_h == 0 && p.pad_w == 0 &&
-         (strided ? amx_bf16_strided_1x1_in_place(p, true) : p.groups == 1 || p.C % kChan == 0);
+  if (p.stride_h > 1 || p.stride_w > 1) return amx_bf16_strided_1x1_in_place(p, is_nhwc(p));
+  return is_nhwc(p) && p.R == 1 && p.S == 1 && p.pad_h == 0 && p.pad_w == 0 && (p.groups == 1 || p.C % kChan == 0);
 }
 // Whether forward's A rows meet values of the next channels or pixels with zero rows of B.
 bool reads_past(const Conv2dParams& p) {
@@ -845,12 +844,16 @@ void interior_and_edges(const Conv2dParams& p, const bf16* x, int64_t p0, int64_
   // the edges: each edge pixel's R x S x C window (zeros where it meets the padding) copied
   // side by side, one grid row of the edge pixels of all the images, R S pixels apart (a
   // window's rows S pixels long: the steps' taps at (r S + s) C), stored at out_at
-  std::vector<int64_t> out_at;
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t pp = 0; pp < P; ++pp)
-      for (int64_t q = 0; q < Q; ++q)
-        if (pp < p0 || pp >= p1 || q < q0 || q >= q1) out_at.push_back((n * P + pp) * Q + q);
-  const int64_t NE = static_cast<int64_t>(out_at.size()), win = R * S * C;
+  std::vector<int64_t> out_at;  // image 0's edge pixels, then the other images' at their planes
+  for (int64_t pp = 0; pp < P; ++pp) {
+    const bool whole = pp < p0 || pp >= p1;  // a row above or below the interior
+    for (int64_t q = 0; q < (whole ? Q : q0); ++q) out_at.push_back(pp * Q + q);
+    if (!whole)
+      for (int64_t q = q1; q < Q; ++q) out_at.push_back(pp * Q + q);
+  }
+  const int64_t E = static_cast<int64_t>(out_at.size()), NE = N * E, win = R * S * C;
+  for (int64_t n = 1; n < N; ++n)
+    for (int64_t e = 0; e < E; ++e) out_at.push_back(n * P * Q + out_at[e]);
   if (NE == 0) return;
   at::Tensor win_t = bf16_buffer((NE + 4 * kTile) * win);
   bf16* wb = bf16_data(win_t);
