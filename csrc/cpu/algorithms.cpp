@@ -46,7 +46,7 @@ bool register_algorithm(Algorithm algorithm) {
 
 const Algorithm& choose_automatic(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
   for (const auto& a : registry())
-    if (a.pass == pass && a.supports(p, dtype)) return a;
+    if (a.pass == pass && a.supports(p, dtype) && (!a.preferred || a.preferred(p, dtype))) return a;
   TORCH_CHECK(false, "conv_ext: no CPU algorithm for this ", pass_name(pass), " problem");
 }
 

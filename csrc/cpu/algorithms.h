@@ -4,8 +4,8 @@
 //     static const bool registered = register_algorithm({"name", Pass::Forward, priority,
 //                                                        supports_fn, run_fn});
 // conv2d_cpu.cpp puts the operands in the layout the pass runs in, then calls choose(),
-// which returns the forced algorithm (tests, benchmarks) or the supporting algorithm of
-// highest priority. The reference kernel supports everything at priority 0: the fallback and
+// which returns the forced algorithm (tests, benchmarks) or the supporting (and preferred)
+// algorithm of highest priority. The reference kernel supports everything at priority 0: the fallback and
 // the oracle of every other algorithm.
 #pragma once
 #include <ATen/ATen.h>
@@ -45,7 +45,8 @@ struct Algorithm {
   std::string name;
   Pass pass;
   int priority;  // higher is tried first when choosing automatically
-  // True when the algorithm computes this problem correctly and is worth choosing for it.
+  // True when the algorithm computes this problem correctly (and, for most algorithms, is worth
+  // choosing for it: see `preferred`).
   std::function<bool(const Conv2dParams&, at::ScalarType)> supports;
   std::function<void(const Conv2dParams&, Operands&)> run;
   // True when run() also takes a channels_last filter (K x R x S x Cg in memory, weight_is_krsc)
@@ -53,15 +54,21 @@ struct Algorithm {
   // (backward-weight); supports() is always asked with KCRS strides. Others get (or write) a
   // KCRS copy.
   bool krsc_weights = false;
+  // Optional: the rules of speed alone that the automatic choice applies on top of supports(),
+  // where an algorithm computes more than it is worth choosing for and tests and benchmarks force
+  // it there (its small shapes test its blocking; a kernel made for CPUs without AMX tiles is
+  // tested on one with them). Unset: every problem it supports.
+  std::function<bool(const Conv2dParams&, at::ScalarType)> preferred = nullptr;
 };
 
 bool register_algorithm(Algorithm algorithm);
 
 // The algorithm to run: the forced one if any (error if it does not support the problem),
-// else the supporting one of highest priority.
+// else the supporting and preferred one of highest priority.
 const Algorithm& choose(Pass pass, const Conv2dParams& p, at::ScalarType dtype);
 
-// The supporting one of highest priority, whatever is forced (and not recorded as the last run).
+// The supporting and preferred one of highest priority, whatever is forced (and not recorded as
+// the last run).
 const Algorithm& choose_automatic(Pass pass, const Conv2dParams& p, at::ScalarType dtype);
 
 // float16 or bfloat16: the half types (run on float32 copies unless an algorithm takes them itself)
@@ -92,6 +99,12 @@ bool amx_bf16_available();
 // True when amx_bf16 runs its tiles as AVX512-BF16 dot products (no AMX here, or
 // CONV_EXT_AMX_EMULATE=1).
 bool amx_bf16_emulated();
+// Algorithm::preferred of the algorithms whose own bfloat16 kernels (VDPBF16PS) are made for
+// AVX512-BF16 CPUs without AMX tiles (gemm_1x1, direct_nchw, grouped_interleaved): true unless the
+// problem is bfloat16 and the tiles are here, where amx_bf16 runs it.
+inline bool not_bf16_on_amx_tiles(const Conv2dParams&, at::ScalarType dtype) {
+  return dtype != at::kBFloat16 || amx_bf16_emulated();
+}
 // True for the strided channels_last 1x1 forward problems amx_bf16 reads in place (amx_bf16.cpp);
 // conv2d_cpu.cpp copies the pixels of the others' strides out first (strided_1x1).
 bool amx_bf16_strided_1x1_in_place(const Conv2dParams& p, bool channels_last);

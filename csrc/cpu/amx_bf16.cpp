@@ -1712,27 +1712,28 @@ at::Tensor blocked_filter(const Conv2dParams& p, const at::Tensor& w) {
 // best mins, NHWC / NCHW): forward 512@7 1.39x / 1.16x, 64@56 1.03x / 1.10x, 256@14 1.04x /
 // 0.98x; backward-input 512@7 1.57x / 1.12x, 64@56 1.09x / 1.01x, 256@14 0.98x / 0.99x. Their
 // backward-weight stays on float32 Winograd (emulated 0.84x at 256@14 NHWC, 0.91x 512@7 NCHW).
-// bfloat16 is tested first: choose_automatic asks every algorithm, this one included, about the
-// float32 problem.
-// Nor (unless forced) the NCHW 1x1 backward-weight that gemm_1x1 runs on words of pixel pairs.
-bool worth_running(Pass pass, const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 &&
-         (!amx_bf16_emulated() ||
-          (p.groups == 1 && p.C >= 2 * kTile && p.K >= 2 * kTile &&
-           (pass != Pass::BackwardWeight ||
-            (choose_automatic(pass, p, at::kFloat).name != "winograd" &&
-             (!gemm_1x1_pixel_pairs(p) || forced_algorithm(pass) == "amx_bf16")))));
+// A rule of the automatic choice (Algorithm::preferred): forced (tests, benchmarks), emulated or
+// not, it runs every bfloat16 problem it computes. Nor (emulated) the NCHW 1x1 backward-weight that
+// gemm_1x1 runs on words of pixel pairs.
+bool worth_running(Pass pass, const Conv2dParams& p) {
+  return !amx_bf16_emulated() ||
+         (p.groups == 1 && p.C >= 2 * kTile && p.K >= 2 * kTile &&
+          (pass != Pass::BackwardWeight ||
+           (choose_automatic(pass, p, at::kFloat).name != "winograd" && !gemm_1x1_pixel_pairs(p))));
 }
+bool preferred_forward(const Conv2dParams& p, at::ScalarType) { return worth_running(Pass::Forward, p); }
+bool preferred_backward_input(const Conv2dParams& p, at::ScalarType) { return worth_running(Pass::BackwardInput, p); }
+bool preferred_backward_weight(const Conv2dParams& p, at::ScalarType) { return worth_running(Pass::BackwardWeight, p); }
 
 bool supports_forward_any(const Conv2dParams& p, at::ScalarType dtype) {
-  if (!worth_running(Pass::Forward, p, dtype)) return false;
+  if (dtype != at::kBFloat16) return false;
   if (p.groups == 1) return supports_forward(p, dtype);
   if (grouped_rows(p) && supports_any_c(group_params(p), dtype, 1)) return true;  // 8+ filters a group
   if ((grouped_ok(p) || grouped_in_place(Pass::Forward, p)) && supports_forward(group_params(p), dtype)) return true;
   return small_groups(p) && supports_forward_any(blocked_params(p), dtype);
 }
 bool supports_backward_input_any(const Conv2dParams& p, at::ScalarType dtype) {
-  if (!worth_running(Pass::BackwardInput, p, dtype)) return false;
+  if (dtype != at::kBFloat16) return false;
   if (p.groups == 1) return supports_backward_input(p, dtype);
   if (turns_round(p) && grouped_rows(turned(p)) && supports_any_c(group_params(p), dtype, 1)) return true;
   if ((grouped_ok(p) || grouped_in_place(Pass::BackwardInput, p)) && supports_backward_input(group_params(p), dtype)) return true;
@@ -1740,7 +1741,7 @@ bool supports_backward_input_any(const Conv2dParams& p, at::ScalarType dtype) {
 }
 // 16+ channels and filters (the tiles' other halves zero: CIFAR's 16->16 layers)
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  if (!worth_running(Pass::BackwardWeight, p, dtype)) return false;
+  if (dtype != at::kBFloat16) return false;
   const Conv2dParams q = p.groups == 1 ? p : group_params(p);
   if ((p.groups == 1 || grouped_ok(p) || grouped_in_place(Pass::BackwardWeight, p)) && q.C >= kTile && supports_any_c(q, dtype))
     return true;
@@ -1773,9 +1774,11 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 }
 
 const bool registered =
-    register_algorithm({"amx_bf16", Pass::Forward, 50, supports_forward_any, run_forward, true}) &&
-    register_algorithm({"amx_bf16", Pass::BackwardInput, 50, supports_backward_input_any, run_backward_input, true}) &&
-    register_algorithm({"amx_bf16", Pass::BackwardWeight, 50, supports_backward_weight, run_backward_weight, true});
+    register_algorithm({"amx_bf16", Pass::Forward, 50, supports_forward_any, run_forward, true, preferred_forward}) &&
+    register_algorithm({"amx_bf16", Pass::BackwardInput, 50, supports_backward_input_any, run_backward_input, true,
+                        preferred_backward_input}) &&
+    register_algorithm({"amx_bf16", Pass::BackwardWeight, 50, supports_backward_weight, run_backward_weight, true,
+                        preferred_backward_weight});
 
 }  // namespace
 }  // namespace cpu

@@ -38,7 +38,7 @@
 // threads, python benchmarks/ab.py OLD.so NEW.so 4,512,7,7,512,3,1,1 --pass backward_weight
 // --dtype bfloat16 --layout L).
 //
-// Where it runs (runs_here and the rules below): AVX512-BF16 CPUs without AMX tiles, where amx_bf16
+// Where it runs (the preferred_* rules below): AVX512-BF16 CPUs without AMX tiles, where amx_bf16
 // would emulate its tiles (amx_tiles.h) — with AMX tiles amx_bf16 runs; even channel counts on the
 // paired side (an odd number below 16 forward with 5x5+ filters, on copies with a zero channel),
 // groups of 16+ channels; not the stems' 3-channel backward-input, nor the backward-weight of NCHW
@@ -75,12 +75,10 @@ namespace {
 
 constexpr const char* kName = "bf16_pairs";
 
-// An AVX512-BF16 CPU (amx_bf16_available: with AMX tiles or without) and, unless this algorithm is
-// forced (tests, benchmarks: any problem it can compute), no AMX tiles (where they exist amx_bf16
-// runs them) and a problem where it is `worth` running.
-bool runs_here(Pass pass, bool worth) {
-  return amx_bf16_available() && (forced_algorithm(pass) == kName || (amx_bf16_emulated() && worth));
-}
+// Every pass computes its problems on an AVX512-BF16 CPU (amx_bf16_available: with AMX tiles or
+// without); the automatic choice (Algorithm::preferred, the preferred_* below) takes it only
+// without AMX tiles (where they exist amx_bf16 runs them) and where it is `worth` running. Forced
+// (tests, benchmarks) it runs any problem it computes.
 
 // Groups of fewer than 16 channels (ResNeXt's 4 and 8, depthwise) stay with the kernels made for
 // them: through the engine here a group's reduction is a few words a tap and its tiles mostly
@@ -134,8 +132,10 @@ bool flat_rows(const Conv2dParams& p) {
 
 bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) &&
-         (p.Cg() % 2 == 0 || pads_channel(p)) &&
-         runs_here(Pass::Forward, group_ok(p) && (p.Cg() % 2 == 0 || pads_by_default(p) || flat_rows(p)));
+         (p.Cg() % 2 == 0 || pads_channel(p)) && amx_bf16_available();
+}
+bool preferred_forward(const Conv2dParams& p, at::ScalarType) {
+  return amx_bf16_emulated() && group_ok(p) && (p.Cg() % 2 == 0 || pads_by_default(p) || flat_rows(p));
 }
 
 // dx's channels are the tiles' vectors: with fewer than 16 (the stems' 3) most lanes would be idle,
@@ -143,7 +143,10 @@ bool supports_forward(const Conv2dParams& p, at::ScalarType dtype) {
 // 1.8x, CIFAR's 3->16 1.15x.
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) && p.Kg() % 2 == 0 &&
-         runs_here(Pass::BackwardInput, p.Cg() >= 16 && group_ok(p));
+         amx_bf16_available();
+}
+bool preferred_backward_input(const Conv2dParams& p, at::ScalarType) {
+  return amx_bf16_emulated() && p.Cg() >= 16 && group_ok(p);
 }
 
 // Not NCHW 1x1 layers with more channels than filters on planes of odd width under 28x28 (ResNet-50's
@@ -158,9 +161,11 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 // Nor NCHW 1x1 stride-1 layers on planes of an even number of pixels: gemm_1x1 reads their planes
 // as words of pixel pairs as they lie (gemm_1x1_pixel_pairs).
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) && amx_bf16_available();
+}
+bool preferred_backward_weight(const Conv2dParams& p, at::ScalarType) {
   const bool amx_1x1 = p.R * p.S == 1 && p.P * p.Q < 784 && !is_nhwc(p) && p.Q % 2 == 1 && p.C > p.K;
-  return dtype == at::kBFloat16 && (is_nhwc(p) || is_nchw(p)) && weight_is_kcrs(p) &&
-         runs_here(Pass::BackwardWeight, group_ok(p) && !amx_1x1 && !gemm_1x1_pixel_pairs(p));
+  return amx_bf16_emulated() && group_ok(p) && !amx_1x1 && !gemm_1x1_pixel_pairs(p);
 }
 
 using bf16 = uint16_t;
@@ -342,9 +347,11 @@ void run_backward_weight(const Conv2dParams& p0, Operands& o) {
 }
 
 const bool registered =
-    register_algorithm({kName, Pass::Forward, 55, supports_forward, run_forward, true}) &&
-    register_algorithm({kName, Pass::BackwardInput, 55, supports_backward_input, run_backward_input, true}) &&
-    register_algorithm({kName, Pass::BackwardWeight, 55, supports_backward_weight, run_backward_weight, true});
+    register_algorithm({kName, Pass::Forward, 55, supports_forward, run_forward, true, preferred_forward}) &&
+    register_algorithm(
+        {kName, Pass::BackwardInput, 55, supports_backward_input, run_backward_input, true, preferred_backward_input}) &&
+    register_algorithm({kName, Pass::BackwardWeight, 55, supports_backward_weight, run_backward_weight, true,
+                        preferred_backward_weight});
 
 }  // namespace
 }  // namespace cpu

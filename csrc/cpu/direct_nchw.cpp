@@ -110,14 +110,13 @@ bool few_channels(const Conv2dParams& p) { return p.Cg() <= 4 || (p.Cg() <= 8 &&
 //
 // bfloat16 forward (direct_nchw_forward_bf16): the same tiles on words of two channels, each step
 // a VDPBF16PS (two taps' products summed in float32), for an even number of channels a group on
-// an AVX512-BF16 CPU without AMX tiles (where they exist amx_bf16 runs these; forced: any such
-// CPU). The groups of fewer than 16 channels had no bfloat16 kernel of their own and ran on
+// an AVX512-BF16 CPU without AMX tiles (where they exist amx_bf16 runs these: not_bf16_on_amx_tiles;
+// forced, any such CPU). The groups of fewer than 16 channels had no bfloat16 kernel of their own and ran on
 // float32 copies: ResNeXt's 128 g32 @56 and 256 g32 @28 forward 0.5-0.8x torch.
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   const bool shape_ok = (is_nchw(p) || (is_nhwc(p) && p.groups > 1)) && weight_is_kcrs(p) && few_channels(p);
   if (dtype == at::kBFloat16)  // (odd channel counts a group in NCHW only: channels_last pixels are read as words)
-    return shape_ok && (p.Cg() % 2 == 0 || is_nchw(p)) && amx_bf16_available() &&
-           (amx_bf16_emulated() || forced_algorithm(Pass::Forward) == "direct_nchw");
+    return shape_ok && (p.Cg() % 2 == 0 || is_nchw(p)) && amx_bf16_available();
   return dtype == at::kFloat && simd_available() && shape_ok;
 }
 
@@ -134,8 +133,7 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
   const bool shape_ok = (is_nchw(p) || is_nhwc(p)) && weight_is_kcrs(p) && few_channels(p) && p.macs() >= kSerialMacs;
   if (dtype == at::kBFloat16)
-    return shape_ok && p.Kg() % 2 == 0 && amx_bf16_available() &&
-           (amx_bf16_emulated() || forced_algorithm(Pass::BackwardInput) == "direct_nchw");
+    return shape_ok && p.Kg() % 2 == 0 && amx_bf16_available();
   return dtype == at::kFloat && simd_available() && shape_ok;
 }
 
@@ -165,8 +163,9 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 }
 
 const bool registered =
-    register_algorithm({"direct_nchw", Pass::Forward, 15, supports, run_forward}) &&
-    register_algorithm({"direct_nchw", Pass::BackwardInput, 15, supports_backward_input, run_backward_input});
+    register_algorithm({"direct_nchw", Pass::Forward, 15, supports, run_forward, false, not_bf16_on_amx_tiles}) &&
+    register_algorithm({"direct_nchw", Pass::BackwardInput, 15, supports_backward_input, run_backward_input, false,
+                        not_bf16_on_amx_tiles});
 
 }  // namespace
 }  // namespace cpu

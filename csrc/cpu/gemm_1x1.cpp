@@ -120,8 +120,8 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 // bfloat16 backward-weight, NCHW planes of an even number of pixels: a plane's values are words of
 // pixel pairs as they lie, (v[2j], v[2j + 1]) — the float32 kernel's "pixels" become words and its
 // steps VDPBF16PS (two pixels' products summed in float32), its transposes move words as floats;
-// dw in float32, rounded once. On AVX512-BF16 CPUs without AMX tiles (or forced), as bf16_pairs,
-// which declines these problems (and amx_bf16 emulated). bf16_pairs built words of pixel pairs for
+// dw in float32, rounded once. On AVX512-BF16 CPUs without AMX tiles (not_bf16_on_amx_tiles;
+// forced, on any), as bf16_pairs, which leaves these problems to it (and amx_bf16 emulated). bf16_pairs built words of pixel pairs for
 // both operands in its bands (NCHW: transposes of both). Batch 4, 2 threads, old/new (python
 // benchmarks/ab.py OLD.so NEW.so 4,256,56,56,64,1 --layout nchw --pass backward_weight --dtype
 // bfloat16, best mins): ResNet-50's 256->64 @56 and 64->256 @56 1.58-1.59x (0.74x -> 1.72-1.82x
@@ -131,9 +131,7 @@ bool pixel_pair_shape(const Conv2dParams& p) {
   return supports_nhwc_too(p, at::kFloat) && is_nchw(p) && p.H * p.W % 2 == 0 && amx_bf16_available();
 }
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
-  if (dtype == at::kBFloat16)
-    return pixel_pair_shape(p) && (amx_bf16_emulated() || forced_algorithm(Pass::BackwardWeight) == "gemm_1x1");
-  return supports_nhwc_too(p, dtype);
+  return dtype == at::kBFloat16 ? pixel_pair_shape(p) : supports_nhwc_too(p, dtype);
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
@@ -153,7 +151,8 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 const bool registered = register_algorithm({"gemm_1x1", Pass::Forward, 20, supports_forward, run_forward}) &&
                         register_algorithm({"gemm_1x1", Pass::BackwardInput, 20, supports_backward_input, run_backward_input}) &&
                         register_algorithm(
-                            {"gemm_1x1", Pass::BackwardWeight, 20, supports_backward_weight, run_backward_weight});
+                            {"gemm_1x1", Pass::BackwardWeight, 20, supports_backward_weight, run_backward_weight, false,
+                             not_bf16_on_amx_tiles});
 
 }  // namespace
 

@@ -75,24 +75,21 @@ bool fits(int64_t groups, int64_t ci, int64_t co) {
 
 // bfloat16 (interleaved_*_bf16): the same engine on words of two channels (VDPBF16PS), where the
 // channels read (ci: Cg forward, Kg backward-input) are even, on an AVX512-BF16 CPU without AMX
-// tiles (there amx_bf16 runs grouped layers; forced: any AVX512-BF16 CPU). Before, these layers
+// tiles (there amx_bf16 runs grouped layers: not_bf16_on_amx_tiles; forced, any AVX512-BF16 CPU). Before, these layers
 // ran on float32 copies (channels_last ResNeXt 128 g32 @56, 256 g32 @28 and @56/2 forward
 // 0.4-0.8x torch).
-bool dtype_ok(at::ScalarType dtype, int64_t ci, Pass pass) {
-  if (dtype == at::kBFloat16)
-    return ci % 2 == 0 && amx_bf16_available() &&
-           (amx_bf16_emulated() || forced_algorithm(pass) == "grouped_interleaved");
-  return dtype == at::kFloat;
+bool dtype_ok(at::ScalarType dtype, int64_t ci) {
+  return dtype == at::kBFloat16 ? ci % 2 == 0 && amx_bf16_available() : dtype == at::kFloat;
 }
 
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype_ok(dtype, p.Cg(), Pass::Forward) && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) &&
+  return dtype_ok(dtype, p.Cg()) && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) &&
          fits(p.groups, p.Cg(), p.Kg()) && p.stride_w <= 2;
 }
 
 // strides up to 2 (each stride class of dx a stride-1 convolution of dy)
 bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype_ok(dtype, p.Kg(), Pass::BackwardInput) && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) &&
+  return dtype_ok(dtype, p.Kg()) && use_avx512() && is_nhwc(p) && weight_is_kcrs(p) &&
          fits(p.groups, p.Kg(), p.Cg()) && p.stride_h <= 2 && p.stride_w <= 2;
 }
 
@@ -120,8 +117,9 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 }
 
 const bool registered =
-    register_algorithm({"grouped_interleaved", Pass::Forward, 16, supports, run_forward}) &&
-    register_algorithm({"grouped_interleaved", Pass::BackwardInput, 16, supports_backward_input, run_backward_input});
+    register_algorithm({"grouped_interleaved", Pass::Forward, 16, supports, run_forward, false, not_bf16_on_amx_tiles}) &&
+    register_algorithm({"grouped_interleaved", Pass::BackwardInput, 16, supports_backward_input, run_backward_input,
+                        false, not_bf16_on_amx_tiles});
 
 }  // namespace
 }  // namespace cpu

@@ -108,16 +108,16 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 // 0.121), 2x128 @7 0.266 / 0.175, 4x128 @7 0.340 / 0.279, 1x128 @14 0.305 / 0.265 (0.296 / 0.251),
 // 1x256 @7 0.665 / 0.491, 2x256 @7 0.789 / 0.661, 1x64 @8 0.075 / 0.066 (0.073 / 0.056), 1x64 @14
 // 0.088 / 0.088; and still winograd: 1x256 @14 0.867 / 1.131, 4x256 @7 0.877 / 0.978
-// (channels_last), 1x512 @7 1.200 / 2.000, 2x128 @14 0.368 / 0.427, 4x64 @8 0.17 / 0.20. Forced
-// (tests, benchmarks) it takes them still: its small-shape cases test its blocking.
-bool enough_pixels(const Conv2dParams& p) {
+// (channels_last), 1x512 @7 1.200 / 2.000, 2x128 @14 0.368 / 0.427, 4x64 @8 0.17 / 0.20. A rule
+// of the automatic choice (Algorithm::preferred): forced (tests, benchmarks) it takes them still,
+// and its small-shape cases test its blocking.
+bool enough_pixels(const Conv2dParams& p, at::ScalarType) {
   const int64_t pix = p.N * p.P * p.Q;
-  return !use_avx512() || p.groups > 1 || pix >= 256 || pix * p.Cg() * p.Kg() >= (int64_t(12) << 20) ||
-         forced_algorithm(Pass::BackwardWeight) == "winograd";
+  return !use_avx512() || p.groups > 1 || pix >= 256 || pix * p.Cg() * p.Kg() >= (int64_t(12) << 20);
 }
 bool supports_backward_weight(const Conv2dParams& p, at::ScalarType dtype) {
   return supports(p, dtype) && wide_enough(p, std::min(p.Cg(), p.Kg()), is_nchw(p) ? 65 : 64) &&
-         (p.groups < 16 || !use_avx512()) && enough_pixels(p);
+         (p.groups < 16 || !use_avx512());
 }
 
 auto isa() { return use_avx512() ? avx512::winograd_conv : avx2::winograd_conv; }
@@ -168,21 +168,22 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 // 7.35, --step 7.98 vs 6.60; 64->128 4.22 vs 3.69, 4.26 vs 3.47; 96->96 4.79 vs 4.16, 5.07 vs
 // 4.12; batch 4 128->128 4.18 vs 3.70, 4.27 vs 3.48 (96->96 @56 batch 4 the one win left: 2.50 vs
 // 2.83). Channels_last, batch 8, --between: 128->128 @56 6.45 vs 6.94, 64->128 2.79 vs 3.27.
-// Forced (tests, benchmarks) it still takes NCHW, as winograd's backward-weight its few pixels:
-// its NCHW bands stay tested.
+// A rule of the automatic choice (preferred_s2): forced (tests, benchmarks) it still takes NCHW,
+// as winograd's backward-weight its few pixels, and its NCHW bands stay tested.
 bool supports_s2(const Conv2dParams& p, at::ScalarType dtype) {
   using S2 = avx512::S2;  // (the same constants in every ISA; AVX-512's padding of Kg is the wider)
   const int64_t u_floats = avx512::Tile2D<S2>::NP * p.groups * p.Cg() * round_up(p.Kg(), 16);
-  return wino_shape(p, dtype, 2) && std::min(p.Cg(), p.Kg()) >= 64 && u_floats <= S2::kSmallU &&
-         (is_nhwc(p) || !use_avx512() || forced_algorithm(Pass::Forward) == "winograd_s2");
+  return wino_shape(p, dtype, 2) && std::min(p.Cg(), p.Kg()) >= 64 && u_floats <= S2::kSmallU;
 }
+bool preferred_s2(const Conv2dParams& p, at::ScalarType) { return is_nhwc(p) || !use_avx512(); }
 
 void run_forward_s2(const Conv2dParams& p, Operands& o) { forward(p, o, kStride2); }
 
 const bool registered = register_algorithm({"winograd", Pass::Forward, 40, supports_forward, run_forward, true}) &&
                         register_algorithm({"winograd", Pass::BackwardInput, 40, supports_backward_input, run_backward_input, true}) &&
-                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports_backward_weight, run_backward_weight, true}) &&
-                        register_algorithm({"winograd_s2", Pass::Forward, 39, supports_s2, run_forward_s2, true});
+                        register_algorithm({"winograd", Pass::BackwardWeight, 40, supports_backward_weight, run_backward_weight, true,
+                                            enough_pixels}) &&
+                        register_algorithm({"winograd_s2", Pass::Forward, 39, supports_s2, run_forward_s2, true, preferred_s2});
 
 }  // namespace
 }  // namespace cpu
