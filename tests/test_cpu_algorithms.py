@@ -328,6 +328,23 @@ def forced(algo, pass_name, x, wt, b, dy, geo):
     return out
 
 
+# Algorithm::preferred: rules of speed that the automatic choice applies and forcing does not.
+# winograd's backward-weight on few pixels (AVX-512): the automatic choice leaves batch 1 128->128
+# @7x7 to another algorithm; forced, winograd computes it (its blocking tested on such shapes).
+@pytest.mark.skipif(conv_ext._C.cpu_capability() != "avx512", reason="the few-pixel rule is AVX-512's")
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_preferred_binds_only_the_automatic_choice(layout):
+    x64, w64, b64, dy64, geo = make(((1, 128, 7, 7), 128, (3, 3), 1, 1, 1, 1), layout)
+    x, wt, b, dy = (t.float() for t in (x64, w64, b64, dy64))
+    run_pass("backward_weight", x, wt, b, dy, geo)
+    assert testing.last_cpu_algorithm("backward_weight") not in ("winograd", "reference")
+    out = forced("winograd", "backward_weight", x, wt, b, dy, geo)
+    assert out is not None
+    with testing.force_cpu_algorithm({"backward_weight": "reference"}):
+        ref64 = run_pass("backward_weight", x64, w64, b64, dy64, geo)
+    assert rel_error(out, ref64) <= 1e-5
+
+
 F64_ALGORITHMS = ("gemm_f64",)  # float64 kernels: float64 operands, compared at float64 precision
 # bfloat16 kernels (where the CPU has AMX or AVX512-BF16: else "does not support")
 BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw", "grouped_interleaved", "gemm_1x1",
