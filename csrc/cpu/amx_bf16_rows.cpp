@@ -69,78 +69,112 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // the band, and Jp zeros after it: the last window's row of 32 values stays inside
   at::Tensor band_t = padded_band(x, nhwc, N, C, H, W, p.pad_h, p.pad_w, Hp, Wp, C, Jp);
   const bf16* xb = bf16_data(band_t);
-  // dyt[g][k][32]: dy by steps of 32 pixels (an image's P*Q pixels in Mg / 32 steps), the
-  // step's pixels of filter k: an A tile is 1 KiB in one run. 0 past P*Q pixels and past K filters.
+  // A tiles: 16 filters x 32 pixels of dy (a step: 32 pixels of one image, Mg / 32 steps an
+  // image), 0 past P*Q pixels and past K filters. NCHW planes hold them as they lie (a filter's
+  // 32 pixels in a row, rows P*Q apart) where the step is whole and K a multiple of 16; else the
+  // task copies its chunk's steps (channels_last: pixels turned into rows of filters) into
+  // achunk[step][k][32]. (A copy of all of dy before: 51 MB for the VGG stem at batch 8, written
+  // to fresh pages each call, 60% of its time.)
   const int64_t spi = Mg / kChan, nsteps = N * spi;
-  at::Tensor dyt_t = bf16_buffer(nsteps * Kp * kChan);
-  bf16* dyt = bf16_data(dyt_t);
-  for_each_task(nsteps, nsteps * Kp * kChan * 4, [&](int64_t g) {
-    bf16* d = dyt + g * Kp * kChan;
-    const int64_t n = g / spi, m0 = g % spi * kChan, nm = std::min(kChan, PQ - m0);
-    if (nm < kChan) std::memset(d, 0, sizeof(bf16) * Kp * kChan);
-    else if (K < Kp) std::memset(d + K * kChan, 0, sizeof(bf16) * (Kp - K) * kChan);
-    if (nhwc) return pixels_to_rows(dy + (n * PQ + m0) * K, K, nm, d, kChan);
-    for (int64_t k = 0; k < K; ++k) std::memcpy(d + k * kChan, dy + (n * K + k) * PQ + m0, sizeof(bf16) * nm);
-  });
+  const bool a_in_place = !nhwc && K % kTile == 0;
 
-  // A task: a part of the pixels (64 steps of 32, spanning images) x 32 columns, for every filter
-  // row r and every 32 filters: in chunks of 4 steps; for each r the chunk's B tiles are built
-  // (8 KiB), then each 32 filters' 4 C tiles, loaded from (stored back to) the task's float32
-  // sums, run over them; the chunk's dy rows (A) are read from L1 by every r and 32 filters. (One
-  // r and 32 filters a task over all pixels, B built a step before its products, read dy from L3
-  // for every r and built each B once per 32 filters: the stem's 2.6 ms; 16-step chunks 1.6 ms.)
-  // The parts' sums are added in their order: the same bits for any thread count.
+  // A task: a part of the pixels (64 steps of 32, spanning images) x every 32 columns, filter
+  // row r and 32 filters: in chunks of 4 steps; the chunk's dy rows (A) copied if they must be,
+  // then for each 32 columns and r the chunk's B tiles are built (8 KiB), then each 32 filters'
+  // 4 C tiles, loaded from (stored back to) the task's float32 sums, run over them; A is read
+  // from L1 by every r and 32 filters. (One r and 32 filters a task over all pixels, B built a
+  // step before its products, read dy from L3 for every r and built each B once per 32 filters:
+  // the stem's 2.6 ms; 16-step chunks 1.6 ms.) The parts' sums are added in their order: the
+  // same bits for any thread count.
   const int64_t nkb = Kp / kChan, njb = Jp / kChan;
   constexpr int64_t kPart = 64, kChunk = 4;  // steps
   const int64_t nparts = ceil_div(nsteps, kPart), blocks = nkb * njb, tile_sums = R * kChan * kChan;
   at::Tensor sums_t = at::empty({nparts * blocks * tile_sums}, at::TensorOptions().dtype(at::kFloat));
   float* sums = sums_t.data_ptr<float>();
   constexpr int64_t kStepElems = 2 * kTile * 2 * kTile;  // a step's two B tiles
-  for_each_task(nparts * njb, p.macs(), [&](int64_t task) {
-    const int64_t part = task / njb, jb = task % njb;
+  for_each_task(nparts, p.macs(), [&](int64_t part) {
     bf16* bchunk = reinterpret_cast<bf16*>(scratch(4, kChunk * kStepElems / 2));  // [step][column tile][pair][16 x 2]
+    bf16* achunk = reinterpret_cast<bf16*>(scratch(5, kChunk * Kp * kChan / 2));   // [step][k][32]
     configure_tiles();
     const int64_t g_end = std::min(nsteps, (part + 1) * kPart);
     for (int64_t c0 = part * kPart; c0 < g_end; c0 += kChunk) {
       const int64_t c1 = std::min(g_end, c0 + kChunk);
-      for (int64_t r = 0; r < R; ++r) {
-        for (int64_t g = c0; g < c1; ++g) {
-          const int64_t n = g / spi, m0 = g % spi * kChan;
-          const bf16* img = xb + n * Hp * Wp * C + r * dh * Wp * C + jb * kChan;
-          int64_t oy = m0 / Q, ox = m0 % Q;
-          bf16* b = bchunk + (g - c0) * kStepElems;
-          for (int64_t t = 0; t < kTile; ++t) {
-            __m512i v[2];
-            for (int64_t e = 0; e < 2; ++e) {
-              v[e] = m0 + 2 * t + e < PQ ? _mm512_loadu_si512(img + (oy * sh * Wp + ox * sw) * C) : _mm512_setzero_si512();
-              if (++ox == Q) ox = 0, ++oy;
-            }
-            _mm512_store_si512(b + t * 2 * kTile, _mm512_unpacklo_epi16(v[0], v[1]));
-            _mm512_store_si512(b + (kTile + t) * 2 * kTile, _mm512_unpackhi_epi16(v[0], v[1]));
-          }
+      // a0[g - c0]: step g's first A tile (filter 0), its rows a_stride bytes apart
+      const bf16* a0[kChunk];
+      int64_t a_strides[kChunk];
+      for (int64_t g = c0; g < c1; ++g) {
+        const int64_t n = g / spi, m0 = g % spi * kChan, nm = std::min(kChan, PQ - m0);
+        if (a_in_place && nm == kChan) {
+          a0[g - c0] = dy + n * K * PQ + m0, a_strides[g - c0] = PQ * int64_t(sizeof(bf16));
+          continue;
         }
-        for (int64_t kb = 0; kb < nkb; ++kb) {
-          float(*acc)[2 * kTile] = reinterpret_cast<float(*)[2 * kTile]>(
-              sums + (part * blocks + kb * njb + jb) * tile_sums + r * kChan * kChan);
-          if (c0 == part * kPart) {
-            zero_2x2();
-          } else {
-            load_2x2(acc);
-          }
-          const bool a_pair = K - kb * kChan > kTile;  // else the A pair's second tile is zeros
-          for (int64_t g = c0; g < c1; ++g) {
-            const bf16* a0 = dyt + (g * Kp + kb * kChan) * kChan;
-            const bf16* b = bchunk + (g - c0) * kStepElems;
-            constexpr int64_t a_stride = kChan * int64_t(sizeof(bf16)), b_stride = 2 * kTile * int64_t(sizeof(bf16));
-            if (a_pair) {
-              step_2x2(a0, a0 + kTile * kChan, a_stride, b, b + kTile * 2 * kTile, b_stride);
-            } else {
-              step_1x2(a0, a_stride, b, b + kTile * 2 * kTile, b_stride);
-            }
-          }
-          store_2x2(acc);
+        bf16* d = achunk + (g - c0) * Kp * kChan;
+        a0[g - c0] = d, a_strides[g - c0] = kChan * int64_t(sizeof(bf16));
+        if (nm < kChan) std::memset(d, 0, sizeof(bf16) * Kp * kChan);
+        else if (K < Kp) std::memset(d + K * kChan, 0, sizeof(bf16) * (Kp - K) * kChan);
+        if (nhwc) {
+          pixels_to_rows(dy + (n * PQ + m0) * K, K, nm, d, kChan);
+        } else {
+          for (int64_t k = 0; k < K; ++k) std::memcpy(d + k * kChan, dy + (n * K + k) * PQ + m0, sizeof(bf16) * nm);
         }
       }
+      // The next chunk's dy pixels (those of its first image) prefetched a few lines after each
+      // product step: channels_last one run of bytes, NCHW a run in each filter's plane (too many
+      // streams for the prefetchers). All at once, the prefetches wait for fill buffers (9% of
+      // MobileNetV2's stem).
+      const char* next = nullptr;  // the run being prefetched, its line `next_line` next
+      int64_t runs_left = 0, next_line = 0, run_lines = 0, per_step = 0;
+      const int64_t run_stride = PQ * int64_t(sizeof(bf16));
+      if (c1 < g_end) {
+        const int64_t n = c1 / spi, m0 = c1 % spi * kChan, run = std::min(kChunk * kChan, PQ - m0) * int64_t(sizeof(bf16));
+        next = reinterpret_cast<const char*>(nhwc ? dy + (n * PQ + m0) * K : dy + n * K * PQ + m0);
+        runs_left = nhwc ? 1 : K, run_lines = ceil_div(nhwc ? run * K : run, 64);
+        per_step = ceil_div(runs_left * run_lines, njb * R * nkb * (c1 - c0));
+      }
+      for (int64_t jb = 0; jb < njb; ++jb)
+        for (int64_t r = 0; r < R; ++r) {
+          for (int64_t g = c0; g < c1; ++g) {
+            const int64_t n = g / spi, m0 = g % spi * kChan;
+            const bf16* img = xb + n * Hp * Wp * C + r * dh * Wp * C + jb * kChan;
+            int64_t oy = m0 / Q, ox = m0 % Q;
+            bf16* b = bchunk + (g - c0) * kStepElems;
+            for (int64_t t = 0; t < kTile; ++t) {
+              __m512i v[2];
+              for (int64_t e = 0; e < 2; ++e) {
+                v[e] = m0 + 2 * t + e < PQ ? _mm512_loadu_si512(img + (oy * sh * Wp + ox * sw) * C) : _mm512_setzero_si512();
+                if (++ox == Q) ox = 0, ++oy;
+              }
+              _mm512_store_si512(b + t * 2 * kTile, _mm512_unpacklo_epi16(v[0], v[1]));
+              _mm512_store_si512(b + (kTile + t) * 2 * kTile, _mm512_unpackhi_epi16(v[0], v[1]));
+            }
+          }
+          for (int64_t kb = 0; kb < nkb; ++kb) {
+            float(*acc)[2 * kTile] = reinterpret_cast<float(*)[2 * kTile]>(
+                sums + (part * blocks + kb * njb + jb) * tile_sums + r * kChan * kChan);
+            if (c0 == part * kPart) {
+              zero_2x2();
+            } else {
+              load_2x2(acc);
+            }
+            const bool a_pair = K - kb * kChan > kTile;  // else the A pair's second tile is zeros
+            for (int64_t g = c0; g < c1; ++g) {
+              const int64_t a_stride = a_strides[g - c0];
+              const bf16* a = a0[g - c0] + kb * kChan * (a_stride / int64_t(sizeof(bf16)));
+              const bf16* b = bchunk + (g - c0) * kStepElems;
+              constexpr int64_t b_stride = 2 * kTile * int64_t(sizeof(bf16));
+              if (a_pair) {
+                step_2x2(a, a + kTile * (a_stride / int64_t(sizeof(bf16))), a_stride, b, b + kTile * 2 * kTile, b_stride);
+              } else {
+                step_1x2(a, a_stride, b, b + kTile * 2 * kTile, b_stride);
+              }
+              for (int64_t i = 0; i < per_step && runs_left > 0; ++i) {
+                _mm_prefetch(next + next_line * 64, _MM_HINT_T0);
+                if (++next_line == run_lines) next_line = 0, next += run_stride, --runs_left;
+              }
+            }
+            store_2x2(acc);
+          }
+        }
     }
   });
   sum_chunks(sums, nparts, blocks * tile_sums);
