@@ -1319,7 +1319,7 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
   // parts of 64 steps (2048 pixels) or more: at most 4 MiB of partial sums
   const int64_t part = std::max<int64_t>(64, ceil_div(nsteps * blocks * kBlockSums * 4, int64_t(4) << 20));
   const int64_t nparts = ceil_div(nsteps, part);
-  at::Tensor sums_t = at::empty({nparts * blocks * kBlockSums}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor sums_t = float_buffer(nparts * blocks * kBlockSums);
   float* sums = sums_t.data_ptr<float>();
   constexpr int64_t kSubMax = 4;
   const int64_t sub = Kt == kTile || Kp * Cp <= kChan * kChan ? 2 : kSubMax;  // steps whose A and B tiles are made at once (a round)

@@ -89,7 +89,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   const int64_t nkb = Kp / kChan, njb = Jp / kChan;
   constexpr int64_t kPart = 64, kChunk = 4;  // steps
   const int64_t nparts = ceil_div(nsteps, kPart), blocks = nkb * njb, tile_sums = R * kChan * kChan;
-  at::Tensor sums_t = at::empty({nparts * blocks * tile_sums}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor sums_t = float_buffer(nparts * blocks * tile_sums);
   float* sums = sums_t.data_ptr<float>();
   constexpr int64_t kStepElems = 2 * kTile * 2 * kTile;  // a step's two B tiles
   for_each_task(nparts, p.macs(), [&](int64_t part) {

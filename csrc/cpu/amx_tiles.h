@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "output_cache.h"
+
 namespace conv_ext {
 namespace cpu {
 namespace amx {
@@ -18,8 +20,16 @@ constexpr int64_t kChan = 32;   // channels per A row / B tile
 
 using bf16 = uint16_t;
 
-// A scratch tensor of n bfloat16 values (uninitialised), and its data.
-inline at::Tensor bf16_buffer(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kBFloat16)); }
+// A scratch tensor of n bfloat16 (float32) values, uninitialised, and its data. Large ones come
+// from the output cache (output_cache.h): a fresh buffer of tens of MB is fresh pages, each
+// faulting on first touch (the VGG stem's channels_last dy copy of 51 MB, NCHW backward-input:
+// 35% of its time in the kernel's page faults).
+inline at::Tensor bf16_buffer(int64_t n) {
+  return empty_output({n}, at::TensorOptions().dtype(at::kBFloat16), at::MemoryFormat::Contiguous);
+}
+inline at::Tensor float_buffer(int64_t n) {
+  return empty_output({n}, at::TensorOptions().dtype(at::kFloat), at::MemoryFormat::Contiguous);
+}
 inline bf16* bf16_data(const at::Tensor& t) { return reinterpret_cast<bf16*>(t.data_ptr()); }
 
 struct __attribute__((packed)) TileConfig {
