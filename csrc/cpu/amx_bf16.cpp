@@ -1714,7 +1714,8 @@ at::Tensor blocked_filter(const Conv2dParams& p, const at::Tensor& w) {
 // backward-weight stays on float32 Winograd (emulated 0.84x at 256@14 NHWC, 0.91x 512@7 NCHW).
 // A rule of the automatic choice (Algorithm::preferred): forced (tests, benchmarks), emulated or
 // not, it runs every bfloat16 problem it computes. Nor (emulated) the NCHW 1x1 backward-weight that
-// gemm_1x1 runs on words of pixel pairs.
+// gemm_1x1 runs on words of pixel pairs. (choose_automatic asks every algorithm about the float32
+// problem, this one included: its supports() tests the dtype first.)
 bool worth_running(Pass pass, const Conv2dParams& p) {
   return !amx_bf16_emulated() ||
          (p.groups == 1 && p.C >= 2 * kTile && p.K >= 2 * kTile &&

@@ -14,8 +14,9 @@
 // Backward-weight: for each filter row r, dw[k][r][(s, c)] is a GEMM over the output pixels:
 // A = 16 filters x 32 pixels of dy (NCHW planes read in place; channels_last pixels turned into
 // rows of filters a few steps of 32 pixels at a time), B = those 32 pixels' windows in VNNI pairs
-// (pixels 2t, 2t + 1), built from the band for a few steps before their products. A task is a fixed part of the pixels (its float32 sums of every dw
-// element), the parts' sums added in order at the end: the same bits for any thread count.
+// (pixels 2t, 2t + 1), built from the band for a few steps before their products. A task is a
+// fixed part of the pixels (its float32 sums of every dw element), the parts' sums added in order
+// at the end: the same bits for any thread count.
 //
 // Backward-input: per dy pixel, Z[(r, s, c)] = sum_k dy[k] * w[k][c][r][s] (A = 16 dy pixels x
 // 32 filters, read from dy's NHWC rows; B = the packed filter, [r][32 filters][16 columns]), and

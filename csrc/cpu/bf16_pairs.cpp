@@ -77,8 +77,8 @@ constexpr const char* kName = "bf16_pairs";
 
 // Every pass computes its problems on an AVX512-BF16 CPU (amx_bf16_available: with AMX tiles or
 // without); the automatic choice (Algorithm::preferred, the preferred_* below) takes it only
-// without AMX tiles (where they exist amx_bf16 runs them) and where it is `worth` running. Forced
-// (tests, benchmarks) it runs any problem it computes.
+// without AMX tiles (where they exist amx_bf16 runs them) and on the shapes where it is the faster.
+// Forced (tests, benchmarks) it runs any problem it computes.
 
 // Groups of fewer than 16 channels (ResNeXt's 4 and 8, depthwise) stay with the kernels made for
 // them: through the engine here a group's reduction is a few words a tap and its tiles mostly
