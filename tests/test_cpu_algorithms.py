@@ -270,6 +270,7 @@ AMX_ROWS = [
     ((1, 2, 8, 40), 17, (3, 9), 1, 0, 1, 1),             # 2 channels, 17 filters (odd), 38 pixels a row (> 32)
     ((2, 15, 6, 7), 20, (2, 3), (2, 1), (1, 2), (3, 1), 1),  # 15 channels: windows of 45, dil_h 3
     ((1, 4, 5, 5), 32, (3, 3), 1, 1, 1, 1),              # 32 filters: channels_last dy read in place
+    ((2, 3, 16, 16), 48, (3, 3), 1, 1, 1, 1),            # NCHW dy as A tiles in place: whole steps, 48 filters
 ]
 SHAPES = GENERAL + ONE_BY_ONE + DEPTHWISE + WINOGRAD + WINOGRAD_S2 + DIRECT_NCHW + GROUPED_NHWC + GROUPED_INTERLEAVED + AMX + AMX_ROWS
 
