@@ -5,8 +5,8 @@
 //                                                        supports_fn, run_fn});
 // conv2d_cpu.cpp puts the operands in the layout the pass runs in, then calls choose(),
 // which returns the forced algorithm (tests, benchmarks) or the supporting (and preferred)
-// algorithm of highest priority. The reference kernel supports everything at priority 0: the fallback and
-// the oracle of every other algorithm.
+// algorithm of highest priority. The reference kernel supports everything at priority 0: the
+// fallback and the oracle of every other algorithm.
 #pragma once
 #include <ATen/ATen.h>
 

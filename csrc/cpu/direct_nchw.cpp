@@ -110,9 +110,10 @@ bool few_channels(const Conv2dParams& p) { return p.Cg() <= 4 || (p.Cg() <= 8 &&
 //
 // bfloat16 forward (direct_nchw_forward_bf16): the same tiles on words of two channels, each step
 // a VDPBF16PS (two taps' products summed in float32), for an even number of channels a group on
-// an AVX512-BF16 CPU without AMX tiles (where they exist amx_bf16 runs these: not_bf16_on_amx_tiles;
-// forced, any such CPU). The groups of fewer than 16 channels had no bfloat16 kernel of their own and ran on
-// float32 copies: ResNeXt's 128 g32 @56 and 256 g32 @28 forward 0.5-0.8x torch.
+// an AVX512-BF16 CPU without AMX tiles (where they exist amx_bf16 runs these:
+// not_bf16_on_amx_tiles; forced, any such CPU). The groups of fewer than 16 channels had no
+// bfloat16 kernel of their own and ran on float32 copies: ResNeXt's 128 g32 @56 and 256 g32 @28
+// forward 0.5-0.8x torch.
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   const bool shape_ok = (is_nchw(p) || (is_nhwc(p) && p.groups > 1)) && weight_is_kcrs(p) && few_channels(p);
   if (dtype == at::kBFloat16)  // (odd channel counts a group in NCHW only: channels_last pixels are read as words)

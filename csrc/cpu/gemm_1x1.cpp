@@ -121,8 +121,8 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 // pixel pairs as they lie, (v[2j], v[2j + 1]) — the float32 kernel's "pixels" become words and its
 // steps VDPBF16PS (two pixels' products summed in float32), its transposes move words as floats;
 // dw in float32, rounded once. On AVX512-BF16 CPUs without AMX tiles (not_bf16_on_amx_tiles;
-// forced, on any), as bf16_pairs, which leaves these problems to it (and amx_bf16 emulated). bf16_pairs built words of pixel pairs for
-// both operands in its bands (NCHW: transposes of both). Batch 4, 2 threads, old/new (python
+// forced, on any), as bf16_pairs, which leaves these problems to it (and amx_bf16 emulated).
+// bf16_pairs built words of pixel pairs for both operands in its bands (NCHW: transposes of both). Batch 4, 2 threads, old/new (python
 // benchmarks/ab.py OLD.so NEW.so 4,256,56,56,64,1 --layout nchw --pass backward_weight --dtype
 // bfloat16, best mins): ResNet-50's 256->64 @56 and 64->256 @56 1.58-1.59x (0.74x -> 1.72-1.82x
 // torch), 512->128 @28 1.48x, 128->512 @28 1.23x, 1024->256 @14 1.24x, 256->1024 @14 1.10x;

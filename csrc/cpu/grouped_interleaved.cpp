@@ -75,9 +75,9 @@ bool fits(int64_t groups, int64_t ci, int64_t co) {
 
 // bfloat16 (interleaved_*_bf16): the same engine on words of two channels (VDPBF16PS), where the
 // channels read (ci: Cg forward, Kg backward-input) are even, on an AVX512-BF16 CPU without AMX
-// tiles (there amx_bf16 runs grouped layers: not_bf16_on_amx_tiles; forced, any AVX512-BF16 CPU). Before, these layers
-// ran on float32 copies (channels_last ResNeXt 128 g32 @56, 256 g32 @28 and @56/2 forward
-// 0.4-0.8x torch).
+// tiles (there amx_bf16 runs grouped layers: not_bf16_on_amx_tiles; forced, any AVX512-BF16 CPU).
+// Before, these layers ran on float32 copies (channels_last ResNeXt 128 g32 @56, 256 g32 @28 and
+// @56/2 forward 0.4-0.8x torch).
 bool dtype_ok(at::ScalarType dtype, int64_t ci) {
   return dtype == at::kBFloat16 ? ci % 2 == 0 && amx_bf16_available() : dtype == at::kFloat;
 }
