@@ -1722,9 +1722,8 @@ bool worth_running(Pass pass, const Conv2dParams& p) {
           (pass != Pass::BackwardWeight ||
            (choose_automatic(pass, p, at::kFloat).name != "winograd" && !gemm_1x1_pixel_pairs(p))));
 }
-bool preferred_forward(const Conv2dParams& p, at::ScalarType) { return worth_running(Pass::Forward, p); }
-bool preferred_backward_input(const Conv2dParams& p, at::ScalarType) { return worth_running(Pass::BackwardInput, p); }
-bool preferred_backward_weight(const Conv2dParams& p, at::ScalarType) { return worth_running(Pass::BackwardWeight, p); }
+template <Pass pass>
+bool preferred(const Conv2dParams& p, at::ScalarType) { return worth_running(pass, p); }
 
 bool supports_forward_any(const Conv2dParams& p, at::ScalarType dtype) {
   if (dtype != at::kBFloat16) return false;
@@ -1775,11 +1774,12 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 }
 
 const bool registered =
-    register_algorithm({"amx_bf16", Pass::Forward, 50, supports_forward_any, run_forward, true, preferred_forward}) &&
+    register_algorithm(
+        {"amx_bf16", Pass::Forward, 50, supports_forward_any, run_forward, true, preferred<Pass::Forward>}) &&
     register_algorithm({"amx_bf16", Pass::BackwardInput, 50, supports_backward_input_any, run_backward_input, true,
-                        preferred_backward_input}) &&
+                        preferred<Pass::BackwardInput>}) &&
     register_algorithm({"amx_bf16", Pass::BackwardWeight, 50, supports_backward_weight, run_backward_weight, true,
-                        preferred_backward_weight});
+                        preferred<Pass::BackwardWeight>});
 
 }  // namespace
 }  // namespace cpu

@@ -100,17 +100,18 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     const int64_t g_end = std::min(nsteps, (part + 1) * kPart);
     for (int64_t c0 = part * kPart; c0 < g_end; c0 += kChunk) {
       const int64_t c1 = std::min(g_end, c0 + kChunk);
-      // a0[g - c0]: step g's first A tile (filter 0), its rows a_stride bytes apart
+      // step g's image n[g - c0] and first pixel m0[g - c0]; a0[g - c0]: its first A tile
+      // (filter 0), rows (filters) a_ld values apart
       const bf16* a0[kChunk];
-      int64_t a_strides[kChunk];
+      int64_t n_of[kChunk], m0_of[kChunk], a_ld[kChunk];
       for (int64_t g = c0; g < c1; ++g) {
-        const int64_t n = g / spi, m0 = g % spi * kChan, nm = std::min(kChan, PQ - m0);
+        const int64_t n = n_of[g - c0] = g / spi, m0 = m0_of[g - c0] = g % spi * kChan, nm = std::min(kChan, PQ - m0);
         if (a_in_place && nm == kChan) {
-          a0[g - c0] = dy + n * K * PQ + m0, a_strides[g - c0] = PQ * int64_t(sizeof(bf16));
+          a0[g - c0] = dy + n * K * PQ + m0, a_ld[g - c0] = PQ;
           continue;
         }
         bf16* d = achunk + (g - c0) * Kp * kChan;
-        a0[g - c0] = d, a_strides[g - c0] = kChan * int64_t(sizeof(bf16));
+        a0[g - c0] = d, a_ld[g - c0] = kChan;
         if (nm < kChan) std::memset(d, 0, sizeof(bf16) * Kp * kChan);
         else if (K < Kp) std::memset(d + K * kChan, 0, sizeof(bf16) * (Kp - K) * kChan);
         if (nhwc) {
@@ -135,7 +136,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       for (int64_t jb = 0; jb < njb; ++jb)
         for (int64_t r = 0; r < R; ++r) {
           for (int64_t g = c0; g < c1; ++g) {
-            const int64_t n = g / spi, m0 = g % spi * kChan;
+            const int64_t n = n_of[g - c0], m0 = m0_of[g - c0];
             const bf16* img = xb + n * Hp * Wp * C + r * dh * Wp * C + jb * kChan;
             int64_t oy = m0 / Q, ox = m0 % Q;
             bf16* b = bchunk + (g - c0) * kStepElems;
@@ -159,12 +160,12 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
             }
             const bool a_pair = K - kb * kChan > kTile;  // else the A pair's second tile is zeros
             for (int64_t g = c0; g < c1; ++g) {
-              const int64_t a_stride = a_strides[g - c0];
-              const bf16* a = a0[g - c0] + kb * kChan * (a_stride / int64_t(sizeof(bf16)));
+              const int64_t ld = a_ld[g - c0], a_stride = ld * int64_t(sizeof(bf16));
+              const bf16* a = a0[g - c0] + kb * kChan * ld;
               const bf16* b = bchunk + (g - c0) * kStepElems;
               constexpr int64_t b_stride = 2 * kTile * int64_t(sizeof(bf16));
               if (a_pair) {
-                step_2x2(a, a + kTile * (a_stride / int64_t(sizeof(bf16))), a_stride, b, b + kTile * 2 * kTile, b_stride);
+                step_2x2(a, a + kTile * ld, a_stride, b, b + kTile * 2 * kTile, b_stride);
               } else {
                 step_1x2(a, a_stride, b, b + kTile * 2 * kTile, b_stride);
               }
