@@ -25,11 +25,18 @@ void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min
               sizes_str(v));
 }
 
-void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
+// The dtypes the backward ops take; the forward op (integers: true) also takes the integer ones
+// F.conv2d takes on the CPU (uint8, int8, int16, int32, int64; csrc/cpu/integer.cpp), not on
+// CUDA, where torch's convolution refuses them too.
+void check_dtype(const char* op, const char* name, const at::Tensor& t, bool integers = false) {
   const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 ||
+  const bool integer = integers && at::isIntegralType(dt, /*includeBool=*/false);
+  TORCH_CHECK(integer || dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 ||
                   dt == at::kComplexFloat || dt == at::kComplexDouble,
-              op, ": expected ", name, " to be float32, float64, float16, bfloat16, complex64 or complex128, got ", dt);
+              op, ": expected ", name, " to be float32, float64, float16, bfloat16, complex64",
+              integers ? ", complex128 or an integer type" : " or complex128", ", got ", dt);
+  TORCH_CHECK(!integer || !t.is_cuda(), op, ": integer tensors run on the CPU only (as torch's convolution), got ",
+              name, " of dtype ", dt, " on ", t.device());
   TORCH_CHECK(t.layout() == at::kStrided, op, ": expected ", name, " to be a dense (strided) tensor, got layout ",
               t.layout());
 }
@@ -95,14 +102,14 @@ Conv2dParams make_forward_params(const at::Tensor& input, const at::Tensor& weig
   TORCH_CHECK(input.dim() == 4, op, ": expected input to be 3-D (C, H, W) or 4-D (N, C, H, W), got ",
               input.dim(), "-D input of size ", sizes_str(input.sizes()));
   check_4d(op, "weight", weight, "(out_channels, in_channels/groups, kH, kW)");
-  check_float_dtype(op, "input", input);
-  check_float_dtype(op, "weight", weight);
+  check_dtype(op, "input", input, /*integers=*/true);
+  check_dtype(op, "weight", weight, /*integers=*/true);
   check_same(op, "input", input, "weight", weight);
   Conv2dParams p;
   p.N = input.size(0), p.C = input.size(1), p.H = input.size(2), p.W = input.size(3);
   p.K = weight.size(0), p.R = weight.size(2), p.S = weight.size(3);
   if (bias.has_value() && bias->defined()) {
-    check_float_dtype(op, "bias", *bias);
+    check_dtype(op, "bias", *bias, /*integers=*/true);
     check_same(op, "input", input, "bias", *bias);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == p.K, op,
                 ": expected bias of size [", p.K, "] (weight.size(0)), got ", sizes_str(bias->sizes()));
@@ -120,8 +127,8 @@ Conv2dParams make_backward_input_params(const at::Tensor& grad_output, const at:
   TORCH_CHECK(input_size.size() == 4, op, ": expected input_size to have 4 values (N, C, H, W), got ",
               sizes_str(input_size));
   check_4d(op, "weight", weight, "(out_channels, in_channels/groups, kH, kW)");
-  check_float_dtype(op, "grad_output", grad_output);
-  check_float_dtype(op, "weight", weight);
+  check_dtype(op, "grad_output", grad_output);
+  check_dtype(op, "weight", weight);
   check_same(op, "grad_output", grad_output, "weight", weight);
   Conv2dParams p;
   p.N = input_size[0], p.C = input_size[1], p.H = input_size[2], p.W = input_size[3];
@@ -140,8 +147,8 @@ Conv2dParams make_backward_weight_params(const at::Tensor& grad_output, const at
   TORCH_CHECK(weight_size.size() == 4, op,
               ": expected weight_size to have 4 values (K, C/groups, R, S), got ", sizes_str(weight_size));
   check_4d(op, "input", input, "(N, C, H, W)");
-  check_float_dtype(op, "grad_output", grad_output);
-  check_float_dtype(op, "input", input);
+  check_dtype(op, "grad_output", grad_output);
+  check_dtype(op, "input", input);
   check_same(op, "grad_output", grad_output, "input", input);
   Conv2dParams p;
   p.N = input.size(0), p.C = input.size(1), p.H = input.size(2), p.W = input.size(3);
@@ -155,7 +162,7 @@ Conv2dParams make_backward_weight_params(const at::Tensor& grad_output, const at
 void check_backward_bias(const at::Tensor& grad_output) {
   const char* op = "conv_ext.conv2d_backward_bias";
   check_4d(op, "grad_output", grad_output, "(N, K, P, Q)");
-  check_float_dtype(op, "grad_output", grad_output);
+  check_dtype(op, "grad_output", grad_output);
 }
 
 at::MemoryFormat conv_memory_format(const at::Tensor& a, const at::Tensor& b) {

@@ -43,8 +43,9 @@ CASES = {
     "bias dtype mismatch": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(4, device=d, dtype=torch.float64)), RuntimeError, r"input and bias to have the same dtype, got input Float and bias Double"),
     "bias wrong size": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(5, device=d)), RuntimeError, r"expected bias of size \[4\] \(weight.size\(0\)\), got \[5\]"),
     "bias 2-D": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(4, 1, device=d)), RuntimeError, r"expected bias of size \[4\] \(weight.size\(0\)\), got \[4, 1\]"),
-    "integer dtype": (lambda d: conv_ext.conv2d(torch.ones(1, 3, 8, 8, dtype=torch.int64, device=d), torch.ones(4, 3, 3, 3, dtype=torch.int64, device=d)), RuntimeError, r"expected input to be float32, float64, float16, bfloat16, complex64 or complex128, got Long"),
-    "complex32 dtype": (lambda d: conv_ext.conv2d(c32_(1, 3, 8, 8, device=d), c32_(4, 3, 3, 3, device=d)), RuntimeError, r"expected input to be float32, .* complex64 or complex128, got ComplexHalf"),
+    "bool dtype": (lambda d: conv_ext.conv2d(torch.ones(1, 3, 8, 8, dtype=torch.bool, device=d), torch.ones(4, 3, 3, 3, dtype=torch.bool, device=d)), RuntimeError, r"expected input to be float32, float64, float16, bfloat16, complex64, complex128 or an integer type, got Bool"),
+    "complex32 dtype": (lambda d: conv_ext.conv2d(c32_(1, 3, 8, 8, device=d), c32_(4, 3, 3, 3, device=d)), RuntimeError, r"expected input to be float32, .* complex128 or an integer type, got ComplexHalf"),
+    "integer and float": (lambda d: conv_ext.conv2d(torch.ones(1, 3, 8, 8, dtype=torch.int32, device="cpu"), x_(4, 3, 3, 3, device="cpu")), RuntimeError, r"input and weight to have the same dtype, got input Int and weight Float"),
     "complex input, real weight": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, dtype=torch.complex64, device=d), x_(4, 3, 3, 3, device=d)), RuntimeError, r"input and weight to have the same dtype, got input ComplexFloat and weight Float"),
     "complex bias, real weight": (lambda d: conv_ext.conv2d(x_(1, 3, 8, 8, device=d), x_(4, 3, 3, 3, device=d), x_(4, dtype=torch.complex64, device=d)), RuntimeError, r"input and bias to have the same dtype, got input Float and bias ComplexFloat"),
     "complex channels": (lambda d: conv_ext.conv2d(x_(1, 6, 8, 8, dtype=torch.complex128, device=d), x_(4, 4, 3, 3, dtype=torch.complex128, device=d)), RuntimeError, r"expected input to have 4 channels \(groups=1 x weight.size\(1\)=4\), got 6"),
@@ -70,6 +71,14 @@ def test_device_mismatch():
         pytest.skip("needs a CUDA device")
     with pytest.raises(RuntimeError, match=r"input and weight to be on the same device, got input on cpu and weight on cuda"):
         conv_ext.conv2d(x_(1, 3, 8, 8), x_(4, 3, 3, 3, device="cuda"))
+
+
+def test_integer_on_cuda():
+    """Integer tensors run on the CPU only, as torch's own convolution (tests/test_integer.py)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    with pytest.raises(RuntimeError, match=r"integer tensors run on the CPU only .* got input of dtype Long on cuda"):
+        conv_ext.conv2d(torch.ones(1, 3, 8, 8, dtype=torch.int64, device="cuda"), torch.ones(4, 3, 3, 3, dtype=torch.int64, device="cuda"))
 
 
 def test_module_rejects_like_nn():

@@ -2,8 +2,9 @@
 //
 // Each pass is the definition in conv_params.h with the loops in the plainest order and any
 // strides (NCHW, NHWC or otherwise), so it handles every problem: stride, padding, dilation,
-// groups, odd sizes. Sums run in float64 for float64 and in float32 for the other dtypes
-// (at::opmath_type), in a fixed order, so results are the same bits on every run.
+// groups, odd sizes. Sums run in float64 for float64 and in float32 for the other floating dtypes
+// (at::opmath_type), in a fixed order, so results are the same bits on every run; the forward of
+// the integer dtypes in uint64 (the dtype's wrap-around, below).
 // Parallel over independent outputs; no output element is written by two threads.
 //
 //   forward          y[n,k,p,q]  = bias[k] + sum_{c,r,s} x[n,g*Cg+c,h,w] * w[k,c,r,s]
@@ -12,6 +13,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+
+#include <type_traits>
 
 #include "algorithms.h"
 
@@ -24,9 +27,14 @@ int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_item));
 }
 
+// Integer dtypes (forward only) sum in uint64, whose wrap-around keeps the low bits of every
+// product and sum exact: the dtype's own wrap-around, as torch's integer convolution computes it.
+template <typename T>
+using Acc = std::conditional_t<std::is_integral_v<T>, uint64_t, at::opmath_type<T>>;
+
 template <typename T>
 void forward(const Conv2dParams& p, const T* x, const T* w, const T* bias, T* y) {
-  using acc_t = at::opmath_type<T>;
+  using acc_t = Acc<T>;
   const int64_t Cg = p.Cg(), Kg = p.Kg();
   // one task per (n, k) output plane
   at::parallel_for(0, p.N * p.K, grain_for(p.P * p.Q * Cg * p.R * p.S), [&](int64_t begin, int64_t end) {
@@ -116,7 +124,7 @@ void backward_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
 bool supports_all(const Conv2dParams&, at::ScalarType) { return true; }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.out.scalar_type(), "reference_forward", [&] {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, o.out.scalar_type(), "reference_forward", [&] {
     forward<scalar_t>(p, o.a.const_data_ptr<scalar_t>(), o.b.const_data_ptr<scalar_t>(),
                       o.bias.defined() ? o.bias.const_data_ptr<scalar_t>() : nullptr,
                       o.out.mutable_data_ptr<scalar_t>());

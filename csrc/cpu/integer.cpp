@@ -1,0 +1,252 @@
+#ifndef CONV_EXT_ISA_NS
+// integer.cpp — the convolution of integer tensors (uint8, int8, int16, int32, int64), which
+// torch.nn.functional.conv2d takes on the CPU: forward only (an integer tensor cannot require a
+// gradient), every product and sum wrapping modulo 2^bits of the dtype as torch's do (nine taps of
+// 100 x 1 in int8 give 900 - 1024 = -124), so the result is exact and the order of the sums does
+// not matter.
+//
+//   y[n,k,p,q] = bias[k] + sum_{c,r,s} x[n, g Cg + c, p sh - ph + r dh, q sw - pw + s dw] * w[k,c,r,s]
+//
+// Lanes: unsigned integers at least as wide as the dtype, whose wrap-around keeps the low bits
+// exact (uint16 for the 8- and 16-bit types: 32 lanes of a 512-bit vector; uint32; uint64).
+// Band: the input once per call in those lanes, zero-padded, each row split into its sw column
+// phases, xb[n][c][hp][phase][Wq] (column j of phase f is padded column j sw + f): the taps of a
+// row of output columns then read one contiguous run each, at any stride and dilation, with no
+// widening and no bounds tests in the loop. Filter: [group][8-filter block][c][r][s][8].
+// Blocking: a task is an image, a group, a block of 8 filters and a block of output rows; for each
+// row and each 2 vectors of output columns it keeps 8 filters x 2 vectors of sums in registers
+// over the whole reduction (c, r, s): per tap, two loads of the input run, eight broadcast filter
+// values, 16 multiplies and adds. GCC's vector extensions at the ISA's width (per_isa.h: AVX-512,
+// AVX2; a CPU with neither runs the reference kernel).
+//
+// Speed (2 threads, Xeon; python benchmarks/integer.py): see the README's "Integer tensors".
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "algorithms.h"
+#include "kernel_util.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace integer {
+
+constexpr int64_t kFilters = 8;  // filters a register block
+
+// The lanes of a dtype: wide enough, unsigned (wrap-around), 16 bits at least.
+template <typename T>
+using Lane = std::conditional_t<sizeof(T) <= 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+
+// One call's operands as the kernel reads them.
+template <typename T>
+struct Job {
+  const Lane<T>* xb;      // band: [n][c] planes of [hp][phase][Wq], plane apart
+  const Lane<T>* wp;      // filter [g][kb][c][r][s][8]
+  const int64_t* tap_off; // [c][r][s]: a tap's run from its block's first band column
+  const T* bias;          // null: none
+  T* y;
+  Conv2dParams p;
+  int64_t plane, Wq, nkb;
+  bool flat;              // stride 1: grid pixel m is output pixel (m / Wq, m % Wq), band column m
+  int64_t parts, grid_blocks;  // an image's grid blocks in `parts` parts, one a task
+};
+
+}  // namespace integer
+}  // namespace cpu
+}  // namespace conv_ext
+
+#define CONV_EXT_PER_ISA_FILE "integer.cpp"
+#include "per_isa.h"
+
+namespace conv_ext {
+namespace cpu {
+namespace {
+
+using integer::Job;
+using integer::kFilters;
+using integer::Lane;
+
+bool supports(const Conv2dParams&, at::ScalarType dtype) {
+  return at::isIntegralType(dtype, /*includeBool=*/false) && simd_available();
+}
+
+template <typename T>
+void run_typed(const Conv2dParams& p, Operands& o) {
+  using A = Lane<T>;
+  const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q, G = p.groups;
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), sh = p.stride_h, sw = p.stride_w, pw = p.pad_w;
+  const int64_t block = 2 * (cpu_capability() == "avx512" ? 64 : 32) / int64_t(sizeof(A));  // columns a block
+  // The band. Stride 1: a flat grid (rows of Wq: the blocks run on from a row into the next, the
+  // columns past Q computed and dropped), each plane followed by zeros for the last block's taps.
+  // Else rows of output columns, each phase's row long enough for its last block's last tap.
+  const bool flat = sh == 1 && sw == 1;
+  const int64_t Hp = std::max(H + 2 * p.pad_h, (P - 1) * sh + (R - 1) * p.dil_h + 1);
+  const int64_t Wq = flat ? std::max(W + 2 * pw, Q + (S - 1) * p.dil_w) : round_up(Q, block) + (S - 1) * p.dil_w / sw + 1;
+  const int64_t plane = Hp * sw * Wq + (flat ? block + (S - 1) * p.dil_w : 0);
+  const T* x = o.a.const_data_ptr<T>();
+  at::Tensor band_t = at::empty({N * C * plane * int64_t(sizeof(A))}, o.a.options().dtype(at::kByte));
+  A* xb = reinterpret_cast<A*>(band_t.mutable_data_ptr());
+  for_each_task(N * C, N * C * plane, [&](int64_t nc) {
+    A* d = xb + nc * plane;
+    std::memset(d, 0, sizeof(A) * plane);
+    const T* src = x + nc / C * p.xs_n + nc % C * p.xs_c;
+    for (int64_t h = 0; h < H; ++h) {
+      A* row = d + (h + p.pad_h) * sw * Wq;
+      const T* in = src + h * p.xs_h;
+      if (sw == 1) {
+        for (int64_t w = 0; w < W; ++w) row[pw + w] = static_cast<A>(in[w * p.xs_w]);
+        continue;
+      }
+      for (int64_t f = 0; f < sw; ++f) {  // phase f: padded columns f, f + sw, ...
+        const int64_t w0 = floor_mod(f - pw, sw);  // its first input column
+        A* o = row + f * Wq + (w0 + pw) / sw;
+        for (int64_t w = w0; w < W; w += sw) *o++ = static_cast<A>(in[w * p.xs_w]);
+      }
+    }
+  });
+  // the filter, blocks of 8 filters (zeros past a group's last)
+  const T* w = o.b.const_data_ptr<T>();
+  const int64_t nkb = ceil_div(Kg, kFilters), taps = Cg * R * S;
+  at::Tensor wp_t = at::empty({G * nkb * taps * kFilters * int64_t(sizeof(A))}, o.b.options().dtype(at::kByte));
+  A* wp = reinterpret_cast<A*>(wp_t.mutable_data_ptr());
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t kb = 0; kb < nkb; ++kb)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t j = 0; j < kFilters; ++j) {
+              const int64_t k = kb * kFilters + j;
+              A* d = wp + ((((g * nkb + kb) * Cg + c) * R + r) * S + s) * kFilters + j;
+              *d = k < Kg ? static_cast<A>(w[(g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s]) : A(0);
+            }
+  // each tap's run from a block's first band column (plane c of the group, row r, phase and
+  // column of tap s)
+  std::vector<int64_t> tap_off(static_cast<size_t>(taps));
+  for (int64_t c = 0, i = 0; c < Cg; ++c)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s, ++i) {
+        const int64_t t = s * p.dil_w;
+        tap_off[i] = c * plane + r * p.dil_h * sw * Wq + t % sw * Wq + t / sw;
+      }
+  Job<T> job{xb, wp, tap_off.data(), o.bias.defined() ? o.bias.const_data_ptr<T>() : nullptr, o.out.mutable_data_ptr<T>(),
+             p, plane, Wq, nkb, flat, 0, 0};
+  // A task: a part of an image's grid blocks for a group, every filter block in turn over the
+  // part (its band rows read again from L2); as many parts as leave 4 tasks a thread and keep a
+  // part's band under 512 KiB. (Filter blocks outer, a task an image each, read an image's band
+  // from L3 for each filter block: 128->128 3x3/2 @56 int64 took 1.4x as long.)
+  const int64_t grid_blocks = flat ? ceil_div(P * Wq, block) : P * ceil_div(Q, block);
+  const int64_t group_band = Cg * plane * int64_t(sizeof(A));
+  job.parts = std::min(grid_blocks, std::max(ceil_div(4 * at::get_num_threads(), N * G), ceil_div(group_band, int64_t(512) << 10)));
+  job.grid_blocks = grid_blocks;
+  if (cpu_capability() == "avx512") avx512::integer_forward(job, N * G * job.parts);
+  else avx2::integer_forward(job, N * G * job.parts);
+}
+
+void run(const Conv2dParams& p, Operands& o) {
+  switch (o.out.scalar_type()) {
+    case at::kByte: return run_typed<uint8_t>(p, o);
+    case at::kChar: return run_typed<int8_t>(p, o);
+    case at::kShort: return run_typed<int16_t>(p, o);
+    case at::kInt: return run_typed<int32_t>(p, o);
+    case at::kLong: return run_typed<int64_t>(p, o);
+    default: TORCH_CHECK(false, "conv_ext: the integer kernel got ", o.out.scalar_type());
+  }
+}
+
+const bool registered = register_algorithm({"integer", Pass::Forward, 1, supports, run});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace conv_ext
+
+#else  // the kernel, once per SIMD level (per_isa.h)
+
+namespace conv_ext {
+namespace cpu {
+namespace CONV_EXT_ISA_NS {
+
+// Grid blocks [b0, b1) of image n, group g, filter block kb; NV vectors of columns a block.
+template <typename T, int NV>
+void integer_blocks(const integer::Job<T>& jb, int64_t n, int64_t g, int64_t kb, int64_t b0, int64_t b1) {
+  using A = integer::Lane<T>;
+  constexpr int64_t kBytes = CONV_EXT_ISA_BITS / 8, kLanes = kBytes / sizeof(A), kF = integer::kFilters;
+  constexpr int64_t kCols = NV * kLanes;
+  typedef A Vec __attribute__((vector_size(kBytes)));
+  const Conv2dParams& p = jb.p;
+  const int64_t Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q, Wq = jb.Wq, taps = Cg * p.R * p.S;
+  const int64_t kn = std::min(kF, Kg - kb * kF), per_row = ceil_div(Q, kCols);
+  A bias[kF] = {};
+  for (int64_t j = 0; j < kn && jb.bias; ++j) bias[j] = static_cast<A>(jb.bias[g * Kg + kb * kF + j]);
+  const A* wblk = jb.wp + (g * jb.nkb + kb) * taps * kF;
+  const A* xg = jb.xb + (n * p.C + g * Cg) * jb.plane;
+  T* const yk = jb.y + n * p.ys_n + (g * Kg + kb * kF) * p.ys_k;
+  for (int64_t b = b0; b < b1; ++b) {
+    // the block's first grid pixel: output pixel (pp, q0) and band column m0
+    int64_t pp, q0, m0;
+    if (jb.flat) {
+      m0 = b * kCols, pp = m0 / Wq, q0 = m0 % Wq;
+    } else {
+      pp = b / per_row, q0 = b % per_row * kCols, m0 = pp * p.stride_h * p.stride_w * Wq + q0;
+    }
+    Vec acc[kF][NV];
+    for (int64_t j = 0; j < kF; ++j)
+      for (int v = 0; v < NV; ++v) acc[j][v] = Vec{} + bias[j];
+    const A* xm = xg + m0;
+    const A* wt = wblk;
+    for (int64_t i = 0; i < taps; ++i, wt += kF) {
+      const A* run = xm + jb.tap_off[i];
+      Vec xv[NV];
+      for (int v = 0; v < NV; ++v) std::memcpy(&xv[v], run + v * kLanes, kBytes);
+      for (int64_t j = 0; j < kF; ++j)
+        for (int v = 0; v < NV; ++v) acc[j][v] += xv[v] * wt[j];
+    }
+    // the sums narrowed to T (their low bits), stored a run of columns of one output row at a time
+    for (int64_t j = 0; j < kn; ++j) {
+      A sums[kCols];
+      std::memcpy(sums, acc[j], sizeof(sums));
+      T vals[kCols];
+      for (int64_t i = 0; i < kCols; ++i) vals[i] = static_cast<T>(sums[i]);
+      T* const out = yk + j * p.ys_k;
+      int64_t row = pp, q = q0;
+      for (int64_t i = 0; i < kCols && row < P;) {
+        const int64_t len = std::min(kCols - i, (jb.flat ? Wq : Q) - q);  // the lanes left in this grid row
+        const int64_t nq = std::max<int64_t>(0, std::min(len, Q - q));     // of them, output columns
+        T* o = out + row * p.ys_p + q * p.ys_q;
+        if (p.ys_q == 1) std::memcpy(o, vals + i, sizeof(T) * nq);
+        else
+          for (int64_t e = 0; e < nq; ++e) o[e * p.ys_q] = vals[i + e];
+        if (!jb.flat) break;
+        i += len, q = 0, ++row;
+      }
+    }
+  }
+}
+
+template <typename T>
+void integer_forward(const integer::Job<T>& jb, int64_t tasks) {
+  const Conv2dParams& p = jb.p;
+  // a row of Q columns in one vector where it fits (7x7 planes: 16 int32 lanes), not two
+  const bool one = !jb.flat && p.Q <= CONV_EXT_ISA_BITS / 8 / int64_t(sizeof(integer::Lane<T>));
+  for_each_task(tasks, p.macs(), [&](int64_t t) {
+    const int64_t part = t % jb.parts, g = t / jb.parts % p.groups, n = t / (jb.parts * p.groups);
+    const int64_t b0 = part * jb.grid_blocks / jb.parts, b1 = (part + 1) * jb.grid_blocks / jb.parts;
+    for (int64_t kb = 0; kb < jb.nkb; ++kb) {
+      if (one) integer_blocks<T, 1>(jb, n, g, kb, b0, b1);  // (a row a block either way)
+      else integer_blocks<T, 2>(jb, n, g, kb, b0, b1);
+    }
+  });
+}
+
+// (instantiated here, under this ISA's target)
+template void integer_forward<uint8_t>(const integer::Job<uint8_t>&, int64_t);
+template void integer_forward<int8_t>(const integer::Job<int8_t>&, int64_t);
+template void integer_forward<int16_t>(const integer::Job<int16_t>&, int64_t);
+template void integer_forward<int32_t>(const integer::Job<int32_t>&, int64_t);
+template void integer_forward<int64_t>(const integer::Job<int64_t>&, int64_t);
+
+}  // namespace CONV_EXT_ISA_NS
+}  // namespace cpu
+}  // namespace conv_ext
+
+#endif
