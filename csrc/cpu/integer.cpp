@@ -19,7 +19,9 @@
 // values, 16 multiplies and adds. GCC's vector extensions at the ISA's width (per_isa.h: AVX-512,
 // AVX2; a CPU with neither runs the reference kernel).
 //
-// Speed (2 threads, Xeon; python benchmarks/integer.py): see the README's "Integer tensors".
+// Speed (2 threads, Xeon, batch 4-8; python benchmarks/integer.py, benchmarks/results/integer-cpu.txt):
+// 1.5-4.8x torch's own integer convolution for 8- to 32-bit types (3x3 64@56 int8 2.4 ms vs 6.4,
+// int32 6.9 vs 18.7; the 7x7/2 stem 2.8 vs 10.1 ms), 1.1-2.4x for int64 (VPMULLQ, three uops, bounds it).
 #include <ATen/ATen.h>
 
 #include <cstring>
