@@ -90,8 +90,8 @@ def test_integer_wraps_like_torch():
     w = torch.full((1, 1, 1, 1), 2**30 + 3, dtype=torch.int64)
     assert torch.equal(conv_ext.conv2d(x, w), F.conv2d(x, w))
     u = torch.full((1, 2, 2, 2), 200, dtype=torch.uint8)
-    assert torch.equal(conv_ext.conv2d(u, torch.full((3, 2, 1, 1), 2, dtype=torch.uint8), torch.full((3,), 7, dtype=torch.uint8)),
-                       torch.full((1, 3, 2, 2), (800 + 7) % 256, dtype=torch.uint8))
+    y = conv_ext.conv2d(u, torch.full((3, 2, 1, 1), 2, dtype=torch.uint8), torch.full((3,), 7, dtype=torch.uint8))
+    assert torch.equal(y, torch.full((1, 3, 2, 2), (800 + 7) % 256, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -109,7 +109,8 @@ def test_integer_shapes_and_forms(dtype):
     for _ in range(25):
         groups = rng.choice([1, 1, 2, 3])
         cg, kg, r, s = rng.randint(1, 4), rng.randint(1, 10), rng.randint(1, 4), rng.randint(1, 4)
-        stride, dilation, padding = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(1, 2), rng.randint(1, 2)), (rng.randint(0, 2), rng.randint(0, 2))
+        stride, dilation = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(1, 2), rng.randint(1, 2))
+        padding = (rng.randint(0, 2), rng.randint(0, 2))
         h, wd = rng.randint((r - 1) * dilation[0] + 1, 24), rng.randint((s - 1) * dilation[1] + 1, 80)
         x = values(dtype, (rng.randint(1, 3), groups * cg, h, wd), full_range=False)
         wt = values(dtype, (groups * kg, cg, r, s), full_range=False)

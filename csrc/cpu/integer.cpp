@@ -13,10 +13,11 @@
 // phases, xb[n][c][hp][phase][Wq] (column j of phase f is padded column j sw + f): the taps of a
 // row of output columns then read one contiguous run each, at any stride and dilation, with no
 // widening and no bounds tests in the loop. Filter: [group][8-filter block][c][r][s][8].
-// Blocking: a task is an image, a group, a block of 8 filters and a block of output rows; for each
-// row and each 2 vectors of output columns it keeps 8 filters x 2 vectors of sums in registers
-// over the whole reduction (c, r, s): per tap, two loads of the input run, eight broadcast filter
-// values, 16 multiplies and adds. GCC's vector extensions at the ISA's width (per_isa.h: AVX-512,
+// Blocking: a block is 2 vectors of output columns (one where a row fits in one) of an output row,
+// or at stride 1 of the flat grid; for each block and 8 filters it keeps the 8 x 2 vectors of sums
+// in registers over the whole reduction (c, r, s): per tap, two loads of the input run, eight
+// broadcast filter values, 16 multiplies and adds. A task is a part of an image's blocks (one
+// group) with every block of 8 filters in turn over it. GCC's vector extensions at the ISA's width (per_isa.h: AVX-512,
 // AVX2; a CPU with neither runs the reference kernel).
 //
 // Speed (2 threads, Xeon, batch 4-8; python benchmarks/integer.py, benchmarks/results/integer-cpu.txt):
@@ -29,6 +30,7 @@
 
 #include "algorithms.h"
 #include "kernel_util.h"
+#include "output_cache.h"
 
 namespace conv_ext {
 namespace cpu {
@@ -87,7 +89,8 @@ void run_typed(const Conv2dParams& p, Operands& o) {
   const int64_t Wq = flat ? std::max(W + 2 * pw, Q + (S - 1) * p.dil_w) : round_up(Q, block) + (S - 1) * p.dil_w / sw + 1;
   const int64_t plane = Hp * sw * Wq + (flat ? block + (S - 1) * p.dil_w : 0);
   const T* x = o.a.const_data_ptr<T>();
-  at::Tensor band_t = at::empty({N * C * plane * int64_t(sizeof(A))}, o.a.options().dtype(at::kByte));
+  const auto bytes = o.a.options().dtype(at::kByte);  // (the output cache's blocks: no fresh pages a call)
+  at::Tensor band_t = empty_output({N * C * plane * int64_t(sizeof(A))}, bytes, at::MemoryFormat::Contiguous);
   A* xb = reinterpret_cast<A*>(band_t.mutable_data_ptr());
   for_each_task(N * C, N * C * plane, [&](int64_t nc) {
     A* d = xb + nc * plane;
@@ -110,7 +113,7 @@ void run_typed(const Conv2dParams& p, Operands& o) {
   // the filter, blocks of 8 filters (zeros past a group's last)
   const T* w = o.b.const_data_ptr<T>();
   const int64_t nkb = ceil_div(Kg, kFilters), taps = Cg * R * S;
-  at::Tensor wp_t = at::empty({G * nkb * taps * kFilters * int64_t(sizeof(A))}, o.b.options().dtype(at::kByte));
+  at::Tensor wp_t = empty_output({G * nkb * taps * kFilters * int64_t(sizeof(A))}, bytes, at::MemoryFormat::Contiguous);
   A* wp = reinterpret_cast<A*>(wp_t.mutable_data_ptr());
   for (int64_t g = 0; g < G; ++g)
     for (int64_t kb = 0; kb < nkb; ++kb)
@@ -139,7 +142,8 @@ void run_typed(const Conv2dParams& p, Operands& o) {
   // from L3 for each filter block: 128->128 3x3/2 @56 int64 took 1.4x as long.)
   const int64_t grid_blocks = flat ? ceil_div(P * Wq, block) : P * ceil_div(Q, block);
   const int64_t group_band = Cg * plane * int64_t(sizeof(A));
-  job.parts = std::min(grid_blocks, std::max(ceil_div(4 * at::get_num_threads(), N * G), ceil_div(group_band, int64_t(512) << 10)));
+  job.parts = std::min(grid_blocks,
+                       std::max(ceil_div(4 * at::get_num_threads(), N * G), ceil_div(group_band, int64_t(512) << 10)));
   job.grid_blocks = grid_blocks;
   if (cpu_capability() == "avx512") avx512::integer_forward(job, N * G * job.parts);
   else avx2::integer_forward(job, N * G * job.parts);
