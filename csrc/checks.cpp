@@ -30,11 +30,13 @@ void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min
 // CUDA, where torch's convolution refuses them too.
 void check_dtype(const char* op, const char* name, const at::Tensor& t, bool integers = false) {
   const auto dt = t.scalar_type();
-  const bool integer = integers && at::isIntegralType(dt, /*includeBool=*/false);
+  const bool integer =
+      integers && (dt == at::kByte || dt == at::kChar || dt == at::kShort || dt == at::kInt || dt == at::kLong);
   TORCH_CHECK(integer || dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 ||
                   dt == at::kComplexFloat || dt == at::kComplexDouble,
               op, ": expected ", name, " to be float32, float64, float16, bfloat16, complex64",
-              integers ? ", complex128 or an integer type" : " or complex128", ", got ", dt);
+              integers ? ", complex128 or an integer type (uint8, int8, int16, int32, int64)" : " or complex128",
+              ", got ", dt);
   TORCH_CHECK(!integer || !t.is_cuda(), op, ": integer tensors run on the CPU only (as torch's convolution), got ",
               name, " of dtype ", dt, " on ", t.device());
   TORCH_CHECK(t.layout() == at::kStrided, op, ": expected ", name, " to be a dense (strided) tensor, got layout ",
