@@ -13,7 +13,9 @@ import torch.nn.functional as F
 import conv_ext
 
 DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
-ALGORITHMS = ["auto", "reference"]
+# integer_pairs (8- and 16-bit types on AVX512-VNNI) is the automatic choice where it runs;
+# integer (any integer type) forced as well
+ALGORITHMS = ["auto", "integer", "reference"]
 
 
 def values(dtype, shape, full_range=True):
@@ -73,8 +75,13 @@ def test_integer_exact(dtype, case, layout, bias, algorithm):
         x, weight = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
     b = values(dtype, (k,)) if bias else None
     y = conv_ext.conv2d(x, weight, b, stride, padding, dilation, groups)
-    simd = conv_ext._C.cpu_capability() != "portable"  # (a CPU without AVX2 runs the reference kernel)
-    assert conv_ext._C.last_cpu_algorithm("forward") == ("integer" if algorithm == "auto" and simd else "reference")
+    ran = conv_ext._C.last_cpu_algorithm("forward")
+    if conv_ext._C.cpu_capability() == "portable":  # a CPU without AVX2 runs the reference kernel
+        assert ran == "reference"
+    elif algorithm == "auto":
+        assert ran in (("integer", "integer_pairs") if dtype.itemsize <= 2 else ("integer",))
+    else:
+        assert ran == algorithm
     want = expected(x, weight, b, stride, padding, dilation, groups)
     assert y.dtype == dtype and y.shape == want.shape
     assert y.is_contiguous(memory_format=torch.channels_last) == want.is_contiguous(memory_format=torch.channels_last)
@@ -133,7 +140,7 @@ def test_integer_only_where_torch_takes_it():
                 (values(torch.int32, (2, 64, 16, 16)).contiguous(memory_format=torch.channels_last),
                  values(torch.int32, (64, 16, 3, 3)), 4)]
     for name in conv_ext._C.cpu_algorithms("forward"):
-        if name in ("integer", "reference"):
+        if name in ("integer", "reference"):  # (integer_pairs too must refuse: these are int32)
             continue
         conv_ext._C.force_cpu_algorithm("forward", name)
         try:

@@ -20,13 +20,21 @@
 // group) with every block of 8 filters in turn over it. GCC's vector extensions at the ISA's width (per_isa.h: AVX-512,
 // AVX2; a CPU with neither runs the reference kernel).
 //
+// integer_pairs (below): the 8- and 16-bit types on AVX512-VNNI, two channels a 32-bit lane, each
+// step a VPDPWSSD (32 multiply-adds an instruction, where the uint16 lanes take a multiply and an
+// add for 32), the same band, blocking and tasks on words of channel pairs.
+//
 // Speed (2 threads, Xeon, batch 4-8; python benchmarks/integer.py, benchmarks/results/integer-cpu.txt):
-// 1.5-4.8x torch's own integer convolution for 8- to 32-bit types (3x3 64@56 int8 2.4 ms vs 6.4,
-// int32 6.9 vs 18.7; the 7x7/2 stem 2.8 vs 10.1 ms), 1.1-2.4x for int64 (VPMULLQ, three uops, bounds it).
+// 8- and 16-bit types (integer_pairs) 1.4-4.7x torch's own integer convolution (3x3 64@56 int8
+// 1.8 ms vs 6.4; 1.3-1.6x faster than this kernel's uint16 lanes on the 3x3 and 1x1 layers), int32
+// 1.7-4.7x (6.9 vs 18.7 ms), int64 1.2-2.5x (VPMULLQ, three uops, bounds it).
 #include <ATen/ATen.h>
+
+#include <immintrin.h>
 
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "algorithms.h"
 #include "kernel_util.h"
@@ -42,16 +50,17 @@ constexpr int64_t kFilters = 8;  // filters a register block
 template <typename T>
 using Lane = std::conditional_t<sizeof(T) <= 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
 
-// One call's operands as the kernel reads them.
-template <typename T>
+// One call's operands as the kernels read them: lanes A (Lane<T>; uint32 words of two channels'
+// int16 values for integer_pairs).
+template <typename T, typename A = Lane<T>>
 struct Job {
-  const Lane<T>* xb;      // band: [n][c] planes of [hp][phase][Wq], plane apart
-  const Lane<T>* wp;      // filter [g][kb][c][r][s][8]
-  const int64_t* tap_off; // [c][r][s]: a tap's run from its block's first band column
+  const A* xb;            // band: planes of [hp][phase][Wq], plane apart, Cp a group: [n][g][cp]
+  const A* wp;            // filter [g][kb][cp][r][s][8]
+  const int64_t* tap_off; // [cp][r][s]: a tap's run from its block's first band column
   const T* bias;          // null: none
   T* y;
   Conv2dParams p;
-  int64_t plane, Wq, nkb;
+  int64_t plane, Wq, nkb, Cp;
   bool flat;              // stride 1: grid pixel m is output pixel (m / Wq, m % Wq), band column m
   int64_t parts, grid_blocks;  // an image's grid blocks in `parts` parts, one a task
 };
@@ -75,12 +84,28 @@ bool supports(const Conv2dParams&, at::ScalarType dtype) {
   return at::isIntegralType(dtype, /*includeBool=*/false) && simd_available();
 }
 
-template <typename T>
-void run_typed(const Conv2dParams& p, Operands& o) {
-  using A = Lane<T>;
-  const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q, G = p.groups;
+// The band, the packed filter and the tasks of a call, in lanes A. Pairs (integer_pairs): A is a
+// uint32 word of two channels' int16 values (channel 2 cp low, 2 cp + 1 high; a zero channel past
+// an odd group's last), and so is a filter value (the two channels' weights of a tap).
+template <typename T, typename A, bool kPairs>
+struct Prepared {
+  at::Tensor band_t, wp_t;
+  std::vector<int64_t> tap_off;
+  Job<T, A> job;
+};
+
+template <typename T, typename A, bool kPairs>
+void prepare(const Conv2dParams& p, const Operands& o, int64_t block, Prepared<T, A, kPairs>& pr) {
+  const int64_t N = p.N, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q, G = p.groups;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), sh = p.stride_h, sw = p.stride_w, pw = p.pad_w;
-  const int64_t block = 2 * (cpu_capability() == "avx512" ? 64 : 32) / int64_t(sizeof(A));  // columns a block
+  const int64_t Cp = kPairs ? ceil_div(Cg, int64_t(2)) : Cg;  // band planes a group
+  // a value as a lane: the dtype's low bits (sign-extended), or two channels' int16 values
+  auto lane = [](const T* v, int64_t stride, bool second) -> A {
+    if (!kPairs) return static_cast<A>(v[0]);
+    const uint32_t lo = static_cast<uint16_t>(static_cast<int16_t>(v[0]));
+    const uint32_t hi = second ? static_cast<uint16_t>(static_cast<int16_t>(v[stride])) : 0u;
+    return static_cast<A>(lo | hi << 16);
+  };
   // The band. Stride 1: a flat grid (rows of Wq: the blocks run on from a row into the next, the
   // columns past Q computed and dropped), each plane followed by zeros for the last block's taps.
   // Else rows of output columns, each phase's row long enough for its last block's last tap.
@@ -90,63 +115,74 @@ void run_typed(const Conv2dParams& p, Operands& o) {
   const int64_t plane = Hp * sw * Wq + (flat ? block + (S - 1) * p.dil_w : 0);
   const T* x = o.a.const_data_ptr<T>();
   const auto bytes = o.a.options().dtype(at::kByte);  // (the output cache's blocks: no fresh pages a call)
-  at::Tensor band_t = empty_output({N * C * plane * int64_t(sizeof(A))}, bytes, at::MemoryFormat::Contiguous);
-  A* xb = reinterpret_cast<A*>(band_t.mutable_data_ptr());
-  for_each_task(N * C, N * C * plane, [&](int64_t nc) {
-    A* d = xb + nc * plane;
+  pr.band_t = empty_output({N * G * Cp * plane * int64_t(sizeof(A))}, bytes, at::MemoryFormat::Contiguous);
+  A* xb = reinterpret_cast<A*>(pr.band_t.mutable_data_ptr());
+  for_each_task(N * G * Cp, N * G * Cp * plane, [&](int64_t t) {
+    A* d = xb + t * plane;
     std::memset(d, 0, sizeof(A) * plane);
-    const T* src = x + nc / C * p.xs_n + nc % C * p.xs_c;
+    const int64_t n = t / (G * Cp), c = t / Cp % G * Cg + (kPairs ? 2 : 1) * (t % Cp);
+    const bool second = kPairs && (t % Cp) * 2 + 1 < Cg;
+    const T* src = x + n * p.xs_n + c * p.xs_c;
     for (int64_t h = 0; h < H; ++h) {
       A* row = d + (h + p.pad_h) * sw * Wq;
       const T* in = src + h * p.xs_h;
       if (sw == 1) {
-        for (int64_t w = 0; w < W; ++w) row[pw + w] = static_cast<A>(in[w * p.xs_w]);
+        for (int64_t w = 0; w < W; ++w) row[pw + w] = lane(in + w * p.xs_w, p.xs_c, second);
         continue;
       }
       for (int64_t f = 0; f < sw; ++f) {  // phase f: padded columns f, f + sw, ...
         const int64_t w0 = floor_mod(f - pw, sw);  // its first input column
         A* o = row + f * Wq + (w0 + pw) / sw;
-        for (int64_t w = w0; w < W; w += sw) *o++ = static_cast<A>(in[w * p.xs_w]);
+        for (int64_t w = w0; w < W; w += sw) *o++ = lane(in + w * p.xs_w, p.xs_c, second);
       }
     }
   });
   // the filter, blocks of 8 filters (zeros past a group's last)
   const T* w = o.b.const_data_ptr<T>();
-  const int64_t nkb = ceil_div(Kg, kFilters), taps = Cg * R * S;
-  at::Tensor wp_t = empty_output({G * nkb * taps * kFilters * int64_t(sizeof(A))}, bytes, at::MemoryFormat::Contiguous);
-  A* wp = reinterpret_cast<A*>(wp_t.mutable_data_ptr());
+  const int64_t nkb = ceil_div(Kg, kFilters), taps = Cp * R * S;
+  pr.wp_t = empty_output({G * nkb * taps * kFilters * int64_t(sizeof(A))}, bytes, at::MemoryFormat::Contiguous);
+  A* wp = reinterpret_cast<A*>(pr.wp_t.mutable_data_ptr());
   for (int64_t g = 0; g < G; ++g)
     for (int64_t kb = 0; kb < nkb; ++kb)
-      for (int64_t c = 0; c < Cg; ++c)
+      for (int64_t cp = 0; cp < Cp; ++cp)
         for (int64_t r = 0; r < R; ++r)
           for (int64_t s = 0; s < S; ++s)
             for (int64_t j = 0; j < kFilters; ++j) {
-              const int64_t k = kb * kFilters + j;
-              A* d = wp + ((((g * nkb + kb) * Cg + c) * R + r) * S + s) * kFilters + j;
-              *d = k < Kg ? static_cast<A>(w[(g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s]) : A(0);
+              const int64_t k = kb * kFilters + j, c = (kPairs ? 2 : 1) * cp;
+              A* d = wp + ((((g * nkb + kb) * Cp + cp) * R + r) * S + s) * kFilters + j;
+              *d = k < Kg ? lane(w + (g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s, p.ws_c, c + 1 < Cg) : A(0);
             }
-  // each tap's run from a block's first band column (plane c of the group, row r, phase and
+  // each tap's run from a block's first band column (plane cp of the group, row r, phase and
   // column of tap s)
-  std::vector<int64_t> tap_off(static_cast<size_t>(taps));
-  for (int64_t c = 0, i = 0; c < Cg; ++c)
+  pr.tap_off.resize(static_cast<size_t>(taps));
+  for (int64_t cp = 0, i = 0; cp < Cp; ++cp)
     for (int64_t r = 0; r < R; ++r)
       for (int64_t s = 0; s < S; ++s, ++i) {
         const int64_t t = s * p.dil_w;
-        tap_off[i] = c * plane + r * p.dil_h * sw * Wq + t % sw * Wq + t / sw;
+        pr.tap_off[i] = cp * plane + r * p.dil_h * sw * Wq + t % sw * Wq + t / sw;
       }
-  Job<T> job{xb, wp, tap_off.data(), o.bias.defined() ? o.bias.const_data_ptr<T>() : nullptr, o.out.mutable_data_ptr<T>(),
-             p, plane, Wq, nkb, flat, 0, 0};
+  pr.job = {xb, wp, pr.tap_off.data(), o.bias.defined() ? o.bias.const_data_ptr<T>() : nullptr,
+            o.out.mutable_data_ptr<T>(), p, plane, Wq, nkb, Cp, flat, 0, 0};
   // A task: a part of an image's grid blocks for a group, every filter block in turn over the
   // part (its band rows read again from L2); as many parts as leave 4 tasks a thread and keep a
   // part's band under 512 KiB. (Filter blocks outer, a task an image each, read an image's band
   // from L3 for each filter block: 128->128 3x3/2 @56 int64 took 1.4x as long.)
   const int64_t grid_blocks = flat ? ceil_div(P * Wq, block) : P * ceil_div(Q, block);
-  const int64_t group_band = Cg * plane * int64_t(sizeof(A));
-  job.parts = std::min(grid_blocks,
-                       std::max(ceil_div(4 * at::get_num_threads(), N * G), ceil_div(group_band, int64_t(512) << 10)));
-  job.grid_blocks = grid_blocks;
-  if (cpu_capability() == "avx512") avx512::integer_forward(job, N * G * job.parts);
-  else avx2::integer_forward(job, N * G * job.parts);
+  const int64_t group_band = Cp * plane * int64_t(sizeof(A));
+  pr.job.parts = std::min(grid_blocks,
+                          std::max(ceil_div(4 * at::get_num_threads(), N * G), ceil_div(group_band, int64_t(512) << 10)));
+  pr.job.grid_blocks = grid_blocks;
+}
+
+template <typename T>
+void run_typed(const Conv2dParams& p, Operands& o) {
+  using A = Lane<T>;
+  const int64_t block = 2 * (cpu_capability() == "avx512" ? 64 : 32) / int64_t(sizeof(A));  // columns a block
+  Prepared<T, A, false> pr;
+  prepare(p, o, block, pr);
+  const int64_t tasks = p.N * p.groups * pr.job.parts;
+  if (cpu_capability() == "avx512") avx512::integer_forward(pr.job, tasks);
+  else avx2::integer_forward(pr.job, tasks);
 }
 
 void run(const Conv2dParams& p, Operands& o) {
@@ -160,7 +196,107 @@ void run(const Conv2dParams& p, Operands& o) {
   }
 }
 
-const bool registered = register_algorithm({"integer", Pass::Forward, 1, supports, run});
+// integer_pairs: the 8- and 16-bit types on AVX512-VNNI. Two channels' int16 values a 32-bit lane,
+// and each step a VPDPWSSD: two products summed into the lane's int32 sum (its wrap-around is a
+// multiple of 2^16: the low bits exact), 32 multiply-adds an instruction where the uint16 lanes
+// took two (a multiply and an add) for 32.
+bool pairs_here() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
+  }();
+  return ok && cpu_capability() == "avx512";
+}
+bool supports_pairs(const Conv2dParams&, at::ScalarType dtype) {
+  return (dtype == at::kByte || dtype == at::kChar || dtype == at::kShort) && pairs_here();
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+
+// Grid blocks [b0, b1) of image n, group g, filter block kb: NV vectors of 16 columns a block.
+template <typename T, int NV>
+void pair_blocks(const Job<T, uint32_t>& jb, int64_t n, int64_t g, int64_t kb, int64_t b0, int64_t b1) {
+  constexpr int64_t kLanes = 16, kCols = NV * kLanes;
+  const Conv2dParams& p = jb.p;
+  const int64_t Kg = p.Kg(), P = p.P, Q = p.Q, Wq = jb.Wq, taps = jb.Cp * p.R * p.S;
+  const int64_t kn = std::min(kFilters, Kg - kb * kFilters), per_row = ceil_div(Q, kCols);
+  int32_t bias[kFilters] = {};
+  for (int64_t j = 0; j < kn && jb.bias; ++j) bias[j] = static_cast<int32_t>(jb.bias[g * Kg + kb * kFilters + j]);
+  const uint32_t* wblk = jb.wp + (g * jb.nkb + kb) * taps * kFilters;
+  const uint32_t* xg = jb.xb + (n * p.groups + g) * jb.Cp * jb.plane;
+  T* const yk = jb.y + n * p.ys_n + (g * Kg + kb * kFilters) * p.ys_k;
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t pp, q0, m0;  // the block's first grid pixel: output pixel (pp, q0), band column m0
+    if (jb.flat) {
+      m0 = b * kCols, pp = m0 / Wq, q0 = m0 % Wq;
+    } else {
+      pp = b / per_row, q0 = b % per_row * kCols, m0 = pp * p.stride_h * p.stride_w * Wq + q0;
+    }
+    __m512i acc[kFilters][NV];
+    for (int64_t j = 0; j < kFilters; ++j)
+      for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_set1_epi32(bias[j]);
+    const uint32_t* xm = xg + m0;
+    const uint32_t* wt = wblk;
+    for (int64_t i = 0; i < taps; ++i, wt += kFilters) {
+      const uint32_t* run = xm + jb.tap_off[i];
+      __m512i xv[NV];
+      for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_si512(run + v * kLanes);
+      for (int64_t j = 0; j < kFilters; ++j) {
+        const __m512i wv = _mm512_set1_epi32(static_cast<int>(wt[j]));
+        for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_dpwssd_epi32(acc[j][v], xv[v], wv);
+      }
+    }
+    for (int64_t j = 0; j < kn; ++j) {  // the sums narrowed to T, stored as integer_blocks does
+      alignas(64) int32_t sums[kCols];
+      for (int v = 0; v < NV; ++v) _mm512_store_si512(sums + v * kLanes, acc[j][v]);
+      T vals[kCols];
+      for (int64_t i = 0; i < kCols; ++i) vals[i] = static_cast<T>(sums[i]);
+      T* const out = yk + j * p.ys_k;
+      int64_t row = pp, q = q0;
+      for (int64_t i = 0; i < kCols && row < P;) {
+        const int64_t len = std::min(kCols - i, (jb.flat ? Wq : Q) - q);  // the lanes left in this grid row
+        const int64_t nq = std::max<int64_t>(0, std::min(len, Q - q));     // of them, output columns
+        T* o = out + row * p.ys_p + q * p.ys_q;
+        if (p.ys_q == 1) std::memcpy(o, vals + i, sizeof(T) * nq);
+        else
+          for (int64_t e = 0; e < nq; ++e) o[e * p.ys_q] = vals[i + e];
+        if (!jb.flat) break;
+        i += len, q = 0, ++row;
+      }
+    }
+  }
+}
+
+template <typename T>
+void run_pairs_typed(const Conv2dParams& p, Operands& o) {
+  Prepared<T, uint32_t, true> pr;
+  prepare(p, o, 32, pr);
+  const Job<T, uint32_t>& jb = pr.job;
+  const bool one = !jb.flat && p.Q <= 16;  // a row in one vector
+  for_each_task(p.N * p.groups * jb.parts, p.macs(), [&](int64_t t) {
+    const int64_t part = t % jb.parts, g = t / jb.parts % p.groups, n = t / (jb.parts * p.groups);
+    const int64_t b0 = part * jb.grid_blocks / jb.parts, b1 = (part + 1) * jb.grid_blocks / jb.parts;
+    for (int64_t kb = 0; kb < jb.nkb; ++kb) {
+      if (one) pair_blocks<T, 1>(jb, n, g, kb, b0, b1);
+      else pair_blocks<T, 2>(jb, n, g, kb, b0, b1);
+    }
+  });
+}
+
+#pragma GCC pop_options
+
+void run_pairs(const Conv2dParams& p, Operands& o) {
+  switch (o.out.scalar_type()) {
+    case at::kByte: return run_pairs_typed<uint8_t>(p, o);
+    case at::kChar: return run_pairs_typed<int8_t>(p, o);
+    case at::kShort: return run_pairs_typed<int16_t>(p, o);
+    default: TORCH_CHECK(false, "conv_ext: the integer_pairs kernel got ", o.out.scalar_type());
+  }
+}
+
+const bool registered = register_algorithm({"integer_pairs", Pass::Forward, 2, supports_pairs, run_pairs}) &&
+                        register_algorithm({"integer", Pass::Forward, 1, supports, run});
 
 }  // namespace
 }  // namespace cpu
@@ -180,12 +316,12 @@ void integer_blocks(const integer::Job<T>& jb, int64_t n, int64_t g, int64_t kb,
   constexpr int64_t kCols = NV * kLanes;
   typedef A Vec __attribute__((vector_size(kBytes)));
   const Conv2dParams& p = jb.p;
-  const int64_t Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q, Wq = jb.Wq, taps = Cg * p.R * p.S;
+  const int64_t Kg = p.Kg(), P = p.P, Q = p.Q, Wq = jb.Wq, taps = jb.Cp * p.R * p.S;
   const int64_t kn = std::min(kF, Kg - kb * kF), per_row = ceil_div(Q, kCols);
   A bias[kF] = {};
   for (int64_t j = 0; j < kn && jb.bias; ++j) bias[j] = static_cast<A>(jb.bias[g * Kg + kb * kF + j]);
   const A* wblk = jb.wp + (g * jb.nkb + kb) * taps * kF;
-  const A* xg = jb.xb + (n * p.C + g * Cg) * jb.plane;
+  const A* xg = jb.xb + (n * p.groups + g) * jb.Cp * jb.plane;
   T* const yk = jb.y + n * p.ys_n + (g * Kg + kb * kF) * p.ys_k;
   for (int64_t b = b0; b < b1; ++b) {
     // the block's first grid pixel: output pixel (pp, q0) and band column m0
