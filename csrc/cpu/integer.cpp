@@ -65,6 +65,57 @@ struct Job {
   int64_t parts, grid_blocks;  // an image's grid blocks in `parts` parts, one a task
 };
 
+// What the blocks of image n, group g and filter block kb read and write: the filter block's
+// bias as lanes, its packed filter, the group's band and the filter block's first output plane.
+template <typename T, typename A>
+struct Slice {
+  A bias[kFilters] = {};
+  const A* w;
+  const A* x;
+  T* y;
+  int64_t kn;  // filters in the block
+};
+template <typename T, typename A>
+Slice<T, A> slice(const Job<T, A>& jb, int64_t n, int64_t g, int64_t kb) {
+  const Conv2dParams& p = jb.p;
+  const int64_t Kg = p.Kg(), taps = jb.Cp * p.R * p.S;
+  Slice<T, A> sl;
+  sl.kn = std::min(kFilters, Kg - kb * kFilters);
+  for (int64_t j = 0; j < sl.kn && jb.bias; ++j) sl.bias[j] = static_cast<A>(jb.bias[g * Kg + kb * kFilters + j]);
+  sl.w = jb.wp + (g * jb.nkb + kb) * taps * kFilters;
+  sl.x = jb.xb + (n * p.groups + g) * jb.Cp * jb.plane;
+  sl.y = jb.y + n * p.ys_n + (g * Kg + kb * kFilters) * p.ys_k;
+  return sl;
+}
+
+// A block's first grid pixel: output pixel (pp, q0) and band column m0 (cols columns a block).
+template <typename J>
+inline void block_start(const J& jb, int64_t b, int64_t cols, int64_t& pp, int64_t& q0, int64_t& m0) {
+  if (jb.flat) {
+    m0 = b * cols, pp = m0 / jb.Wq, q0 = m0 % jb.Wq;
+  } else {
+    pp = b / ceil_div(jb.p.Q, cols), q0 = b % ceil_div(jb.p.Q, cols) * cols;
+    m0 = pp * jb.p.stride_h * jb.p.stride_w * jb.Wq + q0;
+  }
+}
+
+// Stores one filter's sums of a block, narrowed to T (their low bits: vals, cols of them from grid
+// pixel (pp, q0)), into its output plane `out`: a run of columns of one output row at a time.
+template <typename T, typename J>
+inline void store_block(const J& jb, T* out, int64_t pp, int64_t q0, const T* vals, int64_t cols) {
+  const Conv2dParams& p = jb.p;
+  for (int64_t i = 0, row = pp, q = q0; i < cols && row < p.P;) {
+    const int64_t len = std::min(cols - i, (jb.flat ? jb.Wq : p.Q) - q);  // the lanes left in this grid row
+    const int64_t nq = std::max<int64_t>(0, std::min(len, p.Q - q));     // of them, output columns
+    T* o = out + row * p.ys_p + q * p.ys_q;
+    if (p.ys_q == 1) std::memcpy(o, vals + i, sizeof(T) * nq);
+    else
+      for (int64_t e = 0; e < nq; ++e) o[e * p.ys_q] = vals[i + e];
+    if (!jb.flat) break;
+    i += len, q = 0, ++row;
+  }
+}
+
 }  // namespace integer
 }  // namespace cpu
 }  // namespace conv_ext
@@ -219,25 +270,16 @@ template <typename T, int NV>
 void pair_blocks(const Job<T, uint32_t>& jb, int64_t n, int64_t g, int64_t kb, int64_t b0, int64_t b1) {
   constexpr int64_t kLanes = 16, kCols = NV * kLanes;
   const Conv2dParams& p = jb.p;
-  const int64_t Kg = p.Kg(), P = p.P, Q = p.Q, Wq = jb.Wq, taps = jb.Cp * p.R * p.S;
-  const int64_t kn = std::min(kFilters, Kg - kb * kFilters), per_row = ceil_div(Q, kCols);
-  int32_t bias[kFilters] = {};
-  for (int64_t j = 0; j < kn && jb.bias; ++j) bias[j] = static_cast<int32_t>(jb.bias[g * Kg + kb * kFilters + j]);
-  const uint32_t* wblk = jb.wp + (g * jb.nkb + kb) * taps * kFilters;
-  const uint32_t* xg = jb.xb + (n * p.groups + g) * jb.Cp * jb.plane;
-  T* const yk = jb.y + n * p.ys_n + (g * Kg + kb * kFilters) * p.ys_k;
+  const int64_t taps = jb.Cp * p.R * p.S;
+  const auto sl = integer::slice(jb, n, g, kb);
   for (int64_t b = b0; b < b1; ++b) {
-    int64_t pp, q0, m0;  // the block's first grid pixel: output pixel (pp, q0), band column m0
-    if (jb.flat) {
-      m0 = b * kCols, pp = m0 / Wq, q0 = m0 % Wq;
-    } else {
-      pp = b / per_row, q0 = b % per_row * kCols, m0 = pp * p.stride_h * p.stride_w * Wq + q0;
-    }
+    int64_t pp, q0, m0;
+    integer::block_start(jb, b, kCols, pp, q0, m0);
     __m512i acc[kFilters][NV];
     for (int64_t j = 0; j < kFilters; ++j)
-      for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_set1_epi32(bias[j]);
-    const uint32_t* xm = xg + m0;
-    const uint32_t* wt = wblk;
+      for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_set1_epi32(static_cast<int>(sl.bias[j]));
+    const uint32_t* xm = sl.x + m0;
+    const uint32_t* wt = sl.w;
     for (int64_t i = 0; i < taps; ++i, wt += kFilters) {
       const uint32_t* run = xm + jb.tap_off[i];
       __m512i xv[NV];
@@ -247,23 +289,12 @@ void pair_blocks(const Job<T, uint32_t>& jb, int64_t n, int64_t g, int64_t kb, i
         for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_dpwssd_epi32(acc[j][v], xv[v], wv);
       }
     }
-    for (int64_t j = 0; j < kn; ++j) {  // the sums narrowed to T, stored as integer_blocks does
+    for (int64_t j = 0; j < sl.kn; ++j) {
       alignas(64) int32_t sums[kCols];
       for (int v = 0; v < NV; ++v) _mm512_store_si512(sums + v * kLanes, acc[j][v]);
       T vals[kCols];
       for (int64_t i = 0; i < kCols; ++i) vals[i] = static_cast<T>(sums[i]);
-      T* const out = yk + j * p.ys_k;
-      int64_t row = pp, q = q0;
-      for (int64_t i = 0; i < kCols && row < P;) {
-        const int64_t len = std::min(kCols - i, (jb.flat ? Wq : Q) - q);  // the lanes left in this grid row
-        const int64_t nq = std::max<int64_t>(0, std::min(len, Q - q));     // of them, output columns
-        T* o = out + row * p.ys_p + q * p.ys_q;
-        if (p.ys_q == 1) std::memcpy(o, vals + i, sizeof(T) * nq);
-        else
-          for (int64_t e = 0; e < nq; ++e) o[e * p.ys_q] = vals[i + e];
-        if (!jb.flat) break;
-        i += len, q = 0, ++row;
-      }
+      integer::store_block(jb, sl.y + j * p.ys_k, pp, q0, vals, kCols);
     }
   }
 }
@@ -316,26 +347,16 @@ void integer_blocks(const integer::Job<T>& jb, int64_t n, int64_t g, int64_t kb,
   constexpr int64_t kCols = NV * kLanes;
   typedef A Vec __attribute__((vector_size(kBytes)));
   const Conv2dParams& p = jb.p;
-  const int64_t Kg = p.Kg(), P = p.P, Q = p.Q, Wq = jb.Wq, taps = jb.Cp * p.R * p.S;
-  const int64_t kn = std::min(kF, Kg - kb * kF), per_row = ceil_div(Q, kCols);
-  A bias[kF] = {};
-  for (int64_t j = 0; j < kn && jb.bias; ++j) bias[j] = static_cast<A>(jb.bias[g * Kg + kb * kF + j]);
-  const A* wblk = jb.wp + (g * jb.nkb + kb) * taps * kF;
-  const A* xg = jb.xb + (n * p.groups + g) * jb.Cp * jb.plane;
-  T* const yk = jb.y + n * p.ys_n + (g * Kg + kb * kF) * p.ys_k;
+  const int64_t taps = jb.Cp * p.R * p.S;
+  const auto sl = integer::slice(jb, n, g, kb);
   for (int64_t b = b0; b < b1; ++b) {
-    // the block's first grid pixel: output pixel (pp, q0) and band column m0
     int64_t pp, q0, m0;
-    if (jb.flat) {
-      m0 = b * kCols, pp = m0 / Wq, q0 = m0 % Wq;
-    } else {
-      pp = b / per_row, q0 = b % per_row * kCols, m0 = pp * p.stride_h * p.stride_w * Wq + q0;
-    }
+    integer::block_start(jb, b, kCols, pp, q0, m0);
     Vec acc[kF][NV];
     for (int64_t j = 0; j < kF; ++j)
-      for (int v = 0; v < NV; ++v) acc[j][v] = Vec{} + bias[j];
-    const A* xm = xg + m0;
-    const A* wt = wblk;
+      for (int v = 0; v < NV; ++v) acc[j][v] = Vec{} + sl.bias[j];
+    const A* xm = sl.x + m0;
+    const A* wt = sl.w;
     for (int64_t i = 0; i < taps; ++i, wt += kF) {
       const A* run = xm + jb.tap_off[i];
       Vec xv[NV];
@@ -343,24 +364,12 @@ void integer_blocks(const integer::Job<T>& jb, int64_t n, int64_t g, int64_t kb,
       for (int64_t j = 0; j < kF; ++j)
         for (int v = 0; v < NV; ++v) acc[j][v] += xv[v] * wt[j];
     }
-    // the sums narrowed to T (their low bits), stored a run of columns of one output row at a time
-    for (int64_t j = 0; j < kn; ++j) {
+    for (int64_t j = 0; j < sl.kn; ++j) {
       A sums[kCols];
       std::memcpy(sums, acc[j], sizeof(sums));
       T vals[kCols];
       for (int64_t i = 0; i < kCols; ++i) vals[i] = static_cast<T>(sums[i]);
-      T* const out = yk + j * p.ys_k;
-      int64_t row = pp, q = q0;
-      for (int64_t i = 0; i < kCols && row < P;) {
-        const int64_t len = std::min(kCols - i, (jb.flat ? Wq : Q) - q);  // the lanes left in this grid row
-        const int64_t nq = std::max<int64_t>(0, std::min(len, Q - q));     // of them, output columns
-        T* o = out + row * p.ys_p + q * p.ys_q;
-        if (p.ys_q == 1) std::memcpy(o, vals + i, sizeof(T) * nq);
-        else
-          for (int64_t e = 0; e < nq; ++e) o[e * p.ys_q] = vals[i + e];
-        if (!jb.flat) break;
-        i += len, q = 0, ++row;
-      }
+      integer::store_block(jb, sl.y + j * p.ys_k, pp, q0, vals, kCols);
     }
   }
 }
