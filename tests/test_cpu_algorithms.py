@@ -352,6 +352,9 @@ BF16_ALGORITHMS = ("amx_bf16", "amx_bf16_rows", "bf16_pairs", "direct_nchw", "gr
                    "grouped_nhwc")
 # ... of which these are float32 kernels too (checked in both dtypes)
 FLOAT32_TOO = ("direct_nchw", "grouped_interleaved", "gemm_1x1", "grouped_nhwc")
+# integer kernels (forward): a dtype of each lane form they run (uint8 and int16 share int8's on
+# `integer`; every dtype is in tests/test_integer.py)
+INTEGER_ALGORITHMS = {"integer": (torch.int8, torch.int32, torch.int64), "integer_pairs": (torch.uint8, torch.int16)}
 
 
 def torch_pass(pass_name, x, wt, b, dy, geo):
@@ -373,6 +376,22 @@ def at_thread_counts(fn, counts):
         return outs
     finally:
         torch.set_num_threads(threads)
+
+
+def check_integer(algo, pass_name, x64, w64, b64, geo):
+    """An integer algorithm (forward) in each dtype it takes, on the shape's data scaled to
+    integers over the dtype's range (products and sums wrap): equal to the reference kernel's
+    result, and to torch's int64 convolution narrowed to the dtype."""
+    for dtype in INTEGER_ALGORITHMS[algo]:
+        top = min(torch.iinfo(dtype).max, 2**40)
+        x, wt, b = ((t * top / 3).clamp(-top, top).to(torch.int64).to(dtype) for t in (x64, w64, b64))
+        out = forced(algo, pass_name, x, wt, b, None, geo)
+        if out is None:
+            pytest.skip(f"{algo} does not support this problem (or this CPU)")
+        with testing.force_cpu_algorithm({pass_name: "reference"}):
+            ref = run_pass(pass_name, x, wt, b, None, geo)
+        assert out.dtype == dtype and torch.equal(out, ref), dtype
+        assert torch.equal(out, F.conv2d(x.long(), wt.long(), b.long(), *geo).to(dtype)), dtype
 
 
 def check_float64(algo, pass_name, x, wt, b, dy, geo, layout):
@@ -486,6 +505,8 @@ def check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout, skip=True)
 @pytest.mark.parametrize("algo,pass_name,shape,layout", list(cases()))
 def test_against_reference(algo, pass_name, shape, layout):
     x64, w64, b64, dy64, geo = make(shape, layout)
+    if algo in INTEGER_ALGORITHMS:
+        return check_integer(algo, pass_name, x64, w64, b64, geo)
     if algo in F64_ALGORITHMS:
         return check_float64(algo, pass_name, x64, w64, b64, dy64, geo, layout)
     if algo in BF16_ALGORITHMS and algo not in FLOAT32_TOO:
