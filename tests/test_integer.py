@@ -156,3 +156,13 @@ def test_integer_compiles():
     f = torch.compile(lambda x, w: conv_ext.conv2d(x, w, None, 2, 1), fullgraph=True, backend="eager")
     assert torch.equal(f(x, w), F.conv2d(x, w, None, 2, 1))
     assert conv_ext.conv2d(x.to("meta"), w.to("meta"), None, 2, 1).dtype == torch.int16
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32], ids=str)
+def test_integer_opcheck(dtype):
+    """torch.library.opcheck on integer operands: schema, fake kernel, autograd registration and
+    AOT dispatch (an integer output takes no gradient)."""
+    x, w, b = values(dtype, (2, 4, 9, 9)), values(dtype, (6, 2, 3, 3)), values(dtype, (6,))
+    torch.library.opcheck(torch.ops.conv_ext.conv2d_forward.default, (x, w, b, [2, 1], [1, 0], [1, 2], 2))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.conv_ext.conv2d_forward.default, (xc, w, None, [1, 1], [1, 1], [1, 1], 2))

@@ -20,14 +20,17 @@
 // group) with every block of 8 filters in turn over it. GCC's vector extensions at the ISA's width (per_isa.h: AVX-512,
 // AVX2; a CPU with neither runs the reference kernel).
 //
-// integer_pairs (below): the 8- and 16-bit types on AVX512-VNNI, two channels a 32-bit lane, each
-// step a VPDPWSSD (32 multiply-adds an instruction, where the uint16 lanes take a multiply and an
-// add for 32), the same band, blocking and tasks on words of channel pairs.
+// integer_pairs (below): the 8- and 16-bit types on AVX512-VNNI, the same band, blocking and tasks
+// on 32-bit words of several channels: four channels' bytes for uint8 and int8, each step a
+// VPDPBUSD (64 multiply-adds an instruction), two channels' int16 values for int16, a VPDPWSSD
+// (32), where the uint16 lanes take a multiply and an add for 32. (VPDPBUSD reads one operand's
+// bytes as unsigned and the other's as signed: modulo 2^8 every byte is both, and the int32 sum's
+// low 8 bits are exact.)
 //
 // Speed (2 threads, Xeon, batch 4-8; python benchmarks/integer.py, benchmarks/results/integer-cpu.txt):
-// 8- and 16-bit types (integer_pairs) 1.4-4.7x torch's own integer convolution (3x3 64@56 int8
-// 1.8 ms vs 6.4; 1.3-1.6x faster than this kernel's uint16 lanes on the 3x3 and 1x1 layers), int32
-// 1.7-4.7x (6.9 vs 18.7 ms), int64 1.2-2.5x (VPMULLQ, three uops, bounds it).
+// uint8 / int8 (integer_pairs) 1.8-6.0x torch's own integer convolution (3x3 64@56 int8 1.3 ms vs
+// 6.7), int16 1.4-4.8x, int32 1.8-4.7x (64@56 6.9-9.4 ms vs 18.7-26), int64 1.2-2.6x (VPMULLQ,
+// three uops, bounds it).
 #include <ATen/ATen.h>
 
 #include <immintrin.h>
@@ -135,27 +138,34 @@ bool supports(const Conv2dParams&, at::ScalarType dtype) {
   return at::isIntegralType(dtype, /*includeBool=*/false) && simd_available();
 }
 
-// The band, the packed filter and the tasks of a call, in lanes A. Pairs (integer_pairs): A is a
-// uint32 word of two channels' int16 values (channel 2 cp low, 2 cp + 1 high; a zero channel past
-// an odd group's last), and so is a filter value (the two channels' weights of a tap).
-template <typename T, typename A, bool kPairs>
+// The band, the packed filter and the tasks of a call, in lanes A. kPer > 1 (integer_pairs): A is
+// a uint32 word of kPer channels' values, int16 (kPer 2) or bytes (kPer 4), channel kPer cp + i
+// in part i (zeros past a group's last channel), and so is a filter value (the kPer channels'
+// weights of a tap).
+template <typename T, typename A, int kPer>
 struct Prepared {
   at::Tensor band_t, wp_t;
   std::vector<int64_t> tap_off;
   Job<T, A> job;
 };
 
-template <typename T, typename A, bool kPairs>
-void prepare(const Conv2dParams& p, const Operands& o, int64_t block, Prepared<T, A, kPairs>& pr) {
+template <typename T, typename A, int kPer>
+void prepare(const Conv2dParams& p, const Operands& o, int64_t block, Prepared<T, A, kPer>& pr) {
   const int64_t N = p.N, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q, G = p.groups;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), sh = p.stride_h, sw = p.stride_w, pw = p.pad_w;
-  const int64_t Cp = kPairs ? ceil_div(Cg, int64_t(2)) : Cg;  // band planes a group
-  // a value as a lane: the dtype's low bits (sign-extended), or two channels' int16 values
-  auto lane = [](const T* v, int64_t stride, bool second) -> A {
-    if (!kPairs) return static_cast<A>(v[0]);
-    const uint32_t lo = static_cast<uint16_t>(static_cast<int16_t>(v[0]));
-    const uint32_t hi = second ? static_cast<uint16_t>(static_cast<int16_t>(v[stride])) : 0u;
-    return static_cast<A>(lo | hi << 16);
+  const int64_t Cp = ceil_div(Cg, int64_t(kPer));  // band planes a group
+  // a value as a lane: the dtype's low bits (sign-extended), or the low 16 or 8 bits of each of
+  // `count` channels' values, `stride` apart
+  auto lane = [](const T* v, int64_t stride, int64_t count) -> A {
+    if constexpr (kPer == 1) {
+      return static_cast<A>(v[0]);
+    } else {
+      constexpr int bits = 32 / kPer;
+      uint32_t word = 0;
+      for (int64_t i = 0; i < std::min<int64_t>(count, kPer); ++i)
+        word |= (static_cast<uint32_t>(v[i * stride]) & ((uint32_t(1) << bits) - 1)) << (bits * i);
+      return static_cast<A>(word);
+    }
   };
   // The band. Stride 1: a flat grid (rows of Wq: the blocks run on from a row into the next, the
   // columns past Q computed and dropped), each plane followed by zeros for the last block's taps.
@@ -171,20 +181,31 @@ void prepare(const Conv2dParams& p, const Operands& o, int64_t block, Prepared<T
   for_each_task(N * G * Cp, N * G * Cp * plane, [&](int64_t t) {
     A* d = xb + t * plane;
     std::memset(d, 0, sizeof(A) * plane);
-    const int64_t n = t / (G * Cp), c = t / Cp % G * Cg + (kPairs ? 2 : 1) * (t % Cp);
-    const bool second = kPairs && (t % Cp) * 2 + 1 < Cg;
-    const T* src = x + n * p.xs_n + c * p.xs_c;
-    for (int64_t h = 0; h < H; ++h) {
-      A* row = d + (h + p.pad_h) * sw * Wq;
-      const T* in = src + h * p.xs_h;
-      if (sw == 1) {
-        for (int64_t w = 0; w < W; ++w) row[pw + w] = lane(in + w * p.xs_w, p.xs_c, second);
-        continue;
-      }
-      for (int64_t f = 0; f < sw; ++f) {  // phase f: padded columns f, f + sw, ...
-        const int64_t w0 = floor_mod(f - pw, sw);  // its first input column
-        A* o = row + f * Wq + (w0 + pw) / sw;
-        for (int64_t w = w0; w < W; w += sw) *o++ = lane(in + w * p.xs_w, p.xs_c, second);
+    const int64_t n = t / (G * Cp), c = t / Cp % G * Cg + kPer * (t % Cp), count = Cg - kPer * (t % Cp);
+    // a channel at a time, its values or'ed into their part of the words (a loop over the
+    // word's channels inside took int16's band 1.7x as long)
+    for (int64_t i = 0; i < std::min<int64_t>(count, kPer); ++i) {
+      const T* src = x + n * p.xs_n + (c + i) * p.xs_c;
+      auto part = [i](T v) -> A {
+        if constexpr (kPer == 1) {
+          return static_cast<A>(v);
+        } else {
+          constexpr int bits = 32 / kPer;
+          return static_cast<A>((static_cast<uint32_t>(v) & ((uint32_t(1) << bits) - 1)) << (bits * i));
+        }
+      };
+      for (int64_t h = 0; h < H; ++h) {
+        A* row = d + (h + p.pad_h) * sw * Wq;
+        const T* in = src + h * p.xs_h;
+        if (sw == 1) {
+          for (int64_t w = 0; w < W; ++w) row[pw + w] |= part(in[w * p.xs_w]);
+          continue;
+        }
+        for (int64_t f = 0; f < sw; ++f) {  // phase f: padded columns f, f + sw, ...
+          const int64_t w0 = floor_mod(f - pw, sw);  // its first input column
+          A* o = row + f * Wq + (w0 + pw) / sw;
+          for (int64_t w = w0; w < W; w += sw) *o++ |= part(in[w * p.xs_w]);
+        }
       }
     }
   });
@@ -199,9 +220,9 @@ void prepare(const Conv2dParams& p, const Operands& o, int64_t block, Prepared<T
         for (int64_t r = 0; r < R; ++r)
           for (int64_t s = 0; s < S; ++s)
             for (int64_t j = 0; j < kFilters; ++j) {
-              const int64_t k = kb * kFilters + j, c = (kPairs ? 2 : 1) * cp;
+              const int64_t k = kb * kFilters + j, c = kPer * cp;
               A* d = wp + ((((g * nkb + kb) * Cp + cp) * R + r) * S + s) * kFilters + j;
-              *d = k < Kg ? lane(w + (g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s, p.ws_c, c + 1 < Cg) : A(0);
+              *d = k < Kg ? lane(w + (g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s, p.ws_c, Cg - c) : A(0);
             }
   // each tap's run from a block's first band column (plane cp of the group, row r, phase and
   // column of tap s)
@@ -229,7 +250,7 @@ template <typename T>
 void run_typed(const Conv2dParams& p, Operands& o) {
   using A = Lane<T>;
   const int64_t block = 2 * (cpu_capability() == "avx512" ? 64 : 32) / int64_t(sizeof(A));  // columns a block
-  Prepared<T, A, false> pr;
+  Prepared<T, A, 1> pr;
   prepare(p, o, block, pr);
   const int64_t tasks = p.N * p.groups * pr.job.parts;
   if (cpu_capability() == "avx512") avx512::integer_forward(pr.job, tasks);
@@ -247,10 +268,8 @@ void run(const Conv2dParams& p, Operands& o) {
   }
 }
 
-// integer_pairs: the 8- and 16-bit types on AVX512-VNNI. Two channels' int16 values a 32-bit lane,
-// and each step a VPDPWSSD: two products summed into the lane's int32 sum (its wrap-around is a
-// multiple of 2^16: the low bits exact), 32 multiply-adds an instruction where the uint16 lanes
-// took two (a multiply and an add) for 32.
+// integer_pairs: the 8- and 16-bit types on AVX512-VNNI (see the top). A lane's int32 sum wraps
+// modulo 2^32, a multiple of 2^16 and 2^8: its low bits are the dtype's exact result.
 bool pairs_here() {
   static const bool ok = [] {
     __builtin_cpu_init();
@@ -265,8 +284,9 @@ bool supports_pairs(const Conv2dParams&, at::ScalarType dtype) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
 
-// Grid blocks [b0, b1) of image n, group g, filter block kb: NV vectors of 16 columns a block.
-template <typename T, int NV>
+// Grid blocks [b0, b1) of image n, group g, filter block kb: NV vectors of 16 columns a block;
+// words of kPer channels (2: int16, VPDPWSSD; 4: bytes, VPDPBUSD).
+template <typename T, int kPer, int NV>
 void pair_blocks(const Job<T, uint32_t>& jb, int64_t n, int64_t g, int64_t kb, int64_t b0, int64_t b1) {
   constexpr int64_t kLanes = 16, kCols = NV * kLanes;
   const Conv2dParams& p = jb.p;
@@ -286,7 +306,8 @@ void pair_blocks(const Job<T, uint32_t>& jb, int64_t n, int64_t g, int64_t kb, i
       for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_si512(run + v * kLanes);
       for (int64_t j = 0; j < kFilters; ++j) {
         const __m512i wv = _mm512_set1_epi32(static_cast<int>(wt[j]));
-        for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_dpwssd_epi32(acc[j][v], xv[v], wv);
+        for (int v = 0; v < NV; ++v)
+          acc[j][v] = kPer == 2 ? _mm512_dpwssd_epi32(acc[j][v], xv[v], wv) : _mm512_dpbusd_epi32(acc[j][v], xv[v], wv);
       }
     }
     for (int64_t j = 0; j < sl.kn; ++j) {
@@ -299,9 +320,9 @@ void pair_blocks(const Job<T, uint32_t>& jb, int64_t n, int64_t g, int64_t kb, i
   }
 }
 
-template <typename T>
+template <typename T, int kPer>
 void run_pairs_typed(const Conv2dParams& p, Operands& o) {
-  Prepared<T, uint32_t, true> pr;
+  Prepared<T, uint32_t, kPer> pr;
   prepare(p, o, 32, pr);
   const Job<T, uint32_t>& jb = pr.job;
   const bool one = !jb.flat && p.Q <= 16;  // a row in one vector
@@ -309,8 +330,8 @@ void run_pairs_typed(const Conv2dParams& p, Operands& o) {
     const int64_t part = t % jb.parts, g = t / jb.parts % p.groups, n = t / (jb.parts * p.groups);
     const int64_t b0 = part * jb.grid_blocks / jb.parts, b1 = (part + 1) * jb.grid_blocks / jb.parts;
     for (int64_t kb = 0; kb < jb.nkb; ++kb) {
-      if (one) pair_blocks<T, 1>(jb, n, g, kb, b0, b1);
-      else pair_blocks<T, 2>(jb, n, g, kb, b0, b1);
+      if (one) pair_blocks<T, kPer, 1>(jb, n, g, kb, b0, b1);
+      else pair_blocks<T, kPer, 2>(jb, n, g, kb, b0, b1);
     }
   });
 }
@@ -319,9 +340,9 @@ void run_pairs_typed(const Conv2dParams& p, Operands& o) {
 
 void run_pairs(const Conv2dParams& p, Operands& o) {
   switch (o.out.scalar_type()) {
-    case at::kByte: return run_pairs_typed<uint8_t>(p, o);
-    case at::kChar: return run_pairs_typed<int8_t>(p, o);
-    case at::kShort: return run_pairs_typed<int16_t>(p, o);
+    case at::kByte: return run_pairs_typed<uint8_t, 4>(p, o);
+    case at::kChar: return run_pairs_typed<int8_t, 4>(p, o);
+    case at::kShort: return run_pairs_typed<int16_t, 2>(p, o);
     default: TORCH_CHECK(false, "conv_ext: the integer_pairs kernel got ", o.out.scalar_type());
   }
 }
