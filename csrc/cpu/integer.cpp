@@ -154,17 +154,14 @@ void prepare(const Conv2dParams& p, const Operands& o, int64_t block, Prepared<T
   const int64_t N = p.N, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q, G = p.groups;
   const int64_t Cg = p.Cg(), Kg = p.Kg(), sh = p.stride_h, sw = p.stride_w, pw = p.pad_w;
   const int64_t Cp = ceil_div(Cg, int64_t(kPer));  // band planes a group
-  // a value as a lane: the dtype's low bits (sign-extended), or the low 16 or 8 bits of each of
-  // `count` channels' values, `stride` apart
-  auto lane = [](const T* v, int64_t stride, int64_t count) -> A {
+  // channel i of a word's value v: the dtype's low bits (sign-extended: kPer 1), or the low 16 or 8
+  // bits of v in part i of the word
+  auto part = [](T v, int64_t i) -> A {
     if constexpr (kPer == 1) {
-      return static_cast<A>(v[0]);
+      return static_cast<A>(v);
     } else {
       constexpr int bits = 32 / kPer;
-      uint32_t word = 0;
-      for (int64_t i = 0; i < std::min<int64_t>(count, kPer); ++i)
-        word |= (static_cast<uint32_t>(v[i * stride]) & ((uint32_t(1) << bits) - 1)) << (bits * i);
-      return static_cast<A>(word);
+      return static_cast<A>((static_cast<uint32_t>(v) & ((uint32_t(1) << bits) - 1)) << (bits * i));
     }
   };
   // The band. Stride 1: a flat grid (rows of Wq: the blocks run on from a row into the next, the
@@ -186,25 +183,17 @@ void prepare(const Conv2dParams& p, const Operands& o, int64_t block, Prepared<T
     // word's channels inside took int16's band 1.7x as long)
     for (int64_t i = 0; i < std::min<int64_t>(count, kPer); ++i) {
       const T* src = x + n * p.xs_n + (c + i) * p.xs_c;
-      auto part = [i](T v) -> A {
-        if constexpr (kPer == 1) {
-          return static_cast<A>(v);
-        } else {
-          constexpr int bits = 32 / kPer;
-          return static_cast<A>((static_cast<uint32_t>(v) & ((uint32_t(1) << bits) - 1)) << (bits * i));
-        }
-      };
       for (int64_t h = 0; h < H; ++h) {
         A* row = d + (h + p.pad_h) * sw * Wq;
         const T* in = src + h * p.xs_h;
         if (sw == 1) {
-          for (int64_t w = 0; w < W; ++w) row[pw + w] |= part(in[w * p.xs_w]);
+          for (int64_t w = 0; w < W; ++w) row[pw + w] |= part(in[w * p.xs_w], i);
           continue;
         }
         for (int64_t f = 0; f < sw; ++f) {  // phase f: padded columns f, f + sw, ...
           const int64_t w0 = floor_mod(f - pw, sw);  // its first input column
           A* o = row + f * Wq + (w0 + pw) / sw;
-          for (int64_t w = w0; w < W; w += sw) *o++ |= part(in[w * p.xs_w]);
+          for (int64_t w = w0; w < W; w += sw) *o++ |= part(in[w * p.xs_w], i);
         }
       }
     }
@@ -222,7 +211,9 @@ void prepare(const Conv2dParams& p, const Operands& o, int64_t block, Prepared<T
             for (int64_t j = 0; j < kFilters; ++j) {
               const int64_t k = kb * kFilters + j, c = kPer * cp;
               A* d = wp + ((((g * nkb + kb) * Cp + cp) * R + r) * S + s) * kFilters + j;
-              *d = k < Kg ? lane(w + (g * Kg + k) * p.ws_k + c * p.ws_c + r * p.ws_r + s * p.ws_s, p.ws_c, Cg - c) : A(0);
+              *d = 0;
+              for (int64_t i = 0; k < Kg && i < std::min<int64_t>(Cg - c, kPer); ++i)
+                *d |= part(w[(g * Kg + k) * p.ws_k + (c + i) * p.ws_c + r * p.ws_r + s * p.ws_s], i);
             }
   // each tap's run from a block's first band column (plane cp of the group, row r, phase and
   // column of tap s)
