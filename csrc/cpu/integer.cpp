@@ -17,8 +17,8 @@
 // or at stride 1 of the flat grid; for each block and 8 filters it keeps the 8 x 2 vectors of sums
 // in registers over the whole reduction (c, r, s): per tap, two loads of the input run, eight
 // broadcast filter values, 16 multiplies and adds. A task is a part of an image's blocks (one
-// group) with every block of 8 filters in turn over it. GCC's vector extensions at the ISA's width (per_isa.h: AVX-512,
-// AVX2; a CPU with neither runs the reference kernel).
+// group) with every block of 8 filters in turn over it. GCC's vector extensions at the ISA's
+// width (per_isa.h: AVX-512, AVX2; a CPU with neither runs the reference kernel).
 //
 // integer_pairs (below): the 8- and 16-bit types on AVX512-VNNI, the same band, blocking and tasks
 // on 32-bit words of several channels: four channels' bytes for uint8 and int8, each step a
@@ -53,8 +53,8 @@ constexpr int64_t kFilters = 8;  // filters a register block
 template <typename T>
 using Lane = std::conditional_t<sizeof(T) <= 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
 
-// One call's operands as the kernels read them: lanes A (Lane<T>; uint32 words of two channels'
-// int16 values for integer_pairs).
+// One call's operands as the kernels read them: lanes A (Lane<T>; for integer_pairs uint32 words
+// of two channels' int16 values or four channels' bytes).
 template <typename T, typename A = Lane<T>>
 struct Job {
   const A* xb;            // band: planes of [hp][phase][Wq], plane apart, Cp a group: [n][g][cp]
@@ -117,6 +117,20 @@ inline void store_block(const J& jb, T* out, int64_t pp, int64_t q0, const T* va
     if (!jb.flat) break;
     i += len, q = 0, ++row;
   }
+}
+
+// The tasks of a call (parts of an image's grid blocks, one group): blocks(one, n, g, kb, b0, b1)
+// for every filter block kb in turn over a task's blocks [b0, b1); one: a block is one vector of
+// `lanes` columns (a row of Q columns fits in one: 7x7 planes, 16 int32 lanes), else two.
+template <typename J, typename F>
+void for_each_part(const J& jb, int64_t lanes, const F& blocks) {
+  const Conv2dParams& p = jb.p;
+  const bool one = !jb.flat && p.Q <= lanes;
+  for_each_task(p.N * p.groups * jb.parts, p.macs(), [&](int64_t t) {
+    const int64_t part = t % jb.parts, g = t / jb.parts % p.groups, n = t / (jb.parts * p.groups);
+    const int64_t b0 = part * jb.grid_blocks / jb.parts, b1 = (part + 1) * jb.grid_blocks / jb.parts;
+    for (int64_t kb = 0; kb < jb.nkb; ++kb) blocks(one, n, g, kb, b0, b1);  // (a row a block either way)
+  });
 }
 
 }  // namespace integer
@@ -243,9 +257,8 @@ void run_typed(const Conv2dParams& p, Operands& o) {
   const int64_t block = 2 * (cpu_capability() == "avx512" ? 64 : 32) / int64_t(sizeof(A));  // columns a block
   Prepared<T, A, 1> pr;
   prepare(p, o, block, pr);
-  const int64_t tasks = p.N * p.groups * pr.job.parts;
-  if (cpu_capability() == "avx512") avx512::integer_forward(pr.job, tasks);
-  else avx2::integer_forward(pr.job, tasks);
+  if (cpu_capability() == "avx512") avx512::integer_forward(pr.job);
+  else avx2::integer_forward(pr.job);
 }
 
 void run(const Conv2dParams& p, Operands& o) {
@@ -315,15 +328,9 @@ template <typename T, int kPer>
 void run_pairs_typed(const Conv2dParams& p, Operands& o) {
   Prepared<T, uint32_t, kPer> pr;
   prepare(p, o, 32, pr);
-  const Job<T, uint32_t>& jb = pr.job;
-  const bool one = !jb.flat && p.Q <= 16;  // a row in one vector
-  for_each_task(p.N * p.groups * jb.parts, p.macs(), [&](int64_t t) {
-    const int64_t part = t % jb.parts, g = t / jb.parts % p.groups, n = t / (jb.parts * p.groups);
-    const int64_t b0 = part * jb.grid_blocks / jb.parts, b1 = (part + 1) * jb.grid_blocks / jb.parts;
-    for (int64_t kb = 0; kb < jb.nkb; ++kb) {
-      if (one) pair_blocks<T, kPer, 1>(jb, n, g, kb, b0, b1);
-      else pair_blocks<T, kPer, 2>(jb, n, g, kb, b0, b1);
-    }
+  integer::for_each_part(pr.job, 16, [&](bool one, int64_t n, int64_t g, int64_t kb, int64_t b0, int64_t b1) {
+    if (one) pair_blocks<T, kPer, 1>(pr.job, n, g, kb, b0, b1);
+    else pair_blocks<T, kPer, 2>(pr.job, n, g, kb, b0, b1);
   });
 }
 
@@ -387,26 +394,20 @@ void integer_blocks(const integer::Job<T>& jb, int64_t n, int64_t g, int64_t kb,
 }
 
 template <typename T>
-void integer_forward(const integer::Job<T>& jb, int64_t tasks) {
-  const Conv2dParams& p = jb.p;
-  // a row of Q columns in one vector where it fits (7x7 planes: 16 int32 lanes), not two
-  const bool one = !jb.flat && p.Q <= CONV_EXT_ISA_BITS / 8 / int64_t(sizeof(integer::Lane<T>));
-  for_each_task(tasks, p.macs(), [&](int64_t t) {
-    const int64_t part = t % jb.parts, g = t / jb.parts % p.groups, n = t / (jb.parts * p.groups);
-    const int64_t b0 = part * jb.grid_blocks / jb.parts, b1 = (part + 1) * jb.grid_blocks / jb.parts;
-    for (int64_t kb = 0; kb < jb.nkb; ++kb) {
-      if (one) integer_blocks<T, 1>(jb, n, g, kb, b0, b1);  // (a row a block either way)
-      else integer_blocks<T, 2>(jb, n, g, kb, b0, b1);
-    }
+void integer_forward(const integer::Job<T>& jb) {
+  const int64_t lanes = CONV_EXT_ISA_BITS / 8 / int64_t(sizeof(integer::Lane<T>));
+  integer::for_each_part(jb, lanes, [&](bool one, int64_t n, int64_t g, int64_t kb, int64_t b0, int64_t b1) {
+    if (one) integer_blocks<T, 1>(jb, n, g, kb, b0, b1);
+    else integer_blocks<T, 2>(jb, n, g, kb, b0, b1);
   });
 }
 
 // (instantiated here, under this ISA's target)
-template void integer_forward<uint8_t>(const integer::Job<uint8_t>&, int64_t);
-template void integer_forward<int8_t>(const integer::Job<int8_t>&, int64_t);
-template void integer_forward<int16_t>(const integer::Job<int16_t>&, int64_t);
-template void integer_forward<int32_t>(const integer::Job<int32_t>&, int64_t);
-template void integer_forward<int64_t>(const integer::Job<int64_t>&, int64_t);
+template void integer_forward<uint8_t>(const integer::Job<uint8_t>&);
+template void integer_forward<int8_t>(const integer::Job<int8_t>&);
+template void integer_forward<int16_t>(const integer::Job<int16_t>&);
+template void integer_forward<int32_t>(const integer::Job<int32_t>&);
+template void integer_forward<int64_t>(const integer::Job<int64_t>&);
 
 }  // namespace CONV_EXT_ISA_NS
 }  // namespace cpu
