@@ -122,7 +122,7 @@ bool amx_bf16_strided_1x1_in_place(const Conv2dParams& p, bool channels_last) {
 }
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16,f16c")
 
 namespace amx {
 
@@ -335,7 +335,7 @@ bool supports_backward_input(const Conv2dParams& p, at::ScalarType dtype) {
 }
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16,f16c")
 
 // A step of forward's reduction: A at a_off from the tile row's pixel, B tile (r, s0, c0).
 struct Step { int64_t a_off, r, s0, c0; };
@@ -454,7 +454,29 @@ struct TileJob {
   // --dtype bfloat16, batch 8).
   std::atomic<bool>* nonfinite = nullptr;
   bool test_sums = false;
+  // y and the bias float16, not bfloat16 (amx_fp16: the sums rounded to float16 as they are stored)
+  bool half = false;
 };
+
+// 32 float32 sums (lo's 16, then hi's) rounded to 16-bit values of the output's type, to nearest even
+template <bool kHalf>
+inline __m512i round_32(__m512 hi, __m512 lo) {
+  if (!kHalf) return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+  return _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(to_f16(lo)), to_f16(hi), 1);
+}
+template <bool kHalf>
+inline __m256i round_16(__m512 v) {
+  return kHalf ? to_f16(v) : to_bf16(v);
+}
+// a 16-bit value of the output's type as float32
+template <bool kHalf>
+inline float widen(uint16_t v) {
+  if (kHalf) return _cvtsh_ss(v);
+  const uint32_t u = uint32_t(v) << 16;  // (bfloat16 = float32's top half)
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 // The lanes of m where v is an infinity or a NaN (exponent bits all set).
 inline __mmask16 nonfinite_lanes(__mmask16 m, __m512 v) {
@@ -462,7 +484,8 @@ inline __mmask16 nonfinite_lanes(__mmask16 m, __m512 v) {
   return _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_castps_si512(v), e), e);
 }
 
-void run_tiles(const TileJob& jb) {
+template <bool kHalf>
+void run_tiles_as(const TileJob& jb) {
   const int64_t N = jb.N, Hp = jb.Hb, Wp = jb.Wb, Cb = jb.Cb, sh = jb.sh, sw = jb.sw, P = jb.P, Q = jb.Q, K = jb.K;
   const int64_t nst = jb.nst, tile_elems = kTile * kChan, nkp = ceil_div(K, 2 * kTile);
   const Step* steps = jb.steps;
@@ -626,10 +649,7 @@ void run_tiles(const TileJob& jb) {
           // channels_last 256->128 1x1 @56's time (perf annotate), once a task's filter pair (with
           // pixel pairs outer, once a pixel pair's).
           if (gbias) {
-            for (int64_t j = 0; j < 2 * kTile; ++j) {
-              const uint32_t u = j < kn ? uint32_t(gbias[k0 + j]) << 16 : 0u;
-              std::memcpy(&bv[j], &u, 4);
-            }
+            for (int64_t j = 0; j < 2 * kTile; ++j) bv[j] = j < kn ? widen<kHalf>(gbias[k0 + j]) : 0.f;
           } else {
             std::memset(bv, 0, sizeof(bv));
           }
@@ -651,7 +671,7 @@ void run_tiles(const TileJob& jb) {
                 const __m512 lo = _mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), blo);
                 const __m512 hi = _mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), bhi);
                 if (test_sums) bad |= nonfinite_lanes(0xFFFF, lo) | nonfinite_lanes(0xFFFF, hi);
-                _mm512_storeu_si512(out + o[i] * ld, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(out + o[i] * ld, round_32<kHalf>(hi, lo));
               }
               return;
             }
@@ -669,7 +689,7 @@ void run_tiles(const TileJob& jb) {
                 const __m512 lo = _mm512_add_ps(_mm512_load_ps(&cbuf[i][0]), blo);
                 const __m512 hi = _mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), bhi);
                 if (test_sums) bad |= nonfinite_lanes(m0, lo) | nonfinite_lanes(m1, hi);
-                _mm512_storeu_si512(stage + i * kn, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(stage + i * kn, round_32<kHalf>(hi, lo));
               }
               bf16* const out = gy + (n * plane + o[0]) * kn + k0;
               for (int64_t l = 0; l < kn; ++l) _mm512_storeu_si512(out + l * kChan, _mm512_load_si512(stage + l * kChan));
@@ -689,16 +709,16 @@ void run_tiles(const TileJob& jb) {
                 const __m512 hi = _mm512_add_ps(_mm512_load_ps(&cbuf[i + 1][c0]), b);
                 if (o[i] >= 0 && o[i + 1] == o[i] + 1) {
                   if (test_sums) bad |= nonfinite_lanes(0xFFFF, lo) | nonfinite_lanes(0xFFFF, hi);
-                  _mm512_storeu_si512(out + o[i] * kTile, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                  _mm512_storeu_si512(out + o[i] * kTile, round_32<kHalf>(hi, lo));
                   continue;
                 }
                 if (o[i] >= 0) {
                   if (test_sums) bad |= nonfinite_lanes(0xFFFF, lo);
-                  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o[i] * kTile), to_bf16(lo));
+                  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o[i] * kTile), round_16<kHalf>(lo));
                 }
                 if (o[i + 1] >= 0) {
                   if (test_sums) bad |= nonfinite_lanes(0xFFFF, hi);
-                  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o[i + 1] * kTile), to_bf16(hi));
+                  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o[i + 1] * kTile), round_16<kHalf>(hi));
                 }
               }
               return;
@@ -709,11 +729,11 @@ void run_tiles(const TileJob& jb) {
                 bf16* out = gy + (n * plane + o[i]) * ldk + k0;
                 const __m512 lo = _mm512_add_ps(_mm512_load_ps(&cbuf[i][c0]), _mm512_load_ps(bv));
                 if (test_sums) bad |= nonfinite_lanes(m0, lo);
-                _mm256_mask_storeu_epi16(out, m0, to_bf16(lo));
+                _mm256_mask_storeu_epi16(out, m0, round_16<kHalf>(lo));
                 if (one_block) continue;
                 const __m512 hi = _mm512_add_ps(_mm512_load_ps(&cbuf[i][kTile]), _mm512_load_ps(bv + kTile));
                 if (test_sums) bad |= nonfinite_lanes(m1, hi);
-                _mm256_mask_storeu_epi16(out + kTile, m1, to_bf16(hi));
+                _mm256_mask_storeu_epi16(out + kTile, m1, round_16<kHalf>(hi));
               }
               return;
             }
@@ -721,8 +741,8 @@ void run_tiles(const TileJob& jb) {
             for (int64_t j = 0; j < kn; ++j) {
               const __m512 b = _mm512_set1_ps(bv[j]);
               const int64_t cj = c0 + j;
-              const __m256i lo = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][cj], 4), b));
-              const __m256i hi = to_bf16(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][cj], 4), b));
+              const __m256i lo = round_16<kHalf>(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[0][cj], 4), b));
+              const __m256i hi = round_16<kHalf>(_mm512_add_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, col, &cbuf[kTile][cj], 4), b));
               const __m512i v = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1);
               bf16* out = gy + (n * ldk + k0 + j) * plane;
               for (int64_t u = 0; u < npiece[mp - mp0]; ++u)
@@ -786,6 +806,11 @@ void run_tiles(const TileJob& jb) {
     }
     if (bad) jb.nonfinite->store(true, std::memory_order_relaxed);
   });
+}
+
+void run_tiles(const TileJob& jb) {
+  if (jb.half) return run_tiles_as<true>(jb);
+  run_tiles_as<false>(jb);
 }
 
 // A strided channels_last layer of whole blocks of 32 channels (one group) reads x in place for
@@ -886,13 +911,26 @@ void interior_and_edges(const Conv2dParams& p, const bf16* x, int64_t p0, int64_
 // by the tasks of run_tiles for a band read in place (see TileJob::nonfinite; outputs written
 // then): not a pass over x before every call (row_mode's RGB stems: 3-5% of their time;
 // MobileNet's 144->24 1x1 channels_last read in place: ~20%).
+// The filter a packing reads: w, or with split its split form (made into keep; *bad = 1 where
+// it is not finite, else 0)
+const bf16* split_source(const Split* split, at::Tensor& keep, float* bad, const bf16* w) {
+  if (!split) return w;
+  bool nonfinite = false;
+  keep = split->filter(&nonfinite);
+  *bad = nonfinite ? 1.f : 0.f;
+  return bf16_data(keep) + split->w_offset;
+}
+
+// With split (amx_fp16.cpp), p is a float16 problem of three times the channels: the band is made
+// from split->a (split_band), the filter from split->filter() as it is packed, y and the bias are
+// float16; false where either operand holds an infinity or a NaN.
 bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
-             int64_t w_group = -1, bool zeros_meet = false) {
+             int64_t w_group = -1, bool zeros_meet = false, const Split* split = nullptr) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const int64_t G = p.groups, Cg = p.Cg(), K = p.Kg();
   if (w_group < 0) w_group = K * p.ws_k;
-  const bool nhwc = is_nhwc(p), check_finite = reads_past(p) || zeros_meet;
+  const bool nhwc = is_nhwc(p), check_finite = reads_past(p) || zeros_meet || split;
   const int64_t Hp = std::max(H + 2 * ph, (P - 1) * sh + (R - 1) * dh + 1);
   // At stride 1 the flat grid reads on across a band row's end, so a row's right padding can be
   // the next row's left padding: rows of W + pw pixels (W + 2 pw before), Wp - Q grid columns a
@@ -925,14 +963,19 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
 
   // the filter: B tiles [kb][step][16 pair rows][16 filters][2], zeros past K, C and the row
   const int64_t tile_elems = kTile * kChan, group_elems = nkp * 2 * nst * tile_elems, wfloats = G * group_elems / 2;
-  float* wscratch = scratch(3, wfloats);
-  const PackedFilter pf = packed_filter(filter, {0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, int64_t(rows), G}, wfloats, wscratch, [&](float* dst) {
+  // (split: one float more, 1 where the filter is not finite)
+  const int64_t wextra = split ? 1 : 0;
+  float* wscratch = scratch(3, wfloats + wextra);
+  const PackedFilter pf = packed_filter(filter, {split ? 0x616d7a : 0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, int64_t(rows), G},
+                                        wfloats + wextra, wscratch, [&](float* dst) {
     bf16* d = reinterpret_cast<bf16*>(dst);
+    at::Tensor split_w;
+    const bf16* wv = split_source(split, split_w, dst + wfloats, w);
     if (!rows || Cg % 2 == 0) {  // a group at a time (groups in parallel; one group: its filter blocks)
       Conv2dParams pg = p;  // one group's filters
       pg.K = K, pg.C = Cg, pg.groups = 1;
       for_each_task(G, G * group_elems * 4, [&](int64_t g) {
-        pack_tiles(pg, w + g * w_group, steps.data(), nst, nkp * 2, d + g * group_elems, rows ? Cg : 0);
+        pack_tiles(pg, wv + g * w_group, steps.data(), nst, nkp * 2, d + g * group_elems, rows ? Cg : 0);
       });
       return;
     }
@@ -949,12 +992,13 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
           if (s < S) at[nv++] = c * p.ws_c + steps[st].r * p.ws_r + s * p.ws_s;
         }
         for (int64_t j = 0; j < std::min(kTile, K - kb * kTile); ++j) {
-          const bf16* f = w + (kb * kTile + j) * p.ws_k;
+          const bf16* f = wv + (kb * kTile + j) * p.ws_k;
           for (int64_t v = 0; v < nv; ++v) t[(v >> 1) * kChan + (v & 1) + 2 * j] = f[at[v]];
         }
       }
     });
   });
+  if (split && pf.data[wfloats] != 0.f) return false;
   const bf16* wp = reinterpret_cast<const bf16*>(pf.data);
 
   // the zero-padded NHWC band of the whole input, with slack after it for the rows of the last
@@ -963,14 +1007,14 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   // copied with zeros after them (copying MobileNet's 96->24 1x1 @56 input took 40% of its time).
   TileJob job;
   job.steps = steps.data(), job.nst = nst, job.wp = wp, job.K = K, job.bias = bias, job.y = y, job.nhwc = nhwc;
-  job.groups = G, job.wp_group = group_elems, job.ldk = p.K;
+  job.groups = G, job.wp_group = group_elems, job.ldk = p.K, job.half = split != nullptr;
   if (interior) {
     interior_and_edges(p, x, p0, p1, q0, q1, steps, job);
     return true;
   }
   at::Tensor band_t;
   std::atomic<bool> nonfinite{false};
-  const bool in_place = in_place_1x1(p), strided = sh > 1 || sw > 1;
+  const bool in_place = in_place_1x1(p) && !split, strided = sh > 1 || sw > 1;
   if (in_place) {
     // tiles from pixel `from` on (their 16 rows, sw pixels apart, could reach past x) read the
     // copy; a strided grid's last pair of tiles can start a grid row past the last image's
@@ -988,8 +1032,9 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   } else {
     const int64_t slack = ((sh + 1) * Wp + S * dw + 2 * kTile * sw + 64) * Cb + kChan;
     bool band_nonfinite = false;
-    band_t = grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack, check_finite ? &band_nonfinite : nullptr)
-                   : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack, check_finite ? &band_nonfinite : nullptr);
+    band_t = split ? split_band(split->a, nhwc, N, split->channels, H, W, ph, pw, Hp, Wp, Cb, slack, &band_nonfinite)
+             : grows ? group_bands(x, N, G, Cg, H, W, ph, pw, Hp, Wp, slack, check_finite ? &band_nonfinite : nullptr)
+                     : padded_band(x, nhwc, N, C, H, W, ph, pw, Hp, Wp, Cb, slack, check_finite ? &band_nonfinite : nullptr);
     if (band_nonfinite) return false;
     job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
   }
@@ -1015,7 +1060,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
 // With zeros_meet (small_groups' block-diagonal filter) returns false, having written nothing,
 // where dy holds an infinity or a NaN (found as its band is copied).
 bool backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* dx, const at::Tensor* filter,
-                           bool zeros_meet = false) {
+                           bool zeros_meet = false, const Split* split = nullptr) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w;
   const int64_t Kb = round_up(K, kChan), nkb = 2 * ceil_div(C, 2 * kTile), tile_elems = kTile * kChan;
@@ -1049,21 +1094,25 @@ bool backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w,
   }
   Conv2dParams fp = p;  // the filter as forward-form B tiles: dx channels as filters, dy's as channels
   fp.K = C, fp.C = K, fp.ws_k = p.ws_c, fp.ws_c = p.ws_k;
-  const int64_t wfloats = first.back() / 2 + 1;
-  const PackedFilter pf = packed_filter(filter, {0x616d79, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, sh, sw, p.pad_h, p.pad_w, p.dil_h, p.dil_w},
-                                        wfloats, scratch(3, wfloats), [&](float* dst) {
+  const int64_t wfloats = first.back() / 2 + 1, wextra = split ? 1 : 0;  // (split: as forward's)
+  const PackedFilter pf = packed_filter(filter, {split ? 0x616d7b : 0x616d79, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, sh, sw, p.pad_h, p.pad_w, p.dil_h, p.dil_w},
+                                        wfloats + wextra, scratch(3, wfloats + wextra), [&](float* dst) {
+    at::Tensor split_w;
+    const bf16* wv = split_source(split, split_w, dst + wfloats, w);
     for (int64_t f = 0; f < sh * sw; ++f)
       if (!steps[f].empty())
-        pack_tiles(fp, w, steps[f].data(), static_cast<int64_t>(steps[f].size()), nkb, reinterpret_cast<bf16*>(dst) + first[f]);
+        pack_tiles(fp, wv, steps[f].data(), static_cast<int64_t>(steps[f].size()), nkb, reinterpret_cast<bf16*>(dst) + first[f]);
   });
+  if (split && pf.data[wfloats] != 0.f) return false;
 
   const int64_t slack = (2 * Wb + 2 * kTile + 64) * Kb + kChan;
   bool nonfinite = false;
-  at::Tensor band_t = padded_band(dy, is_nhwc(p), N, K, P, Q, T, L, Hb, Wb, Kb, slack, zeros_meet ? &nonfinite : nullptr);
+  at::Tensor band_t = split ? split_band(split->a, is_nhwc(p), N, split->channels, P, Q, T, L, Hb, Wb, Kb, slack, &nonfinite)
+                            : padded_band(dy, is_nhwc(p), N, K, P, Q, T, L, Hb, Wb, Kb, slack, zeros_meet ? &nonfinite : nullptr);
   if (nonfinite) return false;
   TileJob job;
   job.xb = reinterpret_cast<const bf16*>(band_t.const_data_ptr());
-  job.N = N, job.Hb = Hb, job.Wb = Wb, job.Cb = Kb, job.K = C, job.y = dx, job.nhwc = is_nhwc(p);
+  job.N = N, job.Hb = Hb, job.Wb = Wb, job.Cb = Kb, job.K = C, job.y = dx, job.nhwc = is_nhwc(p), job.half = split != nullptr;
   job.Ho = H, job.Wo = W, job.oy = sh, job.ox = sw, job.macs = p.macs() / (sh * sw);
   for (int64_t f = 0; f < sh * sw; ++f) {
     job.oa = f / sw, job.ob = f % sw, job.P = ceil_div(H - job.oa, sh), job.Q = ceil_div(W - job.ob, sw);
@@ -1772,6 +1821,24 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
   bf16* d = reinterpret_cast<bf16*>(o.out.mutable_data_ptr());
   for_blocked(p, [&](int64_t b, int64_t e) { d[e] = src[b]; });  // the diagonal blocks
 }
+
+}  // namespace
+
+namespace amx {
+bool split_supported(bool forward, const Conv2dParams& q) {
+  return q.groups == 1 && (forward ? supports_forward(q, at::kBFloat16) : supports_backward_input(q, at::kBFloat16));
+}
+bool split_forward(const Conv2dParams& q, const Split& s, const bf16* bias, bf16* y, const at::Tensor* filter) {
+  return forward(q, nullptr, nullptr, bias, y, filter, -1, false, &s);
+}
+bool split_backward_input(const Conv2dParams& q, Split& s, bf16* dx, const at::Tensor* filter) {
+  if (!turns_round(q)) return backward_input_phases(q, nullptr, nullptr, dx, filter, false, &s);
+  s.w_offset = (q.R - 1) * q.ws_r + (q.S - 1) * q.ws_s;
+  return forward(turned(q), nullptr, nullptr, nullptr, dx, filter, q.Kg() * q.ws_k, false, &s);
+}
+}  // namespace amx
+
+namespace {
 
 const bool registered =
     register_algorithm(

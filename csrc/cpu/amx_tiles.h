@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 
 #include "output_cache.h"
 
@@ -378,9 +379,13 @@ inline __m256i load_16(__mmask16 m, const bf16* p) {
 
 // 16 float32 -> 16 bfloat16, round to nearest even
 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+// 16 float32 -> 16 float16, round to nearest even (the maskz form: no undefined lanes for GCC's warnings)
+inline __m256i to_f16(__m512 v) { return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 
 #pragma GCC pop_options
 
+// run_has_nonfinite: has_nonfinite's test on one thread (a band row as it is written)
+bool run_has_nonfinite(const bf16* x, int64_t n);
 // Whether any of x[0, n) is an infinity or a NaN (exponent bits all set). A product with such a
 // value is NaN even when the other factor is 0, so kernels whose tiles pair real values with
 // zeros they put in (row_mode's values past a filter row, backward-weight's grid columns past Q)
@@ -393,6 +398,28 @@ bool has_nonfinite(const bf16* x, int64_t n);
 // band row as it is written (while it is in L1): not a pass of its own over x.
 at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
                        int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack, bool* nonfinite = nullptr);
+
+// float16 on the tiles (amx_fp16.cpp): a float16 problem run as a bfloat16 problem of three times
+// the channels on its split operands. Split holds what amx_bf16.cpp's kernels read in its place:
+// the band made from `a` by split_band, the filter from filter() (split_filter) when it is packed.
+struct Split {
+  const bf16* a = nullptr;                  // the float16 input (x; dy for backward-input)
+  int64_t channels = 0;                     // its channels (a third of the problem's)
+  std::function<at::Tensor(bool*)> filter;  // the split filter; sets *nonfinite where w is not finite
+  int64_t w_offset = 0;                     // where the problem's filter starts in it (turned round: its last tap)
+};
+// (amx_fp16.cpp) x (N, C, H, W; float16, NCHW or NHWC) as padded_band's band of 3C bfloat16
+// channels [hi | hi | lo], Cp a multiple of 32 or 3C; *nonfinite: whether x holds an infinity or
+// a NaN
+at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                      int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack, bool* nonfinite);
+// (amx_bf16.cpp) the split problem q (its channels, forward, or filters, backward-input, tripled;
+// its filter's strides those of a contiguous split filter): whether amx_bf16 takes it, and its
+// pass; false where an operand is not finite (nothing written then: the caller runs it on float32
+// copies). y, dx and the bias float16.
+bool split_supported(bool forward, const Conv2dParams& q);
+bool split_forward(const Conv2dParams& q, const Split& s, const bf16* bias, bf16* y, const at::Tensor* filter);
+bool split_backward_input(const Conv2dParams& q, Split& s, bf16* dx, const at::Tensor* filter);
 
 }  // namespace amx
 }  // namespace cpu

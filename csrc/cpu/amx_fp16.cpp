@@ -1,0 +1,222 @@
+// amx_fp16.cpp — float16 convolution on the AMX bfloat16 tile units (forward, backward-input),
+// exact in its products: every float16 value is the sum of two bfloat16 values,
+//
+//   v = hi + lo,   hi = v rounded to bfloat16 (8 significant bits),   lo = v - hi (at most 3 bits),
+//
+// both exact (a float16 has 11 significant bits; lo is a multiple of v's last place), and
+//
+//   x . w = xh . wh + xh . wl + xl . wh   (+ xl . wl, left out: under 2^-18 |x w|)
+//
+// so a float16 convolution is a bfloat16 convolution of three times the channels: the input's
+// channels as [hi | hi | lo], the filter's as [hi | lo | hi] (forward; backward-input triples dy's
+// channels, the filter's output channels). amx_bf16.cpp runs that problem (forward(), its
+// stride phases for backward-input) on a band made from the float16 tensor by split_band (the
+// split done as the band is written: no tripled copy of x), the filter split as it is packed
+// (split_filter; kept across calls like any packed filter), the float32 sums rounded to float16
+// as they are stored (run_tiles' half form). TDPBF16PS multiplies bfloat16 pairs exactly and sums
+// in float32, so the result is float32 sums of the products of the float16 values but for the
+// xl . wl terms (a relative 2^-18 at most each, under float16's own rounding of 2^-11 of the
+// result unless the sum cancels 2^7-fold), rounded once to float16 — what torch's float32
+// accumulation gives, to within its order of sums. An infinity or a NaN in either operand (hi
+// an infinity meets a lo of 0: inf x 0 = NaN) sends the problem to the float32 copies.
+//
+// Where (Algorithm::preferred): AMX tiles here (not emulated), one group, the problems amx_bf16
+// takes in bfloat16 with the tripled channels. Three tile products for one: against the float32
+// kernels on float32 copies (the other float16 path) it pays where the tiles run at more than
+// three times the float32 FMA rate. Speed: see the README's fifty-fifth round.
+#include <ATen/ATen.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "algorithms.h"
+#include "amx_tiles.h"
+#include "kernel_util.h"
+
+namespace conv_ext {
+namespace cpu {
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,f16c")
+
+namespace amx {
+
+// float16 as two bfloat16 values: f (16 float16 inputs widened) = hi + lo exactly, hi = f rounded
+// to bfloat16 (8 significant bits), lo = f - hi (a float16 has 11: the rest, at most 3 bits, each
+// a multiple of the float16's last place). Infinities and NaNs: hi is one, lo not meaningful.
+inline void split_16(__m512 f, __m256i& hi, __m256i& lo) {
+  hi = (__m256i)_mm512_cvtneps_pbh(f);
+  // (the maskz forms: no undefined lanes for GCC's warnings)
+  const __m512 hf = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, hi), 16));
+  lo = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(f, hf));
+}
+inline __m512 widen_16(__mmask16 m, const uint16_t* p) { return _mm512_maskz_cvtph_ps(0xFFFF, load_16(m, p)); }
+
+// The float16 x (N, C, H, W; NCHW or NHWC) as padded_band's band of 3C bfloat16 channels: channel
+// c of x as channels c and C + c (its hi) and 2C + c (its lo) of the band (split_16); channels
+// past 3C zero up to Cp, which is a multiple of 32 or (row_mode) 3C itself. *nonfinite: whether
+// x holds an infinity or a NaN (a hi does), tested on each band row as it is written.
+at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
+                      int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack, bool* nonfinite) {
+  const int64_t C3 = 3 * C, img = Hp * Wp * Cp;
+  std::vector<uint8_t> bad(static_cast<size_t>(N * Hp), 0);
+  at::Tensor band_t = bf16_buffer(N * img + slack);
+  bf16* xb = bf16_data(band_t);
+  std::memset(xb + N * img, 0, sizeof(bf16) * slack);
+  for_each_task(N * Hp, N * Hp * Wp * Cp * 16, [&](int64_t nh) {
+    const int64_t n = nh / Hp, hp = nh % Hp, h = hp - ph;
+    bf16* d = xb + n * img + hp * Wp * Cp;
+    if (h < 0 || h >= H) {
+      std::memset(d, 0, sizeof(bf16) * Wp * Cp);
+      return;
+    }
+    std::memset(d, 0, sizeof(bf16) * std::min(pw, Wp) * Cp);
+    const int64_t wend = std::max<int64_t>(0, std::min(W, Wp - pw));
+    if (pw + wend < Wp) std::memset(d + (pw + wend) * Cp, 0, sizeof(bf16) * (Wp - pw - wend) * Cp);
+    __m256i hi, lo;
+    if (nhwc) {  // a pixel's channels 16 at a time
+      const uint16_t* src = x + ((n * H + h) * W) * C;
+      for (int64_t ww = 0; ww < wend; ++ww) {
+        bf16* o = d + (pw + ww) * Cp;
+        for (int64_t c0 = 0; c0 < C; c0 += kTile) {
+          const __mmask16 m = first_lanes(C - c0);
+          split_16(widen_16(m, src + ww * C + c0), hi, lo);
+          _mm256_mask_storeu_epi16(o + c0, m, hi);
+          _mm256_mask_storeu_epi16(o + C + c0, m, hi);
+          _mm256_mask_storeu_epi16(o + 2 * C + c0, m, lo);
+        }
+        if (Cp > C3) std::memset(o + C3, 0, sizeof(bf16) * (Cp - C3));
+      }
+    } else if (Cp % kChan == 0) {  // NCHW: blocks of 32 band channels x 16 pixels, as padded_band's
+      const uint16_t* src = x + (n * C * H + h) * W;
+      const __m512i pairs = interleave_16();
+      for (int64_t w0 = 0; w0 < wend; w0 += kTile) {
+        const __mmask16 wm = first_lanes(wend - w0);
+        auto channel = [&](int64_t c) {  // band channel c's 16 values
+          if (c >= C3) return _mm256_setzero_si256();
+          split_16(widen_16(wm, src + (c % C) * H * W + w0), hi, lo);
+          return c >= 2 * C ? lo : hi;
+        };
+        for (int64_t c0 = 0; c0 < Cp; c0 += kChan) {
+          __m512i r[kTile];
+          for (int64_t i = 0; i < kTile; ++i)
+            r[i] = _mm512_permutex2var_epi16(_mm512_castsi256_si512(channel(c0 + 2 * i)), pairs,
+                                             _mm512_castsi256_si512(channel(c0 + 2 * i + 1)));
+          transpose_16x16(r);
+          for (int64_t t = 0; t < std::min(kTile, wend - w0); ++t) _mm512_storeu_si512(d + (pw + w0 + t) * Cp + c0, r[t]);
+        }
+      }
+    } else {  // NCHW, fewer than 32 band channels (row_mode's unpadded band): through a block
+      const uint16_t* src = x + (n * C * H + h) * W;
+      alignas(64) bf16 blk[kChan][kTile];
+      for (int64_t w0 = 0; w0 < wend; w0 += kTile) {
+        const __mmask16 wm = first_lanes(wend - w0);
+        for (int64_t c = 0; c < C; ++c) {
+          split_16(widen_16(wm, src + c * H * W + w0), hi, lo);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(blk[c]), hi);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(blk[C + c]), hi);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(blk[2 * C + c]), lo);
+        }
+        for (int64_t t = 0; t < std::min(kTile, wend - w0); ++t)
+          for (int64_t c = 0; c < C3; ++c) d[(pw + w0 + t) * Cp + c] = blk[c][t];
+      }
+    }
+    bad[nh] = run_has_nonfinite(d, Wp * Cp);
+  });
+  *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
+  return band_t;
+}
+
+// The float16 filter w (K, C, R, S) split for a band of split_band's: dim 1, (K, 3C, R, S) with
+// channels [hi | lo | hi] (forward: x's hi meets w's hi and lo, x's lo w's hi); dim 0, (3K, C, R,
+// S) with filters [hi; lo; hi] (backward-input, whose band is dy's). Contiguous bfloat16;
+// *nonfinite: whether w holds an infinity or a NaN.
+at::Tensor split_filter(const at::Tensor& w, int64_t dim, bool* nonfinite) {
+  const at::Tensor wc = w.contiguous();
+  const int64_t K = w.size(0), C = w.size(1), run = C * w.size(2) * w.size(3);
+  at::Tensor out = at::empty(dim == 1 ? at::IntArrayRef{K, 3 * C, w.size(2), w.size(3)} : at::IntArrayRef{3 * K, C, w.size(2), w.size(3)},
+                             w.options().dtype(at::kBFloat16));
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(wc.const_data_ptr());
+  bf16* dst = bf16_data(out);
+  std::vector<uint8_t> bad(static_cast<size_t>(K), 0);
+  const __m512i e = _mm512_set1_epi32(0x7F800000);
+  for_each_task(K, K * run * 8, [&](int64_t k) {
+    const int64_t part = dim == 1 ? run : K * run;  // from one part to the next in dst
+    bf16* d = dst + (dim == 1 ? 3 * k * run : k * run);
+    __mmask16 b = 0;
+    for (int64_t i = 0; i < run; i += kTile) {
+      const __mmask16 m = first_lanes(run - i);
+      const __m512 f = widen_16(m, src + k * run + i);
+      b |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_castps_si512(f), e), e);
+      __m256i hi, lo;
+      split_16(f, hi, lo);
+      _mm256_mask_storeu_epi16(d + i, m, hi);
+      _mm256_mask_storeu_epi16(d + part + i, m, lo);
+      _mm256_mask_storeu_epi16(d + 2 * part + i, m, hi);
+    }
+    bad[k] = b != 0;
+  });
+  *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
+  return out;
+}
+
+
+}  // namespace amx
+
+#pragma GCC pop_options
+
+namespace {
+
+using namespace amx;
+
+// The problem with the input's channels (forward) or the filters (backward-input: dy's channels)
+// tripled; x's and y's strides those of its layout with them (never read through: split_band
+// reads the float16 tensor), the filter's those of a contiguous split filter.
+Conv2dParams tripled(const Conv2dParams& p, bool forward) {
+  Conv2dParams q = p;
+  if (forward) q.C = 3 * p.C;
+  else q.K = 3 * p.K;
+  if (is_nhwc(p)) {
+    q.xs_c = 1, q.xs_w = q.C, q.xs_h = q.W * q.C, q.xs_n = q.H * q.W * q.C;
+    q.ys_k = 1, q.ys_q = q.K, q.ys_p = q.Q * q.K, q.ys_n = q.P * q.Q * q.K;
+  } else {
+    q.xs_w = 1, q.xs_h = q.W, q.xs_c = q.H * q.W, q.xs_n = q.C * q.H * q.W;
+    q.ys_q = 1, q.ys_p = q.Q, q.ys_k = q.P * q.Q, q.ys_n = q.K * q.P * q.Q;
+  }
+  q.ws_s = 1, q.ws_r = q.S, q.ws_c = q.R * q.S, q.ws_k = q.C * q.R * q.S;
+  return q;
+}
+
+template <Pass pass>
+bool supports(const Conv2dParams& p, at::ScalarType dtype) {
+  return dtype == at::kHalf && p.groups == 1 && (is_nchw(p) || is_nhwc(p)) && split_supported(pass == Pass::Forward, tripled(p, pass == Pass::Forward));
+}
+template <Pass pass>
+bool preferred(const Conv2dParams& p, at::ScalarType) {
+  return !amx_bf16_emulated();
+}
+
+const bf16* half_data(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.const_data_ptr()); }
+bf16* half_data(at::Tensor& t) { return reinterpret_cast<bf16*>(t.mutable_data_ptr()); }
+
+void run_forward(const Conv2dParams& p, Operands& o) {
+  Split s{half_data(o.a), p.C, [&](bool* bad) { return split_filter(o.b, 1, bad); }, 0};
+  if (!split_forward(tripled(p, true), s, o.bias.defined() ? half_data(o.bias) : nullptr, half_data(o.out), o.filter))
+    run_as_float32(Pass::Forward, p, o);
+}
+
+void run_backward_input(const Conv2dParams& p, Operands& o) {
+  Split s{half_data(o.a), p.K, [&](bool* bad) { return split_filter(o.b, 0, bad); }, 0};
+  if (!split_backward_input(tripled(p, false), s, half_data(o.out), o.filter)) run_as_float32(Pass::BackwardInput, p, o);
+}
+
+const bool registered =
+    register_algorithm({"amx_fp16", Pass::Forward, 50, supports<Pass::Forward>, run_forward, false, preferred<Pass::Forward>}) &&
+    register_algorithm({"amx_fp16", Pass::BackwardInput, 50, supports<Pass::BackwardInput>, run_backward_input, false,
+                        preferred<Pass::BackwardInput>});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace conv_ext
