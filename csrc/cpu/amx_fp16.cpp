@@ -129,39 +129,81 @@ at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H,
   return band_t;
 }
 
-// The float16 filter w (K, C, R, S) split for a band of split_band's: dim 1, (K, 3C, R, S) with
-// channels [hi | lo | hi] (forward: x's hi meets w's hi and lo, x's lo w's hi); dim 0, (3K, C, R,
-// S) with filters [hi; lo; hi] (backward-input, whose band is dy's). Contiguous bfloat16;
+// Whether the float16 filter w is split from its channels_last form (K x R x S x C in memory) or
+// from its KCRS form
+bool channels_last_filter(const at::Tensor& w) {
+  return !w.is_contiguous() && w.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// The float16 filter w (K, C, R, S) split for a band of split_band's, as a bfloat16 buffer laid
+// out for pack_tiles to read 16 adjacent filters a load (its gathers of a KCRS filter's values
+// took ~2 ms a call for 512->512 3x3 split, the split filter being 7M values):
+// - forward: K filters of 3C channels [hi | lo | hi] (x's hi meets w's hi and lo, x's lo w's hi),
+//   w3[c'][r][s][k] from a KCRS w, w3[r][s][c'][k] from a channels_last one (split_strides);
+// - backward-input: 3K filters [hi; lo; hi] of C channels (dy's channels tripled),
+//   w3[k'][r][s][c]: the turned-round problem's filters (c) adjacent.
 // *nonfinite: whether w holds an infinity or a NaN.
-at::Tensor split_filter(const at::Tensor& w, int64_t dim, bool* nonfinite) {
-  const at::Tensor wc = w.contiguous();
-  const int64_t K = w.size(0), C = w.size(1), run = C * w.size(2) * w.size(3);
-  at::Tensor out = at::empty(dim == 1 ? at::IntArrayRef{K, 3 * C, w.size(2), w.size(3)} : at::IntArrayRef{3 * K, C, w.size(2), w.size(3)},
-                             w.options().dtype(at::kBFloat16));
-  const uint16_t* src = reinterpret_cast<const uint16_t*>(wc.const_data_ptr());
+at::Tensor split_filter(const at::Tensor& w, bool forward, bool* nonfinite) {
+  const int64_t K = w.size(0), C = w.size(1), RS = w.size(2) * w.size(3), J = C * RS;
+  const bool krsc = channels_last_filter(w);
+  // filter k's J values at src + k J: in KCRS order, or RSC for forward from channels_last / backward-input
+  const at::Tensor wc = forward ? (krsc ? w : w.contiguous()) : w.contiguous(at::MemoryFormat::ChannelsLast);
+  const bf16* src = reinterpret_cast<const bf16*>(wc.const_data_ptr());
+  at::Tensor out = bf16_buffer(3 * K * J);
   bf16* dst = bf16_data(out);
-  std::vector<uint8_t> bad(static_cast<size_t>(K), 0);
   const __m512i e = _mm512_set1_epi32(0x7F800000);
-  for_each_task(K, K * run * 8, [&](int64_t k) {
-    const int64_t part = dim == 1 ? run : K * run;  // from one part to the next in dst
-    bf16* d = dst + (dim == 1 ? 3 * k * run : k * run);
-    __mmask16 b = 0;
-    for (int64_t i = 0; i < run; i += kTile) {
-      const __mmask16 m = first_lanes(run - i);
-      const __m512 f = widen_16(m, src + k * run + i);
-      b |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_castps_si512(f), e), e);
+  auto bad_lanes = [&](__mmask16 m, __m512 f) { return _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_castps_si512(f), e), e); };
+  if (!forward) {  // filter k' = part K + k: filter k's values split, as they lie
+    std::vector<uint8_t> bad(static_cast<size_t>(K), 0);
+    for_each_task(K, K * J * 8, [&](int64_t k) {
       __m256i hi, lo;
-      split_16(f, hi, lo);
-      _mm256_mask_storeu_epi16(d + i, m, hi);
-      _mm256_mask_storeu_epi16(d + part + i, m, lo);
-      _mm256_mask_storeu_epi16(d + 2 * part + i, m, hi);
+      __mmask16 b = 0;
+      for (int64_t j = 0; j < J; j += kTile) {
+        const __mmask16 m = first_lanes(J - j);
+        const __m512 f = widen_16(m, src + k * J + j);
+        b |= bad_lanes(m, f);
+        split_16(f, hi, lo);
+        _mm256_mask_storeu_epi16(dst + k * J + j, m, hi);
+        _mm256_mask_storeu_epi16(dst + (K + k) * J + j, m, lo);
+        _mm256_mask_storeu_epi16(dst + (2 * K + k) * J + j, m, hi);
+      }
+      bad[k] = b != 0;
+    });
+    *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
+    return out;
+  }
+  // forward: 16 filters x 16 of their values at a time, turned into 16 filters' values each
+  // (transpose_16x16 on the float32 values) and stored split where value j of part `part` goes
+  const int64_t nkb = ceil_div(K, kTile);
+  std::vector<uint8_t> bad(static_cast<size_t>(nkb), 0);
+  for_each_task(nkb, K * J * 8, [&](int64_t kb) {
+    const int64_t k0 = kb * kTile, kn = std::min(kTile, K - k0);
+    const __mmask16 km = first_lanes(kn);
+    __m256i hi, lo;
+    __mmask16 b = 0;
+    for (int64_t j0 = 0; j0 < J; j0 += kTile) {
+      const __mmask16 jm = first_lanes(J - j0);
+      __m512i r[kTile];
+      for (int64_t i = 0; i < kTile; ++i) {
+        const __m512 f = widen_16(i < kn ? jm : 0, src + (k0 + i) * J + j0);
+        b |= bad_lanes(i < kn ? jm : 0, f);
+        r[i] = _mm512_castps_si512(f);
+      }
+      transpose_16x16(r);
+      for (int64_t t = 0; t < std::min(kTile, J - j0); ++t) {
+        const int64_t j = j0 + t;
+        split_16(_mm512_castsi512_ps(r[t]), hi, lo);
+        for (int64_t part = 0; part < 3; ++part) {
+          const int64_t at = krsc ? j + (2 * (j / C) + part) * C : part * J + j;  // (r s c' or c' r s) x K
+          _mm256_mask_storeu_epi16(dst + at * K + k0, km, part == 1 ? lo : hi);
+        }
+      }
     }
-    bad[k] = b != 0;
+    bad[kb] = b != 0;
   });
   *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
   return out;
 }
-
 
 }  // namespace amx
 
@@ -173,7 +215,7 @@ using namespace amx;
 
 // The problem with the input's channels (forward) or the filters (backward-input: dy's channels)
 // tripled; x's and y's strides those of its layout with them (never read through: split_band
-// reads the float16 tensor), the filter's those of a contiguous split filter.
+// reads the float16 tensor), the filter's a KCRS filter's (what amx_bf16's supports() asks about).
 Conv2dParams tripled(const Conv2dParams& p, bool forward) {
   Conv2dParams q = p;
   if (forward) q.C = 3 * p.C;
@@ -186,6 +228,14 @@ Conv2dParams tripled(const Conv2dParams& p, bool forward) {
     q.ys_q = 1, q.ys_p = q.Q, q.ys_k = q.P * q.Q, q.ys_n = q.K * q.P * q.Q;
   }
   q.ws_s = 1, q.ws_r = q.S, q.ws_c = q.R * q.S, q.ws_k = q.C * q.R * q.S;
+  return q;
+}
+// ... with the strides of split_filter's buffer (krsc: split from a channels_last filter)
+Conv2dParams split_strides(Conv2dParams q, bool forward, bool krsc) {
+  const int64_t K = q.K, C = q.C, S = q.S;
+  if (!forward) q.ws_c = 1, q.ws_s = C, q.ws_r = S * C, q.ws_k = q.R * S * C;       // [k'][r][s][c]
+  else if (krsc) q.ws_k = 1, q.ws_c = K, q.ws_s = C * K, q.ws_r = S * C * K;         // [r][s][c'][k]
+  else q.ws_k = 1, q.ws_s = K, q.ws_r = S * K, q.ws_c = q.R * S * K;                 // [c'][r][s][k]
   return q;
 }
 
@@ -202,19 +252,21 @@ const bf16* half_data(const at::Tensor& t) { return reinterpret_cast<const bf16*
 bf16* half_data(at::Tensor& t) { return reinterpret_cast<bf16*>(t.mutable_data_ptr()); }
 
 void run_forward(const Conv2dParams& p, Operands& o) {
-  Split s{half_data(o.a), p.C, [&](bool* bad) { return split_filter(o.b, 1, bad); }, 0};
-  if (!split_forward(tripled(p, true), s, o.bias.defined() ? half_data(o.bias) : nullptr, half_data(o.out), o.filter))
+  Split s{half_data(o.a), p.C, [&](bool* bad) { return split_filter(o.b, true, bad); }, 0};
+  const Conv2dParams q = split_strides(tripled(p, true), true, channels_last_filter(o.b));
+  if (!split_forward(q, s, o.bias.defined() ? half_data(o.bias) : nullptr, half_data(o.out), o.filter))
     run_as_float32(Pass::Forward, p, o);
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
-  Split s{half_data(o.a), p.K, [&](bool* bad) { return split_filter(o.b, 0, bad); }, 0};
-  if (!split_backward_input(tripled(p, false), s, half_data(o.out), o.filter)) run_as_float32(Pass::BackwardInput, p, o);
+  Split s{half_data(o.a), p.K, [&](bool* bad) { return split_filter(o.b, false, bad); }, 0};
+  if (!split_backward_input(split_strides(tripled(p, false), false, false), s, half_data(o.out), o.filter))
+    run_as_float32(Pass::BackwardInput, p, o);
 }
 
 const bool registered =
-    register_algorithm({"amx_fp16", Pass::Forward, 50, supports<Pass::Forward>, run_forward, false, preferred<Pass::Forward>}) &&
-    register_algorithm({"amx_fp16", Pass::BackwardInput, 50, supports<Pass::BackwardInput>, run_backward_input, false,
+    register_algorithm({"amx_fp16", Pass::Forward, 50, supports<Pass::Forward>, run_forward, true, preferred<Pass::Forward>}) &&
+    register_algorithm({"amx_fp16", Pass::BackwardInput, 50, supports<Pass::BackwardInput>, run_backward_input, true,
                         preferred<Pass::BackwardInput>});
 
 }  // namespace
