@@ -965,7 +965,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
   const int64_t tile_elems = kTile * kChan, group_elems = nkp * 2 * nst * tile_elems, wfloats = G * group_elems / 2;
   // (split: one float more, 1 where the filter is not finite)
   const int64_t wextra = split ? 1 : 0;
-  float* wscratch = scratch(3, wfloats + wextra);
+  float* wscratch = split && split->cached_only ? nullptr : scratch(3, wfloats + wextra);
   const PackedFilter pf = packed_filter(filter, {split ? 0x616d7a : 0x616d78, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, int64_t(rows), G},
                                         wfloats + wextra, wscratch, [&](float* dst) {
     bf16* d = reinterpret_cast<bf16*>(dst);
@@ -998,7 +998,7 @@ bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bi
       }
     });
   });
-  if (split && pf.data[wfloats] != 0.f) return false;
+  if (split && (!pf.data || pf.data[wfloats] != 0.f)) return false;
   const bf16* wp = reinterpret_cast<const bf16*>(pf.data);
 
   // the zero-padded NHWC band of the whole input, with slack after it for the rows of the last
@@ -1096,14 +1096,15 @@ bool backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w,
   fp.K = C, fp.C = K, fp.ws_k = p.ws_c, fp.ws_c = p.ws_k;
   const int64_t wfloats = first.back() / 2 + 1, wextra = split ? 1 : 0;  // (split: as forward's)
   const PackedFilter pf = packed_filter(filter, {split ? 0x616d7b : 0x616d79, C, K, R, S, p.ws_k, p.ws_c, p.ws_r, sh, sw, p.pad_h, p.pad_w, p.dil_h, p.dil_w},
-                                        wfloats + wextra, scratch(3, wfloats + wextra), [&](float* dst) {
+                                        wfloats + wextra, split && split->cached_only ? nullptr : scratch(3, wfloats + wextra),
+                                        [&](float* dst) {
     at::Tensor split_w;
     const bf16* wv = split_source(split, split_w, dst + wfloats, w);
     for (int64_t f = 0; f < sh * sw; ++f)
       if (!steps[f].empty())
         pack_tiles(fp, wv, steps[f].data(), static_cast<int64_t>(steps[f].size()), nkb, reinterpret_cast<bf16*>(dst) + first[f]);
   });
-  if (split && pf.data[wfloats] != 0.f) return false;
+  if (split && (!pf.data || pf.data[wfloats] != 0.f)) return false;
 
   const int64_t slack = (2 * Wb + 2 * kTile + 64) * Kb + kChan;
   bool nonfinite = false;

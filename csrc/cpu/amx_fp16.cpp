@@ -39,7 +39,7 @@ namespace conv_ext {
 namespace cpu {
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,f16c")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16,f16c")
 
 namespace amx {
 
@@ -173,33 +173,41 @@ at::Tensor split_filter(const at::Tensor& w, bool forward, bool* nonfinite) {
     return out;
   }
   // forward: 16 filters x 16 of their values at a time, turned into 16 filters' values each
-  // (transpose_16x16 on the float32 values) and stored split where value j of part `part` goes
-  const int64_t nkb = ceil_div(K, kTile);
-  std::vector<uint8_t> bad(static_cast<size_t>(nkb), 0);
-  for_each_task(nkb, K * J * 8, [&](int64_t kb) {
-    const int64_t k0 = kb * kTile, kn = std::min(kTile, K - k0);
-    const __mmask16 km = first_lanes(kn);
+  // (transpose_16x16 on the float32 values) and stored split where value j of part `part` goes. A
+  // task is 64 values (two cache lines) of every filter: the stores of a value's filters fill
+  // whole lines, and the loads use whole lines. With 16 filters a task (32 bytes of each 1 KiB
+  // line of 512 filters stored) it took 35% of a 512->512 3x3 forward's samples with a new filter
+  // each call, with 16 values of every filter (half of each line loaded) 26%.
+  constexpr int64_t kValues = 4 * kTile;
+  const int64_t njb = ceil_div(J, kValues);
+  std::vector<uint8_t> bad(static_cast<size_t>(njb), 0);
+  for_each_task(njb, K * J * 8, [&](int64_t jb) {
     __m256i hi, lo;
     __mmask16 b = 0;
-    for (int64_t j0 = 0; j0 < J; j0 += kTile) {
-      const __mmask16 jm = first_lanes(J - j0);
-      __m512i r[kTile];
-      for (int64_t i = 0; i < kTile; ++i) {
-        const __m512 f = widen_16(i < kn ? jm : 0, src + (k0 + i) * J + j0);
-        b |= bad_lanes(i < kn ? jm : 0, f);
-        r[i] = _mm512_castps_si512(f);
-      }
-      transpose_16x16(r);
-      for (int64_t t = 0; t < std::min(kTile, J - j0); ++t) {
-        const int64_t j = j0 + t;
-        split_16(_mm512_castsi512_ps(r[t]), hi, lo);
-        for (int64_t part = 0; part < 3; ++part) {
-          const int64_t at = krsc ? j + (2 * (j / C) + part) * C : part * J + j;  // (r s c' or c' r s) x K
-          _mm256_mask_storeu_epi16(dst + at * K + k0, km, part == 1 ? lo : hi);
+    for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+      const int64_t kn = std::min(kTile, K - k0);
+      const __mmask16 km = first_lanes(kn);
+      for (int64_t j0 = jb * kValues; j0 < std::min(J, (jb + 1) * kValues); j0 += kTile) {
+        const int64_t jn = std::min(kTile, J - j0);
+        const __mmask16 jm = first_lanes(jn);
+        __m512i r[kTile];
+        for (int64_t i = 0; i < kTile; ++i) {
+          const __m512 f = widen_16(i < kn ? jm : 0, src + (k0 + i) * J + j0);
+          b |= bad_lanes(i < kn ? jm : 0, f);
+          r[i] = _mm512_castps_si512(f);
+        }
+        transpose_16x16(r);
+        for (int64_t t = 0; t < jn; ++t) {
+          const int64_t j = j0 + t;
+          split_16(_mm512_castsi512_ps(r[t]), hi, lo);
+          for (int64_t part = 0; part < 3; ++part) {
+            const int64_t at = krsc ? j + (2 * (j / C) + part) * C : part * J + j;  // (r s c' or c' r s) x K
+            _mm256_mask_storeu_epi16(dst + at * K + k0, km, part == 1 ? lo : hi);
+          }
         }
       }
     }
-    bad[kb] = b != 0;
+    bad[jb] = b != 0;
   });
   *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
   return out;
@@ -251,15 +259,26 @@ bool preferred(const Conv2dParams& p, at::ScalarType) {
 const bf16* half_data(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.const_data_ptr()); }
 bf16* half_data(at::Tensor& t) { return reinterpret_cast<bf16*>(t.mutable_data_ptr()); }
 
+// Splitting and packing a filter costs ~1-1.5 ns a value (its three parts written twice: 512->512
+// 3x3, 2.4M values, ~3 ms a call, 2048->512 1x1 ~1 ms), where the float32 path packs its own
+// filter at ~0.1-0.2 ns a value: layers with few output pixels a filter value (N P Q) and a large
+// filter run on float32 copies unless the filter cache keeps the packed filter (inference, frozen
+// layers: then 1.8-2.4x faster than float32 copies for 512->512 3x3 @7 at batch 4). Measured
+// against float32 copies with a new filter each call (python benchmarks/ab.py OLD.so NEW.so SHAPE
+// --pass forward --dtype float16 --new-filter): see the README's fifty-fifth round.
+bool few_pixels(const Conv2dParams& p) {
+  return p.N * p.P * p.Q < 512 && p.K * p.C * p.R * p.S > (int64_t(1) << 16);
+}
+
 void run_forward(const Conv2dParams& p, Operands& o) {
-  Split s{half_data(o.a), p.C, [&](bool* bad) { return split_filter(o.b, true, bad); }, 0};
+  Split s{half_data(o.a), p.C, [&](bool* bad) { return split_filter(o.b, true, bad); }, 0, few_pixels(p)};
   const Conv2dParams q = split_strides(tripled(p, true), true, channels_last_filter(o.b));
   if (!split_forward(q, s, o.bias.defined() ? half_data(o.bias) : nullptr, half_data(o.out), o.filter))
     run_as_float32(Pass::Forward, p, o);
 }
 
 void run_backward_input(const Conv2dParams& p, Operands& o) {
-  Split s{half_data(o.a), p.K, [&](bool* bad) { return split_filter(o.b, false, bad); }, 0};
+  Split s{half_data(o.a), p.K, [&](bool* bad) { return split_filter(o.b, false, bad); }, 0, few_pixels(p)};
   if (!split_backward_input(split_strides(tripled(p, false), false, false), s, half_data(o.out), o.filter))
     run_as_float32(Pass::BackwardInput, p, o);
 }

@@ -407,6 +407,7 @@ struct Split {
   int64_t channels = 0;                     // its channels (a third of the problem's)
   std::function<at::Tensor(bool*)> filter;  // the split filter; sets *nonfinite where w is not finite
   int64_t w_offset = 0;                     // where the problem's filter starts in it (turned round: its last tap)
+  bool cached_only = false;                 // use only a packed filter the cache keeps (else: return false)
 };
 // (amx_fp16.cpp) x (N, C, H, W; float16, NCHW or NHWC) as padded_band's band of 3C bfloat16
 // channels [hi | hi | lo], Cp a multiple of 32 or 3C; *nonfinite: whether x holds an infinity or
@@ -415,8 +416,9 @@ at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H,
                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack, bool* nonfinite);
 // (amx_bf16.cpp) the split problem q (its channels, forward, or filters, backward-input, tripled;
 // its filter's strides those of a contiguous split filter): whether amx_bf16 takes it, and its
-// pass; false where an operand is not finite (nothing written then: the caller runs it on float32
-// copies). y, dx and the bias float16.
+// pass; false where an operand is not finite, or s.cached_only and the filter cache neither
+// holds nor keeps the packed filter (nothing written then: the caller runs it on float32 copies).
+// y, dx and the bias float16.
 bool split_supported(bool forward, const Conv2dParams& q);
 bool split_forward(const Conv2dParams& q, const Split& s, const bf16* bias, bf16* y, const at::Tensor* filter);
 bool split_backward_input(const Conv2dParams& q, Split& s, bf16* dx, const at::Tensor* filter);
