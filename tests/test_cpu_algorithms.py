@@ -502,9 +502,33 @@ def check_bfloat16(algo, pass_name, x64, w64, b64, dy64, geo, layout, skip=True)
         assert torch.equal(forced(algo, pass_name, x, wt_cl, b, dy, geo), out)
 
 
+FP16_ALGORITHMS = ("amx_fp16",)  # float16 kernels (float16 operands only)
+
+
+def check_float16(algo, pass_name, x64, w64, b64, dy64, geo, layout):
+    """A float16 algorithm against the float64 result on the same (float16) values: its error at
+    most the reference kernel's (float32 sums, one rounding) plus a float16 rounding step, with a
+    channels_last filter too (the same split values: the same bits)."""
+    x, wt, b, dy = (t.to(torch.float16) for t in (x64, w64, b64, dy64))
+    out = forced(algo, pass_name, x, wt, b, dy, geo)
+    if out is None:
+        pytest.skip(f"{algo} does not support this problem (or this CPU)")
+    assert out.dtype == torch.float16
+    assert out.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    truth = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo)
+    with testing.force_cpu_algorithm({pass_name: "reference"}):
+        ref = run_pass(pass_name, x, wt, b, dy, geo)
+    assert rel_error(out, truth) <= rel_error(ref, truth) + 2 ** -10, (rel_error(out, truth), rel_error(ref, truth))
+    wt_cl = wt.contiguous(memory_format=torch.channels_last)
+    if not wt_cl.is_contiguous():
+        assert torch.equal(forced(algo, pass_name, x, wt_cl, b, dy, geo), out)
+
+
 @pytest.mark.parametrize("algo,pass_name,shape,layout", list(cases()))
 def test_against_reference(algo, pass_name, shape, layout):
     x64, w64, b64, dy64, geo = make(shape, layout)
+    if algo in FP16_ALGORITHMS:
+        return check_float16(algo, pass_name, x64, w64, b64, dy64, geo, layout)
     if algo in INTEGER_ALGORITHMS:
         return check_integer(algo, pass_name, x64, w64, b64, geo)
     if algo in F64_ALGORITHMS:
@@ -663,6 +687,8 @@ def test_half_types_run_float32_kernels(shape, layout, dtype):
         assert algo != "reference" or conv_ext._C.cpu_capability() == "portable"
         if algo in BF16_ALGORITHMS and dtype == torch.bfloat16:  # its own kernel: float32 sums in another order
             assert dtype == torch.bfloat16 and rel_error(ours, want) <= 2 ** -7, pass_name
+        elif algo in FP16_ALGORITHMS:  # float16's own kernel (AMX): float32 sums of split products
+            assert dtype == torch.float16 and rel_error(ours, want) <= 2 ** -10, pass_name
         else:
             assert testing.last_cpu_algorithm(pass_name) == algo
             assert ours.dtype == dtype and torch.equal(ours, want.to(dtype)), pass_name
@@ -707,8 +733,8 @@ def assert_float16_rounded_by_implicit_gemm(pass_name, shape, bias=False):
     want = run_pass(pass_name, x.float(), wt.float(), None if b is None else b.float(), dy.float(), geo)
     assert testing.last_cpu_algorithm(pass_name) == "implicit_gemm"
     for w in (wt, wt.contiguous(memory_format=torch.channels_last)):
-        out = run_pass(pass_name, x, w, b, dy, geo)
-        assert testing.last_cpu_algorithm(pass_name) == "implicit_gemm"
+        # (forced: with AMX tiles amx_fp16 takes most of these problems)
+        out = forced("implicit_gemm", pass_name, x, w, b, dy, geo)
         assert out.dtype == torch.float16 and out.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(out, want.to(torch.float16))
 
@@ -727,6 +753,99 @@ def test_float16_backward_input_rounded_by_the_tiles(shape):
     float32 copies of dy and the filter, dx rounded to float16 as it is stored where it can): the
     float32 pass on the converted operands, rounded once, bit for bit."""
     assert_float16_rounded_by_implicit_gemm("backward_input", shape)
+
+
+AMX_FP16_SHAPES = [
+    ((2, 64, 9, 11), 64, (3, 3), 1, 1, 1, 1),          # tiles across rows, 192 band channels
+    ((2, 3, 12, 13), 32, (3, 3), 1, 1, 1, 1),          # 9 band channels: row_mode, odd (3 taps a step)
+    ((1, 3, 21, 19), 64, (7, 7), 2, 3, 1, 1),          # the stem, small
+    ((2, 4, 10, 9), 16, (3, 3), 1, 1, 1, 1),           # 12 band channels: row_mode, even (two taps a step)
+    ((2, 11, 7, 9), 24, (3, 3), 1, 1, 1, 1),           # 33 band channels: a block and 1, K tail
+    ((2, 40, 9, 8), 48, (1, 1), 1, 0, 1, 1),           # 1x1: not read in place (the band is split)
+    ((1, 48, 11, 13), 40, (3, 3), 2, 1, 1, 1),         # strided: backward-input by phases
+    ((1, 20, 12, 12), 17, (5, 3), 1, (2, 1), (2, 1), 1),  # dilated, uneven padding, 17 filters
+    ((2, 17, 8, 8), 64, (3, 3), 1, 3, 1, 1),           # padding past the taps: backward-input by phases
+]
+
+
+def fp16_grid(shape, layout, seed, bias=True):
+    """float16 operands whose products and float32 sums are exact: x and dy integers of up to 11
+    bits times 2^-10 (every float16 bit of the significand used: a nonzero lo), the filter 4-bit
+    integers times 2^-6 (bfloat16 values: lo 0, so hi x hi + lo x hi is every product), the bias a
+    multiple of 2^-16; with at most 512 products a sum, every partial sum stays under 2^8."""
+    (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2047, 2048, (n, c, h, w), generator=g).half() * 2 ** -10
+    wt = torch.randint(-15, 16, (k, c // groups, r, s), generator=g).half() * 2 ** -6
+    b = torch.randint(-4096, 4097, (k,), generator=g).half() * 2 ** -12 if bias else None
+    geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
+    dy = torch.randint(-2047, 2048, F.conv2d(x.float(), wt.float(), None, *geo).shape, generator=g).half() * 2 ** -10
+    if layout == "nhwc":
+        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    return x, wt, b, dy, geo
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
+@pytest.mark.parametrize("shape", AMX_FP16_SHAPES, ids=str)
+def test_amx_fp16_exact_products(shape, pass_name, layout):
+    """amx_fp16 (float16 as bfloat16 hi + lo on the AMX tiles): where every product is hi x hi +
+    lo x hi exactly (a filter of bfloat16 values) and every sum exact in float32, the result is the
+    exact one rounded once, bit for bit the reference kernel's; with a channels_last filter too,
+    with and without bias. A hi or lo lost, a channel of the band or the filter misplaced, a store
+    off by a pixel: not equal."""
+    for bias in (True, False):
+        x, wt, b, dy, geo = fp16_grid(shape, layout, seed=len(str(shape)), bias=bias)
+        with testing.force_cpu_algorithm({pass_name: "reference"}):
+            want = run_pass(pass_name, x, wt, b, dy, geo)
+        for w in (wt, wt.contiguous(memory_format=torch.channels_last)):
+            out = forced("amx_fp16", pass_name, x, w, b, dy, geo)
+            if out is None:
+                pytest.skip("amx_fp16 does not support this problem (or this CPU)")
+            assert out.dtype == torch.float16 and torch.equal(out, want), (bias, w.stride())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
+def test_amx_fp16_nonfinite_operands(pass_name, layout):
+    """An infinity or a NaN in x (dy) or the filter sends amx_fp16's problem to float32 copies
+    (an infinite hi meets a lo of 0 there: inf x 0 = NaN where torch has inf): the float32 pass on
+    the converted operands, rounded, NaNs where it has them."""
+    shape = ((2, 64, 6, 7), 64, (3, 3), 1, 1, 1, 1)
+    for where, value in (("a", float("inf")), ("w", float("-inf")), ("a", float("nan")), ("w", float("nan"))):
+        x, wt, b, dy, geo = fp16_grid(shape, layout, seed=3)
+        a = x if pass_name == "forward" else dy
+        (a if where == "a" else wt).view(-1)[5] = value
+        if where == "w":
+            wt.view(-1)[7] = 0.5  # (w's other values bfloat16's: lo would be 0 everywhere else)
+        want = run_pass(pass_name, *(t.float() for t in (x, wt, b, dy)), geo).half()
+        out = forced("amx_fp16", pass_name, x, wt, b, dy, geo)
+        if out is None:
+            pytest.skip("amx_fp16 does not support this problem (or this CPU)")
+        assert torch.equal(out.isnan(), want.isnan()) and torch.equal(out.nan_to_num(), want.nan_to_num()), (where, value)
+
+
+@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
+def test_amx_fp16_few_pixels_use_only_a_kept_filter(pass_name):
+    """A filter of many values and few output pixels (512->256 3x3 @4x4): splitting and packing it
+    costs more than the tiles gain, so amx_fp16 runs a filter the cache does not keep on float32
+    copies (a training step: a new version each call) and its tiles on a kept one (the second call
+    with the same version: inference)."""
+    x, wt, b, dy, geo = make(((1, 512, 4, 4), 256, (3, 3), 1, 1, 1, 1), "nchw", torch.float16)
+    want32 = run_pass(pass_name, *(t.float() for t in (x, wt, b, dy)), geo).half()
+    truth = torch_pass(pass_name, *(t.double() for t in (x, wt, b, dy)), geo)
+    conv_ext.empty_cache()
+    first = forced("amx_fp16", pass_name, x, wt, b, dy, geo)
+    if first is None:
+        pytest.skip("amx_fp16 does not support this problem (or this CPU)")
+    assert torch.equal(first, want32)
+    second = forced("amx_fp16", pass_name, x, wt, b, dy, geo)
+    assert conv_ext.info()["cpu_filter_cache_bytes"] > 0
+    assert rel_error(second, truth) <= rel_error(want32, truth) + 2 ** -10
+    with torch.no_grad():
+        wt.mul_(1.0)  # a new version: the kept filter no longer applies
+    assert torch.equal(forced("amx_fp16", pass_name, x, wt, b, dy, geo), want32)
+    conv_ext.empty_cache()
 
 
 def small_ints(seed, top, dtype=torch.bfloat16):

@@ -251,9 +251,14 @@ template <Pass pass>
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kHalf && p.groups == 1 && (is_nchw(p) || is_nhwc(p)) && split_supported(pass == Pass::Forward, tripled(p, pass == Pass::Forward));
 }
+// Not on problems of under 4M multiply-adds, where making the split band and filter costs more
+// than the tiles gain: float16, batch 8, python -m conv_ext.bench --suite default --dtype float16
+// --passes forward,backward_input against the session's base build, forward NCHW / channels_last:
+// CIFAR's 3->16 3x3 stem (3.5M) 0.60x / 0.88x, its 32->64 1x1/2 shortcut (1M) 0.75x / 0.77x, where
+// 16->32 3x3/2 (9.4M) ran 1.05x / 1.35x and the layers from 19M 1.12-2.3x.
 template <Pass pass>
 bool preferred(const Conv2dParams& p, at::ScalarType) {
-  return !amx_bf16_emulated();
+  return !amx_bf16_emulated() && p.macs() >= (int64_t(1) << 22);
 }
 
 const bf16* half_data(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.const_data_ptr()); }
