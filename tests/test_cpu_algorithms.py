@@ -9,8 +9,9 @@
 * determinism: the same bits on every run and for 1 and 2 threads.
 
 The fast kernels are float32 (compared here with the float64 reference), and float16/bfloat16
-run them on float32 copies (rounded once at the end: test_half_types_run_float32_kernels);
-float64 has its own, simpler kernel (gemm_f64: compared with the reference at float64 precision).
+run them on float32 copies (rounded once at the end: test_half_types_run_float32_kernels) where
+no kernel of their own takes them (bfloat16's, amx_fp16: checked in their dtype); float64 has its
+own, simpler kernel (gemm_f64: compared with the reference at float64 precision).
 """
 import os
 import subprocess

@@ -41,6 +41,10 @@
 // pair's A rows prefetched into L2 meanwhile (run_tiles). Every output element is one task's sum
 // in a fixed order: the same bits for any thread count. Backward-weight: see backward_weight.
 //
+// float16 problems run here too, as bfloat16 problems of three times the channels on split
+// operands (amx_fp16.cpp: forward() and backward_input_phases() with a Split, run_tiles rounding
+// to float16).
+//
 // The tile registers need the kernel's permission (arch_prctl ARCH_REQ_XCOMP_PERM). Without AMX
 // (or that permission) but with AVX512-BF16 — AMD Zen 4 — the same kernels run with the tiles
 // emulated by VDPBF16PS loops (amx_tiles.h), for the layers where that beats the float32 path

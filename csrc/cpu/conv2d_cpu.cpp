@@ -49,8 +49,9 @@ constexpr int64_t kOne[2] = {1, 1};
 // kernel instead (its own loops in any dtype) they were 50-500x slower than torch: 64->64 3x3
 // @56, batch 4, bfloat16 forward 1031 ms vs torch's 2.6. Algorithms that take a half type
 // themselves run it natively (runs_half_natively): bfloat16's own kernels (amx_bf16, bf16_pairs,
-// ...), depthwise's 16-bit passes (bfloat16 and float16) and implicit_gemm's channels_last
-// float16 forward and stride-1 backward-input (float32 copies in, float16 out by its tiles).
+// ...), float16's on the AMX tiles (amx_fp16: each value as two bfloat16 ones), depthwise's
+// 16-bit passes (bfloat16 and float16) and implicit_gemm's channels_last float16 forward and
+// stride-1 backward-input (float32 copies in, float16 out by its tiles).
 // (is_half: algorithms.h)
 at::Tensor to_float(const at::Tensor& t, at::MemoryFormat fmt) {
   return empty_output(t.sizes(), t.options().dtype(at::kFloat), fmt).copy_(t);
