@@ -262,9 +262,18 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // --passes forward,backward_input against the session's base build, forward NCHW / channels_last:
 // CIFAR's 3->16 3x3 stem (3.5M) 0.60x / 0.88x, its 32->64 1x1/2 shortcut (1M) 0.75x / 0.77x, where
 // 16->32 3x3/2 (9.4M) ran 1.05x / 1.35x and the layers from 19M 1.12-2.3x.
+// Nor on NCHW layers of 16 channels or fewer on either side with under 256 products an output
+// value (forward C R S; backward-input K R S over the stride phases), but the RGB stems' forward
+// (3C band channels side by side: row_mode): there the band's transposes in and the NCHW stores
+// out weigh on a call. CIFAR's 16->32 3x3/2 (144 and 72 products) ran 0.87-0.93x forward and
+// backward-input, 16->16 3x3 (144) 0.91-1.02x, where 16->16 5x5 (400) ran 1.44-1.52x, 32->32 3x3
+// (288) 1.07-1.20x, and channels_last all of them 1.33-1.59x.
 template <Pass pass>
 bool preferred(const Conv2dParams& p, at::ScalarType) {
-  return !amx_bf16_emulated() && p.macs() >= (int64_t(1) << 22);
+  const bool stem = pass == Pass::Forward && 3 * p.C < 32 && p.K >= 32;
+  const int64_t products = pass == Pass::Forward ? p.C * p.R * p.S : p.K * p.R * p.S / (p.stride_h * p.stride_w);
+  return !amx_bf16_emulated() && p.macs() >= (int64_t(1) << 22) &&
+         (is_nhwc(p) || std::min(p.C, p.K) > 16 || products >= 256 || stem);
 }
 
 const bf16* half_data(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.const_data_ptr()); }
