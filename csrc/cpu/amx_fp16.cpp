@@ -257,23 +257,32 @@ template <Pass pass>
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   return dtype == at::kHalf && p.groups == 1 && (is_nchw(p) || is_nhwc(p)) && split_supported(pass == Pass::Forward, tripled(p, pass == Pass::Forward));
 }
-// Not on problems of under 4M multiply-adds, where making the split band and filter costs more
-// than the tiles gain: float16, batch 8, python -m conv_ext.bench --suite default --dtype float16
-// --passes forward,backward_input against the session's base build, forward NCHW / channels_last:
-// CIFAR's 3->16 3x3 stem (3.5M) 0.60x / 0.88x, its 32->64 1x1/2 shortcut (1M) 0.75x / 0.77x, where
-// 16->32 3x3/2 (9.4M) ran 1.05x / 1.35x and the layers from 19M 1.12-2.3x.
-// Nor on NCHW layers of 16 channels or fewer on either side with under 256 products an output
-// value (forward C R S; backward-input K R S over the stride phases), but the RGB stems' forward
-// (3C band channels side by side: row_mode): there the band's transposes in and the NCHW stores
-// out weigh on a call. CIFAR's 16->32 3x3/2 (144 and 72 products) ran 0.87-0.93x forward and
-// backward-input, 16->16 3x3 (144) 0.91-1.02x, where 16->16 5x5 (400) ran 1.44-1.52x, 32->32 3x3
-// (288) 1.07-1.20x, and channels_last all of them 1.33-1.59x.
+// Where the split pays (python -m conv_ext.bench --suite S --dtype float16 --layout L --passes
+// forward,backward_input, batch 4-8, against the session's base build on float32 copies; the
+// README's fifty-fifth round), in terms of the forward-form problem (backward-input: dx's
+// channels are its filters, dy's its channels, its products an output value's over the stride
+// phases):
+// - 4M multiply-adds or more: CIFAR's 3->16 3x3 stem (3.5M) ran 0.60x / 0.88x (NCHW / channels_last)
+//   split, its 32->64 1x1/2 shortcut (1M) 0.75x / 0.77x, where 16->32 3x3/2 (9.4M) ran 1.05x / 1.35x;
+// - the RGB stems (3C < 32 band channels side by side, row_mode) with 32+ filters and 64+ products
+//   an output value: ResNet's 7x7/2 1.16-1.61x, MobileNetV2's 3x3/2 (27 products) 0.65x / 0.81x;
+// - 1x1 layers with enough filters to carry the band's copy and the stores a pixel: channels_last
+//   32+ (16->96 and 24->144 @112/@56 backward-input 0.79x and 0.86x), NCHW, whose band is
+//   transposed in and outputs gathered out, 256+ forward (64->64, 256->64 and 256->128 @56
+//   0.77-0.94x, 128->512 @28 1.77x, 2048->512 @7 1.29x) and 128+ backward-input (64->256 @56
+//   0.74x, 128->512 @28 1.30x); MobileNetV2's NCHW 144->24 and 192->32 projections ran 0.64-0.72x;
+// - other NCHW layers unless both sides have over 16 channels or an output value 256+ products:
+//   CIFAR's 16->32 3x3/2 (144 and 72 products) 0.87-0.93x, 16->16 3x3 (144) 0.91-1.02x, where
+//   16->16 5x5 (400) ran 1.44-1.52x, 32->32 3x3 1.07-1.20x, and channels_last all of them 1.33-1.59x.
 template <Pass pass>
 bool preferred(const Conv2dParams& p, at::ScalarType) {
-  const bool stem = pass == Pass::Forward && 3 * p.C < 32 && p.K >= 32;
-  const int64_t products = pass == Pass::Forward ? p.C * p.R * p.S : p.K * p.R * p.S / (p.stride_h * p.stride_w);
-  return !amx_bf16_emulated() && p.macs() >= (int64_t(1) << 22) &&
-         (is_nhwc(p) || std::min(p.C, p.K) > 16 || products >= 256 || stem);
+  if (amx_bf16_emulated() || p.macs() < (int64_t(1) << 22)) return false;
+  const bool forward = pass == Pass::Forward, nhwc = is_nhwc(p);
+  const int64_t filters = forward ? p.K : p.C;
+  const int64_t products = forward ? p.C * p.R * p.S : p.K * p.R * p.S / (p.stride_h * p.stride_w);
+  if (forward && 3 * p.C < kChan) return p.K >= 32 && products >= 64;
+  if (p.R == 1 && p.S == 1) return filters >= (nhwc ? 32 : forward ? 256 : 128);
+  return nhwc || std::min(p.C, p.K) > 16 || products >= 256;
 }
 
 const bf16* half_data(const at::Tensor& t) { return reinterpret_cast<const bf16*>(t.const_data_ptr()); }
