@@ -906,15 +906,6 @@ void interior_and_edges(const Conv2dParams& p, const bf16* x, int64_t p0, int64_
   run_tiles(edges);
 }
 
-// Groups (p.groups > 1, each of a multiple of 32 channels: grouped_in_place) run in one pass
-// over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
-// w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
-// Returns false where its A rows would meet an infinity or a NaN in x with zeros (reads_past, or
-// zeros_meet: the block-diagonal filter of small_groups): the caller then runs the problem on
-// float32 copies. Found as the band is copied (padded_band, group_bands; nothing written then) or
-// by the tasks of run_tiles for a band read in place (see TileJob::nonfinite; outputs written
-// then): not a pass over x before every call (row_mode's RGB stems: 3-5% of their time;
-// MobileNet's 144->24 1x1 channels_last read in place: ~20%).
 // The filter a packing reads: w, or with split its split form (made into keep; *bad = 1 where
 // it is not finite, else 0)
 const bf16* split_source(const Split* split, at::Tensor& keep, float* bad, const bf16* w) {
@@ -925,9 +916,19 @@ const bf16* split_source(const Split* split, at::Tensor& keep, float* bad, const
   return bf16_data(keep) + split->w_offset;
 }
 
+// Groups (p.groups > 1, each of a multiple of 32 channels: grouped_in_place) run in one pass
+// over a band of all the channels, group g's A rows at channel g Cg, its filters at w + g
+// w_group (default Kg ws_k; the turned-round filter of backward-input passes its own).
+// Returns false where its A rows would meet an infinity or a NaN in x with zeros (reads_past, or
+// zeros_meet: the block-diagonal filter of small_groups): the caller then runs the problem on
+// float32 copies. Found as the band is copied (padded_band, group_bands; nothing written then) or
+// by the tasks of run_tiles for a band read in place (see TileJob::nonfinite; outputs written
+// then): not a pass over x before every call (row_mode's RGB stems: 3-5% of their time;
+// MobileNet's 144->24 1x1 channels_last read in place: ~20%).
 // With split (amx_fp16.cpp), p is a float16 problem of three times the channels: the band is made
 // from split->a (split_band), the filter from split->filter() as it is packed, y and the bias are
-// float16; false where either operand holds an infinity or a NaN.
+// float16; false where either operand holds an infinity or a NaN, or split->cached_only and the
+// filter cache neither holds nor keeps the packed filter.
 bool forward(const Conv2dParams& p, const bf16* x, const bf16* w, const bf16* bias, bf16* y, const at::Tensor* filter,
              int64_t w_group = -1, bool zeros_meet = false, const Split* split = nullptr) {
   const int64_t N = p.N, C = p.C, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;

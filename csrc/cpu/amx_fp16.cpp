@@ -25,11 +25,11 @@
 // large filter on few pixels only when the filter cache keeps its packed form (few_pixels).
 // Three tile products for one: against the float32 kernels on float32 copies (the other float16
 // path) it pays where the tiles run at more than three times the float32 FMA rate.
-// Speed (2 threads, batch 4, python -m conv_ext.bench --suite default --dtype float16 --passes
-// forward,backward_input, against float32 copies; the README's fifty-fifth round): ResNet-50's 3x3
-// layers 1.07-1.84x faster NCHW, 1.38-2.31x channels_last, its 1x1 layers 1.26-2.17x, the 7x7/2
-// stem's forward 1.23-1.32x; geometric mean over the suite against torch 2.84x -> 3.27x NCHW,
-// 2.47x -> 3.22x channels_last.
+// Speed (2 threads, python -m conv_ext.bench --suite S --dtype float16 --passes
+// forward,backward_input, against float32 copies; benchmarks/results/float16-amx-cpu.txt, the
+// README's fifty-fifth round): ResNet-50's 3x3 layers 1.17-2.57x faster, its 1x1 layers
+// 1.13-2.28x, the 7x7/2 stem's forward 1.16-1.61x; the default suite's geometric mean against
+// torch 2.80x -> 3.37x NCHW, 2.48x -> 3.32x channels_last.
 #include <ATen/ATen.h>
 #include <immintrin.h>
 
