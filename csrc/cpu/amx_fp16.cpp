@@ -74,13 +74,8 @@ at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H,
   for_each_task(N * Hp, N * Hp * Wp * Cp * 16, [&](int64_t nh) {
     const int64_t n = nh / Hp, hp = nh % Hp, h = hp - ph;
     bf16* d = xb + n * img + hp * Wp * Cp;
-    if (h < 0 || h >= H) {
-      std::memset(d, 0, sizeof(bf16) * Wp * Cp);
-      return;
-    }
-    std::memset(d, 0, sizeof(bf16) * std::min(pw, Wp) * Cp);
-    const int64_t wend = std::max<int64_t>(0, std::min(W, Wp - pw));
-    if (pw + wend < Wp) std::memset(d + (pw + wend) * Cp, 0, sizeof(bf16) * (Wp - pw - wend) * Cp);
+    const int64_t wend = band_row_padding(d, h, H, W, pw, Wp, Cp);
+    if (wend < 0) return;
     __m256i hi, lo;
     if (nhwc) {  // a pixel's channels 16 at a time
       const uint16_t* src = x + ((n * H + h) * W) * C;

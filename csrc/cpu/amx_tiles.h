@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -379,6 +380,19 @@ inline __m256i load_16(__mmask16 m, const bf16* p) {
 
 // 16 float32 -> 16 bfloat16, round to nearest even
 inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+// Band row d (Wp pixels of Cp channels) for image row h: its padding zeroed (all of it where h lies
+// outside the H rows), and the image pixels it holds from column pw on returned (-1: none).
+inline int64_t band_row_padding(bf16* d, int64_t h, int64_t H, int64_t W, int64_t pw, int64_t Wp, int64_t Cp) {
+  if (h < 0 || h >= H) {
+    std::memset(d, 0, sizeof(bf16) * Wp * Cp);
+    return -1;
+  }
+  std::memset(d, 0, sizeof(bf16) * std::min(pw, Wp) * Cp);
+  const int64_t wend = std::max<int64_t>(0, std::min(W, Wp - pw));
+  if (pw + wend < Wp) std::memset(d + (pw + wend) * Cp, 0, sizeof(bf16) * (Wp - pw - wend) * Cp);
+  return wend;
+}
 // 16 float32 -> 16 float16, round to nearest even (the maskz form: no undefined lanes for GCC's warnings)
 inline __m256i to_f16(__m512 v) { return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 
