@@ -1,5 +1,6 @@
-// amx_tiles.h — what the AMX bfloat16 kernels share (amx_bf16.cpp, amx_bf16_rows.cpp): the tile
-// shapes, the 2x2 block of tile registers and its steps, lane helpers, the zero-padded NHWC band.
+// amx_tiles.h — what the AMX bfloat16 kernels share (amx_bf16.cpp, amx_bf16_rows.cpp, and
+// amx_fp16.cpp's float16 on them): the tile shapes, the 2x2 block of tile registers and its
+// steps, lane helpers, the zero-padded NHWC band, the float16 split's interface (Split).
 // The inline helpers are compiled for AVX-512 and AMX whatever the file's flags; only call them
 // where amx_bf16_available() is true.
 #pragma once
@@ -429,7 +430,7 @@ struct Split {
 at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack, bool* nonfinite);
 // (amx_bf16.cpp) the split problem q (its channels, forward, or filters, backward-input, tripled;
-// its filter's strides those of a contiguous split filter): whether amx_bf16 takes it, and its
+// its filter's strides those of split_filter's buffer): whether amx_bf16 takes it, and its
 // pass; false where an operand is not finite, or s.cached_only and the filter cache neither
 // holds nor keeps the packed filter (nothing written then: the caller runs it on float32 copies).
 // y, dx and the bias float16.
