@@ -210,7 +210,7 @@ at::Tensor padded_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H
     }
     if (nonfinite) bad[nh] = run_has_nonfinite(d, Wp * Cp);
   });
-  if (nonfinite) *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
+  if (nonfinite) *nonfinite = any_set(bad);
   return band_t;
 }
 
@@ -246,7 +246,7 @@ at::Tensor group_bands(const bf16* x, int64_t N, int64_t G, int64_t Cg, int64_t 
     }
     if (nonfinite) bad[nh] = run_has_nonfinite(src, wend * C);
   });
-  if (nonfinite) *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
+  if (nonfinite) *nonfinite = any_set(bad);
   return band_t;
 }
 
@@ -475,12 +475,6 @@ inline float widen(uint16_t v) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
-}
-
-// The lanes of m where v is an infinity or a NaN (exponent bits all set).
-inline __mmask16 nonfinite_lanes(__mmask16 m, __m512 v) {
-  const __m512i e = _mm512_set1_epi32(0x7F800000);
-  return _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_castps_si512(v), e), e);
 }
 
 template <bool kHalf>
@@ -1521,10 +1515,7 @@ void rows_1x1(int64_t N, int64_t HW, int64_t O, int64_t I, const bf16* in, const
     }
   });
   std::vector<float> bias_f(static_cast<size_t>(O), 0.f);  // bias as float32 (bfloat16 = the top half)
-  for (int64_t o = 0; bias && o < O; ++o) {
-    const uint32_t u = uint32_t(bias[o]) << 16;
-    std::memcpy(&bias_f[o], &u, 4);
-  }
+  for (int64_t o = 0; bias && o < O; ++o) bias_f[o] = widen<false>(bias[o]);
   constexpr int64_t kBlocks = 8;  // 32-pixel blocks a task
   const int64_t bpi = ceil_div(HW, kChan), tpi = ceil_div(bpi, kBlocks);
   for_each_task(N * tpi, N * HW * O * I, [&](int64_t task) {

@@ -126,7 +126,7 @@ at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H,
     }
     bad[nh] = run_has_nonfinite(d, Wp * Cp);
   });
-  *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
+  *nonfinite = any_set(bad);
   return band_t;
 }
 
@@ -152,8 +152,6 @@ at::Tensor split_filter(const at::Tensor& w, bool forward, bool* nonfinite) {
   const bf16* src = reinterpret_cast<const bf16*>(wc.const_data_ptr());
   at::Tensor out = bf16_buffer(3 * K * J);
   bf16* dst = bf16_data(out);
-  const __m512i e = _mm512_set1_epi32(0x7F800000);
-  auto bad_lanes = [&](__mmask16 m, __m512 f) { return _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_castps_si512(f), e), e); };
   if (!forward) {  // filter k' = part K + k: filter k's values split, as they lie
     std::vector<uint8_t> bad(static_cast<size_t>(K), 0);
     for_each_task(K, K * J * 8, [&](int64_t k) {
@@ -162,7 +160,7 @@ at::Tensor split_filter(const at::Tensor& w, bool forward, bool* nonfinite) {
       for (int64_t j = 0; j < J; j += kTile) {
         const __mmask16 m = first_lanes(J - j);
         const __m512 f = widen_16(m, src + k * J + j);
-        b |= bad_lanes(m, f);
+        b |= nonfinite_lanes(m, f);
         split_16(f, hi, lo);
         _mm256_mask_storeu_epi16(dst + k * J + j, m, hi);
         _mm256_mask_storeu_epi16(dst + (K + k) * J + j, m, lo);
@@ -170,7 +168,7 @@ at::Tensor split_filter(const at::Tensor& w, bool forward, bool* nonfinite) {
       }
       bad[k] = b != 0;
     });
-    *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
+    *nonfinite = any_set(bad);
     return out;
   }
   // forward: 16 filters x 16 of their values at a time, turned into 16 filters' values each
@@ -194,7 +192,7 @@ at::Tensor split_filter(const at::Tensor& w, bool forward, bool* nonfinite) {
         __m512i r[kTile];
         for (int64_t i = 0; i < kTile; ++i) {
           const __m512 f = widen_16(i < kn ? jm : 0, src + (k0 + i) * J + j0);
-          b |= bad_lanes(i < kn ? jm : 0, f);
+          b |= nonfinite_lanes(i < kn ? jm : 0, f);
           r[i] = _mm512_castps_si512(f);
         }
         transpose_16x16(r);
@@ -210,7 +208,7 @@ at::Tensor split_filter(const at::Tensor& w, bool forward, bool* nonfinite) {
     }
     bad[jb] = b != 0;
   });
-  *nonfinite = std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end();
+  *nonfinite = any_set(bad);
   return out;
 }
 

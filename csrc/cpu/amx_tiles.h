@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <vector>
 
 #include "output_cache.h"
 
@@ -394,6 +395,14 @@ inline int64_t band_row_padding(bf16* d, int64_t h, int64_t H, int64_t W, int64_
   if (pw + wend < Wp) std::memset(d + (pw + wend) * Cp, 0, sizeof(bf16) * (Wp - pw - wend) * Cp);
   return wend;
 }
+// The lanes of m where v is an infinity or a NaN (exponent bits all set).
+inline __mmask16 nonfinite_lanes(__mmask16 m, __m512 v) {
+  const __m512i e = _mm512_set1_epi32(0x7F800000);
+  return _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(_mm512_castps_si512(v), e), e);
+}
+// Whether any task's flag in bad is set (the tasks' findings of infinities and NaNs)
+inline bool any_set(const std::vector<uint8_t>& bad) { return std::find(bad.begin(), bad.end(), uint8_t(1)) != bad.end(); }
+
 // 16 float32 -> 16 float16, round to nearest even (the maskz form: no undefined lanes for GCC's warnings)
 inline __m256i to_f16(__m512 v) { return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 
