@@ -13,6 +13,7 @@ run them on float32 copies (rounded once at the end: test_half_types_run_float32
 no kernel of their own takes them (bfloat16's, amx_fp16: checked in their dtype); float64 has its
 own, simpler kernel (gemm_f64: compared with the reference at float64 precision).
 """
+import itertools
 import os
 import subprocess
 import sys
@@ -524,7 +525,8 @@ def check_float16(algo, pass_name, x64, w64, b64, dy64, geo, layout):
             if out is None:
                 pytest.skip(f"{algo} does not support this problem (or this CPU)")
             assert out.dtype == torch.float16
-            assert out.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+            if pass_name != "backward_weight":
+                assert out.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
             assert rel_error(out, truth) <= rel_error(ref, truth) + 2 ** -10, (rel_error(out, truth), rel_error(ref, truth))
         outs.append(out)
     assert torch.equal(outs[0], outs[-1])
@@ -773,24 +775,27 @@ AMX_FP16_SHAPES = [
     ((2, 17, 8, 8), 64, (3, 3), 1, 3, 1, 1),           # padding past the taps: backward-input by phases
     ((2, 16, 9, 10), 6, (3, 3), 1, 1, 1, 1),           # backward-input: 18 dy band channels, row_mode
     ((1, 24, 7, 11), 7, (3, 3), 1, 1, 1, 1),           # backward-input: 21, odd
+    ((2, 48, 7, 9), 32, (1, 1), 1, 0, 1, 1),           # backward-weight of the pixels, dy as A (above: x as A)
 ]
 
 
-def fp16_grid(shape, layout, seed, bias=True, long_filter=False):
+def fp16_grid(shape, layout, seed, bias=True, long_filter=False, long_one=None):
     """float16 operands whose products and float32 sums are exact: x and dy integers of up to 11
     bits times 2^-10 (every float16 bit of the significand used: a nonzero lo), the filter 4-bit
     integers times 2^-6 (bfloat16 values: lo 0, so hi x hi + lo x hi is every product), or with
     long_filter the other way round (hi x hi + hi x lo); the bias a multiple of 2^-16. With at
-    most 512 products a sum, every partial sum stays under 2^8."""
+    most 512 products a sum, every partial sum stays under 2^8. long_one ("x" or "dy": for
+    backward-weight, whose products are dy x x): that one long, the other short."""
     (n, c, h, w), k, (r, s), stride, padding, dilation, groups = shape
     g = torch.Generator().manual_seed(seed)
     long, short = lambda *size: torch.randint(-2047, 2048, size, generator=g).half() * 2 ** -10, \
         lambda *size: torch.randint(-15, 16, size, generator=g).half() * 2 ** -6
-    x = (short if long_filter else long)(n, c, h, w)
+    x = (long if long_one == "x" or (long_one is None and not long_filter) else short)(n, c, h, w)
     wt = (long if long_filter else short)(k, c // groups, r, s)
     b = torch.randint(-4096, 4097, (k,), generator=g).half() * 2 ** -12 if bias else None
     geo = (_pair(stride), _pair(padding), _pair(dilation), groups)
-    dy = (short if long_filter else long)(*F.conv2d(x.float(), wt.float(), None, *geo).shape)
+    dy_long = long_one == "dy" or (long_one is None and not long_filter)
+    dy = (long if dy_long else short)(*F.conv2d(x.float(), wt.float(), None, *geo).shape)
     if layout == "nhwc":
         x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
     return x, wt, b, dy, geo
@@ -820,16 +825,45 @@ def test_amx_fp16_exact_products(shape, pass_name, layout):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("pass_name", ["forward", "backward_input"])
+@pytest.mark.parametrize("shape", AMX_FP16_SHAPES, ids=str)
+def test_amx_fp16_backward_weight_exact_products(shape, layout):
+    """amx_fp16's backward-weight (sums over three times the pixels: dy's hi with x's hi and lo,
+    dy's lo with x's hi): where x's values are bfloat16's and dy's are not (every product hi x hi
+    + lo x hi), or the other way round, and every sum is exact in float32, dw is the exact one
+    rounded once, bit for bit the reference kernel's, for a KCRS and a channels_last filter. A lo
+    part lost, an image of the copies misplaced, a pixel pair off by one: not equal."""
+    (n, c, h, w), k = shape[0], shape[1]
+    for long_one in ("x", "dy"):
+        x, wt, b, dy, geo = fp16_grid(shape, layout, seed=len(str(shape)), bias=False, long_one=long_one)
+        with testing.force_cpu_algorithm({"backward_weight": "reference"}):
+            want = run_pass("backward_weight", x, wt, None, dy, geo)
+        for wl in (wt, wt.contiguous(memory_format=torch.channels_last)):
+            out = forced("amx_fp16", "backward_weight", x, wl, None, dy, geo)
+            if out is None and not conv_ext.cpu_amx_bf16():
+                pytest.skip("amx_fp16 does not support this problem (or this CPU)")
+            if out is None:  # (16+ channels and filters)
+                assert min(c, k) < 16
+                return
+            assert out.dtype == torch.float16 and torch.equal(out, want), (long_one, wl.stride())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("pass_name", ["forward", "backward_input", "backward_weight"])
 def test_amx_fp16_nonfinite_operands(pass_name, layout):
-    """An infinity or a NaN in x (dy) or the filter sends amx_fp16's problem to float32 copies
-    (an infinite hi meets a lo of 0 there: inf x 0 = NaN where torch has inf): the float32 pass on
-    the converted operands, rounded, NaNs where it has them."""
-    shape = ((2, 64, 6, 7), 64, (3, 3), 1, 1, 1, 1)
-    for where, value in (("a", float("inf")), ("w", float("-inf")), ("a", float("nan")), ("w", float("nan"))):
+    """An infinity or a NaN in x (dy) or the filter (backward-weight: in dy or x) sends amx_fp16's
+    problem to float32 copies (an infinite hi meets a lo of 0 there: inf x 0 = NaN where torch has
+    inf): the float32 pass on the converted operands, rounded, NaNs where it has them. For
+    backward-weight also on a 1x1 layer (its tiles made from the pixels as they are read)."""
+    shapes = [((2, 64, 6, 7), 64, (3, 3), 1, 1, 1, 1)]
+    if pass_name == "backward_weight":
+        shapes.append(((2, 48, 6, 7), 32, (1, 1), 1, 0, 1, 1))
+    for shape, (where, value) in itertools.product(shapes, (
+            ("a", float("inf")), ("w", float("-inf")), ("a", float("nan")), ("w", float("nan")))):
         x, wt, b, dy, geo = fp16_grid(shape, layout, seed=3)
         a = x if pass_name == "forward" else dy
-        if where == "a":
+        if pass_name == "backward_weight":  # (dy and x)
+            (dy if where == "a" else x)[1, 5, 2, 3] = value
+        elif where == "a":
             a[1, 5, 2, 3] = value
         else:
             wt[3, 7, 1, 2] = value

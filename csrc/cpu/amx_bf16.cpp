@@ -1128,7 +1128,11 @@ bool backward_input_phases(const Conv2dParams& p, const bf16* dy, const bf16* w,
 // every pixel of every image, in a fixed order.
 // Returns false, having written nothing, where x holds an infinity or a NaN (see has_nonfinite:
 // the grid's columns past Q pair x's values with zeros), found while its pairs are copied.
-bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
+// half: dy, x and dw are float16, and the sums run over three times the pixels (amx_fp16.cpp):
+// dy's hi with x's hi, dy's hi with x's lo, dy's lo with x's hi — the copies below hold 2N images
+// (the hi parts of the N images, then their lo parts), split as they are made; an infinity or a
+// NaN in dy returns false too (its lo is not meaningful).
+bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt, bool half) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, ph = p.pad_h, pw = p.pad_w, dh = p.dil_h, dw = p.dil_w;
   const bool nhwc = is_nhwc(p);
@@ -1153,6 +1157,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   const int64_t Mg = round_up(P * Ws + odd, kChan);
   const int64_t max_off = (R - 1) * dh / sh * Ws + (S - 1) * dw / sw;
   const int64_t Jn = (Mg + max_off) / 2 + 2;   // pixel pairs a phase of an image, zeros past it
+  const int64_t NI = half ? 2 * N : N;           // images of the copies (half: hi, then lo)
   // channels_last x is read in place; NCHW through the zero-padded NHWC band (a transpose)
   at::Tensor band_t = nhwc ? at::Tensor() : padded_band(x, false, N, C, H, W, ph, pw, Hp, Wp, Cp, 0);
   const bf16* xb = nhwc ? x : reinterpret_cast<const bf16*>(band_t.const_data_ptr());
@@ -1161,15 +1166,15 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // the channels of a pixel pair together, B rows 512 bytes apart at 128 channels, 3x3/2 128@56
   // spent half its time waiting on B loads from L2). A tap at an odd offset from the grid pixel
   // starts its pairs one pixel early, and its A rows (dy) with it.
-  at::Tensor xv_t = bf16_buffer(nph * N * Jn * Cp * 2);
+  at::Tensor xv_t = bf16_buffer(nph * NI * Jn * Cp * 2);
   bf16* xv = bf16_data(xv_t);
   std::vector<uint8_t> nonfinite(static_cast<size_t>(nph * N), 0);
-  for_each_task(nph * N, nph * N * Jn * Cp * 16, [&](int64_t fn) {
+  for_each_task(nph * N, nph * NI * Jn * Cp * 16, [&](int64_t fn) {
     const int64_t f = fn / N, n = fn % N;
-    const __m512i ex = _mm512_set1_epi16(0x7F80);
+    const __m512i ex = _mm512_set1_epi16(half ? 0x7C00 : 0x7F80);  // the exponent's bits
     const __m512i in_lo = interleave_16(), in_hi = _mm512_add_epi16(in_lo, _mm512_set1_epi16(16));
     __mmask32 bad = 0;
-    bf16* d = xv + fn * Jn * Cp * 2;
+    bf16* d = xv + (f * NI + n) * Jn * Cp * 2;
     // the pixel of x (nhwc) or of the band holding the phase's pixel (rw, cl), -1 for a zero
     auto pixel = [&](int64_t rw, int64_t cl) -> int64_t {
       if (cl >= Ws) ++rw, cl -= Ws;
@@ -1186,10 +1191,21 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         const __mmask32 cm = first_words(cs - c0);
         const __m512i a = _mm512_maskz_loadu_epi16(i0 >= 0 ? cm : 0, xb + std::max<int64_t>(i0, 0) * cs + c0);
         const __m512i b = _mm512_maskz_loadu_epi16(i1 >= 0 ? cm : 0, xb + std::max<int64_t>(i1, 0) * cs + c0);
-        bf16* o = d + (c0 / kChan * Jn + j) * 2 * kChan;  // columns in unpacked_column order
-        _mm512_storeu_si512(o, diag ? _mm512_permutex2var_epi16(a, in_lo, b) : _mm512_unpacklo_epi16(a, b));
-        _mm512_storeu_si512(o + kChan, diag ? _mm512_permutex2var_epi16(a, in_hi, b) : _mm512_unpackhi_epi16(a, b));
         bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_max_epu16(_mm512_and_si512(a, ex), _mm512_and_si512(b, ex)), ex), ex);
+        bf16* o = d + (c0 / kChan * Jn + j) * 2 * kChan;  // columns in unpacked_column order
+        auto store = [&](bf16* to, __m512i u, __m512i v) {
+          _mm512_storeu_si512(to, diag ? _mm512_permutex2var_epi16(u, in_lo, v) : _mm512_unpacklo_epi16(u, v));
+          _mm512_storeu_si512(to + kChan, diag ? _mm512_permutex2var_epi16(u, in_hi, v) : _mm512_unpackhi_epi16(u, v));
+        };
+        if (!half) {
+          store(o, a, b);
+          continue;
+        }
+        __m512i ah, al, bh, bl;
+        split_32(a, ah, al);
+        split_32(b, bh, bl);
+        store(o, ah, bh);
+        store(o + N * Jn * Cp * 2, al, bl);  // image N + n: the lo parts
       }
     }
     nonfinite[fn] = bad != 0;
@@ -1199,16 +1215,35 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // dyt[n][k][1 + m]: dy on the grid, 0 at the columns past Q, the pixels past P*Ws and the
   // filters past K, and before pixel 0 (read by the A rows of odd taps)
   // (zeroed by memset: at::zeros fills bfloat16 a value at a time, 5% of 1x1 128->512's time)
-  at::Tensor dyt_t = bf16_buffer(N * Kp * Mg + kChan);
+  // (half: dy's hi parts in images 0..N-1, its lo parts in N..2N-1, split in place once a row of
+  // dy is there)
+  at::Tensor dyt_t = bf16_buffer(NI * Kp * Mg + kChan);
   bf16* dyt = bf16_data(dyt_t) + 1;
-  for_each_task(N, N * Kp * Mg, [&](int64_t n) { std::memset(dyt - 1 + n * Kp * Mg, 0, sizeof(bf16) * Kp * Mg); });
-  std::memset(dyt - 1 + N * Kp * Mg, 0, sizeof(bf16) * kChan);
+  for_each_task(NI, NI * Kp * Mg, [&](int64_t n) { std::memset(dyt - 1 + n * Kp * Mg, 0, sizeof(bf16) * Kp * Mg); });
+  std::memset(dyt - 1 + NI * Kp * Mg, 0, sizeof(bf16) * kChan);
+  std::vector<uint8_t> dy_bad(static_cast<size_t>(half ? N * P : 0), 0);
   for_each_task(N * P, N * P * Q * K * 16, [&](int64_t np) {
     const int64_t n = np / P, pp = np % P;
     bf16* o = dyt + n * Kp * Mg + pp * Ws;
-    if (nhwc) return pixels_to_rows(dy + ((n * P + pp) * Q) * K, K, Q, o, Mg);
-    for (int64_t k = 0; k < K; ++k) std::memcpy(o + k * Mg, dy + ((n * K + k) * P + pp) * Q, sizeof(bf16) * Q);
+    if (nhwc) pixels_to_rows(dy + ((n * P + pp) * Q) * K, K, Q, o, Mg);
+    else
+      for (int64_t k = 0; k < K; ++k) std::memcpy(o + k * Mg, dy + ((n * K + k) * P + pp) * Q, sizeof(bf16) * Q);
+    if (!half) return;
+    __mmask16 b = 0;
+    __m256i hi, lo;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t q0 = 0; q0 < Q; q0 += kTile) {
+        const __mmask16 m = first_lanes(Q - q0);
+        bf16* v = o + k * Mg + q0;
+        const __m512 f = widen_16(m, v);
+        b |= nonfinite_lanes(m, f);
+        split_16(f, hi, lo);
+        _mm256_mask_storeu_epi16(v, m, hi);
+        _mm256_mask_storeu_epi16(v + N * Kp * Mg, m, lo);
+      }
+    dy_bad[np] = b != 0;
   });
+  if (any_set(dy_bad)) return false;
 
   // A task: a group of 32-filter blocks x 32 channels x a group of taps, over every pixel of every
   // image in chunks of 256 (that may span images: 7x7 planes are 64 grid pixels): for a chunk,
@@ -1246,7 +1281,9 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     // acc[tap][filter block][filter][channel]: the C tiles between chunks
     float (*acc)[2 * kTile][2 * kTile] = reinterpret_cast<float (*)[2 * kTile][2 * kTile]>(scratch(5, tg * kg * kChan * kChan));
     bf16* ob = reinterpret_cast<bf16*>(scratch(4, kChan * kChan * tg / 2 + 16));  // [filter][channel][tap]
-    const int64_t spi = Mg / kChan, nsteps = N * spi;  // steps of 32 grid pixels: an image's, all
+    // steps of 32 grid pixels: an image's, all (half: three times, the products of hi and hi, hi
+    // and lo, lo and hi)
+    const int64_t spi = Mg / kChan, nsteps = (half ? 3 : 1) * N * spi;
     for (int64_t g0 = 0; g0 < nsteps; g0 += kChunk / kChan) {
       const int64_t g1 = std::min(nsteps, g0 + kChunk / kChan);
       for (int64_t rs = rs0; rs < rs1; ++rs) {
@@ -1261,9 +1298,10 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
           }
           const bool a_pair = K - kp * kChan > kTile;  // else filters 16-31 of the block are zeros:
           for (int64_t g = g0; g < g1; ++g) {           // half the products (CIFAR's 16 filters)
-            const int64_t n = g / spi, m0 = g % spi * kChan;
-            const bf16* a0 = dyt + (n * Kp + kp * kChan) * Mg + m0 - e;
-            const bf16* b0 = xv + ((f * N + n) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
+            const int64_t part = g / (N * spi), n = g / spi % N, m0 = g % spi * kChan;
+            const int64_t na = part == 2 ? N + n : n, nb = part == 1 ? N + n : n;  // dy's and x's image
+            const bf16* a0 = dyt + (na * Kp + kp * kChan) * Mg + m0 - e;
+            const bf16* b0 = xv + ((f * NI + nb) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
             constexpr int64_t b_stride = 2 * kChan * int64_t(sizeof(bf16));
             if (diag) {
               step_diag(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
@@ -1284,7 +1322,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         const float (*cbuf)[2 * kTile] = acc[(rs - rs0) * kg + kp - kg0];
         for (int64_t i = 0; i < 2 * kTile; ++i) {
           alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
-          _mm512_store_si512(v, unpacked_row_bf16(cbuf[i], order));
+          _mm512_store_si512(v, half ? unpacked_row_f16(cbuf[i], order) : unpacked_row_bf16(cbuf[i], order));
           if (diag && i >= p.Cg()) std::memcpy(v, v + i / p.Cg() * p.Cg(), sizeof(bf16) * p.Cg());  // its group's
           if (direct) {  // channels contiguous in dw: the row's 32 channels at once
             if (i < kn) {
@@ -1348,7 +1386,10 @@ bool weight_1x1_pixels(const Conv2dParams& p) {
          (is_nhwc(p) || is_nchw(p));
 }
 
-void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt) {
+// half: dy, x and dw float16, each tile made as its hi and lo parts (split as they are stored)
+// and three tile products a step (hi x hi, hi x lo, lo x hi: amx_fp16.cpp); returns false, with
+// nothing written, where dy or x holds an infinity or a NaN (a lo is not meaningful there).
+bool backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dwt, bool half) {
   const int64_t K = p.K, C = p.C, HW = p.H * p.W;
   // (16+ filters and channels, supports_backward_weight: the channels_last A rows' second pixel
   // is loaded from 16 values before it, inside dy)
@@ -1370,14 +1411,27 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
   alignas(64) int16_t even_idx[2 * kTile];  // lane 2i: word 2i of a, lane 2i + 1: word 2i of b
   for (int i = 0; i < kTile; ++i) even_idx[2 * i] = int16_t(2 * i), even_idx[2 * i + 1] = int16_t(2 * kTile + 2 * i);
   const __m512i even = _mm512_load_si512(even_idx), odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
+  const int64_t a_lo = sub * Kt * kChan, b_lo = sub * kTile * 2 * kChan;  // (half) where the lo parts lie
   // channel blocks split between tasks where the parts are too few for the threads (dy's A tiles
   // made again by each): the sums and their order are the same
   const int64_t ncg = std::min(ncb, ceil_div(2 * pool_threads(), nparts)), cg = ceil_div(ncb, ncg);
+  std::vector<uint8_t> bad(static_cast<size_t>(half ? nparts * ncg : 0), 0);
   for_each_task(nparts * ncg, p.macs(), [&](int64_t task) {
     const int64_t pt = task / ncg, cb0 = task % ncg * cg, cb1 = std::min(ncb, cb0 + cg);
     // at[step][k][32 pixels] (Kt rows a step); bt[step][pair][32 channels x 2] (one block of channels)
-    bf16* at = reinterpret_cast<bf16*>(scratch(4, sub * Kt * kChan / 2 + 32));
-    bf16* bt = reinterpret_cast<bf16*>(scratch(5, sub * kTile * 2 * kChan / 2 + 32));
+    bf16* at = reinterpret_cast<bf16*>(scratch(4, (half ? 2 : 1) * a_lo / 2 + 32));
+    bf16* bt = reinterpret_cast<bf16*>(scratch(5, (half ? 2 : 1) * b_lo / 2 + 32));
+    // 32 values of a tile row stored at d (half: split, hi at d and lo lo_at after it)
+    const __m512i ex = _mm512_set1_epi16(0x7C00);
+    __mmask32 nonfinite = 0;
+    auto put = [&](bf16* d, __m512i v, int64_t lo_at) {
+      if (!half) return _mm512_store_si512(d, v);
+      nonfinite |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, ex), ex);
+      __m512i hi, lo;
+      split_32(v, hi, lo);
+      _mm512_store_si512(d, hi);
+      _mm512_store_si512(d + lo_at, lo);
+    };
     float* acc = sums + pt * blocks * kBlockSums;
     configure_tiles();
     const int64_t g_end = std::min(nsteps, (pt + 1) * part);
@@ -1390,8 +1444,7 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
         const int64_t n = sn[s], m0 = sm0[s], nm = snm[s];
         if (!nhwc) {  // rows of dy already
           for (int64_t k = 0; k < Kt; ++k)
-            _mm512_store_si512(at + (s * Kt + k) * kChan,
-                               _mm512_maskz_loadu_epi16(k < K ? first_words(nm) : 0, dy + (n * K + k) * HW + m0));
+            put(at + (s * Kt + k) * kChan, _mm512_maskz_loadu_epi16(k < K ? first_words(nm) : 0, dy + (n * K + k) * HW + m0), a_lo);
           continue;
         }
         for (int64_t k0 = 0; k0 < Kt; k0 += kTile) {
@@ -1405,8 +1458,8 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
           transpose_16x16(r);
           bf16* d = at + (s * Kt + k0) * kChan;
           for (int64_t j = 0; j < kTile / 2; ++j) {
-            _mm512_store_si512(d + 2 * j * kChan, _mm512_permutex2var_epi16(r[j], even, r[j + 8]));
-            _mm512_store_si512(d + (2 * j + 1) * kChan, _mm512_permutex2var_epi16(r[j], odd, r[j + 8]));
+            put(d + 2 * j * kChan, _mm512_permutex2var_epi16(r[j], even, r[j + 8]), a_lo);
+            put(d + (2 * j + 1) * kChan, _mm512_permutex2var_epi16(r[j], odd, r[j + 8]), a_lo);
           }
         }
       }
@@ -1424,7 +1477,7 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
                 r[i] = _mm512_maskz_loadu_epi16(c < C ? mm : 0, x + (n * C + c) * HW + m0);
               }
               transpose_16x16(r);
-              for (int64_t j = 0; j < kTile; ++j) _mm512_store_si512(bt + ((s * kTile + j) * 2 + h) * kChan, r[j]);
+              for (int64_t j = 0; j < kTile; ++j) put(bt + ((s * kTile + j) * 2 + h) * kChan, r[j], b_lo);
             }
             continue;
           }
@@ -1433,8 +1486,8 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
             const __m512i a = 2 * j < nm ? _mm512_maskz_loadu_epi16(cm, src) : _mm512_setzero_si512();
             const __m512i b = 2 * j + 1 < nm ? _mm512_maskz_loadu_epi16(cm, src + C) : _mm512_setzero_si512();
             bf16* o = bt + (s * kTile + j) * 2 * kChan;
-            _mm512_store_si512(o, _mm512_unpacklo_epi16(a, b));
-            _mm512_store_si512(o + kChan, _mm512_unpackhi_epi16(a, b));
+            put(o, _mm512_unpacklo_epi16(a, b), b_lo);
+            put(o + kChan, _mm512_unpackhi_epi16(a, b), b_lo);
           }
         }
         for (int64_t kb = 0; kb < nkb; ++kb) {
@@ -1445,21 +1498,24 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
             load_2x2(c);
           }
           const bool a_pair = K - kb * kChan > kTile;  // else the A pair's second tile is zeros
-          for (int64_t s = 0; s < ns; ++s) {
-            const bf16* a0 = at + (s * Kt + kb * kChan) * kChan;
-            const bf16* b0 = bt + s * kTile * 2 * kChan;
-            constexpr int64_t a_stride = kChan * int64_t(sizeof(bf16)), b_stride = 2 * kChan * int64_t(sizeof(bf16));
-            if (a_pair) {
-              step_2x2(a0, a0 + kTile * kChan, a_stride, b0, b0 + kChan, b_stride);
-            } else {
-              step_1x2(a0, a_stride, b0, b0 + kChan, b_stride);
+          for (int64_t s = 0; s < ns; ++s)
+            for (int64_t t = 0; t < (half ? 3 : 1); ++t) {  // (half: hi x hi, hi x lo, lo x hi)
+              const bf16* a0 = at + (s * Kt + kb * kChan) * kChan + (t == 2 ? a_lo : 0);
+              const bf16* b0 = bt + s * kTile * 2 * kChan + (t == 1 ? b_lo : 0);
+              constexpr int64_t a_stride = kChan * int64_t(sizeof(bf16)), b_stride = 2 * kChan * int64_t(sizeof(bf16));
+              if (a_pair) {
+                step_2x2(a0, a0 + kTile * kChan, a_stride, b0, b0 + kChan, b_stride);
+              } else {
+                step_1x2(a0, a_stride, b0, b0 + kChan, b_stride);
+              }
             }
-          }
           store_2x2(c);
         }
       }
     }
+    if (half) bad[task] = nonfinite != 0;
   });
+  if (any_set(bad)) return false;
   sum_chunks(sums, nparts, blocks * kBlockSums);
   const __m512i order = nhwc ? unpacked_order() : word_steps();  // (NCHW's B columns are in order)
   for (int64_t blk = 0; blk < blocks; ++blk) {
@@ -1467,7 +1523,7 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
     const float(*cbuf)[2 * kTile] = reinterpret_cast<const float(*)[2 * kTile]>(sums + blk * kBlockSums);
     for (int64_t i = 0; i < kChan && kb * kChan + i < K; ++i) {
       alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
-      _mm512_store_si512(v, unpacked_row_bf16(cbuf[i], order));
+      _mm512_store_si512(v, half ? unpacked_row_f16(cbuf[i], order) : unpacked_row_bf16(cbuf[i], order));
       bf16* o = dwt + (kb * kChan + i) * p.ws_k + c0 * p.ws_c;
       if (p.ws_c == 1) {
         std::memcpy(o, v, sizeof(bf16) * cn);
@@ -1476,6 +1532,7 @@ void backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
       }
     }
   }
+  return true;
 }
 
 // An NCHW 1x1 stride-1 unpadded layer as out[n][o][m] = bias[o] + sum_i a[o][i] in[n][i][m] over
@@ -1617,20 +1674,23 @@ Conv2dParams swapped_1x1(const Conv2dParams& p) {
   return q;
 }
 
-void backward_weight_one(const Conv2dParams& p, Operands& o) {
-  const bf16* dy = reinterpret_cast<const bf16*>(o.a.const_data_ptr());
-  const bf16* x = reinterpret_cast<const bf16*>(o.b.const_data_ptr());
-  bf16* dw = reinterpret_cast<bf16*>(o.out.mutable_data_ptr());
+bool backward_weight_any(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw, bool half) {
   // 1x1: the A side (made again by each task of a part's channel blocks, its tiles read by every
   // channel block) the smaller of x and dy; with the filter's 1M values or more (ResNet-50's
   // 512->2048 @7, batch 8: 1.15-1.20x, channels_last and NCHW) dy's 2048 filters as A.
   // python benchmarks/ab.py with either choice, channels_last, bfloat16, batch 8: 16->96 @112,
   // 24->144 @56, 64->256 @56, 256->1024 @14 swapped 1.1-1.2x (NCHW 1.3-1.6x) faster.
   if (weight_1x1_pixels(p)) {
-    if (p.K > p.C && p.K * p.C < (int64_t(1) << 20)) return backward_weight_pixels(swapped_1x1(p), x, dy, dw);
-    return backward_weight_pixels(p, dy, x, dw);
+    if (p.K > p.C && p.K * p.C < (int64_t(1) << 20)) return backward_weight_pixels(swapped_1x1(p), x, dy, dw, half);
+    return backward_weight_pixels(p, dy, x, dw, half);
   }
-  if (!backward_weight(p, dy, x, dw)) run_as_float32(Pass::BackwardWeight, p, o);
+  return backward_weight(p, dy, x, dw, half);
+}
+void backward_weight_one(const Conv2dParams& p, Operands& o) {
+  const bf16* dy = reinterpret_cast<const bf16*>(o.a.const_data_ptr());
+  const bf16* x = reinterpret_cast<const bf16*>(o.b.const_data_ptr());
+  bf16* dw = reinterpret_cast<bf16*>(o.out.mutable_data_ptr());
+  if (!backward_weight_any(p, dy, x, dw, false)) run_as_float32(Pass::BackwardWeight, p, o);
 }
 
 // Grouped layers (groups > 1): each group as a problem of its own on contiguous copies of its
@@ -1817,8 +1877,11 @@ void run_backward_weight(const Conv2dParams& p, Operands& o) {
 }  // namespace
 
 namespace amx {
-bool split_supported(bool forward, const Conv2dParams& q) {
-  return q.groups == 1 && (forward ? supports_forward(q, at::kBFloat16) : supports_backward_input(q, at::kBFloat16));
+bool split_supported(Pass pass, const Conv2dParams& q) {
+  if (q.groups != 1) return false;
+  if (pass == Pass::Forward) return supports_forward(q, at::kBFloat16);
+  if (pass == Pass::BackwardInput) return supports_backward_input(q, at::kBFloat16);
+  return q.C >= kTile && supports_any_c(q, at::kBFloat16);
 }
 bool split_forward(const Conv2dParams& q, const Split& s, const bf16* bias, bf16* y, const at::Tensor* filter) {
   return forward(q, nullptr, nullptr, bias, y, filter, -1, false, &s);
@@ -1827,6 +1890,9 @@ bool split_backward_input(const Conv2dParams& q, Split& s, bf16* dx, const at::T
   if (!turns_round(q)) return backward_input_phases(q, nullptr, nullptr, dx, filter, false, &s);
   s.w_offset = (q.R - 1) * q.ws_r + (q.S - 1) * q.ws_s;
   return forward(turned(q), nullptr, nullptr, nullptr, dx, filter, q.Kg() * q.ws_k, false, &s);
+}
+bool split_backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw) {
+  return backward_weight_any(p, dy, x, dw, true);
 }
 }  // namespace amx
 

@@ -1,5 +1,5 @@
-// amx_fp16.cpp — float16 convolution on the AMX bfloat16 tile units (forward, backward-input),
-// exact in its products: every float16 value is the sum of two bfloat16 values,
+// amx_fp16.cpp — float16 convolution on the AMX bfloat16 tile units (forward, backward-input,
+// backward-weight), exact in its products: every float16 value is the sum of two bfloat16 values,
 //
 //   v = hi + lo,   hi = v rounded to bfloat16 (8 significant bits),   lo = v - hi (at most 3 bits),
 //
@@ -13,7 +13,11 @@
 // stride phases for backward-input) on a band made from the float16 tensor by split_band (the
 // split done as the band is written: no tripled copy of x), the filter split as it is packed
 // (split_filter; kept across calls like any packed filter), the float32 sums rounded to float16
-// as they are stored (run_tiles' half form). TDPBF16PS multiplies bfloat16 pairs exactly and sums
+// as they are stored (run_tiles' half form). Backward-weight sums over pixels, so there the
+// pixels are tripled: amx_bf16.cpp's backward_weight (and, for 1x1 stride-1 layers,
+// backward_weight_pixels) with `half` copies dy and x as 2N images of hi and lo parts (tiles of
+// hi and lo parts), and its steps run dy's hi against x's hi and lo, dy's lo against x's hi,
+// dw rounded to float16 as it is stored. TDPBF16PS multiplies bfloat16 pairs exactly and sums
 // in float32, so the result is float32 sums of the products of the float16 values but for the
 // xl . wl terms (a relative 2^-18 at most each, under float16's own rounding of 2^-11 of the
 // result unless the sum cancels 2^7-fold), rounded once to float16 — what torch's float32
@@ -48,17 +52,6 @@ namespace cpu {
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16,f16c")
 
 namespace amx {
-
-// float16 as two bfloat16 values: f (16 float16 inputs widened) = hi + lo exactly, hi = f rounded
-// to bfloat16 (8 significant bits), lo = f - hi (a float16 has 11: the rest, at most 3 bits, each
-// a multiple of the float16's last place). Infinities and NaNs: hi is one, lo not meaningful.
-inline void split_16(__m512 f, __m256i& hi, __m256i& lo) {
-  hi = (__m256i)_mm512_cvtneps_pbh(f);
-  // (the maskz forms: no undefined lanes for GCC's warnings)
-  const __m512 hf = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, hi), 16));
-  lo = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(f, hf));
-}
-inline __m512 widen_16(__mmask16 m, const uint16_t* p) { return _mm512_maskz_cvtph_ps(0xFFFF, load_16(m, p)); }
 
 // The float16 x (N, C, H, W; NCHW or NHWC) as padded_band's band of 3C bfloat16 channels: channel
 // c of x as channels c and C + c (its hi) and 2C + c (its lo) of the band (split_16); channels
@@ -248,7 +241,8 @@ Conv2dParams split_strides(Conv2dParams q, bool forward, bool krsc) {
 
 template <Pass pass>
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kHalf && p.groups == 1 && (is_nchw(p) || is_nhwc(p)) && split_supported(pass == Pass::Forward, tripled(p, pass == Pass::Forward));
+  if (dtype != at::kHalf || p.groups != 1 || !(is_nchw(p) || is_nhwc(p))) return false;
+  return split_supported(pass, pass == Pass::BackwardWeight ? p : tripled(p, pass == Pass::Forward));
 }
 // Where the split pays (python -m conv_ext.bench --suite S --dtype float16 --layout L --passes
 // forward,backward_input, batch 4-8, against the session's base build on float32 copies; the
@@ -267,9 +261,26 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // - other NCHW layers unless both sides have over 16 channels or an output value 256+ products:
 //   CIFAR's 16->32 3x3/2 (144 and 72 products) 0.87-0.93x, 16->16 3x3 (144) 0.91-1.02x, where
 //   16->16 5x5 (400) ran 1.44-1.52x, 32->32 3x3 1.07-1.20x, and channels_last all of them 1.33-1.59x.
+// Backward-weight (python benchmarks/ab.py BASE.so NEW.so SHAPE --pass backward_weight --dtype
+// float16 --layout L --rounds 2, batch 4, against float32 copies; best mins NCHW / channels_last):
+// - 1x1 stride-1 layers (tiles made from the pixels as they are read) of any size it takes:
+//   64->256, 256->64 and 64->64 @56 1.38-1.69x / 1.73-1.83x, 128->512 @28 1.51x / 1.53x,
+//   1024->256 @14 1.83x / 2.10x, 512->2048 @7 1.38x / 1.48x, MobileNetV2's 32->16 and 16->96
+//   @112 1.05-1.15x / 1.35-1.50x, 24->144 and 144->24 @56 1.22-1.53x, 96->576 @14 1.47x / 1.83x;
+// - the others (dy's rows and x's pixel pairs copied) with 64+ channels and filters: 3x3 64@56
+//   0.97-1.04x / 1.00-1.04x, 128@28 1.26x / 1.32x, 256@14 1.10x / 1.12x, 512@7 1.38x / 1.54x
+//   (padded; unpadded, 35 of an image's 64 grid pixels real, 0.85-0.91x / 1.07-1.19x), 128@56/2
+//   1.68x / 1.49x, 1x1/2 256->512 @56 1.46x / 1.27x and 1024->2048 @14 1.62x / 2.03x, 5x5 96@28
+//   1.95x; with fewer, where the float32 copies run Winograd: CIFAR's 32->32 @32 0.87x / 0.91x,
+//   16->16 0.55x / 0.50x, 32->64 3x3/2 0.91x / 1.05x.
+// A 1x1 stride-1 unpadded layer: backward-weight's tiles made from the pixels as they are read
+bool pixels_1x1(const Conv2dParams& p) {
+  return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+}
 template <Pass pass>
 bool preferred(const Conv2dParams& p, at::ScalarType) {
   if (amx_bf16_emulated() || p.macs() < (int64_t(1) << 22)) return false;
+  if (pass == Pass::BackwardWeight) return pixels_1x1(p) || std::min(p.C, p.K) >= 64;
   const bool forward = pass == Pass::Forward, nhwc = is_nhwc(p);
   const int64_t filters = forward ? p.K : p.C;
   const int64_t products = forward ? p.C * p.R * p.S : p.K * p.R * p.S / (p.stride_h * p.stride_w);
@@ -305,10 +316,16 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
     run_as_float32(Pass::BackwardInput, p, o);
 }
 
+void run_backward_weight(const Conv2dParams& p, Operands& o) {
+  if (!split_backward_weight(p, half_data(o.a), half_data(o.b), half_data(o.out))) run_as_float32(Pass::BackwardWeight, p, o);
+}
+
 const bool registered =
     register_algorithm({"amx_fp16", Pass::Forward, 50, supports<Pass::Forward>, run_forward, true, preferred<Pass::Forward>}) &&
     register_algorithm({"amx_fp16", Pass::BackwardInput, 50, supports<Pass::BackwardInput>, run_backward_input, true,
-                        preferred<Pass::BackwardInput>});
+                        preferred<Pass::BackwardInput>}) &&
+    register_algorithm({"amx_fp16", Pass::BackwardWeight, 50, supports<Pass::BackwardWeight>, run_backward_weight, true,
+                        preferred<Pass::BackwardWeight>});
 
 }  // namespace
 }  // namespace cpu

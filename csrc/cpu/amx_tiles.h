@@ -405,6 +405,32 @@ inline bool any_set(const std::vector<uint8_t>& bad) { return std::find(bad.begi
 
 // 16 float32 -> 16 float16, round to nearest even (the maskz form: no undefined lanes for GCC's warnings)
 inline __m256i to_f16(__m512 v) { return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// unpacked_row_bf16's row as float16 (backward-weight of float16 problems)
+inline __m512i unpacked_row_f16(const float* row, __m512i order) {
+  const __m256i lo = to_f16(_mm512_loadu_ps(row)), hi = to_f16(_mm512_loadu_ps(row + kTile));
+  return _mm512_permutexvar_epi16(order, _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1));
+}
+
+// float16 as two bfloat16 values: f (16 float16 inputs widened) = hi + lo exactly, hi = f rounded
+// to bfloat16 (8 significant bits), lo = f - hi (a float16 has 11: the rest, at most 3 bits, each
+// a multiple of the float16's last place). Infinities and NaNs: hi is one, lo not meaningful.
+inline void split_16(__m512 f, __m256i& hi, __m256i& lo) {
+  hi = (__m256i)_mm512_cvtneps_pbh(f);
+  // (the maskz forms: no undefined lanes for GCC's warnings)
+  const __m512 hf = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, hi), 16));
+  lo = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(f, hf));
+}
+inline __m512 widen_16(__mmask16 m, const uint16_t* p) { return _mm512_maskz_cvtph_ps(0xFFFF, load_16(m, p)); }
+
+// 32 float16 values (words of v) split the same way: hi and lo as 32 bfloat16 words each, in v's
+// order (the maskz forms: no undefined lanes for GCC's warnings)
+inline void split_32(__m512i v, __m512i& hi, __m512i& lo) {
+  __m256i h0, l0, h1, l1;
+  split_16(_mm512_maskz_cvtph_ps(0xFFFF, _mm512_maskz_extracti64x4_epi64(0xF, v, 0)), h0, l0);
+  split_16(_mm512_maskz_cvtph_ps(0xFFFF, _mm512_maskz_extracti64x4_epi64(0xF, v, 1)), h1, l1);
+  hi = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(h0), h1, 1);
+  lo = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(l0), l1, 1);
+}
 
 #pragma GCC pop_options
 
@@ -443,9 +469,12 @@ at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H,
 // pass; false where an operand is not finite, or s.cached_only and the filter cache neither
 // holds nor keeps the packed filter (nothing written then: the caller runs it on float32 copies).
 // y, dx and the bias float16.
-bool split_supported(bool forward, const Conv2dParams& q);
+bool split_supported(Pass pass, const Conv2dParams& q);
 bool split_forward(const Conv2dParams& q, const Split& s, const bf16* bias, bf16* y, const at::Tensor* filter);
 bool split_backward_input(const Conv2dParams& q, Split& s, bf16* dx, const at::Tensor* filter);
+// backward-weight of the float16 problem p itself (dy, x, dw float16): its sums over three times
+// the pixels (dy's hi with x's hi and lo, dy's lo with x's hi); false where dy or x is not finite
+bool split_backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw);
 
 }  // namespace amx
 }  // namespace cpu
