@@ -1156,6 +1156,22 @@ def test_bfloat16_default_is_amx_where_available(layout):
             assert (algo == "bf16_pairs") == emulated, (stride, pass_name, algo)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_float16_backward_weight_default(layout):
+    """float16 backward-weight runs amx_fp16 by default where the CPU has AMX tiles (not emulated)
+    on the layers where the split pays (amx_fp16.cpp's preferred: 1x1 stride-1 layers; others
+    with 64+ channels and filters and 32M+ multiply-adds), and the float32 path elsewhere (CIFAR's
+    16->16 3x3, where the float32 copies run Winograd at twice amx_fp16's speed)."""
+    info = conv_ext.info()
+    tiles = info["cpu_amx_bf16"] and not info["cpu_amx_bf16_emulated"]
+    for shape, split in ((((2, 64, 28, 28), 64, (1, 1), 1, 0, 1, 1), True),
+                         (((2, 64, 24, 24), 64, (3, 3), 1, 1, 1, 1), True),
+                         (((4, 16, 32, 32), 16, (3, 3), 1, 1, 1, 1), False)):
+        x, wt, b, dy, geo = (t.to(torch.float16) if torch.is_tensor(t) else t for t in make(shape, layout))
+        run_pass("backward_weight", x, wt, b, dy, geo)
+        assert (testing.last_cpu_algorithm("backward_weight") == "amx_fp16") == (tiles and split), shape
+
+
 def test_module_training_step_matches_torch():
     """Autograd through the default choices, channels_last, matches nn.Conv2d."""
     torch.manual_seed(0)

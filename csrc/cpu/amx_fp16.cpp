@@ -26,14 +26,19 @@
 //
 // Where (Algorithm::preferred): AMX tiles here (not emulated), one group, the problems amx_bf16
 // takes in bfloat16 with the tripled channels, 4M multiply-adds and more (preferred, below); a
-// large filter on few pixels only when the filter cache keeps its packed form (few_pixels).
+// large filter on few pixels only when the filter cache keeps its packed form (few_pixels);
+// backward-weight: 16+ channels and filters, 1x1 stride-1 layers, others with 64+ a side and 32M
+// multiply-adds.
 // Three tile products for one: against the float32 kernels on float32 copies (the other float16
 // path) it pays where the tiles run at more than three times the float32 FMA rate.
 // Speed (2 threads, python -m conv_ext.bench --suite S --dtype float16 --passes
 // forward,backward_input, against float32 copies; benchmarks/results/float16-amx-cpu.txt, the
 // README's fifty-fifth round): ResNet-50's 3x3 layers 1.17-2.57x faster, its 1x1 layers
 // 1.13-2.28x, the 7x7/2 stem's forward 1.16-1.61x; the default suite's geometric mean against
-// torch 2.80x -> 3.37x NCHW, 2.48x -> 3.32x channels_last.
+// torch 2.80x -> 3.37x NCHW, 2.48x -> 3.32x channels_last. Backward-weight (fifty-sixth round;
+// python benchmarks/ab.py, against float32 copies, batch 4): ResNet-50's 1x1 layers 1.38-2.10x,
+// its 3x3 layers 0.97-1.74x (the float32 copies run Winograd at stride 1), MobileNetV2's 1x1
+// layers 1.05-1.84x; a ResNet-50 float16 training step 1.08-1.15x faster.
 #include <ATen/ATen.h>
 #include <immintrin.h>
 
@@ -265,14 +270,16 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // float16 --layout L --rounds 2, batch 4, against float32 copies; best mins NCHW / channels_last):
 // - 1x1 stride-1 layers (tiles made from the pixels as they are read) of any size it takes:
 //   64->256, 256->64 and 64->64 @56 1.38-1.69x / 1.73-1.83x, 128->512 @28 1.51x / 1.53x,
-//   1024->256 @14 1.83x / 2.10x, 512->2048 @7 1.38x / 1.48x, MobileNetV2's 32->16 and 16->96
-//   @112 1.05-1.15x / 1.35-1.50x, 24->144 and 144->24 @56 1.22-1.53x, 96->576 @14 1.47x / 1.83x;
-// - the others (dy's rows and x's pixel pairs copied) with 64+ channels and filters: 3x3 64@56
-//   0.97-1.04x / 1.00-1.04x, 128@28 1.26x / 1.32x, 256@14 1.10x / 1.12x, 512@7 1.38x / 1.54x
-//   (padded; unpadded, 35 of an image's 64 grid pixels real, 0.85-0.91x / 1.07-1.19x), 128@56/2
-//   1.68x / 1.49x, 1x1/2 256->512 @56 1.46x / 1.27x and 1024->2048 @14 1.62x / 2.03x, 5x5 96@28
-//   1.95x; with fewer, where the float32 copies run Winograd: CIFAR's 32->32 @32 0.87x / 0.91x,
-//   16->16 0.55x / 0.50x, 32->64 3x3/2 0.91x / 1.05x.
+//   1024->256 @14 1.83x / 2.10x, 512->2048 and 2048->512 @7 1.38-1.84x / 1.48-1.92x,
+//   MobileNetV2's 32->16 and 16->96 @112 1.05-1.15x / 1.35-1.50x, 24->144 and 144->24 @56
+//   1.22-1.53x, 96->576 @14 1.47x / 1.83x;
+// - the others (dy's rows and x's pixel pairs copied) with 64+ channels and filters and 32M+
+//   multiply-adds: 3x3 64@56 0.97-1.04x / 1.00-1.04x, 128@28 1.26x / 1.32x, 256@14 1.10-1.17x /
+//   1.12-1.24x, 512@7 1.38x / 1.54x (padded; unpadded, 35 of an image's 64 grid pixels real,
+//   0.85-0.91x / 1.07-1.19x), 128@56/2 1.68-1.74x / 1.49x, 1x1/2 256->512 @56 1.46x / 1.27x,
+//   512->1024 @28 1.46x / 1.56x and 1024->2048 @14 1.62x / 2.03x, 5x5 96@28 1.95x; smaller ones,
+//   where the float32 copies run Winograd: CIFAR's 64@8 (batch 8, 19M) 0.93x / 0.96x, 32->32 @32
+//   0.87x / 0.91x, 16->16 0.55x / 0.50x, 32->64 3x3/2 0.91x / 1.05x.
 // A 1x1 stride-1 unpadded layer: backward-weight's tiles made from the pixels as they are read
 bool pixels_1x1(const Conv2dParams& p) {
   return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
@@ -280,7 +287,7 @@ bool pixels_1x1(const Conv2dParams& p) {
 template <Pass pass>
 bool preferred(const Conv2dParams& p, at::ScalarType) {
   if (amx_bf16_emulated() || p.macs() < (int64_t(1) << 22)) return false;
-  if (pass == Pass::BackwardWeight) return pixels_1x1(p) || std::min(p.C, p.K) >= 64;
+  if (pass == Pass::BackwardWeight) return pixels_1x1(p) || (std::min(p.C, p.K) >= 64 && p.macs() >= (int64_t(1) << 25));
   const bool forward = pass == Pass::Forward, nhwc = is_nhwc(p);
   const int64_t filters = forward ? p.K : p.C;
   const int64_t products = forward ? p.C * p.R * p.S : p.K * p.R * p.S / (p.stride_h * p.stride_w);
