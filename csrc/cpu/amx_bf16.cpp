@@ -43,7 +43,8 @@
 //
 // float16 problems run here too, as bfloat16 problems of three times the channels on split
 // operands (amx_fp16.cpp: forward() and backward_input_phases() with a Split, run_tiles rounding
-// to float16).
+// to float16), backward-weight as sums over three times the pixels (backward_weight and
+// backward_weight_pixels with `half`).
 //
 // The tile registers need the kernel's permission (arch_prctl ARCH_REQ_XCOMP_PERM). Without AMX
 // (or that permission) but with AVX512-BF16 — AMD Zen 4 — the same kernels run with the tiles
@@ -1674,6 +1675,9 @@ Conv2dParams swapped_1x1(const Conv2dParams& p) {
   return q;
 }
 
+// Backward-weight of one group: 1x1 stride-1 unpadded layers on the pixels as they are read, the
+// others on copies (backward_weight); half: float16 (amx_fp16.cpp's). False, nothing written,
+// where an operand's infinities or NaNs send the problem to float32 copies.
 bool backward_weight_any(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw, bool half) {
   // 1x1: the A side (made again by each task of a part's channel blocks, its tiles read by every
   // channel block) the smaller of x and dy; with the filter's 1M values or more (ResNet-50's

@@ -37,8 +37,9 @@
 // 1.13-2.28x, the 7x7/2 stem's forward 1.16-1.61x; the default suite's geometric mean against
 // torch 2.80x -> 3.37x NCHW, 2.48x -> 3.32x channels_last. Backward-weight (fifty-sixth round;
 // python benchmarks/ab.py, against float32 copies, batch 4): ResNet-50's 1x1 layers 1.38-2.10x,
-// its 3x3 layers 0.97-1.74x (the float32 copies run Winograd at stride 1), MobileNetV2's 1x1
-// layers 1.05-1.84x; a ResNet-50 float16 training step 1.08-1.15x faster.
+// its 3x3 layers 0.97-1.98x (the float32 copies run Winograd at stride 1), MobileNetV2's 1x1
+// layers 1.05-1.83x; a ResNet-50 float16 training step 1.07-1.11x faster (python
+// benchmarks/ab.py OLD.so NEW.so resnet50 --model --pass train_step --dtype float16).
 #include <ATen/ATen.h>
 #include <immintrin.h>
 
@@ -276,7 +277,7 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 // - the others (dy's rows and x's pixel pairs copied) with 64+ channels and filters and 32M+
 //   multiply-adds: 3x3 64@56 0.97-1.04x / 1.00-1.04x, 128@28 1.26x / 1.32x, 256@14 1.10-1.17x /
 //   1.12-1.24x, 512@7 1.38x / 1.54x (padded; unpadded, 35 of an image's 64 grid pixels real,
-//   0.85-0.91x / 1.07-1.19x), 128@56/2 1.68-1.74x / 1.49x, 1x1/2 256->512 @56 1.46x / 1.27x,
+//   0.85-0.91x / 1.07-1.19x), 128@56/2 1.68-1.74x / 1.49-1.98x, 1x1/2 256->512 @56 1.46x / 1.27x,
 //   512->1024 @28 1.46x / 1.56x and 1024->2048 @14 1.62x / 2.03x, 5x5 96@28 1.95x; smaller ones,
 //   where the float32 copies run Winograd: CIFAR's 64@8 (batch 8, 19M) 0.93x / 0.96x, 32->32 @32
 //   0.87x / 0.91x, 16->16 0.55x / 0.50x, 32->64 3x3/2 0.91x / 1.05x.

@@ -465,10 +465,10 @@ struct Split {
 at::Tensor split_band(const bf16* x, bool nhwc, int64_t N, int64_t C, int64_t H, int64_t W, int64_t ph, int64_t pw,
                       int64_t Hp, int64_t Wp, int64_t Cp, int64_t slack, bool* nonfinite);
 // (amx_bf16.cpp) the split problem q (its channels, forward, or filters, backward-input, tripled;
-// its filter's strides those of split_filter's buffer): whether amx_bf16 takes it, and its
-// pass; false where an operand is not finite, or s.cached_only and the filter cache neither
-// holds nor keeps the packed filter (nothing written then: the caller runs it on float32 copies).
-// y, dx and the bias float16.
+// its filter's strides those of split_filter's buffer; backward-weight: the float16 problem
+// itself): whether amx_bf16 takes it, and its pass; false where an operand is not finite, or
+// s.cached_only and the filter cache neither holds nor keeps the packed filter (nothing written
+// then: the caller runs it on float32 copies). y, dx and the bias float16.
 bool split_supported(Pass pass, const Conv2dParams& q);
 bool split_forward(const Conv2dParams& q, const Split& s, const bf16* bias, bf16* y, const at::Tensor* filter);
 bool split_backward_input(const Conv2dParams& q, Split& s, bf16* dx, const at::Tensor* filter);
