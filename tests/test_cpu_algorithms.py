@@ -853,16 +853,17 @@ def test_amx_fp16_nonfinite_operands(pass_name, layout):
     """An infinity or a NaN in x (dy) or the filter (backward-weight: in dy or x) sends amx_fp16's
     problem to float32 copies (an infinite hi meets a lo of 0 there: inf x 0 = NaN where torch has
     inf): the float32 pass on the converted operands, rounded, NaNs where it has them. For
-    backward-weight also on a 1x1 layer (its tiles made from the pixels as they are read)."""
+    backward-weight also on a 1x1 layer (its tiles made from the pixels as they are read) and an
+    RGB stem (amx_bf16_rows' kernel)."""
     shapes = [((2, 64, 6, 7), 64, (3, 3), 1, 1, 1, 1)]
-    if pass_name == "backward_weight":
-        shapes.append(((2, 48, 6, 7), 32, (1, 1), 1, 0, 1, 1))
+    if pass_name == "backward_weight":  # (and its 1x1 and RGB-stem kernels)
+        shapes += [((2, 48, 6, 7), 32, (1, 1), 1, 0, 1, 1), ((2, 3, 12, 13), 32, (3, 3), 1, 1, 1, 1)]
     for shape, (where, value) in itertools.product(shapes, (
             ("a", float("inf")), ("w", float("-inf")), ("a", float("nan")), ("w", float("nan")))):
         x, wt, b, dy, geo = fp16_grid(shape, layout, seed=3)
         a = x if pass_name == "forward" else dy
         if pass_name == "backward_weight":  # (dy and x)
-            (dy if where == "a" else x)[1, 5, 2, 3] = value
+            (dy if where == "a" else x)[1, 2, 2, 3] = value
         elif where == "a":
             a[1, 5, 2, 3] = value
         else:

@@ -45,22 +45,33 @@
 
 namespace conv_ext {
 namespace cpu {
-namespace {
-
-using namespace amx;
+namespace amx {
 
 // C < 16 (amx_bf16 takes 16 and more), windows of at least 8 values (else a tile row is
-// mostly zeros: a 1x1 layer on 3 channels stays on the float32 kernels).
-bool supports_rows(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && p.groups == 1 && p.C < kTile && p.dil_w == 1 && p.S * p.C >= 8 &&
+// mostly zeros: a 1x1 layer on 3 channels stays on the float32 kernels); the dtype aside
+// (bfloat16 here, float16 split: amx_fp16.cpp's backward-weight).
+bool rows_supported(const Conv2dParams& p) {
+  return p.groups == 1 && p.C < kTile && p.dil_w == 1 && p.S * p.C >= 8 &&
          (is_nchw(p) || is_nhwc(p)) && (weight_is_kcrs(p) || weight_is_krsc(p)) && amx_bf16_available() &&
          !amx_bf16_emulated();  // (emulated, the stems' few channels ran slower than float32)
 }
 
+}  // namespace amx
+
+namespace {
+
+using namespace amx;
+
+bool supports_rows(const Conv2dParams& p, at::ScalarType dtype) { return dtype == at::kBFloat16 && rows_supported(p); }
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")
 
-void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw) {
+// half: dy, x and dw float16 (amx_fp16.cpp), the sums over three times the pixels: each A and B
+// tile made as its hi and lo parts (split as they are stored; A always copied then), three tile
+// products a step (dy's hi with x's hi and lo, dy's lo with x's hi). Returns false, nothing
+// written, where dy or x holds an infinity or a NaN (a lo is not meaningful there).
+bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw, bool half) {
   const int64_t N = p.N, C = p.C, K = p.K, H = p.H, W = p.W, R = p.R, S = p.S, P = p.P, Q = p.Q;
   const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h;
   const bool nhwc = is_nhwc(p);
@@ -77,7 +88,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   // achunk[step][k][32]. (A copy of all of dy before: 51 MB for the VGG stem at batch 8, written
   // to fresh pages each call, 60% of its time.)
   const int64_t spi = Mg / kChan, nsteps = N * spi;
-  const bool a_in_place = !nhwc && K % kTile == 0;
+  const bool a_in_place = !nhwc && K % kTile == 0 && !half;
 
   // A task: a part of the pixels (64 steps of 32, spanning images) x every 32 columns, filter
   // row r and 32 filters: in chunks of 4 steps; the chunk's dy rows (A) copied if they must be,
@@ -93,9 +104,20 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   at::Tensor sums_t = float_buffer(nparts * blocks * tile_sums);
   float* sums = sums_t.data_ptr<float>();
   constexpr int64_t kStepElems = 2 * kTile * 2 * kTile;  // a step's two B tiles
+  const int64_t a_lo = kChunk * Kp * kChan, b_lo = kChunk * kStepElems;  // (half) where the lo parts lie
+  std::vector<uint8_t> bad(static_cast<size_t>(half ? nparts : 0), 0);
   for_each_task(nparts, p.macs(), [&](int64_t part) {
-    bf16* bchunk = reinterpret_cast<bf16*>(scratch(4, kChunk * kStepElems / 2));  // [step][column tile][pair][16 x 2]
-    bf16* achunk = reinterpret_cast<bf16*>(scratch(5, kChunk * Kp * kChan / 2));   // [step][k][32]
+    bf16* bchunk = reinterpret_cast<bf16*>(scratch(4, (half ? 2 : 1) * b_lo / 2));  // [step][column tile][pair][16 x 2]
+    bf16* achunk = reinterpret_cast<bf16*>(scratch(5, (half ? 2 : 1) * a_lo / 2));  // [step][k][32]
+    const __m512i ex = _mm512_set1_epi16(0x7C00);  // (half) float16's exponent bits
+    __mmask32 nonfinite = 0;
+    auto split_at = [&](bf16* d, __m512i v, int64_t lo_at) {  // v's hi at d, its lo lo_at after it
+      nonfinite |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, ex), ex);
+      __m512i hi, lo;
+      split_32(v, hi, lo);
+      _mm512_store_si512(d, hi);
+      _mm512_store_si512(d + lo_at, lo);
+    };
     configure_tiles();
     const int64_t g_end = std::min(nsteps, (part + 1) * kPart);
     for (int64_t c0 = part * kPart; c0 < g_end; c0 += kChunk) {
@@ -119,6 +141,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         } else {
           for (int64_t k = 0; k < K; ++k) std::memcpy(d + k * kChan, dy + (n * K + k) * PQ + m0, sizeof(bf16) * nm);
         }
+        for (int64_t k = 0; half && k < Kp; ++k) split_at(d + k * kChan, _mm512_load_si512(d + k * kChan), a_lo);
       }
       // The next chunk's dy pixels (those of its first image) prefetched a few lines after each
       // product step: channels_last one run of bytes, NCHW a run in each filter's plane (too many
@@ -146,6 +169,16 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
                 v[e] = m0 + 2 * t + e < PQ ? _mm512_loadu_si512(img + (oy * sh * Wp + ox * sw) * C) : _mm512_setzero_si512();
                 if (++ox == Q) ox = 0, ++oy;
               }
+              if (half) {
+                __m512i h0, l0, h1, l1;
+                nonfinite |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_max_epu16(_mm512_and_si512(v[0], ex),
+                                                                                         _mm512_and_si512(v[1], ex)), ex), ex);
+                split_32(v[0], h0, l0);
+                split_32(v[1], h1, l1);
+                _mm512_store_si512(b + b_lo + t * 2 * kTile, _mm512_unpacklo_epi16(l0, l1));
+                _mm512_store_si512(b + b_lo + (kTile + t) * 2 * kTile, _mm512_unpackhi_epi16(l0, l1));
+                v[0] = h0, v[1] = h1;
+              }
               _mm512_store_si512(b + t * 2 * kTile, _mm512_unpacklo_epi16(v[0], v[1]));
               _mm512_store_si512(b + (kTile + t) * 2 * kTile, _mm512_unpackhi_epi16(v[0], v[1]));
             }
@@ -161,13 +194,15 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
             const bool a_pair = K - kb * kChan > kTile;  // else the A pair's second tile is zeros
             for (int64_t g = c0; g < c1; ++g) {
               const int64_t ld = a_ld[g - c0], a_stride = ld * int64_t(sizeof(bf16));
-              const bf16* a = a0[g - c0] + kb * kChan * ld;
-              const bf16* b = bchunk + (g - c0) * kStepElems;
-              constexpr int64_t b_stride = 2 * kTile * int64_t(sizeof(bf16));
-              if (a_pair) {
-                step_2x2(a, a + kTile * ld, a_stride, b, b + kTile * 2 * kTile, b_stride);
-              } else {
-                step_1x2(a, a_stride, b, b + kTile * 2 * kTile, b_stride);
+              for (int64_t t = 0; t < (half ? 3 : 1); ++t) {  // (half: hi x hi, hi x lo, lo x hi)
+                const bf16* a = a0[g - c0] + kb * kChan * ld + (t == 2 ? a_lo : 0);
+                const bf16* b = bchunk + (g - c0) * kStepElems + (t == 1 ? b_lo : 0);
+                constexpr int64_t b_stride = 2 * kTile * int64_t(sizeof(bf16));
+                if (a_pair) {
+                  step_2x2(a, a + kTile * ld, a_stride, b, b + kTile * 2 * kTile, b_stride);
+                } else {
+                  step_1x2(a, a_stride, b, b + kTile * 2 * kTile, b_stride);
+                }
               }
               for (int64_t i = 0; i < per_step && runs_left > 0; ++i) {
                 _mm_prefetch(next + next_line * 64, _MM_HINT_T0);
@@ -178,7 +213,9 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
           }
         }
     }
+    if (half) bad[part] = nonfinite != 0;
   });
+  if (any_set(bad)) return false;
   sum_chunks(sums, nparts, blocks * tile_sums);
   for_each_task(blocks, blocks * tile_sums * 8, [&](int64_t blk) {
     const int64_t kb = blk / njb, jb = blk % njb;
@@ -187,7 +224,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       const float(*cbuf)[2 * kTile] = reinterpret_cast<const float(*)[2 * kTile]>(sums + blk * tile_sums + r * kChan * kChan);
       for (int64_t i = 0; i < kChan && kb * kChan + i < K; ++i) {
         alignas(64) bf16 v[2 * kTile];  // the row's 32 window values in order
-        _mm512_store_si512(v, unpacked_row_bf16(cbuf[i], order));
+        _mm512_store_si512(v, half ? unpacked_row_f16(cbuf[i], order) : unpacked_row_bf16(cbuf[i], order));
         bf16* o = dw + (kb * kChan + i) * p.ws_k + r * p.ws_r;
         for (int64_t j = 0; j < kChan && jb * kChan + j < J; ++j) {
           const int64_t col = jb * kChan + j;
@@ -196,6 +233,7 @@ void backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       }
     }
   });
+  return true;
 }
 
 void backward_input(const Conv2dParams& p, const bf16* dy, const bf16* w, bf16* dx) {
@@ -318,8 +356,18 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 }
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
   backward_weight(p, reinterpret_cast<const bf16*>(o.a.const_data_ptr()), reinterpret_cast<const bf16*>(o.b.const_data_ptr()),
-                  reinterpret_cast<bf16*>(o.out.mutable_data_ptr()));
+                  reinterpret_cast<bf16*>(o.out.mutable_data_ptr()), false);
 }
+
+}  // namespace
+
+namespace amx {
+bool split_backward_weight_rows(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw) {
+  return backward_weight(p, dy, x, dw, true);
+}
+}  // namespace amx
+
+namespace {
 
 const bool registered =
     register_algorithm({"amx_bf16_rows", Pass::BackwardInput, 50, supports_rows, run_backward_input, true}) &&

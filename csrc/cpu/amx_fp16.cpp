@@ -248,6 +248,7 @@ Conv2dParams split_strides(Conv2dParams q, bool forward, bool krsc) {
 template <Pass pass>
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
   if (dtype != at::kHalf || p.groups != 1 || !(is_nchw(p) || is_nhwc(p))) return false;
+  if (pass == Pass::BackwardWeight && p.C < kTile) return rows_supported(p);  // (the stems: amx_bf16_rows)
   return split_supported(pass, pass == Pass::BackwardWeight ? p : tripled(p, pass == Pass::Forward));
 }
 // Where the split pays (python -m conv_ext.bench --suite S --dtype float16 --layout L --passes
@@ -325,7 +326,8 @@ void run_backward_input(const Conv2dParams& p, Operands& o) {
 }
 
 void run_backward_weight(const Conv2dParams& p, Operands& o) {
-  if (!split_backward_weight(p, half_data(o.a), half_data(o.b), half_data(o.out))) run_as_float32(Pass::BackwardWeight, p, o);
+  const auto split = p.C < kTile ? split_backward_weight_rows : split_backward_weight;
+  if (!split(p, half_data(o.a), half_data(o.b), half_data(o.out))) run_as_float32(Pass::BackwardWeight, p, o);
 }
 
 const bool registered =

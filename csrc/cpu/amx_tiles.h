@@ -475,6 +475,10 @@ bool split_backward_input(const Conv2dParams& q, Split& s, bf16* dx, const at::T
 // backward-weight of the float16 problem p itself (dy, x, dw float16): its sums over three times
 // the pixels (dy's hi with x's hi and lo, dy's lo with x's hi); false where dy or x is not finite
 bool split_backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw);
+// (amx_bf16_rows.cpp) whether its kernels take p (fewer than 16 channels: the RGB stems; the
+// dtype aside), and backward-weight of such a float16 problem the same way (false: not finite)
+bool rows_supported(const Conv2dParams& p);
+bool split_backward_weight_rows(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16* dw);
 
 }  // namespace amx
 }  // namespace cpu
