@@ -1161,13 +1161,16 @@ def test_bfloat16_default_is_amx_where_available(layout):
 def test_float16_backward_weight_default(layout):
     """float16 backward-weight runs amx_fp16 by default where the CPU has AMX tiles (not emulated)
     on the layers where the split pays (amx_fp16.cpp's preferred: 1x1 stride-1 layers; others
-    with 64+ channels and filters and 32M+ multiply-adds), and the float32 path elsewhere (CIFAR's
-    16->16 3x3, where the float32 copies run Winograd at twice amx_fp16's speed)."""
+    with 64+ channels and filters and 32M+ multiply-adds; RGB stems with 64+ filters and 16+
+    values a filter row), and the float32 path elsewhere (CIFAR's 16->16 3x3, where the float32
+    copies run Winograd at twice amx_fp16's speed; a 3x3 stem, 9 values a filter row)."""
     info = conv_ext.info()
     tiles = info["cpu_amx_bf16"] and not info["cpu_amx_bf16_emulated"]
     for shape, split in ((((2, 64, 28, 28), 64, (1, 1), 1, 0, 1, 1), True),
                          (((2, 64, 24, 24), 64, (3, 3), 1, 1, 1, 1), True),
-                         (((4, 16, 32, 32), 16, (3, 3), 1, 1, 1, 1), False)):
+                         (((4, 16, 32, 32), 16, (3, 3), 1, 1, 1, 1), False),
+                         (((2, 3, 32, 32), 64, (7, 7), 2, 3, 1, 1), True),
+                         (((4, 3, 32, 32), 64, (3, 3), 1, 1, 1, 1), False)):
         x, wt, b, dy, geo = (t.to(torch.float16) if torch.is_tensor(t) else t for t in make(shape, layout))
         run_pass("backward_weight", x, wt, b, dy, geo)
         assert (testing.last_cpu_algorithm("backward_weight") == "amx_fp16") == (tiles and split), shape

@@ -28,6 +28,9 @@
 // columns, pixels past the image are zero rows of B), so infinities and NaNs in x or dy stay
 // where torch puts them.
 //
+// float16 backward-weight (amx_fp16.cpp's, for the stems) runs backward_weight with `half`: its
+// A and B tiles made as hi and lo parts, three tile products a step.
+//
 // Speed (2 threads, batch 4, the 7x7/2 stem 3->64 @224, bfloat16; python benchmarks/ab.py and the
 // default suite, fourteenth round): backward-input 1.28 ms channels_last (torch 2.0; the float32
 // kernels on converted copies 6.2), 1.9 ms NCHW (torch 2.7; 5.7); backward-weight 1.32 ms (2.0;

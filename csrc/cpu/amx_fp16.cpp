@@ -15,9 +15,10 @@
 // (split_filter; kept across calls like any packed filter), the float32 sums rounded to float16
 // as they are stored (run_tiles' half form). Backward-weight sums over pixels, so there the
 // pixels are tripled: amx_bf16.cpp's backward_weight (and, for 1x1 stride-1 layers,
-// backward_weight_pixels) with `half` copies dy and x as 2N images of hi and lo parts (tiles of
-// hi and lo parts), and its steps run dy's hi against x's hi and lo, dy's lo against x's hi,
-// dw rounded to float16 as it is stored. TDPBF16PS multiplies bfloat16 pairs exactly and sums
+// backward_weight_pixels; for fewer than 16 channels amx_bf16_rows.cpp's backward_weight) with
+// `half` copies dy and x as 2N images of hi and lo parts (tiles of hi and lo parts), and its
+// steps run dy's hi against x's hi and lo, dy's lo against x's hi, dw rounded to float16 as it is
+// stored. TDPBF16PS multiplies bfloat16 pairs exactly and sums
 // in float32, so the result is float32 sums of the products of the float16 values but for the
 // xl . wl terms (a relative 2^-18 at most each, under float16's own rounding of 2^-11 of the
 // result unless the sum cancels 2^7-fold), rounded once to float16 — what torch's float32
@@ -28,7 +29,8 @@
 // takes in bfloat16 with the tripled channels, 4M multiply-adds and more (preferred, below); a
 // large filter on few pixels only when the filter cache keeps its packed form (few_pixels);
 // backward-weight: 16+ channels and filters, 1x1 stride-1 layers, others with 64+ a side and 32M
-// multiply-adds.
+// multiply-adds; RGB stems (amx_bf16_rows.cpp's kernel) with 64+ filters and a filter row of 16+
+// values.
 // Three tile products for one: against the float32 kernels on float32 copies (the other float16
 // path) it pays where the tiles run at more than three times the float32 FMA rate.
 // Speed (2 threads, python -m conv_ext.bench --suite S --dtype float16 --passes
@@ -281,7 +283,12 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 //   0.85-0.91x / 1.07-1.19x), 128@56/2 1.68-1.74x / 1.49-1.98x, 1x1/2 256->512 @56 1.46x / 1.27x,
 //   512->1024 @28 1.46x / 1.56x and 1024->2048 @14 1.62x / 2.03x, 5x5 96@28 1.95x; smaller ones,
 //   where the float32 copies run Winograd: CIFAR's 64@8 (batch 8, 19M) 0.93x / 0.96x, 32->32 @32
-//   0.87x / 0.91x, 16->16 0.55x / 0.50x, 32->64 3x3/2 0.91x / 1.05x.
+//   0.87x / 0.91x, 16->16 0.55x / 0.50x, 32->64 3x3/2 0.91x / 1.05x;
+// - the RGB stems (amx_bf16_rows' kernel: a filter row's S taps of C channels side by side, S C
+//   of a tile row's 32 values real) with 64+ filters and 16+ values a row: ResNet's 7x7/2 (21)
+//   1.04x / 1.08x (--rounds 3); VGG's 3x3 (9 of 32) 0.88x / 0.81x, MobileNetV2's 3x3/2 with 32
+//   filters slower too (benchmarks/algos.py --dtype float16, best mins 1.44 vs 1.36 and 1.69
+//   vs 1.31 ms NCHW / channels_last), left on the float32 copies.
 // A 1x1 stride-1 unpadded layer: backward-weight's tiles made from the pixels as they are read
 bool pixels_1x1(const Conv2dParams& p) {
   return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
@@ -289,7 +296,10 @@ bool pixels_1x1(const Conv2dParams& p) {
 template <Pass pass>
 bool preferred(const Conv2dParams& p, at::ScalarType) {
   if (amx_bf16_emulated() || p.macs() < (int64_t(1) << 22)) return false;
-  if (pass == Pass::BackwardWeight) return pixels_1x1(p) || (std::min(p.C, p.K) >= 64 && p.macs() >= (int64_t(1) << 25));
+  if (pass == Pass::BackwardWeight) {
+    if (p.C < kTile) return p.K >= 64 && p.S * p.C >= 16;  // (the RGB stems: amx_bf16_rows' kernel)
+    return pixels_1x1(p) || (std::min(p.C, p.K) >= 64 && p.macs() >= (int64_t(1) << 25));
+  }
   const bool forward = pass == Pass::Forward, nhwc = is_nhwc(p);
   const int64_t filters = forward ? p.K : p.C;
   const int64_t products = forward ? p.C * p.R * p.S : p.K * p.R * p.S / (p.stride_h * p.stride_w);
