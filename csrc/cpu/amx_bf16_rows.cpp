@@ -29,7 +29,9 @@
 // where torch puts them.
 //
 // float16 backward-weight (amx_fp16.cpp's, for the stems) runs backward_weight with `half`: its
-// A and B tiles made as hi and lo parts, three tile products a step.
+// A and B tiles made as hi and lo parts, three tile products a step. There an infinity or a NaN
+// anywhere in a B tile's 32 values (those past J too: x's own values of the next pixels) or in dy
+// sends the problem to float32 copies.
 //
 // Speed (2 threads, batch 4, the 7x7/2 stem 3->64 @224, bfloat16; python benchmarks/ab.py and the
 // default suite, fourteenth round): backward-input 1.28 ms channels_last (torch 2.0; the float32

@@ -18,12 +18,12 @@
 // backward_weight_pixels; for fewer than 16 channels amx_bf16_rows.cpp's backward_weight) with
 // `half` copies dy and x as 2N images of hi and lo parts (tiles of hi and lo parts), and its
 // steps run dy's hi against x's hi and lo, dy's lo against x's hi, dw rounded to float16 as it is
-// stored. TDPBF16PS multiplies bfloat16 pairs exactly and sums
-// in float32, so the result is float32 sums of the products of the float16 values but for the
-// xl . wl terms (a relative 2^-18 at most each, under float16's own rounding of 2^-11 of the
-// result unless the sum cancels 2^7-fold), rounded once to float16 — what torch's float32
-// accumulation gives, to within its order of sums. An infinity or a NaN in either operand (hi
-// an infinity meets a lo of 0: inf x 0 = NaN) sends the problem to the float32 copies.
+// stored. TDPBF16PS multiplies bfloat16 pairs exactly and sums in float32, so the result is
+// float32 sums of the products of the float16 values but for the xl . wl terms (a relative 2^-18
+// at most each, under float16's own rounding of 2^-11 of the result unless the sum cancels
+// 2^7-fold), rounded once to float16 — what torch's float32 accumulation gives, to within its
+// order of sums. An infinity or a NaN in either operand (hi an infinity meets a lo of 0:
+// inf x 0 = NaN) sends the problem to the float32 copies.
 //
 // Where (Algorithm::preferred): AMX tiles here (not emulated), one group, the problems amx_bf16
 // takes in bfloat16 with the tripled channels, 4M multiply-adds and more (preferred, below); a
