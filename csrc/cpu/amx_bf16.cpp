@@ -1194,19 +1194,15 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         const __m512i b = _mm512_maskz_loadu_epi16(i1 >= 0 ? cm : 0, xb + std::max<int64_t>(i1, 0) * cs + c0);
         bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_max_epu16(_mm512_and_si512(a, ex), _mm512_and_si512(b, ex)), ex), ex);
         bf16* o = d + (c0 / kChan * Jn + j) * 2 * kChan;  // columns in unpacked_column order
-        auto store = [&](bf16* to, __m512i u, __m512i v) {
-          _mm512_storeu_si512(to, diag ? _mm512_permutex2var_epi16(u, in_lo, v) : _mm512_unpacklo_epi16(u, v));
-          _mm512_storeu_si512(to + kChan, diag ? _mm512_permutex2var_epi16(u, in_hi, v) : _mm512_unpackhi_epi16(u, v));
-        };
-        if (!half) {
-          store(o, a, b);
-          continue;
+        const __m512i u0 = diag ? _mm512_permutex2var_epi16(a, in_lo, b) : _mm512_unpacklo_epi16(a, b);
+        const __m512i u1 = diag ? _mm512_permutex2var_epi16(a, in_hi, b) : _mm512_unpackhi_epi16(a, b);
+        if (half) {  // the lo parts in image N + n
+          store_split(o, u0, N * Jn * Cp * 2);
+          store_split(o + kChan, u1, N * Jn * Cp * 2);
+        } else {
+          _mm512_storeu_si512(o, u0);
+          _mm512_storeu_si512(o + kChan, u1);
         }
-        __m512i ah, al, bh, bl;
-        split_32(a, ah, al);
-        split_32(b, bh, bl);
-        store(o, ah, bh);
-        store(o + N * Jn * Cp * 2, al, bl);  // image N + n: the lo parts
       }
     }
     nonfinite[fn] = bad != 0;
@@ -1323,7 +1319,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         const float (*cbuf)[2 * kTile] = acc[(rs - rs0) * kg + kp - kg0];
         for (int64_t i = 0; i < 2 * kTile; ++i) {
           alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
-          _mm512_store_si512(v, half ? unpacked_row_f16(cbuf[i], order) : unpacked_row_bf16(cbuf[i], order));
+          _mm512_store_si512(v, unpacked_row(cbuf[i], order, half));
           if (diag && i >= p.Cg()) std::memcpy(v, v + i / p.Cg() * p.Cg(), sizeof(bf16) * p.Cg());  // its group's
           if (direct) {  // channels contiguous in dw: the row's 32 channels at once
             if (i < kn) {
@@ -1423,15 +1419,11 @@ bool backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
     bf16* at = reinterpret_cast<bf16*>(scratch(4, (half ? 2 : 1) * a_lo / 2 + 32));
     bf16* bt = reinterpret_cast<bf16*>(scratch(5, (half ? 2 : 1) * b_lo / 2 + 32));
     // 32 values of a tile row stored at d (half: split, hi at d and lo lo_at after it)
-    const __m512i ex = _mm512_set1_epi16(0x7C00);
     __mmask32 nonfinite = 0;
     auto put = [&](bf16* d, __m512i v, int64_t lo_at) {
       if (!half) return _mm512_store_si512(d, v);
-      nonfinite |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, ex), ex);
-      __m512i hi, lo;
-      split_32(v, hi, lo);
-      _mm512_store_si512(d, hi);
-      _mm512_store_si512(d + lo_at, lo);
+      nonfinite |= nonfinite_f16(v);
+      store_split(d, v, lo_at);
     };
     float* acc = sums + pt * blocks * kBlockSums;
     configure_tiles();
@@ -1524,7 +1516,7 @@ bool backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
     const float(*cbuf)[2 * kTile] = reinterpret_cast<const float(*)[2 * kTile]>(sums + blk * kBlockSums);
     for (int64_t i = 0; i < kChan && kb * kChan + i < K; ++i) {
       alignas(64) bf16 v[2 * kTile];  // the row's 32 channels in order
-      _mm512_store_si512(v, half ? unpacked_row_f16(cbuf[i], order) : unpacked_row_bf16(cbuf[i], order));
+      _mm512_store_si512(v, unpacked_row(cbuf[i], order, half));
       bf16* o = dwt + (kb * kChan + i) * p.ws_k + c0 * p.ws_c;
       if (p.ws_c == 1) {
         std::memcpy(o, v, sizeof(bf16) * cn);
@@ -1885,7 +1877,7 @@ bool split_supported(Pass pass, const Conv2dParams& q) {
   if (q.groups != 1) return false;
   if (pass == Pass::Forward) return supports_forward(q, at::kBFloat16);
   if (pass == Pass::BackwardInput) return supports_backward_input(q, at::kBFloat16);
-  return q.C >= kTile && supports_any_c(q, at::kBFloat16);
+  return supports_backward_weight(q, at::kBFloat16);
 }
 bool split_forward(const Conv2dParams& q, const Split& s, const bf16* bias, bf16* y, const at::Tensor* filter) {
   return forward(q, nullptr, nullptr, bias, y, filter, -1, false, &s);

@@ -114,15 +114,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
   for_each_task(nparts, p.macs(), [&](int64_t part) {
     bf16* bchunk = reinterpret_cast<bf16*>(scratch(4, (half ? 2 : 1) * b_lo / 2));  // [step][column tile][pair][16 x 2]
     bf16* achunk = reinterpret_cast<bf16*>(scratch(5, (half ? 2 : 1) * a_lo / 2));  // [step][k][32]
-    const __m512i ex = _mm512_set1_epi16(0x7C00);  // (half) float16's exponent bits
-    __mmask32 nonfinite = 0;
-    auto split_at = [&](bf16* d, __m512i v, int64_t lo_at) {  // v's hi at d, its lo lo_at after it
-      nonfinite |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, ex), ex);
-      __m512i hi, lo;
-      split_32(v, hi, lo);
-      _mm512_store_si512(d, hi);
-      _mm512_store_si512(d + lo_at, lo);
-    };
+    __mmask32 nonfinite = 0;  // (half) lanes of the tiles' values that are not finite
     configure_tiles();
     const int64_t g_end = std::min(nsteps, (part + 1) * kPart);
     for (int64_t c0 = part * kPart; c0 < g_end; c0 += kChunk) {
@@ -146,7 +138,11 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
         } else {
           for (int64_t k = 0; k < K; ++k) std::memcpy(d + k * kChan, dy + (n * K + k) * PQ + m0, sizeof(bf16) * nm);
         }
-        for (int64_t k = 0; half && k < Kp; ++k) split_at(d + k * kChan, _mm512_load_si512(d + k * kChan), a_lo);
+        for (int64_t k = 0; half && k < Kp; ++k) {
+          const __m512i v = _mm512_load_si512(d + k * kChan);
+          nonfinite |= nonfinite_f16(v);
+          store_split(d + k * kChan, v, a_lo);
+        }
       }
       // The next chunk's dy pixels (those of its first image) prefetched a few lines after each
       // product step: channels_last one run of bytes, NCHW a run in each filter's plane (too many
@@ -174,18 +170,15 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
                 v[e] = m0 + 2 * t + e < PQ ? _mm512_loadu_si512(img + (oy * sh * Wp + ox * sw) * C) : _mm512_setzero_si512();
                 if (++ox == Q) ox = 0, ++oy;
               }
+              const __m512i u0 = _mm512_unpacklo_epi16(v[0], v[1]), u1 = _mm512_unpackhi_epi16(v[0], v[1]);
               if (half) {
-                __m512i h0, l0, h1, l1;
-                nonfinite |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(_mm512_max_epu16(_mm512_and_si512(v[0], ex),
-                                                                                         _mm512_and_si512(v[1], ex)), ex), ex);
-                split_32(v[0], h0, l0);
-                split_32(v[1], h1, l1);
-                _mm512_store_si512(b + b_lo + t * 2 * kTile, _mm512_unpacklo_epi16(l0, l1));
-                _mm512_store_si512(b + b_lo + (kTile + t) * 2 * kTile, _mm512_unpackhi_epi16(l0, l1));
-                v[0] = h0, v[1] = h1;
+                nonfinite |= nonfinite_f16(u0) | nonfinite_f16(u1);
+                store_split(b + t * 2 * kTile, u0, b_lo);
+                store_split(b + (kTile + t) * 2 * kTile, u1, b_lo);
+              } else {
+                _mm512_store_si512(b + t * 2 * kTile, u0);
+                _mm512_store_si512(b + (kTile + t) * 2 * kTile, u1);
               }
-              _mm512_store_si512(b + t * 2 * kTile, _mm512_unpacklo_epi16(v[0], v[1]));
-              _mm512_store_si512(b + (kTile + t) * 2 * kTile, _mm512_unpackhi_epi16(v[0], v[1]));
             }
           }
           for (int64_t kb = 0; kb < nkb; ++kb) {
@@ -229,7 +222,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
       const float(*cbuf)[2 * kTile] = reinterpret_cast<const float(*)[2 * kTile]>(sums + blk * tile_sums + r * kChan * kChan);
       for (int64_t i = 0; i < kChan && kb * kChan + i < K; ++i) {
         alignas(64) bf16 v[2 * kTile];  // the row's 32 window values in order
-        _mm512_store_si512(v, half ? unpacked_row_f16(cbuf[i], order) : unpacked_row_bf16(cbuf[i], order));
+        _mm512_store_si512(v, unpacked_row(cbuf[i], order, half));
         bf16* o = dw + (kb * kChan + i) * p.ws_k + r * p.ws_r;
         for (int64_t j = 0; j < kChan && jb * kChan + j < J; ++j) {
           const int64_t col = jb * kChan + j;

@@ -405,8 +405,9 @@ inline bool any_set(const std::vector<uint8_t>& bad) { return std::find(bad.begi
 
 // 16 float32 -> 16 float16, round to nearest even (the maskz form: no undefined lanes for GCC's warnings)
 inline __m256i to_f16(__m512 v) { return _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-// unpacked_row_bf16's row as float16 (backward-weight of float16 problems)
-inline __m512i unpacked_row_f16(const float* row, __m512i order) {
+// unpacked_row_bf16's row, as float16 where half (backward-weight of float16 problems)
+inline __m512i unpacked_row(const float* row, __m512i order, bool half) {
+  if (!half) return unpacked_row_bf16(row, order);
   const __m256i lo = to_f16(_mm512_loadu_ps(row)), hi = to_f16(_mm512_loadu_ps(row + kTile));
   return _mm512_permutexvar_epi16(order, _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(lo), hi, 1));
 }
@@ -430,6 +431,19 @@ inline void split_32(__m512i v, __m512i& hi, __m512i& lo) {
   split_16(_mm512_maskz_cvtph_ps(0xFFFF, _mm512_maskz_extracti64x4_epi64(0xF, v, 1)), h1, l1);
   hi = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(h0), h1, 1);
   lo = _mm512_maskz_inserti64x4(0xFF, _mm512_castsi256_si512(l0), l1, 1);
+}
+// The 32 float16 values v (any order: the split is value by value) split, hi stored at d and lo
+// lo_at values after it (tiles of hi parts and of lo parts; d 64-byte aligned)
+inline void store_split(bf16* d, __m512i v, int64_t lo_at) {
+  __m512i hi, lo;
+  split_32(v, hi, lo);
+  _mm512_store_si512(d, hi);
+  _mm512_store_si512(d + lo_at, lo);
+}
+// The lanes of v (32 float16 values) that hold an infinity or a NaN (exponent bits all set)
+inline __mmask32 nonfinite_f16(__m512i v) {
+  const __m512i e = _mm512_set1_epi16(0x7C00);
+  return _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, e), e);
 }
 
 #pragma GCC pop_options
