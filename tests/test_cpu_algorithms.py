@@ -466,6 +466,24 @@ def test_gemm_f64_nchw_backward_weight_transposed(shape):
     check_float64("gemm_f64", "backward_weight", x, wt, b, dy, geo, "nchw")
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("shape", [
+    ((1, 40, 8, 8), 250, (1, 1), 1, 0, 1, 1),   # 40 taps: panels of 24 + 16; 250 filters: 31 tiles of 8 + 2
+    ((2, 70, 5, 3), 130, (1, 1), 1, 0, 1, 1),   # 70 taps: 24 + 24 + 22; 130 filters: 4 row blocks
+    ((1, 64, 6, 6), 192, (1, 1), 1, 0, 1, 2),   # two groups, each its own row blocks
+    ((3, 300, 6, 5), 256, (1, 1), 1, 0, 1, 1),  # 5 blocks of taps x 4 row blocks
+], ids=str)
+def test_gemm_f64_backward_weight_row_blocks(shape, layout):
+    """gemm_f64's backward-weight of a 1x1 stride-1 layer with many filters on few pixels: the
+    filters cut into blocks of row tiles (each task the whole reduction of its rows, x packed once
+    for all of them) instead of the pixels into chunks: float64-exact to the reference, partial
+    tiles of filters and taps included, the same bits for 1 and 2 threads."""
+    x, wt, b, dy, geo = make(shape, layout)
+    check_float64("gemm_f64", "backward_weight", x, wt, b, dy, geo, layout)
+    outs = at_thread_counts(lambda: forced("gemm_f64", "backward_weight", x, wt, b, dy, geo), (None, 1))
+    assert torch.equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_gemm_f64_backward_weight_chunks(layout, stride):

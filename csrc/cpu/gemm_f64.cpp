@@ -1246,8 +1246,8 @@ void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const dou
 
 // ------------------------------------------------------------------------------------------
 // dw[k, j] = sum over pixels l = (n, p, q) of dy[n, k, p, q] * x-gather[l][j], j = taps (c, r, s).
-// A task is a block of NC taps of one group and runs the whole reduction: A (dy, Kg x KC) and B
-// (gathered x, KC x NC) packed a block of pixels at a time.
+// A task is a block of NC taps and of row tiles (filters) of one group and runs the whole
+// reduction: A (dy, Kg x KC) and B (gathered x, KC x NC) packed a block of pixels at a time.
 void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* x, double* dwt) {
   if (bw_rows_shape(p)) return f64_backward_weight_rows(p, dy, x, dwt);
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), P = p.P, Q = p.Q;
@@ -1258,11 +1258,29 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   const int64_t MR = ts.mr, NR = ts.nr, NC = 4 * NR;
   const int64_t J = t.size(), njb = ceil_div(J, NC), L = p.N * P * Q, nir = ceil_div(Kg, MR);
   const bool pixels_inner = !channels_inner(p.xs_c, p.xs_w);
-  // The pixels are cut into a fixed number of chunks (a function of the shape only: the same bits
-  // for any thread count) when the groups and tap blocks alone make fewer than 16 tasks; each
-  // chunk's sums go to its own buffer, added in chunk order at the end.
-  const int64_t nchunk = std::max<int64_t>(1, std::min({ceil_div(16, G * njb), ceil_div(L, 4 * KC),
-                                                        (int64_t(4) << 20) / std::max<int64_t>(1, p.K * J)}));
+  const int64_t apix = nir * MR, bpix = ceil_div(J, NR) * NR;  // packed doubles a pixel: A's, B's
+  // Where the groups and tap blocks alone make fewer than 16 tasks, the filters are cut into
+  // blocks of row tiles (4 or more tiles a block), each task then running the whole reduction for
+  // its rows, with x gathered once for all of them (B, packed up front: a 1x1 layer at stride 1
+  // without padding, where the gather is x itself, with at most 8M values). What is still short of
+  // 16 tasks cuts the pixels into a fixed number of chunks (a function of the shape only: the same
+  // bits for any thread count); each chunk's sums go to its own buffer, added in chunk order at
+  // the end. Row blocks instead of chunks (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass
+  // backward_weight --dtype float64, batch 4, 2 threads, old/new NCHW / channels_last): see the
+  // README's fifty-seventh round.
+  const bool one_by_one = p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+  const auto chunks = [&](int64_t tasks) {
+    return std::max<int64_t>(1, std::min({ceil_div(16, tasks), ceil_div(L, 4 * KC),
+                                          (int64_t(4) << 20) / std::max<int64_t>(1, p.K * J)}));
+  };
+  // Row blocks where the chunks' sums (nchunk K J values written and read again) would move more
+  // than x's packed panels (L J, written and read again) twice over.
+  const bool fits = G * L * std::max(apix, bpix) <= (int64_t(8) << 20);  // (and so both are packed up front)
+  const int64_t nrb = one_by_one && fits && chunks(G * njb) * Kg > 2 * L
+                          ? std::max<int64_t>(1, std::min(ceil_div(16, G * njb), nir / 4))
+                          : 1;
+  const int64_t irb = ceil_div(nir, nrb);  // row tiles a block
+  const int64_t nchunk = chunks(G * njb * nrb);
   std::vector<double> part(nchunk > 1 ? static_cast<size_t>(nchunk * p.K * J) : 0);
   // pixels l0.. of group g: their rows of x (rows, if not null) and offsets in dy
   const auto pixels = [&](int64_t g, int64_t l0, int64_t kc, Row* rows, int64_t* dyoff) {
@@ -1316,51 +1334,59 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   // (the chunks' blocks of KC) a task, at (g * L + l0) * nir * MR (at most 8M doubles); each task
   // packed all of it before: channels_last 128->512 1x1 @28 (2 blocks of taps) 1.05x, 2048->512
   // @7 (32) 1.20x / 1.24x; NCHW 512@7 1.19x, 2048->512 @7 1.20-1.31x (batch 4, 2 threads).
-  const int64_t apix = nir * MR;
-  const bool prepack = njb > 1 && G * L * apix <= (int64_t(8) << 20);
+  // B[jp][l][NR] for the pixels l0 <= l < l0 + kc of group g, panels j0 / NR <= jp < (j0 + nc) / NR
+  const auto pack_x = [&](int64_t g, int64_t l0, int64_t kc, const Row* rows, int64_t j0, int64_t nc, double* B) {
+    for (int64_t jp = 0; jp < ceil_div(nc, NR); ++jp) {  // B[jp][l][NR]: x gathered, pixels l x taps j
+      double* d = B + jp * kc * NR;
+      const int64_t nj = std::min<int64_t>(NR, nc - jp * NR);
+      gather_block(x, rows, kc, t, j0 + jp * NR, nj, p.H, p.W, pixels_inner, d, NR, 1);
+      if (nj < NR)
+        for (int64_t l = 0; l < kc; ++l) std::fill(d + l * NR + nj, d + (l + 1) * NR, 0.0);
+    }
+  };
+  const bool prepack = (njb > 1 || nrb > 1) && G * L * apix <= (int64_t(8) << 20), prepack_x = nrb > 1;
   double* Aall = prepack ? dscratch(7, G * L * apix) : nullptr;
+  double* Ball = prepack_x ? dscratch(6, G * L * bpix) : nullptr;
   if (prepack) {
     std::vector<int64_t> blk;  // the blocks' first pixels, chunk by chunk
     for (int64_t chunk = 0; chunk < nchunk; ++chunk)
       for (int64_t l0 = L * chunk / nchunk; l0 < L * (chunk + 1) / nchunk; l0 += KC) blk.push_back(l0);
     const int64_t nblk = static_cast<int64_t>(blk.size());
     blk.push_back(L);
-    for_each_task(G * nblk, G * L * apix, [&](int64_t task) {
+    for_each_task(G * nblk, G * L * (apix + (prepack_x ? bpix : 0)), [&](int64_t task) {
       const int64_t g = task / nblk, b = task % nblk, l0 = blk[b];  // (the next block: KC on or the next chunk)
       const int64_t kc = std::min(KC, blk[b + 1] - l0);
+      Row rows[KC];
       int64_t dyoff[KC];
-      pixels(g, l0, kc, nullptr, dyoff);
+      pixels(g, l0, kc, rows, dyoff);
       pack_dy(dyoff, kc, Aall + (g * L + l0) * apix);
+      if (prepack_x) pack_x(g, l0, kc, rows, 0, J, Ball + (g * L + l0) * bpix);
     });
   }
-  for_each_task(nchunk * G * njb, p.macs(), [&](int64_t task) {
-    const int64_t chunk = task / (G * njb), g = task / njb % G, j0 = (task % njb) * NC;
+  for_each_task(nchunk * G * nrb * njb, p.macs(), [&](int64_t task) {
+    const int64_t chunk = task / (G * nrb * njb), g = task / (nrb * njb) % G, j0 = (task % njb) * NC;
+    const int64_t ir0 = task / njb % nrb * irb, ir1 = std::min(nir, ir0 + irb);  // the task's row tiles
     const int64_t nc = std::min(NC, J - j0), npan = ceil_div(nc, NR), ldc = ts.ld(nc);
     const int64_t la = L * chunk / nchunk, lb = L * (chunk + 1) / nchunk;
-    double* cbuf = dscratch(1, nir * MR * ldc);
+    double* cbuf = dscratch(1, (ir1 - ir0) * MR * ldc);
     double* Abuf = prepack ? nullptr : dscratch(0, nir * MR * KC);
-    double* B = dscratch(2, npan * KC * NR);
+    double* Bbuf = prepack_x ? nullptr : dscratch(2, npan * KC * NR);
     for (int64_t l0 = la; l0 < lb; l0 += KC) {
       const int64_t kc = std::min(KC, lb - l0);
       Row rows[KC];
       int64_t dyoff[KC];
-      pixels(g, l0, kc, rows, dyoff);
-      for (int64_t jp = 0; jp < npan; ++jp) {  // B[jp][l][NR]: x gathered, pixels l x taps j
-        double* d = B + jp * kc * NR;
-        const int64_t nj = std::min<int64_t>(NR, nc - jp * NR);
-        gather_block(x, rows, kc, t, j0 + jp * NR, nj, p.H, p.W, pixels_inner, d, NR, 1);
-        if (nj < NR)
-          for (int64_t l = 0; l < kc; ++l) std::fill(d + l * NR + nj, d + (l + 1) * NR, 0.0);
-      }
+      if (!prepack_x || !prepack) pixels(g, l0, kc, rows, dyoff);
+      if (!prepack_x) pack_x(g, l0, kc, rows, j0, nc, Bbuf);
+      const double* B = prepack_x ? Ball + (g * L + l0) * bpix + j0 * kc : Bbuf;  // (panel j0 / NR of the block)
       const double* A = prepack ? Aall + (g * L + l0) * apix : Abuf;
       if (!prepack) pack_dy(dyoff, kc, Abuf);
       for (int64_t jp = 0; jp < npan; ++jp)
-        for (int64_t ir = 0; ir < nir; ++ir)
-          ts.tile(kc, A + ir * kc * MR, B + jp * kc * NR, cbuf + ir * MR * ldc + jp * NR, ldc, l0 > la);
+        for (int64_t ir = ir0; ir < ir1; ++ir)
+          ts.tile(kc, A + ir * kc * MR, B + jp * kc * NR, cbuf + (ir - ir0) * MR * ldc + jp * NR, ldc, l0 > la);
     }
     const bool empty = lb <= la;  // no pixels: a zero gradient
-    for (int64_t k = 0; k < Kg; ++k) {
-      const double* c = cbuf + k * ldc;
+    for (int64_t k = ir0 * MR; k < std::min(Kg, ir1 * MR); ++k) {
+      const double* c = cbuf + (k - ir0 * MR) * ldc;
       if (nchunk > 1) {
         double* o = part.data() + (chunk * p.K + g * Kg + k) * J + j0;
         for (int64_t jj = 0; jj < nc; ++jj) o[jj] = empty ? 0.0 : c[jj];
