@@ -57,8 +57,8 @@
 // (oneDNN) forward and 1.2-1.7x forward+backward in NCHW, 0.89-2.2x and 0.93-1.9x channels_last,
 // up to 2.4 TFLOP/s (the float32 FMA peak is ~276 GFLOP/s); through float32 copies they ran at
 // 0.50-0.89x. The 7x7/2 stem forward 2.0x NCHW, 0.65x channels_last; its backward passes (3
-// channels) run amx_bf16_rows.cpp. See the README's "Other dtypes" for what each change of the
-// thirteenth round gained.
+// channels) run amx_bf16_rows.cpp. See "Other dtypes" in docs/results-history.md for what each
+// change of the thirteenth round gained.
 // The results equal oneDNN's bit for bit on the layers tried (the same float32 sums in the same
 // order), and both are within a bfloat16 rounding of the float64 result.
 #include <ATen/ATen.h>

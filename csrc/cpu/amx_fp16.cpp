@@ -35,10 +35,10 @@
 // path) it pays where the tiles run at more than three times the float32 FMA rate.
 // Speed (2 threads, python -m conv_ext.bench --suite S --dtype float16 --passes
 // forward,backward_input, against float32 copies; benchmarks/results/float16-amx-cpu.txt, the
-// README's fifty-fifth round): ResNet-50's 3x3 layers 1.17-2.57x faster, its 1x1 layers
-// 1.13-2.28x, the 7x7/2 stem's forward 1.16-1.61x; the default suite's geometric mean against
-// torch 2.80x -> 3.37x NCHW, 2.48x -> 3.32x channels_last. Backward-weight (fifty-sixth round;
-// python benchmarks/ab.py, against float32 copies, batch 4): ResNet-50's 1x1 layers 1.38-2.10x,
+// fifty-fifth round in docs/results-history.md): ResNet-50's 3x3 layers 1.17-2.57x faster, its
+// 1x1 layers 1.13-2.28x, the 7x7/2 stem's forward 1.16-1.61x; the default suite's geometric mean
+// against torch 2.80x -> 3.37x NCHW, 2.48x -> 3.32x channels_last. Backward-weight (fifty-sixth
+// round; python benchmarks/ab.py, against float32 copies, batch 4): ResNet-50's 1x1 layers 1.38-2.10x,
 // its 3x3 layers 0.97-1.98x (the float32 copies run Winograd at stride 1), MobileNetV2's 1x1
 // layers 1.05-1.83x; a ResNet-50 float16 training step 1.07-1.11x faster (python
 // benchmarks/ab.py OLD.so NEW.so resnet50 --model --pass train_step --dtype float16).
@@ -255,9 +255,9 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 }
 // Where the split pays (python -m conv_ext.bench --suite S --dtype float16 --layout L --passes
 // forward,backward_input, batch 4-8, against the session's base build on float32 copies; the
-// README's fifty-fifth round), in terms of the forward-form problem (backward-input: dx's
-// channels are its filters, dy's its channels, its products an output value's over the stride
-// phases):
+// fifty-fifth round in docs/results-history.md), in terms of the forward-form problem
+// (backward-input: dx's channels are its filters, dy's its channels, its products an output
+// value's over the stride phases):
 // - 4M multiply-adds or more: CIFAR's 3->16 3x3 stem (3.5M) ran 0.60x / 0.88x (NCHW / channels_last)
 //   split, its 32->64 1x1/2 shortcut (1M) 0.75x / 0.77x, where 16->32 3x3/2 (9.4M) ran 1.05x / 1.35x;
 // - the RGB stems (3C < 32 band channels side by side, row_mode) with 32+ filters and 64+ products
@@ -317,7 +317,8 @@ bf16* half_data(at::Tensor& t) { return reinterpret_cast<bf16*>(t.mutable_data_p
 // filter run on float32 copies unless the filter cache keeps the packed filter (inference, frozen
 // layers: then 1.8-2.4x faster than float32 copies for 512->512 3x3 @7 at batch 4). Measured
 // against float32 copies with a new filter each call (python benchmarks/ab.py OLD.so NEW.so SHAPE
-// --pass forward --dtype float16 --new-filter): see the README's fifty-fifth round.
+// --pass forward --dtype float16 --new-filter): see the fifty-fifth round in
+// docs/results-history.md.
 bool few_pixels(const Conv2dParams& p) {
   return p.N * p.P * p.Q < 512 && p.K * p.C * p.R * p.S > (int64_t(1) << 16);
 }

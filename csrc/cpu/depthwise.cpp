@@ -3,7 +3,7 @@
 // and float16 passes of MobileNet's shapes (depthwise_forward_h16, _backward_input_h16,
 // _backward_weight_h16; H = uint16_t for bfloat16, at::Half for float16: float16 since the
 // forty-sixth round, the same code, its values converted by F16C / AVX-512's VCVTPH2PS and
-// VCVTPS2PH; it ran on float32 copies at 0.28-0.50x torch before, see README):
+// VCVTPS2PH; it ran on float32 copies at 0.28-0.50x torch before, see docs/results-history.md):
 // channels_last, float32 runs reading bfloat16 rows, converted as they are loaded (AVX-512
 // bfloat16: a block of 32 channels split into its even and odd ones, split_run) and rounded as they are
 // stored, stride-1 backward-input as the forward with the taps turned round, the other shapes
@@ -821,7 +821,7 @@ void bw_filter_row(const float* buf, const float* g, int64_t P, int64_t Q, int64
 // whole plane packed at once kept a padded copy per thread (4.3 GB for a 32769 x 32769 plane) and
 // summed each of its RB x NQ chains over the whole plane (16M float32 steps there); per band, the
 // chains are a band long and each band's sums are added in float64. (see the header and the
-// README's forty-first round for the speed)
+// forty-first round in docs/results-history.md for the speed)
 template <int NQ>
 void nchw_backward_weight_t(const Conv2dParams& p, const float* dy, const float* x, float* dwt) {
   constexpr int RB = 4 / NQ;

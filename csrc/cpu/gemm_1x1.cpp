@@ -186,7 +186,8 @@ void gemm_1x1_nchw(const Conv2dParams& p, const float* in, const float* w, const
   // backward-input 128<-512 @28 1.03-1.10x. Cutting a 256-channel reduction in two as well:
   // 256->512 @28 forward 1.04-1.07x, but 256->128 @56 batch 8 0.89-0.92x (its 12.8 MB output
   // written twice, not streamed once). Panels of 64: 0.95-0.99x of 128. On Zen 4 (32 KiB L1)
-  // panels of 64-128 measured 0.77-1.03x of 256 (README, the Zen 4 rounds): 256 there.
+  // panels of 64-128 measured 0.77-1.03x of 256 (the Zen 4 rounds in docs/results-history.md): 256
+  // there.
   const int64_t lc = Li <= 256 ? Li : l1d_bytes() >= (int64_t(48) << 10) ? 128 : 256;
   const int64_t nlc = ceil_div(Li, lc);
   // large outputs of one reduction panel: streaming stores (kernel_util.h, kStreamFloats)
