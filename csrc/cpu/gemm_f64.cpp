@@ -24,8 +24,9 @@
 // Tasks: forward and backward-input, blocks of <= 96 output pixels of one group (and phase) x
 // blocks of panels of columns (Blocks), with B (the filter, [panel][L][NR]) packed a panel a
 // task, kept across calls while the filter is unchanged (filter_cache.h); backward-weight, blocks
-// of 4 panels of columns (filter taps) of one group, over a fixed number of pixel chunks when that
-// alone makes fewer than 16 tasks (partial sums added in chunk order).
+// of 4 panels of columns (filter taps) of one group, cut further where that alone makes fewer
+// than 16 tasks: 1x1 layers with many filters on few pixels into blocks of row tiles (filters),
+// the others into a fixed number of pixel chunks (partial sums added in chunk order).
 //
 // Channels_last (the gathered tensor's channels innermost), forward and backward-input read A in
 // place where a tap's channels come in runs (8 or more a block on average): the tile takes MR row
@@ -57,7 +58,9 @@
 // 1.39x (1.57x in a run of an earlier build of the same round) with A read in place and backward-weight's packing above (CIFAR's 16@32 forward and
 // backward-input 1.8-1.9x, 256@14 backward-weight 1.6-1.8x, 2048->512 @7 1.7-2.0x, old/new by
 // python benchmarks/ab.py OLD.so NEW.so SHAPE --layout nhwc --pass P --dtype float64); 1x1
-// layers still 0.7-0.95x torch (MKL's dgemm on the tensor as it lies).
+// layers still 0.7-0.95x torch (MKL's dgemm on the tensor as it lies). Backward-weight's row
+// blocks (2026-12-07): 512->1024 @14 1.16x / 1.21x (NCHW / channels_last), 0.72-0.73x -> 0.89-0.93x
+// torch (python benchmarks/algos.py 4,512,14,14,1024,1 --pass backward_weight --dtype float64).
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "gemm_f64.cpp"
 #include "per_isa.h"
@@ -1331,10 +1334,11 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
         }
       }
   };
-  // With several blocks of taps (tasks) a group, dy is packed once, up front, a block of pixels
-  // (the chunks' blocks of KC) a task, at (g * L + l0) * nir * MR (at most 8M doubles); each task
-  // packed all of it before: channels_last 128->512 1x1 @28 (2 blocks of taps) 1.05x, 2048->512
-  // @7 (32) 1.20x / 1.24x; NCHW 512@7 1.19x, 2048->512 @7 1.20-1.31x (batch 4, 2 threads).
+  // With several blocks of taps or of rows (tasks) a group, dy is packed once, up front, a block
+  // of pixels (the chunks' blocks of KC) a task, at (g * L + l0) * nir * MR (at most 8M doubles);
+  // each task packed all of it before: channels_last 128->512 1x1 @28 (2 blocks of taps) 1.05x,
+  // 2048->512 @7 (32) 1.20x / 1.24x; NCHW 512@7 1.19x, 2048->512 @7 1.20-1.31x (batch 4, 2
+  // threads).
   // B[jp][l][NR] for the pixels l0 <= l < l0 + kc of group g, panels j0 / NR <= jp < (j0 + nc) / NR
   const auto pack_x = [&](int64_t g, int64_t l0, int64_t kc, const Row* rows, int64_t j0, int64_t nc, double* B) {
     for (int64_t jp = 0; jp < ceil_div(nc, NR); ++jp) {  // B[jp][l][NR]: x gathered, pixels l x taps j
@@ -1376,7 +1380,7 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
       const int64_t kc = std::min(KC, lb - l0);
       Row rows[KC];
       int64_t dyoff[KC];
-      if (!prepack_x || !prepack) pixels(g, l0, kc, rows, dyoff);
+      if (!prepack_x) pixels(g, l0, kc, rows, dyoff);  // (prepack_x: both packed up front)
       if (!prepack_x) pack_x(g, l0, kc, rows, j0, nc, Bbuf);
       const double* B = prepack_x ? Ball + (g * L + l0) * bpix + j0 * kc : Bbuf;  // (panel j0 / NR of the block)
       const double* A = prepack ? Aall + (g * L + l0) * apix : Abuf;
