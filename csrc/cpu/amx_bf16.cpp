@@ -1281,35 +1281,43 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
     // steps of 32 grid pixels: an image's, all (half: three times, the products of hi and hi, hi
     // and lo, lo and hi)
     const int64_t spi = Mg / kChan, nsteps = (half ? 3 : 1) * N * spi;
+    // A chunk's blocks (tap, filter block): at stride 1 the filter blocks outside, so that a
+    // block's dy rows (A, 16 KiB a chunk) are read from L1 by each tap in turn; strided, the taps
+    // outside (their B tiles lie in different phases of x). Filter blocks outside, old/new
+    // (python benchmarks/ab.py OLD.so NEW.so SHAPE --pass backward_weight --dtype bfloat16
+    // --rounds 3, batch 4, NCHW / channels_last): 3x3 256@14 1.09x / 1.05-1.11x (batch 8 1.02x /
+    // 1.07x), 512@7 1.09-1.11x / 1.14x, 128@28 0.97-1.01x / 1.08-1.11x, 64@56 1.00x, 5x5 96@28
+    // 1.00x / 1.05x; strided 3x3/2 128@56 and 256@28 0.96-0.97x NCHW: kept taps outside there.
+    const bool blocks_outside = sh == 1 && sw == 1;
+    const int64_t nkb = kg1 - kg0, ntap = rs1 - rs0;
     for (int64_t g0 = 0; g0 < nsteps; g0 += kChunk / kChan) {
       const int64_t g1 = std::min(nsteps, g0 + kChunk / kChan);
-      for (int64_t rs = rs0; rs < rs1; ++rs) {
+      for (int64_t u = 0; u < nkb * ntap; ++u) {
+        const int64_t kp = kg0 + (blocks_outside ? u / ntap : u % nkb), rs = rs0 + (blocks_outside ? u % ntap : u / nkb);
         const int64_t rd = rs / S * dh, sd = rs % S * dw, f = rd % sh * sw + sd % sw;
         const int64_t off = rd / sh * Ws + sd / sw, e = off & 1;
-        for (int64_t kp = kg0; kp < kg1; ++kp) {
-          float (*c)[2 * kTile] = acc[(rs - rs0) * kg + kp - kg0];
-          if (g0 == 0) {
-            zero_2x2();
-          } else {
-            load_2x2(c);
-          }
-          const bool a_pair = K - kp * kChan > kTile;  // else filters 16-31 of the block are zeros:
-          for (int64_t g = g0; g < g1; ++g) {           // half the products (CIFAR's 16 filters)
-            const int64_t part = g / (N * spi), n = g / spi % N, m0 = g % spi * kChan;
-            const int64_t na = part == 2 ? N + n : n, nb = part == 1 ? N + n : n;  // dy's and x's image
-            const bf16* a0 = dyt + (na * Kp + kp * kChan) * Mg + m0 - e;
-            const bf16* b0 = xv + ((f * NI + nb) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
-            constexpr int64_t b_stride = 2 * kChan * int64_t(sizeof(bf16));
-            if (diag) {
-              step_diag(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
-            } else if (a_pair) {
-              step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
-            } else {
-              step_1x2(a0, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
-            }
-          }
-          store_2x2(c);
+        float (*c)[2 * kTile] = acc[(rs - rs0) * kg + kp - kg0];
+        if (g0 == 0) {
+          zero_2x2();
+        } else {
+          load_2x2(c);
         }
+        const bool a_pair = K - kp * kChan > kTile;  // else filters 16-31 of the block are zeros:
+        for (int64_t g = g0; g < g1; ++g) {           // half the products (CIFAR's 16 filters)
+          const int64_t part = g / (N * spi), n = g / spi % N, m0 = g % spi * kChan;
+          const int64_t na = part == 2 ? N + n : n, nb = part == 1 ? N + n : n;  // dy's and x's image
+          const bf16* a0 = dyt + (na * Kp + kp * kChan) * Mg + m0 - e;
+          const bf16* b0 = xv + ((f * NI + nb) * Jn * Cp + cp * Jn * kChan + (m0 + off - e) / 2 * kChan) * 2;
+          constexpr int64_t b_stride = 2 * kChan * int64_t(sizeof(bf16));
+          if (diag) {
+            step_diag(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
+          } else if (a_pair) {
+            step_2x2(a0, a0 + kTile * Mg, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
+          } else {
+            step_1x2(a0, Mg * int64_t(sizeof(bf16)), b0, b0 + 2 * kTile, b_stride);
+          }
+        }
+        store_2x2(c);
       }
     }
     const __m512i order = diag ? word_steps() : unpacked_order();  // diag's columns are in order
