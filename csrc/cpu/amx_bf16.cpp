@@ -1244,9 +1244,10 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 
   // A task: a group of 32-filter blocks x 32 channels x a group of taps, over every pixel of every
   // image in chunks of 256 (that may span images: 7x7 planes are 64 grid pixels): for a chunk,
-  // each tap of the group and each filter block in turn, its 4 C tiles loaded from and stored back
-  // to a float32 buffer (the sums so far), so that the chunk's band pixels (B, 16 KiB a tap) are
-  // read from L1 by every filter block and its dy rows (A) by every tap. Groups as large as the
+  // each tap of the group and each filter block in turn (the order: below), its 4 C tiles loaded
+  // from and stored back to a float32 buffer (the sums so far), so that the chunk's band pixels (B,
+  // 16 KiB a tap) and its dy rows (A, 16 KiB a filter block) are read from L1 or L2 by every
+  // filter block and every tap, not from L3. Groups as large as the
   // buffer allows (256 KiB) and as small as 2 tasks a thread need (taps split first, then
   // filters). One tap and one filter block a task over whole images streamed A and B from L3
   // for every tap: 64@56 3x3 ran at 700 GFLOP/s, a third of forward's; with every filter block a
