@@ -70,6 +70,12 @@ CONV_EXT_HD bool is_nhwc(const Conv2dParams& p) {
          p.ys_k == 1 && p.ys_q == p.K && p.ys_p == p.Q * p.K && p.ys_n == p.P * p.Q * p.K;
 }
 
+// True for a 1x1 convolution at stride 1 without padding: y's pixels are x's (P == H, Q == W),
+// and each pass is a GEMM over them.
+CONV_EXT_HD bool is_pointwise(const Conv2dParams& p) {
+  return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+}
+
 // True when w is contiguous K x Cg x R x S.
 CONV_EXT_HD bool weight_is_kcrs(const Conv2dParams& p) {
   return p.ws_s == 1 && p.ws_r == p.S && p.ws_c == p.R * p.S && p.ws_k == p.Cg() * p.R * p.S;

@@ -1388,8 +1388,7 @@ bool backward_weight(const Conv2dParams& p, const bf16* dy, const bf16* x, bf16*
 // Steps a round (`sub`): 2 with 16 filters or one 32x32 block, else 4 (8 ran 0.85-0.95x on the
 // large layers, 2 was best for the smallest, 0.87x at 64->64).
 bool weight_1x1_pixels(const Conv2dParams& p) {
-  return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1 &&
-         (is_nhwc(p) || is_nchw(p));
+  return is_pointwise(p) && p.groups == 1 && (is_nhwc(p) || is_nchw(p));
 }
 
 // half: dy, x and dw float16, each tile made as its hi and lo parts (split as they are stored)
@@ -1552,8 +1551,7 @@ bool backward_weight_pixels(const Conv2dParams& p, const bf16* dy, const bf16* x
 // MobileNetV2's 7x7 ones 1.0-1.3x. With a filter of 1M values or more (ResNet-50's 512->2048 and
 // 2048->512 @7: 0.47-0.96x, every 32 pixels reading all of it) forward's band path runs.
 bool nchw_1x1(const Conv2dParams& p) {
-  return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1 &&
-         is_nchw(p) && p.ws_c == 1 && p.ws_k == p.C && p.K * p.C < (int64_t(1) << 20);
+  return is_pointwise(p) && p.groups == 1 && is_nchw(p) && p.ws_c == 1 && p.ws_k == p.C && p.K * p.C < (int64_t(1) << 20);
 }
 
 void rows_1x1(int64_t N, int64_t HW, int64_t O, int64_t I, const bf16* in, const bf16* w, bool transposed, const bf16* bias,

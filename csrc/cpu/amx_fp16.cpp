@@ -289,16 +289,13 @@ bool supports(const Conv2dParams& p, at::ScalarType dtype) {
 //   1.04x / 1.08x (--rounds 3); VGG's 3x3 (9 of 32) 0.88x / 0.81x, MobileNetV2's 3x3/2 with 32
 //   filters slower too (benchmarks/algos.py --dtype float16, best mins 1.44 vs 1.36 and 1.69
 //   vs 1.31 ms NCHW / channels_last), left on the float32 copies.
-// A 1x1 stride-1 unpadded layer: backward-weight's tiles made from the pixels as they are read
-bool pixels_1x1(const Conv2dParams& p) {
-  return p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
-}
 template <Pass pass>
 bool preferred(const Conv2dParams& p, at::ScalarType) {
   if (amx_bf16_emulated() || p.macs() < (int64_t(1) << 22)) return false;
   if (pass == Pass::BackwardWeight) {
     if (p.C < kTile) return p.K >= 64 && p.S * p.C >= 16;  // (the RGB stems: amx_bf16_rows' kernel)
-    return pixels_1x1(p) || (std::min(p.C, p.K) >= 64 && p.macs() >= (int64_t(1) << 25));
+    // (a 1x1 stride-1 unpadded layer: backward-weight's tiles made from the pixels as they are read)
+    return is_pointwise(p) || (std::min(p.C, p.K) >= 64 && p.macs() >= (int64_t(1) << 25));
   }
   const bool forward = pass == Pass::Forward, nhwc = is_nhwc(p);
   const int64_t filters = forward ? p.K : p.C;

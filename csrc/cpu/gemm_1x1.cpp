@@ -51,8 +51,7 @@ namespace cpu {
 namespace {
 
 bool supports(const Conv2dParams& p, at::ScalarType dtype) {
-  return dtype == at::kFloat && simd_available() && is_nchw(p) && weight_is_kcrs(p) && p.R == 1 && p.S == 1 &&
-         p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+  return dtype == at::kFloat && simd_available() && is_nchw(p) && weight_is_kcrs(p) && is_pointwise(p);
 }
 
 // Forward leaves planes of <= 196 pixels with >= 512 output channels per group to

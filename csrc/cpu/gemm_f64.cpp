@@ -840,8 +840,7 @@ void row_conv_pass(const Conv2dParams& p, const double* in, const double* w, con
 // the gather form's rows run across the images). row_conv against this at 64 output channels:
 // 256->64 @56 forward 0.82x, 64->256 @56 backward-input 0.89x.
 bool gemm1x1_shape(const Conv2dParams& p, bool transposed) {
-  return nchw_planes(p) && p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 &&
-         p.pad_w == 0 && (transposed ? p.Cg() : p.Kg()) > 64 && p.H * p.W >= 28 * 28;
+  return nchw_planes(p) && is_pointwise(p) && (transposed ? p.Cg() : p.Kg()) > 64 && p.H * p.W >= 28 * 28;
 }
 
 void gemm1x1_pass(const Conv2dParams& p, const double* in, const double* w, const double* bias, double* out,
@@ -1183,7 +1182,7 @@ void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const dou
   constexpr int MK = D::MK, NJ = D::NJ;
   const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), R = p.R, S = p.S, P = p.P, Q = p.Q, N = p.N;
   const int64_t J = Cg * R * S, ph = p.pad_h, pw = p.pad_w;
-  const bool one_run = R == 1 && S == 1 && ph == 0 && pw == 0 && p.stride_h == 1 && p.stride_w == 1;  // P == H, Q == W
+  const bool one_run = is_pointwise(p);  // P == H, Q == W
   // rows: a unit is an output row (Q pixels), or for one_run a piece of a plane (kRowPixels)
   const int64_t upn = one_run ? ceil_div(P * Q, kRowPixels) : P;  // units an image
   const int64_t ub = std::max<int64_t>(1, kRowPixels / (one_run ? std::min(P * Q, kRowPixels) : Q));  // units a block
@@ -1272,7 +1271,6 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   // backward_weight --dtype float64 --layout L, batch 4, 2 threads, old/new NCHW / channels_last):
   // 512->1024 @14 (the stride-2 shortcut's, after its copy) 1.16x / 1.21x; at 128->512 @28 (7
   // chunks; 3136 pixels) they ran 0.91x channels_last, so the rule below keeps chunks there.
-  const bool one_by_one = p.R == 1 && p.S == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
   const auto chunks = [&](int64_t tasks) {
     return std::max<int64_t>(1, std::min({ceil_div(16, tasks), ceil_div(L, 4 * KC),
                                           (int64_t(4) << 20) / std::max<int64_t>(1, p.K * J)}));
@@ -1280,7 +1278,7 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   // Row blocks where the chunks' sums (nchunk K J values written and read again) would move more
   // than x's packed panels (L J, written and read again) twice over.
   const bool fits = G * L * std::max(apix, bpix) <= (int64_t(8) << 20);  // (and so both are packed up front)
-  const int64_t nrb = one_by_one && fits && chunks(G * njb) * Kg > 2 * L
+  const int64_t nrb = is_pointwise(p) && fits && chunks(G * njb) * Kg > 2 * L
                           ? std::max<int64_t>(1, std::min(ceil_div(16, G * njb), nir / 4))
                           : 1;
   const int64_t irb = ceil_div(nir, nrb);  // row tiles a block
@@ -1363,7 +1361,7 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
       const int64_t kc = std::min(KC, blk[b + 1] - l0);
       Row rows[KC];
       int64_t dyoff[KC];
-      pixels(g, l0, kc, rows, dyoff);
+      pixels(g, l0, kc, prepack_x ? rows : nullptr, dyoff);
       pack_dy(dyoff, kc, Aall + (g * L + l0) * apix);
       if (prepack_x) pack_x(g, l0, kc, rows, 0, J, Ball + (g * L + l0) * bpix);
     });
