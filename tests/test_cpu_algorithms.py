@@ -442,12 +442,17 @@ def test_gemm_f64_channels_last_in_place(shape, pass_name):
                                                  # tile; 200 channels: a second block of the reduction
     ((1, 144, 28, 30), 160, (1, 1), 1, 0, 1, 2),  # groups of 72 -> 80: every tile in place but the last
     ((3, 66, 28, 28), 130, (1, 1), 1, 0, 1, 1),
+    ((3, 40, 7, 7), 130, (1, 1), 1, 0, 1, 1),     # 49-pixel planes: panels that run on into the next image
+    ((5, 24, 3, 3), 40, (1, 1), 1, 0, 1, 1),      # 9-pixel planes: several images a panel; 40 outputs
+    ((2, 70, 10, 10), 96, (1, 1), 1, 0, 1, 2),    # two groups of 35 -> 48 on 100-pixel planes
+    ((2, 300, 14, 14), 520, (1, 1), 1, 0, 1, 1),  # 520 outputs: A's rows of a block >= 512 KiB, panels inner
 ])
 def test_gemm_f64_1x1_planes(shape, pass_name):
-    """gemm_f64's NCHW 1x1 GEMM on the planes as they lie (planes of 28x28 and more, over 64 output
-    channels a group): panels of pixels copied per task, tiles stored into the output planes or
-    through a buffer at the plane's end and the last output channel; the same bits for 1 and 2
-    threads."""
+    """gemm_f64's NCHW 1x1 GEMM on the planes as they lie (over 64 output channels a group, or over
+    16 on planes under 16x16): panels of the pixels of all the images, copied per task (a panel that
+    runs on into the next image, or holds several small planes, in runs), tiles stored into the
+    output planes or through a buffer where a panel has several runs, at the last pixel and the last
+    output channel; the same bits for 1 and 2 threads."""
     x, wt, b, dy, geo = make(shape, "nchw")
     check_float64("gemm_f64", pass_name, x, wt, b, dy, geo, "nchw")
     outs = at_thread_counts(lambda: forced("gemm_f64", pass_name, x, wt, b, dy, geo), (None, 1))
@@ -491,7 +496,7 @@ def test_gemm_f64_backward_weight_chunks(layout, stride):
     chunks summed in chunk order: the same bits for 1 and 2 threads, float64-exact to the reference
     (NCHW: the dot products along rows, in chunks of rows, on the input's stride phases at stride 2;
     channels_last: the gather form)."""
-    x, wt, b, dy, geo = make(((4, 3, 40, 40), 8, (3, 3), stride, 1, 1, 1), layout)
+    x, wt, b, dy, geo = make(((4, 3, 130, 130), 8, (3, 3), stride, 1, 1, 1), layout)  # 4096+ pixels a chunk
     outs = at_thread_counts(lambda: forced("gemm_f64", "backward_weight", x, wt, b, dy, geo), (None, 1))
     assert torch.equal(outs[0], outs[1])
     with testing.force_cpu_algorithm({"backward_weight": "reference"}):

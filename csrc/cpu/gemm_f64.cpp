@@ -38,14 +38,14 @@
 // Backward-input with fewer dx channels than a vector (the RGB stems) runs col2im instead: per dy
 // pixel C[pixel][(c,r,s)] = sum_k dy[k] * w[k][(c,r,s)], each value added into its dx pixel.
 //
-// NCHW 1x1 layers at stride 1 on planes of 28x28 and more with over 64 output channels run as a
-// GEMM on the planes as they lie (gemm1x1_pass: output channels in the tile's rows, pixels in its
-// vectors, stored straight into the output planes; forward 128->512 @28 0.86x -> 0.94x torch).
-// NCHW, where the gathers and packing cost the most, two kernels read the tensors as they lie,
-// the pixels in the vector lanes (rows of the planes, zero-padded and split into stride phases
-// once): row_conv for forward (any stride) and backward-input (stride 1) with <= 64 output
-// channels a group, and dot products along rows for backward-weight where 1/Kg + 1/J >= 1/128
-// (1/64 strided) (their notes below).
+// NCHW 1x1 layers at stride 1 with over 64 output channels (over 16 on planes under 16x16) run as
+// a GEMM on the planes as they lie (gemm1x1_pass: output channels in the tile's rows, the pixels of
+// all the images in its vectors, stored straight into the output planes; forward 128->512 @28
+// 0.86x -> 0.94x torch). NCHW, where the gathers and packing cost the most, two kernels read the
+// tensors as they lie, the pixels in the vector lanes (rows of the planes, zero-padded and split
+// into stride phases once): row_conv for the other forwards (any stride) and backward-inputs
+// (stride 1) with <= 64 output channels a group, and dot products along rows for backward-weight
+// where 1/Kg + 1/J >= 1/128 (1/64 strided) (their notes below).
 //
 // Speed (2 threads, NCHW, batch 4; python -m conv_ext.bench --suite default --device cpu --dtype
 // float64 --passes forward,all): the reference loops it replaces were 30-500x slower than torch;
@@ -819,37 +819,45 @@ void row_conv_pass(const Conv2dParams& p, const double* in, const double* w, con
 
 // ------------------------------------------------------------------------------------------
 // NCHW 1x1 layers at stride 1 without padding, forward and backward-input, as the GEMM of each
-// image and group on the planes as they lie:
+// group on the planes as they lie:
 //   forward         Y[k][pix] = bias[k] + sum_c W[k][c] X[c][pix]
 //   backward-input  dX[c][pix] = sum_k W[k][c] dY[k][pix]
 // The tile's rows are output channels (their filter values broadcast from A, the filter packed
 // as [tile of MR outputs][reduction][MR], kept across calls while it is unchanged), its vectors
-// pixels of the plane: B is KC rows of NR pixels of the input planes, copied into a contiguous
-// panel once per task and read by every tile of output channels, and the tile is stored straight
-// into the output planes (row stride H*W; through a small buffer where it passes the plane's end
-// or the last channel). The gather form packed A by gathering the planes' pixels across channels
-// and stored C through a transpose. A task is (image, group, block of pixel panels, block of output
+// pixels: B is KC rows of NR pixels of the input planes, copied into a contiguous panel once per
+// task and read by every tile of output channels of the task, and the tile is stored straight into
+// the output planes (row stride H*W). The pixels of all the images form one row of panels: a panel
+// that runs on from one image into the next (or holds several small planes) is copied and stored
+// in runs, one per image, its tile through a small buffer, as a tile past the last pixel or the
+// last output channel is. The gather form packed A by gathering the planes' pixels across channels
+// and stored C through a transpose. A task is (group, block of pixel panels, block of output
 // tiles), each output summed over the reduction in order by one task: the same bits for any
 // thread count.
-// Where: planes of 28x28 and more, over 64 output channels a group (row_conv's below). 2 threads,
-// batch 4, gather form / this (python benchmarks/ab.py OLD.so NEW.so N,C,H,W,K,1 --layout nchw
-// --pass P --dtype float64, best mins / median of the pairs): forward 128->512 @28 1.17 / 1.18x,
-// 256->512 @28 1.11 / 1.09x, 64->256 @56 1.33 / 1.27x; backward-input 512->128 @28 1.13 / 1.11x,
-// 64->256 @56 (256 dx channels) 1.34 / 1.34x. Not on smaller planes: 1024->256 @14 1.02x and its
-// backward-input 1.01x; 2048->512 @7 0.87x and 0.79x (a 49-pixel plane is 4 panels of 16 lanes,
-// the gather form's rows run across the images). row_conv against this at 64 output channels:
-// 256->64 @56 forward 0.82x, 64->256 @56 backward-input 0.89x.
+// Where: over 64 output channels a group, or over 16 on planes under 16x16 (row_conv's below
+// otherwise). 2 threads, batch 4, gather form / this, per image (python benchmarks/ab.py OLD.so
+// NEW.so N,C,H,W,K,1 --layout nchw --pass P --dtype float64, best mins / median of the pairs):
+// forward 128->512 @28 1.17 / 1.18x, 256->512 @28 1.11 / 1.09x, 64->256 @56 1.33 / 1.27x;
+// backward-input 512->128 @28 1.13 / 1.11x, 64->256 @56 (256 dx channels) 1.34 / 1.34x. Per image
+// it lost on small planes (2048->512 @7 0.87x and 0.79x: a 49-pixel plane is 4 panels of 16
+// lanes); across the images, with the tasks below (2026-12-07): ResNet-50's 512->1024 @28 stride-2
+// shortcut (14x14 planes once its pixels are copied) forward 1.08-1.14x, backward-input
+// 1.02-1.13x; 7x7 and 14x14 layers of 256-2048 channels 0.94-1.03x (level); small planes:
+// 8,64,8,8->128 1.37x / 1.12x (forward / backward-input), 8,32,8,8->64 1.18x / 1.17x against
+// row_conv, 8,64,4,4->32 1.86x / 1.57x, CIFAR's 32->64 1x1/2 shortcut forward 1.13x. row_conv
+// against this at 64 output channels: 256->64 @56 forward 0.82x, 64@56 0.84x / 0.83x, 32->64 @16
+// 1.07x / 0.92x; at 16 output channels (8,16,8,8) 0.77x.
 bool gemm1x1_shape(const Conv2dParams& p, bool transposed) {
-  return nchw_planes(p) && is_pointwise(p) && (transposed ? p.Cg() : p.Kg()) > 64 && p.H * p.W >= 28 * 28;
+  const int64_t outputs = transposed ? p.Cg() : p.Kg();
+  return nchw_planes(p) && is_pointwise(p) && (outputs > 64 || (outputs > 16 && p.H * p.W < 16 * 16));
 }
 
 void gemm1x1_pass(const Conv2dParams& p, const double* in, const double* w, const double* bias, double* out,
                   bool transposed, const at::Tensor* filter) {
-  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W;
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), HW = p.H * p.W, M = p.N * HW;
   const int64_t Ci = transposed ? Kg : Cg, Co = transposed ? Cg : Kg;  // reduction, outputs (a group)
-  const Shape ts(HW);
+  const Shape ts(M);
   const int MR = ts.mr;
-  const int64_t NR = ts.nr, nkt = ceil_div(Co, int64_t(MR)), npan = ceil_div(HW, NR);
+  const int64_t NR = ts.nr, nkt = ceil_div(Co, int64_t(MR)), npan = ceil_div(M, NR);
   // A[g][kt][ci][MR]: the filter value of output kt*MR + i and reduction index ci (0 past Co)
   const PackedB A = packed_b(filter, {210, CONV_EXT_ISA_BITS, G, Kg, Cg, MR, transposed}, G * nkt * Ci * MR,
                              [&](double* dst) {
@@ -865,56 +873,101 @@ void gemm1x1_pass(const Conv2dParams& p, const double* in, const double* w, cons
         }
     });
   });
-  // pixel panels a task: up to 4 (the B panels of a block stay in L2), fewer while the tasks do
-  // not fill the threads twice; then the output tiles split likewise
-  const int64_t images = p.N * G;
-  int64_t ppt = std::min<int64_t>(4, npan);
-  while (ppt > 1 && images * ceil_div(npan, ppt) < 2 * pool_threads()) ppt = ceil_div(ppt, 2);
-  const int64_t npb = ceil_div(npan, ppt);
-  int64_t ktt = nkt;
-  while (ktt > 1 && images * npb * ceil_div(nkt, ktt) < 2 * pool_threads()) ktt = ceil_div(ktt, 2);
-  const int64_t nkb = ceil_div(nkt, ktt);
-  for_each_task(images * npb * nkb, p.macs(), [&](int64_t task) {
-    const int64_t ng = task / (npb * nkb), n = ng / G, g = ng % G;
-    const int64_t j0 = task / nkb % npb * ppt, j1 = std::min(npan, j0 + ppt);
-    const int64_t kt0 = task % nkb * ktt, kt1 = std::min(nkt, kt0 + ktt);
-    const double* src = in + (n * G + g) * Ci * HW;  // the image's group's input planes
-    double* dst = out + (n * G + g) * Co * HW;
+  // Tasks: blocks of pixel panels x blocks of output tiles (blocks of even sizes), 4 or more a
+  // thread, a whole number a thread. Each block of panels reads all of A (the filter) and each
+  // block of tiles copies all of B (the input's pixels): the split that moves the least, a value of
+  // B counted as 3 of A (copied from rows of H*W values, lines read in part; A is read as packed),
+  // with <= 16 panels a block (B's panels of a reduction block <= 256 KiB, in L2). Per image with 4
+  // panels a task, a 2048->512 @7 layer read its 8 MiB filter 13 times a call.
+  const int64_t want = 4 * pool_threads();
+  int64_t npb = 0, nkb = 0;
+  double best = 0;
+  for (int64_t nk = 1;; nk = std::min(nkt, 2 * nk)) {
+    const int64_t np = std::min(npan, std::max(ceil_div(npan, 16), ceil_div(want, G * nk)));
+    const double cost = double(np) * Co + 3.0 * double(nk) * M;
+    if (npb == 0 || cost < best) best = cost, npb = np, nkb = nk;
+    if (nk == nkt) break;
+  }
+  const int64_t ppt = ceil_div(npan, npb);
+  npb = ceil_div(npan, ppt);
+  while (nkb < nkt && G * npb * nkb % pool_threads() != 0) ++nkb;  // a whole number of tasks a thread
+  // the order of a block's tiles: panels inner (a tile of A stays in L1 for them, B's panels come
+  // from L2) where A's rows of a reduction block take 512 KiB or more, else output tiles inner (a
+  // panel of B stays in L1, A from L2)
+  const bool a_outer = Co * KC * int64_t(sizeof(double)) >= (512 << 10);
+  // A run: the pixels [q, q + len) of image n, at lanes [u, u + len) of a panel
+  struct Run {
+    int64_t n, q, len, u;
+  };
+  for_each_task(G * npb * nkb, p.macs(), [&](int64_t task) {
+    const int64_t g = task / (npb * nkb), pb = task / nkb % npb, kb = task % nkb;
+    const int64_t j0 = npan * pb / npb, j1 = npan * (pb + 1) / npb;
+    const int64_t kt0 = nkt * kb / nkb, kt1 = nkt * (kb + 1) / nkb;
+    // each panel's runs (a panel of one image: one run); panel j's are runs[first[j - j0], first[j - j0 + 1])
+    std::vector<Run> runs;
+    int64_t first[17] = {0};
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t m = j * NR, end = std::min(M, m + NR); m < end;) {
+        const int64_t n = m / HW, q = m % HW, len = std::min(end - m, HW - q);
+        runs.push_back({n, q, len, m - j * NR});
+        m += len;
+      }
+      first[j - j0 + 1] = static_cast<int64_t>(runs.size());
+    }
     double* bpan = dscratch(1, (j1 - j0) * KC * NR);
-    double edge[24 * 24];  // a tile past the plane's end or the last output channel
+    double edge[24 * 24];  // a tile of several runs, past the last pixel or the last output channel
     for (int64_t c0 = 0; c0 < Ci; c0 += KC) {
       const int64_t kc = std::min(KC, Ci - c0);
       for (int64_t j = j0; j < j1; ++j) {  // B: panel j's pixels of the rows c0 .. c0+kc
-        const int64_t q0 = j * NR, nq = std::min(NR, HW - q0);
         double* b = bpan + (j - j0) * KC * NR;
+        const int64_t r0 = first[j - j0], r1 = first[j - j0 + 1];
+        if (r1 - r0 == 1) {  // vectors from one plane
+          const Run& r = runs[r0];
+          const double* row = in + ((r.n * G + g) * Ci + c0) * HW + r.q;
+          for (int64_t c = 0; c < kc; ++c, b += NR, row += HW)
+            for (int64_t v = 0; v < NR; v += D::VL) D::store(b + v, v < r.len ? D::loadm(row + v, r.len - v) : D::zero());
+          continue;
+        }
         for (int64_t c = 0; c < kc; ++c, b += NR) {
-          const double* row = src + (c0 + c) * HW + q0;
-          for (int64_t v = 0; v < NR; v += D::VL) D::store(b + v, v < nq ? D::loadm(row + v, nq - v) : D::zero());
+          for (int64_t v = 0; v < NR; v += D::VL) D::store(b + v, D::zero());
+          for (int64_t k = r0; k < r1; ++k) {
+            const Run& r = runs[k];
+            const double* row = in + ((r.n * G + g) * Ci + c0 + c) * HW + r.q;
+            for (int64_t i = 0; i < r.len; ++i) b[r.u + i] = row[i];
+          }
         }
       }
-      for (int64_t j = j0; j < j1; ++j) {
-        const int64_t q0 = j * NR, nq = std::min(NR, HW - q0);
+      for (int64_t jk = 0; jk < (j1 - j0) * (kt1 - kt0); ++jk) {
+        const int64_t j = j0 + (a_outer ? jk % (j1 - j0) : jk / (kt1 - kt0));
+        const int64_t kt = kt0 + (a_outer ? jk / (j1 - j0) : jk % (kt1 - kt0));
         const double* b = bpan + (j - j0) * KC * NR;
-        for (int64_t kt = kt0; kt < kt1; ++kt) {
+        const int64_t r0 = first[j - j0], r1 = first[j - j0 + 1];
+        {
           const double* a = A.data() + ((g * nkt + kt) * Ci + c0) * MR;
           const int64_t o0 = kt * MR, no = std::min<int64_t>(MR, Co - o0);
-          double* c = dst + o0 * HW + q0;
-          if (nq == NR && no == MR) {
-            ts.tile(kc, a, b, c, HW, c0 > 0);
+          if (r1 - r0 == 1 && runs[r0].len == NR && no == MR) {
+            const Run& r = runs[r0];
+            ts.tile(kc, a, b, out + ((r.n * G + g) * Co + o0) * HW + r.q, HW, c0 > 0);
             continue;
           }
           ts.tile(kc, a, b, edge, NR, false);
-          for (int64_t i = 0; i < no; ++i)
-            for (int64_t q = 0; q < nq; ++q) c[i * HW + q] = (c0 > 0 ? c[i * HW + q] : 0.0) + edge[i * NR + q];
+          for (int64_t k = r0; k < r1; ++k) {
+            const Run& r = runs[k];
+            double* c = out + ((r.n * G + g) * Co + o0) * HW + r.q;
+            const double* e = edge + r.u;
+            for (int64_t i = 0; i < no; ++i)
+              for (int64_t q = 0; q < r.len; ++q) c[i * HW + q] = (c0 > 0 ? c[i * HW + q] : 0.0) + e[i * NR + q];
+          }
         }
       }
     }
     if (bias) {
-      for (int64_t o = kt0 * MR; o < std::min(Co, kt1 * MR); ++o) {
-        double* row = dst + o * HW;
-        const double bv = bias[g * Co + o];
-        for (int64_t q = j0 * NR; q < std::min(HW, j1 * NR); ++q) row[q] += bv;
-      }
+      for (const Run& r : runs)
+        for (int64_t o = kt0 * MR; o < std::min(Co, kt1 * MR); ++o) {
+          double* row = out + ((r.n * G + g) * Co + o) * HW + r.q;
+          const double bv = bias[g * Co + o];
+          for (int64_t q = 0; q < r.len; ++q) row[q] += bv;
+        }
     }
   });
 }
@@ -1201,8 +1254,13 @@ void f64_backward_weight_rows(const Conv2dParams& p, const double* dy, const dou
   }
   const int64_t KB = 8 * MK, JB = 8 * NJ;  // filters and taps a task
   const int64_t nkb = ceil_div(Kg, KB), njb = ceil_div(J, JB), units = N * upn;
+  // chunks of the rows, summed at the end: enough for 16 tasks, each of 4096 pixels or more (a
+  // chunk ends in a sum across the lanes and a store per filter and tap: ~10 cycles, against
+  // pixels / 16 a vector of sums takes; CIFAR's 32->64 1x1 shortcut, 512 pixels, was 8 chunks:
+  // 2.2x slower), their partial sums 32 MiB at most
   const int64_t nchunk = std::max<int64_t>(1, std::min({ceil_div(16, G * nkb * njb), units,
-                                                        (int64_t(4) << 20) / std::max<int64_t>(1, p.K * J)}));
+                                                        (int64_t(4) << 20) / std::max<int64_t>(1, p.K * J),
+                                                        N * P * Q / 4096}));
   std::vector<double> part(nchunk > 1 ? static_cast<size_t>(nchunk * p.K * J) : 0);
   for_each_task(nchunk * G * nkb * njb, p.macs(), [&](int64_t task) {
     const int64_t chunk = task / (G * nkb * njb), g = task / (nkb * njb) % G;
