@@ -283,12 +283,17 @@ def test_deterministic(device):
 # Strided 1x1 layers run as the stride-1 convolution of every stride-th pixel; the gradient of the
 # input is that result scattered back with zeros in between (odd sizes: the last row / column
 # kept or skipped). Channels_last takes that route from 2^24 multiply-adds on (the large case).
+# NCHW on the CPU copies the pixels (and scatters the gradient) plane by plane, at a width stride
+# of 2 a pixel and its neighbour as one integer of twice the element's size, an odd width's last
+# pixel alone: even and odd widths, other strides, 2-, 4- and 8-byte elements.
 @pytest.mark.parametrize("case", [
     (2, 5, 7, 9, 6, (1, 1), 2, 0, 1, 1, True),
     (1, 4, 8, 7, 3, (1, 1), (3, 2), 0, 1, 1, False),
     (2, 128, 33, 31, 256, (1, 1), 2, 0, 1, 1, True),
-], ids=["small", "strides3x2", "large"])
+    (1, 6, 10, 8, 5, (1, 1), 2, 0, 1, 1, True),
+    (2, 3, 9, 11, 4, (1, 1), (2, 3), 0, 1, 1, False),
+], ids=["small", "strides3x2", "large", "even", "strides2x3"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 def test_strided_1x1(case, layout, dtype, device):
     check(case, dtype, device, layout)

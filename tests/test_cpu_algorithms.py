@@ -39,6 +39,7 @@ GENERAL = [
     ((1, 4, 9, 9), 6, (3, 2), 3, 0, 1, 2),             # stride > kernel: dx phases without taps
     ((1, 8, 10, 9), 6, (2, 2), 3, 1, 1, 1),            # the same with 8 dx channels, padded
     ((3, 17, 6, 6), 17, (1, 1), 2, 0, 1, 1),           # strided 1x1
+    ((2, 9, 7, 9), 12, (1, 1), 2, 0, 1, 1),            # the same, odd sizes (NCHW: pixel pairs, the last alone)
     ((1, 300, 5, 5), 20, (3, 3), 1, 1, 1, 1),          # reduction split in panels
     ((1, 8, 5, 5), 300, (3, 3), 1, 1, 1, 1),           # many output blocks
     ((1, 16, 3, 3), 256, (3, 3), 1, 2, 1, 1),          # NCHW band shared by 4 blocks, built in pieces of rows (some all padding)
