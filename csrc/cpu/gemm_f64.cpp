@@ -61,6 +61,9 @@
 // layers still 0.7-0.95x torch (MKL's dgemm on the tensor as it lies). Backward-weight's row
 // blocks (2026-12-07): 512->1024 @14 1.16x / 1.21x (NCHW / channels_last), 0.72-0.73x -> 0.89-0.93x
 // torch (python benchmarks/algos.py 4,512,14,14,1024,1 --pass backward_weight --dtype float64).
+// NCHW suite after the 1x1 GEMM across the images and the row kernel's larger chunks (and
+// conv2d_cpu.cpp's own stride copy; 2026-12-07): 1.55x -> 1.58x, CIFAR's 1x1/2 shortcut 0.70x ->
+// 1.01x forward+backward, ResNet-50's 512->1024 @28/2 forward 0.76x -> 0.94x.
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "gemm_f64.cpp"
 #include "per_isa.h"
@@ -942,22 +945,20 @@ void gemm1x1_pass(const Conv2dParams& p, const double* in, const double* w, cons
         const int64_t kt = kt0 + (a_outer ? jk / (j1 - j0) : jk % (kt1 - kt0));
         const double* b = bpan + (j - j0) * KC * NR;
         const int64_t r0 = first[j - j0], r1 = first[j - j0 + 1];
-        {
-          const double* a = A.data() + ((g * nkt + kt) * Ci + c0) * MR;
-          const int64_t o0 = kt * MR, no = std::min<int64_t>(MR, Co - o0);
-          if (r1 - r0 == 1 && runs[r0].len == NR && no == MR) {
-            const Run& r = runs[r0];
-            ts.tile(kc, a, b, out + ((r.n * G + g) * Co + o0) * HW + r.q, HW, c0 > 0);
-            continue;
-          }
-          ts.tile(kc, a, b, edge, NR, false);
-          for (int64_t k = r0; k < r1; ++k) {
-            const Run& r = runs[k];
-            double* c = out + ((r.n * G + g) * Co + o0) * HW + r.q;
-            const double* e = edge + r.u;
-            for (int64_t i = 0; i < no; ++i)
-              for (int64_t q = 0; q < r.len; ++q) c[i * HW + q] = (c0 > 0 ? c[i * HW + q] : 0.0) + e[i * NR + q];
-          }
+        const double* a = A.data() + ((g * nkt + kt) * Ci + c0) * MR;
+        const int64_t o0 = kt * MR, no = std::min<int64_t>(MR, Co - o0);
+        if (r1 - r0 == 1 && runs[r0].len == NR && no == MR) {
+          const Run& r = runs[r0];
+          ts.tile(kc, a, b, out + ((r.n * G + g) * Co + o0) * HW + r.q, HW, c0 > 0);
+          continue;
+        }
+        ts.tile(kc, a, b, edge, NR, false);
+        for (int64_t k = r0; k < r1; ++k) {
+          const Run& r = runs[k];
+          double* c = out + ((r.n * G + g) * Co + o0) * HW + r.q;
+          const double* e = edge + r.u;
+          for (int64_t i = 0; i < no; ++i)
+            for (int64_t q = 0; q < r.len; ++q) c[i * HW + q] = (c0 > 0 ? c[i * HW + q] : 0.0) + e[i * NR + q];
         }
       }
     }
