@@ -106,14 +106,16 @@ void stride_planes(E* full, E* sub, int64_t planes, int64_t H, int64_t W, int64_
   });
 }
 void stride_planes(const at::Tensor& full, const at::Tensor& sub, const Conv2dParams& p, bool gather) {
-  void* f = full.data_ptr();  // (gather: only read)
-  void* s = sub.data_ptr();
-  const int64_t planes = full.size(0) * full.size(1), H = full.size(2), W = full.size(3);
+  const auto run = [&](auto* type) {  // elements as unsigned integers of their size
+    using E = std::remove_pointer_t<decltype(type)>;
+    stride_planes(static_cast<E*>(full.data_ptr()), static_cast<E*>(sub.data_ptr()), full.size(0) * full.size(1),
+                  full.size(2), full.size(3), p.stride_h, p.stride_w, gather);  // (gather: full only read)
+  };
   switch (full.element_size()) {
-    case 1: return stride_planes(static_cast<uint8_t*>(f), static_cast<uint8_t*>(s), planes, H, W, p.stride_h, p.stride_w, gather);
-    case 2: return stride_planes(static_cast<uint16_t*>(f), static_cast<uint16_t*>(s), planes, H, W, p.stride_h, p.stride_w, gather);
-    case 4: return stride_planes(static_cast<uint32_t*>(f), static_cast<uint32_t*>(s), planes, H, W, p.stride_h, p.stride_w, gather);
-    case 8: return stride_planes(static_cast<uint64_t*>(f), static_cast<uint64_t*>(s), planes, H, W, p.stride_h, p.stride_w, gather);
+    case 1: return run(static_cast<uint8_t*>(nullptr));
+    case 2: return run(static_cast<uint16_t*>(nullptr));
+    case 4: return run(static_cast<uint32_t*>(nullptr));
+    case 8: return run(static_cast<uint64_t*>(nullptr));
     default: TORCH_CHECK(false, "conv_ext: no stride copy for elements of ", full.element_size(), " bytes");
   }
 }
@@ -220,7 +222,7 @@ at::Tensor backward_input(const at::Tensor& grad_output, const at::Tensor& weigh
   if (p.Kg() == 0) return dx.zero_();  // no output channels read this input
   if (strided_1x1(p, fmt, Pass::BackwardInput, grad_output.scalar_type())) {  // the pixels the stride skips get no gradient
     const at::Tensor sub = backward_input(grad_output, weight, every_stride(dx, p).sizes(), kOne, padding, dilation, groups);
-    if (fmt == at::MemoryFormat::Contiguous && planes_copyable(sub) && dx.is_contiguous()) {
+    if (fmt == at::MemoryFormat::Contiguous && planes_copyable(dx) && sub.is_contiguous()) {
       stride_planes(dx, sub, p, /*gather=*/false);
     } else {
       dx.zero_();
