@@ -462,12 +462,14 @@ def test_gemm_f64_1x1_planes(shape, pass_name):
 
 @pytest.mark.parametrize("shape", [
     ((2, 150, 6, 20), 200, (3, 3), 1, 1, 1, 1),  # 1350 taps: a partial vector of taps; edge pixels one by one
-    ((3, 300, 6, 5), 256, (1, 1), 1, 0, 1, 1),  # planes of 30 pixels: blocks of 8 that cross images go value by value
+    ((3, 300, 6, 5), 256, (1, 1), 1, 0, 1, 1),  # planes of 30 pixels: pieces of dy that cross images
+    ((3, 300, 3, 5), 256, (1, 1), 1, 0, 1, 1),  # planes of 15 pixels: blocks of 8 that cross images go value by value
 ], ids=str)
 def test_gemm_f64_nchw_backward_weight_transposed(shape):
-    """gemm_f64's NCHW backward-weight in the gather form (many filters and taps): eight pixels at
-    consecutive addresses, all inside the image, are packed by 8x8 transposes, the others value by
-    value; exact to float64 either way."""
+    """gemm_f64's NCHW backward-weight in the gather form (many filters and taps): dy read in place
+    by row pointers where its planes hold 16 pixels or more (a block of pixels that crosses images
+    in pieces); on smaller planes eight pixels at consecutive addresses, all inside the image, are
+    packed by 8x8 transposes, the others value by value; exact to float64 either way."""
     x, wt, b, dy, geo = make(shape, "nchw")
     check_float64("gemm_f64", "backward_weight", x, wt, b, dy, geo, "nchw")
 
@@ -486,6 +488,23 @@ def test_gemm_f64_backward_weight_row_blocks(shape, layout):
     tiles of filters and taps included, the same bits for 1 and 2 threads."""
     x, wt, b, dy, geo = make(shape, layout)
     check_float64("gemm_f64", "backward_weight", x, wt, b, dy, geo, layout)
+    outs = at_thread_counts(lambda: forced("gemm_f64", "backward_weight", x, wt, b, dy, geo), (None, 1))
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("shape", [
+    ((2, 40, 60, 61), 100, (1, 1), 1, 0, 1, 1),   # 40 taps: panels of 24 + 16; 100 filters: 12 tiles of 8 + 4;
+                                                  # blocks of 128 pixels that cross images (3660 a plane)
+    ((3, 64, 33, 35), 256, (1, 1), 1, 0, 1, 2),   # two groups of 32 -> 128
+    ((1, 128, 48, 48), 300, (1, 1), 1, 0, 1, 1),  # 128 taps, 300 filters
+], ids=str)
+def test_gemm_f64_backward_weight_whole_rows(shape):
+    """gemm_f64's NCHW 1x1 backward-weight with few input channels and many filters on large planes
+    (dy and x over 4 MiB): the gather form with dy read in place and all the taps a task, the
+    filters in 4 blocks of rows and the pixels in chunks: float64-exact to the reference, the same
+    bits for 1 and 2 threads."""
+    x, wt, b, dy, geo = make(shape, "nchw")
+    check_float64("gemm_f64", "backward_weight", x, wt, b, dy, geo, "nchw")
     outs = at_thread_counts(lambda: forced("gemm_f64", "backward_weight", x, wt, b, dy, geo), (None, 1))
     assert torch.equal(outs[0], outs[1])
 

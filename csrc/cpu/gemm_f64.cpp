@@ -1181,6 +1181,20 @@ void sum_chunks(const Conv2dParams& p, const std::vector<double>& part, int64_t 
   });
 }
 
+// NCHW 1x1 layers at stride 1 with few input channels (Cg <= 128) and at least twice as many
+// filters, whose dy and x outgrow the two cores' L2 (4 MiB): the gather form with dy read in
+// place and each task's filters against all the taps at once (f64_backward_weight), so that dy,
+// the larger operand, is read once. The dot products below read each row of a tile from L2 or
+// beyond again for every tile: 2 threads, batch 4, old/new (python benchmarks/ab.py OLD.so NEW.so
+// SHAPE --pass backward_weight --dtype float64 --layout nchw): 128->512 @28 1.27x, 128->256 @28
+// 1.16x, 64->256 @56 1.12-1.18x, 64->128 @56 1.06-1.09x; on CIFAR's 32->64 @16 and 64->128 @8
+// (batch 8, 1.5 and 0.8 MiB) the dot products stay ahead (0.82-0.91x).
+bool bw_whole_rows(const Conv2dParams& p) {
+  const int64_t J = p.Cg(), Kg = p.Kg(), L = p.N * p.P * p.Q;
+  return is_pointwise(p) && nchw_planes(p) && J <= 128 && Kg >= 2 * J &&
+         L * (J + Kg) * int64_t(sizeof(double)) > (int64_t(4) << 20);
+}
+
 bool bw_rows_shape(const Conv2dParams& p) {
   // Where the gather form's packing is a small share (1/Kg + 1/J of the multiply-adds, Kg filters
   // and J taps) its GEMM is faster: with 1/Kg + 1/J under 1/128, batch 4, 2 threads, old/new
@@ -1192,7 +1206,7 @@ bool bw_rows_shape(const Conv2dParams& p) {
   // ran 0.86-0.93x; the 7x7/2 stem 1.89x / 2.08x, 5x5/2 24->40 @27 1.36x, depthwise 96@112/2 3.4x).
   const int64_t J = p.Cg() * p.R * p.S, Kg = p.Kg();
   const int64_t share = p.stride_h == 1 && p.stride_w == 1 ? 128 : 64;
-  return nchw_planes(p) && J * Kg <= share * (J + Kg);
+  return nchw_planes(p) && J * Kg <= share * (J + Kg) && !bw_whole_rows(p);
 }
 
 // acc[m][j] += sum over the rows u < nrows of dy[dyr[u] + koff[m] + q] * x[xr[u] + joff[j] + q], q < len
@@ -1316,7 +1330,8 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   std::vector<int64_t> wout;  // where dw[., j] goes
   filter_taps(p, t, wout);
   const Shape ts(t.size());
-  const int64_t MR = ts.mr, NR = ts.nr, NC = 4 * NR;
+  const bool whole = bw_whole_rows(p);  // all the taps a task (its note)
+  const int64_t MR = ts.mr, NR = ts.nr, NC = whole ? round_up(t.size(), NR) : 4 * NR;
   const int64_t J = t.size(), njb = ceil_div(J, NC), L = p.N * P * Q, nir = ceil_div(Kg, MR);
   const bool pixels_inner = !channels_inner(p.xs_c, p.xs_w);
   const int64_t apix = nir * MR, bpix = ceil_div(J, NR) * NR;  // packed doubles a pixel: A's, B's
@@ -1337,8 +1352,10 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   // Row blocks where the chunks' sums (nchunk K J values written and read again) would move more
   // than x's packed panels (L J, written and read again) twice over.
   const bool fits = G * L * std::max(apix, bpix) <= (int64_t(8) << 20);  // (and so both are packed up front)
-  const int64_t nrb = is_pointwise(p) && fits && chunks(G * njb) * Kg > 2 * L
-                          ? std::max<int64_t>(1, std::min(ceil_div(16, G * njb), nir / 4))
+  // (bw_whole_rows: 4 blocks of rows a group and chunks, which read x's panels 4 times; 16 blocks
+  // and no chunks (a 3.7 MiB buffer of sums less) read them 10 times: 1.27x -> 0.97x at 128->512 @28)
+  const int64_t nrb = is_pointwise(p) && fits && (whole || chunks(G * njb) * Kg > 2 * L)
+                          ? std::max<int64_t>(1, std::min(ceil_div(whole ? 4 : 16, G * njb), nir / 4))
                           : 1;
   const int64_t irb = ceil_div(nir, nrb);  // row tiles a block
   const int64_t nchunk = chunks(G * njb * nrb);
@@ -1406,10 +1423,13 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
         for (int64_t l = 0; l < kc; ++l) std::fill(d + l * NR + nj, d + (l + 1) * NR, 0.0);
     }
   };
-  const bool prepack = (njb > 1 || nrb > 1) && G * L * apix <= (int64_t(8) << 20), prepack_x = nrb > 1;
+  // dy's pixels consecutive (NCHW planes): A read in place by row pointers (a filter's run of
+  // pixels in one plane a piece, as rows_times_filter's channels_last A), not packed.
+  const bool dy_rows = p.ys_q == 1 && p.ys_p == Q && P * Q >= 2 * D::VL;
+  const bool prepack = !dy_rows && (njb > 1 || nrb > 1) && G * L * apix <= (int64_t(8) << 20), prepack_x = nrb > 1;
   double* Aall = prepack ? dscratch(7, G * L * apix) : nullptr;
   double* Ball = prepack_x ? dscratch(6, G * L * bpix) : nullptr;
-  if (prepack) {
+  if (prepack || prepack_x) {
     std::vector<int64_t> blk;  // the blocks' first pixels, chunk by chunk
     for (int64_t chunk = 0; chunk < nchunk; ++chunk)
       for (int64_t l0 = L * chunk / nchunk; l0 < L * (chunk + 1) / nchunk; l0 += KC) blk.push_back(l0);
@@ -1421,7 +1441,7 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
       Row rows[KC];
       int64_t dyoff[KC];
       pixels(g, l0, kc, prepack_x ? rows : nullptr, dyoff);
-      pack_dy(dyoff, kc, Aall + (g * L + l0) * apix);
+      if (prepack) pack_dy(dyoff, kc, Aall + (g * L + l0) * apix);
       if (prepack_x) pack_x(g, l0, kc, rows, 0, J, Ball + (g * L + l0) * bpix);
     });
   }
@@ -1437,9 +1457,31 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
       const int64_t kc = std::min(KC, lb - l0);
       Row rows[KC];
       int64_t dyoff[KC];
-      if (!prepack_x) pixels(g, l0, kc, rows, dyoff);  // (prepack_x: both packed up front)
+      if (!prepack_x || dy_rows) pixels(g, l0, kc, prepack_x ? nullptr : rows, dyoff);  // (x packed up front)
       if (!prepack_x) pack_x(g, l0, kc, rows, j0, nc, Bbuf);
       const double* B = prepack_x ? Ball + (g * L + l0) * bpix + j0 * kc : Bbuf;  // (panel j0 / NR of the block)
+      if (dy_rows) {  // A in place: pieces of consecutive pixels, 8 or more a piece on average
+        int64_t start[KC], len[KC];
+        int npiece = 0;
+        for (int64_t l = 0; l < kc; ++l)
+          if (l == 0 || dyoff[l] != dyoff[l - 1] + 1) start[npiece] = l, len[npiece++] = 1;
+          else ++len[npiece - 1];
+        if (npiece * 8 <= kc) {
+          const int mrp = ts.mrp();
+          const double** ptr = reinterpret_cast<const double**>(dscratch(8, (ir1 - ir0) * MR * npiece));
+          for (int64_t ir = ir0; ir < ir1; ++ir)  // [ir][half][piece][row]
+            for (int64_t i = 0; i < MR; ++i) {
+              const int64_t k = ir * MR + i;
+              const double** d = ptr + ((ir - ir0) * MR + i / mrp * mrp) * npiece + i % mrp;
+              for (int u = 0; u < npiece; ++u, d += mrp) *d = k < Kg ? dy + dyoff[start[u]] + k * p.ys_k : kZeros;
+            }
+          for (int64_t jp = 0; jp < npan; ++jp)
+            for (int64_t ir = ir0; ir < ir1; ++ir)
+              ts.tile_rows(npiece, len, ptr + (ir - ir0) * MR * npiece, B + jp * kc * NR,
+                           cbuf + (ir - ir0) * MR * ldc + jp * NR, ldc, l0 > la);
+          continue;
+        }
+      }
       const double* A = prepack ? Aall + (g * L + l0) * apix : Abuf;
       if (!prepack) pack_dy(dyoff, kc, Abuf);
       for (int64_t jp = 0; jp < npan; ++jp)
