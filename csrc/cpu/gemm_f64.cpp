@@ -452,9 +452,23 @@ void gather_block(const double* src, const Row* rows, int64_t nrows, const Taps&
 void pack_panel(const double* w, const std::vector<int64_t>& tap_off, const int64_t* col_off, int64_t nn, int64_t NR,
                 double* d) {
   const int64_t L = static_cast<int64_t>(tap_off.size());
-  for (int64_t l = 0; l < L; ++l, d += NR) {
+  for (int64_t l = 0; l < L;) {
+    // VL taps at consecutive addresses (a KCRS filter's forward: all of them) for VL columns at a
+    // time by a transpose in registers (VL divides NR); value by value before: 2.4M values at
+    // 512->512 3x3 on every call with a new filter (a training step)
+    bool run = l + D::VL <= L;
+    for (int t = 1; t < D::VL && run; ++t) run = tap_off[l + t] == tap_off[l] + t;
+    if (run) {
+      for (int64_t jb = 0; jb < NR; jb += D::VL)
+        transposed_block(
+            std::clamp<int64_t>(nn - jb, 0, D::VL), [&](int t) { return D::load(w + col_off[jb + t] + tap_off[l]); },
+            [&](int i, D::V v) { D::store(d + i * NR + jb, v); });
+      l += D::VL, d += D::VL * NR;
+      continue;
+    }
     for (int64_t j = 0; j < nn; ++j) d[j] = w[col_off[j] + tap_off[l]];
     for (int64_t j = nn; j < NR; ++j) d[j] = 0.0;
+    ++l, d += NR;
   }
 }
 
@@ -867,7 +881,34 @@ void gemm1x1_pass(const Conv2dParams& p, const double* in, const double* w, cons
     for_each_task(G * nkt, G * nkt * Ci * MR, [&](int64_t gk) {
       const int64_t g = gk / nkt, o0 = gk % nkt * MR;
       double* d = dst + gk * Ci * MR;
-      for (int64_t ci = 0; ci < Ci; ++ci)
+      // From a KCRS filter: forward (a filter's Ci values consecutive), VL outputs x VL reduction
+      // indices by a transpose in registers; backward-input (an index's Co outputs consecutive),
+      // a run a row. The rest (channels_last filters, the last indices) value by value, as all
+      // went before: 13% of 2048->512 @7's forward samples with a new filter every call (a
+      // training step; perf record).
+      int64_t ci_vec = 0;
+      if (transposed && p.ws_c == 1) {
+        ci_vec = Ci;
+        const int64_t nk = std::clamp<int64_t>(Co - o0, 0, MR);
+        for (int64_t ci = 0; ci < Ci; ++ci) {
+          copy_run(w + (g * Kg + ci) * p.ws_k + o0, nk, d + ci * MR);
+          std::fill(d + ci * MR + nk, d + (ci + 1) * MR, 0.0);
+        }
+      }
+      if (!transposed && p.ws_c == 1) {
+        ci_vec = Ci / D::VL * D::VL;
+        for (int64_t kb = 0; kb < MR; kb += D::VL) {
+          const int64_t nlane = std::min<int64_t>(D::VL, MR - kb);
+          const int64_t nk = std::clamp<int64_t>(Co - o0 - kb, 0, nlane);  // outputs past Co: zeros
+          const double* wr = w + (g * Kg + o0 + kb) * p.ws_k;
+          const D::M m = D::mask(nlane);
+          for (int64_t c0 = 0; c0 < ci_vec; c0 += D::VL)
+            transposed_block(
+                nk, [&](int t) { return D::load(wr + t * p.ws_k + c0); },
+                [&](int i, D::V v) { D::storem(d + (c0 + i) * MR + kb, v, m); });
+        }
+      }
+      for (int64_t ci = ci_vec; ci < Ci; ++ci)
         for (int i = 0; i < MR; ++i) {
           const int64_t o = o0 + i;
           d[ci * MR + i] = o >= Co ? 0.0
