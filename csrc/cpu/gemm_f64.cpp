@@ -26,7 +26,8 @@
 // task, kept across calls while the filter is unchanged (filter_cache.h); backward-weight, blocks
 // of 4 panels of columns (filter taps) of one group, cut further where that alone makes fewer
 // than 16 tasks: 1x1 layers with many filters on few pixels into blocks of row tiles (filters),
-// the others into a fixed number of pixel chunks (partial sums added in chunk order).
+// the others into a fixed number of pixel chunks (partial sums added in chunk order). NCHW, its
+// dy (A) is read in place by row pointers (a filter's pixels are a run), not packed.
 //
 // Channels_last (the gathered tensor's channels innermost), forward and backward-input read A in
 // place where a tap's channels come in runs (8 or more a block on average): the tile takes MR row
@@ -45,7 +46,8 @@
 // tensors as they lie, the pixels in the vector lanes (rows of the planes, zero-padded and split
 // into stride phases once): row_conv for the other forwards (any stride) and backward-inputs
 // (stride 1) with <= 64 output channels a group, and dot products along rows for backward-weight
-// where 1/Kg + 1/J >= 1/128 (1/64 strided) (their notes below).
+// where 1/Kg + 1/J >= 1/128 (1/64 strided), but for 1x1 layers with few input channels, many
+// filters and large planes (bw_whole_rows) (their notes below).
 //
 // Speed (2 threads, NCHW, batch 4; python -m conv_ext.bench --suite default --device cpu --dtype
 // float64 --passes forward,all): the reference loops it replaces were 30-500x slower than torch;
@@ -63,7 +65,11 @@
 // torch (python benchmarks/algos.py 4,512,14,14,1024,1 --pass backward_weight --dtype float64).
 // NCHW suite after the 1x1 GEMM across the images and the row kernel's larger chunks (and
 // conv2d_cpu.cpp's own stride copy; 2026-12-07): 1.55x -> 1.58x, CIFAR's 1x1/2 shortcut 0.70x ->
-// 1.01x forward+backward, ResNet-50's 512->1024 @28/2 forward 0.76x -> 0.94x.
+// 1.01x forward+backward, ResNet-50's 512->1024 @28/2 forward 0.76x -> 0.94x. NCHW backward-weight
+// with dy read in place and all the taps a task on 1x1 layers of few input channels (bw_whole_rows)
+// and the filter packs by vectors (2026-12-08): 1.58x -> 1.62x, 128->512 @28 backward-weight 0.75x
+// -> 0.98x torch (python benchmarks/algos.py 4,128,28,28,512,1 --pass backward_weight --dtype
+// float64), 512@7 3x3 forward+backward 0.92x -> 1.01x.
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "gemm_f64.cpp"
 #include "per_isa.h"
