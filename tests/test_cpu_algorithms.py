@@ -509,6 +509,24 @@ def test_gemm_f64_backward_weight_whole_rows(shape):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("shape", [
+    ((3, 16, 9, 11), 24, (3, 3), 2, 1, 1, 1),          # odd sizes: phases of 5 and 4 rows, 6 and 5 columns
+    ((2, 12, 10, 8), 20, (3, 3), 2, 0, 1, 1),          # no padding: dx's last row and column meet no window
+    ((2, 10, 13, 12), 14, (5, 4), (3, 2), (2, 1), 1, 1),  # stride 3 x 2, a 5x4 filter
+    ((2, 8, 9, 9), 16, (2, 2), 3, 0, 1, 1),            # 2 taps at stride 3: phases without taps (zeros)
+    ((2, 24, 8, 9), 32, (3, 3), (2, 1), 2, 1, 2),      # two groups; stride 2 x 1, padding 2
+    ((1, 40, 12, 12), 36, (3, 3), 2, 1, 1, 1),         # 40 dx channels: a partial tile of filters (6)
+], ids=str)
+def test_gemm_f64_strided_backward_input_phases(shape):
+    """gemm_f64's strided NCHW backward-input with few dx channels: each stride phase of dx as a
+    stride-1 convolution of dy with that phase's taps of the filter, flipped (row_conv), then woven
+    into dx: float64-exact to the reference, the same bits for 1 and 2 threads."""
+    x, wt, b, dy, geo = make(shape, "nchw")
+    check_float64("gemm_f64", "backward_input", x, wt, b, dy, geo, "nchw")
+    outs = at_thread_counts(lambda: forced("gemm_f64", "backward_input", x, wt, b, dy, geo), (None, 1))
+    assert torch.equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_gemm_f64_backward_weight_chunks(layout, stride):

@@ -840,6 +840,94 @@ void row_conv_pass(const Conv2dParams& p, const double* in, const double* w, con
   row_conv(c, in, wt, Kop, bias, out);
 }
 
+// Strided backward-input by row_conv, NCHW, <= 64 dx channels a group, undilated: dx's stride
+// phase (a, b) (rows a + sh*hh, columns b + sw*ww) takes the taps r = r0 + sh*t (r0 = (a + pad_h)
+// mod sh) of every column tap likewise, and with e = (a + pad_h - r0) / sh
+//     dx[a + sh*hh] = sum over t < T of dy[hh + e - t] * w[r0 + sh*t]
+// (per axis): a stride-1 convolution of dy, zero-padded by T - 1 - e, with the sub-filter of those
+// taps flipped; each phase by row_conv into a buffer of its planes, then woven into dx (a phase
+// without taps is zeros). The gather form ran these, a gather per pixel and tap for as few columns,
+// dx stored value by value a stride apart. 2 threads, gather form / this (python benchmarks/ab.py
+// OLD.so NEW.so SHAPE --layout nchw --pass backward_input --dtype float64 --rounds 3): CIFAR's
+// 16->32 3x3/2 @32 (batch 8) 1.33-1.40x, batch 1 1.25-1.31x, 32->64 @32 1.47x, 5x5/2 24->40 @27
+// 1.53x, 32@56 1.25x, 48@28 1.06-1.12x, 64@16 1.09x; 64@56 0.95-0.97x, so 64 channels only on planes
+// up to 32x32.
+struct PhaseAxis {
+  int64_t r0, T, pad, n;  // first tap, taps, dy's padding, dx rows (or columns) of the phase
+};
+PhaseAxis phase_axis(int64_t a, int64_t stride, int64_t pad, int64_t R, int64_t X) {
+  PhaseAxis t;
+  t.r0 = (a + pad) % stride;
+  t.T = t.r0 < R ? ceil_div(R - t.r0, stride) : 0;
+  t.pad = t.T - 1 - (a + pad - t.r0) / stride;
+  t.n = X > a ? ceil_div(X - a, stride) : 0;
+  return t;
+}
+
+bool row_phases_shape(const Conv2dParams& p) {
+  if (!nchw_planes(p) || p.Cg() > 64 || (p.Cg() > 32 && p.H * p.W > 32 * 32) || (p.stride_h == 1 && p.stride_w == 1) ||
+      p.dil_h != 1 || p.dil_w != 1)
+    return false;
+  for (int64_t a = 0; a < p.stride_h; ++a)
+    if (phase_axis(a, p.stride_h, p.pad_h, p.R, p.H).pad < 0 && phase_axis(a, p.stride_h, p.pad_h, p.R, p.H).T > 0)
+      return false;
+  for (int64_t b = 0; b < p.stride_w; ++b)
+    if (phase_axis(b, p.stride_w, p.pad_w, p.S, p.W).pad < 0 && phase_axis(b, p.stride_w, p.pad_w, p.S, p.W).T > 0)
+      return false;
+  return true;
+}
+
+void row_phases_backward_input(const Conv2dParams& p, const double* dy, const double* w, double* dx) {
+  const int64_t G = p.groups, Cg = p.Cg(), Kg = p.Kg(), sh = p.stride_h, sw = p.stride_w, Kop = round_up(Cg, kRowMK);
+  const int64_t planes = p.N * G * Cg;
+  std::vector<PhaseAxis> ah, aw;
+  for (int64_t a = 0; a < sh; ++a) ah.push_back(phase_axis(a, sh, p.pad_h, p.R, p.H));
+  for (int64_t b = 0; b < sw; ++b) aw.push_back(phase_axis(b, sw, p.pad_w, p.S, p.W));
+  std::vector<int64_t> off(static_cast<size_t>(sh * sw + 1), 0);  // phase (a, b)'s planes in buf
+  for (int64_t ph = 0; ph < sh * sw; ++ph) off[ph + 1] = off[ph] + planes * ah[ph / sw].n * aw[ph % sw].n;
+  double* buf = dscratch(9, off[sh * sw]);
+  // wt of phase ph at woff[ph]: [g][j = (k, u, v)][c] = w[g*Kg + k][c][r0 + sh*(T-1-u)][s0 + sw*(T'-1-v)]
+  // (0 past Cg)
+  std::vector<int64_t> woff(static_cast<size_t>(sh * sw + 1), 0);
+  for (int64_t ph = 0; ph < sh * sw; ++ph) woff[ph + 1] = woff[ph] + G * Kg * ah[ph / sw].T * aw[ph % sw].T * Kop;
+  double* wts = dscratch(10, woff[sh * sw]);
+  for (int64_t ph = 0; ph < sh * sw; ++ph) {
+    const PhaseAxis &th = ah[ph / sw], &tw = aw[ph % sw];
+    const int64_t J = Kg * th.T * tw.T;
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < J; ++j) {
+        const int64_t k = j / (th.T * tw.T), u = j / tw.T % th.T, v = j % tw.T;
+        const double* src = w + (g * Kg + k) * p.ws_k + (th.r0 + sh * (th.T - 1 - u)) * p.ws_r +
+                            (tw.r0 + sw * (tw.T - 1 - v)) * p.ws_s;
+        double* d = wts + woff[ph] + (g * J + j) * Kop;
+        for (int64_t c = 0; c < Kop; ++c) d[c] = c < Cg ? src[c * p.ws_c] : 0.0;
+      }
+  }
+  // a task per phase and image (row_conv runs inside it on one thread): a call of row_conv per
+  // phase, each a parallel region of its own with its own padded copy of dy, left the threads
+  // waiting on each other a fifth of the time (16->32 3x3/2 @32, perf record)
+  for_each_task(sh * sw * p.N, p.macs(), [&](int64_t task) {
+    const int64_t ph = task / p.N, n = task % p.N;
+    const PhaseAxis &th = ah[ph / sw], &tw = aw[ph % sw];
+    if (th.T == 0 || tw.T == 0 || th.n == 0 || tw.n == 0) return;  // zeros (woven below)
+    const RowConv c = {1, Kg, p.P, p.Q, Cg, G, th.T, tw.T, 1, 1, 1, 1, th.pad, tw.pad, th.n, tw.n};
+    row_conv(c, dy + n * p.ys_n, wts + woff[ph], Kop, nullptr, buf + off[ph] + n * G * Cg * th.n * tw.n);
+  });
+  // dx[plane][a + sh*hh][b + sw*ww] = phase (a, b)'s [plane][hh][ww]
+  for_each_task(planes, planes * p.H * p.W, [&](int64_t pl) {
+    for (int64_t h = 0; h < p.H; ++h) {
+      const int64_t a = h % sh, hh = h / sh;
+      double* d = dx + (pl * p.H + h) * p.W;
+      for (int64_t b = 0; b < sw; ++b) {
+        const int64_t ph = a * sw + b, nw = aw[b].n;
+        const bool zero = ah[a].T == 0 || aw[b].T == 0;
+        const double* s = buf + off[ph] + (pl * ah[a].n + hh) * nw;
+        for (int64_t ww = 0; ww < nw; ++ww) d[b + sw * ww] = zero ? 0.0 : s[ww];
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------------------------------------
 // NCHW 1x1 layers at stride 1 without padding, forward and backward-input, as the GEMM of each
 // group on the planes as they lie:
@@ -1127,6 +1215,7 @@ void f64_backward_input(const Conv2dParams& p, const double* dy, const double* w
   if (gemm1x1_shape(p, true)) return gemm1x1_pass(p, dy, w, nullptr, dx, true, filter);
   if (row_conv_shape(p, true)) return row_conv_pass(p, dy, w, nullptr, dx, true);
   if (Cg < D::VL && Kg >= D::VL) return f64_backward_input_col2im(p, dy, w, dx);
+  if (row_phases_shape(p)) return row_phases_backward_input(p, dy, w, dx);
   const int64_t sh = p.stride_h, sw = p.stride_w, nph = sh * sw;
   const bool kin = channels_inner(p.ys_k, p.ys_q);
   const Shape ts(Cg);
