@@ -98,9 +98,9 @@ def test_backward_input_reuses_packed_filter(case, layout):
 @pytest.mark.parametrize("filter_layout", ["kcrs", "krsc"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("shape,k,r,stride,padding", [
-    # more than 64 output channels a group, so that NCHW runs the GEMM too (row_conv, for fewer,
-    # packs its small filter on every call)
-    ((2, 20, 9, 11), 80, 3, 2, 1),   # backward-input in 4 stride phases, each its own packed taps
+    # more than 64 output channels a group (backward-input's: x's channels), so that NCHW runs the
+    # GEMM too (row_conv, for fewer, packs its small filter on every call)
+    ((2, 72, 9, 11), 80, 3, 2, 1),   # backward-input in 4 stride phases, each its own packed taps
     ((1, 96, 5, 5), 160, 3, 1, 1),   # few rows: tasks over blocks of filter panels too
 ], ids=["3x3/2", "3x3 @5"])
 def test_float64_reuses_packed_filter(shape, k, r, stride, padding, layout, filter_layout):

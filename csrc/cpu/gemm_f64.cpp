@@ -45,7 +45,8 @@
 // 0.86x -> 0.94x torch). NCHW, where the gathers and packing cost the most, two kernels read the
 // tensors as they lie, the pixels in the vector lanes (rows of the planes, zero-padded and split
 // into stride phases once): row_conv for the other forwards (any stride) and backward-inputs
-// (stride 1) with <= 64 output channels a group, and dot products along rows for backward-weight
+// with <= 64 output channels a group (strided: on dx's stride phases, 32 or fewer channels on
+// planes over 32x32), and dot products along rows for backward-weight
 // where 1/Kg + 1/J >= 1/128 (1/64 strided), but for 1x1 layers with few input channels, many
 // filters and large planes (bw_whole_rows) (their notes below).
 //
@@ -69,7 +70,8 @@
 // with dy read in place and all the taps a task on 1x1 layers of few input channels (bw_whole_rows)
 // and the filter packs by vectors (2026-12-08): 1.58x -> 1.62x, 128->512 @28 backward-weight 0.75x
 // -> 0.98x torch (python benchmarks/algos.py 4,128,28,28,512,1 --pass backward_weight --dtype
-// float64), 512@7 3x3 forward+backward 0.92x -> 1.01x.
+// float64), 512@7 3x3 forward+backward 0.92x -> 1.01x; with strided backward-input on row_conv's
+// phases 1.71x (CIFAR's 16->32 3x3/2 forward+backward 0.91x -> 1.11x).
 #ifndef CONV_EXT_ISA_NS
 #define CONV_EXT_PER_ISA_FILE "gemm_f64.cpp"
 #include "per_isa.h"
