@@ -462,8 +462,8 @@ void pack_panel(const double* w, const std::vector<int64_t>& tap_off, const int6
   const int64_t L = static_cast<int64_t>(tap_off.size());
   for (int64_t l = 0; l < L;) {
     // VL taps at consecutive addresses (a KCRS filter's forward: all of them) for VL columns at a
-    // time by a transpose in registers (VL divides NR); value by value before: 2.4M values at
-    // 512->512 3x3 on every call with a new filter (a training step)
+    // time by a transpose in registers (VL divides NR); value by value before, on every call with
+    // a new filter (a training step; 512->512 3x3's 2.4M values: level, its pack bound by memory)
     bool run = l + D::VL <= L;
     for (int t = 1; t < D::VL && run; ++t) run = tap_off[l + t] == tap_off[l] + t;
     if (run) {
@@ -870,13 +870,14 @@ bool row_phases_shape(const Conv2dParams& p) {
   if (!nchw_planes(p) || p.Cg() > 64 || (p.Cg() > 32 && p.H * p.W > 32 * 32) || (p.stride_h == 1 && p.stride_w == 1) ||
       p.dil_h != 1 || p.dil_w != 1)
     return false;
-  for (int64_t a = 0; a < p.stride_h; ++a)
-    if (phase_axis(a, p.stride_h, p.pad_h, p.R, p.H).pad < 0 && phase_axis(a, p.stride_h, p.pad_h, p.R, p.H).T > 0)
-      return false;
-  for (int64_t b = 0; b < p.stride_w; ++b)
-    if (phase_axis(b, p.stride_w, p.pad_w, p.S, p.W).pad < 0 && phase_axis(b, p.stride_w, p.pad_w, p.S, p.W).T > 0)
-      return false;
-  return true;
+  const auto padded = [](int64_t stride, int64_t pad, int64_t R, int64_t X) {  // dy's padding >= 0 in every phase with taps
+    for (int64_t a = 0; a < stride; ++a) {
+      const PhaseAxis t = phase_axis(a, stride, pad, R, X);
+      if (t.T > 0 && t.pad < 0) return false;
+    }
+    return true;
+  };
+  return padded(p.stride_h, p.pad_h, p.R, p.H) && padded(p.stride_w, p.pad_w, p.S, p.W);
 }
 
 void row_phases_backward_input(const Conv2dParams& p, const double* dy, const double* w, double* dx) {
@@ -1324,9 +1325,9 @@ void sum_chunks(const Conv2dParams& p, const std::vector<double>& part, int64_t 
 // place and each task's filters against all the taps at once (f64_backward_weight), so that dy,
 // the larger operand, is read once. The dot products below read each row of a tile from L2 or
 // beyond again for every tile: 2 threads, batch 4, old/new (python benchmarks/ab.py OLD.so NEW.so
-// SHAPE --pass backward_weight --dtype float64 --layout nchw): 128->512 @28 1.27x, 128->256 @28
-// 1.16x, 64->256 @56 1.12-1.18x, 64->128 @56 1.06-1.09x; on CIFAR's 32->64 @16 and 64->128 @8
-// (batch 8, 1.5 and 0.8 MiB) the dot products stay ahead (0.82-0.91x).
+// SHAPE --pass backward_weight --dtype float64 --layout nchw --rounds 3): 128->512 @28 1.31x,
+// 128->256 @28 1.16-1.21x, 64->256 @56 1.18x, 64->128 @56 0.97-1.04x; on CIFAR's 32->64 @16 and
+// 64->128 @8 (batch 8, 1.5 and 0.8 MiB) the dot products stay ahead (0.82-0.91x).
 bool bw_whole_rows(const Conv2dParams& p) {
   const int64_t J = p.Cg(), Kg = p.Kg(), L = p.N * p.P * p.Q;
   return is_pointwise(p) && nchw_planes(p) && J <= 128 && Kg >= 2 * J &&
@@ -1563,7 +1564,7 @@ void f64_backward_weight(const Conv2dParams& p, const double* dy, const double* 
   };
   // dy's pixels consecutive (NCHW planes): A read in place by row pointers (a filter's run of
   // pixels in one plane a piece, as rows_times_filter's channels_last A), not packed.
-  const bool dy_rows = p.ys_q == 1 && p.ys_p == Q && P * Q >= 2 * D::VL;
+  const bool dy_rows = p.ys_q == 1 && p.ys_p == Q && P * Q >= 16;
   const bool prepack = !dy_rows && (njb > 1 || nrb > 1) && G * L * apix <= (int64_t(8) << 20), prepack_x = nrb > 1;
   double* Aall = prepack ? dscratch(7, G * L * apix) : nullptr;
   double* Ball = prepack_x ? dscratch(6, G * L * bpix) : nullptr;
